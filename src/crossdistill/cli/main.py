@@ -1,0 +1,45 @@
+"""Entry point of the `crossdistill` command: one sub-command per module in COMMANDS."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from crossdistill import __version__
+from crossdistill.errors import CrossDistillError
+
+# Each module defines `register(subparsers)`; its parser sets `func(args) -> int`.
+COMMANDS = [
+    "crossdistill.cli.evaluate_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossdistill",
+        description="Compress a pretrained network from a few samples per class by cross distillation.",
+    )
+    parser.add_argument("--version", action="version", version=f"crossdistill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CrossDistillError as exc:
+        print(f"crossdistill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
