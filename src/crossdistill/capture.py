@@ -1,0 +1,104 @@
+"""Capture of hidden states: the input a layer sees, and its unfolded (im2col) patches."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+
+SOLVABLE = (nn.Conv2d, nn.Linear)
+
+
+class _StopForward(Exception):
+    """Raised from a hook: nothing after the captured layer needs computing."""
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as exc:
+        raise CrossDistillError(f"model has no layer named {name!r}") from exc
+
+
+def check_solvable(module: nn.Module, name: str) -> None:
+    """Only dense convs and linears have the `Y = W X` form the solvers rely on."""
+    if not isinstance(module, SOLVABLE):
+        raise CrossDistillError(
+            f"layer {name!r} is a {type(module).__name__}; only Conv2d and Linear layers can be compressed"
+        )
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        raise CrossDistillError(f"layer {name!r} is a grouped conv (groups={module.groups}); not supported")
+    if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+        raise CrossDistillError(f"layer {name!r} uses padding_mode={module.padding_mode!r}; only 'zeros' is supported")
+
+
+def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the convs and linears in the order a forward pass runs them."""
+    order: list[str] = []
+    handles = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, SOLVABLE):
+            handles.append(mod.register_forward_hook(lambda m, i, o, n=name: order.append(n)))
+    try:
+        with torch.inference_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    seen: set[str] = set()
+    return [n for n in order if not (n in seen or seen.add(n))]
+
+
+def layer_inputs(model: nn.Module, name: str, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Yield, batch by batch, the input tensor of layer `name` (the forward stops there)."""
+    module = get_module(model, name)
+    box: list[torch.Tensor] = []
+
+    def hook(_mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        box.append(inputs[0].detach())
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        for batch in batches:
+            box.clear()
+            try:
+                with torch.inference_mode():
+                    model(batch)
+            except _StopForward:
+                pass
+            if not box:
+                raise CrossDistillError(f"layer {name!r} was not reached by the forward pass")
+            yield box[0]
+    finally:
+        handle.remove()
+
+
+def unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Rows are patches, columns the layer's flattened input (c, kh, kw order, as weight.flatten(1))."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    assert isinstance(module, nn.Conv2d)
+    cols = F.unfold(
+        x,
+        kernel_size=module.kernel_size,
+        dilation=module.dilation,
+        padding=module.padding,
+        stride=module.stride,
+    )  # (N, C*kh*kw, L)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as the (out, in*kh*kw) matrix W of `Y = W X`."""
+    return module.weight.detach().reshape(module.weight.shape[0], -1)
+
+
+def group_size(module: nn.Module) -> int:
+    """Columns of the weight matrix that belong to one input channel."""
+    if isinstance(module, nn.Conv2d):
+        return module.kernel_size[0] * module.kernel_size[1]
+    return 1

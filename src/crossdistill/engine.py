@@ -1,0 +1,94 @@
+"""The layer-wise loop of cross distillation: front to back, capture → moments → solve → write."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from crossdistill.capture import check_solvable, forward_order, get_module, layer_inputs, weight_matrix
+from crossdistill.moments import MomentAccumulator
+from crossdistill.objectives import Objective
+from crossdistill.solvers import LayerSolver, LayerTask
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    loss_teacher_weight: float  # the layer's loss with the teacher's (unpruned) weight
+    loss_after: float  # the loss of the solved weight (undamped)
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def batches_of(images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    return [images[i : i + batch_size] for i in range(0, images.shape[0], batch_size)]
+
+
+def order_tasks(model: nn.Module, tasks: Sequence[LayerTask], example: torch.Tensor) -> list[LayerTask]:
+    """Front to back, by the order the forward pass reaches each layer."""
+    order = {name: i for i, name in enumerate(forward_order(model, example))}
+    missing = [t.name for t in tasks if t.name not in order]
+    if missing:
+        from crossdistill.errors import CrossDistillError
+
+        raise CrossDistillError(f"layers never reached by the forward pass: {missing}")
+    return sorted(tasks, key=lambda t: order[t.name])
+
+
+def distill_layers(
+    teacher: nn.Module,
+    student: nn.Module,
+    images: torch.Tensor,
+    tasks: Iterable[LayerTask],
+    objective: Objective,
+    solver: LayerSolver,
+    *,
+    damping: float = 1e-3,
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+) -> list[LayerRecord]:
+    """Solve each task's layer in the student, in forward order; the teacher never changes.
+
+    The student's input to layer l is taken from the student *as it is when l is solved*:
+    earlier layers already compressed, the channels l will drop still computed by the
+    producer's own filters (they are removed only afterwards, by slimming).
+    """
+    teacher.eval()
+    student.eval()
+    batches = batches_of(images, batch_size)
+    tasks = order_tasks(student, list(tasks), images[:1])
+    records: list[LayerRecord] = []
+    for i, task in enumerate(tasks):
+        start = time.perf_counter()
+        s_layer = get_module(student, task.name)
+        t_layer = get_module(teacher, task.name)
+        check_solvable(s_layer, task.name)
+        if progress:
+            progress(i, len(tasks), task.name)
+        acc = MomentAccumulator(s_layer)
+        for xt, xs in zip(layer_inputs(teacher, task.name, batches), layer_inputs(student, task.name, batches)):
+            acc.add(xt, xs)
+        moments = acc.finish()
+        w_t = weight_matrix(t_layer).to(moments.tt.dtype)
+        exact = objective.build(moments, w_t)
+        outcome = solver.solve(exact.damped(damping), task, student)
+        with torch.no_grad():
+            s_layer.weight.copy_(outcome.weight.reshape(s_layer.weight.shape).to(s_layer.weight.dtype))
+        records.append(
+            LayerRecord(
+                name=task.name,
+                loss_teacher_weight=exact.loss(w_t),
+                loss_after=exact.loss(outcome.weight),
+                seconds=time.perf_counter() - start,
+                info=outcome.info,
+            )
+        )
+    if progress:
+        progress(len(tasks), len(tasks), "done")
+    return records

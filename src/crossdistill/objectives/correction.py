@@ -1,0 +1,15 @@
+"""L^c = ‖W^t X^t − W X^t‖²: the teacher's input fed to the student layer."""
+from __future__ import annotations
+
+import torch
+
+from crossdistill.moments import Moments
+from crossdistill.objectives.base import Objective, match_pair
+from crossdistill.problem import QuadraticProblem
+
+
+class Correction(Objective):
+    name = "correction"
+
+    def build(self, m: Moments, w_teacher: torch.Tensor) -> QuadraticProblem:
+        return match_pair(w_teacher, m.tt, m.tt, m.tt)

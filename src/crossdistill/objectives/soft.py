@@ -1,0 +1,41 @@
+"""Soft cross distillation: the inputs are mixed instead of the losses.
+
+    x̃^t = (1−α) x^t + α x^s,  x̃^s = (1−β) x^s + β x^t,  L = ‖W^t x̃^t − W x̃^s‖²
+
+α = β = 0 gives L^r, (α, β) = (0, 1) gives L^c, (1, 0) gives L^i. The moments of the mixed
+inputs follow from C_tt, C_ss, C_ts without another pass over the data.
+"""
+from __future__ import annotations
+
+import torch
+
+from crossdistill.moments import Moments
+from crossdistill.objectives.base import Objective, check_unit, match_pair
+from crossdistill.problem import QuadraticProblem
+
+
+def mixed_moments(m: Moments, alpha: float, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(C̃_tt, C̃_ss, C̃_ts) of x̃^t = at·x^t + as_·x^s and x̃^s = bt·x^t + bs·x^s."""
+    at, as_ = 1.0 - alpha, alpha
+    bt, bs = beta, 1.0 - beta
+
+    def cross(a1: float, a2: float, b1: float, b2: float) -> torch.Tensor:
+        # E[(a1 x^t + a2 x^s)(b1 x^t + b2 x^s)ᵀ]
+        return a1 * b1 * m.tt + a1 * b2 * m.ts + a2 * b1 * m.st + a2 * b2 * m.ss
+
+    return cross(at, as_, at, as_), cross(bt, bs, bt, bs), cross(at, as_, bt, bs)
+
+
+class Soft(Objective):
+    name = "soft"
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5) -> None:
+        self.alpha = check_unit("alpha", alpha)
+        self.beta = check_unit("beta", beta)
+
+    def build(self, m: Moments, w_teacher: torch.Tensor) -> QuadraticProblem:
+        tt, ss, ts = mixed_moments(m, self.alpha, self.beta)
+        return match_pair(w_teacher, ts, ss, tt)
+
+    def describe(self) -> str:
+        return f"soft(alpha={self.alpha:g},beta={self.beta:g})"

@@ -1,0 +1,82 @@
+"""Channel selection criteria: each takes the layer's problem and task and returns the kept
+input channels. A new criterion is one function plus one line in SELECTORS."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.problem import QuadraticProblem
+from crossdistill.solvers.base import LayerTask
+
+Selector = Callable[[QuadraticProblem, LayerTask, nn.Module], torch.Tensor]
+
+
+def _n_channels(problem: QuadraticProblem, task: LayerTask) -> int:
+    return problem.B.shape[1] // task.group
+
+
+def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    return torch.sort(torch.topk(scores, keep).indices).values
+
+
+def select_l1(problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> torch.Tensor:
+    """Li et al. 2017: keep the producer's filters with the largest L1 norm."""
+    if task.producer is None:
+        return select_weight_norm(problem, task, student)
+    w = student.get_submodule(task.producer).weight.detach()
+    scores = w.abs().reshape(w.shape[0], -1).sum(1)
+    return _top(scores, task.keep)
+
+
+def select_weight_norm(problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> torch.Tensor:
+    """Largest group norm of the consumer's own teacher columns (no producer needed)."""
+    w = problem.w_teacher.reshape(problem.w_teacher.shape[0], -1, task.group)
+    return _top(w.pow(2).sum((0, 2)), task.keep)
+
+
+def select_obs(problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> torch.Tensor:
+    """Greedy group Optimal Brain Surgeon under H: drop, one at a time, the channel whose removal
+    (with the other columns re-solved) raises the loss least. Exact for each single step."""
+    g = task.group
+    n = _n_channels(problem, task)
+    H = problem.H
+    Hinv = torch.linalg.inv(H)
+    Hinv = (Hinv + Hinv.T) / 2
+    W = problem.B @ Hinv
+    alive = torch.ones(n, dtype=torch.bool)
+    out = W.shape[0]
+    for _ in range(n - task.keep):
+        blocks = torch.diagonal(Hinv.view(n, g, n, g), dim1=0, dim2=2).permute(2, 0, 1)  # (n, g, g)
+        safe = blocks.clone()
+        safe[~alive] = torch.eye(g, dtype=H.dtype)
+        inv_blocks = torch.linalg.inv(safe)
+        Wg = W.view(out, n, g)
+        cost = torch.einsum("oni,nij,onj->n", Wg, inv_blocks, Wg)
+        cost[~alive] = float("inf")
+        j = int(torch.argmin(cost))
+        cols = slice(j * g, (j + 1) * g)
+        coupling = inv_blocks[j] @ Hinv[cols, :]  # (g, d)
+        W = W - W[:, cols] @ coupling
+        Hinv = Hinv - Hinv[:, cols] @ coupling
+        W[:, cols] = 0.0
+        Hinv[:, cols] = 0.0
+        Hinv[cols, :] = 0.0
+        alive[j] = False
+    return torch.nonzero(alive).flatten()
+
+
+SELECTORS: dict[str, Selector] = {
+    "l1": select_l1,
+    "obs": select_obs,
+    "weight-norm": select_weight_norm,
+}
+
+
+def get_selector(name: str) -> Selector:
+    try:
+        return SELECTORS[name]
+    except KeyError:
+        raise CrossDistillError(f"unknown channel selection {name!r}; choose from {sorted(SELECTORS)}") from None
