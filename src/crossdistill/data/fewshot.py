@@ -1,0 +1,174 @@
+"""Few-shot subsets: which training images the compressed network may see."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from crossdistill.errors import CrossDistillError
+
+MODES = ("random", "first")
+INDEX_FORMAT = "crossdistill-few-shot-indices"
+INDEX_VERSION = 1
+
+
+def _labels_array(labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise CrossDistillError(f"labels must be 1-D, got shape {tuple(y.shape)}")
+    if y.size == 0:
+        raise CrossDistillError("labels are empty: nothing to sample from")
+    if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        raise CrossDistillError(f"labels must be integers, got dtype {y.dtype}")
+    return y.astype(np.int64, copy=False)
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CrossDistillError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise CrossDistillError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def sample_few_shot(
+    labels: Sequence[int] | np.ndarray,
+    *,
+    shots: int | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    mode: str = "random",
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Sorted int64 indices of a few-shot subset.
+
+    shots=K takes K images of every class; n=N takes N images regardless of class. mode='random'
+    draws with np.random.default_rng(seed) (classes in increasing order, so the draw depends only
+    on labels and seed); mode='first' takes the first K per class (or first N) in data-set order,
+    which is what the paper's released code does. Give num_classes so that a class absent from
+    labels is reported instead of silently skipped.
+    """
+    y = _labels_array(labels)
+    if mode not in MODES:
+        raise CrossDistillError(f"unknown sampling mode {mode!r}; expected one of {', '.join(MODES)}")
+    if (shots is None) == (n is None):
+        raise CrossDistillError(
+            "give exactly one of shots (images per class) or n (images in total)"
+        )
+    if int(y.min()) < 0:
+        raise CrossDistillError(f"labels must be >= 0, found {int(y.min())}")
+    rng = np.random.default_rng(seed)
+
+    if n is not None:
+        n = _check_count(n, "n")
+        if n > len(y):
+            raise CrossDistillError(f"n={n} is larger than the data set ({len(y)} images)")
+        if mode == "first":
+            return np.arange(n, dtype=np.int64)
+        return np.sort(rng.choice(len(y), size=n, replace=False)).astype(np.int64)
+
+    k = _check_count(shots, "shots")
+    k_classes = int(y.max()) + 1 if num_classes is None else int(num_classes)
+    if int(y.max()) >= k_classes:
+        raise CrossDistillError(f"label {int(y.max())} is outside [0, {k_classes})")
+    counts = np.bincount(y, minlength=k_classes)
+    present = np.arange(k_classes) if num_classes is not None else np.flatnonzero(counts)
+    smallest = int(present[np.argmin(counts[present])])
+    if counts[smallest] < k:
+        label = f"class {smallest}"
+        if class_names is not None and smallest < len(class_names):
+            label += f" ({class_names[smallest]})"
+        raise CrossDistillError(
+            f"shots={k} per class is more than {label} has: {int(counts[smallest])} images"
+        )
+    # A stable sort groups indices by class while keeping data-set order inside each class.
+    order = np.argsort(y, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    picked = []
+    for c in present:
+        members = order[starts[c]:starts[c + 1]]
+        if mode == "first":
+            picked.append(members[:k])
+        else:
+            picked.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def save_indices(
+    path: str | Path, indices: Sequence[int] | np.ndarray, meta: Mapping[str, Any] | None = None
+) -> Path:
+    """Write indices and the settings that produced them (seed, shots, data...) as JSON."""
+    path = Path(path)
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or (idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0)):
+        raise CrossDistillError("indices must be a 1-D array of non-negative integers")
+    doc = {
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "count": int(idx.size),
+        "indices": [int(i) for i in idx],
+        "meta": dict(meta or {}),
+    }
+    try:
+        text = json.dumps(doc, default=_json_default, indent=1)
+    except (TypeError, ValueError) as exc:
+        raise CrossDistillError(f"cannot save few-shot metadata as JSON ({exc})") from exc
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename: a crash never leaves a half-written index file behind.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise CrossDistillError(f"{path}: cannot write ({exc})") from exc
+    return path
+
+
+def load_indices(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a file written by save_indices: (int64 indices, meta dict)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CrossDistillError(f"{path}: few-shot index file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CrossDistillError(f"{path}: not a readable JSON index file ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+        raise CrossDistillError(f"{path}: not a crossdistill few-shot index file")
+    if doc.get("version") != INDEX_VERSION:
+        raise CrossDistillError(f"{path}: unsupported index file version {doc.get('version')!r}")
+    raw = doc.get("indices")
+    if not isinstance(raw, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in raw
+    ):
+        raise CrossDistillError(f"{path}: 'indices' must be a list of non-negative integers")
+    if doc.get("count", len(raw)) != len(raw):
+        raise CrossDistillError(
+            f"{path}: file says {doc.get('count')} indices but holds {len(raw)} (edited or truncated?)"
+        )
+    meta = doc.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise CrossDistillError(f"{path}: 'meta' must be a JSON object")
+    return np.asarray(raw, dtype=np.int64), meta

@@ -1,0 +1,74 @@
+"""One entry point that turns a user's data argument into ImageArrays."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from crossdistill.errors import CrossDistillError
+
+from .arrays import ImageArrays
+from .download import CIFAR10_DIRNAME, ensure_cifar10, ensure_fashion_mnist
+from .readers import (
+    CIFAR10_TEST_BATCHES,
+    CIFAR10_TRAIN_BATCHES,
+    FASHION_MNIST_FILES,
+    check_split,
+    find_idx_file,
+    read_cifar10_python,
+    read_fashion_mnist,
+    read_npz,
+)
+
+CIFAR10_NAMES = ("cifar10", "cifar-10", "cifar_10")
+FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fashionmnist")
+
+ACCEPTED_FORMATS = (
+    "an .npz file with arrays x (uint8 N×H×W×C) and y (int labels); "
+    "a cifar-10-batches-py folder (or its parent); "
+    "a folder with Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...); "
+    "or the names 'cifar10' / 'fashion-mnist' (found in the cache or downloaded)"
+)
+
+
+def _is_cifar_dir(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in CIFAR10_TRAIN_BATCHES + CIFAR10_TEST_BATCHES)
+
+
+def _is_idx_dir(folder: Path) -> bool:
+    return any(
+        find_idx_file(folder, stem) is not None
+        for pair in FASHION_MNIST_FILES.values()
+        for stem in pair
+    )
+
+
+def load_image_data(
+    spec: str | Path, split: str = "train", *, root: str | Path | None = None
+) -> ImageArrays:
+    """Load a data set from a file, a folder or a data-set name.
+
+    split selects train/test for folders and names; an .npz file holds a single split, so split
+    is not used for it. root is where named data sets are cached (default: the user cache).
+    """
+    check_split(split)
+    text = str(spec)
+    key = text.strip().lower()
+    path = Path(text).expanduser()
+    # A real path wins over a name, so a local folder called "cifar10" is read, not downloaded.
+    if not path.exists():
+        if key in CIFAR10_NAMES:
+            return read_cifar10_python(ensure_cifar10(root), split)
+        if key in FASHION_MNIST_NAMES:
+            return read_fashion_mnist(ensure_fashion_mnist(root), split)
+        raise CrossDistillError(f"{text}: no such file or folder; expected {ACCEPTED_FORMATS}")
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return read_npz(path)
+        raise CrossDistillError(f"{path}: unsupported file type; expected {ACCEPTED_FORMATS}")
+    if path.is_dir():
+        if _is_cifar_dir(path):
+            return read_cifar10_python(path, split)
+        if _is_cifar_dir(path / CIFAR10_DIRNAME):
+            return read_cifar10_python(path / CIFAR10_DIRNAME, split)
+        if _is_idx_dir(path):
+            return read_fashion_mnist(path, split)
+    raise CrossDistillError(f"{path}: unrecognised data folder; expected {ACCEPTED_FORMATS}")
