@@ -77,6 +77,25 @@ def layer_inputs(model: nn.Module, name: str, batches: Iterable[torch.Tensor]) -
         handle.remove()
 
 
+def all_layer_inputs(model: nn.Module, names: Iterable[str], batches: Iterable[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """One forward pass per batch, keeping the inputs of every named layer (for the teacher,
+    which never changes, so its hidden states are computed once for all layers)."""
+    names = list(names)
+    store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = [
+        get_module(model, n).register_forward_pre_hook(lambda m, i, n=n: store[n].append(i[0].detach()))
+        for n in names
+    ]
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return store
+
+
 def unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Rows are patches, columns the layer's flattened input (c, kh, kw order, as weight.flatten(1))."""
     if isinstance(module, nn.Linear):

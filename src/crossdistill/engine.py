@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import check_solvable, forward_order, get_module, layer_inputs, weight_matrix
+from crossdistill.capture import all_layer_inputs, check_solvable, forward_order, get_module, layer_inputs, weight_matrix
 from crossdistill.moments import MomentAccumulator
 from crossdistill.objectives import Objective
 from crossdistill.solvers import LayerSolver, LayerTask
@@ -63,16 +63,18 @@ def distill_layers(
     student.eval()
     batches = batches_of(images, batch_size)
     tasks = order_tasks(student, list(tasks), images[:1])
+    for task in tasks:
+        check_solvable(get_module(student, task.name), task.name)
+    teacher_inputs = all_layer_inputs(teacher, [t.name for t in tasks], batches)
     records: list[LayerRecord] = []
     for i, task in enumerate(tasks):
         start = time.perf_counter()
         s_layer = get_module(student, task.name)
         t_layer = get_module(teacher, task.name)
-        check_solvable(s_layer, task.name)
         if progress:
             progress(i, len(tasks), task.name)
         acc = MomentAccumulator(s_layer)
-        for xt, xs in zip(layer_inputs(teacher, task.name, batches), layer_inputs(student, task.name, batches)):
+        for xt, xs in zip(teacher_inputs.pop(task.name), layer_inputs(student, task.name, batches)):
             acc.add(xt, xs)
         moments = acc.finish()
         w_t = weight_matrix(t_layer).to(moments.tt.dtype)

@@ -12,8 +12,7 @@ from torch import nn
 
 from crossdistill.capture import unfold
 
-# float64 because with few samples the moments are nearly singular and float32 loses the
-# small eigenvalues that decide which channels matter.
+# float64 for the sums and the solves: with few samples the moments are nearly singular.
 DTYPE = torch.float64
 
 
@@ -47,16 +46,18 @@ class MomentAccumulator:
             raise ValueError(f"teacher input {tuple(x_teacher.shape)} != student input {tuple(x_student.shape)}")
         # Chunks of images: one huge unfold of a whole batch is the slow, memory-hungry part.
         for start in range(0, x_teacher.shape[0], self.chunk):
-            pt = unfold(self.module, x_teacher[start : start + self.chunk]).to(DTYPE)
-            ps = unfold(self.module, x_student[start : start + self.chunk]).to(DTYPE)
+            pt = unfold(self.module, x_teacher[start : start + self.chunk]).float()
+            ps = unfold(self.module, x_student[start : start + self.chunk]).float()
             if self._tt is None:
                 d = pt.shape[1]
                 self._tt = torch.zeros(d, d, dtype=DTYPE)
                 self._ss = torch.zeros(d, d, dtype=DTYPE)
                 self._ts = torch.zeros(d, d, dtype=DTYPE)
-            self._tt.addmm_(pt.T, pt)
-            self._ss.addmm_(ps.T, ps)
-            self._ts.addmm_(pt.T, ps)
+            # A chunk's products in float32 (fast), the running sums in float64 (exact enough
+            # however many chunks are added).
+            self._tt += (pt.T @ pt).to(DTYPE)
+            self._ss += (ps.T @ ps).to(DTYPE)
+            self._ts += (pt.T @ ps).to(DTYPE)
             self.count += pt.shape[0]
 
     def finish(self) -> Moments:

@@ -12,6 +12,7 @@ from crossdistill.errors import CrossDistillError
 # Each module defines `register(subparsers)`; its parser sets `func(args) -> int`.
 COMMANDS = [
     "crossdistill.cli.evaluate_cmd",
+    "crossdistill.cli.compress_cmd",
 ]
 
 

@@ -1,0 +1,19 @@
+"""Compression methods: each file one method, each a line in METHODS."""
+from __future__ import annotations
+
+from typing import Any
+
+from crossdistill.compression.base import CompressionMethod
+from crossdistill.compression.channel_pruning import ChannelPruning
+from crossdistill.plugins import build
+
+METHODS: dict[str, type[CompressionMethod]] = {
+    "channels": ChannelPruning,
+}
+
+
+def create_method(name: str, **kwargs: Any) -> CompressionMethod:
+    return build(METHODS, name, "compression method", kwargs)
+
+
+__all__ = ["METHODS", "CompressionMethod", "create_method"]

@@ -1,0 +1,82 @@
+"""`crossdistill compress`: one compression run, written atomically to --out."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from crossdistill.compression import METHODS
+from crossdistill.config import load_yaml, resolve
+from crossdistill.objectives import OBJECTIVES
+from crossdistill.outputs import atomic_output_dir, check_output_dir
+from crossdistill.solvers.selection import SELECTORS
+
+# Every option defaults to None so that only flags actually given override the YAML config.
+OPTION_KEYS = [
+    "model", "weights", "data", "eval_data", "shots", "n_samples", "seed", "sampler", "prune", "keep",
+    "objective", "mu", "alpha", "beta", "solver", "selection", "damping", "iters", "lr", "batch_size",
+]
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs a compression."""
+    g = p.add_argument_group("model and data")
+    g.add_argument("--config", type=Path, help="YAML file of defaults; flags given here override it")
+    g.add_argument("--model", help="registered model name (see `crossdistill models`), default resnet56")
+    g.add_argument("--weights", help="teacher checkpoint (.th/.pt/.pth read with weights_only, or .safetensors)")
+    g.add_argument("--data", help="training data: .npz, cifar-10-batches-py folder, Fashion-MNIST folder, or 'cifar10'/'fashion-mnist'")
+    g.add_argument("--eval-data", dest="eval_data", help="test data (same formats); omit to skip evaluation")
+    g = p.add_argument_group("few-shot draw")
+    g.add_argument("--shots", type=int, help="K samples per class (default 5)")
+    g.add_argument("--n-samples", dest="n_samples", type=int, help="N random samples instead of K per class")
+    g.add_argument("--seed", type=int, help="seed of the few-shot draw (default 0)")
+    g.add_argument("--sampler", choices=["random", "first"], help="'first' takes the first K of each class, as the paper's code")
+    g = p.add_argument_group("compression")
+    g.add_argument("--prune", choices=sorted(METHODS), help="compression method (default channels)")
+    g.add_argument("--keep", help="ratio of input channels kept in each pruned layer, in (0, 1], or 'paper' (ResNet-56 preset); default 0.5")
+    g = p.add_argument_group("cross distillation")
+    g.add_argument("--objective", choices=sorted(OBJECTIVES), help="layer loss (default mixed)")
+    g.add_argument("--mu", type=float, help="weight of correction in the mixed loss (default: 0.9 ResNet, 0.6 VGG)")
+    g.add_argument("--alpha", type=float, help="soft: share of the student's input in the teacher's (default 0.5)")
+    g.add_argument("--beta", type=float, help="soft: share of the teacher's input in the student's (default 0.5)")
+    g.add_argument("--solver", help="closed-form | paper | prune-only for channels (default closed-form)")
+    g.add_argument("--selection", choices=sorted(SELECTORS), help="channel selection of the closed form (default obs)")
+    g.add_argument("--damping", type=float, help="ridge towards the teacher, × mean diag of H (default 0.001)")
+    g.add_argument("--iters", type=int, help="iterations of the paper solver (default 3000)")
+    g.add_argument("--lr", type=float, help="Adam learning rate of the paper solver (default 1e-3)")
+    g.add_argument("--batch-size", dest="batch_size", type=int, help="images per forward pass while capturing (default 64)")
+
+
+def config_from_args(args: argparse.Namespace):
+    defaults = load_yaml(args.config) if getattr(args, "config", None) else {}
+    overrides = {k: getattr(args, k, None) for k in OPTION_KEYS}
+    if getattr(args, "no_latency", False):
+        overrides["latency"] = False
+    return resolve(defaults, overrides)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compress",
+        help="compress a teacher from a few samples per class",
+        description="Layer-wise cross distillation of a pretrained model from K samples per class. "
+        "Writes the student (safetensors + spec), report.json, the few-shot indices and the resolved config to --out.",
+    )
+    add_config_options(p)
+    p.add_argument("--out", type=Path, required=True, help="output directory (created atomically)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-latency", dest="no_latency", action="store_true", help="skip CPU latency measurement")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
+
+    cfg = config_from_args(args)
+    check_output_dir(args.out, args.force)  # fail before the work, not after
+    result, report = run_pipeline(cfg, show_progress=not args.quiet)
+    with atomic_output_dir(args.out, args.force) as tmp:
+        write_run(tmp, result, report)
+    print(format_summary(report))
+    print(f"written to {args.out}")
+    return 0

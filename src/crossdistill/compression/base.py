@@ -1,0 +1,26 @@
+"""What a compression method is: which layers to solve under which constraint, and what to do
+with the solved model (e.g. physically remove pruned channels)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+from torch import nn
+
+from crossdistill.engine import LayerRecord
+from crossdistill.solvers import LayerTask
+
+
+class CompressionMethod(ABC):
+    name: str = ""
+    # Which solver registry (crossdistill.solvers.SOLVERS) serves this method.
+    solver_family: str = ""
+
+    @abstractmethod
+    def plan(self, model: nn.Module) -> list[LayerTask]: ...
+
+    def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
+        return model
+
+    def describe(self) -> str:
+        return self.name

@@ -1,0 +1,103 @@
+"""Run configuration: YAML files set defaults, CLI flags override them (as timm does), and the
+resolved config is saved beside every result."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from crossdistill.errors import CrossDistillError
+
+
+@dataclass
+class CompressConfig:
+    # what to compress
+    model: str = "resnet56"
+    weights: str | None = None
+    data: str | None = None
+    eval_data: str | None = None
+    # few-shot draw
+    shots: int | None = 5
+    n_samples: int | None = None
+    seed: int = 0
+    sampler: str = "random"  # 'random' or 'first' (the official code's first K of each class)
+    # compression
+    prune: str = "channels"
+    keep: float | str = 0.5
+    # cross distillation
+    objective: str = "mixed"
+    mu: float | None = None  # None: the model's default (0.9 ResNet, 0.6 VGG)
+    alpha: float = 0.5
+    beta: float = 0.5
+    solver: str = "closed-form"
+    selection: str = "obs"
+    damping: float = 1e-3
+    iters: int = 3000
+    lr: float | None = None
+    batch_size: int = 64
+    # evaluation
+    latency: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "CompressConfig":
+        if self.shots is not None and self.n_samples is not None:
+            raise CrossDistillError("give either shots (K per class) or n_samples, not both")
+        if self.shots is None and self.n_samples is None:
+            raise CrossDistillError("give shots (K per class) or n_samples")
+        for name in ("mu", "alpha", "beta"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= float(v) <= 1.0:
+                raise CrossDistillError(f"{name} must lie in [0, 1], got {v}")
+        if isinstance(self.keep, str):
+            if self.keep != "paper":
+                try:
+                    self.keep = float(self.keep)
+                except ValueError:
+                    raise CrossDistillError(f"keep must be a ratio in (0, 1] or 'paper', got {self.keep!r}") from None
+        if not isinstance(self.keep, str) and not 0.0 < float(self.keep) <= 1.0:
+            raise CrossDistillError(f"keep ratio must lie in (0, 1], got {self.keep}")
+        if self.sampler not in ("random", "first"):
+            raise CrossDistillError(f"sampler must be 'random' or 'first', got {self.sampler!r}")
+        if self.damping < 0:
+            raise CrossDistillError(f"damping must be >= 0, got {self.damping}")
+        if self.iters < 1 or self.batch_size < 1:
+            raise CrossDistillError("iters and batch_size must be positive")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "CompressConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CrossDistillError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**dict(values))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CrossDistillError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CrossDistillError(f"config {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CrossDistillError(f"config {path} must be a mapping of keys to values")
+    return data
+
+
+def resolve(defaults: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> CompressConfig:
+    """Config file values first, then every override that was actually given (not None)."""
+    merged = dict(defaults or {})
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return CompressConfig.from_dict(merged).validate()

@@ -1,0 +1,196 @@
+"""One compression run end to end: teacher → few-shot draw → layer-wise distillation →
+finalised student → evaluation → report. The CLI and the sweeps both call `run`."""
+from __future__ import annotations
+
+import copy
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossdistill import __version__
+from crossdistill.compression import create_method
+from crossdistill.config import CompressConfig
+from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
+from crossdistill.engine import LayerRecord, distill_layers
+from crossdistill.errors import CrossDistillError
+from crossdistill.evaluation import evaluate_model
+from crossdistill.models import create_model, load_weights, model_info
+from crossdistill.objectives import create_objective
+from crossdistill.solvers import create_solver
+
+
+@dataclass
+class FewShot:
+    images: torch.Tensor  # normalised NCHW
+    labels: torch.Tensor
+    indices: np.ndarray  # into the training data, sorted
+
+
+@dataclass
+class CompressionResult:
+    student: nn.Module
+    records: list[LayerRecord]
+    seconds: float
+    objective: str
+    solver: str
+    method: str
+
+
+def load_teacher(cfg: CompressConfig) -> nn.Module:
+    model = create_model(cfg.model)
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+    return model.eval()
+
+
+def draw_few_shot(cfg: CompressConfig, data: ImageArrays) -> FewShot:
+    info = model_info(cfg.model)
+    if tuple(data.x.shape[1:]) != (info.input_size[1], info.input_size[2], info.input_size[0]):
+        raise CrossDistillError(
+            f"{data.source or 'data'}: images are {tuple(data.x.shape[1:])} (H, W, C) but {cfg.model} "
+            f"expects {(info.input_size[1], info.input_size[2], info.input_size[0])}"
+        )
+    idx = sample_few_shot(
+        data.y, shots=cfg.shots, n=cfg.n_samples, seed=cfg.seed, mode=cfg.sampler, num_classes=data.num_classes
+    )
+    return FewShot(
+        images=to_tensor(data.x[idx], info.mean, info.std),
+        labels=torch.as_tensor(data.y[idx], dtype=torch.long),
+        indices=idx,
+    )
+
+
+def _tqdm_progress(desc: str):
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def progress(i: int, total: int, name: str) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc=desc, unit="layer", file=sys.stderr, leave=False)
+        b = bar["bar"]
+        b.n = i
+        b.set_postfix_str(name, refresh=True)
+        if i >= total:
+            b.close()
+
+    return progress
+
+
+def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progress: bool = True) -> CompressionResult:
+    """Layer-wise cross distillation of a copy of `teacher`; the teacher is not modified."""
+    start = time.perf_counter()
+    mu = cfg.mu if cfg.mu is not None else model_info(cfg.model).default_mu
+    objective = create_objective(cfg.objective, mu=mu, alpha=cfg.alpha, beta=cfg.beta)
+    method = create_method(cfg.prune, keep=cfg.keep, **cfg.extra)
+    solver_kw: dict[str, Any] = {"selection": cfg.selection, "iters": cfg.iters, **cfg.extra}
+    if cfg.lr is not None:
+        solver_kw["lr"] = cfg.lr
+    solver = create_solver(method.solver_family, cfg.solver, **solver_kw)
+    student = copy.deepcopy(teacher).eval()
+    tasks = method.plan(student)
+    progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
+    records = distill_layers(
+        teacher, student, fewshot.images, tasks, objective, solver,
+        damping=cfg.damping, batch_size=cfg.batch_size, progress=progress,
+    )
+    student = method.finalize(student, records)
+    return CompressionResult(
+        student=student.eval(),
+        records=records,
+        seconds=time.perf_counter() - start,
+        objective=objective.describe(),
+        solver=solver.describe(),
+        method=method.describe(),
+    )
+
+
+def versions() -> dict[str, str]:
+    return {
+        "crossdistill": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays | None = None,
+        test: ImageArrays | None = None) -> tuple[CompressionResult, dict[str, Any]]:
+    """Compress and evaluate; returns the result and the report dict (nothing is written)."""
+    cfg.validate()
+    if cfg.data is None and train is None:
+        raise CrossDistillError("no training data given (--data)")
+    info = model_info(cfg.model)
+    teacher = load_teacher(cfg)
+    train = train if train is not None else load_image_data(cfg.data, "train")
+    fewshot = draw_few_shot(cfg, train)
+    result = compress(teacher, fewshot, cfg, show_progress=show_progress)
+    report: dict[str, Any] = {
+        "model": cfg.model,
+        "method": result.method,
+        "objective": result.objective,
+        "solver": result.solver,
+        "shots": cfg.shots,
+        "n_samples": int(len(fewshot.indices)),
+        "seed": cfg.seed,
+        "sampler": cfg.sampler,
+        "damping": cfg.damping,
+        "compress_seconds": result.seconds,
+        "fewshot_indices": fewshot.indices.tolist(),
+        "layers": [
+            {"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
+             "seconds": r.seconds, **{k: v for k, v in r.info.items()}}
+            for r in result.records
+        ],
+        "config": cfg.to_dict(),
+        "versions": versions(),
+    }
+    if test is None and cfg.eval_data:
+        test = load_image_data(cfg.eval_data, "test")
+    if test is not None:
+        kw = dict(mean=info.mean, std=info.std, input_size=info.input_size, measure_speed=cfg.latency,
+                  latency_batch_sizes=(1, 128) if cfg.latency else ())
+        report["teacher"] = evaluate_model(teacher, test, **kw)
+        report["student"] = evaluate_model(result.student, test, **kw)
+        report["n_eval"] = report["student"]["n_eval"]
+    return result, report
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """A before ⇒ after table a person can read."""
+    lines = [
+        f"{report['model']}  {report['method']}  {report['objective']}  {report['solver']}",
+        f"few-shot: {report['n_samples']} images (K={report['shots']}, seed {report['seed']}, {report['sampler']}); "
+        f"compression took {report['compress_seconds']:.1f} s",
+    ]
+    if "teacher" in report:
+        t, s = report["teacher"], report["student"]
+        lines.append(f"{'':14}{'teacher':>14}{'student':>14}")
+        lines.append(f"{'top-1 (%)':14}{t['top1']:>14.2f}{s['top1']:>14.2f}   on {report['n_eval']} test images")
+        lines.append(f"{'params':14}{t['params']:>14,}{s['params']:>14,}")
+        lines.append(f"{'MFLOPs':14}{t['flops'] / 1e6:>14.2f}{s['flops'] / 1e6:>14.2f}")
+        for lt, ls in zip(t.get("latency", []), s.get("latency", [])):
+            label = f"ms (batch {lt['batch_size']})"
+            lines.append(f"{label:14}{lt['median_ms']:>14.2f}{ls['median_ms']:>14.2f}   {lt['threads']} threads")
+    return "\n".join(lines)
+
+
+def write_run(out: Path, result: CompressionResult, report: dict[str, Any]) -> None:
+    """Fill a (temporary) run directory: student weights + spec, report, indices, config."""
+    from crossdistill.models import save_model
+    from crossdistill.outputs import write_json
+    import yaml
+
+    save_model(result.student, out / "student.safetensors")
+    write_json(out / "report.json", report)
+    write_json(out / "fewshot_indices.json", {"indices": report["fewshot_indices"], "seed": report["seed"],
+                                              "shots": report["shots"], "data": report["config"]["data"]})
+    (out / "config.yaml").write_text(yaml.safe_dump(report["config"], sort_keys=False))
+    (out / "summary.txt").write_text(format_summary(report) + "\n")
