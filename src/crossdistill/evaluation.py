@@ -1,0 +1,222 @@
+"""Accuracy, size, FLOPs and latency of a model: the numbers every compression result reports."""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossdistill.data.transforms import to_tensor
+from crossdistill.errors import CrossDistillError
+
+__all__ = [
+    "LatencyResult",
+    "accuracy",
+    "count_params",
+    "count_nonzero_params",
+    "count_flops",
+    "measure_latency",
+    "evaluate_model",
+]
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Wall-clock time of one forward pass of `batch_size` images, over `repeats` timed runs."""
+
+    batch_size: int
+    threads: int
+    median_ms: float
+    iqr_ms: float  # 75th minus 25th percentile: a spread that ignores the odd slow outlier
+    repeats: int
+    warmup: int
+    device: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    # Restore each submodule's own flag: callers may deliberately keep parts in train mode.
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _check_images(x: Any, y: Any, mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.dtype != np.uint8:
+        raise CrossDistillError(f"images must be uint8 pixels (0..255), got dtype {x.dtype}")
+    if x.ndim == 3:  # grayscale N x H x W
+        x = x[..., None]
+    if x.ndim != 4:
+        raise CrossDistillError(f"images must be N x H x W x C, got shape {tuple(x.shape)}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise CrossDistillError(f"need one label per image: {len(x)} images, labels of shape {tuple(y.shape)}")
+    if len(x) == 0:
+        raise CrossDistillError("no images to evaluate")
+    if len(mean) != x.shape[3] or len(std) != x.shape[3]:
+        raise CrossDistillError(
+            f"images have {x.shape[3]} channels but mean/std have {len(mean)}/{len(std)} entries "
+            "(is this the right data set for the model?)"
+        )
+    return x, y
+
+
+def accuracy(
+    model: nn.Module,
+    x_uint8: np.ndarray,
+    y: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 256,
+) -> float:
+    """Top-1 accuracy in percent on uint8 N x H x W x C images, in eval mode, in chunks."""
+    x, y = _check_images(x_uint8, y, mean, std)
+    if batch_size < 1:
+        raise CrossDistillError(f"batch size must be >= 1, got {batch_size}")
+    device = _device_of(model)
+    correct = 0
+    with _eval_mode(model), torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            # Normalise chunk by chunk: a float copy of a whole split would cost 4x its uint8 size.
+            xb = to_tensor(x[start:start + batch_size], mean, std).to(device)
+            pred = model(xb).argmax(1).cpu().numpy()
+            correct += int((pred == y[start:start + batch_size]).sum())
+    return 100.0 * correct / len(x)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter entries (buffers such as BN running stats are not counted)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero_params(model: nn.Module) -> int:
+    """Parameter entries that are not exactly zero: the size that matters for sparse (unstructured) pruning."""
+    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
+    """FLOPs of one forward pass on ONE image of shape (C, H, W), via torch's FlopCounterMode.
+
+    Counts 2 FLOPs per multiply-accumulate (so a conv's FLOPs are 2 x its MACs) and only the
+    operations FlopCounterMode knows (convolutions, matmuls/linear layers, attention);
+    BatchNorm, ReLU, pooling and additions are not counted. Zero weights still count: this
+    measures dense compute, which is what channel pruning reduces.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, *input_size, device=_device_of(model))
+    counter = FlopCounterMode(display=False)
+    with _eval_mode(model), torch.no_grad(), counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def measure_latency(
+    model: nn.Module,
+    input_size: Sequence[int],
+    batch_size: int = 1,
+    threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 20,
+) -> LatencyResult:
+    """Median and IQR (ms) of a forward pass of `batch_size` random images using `threads` CPU threads.
+
+    `threads=None` keeps torch's current setting. The previous thread count is restored afterwards.
+    """
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise CrossDistillError("latency needs batch_size >= 1, repeats >= 1 and warmup >= 0")
+    device = _device_of(model)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise CrossDistillError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    used_threads = torch.get_num_threads()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    x = torch.randn(batch_size, *input_size, device=device)
+    times: list[float] = []
+    try:
+        with _eval_mode(model), torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            sync()
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(x)
+                sync()
+                times.append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        torch.set_num_threads(old_threads)
+    q1, q3 = np.percentile(times, [25, 75])
+    return LatencyResult(
+        batch_size=batch_size,
+        threads=used_threads,
+        median_ms=float(statistics.median(times)),
+        iqr_ms=float(q3 - q1),
+        repeats=repeats,
+        warmup=warmup,
+        device=str(device),
+    )
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: Any,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    input_size: Sequence[int],
+    latency_batch_sizes: Sequence[int] = (1,),
+    threads: int | None = None,
+    measure_speed: bool = True,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """All report numbers in one dict.
+
+    `data` is an ImageArrays (anything with `.x` uint8 NHWC and `.y`) or an (x, y) pair.
+    Returns top1 (%), n_eval, params, nonzero_params, flops (per image, 2 per MAC),
+    input_size, and latency: a list of LatencyResult dicts (empty when measure_speed is False).
+    """
+    if hasattr(data, "x") and hasattr(data, "y"):
+        x, y = data.x, data.y
+    else:
+        try:
+            x, y = data
+        except (TypeError, ValueError):
+            raise CrossDistillError("data must be an ImageArrays or an (x, y) pair") from None
+    top1 = accuracy(model, x, y, mean, std, batch_size=batch_size)
+    latency = (
+        [measure_latency(model, input_size, b, threads).as_dict() for b in latency_batch_sizes]
+        if measure_speed
+        else []
+    )
+    return {
+        "top1": top1,
+        "n_eval": int(len(y)),
+        "params": count_params(model),
+        "nonzero_params": count_nonzero_params(model),
+        "flops": count_flops(model, input_size),
+        "input_size": [int(s) for s in input_size],
+        "latency": latency,
+    }

@@ -1,0 +1,237 @@
+"""Reading and writing weights safely.
+
+Pickled checkpoints are opened with `weights_only=True` only: a checkpoint that needs
+arbitrary unpickling can execute code, so it is refused rather than trusted.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+
+__all__ = [
+    "Checkpoint",
+    "load_checkpoint",
+    "load_state_dict_file",
+    "load_weights",
+    "save_model",
+    "load_model",
+]
+
+PICKLE_SUFFIXES = (".th", ".pt", ".pth", ".tar", ".bin", ".ckpt")
+SAFETENSORS_SUFFIX = ".safetensors"
+# Prefixes added by DataParallel/DistributedDataParallel and torch.compile; never part of the model.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Old checkpoints (PyTorch < 0.4, e.g. the shared CIFAR ResNets) have no BN step counters;
+# the counter does not affect inference, so its absence or presence is never an error.
+_IGNORED_SUFFIX = "num_batches_tracked"
+_MAX_LISTED = 5
+
+
+@dataclass
+class Checkpoint:
+    """Tensors of a weights file plus the model name/spec when the file was written by `save_model`."""
+
+    state_dict: dict[str, torch.Tensor]
+    model_name: str | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _WRAPPER_PREFIXES:
+            if key.startswith(p):
+                key = key[len(p):]
+                changed = True
+    return key
+
+
+def _read_pickle(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower() or "weights_only" in str(exc):
+            raise CrossDistillError(
+                f"{path}: refused for safety: the checkpoint contains pickled objects other than "
+                "tensors and plain containers, and loading it would require full unpickling "
+                "(which can run arbitrary code). Re-save it as a plain state_dict "
+                "(torch.save(model.state_dict(), ...)) or as .safetensors."
+            ) from None
+        raise CrossDistillError(f"{path}: not a readable PyTorch checkpoint (corrupt?): {exc}") from None
+    except Exception as exc:  # torch surfaces corruption as RuntimeError, EOFError, struct.error, KeyError...
+        raise CrossDistillError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own SafetensorError (a plain Exception subclass)
+        raise CrossDistillError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
+    return tensors, meta
+
+
+def _unwrap(obj: Any, path: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    meta: dict[str, Any] = {}
+    # Training scripts wrap the weights in {'state_dict': ..., 'epoch': ...} or {'model': ...}.
+    for _ in range(3):
+        if not isinstance(obj, Mapping):
+            break
+        if isinstance(obj.get("crossdistill"), Mapping):
+            meta = dict(obj["crossdistill"])
+        inner = next((obj[k] for k in ("state_dict", "model", "model_state_dict") if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise CrossDistillError(f"{path}: expected a state_dict (a dict of tensors), found {type(obj).__name__}")
+    return obj, meta
+
+
+def _clean(raw: Mapping[str, Any], path: Path | str) -> dict[str, torch.Tensor]:
+    bad = [k for k, v in raw.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CrossDistillError(
+            f"{path}: state_dict has non-tensor entries: {', '.join(map(str, bad[:_MAX_LISTED]))}"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for k, v in raw.items():
+        key = _strip_prefixes(str(k))
+        if key in out:
+            raise CrossDistillError(f"{path}: key {key!r} appears twice after stripping wrapper prefixes")
+        out[key] = v
+    if not out:
+        raise CrossDistillError(f"{path}: the checkpoint holds no tensors")
+    return out
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a `.th/.pt/.pth` (weights_only) or `.safetensors` file into a Checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrossDistillError(f"weights file not found: {path}")
+    if path.suffix == SAFETENSORS_SUFFIX:
+        tensors, meta = _read_safetensors(path)
+        name = meta.get("crossdistill_model")
+        try:
+            spec = json.loads(meta.get("crossdistill_spec", "{}"))
+        except json.JSONDecodeError:
+            spec = {}
+        return Checkpoint(_clean(tensors, path), name, spec)
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise CrossDistillError(
+            f"{path}: unknown weights format {path.suffix!r}; expected one of "
+            f"{', '.join(PICKLE_SUFFIXES + (SAFETENSORS_SUFFIX,))}"
+        )
+    raw, meta = _unwrap(_read_pickle(path), path)
+    name = meta.get("model") if isinstance(meta.get("model"), str) else None
+    spec = dict(meta["spec"]) if isinstance(meta.get("spec"), Mapping) else {}
+    return Checkpoint(_clean(raw, path), name, spec)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, unwrapped from {'state_dict'|'model': ...}, `module.` stripped."""
+    return load_checkpoint(path).state_dict
+
+
+def _fmt_shape(t: torch.Tensor) -> str:
+    return str(tuple(t.shape))
+
+
+def _listing(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def load_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load weights into `model` after checking keys, shapes and finiteness; returns `model`.
+
+    Raises CrossDistillError naming the first missing/unexpected keys and, for shape
+    mismatches, the expected (model) vs got (file) shapes.
+    """
+    if isinstance(source, Mapping):
+        label: str | Path = "state_dict"
+        sd = _clean(source, label)
+    else:
+        label = Path(source)
+        sd = load_state_dict_file(label)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith(_IGNORED_SUFFIX)]
+    unexpected = [k for k in sd if k not in own and not k.endswith(_IGNORED_SUFFIX)]
+    mismatched = [k for k in own if k in sd and own[k].shape != sd[k].shape]
+    problems = []
+    if mismatched:
+        problems.append(
+            "shape mismatch: "
+            + "; ".join(f"{k}: expected {_fmt_shape(own[k])}, got {_fmt_shape(sd[k])}" for k in mismatched[:_MAX_LISTED])
+            + (f" (+{len(mismatched) - _MAX_LISTED} more)" if len(mismatched) > _MAX_LISTED else "")
+        )
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    if problems:
+        name = getattr(model, "crossdistill_name", type(model).__name__)
+        raise CrossDistillError(f"{label} does not fit model {name}: " + "; ".join(problems))
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CrossDistillError(f"{label}: non-finite values (NaN/inf) in {_listing(bad)}")
+    usable = {k: v for k, v in sd.items() if k in own}
+    model.load_state_dict(usable, strict=False)
+    return model
+
+
+def save_model(model: nn.Module, path: str | Path) -> Path:
+    """Save weights plus model name and spec so `load_model(path)` can rebuild a slimmed model.
+
+    `.safetensors` stores name/spec as metadata; other suffixes write a weights_only-loadable
+    {'state_dict': ..., 'crossdistill': {'model': name, 'spec': spec}}.
+    """
+    path = Path(path)
+    name = getattr(model, "crossdistill_name", None)
+    spec = model.spec() if hasattr(model, "spec") else {}  # type: ignore[operator]
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import save_file
+
+        meta = {"crossdistill_spec": json.dumps(spec)}
+        if name:
+            meta["crossdistill_model"] = name
+        save_file(sd, str(path), metadata=meta)
+    else:
+        torch.save({"state_dict": sd, "crossdistill": {"model": name, "spec": spec}}, path)
+    return path
+
+
+def load_model(path: str | Path, name: str | None = None) -> nn.Module:
+    """Build and load a model from a weights file.
+
+    The architecture comes from the file's saved spec when present, otherwise it is inferred
+    from the tensor shapes, so a slimmed student loads given only its base model name.
+    """
+    from crossdistill.models.registry import create_model, spec_from_state_dict
+
+    ckpt = load_checkpoint(path)
+    model_name = name or ckpt.model_name
+    if model_name is None:
+        raise CrossDistillError(f"{path}: the file does not record its model; pass the model name (--model)")
+    spec = ckpt.spec if (ckpt.spec and ckpt.model_name == model_name) else spec_from_state_dict(model_name, ckpt.state_dict)
+    model = create_model(model_name, **spec)
+    load_weights(model, ckpt.state_dict)
+    return model

@@ -1,0 +1,64 @@
+"""`crossdistill evaluate` end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from crossdistill.cli.main import main
+from crossdistill.models import create_model, save_model
+from crossdistill.paths import shared_data_dir
+
+
+@pytest.fixture()
+def tiny_run(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("fashion_cnn", channels=[2, 3, 4])
+    weights = save_model(model, tmp_path / "student.safetensors")
+    rng = np.random.default_rng(0)
+    data = tmp_path / "test.npz"
+    np.savez(data, x=rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8), y=rng.integers(0, 10, 12))
+    return weights, data
+
+
+def test_evaluate_prints_table(tiny_run, capsys):
+    weights, data = tiny_run
+    rc = main(["evaluate", "--weights", str(weights), "--eval-data", str(data),
+               "--latency-batch-sizes", "1,2", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "fashion_cnn" in out and "on 12 images" in out
+    assert "params" in out and "FLOPs" in out
+    assert out.count("latency") == 2 and "at batch 2, 1 thread" in out
+
+
+def test_evaluate_json(tiny_run, capsys):
+    weights, data = tiny_run
+    rc = main(["evaluate", "--model", "fashion_cnn", "--weights", str(weights), "--eval-data", str(data),
+               "--no-latency", "--json", "--batch-size", "5"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert res["n_eval"] == 12 and res["latency"] == [] and res["spec"]["channels"] == [2, 3, 4]
+    assert 0.0 <= res["top1"] <= 100.0 and res["params"] > 0
+
+
+def test_evaluate_user_errors_exit_2(tiny_run, capsys):
+    weights, data = tiny_run
+    assert main(["evaluate", "--model", "nope", "--weights", str(weights), "--eval-data", str(data)]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "resnet20", "--weights", str(weights), "--eval-data", str(data)]) == 2
+    assert "resnet20" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_evaluate_shared_resnet20(capsys):
+    weights = shared_data_dir() / "weights" / "resnet20-12fca82f.th"
+    data = shared_data_dir() / "cifar10" / "cifar10_test1000.npz"
+    if not (weights.is_file() and data.is_file()):
+        pytest.skip(f"shared teacher or test images absent under {shared_data_dir()} (set CROSSDISTILL_DATA)")
+    rc = main(["evaluate", "--model", "resnet20", "--weights", str(weights), "--eval-data", str(data), "--no-latency"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "91.5 % on 1000 images" in out and "269,722" in out and "81.10 M" in out
