@@ -8,7 +8,8 @@ Why this shape (measured on 2 shared CPU cores, SGD+nesterov, one-cycle lr 0.1, 
 - pooling right after conv1 keeps conv2 on 14x14: about 3.8 MFLOPs per image, ~20 s per epoch;
   widths 32/64/128 cost 4x that (~50 s per epoch) for little accuracy gain;
 - a 3x3 flattened head keeps the coarse spatial layout that global average pooling throws
-  away: 88.8 % after one epoch against 82 % (88.2 % after two) with a pooled Linear(64, 10).
+  away: 88.8 % after one epoch and 90.9 % after two (10k test images), against 82 % and
+  88.2 % with a globally pooled Linear(64, 10).
 """
 from __future__ import annotations
 
