@@ -13,6 +13,9 @@ from crossdistill.errors import CrossDistillError
 COMMANDS = [
     "crossdistill.cli.evaluate_cmd",
     "crossdistill.cli.compress_cmd",
+    "crossdistill.cli.sweep_cmd",
+    "crossdistill.cli.report_cmd",
+    "crossdistill.cli.demo_cmd",
 ]
 
 

@@ -1,0 +1,94 @@
+"""PNG plots of sweep results. Figures are built without pyplot, so no GUI backend and no
+global figure state are involved (safe in threads, servers and tests)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from matplotlib.figure import Figure
+
+from crossdistill.reporting.results import SettingGroup
+
+_MARKERS = "osD^v<>phX*"
+
+
+def _seeds_text(groups: Sequence[SettingGroup]) -> str:
+    counts = {c.n_seeds for g in groups for c in g.cells.values()}
+    if len(counts) == 1:
+        n = counts.pop()
+        return f"mean ± std over {n} seed{'s' if n != 1 else ''}"
+    return "mean ± std over seeds"
+
+
+def accuracy_vs_shots(group: SettingGroup) -> Figure:
+    """Top-1 against K: one line per method with error bars over seeds, the teacher dashed."""
+    fig = Figure(figsize=(7.5, 5.0), dpi=110)
+    ax = fig.add_subplot()
+    xs = group.x_values
+    handles: list = []  # methods first, then the teacher, in the legend
+    for i, m in enumerate(group.methods):
+        cells = [group.cell(m, x) for x in xs]
+        pts = [(x, c.mean, c.std) for x, c in zip(xs, cells) if c is not None]
+        if not pts:
+            continue
+        handles.append(ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], label=m,
+                                   marker=_MARKERS[i % len(_MARKERS)], markersize=5, capsize=3, linewidth=1.5))
+    if group.teacher_top1 is not None:
+        handles.append(ax.axhline(group.teacher_top1, color="0.3", linestyle="--", linewidth=1,
+                                  label=f"teacher ({group.teacher_top1:.2f} %)"))
+    ax.set_xticks(xs)
+    if group.x_field == "shots":
+        ax.set_xlabel("K (training images per class)")
+    else:
+        ax.set_xlabel("N (training images)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{group.model}, {group.compression}: top-1 on {group.n_eval} test images\n"
+                 f"({group.eval_name}; {_seeds_text([group])})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_flops(groups: Sequence[SettingGroup], x: int | None = None) -> Figure:
+    """Top-1 against FLOPs per image at one K, across the compression settings of one teacher:
+    one line per method joining its compression levels, the teacher as a star."""
+    groups = list(groups)
+    if x is None:
+        common = set.intersection(*(set(g.x_values) for g in groups)) if groups else set()
+        x = max(common) if common else max(v for g in groups for v in g.x_values)
+    methods: list[str] = []
+    for g in groups:
+        methods += [m for m in g.methods if m not in methods]
+    fig = Figure(figsize=(7.5, 5.0), dpi=110)
+    ax = fig.add_subplot()
+    handles: list = []
+    for i, m in enumerate(methods):
+        pts = sorted(
+            (c.flops / 1e6, c.mean, c.std) for g in groups
+            for c in [g.cell(m, x)] if c is not None and c.flops is not None
+        )
+        if not pts:
+            continue
+        handles.append(ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], label=m,
+                                   marker=_MARKERS[i % len(_MARKERS)], markersize=5, capsize=3, linewidth=1.5))
+    g0 = groups[0]
+    if g0.teacher_top1 is not None and g0.teacher_flops is not None:
+        handles += ax.plot([g0.teacher_flops / 1e6], [g0.teacher_top1], marker="*", markersize=14, color="0.2",
+                linestyle="none", label=f"teacher ({g0.teacher_top1:.2f} %)")
+    x_name = "K" if g0.x_field == "shots" else "N"
+    ax.set_xlabel("MFLOPs per image (2 per multiply-accumulate)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    levels = ", ".join(g.compression for g in groups)
+    ax.set_title(f"{g0.model}: top-1 on {g0.n_eval} test images vs FLOPs at {x_name}={x}\n"
+                 f"({levels}; {_seeds_text(groups)})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,265 @@
+"""Sweep rows grouped the way results are read: per compression setting, per method, per K,
+with mean ± std over seeds."""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.sweep import size_fields
+
+# What defines "the same compressed network" (one table, one plot): the teacher, the data and
+# how much is removed. Fields a later compression method adds belong here when they set its size.
+SETTING_FIELDS = ("model", "weights", "data", "eval_data", "prune", "keep", "sparsity", "bits", "quant_scheme",
+                  "rank_ratio", "flops_ratio")
+# The x axis of accuracy-vs-samples.
+X_FIELDS = ("shots", "n_samples")
+# Averaged over (seed) or not affecting the result (latency timing, capture batch size).
+AVERAGED_FIELDS = ("seed",)
+IGNORED_FIELDS = ("latency", "batch_size")
+# Everything else distinguishes methods (objective, mu, solver, fine-tune, ...).
+
+
+@dataclass
+class RunRow:
+    id: int
+    config_hash: str
+    config: dict[str, Any]
+    status: str
+    error: str | None = None
+    teacher_top1: float | None = None
+    student_top1: float | None = None
+    n_eval: int | None = None
+    teacher_params: int | None = None
+    student_params: int | None = None
+    teacher_flops: int | None = None
+    student_flops: int | None = None
+    compress_seconds: float | None = None
+    run_seconds: float | None = None
+
+
+_COLUMNS = ("id", "config_hash", "config", "status", "error", "teacher_top1", "student_top1", "n_eval",
+            "teacher_params", "student_params", "teacher_flops", "student_flops", "compress_seconds", "run_seconds")
+
+
+def load_runs(db_path: str | Path) -> list[RunRow]:
+    """Every run row of a sweep database, oldest first, opened read-only."""
+    path = Path(db_path)
+    if not path.is_file():
+        raise CrossDistillError(f"results database not found: {path}")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+        try:
+            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs ORDER BY id").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise CrossDistillError(f"{path}: not a crossdistill results database: {exc}") from None
+    out = []
+    for r in rows:
+        d = dict(zip(_COLUMNS, r))
+        d["config"] = json.loads(d["config"])
+        out.append(RunRow(**d))
+    return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1); the std of a single value is 0."""
+    if not values:
+        return math.nan, math.nan
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+@dataclass
+class Cell:
+    """One method at one K (or N): the runs over seeds."""
+
+    method: str
+    x: int
+    seeds: list[int]
+    top1: list[float]
+    n_eval: int | None
+    flops: float | None
+    params: float | None
+    compress_seconds: float | None
+    run_seconds: float | None
+
+    @property
+    def mean(self) -> float:
+        return mean_std(self.top1)[0]
+
+    @property
+    def std(self) -> float:
+        return mean_std(self.top1)[1]
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.top1)
+
+
+@dataclass
+class SettingGroup:
+    """All runs that compress the same teacher to the same size, on the same data."""
+
+    key: tuple[Any, ...]
+    config: dict[str, Any]  # the setting fields
+    x_field: str  # 'shots' or 'n_samples'
+    methods: list[str] = field(default_factory=list)  # in order of first appearance
+    cells: dict[tuple[str, int], Cell] = field(default_factory=dict)
+    teacher_top1: float | None = None
+    teacher_params: int | None = None
+    teacher_flops: int | None = None
+    n_eval: int | None = None
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model"))
+
+    @property
+    def x_values(self) -> list[int]:
+        return sorted({x for (_, x) in self.cells})
+
+    @property
+    def compression(self) -> str:
+        prune = self.config.get("prune")
+        shown = [f"{k}={_fmt_value(self.config[k])}" for k in SETTING_FIELDS[5:] if _relevant(prune, k)
+                 and self.config.get(k) is not None]
+        return f"{prune}({', '.join(shown)})" if shown else str(prune)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} · {self.compression}"
+
+    @property
+    def eval_name(self) -> str:
+        ev = self.config.get("eval_data")
+        return Path(str(ev)).name if ev else "no test set"
+
+    def cell(self, method: str, x: int) -> Cell | None:
+        return self.cells.get((method, x))
+
+
+def _relevant(prune: Any, key: str) -> bool:
+    return key in size_fields(prune)
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _default_mu(model: str) -> float | None:
+    try:
+        from crossdistill.models import model_info
+
+        return model_info(model).default_mu
+    except Exception:  # a model registered only by whoever wrote the database
+        return None
+
+
+def base_method_label(config: Mapping[str, Any]) -> str:
+    """A readable name for how a run compressed: objective (with its weights), solver, fine-tune."""
+    solver = config.get("solver")
+    if solver == "prune-only":
+        label = "prune-only"
+    else:
+        obj = str(config.get("objective"))
+        if obj == "mixed":
+            mu = config.get("mu")
+            if mu is None:
+                mu = _default_mu(str(config.get("model")))
+            label = f"mixed μ={_fmt_value(mu)}" if mu is not None else "mixed"
+        elif obj == "soft":
+            label = f"soft α={_fmt_value(config.get('alpha'))} β={_fmt_value(config.get('beta'))}"
+        else:
+            label = obj
+        if solver not in (None, "closed-form"):
+            label += f" [{solver}]"
+    if config.get("finetune_epochs"):
+        label += f" + fine-tune {config['finetune_epochs']} ep"
+    return label
+
+
+def _method_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    skip = set(SETTING_FIELDS) | set(X_FIELDS) | set(AVERAGED_FIELDS) | set(IGNORED_FIELDS)
+    return {k: v for k, v in config.items() if k not in skip}
+
+
+def _freeze(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def method_labels(configs: Iterable[Mapping[str, Any]]) -> dict[Any, str]:
+    """Label each distinct method of one setting; runs that would share a label but differ in
+    some other field get that field appended, so distinct methods are never averaged together."""
+    keys: dict[Any, dict[str, Any]] = {}
+    for c in configs:
+        m = _method_fields(c)
+        keys.setdefault(_freeze(m), {**m, "model": c.get("model")})
+    labels = {k: base_method_label(m) for k, m in keys.items()}
+    by_label: dict[str, list[Any]] = {}
+    for k, lab in labels.items():
+        by_label.setdefault(lab, []).append(k)
+    for lab, ks in by_label.items():
+        if len(ks) < 2:
+            continue
+        fields = sorted({f for k in ks for f in keys[k]
+                         if f != "model" and len({_freeze(keys[j].get(f)) for j in ks}) > 1})
+        for k in ks:
+            extra = ", ".join(f"{f}={_fmt_value(keys[k].get(f))}" for f in fields)
+            labels[k] = f"{lab} ({extra})"
+    return labels
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def aggregate(rows: Iterable[RunRow]) -> list[SettingGroup]:
+    """Successful runs grouped by setting, method and K; the latest run of a seed counts once."""
+    ok = [r for r in rows if r.status == "ok" and r.student_top1 is not None]
+    settings: dict[Any, list[RunRow]] = {}
+    for r in ok:
+        x_field = "shots" if r.config.get("shots") is not None else "n_samples"
+        key = (_freeze({k: r.config.get(k) for k in SETTING_FIELDS}), x_field)
+        settings.setdefault(key, []).append(r)
+    groups = []
+    for key, runs in settings.items():
+        labels = method_labels(r.config for r in runs)
+        g = SettingGroup(key=key, config={k: runs[0].config.get(k) for k in SETTING_FIELDS}, x_field=key[1])
+        per_cell: dict[tuple[str, int], dict[int, RunRow]] = {}
+        for r in runs:
+            m = labels[_freeze(_method_fields(r.config))]
+            if m not in g.methods:
+                g.methods.append(m)
+            x = int(r.config[g.x_field])
+            per_cell.setdefault((m, x), {})[int(r.config.get("seed", 0))] = r  # later id wins
+        for (m, x), by_seed in per_cell.items():
+            rs = [by_seed[s] for s in sorted(by_seed)]
+            n_evals = {r.n_eval for r in rs}
+            g.cells[(m, x)] = Cell(
+                method=m, x=x, seeds=sorted(by_seed), top1=[float(r.student_top1) for r in rs],  # type: ignore[arg-type]
+                n_eval=n_evals.pop() if len(n_evals) == 1 else None,
+                flops=_mean_or_none([r.student_flops for r in rs]),
+                params=_mean_or_none([r.student_params for r in rs]),
+                compress_seconds=_mean_or_none([r.compress_seconds for r in rs]),
+                run_seconds=_mean_or_none([r.run_seconds for r in rs]),
+            )
+        first = runs[0]
+        g.teacher_top1, g.teacher_params, g.teacher_flops = first.teacher_top1, first.teacher_params, first.teacher_flops
+        g.n_eval = first.n_eval
+        groups.append(g)
+    return groups
+
+
+def failed_runs(rows: Iterable[RunRow]) -> list[RunRow]:
+    return [r for r in rows if r.status != "ok"]

@@ -1,0 +1,106 @@
+"""Markdown tables of aggregated sweep results."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from crossdistill.reporting.results import Cell, RunRow, SettingGroup
+
+
+def fmt_mean_std(cell: Cell | None, digits: int = 2) -> str:
+    if cell is None:
+        return "–"
+    if cell.n_seeds == 1:
+        return f"{cell.mean:.{digits}f}"
+    return f"{cell.mean:.{digits}f} ± {cell.std:.{digits}f}"
+
+
+def _x_name(group: SettingGroup) -> str:
+    return "K" if group.x_field == "shots" else "N"
+
+
+def _seeds_note(group: SettingGroup) -> str:
+    counts = {c.n_seeds for c in group.cells.values()}
+    if len(counts) == 1:
+        n = counts.pop()
+        return f"over {n} seed{'s' if n != 1 else ''} (few-shot draws)"
+    return "over a varying number of seeds (see the detail table)"
+
+
+def _mega(v: float | int | None) -> str:
+    return "–" if v is None else f"{v / 1e6:.2f}"
+
+
+def _pct(part: float | None, whole: float | None) -> str:
+    if part is None or not whole:
+        return ""
+    return f" ({100.0 * part / whole:.1f} % of the teacher)"
+
+
+def setting_header(group: SettingGroup) -> str:
+    lines = [f"## {group.label}", ""]
+    if group.teacher_top1 is not None:
+        lines.append(
+            f"Teacher: **{group.teacher_top1:.2f} %** top-1 on {group.n_eval} test images ({group.eval_name}); "
+            f"{_mega(group.teacher_params)} M params, {_mega(group.teacher_flops)} MFLOPs per image."
+        )
+    cells = list(group.cells.values())
+    if cells and cells[0].flops is not None:
+        params = cells[0].params
+        flops = cells[0].flops
+        lines.append(
+            f"Student: {_mega(params)} M params{_pct(params, group.teacher_params)}, "
+            f"{_mega(flops)} MFLOPs{_pct(flops, group.teacher_flops)}."
+        )
+    return "\n".join(lines)
+
+
+def accuracy_table(group: SettingGroup) -> str:
+    """Methods × K, each cell mean ± std of top-1 (%) over seeds."""
+    xs = group.x_values
+    x = _x_name(group)
+    lines = [
+        f"Top-1 (%) on {group.n_eval} test images, mean ± sample std {_seeds_note(group)}; "
+        f"{x} = {'training images per class' if x == 'K' else 'training images'}.",
+        "",
+        "| method | " + " | ".join(f"{x}={v}" for v in xs) + " |",
+        "|---|" + "---:|" * len(xs),
+    ]
+    for m in group.methods:
+        lines.append(f"| {m} | " + " | ".join(fmt_mean_std(group.cell(m, v)) for v in xs) + " |")
+    return "\n".join(lines)
+
+
+def detail_table(group: SettingGroup) -> str:
+    """One row per method and K, with everything needed to judge the numbers."""
+    x = _x_name(group)
+    lines = [
+        f"| method | {x} | top-1 mean (%) | std | seeds | n_eval | MFLOPs | params (M) | compress (s) | run (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in group.methods:
+        for v in group.x_values:
+            c = group.cell(m, v)
+            if c is None:
+                continue
+            sec = "–" if c.compress_seconds is None else f"{c.compress_seconds:.1f}"
+            run = "–" if c.run_seconds is None else f"{c.run_seconds:.1f}"
+            lines.append(
+                f"| {m} | {v} | {c.mean:.2f} | {c.std:.2f} | {c.n_seeds} | {c.n_eval if c.n_eval is not None else '–'} "
+                f"| {_mega(c.flops)} | {_mega(c.params)} | {sec} | {run} |"
+            )
+    return "\n".join(lines)
+
+
+def failed_table(rows: Sequence[RunRow]) -> str:
+    lines = ["| # | config | error |", "|---:|---|---|"]
+    from crossdistill.sweep import describe_config  # noqa: WPS433 (one describer for logs and reports)
+    from crossdistill.config import CompressConfig
+
+    for r in rows:
+        try:
+            desc = describe_config(CompressConfig.from_dict(r.config))
+        except Exception:  # a config written by another version: show it raw
+            desc = ", ".join(f"{k}={v}" for k, v in r.config.items() if k in ("model", "objective", "solver", "shots", "seed"))
+        err = (r.error or "").replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {r.id} | {desc} | {err[:300]} |")
+    return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""Reports from a hand-built sweep database: aggregation, markdown tables, plots."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from matplotlib.container import ErrorbarContainer
+
+from crossdistill.cli.main import main
+from crossdistill.config import CompressConfig
+from crossdistill.errors import CrossDistillError
+from crossdistill.reporting import (
+    accuracy_table,
+    accuracy_vs_flops,
+    accuracy_vs_shots,
+    aggregate,
+    detail_table,
+    load_runs,
+    mean_std,
+    method_labels,
+    render_report,
+)
+from crossdistill.sweep import SweepDB, canonical_json, config_hash
+
+BASE = {"model": "fashion_cnn", "data": "train.npz", "eval_data": "test.npz", "keep": 0.5, "latency": False}
+TEACHER = {"teacher_top1": 91.0, "teacher_params": 1000, "teacher_flops": 4_000_000, "n_eval": 500}
+
+
+def add(db: SweepDB, top1: float | None, status: str = "ok", flops: int = 1_500_000, **values) -> None:
+    cfg = CompressConfig.from_dict({**BASE, **values}).validate()
+    row = {
+        "config_hash": config_hash(cfg), "config": canonical_json(cfg.to_dict()), "status": status,
+        "error": None if status == "ok" else "boom", "model": cfg.model, "objective": cfg.objective,
+        "solver": cfg.solver, "shots": cfg.shots, "seed": cfg.seed, "student_top1": top1,
+        "student_params": 500, "student_flops": flops, "compress_seconds": 2.0, "run_seconds": 3.0,
+        **(TEACHER if status == "ok" else {}),
+    }
+    db.record_run(row)
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    path = tmp_path / "hand.sqlite"
+    with SweepDB(path) as db:
+        # prune-only: K=1 seeds → 10, 20, 30 (mean 20, sample std 10); K=5 one seed → 40
+        for seed, v in enumerate([10.0, 20.0, 30.0]):
+            add(db, v, objective="nocross", solver="prune-only", shots=1, seed=seed)
+        add(db, 40.0, objective="nocross", solver="prune-only", shots=5, seed=0)
+        # mixed mu 0.6: K=1 → 50, 54 ; K=5 → 80, 82, 84 ; plus a failure that must not count
+        add(db, 50.0, objective="mixed", mu=0.6, shots=1, seed=0)
+        add(db, 54.0, objective="mixed", mu=0.6, shots=1, seed=1)
+        for seed, v in enumerate([80.0, 82.0, 84.0]):
+            add(db, v, objective="mixed", mu=0.6, shots=5, seed=seed)
+        add(db, None, status="failed", objective="mixed", mu=0.6, shots=5, seed=3)
+        # the same seed again with only latency changed: counts once (the later row)
+        add(db, 84.0, objective="mixed", mu=0.6, shots=5, seed=2, latency=True)
+        # another compression level (a second setting) for the FLOPs plot
+        add(db, 70.0, objective="mixed", mu=0.6, shots=5, seed=0, keep=0.75, flops=2_500_000)
+        add(db, 30.0, objective="nocross", solver="prune-only", shots=5, seed=0, keep=0.75, flops=2_500_000)
+    return path
+
+
+def test_mean_std_is_sample_std():
+    assert mean_std([10.0, 20.0, 30.0]) == (20.0, 10.0)
+    assert mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_aggregate_mean_std_per_method_and_k(db_path):
+    runs = load_runs(db_path)
+    assert len(runs) == 13
+    groups = aggregate(runs)
+    assert [g.config["keep"] for g in groups] == [0.5, 0.75]
+    g = groups[0]
+    assert g.methods == ["prune-only", "mixed μ=0.6"] and g.x_values == [1, 5]
+    c = g.cell("prune-only", 1)
+    assert (c.mean, c.std, c.n_seeds, c.seeds, c.n_eval) == (20.0, 10.0, 3, [0, 1, 2], 500)
+    assert g.cell("prune-only", 5).top1 == [40.0]
+    c = g.cell("mixed μ=0.6", 5)
+    assert c.n_seeds == 3 and c.mean == 82.0 and c.std == pytest.approx(statistics.stdev([80, 82, 84]))
+    assert g.cell("mixed μ=0.6", 1).std == pytest.approx(statistics.stdev([50, 54]))
+    assert (g.teacher_top1, g.n_eval) == (91.0, 500)
+
+
+def test_markdown_tables(db_path):
+    g = aggregate(load_runs(db_path))[0]
+    table = accuracy_table(g)
+    assert "| method | K=1 | K=5 |" in table
+    assert "| prune-only | 20.00 ± 10.00 | 40.00 |" in table  # one seed: no ±
+    assert "| mixed μ=0.6 | 52.00 ± 2.83 | 82.00 ± 2.00 |" in table
+    assert "500 test images" in table
+    detail = detail_table(g)
+    assert "| prune-only | 1 | 20.00 | 10.00 | 3 | 500 | 1.50 | 0.00 | 2.0 | 3.0 |" in detail
+
+
+def test_method_labels_never_merge_different_methods():
+    a = {**BASE, "objective": "mixed", "mu": 0.6, "selection": "obs"}
+    b = {**a, "selection": "l1"}
+    c = {**BASE, "objective": "soft", "alpha": 0.5, "beta": 0.5, "solver": "paper"}
+    labels = sorted(method_labels([a, b, c]).values())
+    assert labels == ["mixed μ=0.6 (selection=l1)", "mixed μ=0.6 (selection=obs)", "soft α=0.5 β=0.5 [paper]"]
+    d = {**BASE, "objective": "mixed", "mu": None}  # the model's default mu is named
+    assert list(method_labels([d]).values()) == ["mixed μ=0.6"]
+
+
+def test_accuracy_vs_k_plot_has_one_errorbar_line_per_method(db_path):
+    g = aggregate(load_runs(db_path))[0]
+    fig = accuracy_vs_shots(g)
+    (ax,) = fig.axes
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == len(g.methods) == 2
+    assert [b.get_label() for b in bars] == g.methods
+    line, _, (yerr,) = bars[0].lines
+    assert list(line.get_xdata()) == [1, 5] and list(line.get_ydata()) == [20.0, 40.0]
+    segs = yerr.get_segments()  # error bar of K=1 spans mean ± std
+    assert segs[0][0][1] == pytest.approx(10.0) and segs[0][1][1] == pytest.approx(30.0)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["prune-only", "mixed μ=0.6", "teacher (91.00 %)"]
+    assert "K (training images per class)" == ax.get_xlabel() and "%" in ax.get_ylabel()
+    assert "fashion_cnn" in ax.get_title() and "500 test images" in ax.get_title() and "3 seed" not in ax.get_title()
+
+
+def test_accuracy_vs_flops_joins_compression_levels(db_path):
+    groups = aggregate(load_runs(db_path))
+    fig = accuracy_vs_flops(groups)  # K=5 is the largest K both settings have
+    (ax,) = fig.axes
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [b.get_label() for b in bars] == ["prune-only", "mixed μ=0.6"]
+    xs = [list(b.lines[0].get_xdata()) for b in bars]
+    assert xs == [[1.5, 2.5], [1.5, 2.5]]  # MFLOPs, sorted
+    assert list(bars[1].lines[0].get_ydata()) == [82.0, 70.0]
+    assert "MFLOPs" in ax.get_xlabel() and "K=5" in ax.get_title()
+
+
+def test_render_report_writes_markdown_plots_and_json(db_path, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", str(db_path), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    summary = json.loads((out / "report.json").read_text())
+    assert len(summary["plots"]) == 3  # two settings × accuracy vs K, one accuracy vs FLOPs
+    for png in summary["plots"]:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in md
+    assert "## Failed runs" in md and "boom" in md
+    assert "13 runs recorded: 12 ok, 1 failed" in md
+    assert "report.md" not in capsys.readouterr().err
+    with pytest.raises(CrossDistillError, match="already exists"):
+        render_report(db_path, out)
+    render_report(db_path, out, force=True)
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(CrossDistillError, match="not found"):
+        load_runs(tmp_path / "missing.sqlite")
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(CrossDistillError, match="not a crossdistill results database"):
+        load_runs(tmp_path / "junk.sqlite")
+    SweepDB(tmp_path / "empty.sqlite").close()
+    with pytest.raises(CrossDistillError, match="no runs"):
+        render_report(tmp_path / "empty.sqlite", tmp_path / "o")

@@ -1,0 +1,293 @@
+"""Sweeps: grid expansion, config hashing, SQLite rows, kill -9 and resume, failures, caching."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crossdistill.cli.main import build_parser, main
+from crossdistill.cli.compress_cmd import config_from_args
+from crossdistill.config import CompressConfig
+from crossdistill.errors import CrossDistillError
+from crossdistill.sweep import (
+    SweepDB,
+    canonical_json,
+    config_hash,
+    expand_grid,
+    expand_vars,
+    load_sweep,
+    parse_set,
+    run_sweep,
+)
+from sweep_helpers import write_npz_pair, write_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rows(db: Path, cols: str = "config_hash, status") -> list[tuple]:
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(str(db), timeout=30)
+    try:
+        return conn.execute(f"SELECT {cols} FROM runs ORDER BY id").fetchall()
+    except sqlite3.OperationalError:  # the sweep has not created its tables yet
+        return []
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_npz_pair(tmp_path / "data")
+
+
+# --------------------------------------------------------------------------- expansion and hashing
+
+def test_config_hash_is_canonical():
+    a = CompressConfig(model="fashion_cnn", keep=0.5, shots=5)
+    b = CompressConfig.from_dict({"shots": 5.0, "keep": 0.5, "model": "fashion_cnn"})
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(CompressConfig(model="fashion_cnn", keep=0.5, shots=5, seed=1))
+    assert canonical_json({"b": 1.0, "a": [2.0, 0.5]}) == '{"a":[2,0.5],"b":1}'
+
+
+def test_expand_grid_base_grid_runs_and_overrides():
+    out = expand_grid({"model": "m", "seed": 9}, {"shots": [1, 2], "seed": [0, 1]},
+                      [{"objective": "a"}, {"objective": "b", "mu": 0.9}], {"data": "d"})
+    assert len(out) == 8
+    assert out[0] == {"latency": False, "model": "m", "seed": 0, "shots": 1, "objective": "a", "data": "d"}
+    assert out[1]["objective"] == "b" and out[1]["mu"] == 0.9 and out[1]["seed"] == 0
+    assert [o["shots"] for o in out] == [1, 1, 1, 1, 2, 2, 2, 2]  # first grid key outermost
+    assert expand_grid({"model": "m"}) == [{"latency": False, "model": "m"}]
+    with pytest.raises(CrossDistillError, match="non-empty list"):
+        expand_grid({}, {"shots": 3})
+
+
+def test_expand_vars_defaults_and_errors(monkeypatch):
+    monkeypatch.delenv("CROSSDISTILL_DATA", raising=False)
+    from crossdistill.paths import shared_data_dir
+
+    got = expand_vars({"w": "${CROSSDISTILL_DATA}/weights/x.th", "l": ["${FOO:-bar}"], "n": 3}, env={})
+    assert got == {"w": f"{shared_data_dir()}/weights/x.th", "l": ["bar"], "n": 3}
+    assert expand_vars("${CROSSDISTILL_DATA}/a", env={"CROSSDISTILL_DATA": "/d"}) == "/d/a"
+    with pytest.raises(CrossDistillError, match="NOPE_XYZ is not set"):
+        expand_vars("${NOPE_XYZ}/a", env={})
+
+
+def test_load_sweep_validates_every_run_and_drops_duplicates(tmp_path, data):
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"shots": [1, 2, 1]},
+                      runs=[{"objective": "mixed"}])
+    spec = load_sweep(cfg)
+    assert [c.shots for c in spec.configs] == [1, 2] and len(set(spec.hashes)) == 2
+    assert all(c.latency is False for c in spec.configs)  # latency is opt-in in sweeps
+    bad = write_sweep(tmp_path / "bad.yaml", train, test, runs=[{"mu": 1.5}])
+    with pytest.raises(CrossDistillError, match=r"run 1 .*mu must lie in \[0, 1\]"):
+        load_sweep(bad)
+    (tmp_path / "typo.yaml").write_text("base: {model: fashion_cnn}\ngird: {shots: [1]}\n")
+    with pytest.raises(CrossDistillError, match="unknown top-level keys"):
+        load_sweep(tmp_path / "typo.yaml")
+
+
+def test_shipped_configs_expand():
+    paper = load_sweep(REPO / "configs" / "paper_table_resnet56.yaml")
+    assert len(paper.configs) == 2 * 5 * 3 * 7
+    c = paper.configs[0]
+    assert c.model == "resnet56" and c.weights.endswith("/weights/resnet56-4bfd9763.th") and "${" not in c.weights
+    assert {x.keep for x in paper.configs} == {0.5, "paper"}
+    assert {x.shots for x in paper.configs} == {1, 2, 3, 5, 10} and {x.seed for x in paper.configs} == {0, 1, 2}
+    assert {(x.objective, x.mu, x.solver) for x in paper.configs} == {
+        ("nocross", None, "prune-only"), ("nocross", None, "closed-form"), ("correction", None, "closed-form"),
+        ("imitation", None, "closed-form"), ("mixed", 0.6, "closed-form"), ("mixed", 0.9, "closed-form"),
+        ("soft", None, "closed-form"),
+    }
+    assert len(load_sweep(REPO / "configs" / "smoke.yaml").configs) == 8
+
+
+# --------------------------------------------------------------------------- YAML defaults, CLI overrides
+
+def test_compress_yaml_defaults_then_flags_override(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"model": "fashion_cnn", "shots": 3, "seed": 4, "objective": "soft", "keep": 0.25}))
+    args = build_parser().parse_args(["compress", "--config", str(f), "--seed", "7", "--keep", "0.5",
+                                      "--out", str(tmp_path / "o")])
+    cfg = config_from_args(args)
+    assert (cfg.model, cfg.shots, cfg.objective) == ("fashion_cnn", 3, "soft")  # from the file
+    assert (cfg.seed, cfg.keep) == (7, 0.5)  # flags win
+    assert cfg.solver == "closed-form"  # neither: the built-in default
+
+
+def test_compress_config_files_expand_the_data_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("CROSSDISTILL_DATA", "/somewhere")
+    args = build_parser().parse_args(["compress", "--config", str(REPO / "configs" / "compress_resnet56.yaml"),
+                                      "--shots", "1", "--out", str(tmp_path / "o")])
+    cfg = config_from_args(args)
+    assert cfg.weights == "/somewhere/weights/resnet56-4bfd9763.th" and cfg.shots == 1 and cfg.mu == 0.9
+
+
+def test_sweep_set_overrides_base_and_grid(tmp_path, data):
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0, 1]})
+    spec = load_sweep(cfg, parse_set(["seed=5", "keep=0.25", "mu=null"]))
+    assert len(spec.configs) == 2 and {c.seed for c in spec.configs} == {5}  # grid collapses, deduplicated
+    assert {c.keep for c in spec.configs} == {0.25}
+    with pytest.raises(CrossDistillError, match="KEY=VALUE"):
+        parse_set(["seed"])
+
+
+# --------------------------------------------------------------------------- running
+
+def test_sweep_runs_grid_stores_resolved_config_and_is_idempotent(tmp_path, data, capsys):
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"shots": [1, 2], "seed": [0]})
+    db = tmp_path / "r.sqlite"
+    assert main(["sweep", str(cfg), "--db", str(db)]) == 0
+    spec = load_sweep(cfg)
+    got = rows(db, "config_hash, status, config, student_top1, teacher_top1, n_eval, student_flops, "
+                   "fewshot_indices, versions, compress_seconds, run_seconds")
+    assert [r[0] for r in got] == spec.hashes and {r[1] for r in got} == {"ok"}
+    for r, c in zip(got, spec.configs):
+        assert json.loads(r[2]) == json.loads(canonical_json(c.to_dict()))  # the resolved config
+        assert 0 <= r[3] <= 100 and r[5] == 20 and r[6] > 0 and r[9] > 0 and r[10] >= r[9]
+        assert len(json.loads(r[7])) == 10 * c.shots and "torch" in json.loads(r[8])
+    err = capsys.readouterr().err
+    assert "[1/4]" in err and "[4/4]" in err and "ETA" in err
+    # Run again: nothing to do, nothing added.
+    assert main(["sweep", str(cfg), "--db", str(db)]) == 0
+    assert len(rows(db)) == 4
+    assert "4 already in" in capsys.readouterr().err
+    assert main(["sweep", str(cfg), "--db", str(db), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count(" ok ") == 4
+
+
+def test_teacher_is_evaluated_once_per_database(tmp_path, data, monkeypatch):
+    import crossdistill.evaluation as ev
+
+    calls = []
+    real = ev.evaluate_model
+    monkeypatch.setattr(ev, "evaluate_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0, 1]})
+    db = tmp_path / "r.sqlite"
+    run_sweep(load_sweep(cfg), db)
+    assert len(calls) == 1  # four runs, one teacher evaluation
+    cfg2 = write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0, 1, 2]})
+    run_sweep(load_sweep(cfg2), db)
+    assert len(calls) == 1  # a new process would find it in the teacher_evals table
+    got = rows(db, "teacher_top1")
+    assert len(got) == 6 and len({r[0] for r in got}) == 1
+    assert rows(db, "count(*)") == [(6,)]
+    conn = sqlite3.connect(str(db))
+    assert conn.execute("SELECT count(*) FROM teacher_evals").fetchone() == (1,)
+    conn.close()
+
+
+def test_failed_runs_are_recorded_and_do_not_stop_the_grid(tmp_path, data, capsys):
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"shots": [1], "solver": ["closed-form", "no-such-solver"]},
+                      runs=[{"objective": "mixed"}])
+    db = tmp_path / "r.sqlite"
+    assert main(["sweep", str(cfg), "--db", str(db)]) == 1  # failures show in the exit status
+    got = rows(db, "solver, status, error, traceback")
+    assert [(r[0], r[1]) for r in got] == [("closed-form", "ok"), ("no-such-solver", "failed")]
+    assert "no-such-solver" in got[1][2] and "Traceback" in got[1][3]
+    assert "FAILED" in capsys.readouterr().err
+    # Resuming skips the failure; --retry-failed runs it again (and records it again, once).
+    assert main(["sweep", str(cfg), "--db", str(db)]) == 0
+    assert "(1 failed; --retry-failed re-runs them)" in capsys.readouterr().err
+    assert main(["sweep", str(cfg), "--db", str(db), "--retry-failed"]) == 1
+    assert len(rows(db)) == 2
+
+
+def test_retry_replaces_a_failed_row_but_never_an_ok_one(tmp_path, data):
+    train, test = data
+    spec = load_sweep(write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0, 1]}, runs=[{}]))
+    db = tmp_path / "r.sqlite"
+    attempts = []
+
+    def flaky(cfg, ctx):
+        attempts.append(cfg.seed)
+        if cfg.seed == 1 and attempts.count(1) == 1:
+            raise RuntimeError("transient")
+        return {"student_top1": 50.0 + cfg.seed}
+
+    s = run_sweep(spec, db, run_fn=flaky)
+    assert (s.ok, s.failed) == (1, 1)
+    before = rows(db, "id, status, error")
+    assert before[1][1:] == ("failed", "RuntimeError: transient")
+    s = run_sweep(spec, db, run_fn=flaky, retry_failed=True)
+    assert (s.ran, s.ok) == (1, 1)
+    after = rows(db, "id, status, error, student_top1")
+    assert after == [(before[0][0], "ok", None, 50.0), (before[1][0], "ok", None, 51.0)]
+    # An ok row is never overwritten, even if someone records the same config again.
+    with SweepDB(db) as d:
+        assert d.record_run({"config_hash": spec.hashes[0], "config": "{}", "status": "failed"}) is False
+    assert rows(db, "status") == [("ok",), ("ok",)]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_rerun_completes_the_grid_once(tmp_path, data):
+    """A real subprocess killed with SIGKILL once rows exist; the rerun finishes the grid."""
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test)  # 2 K × 3 seeds × 2 methods = 12 runs
+    expected = load_sweep(cfg).hashes
+    assert len(expected) == 12
+    db = tmp_path / "r.sqlite"
+    cmd = [sys.executable, "-m", "crossdistill.cli.main", "sweep", str(cfg), "--db", str(db)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    log = (tmp_path / "killed.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    try:
+        while len(rows(db)) < 1:
+            assert proc.poll() is None, f"sweep exited before any row: {(tmp_path / 'killed.log').read_text()}"
+            assert time.monotonic() < deadline, "no row within 300 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+    assert proc.returncode == -signal.SIGKILL
+    n_killed = len(rows(db))
+    assert 1 <= n_killed < len(expected), "the kill came too late to interrupt the grid"
+    conn = sqlite3.connect(str(db))
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{n_killed} already in" in done.stderr
+    got = rows(db)
+    assert sorted(h for h, _ in got) == sorted(expected)  # every run, each exactly once
+    assert {s for _, s in got} == {"ok"}
+
+
+def test_a_run_that_changes_the_shared_teacher_fails_and_later_runs_get_a_fresh_one(tmp_path, data, monkeypatch):
+    import torch
+
+    import crossdistill.pipeline as pipeline
+
+    real = pipeline.run
+
+    def vandal(cfg, **kw):
+        if cfg.seed == 0:
+            with torch.no_grad():
+                next(kw["teacher"].parameters()).add_(1.0)
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(pipeline, "run", vandal)
+    train, test = data
+    db = tmp_path / "r.sqlite"
+    run_sweep(load_sweep(write_sweep(tmp_path / "s.yaml", train, test, grid={"shots": [1], "seed": [0, 1]}, runs=[{}])), db)
+    got = rows(db, "seed, status, error, teacher_top1")
+    assert got[0][:2] == (0, "failed") and "modified the teacher" in got[0][2]
+    assert got[1][:2] == (1, "ok")
