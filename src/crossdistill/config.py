@@ -25,6 +25,12 @@ class CompressConfig:
     # compression
     prune: str = "channels"
     keep: float | str = 0.5
+    # quant / lowrank / channels+quant / lowrank+quant (compression/quantization.py, low_rank.py)
+    bits: int = 4
+    quant_scheme: str = "asymmetric"  # 'symmetric' | 'asymmetric'
+    quant_solver: str | None = None  # None: --solver if it names a quant solver, else gptq
+    rank_ratio: float | None = None  # low rank: rank = ratio · min(out, in·k²); default 0.5
+    flops_ratio: float | None = None  # low rank: or at most this share of each layer's FLOPs
     # cross distillation
     objective: str = "mixed"
     mu: float | None = None  # None: the model's default (0.9 ResNet, 0.6 VGG)
@@ -57,6 +63,16 @@ class CompressConfig:
                     raise CrossDistillError(f"keep must be a ratio in (0, 1] or 'paper', got {self.keep!r}") from None
         if not isinstance(self.keep, str) and not 0.0 < float(self.keep) <= 1.0:
             raise CrossDistillError(f"keep ratio must lie in (0, 1], got {self.keep}")
+        from crossdistill.solvers.quant_grid import check_bits, check_scheme
+
+        self.bits = check_bits(self.bits)
+        check_scheme(self.quant_scheme)
+        if self.rank_ratio is not None and not 0.0 < float(self.rank_ratio) <= 1.0:
+            raise CrossDistillError(f"rank_ratio must lie in (0, 1], got {self.rank_ratio}")
+        if self.flops_ratio is not None and not 0.0 < float(self.flops_ratio) < 1.0:
+            raise CrossDistillError(f"flops_ratio must lie in (0, 1), got {self.flops_ratio}")
+        if self.rank_ratio is not None and self.flops_ratio is not None:
+            raise CrossDistillError("give either rank_ratio or flops_ratio, not both")
         if self.sampler not in ("random", "first"):
             raise CrossDistillError(f"sampler must be 'random' or 'first', got {self.sampler!r}")
         if self.damping < 0:

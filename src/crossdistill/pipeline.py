@@ -16,6 +16,7 @@ from torch import nn
 
 from crossdistill import __version__
 from crossdistill.compression import create_method
+from crossdistill.compression.composite import stage_solver_name
 from crossdistill.config import CompressConfig
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
 from crossdistill.engine import LayerRecord, distill_layers
@@ -89,25 +90,39 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     start = time.perf_counter()
     mu = cfg.mu if cfg.mu is not None else model_info(cfg.model).default_mu
     objective = create_objective(cfg.objective, mu=mu, alpha=cfg.alpha, beta=cfg.beta)
-    method = create_method(cfg.prune, keep=cfg.keep, **cfg.extra)
+    method = create_method(cfg.prune, keep=cfg.keep, bits=cfg.bits,
+                           quant_scheme=cfg.quant_scheme, quant_solver=cfg.quant_solver,
+                           rank_ratio=cfg.rank_ratio, flops_ratio=cfg.flops_ratio, **cfg.extra)
     solver_kw: dict[str, Any] = {"selection": cfg.selection, "iters": cfg.iters, **cfg.extra}
     if cfg.lr is not None:
         solver_kw["lr"] = cfg.lr
-    solver = create_solver(method.solver_family, cfg.solver, **solver_kw)
     student = copy.deepcopy(teacher).eval()
-    tasks = method.plan(student)
-    progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
-    records = distill_layers(
-        teacher, student, fewshot.images, tasks, objective, solver,
-        damping=cfg.damping, batch_size=cfg.batch_size, progress=progress,
-    )
-    student = method.finalize(student, records)
+    # A method runs as one or more stages (compression/composite.py): each stage's teacher is the
+    # previous stage's finished student, because slimming changes the layers' shapes.
+    stages = method.stages()
+    stage_teacher, records, solver_names = teacher, [], []
+    for k, (stage, solver_name) in enumerate(stages):
+        solver = create_solver(stage.solver_family, stage_solver_name(stage, solver_name, cfg.solver), **solver_kw)
+        solver_names.append(solver.describe())
+        tasks = stage.plan(student)
+        progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
+        stage_records = distill_layers(
+            stage_teacher, student, fewshot.images, tasks, objective, solver,
+            damping=cfg.damping, batch_size=cfg.batch_size, progress=progress,
+        )
+        student = stage.finalize(student, stage_records)
+        if len(stages) > 1:
+            for r in stage_records:
+                r.info["stage"] = stage.describe()
+        records += stage_records
+        if k + 1 < len(stages):
+            stage_teacher = copy.deepcopy(student).eval()
     return CompressionResult(
         student=student.eval(),
         records=records,
         seconds=time.perf_counter() - start,
         objective=objective.describe(),
-        solver=solver.describe(),
+        solver=" then ".join(solver_names),
         method=method.describe(),
     )
 
@@ -122,17 +137,13 @@ def versions() -> dict[str, str]:
 
 
 def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays | None = None,
-        test: ImageArrays | None = None,
-        teacher: nn.Module | None = None,
-        teacher_metrics: dict[str, Any] | None = None) -> tuple[CompressionResult, dict[str, Any]]:
-    """Compress and evaluate; returns the result and the report dict (nothing is written).
-    `teacher` (already loaded, e.g. the demo's trained one) replaces loading cfg.weights, and
-    `teacher_metrics` (its evaluation on `test`, cached by sweeps) skips re-evaluating it."""
+        test: ImageArrays | None = None) -> tuple[CompressionResult, dict[str, Any]]:
+    """Compress and evaluate; returns the result and the report dict (nothing is written)."""
     cfg.validate()
     if cfg.data is None and train is None:
         raise CrossDistillError("no training data given (--data)")
     info = model_info(cfg.model)
-    teacher = teacher if teacher is not None else load_teacher(cfg)
+    teacher = load_teacher(cfg)
     train = train if train is not None else load_image_data(cfg.data, "train")
     fewshot = draw_few_shot(cfg, train)
     result = compress(teacher, fewshot, cfg, show_progress=show_progress)
@@ -161,7 +172,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     if test is not None:
         kw = dict(mean=info.mean, std=info.std, input_size=info.input_size, measure_speed=cfg.latency,
                   latency_batch_sizes=(1, 128) if cfg.latency else ())
-        report["teacher"] = teacher_metrics if teacher_metrics is not None else evaluate_model(teacher, test, **kw)
+        report["teacher"] = evaluate_model(teacher, test, **kw)
         report["student"] = evaluate_model(result.student, test, **kw)
         report["n_eval"] = report["student"]["n_eval"]
     return result, report

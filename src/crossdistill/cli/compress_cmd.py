@@ -14,6 +14,7 @@ from crossdistill.solvers.selection import SELECTORS
 OPTION_KEYS = [
     "model", "weights", "data", "eval_data", "shots", "n_samples", "seed", "sampler", "prune", "keep",
     "objective", "mu", "alpha", "beta", "solver", "selection", "damping", "iters", "lr", "batch_size",
+    "bits", "quant_scheme", "quant_solver", "rank_ratio", "flops_ratio",
 ]
 
 
@@ -33,12 +34,21 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compression")
     g.add_argument("--prune", choices=sorted(METHODS), help="compression method (default channels)")
     g.add_argument("--keep", help="ratio of input channels kept in each pruned layer, in (0, 1], or 'paper' (ResNet-56 preset); default 0.5")
+    g.add_argument("--bits", type=int, help="--prune quant / channels+quant / lowrank+quant: weight bits, 2 to 8 (default 4)")
+    g.add_argument("--quant-scheme", dest="quant_scheme", choices=["symmetric", "asymmetric"],
+                   help="per-output-channel grid: symmetric (zero point 0) or asymmetric (default)")
+    g.add_argument("--quant-solver", dest="quant_solver",
+                   help="solver of the quantization stage: gptq (default) | rtn (round to nearest)")
+    g.add_argument("--rank-ratio", dest="rank_ratio", type=float,
+                   help="--prune lowrank: rank = ratio · min(out, in·k²) per layer, in (0, 1] (default 0.5)")
+    g.add_argument("--flops-ratio", dest="flops_ratio", type=float,
+                   help="--prune lowrank: instead of --rank-ratio, keep at most this share of each layer's FLOPs, in (0, 1)")
     g = p.add_argument_group("cross distillation")
     g.add_argument("--objective", choices=sorted(OBJECTIVES), help="layer loss (default mixed)")
     g.add_argument("--mu", type=float, help="weight of correction in the mixed loss (default: 0.9 ResNet, 0.6 VGG)")
     g.add_argument("--alpha", type=float, help="soft: share of the student's input in the teacher's (default 0.5)")
     g.add_argument("--beta", type=float, help="soft: share of the teacher's input in the student's (default 0.5)")
-    g.add_argument("--solver", help="closed-form | paper | prune-only for channels (default closed-form)")
+    g.add_argument("--solver", help="closed-form | paper | prune-only for channels (default closed-form); gptq | rtn for quant (default gptq); svd | svd-plain for lowrank (default svd)")
     g.add_argument("--selection", choices=sorted(SELECTORS), help="channel selection of the closed form (default obs)")
     g.add_argument("--damping", type=float, help="ridge towards the teacher, × mean diag of H (default 0.001)")
     g.add_argument("--iters", type=int, help="iterations of the paper solver (default 3000)")
@@ -47,9 +57,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from crossdistill.sweep import expand_vars  # ${CROSSDISTILL_DATA} works in every config file
-
-    defaults = expand_vars(load_yaml(args.config)) if getattr(args, "config", None) else {}
+    defaults = load_yaml(args.config) if getattr(args, "config", None) else {}
     overrides = {k: getattr(args, k, None) for k in OPTION_KEYS}
     if getattr(args, "no_latency", False):
         overrides["latency"] = False

@@ -5,10 +5,17 @@ from typing import Any
 
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.channel_pruning import ChannelPruning
+from crossdistill.compression.composite import ChannelsThenQuant, LowRankThenQuant
+from crossdistill.compression.low_rank import LowRank
+from crossdistill.compression.quantization import Quantization
 from crossdistill.plugins import build
 
 METHODS: dict[str, type[CompressionMethod]] = {
     "channels": ChannelPruning,
+    "quant": Quantization,
+    "lowrank": LowRank,
+    "channels+quant": ChannelsThenQuant,
+    "lowrank+quant": LowRankThenQuant,
 }
 
 

@@ -15,12 +15,19 @@ class CompressionMethod(ABC):
     name: str = ""
     # Which solver registry (crossdistill.solvers.SOLVERS) serves this method.
     solver_family: str = ""
+    # Solver used when --solver names a solver of another method (see compression/composite.py).
+    default_solver: str = ""
 
     @abstractmethod
     def plan(self, model: nn.Module) -> list[LayerTask]: ...
 
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
         return model
+
+    def stages(self) -> list[tuple["CompressionMethod", str | None]]:
+        """The passes the pipeline runs, each (method, solver name or None); a composite method
+        such as channels+quant returns several (compression/composite.py)."""
+        return [(self, None)]
 
     def describe(self) -> str:
         return self.name

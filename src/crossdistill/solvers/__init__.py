@@ -9,6 +9,9 @@ from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask
 from crossdistill.solvers.channel_closed_form import ClosedFormChannels
 from crossdistill.solvers.channel_paper import PaperChannels
 from crossdistill.solvers.channel_prune_only import PruneOnlyChannels
+from crossdistill.solvers.lowrank_svd import MetricSVD, PlainSVD
+from crossdistill.solvers.quant_gptq import GPTQ
+from crossdistill.solvers.quant_rtn import RoundToNearest
 
 # method -> solver name -> class
 SOLVERS: dict[str, dict[str, type[LayerSolver]]] = {
@@ -16,6 +19,14 @@ SOLVERS: dict[str, dict[str, type[LayerSolver]]] = {
         "closed-form": ClosedFormChannels,
         "paper": PaperChannels,
         "prune-only": PruneOnlyChannels,
+    },
+    "quant": {
+        "gptq": GPTQ,
+        "rtn": RoundToNearest,
+    },
+    "lowrank": {
+        "svd": MetricSVD,
+        "svd-plain": PlainSVD,
     },
 }
 

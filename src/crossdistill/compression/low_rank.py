@@ -1,0 +1,195 @@
+"""Low-rank factorisation as a compression method (`--prune lowrank`).
+
+A k×k conv (out × in) becomes a k×k conv with r output channels (same stride, padding and
+dilation) followed by a 1×1 conv r → out that carries the original bias; a Linear becomes
+Linear(in → r, no bias) then Linear(r → out). The solver (`svd` under the objective's metric,
+or `svd-plain`) writes the rank-r weight W = U V into the dense layer, so the layers solved
+after it see the factorised layer's real output; `finalize` then splits W by an exact SVD into
+balanced factors U √Σ, √Σ V and swaps the module.
+
+Rank per layer: `rank_ratio` of min(out, in·k²), or `flops_ratio`: the factorised layer's
+multiply-accumulates, r·(in·k² + out) per output position, at most that fraction of the dense
+layer's out·in·k² (a uniform per-layer budget, so the network's FLOPs in the factorised layers
+fall by the same fraction). A layer whose rank would not make it cheaper is left dense and is
+not solved. By default the first conv (3 input channels: little to gain, much to lose) and the
+final linear stay dense (`lowrank_first`, `lowrank_last`).
+
+Persistence: after `finalize` the model carries
+    model.crossdistill_lowrank = {layer_name: {"rank": r, "kind": "conv" | "linear"}}
+Module names of the factors are `{layer}.0` (k×k or in → r) and `{layer}.1` (1×1 or r → out),
+so state-dict keys are `{layer}.0.weight`, `{layer}.1.weight`, `{layer}.1.bias`. To load: build
+the dense model (`create_model(name, **model.spec())` still works: the factorised module keeps
+`in_channels`/`out_channels`/`in_features`/`out_features`), call
+`restore_lowrank(model, metadata)`, then load the state dict.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from crossdistill.capture import get_module, group_size
+from crossdistill.compression.base import CompressionMethod
+from crossdistill.compression.channels import _replace
+from crossdistill.compression.quantization import model_size_bytes, select_layers
+from crossdistill.engine import LayerRecord
+from crossdistill.errors import CrossDistillError
+from crossdistill.solvers import LayerTask
+
+LOWRANK_ATTR = "crossdistill_lowrank"
+
+
+class LowRankLayer(nn.Sequential):
+    """Two factors in sequence that stand in for one conv or linear; exposes the replaced
+    layer's shape attributes so code that reads them (e.g. `model.spec()`) keeps working."""
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__(first, second)
+
+    @property
+    def rank(self) -> int:
+        f = self[0]
+        return f.out_channels if isinstance(f, nn.Conv2d) else f.out_features
+
+    @property
+    def in_channels(self) -> int:
+        return self[0].in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self[1].out_channels
+
+    @property
+    def in_features(self) -> int:
+        return self[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self[1].out_features
+
+
+def empty_factorisation(layer: nn.Module, rank: int) -> LowRankLayer:
+    """Factor modules of the right shapes (weights uninitialised in meaning, to be filled)."""
+    has_bias = layer.bias is not None
+    if isinstance(layer, nn.Conv2d):
+        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                          bias=False)
+        second = nn.Conv2d(rank, layer.out_channels, 1, bias=has_bias)
+    elif isinstance(layer, nn.Linear):
+        first = nn.Linear(layer.in_features, rank, bias=False)
+        second = nn.Linear(rank, layer.out_features, bias=has_bias)
+    else:
+        raise CrossDistillError(f"cannot factorise a {type(layer).__name__}")
+    return LowRankLayer(first, second)
+
+
+def factorise(layer: nn.Module, rank: int) -> LowRankLayer:
+    """Exact split of a layer whose weight has rank ≤ `rank` (else its best rank-`rank` part)."""
+    W = layer.weight.detach().to(torch.float64).reshape(layer.weight.shape[0], -1)
+    P, s, Qt = torch.linalg.svd(W, full_matrices=False)
+    root = s[:rank].sqrt()
+    U = P[:, :rank] * root  # (out, r)
+    V = root[:, None] * Qt[:rank]  # (r, in·k²)
+    new = empty_factorisation(layer, rank)
+    dtype = layer.weight.dtype
+    with torch.no_grad():
+        new[0].weight.copy_(V.reshape(new[0].weight.shape).to(dtype))
+        new[1].weight.copy_(U.reshape(new[1].weight.shape).to(dtype))
+        if layer.bias is not None:
+            new[1].bias.copy_(layer.bias.detach())
+    return new
+
+
+def rank_for(out: int, d: int, rank_ratio: float | None, flops_ratio: float | None) -> int:
+    full = min(out, d)
+    if flops_ratio is not None:
+        r = math.floor(flops_ratio * out * d / (out + d))
+    else:
+        r = round(float(rank_ratio) * full)
+    return max(1, min(full, int(r)))
+
+
+def _check_ratio(name: str, v: float | None, upper_inclusive: bool = True) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    ok = 0.0 < v <= 1.0 if upper_inclusive else 0.0 < v < 1.0
+    if not ok:
+        raise CrossDistillError(f"{name} must lie in (0, 1{']' if upper_inclusive else ')'}, got {v}")
+    return v
+
+
+class LowRank(CompressionMethod):
+    name = "lowrank"
+    solver_family = "lowrank"
+    default_solver = "svd"
+
+    def __init__(
+        self, rank_ratio: float | None = None, flops_ratio: float | None = None, lowrank_first: bool = False,
+        lowrank_last: bool = False,
+    ) -> None:
+        if rank_ratio is not None and flops_ratio is not None:
+            raise CrossDistillError("give either rank_ratio or flops_ratio for low rank, not both")
+        self.rank_ratio = _check_ratio("rank_ratio", rank_ratio)
+        self.flops_ratio = _check_ratio("flops_ratio", flops_ratio, upper_inclusive=False)
+        if self.rank_ratio is None and self.flops_ratio is None:
+            self.rank_ratio = 0.5
+        self.lowrank_first = bool(lowrank_first)
+        self.lowrank_last = bool(lowrank_last)
+
+    def plan(self, model: nn.Module) -> list[LayerTask]:
+        tasks = []
+        for name in select_layers(model, self.lowrank_first, self.lowrank_last):
+            layer = get_module(model, name)
+            out, d = layer.weight.shape[0], layer.weight[0].numel()
+            r = rank_for(out, d, self.rank_ratio, self.flops_ratio)
+            if r * (out + d) >= out * d:  # the factors would cost as much as the dense layer
+                continue
+            tasks.append(LayerTask(name=name, group=group_size(layer), params={"rank": r}))
+        if not tasks:
+            raise CrossDistillError(
+                f"no layer gets cheaper at {self.describe()}: lower the rank or FLOPs ratio"
+            )
+        return tasks
+
+    def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
+        meta = dict(getattr(model, LOWRANK_ATTR, {}) or {})
+        for rec in records:
+            if "rank" not in rec.info:
+                continue
+            layer = get_module(model, rec.name)
+            r = int(rec.info["rank"])
+            _replace(model, rec.name, factorise(layer, r))
+            meta[rec.name] = {"rank": r, "kind": "conv" if isinstance(layer, nn.Conv2d) else "linear"}
+        setattr(model, LOWRANK_ATTR, meta)
+        return model
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        return {"model_size": model_size_bytes(model)}
+
+    def describe(self) -> str:
+        budget = f"rank_ratio={self.rank_ratio:g}" if self.flops_ratio is None else f"flops_ratio={self.flops_ratio:g}"
+        return f"lowrank({budget})"
+
+
+def lowrank_metadata(model: nn.Module) -> dict[str, dict[str, Any]]:
+    return {n: dict(v) for n, v in (getattr(model, LOWRANK_ATTR, None) or {}).items()}
+
+
+def restore_lowrank(model: nn.Module, metadata: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+    """Swap the named dense layers of a freshly built model for factor modules of the saved
+    ranks, so that the saved state dict loads into it."""
+    for name, m in metadata.items():
+        layer = get_module(model, name)
+        if isinstance(layer, LowRankLayer):
+            continue
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise CrossDistillError(f"low-rank layer {name!r}: the model has a {type(layer).__name__} there")
+        r = int(m["rank"])
+        if not 1 <= r <= min(layer.weight.shape[0], layer.weight[0].numel()):
+            raise CrossDistillError(f"low-rank layer {name!r}: rank {r} does not fit its shape")
+        _replace(model, name, empty_factorisation(layer, r))
+    setattr(model, LOWRANK_ATTR, {n: dict(v) for n, v in metadata.items()})
+    return model

@@ -1,0 +1,220 @@
+"""Post-training weight quantization as a compression method (`--prune quant`).
+
+Which layers: every Conv2d and Linear of the model, in module order, including the first conv
+(`quant_first=False` leaves it in float) and the final linear (`quant_last=False`). Biases and
+BatchNorm stay in float32. Activations are not quantized: this is weight-only quantization,
+the setting in which GPTQ-style solvers are used.
+
+The quantized model, for persistence (`crossdistill.models.save_model`/`load_model`)
+----------------------------------------------------------------------------------
+After `finalize`, the model carries
+
+    model.crossdistill_quant = {
+        layer_name: {
+            "bits": int,                 # 2..8
+            "scheme": "symmetric" | "asymmetric",
+            "codes": Tensor,             # weight shape; int8 (symmetric) or uint8 (asymmetric)
+            "scale": Tensor,             # (out,) float32, > 0
+            "zero_point": Tensor,        # (out,) same dtype as codes; all 0 when symmetric
+        }, ...}
+
+and every listed layer's float weight equals, bit for bit, `dequantized_weight(entry)` =
+scale[:, None, ...] · (codes − zero_point) computed in float32: the model runs with dequantised
+weights. To store a model, save `quant_tensors(model)` (flat name → tensor, safetensors-ready)
+and `quant_metadata(model)` (JSON); to load, build the float model, load its state dict, then
+`attach_quant(model, tensors, metadata)`, which validates the codes and writes the dequantised
+weights (`dequantize_into`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from crossdistill.capture import SOLVABLE, get_module, group_size
+from crossdistill.compression.base import CompressionMethod
+from crossdistill.engine import LayerRecord
+from crossdistill.errors import CrossDistillError
+from crossdistill.solvers import LayerTask
+from crossdistill.solvers.quant_grid import (
+    Grid,
+    check_bits,
+    check_scheme,
+    code_dtype,
+    code_range,
+    grid_from_info,
+)
+
+QUANT_ATTR = "crossdistill_quant"
+# Suffixes of the flat tensor names written by `quant_tensors`.
+_CODES, _SCALE, _ZERO = "qcodes", "qscale", "qzero"
+
+
+def solvable_layers(model: nn.Module) -> list[str]:
+    """Conv2d and Linear modules in module-registration order (for the CIFAR ResNets, VGG and
+    the small CNNs this is also the forward order: first conv first, classifier last)."""
+    return [name for name, mod in model.named_modules() if isinstance(mod, SOLVABLE)]
+
+
+def select_layers(model: nn.Module, first: bool, last: bool) -> list[str]:
+    names = solvable_layers(model)
+    if not names:
+        raise CrossDistillError(f"{type(model).__name__} has no Conv2d or Linear layers to compress")
+    convs = [n for n in names if isinstance(get_module(model, n), nn.Conv2d)]
+    linears = [n for n in names if isinstance(get_module(model, n), nn.Linear)]
+    skip = set()
+    if not first and convs:
+        skip.add(convs[0])
+    if not last and linears:
+        skip.add(linears[-1])
+    return [n for n in names if n not in skip]
+
+
+class Quantization(CompressionMethod):
+    name = "quant"
+    solver_family = "quant"
+    default_solver = "gptq"
+
+    def __init__(
+        self, bits: int = 4, quant_scheme: str = "asymmetric", quant_first: bool = True, quant_last: bool = True,
+        quant_solver: str | None = None,
+    ) -> None:
+        self.bits = check_bits(bits)
+        self.scheme = check_scheme(quant_scheme)
+        self.quant_first = bool(quant_first)
+        self.quant_last = bool(quant_last)
+        self.quant_solver = quant_solver
+
+    def plan(self, model: nn.Module) -> list[LayerTask]:
+        return [
+            LayerTask(name=n, group=group_size(get_module(model, n)), params={"bits": self.bits, "scheme": self.scheme})
+            for n in select_layers(model, self.quant_first, self.quant_last)
+        ]
+
+    def stages(self) -> list[tuple[CompressionMethod, str | None]]:
+        return [(self, self.quant_solver)]
+
+    def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
+        entries = dict(getattr(model, QUANT_ATTR, {}) or {})
+        for rec in records:
+            if "scale" not in rec.info:
+                continue
+            layer = get_module(model, rec.name)
+            entries[rec.name] = encode_weight(layer.weight.detach(), grid_from_info(rec.info), rec.name)
+        setattr(model, QUANT_ATTR, entries)
+        dequantize_into(model)
+        return model
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        return {"model_size": model_size_bytes(model)}
+
+    def describe(self) -> str:
+        extra = "" if (self.quant_first and self.quant_last) else (
+            f",first={self.quant_first},last={self.quant_last}")
+        return f"quant(bits={self.bits},scheme={self.scheme}{extra})"
+
+
+def encode_weight(weight: torch.Tensor, grid: Grid, name: str = "layer") -> dict[str, Any]:
+    """Integer codes of a weight that the solver has already put on `grid`. Raises if a value is
+    off the grid (a solver bug, or a weight changed after solving)."""
+    w = weight.detach().to(torch.float64).reshape(weight.shape[0], -1)
+    codes = grid.codes(w)
+    off = (grid.dequantize(codes) - w).abs().max() if w.numel() else torch.tensor(0.0)
+    tol = 1e-5 * float(grid.scale.max())
+    if float(off) > tol:
+        raise CrossDistillError(f"layer {name!r}: weights are not on the quantization grid (off by {float(off):.3g})")
+    dtype = code_dtype(grid.scheme)
+    return {
+        "bits": grid.bits,
+        "scheme": grid.scheme,
+        "codes": codes.reshape(weight.shape).to(dtype),
+        "scale": grid.scale.to(torch.float32),
+        "zero_point": grid.zero_point.to(dtype),
+    }
+
+
+def dequantized_weight(entry: Mapping[str, Any]) -> torch.Tensor:
+    """scale · (code − zero_point) in float32, per output channel."""
+    codes = entry["codes"]
+    shape = (-1,) + (1,) * (codes.dim() - 1)
+    scale = entry["scale"].to(torch.float32).reshape(shape)
+    zp = entry["zero_point"].to(torch.float32).reshape(shape)
+    return scale * (codes.to(torch.float32) - zp)
+
+
+def dequantize_into(model: nn.Module) -> nn.Module:
+    """Write the dequantised weights of every entry of `model.crossdistill_quant` into the
+    layers' float weights (in place; returns the model)."""
+    for name, entry in (getattr(model, QUANT_ATTR, None) or {}).items():
+        layer = get_module(model, name)
+        w = dequantized_weight(entry)
+        if tuple(w.shape) != tuple(layer.weight.shape):
+            raise CrossDistillError(
+                f"layer {name!r}: quantized codes have shape {tuple(w.shape)}, the layer's weight {tuple(layer.weight.shape)}"
+            )
+        with torch.no_grad():
+            layer.weight.copy_(w.to(layer.weight.dtype))
+    return model
+
+
+def quant_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Flat tensors for a safetensors file: `{layer}.qcodes`, `{layer}.qscale`, `{layer}.qzero`."""
+    out: dict[str, torch.Tensor] = {}
+    for name, e in (getattr(model, QUANT_ATTR, None) or {}).items():
+        out[f"{name}.{_CODES}"] = e["codes"].contiguous()
+        out[f"{name}.{_SCALE}"] = e["scale"].contiguous()
+        out[f"{name}.{_ZERO}"] = e["zero_point"].contiguous()
+    return out
+
+
+def quant_metadata(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """JSON-serialisable {layer: {"bits", "scheme"}}; empty for a float model."""
+    return {n: {"bits": int(e["bits"]), "scheme": str(e["scheme"])}
+            for n, e in (getattr(model, QUANT_ATTR, None) or {}).items()}
+
+
+def attach_quant(model: nn.Module, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+    """Inverse of (`quant_tensors`, `quant_metadata`): validate, attach, dequantise into the model."""
+    entries: dict[str, dict[str, Any]] = {}
+    for name, meta in metadata.items():
+        try:
+            bits, scheme = check_bits(meta["bits"]), check_scheme(meta["scheme"])
+            codes, scale, zp = (tensors[f"{name}.{s}"] for s in (_CODES, _SCALE, _ZERO))
+        except KeyError as exc:
+            raise CrossDistillError(f"quantized layer {name!r}: missing {exc}") from None
+        qmin, qmax = code_range(bits, scheme)
+        if codes.dtype != code_dtype(scheme) or zp.dtype != code_dtype(scheme):
+            raise CrossDistillError(f"quantized layer {name!r}: codes must be {code_dtype(scheme)}")
+        if codes.numel() and (int(codes.min()) < qmin or int(codes.max()) > qmax):
+            raise CrossDistillError(f"quantized layer {name!r}: codes outside [{qmin}, {qmax}] for {bits}-bit {scheme}")
+        if scale.dim() != 1 or scale.shape[0] != codes.shape[0] or zp.shape != scale.shape:
+            raise CrossDistillError(f"quantized layer {name!r}: need one scale and zero point per output channel")
+        if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+            raise CrossDistillError(f"quantized layer {name!r}: scales must be finite and positive")
+        if scheme == "symmetric" and bool((zp != 0).any()):
+            raise CrossDistillError(f"quantized layer {name!r}: a symmetric grid has zero point 0")
+        if zp.numel() and (int(zp.min()) < qmin or int(zp.max()) > qmax):
+            raise CrossDistillError(f"quantized layer {name!r}: zero points outside [{qmin}, {qmax}]")
+        entries[name] = {"bits": bits, "scheme": scheme, "codes": codes, "scale": scale.to(torch.float32), "zero_point": zp}
+    setattr(model, QUANT_ATTR, entries)
+    return dequantize_into(model)
+
+
+def model_size_bytes(model: nn.Module) -> dict[str, int]:
+    """Storage of the model for inference: quantized weights as bit-packed codes
+    (⌈n·bits/8⌉ bytes) + one float32 scale per output channel + one byte of zero point per
+    output channel (asymmetric only); every other parameter and BatchNorm running statistic in
+    float32 (BN counters, which inference never reads, are not counted)."""
+    quant = getattr(model, QUANT_ATTR, None) or {}
+    quantized = {f"{n}.weight" for n in quant}
+    codes = scales = floats = 0
+    for key, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if key.endswith("num_batches_tracked") or key in quantized:
+            continue
+        floats += t.numel() * t.element_size()
+    for e in quant.values():
+        codes += math.ceil(e["codes"].numel() * int(e["bits"]) / 8)
+        scales += e["scale"].numel() * 4 + (e["zero_point"].numel() if e["scheme"] == "asymmetric" else 0)
+    return {"total": codes + scales + floats, "codes": codes, "scales": scales, "float": floats}

@@ -1,0 +1,225 @@
+"""Post-training quantization: grids, the GPTQ sweep against round to nearest, the quantized
+model's stored form, and the channels+quant composite."""
+import copy
+
+import pytest
+import torch
+
+from crossdistill.compression import create_method
+from crossdistill.compression.composite import stage_solver_name
+from crossdistill.compression.quantization import (
+    QUANT_ATTR,
+    Quantization,
+    attach_quant,
+    dequantize_into,
+    dequantized_weight,
+    model_size_bytes,
+    quant_metadata,
+    quant_tensors,
+)
+from crossdistill.config import CompressConfig
+from crossdistill.engine import distill_layers
+from crossdistill.errors import CrossDistillError
+from crossdistill.moments import Moments
+from crossdistill.objectives import create_objective
+from crossdistill.problem import QuadraticProblem
+from crossdistill.solvers import LayerTask, create_solver
+from crossdistill.solvers.quant_grid import code_range, fit_grid
+from crossdistill.solvers.quant_gptq import gptq_sweep
+from crossdistill.solvers.quant_rtn import row_losses
+from tiny import make_tiny
+
+
+def images(n=24, seed=0):
+    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def random_problem(seed, d=30, out=6, n=300, coupling=0.5, objective="nocross"):
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    mix = torch.eye(d, dtype=f64) + coupling * torch.randn(d, d, generator=g, dtype=f64)
+    xt = torch.randn(n, d, generator=g, dtype=f64) @ mix
+    xs = xt + 0.3 * torch.randn(n, d, generator=g, dtype=f64)
+    wt = torch.randn(out, d, generator=g, dtype=f64)
+    m = Moments(tt=xt.T @ xt / n, ss=xs.T @ xs / n, ts=xt.T @ xs / n, count=n)
+    return create_objective(objective).build(m, wt)
+
+
+def quantize_tiny(bits=4, scheme="asymmetric", solver="gptq", objective="mixed", **method_kw):
+    teacher = make_tiny()
+    student = copy.deepcopy(teacher)
+    method = Quantization(bits=bits, quant_scheme=scheme, **method_kw)
+    recs = distill_layers(teacher, student, images(), method.plan(student), create_objective(objective),
+                          create_solver("quant", solver), damping=1e-2)
+    return teacher, method.finalize(student, recs), recs
+
+
+@pytest.mark.parametrize("scheme", ["symmetric", "asymmetric"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_quantized_weights_lie_on_the_grid(bits, scheme):
+    _, student, recs = quantize_tiny(bits, scheme)
+    quant = getattr(student, QUANT_ATTR)
+    assert set(quant) == {"conv1", "conv2", "conv3", "fc"}
+    qmin, qmax = code_range(bits, scheme)
+    for name, e in quant.items():
+        codes = e["codes"]
+        assert codes.dtype == (torch.int8 if scheme == "symmetric" else torch.uint8)
+        assert int(codes.min()) >= qmin and int(codes.max()) <= qmax
+        assert e["scale"].dtype == torch.float32 and bool((e["scale"] > 0).all())
+        if scheme == "symmetric":
+            assert bool((e["zero_point"] == 0).all())
+        # The running model's weights are exactly the dequantised codes.
+        shape = (-1,) + (1,) * (codes.dim() - 1)
+        manual = e["scale"].reshape(shape) * (codes.float() - e["zero_point"].float().reshape(shape))
+        weight = student.get_submodule(name).weight.detach()
+        assert torch.equal(weight, manual)
+        assert torch.equal(weight, dequantized_weight(e))
+        # At most 2^bits distinct values in each output channel.
+        for row in weight.reshape(weight.shape[0], -1):
+            assert len(torch.unique(row)) <= 2**bits
+
+
+def test_eight_bits_barely_changes_the_logits():
+    teacher, student, _ = quantize_tiny(8, "symmetric")
+    x = images(16, seed=3)
+    with torch.no_grad():
+        a, b = teacher(x), student(x)
+    assert (a - b).abs().max() / a.abs().max() < 1e-2
+    assert torch.equal(a.argmax(1), b.argmax(1))
+
+
+def test_first_and_last_layers_optional():
+    _, student, _ = quantize_tiny(4, quant_first=False, quant_last=False)
+    assert set(getattr(student, QUANT_ATTR)) == {"conv2", "conv3"}
+    assert torch.equal(student.conv1.weight, make_tiny().conv1.weight)
+
+
+@pytest.mark.parametrize("scheme", ["symmetric", "asymmetric"])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_gptq_solver_never_worse_than_rtn(bits, scheme):
+    """On the layer's own loss, over random problems, including ill-conditioned undamped ones
+    where the raw greedy sweep can lose on some rows (the solver's per-row guard)."""
+    for seed in range(6):
+        for coupling, damping in ((0.5, 0.0), (0.2, 1e-2)):
+            p = random_problem(seed, coupling=coupling).damped(damping)
+            task = LayerTask(name="l", params={"bits": bits, "scheme": scheme})
+            q = create_solver("quant", "gptq").solve(p, task, None).weight
+            r = create_solver("quant", "rtn").solve(p, task, None).weight
+            assert p.loss(q) <= p.loss(r) + 1e-9 * abs(p.loss(r))
+            assert torch.all(row_losses(p, q) <= row_losses(p, r) + 1e-9)
+
+
+def test_raw_column_sweep_beats_rtn_on_damped_problems():
+    wins = 0
+    for seed in range(8):
+        p = random_problem(seed, objective="mixed").damped(1e-2)
+        target = p.solve()
+        grid = fit_grid(target, 3, "asymmetric")
+        q = gptq_sweep(target, p.H, grid)
+        assert torch.equal(grid.quantize(q), q)  # on the grid
+        wins += p.loss(q) < p.loss(grid.quantize(target))
+    assert wins == 8
+
+
+def test_lazy_blocks_do_not_change_the_sweep():
+    p = random_problem(1).damped(1e-2)
+    grid = fit_grid(p.w_teacher, 3, "symmetric")
+    a = gptq_sweep(p.solve(), p.H, grid, block_size=7)
+    b = gptq_sweep(p.solve(), p.H, grid, block_size=1000)
+    assert torch.allclose(a, b, atol=1e-9)
+
+
+def test_gptq_with_diagonal_metric_is_round_to_nearest():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    H = torch.diag(torch.rand(12, generator=g, dtype=torch.float64) + 0.5)
+    grid = fit_grid(W, 3, "asymmetric")
+    assert torch.allclose(gptq_sweep(W, H, grid), grid.quantize(W))
+
+
+def test_bits_and_scheme_validated():
+    for bad in (1, 9, 16, 0, 3.5, "4"):
+        with pytest.raises(CrossDistillError, match="bits"):
+            Quantization(bits=bad)
+        with pytest.raises(CrossDistillError, match="bits"):
+            CompressConfig(prune="quant", bits=bad).validate()
+    with pytest.raises(CrossDistillError, match="quant_scheme"):
+        Quantization(quant_scheme="log")
+    with pytest.raises(CrossDistillError, match="quant_scheme"):
+        CompressConfig(quant_scheme="uniform").validate()
+    with pytest.raises(CrossDistillError, match="quant clip"):
+        create_solver("quant", "gptq", clip="percentile")
+    with pytest.raises(CrossDistillError, match="grid_from"):
+        create_solver("quant", "rtn", grid_from="student")
+
+
+def test_cli_rejects_bad_bits(capsys):
+    from crossdistill.cli.main import main
+
+    assert main(["compress", "--prune", "quant", "--bits", "1", "--data", "x.npz", "--out", "/nonexistent/never"]) == 2
+    assert "bits" in capsys.readouterr().err
+
+
+def test_quant_state_round_trip_reproduces_the_model():
+    _, student, _ = quantize_tiny(3, "asymmetric")
+    tensors, meta = quant_tensors(student), quant_metadata(student)
+    fresh = make_tiny(seed=5)  # different float weights: the codes must overwrite them
+    fresh.load_state_dict({k: v for k, v in student.state_dict().items() if not k.endswith(".weight")
+                           or k.startswith("bn")}, strict=False)
+    attach_quant(fresh, tensors, meta)
+    x = images(4, seed=7)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), student(x))
+    bad = dict(tensors)
+    bad["conv2.qcodes"] = bad["conv2.qcodes"].clone()
+    bad["conv2.qcodes"][0, 0, 0, 0] = 255
+    with pytest.raises(CrossDistillError, match="outside"):
+        attach_quant(make_tiny(), bad, meta)
+
+
+def test_dequantize_into_restores_weights_after_they_drift():
+    _, student, _ = quantize_tiny(4)
+    before = student.conv2.weight.detach().clone()
+    with torch.no_grad():
+        student.conv2.weight.add_(0.01)
+    dequantize_into(student)
+    assert torch.equal(student.conv2.weight, before)
+
+
+def test_model_size_counts_packed_codes_and_scales():
+    _, student, _ = quantize_tiny(4, "asymmetric")
+    size = model_size_bytes(student)
+    n_codes = sum(student.get_submodule(n).weight.numel() for n in ("conv1", "conv2", "conv3", "fc"))
+    assert size["codes"] == sum((student.get_submodule(n).weight.numel() * 4 + 7) // 8
+                                for n in ("conv1", "conv2", "conv3", "fc"))
+    assert size["codes"] <= n_codes // 2 + 4
+    out_channels = 6 + 8 + 5 + 4
+    assert size["scales"] == out_channels * (4 + 1)
+    assert size["total"] < model_size_bytes(make_tiny())["total"]
+
+
+def test_channels_then_quant_runs_two_stages_on_the_slimmed_model():
+    teacher = make_tiny()
+    method = create_method("channels+quant", keep=0.5, bits=4)
+    stages = method.stages()
+    assert [s.solver_family for s, _ in stages] == ["channels", "quant"]
+    # --solver names the channel solver; the quantization stage falls back to its default.
+    assert stage_solver_name(stages[0][0], stages[0][1], "paper") == "paper"
+    assert stage_solver_name(stages[1][0], stages[1][1], "paper") == "gptq"
+    assert stage_solver_name(stages[1][0], "rtn", "paper") == "rtn"
+    assert stage_solver_name(stages[1][0], None, "no-such-solver") == "no-such-solver"
+
+    from crossdistill.pipeline import FewShot, compress
+
+    cfg = CompressConfig(model="tiny", prune="channels+quant", keep=0.5, bits=4, damping=1e-2, mu=0.9)
+    fs = FewShot(images=images(), labels=torch.zeros(24, dtype=torch.long), indices=None)
+    result = compress(teacher, fs, cfg, show_progress=False)
+    student = result.student
+    assert student.conv1.out_channels == 3 and student.conv2.in_channels == 3
+    quant = getattr(student, QUANT_ATTR)
+    for name, e in quant.items():
+        assert e["codes"].shape == student.get_submodule(name).weight.shape
+        assert torch.equal(student.get_submodule(name).weight, dequantized_weight(e))
+    assert "then gptq" in result.solver
+    assert {r.info["stage"] for r in result.records} == {"channels(keep=0.5)", "quant(bits=4,scheme=asymmetric)"}
+    assert model_size_bytes(student)["codes"] > 0
