@@ -137,13 +137,17 @@ def versions() -> dict[str, str]:
 
 
 def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays | None = None,
-        test: ImageArrays | None = None) -> tuple[CompressionResult, dict[str, Any]]:
-    """Compress and evaluate; returns the result and the report dict (nothing is written)."""
+        test: ImageArrays | None = None,
+        teacher: nn.Module | None = None,
+        teacher_metrics: dict[str, Any] | None = None) -> tuple[CompressionResult, dict[str, Any]]:
+    """Compress and evaluate; returns the result and the report dict (nothing is written).
+    `teacher` (already loaded, e.g. the demo's trained one) replaces loading cfg.weights, and
+    `teacher_metrics` (its evaluation on `test`, cached by sweeps) skips re-evaluating it."""
     cfg.validate()
     if cfg.data is None and train is None:
         raise CrossDistillError("no training data given (--data)")
     info = model_info(cfg.model)
-    teacher = load_teacher(cfg)
+    teacher = teacher if teacher is not None else load_teacher(cfg)
     train = train if train is not None else load_image_data(cfg.data, "train")
     fewshot = draw_few_shot(cfg, train)
     result = compress(teacher, fewshot, cfg, show_progress=show_progress)
@@ -172,7 +176,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     if test is not None:
         kw = dict(mean=info.mean, std=info.std, input_size=info.input_size, measure_speed=cfg.latency,
                   latency_batch_sizes=(1, 128) if cfg.latency else ())
-        report["teacher"] = evaluate_model(teacher, test, **kw)
+        report["teacher"] = teacher_metrics if teacher_metrics is not None else evaluate_model(teacher, test, **kw)
         report["student"] = evaluate_model(result.student, test, **kw)
         report["n_eval"] = report["student"]["n_eval"]
     return result, report

@@ -57,7 +57,9 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    defaults = load_yaml(args.config) if getattr(args, "config", None) else {}
+    from crossdistill.sweep import expand_vars  # ${CROSSDISTILL_DATA} works in every config file
+
+    defaults = expand_vars(load_yaml(args.config)) if getattr(args, "config", None) else {}
     overrides = {k: getattr(args, k, None) for k in OPTION_KEYS}
     if getattr(args, "no_latency", False):
         overrides["latency"] = False
