@@ -112,3 +112,32 @@ def test_unsupported_layer_named():
     with pytest.raises(CrossDistillError, match="dw"):
         distill_layers(Odd(), Odd(), torch.randn(2, 4, 5, 5), [LayerTask(name="dw", group=9, keep=2)],
                        create_objective("nocross"), create_solver("channels", "closed-form"))
+
+
+def test_refit_tasks_cover_unpruned_convs_but_not_the_first():
+    from crossdistill.compression.channels import refit_tasks
+
+    net = make_tiny()
+    pruned = plan_channels(net, 0.5)
+    refit = refit_tasks(net, pruned)
+    assert [t.name for t in refit] == []  # TinyNet: conv1 is first, conv2/conv3 are pruned
+    from crossdistill.compression.channel_pruning import ChannelPruning
+
+    tasks = ChannelPruning(keep=1.0, refit=True).plan(net)
+    assert sorted(t.name for t in tasks) == ["conv2", "conv3"]
+
+
+@pytest.mark.parametrize("objective,moves", [("mixed", False), ("nocross", True)])
+def test_unpruned_layer_moves_only_under_objectives_that_absorb_upstream_error(objective, moves):
+    from crossdistill.solvers import LayerTask
+
+    teacher = make_tiny()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():  # an upstream error the later layer can absorb
+        student.conv1.weight.mul_(0.7)
+    recs = distill_layers(teacher, student, images(), [LayerTask(name="conv2", group=9, keep=6)],
+                          create_objective(objective), create_solver("channels", "closed-form"), damping=1e-6)
+    changed = not torch.allclose(student.conv2.weight, teacher.conv2.weight, atol=1e-4)
+    assert changed == moves
+    if moves:
+        assert recs[0].loss_after < 0.5 * recs[0].loss_teacher_weight

@@ -6,7 +6,7 @@ from typing import Sequence
 from torch import nn
 
 from crossdistill.compression.base import CompressionMethod
-from crossdistill.compression.channels import plan_channels, slim_channels
+from crossdistill.compression.channels import channel_pairs, plan_channels, refit_tasks, slim_channels
 from crossdistill.engine import LayerRecord
 from crossdistill.solvers import LayerTask
 
@@ -15,14 +15,19 @@ class ChannelPruning(CompressionMethod):
     name = "channels"
     solver_family = "channels"
 
-    def __init__(self, keep: float | str = 0.5) -> None:
+    def __init__(self, keep: float | str = 0.5, refit: bool = False) -> None:
         self.keep = keep
+        self.refit = refit
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
-        return plan_channels(model, self.keep)
+        tasks = plan_channels(model, self.keep)
+        if self.refit:
+            tasks += refit_tasks(model, tasks)
+        return tasks
 
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
-        return slim_channels(model, {r.name: r.info["kept"] for r in records if "kept" in r.info})
+        consumers = {p.consumer for p in channel_pairs(model)}
+        return slim_channels(model, {r.name: r.info["kept"] for r in records if r.name in consumers})
 
     def describe(self) -> str:
-        return f"channels(keep={self.keep})"
+        return f"channels(keep={self.keep}{',refit' if self.refit else ''})"

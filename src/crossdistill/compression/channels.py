@@ -55,6 +55,21 @@ def plan_channels(model: nn.Module, keep: float | str | Sequence[int]) -> list[L
     ]
 
 
+def refit_tasks(model: nn.Module, pruned: Sequence[LayerTask]) -> list[LayerTask]:
+    """Tasks that re-solve, without pruning, every other conv whose input can differ between
+    teacher and student (all but the first layer the image reaches): only objectives whose
+    optimum moves with the student's input (no-cross, soft) change them, absorbing upstream error."""
+    done = {t.name for t in pruned}
+    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+    first = layers[0] if layers else None
+    return [
+        LayerTask(name=n, group=group_size(m), keep=m.weight.shape[1])
+        for n in layers
+        if n not in done and n != first
+        for m in [get_module(model, n)]
+    ]
+
+
 def _paper_counts(model: nn.Module, pairs: list, widths: list[int]) -> list[int]:
     name = getattr(model, "crossdistill_name", "")
     if name != "resnet56":
