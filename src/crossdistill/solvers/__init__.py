@@ -7,6 +7,7 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.plugins import build
 from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask
 from crossdistill.solvers.channel_closed_form import ClosedFormChannels
+from crossdistill.solvers.channel_fskd import FSKDChannels
 from crossdistill.solvers.channel_paper import PaperChannels
 from crossdistill.solvers.channel_prune_only import PruneOnlyChannels
 from crossdistill.solvers.lowrank_svd import MetricSVD, PlainSVD
@@ -19,6 +20,7 @@ SOLVERS: dict[str, dict[str, type[LayerSolver]]] = {
         "closed-form": ClosedFormChannels,
         "paper": PaperChannels,
         "prune-only": PruneOnlyChannels,
+        "fskd": FSKDChannels,
     },
     "quant": {
         "gptq": GPTQ,

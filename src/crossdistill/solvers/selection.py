@@ -10,6 +10,7 @@ from torch import nn
 from crossdistill.errors import CrossDistillError
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.base import LayerTask
+from crossdistill.solvers.selection_baselines import select_lasso, select_thinet
 
 Selector = Callable[[QuadraticProblem, LayerTask, nn.Module], torch.Tensor]
 
@@ -72,6 +73,8 @@ SELECTORS: dict[str, Selector] = {
     "l1": select_l1,
     "obs": select_obs,
     "weight-norm": select_weight_norm,
+    "thinet": select_thinet,
+    "lasso": select_lasso,
 }
 
 

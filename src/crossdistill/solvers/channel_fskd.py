@@ -1,0 +1,50 @@
+"""FSKD (Li et al. 2020, "Few Sample Knowledge Distillation") as a channel solver.
+
+FSKD keeps the pruned student's conv W_s (the teacher's kept columns) and adds a 1×1 conv Q
+after it, before BatchNorm, fitted by least squares so that Q W_s X^s matches the teacher's
+output; Q is then merged into the conv (W = Q W_s), so inference costs nothing extra.
+
+Fitting Q is the layer's quadratic problem restricted to weights of the form Q W_s:
+
+    loss(Q W_s) = tr(Q (W_s H W_sᵀ) Qᵀ) − 2 tr((B W_sᵀ) Qᵀ) + c   ⇒   Q* = B W_sᵀ (W_s H W_sᵀ)⁻¹
+
+With the no-cross objective this is exactly FSKD (student input, teacher output); with any other
+objective it is FSKD under that objective's metric. It is never better than the closed form on
+the same channels, which optimises over all of W_S instead of the out×out family Q W_s.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from crossdistill.problem import QuadraticProblem, _spd_solve_right
+from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask, channel_columns
+from crossdistill.solvers.selection import get_selector
+
+
+def pointwise_least_squares(problem: QuadraticProblem, w_student: torch.Tensor) -> torch.Tensor:
+    """The 1×1 conv Q (out × out) minimising the problem's loss of Q·w_student."""
+    Ws = w_student.to(problem.H.dtype)
+    H_q = Ws @ problem.H @ Ws.T
+    H_q = (H_q + H_q.T) / 2
+    return _spd_solve_right(problem.B @ Ws.T, H_q)
+
+
+class FSKDChannels(LayerSolver):
+    name = "fskd"
+
+    def __init__(self, selection: str = "l1") -> None:
+        self.selection = selection
+        self._select = get_selector(selection)
+
+    def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
+        kept = self._select(problem, task, student)
+        cols = channel_columns(kept, task.group)
+        Ws = torch.zeros_like(problem.w_teacher)
+        Ws[:, cols] = problem.w_teacher[:, cols]
+        Q = pointwise_least_squares(problem, Ws)
+        # Merged form: dropped columns stay exactly zero because they are zero in W_s.
+        return LayerOutcome(weight=Q @ Ws.to(Q.dtype), info={"kept": kept.tolist()})
+
+    def describe(self) -> str:
+        return f"fskd(selection={self.selection})"
