@@ -104,3 +104,13 @@ def test_default_report_folder_is_replaced_but_nothing_else(tmp_path, monkeypatc
     (work / "crossdistill-demo" / "report.json").write_text("{}")  # not a demo report any more
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cache_key_changes_with_the_architecture(monkeypatch):
+    import crossdistill.models as models
+
+    fp = "0" * 64
+    before = TINY.key(fp)
+    real = models.create_model
+    monkeypatch.setattr(models, "create_model", lambda name, **kw: real(name, channels=[8, 16, 32], **kw))
+    assert TINY.key(fp) != before

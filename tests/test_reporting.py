@@ -158,3 +158,16 @@ def test_report_errors(tmp_path):
     SweepDB(tmp_path / "empty.sqlite").close()
     with pytest.raises(CrossDistillError, match="no runs"):
         render_report(tmp_path / "empty.sqlite", tmp_path / "o")
+
+
+def test_runs_with_n_samples_get_their_own_axis(tmp_path):
+    path = tmp_path / "n.sqlite"
+    with SweepDB(path) as db:
+        for n, v in ((20, 60.0), (50, 70.0)):
+            add(db, v, objective="mixed", mu=0.6, shots=None, n_samples=n, seed=0)
+        add(db, 65.0, objective="mixed", mu=0.6, shots=2, seed=0)
+    groups = aggregate(load_runs(path))
+    assert sorted(g.x_field for g in groups) == ["n_samples", "shots"]
+    g = next(g for g in groups if g.x_field == "n_samples")
+    assert g.x_values == [20, 50] and "| method | N=20 | N=50 |" in accuracy_table(g)
+    assert accuracy_vs_shots(g).axes[0].get_xlabel() == "N (training images)"

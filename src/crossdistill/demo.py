@@ -58,7 +58,12 @@ class TeacherRecipe:
         return self
 
     def key(self, data_fingerprint: str) -> str:
-        text = json.dumps({"recipe": asdict(self), "data": data_fingerprint, "format": TEACHER_FORMAT},
+        from crossdistill.models import create_model
+
+        # The architecture's tensor shapes are part of the key: a model whose default widths
+        # change gets a new teacher instead of silently reusing the old network.
+        arch = [[k, list(v.shape)] for k, v in create_model(self.model).state_dict().items()]
+        text = json.dumps({"recipe": asdict(self), "data": data_fingerprint, "arch": arch, "format": TEACHER_FORMAT},
                           sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -384,6 +389,9 @@ def demo_figure(summary: dict[str, Any]):
     ax2.bar(xs + 0.2, after, width=0.4, label="cross-distilled (solved)", color="tab:blue")
     ax2.set_xticks(xs, [r["name"] for r in layers])
     ax2.set_yscale("log")
+    finite = [v for v in before + after if v == v and v > 0]
+    if finite:  # headroom on the log axis, so the legend sits above the bars
+        ax2.set_ylim(top=max(finite) * 8)
     ax2.set_xlabel("pruned layer")
     ax2.set_ylabel(f"layer loss ({rep['objective']}), log scale")
     ax2.set_title("per-layer reconstruction loss on the few-shot images", fontsize=10)
