@@ -3,4 +3,13 @@ from crossdistill.errors import CrossDistillError
 
 __version__ = "0.1.0"
 
-__all__ = ["CrossDistillError", "__version__"]
+__all__ = ["CrossDistillError", "__version__", "load", "save"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import crossdistill` stays light (no torch import) until a model is saved or loaded.
+    if name in ("load", "save"):
+        from crossdistill import persistence
+
+        return getattr(persistence, name)
+    raise AttributeError(f"module 'crossdistill' has no attribute {name!r}")

@@ -3,11 +3,15 @@ resolved config is saved beside every result."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from crossdistill.errors import CrossDistillError
+
+
+_TYPES: dict[str, Any] = {"int": int, "float": (int, float), "str": str, "bool": bool, "None": type(None), "dict": dict}
 
 
 @dataclass
@@ -46,7 +50,31 @@ class CompressConfig:
     latency: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def _check_types(self) -> None:
+        # Values from YAML files and sweeps arrive untyped: a string or NaN where a number
+        # belongs would otherwise fail deep inside a solver, far from the setting that caused it.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            names = [t.strip().split("[")[0] for t in str(f.type).split("|")]
+            if not {"int", "float", "bool"} & set(names):
+                continue  # paths and names: checked where they are used
+            allowed = tuple(_TYPES[n] for n in names if n in _TYPES)
+            if isinstance(value, bool) and bool not in allowed:
+                ok = False
+            else:
+                ok = isinstance(value, allowed)
+            if not ok:
+                want = " or ".join(n if n != "None" else "null" for n in names)
+                raise CrossDistillError(f"{f.name} must be {want}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise CrossDistillError(f"{f.name} must be a finite number, got {value}")
+
     def validate(self) -> "CompressConfig":
+        self._check_types()
+        if self.seed < 0:
+            raise CrossDistillError(f"seed must be >= 0, got {self.seed}")
+        if self.lr is not None and self.lr <= 0:
+            raise CrossDistillError(f"lr must be positive, got {self.lr}")
         if self.shots is not None and self.n_samples is not None:
             raise CrossDistillError("give either shots (K per class) or n_samples, not both")
         if self.shots is None and self.n_samples is None:
@@ -104,7 +132,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise CrossDistillError(f"config {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise CrossDistillError(f"config {path} is not valid YAML: {problem}{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -115,5 +146,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def resolve(defaults: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> CompressConfig:
     """Config file values first, then every override that was actually given (not None)."""
     merged = dict(defaults or {})
-    merged.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # shots (K per class) and n_samples are alternatives: the one given last wins, and a file or
+    # flag that names n_samples replaces the default K=5 instead of clashing with it.
+    if "n_samples" in given and "shots" not in given:
+        merged["shots"] = None
+    if "shots" in given and "n_samples" not in given:
+        merged.pop("n_samples", None)
+    merged.update(given)
+    if merged.get("n_samples") is not None and "shots" not in merged:
+        merged["shots"] = None
     return CompressConfig.from_dict(merged).validate()

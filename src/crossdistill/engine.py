@@ -62,9 +62,12 @@ def distill_layers(
     teacher.eval()
     student.eval()
     batches = batches_of(images, batch_size)
-    tasks = order_tasks(student, list(tasks), images[:1])
+    tasks = list(tasks)
+    # Before ordering: an unsupported layer (say a ConvTranspose2d) is not hooked by the capture,
+    # so ordering would misreport it as "never reached" instead of naming its type.
     for task in tasks:
         check_solvable(get_module(student, task.name), task.name)
+    tasks = order_tasks(student, tasks, images[:1])
     teacher_inputs = all_layer_inputs(teacher, [t.name for t in tasks], batches)
     records: list[LayerRecord] = []
     for i, task in enumerate(tasks):

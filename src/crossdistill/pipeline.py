@@ -17,6 +17,7 @@ from torch import nn
 from crossdistill import __version__
 from crossdistill.compression import create_method
 from crossdistill.compression.composite import stage_solver_name
+from crossdistill.checks import check_data_fits_model
 from crossdistill.config import CompressConfig
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
 from crossdistill.engine import LayerRecord, distill_layers
@@ -58,6 +59,7 @@ def draw_few_shot(cfg: CompressConfig, data: ImageArrays) -> FewShot:
             f"{data.source or 'data'}: images are {tuple(data.x.shape[1:])} (H, W, C) but {cfg.model} "
             f"expects {(info.input_size[1], info.input_size[2], info.input_size[0])}"
         )
+    check_data_fits_model(data, cfg.model, role="training data")  # labels within the model's classes
     idx = sample_few_shot(
         data.y, shots=cfg.shots, n=cfg.n_samples, seed=cfg.seed, mode=cfg.sampler, num_classes=data.num_classes
     )
@@ -150,6 +152,11 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     teacher = teacher if teacher is not None else load_teacher(cfg)
     train = train if train is not None else load_image_data(cfg.data, "train")
     fewshot = draw_few_shot(cfg, train)
+    if test is None and cfg.eval_data:
+        # Loaded and checked before compressing: a bad test file must not cost a whole run.
+        test = load_image_data(cfg.eval_data, "test")
+    if test is not None:
+        check_data_fits_model(test, cfg.model, role="test data")
     result = compress(teacher, fewshot, cfg, show_progress=show_progress)
     report: dict[str, Any] = {
         "model": cfg.model,

@@ -67,21 +67,20 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crossdistill.checks import check_data_fits_model
     from crossdistill.data import load_image_data
     from crossdistill.evaluation import evaluate_model
     from crossdistill.models import load_model, model_info
 
     if args.batch_size < 1:
         raise CrossDistillError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:  # refused even when --no-latency leaves it unused
+        raise CrossDistillError(f"threads must be >= 1, got {args.threads}")
     model = load_model(args.weights, args.model)
     name = model.crossdistill_name
     info = model_info(name)
     data = load_image_data(args.eval_data, "test")
-    expected = (info.input_size[1], info.input_size[2], info.input_size[0])
-    if tuple(data.x.shape[1:]) != expected:
-        raise CrossDistillError(
-            f"{args.eval_data}: images are {tuple(data.x.shape[1:])} (H, W, C) but {name} expects {expected}"
-        )
+    check_data_fits_model(data, name, num_classes=model.spec().get("num_classes"), role=str(args.eval_data))
     result = evaluate_model(
         model,
         data,

@@ -16,6 +16,7 @@ COMMANDS = [
     "crossdistill.cli.sweep_cmd",
     "crossdistill.cli.report_cmd",
     "crossdistill.cli.demo_cmd",
+    "crossdistill.cli.export_cmd",
 ]
 
 
@@ -39,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CrossDistillError as exc:
         print(f"crossdistill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not exc.filename:
+            raise  # not about a path the user gave: keep the traceback
+        # Permission denied, disk full, a folder where a file belongs: the user's to fix, not a bug.
+        print(f"crossdistill {args.command}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -269,13 +269,27 @@ _IDX_DTYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+_IDX_CHUNK = 1 << 24
+# Deflate expands at most about 1032:1, so a gzip file of s bytes holds at most this × s bytes.
+_GZIP_MAX_RATIO = 1100
+
+
 def _read_exact(fh: BinaryIO, n: int, path: Path, what: str) -> bytes:
-    buf = fh.read(n)
-    if len(buf) != n:
+    # In chunks: a forged header can claim more bytes than fit in memory (or in a C size_t),
+    # and one fh.read(n) would try to allocate them before finding the file is short.
+    chunks: list[bytes] = []
+    got = 0
+    while got < n:
+        buf = fh.read(min(n - got, _IDX_CHUNK))
+        if not buf:
+            break
+        chunks.append(buf)
+        got += len(buf)
+    if got != n:
         raise CrossDistillError(
-            f"{path}: truncated IDX file ({what}: expected {n} bytes, got {len(buf)})"
+            f"{path}: truncated IDX file ({what}: expected {n} bytes, got {got})"
         )
-    return buf
+    return b"".join(chunks)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -302,6 +316,12 @@ def read_idx(path: str | Path) -> np.ndarray:
             )
             count = math.prod(dims)
             nbytes = count * dtype.itemsize
+            room = path.stat().st_size * (_GZIP_MAX_RATIO if is_gz else 1)
+            if nbytes > room:
+                raise CrossDistillError(
+                    f"{path}: truncated or corrupt IDX file (its header announces shape {dims}, "
+                    f"{nbytes} bytes of data, more than the file can hold)"
+                )
             payload = _read_exact(fh, nbytes, path, f"payload for shape {dims}")
             if fh.read(1):
                 raise CrossDistillError(

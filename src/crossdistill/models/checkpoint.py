@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,14 +61,23 @@ def _read_pickle(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" in str(exc).lower() or "weights_only" in str(exc):
+        # torch says "weights only load failed" both for a forbidden global (a class or function
+        # the file wants imported: unsafe) and for bytes that are no pickle at all (corrupt);
+        # only the first is a safety refusal.
+        found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+        if found or "unsupported global" in str(exc).lower():
+            what = f" (it references {found.group(1)})" if found else ""
             raise CrossDistillError(
                 f"{path}: refused for safety: the checkpoint contains pickled objects other than "
-                "tensors and plain containers, and loading it would require full unpickling "
+                f"tensors and plain containers{what}, and loading it would require full unpickling "
                 "(which can run arbitrary code). Re-save it as a plain state_dict "
                 "(torch.save(model.state_dict(), ...)) or as .safetensors."
             ) from None
-        raise CrossDistillError(f"{path}: not a readable PyTorch checkpoint (corrupt?): {exc}") from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        # torch's message is a paragraph of advice; the line that names the defect is enough.
+        detail = next((ln for ln in lines[1:] if not ln.startswith(("Please", "Check", "Weights only"))),
+                      lines[0] if lines else type(exc).__name__)
+        raise CrossDistillError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {detail}") from None
     except Exception as exc:  # torch surfaces corruption as RuntimeError, EOFError, struct.error, KeyError...
         raise CrossDistillError(
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {type(exc).__name__}: {exc}"
@@ -127,6 +137,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CrossDistillError(f"weights file not found: {path}")
     if path.suffix == SAFETENSORS_SUFFIX:
         tensors, meta = _read_safetensors(path)
+        if "crossdistill" in meta:
+            # A model saved by crossdistill.save: quantized weights are stored as integer codes,
+            # so the dense state dict is the rebuilt model's.
+            from crossdistill.persistence import load
+
+            model = load(path)
+            return Checkpoint(dict(model.state_dict()), model.crossdistill_name, model.spec())
         name = meta.get("crossdistill_model")
         try:
             spec = json.loads(meta.get("crossdistill_spec", "{}"))
@@ -204,6 +221,11 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
     """
     path = Path(path)
     name = getattr(model, "crossdistill_name", None)
+    if path.suffix == SAFETENSORS_SUFFIX and name and hasattr(model, "spec"):
+        # The full format (masks, quantization codes, low-rank structure); see crossdistill.persistence.
+        from crossdistill.persistence import save
+
+        return save(model, path)
     spec = model.spec() if hasattr(model, "spec") else {}  # type: ignore[operator]
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,12 +248,18 @@ def load_model(path: str | Path, name: str | None = None) -> nn.Module:
     from the tensor shapes, so a slimmed student loads given only its base model name.
     """
     from crossdistill.models.registry import create_model, spec_from_state_dict
+    from crossdistill.persistence import is_crossdistill_file, load
 
+    if is_crossdistill_file(path):
+        return load(path, model=name)
     ckpt = load_checkpoint(path)
     model_name = name or ckpt.model_name
     if model_name is None:
         raise CrossDistillError(f"{path}: the file does not record its model; pass the model name (--model)")
-    spec = ckpt.spec if (ckpt.spec and ckpt.model_name == model_name) else spec_from_state_dict(model_name, ckpt.state_dict)
-    model = create_model(model_name, **spec)
-    load_weights(model, ckpt.state_dict)
+    try:
+        spec = ckpt.spec if (ckpt.spec and ckpt.model_name == model_name) else spec_from_state_dict(model_name, ckpt.state_dict)
+        model = create_model(model_name, **spec)
+        load_weights(model, ckpt.state_dict)
+    except CrossDistillError as exc:
+        raise CrossDistillError(f"{path}: {exc}") from None  # name the file: the message alone may not
     return model

@@ -1,0 +1,31 @@
+"""Checks that data fits the model it is fed to, before any work is done.
+
+A data set can be valid on its own (uint8 pixels, labels in [0, its own class count)) and still
+not fit a model: other image size, more classes than the classifier has. Found late, these
+surface as a shape error deep inside a layer or as a silently meaningless accuracy, so every
+entry point checks them up front with one message that names the file.
+"""
+from __future__ import annotations
+
+from crossdistill.data.arrays import ImageArrays
+from crossdistill.errors import CrossDistillError
+
+__all__ = ["check_data_fits_model"]
+
+
+def check_data_fits_model(data: ImageArrays, model: str, *, num_classes: int | None = None, role: str = "data") -> None:
+    """Raise CrossDistillError unless `data`'s images have the model's input size and its labels
+    are classes of the model (`num_classes` defaults to the registered model's)."""
+    from crossdistill.models.registry import model_info
+
+    info = model_info(model)
+    where = data.source or role
+    expected = (info.input_size[1], info.input_size[2], info.input_size[0])
+    if tuple(data.x.shape[1:]) != expected:
+        raise CrossDistillError(f"{where}: images are {tuple(data.x.shape[1:])} (H, W, C) but {model} expects {expected}")
+    k = int(num_classes if num_classes is not None else info.num_classes)
+    top = int(data.y.max()) if len(data.y) else -1
+    if top >= k:
+        raise CrossDistillError(
+            f"{where}: label {top} is out of range for {model}, which has {k} classes (labels 0..{k - 1})"
+        )

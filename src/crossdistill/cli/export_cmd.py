@@ -1,0 +1,47 @@
+"""`crossdistill export`: a saved model to ONNX or TorchScript, verified against PyTorch."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from crossdistill.errors import CrossDistillError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a compressed model to ONNX or TorchScript (verified against PyTorch)",
+        description="Export the model of a `crossdistill compress` run directory (or a .safetensors file "
+        "saved by crossdistill.save) to ONNX or TorchScript. The exported file runs the same inputs as the "
+        "PyTorch model (the first --n-verify images of --eval-data, else a fixed random batch) and is "
+        "written only when the largest absolute logit difference is within --tolerance.",
+    )
+    p.add_argument("source", type=Path, help="run directory (holding student.safetensors) or .safetensors file")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="export format")
+    p.add_argument("--out", type=Path, help="output file (default: beside the source, student.onnx / student.torchscript.pt)")
+    p.add_argument("--eval-data", dest="eval_data",
+                   help="verify on real test images: .npz, cifar-10-batches-py folder, Fashion-MNIST folder or a data-set name")
+    p.add_argument("--n-verify", dest="n_verify", type=int, default=64, help="images used to verify (default 64)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--model", help="model name, only for weight files that do not record it")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from crossdistill.export import export
+
+    if args.n_verify < 1:
+        raise CrossDistillError(f"--n-verify must be >= 1, got {args.n_verify}")
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        raise CrossDistillError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
+    if args.opset < 9:
+        raise CrossDistillError(f"--opset must be >= 9, got {args.opset}")
+    res = export(args.source, args.format, args.out, eval_data=args.eval_data, n_verify=args.n_verify,
+                 tolerance=args.tolerance, force=args.force, model_name=args.model, opset=args.opset)
+    print(f"exported {args.source} to {res.path} ({res.format}, {res.bytes:,} bytes)")
+    print(f"verified on {res.inputs}: max |logit difference| vs PyTorch = {res.max_abs_diff:.3g} "
+          f"(tolerance {args.tolerance:g})")
+    return 0

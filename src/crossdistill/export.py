@@ -1,0 +1,250 @@
+"""Export a (compressed) model to ONNX or TorchScript, verified before it is written.
+
+The exported file is checked against the PyTorch model it came from: both run the same inputs
+(real test images when given, else a fixed random batch) and the largest absolute difference of
+their logits must stay within a tolerance; only then is the file moved into place. Export and
+verification use a different batch size, so a file that hard-coded the batch would fail here
+rather than in deployment.
+
+What is exported is the model as it runs: a slimmed model has fewer channels in the graph, a
+low-rank one has its two factor layers, and quantized or sparse weights appear as their float
+(dequantised / zero-filled) values.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.persistence import temp_sibling
+
+__all__ = ["FORMATS", "ExportResult", "export", "export_model", "default_output", "verification_inputs", "max_abs_diff"]
+
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_OPSET = 17
+_TRACE_BATCH = 2  # batch used to record the graph; verification uses another size on purpose
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    n_inputs: int
+    inputs: str  # where the verification inputs came from
+    bytes: int
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise CrossDistillError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def default_output(source: str | Path, fmt: str) -> Path:
+    """Beside the source: `RUN/student.onnx` for a run directory, `x.onnx` for `x.safetensors`."""
+    source = Path(source)
+    suffix = SUFFIXES[check_format(fmt)]
+    if source.is_dir():
+        return source / f"student{suffix}"
+    name = source.name
+    for ext in (".safetensors", ".pth", ".pt", ".th", ".ckpt", ".bin", ".tar"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return source.with_name(name + suffix)
+
+
+def _metadata(model: nn.Module) -> dict[str, str]:
+    from crossdistill import __version__
+    from crossdistill.models.registry import model_info
+
+    name = getattr(model, "crossdistill_name", None)
+    meta = {"crossdistill_version": __version__}
+    if isinstance(name, str):
+        info = model_info(name)
+        meta.update({
+            "model": name,
+            "input_size": json.dumps(list(info.input_size)),
+            # Deployers must feed (pixels / 255 - mean) / std, NCHW float32.
+            "mean": json.dumps(list(info.mean)),
+            "std": json.dumps(list(info.std)),
+        })
+        if hasattr(model, "spec"):
+            meta["spec"] = json.dumps(model.spec())  # type: ignore[operator]
+    return meta
+
+
+def verification_inputs(
+    model: nn.Module, eval_data: str | Path | None = None, n: int = 64, seed: int = 0
+) -> tuple[torch.Tensor, str]:
+    """Normalised NCHW inputs for verification and a description of where they came from."""
+    from crossdistill.models.registry import model_info
+
+    if n < 1:
+        raise CrossDistillError(f"the number of verification inputs must be >= 1, got {n}")
+    name = getattr(model, "crossdistill_name", None)
+    if not isinstance(name, str):
+        raise CrossDistillError(f"cannot export a {type(model).__name__}: it was not built by crossdistill.models.create_model")
+    info = model_info(name)
+    c, h, w = info.input_size
+    if eval_data is None:
+        gen = torch.Generator().manual_seed(seed)
+        # Normalised images are roughly standard normal, so this exercises the same value range.
+        return torch.randn(n, c, h, w, generator=gen), f"a fixed random batch of {n} (seed {seed})"
+    from crossdistill.data import load_image_data, to_tensor
+
+    data = load_image_data(eval_data, "test")
+    if tuple(data.x.shape[1:]) != (h, w, c):
+        raise CrossDistillError(
+            f"{eval_data}: images are {tuple(data.x.shape[1:])} (H, W, C) but {name} expects {(h, w, c)}"
+        )
+    k = min(n, len(data))
+    return to_tensor(data.x[:k], info.mean, info.std), f"the first {k} test images of {eval_data}"
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    a = torch.as_tensor(a, dtype=torch.float32)
+    b = torch.as_tensor(b, dtype=torch.float32)
+    if a.shape != b.shape:
+        raise CrossDistillError(f"exported model returns shape {tuple(b.shape)}, PyTorch {tuple(a.shape)}")
+    if not bool(torch.isfinite(b).all()):
+        raise CrossDistillError("the exported model returns non-finite logits")
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int) -> None:
+    import onnx
+
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter (dynamo=False) works offline and needs no onnxscript;
+        # torch announces its deprecation on every call, which is noise for our users.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), tmp, dynamo=False, opset_version=opset,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            do_constant_folding=True,
+        )
+    proto = onnx.load(tmp)
+    for k, v in _metadata(model).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"crossdistill.{k}", v
+    onnx.checker.check_model(proto)
+    onnx.save(proto, tmp)
+
+
+def _run_onnx(path: str, inputs: torch.Tensor) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": inputs.numpy()})[0]
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, tmp: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still the TorchScript path
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, tmp, _extra_files={"crossdistill.json": json.dumps(_metadata(model))})
+
+
+def _run_torchscript(path: str, inputs: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(path, map_location="cpu")
+    with torch.no_grad():
+        return loaded(inputs)
+
+
+def export_model(
+    model: nn.Module,
+    out: str | Path,
+    fmt: str,
+    inputs: torch.Tensor,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    force: bool = False,
+    opset: int = DEFAULT_OPSET,
+    inputs_label: str = "given inputs",
+) -> ExportResult:
+    """Export `model` to `out` and verify it on `inputs`; the file appears only if it matches.
+
+    Raises CrossDistillError when `out` exists (without `force`) or when the exported model's
+    logits differ from PyTorch's by more than `tolerance`.
+    """
+    check_format(fmt)
+    out = Path(out)
+    if not (tolerance >= 0):  # also refuses NaN
+        raise CrossDistillError(f"tolerance must be >= 0, got {tolerance}")
+    if out.is_dir():
+        raise CrossDistillError(f"output {out} is a directory; give a file name")
+    if out.exists() and not force:
+        raise CrossDistillError(f"output {out} already exists; pass --force to replace it")
+    if inputs.dim() != 4 or not inputs.is_floating_point() or not bool(torch.isfinite(inputs).all()):
+        raise CrossDistillError("verification inputs must be finite float NCHW tensors")
+    model = model.eval()
+    example = inputs[:_TRACE_BATCH].clone()
+    if len(example) < _TRACE_BATCH:
+        example = example.repeat(_TRACE_BATCH, 1, 1, 1)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CrossDistillError(f"cannot write {out}: {exc.strerror or exc}") from None
+    tmp = str(temp_sibling(out))
+    try:
+        with torch.no_grad():
+            expected = model(inputs)
+        if fmt == "onnx":
+            _export_onnx(model, example, tmp, opset)
+            got = _run_onnx(tmp, inputs)
+        else:
+            _export_torchscript(model, example, tmp)
+            got = _run_torchscript(tmp, inputs)
+        diff = max_abs_diff(expected, got)
+        if diff > tolerance:
+            raise CrossDistillError(
+                f"the {fmt} export differs from the PyTorch model by up to {diff:.3g} in the logits "
+                f"on {inputs_label} (tolerance {tolerance:g}); nothing was written"
+            )
+        size = os.path.getsize(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return ExportResult(path=out, format=fmt, max_abs_diff=diff, n_inputs=len(inputs), inputs=inputs_label, bytes=size)
+
+
+def export(
+    source: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    *,
+    eval_data: str | Path | None = None,
+    n_verify: int = 64,
+    tolerance: float = DEFAULT_TOLERANCE,
+    force: bool = False,
+    model_name: str | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> ExportResult:
+    """Load a saved model (file or `crossdistill compress` run directory) and export it verified."""
+    from crossdistill.persistence import load
+
+    check_format(fmt)
+    out = Path(out) if out is not None else default_output(source, fmt)
+    if out.exists() and not force:  # fail before the work
+        raise CrossDistillError(f"output {out} already exists; pass --force to replace it")
+    model = load(source, model=model_name)
+    inputs, label = verification_inputs(model, eval_data, n_verify)
+    return export_model(model, out, fmt, inputs, tolerance=tolerance, force=force, opset=opset, inputs_label=label)

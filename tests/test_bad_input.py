@@ -1,0 +1,326 @@
+"""Bad input: every command refuses it with one clear line on stderr and exit status 2, before
+any work is done and without leaving anything half-written.
+
+The inputs are tiny files written here; the model is the Fashion CNN (28×28×1), so even the
+cases that get as far as loading data take a fraction of a second.
+"""
+from __future__ import annotations
+
+import builtins
+import gzip
+import os
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import crossdistill
+from crossdistill.cli.main import main
+from crossdistill.errors import CrossDistillError
+from crossdistill.models import create_model
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    gray = lambda n: rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)  # noqa: E731
+    np.savez(d / "train.npz", x=gray(40), y=np.arange(40) % 10)  # 4 images per class
+    np.savez(d / "rgb.npz", x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y=np.arange(40) % 10)
+    np.savez(d / "float.npz", x=rng.random((40, 28, 28, 1)).astype(np.float32), y=np.arange(40) % 10)
+    xf = (rng.random((40, 28, 28, 1)) * 255).astype(np.float32)
+    xf[3, 4, 5, 0] = np.nan
+    np.savez(d / "nan.npz", x=xf, y=np.arange(40) % 10)
+    np.savez(d / "labels12.npz", x=gray(40), y=np.arange(40) % 12)
+    np.savez(d / "labels_declared.npz", x=gray(40), y=np.arange(40) % 12, num_classes=np.array(10))
+    np.savez(d / "labels_negative.npz", x=gray(40), y=np.arange(40) % 10 - 1)
+    raw = (d / "train.npz").read_bytes()
+    (d / "truncated.npz").write_bytes(raw[: len(raw) // 2])
+    (d / "corrupt.npz").write_bytes(bytes(rng.integers(0, 256, 600, dtype=np.uint8)))
+
+    torch.manual_seed(0)
+    teacher = create_model("fashion_cnn")
+    torch.save(teacher.state_dict(), d / "teacher.th")
+    raw = (d / "teacher.th").read_bytes()
+    (d / "truncated.th").write_bytes(raw[: len(raw) // 2])
+    crossdistill.save(teacher, d / "teacher.safetensors")
+    raw = (d / "teacher.safetensors").read_bytes()
+    (d / "truncated.safetensors").write_bytes(raw[: len(raw) - 50])
+    sd = {k: v.clone() for k, v in teacher.state_dict().items()}
+    sd["conv2.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(sd, d / "inf.th")
+    torch.save(create_model("fashion_cnn", channels=[8, 16, 32]).state_dict(), d / "slim.th")
+    torch.save(create_model("resnet20").state_dict(), d / "resnet20.th")
+
+    cifar = d / "cifar-10-batches-py"
+    cifar.mkdir()
+    good = pickle.dumps({b"data": np.zeros((10, 3072), np.uint8), b"labels": list(range(10))}, protocol=2)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (cifar / name).write_bytes(good)
+    (cifar / "data_batch_1").write_bytes(good[: len(good) // 3])
+    idx = d / "fashion"
+    idx.mkdir()
+    images = bytes([0, 0, 8, 3]) + struct.pack(">III", 20, 28, 28) + bytes(20 * 28 * 28)
+    (idx / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(images[:-100]))
+    (idx / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 20) + bytes(range(10)) * 2)
+
+    (d / "existing").mkdir()
+    (d / "existing" / "keep.txt").write_text("precious")
+    (d / "bad.yaml").write_text("keep: [0.5,\n")
+    (d / "sweep_bad_value.yaml").write_text("base: {model: fashion_cnn, keep: 2}\ngrid: {seed: [0]}\n")
+    (d / "not_a_db.sqlite").write_bytes(b"this is not sqlite" * 20)
+    return d
+
+
+COMPRESS = ["compress", "--model", "fashion_cnn", "--data", "{d}/train.npz", "--shots", "2", "--no-latency",
+            "--quiet", "--out", "{d}/out"]
+EVALUATE = ["evaluate", "--weights", "{d}/teacher.safetensors", "--eval-data", "{d}/train.npz", "--no-latency"]
+
+
+def _c(*extra: str) -> list[str]:
+    return COMPRESS + list(extra)
+
+
+def _swap(argv: list[str], flag: str, value: str) -> list[str]:
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
+
+
+# (id, argv, what the message must say). One case per kind of bad input and command.
+CASES = [
+    # missing paths
+    ("compress: data missing", _swap(COMPRESS, "--data", "{d}/nope.npz"), "nope.npz: no such file or folder"),
+    ("compress: weights missing", _c("--weights", "{d}/nope.th"), "weights file not found: {d}/nope.th"),
+    ("compress: config missing", _c("--config", "{d}/nope.yaml"), "cannot read config {d}/nope.yaml"),
+    ("evaluate: weights missing", _swap(EVALUATE, "--weights", "{d}/nope.safetensors"), "not found"),
+    ("evaluate: data missing", _swap(EVALUATE, "--eval-data", "{d}/nope.npz"), "nope.npz: no such file or folder"),
+    ("export: source missing", ["export", "{d}/nope", "--format", "onnx"], "{d}/nope: no such file or directory"),
+    ("sweep: config missing", ["sweep", "{d}/nope.yaml"], "cannot read config"),
+    ("report: database missing", ["report", "{d}/nope.sqlite"], "not found"),
+    ("baseline: data missing", ["baseline", "l1", "--model", "fashion_cnn", "--data", "{d}/nope.npz", "--out", "{d}/out"],
+     "no such file or folder"),
+    ("demo: data missing", ["demo", "--data", "{d}/nope", "--out", "{d}/out"], "no such file or folder"),
+    # truncated or corrupt checkpoints and data files
+    ("compress: truncated .th", _c("--weights", "{d}/truncated.th"), "truncated or corrupt"),
+    ("compress: truncated .safetensors", _c("--weights", "{d}/truncated.safetensors"), "truncated or corrupt"),
+    ("evaluate: truncated model", _swap(EVALUATE, "--weights", "{d}/truncated.safetensors"), "truncated or corrupt"),
+    ("compress: truncated npz", _swap(COMPRESS, "--data", "{d}/truncated.npz"), "truncated.npz: cannot read .npz"),
+    ("compress: corrupt npz", _swap(COMPRESS, "--data", "{d}/corrupt.npz"), "corrupt.npz: cannot read .npz"),
+    ("compress: truncated CIFAR batch", _swap(_swap(COMPRESS, "--data", "{d}/cifar-10-batches-py"), "--model", "resnet20"),
+     "data_batch_1: unsafe or corrupt pickle (pickle data was truncated)"),
+    ("compress: truncated IDX", _swap(COMPRESS, "--data", "{d}/fashion"), "truncated IDX file"),
+    ("compress: invalid YAML", _c("--config", "{d}/bad.yaml"), "is not valid YAML"),
+    ("report: not a database", ["report", "{d}/not_a_db.sqlite", "--out", "{d}/out"], "not a crossdistill results database"),
+    # a checkpoint whose shapes do not fit the model
+    ("compress: slimmer checkpoint", _c("--weights", "{d}/slim.th"),
+     "does not fit model fashion_cnn: shape mismatch: conv1.weight: expected (16, 1, 3, 3), got (8, 1, 3, 3)"),
+    ("compress: other architecture", _c("--weights", "{d}/resnet20.th"), "does not fit model fashion_cnn"),
+    ("evaluate: other architecture", ["evaluate", "--model", "fashion_cnn", "--weights", "{d}/resnet20.th",
+                                      "--eval-data", "{d}/train.npz"], "resnet20.th"),
+    # images of the wrong shape or dtype
+    ("compress: wrong image shape", _swap(COMPRESS, "--data", "{d}/rgb.npz"),
+     "images are (32, 32, 3) (H, W, C) but fashion_cnn expects (28, 28, 1)"),
+    ("compress: wrong test image shape", _c("--eval-data", "{d}/rgb.npz"), "images are (32, 32, 3)"),
+    ("evaluate: wrong image shape", _swap(EVALUATE, "--eval-data", "{d}/rgb.npz"), "images are (32, 32, 3)"),
+    ("compress: float images", _swap(COMPRESS, "--data", "{d}/float.npz"), "x must have dtype uint8"),
+    # labels out of range
+    ("compress: more classes than the model", _swap(COMPRESS, "--data", "{d}/labels12.npz"),
+     "label 11 is out of range for fashion_cnn, which has 10 classes"),
+    ("compress: test labels out of range", _c("--eval-data", "{d}/labels12.npz"), "label 11 is out of range"),
+    ("evaluate: labels out of range", _swap(EVALUATE, "--eval-data", "{d}/labels12.npz"), "label 11 is out of range"),
+    ("compress: label above declared classes", _swap(COMPRESS, "--data", "{d}/labels_declared.npz"),
+     "label 11 is outside [0, 10)"),
+    ("compress: negative label", _swap(COMPRESS, "--data", "{d}/labels_negative.npz"), "label -1 is outside"),
+    # non-finite values in data or weights
+    ("compress: NaN pixels", _swap(COMPRESS, "--data", "{d}/nan.npz"), "NaN or infinite"),
+    ("compress: inf weights", _c("--weights", "{d}/inf.th"), "non-finite values (NaN/inf) in conv2.weight"),
+    ("evaluate: inf weights", ["evaluate", "--model", "fashion_cnn", "--weights", "{d}/inf.th", "--eval-data",
+                               "{d}/train.npz"], "non-finite values (NaN/inf) in conv2.weight"),
+    # K larger than a class has
+    ("compress: K too large", _swap(COMPRESS, "--shots", "5"), "shots=5 per class is more than class 0 has: 4 images"),
+    ("compress: K zero", _swap(COMPRESS, "--shots", "0"), "shots must be >= 1"),
+    # keep / sparsity / rank ratios outside their ranges
+    ("compress: keep 0", _c("--keep", "0"), "keep ratio must lie in (0, 1], got 0.0"),
+    ("compress: keep 1.5", _c("--keep", "1.5"), "keep ratio must lie in (0, 1], got 1.5"),
+    ("compress: keep nan", _c("--keep", "nan"), "keep"),
+    ("compress: keep text", _c("--keep", "half"), "keep must be a ratio in (0, 1] or 'paper'"),
+    ("compress: sparsity 1", _c("--prune", "sparsity", "--sparsity", "1"), "sparsity must lie in [0, 1)"),
+    ("compress: sparsity negative", _c("--prune", "sparsity", "--sparsity", "-0.1"), "sparsity must lie in [0, 1)"),
+    ("compress: rank ratio 0", _c("--prune", "lowrank", "--rank-ratio", "0"), "rank_ratio must lie in (0, 1]"),
+    ("baseline: keep 2", ["baseline", "l1", "--model", "fashion_cnn", "--data", "{d}/train.npz", "--keep", "2",
+                          "--out", "{d}/out"], "keep ratio must lie in (0, 1], got 2.0"),
+    ("demo: keep 2", ["demo", "--keep", "2", "--out", "{d}/out"], "keep ratio must lie in (0, 1], got 2.0"),
+    ("sweep: keep 2 in the file", ["sweep", "{d}/sweep_bad_value.yaml", "--db", "{d}/s.sqlite"], "keep ratio must lie in (0, 1]"),
+    # mu, alpha, beta outside [0, 1]
+    ("compress: mu 1.5", _c("--mu", "1.5"), "mu must lie in [0, 1], got 1.5"),
+    ("compress: mu nan", _c("--mu", "nan"), "mu must be a finite number"),
+    ("compress: alpha negative", _c("--objective", "soft", "--alpha", "-0.1"), "alpha must lie in [0, 1], got -0.1"),
+    ("compress: beta 2", _c("--objective", "soft", "--beta", "2"), "beta must lie in [0, 1], got 2.0"),
+    # other numbers that used to crash deep inside numpy or torch
+    ("compress: negative seed", _c("--seed", "-1"), "seed must be >= 0"),
+    ("compress: damping nan", _c("--damping", "nan"), "damping must be a finite number"),
+    ("compress: damping inf", _c("--damping", "inf"), "damping must be a finite number"),
+    ("compress: lr nan", _c("--solver", "paper", "--lr", "nan"), "lr must be a finite number"),
+    ("evaluate: zero threads", EVALUATE + ["--threads", "0"], "threads must be >= 1"),
+    # an existing output is never overwritten without --force
+    ("compress: output exists", _swap(COMPRESS, "--out", "{d}/existing"), "{d}/existing already exists; pass --force"),
+    ("baseline: output exists", ["baseline", "l1", "--model", "fashion_cnn", "--data", "{d}/train.npz",
+                                 "--out", "{d}/existing"], "already exists; pass --force"),
+    ("demo: output exists", ["demo", "--out", "{d}/existing"], "already exists; pass --force"),
+]
+
+
+def _case(name: str, argv: list[str], message: str):
+    from crossdistill.cli.main import COMMANDS
+
+    # Each case needs its command (and --prune sparsity its method) in this tree.
+    known = {m.rsplit(".", 1)[1].removesuffix("_cmd") for m in COMMANDS}
+    missing = argv[0] not in known or ("--prune" in argv and argv[argv.index("--prune") + 1] == "sparsity"
+                                       and "sparsity" not in _methods())
+    return pytest.param(argv, message, id=name, marks=pytest.mark.skipif(missing, reason="not in this tree"))
+
+
+def _methods() -> set[str]:
+    from crossdistill.compression import METHODS
+
+    return set(METHODS)
+
+
+@pytest.mark.parametrize("argv,message", [_case(*c) for c in CASES])
+def test_cli_refuses_bad_input(d, capsys, argv, message):
+    argv = [a.replace("{d}", str(d)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message.replace("{d}", str(d)) in err
+    assert len(err.splitlines()) == 1, err  # one message, no traceback
+    assert err.startswith(f"crossdistill {argv[0]}: error: ")
+    assert not (d / "out").exists()
+    assert (d / "existing" / "keep.txt").read_text() == "precious"
+    assert not [p for p in d.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_unreadable_files_are_reported(d, tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked.npz"
+    shutil.copy(d / "train.npz", locked)
+    weights = tmp_path / "locked.th"
+    shutil.copy(d / "teacher.th", weights)
+    for p in (locked, weights):
+        p.chmod(0)
+    if os.access(locked, os.R_OK):  # root reads anything: let the OS refuse as it would anyone else
+        real_open = builtins.open
+
+        def refusing_open(file, *args, **kwargs):
+            if str(file) in (str(locked), str(weights)):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+    out = str(tmp_path / "out")
+    assert main(["compress", "--model", "fashion_cnn", "--data", str(locked), "--shots", "2", "--out", out]) == 2
+    assert "locked.npz: cannot read .npz (PermissionError" in capsys.readouterr().err
+    assert main(["compress", "--model", "fashion_cnn", "--data", str(d / "train.npz"), "--weights", str(weights),
+                 "--shots", "2", "--out", out]) == 2
+    assert "locked.th: not a readable PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_failure_while_writing_leaves_no_output(d, tmp_path, monkeypatch, capsys):
+    import crossdistill.pipeline as pipeline
+
+    real = pipeline.write_run
+
+    def write_then_fail(out, result, report):
+        real(out, result, report)
+        raise OSError(28, "No space left on device", str(out / "report.json"))
+
+    monkeypatch.setattr(pipeline, "write_run", write_then_fail)
+    out = tmp_path / "run"
+    argv = ["compress", "--model", "fashion_cnn", "--data", str(d / "train.npz"), "--shots", "2", "--no-latency",
+            "--quiet", "--out", str(out)]
+    assert main(argv) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary directory
+    monkeypatch.setattr(pipeline, "write_run", real)
+    assert main(argv) == 0 and (out / "student.safetensors").is_file()
+    assert main(argv) == 2  # now it exists
+    (out / "marker").write_text("old")
+    assert main(argv + ["--force"]) == 0
+    assert not (out / "marker").exists() and (out / "student.safetensors").is_file()
+
+
+class _WithUnsupportedLayer(torch.nn.Module):
+    """A model whose declared prunable pair ends in a layer the solvers cannot handle."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        from tiny import Pair
+
+        self._pair = Pair("features.0", "features.1", "features.3")
+        layer = (torch.nn.ConvTranspose2d(8, 8, 3, padding=1) if kind == "transpose"
+                 else torch.nn.Conv2d(8, 8, 3, padding=1, groups=8))
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                            torch.nn.ReLU(), layer)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+    def channel_pairs(self):
+        return [self._pair]
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("transpose", "layer 'features.3' is a ConvTranspose2d; only Conv2d and Linear layers can be compressed"),
+    ("depthwise", "layer 'features.3' is a grouped conv (groups=8)"),
+])
+def test_unsupported_layer_is_named_with_its_path(kind, message):
+    from crossdistill.config import CompressConfig
+    from crossdistill.pipeline import FewShot, compress
+
+    few = FewShot(torch.randn(8, 1, 28, 28), torch.arange(8) % 4, np.arange(8))
+    cfg = CompressConfig(model="fashion_cnn", shots=2).validate()
+    with pytest.raises(CrossDistillError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compress(_WithUnsupportedLayer(kind).eval(), few, cfg, show_progress=False)
+
+
+def test_public_functions_raise_our_error(d, tmp_path):
+    from crossdistill.config import resolve
+    from crossdistill.data import load_image_data, read_npz, sample_few_shot, to_tensor
+    from crossdistill.export import export_model
+    from crossdistill.models import load_weights
+
+    calls = [
+        (lambda: read_npz(d / "nope.npz"), "no such .npz file"),
+        (lambda: load_image_data(d / "truncated.npz"), "cannot read .npz"),
+        (lambda: load_weights(create_model("fashion_cnn"), d / "slim.th"), "shape mismatch"),
+        (lambda: sample_few_shot(np.arange(40) % 10, shots=5), "more than class 0 has"),
+        (lambda: to_tensor(np.zeros((2, 28, 28, 1), np.float32), (0.5,), (0.5,)), "uint8"),
+        (lambda: resolve({}, {"keep": 0}), "keep ratio"),
+        (lambda: resolve({"mu": "high"}, {}), "mu must be float"),
+        (lambda: resolve({}, {"beta": -1.0}), "beta must lie in [0, 1]"),
+        (lambda: crossdistill.load(d / "truncated.safetensors"), "truncated or corrupt"),
+        (lambda: crossdistill.save(create_model("fashion_cnn"), tmp_path), "safetensors"),
+        (lambda: export_model(create_model("fashion_cnn"), tmp_path / "m.onnx", "onnx", torch.full((2, 1, 28, 28), float("nan"))),
+         "finite"),
+        (lambda: export_model(create_model("fashion_cnn"), tmp_path / "m.onnx", "tflite", torch.zeros(2, 1, 28, 28)),
+         "unknown export format"),
+    ]
+    for call, message in calls:
+        with pytest.raises(CrossDistillError) as exc:
+            call()
+        assert message in str(exc.value)
+
+
+def test_n_samples_replaces_the_default_k(d, tmp_path, capsys):
+    """--n-samples used to clash with the default K=5 ('give either shots or n_samples')."""
+    out = tmp_path / "run"
+    assert main(["compress", "--model", "fashion_cnn", "--data", str(d / "train.npz"), "--n-samples", "12",
+                 "--no-latency", "--quiet", "--out", str(out)]) == 0
+    assert len(crossdistill.load(out).spec()["channels"]) == 3
+    assert main(["compress", "--model", "fashion_cnn", "--data", str(d / "train.npz"), "--n-samples", "1000",
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "n=1000 is larger than the data set (40 images)" in capsys.readouterr().err

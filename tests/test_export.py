@@ -1,0 +1,149 @@
+"""ONNX / TorchScript export: verified against PyTorch, really slimmer, written atomically."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import crossdistill
+from crossdistill.cli.main import main
+from crossdistill.errors import CrossDistillError
+from crossdistill.export import export_model, verification_inputs
+from crossdistill.models import create_model
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("exportdata")
+    rng = np.random.default_rng(0)
+    np.savez(d / "train.npz", x=rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8), y=np.arange(30) % 10)
+    np.savez(d / "test.npz", x=rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8), y=np.arange(40) % 10)
+    return d
+
+
+@pytest.fixture(scope="module")
+def run_dir(data):
+    out = data / "run"
+    rc = main(["compress", "--model", "fashion_cnn", "--data", str(data / "train.npz"), "--shots", "2",
+               "--keep", "0.5", "--no-latency", "--quiet", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def _conv_out_channels(path) -> list[int]:
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: list(i.dims) for i in graph.initializer}
+    # BatchNorm is folded into the convs, so read the weight that each Conv node really uses.
+    return [inits[n.input[1]][0] for n in graph.node if n.op_type == "Conv"]
+
+
+def test_cli_onnx_export_on_real_images(run_dir, data, capsys):
+    out = run_dir / "student.onnx"
+    assert main(["export", str(run_dir), "--format", "onnx", "--eval-data", str(data / "test.npz")]) == 0
+    text = capsys.readouterr().out
+    assert "the first 40 test images" in text
+    diff = float(re.search(r"max \|logit difference\| vs PyTorch = (\S+)", text).group(1))
+    assert diff <= 1e-4
+    # Independently of the command's own check: onnxruntime on the real images, against PyTorch.
+    model = crossdistill.load(run_dir)
+    x, _ = verification_inputs(model, data / "test.npz", 40)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(x).numpy()).max() <= 1e-4
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["crossdistill.model"] == "fashion_cnn" and meta["crossdistill.mean"] == "[0.286]"
+
+
+def test_slimmed_onnx_really_has_fewer_channels(run_dir, tmp_path):
+    teacher = create_model("fashion_cnn")
+    x, label = verification_inputs(teacher, None, 8)
+    export_model(teacher, tmp_path / "teacher.onnx", "onnx", x, inputs_label=label)
+    student = crossdistill.load(run_dir)
+    export_model(student, tmp_path / "student.onnx", "onnx", x, inputs_label=label)
+    assert _conv_out_channels(tmp_path / "teacher.onnx") == [16, 32, 64]
+    assert _conv_out_channels(tmp_path / "student.onnx") == [8, 16, 64]
+    size = lambda p: sum(np.prod(i.dims) for i in onnx.load(str(p)).graph.initializer)  # noqa: E731
+    assert size(tmp_path / "student.onnx") < 0.7 * size(tmp_path / "teacher.onnx")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_cli_torchscript_export(run_dir, capsys):
+    out = run_dir / "student.torchscript.pt"
+    assert main(["export", str(run_dir), "--format", "torchscript", "--n-verify", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "fixed random batch of 5" in text
+    assert float(re.search(r"= (\S+) \(tolerance", text).group(1)) <= 1e-4
+    loaded = torch.jit.load(str(out))
+    model = crossdistill.load(run_dir)
+    x = torch.randn(3, 1, 28, 28)  # another batch size than the trace's
+    with torch.no_grad():
+        assert (loaded(x) - model(x)).abs().max() <= 1e-4
+
+
+def test_existing_export_is_not_overwritten_without_force(run_dir, capsys):
+    out = run_dir / "student.onnx"
+    out.write_bytes(b"keep me")
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert main(["export", str(run_dir), "--format", "onnx", "--force"]) == 0
+    assert out.read_bytes() != b"keep me"
+
+
+def test_export_of_quantized_and_low_rank_models(tmp_path):
+    from crossdistill.config import CompressConfig
+    from crossdistill.pipeline import FewShot, compress
+
+    torch.manual_seed(0)
+    teacher = create_model("fashion_cnn").eval()
+    few = FewShot(torch.randn(20, 1, 28, 28), torch.arange(20) % 10, np.arange(20))
+    cfg = CompressConfig(model="fashion_cnn", prune="lowrank+quant", shots=2).validate()
+    student = compress(teacher, few, cfg, show_progress=False).student
+    path = crossdistill.save(student, tmp_path / "lq.safetensors")
+    res = crossdistill.export.export(path, "onnx")
+    assert res.path == tmp_path / "lq.onnx" and res.max_abs_diff <= 1e-4
+    # the low-rank factors are two convs where the dense model had one
+    assert len(_conv_out_channels(res.path)) > 3
+
+
+def test_a_mismatching_export_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    import crossdistill.export as ex
+
+    model = create_model("fashion_cnn")
+    x, _ = verification_inputs(model, None, 4)
+    real = ex._run_onnx
+    monkeypatch.setattr(ex, "_run_onnx", lambda path, inputs: real(path, inputs) + 1e-2)
+    with pytest.raises(CrossDistillError, match="differs from the PyTorch model by up to 0.01.*nothing was written"):
+        export_model(model, tmp_path / "m.onnx", "onnx", x)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_bad_input(run_dir, data, tmp_path, capsys):
+    cases = [
+        (["export", str(tmp_path / "nope"), "--format", "onnx"], "no such file or directory"),
+        (["export", str(tmp_path), "--format", "onnx"], "holds no saved model"),
+        (["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "o.onnx"), "--n-verify", "0"],
+         "--n-verify must be >= 1"),
+        (["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "o.onnx"), "--tolerance", "nan"],
+         "--tolerance must be a finite number"),
+        (["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "o.onnx"),
+          "--eval-data", str(tmp_path / "missing.npz")], "no such file or folder"),
+        (["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path)], "already exists"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    np.savez(tmp_path / "rgb.npz", x=np.zeros((3, 32, 32, 3), np.uint8), y=np.zeros(3, np.int64))
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "o.onnx"),
+                 "--eval-data", str(tmp_path / "rgb.npz")]) == 2
+    assert "fashion_cnn expects (28, 28, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: unknown format
+        main(["export", str(run_dir), "--format", "tflite"])
+    assert exc.value.code == 2
+    assert not (tmp_path / "o.onnx").exists()

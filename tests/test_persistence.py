@@ -1,0 +1,275 @@
+"""crossdistill.save / crossdistill.load: no pickle, bit-for-bit round trips, clear refusals."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch as st_torch
+import torch
+
+import crossdistill
+from crossdistill.config import CompressConfig
+from crossdistill.errors import CrossDistillError
+from crossdistill.models import create_model, load_checkpoint, load_model, load_weights
+from crossdistill.persistence import read_info
+from crossdistill.pipeline import FewShot, compress
+
+X = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    model = create_model("fashion_cnn").eval()
+    with torch.no_grad():  # non-trivial BN statistics, so a BN copying bug would show
+        for bn in (model.bn1, model.bn2, model.bn3):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def fewshot():
+    g = torch.Generator().manual_seed(0)
+    return FewShot(torch.randn(20, 1, 28, 28, generator=g), torch.arange(20) % 10, np.arange(20))
+
+
+def _compressed(teacher, fewshot, prune: str, **kw):
+    cfg = CompressConfig(model="fashion_cnn", prune=prune, shots=2, **kw).validate()
+    return compress(teacher, fewshot, cfg, show_progress=False).student
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(X)
+
+
+def _method(name: str):
+    from crossdistill.compression import METHODS as AVAILABLE
+
+    return pytest.mark.skipif(name not in AVAILABLE, reason=f"compression method {name} is not in this tree")
+
+
+METHODS = [
+    ("channels", {"keep": 0.5}),
+    pytest.param("sparsity", {"sparsity": 0.6, "solver": "magnitude"}, marks=_method("sparsity")),
+    ("quant", {"bits": 4}),
+    ("lowrank", {}),
+    ("channels+quant", {"bits": 3, "quant_scheme": "symmetric"}),
+    ("lowrank+quant", {}),
+]
+
+
+@pytest.mark.parametrize("prune,kw", METHODS)
+def test_round_trip_is_bit_exact(tmp_path, teacher, fewshot, prune, kw):
+    student = _compressed(teacher, fewshot, prune, **kw)
+    path = crossdistill.save(student, tmp_path / "m.safetensors")
+    back = crossdistill.load(path)
+    assert torch.equal(_logits(back), _logits(student))
+    assert back.spec() == student.spec() and back.crossdistill_name == "fashion_cnn"
+    assert not back.training
+    for attr in ("crossdistill_quant", "crossdistill_masks", "crossdistill_lowrank"):
+        saved, loaded = getattr(student, attr, None) or {}, getattr(back, attr, None) or {}
+        assert set(saved) == set(loaded), attr
+    for layer, entry in (getattr(student, "crossdistill_quant", None) or {}).items():
+        got = back.crossdistill_quant[layer]
+        assert got["bits"] == entry["bits"] and got["scheme"] == entry["scheme"]
+        for k in ("codes", "scale", "zero_point"):
+            assert torch.equal(got[k], entry[k]) and got[k].dtype == entry[k].dtype
+    for layer, mask in (getattr(student, "crossdistill_masks", None) or {}).items():
+        assert torch.equal(back.crossdistill_masks[layer], mask)
+    # The same file again gives the same bytes: nothing depends on the process or on chance.
+    again = crossdistill.save(back, tmp_path / "again.safetensors")
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_slimmed_file_has_fewer_channels_and_quantized_file_is_smaller(tmp_path, teacher, fewshot):
+    slim = _compressed(teacher, fewshot, "channels", keep=0.5)
+    info = read_info(crossdistill.save(slim, tmp_path / "slim.safetensors"))
+    assert info.spec["channels"][:2] == [8, 16] and info.model == "fashion_cnn"
+    assert info.mean == (0.2860,) and info.input_size == (1, 28, 28) and info.format_version == 1
+    dense = crossdistill.save(teacher, tmp_path / "dense.safetensors").stat().st_size
+    quant = _compressed(teacher, fewshot, "quant", bits=4)
+    qpath = crossdistill.save(quant, tmp_path / "q.safetensors")
+    assert qpath.stat().st_size < 0.5 * dense  # int8 codes replace the float weights
+    codes = st_torch.load_file(str(qpath))
+    assert codes["__crossdistill__.quant.conv2.qcodes"].dtype == torch.uint8
+    assert "conv2.weight" not in codes
+
+
+def test_mask_that_is_not_the_nonzero_pattern_is_stored(tmp_path, teacher):
+    model = create_model("fashion_cnn")
+    load_weights(model, teacher.state_dict())
+    mask = torch.rand(model.conv2.weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    with torch.no_grad():
+        model.conv2.weight.mul_(mask)
+        model.conv2.weight[mask.nonzero()[0].tolist()] = 0.0  # a kept weight that happens to be 0
+    model.crossdistill_masks = {"conv2": mask}
+    path = crossdistill.save(model, tmp_path / "m.safetensors")
+    assert read_info(path).masks == {"conv2": "tensor"}
+    back = crossdistill.load(path)
+    assert torch.equal(back.crossdistill_masks["conv2"], mask)
+    assert torch.equal(_logits(back), _logits(model))
+
+
+def test_loading_keeps_the_callers_random_state(tmp_path, teacher):
+    path = crossdistill.save(teacher, tmp_path / "t.safetensors")
+    state = torch.get_rng_state()
+    crossdistill.load(path)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_round_trip_in_a_new_process(tmp_path, teacher, fewshot):
+    student = _compressed(teacher, fewshot, "channels+quant", keep=0.5)
+    path = crossdistill.save(student, tmp_path / "student.safetensors")
+    torch.save(X, tmp_path / "x.pt")
+    script = (
+        "import torch, crossdistill\n"
+        "torch.set_num_threads(1)\n"
+        f"m = crossdistill.load({str(tmp_path)!r})\n"  # the directory: finds student.safetensors
+        f"x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        f"    torch.save(m(x), {str(tmp_path / 'y.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), _logits(student))
+
+
+def test_compress_run_directory_loads(tmp_path):
+    from crossdistill.cli.main import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", x=rng.integers(0, 256, (30, 28, 28, 1), dtype=np.uint8), y=np.arange(30) % 10)
+    out = tmp_path / "run"
+    assert main(["compress", "--model", "fashion_cnn", "--data", str(tmp_path / "train.npz"), "--shots", "2",
+                 "--keep", "0.5", "--no-latency", "--quiet", "--out", str(out)]) == 0
+    model = crossdistill.load(out)
+    assert model.spec()["channels"][:2] == [8, 16]
+    assert torch.equal(_logits(model), _logits(load_model(out / "student.safetensors")))
+    # A compressed student is also a valid teacher file for load_checkpoint (dense state dict).
+    assert set(load_checkpoint(out / "student.safetensors").state_dict) == set(model.state_dict())
+
+
+def test_legacy_and_plain_files_still_load(tmp_path, teacher):
+    torch.save(teacher.state_dict(), tmp_path / "t.th")
+    back = crossdistill.load(tmp_path / "t.th", model="fashion_cnn")
+    assert torch.equal(_logits(back), _logits(teacher))
+    with pytest.raises(CrossDistillError, match="pass the model name"):
+        crossdistill.load(tmp_path / "t.th")
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+
+def test_save_refusals(tmp_path, teacher):
+    from tiny import make_tiny
+
+    with pytest.raises(CrossDistillError, match="create_model"):
+        crossdistill.save(make_tiny(), tmp_path / "x.safetensors")
+    with pytest.raises(CrossDistillError, match=r"\.safetensors"):
+        crossdistill.save(teacher, tmp_path / "x.pt")
+    bad = create_model("fashion_cnn")
+    with torch.no_grad():
+        bad.fc.bias[0] = float("inf")
+    with pytest.raises(CrossDistillError, match="non-finite.*fc.bias"):
+        crossdistill.save(bad, tmp_path / "x.safetensors")
+    assert not list(tmp_path.iterdir())  # nothing written, no temporary left behind
+
+
+def test_save_refuses_quantized_weights_off_their_grid(tmp_path, teacher, fewshot):
+    quant = _compressed(teacher, fewshot, "quant", bits=4)
+    with torch.no_grad():
+        quant.conv2.weight.add_(1e-3)
+    with pytest.raises(CrossDistillError, match="conv2.*off its integer grid"):
+        crossdistill.save(quant, tmp_path / "q.safetensors")
+
+
+def _rewrite(src: Path, dst: Path, *, doc=None, tensors=None) -> Path:
+    t = st_torch.load_file(str(src))
+    d = read_info(src).to_json()
+    if tensors is not None:
+        tensors(t)
+    if doc is not None:
+        doc(d)
+    st_torch.save_file(t, str(dst), metadata={"crossdistill": json.dumps(d)})
+    return dst
+
+
+@pytest.fixture()
+def saved(tmp_path, teacher):
+    return crossdistill.save(teacher, tmp_path / "t.safetensors")
+
+
+@pytest.mark.parametrize("case,edit_doc,edit_tensors,message", [
+    ("unknown model", lambda d: d.update(model="resnet1000"), None, "unknown model 'resnet1000'"),
+    ("newer format", lambda d: d.update(format_version=99), None, "format version 99.*upgrade"),
+    # Built on the meta device: a forged width is compared with the tensors, never allocated.
+    ("huge spec", lambda d: d.update(spec={"num_classes": 10, "channels": [10**5, 10**5, 10**5]}), None,
+     "do not fit the saved fashion_cnn spec.*conv1.weight"),
+    ("overflowing spec", lambda d: d.update(spec={"num_classes": 10, "channels": [10**9] * 3}), None,
+     "cannot build fashion_cnn"),
+    ("bad spec type", lambda d: d.update(spec={"channels": "abc"}), None, "cannot build model 'fashion_cnn'"),
+    ("missing tensor", None, lambda t: t.pop("bn2.running_var"), "missing tensors.*bn2.running_var"),
+    ("extra tensor", None, lambda t: t.update(extra=torch.zeros(1)), "unexpected tensors.*extra"),
+    ("non-finite", None, lambda t: t["conv1.weight"].view(-1).__setitem__(0, float("nan")), "non-finite.*conv1.weight"),
+    ("wrong dtype", None, lambda t: t.update({"fc.bias": t["fc.bias"].double()}), "dtype mismatch.*fc.bias"),
+    ("bad mask encoding", lambda d: d.update(masks={"conv2": "zip"}), None, "masks"),
+    ("mask of missing layer", lambda d: d.update(masks={"conv9": "nonzero"}), None, "conv9"),
+])
+def test_load_refuses_inconsistent_files(tmp_path, saved, case, edit_doc, edit_tensors, message):
+    path = _rewrite(saved, tmp_path / "bad.safetensors", doc=edit_doc, tensors=edit_tensors)
+    with pytest.raises(CrossDistillError, match=message):
+        crossdistill.load(path)
+
+
+def test_load_refuses_bad_quantization_codes(tmp_path, teacher, fewshot):
+    quant = crossdistill.save(_compressed(teacher, fewshot, "quant", bits=2), tmp_path / "q.safetensors")
+
+    def widen(t):
+        t["__crossdistill__.quant.conv2.qcodes"].view(-1)[0] = 200  # outside [0, 3] for 2 bits
+
+    with pytest.raises(CrossDistillError, match="conv2.*codes outside"):
+        crossdistill.load(_rewrite(quant, tmp_path / "bad.safetensors", tensors=widen))
+
+
+def test_load_refuses_wrong_model_and_bad_paths(tmp_path, saved):
+    with pytest.raises(CrossDistillError, match="holds a fashion_cnn model, not resnet20"):
+        crossdistill.load(saved, model="resnet20")
+    with pytest.raises(CrossDistillError, match="no such file"):
+        crossdistill.load(tmp_path / "nope.safetensors")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(CrossDistillError, match="holds no saved model"):
+        crossdistill.load(tmp_path / "empty_dir")
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(saved.read_bytes()[:-100])
+    with pytest.raises(CrossDistillError, match="truncated or corrupt"):
+        crossdistill.load(truncated)
+
+
+def test_teacher_needing_full_unpickling_is_refused_without_running_it(tmp_path, teacher):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": teacher.state_dict(), "extra": Payload()}, path)
+    with pytest.raises(CrossDistillError, match=r"refused for safety.*references \w+\.open"):
+        load_weights(create_model("fashion_cnn"), path)
+    with pytest.raises(CrossDistillError, match="refused for safety"):
+        crossdistill.load(path, model="fashion_cnn")
+    assert not marker.exists()
+
+
+def test_corrupt_pickle_is_reported_as_corrupt_not_unsafe(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(b"\x80\x02" + bytes(range(256)) * 4)
+    with pytest.raises(CrossDistillError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(path)
