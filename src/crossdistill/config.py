@@ -35,6 +35,7 @@ class CompressConfig:
     quant_solver: str | None = None  # None: --solver if it names a quant solver, else gptq
     rank_ratio: float | None = None  # low rank: rank = ratio · min(out, in·k²); default 0.5
     flops_ratio: float | None = None  # low rank: or at most this share of each layer's FLOPs
+    sparsity: float = 0.9  # prune: sparsity — fraction of zeros in every conv but the first
     # cross distillation
     objective: str = "mixed"
     mu: float | None = None  # None: the model's default (0.9 ResNet, 0.6 VGG)
@@ -46,6 +47,12 @@ class CompressConfig:
     iters: int = 3000
     lr: float | None = None
     batch_size: int = 64
+    # optional few-shot fine-tune after distillation (crossdistill.finetune); 0 epochs = off
+    finetune_epochs: int = 0
+    finetune_lr: float = 1e-4
+    finetune_bn: str = "frozen"  # 'frozen' | 'recalibrate' | 'train'
+    finetune_temperature: float = 4.0
+    finetune_kd_weight: float = 1.0  # KD share; the rest is cross-entropy on the few labels
     # evaluation
     latency: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +98,12 @@ class CompressConfig:
                     raise CrossDistillError(f"keep must be a ratio in (0, 1] or 'paper', got {self.keep!r}") from None
         if not isinstance(self.keep, str) and not 0.0 < float(self.keep) <= 1.0:
             raise CrossDistillError(f"keep ratio must lie in (0, 1], got {self.keep}")
+        if not 0.0 <= float(self.sparsity) < 1.0:
+            raise CrossDistillError(f"sparsity must lie in [0, 1) (fraction of zero weights), got {self.sparsity}")
+        from crossdistill.finetune import check_finetune_settings
+
+        check_finetune_settings(self.finetune_epochs, self.finetune_lr, self.finetune_bn,
+                                self.finetune_temperature, self.finetune_kd_weight)
         from crossdistill.solvers.quant_grid import check_bits, check_scheme
 
         self.bits = check_bits(self.bits)

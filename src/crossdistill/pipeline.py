@@ -6,7 +6,7 @@ import copy
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from torch import nn
 from crossdistill import __version__
 from crossdistill.compression import create_method
 from crossdistill.compression.composite import stage_solver_name
+from crossdistill.compression.quantization import dequantize_into
 from crossdistill.checks import check_data_fits_model
 from crossdistill.config import CompressConfig
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
@@ -43,6 +44,8 @@ class CompressionResult:
     objective: str
     solver: str
     method: str
+    finetune: dict[str, Any] | None = None  # what the optional fine-tune did
+    summary: dict[str, Any] = field(default_factory=dict)  # method.summary(student), e.g. sparsity
 
 
 def load_teacher(cfg: CompressConfig) -> nn.Module:
@@ -92,7 +95,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     start = time.perf_counter()
     mu = cfg.mu if cfg.mu is not None else model_info(cfg.model).default_mu
     objective = create_objective(cfg.objective, mu=mu, alpha=cfg.alpha, beta=cfg.beta)
-    method = create_method(cfg.prune, keep=cfg.keep, bits=cfg.bits,
+    method = create_method(cfg.prune, keep=cfg.keep, sparsity=cfg.sparsity, bits=cfg.bits,
                            quant_scheme=cfg.quant_scheme, quant_solver=cfg.quant_solver,
                            rank_ratio=cfg.rank_ratio, flops_ratio=cfg.flops_ratio, **cfg.extra)
     solver_kw: dict[str, Any] = {"selection": cfg.selection, "iters": cfg.iters, **cfg.extra}
@@ -119,6 +122,15 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         records += stage_records
         if k + 1 < len(stages):
             stage_teacher = copy.deepcopy(student).eval()
+    finetuned = None
+    if cfg.finetune_epochs > 0:
+        from crossdistill.finetune import finetune, settings_from_config
+
+        finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings_from_config(cfg))
+        if getattr(student, "crossdistill_quant", None):
+            # Fine-tuning moves quantized weights off their grid; the stored integer codes are the
+            # model, so they win (the fine-tune still adapts biases and BatchNorm).
+            dequantize_into(student)
     return CompressionResult(
         student=student.eval(),
         records=records,
@@ -126,6 +138,8 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         objective=objective.describe(),
         solver=" then ".join(solver_names),
         method=method.describe(),
+        finetune=finetuned,
+        summary=method.summary(student),
     )
 
 
@@ -175,9 +189,12 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
              "seconds": r.seconds, **{k: v for k, v in r.info.items()}}
             for r in result.records
         ],
+        **result.summary,
         "config": cfg.to_dict(),
         "versions": versions(),
     }
+    if result.finetune is not None:
+        report["finetune"] = result.finetune
     if test is None and cfg.eval_data:
         test = load_image_data(cfg.eval_data, "test")
     if test is not None:

@@ -15,6 +15,7 @@ OPTION_KEYS = [
     "model", "weights", "data", "eval_data", "shots", "n_samples", "seed", "sampler", "prune", "keep",
     "objective", "mu", "alpha", "beta", "solver", "selection", "damping", "iters", "lr", "batch_size",
     "bits", "quant_scheme", "quant_solver", "rank_ratio", "flops_ratio",
+    "sparsity", "finetune_epochs", "finetune_lr", "finetune_bn", "finetune_temperature", "finetune_kd_weight",
 ]
 
 
@@ -34,6 +35,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compression")
     g.add_argument("--prune", choices=sorted(METHODS), help="compression method (default channels)")
     g.add_argument("--keep", help="ratio of input channels kept in each pruned layer, in (0, 1], or 'paper' (ResNet-56 preset); default 0.5")
+    g.add_argument("--sparsity", type=float, help="--prune sparsity: fraction of zero weights in every conv but the first, in [0, 1); default 0.9")
     g.add_argument("--bits", type=int, help="--prune quant / channels+quant / lowrank+quant: weight bits, 2 to 8 (default 4)")
     g.add_argument("--quant-scheme", dest="quant_scheme", choices=["symmetric", "asymmetric"],
                    help="per-output-channel grid: symmetric (zero point 0) or asymmetric (default)")
@@ -48,12 +50,20 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mu", type=float, help="weight of correction in the mixed loss (default: 0.9 ResNet, 0.6 VGG)")
     g.add_argument("--alpha", type=float, help="soft: share of the student's input in the teacher's (default 0.5)")
     g.add_argument("--beta", type=float, help="soft: share of the teacher's input in the student's (default 0.5)")
-    g.add_argument("--solver", help="closed-form | paper | prune-only for channels (default closed-form); gptq | rtn for quant (default gptq); svd | svd-plain for lowrank (default svd)")
+    g.add_argument("--solver", help="closed-form | paper | prune-only for channels; closed-form | sparsegpt | paper | magnitude for sparsity (default closed-form); gptq | rtn for quant (default gptq); svd | svd-plain for lowrank (default svd)")
     g.add_argument("--selection", choices=sorted(SELECTORS), help="channel selection of the closed form (default obs)")
     g.add_argument("--damping", type=float, help="ridge towards the teacher, × mean diag of H (default 0.001)")
     g.add_argument("--iters", type=int, help="iterations of the paper solver (default 3000)")
     g.add_argument("--lr", type=float, help="Adam learning rate of the paper solver (default 1e-3)")
     g.add_argument("--batch-size", dest="batch_size", type=int, help="images per forward pass while capturing (default 64)")
+    g = p.add_argument_group("few-shot fine-tune after distillation (off unless --finetune-epochs > 0)")
+    g.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="passes over the few-shot images (default 0 = off)")
+    g.add_argument("--finetune-lr", dest="finetune_lr", type=float, help="Adam learning rate (default 1e-4)")
+    g.add_argument("--finetune-bn", dest="finetune_bn", choices=["frozen", "recalibrate", "train"],
+                   help="BatchNorm: keep running stats (frozen, default), re-estimate them on the few images, or train with batch stats")
+    g.add_argument("--finetune-temperature", dest="finetune_temperature", type=float, help="temperature of the logit distillation (default 4)")
+    g.add_argument("--finetune-kd-weight", dest="finetune_kd_weight", type=float,
+                   help="share of the distillation loss; the rest is cross-entropy on the few labels (default 1)")
 
 
 def config_from_args(args: argparse.Namespace):

@@ -8,10 +8,12 @@ from crossdistill.compression.channel_pruning import ChannelPruning
 from crossdistill.compression.composite import ChannelsThenQuant, LowRankThenQuant
 from crossdistill.compression.low_rank import LowRank
 from crossdistill.compression.quantization import Quantization
+from crossdistill.compression.weight_sparsity import WeightSparsity
 from crossdistill.plugins import build
 
 METHODS: dict[str, type[CompressionMethod]] = {
     "channels": ChannelPruning,
+    "sparsity": WeightSparsity,
     "quant": Quantization,
     "lowrank": LowRank,
     "channels+quant": ChannelsThenQuant,

@@ -3,7 +3,7 @@ with the solved model (e.g. physically remove pruned channels)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -23,6 +23,10 @@ class CompressionMethod(ABC):
 
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
         return model
+
+    def summary(self, model: nn.Module) -> dict[str, Any]:
+        """Extra top-level report entries measured on the final student (e.g. sparsity)."""
+        return {}
 
     def stages(self) -> list[tuple["CompressionMethod", str | None]]:
         """The passes the pipeline runs, each (method, solver name or None); a composite method

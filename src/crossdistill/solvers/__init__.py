@@ -13,6 +13,8 @@ from crossdistill.solvers.channel_prune_only import PruneOnlyChannels
 from crossdistill.solvers.lowrank_svd import MetricSVD, PlainSVD
 from crossdistill.solvers.quant_gptq import GPTQ
 from crossdistill.solvers.quant_rtn import RoundToNearest
+from crossdistill.solvers.sparse_obs import ClosedFormSparse, SparseGPT
+from crossdistill.solvers.sparse_paper import MagnitudeSparse, PaperSparse
 
 # method -> solver name -> class
 SOLVERS: dict[str, dict[str, type[LayerSolver]]] = {
@@ -21,6 +23,12 @@ SOLVERS: dict[str, dict[str, type[LayerSolver]]] = {
         "paper": PaperChannels,
         "prune-only": PruneOnlyChannels,
         "fskd": FSKDChannels,
+    },
+    "sparsity": {
+        "closed-form": ClosedFormSparse,
+        "sparsegpt": SparseGPT,
+        "paper": PaperSparse,
+        "magnitude": MagnitudeSparse,
     },
     "quant": {
         "gptq": GPTQ,

@@ -1,0 +1,265 @@
+"""Optional few-shot fine-tune of the whole student after layer-wise cross distillation.
+
+Loss: kd_weight · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − kd_weight) · CE on the
+few labels. The teacher's soft targets carry far more information per image than a label,
+which matters when there are 10–100 images.
+
+What the fine-tune must not undo:
+- masks: weights that unstructured pruning zeroed stay exactly zero (their gradients are
+  masked, so Adam's moments never see them, and the masks are re-applied after every step);
+  channels removed by slimming are physically gone already.
+- BatchNorm statistics, on purpose (`bn`):
+  'frozen'      — BN in eval mode: the teacher's running statistics (which the layer-wise
+                  solve was fitted against) are used and never updated; affine parameters train;
+  'recalibrate' — running statistics re-estimated on the few-shot images first, then as frozen;
+  'train'       — BN in training mode: batch statistics, running statistics updated, affine trained.
+  With 10–50 images, batch statistics are noisy estimates of the data's; re-estimating them
+  threw away 5–6 points in a quick trial (NOTES-math.md), hence 'frozen' by default.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+
+BN_MODES = ("frozen", "recalibrate", "train")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class FinetuneSettings:
+    epochs: int = 0  # passes over the few-shot set; 0 = no fine-tune
+    lr: float = 1e-4
+    bn: str = "frozen"
+    temperature: float = 4.0
+    kd_weight: float = 1.0
+    batch_size: int = 64
+    optimizer: str = "adam"
+    augment: bool = True  # random crop (pad 4) + horizontal flip of the few images, teacher on the same view
+    seed: int = 0
+
+    def validate(self) -> "FinetuneSettings":
+        check_finetune_settings(self.epochs, self.lr, self.bn, self.temperature, self.kd_weight)
+        if self.batch_size < 1:
+            raise CrossDistillError("fine-tune batch size must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise CrossDistillError(f"fine-tune optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        return self
+
+
+def check_finetune_settings(epochs: int, lr: float, bn: str, temperature: float, kd_weight: float) -> None:
+    if int(epochs) < 0:
+        raise CrossDistillError(f"finetune_epochs must be >= 0, got {epochs}")
+    if not float(lr) > 0:
+        raise CrossDistillError(f"finetune_lr must be > 0, got {lr}")
+    if bn not in BN_MODES:
+        raise CrossDistillError(f"finetune_bn must be one of {list(BN_MODES)}, got {bn!r}")
+    if not float(temperature) > 0:
+        raise CrossDistillError(f"finetune_temperature must be > 0, got {temperature}")
+    if not 0.0 <= float(kd_weight) <= 1.0:
+        raise CrossDistillError(f"finetune_kd_weight must lie in [0, 1], got {kd_weight}")
+
+
+def settings_from_config(cfg: Any) -> FinetuneSettings:
+    """The fine-tune part of a CompressConfig (extra keys `finetune_optimizer`, `finetune_augment`
+    and `finetune_batch_size` are read from cfg.extra when present)."""
+    extra = getattr(cfg, "extra", {}) or {}
+    return FinetuneSettings(
+        epochs=int(cfg.finetune_epochs),
+        lr=float(cfg.finetune_lr),
+        bn=cfg.finetune_bn,
+        temperature=float(cfg.finetune_temperature),
+        kd_weight=float(cfg.finetune_kd_weight),
+        batch_size=int(extra.get("finetune_batch_size", cfg.batch_size)),
+        optimizer=str(extra.get("finetune_optimizer", "adam")),
+        augment=bool(extra.get("finetune_augment", True)),
+        seed=int(cfg.seed),
+    ).validate()
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(p_teacher ‖ p_student) at temperature T, mean over the batch (T² keeps the gradient
+    scale independent of T, as Hinton et al.)."""
+    t = float(temperature)
+    log_s = F.log_softmax(student_logits / t, dim=1)
+    log_t = F.log_softmax(teacher_logits / t, dim=1)
+    return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * (t * t)
+
+
+def _bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
+    """Replace every BN's running statistics by the pooled mean and (unbiased) variance of its
+    inputs over all `images`. Pooled sums rather than PyTorch's cumulative average of batch
+    statistics, which weights unequal batches equally and drops the between-batch variance.
+    Upstream BNs normalise with batch statistics meanwhile, as in training mode."""
+    bns = _bn_modules(model)
+    sums: dict[nn.Module, list] = {bn: [0.0, 0.0, 0] for bn in bns}
+
+    def hook(bn: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].double()
+        dims = [0] + list(range(2, x.dim()))
+        acc = sums[bn]
+        acc[0] = acc[0] + x.sum(dims)
+        acc[1] = acc[1] + (x * x).sum(dims)
+        acc[2] += x.numel() // x.shape[1]
+
+    flags = [(m, m.training) for m in model.modules()]
+    handles = [bn.register_forward_pre_hook(hook) for bn in bns]
+    saved = {bn: (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in bns}
+    model.eval()
+    for bn in bns:
+        bn.train()
+    try:
+        for i in range(0, images.shape[0], batch_size):
+            model(images[i : i + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            m.training = flag
+    for bn in bns:
+        s, ss, n = sums[bn]
+        if n < 2:
+            bn.running_mean.copy_(saved[bn][0])
+            bn.running_var.copy_(saved[bn][1])
+            continue
+        mean = s / n
+        var = (ss - n * mean * mean) / (n - 1)
+        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+        bn.running_var.copy_(var.clamp_min(0).to(bn.running_var.dtype))
+        bn.num_batches_tracked.copy_(saved[bn][2] + 1)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding, and a random horizontal flip, per image."""
+    if x.dim() != 4 or pad <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])  # (n, h)
+    cols = (dx[:, None] + torch.arange(w)[None, :])  # (n, w)
+    idx_n = torch.arange(n)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out.contiguous()
+
+
+def _masked_params(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    pairs = []
+    for name, mask in masks.items():
+        w = model.get_submodule(name).weight
+        if w.shape != mask.shape:
+            raise CrossDistillError(f"mask of {name!r} has shape {tuple(mask.shape)}, weight {tuple(w.shape)}")
+        pairs.append((w, mask.to(device=w.device, dtype=w.dtype)))
+    return pairs
+
+
+@torch.no_grad()
+def _losses(student: nn.Module, teacher_logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor | None,
+            temperature: float, batch_size: int) -> dict[str, float]:
+    logits = torch.cat([student(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+    out = {"kd": float(kd_loss(logits, teacher_logits, temperature))}
+    if labels is not None:
+        out["ce"] = float(F.cross_entropy(logits, labels))
+        out["train_top1"] = float((logits.argmax(1) == labels).float().mean() * 100)
+    return out
+
+
+def finetune(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    settings: FinetuneSettings,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `student` in place on the few-shot images; returns what happened (losses on
+    the un-augmented few-shot images before and after, steps, seconds) for the report.
+
+    `masks` ({layer name: bool, True = kept}) defaults to those recorded on the student by
+    unstructured pruning. `on_step(step, student)` is called after every step with the student
+    in eval mode (e.g. to evaluate along the way). Returns with the student in eval mode.
+    """
+    settings.validate()
+    start = time.perf_counter()
+    if masks is None:
+        from crossdistill.compression.weight_sparsity import get_masks
+
+        masks = get_masks(student)
+    if labels is None and settings.kd_weight < 1.0:
+        raise CrossDistillError("the fine-tune's cross-entropy term needs labels; set finetune_kd_weight 1")
+    teacher.eval()
+    bs = settings.batch_size
+    with torch.no_grad():
+        teacher_logits = torch.cat([teacher(images[i : i + bs]) for i in range(0, images.shape[0], bs)])
+    student.eval()
+    before = _losses(student, teacher_logits, images, labels, settings.temperature, bs)
+    info: dict[str, Any] = {"settings": asdict(settings), "before": before, "steps": 0}
+    if settings.epochs == 0:
+        info["seconds"] = time.perf_counter() - start
+        return info
+    if settings.bn == "recalibrate":
+        recalibrate_bn(student, images, bs)
+    masked = _masked_params(student, masks)
+    with torch.no_grad():
+        for w, m in masked:
+            w.mul_(m)
+    params = [p for p in student.parameters() if p.requires_grad]
+    if settings.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=settings.lr)
+    else:
+        opt = torch.optim.SGD(params, lr=settings.lr, momentum=0.9, nesterov=True)
+    gen = torch.Generator().manual_seed(settings.seed)
+    n = images.shape[0]
+    steps = 0
+    try:
+        student.train(settings.bn == "train")
+        for _ in range(settings.epochs):
+            order = torch.randperm(n, generator=gen)
+            for i in range(0, n, bs):
+                idx = order[i : i + bs]
+                x = images[idx]
+                if settings.augment:
+                    x = _augment(x, gen)
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                else:
+                    t_logits = teacher_logits[idx]
+                logits = student(x)
+                loss = settings.kd_weight * kd_loss(logits, t_logits, settings.temperature)
+                if settings.kd_weight < 1.0:
+                    loss = loss + (1.0 - settings.kd_weight) * F.cross_entropy(logits, labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for w, m in masked:
+                    if w.grad is not None:
+                        w.grad.mul_(m)
+                opt.step()
+                with torch.no_grad():
+                    for w, m in masked:
+                        w.mul_(m)
+                steps += 1
+                if on_step is not None:
+                    student.eval()
+                    on_step(steps, student)
+                    student.train(settings.bn == "train")
+    finally:
+        student.eval()
+    info["steps"] = steps
+    info["after"] = _losses(student, teacher_logits, images, labels, settings.temperature, bs)
+    info["seconds"] = time.perf_counter() - start
+    return info

@@ -1,0 +1,119 @@
+"""The optional few-shot fine-tune: masks kept, BatchNorm handled as asked, KD loss lowered."""
+import copy
+
+import pytest
+import torch
+
+from crossdistill.compression.weight_sparsity import get_masks
+from crossdistill.config import CompressConfig
+from crossdistill.errors import CrossDistillError
+from crossdistill.finetune import FinetuneSettings, finetune, kd_loss, recalibrate_bn, settings_from_config
+from tiny import make_tiny
+
+
+def images(n=16, seed=0):
+    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def labels(n=16):
+    return torch.arange(n) % 4
+
+
+def pruned_student(seed=1, sparsity=0.6):
+    """A student that differs from the teacher, with conv2 and conv3 magnitude-pruned."""
+    teacher = make_tiny()
+    student = make_tiny(seed)
+    masks = {}
+    for name in ("conv2", "conv3"):
+        w = student.get_submodule(name).weight
+        k = int(sparsity * w.numel())
+        thresh = w.abs().flatten().kthvalue(k).values
+        masks[name] = w.abs() > thresh
+        with torch.no_grad():
+            w.mul_(masks[name])
+    student.crossdistill_masks = masks
+    return teacher, student, masks
+
+
+def bn_stats(model):
+    return {n: (b.running_mean.clone(), b.running_var.clone(), b.num_batches_tracked.clone())
+            for n, b in model.named_modules() if isinstance(b, torch.nn.BatchNorm2d)}
+
+
+@pytest.mark.parametrize("bn", ["frozen", "recalibrate", "train"])
+def test_masks_stay_fixed(bn):
+    teacher, student, masks = pruned_student()
+    s = FinetuneSettings(epochs=30, lr=1e-2, bn=bn, kd_weight=0.5, batch_size=8)
+    finetune(student, teacher, images(), labels(), s)
+    for name, m in masks.items():
+        w = student.get_submodule(name).weight
+        assert torch.all(w[~m] == 0), name
+        assert not torch.all(w[m] == 0)
+    assert not student.training
+
+
+def test_masks_found_on_the_student_by_default():
+    teacher, student, masks = pruned_student()
+    assert set(get_masks(student)) == set(masks)
+    finetune(student, teacher, images(), None, FinetuneSettings(epochs=10, lr=1e-2))
+    assert all(torch.all(student.get_submodule(n).weight[~m] == 0) for n, m in masks.items())
+
+
+def test_frozen_bn_keeps_running_stats():
+    teacher, student, _ = pruned_student()
+    before = bn_stats(student)
+    finetune(student, teacher, images(), labels(), FinetuneSettings(epochs=20, lr=1e-2, bn="frozen"))
+    after = bn_stats(student)
+    for name in before:
+        for a, b in zip(before[name], after[name]):
+            assert torch.equal(a, b), name
+
+
+def test_train_bn_updates_running_stats_and_recalibrate_matches_the_data():
+    teacher, student, _ = pruned_student()
+    before = bn_stats(student)
+    finetune(student, teacher, images(), labels(), FinetuneSettings(epochs=3, lr=1e-3, bn="train"))
+    assert not torch.equal(before["bn1"][0], student.bn1.running_mean)
+
+    _, student, _ = pruned_student()
+    x = images()
+    recalibrate_bn(student, x, batch_size=5)  # batches of unequal size: still the exact statistics
+    with torch.no_grad():
+        h = student.conv1(x)
+    assert torch.allclose(student.bn1.running_mean, h.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(student.bn1.running_var, h.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert not student.training and student.bn1.momentum == 0.1
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_finetune_lowers_kd_loss_on_training_samples(augment):
+    teacher, student, _ = pruned_student()
+    x = images()
+    info = finetune(student, teacher, x, labels(), FinetuneSettings(epochs=60, lr=3e-3, augment=augment))
+    with torch.no_grad():
+        after = float(kd_loss(student(x), teacher(x), 4.0))
+    assert info["steps"] == 60
+    assert after == pytest.approx(info["after"]["kd"], rel=1e-4)
+    assert after < 0.7 * info["before"]["kd"]
+
+
+def test_zero_epochs_changes_nothing():
+    teacher, student, _ = pruned_student()
+    ref = copy.deepcopy(student.state_dict())
+    info = finetune(student, teacher, images(), labels(), FinetuneSettings(epochs=0))
+    assert info["steps"] == 0
+    assert all(torch.equal(ref[k], v) for k, v in student.state_dict().items())
+
+
+def test_settings_validated():
+    for kw, match in [({"finetune_bn": "eval"}, "finetune_bn"), ({"finetune_epochs": -1}, "finetune_epochs"),
+                      ({"finetune_lr": 0.0}, "finetune_lr"), ({"finetune_kd_weight": 1.5}, "finetune_kd_weight"),
+                      ({"finetune_temperature": 0}, "finetune_temperature")]:
+        with pytest.raises(CrossDistillError, match=match):
+            CompressConfig(**kw).validate()
+    cfg = CompressConfig(finetune_epochs=5, finetune_bn="train", extra={"finetune_optimizer": "sgd"}).validate()
+    s = settings_from_config(cfg)
+    assert (s.epochs, s.bn, s.optimizer) == (5, "train", "sgd")
+    teacher, student, _ = pruned_student()
+    with pytest.raises(CrossDistillError, match="labels"):
+        finetune(student, teacher, images(), None, FinetuneSettings(epochs=1, kd_weight=0.5))
