@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -152,11 +152,16 @@ def versions() -> dict[str, str]:
     }
 
 
+CompressFn = Callable[[nn.Module, FewShot, CompressConfig], CompressionResult]
+
+
 def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays | None = None,
-        test: ImageArrays | None = None,
+        test: ImageArrays | None = None, compress_fn: CompressFn | None = None,
         teacher: nn.Module | None = None,
         teacher_metrics: dict[str, Any] | None = None) -> tuple[CompressionResult, dict[str, Any]]:
     """Compress and evaluate; returns the result and the report dict (nothing is written).
+    `compress_fn` replaces cross distillation (e.g. a baseline of `crossdistill.baselines`) so
+    that every method is run, evaluated and reported the same way.
     `teacher` (already loaded, e.g. the demo's trained one) replaces loading cfg.weights, and
     `teacher_metrics` (its evaluation on `test`, cached by sweeps) skips re-evaluating it."""
     cfg.validate()
@@ -171,7 +176,10 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         test = load_image_data(cfg.eval_data, "test")
     if test is not None:
         check_data_fits_model(test, cfg.model, role="test data")
-    result = compress(teacher, fewshot, cfg, show_progress=show_progress)
+    if compress_fn is None:
+        result = compress(teacher, fewshot, cfg, show_progress=show_progress)
+    else:
+        result = compress_fn(teacher, fewshot, cfg)
     report: dict[str, Any] = {
         "model": cfg.model,
         "method": result.method,

@@ -16,6 +16,7 @@ COMMANDS = [
     "crossdistill.cli.sweep_cmd",
     "crossdistill.cli.report_cmd",
     "crossdistill.cli.demo_cmd",
+    "crossdistill.cli.baseline_cmd",
     "crossdistill.cli.export_cmd",
 ]
 

@@ -1,0 +1,52 @@
+"""What the baselines share: the same channel budget as cross distillation (the pipeline's own
+planning, slimming and optional final fine-tune) and the settings they read from the config."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from torch import nn
+
+from crossdistill.config import CompressConfig
+from crossdistill.errors import CrossDistillError
+from crossdistill.pipeline import CompressionResult, FewShot, compress
+
+
+def require_channels(cfg: CompressConfig, baseline: str) -> None:
+    if cfg.prune != "channels":
+        raise CrossDistillError(f"baseline {baseline!r} prunes channels; it cannot run with --prune {cfg.prune}")
+
+
+def with_settings(cfg: CompressConfig, **changes: Any) -> CompressConfig:
+    """A copy of `cfg` with the baseline's fixed choices (objective, solver, selection...)."""
+    return dataclasses.replace(cfg, extra=dict(cfg.extra), **changes)
+
+
+def layerwise(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, objective: str, solver: str,
+              selection: str, show_progress: bool = False, **changes: Any) -> CompressionResult:
+    """A layer-wise baseline is the pipeline's own compression with fixed choices: going through
+    `pipeline.compress` guarantees the same channel plan, capture, slimming and final fine-tune
+    (when `finetune_epochs` > 0) as cross distillation."""
+    fixed = with_settings(cfg, objective=objective, solver=solver, selection=selection, **changes)
+    return compress(teacher, fewshot, fixed, show_progress=show_progress)
+
+
+def l1_pruned(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progress: bool = False,
+              **changes: Any) -> CompressionResult:
+    """Li et al. 2017: the kept filters chosen by L1 norm, weights untouched, slimmed."""
+    return layerwise(teacher, fewshot, cfg, objective="nocross", solver="prune-only", selection="l1",
+                     show_progress=show_progress, **changes)
+
+
+def extra_setting(cfg: CompressConfig, key: str, default: Any) -> Any:
+    """Baseline-only settings live in `cfg.extra` (YAML `extra:` or the baseline command's
+    flags), so the shared CompressConfig needs no field per baseline."""
+    value = cfg.extra.get(key)
+    return default if value is None else value
+
+
+def timed_result(base: CompressionResult, student: nn.Module, start: float, solver: str,
+                 **changes: Any) -> CompressionResult:
+    return dataclasses.replace(base, student=student.eval(), seconds=time.perf_counter() - start, solver=solver,
+                               **changes)
