@@ -117,3 +117,46 @@ def test_settings_validated():
     teacher, student, _ = pruned_student()
     with pytest.raises(CrossDistillError, match="labels"):
         finetune(student, teacher, images(), None, FinetuneSettings(epochs=1, kd_weight=0.5))
+
+
+def test_mixup_runs_reproducibly_and_keeps_masks():
+    runs = []
+    for _ in range(2):
+        teacher, student, masks = pruned_student()
+        s = FinetuneSettings(epochs=5, lr=1e-2, mixup=0.4, kd_weight=0.5, batch_size=8)
+        finetune(student, teacher, images(), labels(), s)
+        assert all(torch.all(student.get_submodule(n).weight[~m] == 0) for n, m in masks.items())
+        runs.append(student.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_auto_bn_recalibrates_only_when_the_statistics_are_off():
+    # A teacher whose statistics are those of the data, and a student equal to it: its
+    # statistics are right, so auto keeps them.
+    teacher = make_tiny()
+    recalibrate_bn(teacher, images())
+    student = copy.deepcopy(teacher)
+    before = bn_stats(student)
+    info = finetune(student, teacher, images(), labels(), FinetuneSettings(epochs=2, lr=1e-4, bn="auto"))
+    assert info["bn"] == "frozen"
+    assert all(torch.equal(a, b) for n in before for a, b in zip(before[n], bn_stats(student)[n]))
+    # Statistics far from the data's: auto re-estimates them.
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for bn in (student.bn1, student.bn2):
+            bn.running_mean.add_(3.0)
+            bn.running_var.mul_(20.0)
+    info = finetune(student, teacher, images(), labels(), FinetuneSettings(epochs=2, lr=1e-4, bn="auto"))
+    assert info["bn"] == "recalibrate"
+    assert info["auto_bn"]["kd_recalibrated"] < 0.75 * info["auto_bn"]["kd_frozen"]
+
+
+def test_zero_epochs_with_recalibrate_only_recalibrates():
+    teacher, student, _ = pruned_student()
+    x = images()
+    weights = {k: v.clone() for k, v in student.state_dict().items() if k.endswith("weight")}
+    info = finetune(student, teacher, x, labels(), FinetuneSettings(epochs=0, bn="recalibrate"))
+    assert info["steps"] == 0 and info["bn"] == "recalibrate"
+    assert all(torch.equal(weights[k], student.state_dict()[k]) for k in weights)
+    with torch.no_grad():
+        assert torch.allclose(student.bn1.running_mean, student.conv1(x).mean((0, 2, 3)), atol=1e-5)

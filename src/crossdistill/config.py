@@ -50,7 +50,7 @@ class CompressConfig:
     # optional few-shot fine-tune after distillation (crossdistill.finetune); 0 epochs = off
     finetune_epochs: int = 0
     finetune_lr: float = 1e-4
-    finetune_bn: str = "frozen"  # 'frozen' | 'recalibrate' | 'train'
+    finetune_bn: str = "auto"  # 'auto' | 'frozen' | 'recalibrate' | 'train' (crossdistill.finetune)
     finetune_temperature: float = 4.0
     finetune_kd_weight: float = 1.0  # KD share; the rest is cross-entropy on the few labels
     # evaluation

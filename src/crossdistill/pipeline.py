@@ -123,7 +123,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         if k + 1 < len(stages):
             stage_teacher = copy.deepcopy(student).eval()
     finetuned = None
-    if cfg.finetune_epochs > 0:
+    if cfg.finetune_epochs > 0 or cfg.finetune_bn == "recalibrate":
         from crossdistill.finetune import finetune, settings_from_config
 
         finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings_from_config(cfg))
@@ -226,6 +226,8 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"{'':14}{'teacher':>14}{'student':>14}")
         lines.append(f"{'top-1 (%)':14}{t['top1']:>14.2f}{s['top1']:>14.2f}   on {report['n_eval']} test images")
         lines.append(f"{'params':14}{t['params']:>14,}{s['params']:>14,}")
+        if s.get("nonzero_params", s["params"]) < s["params"]:  # unstructured sparsity keeps dense shapes
+            lines.append(f"{'nonzero':14}{t['nonzero_params']:>14,}{s['nonzero_params']:>14,}")
         lines.append(f"{'MFLOPs':14}{t['flops'] / 1e6:>14.2f}{s['flops'] / 1e6:>14.2f}")
         for lt, ls in zip(t.get("latency", []), s.get("latency", [])):
             label = f"ms (batch {lt['batch_size']})"

@@ -59,8 +59,10 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("few-shot fine-tune after distillation (off unless --finetune-epochs > 0)")
     g.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, help="passes over the few-shot images (default 0 = off)")
     g.add_argument("--finetune-lr", dest="finetune_lr", type=float, help="Adam learning rate (default 1e-4)")
-    g.add_argument("--finetune-bn", dest="finetune_bn", choices=["frozen", "recalibrate", "train"],
-                   help="BatchNorm: keep running stats (frozen, default), re-estimate them on the few images, or train with batch stats")
+    g.add_argument("--finetune-bn", dest="finetune_bn", choices=["auto", "frozen", "recalibrate", "train"],
+                   help="BatchNorm: keep the running stats (frozen), re-estimate them on the few images (recalibrate; "
+                        "with --finetune-epochs 0 only this is done), train with batch stats, or auto (default): "
+                        "recalibrate only if that cuts the distillation loss on the few images by a quarter")
     g.add_argument("--finetune-temperature", dest="finetune_temperature", type=float, help="temperature of the logit distillation (default 4)")
     g.add_argument("--finetune-kd-weight", dest="finetune_kd_weight", type=float,
                    help="share of the distillation loss; the rest is cross-entropy on the few labels (default 1)")
