@@ -50,11 +50,12 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON through a temporary file so a reader never sees half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
     os.replace(tmp, path)
 
 
-def _default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """`json.dumps(default=...)` for numpy scalars/arrays and paths."""
     import numpy as np
 
     if isinstance(obj, np.integer):

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.outputs import json_default
 
 MODES = ("random", "first")
 INDEX_FORMAT = "crossdistill-few-shot-indices"
@@ -99,18 +100,6 @@ def sample_few_shot(
     return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def save_indices(
     path: str | Path, indices: Sequence[int] | np.ndarray, meta: Mapping[str, Any] | None = None
 ) -> Path:
@@ -127,7 +116,7 @@ def save_indices(
         "meta": dict(meta or {}),
     }
     try:
-        text = json.dumps(doc, default=_json_default, indent=1)
+        text = json.dumps(doc, default=json_default, indent=1)
     except (TypeError, ValueError) as exc:
         raise CrossDistillError(f"cannot save few-shot metadata as JSON ({exc})") from exc
     try:

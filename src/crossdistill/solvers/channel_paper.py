@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from crossdistill.problem import QuadraticProblem
+from crossdistill.solvers.adam import adam_step
 from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask, channel_columns
 
 
@@ -48,15 +49,10 @@ def adam_prox_channels(
     m = torch.zeros_like(W)
     v = torch.zeros_like(W)
     anneal = iters // 3 if fixed_kept is None else -1
-    b1, b2 = betas
     for t in range(1, iters + 1):
         step_lr = lr if (fixed_kept is not None or t <= anneal) else lr * 0.1
         g = 2.0 * scale * (W @ H - B) * col_mask
-        m.mul_(b1).add_(g, alpha=1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        m_hat = m / (1 - b1**t)
-        v_hat = v / (1 - b2**t)
-        W -= step_lr * m_hat / (v_hat.sqrt() + eps)
+        adam_step(W, g, m, v, t, step_lr, betas, eps)
         if t <= anneal:
             left = int((n - keep) * (anneal - t) / anneal) + keep
             if left < int(alive.sum()):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from crossdistill.problem import QuadraticProblem
+from crossdistill.solvers.adam import adam_step
 from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask
 from crossdistill.solvers.sparse_masks import measured_sparsity, sparsity_mask, task_sparsity
 
@@ -48,15 +49,10 @@ def adam_prox_sparse(
     m = torch.zeros_like(W)
     v = torch.zeros_like(W)
     anneal = max(1, iters // 3) if fixed_mask is None else -1
-    b1, b2 = betas
     for t in range(1, iters + 1):
         step_lr = lr if (fixed_mask is not None or t <= anneal) else lr * 0.1
         g = 2.0 * scale * (W @ H - B) * mask
-        m.mul_(b1).add_(g, alpha=1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        m_hat = m / (1 - b1**t)
-        v_hat = v / (1 - b2**t)
-        W -= step_lr * m_hat / (v_hat.sqrt() + eps)
+        adam_step(W, g, m, v, t, step_lr, betas, eps)
         W *= mask
         if t <= anneal:
             current = sparsity * t / anneal
