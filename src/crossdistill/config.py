@@ -53,6 +53,11 @@ class CompressConfig:
     finetune_bn: str = "auto"  # 'auto' | 'frozen' | 'recalibrate' | 'train' (crossdistill.finetune)
     finetune_temperature: float = 4.0
     finetune_kd_weight: float = 1.0  # KD share; the rest is cross-entropy on the few labels
+    finetune_mode: str = "kd"  # 'kd': logits only | 'hints': + feature hints (crossdistill.hints)
+    finetune_hint_weight: float = 1.0  # weight of the hint loss in mode 'hints'
+    finetune_schedule: str = "constant"  # learning rate: 'constant' | 'cosine'
+    finetune_mixup: float = 0.0  # > 0: Beta(a, a) mixup of the few images (the teacher labels the mixes)
+    finetune_cutmix: float = 0.0  # > 0: Beta(a, a) CutMix of the few images
     # evaluation
     latency: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -100,10 +105,12 @@ class CompressConfig:
             raise CrossDistillError(f"keep ratio must lie in (0, 1], got {self.keep}")
         if not 0.0 <= float(self.sparsity) < 1.0:
             raise CrossDistillError(f"sparsity must lie in [0, 1) (fraction of zero weights), got {self.sparsity}")
-        from crossdistill.finetune import check_finetune_settings
+        from crossdistill.finetune import check_finetune_recipe, check_finetune_settings
 
         check_finetune_settings(self.finetune_epochs, self.finetune_lr, self.finetune_bn,
                                 self.finetune_temperature, self.finetune_kd_weight)
+        check_finetune_recipe(self.finetune_mode, self.finetune_hint_weight, self.finetune_schedule,
+                              self.finetune_mixup, self.finetune_cutmix)
         from crossdistill.solvers.quant_grid import check_bits, check_scheme
 
         self.bits = check_bits(self.bits)

@@ -22,6 +22,7 @@ What the fine-tune must not undo:
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
@@ -32,12 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.hints import HINT_POINTS, capture, hint_loss, hint_points, matching_points
 
 BN_MODES = ("auto", "frozen", "recalibrate", "train")
 # 'auto' recalibrates only when that cuts the KD loss on the few-shot images by at least this
 # share: a drop that large means the teacher's statistics no longer describe the student.
 AUTO_RECALIBRATE_GAIN = 0.25
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+MODES = ("kd", "hints")  # 'hints': the logit loss plus hint_weight · feature hints
 
 
 @dataclass
@@ -51,6 +55,10 @@ class FinetuneSettings:
     optimizer: str = "adam"
     augment: bool = True  # random crop (pad 4) + horizontal flip of the few images, teacher on the same view
     mixup: float = 0.0  # > 0: also mix pairs of images, λ ~ Beta(mixup, mixup); the teacher labels the mixes
+    cutmix: float = 0.0  # > 0: paste a box of a partner image, area share ~ Beta(cutmix, cutmix) (with mixup: either, 50/50 per batch)
+    schedule: str = "constant"  # learning rate: 'constant' or 'cosine' (to 0 over all steps)
+    hint_weight: float = 0.0  # > 0: add hint_weight · feature hints (crossdistill.hints) to the logit loss
+    hints: str = "blocks+penultimate"  # hint points: 'blocks', 'penultimate' or 'blocks+penultimate'
     seed: int = 0
 
     def validate(self) -> "FinetuneSettings":
@@ -59,6 +67,14 @@ class FinetuneSettings:
             raise CrossDistillError("fine-tune batch size must be positive")
         if not self.mixup >= 0:
             raise CrossDistillError(f"fine-tune mixup must be >= 0, got {self.mixup}")
+        if not self.cutmix >= 0:
+            raise CrossDistillError(f"fine-tune cutmix must be >= 0, got {self.cutmix}")
+        if self.schedule not in SCHEDULES:
+            raise CrossDistillError(f"fine-tune schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not self.hint_weight >= 0:
+            raise CrossDistillError(f"finetune_hint_weight must be >= 0, got {self.hint_weight}")
+        if self.hints not in HINT_POINTS:
+            raise CrossDistillError(f"finetune_hints must be one of {list(HINT_POINTS)}, got {self.hints!r}")
         if self.optimizer not in OPTIMIZERS:
             raise CrossDistillError(f"fine-tune optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         return self
@@ -77,9 +93,23 @@ def check_finetune_settings(epochs: int, lr: float, bn: str, temperature: float,
         raise CrossDistillError(f"finetune_kd_weight must lie in [0, 1], got {kd_weight}")
 
 
+def check_finetune_recipe(mode: str, hint_weight: float, schedule: str, mixup: float, cutmix: float) -> None:
+    if mode not in MODES:
+        raise CrossDistillError(f"finetune_mode must be one of {list(MODES)}, got {mode!r}")
+    if not float(hint_weight) >= 0:
+        raise CrossDistillError(f"finetune_hint_weight must be >= 0, got {hint_weight}")
+    if schedule not in SCHEDULES:
+        raise CrossDistillError(f"finetune_schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    for name, value in (("finetune_mixup", mixup), ("finetune_cutmix", cutmix)):
+        if not float(value) >= 0:
+            raise CrossDistillError(f"{name} must be >= 0, got {value}")
+
+
 def settings_from_config(cfg: Any) -> FinetuneSettings:
     """The fine-tune part of a CompressConfig (extra keys `finetune_optimizer`, `finetune_augment`,
-    `finetune_mixup` and `finetune_batch_size` are read from cfg.extra when present)."""
+    `finetune_batch_size` and `finetune_hints` are read from cfg.extra when present; an
+    `extra.finetune_mixup` of older configs still counts). The hint weight counts only in
+    finetune_mode 'hints'."""
     extra = getattr(cfg, "extra", {}) or {}
     return FinetuneSettings(
         epochs=int(cfg.finetune_epochs),
@@ -90,7 +120,11 @@ def settings_from_config(cfg: Any) -> FinetuneSettings:
         batch_size=int(extra.get("finetune_batch_size", cfg.batch_size)),
         optimizer=str(extra.get("finetune_optimizer", "adam")),
         augment=bool(extra.get("finetune_augment", True)),
-        mixup=float(extra.get("finetune_mixup", 0.0)),
+        mixup=float(extra.get("finetune_mixup", cfg.finetune_mixup)),
+        cutmix=float(cfg.finetune_cutmix),
+        schedule=str(cfg.finetune_schedule),
+        hint_weight=float(cfg.finetune_hint_weight) if cfg.finetune_mode == "hints" else 0.0,
+        hints=str(extra.get("finetune_hints", "blocks+penultimate")),
         seed=int(cfg.seed),
     ).validate()
 
@@ -193,6 +227,34 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tenso
     return out.contiguous()
 
 
+def _mix(x: torch.Tensor, settings: FinetuneSettings, gen: torch.Generator, rng: np.random.Generator
+         ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Mixup (per-image λ ~ Beta) or CutMix (one box per batch, λ = the share of the image kept)
+    of the batch with a random permutation of itself; with both on, one of them per batch.
+    Returns (images, λ per image or None, partner index or None)."""
+    use_mixup, use_cutmix = settings.mixup > 0, settings.cutmix > 0
+    if len(x) < 2 or not (use_mixup or use_cutmix):
+        return x, None, None
+    if use_mixup and use_cutmix:
+        use_cutmix = bool(rng.random() < 0.5)
+    partner = torch.randperm(len(x), generator=gen)
+    if not use_cutmix:
+        # With ten images, the teacher's answers on their mixtures are most of the data.
+        lam = torch.as_tensor(rng.beta(settings.mixup, settings.mixup, len(x)), dtype=x.dtype)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return lam.view(shape) * x + (1 - lam.view(shape)) * x[partner], lam, partner
+    h, w = x.shape[-2:]
+    cut = math.sqrt(1.0 - float(rng.beta(settings.cutmix, settings.cutmix)))
+    ch, cw = int(round(h * cut)), int(round(w * cut))
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + (ch + 1) // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + (cw + 1) // 2, w)
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = x[partner][..., y0:y1, x0:x1]
+    lam = torch.full((len(x),), 1.0 - (y1 - y0) * (x1 - x0) / (h * w), dtype=x.dtype)
+    return out, lam, partner
+
+
 def _masked_params(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tuple[nn.Parameter, torch.Tensor]]:
     pairs = []
     for name, mask in masks.items():
@@ -272,54 +334,66 @@ def finetune(
     gen = torch.Generator().manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)  # mixup weights (torch's Beta takes no generator)
     n = images.shape[0]
+    total_steps = settings.epochs * math.ceil(n / bs)
+    sched = None
+    if settings.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total_steps)))
+    points: list[str] = []
+    if settings.hint_weight > 0:
+        points = matching_points(student, teacher, hint_points(student, settings.hints), images[:2])
+        info["hint_points"] = len(points)
+        info["hint_first"] = info["hint_last"] = None
     steps = 0
-    try:
-        student.train(bn_mode == "train")
-        for _ in range(settings.epochs):
-            order = torch.randperm(n, generator=gen)
-            for i in range(0, n, bs):
-                idx = order[i : i + bs]
-                x = images[idx]
-                y = labels[idx] if labels is not None else None
-                lam = partner = None
-                if settings.augment:
-                    x = _augment(x, gen)
-                if settings.mixup > 0 and len(idx) > 1:
-                    # With ten images, the teacher's answers on their mixtures are most of the data.
-                    lam = torch.as_tensor(rng.beta(settings.mixup, settings.mixup, len(idx)), dtype=x.dtype)
-                    partner = torch.randperm(len(idx), generator=gen)
-                    shape = (-1,) + (1,) * (x.dim() - 1)
-                    x = lam.view(shape) * x + (1 - lam.view(shape)) * x[partner]
-                if settings.augment or lam is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                else:
-                    t_logits = teacher_logits[idx]
-                logits = student(x)
-                loss = settings.kd_weight * kd_loss(logits, t_logits, settings.temperature)
-                if settings.kd_weight < 1.0:
-                    if lam is None:
-                        ce = F.cross_entropy(logits, y)
+    with capture(student, points) as s_feats, capture(teacher, points) as t_feats:
+        try:
+            student.train(bn_mode == "train")
+            for _ in range(settings.epochs):
+                order = torch.randperm(n, generator=gen)
+                for i in range(0, n, bs):
+                    idx = order[i : i + bs]
+                    x = images[idx]
+                    y = labels[idx] if labels is not None else None
+                    if settings.augment:
+                        x = _augment(x, gen)
+                    x, lam, partner = _mix(x, settings, gen, rng)
+                    if settings.augment or lam is not None or points:
+                        with torch.no_grad():
+                            t_logits = teacher(x)
                     else:
-                        ce = (lam * F.cross_entropy(logits, y, reduction="none")
-                              + (1 - lam) * F.cross_entropy(logits, y[partner], reduction="none")).mean()
-                    loss = loss + (1.0 - settings.kd_weight) * ce
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for w, m in masked:
-                    if w.grad is not None:
-                        w.grad.mul_(m)
-                opt.step()
-                with torch.no_grad():
+                        t_logits = teacher_logits[idx]
+                    logits = student(x)
+                    loss = settings.kd_weight * kd_loss(logits, t_logits, settings.temperature)
+                    if settings.kd_weight < 1.0:
+                        if lam is None:
+                            ce = F.cross_entropy(logits, y)
+                        else:
+                            ce = (lam * F.cross_entropy(logits, y, reduction="none")
+                                  + (1 - lam) * F.cross_entropy(logits, y[partner], reduction="none")).mean()
+                        loss = loss + (1.0 - settings.kd_weight) * ce
+                    if points:
+                        hint = hint_loss(s_feats, t_feats, points)
+                        loss = loss + settings.hint_weight * hint
+                        info["hint_last"] = float(hint.detach())
+                        if info["hint_first"] is None:
+                            info["hint_first"] = info["hint_last"]
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                     for w, m in masked:
-                        w.mul_(m)
-                steps += 1
-                if on_step is not None:
-                    student.eval()
-                    on_step(steps, student)
-                    student.train(bn_mode == "train")
-    finally:
-        student.eval()
+                        if w.grad is not None:
+                            w.grad.mul_(m)
+                    opt.step()
+                    if sched is not None:
+                        sched.step()
+                    with torch.no_grad():
+                        for w, m in masked:
+                            w.mul_(m)
+                    steps += 1
+                    if on_step is not None:
+                        student.eval()
+                        on_step(steps, student)
+                        student.train(bn_mode == "train")
+        finally:
+            student.eval()
     info["steps"] = steps
     info["after"] = _losses(student, teacher_logits, images, labels, settings.temperature, bs)
     info["seconds"] = time.perf_counter() - start

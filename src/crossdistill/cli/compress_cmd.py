@@ -16,6 +16,7 @@ OPTION_KEYS = [
     "objective", "mu", "alpha", "beta", "solver", "selection", "damping", "iters", "lr", "batch_size",
     "bits", "quant_scheme", "quant_solver", "rank_ratio", "flops_ratio",
     "sparsity", "finetune_epochs", "finetune_lr", "finetune_bn", "finetune_temperature", "finetune_kd_weight",
+    "finetune_mode", "finetune_hint_weight", "finetune_schedule", "finetune_mixup", "finetune_cutmix",
 ]
 
 
@@ -66,6 +67,18 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-temperature", dest="finetune_temperature", type=float, help="temperature of the logit distillation (default 4)")
     g.add_argument("--finetune-kd-weight", dest="finetune_kd_weight", type=float,
                    help="share of the distillation loss; the rest is cross-entropy on the few labels (default 1)")
+    g.add_argument("--finetune-mode", dest="finetune_mode", choices=["kd", "hints"],
+                   help="kd (default): distil the teacher's logits only; hints: also pull every pruned block's output "
+                        "and the penultimate features towards the teacher's (docs/results/accuracy_push.md)")
+    g.add_argument("--finetune-hint-weight", dest="finetune_hint_weight", type=float,
+                   help="--finetune-mode hints: weight of the feature-hint loss next to the logit loss (default 1)")
+    g.add_argument("--finetune-schedule", dest="finetune_schedule", choices=["constant", "cosine"],
+                   help="learning rate over the fine-tune: constant (default) or cosine decay to 0")
+    g.add_argument("--finetune-mixup", dest="finetune_mixup", type=float,
+                   help="> 0: train also on mixup blends of the few images, λ ~ Beta(a, a), labelled by the teacher (default 0)")
+    g.add_argument("--finetune-cutmix", dest="finetune_cutmix", type=float,
+                   help="> 0: train also on CutMix pastes of the few images, labelled by the teacher (default 0; "
+                        "with --finetune-mixup, one of the two per batch)")
 
 
 def config_from_args(args: argparse.Namespace):

@@ -1,0 +1,94 @@
+"""Feature hints for the few-shot fine-tune (`finetune_hint_weight` > 0): the student's
+intermediate outputs are pulled towards the teacher's on the same (augmented, mixed) images.
+
+Hint points (`finetune_hints`):
+  'blocks'      — the output of every block that holds a pruned layer: for a ResNet the block's
+                  output after the residual add and ReLU (the signal the next block reads), for a
+                  model whose pruned layers sit directly in a Sequential or the root (VGG,
+                  TinyNet) the pruned layer's own output;
+  'penultimate' — the input of the final linear layer (the pooled features, as MiR);
+  'blocks+penultimate' — both.
+Loss: mean over hint points of ‖f_s − f_t‖² / ‖f_t‖² (relative, so that deep layers with large
+activations do not drown shallow ones). A hint point whose student output has another shape
+than the teacher's (its own channels were slimmed) is skipped; the names used are reported.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+
+HINT_POINTS = ("blocks", "penultimate", "blocks+penultimate")
+PENULTIMATE = "<penultimate>"
+
+
+def _last_linear(model: nn.Module) -> str:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise CrossDistillError(f"{type(model).__name__} has no linear layer: no penultimate features to hint")
+    return names[-1]
+
+
+def _block_points(model: nn.Module) -> list[str]:
+    if not hasattr(model, "channel_pairs"):
+        raise CrossDistillError(
+            f"{type(model).__name__} declares no channel_pairs(): use finetune_hints 'penultimate'")
+    modules = dict(model.named_modules())
+    points: list[str] = []
+    for pair in model.channel_pairs():
+        parent = pair.consumer.rpartition(".")[0]
+        point = parent if parent and not isinstance(modules[parent], nn.Sequential) else pair.consumer
+        if point not in points:
+            points.append(point)
+    return points
+
+
+def hint_points(model: nn.Module, which: str) -> list[str]:
+    """Module names whose outputs are hinted; PENULTIMATE stands for the final linear's input."""
+    if which not in HINT_POINTS:
+        raise CrossDistillError(f"finetune_hints must be one of {list(HINT_POINTS)}, got {which!r}")
+    points = _block_points(model) if "blocks" in which else []
+    if "penultimate" in which:
+        points.append(PENULTIMATE)
+    return points
+
+
+@contextmanager
+def capture(model: nn.Module, points: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Outputs of the named modules in the most recent forward pass (with their graph)."""
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in points:
+        if name == PENULTIMATE:
+            lin = model.get_submodule(_last_linear(model))
+            handles.append(lin.register_forward_pre_hook(lambda m, i: store.__setitem__(PENULTIMATE, i[0])))
+        else:
+            handles.append(model.get_submodule(name).register_forward_hook(
+                lambda m, i, o, n=name: store.__setitem__(n, o)))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def matching_points(student: nn.Module, teacher: nn.Module, points: Sequence[str], probe: torch.Tensor) -> list[str]:
+    """The hint points whose student and teacher outputs have the same shape on `probe`."""
+    with torch.no_grad(), capture(student, points) as s, capture(teacher, points) as t:
+        student(probe)
+        teacher(probe)
+    kept = [p for p in points if p in s and p in t and s[p].shape == t[p].shape]
+    if not kept:
+        raise CrossDistillError(f"no hint point has the same shape in student and teacher (tried {list(points)})")
+    return kept
+
+
+def hint_loss(student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor],
+              points: Sequence[str]) -> torch.Tensor:
+    terms = [(student_feats[p] - teacher_feats[p]).pow(2).sum() / teacher_feats[p].pow(2).sum().clamp_min(1e-12)
+             for p in points]
+    return torch.stack(terms).mean()
