@@ -1,7 +1,7 @@
 """Capture of hidden states: the input a layer sees, and its unfolded (im2col) patches."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -121,3 +121,89 @@ def group_size(module: nn.Module) -> int:
     if isinstance(module, nn.Conv2d):
         return module.kernel_size[0] * module.kernel_size[1]
     return 1
+
+
+Unit = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _owns(prefix: str, name: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+class StudentInputs:
+    """Inputs of the student's layers, asked for in forward order, without re-running the front.
+
+    A full forward per solved layer costs O(L²) over a network of L layers. A model that
+    exposes `forward_units()` — (module-name prefix, callable) pairs whose composition is its
+    forward — lets the front be run once: the output of every unit before the asked layer's unit
+    is cached, and those units never change again because the layers are solved front to back.
+    Models without units (or a layer outside every unit) fall back to full forwards.
+    """
+
+    def __init__(self, model: nn.Module, batches: Sequence[torch.Tensor], *, incremental: bool = True) -> None:
+        self.model = model
+        self.batches = list(batches)
+        self.units: list[Unit] | None = None
+        if incremental and hasattr(model, "forward_units"):
+            self.units = list(model.forward_units())
+            self._check_units()
+        self._cursor = 0  # index of the unit whose input `_cached` holds
+        self._cached = self.batches
+
+    def _check_units(self) -> None:
+        # A units list that does not compose to the forward would silently feed wrong inputs.
+        assert self.units is not None
+        x = self.batches[0][:2]
+        with torch.inference_mode():
+            y = x
+            for _, fn in self.units:
+                y = fn(y)
+            ref = self.model(x)
+        if y.shape != ref.shape or not torch.allclose(y, ref, rtol=1e-4, atol=1e-5):
+            raise CrossDistillError(f"{type(self.model).__name__}.forward_units() does not reproduce its forward")
+
+    def _unit_of(self, name: str) -> int | None:
+        assert self.units is not None
+        for i, (prefix, _) in enumerate(self.units):
+            if _owns(prefix, name):
+                return i
+        return None
+
+    def of(self, name: str) -> list[torch.Tensor]:
+        """The student's input to layer `name`, batch by batch, under its current weights."""
+        unit = self._unit_of(name) if self.units is not None else None
+        if unit is None:
+            return list(layer_inputs(self.model, name, self.batches))
+        if unit < self._cursor:
+            raise CrossDistillError(f"layer {name!r} asked for after a later layer: layers must go front to back")
+        with torch.inference_mode():
+            while self._cursor < unit:
+                fn = self.units[self._cursor][1]
+                self._cached = [fn(x) for x in self._cached]
+                self._cursor += 1
+        return list(_inputs_through(get_module(self.model, name), name, self.units[unit][1], self._cached))
+
+
+def _inputs_through(
+    module: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor], inputs: Iterable[torch.Tensor]
+) -> Iterator[torch.Tensor]:
+    box: list[torch.Tensor] = []
+
+    def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        box.append(args[0].detach())
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        for x in inputs:
+            box.clear()
+            try:
+                with torch.inference_mode():
+                    fn(x)
+            except _StopForward:
+                pass
+            if not box:
+                raise CrossDistillError(f"layer {name!r} was not reached inside its forward unit")
+            yield box[0]
+    finally:
+        handle.remove()

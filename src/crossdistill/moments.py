@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import torch.nn.functional as F
+
 from crossdistill.capture import unfold
 
 # float64 for the sums and the solves: with few samples the moments are nearly singular.
@@ -46,22 +48,44 @@ class MomentAccumulator:
             raise ValueError(f"teacher input {tuple(x_teacher.shape)} != student input {tuple(x_student.shape)}")
         # Chunks of images: one huge unfold of a whole batch is the slow, memory-hungry part.
         for start in range(0, x_teacher.shape[0], self.chunk):
-            pt = unfold(self.module, x_teacher[start : start + self.chunk]).float()
-            ps = unfold(self.module, x_student[start : start + self.chunk]).float()
+            pt = _patches(self.module, x_teacher[start : start + self.chunk])
+            ps = _patches(self.module, x_student[start : start + self.chunk])
             if self._tt is None:
-                d = pt.shape[1]
+                d = pt.shape[-2]
                 self._tt = torch.zeros(d, d, dtype=DTYPE)
                 self._ss = torch.zeros(d, d, dtype=DTYPE)
                 self._ts = torch.zeros(d, d, dtype=DTYPE)
             # A chunk's products in float32 (fast), the running sums in float64 (exact enough
             # however many chunks are added).
-            self._tt += (pt.T @ pt).to(DTYPE)
-            self._ss += (ps.T @ ps).to(DTYPE)
-            self._ts += (pt.T @ ps).to(DTYPE)
-            self.count += pt.shape[0]
+            self._tt += _gram(pt, pt)
+            self._ss += _gram(ps, ps)
+            self._ts += _gram(pt, ps)
+            self.count += pt.shape[0] * pt.shape[2]
 
     def finish(self) -> Moments:
         if self._tt is None or self.count == 0:
             raise ValueError("no samples were accumulated")
         n = float(self.count)
         return Moments(tt=self._tt / n, ss=self._ss / n, ts=self._ts / n, count=self.count)
+
+
+def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(images, D, positions): im2col columns per image, without the transposing copy."""
+    if isinstance(module, nn.Conv2d):
+        return F.unfold(
+            x.float(), kernel_size=module.kernel_size, dilation=module.dilation,
+            padding=module.padding, stride=module.stride,
+        )
+    return unfold(module, x).float().T.unsqueeze(0)
+
+
+def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum over images of a_n b_nᵀ, as float64."""
+    n, d, positions = a.shape
+    if positions > d:
+        # Many positions per image (early, large feature maps): per-image products avoid
+        # copying the patches into one (patches, D) matrix.
+        return torch.bmm(a, b.transpose(1, 2)).sum(0, dtype=DTYPE)
+    flat_a = a.transpose(1, 2).reshape(-1, d)
+    flat_b = flat_a if b is a else b.transpose(1, 2).reshape(-1, d)
+    return (flat_a.T @ flat_b).to(DTYPE)

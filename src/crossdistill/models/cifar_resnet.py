@@ -86,6 +86,13 @@ class CifarResNet(nn.Module):
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
 
+    def forward_units(self) -> list[tuple[str, Any]]:
+        """(name prefix, callable) pieces whose composition is `forward`: the layer-wise engine
+        caches the output of finished pieces instead of re-running the whole front per layer."""
+        stem = ("conv1", lambda x: F.relu(self.bn1(self.conv1(x))))
+        head = ("linear", lambda x: self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1)))
+        return [stem, *self._named_blocks(), head]
+
     def _named_blocks(self) -> list[tuple[str, BasicBlock]]:
         return [
             (f"layer{s}.{i}", blk)

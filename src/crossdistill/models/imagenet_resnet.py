@@ -84,6 +84,12 @@ class ImageNetResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
+    def forward_units(self) -> list[tuple[str, Any]]:
+        """(name prefix, callable) pieces whose composition is `forward` (see capture.StudentInputs)."""
+        stem = ("conv1", lambda x: self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        head = ("fc", lambda x: self.fc(torch.flatten(self.avgpool(x), 1)))
+        return [stem, *self._named_blocks(), head]
+
     def _named_blocks(self) -> list[tuple[str, ImageNetBasicBlock]]:
         return [(f"layer{s}.{i}", b) for s in (1, 2, 3, 4) for i, b in enumerate(getattr(self, f"layer{s}"))]
 

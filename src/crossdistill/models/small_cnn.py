@@ -49,6 +49,15 @@ class FashionCNN(nn.Module):
         out = F.max_pool2d(F.relu(self.bn3(self.conv3(out))), 2)
         return self.fc(out.flatten(1))
 
+    def forward_units(self) -> list[tuple[str, Any]]:
+        """(name prefix, callable) pieces whose composition is `forward` (see capture.StudentInputs)."""
+        return [
+            ("conv1", lambda x: F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)),
+            ("conv2", lambda x: F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)),
+            ("conv3", lambda x: F.max_pool2d(F.relu(self.bn3(self.conv3(x))), 2)),
+            ("fc", lambda x: self.fc(x.flatten(1))),
+        ]
+
     def channel_pairs(self) -> list[ChannelPair]:
         # conv3 feeds the classifier directly; its outputs are kept.
         return [ChannelPair("conv1", "bn1", "conv2"), ChannelPair("conv2", "bn2", "conv3")]

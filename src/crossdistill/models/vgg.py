@@ -57,6 +57,12 @@ class VGG(nn.Module):
         out = torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
         return self.classifier(out)
 
+    def forward_units(self) -> list[tuple[str, Any]]:
+        """(name prefix, callable) pieces whose composition is `forward` (see capture.StudentInputs)."""
+        units: list[tuple[str, Any]] = [(f"features.{i}", m) for i, m in enumerate(self.features)]
+        units.append(("classifier", lambda x: self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))))
+        return units
+
     def _conv_indices(self) -> list[int]:
         return [i for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d)]
 
