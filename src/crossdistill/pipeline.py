@@ -191,10 +191,11 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         "sampler": cfg.sampler,
         "damping": cfg.damping,
         "compress_seconds": result.seconds,
+        "solve_seconds": sum(r.solve_seconds for r in result.records),
         "fewshot_indices": fewshot.indices.tolist(),
         "layers": [
             {"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
-             "seconds": r.seconds, **{k: v for k, v in r.info.items()}}
+             "seconds": r.seconds, "solve_seconds": r.solve_seconds, **{k: v for k, v in r.info.items()}}
             for r in result.records
         ],
         **result.summary,
