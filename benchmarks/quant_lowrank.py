@@ -167,20 +167,23 @@ def plan_runs(models: list[str], shots: list[int], seeds: list[int], bits: list[
 # ----------------------------------------------------------------------------- report
 
 
-def fmt(values: list[float]) -> str:
+def fmt(values: list[float], expected: int = 3) -> str:
+    """Mean ± sample std; a cell with fewer draws than `expected` says how many it has."""
     if not values:
         return "–"
     m = statistics.fmean(values)
     if len(values) == 1:
-        return f"{m:.1f} (1 seed)" if len(values) == 1 else f"{m:.1f}"
-    return f"{m:.1f} ± {statistics.stdev(values):.1f}"
+        return f"{m:.1f} (1 seed)"
+    text = f"{m:.1f} ± {statistics.stdev(values):.1f}"
+    return text if len(values) >= expected else f"{text} ({len(values)} seeds)"
 
 
 def cell(cache: Cache, **match: Any) -> list[float]:
     return [r["top1"] for r in cache.find(**match)]
 
 
-def render(cache: Cache, models: list[str], shots: list[int], bits: list[int], budgets: list[float]) -> str:
+def render(cache: Cache, models: list[str], shots: list[int], bits: list[int], budgets: list[float],
+           n_seeds: int = 3) -> str:
     out: list[str] = []
     teachers = {m: cache.get({"model": m, "kind": "teacher"}) for m in models}
     n_eval = next((t["n_eval"] for t in teachers.values() if t), 1000)
@@ -225,7 +228,7 @@ def render(cache: Cache, models: list[str], shots: list[int], bits: list[int], b
                     vals = cell(cache, model=m, kind="quant", label=label, bits=b, K=None)
                     row = [fmt(vals).replace(" (1 seed)", "")] * len(shots)
                 else:
-                    row = [fmt(cell(cache, model=m, kind="quant", label=label, bits=b, K=k)) for k in shots]
+                    row = [fmt(cell(cache, model=m, kind="quant", label=label, bits=b, K=k), n_seeds) for k in shots]
                 out.append(f"| {label} | " + " | ".join(row) + " |")
             out.append("")
         out.append(paired_table(cache, m, shots, bits))
@@ -246,7 +249,7 @@ def render(cache: Cache, models: list[str], shots: list[int], bits: list[int], b
                 if solver in DATA_FREE:
                     row = [fmt(cell(cache, model=m, kind="lowrank", label=label, flops_ratio=f, K=None)).replace(" (1 seed)", "")] * len(shots)
                 else:
-                    row = [fmt(cell(cache, model=m, kind="lowrank", label=label, flops_ratio=f, K=k)) for k in shots]
+                    row = [fmt(cell(cache, model=m, kind="lowrank", label=label, flops_ratio=f, K=k), n_seeds) for k in shots]
                 out.append(f"| {label} | " + " | ".join(row) + " |")
             out.append("")
     combined = [m for m in models if cache.find(model=m, kind="combined")]
@@ -264,7 +267,7 @@ def render(cache: Cache, models: list[str], shots: list[int], bits: list[int], b
                 if not rows:
                     continue
                 out.append(f"| {m} | {label} | {rows[0]['size']:,} | {rows[0]['flops'] / 1e6:.1f} | "
-                           + " | ".join(fmt(cell(cache, model=m, kind="combined", label=label, K=k)) for k in shots) + " |")
+                           + " | ".join(fmt(cell(cache, model=m, kind="combined", label=label, K=k), n_seeds) for k in shots) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -307,6 +310,11 @@ def write_report(text: str, path: Path) -> None:
     tmp.replace(path)
 
 
+def report_models(cache: Cache) -> list[str]:
+    """Every model with a teacher row in the cache: a run on one model must not drop the others' tables."""
+    return [m for m in sorted(WEIGHTS) if cache.get({"model": m, "kind": "teacher"}) is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -335,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
             for key, kw in plan_runs([model], args.shots, args.seeds, args.bits, budgets, not args.no_combined):
                 cfg = CompressConfig(model=model, weights=weights, damping=DAMPING, latency=False, **SOFT, **kw)
                 run_one(cache, key, cfg, teacher, train, test)
-            write_report(render(cache, args.models, args.shots, args.bits, args.budgets), args.out)
+            write_report(render(cache, report_models(cache), args.shots, args.bits, args.budgets, len(args.seeds)), args.out)
     cache.refresh()
-    text = render(cache, args.models, args.shots, args.bits, args.budgets)
+    text = render(cache, report_models(cache), args.shots, args.bits, args.budgets, len(args.seeds))
     print(text)
     write_report(text, args.out)
     return 0

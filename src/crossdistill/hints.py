@@ -6,8 +6,9 @@ Hint points (`finetune_hints`):
                   output after the residual add and ReLU (the signal the next block reads), for a
                   model whose pruned layers sit directly in a Sequential or the root (VGG,
                   TinyNet) the pruned layer's own output;
+  'layers'      — the pruned layers' own outputs (before BatchNorm, as the FitNet baseline);
   'penultimate' — the input of the final linear layer (the pooled features, as MiR);
-  'blocks+penultimate' — both.
+  'blocks+penultimate', 'layers+penultimate' — both.
 Loss: mean over hint points of ‖f_s − f_t‖² / ‖f_t‖² (relative, so that deep layers with large
 activations do not drown shallow ones). A hint point whose student output has another shape
 than the teacher's (its own channels were slimmed) is skipped; the names used are reported.
@@ -22,7 +23,7 @@ from torch import nn
 
 from crossdistill.errors import CrossDistillError
 
-HINT_POINTS = ("blocks", "penultimate", "blocks+penultimate")
+HINT_POINTS = ("blocks", "layers", "penultimate", "blocks+penultimate", "layers+penultimate")
 PENULTIMATE = "<penultimate>"
 
 
@@ -33,7 +34,7 @@ def _last_linear(model: nn.Module) -> str:
     return names[-1]
 
 
-def _block_points(model: nn.Module) -> list[str]:
+def _block_points(model: nn.Module, layers: bool = False) -> list[str]:
     if not hasattr(model, "channel_pairs"):
         raise CrossDistillError(
             f"{type(model).__name__} declares no channel_pairs(): use finetune_hints 'penultimate'")
@@ -41,7 +42,8 @@ def _block_points(model: nn.Module) -> list[str]:
     points: list[str] = []
     for pair in model.channel_pairs():
         parent = pair.consumer.rpartition(".")[0]
-        point = parent if parent and not isinstance(modules[parent], nn.Sequential) else pair.consumer
+        own = layers or not parent or isinstance(modules[parent], nn.Sequential)
+        point = pair.consumer if own else parent
         if point not in points:
             points.append(point)
     return points
@@ -51,7 +53,7 @@ def hint_points(model: nn.Module, which: str) -> list[str]:
     """Module names whose outputs are hinted; PENULTIMATE stands for the final linear's input."""
     if which not in HINT_POINTS:
         raise CrossDistillError(f"finetune_hints must be one of {list(HINT_POINTS)}, got {which!r}")
-    points = _block_points(model) if "blocks" in which else []
+    points = _block_points(model, layers="layers" in which) if which != "penultimate" else []
     if "penultimate" in which:
         points.append(PENULTIMATE)
     return points
