@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -50,6 +51,8 @@ def main() -> int:
     p.add_argument("--model", default="resnet56", choices=sorted(WEIGHTS))
     p.add_argument("--keep", default="0.5")
     p.add_argument("--objective", default="nocross")
+    p.add_argument("--start", choices=["cd", "l1"], default="cd",
+                   help="cd: the closed-form student (default); l1: the L1-pruned teacher weights (FitNet's start)")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--eval-split", choices=["test", "val"], default="val")
@@ -74,6 +77,8 @@ def main() -> int:
         for seed in args.seeds:
             cfg = CompressConfig(model=args.model, weights=str(data / "weights" / WEIGHTS[args.model]), shots=shots,
                                  seed=seed, keep=args.keep, objective=args.objective, latency=False).validate()
+            if args.start == "l1":
+                cfg = dataclasses.replace(cfg, solver="prune-only", selection="l1")
             teacher = load_teacher(cfg)
             fewshot = draw_few_shot(cfg, train)
             base = compress(teacher, fewshot, cfg, show_progress=False)
@@ -85,7 +90,7 @@ def main() -> int:
                 else:
                     settings = FinetuneSettings(**{"bn": "frozen", "seed": seed, **kw})
                     ft = finetune(student, teacher, fewshot.images, fewshot.labels, settings)
-                line = {"variant": name, "settings": kw, "objective": args.objective, "shots": shots, "seed": seed,
+                line = {"variant": name, "settings": kw, "objective": args.objective, "start": args.start, "shots": shots, "seed": seed,
                         "eval": args.eval_split, "n_eval": len(test.y), "top1": top1(student), "cd_top1": base_top1,
                         "cd_seconds": base.seconds, "ft_seconds": ft["seconds"],
                         "seconds": base.seconds + ft["seconds"], "tag": args.tag,

@@ -30,7 +30,7 @@ def test_hint_finetune_lowers_the_hint_loss_and_keeps_masks_and_teacher():
     x = images()
     points = hint_points(student, "blocks+penultimate")
     before = measured_hint_loss(student, teacher, x, points)
-    s = FinetuneSettings(epochs=60, lr=3e-3, bn="frozen", hint_weight=1.0, schedule="cosine",
+    s = FinetuneSettings(epochs=60, lr=3e-3, bn="frozen", hint_weight=1.0, hints="blocks+penultimate", schedule="cosine",
                          mixup=0.4, cutmix=1.0, batch_size=8)
     info = finetune(student, teacher, x, labels(), s)
     after = measured_hint_loss(student, teacher, x, points)
@@ -44,6 +44,19 @@ def test_hint_finetune_lowers_the_hint_loss_and_keeps_masks_and_teacher():
     for model in (teacher, student):
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert not student.training
+
+
+def test_hints_only_leaves_the_logit_loss_out():
+    # logit_weight 0: the gradient comes from the hints alone, so a student whose hint points
+    # already match the teacher's exactly (a copy) does not move at all.
+    teacher = make_tiny()
+    student = copy.deepcopy(teacher)
+    ref = copy.deepcopy(student.state_dict())
+    finetune(student, teacher, images(), labels(),
+             FinetuneSettings(epochs=3, lr=1e-2, bn="frozen", hint_weight=1.0, logit_weight=0.0, batch_size=8))
+    assert all(torch.equal(ref[k], v) for k, v in student.state_dict().items())
+    with pytest.raises(CrossDistillError, match="needs a loss"):
+        FinetuneSettings(epochs=1, hint_weight=0.0, logit_weight=0.0).validate()
 
 
 def test_hints_are_reproducible():
@@ -65,6 +78,7 @@ def test_hint_points_of_a_resnet_are_its_block_outputs():
     # Slimmed block internals: the block outputs still match the teacher's shapes.
     assert matching_points(student, teacher, points, torch.randn(2, 3, 32, 32)) == points
     assert hint_points(student, "penultimate") == [PENULTIMATE]
+    assert hint_points(student, "layers") == [f"layer{s}.{i}.conv2" for s in (1, 2, 3) for i in range(3)]
 
 
 def test_hint_points_with_slimmed_outputs_are_skipped():
@@ -80,7 +94,10 @@ def test_bad_hint_settings_raise():
                       ({"finetune_hint_weight": -1.0}, "finetune_hint_weight"),
                       ({"finetune_schedule": "step"}, "finetune_schedule"),
                       ({"finetune_cutmix": -0.5}, "finetune_cutmix"),
-                      ({"finetune_mixup": -0.5}, "finetune_mixup")]:
+                      ({"finetune_mixup": -0.5}, "finetune_mixup"),
+                      ({"finetune_logit_weight": -1.0}, "finetune_logit_weight"),
+                      ({"finetune_hints": "all"}, "finetune_hints"),
+                      ({"finetune_logit_weight": 0.0}, "no loss")]:
         with pytest.raises(CrossDistillError, match=match):
             CompressConfig(**kw).validate()
     with pytest.raises(CrossDistillError, match="finetune_hints"):
@@ -99,6 +116,8 @@ def test_mode_reaches_the_settings_from_config_and_cli():
     p = argparse.ArgumentParser()
     add_config_options(p)
     args = p.parse_args(["--finetune-epochs", "300", "--finetune-mode", "hints", "--finetune-hint-weight", "2",
-                         "--finetune-schedule", "cosine", "--finetune-mixup", "0.4", "--finetune-cutmix", "1"])
+                         "--finetune-schedule", "cosine", "--finetune-mixup", "0.4", "--finetune-cutmix", "1",
+                         "--finetune-logit-weight", "0", "--finetune-hints", "blocks"])
     s = settings_from_config(config_from_args(args))
-    assert (s.epochs, s.hint_weight, s.schedule, s.mixup, s.cutmix) == (300, 2.0, "cosine", 0.4, 1.0)
+    assert (s.epochs, s.hint_weight, s.logit_weight, s.schedule, s.mixup, s.cutmix) == (300, 2.0, 0.0, "cosine", 0.4, 1.0)
+    assert s.hints == "blocks"

@@ -55,6 +55,8 @@ class CompressConfig:
     finetune_kd_weight: float = 1.0  # KD share; the rest is cross-entropy on the few labels
     finetune_mode: str = "kd"  # 'kd': logits only | 'hints': + feature hints (crossdistill.hints)
     finetune_hint_weight: float = 1.0  # weight of the hint loss in mode 'hints'
+    finetune_hints: str = "layers"  # hint points: layers | blocks | penultimate | layers+penultimate | blocks+penultimate
+    finetune_logit_weight: float = 1.0  # weight of the logit loss (KD + CE); 0 in mode 'hints' = hints only
     finetune_schedule: str = "constant"  # learning rate: 'constant' | 'cosine'
     finetune_mixup: float = 0.0  # > 0: Beta(a, a) mixup of the few images (the teacher labels the mixes)
     finetune_cutmix: float = 0.0  # > 0: Beta(a, a) CutMix of the few images
@@ -109,8 +111,8 @@ class CompressConfig:
 
         check_finetune_settings(self.finetune_epochs, self.finetune_lr, self.finetune_bn,
                                 self.finetune_temperature, self.finetune_kd_weight)
-        check_finetune_recipe(self.finetune_mode, self.finetune_hint_weight, self.finetune_schedule,
-                              self.finetune_mixup, self.finetune_cutmix)
+        check_finetune_recipe(self.finetune_mode, self.finetune_hint_weight, self.finetune_logit_weight,
+                              self.finetune_schedule, self.finetune_mixup, self.finetune_cutmix, self.finetune_hints)
         from crossdistill.solvers.quant_grid import check_bits, check_scheme
 
         self.bits = check_bits(self.bits)

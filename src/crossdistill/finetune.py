@@ -58,7 +58,8 @@ class FinetuneSettings:
     cutmix: float = 0.0  # > 0: paste a box of a partner image, area share ~ Beta(cutmix, cutmix) (with mixup: either, 50/50 per batch)
     schedule: str = "constant"  # learning rate: 'constant' or 'cosine' (to 0 over all steps)
     hint_weight: float = 0.0  # > 0: add hint_weight · feature hints (crossdistill.hints) to the logit loss
-    hints: str = "blocks+penultimate"  # hint points: 'blocks', 'penultimate' or 'blocks+penultimate'
+    logit_weight: float = 1.0  # weight of the logit loss (KD + CE); 0 with hints = hints only (FitNet-like)
+    hints: str = "layers"  # hint points (crossdistill.hints.HINT_POINTS): 'layers' = the pruned layers' outputs
     seed: int = 0
 
     def validate(self) -> "FinetuneSettings":
@@ -71,6 +72,10 @@ class FinetuneSettings:
             raise CrossDistillError(f"fine-tune cutmix must be >= 0, got {self.cutmix}")
         if self.schedule not in SCHEDULES:
             raise CrossDistillError(f"fine-tune schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not self.logit_weight >= 0:
+            raise CrossDistillError(f"finetune_logit_weight must be >= 0, got {self.logit_weight}")
+        if self.logit_weight == 0 and self.hint_weight == 0:
+            raise CrossDistillError("the fine-tune needs a loss: finetune_logit_weight 0 requires feature hints")
         if not self.hint_weight >= 0:
             raise CrossDistillError(f"finetune_hint_weight must be >= 0, got {self.hint_weight}")
         if self.hints not in HINT_POINTS:
@@ -93,11 +98,18 @@ def check_finetune_settings(epochs: int, lr: float, bn: str, temperature: float,
         raise CrossDistillError(f"finetune_kd_weight must lie in [0, 1], got {kd_weight}")
 
 
-def check_finetune_recipe(mode: str, hint_weight: float, schedule: str, mixup: float, cutmix: float) -> None:
+def check_finetune_recipe(mode: str, hint_weight: float, logit_weight: float, schedule: str, mixup: float,
+                          cutmix: float, hints: str = "layers") -> None:
     if mode not in MODES:
         raise CrossDistillError(f"finetune_mode must be one of {list(MODES)}, got {mode!r}")
-    if not float(hint_weight) >= 0:
-        raise CrossDistillError(f"finetune_hint_weight must be >= 0, got {hint_weight}")
+    if hints not in HINT_POINTS:
+        raise CrossDistillError(f"finetune_hints must be one of {list(HINT_POINTS)}, got {hints!r}")
+    for name, value in (("finetune_hint_weight", hint_weight), ("finetune_logit_weight", logit_weight)):
+        if not float(value) >= 0:
+            raise CrossDistillError(f"{name} must be >= 0, got {value}")
+    if float(logit_weight) == 0 and (mode != "hints" or float(hint_weight) == 0):
+        raise CrossDistillError("finetune_logit_weight 0 leaves no loss unless finetune_mode is 'hints' "
+                                "with finetune_hint_weight > 0")
     if schedule not in SCHEDULES:
         raise CrossDistillError(f"finetune_schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
     for name, value in (("finetune_mixup", mixup), ("finetune_cutmix", cutmix)):
@@ -106,8 +118,8 @@ def check_finetune_recipe(mode: str, hint_weight: float, schedule: str, mixup: f
 
 
 def settings_from_config(cfg: Any) -> FinetuneSettings:
-    """The fine-tune part of a CompressConfig (extra keys `finetune_optimizer`, `finetune_augment`,
-    `finetune_batch_size` and `finetune_hints` are read from cfg.extra when present; an
+    """The fine-tune part of a CompressConfig (extra keys `finetune_optimizer`, `finetune_augment`
+    and `finetune_batch_size` are read from cfg.extra when present; an
     `extra.finetune_mixup` of older configs still counts). The hint weight counts only in
     finetune_mode 'hints'."""
     extra = getattr(cfg, "extra", {}) or {}
@@ -124,7 +136,8 @@ def settings_from_config(cfg: Any) -> FinetuneSettings:
         cutmix=float(cfg.finetune_cutmix),
         schedule=str(cfg.finetune_schedule),
         hint_weight=float(cfg.finetune_hint_weight) if cfg.finetune_mode == "hints" else 0.0,
-        hints=str(extra.get("finetune_hints", "blocks+penultimate")),
+        logit_weight=float(cfg.finetune_logit_weight),
+        hints=str(cfg.finetune_hints),
         seed=int(cfg.seed),
     ).validate()
 
@@ -370,6 +383,7 @@ def finetune(
                             ce = (lam * F.cross_entropy(logits, y, reduction="none")
                                   + (1 - lam) * F.cross_entropy(logits, y[partner], reduction="none")).mean()
                         loss = loss + (1.0 - settings.kd_weight) * ce
+                    loss = settings.logit_weight * loss
                     if points:
                         hint = hint_loss(s_feats, t_feats, points)
                         loss = loss + settings.hint_weight * hint

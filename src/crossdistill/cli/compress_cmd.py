@@ -16,7 +16,7 @@ OPTION_KEYS = [
     "objective", "mu", "alpha", "beta", "solver", "selection", "damping", "iters", "lr", "batch_size",
     "bits", "quant_scheme", "quant_solver", "rank_ratio", "flops_ratio",
     "sparsity", "finetune_epochs", "finetune_lr", "finetune_bn", "finetune_temperature", "finetune_kd_weight",
-    "finetune_mode", "finetune_hint_weight", "finetune_schedule", "finetune_mixup", "finetune_cutmix",
+    "finetune_mode", "finetune_hint_weight", "finetune_hints", "finetune_logit_weight", "finetune_schedule", "finetune_mixup", "finetune_cutmix",
 ]
 
 
@@ -72,6 +72,13 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                         "and the penultimate features towards the teacher's (docs/results/accuracy_push.md)")
     g.add_argument("--finetune-hint-weight", dest="finetune_hint_weight", type=float,
                    help="--finetune-mode hints: weight of the feature-hint loss next to the logit loss (default 1)")
+    g.add_argument("--finetune-hints", dest="finetune_hints",
+                   choices=["layers", "blocks", "penultimate", "layers+penultimate", "blocks+penultimate"],
+                   help="--finetune-mode hints: where to match the teacher: the pruned layers' outputs (layers, default), "
+                        "the outputs of the blocks holding them, and/or the features before the classifier (penultimate)")
+    g.add_argument("--finetune-logit-weight", dest="finetune_logit_weight", type=float,
+                   help="weight of the logit loss (distillation + cross-entropy); 0 with --finetune-mode hints "
+                        "trains on the feature hints only (default 1)")
     g.add_argument("--finetune-schedule", dest="finetune_schedule", choices=["constant", "cosine"],
                    help="learning rate over the fine-tune: constant (default) or cosine decay to 0")
     g.add_argument("--finetune-mixup", dest="finetune_mixup", type=float,
