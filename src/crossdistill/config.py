@@ -43,7 +43,7 @@ class CompressConfig:
     beta: float = 0.5
     solver: str = "closed-form"
     selection: str = "obs"
-    damping: float = 1e-3
+    damping: float | None = None  # None: auto, 0.1 / K (crossdistill.defaults)
     iters: int = 3000
     lr: float | None = None
     batch_size: int = 64
@@ -125,7 +125,7 @@ class CompressConfig:
             raise CrossDistillError("give either rank_ratio or flops_ratio, not both")
         if self.sampler not in ("random", "first"):
             raise CrossDistillError(f"sampler must be 'random' or 'first', got {self.sampler!r}")
-        if self.damping < 0:
+        if self.damping is not None and self.damping < 0:
             raise CrossDistillError(f"damping must be >= 0, got {self.damping}")
         if self.iters < 1 or self.batch_size < 1:
             raise CrossDistillError("iters and batch_size must be positive")

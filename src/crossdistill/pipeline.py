@@ -20,6 +20,7 @@ from crossdistill.compression.composite import stage_solver_name
 from crossdistill.compression.quantization import dequantize_into
 from crossdistill.checks import check_data_fits_model
 from crossdistill.config import CompressConfig
+from crossdistill.defaults import auto_damping, images_per_class
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
 from crossdistill.engine import LayerRecord, distill_layers
 from crossdistill.errors import CrossDistillError
@@ -90,6 +91,13 @@ def _tqdm_progress(desc: str):
     return progress
 
 
+def resolved_damping(cfg: CompressConfig, fewshot: FewShot) -> float:
+    """cfg.damping, or (None) the data-dependent default for this many images per class."""
+    if cfg.damping is not None:
+        return float(cfg.damping)
+    return auto_damping(images_per_class(len(fewshot.labels), model_info(cfg.model).num_classes))
+
+
 def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progress: bool = True) -> CompressionResult:
     """Layer-wise cross distillation of a copy of `teacher`; the teacher is not modified."""
     start = time.perf_counter()
@@ -101,6 +109,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     solver_kw: dict[str, Any] = {"selection": cfg.selection, "iters": cfg.iters, **cfg.extra}
     if cfg.lr is not None:
         solver_kw["lr"] = cfg.lr
+    damping = resolved_damping(cfg, fewshot)
     student = copy.deepcopy(teacher).eval()
     # A method runs as one or more stages (compression/composite.py): each stage's teacher is the
     # previous stage's finished student, because slimming changes the layers' shapes.
@@ -113,7 +122,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
         stage_records = distill_layers(
             stage_teacher, student, fewshot.images, tasks, objective, solver,
-            damping=cfg.damping, batch_size=cfg.batch_size, progress=progress,
+            damping=damping, batch_size=cfg.batch_size, progress=progress,
         )
         student = stage.finalize(student, stage_records)
         if len(stages) > 1:
@@ -189,7 +198,8 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         "n_samples": int(len(fewshot.indices)),
         "seed": cfg.seed,
         "sampler": cfg.sampler,
-        "damping": cfg.damping,
+        "damping": resolved_damping(cfg, fewshot),
+        "damping_setting": "auto" if cfg.damping is None else "fixed",
         "compress_seconds": result.seconds,
         "solve_seconds": sum(r.solve_seconds for r in result.records),
         "fewshot_indices": fewshot.indices.tolist(),

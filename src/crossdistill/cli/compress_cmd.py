@@ -53,7 +53,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=float, help="soft: share of the teacher's input in the student's (default 0.5)")
     g.add_argument("--solver", help="closed-form | paper | prune-only for channels; closed-form | sparsegpt | paper | magnitude for sparsity (default closed-form); gptq | rtn for quant (default gptq); svd | svd-plain for lowrank (default svd)")
     g.add_argument("--selection", choices=sorted(SELECTORS), help="channel selection of the closed form (default obs)")
-    g.add_argument("--damping", type=float, help="ridge towards the teacher, × mean diag of H (default 0.001)")
+    g.add_argument("--damping", type=float, help="ridge towards the teacher, × mean diag of H (default: 0.1/K, K = images per class)")
     g.add_argument("--iters", type=int, help="iterations of the paper solver (default 3000)")
     g.add_argument("--lr", type=float, help="Adam learning rate of the paper solver (default 1e-3)")
     g.add_argument("--batch-size", dest="batch_size", type=int, help="images per forward pass while capturing (default 64)")
