@@ -49,8 +49,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--iters", type=int, default=3000)
-    ap.add_argument("--closed-form", nargs="+", default=["obs:0.001", "l1:0.3"], metavar="SELECTION:DAMPING",
-                    help="closed-form variants to run (default: the library default and the damped L1 one)")
+    ap.add_argument("--closed-form", nargs="+", default=["obs:auto", "l1:auto"], metavar="SELECTION:DAMPING",
+                    help="closed-form variants to run; DAMPING 'auto' = the library default 0.1/K")
+    ap.add_argument("--random-seeds", type=int, nargs="*", default=[0, 1, 2],
+                    help="random few-shot draws run besides the official first-K draw")
     ap.add_argument("--latency-rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "docs/results/solver_comparison.md")
     args = ap.parse_args()
@@ -63,27 +65,34 @@ def main() -> None:
     info = model_info("resnet56")
     teacher = load_teacher(CompressConfig(**base))
     t_acc = accuracy(teacher, test.x, test.y, info.mean, info.std)
-    variants = [("closed-form", *v.split(":")) for v in args.closed_form] + [("paper", "obs", "0.001")]
+    variants = [("closed-form", *v.split(":")) for v in args.closed_form] + [("paper", "obs", "auto")]
+    draws = [("first", 0)] + [("random", seed) for seed in args.random_seeds]
     rows = []
     students = {}
     for k in args.shots:
-        paper_solve = None
         k_rows = []
         for solver, selection, damping in variants:
-            cfg = CompressConfig(**base, shots=k, solver=solver, selection=selection, damping=float(damping)).validate()
-            fs = draw_few_shot(cfg, train)
-            res = compress(teacher, fs, cfg, show_progress=False)
-            acc = accuracy(res.student, test.x, test.y, info.mean, info.std)
-            loss = sum(r.loss_after for r in res.records)
-            solve = sum(r.solve_seconds for r in res.records)
-            name = res.solver if solver == "paper" else f"{res.solver}, damping {damping}"
-            k_rows.append([k, name, acc, loss, res.seconds, solve])
-            print(f"K={k:2d} {name:48s} top-1 {acc:5.1f} %  Σ loss {loss:9.4f}  total {res.seconds:7.1f} s  solver {solve:7.2f} s", flush=True)
-            if solver == "paper":
-                paper_solve = (res.seconds, solve)
-            students["paper preset"] = res.student
+            accs, totals, solves, losses = [], [], [], []
+            for sampler, seed in draws:
+                cfg = CompressConfig(**{**base, "sampler": sampler, "seed": seed}, shots=k, solver=solver,
+                                     selection=selection,
+                                     damping=None if damping == "auto" else float(damping)).validate()
+                res = compress(teacher, draw_few_shot(cfg, train), cfg, show_progress=False)
+                accs.append(accuracy(res.student, test.x, test.y, info.mean, info.std))
+                losses.append(sum(r.loss_after for r in res.records))
+                totals.append(res.seconds)
+                solves.append(sum(r.solve_seconds for r in res.records))
+                name = f"{res.solver}, damping {damping}"
+                print(f"K={k:2d} {sampler}/{seed} {name:48s} top-1 {accs[-1]:5.1f} %  Σ loss {losses[-1]:9.4f}  "
+                      f"total {totals[-1]:7.1f} s  solver {solves[-1]:7.2f} s", flush=True)
+                if sampler == "first":
+                    students["paper preset"] = res.student
+            k_rows.append({"k": k, "name": name, "solver": solver, "first": accs[0], "random": accs[1:],
+                           "loss": losses[0], "total": statistics.mean(totals), "solve": statistics.mean(solves)})
+        paper = next(r for r in k_rows if r["solver"] == "paper")
         for r in k_rows:
-            r += [paper_solve[0] / r[4], paper_solve[1] / r[5]] if paper_solve else ["", ""]
+            r["x_total"] = paper["total"] / r["total"]
+            r["x_solve"] = paper["solve"] / r["solve"]
         rows += k_rows
     uniform_cfg = CompressConfig(**{**base, "keep": 0.5}, shots=args.shots[-1], solver="closed-form").validate()
     students["uniform 0.5"] = compress(teacher, draw_few_shot(uniform_cfg, train), uniform_cfg, show_progress=False).student
@@ -100,8 +109,9 @@ def main() -> None:
         f"(run {time.strftime('%Y-%m-%d')}, 1 thread, 2-core machine, load average {load:.1f} at the end: other jobs were running, so seconds are upper bounds).",
         "",
         f"Teacher: {t_acc:.1f} % top-1 on {len(test.y)} test images (first 1000 of the CIFAR-10 test set). "
-        "Few-shot draw: the first K images of each class (seed 0, as the official code): one draw, so one run per cell. "
-        "Mixed loss μ = 0.9. No fine-tuning.",
+        "Few-shot draws: the first K images of each class (as the official code), and random draws (mean ± sample std); "
+        "seconds are means over the draws. "
+        "Mixed loss μ = 0.9, the same damping (ridge towards the teacher; auto = 0.1/K × mean diag H) for both solvers, so both minimise the same loss. No fine-tuning.",
         f"FLOPs {count_flops(teacher, info.input_size) / 1e6:.1f} M ⇒ {count_flops(students['paper preset'], info.input_size) / 1e6:.1f} M, "
         f"params {count_params(teacher):,} ⇒ {count_params(students['paper preset']):,}.",
         "",
@@ -110,16 +120,19 @@ def main() -> None:
         "paper solver ÷ row. Σ layer losses is the sum over the 27 pruned layers of each layer's "
         "(undamped) mixed loss at the solution: lower is a better fit of the few-shot images.",
         "",
-        "| K | solver | top-1 (%) | Σ layer losses | total s | solver s | speed-up total | speed-up solver |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| K | solver | top-1 (%), first-K draw | top-1 (%), random draws (seeds {', '.join(map(str, args.random_seeds)) or '–'}) "
+        "| Σ layer losses, first-K draw | total s | solver s | speed-up total | speed-up solver |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for k, s, a, l, t, sv, rt, rs in rows:
-        fmt = (lambda x: f"{x:.0f}×" if isinstance(x, float) else "")
-        lines.append(f"| {k} | {s} | {a:.1f} | {l:.4f} | {t:.1f} | {sv:.2f} | {fmt(rt)} | {fmt(rs)} |")
+    for r in rows:
+        rnd = r["random"]
+        spread = f"{statistics.mean(rnd):.1f} ± {statistics.stdev(rnd):.1f}" if len(rnd) > 1 else (f"{rnd[0]:.1f}" if rnd else "–")
+        lines.append(f"| {r['k']} | {r['name']} | {r['first']:.1f} | {spread} | {r['loss']:.4f} | {r['total']:.1f} | "
+                     f"{r['solve']:.2f} | {r['x_total']:.0f}× | {r['x_solve']:.0f}× |")
     for k in args.shots:
         if k in OFFICIAL:
             acc, wall = OFFICIAL[k]
-            lines.append(f"| {k} | official implementation (issue 3, same draw, layer-wise stage) | {acc} | – | {wall} | – | – | – |")
+            lines.append(f"| {k} | official implementation (issue 3, same draw, layer-wise stage) | {acc} | – | – | {wall} | – | – | – |")
     lines += ["", f"CPU latency (ms), 1 thread: median over {args.latency_rounds} interleaved rounds of the median "
               "of 10 (batch 1) or 3 (batch 128) forwards of random images; range = max − min over rounds.", "",
               "| model | FLOPs (M) | params | batch 1 | speed-up | batch 128 | speed-up |", "|---|---|---|---|---|---|---|"]
