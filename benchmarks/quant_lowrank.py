@@ -57,6 +57,8 @@ QUANT = [
 ]
 LOWRANK = [
     ("SVD of W^t (plain)", "svd-plain", "correction"),
+    ("SVD in H, correction", "svd", "correction"),
+    ("SVD in H, imitation", "svd", "imitation"),
     ("SVD in H, nocross", "svd", "nocross"),
     ("SVD in H, mixed", "svd", "mixed"),
     ("SVD in H, soft", "svd", "soft"),
@@ -252,6 +254,7 @@ def render(cache: Cache, models: list[str], shots: list[int], bits: list[int], b
                     row = [fmt(cell(cache, model=m, kind="lowrank", label=label, flops_ratio=f, K=k), n_seeds) for k in shots]
                 out.append(f"| {label} | " + " | ".join(row) + " |")
             out.append("")
+        out.append(paired_table_lowrank(cache, m, shots, budgets))
     combined = [m for m in models if cache.find(model=m, kind="combined")]
     if combined:
         out.append("## Combined: channel pruning then 4-bit quantization (one command)\n")
@@ -272,14 +275,15 @@ def render(cache: Cache, models: list[str], shots: list[int], bits: list[int], b
     return "\n".join(out)
 
 
-def paired_cell(cache: Cache, m: str, label: str, ref: str, b: int, k: int) -> str:
-    """Mean of (label − ref) over the draws both have, and on how many draws label was better."""
-    solver = {lab: sol for lab, sol, _ in QUANT}
+def paired_cell(cache: Cache, m: str, kind: str, label: str, ref: str, k: int, **setting: Any) -> str:
+    """Mean of (label − ref) over the draws both have, and on how many draws label was better.
+    `setting` is bits=… (quant) or flops_ratio=… (lowrank)."""
+    solver = {lab: sol for lab, sol, _ in QUANT + LOWRANK}
     diffs = []
-    for r in cache.find(model=m, kind="quant", label=ref, bits=b, K=k):
+    for r in cache.find(model=m, kind=kind, label=ref, K=k, **setting):
         free = solver[label] in DATA_FREE
-        other = cache.find(model=m, kind="quant", label=label, bits=b, K=None if free else k,
-                           seed=None if free else r["key"]["seed"])
+        other = cache.find(model=m, kind=kind, label=label, K=None if free else k,
+                           seed=None if free else r["key"]["seed"], **setting)
         if other:
             diffs.append(other[0]["top1"] - r["top1"])
     return "–" if not diffs else f"{statistics.fmean(diffs):+.1f} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
@@ -296,8 +300,24 @@ def paired_table(cache: Cache, m: str, shots: list[int], bits: list[int]) -> str
     pairs = [(label, ref) for label, _, _ in QUANT if label != ref]
     pairs += [("GPTQ-soft", "GPTQ-nocross"), ("GPTQ-mixed", "GPTQ-nocross")]
     for label, against in pairs:
-        cells = [paired_cell(cache, m, label, against, b, k) for b, k in cols]
+        cells = [paired_cell(cache, m, "quant", label, against, k, bits=b) for b, k in cols]
         lines.append(f"| {label} − {against} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_table_lowrank(cache: Cache, m: str, shots: list[int], budgets: list[float]) -> str:
+    """The same paired differences for low rank, against the SVD in the imitation metric
+    (data-aware SVD on the student's own inputs, the sequential analogue of GPTQ-imitation)."""
+    ref = "SVD in H, imitation"
+    cols = [(f, k) for f in budgets for k in shots]
+    lines = [f"Paired differences in points, mean over seeds (draws where the first was better / draws):\n",
+             "| comparison | " + " | ".join(f"budget {f:g} K={k}" for f, k in cols) + " |", "|---|" + "---|" * len(cols)]
+    pairs = [(label, ref) for label, _, _ in LOWRANK if label != ref]
+    pairs += [("SVD in H, soft", "SVD in H, nocross"), ("SVD in H, mixed", "SVD in H, nocross")]
+    for label, against in pairs:
+        cells = [paired_cell(cache, m, "lowrank", label, against, k, flops_ratio=f) for f, k in cols]
+        if any(c != "–" for c in cells):
+            lines.append(f"| {label} − {against} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
