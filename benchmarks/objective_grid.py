@@ -48,7 +48,7 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--objectives", nargs="+", default=["nocross", "mixed:0.9"])
     p.add_argument("--selections", nargs="+", default=["obs"])
-    p.add_argument("--dampings", type=float, nargs="+", default=[0.001])
+    p.add_argument("--dampings", nargs="+", default=["auto"], help="numbers, or 'auto' (the library default 0.1/K)")
     p.add_argument("--eval-split", choices=["test", "val"], default="val")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -67,20 +67,20 @@ def main() -> int:
     teacher_metrics = None
     teacher = None
     for obj, sel, damp in itertools.product(args.objectives, args.selections, args.dampings):
-        point = f"{obj} sel={sel} d={damp:g}"
+        point = f"{obj} sel={sel} d={damp if damp == 'auto' else f'{float(damp):g}'}"
         for shots, seed in itertools.product(args.shots, args.seeds):
             if (args.model, args.keep, point, shots, seed, args.eval_split) in done:
                 continue
             cfg = CompressConfig(model=args.model, weights=str(data / "weights" / WEIGHTS[args.model]),
                                  shots=shots, seed=seed, keep=args.keep, latency=False, selection=sel,
-                                 damping=damp, **objective_settings(obj))
+                                 damping=None if damp == "auto" else float(damp), **objective_settings(obj))
             teacher = teacher if teacher is not None else load_teacher(cfg)
             start = time.perf_counter()
             result, report = run(cfg, show_progress=False, train=train, test=test, teacher=teacher,
                                  teacher_metrics=teacher_metrics)
             teacher_metrics = report["teacher"]
             line = {"model": args.model, "keep": args.keep, "point": point, "objective": obj, "selection": sel,
-                    "damping": damp, "shots": shots, "seed": seed, "eval": args.eval_split,
+                    "damping": damp if damp == "auto" else float(damp), "shots": shots, "seed": seed, "eval": args.eval_split,
                     "n_eval": report["n_eval"], "top1": report["student"]["top1"],
                     "teacher_top1": report["teacher"]["top1"], "compress_seconds": report["compress_seconds"],
                     "wall_seconds": time.perf_counter() - start}
