@@ -97,7 +97,8 @@ def test_bad_hint_settings_raise():
                       ({"finetune_mixup": -0.5}, "finetune_mixup"),
                       ({"finetune_logit_weight": -1.0}, "finetune_logit_weight"),
                       ({"finetune_hints": "all"}, "finetune_hints"),
-                      ({"finetune_logit_weight": 0.0}, "no loss")]:
+                      ({"finetune_logit_weight": 0.0}, "no loss"),
+                      ({"finetune_mode": "hints", "finetune_hint_weight": 0.0}, "no loss")]:
         with pytest.raises(CrossDistillError, match=match):
             CompressConfig(**kw).validate()
     with pytest.raises(CrossDistillError, match="finetune_hints"):
@@ -112,7 +113,10 @@ def test_bad_hint_settings_raise():
 
 def test_mode_reaches_the_settings_from_config_and_cli():
     cfg = CompressConfig(finetune_epochs=5).validate()
-    assert settings_from_config(cfg).hint_weight == 0.0  # mode 'kd': the hint weight does not count
+    s = settings_from_config(cfg)
+    assert (s.hint_weight, s.logit_weight) == (0.0, 1.0)  # mode 'kd': the hint weight does not count
+    s = settings_from_config(CompressConfig(finetune_epochs=5, finetune_mode="hints").validate())
+    assert (s.hint_weight, s.logit_weight, s.hints) == (1.0, 0.0, "layers")  # mode 'hints': hints only by default
     p = argparse.ArgumentParser()
     add_config_options(p)
     args = p.parse_args(["--finetune-epochs", "300", "--finetune-mode", "hints", "--finetune-hint-weight", "2",
@@ -121,3 +125,20 @@ def test_mode_reaches_the_settings_from_config_and_cli():
     s = settings_from_config(config_from_args(args))
     assert (s.epochs, s.hint_weight, s.logit_weight, s.schedule, s.mixup, s.cutmix) == (300, 2.0, 0.0, "cosine", 0.4, 1.0)
     assert s.hints == "blocks"
+
+
+def test_compress_runs_the_hint_finetune_on_the_slimmed_student():
+    import numpy as np
+
+    from crossdistill.pipeline import FewShot, compress
+
+    teacher = make_tiny()
+    ref = copy.deepcopy(teacher.state_dict())
+    shot = FewShot(images=images(16), labels=labels(16), indices=np.arange(16))
+    cfg = CompressConfig(model="tiny", mu=0.9, keep=0.5, damping=1e-3, finetune_epochs=20, finetune_lr=1e-2, finetune_bn="frozen",
+                         finetune_mode="hints").validate()
+    result = compress(teacher, shot, cfg, show_progress=False)
+    # conv2's own outputs were slimmed (it also produces conv3's input): only conv3 is comparable.
+    assert result.finetune["hint_points"] == 1
+    assert result.finetune["hint_last"] < result.finetune["hint_first"]
+    assert all(torch.equal(ref[k], v) for k, v in teacher.state_dict().items())

@@ -56,7 +56,7 @@ class CompressConfig:
     finetune_mode: str = "kd"  # 'kd': logits only | 'hints': + feature hints (crossdistill.hints)
     finetune_hint_weight: float = 1.0  # weight of the hint loss in mode 'hints'
     finetune_hints: str = "layers"  # hint points: layers | blocks | penultimate | layers+penultimate | blocks+penultimate
-    finetune_logit_weight: float = 1.0  # weight of the logit loss (KD + CE); 0 in mode 'hints' = hints only
+    finetune_logit_weight: float | None = None  # logit loss (KD + CE) weight; None: 1 in mode 'kd', 0 (hints only) in 'hints'
     finetune_schedule: str = "constant"  # learning rate: 'constant' | 'cosine'
     finetune_mixup: float = 0.0  # > 0: Beta(a, a) mixup of the few images (the teacher labels the mixes)
     finetune_cutmix: float = 0.0  # > 0: Beta(a, a) CutMix of the few images

@@ -98,12 +98,19 @@ def check_finetune_settings(epochs: int, lr: float, bn: str, temperature: float,
         raise CrossDistillError(f"finetune_kd_weight must lie in [0, 1], got {kd_weight}")
 
 
-def check_finetune_recipe(mode: str, hint_weight: float, logit_weight: float, schedule: str, mixup: float,
+def default_logit_weight(mode: str) -> float:
+    """Hints only in mode 'hints': adding the logit loss cost 2 points on validation (accuracy_push.md)."""
+    return 0.0 if mode == "hints" else 1.0
+
+
+def check_finetune_recipe(mode: str, hint_weight: float, logit_weight: float | None, schedule: str, mixup: float,
                           cutmix: float, hints: str = "layers") -> None:
     if mode not in MODES:
         raise CrossDistillError(f"finetune_mode must be one of {list(MODES)}, got {mode!r}")
     if hints not in HINT_POINTS:
         raise CrossDistillError(f"finetune_hints must be one of {list(HINT_POINTS)}, got {hints!r}")
+    if logit_weight is None:
+        logit_weight = default_logit_weight(mode)
     for name, value in (("finetune_hint_weight", hint_weight), ("finetune_logit_weight", logit_weight)):
         if not float(value) >= 0:
             raise CrossDistillError(f"{name} must be >= 0, got {value}")
@@ -136,7 +143,8 @@ def settings_from_config(cfg: Any) -> FinetuneSettings:
         cutmix=float(cfg.finetune_cutmix),
         schedule=str(cfg.finetune_schedule),
         hint_weight=float(cfg.finetune_hint_weight) if cfg.finetune_mode == "hints" else 0.0,
-        logit_weight=float(cfg.finetune_logit_weight),
+        logit_weight=float(default_logit_weight(cfg.finetune_mode) if cfg.finetune_logit_weight is None
+                           else cfg.finetune_logit_weight),
         hints=str(cfg.finetune_hints),
         seed=int(cfg.seed),
     ).validate()
