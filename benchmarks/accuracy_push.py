@@ -28,7 +28,7 @@ from crossdistill.evaluation import evaluate_model
 from crossdistill.finetune import FinetuneSettings, finetune
 from crossdistill.models import model_info
 from crossdistill.paths import shared_data_dir
-from crossdistill.pipeline import compress, draw_few_shot, load_teacher
+from crossdistill.pipeline import compress, draw_few_shot, load_teacher, resolved_damping
 
 WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
 
@@ -90,7 +90,8 @@ def main() -> int:
                 else:
                     settings = FinetuneSettings(**{"bn": "frozen", "seed": seed, **kw})
                     ft = finetune(student, teacher, fewshot.images, fewshot.labels, settings)
-                line = {"variant": name, "settings": kw, "objective": args.objective, "start": args.start, "shots": shots, "seed": seed,
+                line = {"variant": name, "settings": kw, "objective": args.objective, "start": args.start,
+                        "damping": resolved_damping(cfg, fewshot), "shots": shots, "seed": seed,
                         "eval": args.eval_split, "n_eval": len(test.y), "top1": top1(student), "cd_top1": base_top1,
                         "cd_seconds": base.seconds, "ft_seconds": ft["seconds"],
                         "seconds": base.seconds + ft["seconds"], "tag": args.tag,

@@ -147,3 +147,14 @@ def test_compress_runs_the_hint_finetune_on_the_slimmed_student():
     after = measured_hint_loss(result.student, teacher, shot.images, ["conv3"])
     assert after < 0.7 * before
     assert all(torch.equal(ref[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_trainable_pruned_moves_only_the_pruned_layers():
+    teacher, student, _ = pruned_student()
+    ref = copy.deepcopy(student.state_dict())
+    finetune(student, teacher, images(), labels(),
+             FinetuneSettings(epochs=5, lr=1e-2, bn="frozen", hint_weight=1.0, trainable="pruned", batch_size=8))
+    moved = {k for k, v in student.state_dict().items() if not torch.equal(ref[k], v)}
+    assert moved == {"conv2.weight", "conv3.weight"}
+    with pytest.raises(CrossDistillError, match="trainable"):
+        FinetuneSettings(epochs=1, trainable="some").validate()

@@ -41,6 +41,7 @@ BN_MODES = ("auto", "frozen", "recalibrate", "train")
 AUTO_RECALIBRATE_GAIN = 0.25
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
+TRAINABLE = ("all", "pruned")
 MODES = ("kd", "hints")  # 'hints': the logit loss plus hint_weight · feature hints
 
 
@@ -60,6 +61,7 @@ class FinetuneSettings:
     hint_weight: float = 0.0  # > 0: add hint_weight · feature hints (crossdistill.hints) to the logit loss
     logit_weight: float = 1.0  # weight of the logit loss (KD + CE); 0 with hints = hints only (FitNet-like)
     hints: str = "layers"  # hint points (crossdistill.hints.HINT_POINTS): 'layers' = the pruned layers' outputs
+    trainable: str = "all"  # 'all' parameters, or only the 'pruned' layers' (the rest keeps the teacher's)
     seed: int = 0
 
     def validate(self) -> "FinetuneSettings":
@@ -72,6 +74,8 @@ class FinetuneSettings:
             raise CrossDistillError(f"fine-tune cutmix must be >= 0, got {self.cutmix}")
         if self.schedule not in SCHEDULES:
             raise CrossDistillError(f"fine-tune schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.trainable not in TRAINABLE:
+            raise CrossDistillError(f"fine-tune trainable must be one of {list(TRAINABLE)}, got {self.trainable!r}")
         if not self.logit_weight >= 0:
             raise CrossDistillError(f"finetune_logit_weight must be >= 0, got {self.logit_weight}")
         if self.logit_weight == 0 and self.hint_weight == 0:
@@ -125,8 +129,8 @@ def check_finetune_recipe(mode: str, hint_weight: float, logit_weight: float | N
 
 
 def settings_from_config(cfg: Any) -> FinetuneSettings:
-    """The fine-tune part of a CompressConfig (extra keys `finetune_optimizer`, `finetune_augment`
-    and `finetune_batch_size` are read from cfg.extra when present; an
+    """The fine-tune part of a CompressConfig (extra keys `finetune_optimizer`, `finetune_augment`,
+    `finetune_batch_size` and `finetune_trainable` are read from cfg.extra when present; an
     `extra.finetune_mixup` of older configs still counts). The hint weight counts only in
     finetune_mode 'hints'."""
     extra = getattr(cfg, "extra", {}) or {}
@@ -146,6 +150,7 @@ def settings_from_config(cfg: Any) -> FinetuneSettings:
         logit_weight=float(default_logit_weight(cfg.finetune_mode) if cfg.finetune_logit_weight is None
                            else cfg.finetune_logit_weight),
         hints=str(cfg.finetune_hints),
+        trainable=str(extra.get("finetune_trainable", "all")),
         seed=int(cfg.seed),
     ).validate()
 
@@ -276,6 +281,16 @@ def _mix(x: torch.Tensor, settings: FinetuneSettings, gen: torch.Generator, rng:
     return out, lam, partner
 
 
+def _trainable(student: nn.Module, which: str) -> list[nn.Parameter]:
+    """'all' parameters, or only those of the 'pruned' layers (the consumers of channel_pairs())."""
+    if which == "all":
+        return [p for p in student.parameters() if p.requires_grad]
+    if not hasattr(student, "channel_pairs"):
+        raise CrossDistillError(f"{type(student).__name__} declares no channel_pairs(): use finetune trainable 'all'")
+    return [p for pair in student.channel_pairs() for p in student.get_submodule(pair.consumer).parameters()
+            if p.requires_grad]
+
+
 def _masked_params(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[tuple[nn.Parameter, torch.Tensor]]:
     pairs = []
     for name, mask in masks.items():
@@ -347,7 +362,7 @@ def finetune(
     with torch.no_grad():
         for w, m in masked:
             w.mul_(m)
-    params = [p for p in student.parameters() if p.requires_grad]
+    params = _trainable(student, settings.trainable)
     if settings.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=settings.lr)
     else:
