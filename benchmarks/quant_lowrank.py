@@ -197,7 +197,7 @@ def render(cache: Cache, models: list[str], shots: list[int], bits: list[int], b
         f"few-shot draws (seeds {', '.join(map(str, seeds_seen))})**; K = images per class used for distillation. "
         "Data-free rows (RTN, plain SVD) do not depend on the draw and have no spread. "
         f"Damping {DAMPING:g} × mean diag(H) for every data-driven run; mixed μ = 0.9 (the ResNet default), "
-        "soft α = β = 0.25 (not the library default 0.5: see the discussion). Quantization: asymmetric per-output-channel grids, every conv and the final linear "
+        "soft α = β = 0.25, passed explicitly (the library default was α = β = 0.5 when these runs were made: see the discussion). Quantization: asymmetric per-output-channel grids, every conv and the final linear "
         "(biases and BatchNorm in float32); GPTQ with act-order, and per output row the best (by the layer "
         "loss) of the sweeps on the min–max and the MSE-clipped grid and of RTN on them; RTN on the MSE-clipped "
         "grid. Size = bytes to store the model for inference "
