@@ -21,12 +21,14 @@ def test_auto_damping_shrinks_like_one_over_k_and_is_capped():
         auto_damping(0)
 
 
-def test_resolved_damping_uses_images_per_class_of_the_model():
+def test_resolved_damping_uses_images_per_class_of_the_draw():
     cfg = CompressConfig(model="resnet20").validate()
     assert cfg.damping is None
     assert resolved_damping(cfg, fewshot(10)) == pytest.approx(0.1)
     assert resolved_damping(cfg, fewshot(50)) == pytest.approx(0.02)
     assert images_per_class(25, 10) == 2.5  # --n-samples draws need not be whole K
+    three_classes = FewShot(images=torch.zeros(6, 3, 32, 32), labels=torch.tensor([0, 0, 1, 1, 2, 2]), indices=np.arange(6))
+    assert resolved_damping(cfg, three_classes) == pytest.approx(0.05)
 
 
 def test_explicit_damping_wins():

@@ -37,10 +37,12 @@ class CompressConfig:
     flops_ratio: float | None = None  # low rank: or at most this share of each layer's FLOPs
     sparsity: float = 0.9  # prune: sparsity — fraction of zeros in every conv but the first
     # cross distillation
-    objective: str = "mixed"
+    # soft(α 0, β 0.3): chosen over no-cross, mixed and other soft settings on a validation split
+    # (crossdistill.defaults, docs/results/objective_defaults.md)
+    objective: str = "soft"
     mu: float | None = None  # None: the model's default (0.9 ResNet, 0.6 VGG)
-    alpha: float = 0.5
-    beta: float = 0.5
+    alpha: float = 0.0
+    beta: float = 0.3
     solver: str = "closed-form"
     selection: str = "obs"
     damping: float | None = None  # None: auto, 0.1 / K (crossdistill.defaults)

@@ -95,7 +95,9 @@ def resolved_damping(cfg: CompressConfig, fewshot: FewShot) -> float:
     """cfg.damping, or (None) the data-dependent default for this many images per class."""
     if cfg.damping is not None:
         return float(cfg.damping)
-    return auto_damping(images_per_class(len(fewshot.labels), model_info(cfg.model).num_classes))
+    # Classes counted in the draw itself (not the model's registry entry): any model works, and
+    # a K-per-class draw gives exactly K.
+    return auto_damping(images_per_class(len(fewshot.labels), int(torch.unique(fewshot.labels).numel())))
 
 
 def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progress: bool = True) -> CompressionResult:

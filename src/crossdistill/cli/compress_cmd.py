@@ -47,10 +47,10 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flops-ratio", dest="flops_ratio", type=float,
                    help="--prune lowrank: instead of --rank-ratio, keep at most this share of each layer's FLOPs, in (0, 1)")
     g = p.add_argument_group("cross distillation")
-    g.add_argument("--objective", choices=sorted(OBJECTIVES), help="layer loss (default mixed)")
+    g.add_argument("--objective", choices=sorted(OBJECTIVES), help="layer loss (default soft with alpha 0, beta 0.3)")
     g.add_argument("--mu", type=float, help="weight of correction in the mixed loss (default: 0.9 ResNet, 0.6 VGG)")
-    g.add_argument("--alpha", type=float, help="soft: share of the student's input in the teacher's (default 0.5)")
-    g.add_argument("--beta", type=float, help="soft: share of the teacher's input in the student's (default 0.5)")
+    g.add_argument("--alpha", type=float, help="soft: share of the student's input in the teacher's (default 0)")
+    g.add_argument("--beta", type=float, help="soft: share of the teacher's input in the student's (default 0.3)")
     g.add_argument("--solver", help="closed-form | paper | prune-only for channels; closed-form | sparsegpt | paper | magnitude for sparsity (default closed-form); gptq | rtn for quant (default gptq); svd | svd-plain for lowrank (default svd)")
     g.add_argument("--selection", choices=sorted(SELECTORS), help="channel selection of the closed form (default obs)")
     g.add_argument("--damping", type=float, help="ridge towards the teacher, × mean diag of H (default: 0.1/K, K = images per class)")

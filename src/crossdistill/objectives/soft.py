@@ -29,7 +29,7 @@ def mixed_moments(m: Moments, alpha: float, beta: float) -> tuple[torch.Tensor, 
 class Soft(Objective):
     name = "soft"
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.5) -> None:
+    def __init__(self, alpha: float = 0.0, beta: float = 0.3) -> None:
         self.alpha = check_unit("alpha", alpha)
         self.beta = check_unit("beta", beta)
 
