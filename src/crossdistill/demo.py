@@ -211,7 +211,7 @@ class DemoOptions:
     force: bool = False
     shots: int = 5
     keep: float = 0.5
-    objective: str = "mixed"
+    objective: str = CompressConfig.objective  # the library default (soft α 0, β 0.3)
     mu: float | None = None
     solver: str = "closed-form"
     seed: int = 0

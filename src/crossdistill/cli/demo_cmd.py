@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from crossdistill.config import CompressConfig
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -22,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("compression")
     g.add_argument("--shots", type=int, default=5, help="K training images per class (default 5)")
     g.add_argument("--keep", type=float, default=0.5, help="ratio of channels kept in each pruned layer (default 0.5)")
-    g.add_argument("--objective", default="mixed", help="layer loss (default mixed, mu = the model's default 0.6)")
+    g.add_argument("--objective", default=CompressConfig.objective,
+                   help=f"layer loss (default {CompressConfig.objective}, the library default)")
     g.add_argument("--mu", type=float, help="weight of correction in the mixed loss")
     g.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw (default 0)")
     g = p.add_argument_group("teacher")
