@@ -1,0 +1,57 @@
+"""Markdown tables from the JSON lines of benchmarks/comparison.py: one table per
+(model, pruning), rows = methods, columns = K; cells = mean ± sample std of top-1 over seeds,
+[n seeds], and the mean compression seconds per run (evaluation excluded).
+
+    python benchmarks/comparison_tables.py docs/results/comparison_*.jsonl
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def cell(values: list[float]) -> str:
+    m = statistics.mean(values)
+    if len(values) == 1:
+        return f"{m:.1f} [1]"
+    return f"{m:.1f} ± {statistics.stdev(values):.1f} [{len(values)}]"
+
+
+def main(paths: list[str]) -> int:
+    rows = []
+    for p in paths:
+        with open(p) as fh:
+            rows += [json.loads(line) for line in fh if line.strip()]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if "prune" not in r and r["method"] == "ours":  # benchmarks/baselines.py line (baselines.md run)
+            r["method"] = "ours-mixed (baselines.md run, earlier damping)"
+        kind = f"keep {r['keep']}" if r.get("prune", "channels") == "channels" else f"sparsity {r['sparsity']}"
+        groups[(r["model"], kind)].append(r)
+    for (model, kind), rs in sorted(groups.items()):
+        shots = sorted({r["shots"] for r in rs})
+        methods = list(dict.fromkeys(r["method"] for r in rs))
+        teacher = rs[0]["teacher_top1"]
+        print(f"\n### {model}, {kind} (teacher {teacher:.1f} %, {rs[0]['n_eval']} test images)\n")
+        print("| method | " + " | ".join(f"K={k} top-1 (%) | s" for k in shots) + " |")
+        print("|---|" + "---|---|" * len(shots))
+        for m in methods:
+            cells = []
+            for k in shots:
+                sel = {}
+                for r in rs:  # one run per seed (the last line wins if a run was repeated)
+                    if r["method"] == m and r["shots"] == k:
+                        sel[r["seed"]] = r
+                if sel:
+                    cells.append(cell([r["top1"] for r in sel.values()]))
+                    cells.append(f"{statistics.mean(r['compress_seconds'] for r in sel.values()):.0f}")
+                else:
+                    cells += ["–", ""]
+            print(f"| {m} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
