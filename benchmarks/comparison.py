@@ -7,6 +7,7 @@ kinds, K and seeds, with and without the final fine-tune. Appends one JSON line 
 Methods: the baselines of `crossdistill.baselines` (channel pruning only), and
   ours        the library defaults (objective soft alpha 0 beta 0.3, auto damping 0.1/K)
   ours-mixed  objective "mixed" (mu = the model's default, 0.9 for ResNets; the paper's)
+  ours-nocross  objective "nocross" (plain reconstruction from the student's inputs, no cross term)
   magnitude   unstructured sparsity: the teacher's largest weights, no reconstruction
               (solver magnitude, objective nocross)
 For `--prune sparsity` the cross-distillation variants use `--solver` (default sparsegpt).
@@ -38,6 +39,7 @@ from baselines import WEIGHTS, overrides  # noqa: E402
 OURS = {
     "ours": {},
     "ours-mixed": {"objective": "mixed"},
+    "ours-nocross": {"objective": "nocross"},
     "magnitude": {"solver": "magnitude", "objective": "nocross"},
 }
 
