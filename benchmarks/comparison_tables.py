@@ -12,6 +12,15 @@ import sys
 from collections import defaultdict
 
 
+ORDER = ["l1", "l1+ft", "l1-finetune", "bp", "cp", "thinet", "thinet+ft", "fskd", "fskd+ft", "fitnet",
+         "magnitude", "magnitude+bn", "magnitude+ft", "ours-nocross", "ours-nocross+bn", "ours-nocross+ft",
+         "ours", "ours+bn", "ours+ft", "ours+ft(hints)", "ours-mixed", "ours-mixed+bn", "ours-mixed+ft"]
+
+
+def rank(method: str) -> tuple[int, str]:
+    return (ORDER.index(method) if method in ORDER else len(ORDER), method)
+
+
 def cell(values: list[float]) -> str:
     m = statistics.mean(values)
     if len(values) == 1:
@@ -25,6 +34,8 @@ def main(paths: list[str]) -> int:
         with open(p) as fh:
             rows += [json.loads(line) for line in fh if line.strip()]
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    rows = [r for r in rows if r.get("eval", "test") == "test"
+            and not ("prune" not in r and r.get("overrides"))]  # baselines.md: its ablation lines out
     for r in rows:
         if "prune" not in r and r["method"] == "ours":  # benchmarks/baselines.py line (baselines.md run)
             r["method"] = "ours-mixed (baselines.md run, earlier damping)"
@@ -32,7 +43,7 @@ def main(paths: list[str]) -> int:
         groups[(r["model"], kind)].append(r)
     for (model, kind), rs in sorted(groups.items()):
         shots = sorted({r["shots"] for r in rs})
-        methods = list(dict.fromkeys(r["method"] for r in rs))
+        methods = sorted(dict.fromkeys(r["method"] for r in rs), key=rank)
         teacher = rs[0]["teacher_top1"]
         print(f"\n### {model}, {kind} (teacher {teacher:.1f} %, {rs[0]['n_eval']} test images)\n")
         print("| method | " + " | ".join(f"K={k} top-1 (%) | s" for k in shots) + " |")
