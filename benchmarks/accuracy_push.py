@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 
 from crossdistill.config import CompressConfig
-from crossdistill.data import load_image_data
-from crossdistill.data.arrays import ImageArrays
 from crossdistill.evaluation import evaluate_model
 from crossdistill.finetune import FinetuneSettings, finetune
 from crossdistill.models import model_info
 from crossdistill.paths import shared_data_dir
+from splits import cifar10_splits  # benchmarks/splits.py (scripts run from benchmarks/)
 from crossdistill.pipeline import compress, draw_few_shot, load_teacher, resolved_damping
 
 WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
@@ -61,11 +60,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     data = shared_data_dir()
-    train = load_image_data(str(data / "cifar10" / "cifar10_train.npz"), "train")
-    if args.eval_split == "test":
-        test = load_image_data(str(data / "cifar10" / "cifar10_test1000.npz"), "test")
-    else:
-        test = ImageArrays(x=train.x[49000:], y=train.y[49000:], num_classes=train.num_classes, source="train[49000:]")
+    train, test = cifar10_splits(args.eval_split)
     info = model_info(args.model)
 
     def top1(model: torch.nn.Module) -> float:

@@ -22,9 +22,8 @@ import torch
 
 from crossdistill.baselines import BASELINES, get_baseline
 from crossdistill.config import CompressConfig
-from crossdistill.data import load_image_data
-from crossdistill.data.arrays import ImageArrays
 from crossdistill.paths import shared_data_dir
+from splits import cifar10_splits  # benchmarks/splits.py (scripts run from benchmarks/)
 from crossdistill.pipeline import run
 
 WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
@@ -66,11 +65,7 @@ def main() -> int:
     torch.set_num_threads(1)  # shared machine: one core per run
     args = parse()
     data = shared_data_dir()
-    train = load_image_data(str(data / "cifar10" / "cifar10_train.npz"), "train")
-    if args.eval_split == "test":
-        test = load_image_data(str(data / "cifar10" / "cifar10_test1000.npz"), "test")
-    else:
-        test = ImageArrays(x=train.x[49000:], y=train.y[49000:], num_classes=train.num_classes, source="train[49000:]")
+    train, test = cifar10_splits(args.eval_split)
     top, extra = overrides(args.set)
     for shots in args.shots:
         for seed in args.seeds:

@@ -22,9 +22,8 @@ from typing import Any
 import torch
 
 from crossdistill.config import CompressConfig
-from crossdistill.data import load_image_data
-from crossdistill.data.arrays import ImageArrays
 from crossdistill.paths import shared_data_dir
+from splits import cifar10_splits  # benchmarks/splits.py (scripts run from benchmarks/)
 from crossdistill.pipeline import load_teacher, run
 
 WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
@@ -54,11 +53,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(1)
     data = shared_data_dir()
-    train = load_image_data(str(data / "cifar10" / "cifar10_train.npz"), "train")
-    if args.eval_split == "test":
-        test = load_image_data(str(data / "cifar10" / "cifar10_test1000.npz"), "test")
-    else:
-        test = ImageArrays(x=train.x[49000:], y=train.y[49000:], num_classes=train.num_classes, source="train[49000:]")
+    train, test = cifar10_splits(args.eval_split)
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():

@@ -54,27 +54,7 @@ def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
 
 def layer_inputs(model: nn.Module, name: str, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
     """Yield, batch by batch, the input tensor of layer `name` (the forward stops there)."""
-    module = get_module(model, name)
-    box: list[torch.Tensor] = []
-
-    def hook(_mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        box.append(inputs[0].detach())
-        raise _StopForward
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        for batch in batches:
-            box.clear()
-            try:
-                with torch.inference_mode():
-                    model(batch)
-            except _StopForward:
-                pass
-            if not box:
-                raise CrossDistillError(f"layer {name!r} was not reached by the forward pass")
-            yield box[0]
-    finally:
-        handle.remove()
+    return _inputs_through(get_module(model, name), name, model, batches, where="the forward pass")
 
 
 def all_layer_inputs(model: nn.Module, names: Iterable[str], batches: Iterable[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
@@ -185,8 +165,10 @@ class StudentInputs:
 
 
 def _inputs_through(
-    module: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor], inputs: Iterable[torch.Tensor]
+    module: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor], inputs: Iterable[torch.Tensor],
+    *, where: str = "its forward unit",
 ) -> Iterator[torch.Tensor]:
+    """Run `fn` on each input until `module` is reached; yield what `module` would have received."""
     box: list[torch.Tensor] = []
 
     def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -203,7 +185,7 @@ def _inputs_through(
             except _StopForward:
                 pass
             if not box:
-                raise CrossDistillError(f"layer {name!r} was not reached inside its forward unit")
+                raise CrossDistillError(f"layer {name!r} was not reached by {where}")
             yield box[0]
     finally:
         handle.remove()
