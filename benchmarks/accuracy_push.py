@@ -56,6 +56,9 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--eval-split", choices=["test", "val"], default="val")
     p.add_argument("--variant", action="append", required=True, help="NAME:key=value,... (repeatable)")
+    p.add_argument("--curve", type=int, nargs="*", default=[],
+                   help="also evaluate after these fine-tune steps (one run gives the accuracy of every "
+                        "shorter constant-rate schedule; not for cosine, whose rate depends on the length)")
     p.add_argument("--tag", default="")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -84,13 +87,22 @@ def main() -> int:
                     ft = {"seconds": 0.0}
                 else:
                     settings = FinetuneSettings(**{"bn": "frozen", "seed": seed, **kw})
-                    ft = finetune(student, teacher, fewshot.images, fewshot.labels, settings)
+                    curve: dict[int, float] = {}
+
+                    def on_step(step: int, model: torch.nn.Module) -> None:
+                        if step in args.curve:
+                            curve[step] = top1(model)
+                            print(f"  {name} step {step}: {curve[step]:.1f}", file=sys.stderr, flush=True)
+
+                    ft = finetune(student, teacher, fewshot.images, fewshot.labels, settings,
+                                  on_step=on_step if args.curve else None)
+                    ft["curve"] = curve
                 line = {"variant": name, "settings": kw, "objective": args.objective, "start": args.start,
                         "damping": resolved_damping(cfg, fewshot), "shots": shots, "seed": seed,
                         "eval": args.eval_split, "n_eval": len(test.y), "top1": top1(student), "cd_top1": base_top1,
                         "cd_seconds": base.seconds, "ft_seconds": ft["seconds"],
                         "seconds": base.seconds + ft["seconds"], "tag": args.tag,
-                        "hint_first": ft.get("hint_first"), "hint_last": ft.get("hint_last")}
+                        "hint_first": ft.get("hint_first"), "hint_last": ft.get("hint_last"), "curve": ft.get("curve") or None}
                 with args.out.open("a") as fh:
                     fh.write(json.dumps(line) + "\n")
                 print(f"{name:24} K={shots} seed={seed} top1={line['top1']:.1f} (cd {base_top1:.1f}) "

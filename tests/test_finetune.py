@@ -160,3 +160,37 @@ def test_zero_epochs_with_recalibrate_only_recalibrates():
     assert all(torch.equal(weights[k], student.state_dict()[k]) for k in weights)
     with torch.no_grad():
         assert torch.allclose(student.bn1.running_mean, student.conv1(x).mean((0, 2, 3)), atol=1e-5)
+
+
+def test_affine_views_without_range_are_the_image_or_its_mirror():
+    from crossdistill.finetune import _affine_augment
+
+    x = torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    out = _affine_augment(x, torch.Generator().manual_seed(0), zoom=0.0, degrees=0.0, shift=0.0, jitter=0.0)
+    for a, b in zip(out, x):
+        assert torch.allclose(a, b, atol=1e-5) or torch.allclose(a, b.flip(2), atol=1e-5)
+    # Both occur, so the flip is random per image and its sign convention is the mirror, not a shift.
+    assert any(torch.allclose(a, b, atol=1e-5) for a, b in zip(out, x))
+    assert any(torch.allclose(a, b.flip(2), atol=1e-5) for a, b in zip(out, x))
+
+
+def test_affine_views_vary_keep_shape_and_are_reproducible():
+    from crossdistill.finetune import _affine_augment
+
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    a = _affine_augment(x, torch.Generator().manual_seed(1))
+    b = _affine_augment(x, torch.Generator().manual_seed(1))
+    c = _affine_augment(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert not any(torch.allclose(v, w, atol=1e-3) or torch.allclose(v, w.flip(2), atol=1e-3) for v, w in zip(a, x))
+
+
+def test_affine_policy_trains_and_bad_policy_raises():
+    teacher, student, masks = pruned_student()
+    x = images()
+    info = finetune(student, teacher, x, labels(), FinetuneSettings(epochs=40, lr=3e-3, augment_policy="affine"))
+    assert info["after"]["kd"] < 0.8 * info["before"]["kd"]
+    assert all(torch.all(student.get_submodule(n).weight[~m] == 0) for n, m in masks.items())
+    with pytest.raises(CrossDistillError, match="augment policy"):
+        FinetuneSettings(epochs=1, augment_policy="randaugment").validate()

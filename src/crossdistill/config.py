@@ -62,6 +62,7 @@ class CompressConfig:
     finetune_schedule: str = "constant"  # learning rate: 'constant' | 'cosine'
     finetune_mixup: float = 0.0  # > 0: Beta(a, a) mixup of the few images (the teacher labels the mixes)
     finetune_cutmix: float = 0.0  # > 0: Beta(a, a) CutMix of the few images
+    finetune_views: str = "crop-flip"  # random views: 'crop-flip' | 'affine' (zoom/rotate/shift/flip + jitter)
     # evaluation
     latency: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -114,7 +115,8 @@ class CompressConfig:
         check_finetune_settings(self.finetune_epochs, self.finetune_lr, self.finetune_bn,
                                 self.finetune_temperature, self.finetune_kd_weight)
         check_finetune_recipe(self.finetune_mode, self.finetune_hint_weight, self.finetune_logit_weight,
-                              self.finetune_schedule, self.finetune_mixup, self.finetune_cutmix, self.finetune_hints)
+                              self.finetune_schedule, self.finetune_mixup, self.finetune_cutmix, self.finetune_hints,
+                              self.finetune_views)
         from crossdistill.solvers.quant_grid import check_bits, check_scheme
 
         self.bits = check_bits(self.bits)

@@ -45,6 +45,7 @@ BN_MODES = ("auto", "frozen", "recalibrate", "train")
 AUTO_RECALIBRATE_GAIN = 0.25
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
+AUGMENT_POLICIES = ("crop-flip", "affine")
 TRAINABLE = ("all", "pruned")
 MODES = ("kd", "hints")  # 'hints': the logit loss plus hint_weight · feature hints
 
@@ -58,7 +59,8 @@ class FinetuneSettings:
     kd_weight: float = 1.0
     batch_size: int = 64
     optimizer: str = "adam"
-    augment: bool = True  # random crop (pad 4) + horizontal flip of the few images, teacher on the same view
+    augment: bool = True  # random views of the few images, teacher on the same view (policy below)
+    augment_policy: str = "crop-flip"  # 'crop-flip': pad-4 crop + flip; 'affine': zoom/rotate/shift/flip + light jitter
     mixup: float = 0.0  # > 0: also mix pairs of images, λ ~ Beta(mixup, mixup); the teacher labels the mixes
     cutmix: float = 0.0  # > 0: paste a box of a partner image, area share ~ Beta(cutmix, cutmix) (with mixup: either, 50/50 per batch)
     schedule: str = "constant"  # learning rate: 'constant' or 'cosine' (to 0 over all steps)
@@ -78,6 +80,9 @@ class FinetuneSettings:
             raise CrossDistillError(f"fine-tune cutmix must be >= 0, got {self.cutmix}")
         if self.schedule not in SCHEDULES:
             raise CrossDistillError(f"fine-tune schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.augment_policy not in AUGMENT_POLICIES:
+            raise CrossDistillError(f"fine-tune augment policy must be one of {list(AUGMENT_POLICIES)}, "
+                                    f"got {self.augment_policy!r}")
         if self.trainable not in TRAINABLE:
             raise CrossDistillError(f"fine-tune trainable must be one of {list(TRAINABLE)}, got {self.trainable!r}")
         if not self.logit_weight >= 0:
@@ -112,7 +117,7 @@ def default_logit_weight(mode: str) -> float:
 
 
 def check_finetune_recipe(mode: str, hint_weight: float, logit_weight: float | None, schedule: str, mixup: float,
-                          cutmix: float, hints: str = "layers") -> None:
+                          cutmix: float, hints: str = "layers", views: str = "crop-flip") -> None:
     if mode not in MODES:
         raise CrossDistillError(f"finetune_mode must be one of {list(MODES)}, got {mode!r}")
     if hints not in HINT_POINTS:
@@ -125,6 +130,8 @@ def check_finetune_recipe(mode: str, hint_weight: float, logit_weight: float | N
     if float(logit_weight) == 0 and (mode != "hints" or float(hint_weight) == 0):
         raise CrossDistillError("finetune_logit_weight 0 leaves no loss unless finetune_mode is 'hints' "
                                 "with finetune_hint_weight > 0")
+    if views not in AUGMENT_POLICIES:
+        raise CrossDistillError(f"finetune_views must be one of {list(AUGMENT_POLICIES)}, got {views!r}")
     if schedule not in SCHEDULES:
         raise CrossDistillError(f"finetune_schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
     for name, value in (("finetune_mixup", mixup), ("finetune_cutmix", cutmix)):
@@ -147,6 +154,7 @@ def settings_from_config(cfg: Any) -> FinetuneSettings:
         batch_size=int(extra.get("finetune_batch_size", cfg.batch_size)),
         optimizer=str(extra.get("finetune_optimizer", "adam")),
         augment=bool(extra.get("finetune_augment", True)),
+        augment_policy=str(cfg.finetune_views),
         mixup=float(extra.get("finetune_mixup", cfg.finetune_mixup)),
         cutmix=float(cfg.finetune_cutmix),
         schedule=str(cfg.finetune_schedule),
@@ -255,6 +263,36 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tenso
     flip = torch.rand(n, generator=gen) < 0.5
     out[flip] = out[flip].flip(3)
     return out.contiguous()
+
+
+def _affine_augment(x: torch.Tensor, gen: torch.Generator, zoom: float = 0.35, degrees: float = 15.0,
+                    shift: float = 0.15, jitter: float = 0.2) -> torch.Tensor:
+    """Wider views than crop-flip: per image a random zoom in [1, 1 + zoom] (a crop of 55–100 % of
+    the area), rotation within ±degrees, shift within ±shift of the size, horizontal flip, edges
+    reflected; then contrast and brightness scaled by up to ±jitter (in the normalised units).
+    The teacher labels the same view, so the views need not keep the class, only stay image-like."""
+    if x.dim() != 4:
+        return x
+    n = x.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=x.dtype)
+
+    scale = 1.0 / uniform(1.0, 1.0 + zoom)
+    angle = uniform(-degrees, degrees) * (math.pi / 180.0)
+    flip = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).to(x.dtype)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    theta[:, 0, 2], theta[:, 1, 2] = uniform(-2 * shift, 2 * shift), uniform(-2 * shift, 2 * shift)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    shape = (n, 1, 1, 1)
+    contrast = uniform(1.0 - jitter, 1.0 + jitter).view(shape)
+    brightness = uniform(-jitter, jitter).view(shape)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return ((out - mean) * contrast + mean + brightness).contiguous()
 
 
 def _mix(x: torch.Tensor, settings: FinetuneSettings, gen: torch.Generator, rng: np.random.Generator
@@ -394,7 +432,7 @@ def finetune(
                     x = images[idx]
                     y = labels[idx] if labels is not None else None
                     if settings.augment:
-                        x = _augment(x, gen)
+                        x = _augment(x, gen) if settings.augment_policy == "crop-flip" else _affine_augment(x, gen)
                     x, lam, partner = _mix(x, settings, gen, rng)
                     if settings.augment or lam is not None or points:
                         with torch.no_grad():

@@ -17,6 +17,7 @@ OPTION_KEYS = [
     "bits", "quant_scheme", "quant_solver", "rank_ratio", "flops_ratio",
     "sparsity", "finetune_epochs", "finetune_lr", "finetune_bn", "finetune_temperature", "finetune_kd_weight",
     "finetune_mode", "finetune_hint_weight", "finetune_hints", "finetune_logit_weight", "finetune_schedule", "finetune_mixup", "finetune_cutmix",
+    "finetune_views",
 ]
 
 
@@ -88,6 +89,10 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-cutmix", dest="finetune_cutmix", type=float,
                    help="> 0: train also on CutMix pastes of the few images, labelled by the teacher (default 0; "
                         "with --finetune-mixup, one of the two per batch)")
+    g.add_argument("--finetune-views", dest="finetune_views", choices=["crop-flip", "affine"],
+                   help="random views of the few images, the teacher labelling the same view: crop-flip (default; "
+                        "pad-4 crop and flip) or affine (zoom up to 1.35x, rotation within 15 degrees, shift, flip, "
+                        "light contrast/brightness jitter)")
 
 
 def config_from_args(args: argparse.Namespace):
