@@ -194,3 +194,26 @@ def test_affine_policy_trains_and_bad_policy_raises():
     assert all(torch.all(student.get_submodule(n).weight[~m] == 0) for n, m in masks.items())
     with pytest.raises(CrossDistillError, match="augment policy"):
         FinetuneSettings(epochs=1, augment_policy="randaugment").validate()
+
+
+def test_ema_returns_the_running_average_of_the_trajectory_and_keeps_masks():
+    # The average is taken over the very trajectory the plain run follows (the average draws no
+    # randomness), so replaying the plain run's states through the same recursion must give it.
+    states = []
+    teacher, plain, _ = pruned_student()
+    finetune(plain, teacher, images(), labels(), FinetuneSettings(epochs=6, lr=1e-2, batch_size=8),
+             on_step=lambda step, m: states.append(copy.deepcopy(m.state_dict())))
+    teacher, student, masks = pruned_student()
+    start = copy.deepcopy(student.state_dict())
+    finetune(student, teacher, images(), labels(), FinetuneSettings(epochs=6, lr=1e-2, batch_size=8, ema=0.9))
+    expect = {k: v.clone() for k, v in start.items()}
+    for t, state in enumerate(states, 1):
+        d = min(0.9, (1 + t) / (10 + t))
+        for k, v in state.items():
+            expect[k] = d * expect[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+    got = student.state_dict()
+    assert all(torch.allclose(got[k].float(), expect[k].float(), atol=1e-6) for k in got)
+    assert not torch.allclose(got["conv2.weight"], states[-1]["conv2.weight"])
+    assert all(torch.all(student.get_submodule(n).weight[~m] == 0) for n, m in masks.items())
+    with pytest.raises(CrossDistillError, match="ema"):
+        FinetuneSettings(epochs=1, ema=1.0).validate()

@@ -98,6 +98,8 @@ def test_bad_hint_settings_raise():
                       ({"finetune_logit_weight": -1.0}, "finetune_logit_weight"),
                       ({"finetune_hints": "all"}, "finetune_hints"),
                       ({"finetune_views": "randaugment"}, "finetune_views"),
+                      ({"finetune_ema": 1.0}, "finetune_ema"),
+                      ({"finetune_ema": float("nan")}, "finetune_ema"),
                       ({"finetune_logit_weight": 0.0}, "no loss"),
                       ({"finetune_mode": "hints", "finetune_hint_weight": 0.0}, "no loss")]:
         with pytest.raises(CrossDistillError, match=match):
@@ -123,10 +125,10 @@ def test_mode_reaches_the_settings_from_config_and_cli():
     args = p.parse_args(["--finetune-epochs", "300", "--finetune-mode", "hints", "--finetune-hint-weight", "2",
                          "--finetune-schedule", "cosine", "--finetune-mixup", "0.4", "--finetune-cutmix", "1",
                          "--finetune-logit-weight", "0", "--finetune-hints", "blocks",
-                         "--finetune-views", "affine"])
+                         "--finetune-views", "affine", "--finetune-ema", "0.998"])
     s = settings_from_config(config_from_args(args))
     assert (s.epochs, s.hint_weight, s.logit_weight, s.schedule, s.mixup, s.cutmix) == (300, 2.0, 0.0, "cosine", 0.4, 1.0)
-    assert (s.hints, s.augment_policy) == ("blocks", "affine")
+    assert (s.hints, s.augment_policy, s.ema) == ("blocks", "affine", 0.998)
     assert settings_from_config(CompressConfig(finetune_epochs=5).validate()).augment_policy == "crop-flip"
 
 

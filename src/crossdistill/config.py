@@ -62,6 +62,7 @@ class CompressConfig:
     finetune_schedule: str = "constant"  # learning rate: 'constant' | 'cosine'
     finetune_mixup: float = 0.0  # > 0: Beta(a, a) mixup of the few images (the teacher labels the mixes)
     finetune_cutmix: float = 0.0  # > 0: Beta(a, a) CutMix of the few images
+    finetune_ema: float = 0.0  # > 0: keep the moving average of the weights, this decay per step
     finetune_views: str = "crop-flip"  # random views: 'crop-flip' | 'affine' (zoom/rotate/shift/flip + jitter)
     # evaluation
     latency: bool = True
@@ -116,7 +117,7 @@ class CompressConfig:
                                 self.finetune_temperature, self.finetune_kd_weight)
         check_finetune_recipe(self.finetune_mode, self.finetune_hint_weight, self.finetune_logit_weight,
                               self.finetune_schedule, self.finetune_mixup, self.finetune_cutmix, self.finetune_hints,
-                              self.finetune_views)
+                              self.finetune_views, self.finetune_ema)
         from crossdistill.solvers.quant_grid import check_bits, check_scheme
 
         self.bits = check_bits(self.bits)

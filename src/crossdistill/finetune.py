@@ -68,6 +68,7 @@ class FinetuneSettings:
     logit_weight: float = 1.0  # weight of the logit loss (KD + CE); 0 with hints = hints only (FitNet-like)
     hints: str = "layers"  # hint points (crossdistill.hints.HINT_POINTS): 'layers' = the pruned layers' outputs
     trainable: str = "all"  # 'all' parameters, or only the 'pruned' layers' (the rest keeps the teacher's)
+    ema: float = 0.0  # > 0: the result is the exponential moving average of the weights, this decay per step
     seed: int = 0
 
     def validate(self) -> "FinetuneSettings":
@@ -93,6 +94,8 @@ class FinetuneSettings:
             raise CrossDistillError(f"finetune_hint_weight must be >= 0, got {self.hint_weight}")
         if self.hints not in HINT_POINTS:
             raise CrossDistillError(f"finetune_hints must be one of {list(HINT_POINTS)}, got {self.hints!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise CrossDistillError(f"fine-tune ema decay must lie in [0, 1), got {self.ema}")
         if self.optimizer not in OPTIMIZERS:
             raise CrossDistillError(f"fine-tune optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         return self
@@ -117,7 +120,7 @@ def default_logit_weight(mode: str) -> float:
 
 
 def check_finetune_recipe(mode: str, hint_weight: float, logit_weight: float | None, schedule: str, mixup: float,
-                          cutmix: float, hints: str = "layers", views: str = "crop-flip") -> None:
+                          cutmix: float, hints: str = "layers", views: str = "crop-flip", ema: float = 0.0) -> None:
     if mode not in MODES:
         raise CrossDistillError(f"finetune_mode must be one of {list(MODES)}, got {mode!r}")
     if hints not in HINT_POINTS:
@@ -130,6 +133,8 @@ def check_finetune_recipe(mode: str, hint_weight: float, logit_weight: float | N
     if float(logit_weight) == 0 and (mode != "hints" or float(hint_weight) == 0):
         raise CrossDistillError("finetune_logit_weight 0 leaves no loss unless finetune_mode is 'hints' "
                                 "with finetune_hint_weight > 0")
+    if not 0.0 <= float(ema) < 1.0:
+        raise CrossDistillError(f"finetune_ema must lie in [0, 1), got {ema}")
     if views not in AUGMENT_POLICIES:
         raise CrossDistillError(f"finetune_views must be one of {list(AUGMENT_POLICIES)}, got {views!r}")
     if schedule not in SCHEDULES:
@@ -155,6 +160,7 @@ def settings_from_config(cfg: Any) -> FinetuneSettings:
         optimizer=str(extra.get("finetune_optimizer", "adam")),
         augment=bool(extra.get("finetune_augment", True)),
         augment_policy=str(cfg.finetune_views),
+        ema=float(cfg.finetune_ema),
         mixup=float(extra.get("finetune_mixup", cfg.finetune_mixup)),
         cutmix=float(cfg.finetune_cutmix),
         schedule=str(cfg.finetune_schedule),
@@ -343,6 +349,34 @@ def _masked_params(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[
     return pairs
 
 
+class _WeightAverage:
+    """Exponential moving average of a model's floating-point state (parameters and BN buffers),
+    with the usual warm-up min(decay, (1 + t) / (10 + t)) so early steps are not swamped by the start."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        import copy
+
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        live = model.state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.is_floating_point():
+                value.mul_(d).add_(live[name].detach(), alpha=1.0 - d)
+            else:
+                value.copy_(live[name])
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.model.state_dict())
+
+
 @torch.no_grad()
 def _losses(student: nn.Module, teacher_logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor | None,
             temperature: float, batch_size: int) -> dict[str, float]:
@@ -367,7 +401,8 @@ def finetune(
     the un-augmented few-shot images before and after, steps, seconds) for the report.
 
     `masks` ({layer name: bool, True = kept}) defaults to those recorded on the student by
-    unstructured pruning. `on_step(step, student)` is called after every step with the student
+    unstructured pruning. `on_step(step, model)` is called after every step with the model the
+    fine-tune would return if it stopped there (the student, or with `ema` its running average),
     in eval mode (e.g. to evaluate along the way). Returns with the student in eval mode.
     """
     settings.validate()
@@ -421,6 +456,9 @@ def finetune(
         points = matching_points(student, teacher, hint_points(student, settings.hints), images[:2])
         info["hint_points"] = len(points)
         info["hint_first"] = info["hint_last"] = None
+    # With a constant rate and 10-50 images the weights keep moving step to step; their running
+    # average is a steadier result (masked weights stay zero in it: they are zero at every step).
+    averaged = _WeightAverage(student, settings.ema) if settings.ema > 0 else None
     steps = 0
     with capture(student, points) as s_feats, capture(teacher, points) as t_feats:
         try:
@@ -467,12 +505,16 @@ def finetune(
                         for w, m in masked:
                             w.mul_(m)
                     steps += 1
+                    if averaged is not None:
+                        averaged.update(student)
                     if on_step is not None:
                         student.eval()
-                        on_step(steps, student)
+                        on_step(steps, averaged.model if averaged is not None else student)
                         student.train(bn_mode == "train")
         finally:
             student.eval()
+    if averaged is not None:
+        averaged.copy_to(student)
     info["steps"] = steps
     info["after"] = _losses(student, teacher_logits, images, labels, settings.temperature, bs)
     info["seconds"] = time.perf_counter() - start

@@ -17,7 +17,7 @@ OPTION_KEYS = [
     "bits", "quant_scheme", "quant_solver", "rank_ratio", "flops_ratio",
     "sparsity", "finetune_epochs", "finetune_lr", "finetune_bn", "finetune_temperature", "finetune_kd_weight",
     "finetune_mode", "finetune_hint_weight", "finetune_hints", "finetune_logit_weight", "finetune_schedule", "finetune_mixup", "finetune_cutmix",
-    "finetune_views",
+    "finetune_views", "finetune_ema",
 ]
 
 
@@ -93,6 +93,9 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                    help="random views of the few images, the teacher labelling the same view: crop-flip (default; "
                         "pad-4 crop and flip) or affine (zoom up to 1.35x, rotation within 15 degrees, shift, flip, "
                         "light contrast/brightness jitter)")
+    g.add_argument("--finetune-ema", dest="finetune_ema", type=float,
+                   help="> 0: return the exponential moving average of the weights over the steps, this decay "
+                        "per step (e.g. 0.998), instead of the last step's weights (default 0 = off)")
 
 
 def config_from_args(args: argparse.Namespace):
