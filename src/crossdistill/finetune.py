@@ -27,6 +27,7 @@ What the fine-tune must not undo:
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -355,8 +356,6 @@ class _WeightAverage:
     with the usual warm-up min(decay, (1 + t) / (10 + t)) so early steps are not swamped by the start."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        import copy
-
         self.decay = float(decay)
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
