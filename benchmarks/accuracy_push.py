@@ -26,10 +26,9 @@ from crossdistill.evaluation import evaluate_model
 from crossdistill.finetune import FinetuneSettings, finetune
 from crossdistill.models import model_info
 from crossdistill.paths import shared_data_dir
-from splits import cifar10_splits  # benchmarks/splits.py (scripts run from benchmarks/)
+from splits import WEIGHTS, cifar10_splits  # benchmarks/splits.py
 from crossdistill.pipeline import compress, draw_few_shot, load_teacher, resolved_damping
 
-WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -83,32 +82,31 @@ def main() -> int:
             base_top1 = top1(base.student)
             for name, kw in variants:
                 student = copy.deepcopy(base.student)
+                curve: dict[int, float] = {}  # step -> top-1 of what the fine-tune returns there
+                curve_live: dict[int, float] = {}  # with ema: the live weights of the same run
                 if name == "none":
                     ft = {"seconds": 0.0}
                 else:
                     settings = FinetuneSettings(**{"bn": "frozen", "seed": seed, **kw})
-                    curve: dict[int, float] = {}
-                    curve_raw: dict[int, float] = {}
 
                     def on_step(step: int, model: torch.nn.Module) -> None:
                         if step in args.curve:
                             curve[step] = top1(model)
                             extra = ""
                             if model is not student:  # weight average: the live weights too, same run
-                                curve_raw[step] = top1(student)
-                                extra = f" (live weights {curve_raw[step]:.1f})"
+                                curve_live[step] = top1(student)
+                                extra = f" (live weights {curve_live[step]:.1f})"
                             print(f"  {name} step {step}: {curve[step]:.1f}{extra}", file=sys.stderr, flush=True)
 
                     ft = finetune(student, teacher, fewshot.images, fewshot.labels, settings,
                                   on_step=on_step if args.curve else None)
-                    ft["curve"], ft["curve_live"] = curve, curve_raw
                 line = {"variant": name, "settings": kw, "objective": args.objective, "start": args.start,
                         "damping": resolved_damping(cfg, fewshot), "shots": shots, "seed": seed,
                         "eval": args.eval_split, "n_eval": len(test.y), "top1": top1(student), "cd_top1": base_top1,
                         "cd_seconds": base.seconds, "ft_seconds": ft["seconds"],
                         "seconds": base.seconds + ft["seconds"], "tag": args.tag,
-                        "hint_first": ft.get("hint_first"), "hint_last": ft.get("hint_last"), "curve": ft.get("curve") or None,
-                        "curve_live": ft.get("curve_live") or None}
+                        "hint_first": ft.get("hint_first"), "hint_last": ft.get("hint_last"), "curve": curve or None,
+                        "curve_live": curve_live or None}
                 with args.out.open("a") as fh:
                     fh.write(json.dumps(line) + "\n")
                 print(f"{name:24} K={shots} seed={seed} top1={line['top1']:.1f} (cd {base_top1:.1f}) "

@@ -23,10 +23,9 @@ import torch
 from crossdistill.baselines import BASELINES, get_baseline
 from crossdistill.config import CompressConfig
 from crossdistill.paths import shared_data_dir
-from splits import cifar10_splits  # benchmarks/splits.py (scripts run from benchmarks/)
+from splits import WEIGHTS, cifar10_splits  # benchmarks/splits.py
 from crossdistill.pipeline import run
 
-WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
 
 
 def parse() -> argparse.Namespace:

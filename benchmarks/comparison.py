@@ -29,12 +29,12 @@ import torch
 
 from crossdistill.baselines import BASELINES, get_baseline
 from crossdistill.config import CompressConfig
-from crossdistill.data import load_image_data
 from crossdistill.paths import shared_data_dir
 from crossdistill.pipeline import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import WEIGHTS, overrides  # noqa: E402
+from baselines import overrides  # noqa: E402
+from splits import WEIGHTS, cifar10_splits  # noqa: E402
 
 OURS = {
     "ours": {},
@@ -62,8 +62,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     data = shared_data_dir()
-    train = load_image_data(str(data / "cifar10" / "cifar10_train.npz"), "train")
-    test = load_image_data(str(data / "cifar10" / "cifar10_test1000.npz"), "test")
+    train, test = cifar10_splits("test")
     top, extra = overrides(args.set)
     teacher_metrics = None
     for shots in args.shots:

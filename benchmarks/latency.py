@@ -23,9 +23,9 @@ from crossdistill.evaluation import count_flops, count_params, measure_latency
 from crossdistill.models import model_info
 from crossdistill.paths import shared_data_dir
 from crossdistill.pipeline import compress, draw_few_shot, load_teacher
+from splits import WEIGHTS  # benchmarks/splits.py
 
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
 
 
 def main() -> None:

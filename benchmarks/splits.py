@@ -1,5 +1,7 @@
-"""The shared CIFAR-10 splits every benchmark uses: the training set, and either the 1000 test
-images or, for choosing settings without looking at them, train[49000:] as validation."""
+"""The shared CIFAR-10 data every benchmark uses: the teacher weight files, the training set, and
+either the 1000 test images or, for choosing settings without looking at them, train[49000:] as
+validation. Scripts import it as `from splits import ...` (Python puts a script's own folder first
+on sys.path)."""
 from __future__ import annotations
 
 from crossdistill.data import load_image_data
@@ -7,6 +9,7 @@ from crossdistill.data.arrays import ImageArrays
 from crossdistill.paths import shared_data_dir
 
 VAL_START = 49000
+WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}  # under <data>/weights/
 
 
 def cifar10_splits(eval_split: str) -> tuple[ImageArrays, ImageArrays]:

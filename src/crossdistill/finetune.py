@@ -47,7 +47,6 @@ BN_MODES = ("auto", "frozen", "recalibrate", "train")
 AUTO_RECALIBRATE_GAIN = 0.25
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
-AUGMENT_POLICIES = ("crop-flip", "affine")
 TRAINABLE = ("all", "pruned")
 MODES = ("kd", "hints")  # 'hints': the logit loss plus hint_weight · feature hints
 
@@ -303,6 +302,11 @@ def _affine_augment(x: torch.Tensor, gen: torch.Generator, zoom: float = 0.35, d
     return ((out - mean) * contrast + mean + brightness).contiguous()
 
 
+VIEWS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "crop-flip": _augment, "affine": _affine_augment}
+AUGMENT_POLICIES = tuple(VIEWS)
+
+
 def _mix(x: torch.Tensor, settings: FinetuneSettings, gen: torch.Generator, rng: np.random.Generator
          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Mixup (per-image λ ~ Beta) or CutMix (one box per batch, λ = the share of the image kept)
@@ -360,17 +364,20 @@ class _WeightAverage:
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
         self.updates = 0
+        # state_dict() tensors share storage with the modules, so the pairs are bound once, not
+        # looked up by name at every step (the fine-tune updates parameters in place).
+        live = model.state_dict()
+        self._pairs = [(avg, live[name]) for name, avg in self.model.state_dict().items()]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self) -> None:
         self.updates += 1
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        live = model.state_dict()
-        for name, value in self.model.state_dict().items():
-            if value.is_floating_point():
-                value.mul_(d).add_(live[name].detach(), alpha=1.0 - d)
+        for avg, live in self._pairs:
+            if avg.is_floating_point():
+                avg.mul_(d).add_(live, alpha=1.0 - d)
             else:
-                value.copy_(live[name])
+                avg.copy_(live)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
@@ -470,7 +477,7 @@ def finetune(
                     x = images[idx]
                     y = labels[idx] if labels is not None else None
                     if settings.augment:
-                        x = _augment(x, gen) if settings.augment_policy == "crop-flip" else _affine_augment(x, gen)
+                        x = VIEWS[settings.augment_policy](x, gen)
                     x, lam, partner = _mix(x, settings, gen, rng)
                     if settings.augment or lam is not None or points:
                         with torch.no_grad():
@@ -506,7 +513,7 @@ def finetune(
                             w.mul_(m)
                     steps += 1
                     if averaged is not None:
-                        averaged.update(student)
+                        averaged.update()
                     if on_step is not None:
                         student.eval()
                         on_step(steps, averaged.model if averaged is not None else student)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from crossdistill.compression import METHODS
 from crossdistill.config import load_yaml, resolve
+from crossdistill.finetune import AUGMENT_POLICIES
 from crossdistill.objectives import OBJECTIVES
 from crossdistill.outputs import atomic_output_dir, check_output_dir
 from crossdistill.solvers.selection import SELECTORS
@@ -89,7 +90,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-cutmix", dest="finetune_cutmix", type=float,
                    help="> 0: train also on CutMix pastes of the few images, labelled by the teacher (default 0; "
                         "with --finetune-mixup, one of the two per batch)")
-    g.add_argument("--finetune-views", dest="finetune_views", choices=["crop-flip", "affine"],
+    g.add_argument("--finetune-views", dest="finetune_views", choices=list(AUGMENT_POLICIES),
                    help="random views of the few images, the teacher labelling the same view: crop-flip (default; "
                         "pad-4 crop and flip) or affine (zoom up to 1.35x, rotation within 15 degrees, shift, flip, "
                         "light contrast/brightness jitter)")
