@@ -35,13 +35,12 @@ sys.path.insert(0, str(REPO / "src"))
 
 from crossdistill.compression.quantization import model_size_bytes  # noqa: E402
 from crossdistill.config import CompressConfig  # noqa: E402
-from crossdistill.data import load_image_data  # noqa: E402
 from crossdistill.evaluation import accuracy, count_flops  # noqa: E402
 from crossdistill.models import model_info  # noqa: E402
 from crossdistill.paths import shared_data_dir  # noqa: E402
 from crossdistill.pipeline import compress, draw_few_shot, load_teacher  # noqa: E402
+from splits import WEIGHTS, cifar10_splits  # noqa: E402  (benchmarks/splits.py)
 
-WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
 # label, solver, objective. Data-free variants do not depend on the draw: run once, shown at every K.
 # Soft uses α = β = 0.25: at the library default α = β = 0.5 both mixed inputs are the same
 # average of x^t and x^s, so W* = W^t and soft is only correction on averaged inputs (it was the
@@ -353,8 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [] if args.no_lowrank else args.budgets
     if not args.report_only:
         data = shared_data_dir()
-        train = load_image_data(str(data / "cifar10" / "cifar10_train.npz"), "train")
-        test = load_image_data(str(data / "cifar10" / "cifar10_test1000.npz"), "test")
+        train, test = cifar10_splits("test")
         for model in args.models:
             weights = str(data / "weights" / WEIGHTS[model])
             teacher = load_teacher(CompressConfig(model=model, weights=weights))

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from crossdistill.config import CompressConfig
-from crossdistill.data import load_image_data
 from crossdistill.evaluation import accuracy, count_flops, count_params, measure_latency
 from crossdistill.models import model_info
 from crossdistill.paths import shared_data_dir
 from crossdistill.pipeline import compress, draw_few_shot, load_teacher
+from splits import WEIGHTS, cifar10_splits  # benchmarks/splits.py
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official implementation run on this machine (issue 3): same teacher, 1000 test images,
@@ -58,10 +58,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     d = shared_data_dir()
-    base = dict(model="resnet56", weights=str(d / "weights/resnet56-4bfd9763.th"), data="shared",
+    base = dict(model="resnet56", weights=str(d / "weights" / WEIGHTS["resnet56"]), data="shared",
                 keep="paper", sampler="first", seed=0, objective="mixed", mu=0.9, iters=args.iters)
-    train = load_image_data(d / "cifar10/cifar10_train.npz")
-    test = load_image_data(d / "cifar10/cifar10_test1000.npz")
+    train, test = cifar10_splits("test")
     info = model_info("resnet56")
     teacher = load_teacher(CompressConfig(**base))
     t_acc = accuracy(teacher, test.x, test.y, info.mean, info.std)
