@@ -23,7 +23,7 @@ import torch
 
 from crossdistill.config import CompressConfig
 from crossdistill.evaluation import evaluate_model
-from crossdistill.finetune import FinetuneSettings, finetune
+from crossdistill.finetune import FinetuneSettings, WeightAverage, finetune
 from crossdistill.models import model_info
 from crossdistill.paths import shared_data_dir
 from splits import WEIGHTS, cifar10_splits  # benchmarks/splits.py
@@ -58,6 +58,9 @@ def main() -> int:
     p.add_argument("--curve", type=int, nargs="*", default=[],
                    help="also evaluate after these fine-tune steps (one run gives the accuracy of every "
                         "shorter constant-rate schedule; not for cosine, whose rate depends on the length)")
+    p.add_argument("--track-ema", type=float, nargs="*", default=[],
+                   help="also keep moving averages of the live weights with these decays and evaluate them at "
+                        "the --curve steps (one run gives every decay; recorded as curve_ema)")
     p.add_argument("--tag", default="")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -84,29 +87,38 @@ def main() -> int:
                 student = copy.deepcopy(base.student)
                 curve: dict[int, float] = {}  # step -> top-1 of what the fine-tune returns there
                 curve_live: dict[int, float] = {}  # with ema: the live weights of the same run
+                curve_ema: dict[str, dict[int, float]] = {}  # --track-ema: decay -> step -> top-1
                 if name == "none":
                     ft = {"seconds": 0.0}
                 else:
                     settings = FinetuneSettings(**{"bn": "frozen", "seed": seed, **kw})
+                    # started from the closed form, as the fine-tune's own average (BN frozen: nothing
+                    # changes the student before the first step)
+                    tracked = {str(d): WeightAverage(student, d) for d in args.track_ema}
 
                     def on_step(step: int, model: torch.nn.Module) -> None:
+                        for avg in tracked.values():
+                            avg.update()
                         if step in args.curve:
+                            for d, avg in tracked.items():
+                                curve_ema.setdefault(d, {})[step] = top1(avg.model)
                             curve[step] = top1(model)
                             extra = ""
                             if model is not student:  # weight average: the live weights too, same run
                                 curve_live[step] = top1(student)
                                 extra = f" (live weights {curve_live[step]:.1f})"
+                            extra += "".join(f" ema {d}: {c[step]:.1f}" for d, c in curve_ema.items())
                             print(f"  {name} step {step}: {curve[step]:.1f}{extra}", file=sys.stderr, flush=True)
 
                     ft = finetune(student, teacher, fewshot.images, fewshot.labels, settings,
-                                  on_step=on_step if args.curve else None)
+                                  on_step=on_step if args.curve or tracked else None)
                 line = {"variant": name, "settings": kw, "objective": args.objective, "start": args.start,
                         "damping": resolved_damping(cfg, fewshot), "shots": shots, "seed": seed,
                         "eval": args.eval_split, "n_eval": len(test.y), "top1": top1(student), "cd_top1": base_top1,
                         "cd_seconds": base.seconds, "ft_seconds": ft["seconds"],
                         "seconds": base.seconds + ft["seconds"], "tag": args.tag,
                         "hint_first": ft.get("hint_first"), "hint_last": ft.get("hint_last"), "curve": curve or None,
-                        "curve_live": curve_live or None}
+                        "curve_live": curve_live or None, "curve_ema": curve_ema or None}
                 with args.out.open("a") as fh:
                     fh.write(json.dumps(line) + "\n")
                 print(f"{name:24} K={shots} seed={seed} top1={line['top1']:.1f} (cd {base_top1:.1f}) "

@@ -355,7 +355,7 @@ def _masked_params(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[
     return pairs
 
 
-class _WeightAverage:
+class WeightAverage:
     """Exponential moving average of a model's floating-point state (parameters and BN buffers),
     with the usual warm-up min(decay, (1 + t) / (10 + t)) so early steps are not swamped by the start."""
 
@@ -465,7 +465,7 @@ def finetune(
         info["hint_first"] = info["hint_last"] = None
     # With a constant rate and 10-50 images the weights keep moving step to step; their running
     # average is a steadier result (masked weights stay zero in it: they are zero at every step).
-    averaged = _WeightAverage(student, settings.ema) if settings.ema > 0 else None
+    averaged = WeightAverage(student, settings.ema) if settings.ema > 0 else None
     steps = 0
     with capture(student, points) as s_feats, capture(teacher, points) as t_feats:
         try:
