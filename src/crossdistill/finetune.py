@@ -357,7 +357,9 @@ def _masked_params(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[
 
 class WeightAverage:
     """Exponential moving average of a model's floating-point state (parameters and BN buffers),
-    with the usual warm-up min(decay, (1 + t) / (10 + t)) so early steps are not swamped by the start."""
+    with the usual warm-up min(decay, (1 + t) / (10 + t)) so early steps are not swamped by the start.
+    The warm-up is the binding term until t = (10·decay − 1) / (1 − decay) (4490 steps at 0.998):
+    in shorter runs the average covers roughly the last t/9 steps and `decay` only caps it."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = float(decay)

@@ -95,8 +95,10 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                         "pad-4 crop and flip) or affine (zoom up to 1.35x, rotation within 15 degrees, shift, flip, "
                         "light contrast/brightness jitter)")
     g.add_argument("--finetune-ema", dest="finetune_ema", type=float,
-                   help="> 0: return the exponential moving average of the weights over the steps, this decay "
-                        "per step (e.g. 0.998), instead of the last step's weights (default 0 = off)")
+                   help="> 0: return the exponential moving average of the weights instead of the last "
+                        "step's; the decay at step t is min(this, (1+t)/(10+t)), so runs shorter than "
+                        "(10*this-1)/(1-this) steps (4490 for 0.998) average about their last t/9 steps "
+                        "whatever the value (default 0 = off)")
 
 
 def config_from_args(args: argparse.Namespace):
