@@ -7,7 +7,8 @@ hint_weight > 0 adds feature hints (crossdistill.hints). Mode 'hints' of the con
 the pruned layers' outputs, no logit loss) was the best recipe measured on ResNet-56: +5 points
 at K=1, +3 at K=5 over the closed form, where fitting the teacher's logits on 10 images hurt
 (docs/results/accuracy_push.md). Wider random views (`augment_policy='affine'`) and a moving
-average of the weights (`ema`) took it to 88.8 % at K=1 on ResNet-56 keep 0.5 (same document).
+average of the weights (`ema`) took it to 88.8 % at K=1 on ResNet-56 keep 0.5, and with CutMix
+added 91.1 % at K=5 (same document; recipes in docs/finetune.md).
 
 What the fine-tune must not undo:
 - masks: weights that unstructured pruning zeroed stay exactly zero (their gradients are
