@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,10 +24,8 @@ from crossdistill.config import CompressConfig
 from crossdistill.evaluation import evaluate_model
 from crossdistill.finetune import FinetuneSettings, WeightAverage, finetune
 from crossdistill.models import model_info
-from crossdistill.paths import shared_data_dir
-from splits import WEIGHTS, cifar10_splits  # benchmarks/splits.py
+from splits import WEIGHTS, cifar10_splits, teacher_weights  # benchmarks/splits.py
 from crossdistill.pipeline import compress, draw_few_shot, load_teacher, resolved_damping
-
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -64,7 +61,6 @@ def main() -> int:
     p.add_argument("--tag", default="")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    data = shared_data_dir()
     train, test = cifar10_splits(args.eval_split)
     info = model_info(args.model)
 
@@ -73,9 +69,11 @@ def main() -> int:
                               measure_speed=False)["top1"]
 
     variants = [parse_variant(v) for v in args.variant]
+    if args.track_ema and any(kw.get("bn", "frozen") != "frozen" for _, kw in variants):
+        p.error("--track-ema needs every variant's bn to be 'frozen' (the averages start before the first step)")
     for shots in args.shots:
         for seed in args.seeds:
-            cfg = CompressConfig(model=args.model, weights=str(data / "weights" / WEIGHTS[args.model]), shots=shots,
+            cfg = CompressConfig(model=args.model, weights=teacher_weights(args.model), shots=shots,
                                  seed=seed, keep=args.keep, objective=args.objective, latency=False).validate()
             if args.start == "l1":
                 cfg = dataclasses.replace(cfg, solver="prune-only", selection="l1")
@@ -92,8 +90,8 @@ def main() -> int:
                     ft = {"seconds": 0.0}
                 else:
                     settings = FinetuneSettings(**{"bn": "frozen", "seed": seed, **kw})
-                    # started from the closed form, as the fine-tune's own average (BN frozen: nothing
-                    # changes the student before the first step)
+                    # started from the closed form, as the fine-tune's own average; only with BN frozen
+                    # does nothing change the student before the first step
                     tracked = {str(d): WeightAverage(student, d) for d in args.track_ema}
 
                     def on_step(step: int, model: torch.nn.Module) -> None:

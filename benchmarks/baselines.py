@@ -22,10 +22,8 @@ import torch
 
 from crossdistill.baselines import BASELINES, get_baseline
 from crossdistill.config import CompressConfig
-from crossdistill.paths import shared_data_dir
-from splits import WEIGHTS, cifar10_splits  # benchmarks/splits.py
+from splits import WEIGHTS, cifar10_splits, teacher_weights  # benchmarks/splits.py
 from crossdistill.pipeline import run
-
 
 
 def parse() -> argparse.Namespace:
@@ -63,13 +61,12 @@ def overrides(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
 def main() -> int:
     torch.set_num_threads(1)  # shared machine: one core per run
     args = parse()
-    data = shared_data_dir()
     train, test = cifar10_splits(args.eval_split)
     top, extra = overrides(args.set)
     for shots in args.shots:
         for seed in args.seeds:
             for method in args.methods:
-                cfg = CompressConfig(model=args.model, weights=str(data / "weights" / WEIGHTS[args.model]),
+                cfg = CompressConfig(model=args.model, weights=teacher_weights(args.model),
                                      shots=shots, seed=seed, keep=args.keep, latency=False,
                                      **top, extra=dict(extra))
                 fn = None if method == "ours" else get_baseline(method)

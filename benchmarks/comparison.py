@@ -29,12 +29,11 @@ import torch
 
 from crossdistill.baselines import BASELINES, get_baseline
 from crossdistill.config import CompressConfig
-from crossdistill.paths import shared_data_dir
 from crossdistill.pipeline import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import overrides  # noqa: E402
-from splits import WEIGHTS, cifar10_splits  # noqa: E402
+from splits import WEIGHTS, cifar10_splits, teacher_weights  # noqa: E402
 
 OURS = {
     "ours": {},
@@ -61,7 +60,6 @@ def main() -> int:
     p.add_argument("--tag", default="")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    data = shared_data_dir()
     train, test = cifar10_splits("test")
     top, extra = overrides(args.set)
     teacher_metrics = None
@@ -76,7 +74,7 @@ def main() -> int:
                 kw.update(OURS.get(method, {}))
                 if args.finetune_epochs > 0:
                     kw["finetune_epochs"] = args.finetune_epochs
-                cfg = CompressConfig(model=args.model, weights=str(data / "weights" / WEIGHTS[args.model]),
+                cfg = CompressConfig(model=args.model, weights=teacher_weights(args.model),
                                      shots=shots, seed=seed, latency=False, **kw, extra=dict(extra))
                 fn = None if method in OURS else get_baseline(method)
                 start = time.perf_counter()

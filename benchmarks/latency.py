@@ -18,12 +18,10 @@ from pathlib import Path
 import torch
 
 from crossdistill.config import CompressConfig
-from crossdistill.data import load_image_data
 from crossdistill.evaluation import count_flops, count_params, measure_latency
 from crossdistill.models import model_info
-from crossdistill.paths import shared_data_dir
 from crossdistill.pipeline import compress, draw_few_shot, load_teacher
-from splits import WEIGHTS  # benchmarks/splits.py
+from splits import cifar10_splits, teacher_weights  # benchmarks/splits.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,11 +32,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs/results/latency.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    d = shared_data_dir()
-    train = load_image_data(d / "cifar10/cifar10_train.npz")
+    train, _ = cifar10_splits("test")
     models: dict[str, torch.nn.Module] = {}
     for name, keeps in (("resnet56", ["0.5", "paper"]), ("resnet20", ["0.5"])):
-        base = dict(model=name, weights=str(d / "weights" / WEIGHTS[name]), shots=1, solver="prune-only", selection="l1")
+        base = dict(model=name, weights=teacher_weights(name), shots=1, solver="prune-only", selection="l1")
         teacher = load_teacher(CompressConfig(**base))
         models[f"{name} teacher"] = teacher
         for keep in keeps:

@@ -22,10 +22,8 @@ from typing import Any
 import torch
 
 from crossdistill.config import CompressConfig
-from crossdistill.paths import shared_data_dir
-from splits import WEIGHTS, cifar10_splits  # benchmarks/splits.py
+from splits import WEIGHTS, cifar10_splits, teacher_weights  # benchmarks/splits.py
 from crossdistill.pipeline import load_teacher, run
-
 
 
 def objective_settings(spec: str) -> dict[str, Any]:
@@ -51,7 +49,6 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
-    data = shared_data_dir()
     train, test = cifar10_splits(args.eval_split)
     done = set()
     if args.out.exists():
@@ -65,7 +62,7 @@ def main() -> int:
         for shots, seed in itertools.product(args.shots, args.seeds):
             if (args.model, args.keep, point, shots, seed, args.eval_split) in done:
                 continue
-            cfg = CompressConfig(model=args.model, weights=str(data / "weights" / WEIGHTS[args.model]),
+            cfg = CompressConfig(model=args.model, weights=teacher_weights(args.model),
                                  shots=shots, seed=seed, keep=args.keep, latency=False, selection=sel,
                                  damping=None if damp == "auto" else float(damp), **objective_settings(obj))
             teacher = teacher if teacher is not None else load_teacher(cfg)

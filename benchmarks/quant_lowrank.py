@@ -37,9 +37,8 @@ from crossdistill.compression.quantization import model_size_bytes  # noqa: E402
 from crossdistill.config import CompressConfig  # noqa: E402
 from crossdistill.evaluation import accuracy, count_flops  # noqa: E402
 from crossdistill.models import model_info  # noqa: E402
-from crossdistill.paths import shared_data_dir  # noqa: E402
 from crossdistill.pipeline import compress, draw_few_shot, load_teacher  # noqa: E402
-from splits import WEIGHTS, cifar10_splits  # noqa: E402  (benchmarks/splits.py)
+from splits import WEIGHTS, cifar10_splits, teacher_weights  # noqa: E402  (benchmarks/splits.py)
 
 # label, solver, objective. Data-free variants do not depend on the draw: run once, shown at every K.
 # Soft uses α = β = 0.25: at the library default α = β = 0.5 both mixed inputs are the same
@@ -351,10 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     cache = Cache(args.cache)
     budgets = [] if args.no_lowrank else args.budgets
     if not args.report_only:
-        data = shared_data_dir()
         train, test = cifar10_splits("test")
         for model in args.models:
-            weights = str(data / "weights" / WEIGHTS[model])
+            weights = teacher_weights(model)
             teacher = load_teacher(CompressConfig(model=model, weights=weights))
             if cache.get({"model": model, "kind": "teacher"}) is None:
                 cache.put({"model": model, "kind": "teacher"}, evaluate(teacher, model, test))

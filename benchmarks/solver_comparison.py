@@ -23,9 +23,8 @@ import torch
 from crossdistill.config import CompressConfig
 from crossdistill.evaluation import accuracy, count_flops, count_params, measure_latency
 from crossdistill.models import model_info
-from crossdistill.paths import shared_data_dir
 from crossdistill.pipeline import compress, draw_few_shot, load_teacher
-from splits import WEIGHTS, cifar10_splits  # benchmarks/splits.py
+from splits import cifar10_splits, teacher_weights  # benchmarks/splits.py
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official implementation run on this machine (issue 3): same teacher, 1000 test images,
@@ -57,8 +56,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs/results/solver_comparison.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    d = shared_data_dir()
-    base = dict(model="resnet56", weights=str(d / "weights" / WEIGHTS["resnet56"]), data="shared",
+    base = dict(model="resnet56", weights=teacher_weights("resnet56"), data="shared",
                 keep="paper", sampler="first", seed=0, objective="mixed", mu=0.9, iters=args.iters)
     train, test = cifar10_splits("test")
     info = model_info("resnet56")

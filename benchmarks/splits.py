@@ -12,6 +12,11 @@ VAL_START = 49000
 WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}  # under <data>/weights/
 
 
+def teacher_weights(model: str) -> str:
+    """Path of the shared pretrained teacher of `model` (a key of WEIGHTS)."""
+    return str(shared_data_dir() / "weights" / WEIGHTS[model])
+
+
 def cifar10_splits(eval_split: str) -> tuple[ImageArrays, ImageArrays]:
     """(train, eval) with eval = the shared test subset ('test') or train[49000:] ('val')."""
     data = shared_data_dir()

@@ -9,7 +9,8 @@ import pytest
 from crossdistill.config import CompressConfig, load_yaml, resolve
 from crossdistill.sweep import expand_vars, load_sweep
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 ENV = {"CROSSDISTILL_DATA": "/data"}  # paths are only checked when a run opens them
 
 
@@ -35,7 +36,7 @@ def test_shipped_config_validates(path: Path) -> None:
 
 def test_accuracy_preset_is_the_measured_recipe() -> None:
     # docs/finetune.md and accuracy_push.md quote these numbers for this file; keep them in step
-    cfg = resolve(expand_vars(load_yaml(CONFIGS[0].parent / "accuracy_resnet56.yaml"), ENV), {})
+    cfg = resolve(expand_vars(load_yaml(CONFIG_DIR / "accuracy_resnet56.yaml"), ENV), {})
     assert (cfg.finetune_mode, cfg.finetune_views, cfg.finetune_bn) == ("hints", "affine", "frozen")
     assert (cfg.finetune_epochs, cfg.finetune_lr, cfg.finetune_mixup, cfg.finetune_ema) == (1800, 1e-3, 0.4, 0.998)
     assert (cfg.keep, cfg.objective) == (0.5, "soft")

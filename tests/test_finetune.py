@@ -7,7 +7,7 @@ import torch
 from crossdistill.compression.weight_sparsity import get_masks
 from crossdistill.config import CompressConfig
 from crossdistill.errors import CrossDistillError
-from crossdistill.finetune import FinetuneSettings, finetune, kd_loss, recalibrate_bn, settings_from_config
+from crossdistill.finetune import FinetuneSettings, finetune, kd_loss, recalibrate_bn, settings_from_config, WeightAverage
 from tiny import make_tiny
 
 
@@ -217,3 +217,6 @@ def test_ema_returns_the_running_average_of_the_trajectory_and_keeps_masks():
     assert all(torch.all(student.get_submodule(n).weight[~m] == 0) for n, m in masks.items())
     with pytest.raises(CrossDistillError, match="ema"):
         FinetuneSettings(epochs=1, ema=1.0).validate()
+    for bad in (0.0, 1.0, float("nan")):  # the public class checks its own decay (benchmarks build it directly)
+        with pytest.raises(CrossDistillError, match="decay"):
+            WeightAverage(student, bad)

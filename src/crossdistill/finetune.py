@@ -363,6 +363,8 @@ class WeightAverage:
     in shorter runs the average covers roughly the last t/9 steps and `decay` only caps it."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise CrossDistillError(f"weight-average decay must lie in (0, 1), got {decay}")
         self.decay = float(decay)
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
