@@ -29,6 +29,7 @@ import torch
 
 from crossdistill.baselines import BASELINES, get_baseline
 from crossdistill.config import CompressConfig
+from crossdistill.device import resolve_device
 from crossdistill.pipeline import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,6 +42,12 @@ OURS = {
     "ours-nocross": {"objective": "nocross"},
     "magnitude": {"solver": "magnitude", "objective": "nocross"},
 }
+
+
+def device_label(name: str) -> str:
+    """'cpu', or e.g. 'cuda (NVIDIA H100 80GB HBM3)': seconds are only comparable on one kind."""
+    device = resolve_device(name)
+    return "cpu" if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
 
 
 def main() -> int:
@@ -57,6 +64,7 @@ def main() -> int:
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--suffix", default="", help="appended to the recorded method name, e.g. +bn")
+    p.add_argument("--device", default="cpu", help="where the training steps run (cpu, cuda, auto); recorded per line")
     p.add_argument("--tag", default="")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -66,7 +74,7 @@ def main() -> int:
     for shots in args.shots:
         for seed in args.seeds:
             for method in args.methods:
-                kw = dict(top)
+                kw = dict(top, device=args.device)
                 if args.prune == "sparsity":
                     kw.update(prune="sparsity", sparsity=args.sparsity, solver=args.solver)
                 else:
@@ -97,6 +105,7 @@ def main() -> int:
                     "objective": report["objective"], "damping": report["damping"],
                     "finetune_epochs": cfg.finetune_epochs, "finetune_bn": cfg.finetune_bn,
                     "finetune_mode": cfg.finetune_mode, "overrides": args.set, "tag": args.tag,
+                    "device": device_label(cfg.device),
                 }
                 with args.out.open("a") as fh:
                     fh.write(json.dumps(line) + "\n")

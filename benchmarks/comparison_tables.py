@@ -57,7 +57,10 @@ def main(paths: list[str]) -> int:
                         sel[r["seed"]] = r
                 if sel:
                     cells.append(cell([r["top1"] for r in sel.values()]))
-                    cells.append(f"{statistics.mean(r['compress_seconds'] for r in sel.values()):.0f}")
+                    secs = f"{statistics.mean(r['compress_seconds'] for r in sel.values()):.0f}"
+                    if any(r.get("device", "cpu") != "cpu" for r in sel.values()):
+                        secs += " (GPU)"  # training steps on a GPU: not comparable with the CPU seconds
+                    cells.append(secs)
                 else:
                     cells += ["–", ""]
             print(f"| {m} | " + " | ".join(cells) + " |")

@@ -64,6 +64,9 @@ class CompressConfig:
     finetune_cutmix: float = 0.0  # > 0: Beta(a, a) CutMix of the few images
     finetune_ema: float = 0.0  # > 0: keep the moving average of the weights, this decay per step
     finetune_views: str = "crop-flip"  # random views: 'crop-flip' | 'affine' (zoom/rotate/shift/flip + jitter)
+    # where the training steps (fine-tune, training baselines) run: cpu | cuda | cuda:N | auto;
+    # the layer-wise solves always run on the CPU in float64 (crossdistill.device)
+    device: str = "cpu"
     # evaluation
     latency: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +137,9 @@ class CompressConfig:
             raise CrossDistillError(f"damping must be >= 0, got {self.damping}")
         if self.iters < 1 or self.batch_size < 1:
             raise CrossDistillError("iters and batch_size must be positive")
+        from crossdistill.device import resolve_device
+
+        resolve_device(self.device)  # a CUDA device that is not there fails here, before any work
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossdistill.device import check_device_name, on_device, resolve_device
 from crossdistill.errors import CrossDistillError
 from crossdistill.hints import HINT_POINTS, capture, hint_loss, hint_points, matching_points
 
@@ -72,6 +73,7 @@ class FinetuneSettings:
     trainable: str = "all"  # 'all' parameters, or only the 'pruned' layers' (the rest keeps the teacher's)
     ema: float = 0.0  # > 0: the result is the exponential moving average of the weights, this decay per step
     seed: int = 0
+    device: str = "cpu"  # where the steps run: cpu | cuda | cuda:N | auto (crossdistill.device)
 
     def validate(self) -> "FinetuneSettings":
         check_finetune_settings(self.epochs, self.lr, self.bn, self.temperature, self.kd_weight)
@@ -100,6 +102,7 @@ class FinetuneSettings:
             raise CrossDistillError(f"fine-tune ema decay must lie in [0, 1), got {self.ema}")
         if self.optimizer not in OPTIMIZERS:
             raise CrossDistillError(f"fine-tune optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        check_device_name(self.device)
         return self
 
 
@@ -172,6 +175,7 @@ def settings_from_config(cfg: Any) -> FinetuneSettings:
         hints=str(cfg.finetune_hints),
         trainable=str(extra.get("finetune_trainable", "all")),
         seed=int(cfg.seed),
+        device=str(getattr(cfg, "device", "cpu")),
     ).validate()
 
 
@@ -262,13 +266,15 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tenso
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None, :])  # (n, h)
-    cols = (dx[:, None] + torch.arange(w)[None, :])  # (n, w)
-    idx_n = torch.arange(n)[:, None, None]
+    # Random numbers come from the CPU generator whatever x's device: the same seed gives the
+    # same views on every device.
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # (n, h)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # (n, w)
+    idx_n = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    flip = torch.rand(n, generator=gen) < 0.5
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
     out[flip] = out[flip].flip(3)
     return out.contiguous()
 
@@ -283,7 +289,7 @@ def _affine_augment(x: torch.Tensor, gen: torch.Generator, zoom: float = 0.35, d
         return x
     n = x.shape[0]
 
-    def uniform(lo: float, hi: float) -> torch.Tensor:
+    def uniform(lo: float, hi: float) -> torch.Tensor:  # drawn on the CPU generator, as in _augment
         return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=x.dtype)
 
     scale = 1.0 / uniform(1.0, 1.0 + zoom)
@@ -294,11 +300,11 @@ def _affine_augment(x: torch.Tensor, gen: torch.Generator, zoom: float = 0.35, d
     theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
     theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
     theta[:, 0, 2], theta[:, 1, 2] = uniform(-2 * shift, 2 * shift), uniform(-2 * shift, 2 * shift)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     shape = (n, 1, 1, 1)
-    contrast = uniform(1.0 - jitter, 1.0 + jitter).view(shape)
-    brightness = uniform(-jitter, jitter).view(shape)
+    contrast = uniform(1.0 - jitter, 1.0 + jitter).view(shape).to(x.device)
+    brightness = uniform(-jitter, jitter).view(shape).to(x.device)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     return ((out - mean) * contrast + mean + brightness).contiguous()
 
@@ -318,10 +324,10 @@ def _mix(x: torch.Tensor, settings: FinetuneSettings, gen: torch.Generator, rng:
         return x, None, None
     if use_mixup and use_cutmix:
         use_cutmix = bool(rng.random() < 0.5)
-    partner = torch.randperm(len(x), generator=gen)
+    partner = torch.randperm(len(x), generator=gen).to(x.device)
     if not use_cutmix:
         # With ten images, the teacher's answers on their mixtures are most of the data.
-        lam = torch.as_tensor(rng.beta(settings.mixup, settings.mixup, len(x)), dtype=x.dtype)
+        lam = torch.as_tensor(rng.beta(settings.mixup, settings.mixup, len(x)), dtype=x.dtype, device=x.device)
         shape = (-1,) + (1,) * (x.dim() - 1)
         return lam.view(shape) * x + (1 - lam.view(shape)) * x[partner], lam, partner
     h, w = x.shape[-2:]
@@ -332,7 +338,7 @@ def _mix(x: torch.Tensor, settings: FinetuneSettings, gen: torch.Generator, rng:
     x0, x1 = max(cx - cw // 2, 0), min(cx + (cw + 1) // 2, w)
     out = x.clone()
     out[..., y0:y1, x0:x1] = x[partner][..., y0:y1, x0:x1]
-    lam = torch.full((len(x),), 1.0 - (y1 - y0) * (x1 - x0) / (h * w), dtype=x.dtype)
+    lam = torch.full((len(x),), 1.0 - (y1 - y0) * (x1 - x0) / (h * w), dtype=x.dtype, device=x.device)
     return out, lam, partner
 
 
@@ -416,8 +422,23 @@ def finetune(
     unstructured pruning. `on_step(step, model)` is called after every step with the model the
     fine-tune would return if it stopped there (the student, or with `ema` its running average),
     in eval mode (e.g. to evaluate along the way). Returns with the student in eval mode.
+    The steps run on `settings.device`; student and teacher are back on their own devices
+    afterwards (`on_step` sees them on the training device).
     """
     settings.validate()
+    device = resolve_device(settings.device)
+    start = time.perf_counter()
+    with on_device(device, student, teacher):
+        info = _finetune(student, teacher, images.to(device), None if labels is None else labels.to(device),
+                         settings, masks, on_step)
+    info["device"] = str(device)
+    info["seconds"] = time.perf_counter() - start  # moving to and from the device included
+    return info
+
+
+def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
+              settings: FinetuneSettings, masks: Mapping[str, torch.Tensor] | None,
+              on_step: Callable[[int, nn.Module], None] | None) -> dict[str, Any]:
     start = time.perf_counter()
     if masks is None:
         from crossdistill.compression.weight_sparsity import get_masks
@@ -476,7 +497,7 @@ def finetune(
         try:
             student.train(bn_mode == "train")
             for _ in range(settings.epochs):
-                order = torch.randperm(n, generator=gen)
+                order = torch.randperm(n, generator=gen).to(images.device)
                 for i in range(0, n, bs):
                     idx = order[i : i + bs]
                     x = images[idx]

@@ -21,6 +21,7 @@ from crossdistill.baselines.common import extra_setting, l1_pruned, require_chan
 from crossdistill.capture import get_module
 from crossdistill.compression.channels import channel_pairs
 from crossdistill.config import CompressConfig
+from crossdistill.device import on_device, resolve_device
 from crossdistill.engine import LayerRecord
 from crossdistill.finetune import FinetuneSettings, _augment, finetune, settings_from_config
 from crossdistill.pipeline import CompressionResult, FewShot
@@ -92,6 +93,7 @@ def hint_settings(cfg: CompressConfig) -> FinetuneSettings:
         optimizer=str(extra_setting(cfg, "fitnet_optimizer", "adam")),
         augment=_as_bool(extra_setting(cfg, "fitnet_augment", True)),
         seed=int(cfg.seed),
+        device=cfg.device,
     ).validate()
 
 
@@ -99,7 +101,16 @@ def hint_train(student: nn.Module, teacher: nn.Module, images: torch.Tensor, hin
                settings: FinetuneSettings, teacher_channels: Mapping[str, torch.Tensor] | None = None) -> list[float]:
     """Train `student` in place on the hint loss; returns the loss of each step. The student is
     left in eval mode. `teacher_channels` maps a hint layer whose output channels were pruned
-    to the teacher's channels the student kept, in order."""
+    to the teacher's channels the student kept, in order. Runs on `settings.device`; both models
+    are back on their own devices afterwards."""
+    device = resolve_device(settings.device)
+    with on_device(device, student, teacher):
+        channels = {k: v.to(device) for k, v in (teacher_channels or {}).items()}
+        return _hint_train(student, teacher, images.to(device), hints, settings, channels)
+
+
+def _hint_train(student: nn.Module, teacher: nn.Module, images: torch.Tensor, hints: Sequence[str],
+                settings: FinetuneSettings, teacher_channels: Mapping[str, torch.Tensor]) -> list[float]:
     teacher.eval()
     params = [p for p in student.parameters() if p.requires_grad]
     if settings.optimizer == "adam":
@@ -113,7 +124,7 @@ def hint_train(student: nn.Module, teacher: nn.Module, images: torch.Tensor, hin
         _frozen_bn_train_mode(student)
         try:
             for _ in range(settings.epochs):
-                order = torch.randperm(n, generator=gen)
+                order = torch.randperm(n, generator=gen).to(images.device)
                 for i in range(0, n, settings.batch_size):
                     x = images[order[i : i + settings.batch_size]]
                     if settings.augment:

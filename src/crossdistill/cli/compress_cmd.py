@@ -18,7 +18,7 @@ OPTION_KEYS = [
     "bits", "quant_scheme", "quant_solver", "rank_ratio", "flops_ratio",
     "sparsity", "finetune_epochs", "finetune_lr", "finetune_bn", "finetune_temperature", "finetune_kd_weight",
     "finetune_mode", "finetune_hint_weight", "finetune_hints", "finetune_logit_weight", "finetune_schedule", "finetune_mixup", "finetune_cutmix",
-    "finetune_views", "finetune_ema",
+    "finetune_views", "finetune_ema", "device",
 ]
 
 
@@ -99,6 +99,10 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
                         "step's; the decay at step t is min(this, (1+t)/(10+t)), so runs shorter than "
                         "(10*this-1)/(1-this) steps (4490 for 0.998) average about their last t/9 steps "
                         "whatever the value (default 0 = off)")
+    g = p.add_argument_group("device")
+    g.add_argument("--device", help="where the training steps run (the fine-tune and the training baselines bp, "
+                   "l1-finetune, fitnet): cpu, cuda, cuda:N, or auto (CUDA when present); the layer-wise solves "
+                   "always run on the CPU in float64 (default cpu)")
 
 
 def config_from_args(args: argparse.Namespace):
