@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 
 
-ORDER = ["l1", "l1+ft", "l1-finetune", "bp", "cp", "thinet", "thinet+ft", "fskd", "fskd+ft", "fitnet",
+ORDER = ["l1", "l1+ft", "l1-finetune", "bp", "cp", "cp+ft", "thinet", "thinet+ft", "fskd", "fskd+ft", "fitnet",
          "magnitude", "magnitude+bn", "magnitude+ft", "ours-nocross", "ours-nocross+bn", "ours-nocross+ft",
          "ours", "ours+bn", "ours+ft", "ours+ft(hints)", "ours-mixed", "ours-mixed+bn", "ours-mixed+ft"]
 
