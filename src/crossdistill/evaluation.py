@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from crossdistill.data.transforms import to_tensor
+from crossdistill.device import module_device
 from crossdistill.errors import CrossDistillError
 
 __all__ = [
@@ -53,13 +54,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
 
 def _check_images(x: Any, y: Any, mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
@@ -94,7 +88,7 @@ def accuracy(
     x, y = _check_images(x_uint8, y, mean, std)
     if batch_size < 1:
         raise CrossDistillError(f"batch size must be >= 1, got {batch_size}")
-    device = _device_of(model)
+    device = module_device(model)
     correct = 0
     with _eval_mode(model), torch.inference_mode():
         for start in range(0, len(x), batch_size):
@@ -125,7 +119,7 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(1, *input_size, device=_device_of(model))
+    x = torch.zeros(1, *input_size, device=module_device(model))
     counter = FlopCounterMode(display=False)
     with _eval_mode(model), torch.no_grad(), counter:
         model(x)
@@ -146,7 +140,7 @@ def measure_latency(
     """
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise CrossDistillError("latency needs batch_size >= 1, repeats >= 1 and warmup >= 0")
-    device = _device_of(model)
+    device = module_device(model)
     old_threads = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
