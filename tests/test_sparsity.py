@@ -110,6 +110,21 @@ def test_refinement_never_increases_loss(pattern):
         assert p.loss(out.weight) <= out.info["loss_sweep"] + 1e-9
 
 
+def test_auto_mask_is_obc_for_small_layers_and_the_sweep_for_large_ones(monkeypatch):
+    import crossdistill.solvers.sparse_obs as so
+
+    p, t = problem(2), task(0.7)
+    auto = create_solver("sparsity", "closed-form")
+    obc = create_solver("sparsity", "closed-form", sparse_mask="obc")
+    sweep = create_solver("sparsity", "closed-form", sparse_mask="sparsegpt")
+    small = auto.solve(p, t, None)
+    assert small.info["mask"] == "obc" and torch.equal(small.weight, obc.solve(p, t, None).weight)
+    out, d = p.B.shape
+    monkeypatch.setattr(so, "OBC_AUTO_LIMIT", out * float(d) ** 3 - 1)  # this layer is now "large"
+    large = auto.solve(p, t, None)
+    assert large.info["mask"] == "sparsegpt" and torch.equal(large.weight, sweep.solve(p, t, None).weight)
+
+
 def test_row_solve_is_the_constrained_minimiser():
     p = problem(5)
     keep = obc_masks(p, 0.7, "layer")

@@ -211,32 +211,45 @@ class SparseGPT(LayerSolver):
         return f"{self.name}(blocksize={self.blocksize},refine={self.refine})"
 
 
-MASK_CHOICES = ("obc", "sparsegpt", "magnitude")
+MASK_CHOICES = ("auto", "obc", "sparsegpt", "magnitude")
+# 'auto' takes OBC masks while out·d³ stays under this (about 20 s for one layer at one CPU thread:
+# a CIFAR ResNet layer, out 64, d 576, is 1.2e10 and took ≈ 1 s) and the sweep's mask above it
+# (a VGG-16 layer, 512 × 4608³ ≈ 5e13, would take over an hour with OBC).
+OBC_AUTO_LIMIT = 2e11
 
 
 class ClosedFormSparse(LayerSolver):
     """A mask, then every row solved exactly on it: the best weights for that mask.
     `sparse_mask` picks the mask: 'obc' (greedy exact OBS per row; best, O(out·d³)),
-    'sparsegpt' (the column sweep's mask; fast at any size) or 'magnitude' (the teacher's)."""
+    'sparsegpt' (the column sweep's mask; fast at any size), 'magnitude' (the teacher's), or
+    'auto' (the default): 'obc' where out·d³ ≤ OBC_AUTO_LIMIT, else 'sparsegpt'. Each layer's
+    record says which mask it got."""
 
     name = "closed-form"
 
-    def __init__(self, sparse_mask: str = "obc", blocksize: int = 128) -> None:
+    def __init__(self, sparse_mask: str = "auto", blocksize: int = 128) -> None:
         if sparse_mask not in MASK_CHOICES:
             raise CrossDistillError(f"sparse_mask must be one of {list(MASK_CHOICES)}, got {sparse_mask!r}")
         self.sparse_mask = sparse_mask
         self.blocksize = int(blocksize)
 
+    def mask_for(self, problem: QuadraticProblem) -> str:
+        if self.sparse_mask != "auto":
+            return self.sparse_mask
+        out, d = problem.B.shape
+        return "obc" if out * float(d) ** 3 <= OBC_AUTO_LIMIT else "sparsegpt"
+
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         sparsity, pattern = task_sparsity(task.params)
-        if self.sparse_mask == "obc":
+        mask = self.mask_for(problem)
+        if mask == "obc":
             keep = obc_masks(problem, sparsity, pattern)
-        elif self.sparse_mask == "sparsegpt":
+        elif mask == "sparsegpt":
             _, keep = sparsegpt_sweep(problem, sparsity, pattern, blocksize=self.blocksize)
         else:
             keep = sparsity_mask(problem.w_teacher.abs(), sparsity, pattern)
         W = solve_rows_on_mask(problem, keep)
-        return LayerOutcome(weight=W, info={"sparsity_solved": measured_sparsity(W)})
+        return LayerOutcome(weight=W, info={"sparsity_solved": measured_sparsity(W), "mask": mask})
 
     def describe(self) -> str:
         return f"closed-form(mask={self.sparse_mask})"
