@@ -15,7 +15,7 @@ from collections import defaultdict
 ORDER = ["l1", "l1+ft", "l1-finetune", "bp", "cp", "cp+ft", "thinet", "thinet+ft", "fskd", "fskd+ft", "fitnet",
          "magnitude", "magnitude+bn", "magnitude+ft", "ours-nocross", "ours-nocross+bn", "ours-nocross+ft",
          "ours", "ours+bn", "ours+ft", "ours+ft(hints)", "ours-mixed", "ours-mixed+bn", "ours-mixed+ft",
-         "ours-nocross[closed-form]", "ours[closed-form]", "ours-mixed[closed-form]"]
+         "ours-nocross[closed-form]", "ours[closed-form]", "ours+ft[closed-form]", "ours-mixed[closed-form]", "ours[paper]"]
 
 
 def rank(method: str) -> tuple[int, str]:
