@@ -54,7 +54,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-
 def _check_images(x: Any, y: Any, mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     y = np.asarray(y)

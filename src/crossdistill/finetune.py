@@ -175,7 +175,7 @@ def settings_from_config(cfg: Any) -> FinetuneSettings:
         hints=str(cfg.finetune_hints),
         trainable=str(extra.get("finetune_trainable", "all")),
         seed=int(cfg.seed),
-        device=str(getattr(cfg, "device", "cpu")),
+        device=str(cfg.device),
     ).validate()
 
 
@@ -439,7 +439,6 @@ def finetune(
 def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
               settings: FinetuneSettings, masks: Mapping[str, torch.Tensor] | None,
               on_step: Callable[[int, nn.Module], None] | None) -> dict[str, Any]:
-    start = time.perf_counter()
     if masks is None:
         from crossdistill.compression.weight_sparsity import get_masks
 
@@ -460,7 +459,6 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
             recalibrate_bn(student, images, bs)
             info["bn"] = "recalibrate"
             info["after"] = _losses(student, teacher_logits, images, labels, settings.temperature, bs)
-        info["seconds"] = time.perf_counter() - start
         return info
     bn_mode = settings.bn
     if bn_mode == "auto":
@@ -550,5 +548,4 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
         averaged.copy_to(student)
     info["steps"] = steps
     info["after"] = _losses(student, teacher_logits, images, labels, settings.temperature, bs)
-    info["seconds"] = time.perf_counter() - start
     return info
