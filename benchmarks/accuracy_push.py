@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from crossdistill.config import CompressConfig
-from crossdistill.evaluation import evaluate_model
+from crossdistill.evaluation import evaluate_for
 from crossdistill.finetune import FinetuneSettings, WeightAverage, finetune
 from crossdistill.models import model_info
 from splits import WEIGHTS, cifar10_splits, teacher_weights  # benchmarks/splits.py
@@ -65,8 +65,7 @@ def main() -> int:
     info = model_info(args.model)
 
     def top1(model: torch.nn.Module) -> float:
-        return evaluate_model(model, test, mean=info.mean, std=info.std, input_size=info.input_size,
-                              measure_speed=False)["top1"]
+        return evaluate_for(model, test, info, latency=False)["top1"]
 
     variants = [parse_variant(v) for v in args.variant]
     if args.track_ema and any(kw.get("bn", "frozen") != "frozen" for _, kw in variants):

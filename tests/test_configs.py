@@ -3,15 +3,49 @@ option or a value the validation now rejects would otherwise surface only when a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import pytest
 
-from crossdistill.config import CompressConfig, load_yaml, resolve
-from crossdistill.sweep import expand_vars, load_sweep
+from crossdistill.config import ALIASES, FINETUNE_PREFIX, RUN_KEYS, SECTIONS, CompressConfig, load_yaml, resolve
+from crossdistill.errors import CrossDistillError
+from crossdistill.sweep import expand_grid, expand_vars, flat_settings, load_sweep
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 ENV = {"CROSSDISTILL_DATA": "/data"}  # paths are only checked when a run opens them
+
+
+def is_sweep(data: Mapping[str, Any]) -> bool:
+    return bool({"base", "grid", "runs"} & set(data))
+
+
+def routed(cfg: CompressConfig, key: str) -> Any:
+    """Where a flat key of a config file ended up: a run setting, a plug-in's name, a fine-tune
+    setting, or the setting of exactly one selected plug-in (`keep` → method, `mu` → objective)."""
+    key = ALIASES.get(key, key)
+    if key in RUN_KEYS:
+        return getattr(cfg, key)
+    if key in SECTIONS:
+        return getattr(cfg, key).name
+    if key.startswith(FINETUNE_PREFIX):
+        return cfg.finetune[key[len(FINETUNE_PREFIX):]]
+    flat = flat_settings(cfg)
+    homes = [f"{s}.{key}" for s in SECTIONS if f"{s}.{key}" in flat]
+    assert len(homes) == 1, f"{key} reached {homes or 'no plug-in'}"
+    # The sectioned form says the same as the dotted one.
+    section, name = homes[0].split(".", 1)
+    assert getattr(cfg, section).params[name] == flat[homes[0]]
+    return flat[homes[0]]
+
+
+def assert_keys_reached(cfg: CompressConfig, values: Mapping[str, Any], where: str) -> None:
+    """Every key of a file reached the config unchanged (bar ${VARS}, checked separately)."""
+    for key, value in values.items():
+        if isinstance(value, str) and "${" in value:
+            continue
+        got = routed(cfg, key)
+        assert got == value and type(got) is type(value), f"{where}: {key} = {value!r} became {got!r}"
 
 
 def test_configs_folder_is_found() -> None:
@@ -21,22 +55,86 @@ def test_configs_folder_is_found() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_validates(path: Path) -> None:
     data = load_yaml(path)
-    if {"base", "grid", "runs"} & set(data):
+    if is_sweep(data):
         spec = load_sweep(path, env=ENV)
         assert spec.configs, f"{path.name} expands to no runs"
         assert all(isinstance(c, CompressConfig) for c in spec.configs)
         assert all("${" not in str(c.to_dict()) for c in spec.configs)
+        # No run of a shipped sweep is a duplicate of another, so run i is the i-th expanded point,
+        # and every key of its base, grid point and runs entry reached it.
+        points = expand_grid(data.get("base"), data.get("grid"), data.get("runs"))
+        assert len(spec.configs) == len(points) == len(set(spec.hashes))
+        for i, (cfg, point) in enumerate(zip(spec.configs, points)):
+            assert_keys_reached(cfg, point, f"{path.name} run {i + 1}")
     else:
         cfg = resolve(expand_vars(data, ENV), {})
-        for key, value in data.items():  # every key of the file reached the config unchanged (bar ${VARS})
-            if not (isinstance(value, str) and "${" in value):
-                assert getattr(cfg, key) == value, key
+        assert_keys_reached(cfg, data, path.name)
         assert "${" not in str(cfg.to_dict())
+
+
+def test_routed_reads_every_kind_of_key() -> None:
+    # The helper above must not pass by reading defaults: each kind of key shows its own value.
+    cfg = CompressConfig(model="resnet20", prune="channels", keep=0.25, objective="mixed", mu=0.7, solver="paper",
+                         lr=0.01, finetune_epochs=3)
+    assert routed(cfg, "model") == "resnet20" and routed(cfg, "prune") == "channels"
+    assert (routed(cfg, "keep"), routed(cfg, "mu"), routed(cfg, "lr")) == (0.25, 0.7, 0.01)
+    assert (routed(cfg, "objective"), routed(cfg, "solver"), routed(cfg, "finetune_epochs")) == ("mixed", "paper", 3)
+    with pytest.raises(AssertionError, match="no plug-in"):
+        routed(cfg, "alpha")  # a soft setting: the mixed objective has none
 
 
 def test_accuracy_preset_is_the_measured_recipe() -> None:
     # docs/finetune.md and accuracy_push.md quote these numbers for this file; keep them in step
     cfg = resolve(expand_vars(load_yaml(CONFIG_DIR / "accuracy_resnet56.yaml"), ENV), {})
-    assert (cfg.finetune_mode, cfg.finetune_views, cfg.finetune_bn) == ("hints", "affine", "frozen")
-    assert (cfg.finetune_epochs, cfg.finetune_lr, cfg.finetune_mixup, cfg.finetune_ema) == (1800, 1e-3, 0.4, 0.998)
-    assert (cfg.keep, cfg.objective) == (0.5, "soft")
+    ft = cfg.finetune
+    assert (ft["mode"], ft["views"], ft["bn"]) == ("hints", "affine", "frozen")
+    assert (ft["epochs"], ft["lr"], ft["mixup"], ft["ema"]) == (1800, 1e-3, 0.4, 0.998)
+    assert (cfg.method.name, cfg.method.params["keep"], cfg.objective.name) == ("channels", 0.5, "soft")
+
+
+# --- a typo in a config is refused, naming the valid keys ----------------------------------------
+
+def _shipped_style(tmp_path: Path, **changes: Any) -> Path:
+    """compress_resnet56.yaml with some keys changed: the shape of config a user copies and edits."""
+    import yaml
+
+    data = {**load_yaml(CONFIG_DIR / "compress_resnet56.yaml"), **changes}
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _refused(path: Path) -> str:
+    with pytest.raises(CrossDistillError) as exc:
+        resolve(expand_vars(load_yaml(path), ENV), {})
+    return str(exc.value)
+
+
+def test_a_typo_under_extra_is_refused_naming_the_valid_keys(tmp_path: Path) -> None:
+    # `extra: {sparse_mask: obc}` is how older configs set the sparse solver's mask.
+    good = _shipped_style(tmp_path, prune="sparsity", keep=None, objective="soft", mu=None,
+                          extra={"sparse_mask": "obc"})
+    cfg = resolve(expand_vars(load_yaml(good), ENV), {})
+    assert (cfg.method.name, cfg.solver.params["sparse_mask"]) == ("sparsity", "obc")
+    bad = _shipped_style(tmp_path, prune="sparsity", keep=None, objective="soft", mu=None,
+                         extra={"sparse_maks": "obc"})
+    message = _refused(bad)
+    assert "unknown config key 'sparse_maks'" in message
+    assert "'sparse_mask'" in message and "'sparsity'" in message and "'model'" in message  # the valid keys
+
+
+def test_a_top_level_typo_is_refused_naming_the_valid_keys(tmp_path: Path) -> None:
+    message = _refused(_shipped_style(tmp_path, shtos=5))
+    assert "unknown config key 'shtos'" in message
+    assert "'shots'" in message and "'keep'" in message and "'finetune_epochs'" in message
+    # A typo in a plug-in's section names that plug-in's settings.
+    message = _refused(_shipped_style(tmp_path, objective={"name": "mixed", "params": {"nu": 0.9}}, mu=None))
+    assert "objective mixed" in message and "'nu'" in message and "['mu']" in message
+
+
+def test_a_typo_in_a_shipped_sweep_is_refused(tmp_path: Path) -> None:
+    text = (CONFIG_DIR / "smoke.yaml").read_text()
+    assert "keep: 0.5" in text
+    (tmp_path / "typo.yaml").write_text(text.replace("keep: 0.5", "kepe: 0.5"))
+    with pytest.raises(CrossDistillError, match=r"run 1 .*unknown config key 'kepe'.*'keep'"):
+        load_sweep(tmp_path / "typo.yaml", env=ENV)

@@ -80,7 +80,8 @@ def test_demo_cli_on_an_idx_folder(tmp_path, capsys):
     assert main(args) == 0
     summary = json.loads((out / "report.json").read_text())
     assert summary["n_eval"] == 30 and summary["report"]["shots"] == 5 and summary["report"]["n_samples"] == 50
-    assert summary["report"]["config"]["keep"] == 0.5 and summary["report"]["config"]["solver"] == "closed-form"
+    config = summary["report"]["config"]
+    assert config["method"]["params"]["keep"] == 0.5 and config["solver"]["name"] == "closed-form"
     assert "written" not in capsys.readouterr().err
     # An existing report is not replaced without --force, and nothing runs first.
     assert main(args) == 2

@@ -106,9 +106,10 @@ def test_zero_epochs_changes_nothing():
 
 
 def test_settings_validated():
-    for kw, match in [({"finetune_bn": "eval"}, "finetune_bn"), ({"finetune_epochs": -1}, "finetune_epochs"),
-                      ({"finetune_lr": 0.0}, "finetune_lr"), ({"finetune_kd_weight": 1.5}, "finetune_kd_weight"),
-                      ({"finetune_temperature": 0}, "finetune_temperature")]:
+    # The message names the plug-in and the setting as FinetuneConfig declares it.
+    for kw, match in [({"finetune_bn": "eval"}, "finetune: bn"), ({"finetune_epochs": -1}, "finetune: epochs"),
+                      ({"finetune_lr": 0.0}, "finetune: lr"), ({"finetune_kd_weight": 1.5}, "finetune: kd_weight"),
+                      ({"finetune_temperature": 0}, "finetune: temperature")]:
         with pytest.raises(CrossDistillError, match=match):
             CompressConfig(**kw).validate()
     cfg = CompressConfig(finetune_epochs=5, finetune_bn="train", extra={"finetune_optimizer": "sgd"}).validate()
@@ -163,10 +164,10 @@ def test_zero_epochs_with_recalibrate_only_recalibrates():
 
 
 def test_affine_views_without_range_are_the_image_or_its_mirror():
-    from crossdistill.finetune import _affine_augment
+    from crossdistill.finetune import affine_views
 
     x = torch.randn(12, 3, 8, 8, generator=torch.Generator().manual_seed(3))
-    out = _affine_augment(x, torch.Generator().manual_seed(0), zoom=0.0, degrees=0.0, shift=0.0, jitter=0.0)
+    out = affine_views(x, torch.Generator().manual_seed(0), zoom=0.0, degrees=0.0, shift=0.0, jitter=0.0)
     for a, b in zip(out, x):
         assert torch.allclose(a, b, atol=1e-5) or torch.allclose(a, b.flip(2), atol=1e-5)
     # Both occur, so the flip is random per image and its sign convention is the mirror, not a shift.
@@ -175,12 +176,12 @@ def test_affine_views_without_range_are_the_image_or_its_mirror():
 
 
 def test_affine_views_vary_keep_shape_and_are_reproducible():
-    from crossdistill.finetune import _affine_augment
+    from crossdistill.finetune import affine_views
 
     x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(4))
-    a = _affine_augment(x, torch.Generator().manual_seed(1))
-    b = _affine_augment(x, torch.Generator().manual_seed(1))
-    c = _affine_augment(x, torch.Generator().manual_seed(2))
+    a = affine_views(x, torch.Generator().manual_seed(1))
+    b = affine_views(x, torch.Generator().manual_seed(1))
+    c = affine_views(x, torch.Generator().manual_seed(2))
     assert a.shape == x.shape and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert not any(torch.allclose(v, w, atol=1e-3) or torch.allclose(v, w.flip(2), atol=1e-3) for v, w in zip(a, x))
@@ -192,7 +193,7 @@ def test_affine_policy_trains_and_bad_policy_raises():
     info = finetune(student, teacher, x, labels(), FinetuneSettings(epochs=40, lr=3e-3, augment_policy="affine"))
     assert info["after"]["kd"] < 0.8 * info["before"]["kd"]
     assert all(torch.all(student.get_submodule(n).weight[~m] == 0) for n, m in masks.items())
-    with pytest.raises(CrossDistillError, match="augment policy"):
+    with pytest.raises(CrossDistillError, match="finetune: views"):
         FinetuneSettings(epochs=1, augment_policy="randaugment").validate()
 
 

@@ -38,10 +38,15 @@ def direct_loss(name, xt, xs, wt, w, mu=0.9, alpha=0.3, beta=0.6):
     raise AssertionError(name)
 
 
+# The settings direct_loss uses, given to the objectives that declare them (and only to those).
+SETTINGS = {"mixed": {"mu": 0.9}, "soft": {"alpha": 0.3, "beta": 0.6}}
+
+
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_quadratic_form_equals_direct_loss(name):
     xt, xs, wt, w, m = _data()
-    obj = create_objective(name, mu=0.9, alpha=0.3, beta=0.6)
+    obj = create_objective(name, **SETTINGS.get(name, {}))
+    assert obj.settings() == SETTINGS.get(name, {})  # every setting it has is the one direct_loss uses
     prob = obj.build(m, wt)
     assert prob.loss(w) == pytest.approx(direct_loss(name, xt, xs, wt, w), rel=1e-9)
 
@@ -73,14 +78,22 @@ def test_nocross_optimum_differs_from_teacher_and_is_the_minimiser():
 
 @pytest.mark.parametrize("kw", [{"mu": 1.5}, {"mu": -0.1}])
 def test_mu_out_of_range_rejected(kw):
-    with pytest.raises(CrossDistillError, match="mu"):
+    with pytest.raises(CrossDistillError, match=rf"objective mixed: mu must lie in \[0, 1\], got {kw['mu']}"):
         create_objective("mixed", **kw)
 
 
 @pytest.mark.parametrize("kw", [{"alpha": 2.0}, {"beta": -1.0}])
 def test_soft_parameters_out_of_range_rejected(kw):
-    with pytest.raises(CrossDistillError):
+    (name, value), = kw.items()
+    with pytest.raises(CrossDistillError, match=rf"objective soft: {name} must lie in \[0, 1\], got {value}"):
         create_objective("soft", **kw)
+
+
+@pytest.mark.parametrize("name,kw", [("mixed", {"beta": 0.5}), ("nocross", {"mu": 0.9}), ("soft", {"betta": 0.5})])
+def test_settings_an_objective_does_not_declare_are_refused(name, kw):
+    # Before, unknown keyword arguments were silently ignored: a typo ran the default.
+    with pytest.raises(CrossDistillError, match=rf"objective {name}: unknown setting \['{next(iter(kw))}'\]"):
+        create_objective(name, **kw)
 
 
 def test_unknown_objective_named():

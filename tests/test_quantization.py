@@ -137,20 +137,36 @@ def test_gptq_with_diagonal_metric_is_round_to_nearest():
     assert torch.allclose(gptq_sweep(W, H, grid), grid.quantize(W))
 
 
-def test_bits_and_scheme_validated():
-    for bad in (1, 9, 16, 0, 3.5, "4"):
-        with pytest.raises(CrossDistillError, match="bits"):
-            Quantization(bits=bad)
-        with pytest.raises(CrossDistillError, match="bits"):
-            CompressConfig(prune="quant", bits=bad).validate()
-    with pytest.raises(CrossDistillError, match="quant_scheme"):
+@pytest.mark.parametrize("bad,message", [
+    (1, r"bits must lie in \[2, 8\], got 1"), (9, r"bits must lie in \[2, 8\], got 9"),
+    (16, r"bits must lie in \[2, 8\], got 16"), (0, r"bits must lie in \[2, 8\], got 0"),
+    (3.5, "bits must be an integer, got 3.5"), (True, "bits must be an integer, got True"),
+    ("four", "bits must be an integer, got 'four'"),
+    pytest.param("4", "bits", marks=pytest.mark.xfail(
+        strict=True, reason="src: a numeric string is converted (the CLI's flag values are strings), so "
+                            "Quantization(bits='4') and a YAML `bits: '4'` are accepted; refused before")),
+])
+def test_bits_validated(bad, message):
+    with pytest.raises(CrossDistillError, match=f"compression method quant: {message}"):
+        Quantization(bits=bad)
+    with pytest.raises(CrossDistillError, match=f"compression method quant: {message}"):
+        CompressConfig(prune="quant", bits=bad)
+
+
+def test_scheme_and_solver_settings_validated():
+    with pytest.raises(CrossDistillError, match=r"quant: quant_scheme must be one of .*got 'log'"):
         Quantization(quant_scheme="log")
-    with pytest.raises(CrossDistillError, match="quant_scheme"):
-        CompressConfig(quant_scheme="uniform").validate()
-    with pytest.raises(CrossDistillError, match="quant clip"):
+    # quant_scheme belongs to the quant methods: given with the default method (channels) it is refused.
+    with pytest.raises(CrossDistillError, match="quant_scheme='uniform' is a setting of .*quant"):
+        CompressConfig(quant_scheme="uniform")
+    with pytest.raises(CrossDistillError, match=r"quant: quant_scheme must be one of .*got 'uniform'"):
+        CompressConfig(prune="quant", quant_scheme="uniform")
+    with pytest.raises(CrossDistillError, match=r"solver gptq: clip must be one of .*got 'percentile'"):
         create_solver("quant", "gptq", clip="percentile")
-    with pytest.raises(CrossDistillError, match="grid_from"):
+    with pytest.raises(CrossDistillError, match=r"solver rtn: grid_from must be one of .*got 'student'"):
         create_solver("quant", "rtn", grid_from="student")
+    with pytest.raises(CrossDistillError, match=r"solver rtn: unknown setting \['block_size'\]"):
+        create_solver("quant", "rtn", block_size=64)  # a gptq setting
 
 
 def test_cli_rejects_bad_bits(capsys):
@@ -211,7 +227,7 @@ def test_channels_then_quant_runs_two_stages_on_the_slimmed_model():
 
     from crossdistill.pipeline import FewShot, compress
 
-    cfg = CompressConfig(model="tiny", prune="channels+quant", keep=0.5, bits=4, damping=1e-2, mu=0.9)
+    cfg = CompressConfig(model="tiny", prune="channels+quant", keep=0.5, bits=4, damping=1e-2)
     fs = FewShot(images=images(), labels=torch.zeros(24, dtype=torch.long), indices=None)
     result = compress(teacher, fs, cfg, show_progress=False)
     student = result.student
@@ -221,5 +237,5 @@ def test_channels_then_quant_runs_two_stages_on_the_slimmed_model():
         assert e["codes"].shape == student.get_submodule(name).weight.shape
         assert torch.equal(student.get_submodule(name).weight, dequantized_weight(e))
     assert "then gptq" in result.solver
-    assert {r.info["stage"] for r in result.records} == {"channels(keep=0.5)", "quant(bits=4,scheme=asymmetric)"}
+    assert {r.info["stage"] for r in result.records} == {"channels(keep=0.5)", "quant(bits=4,quant_scheme=asymmetric)"}
     assert model_size_bytes(student)["codes"] > 0

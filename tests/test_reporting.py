@@ -21,7 +21,8 @@ from crossdistill.reporting import (
     method_labels,
     render_report,
 )
-from crossdistill.sweep import SweepDB, canonical_json, config_hash
+from crossdistill.sweep import SweepDB, config_hash
+from crossdistill.sweep.runner import row_for
 
 BASE = {"model": "fashion_cnn", "data": "train.npz", "eval_data": "test.npz", "keep": 0.5, "latency": False}
 TEACHER = {"teacher_top1": 91.0, "teacher_params": 1000, "teacher_flops": 4_000_000, "n_eval": 500}
@@ -30,9 +31,8 @@ TEACHER = {"teacher_top1": 91.0, "teacher_params": 1000, "teacher_flops": 4_000_
 def add(db: SweepDB, top1: float | None, status: str = "ok", flops: int = 1_500_000, **values) -> None:
     cfg = CompressConfig.from_dict({**BASE, **values}).validate()
     row = {
-        "config_hash": config_hash(cfg), "config": canonical_json(cfg.to_dict()), "status": status,
-        "error": None if status == "ok" else "boom", "model": cfg.model, "objective": cfg.objective,
-        "solver": cfg.solver, "shots": cfg.shots, "seed": cfg.seed, "student_top1": top1,
+        **row_for(cfg, config_hash(cfg), "hand"), "status": status,
+        "error": None if status == "ok" else "boom", "student_top1": top1,
         "student_params": 500, "student_flops": flops, "compress_seconds": 2.0, "run_seconds": 3.0,
         **(TEACHER if status == "ok" else {}),
     }
@@ -70,15 +70,15 @@ def test_aggregate_mean_std_per_method_and_k(db_path):
     runs = load_runs(db_path)
     assert len(runs) == 13
     groups = aggregate(runs)
-    assert [g.config["keep"] for g in groups] == [0.5, 0.75]
+    assert [g.config["method.keep"] for g in groups] == [0.5, 0.75]
     g = groups[0]
-    assert g.methods == ["prune-only", "mixed μ=0.6"] and g.x_values == [1, 5]
-    c = g.cell("prune-only", 1)
+    assert g.methods == ["prune-only(selection=obs)", "mixed(mu=0.6)"] and g.x_values == [1, 5]
+    c = g.cell("prune-only(selection=obs)", 1)
     assert (c.mean, c.std, c.n_seeds, c.seeds, c.n_eval) == (20.0, 10.0, 3, [0, 1, 2], 500)
-    assert g.cell("prune-only", 5).top1 == [40.0]
-    c = g.cell("mixed μ=0.6", 5)
+    assert g.cell("prune-only(selection=obs)", 5).top1 == [40.0]
+    c = g.cell("mixed(mu=0.6)", 5)
     assert c.n_seeds == 3 and c.mean == 82.0 and c.std == pytest.approx(statistics.stdev([80, 82, 84]))
-    assert g.cell("mixed μ=0.6", 1).std == pytest.approx(statistics.stdev([50, 54]))
+    assert g.cell("mixed(mu=0.6)", 1).std == pytest.approx(statistics.stdev([50, 54]))
     assert (g.teacher_top1, g.n_eval) == (91.0, 500)
 
 
@@ -86,11 +86,11 @@ def test_markdown_tables(db_path):
     g = aggregate(load_runs(db_path))[0]
     table = accuracy_table(g)
     assert "| method | K=1 | K=5 |" in table
-    assert "| prune-only | 20.00 ± 10.00 | 40.00 |" in table  # one seed: no ±
-    assert "| mixed μ=0.6 | 52.00 ± 2.83 | 82.00 ± 2.00 |" in table
+    assert "| prune-only(selection=obs) | 20.00 ± 10.00 | 40.00 |" in table  # one seed: no ±
+    assert "| mixed(mu=0.6) | 52.00 ± 2.83 | 82.00 ± 2.00 |" in table
     assert "500 test images" in table
     detail = detail_table(g)
-    assert "| prune-only | 1 | 20.00 | 10.00 | 3 | 500 | 1.50 | 0.00 | 2.0 | 3.0 |" in detail
+    assert "| prune-only(selection=obs) | 1 | 20.00 | 10.00 | 3 | 500 | 1.50 | 0.00 | 2.0 | 3.0 |" in detail
 
 
 def test_method_labels_never_merge_different_methods():
@@ -98,9 +98,10 @@ def test_method_labels_never_merge_different_methods():
     b = {**a, "selection": "l1"}
     c = {**BASE, "objective": "soft", "alpha": 0.5, "beta": 0.5, "solver": "paper"}
     labels = sorted(method_labels([a, b, c]).values())
-    assert labels == ["mixed μ=0.6 (selection=l1)", "mixed μ=0.6 (selection=obs)", "soft α=0.5 β=0.5 [paper]"]
+    assert labels == ["mixed(mu=0.6)", "mixed(mu=0.6) [closed-form(selection=l1)]",
+                      "soft(alpha=0.5,beta=0.5) [paper(iters=3000,lr=0.001)]"]
     d = {**BASE, "objective": "mixed", "mu": None}  # the model's default mu is named
-    assert list(method_labels([d]).values()) == ["mixed μ=0.6"]
+    assert list(method_labels([d]).values()) == ["mixed(mu=0.6)"]
 
 
 def test_accuracy_vs_k_plot_has_one_errorbar_line_per_method(db_path):
@@ -115,7 +116,7 @@ def test_accuracy_vs_k_plot_has_one_errorbar_line_per_method(db_path):
     segs = yerr.get_segments()  # error bar of K=1 spans mean ± std
     assert segs[0][0][1] == pytest.approx(10.0) and segs[0][1][1] == pytest.approx(30.0)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["prune-only", "mixed μ=0.6", "teacher (91.00 %)"]
+    assert labels == ["prune-only(selection=obs)", "mixed(mu=0.6)", "teacher (91.00 %)"]
     assert "K (training images per class)" == ax.get_xlabel() and "%" in ax.get_ylabel()
     assert "fashion_cnn" in ax.get_title() and "500 test images" in ax.get_title() and "3 seed" not in ax.get_title()
 
@@ -125,7 +126,7 @@ def test_accuracy_vs_flops_joins_compression_levels(db_path):
     fig = accuracy_vs_flops(groups)  # K=5 is the largest K both settings have
     (ax,) = fig.axes
     bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
-    assert [b.get_label() for b in bars] == ["prune-only", "mixed μ=0.6"]
+    assert [b.get_label() for b in bars] == ["prune-only(selection=obs)", "mixed(mu=0.6)"]
     xs = [list(b.lines[0].get_xdata()) for b in bars]
     assert xs == [[1.5, 2.5], [1.5, 2.5]]  # MFLOPs, sorted
     assert list(bars[1].lines[0].get_ydata()) == [82.0, 70.0]

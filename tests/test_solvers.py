@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from crossdistill.errors import CrossDistillError
 from crossdistill.moments import Moments
 from crossdistill.objectives import create_objective
 from crossdistill.problem import QuadraticProblem
@@ -102,3 +103,24 @@ def test_prune_only_keeps_teacher_columns():
     out = create_solver("channels", "prune-only", selection="weight-norm").solve(p, task, None)
     cols = channel_columns(torch.tensor(out.info["kept"]), 4)
     assert torch.equal(out.weight[:, cols], p.w_teacher[:, cols])
+
+
+def test_solvers_refuse_settings_they_do_not_declare():
+    # Before, unknown keyword arguments were dropped: `iters` for the closed form ran as if unset.
+    with pytest.raises(CrossDistillError, match=r"channels solver closed-form: unknown settings \['iters', 'lr'\]; "
+                                                r"its settings are \['selection'\]"):
+        create_solver("channels", "closed-form", iters=5, lr=1e-2)
+    with pytest.raises(CrossDistillError, match=r"channels solver paper: unknown setting \['selection'\]"):
+        create_solver("channels", "paper", selection="l1")
+    with pytest.raises(CrossDistillError, match=r"solver closed-form: selection must be one of .*got 'nope'"):
+        create_solver("channels", "closed-form", selection="nope")
+
+
+@pytest.mark.parametrize("name", ["prune-only", "fskd"])
+def test_prune_only_and_fskd_default_to_the_obs_selection(name):
+    # What the pipeline always passed them; their describe() shows it.
+    solver = create_solver("channels", name)
+    assert solver.selection == "obs" and solver.describe() == f"{name}(selection=obs)"
+    p, task = problem(5), LayerTask(name="x", group=4, keep=3)
+    default = solver.solve(p, task, None)
+    assert default.info["kept"] == create_solver("channels", name, selection="obs").solve(p, task, None).info["kept"]

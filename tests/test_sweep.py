@@ -23,6 +23,7 @@ from crossdistill.sweep import (
     config_hash,
     expand_grid,
     expand_vars,
+    flat_settings,
     load_sweep,
     parse_set,
     run_sweep,
@@ -89,8 +90,8 @@ def test_load_sweep_validates_every_run_and_drops_duplicates(tmp_path, data):
     spec = load_sweep(cfg)
     assert [c.shots for c in spec.configs] == [1, 2] and len(set(spec.hashes)) == 2
     assert all(c.latency is False for c in spec.configs)  # latency is opt-in in sweeps
-    bad = write_sweep(tmp_path / "bad.yaml", train, test, runs=[{"mu": 1.5}])
-    with pytest.raises(CrossDistillError, match=r"run 1 .*mu must lie in \[0, 1\]"):
+    bad = write_sweep(tmp_path / "bad.yaml", train, test, runs=[{"objective": "mixed", "mu": 1.5}])
+    with pytest.raises(CrossDistillError, match=r"run 1 .*mu"):
         load_sweep(bad)
     (tmp_path / "typo.yaml").write_text("base: {model: fashion_cnn}\ngird: {shots: [1]}\n")
     with pytest.raises(CrossDistillError, match="unknown top-level keys"):
@@ -102,9 +103,10 @@ def test_shipped_configs_expand():
     assert len(paper.configs) == 2 * 5 * 3 * 7
     c = paper.configs[0]
     assert c.model == "resnet56" and c.weights.endswith("/weights/resnet56-4bfd9763.th") and "${" not in c.weights
-    assert {x.keep for x in paper.configs} == {0.5, "paper"}
+    flat = [flat_settings(x) for x in paper.configs]  # plug-in settings, whichever shape to_dict() has
+    assert {x["method.keep"] for x in flat} == {0.5, "paper"}
     assert {x.shots for x in paper.configs} == {1, 2, 3, 5, 10} and {x.seed for x in paper.configs} == {0, 1, 2}
-    assert {(x.objective, x.mu, x.solver) for x in paper.configs} == {
+    assert {(x["objective"], x.get("objective.mu"), x["solver"]) for x in flat} == {
         ("nocross", None, "prune-only"), ("nocross", None, "closed-form"), ("correction", None, "closed-form"),
         ("imitation", None, "closed-form"), ("mixed", 0.6, "closed-form"), ("mixed", 0.9, "closed-form"),
         ("soft", None, "closed-form"),
@@ -120,9 +122,10 @@ def test_compress_yaml_defaults_then_flags_override(tmp_path):
     args = build_parser().parse_args(["compress", "--config", str(f), "--seed", "7", "--keep", "0.5",
                                       "--out", str(tmp_path / "o")])
     cfg = config_from_args(args)
-    assert (cfg.model, cfg.shots, cfg.objective) == ("fashion_cnn", 3, "soft")  # from the file
-    assert (cfg.seed, cfg.keep) == (7, 0.5)  # flags win
-    assert cfg.solver == "closed-form"  # neither: the built-in default
+    flat = flat_settings(cfg)
+    assert (cfg.model, cfg.shots, flat["objective"]) == ("fashion_cnn", 3, "soft")  # from the file
+    assert (cfg.seed, flat["method.keep"]) == (7, 0.5)  # flags win
+    assert flat["solver"] == "closed-form"  # neither: the built-in default
 
 
 def test_compress_config_files_expand_the_data_folder(monkeypatch, tmp_path):
@@ -130,7 +133,7 @@ def test_compress_config_files_expand_the_data_folder(monkeypatch, tmp_path):
     args = build_parser().parse_args(["compress", "--config", str(REPO / "configs" / "compress_resnet56.yaml"),
                                       "--shots", "1", "--out", str(tmp_path / "o")])
     cfg = config_from_args(args)
-    assert cfg.weights == "/somewhere/weights/resnet56-4bfd9763.th" and cfg.shots == 1 and cfg.mu == 0.9
+    assert cfg.weights == "/somewhere/weights/resnet56-4bfd9763.th" and cfg.shots == 1 and flat_settings(cfg)["objective.mu"] == 0.9
 
 
 def test_sweep_set_overrides_base_and_grid(tmp_path, data):
@@ -138,7 +141,7 @@ def test_sweep_set_overrides_base_and_grid(tmp_path, data):
     cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0, 1]})
     spec = load_sweep(cfg, parse_set(["seed=5", "keep=0.25", "mu=null"]))
     assert len(spec.configs) == 2 and {c.seed for c in spec.configs} == {5}  # grid collapses, deduplicated
-    assert {c.keep for c in spec.configs} == {0.25}
+    assert {flat_settings(c)["method.keep"] for c in spec.configs} == {0.25}
     with pytest.raises(CrossDistillError, match="KEY=VALUE"):
         parse_set(["seed"])
 
@@ -192,13 +195,16 @@ def test_teacher_is_evaluated_once_per_database(tmp_path, data, monkeypatch):
 
 def test_failed_runs_are_recorded_and_do_not_stop_the_grid(tmp_path, data, capsys):
     train, test = data
-    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"shots": [1], "solver": ["closed-form", "no-such-solver"]},
+    # A test set that is not there passes validation (paths are checked where they are used)
+    # and fails the run itself.
+    missing = tmp_path / "no-such-test.npz"
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"shots": [1], "eval_data": [str(test), str(missing)]},
                       runs=[{"objective": "mixed"}])
     db = tmp_path / "r.sqlite"
     assert main(["sweep", str(cfg), "--db", str(db)]) == 1  # failures show in the exit status
-    got = rows(db, "solver, status, error, traceback")
-    assert [(r[0], r[1]) for r in got] == [("closed-form", "ok"), ("no-such-solver", "failed")]
-    assert "no-such-solver" in got[1][2] and "Traceback" in got[1][3]
+    got = rows(db, "config, status, error, traceback")
+    assert [(json.loads(r[0])["eval_data"], r[1]) for r in got] == [(str(test), "ok"), (str(missing), "failed")]
+    assert "no-such-test.npz" in got[1][2] and "Traceback" in got[1][3]
     assert "FAILED" in capsys.readouterr().err
     # Resuming skips the failure; --retry-failed runs it again (and records it again, once).
     assert main(["sweep", str(cfg), "--db", str(db)]) == 0

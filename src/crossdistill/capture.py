@@ -76,18 +76,27 @@ def all_layer_inputs(model: nn.Module, names: Iterable[str], batches: Iterable[t
     return store
 
 
-def unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Rows are patches, columns the layer's flattened input (c, kh, kw order, as weight.flatten(1))."""
+def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(images, D, positions): the im2col columns of each image, D in (c, kh, kw) order as
+    weight.flatten(1). A Linear's input is one "image" whose positions are its rows. This layout
+    is what F.unfold returns, so the moments' per-image products need no transposing copy."""
     if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
+        return x.reshape(-1, x.shape[-1]).T.unsqueeze(0)
     assert isinstance(module, nn.Conv2d)
-    cols = F.unfold(
+    return F.unfold(
         x,
         kernel_size=module.kernel_size,
         dilation=module.dilation,
         padding=module.padding,
         stride=module.stride,
-    )  # (N, C*kh*kw, L)
+    )
+
+
+def unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Rows are patches, columns the layer's flattened input (c, kh, kw order, as weight.flatten(1))."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    cols = patches(module, x)  # (N, C*kh*kw, L)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 

@@ -5,6 +5,13 @@ Chosen on a validation split (train[49000:], never the test images) by
 """
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
+import torch
+
+from crossdistill.errors import CrossDistillError
+
 # Damping = ridge towards the teacher's weights, as a fraction of mean diag(H). With K images per
 # class the moments are averages over K·classes images, so their noise falls like 1/K and the
 # pull towards the teacher should too. ResNet-56, keep 0.5, validation top-1 (2 draws):
@@ -23,3 +30,19 @@ def auto_damping(shots: float) -> float:
     if shots <= 0:
         raise ValueError(f"images per class must be positive, got {shots}")
     return min(MAX_DAMPING, DAMPING_AT_ONE_SHOT / shots)
+
+
+def resolve_damping(setting: float | None, labels: torch.Tensor | Sequence[int]) -> float:
+    """The damping a run uses, the one policy for every caller of the engine: `setting` when
+    given (a fixed fraction of mean diag H), else auto_damping of the draw's images per class.
+    Classes are counted in the draw's own `labels`, not taken from the model: any model works,
+    and a K-per-class draw gives exactly K."""
+    if setting is not None:
+        value = float(setting)
+        if not math.isfinite(value) or value < 0:
+            raise CrossDistillError(f"damping must be a finite number >= 0, got {setting}")
+        return value
+    labels = torch.as_tensor(labels)
+    if labels.numel() == 0:
+        raise CrossDistillError("automatic damping needs the few-shot labels; the draw is empty")
+    return auto_damping(images_per_class(labels.numel(), int(torch.unique(labels).numel())))

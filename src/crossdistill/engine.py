@@ -50,7 +50,7 @@ def distill_layers(
     objective: Objective,
     solver: LayerSolver,
     *,
-    damping: float = 1e-3,
+    damping: float,
     batch_size: int = 64,
     progress: ProgressFn | None = None,
     incremental: bool = True,
@@ -62,6 +62,8 @@ def distill_layers(
     producer's own filters (they are removed only afterwards, by slimming).
     `incremental` reuses the finished front of the student between layers when the model
     exposes `forward_units()` (same inputs, O(L) instead of O(L²) forward work).
+    `damping` (a fraction of mean diag H, see QuadraticProblem.damped) has no default here: the
+    one policy is crossdistill.defaults.resolve_damping, which callers apply to their draw.
     """
     teacher.eval()
     student.eval()

@@ -14,6 +14,7 @@ from torch import nn
 from crossdistill.data.transforms import to_tensor
 from crossdistill.device import module_device
 from crossdistill.errors import CrossDistillError
+from crossdistill.models import ModelInfo, model_info
 
 __all__ = [
     "LatencyResult",
@@ -23,7 +24,13 @@ __all__ = [
     "count_flops",
     "measure_latency",
     "evaluate_model",
+    "evaluate_for",
+    "REPORT_LATENCY_BATCHES",
 ]
+
+# The batch sizes every compression report times: one image (interactive use) and a full
+# batch (throughput); teacher and student alike, so their rows compare.
+REPORT_LATENCY_BATCHES = (1, 128)
 
 
 @dataclass(frozen=True)
@@ -213,3 +220,32 @@ def evaluate_model(
         "input_size": [int(s) for s in input_size],
         "latency": latency,
     }
+
+
+def evaluate_for(
+    model: nn.Module,
+    data: Any,
+    info: ModelInfo | str,
+    *,
+    latency: bool,
+    latency_batch_sizes: Sequence[int] = REPORT_LATENCY_BATCHES,
+    threads: int | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """`evaluate_model` fed as the model expects: normalisation and input size from `info` (a
+    `ModelInfo`, or a registered model name to look it up), latency timed at
+    `latency_batch_sizes` only when `latency`. The one place that turns a model's info into the
+    evaluation's keywords, so a teacher and its student are always measured alike."""
+    if isinstance(info, str):
+        info = model_info(info)
+    return evaluate_model(
+        model,
+        data,
+        mean=info.mean,
+        std=info.std,
+        input_size=info.input_size,
+        measure_speed=latency,
+        latency_batch_sizes=tuple(latency_batch_sizes) if latency else (),
+        threads=threads,
+        batch_size=batch_size,
+    )

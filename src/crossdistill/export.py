@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
-from crossdistill.persistence import temp_sibling
+from crossdistill.persistence.files import temp_sibling
 
 __all__ = ["FORMATS", "ExportResult", "export", "export_model", "default_output", "verification_inputs", "max_abs_diff"]
 
@@ -65,7 +65,7 @@ def default_output(source: str | Path, fmt: str) -> Path:
 
 
 def _metadata(model: nn.Module) -> dict[str, str]:
-    from crossdistill import __version__
+    from crossdistill._version import __version__
     from crossdistill.models.registry import model_info
 
     name = getattr(model, "crossdistill_name", None)

@@ -1,7 +1,7 @@
-"""Feature hints for the few-shot fine-tune (`finetune_hint_weight` > 0): the student's
-intermediate outputs are pulled towards the teacher's on the same (augmented, mixed) images.
+"""Feature hints for the few-shot fine-tune (FinetuneConfig mode 'hints', `hint_weight` > 0): the
+student's intermediate outputs are pulled towards the teacher's on the same (augmented, mixed) images.
 
-Hint points (`finetune_hints`):
+Hint points (FinetuneConfig `hints`, whose choices are HINT_POINTS):
   'blocks'      — the output of every block that holds a pruned layer: for a ResNet the block's
                   output after the residual add and ReLU (the signal the next block reads), for a
                   model whose pruned layers sit directly in a Sequential or the root (VGG,
@@ -37,7 +37,7 @@ def _last_linear(model: nn.Module) -> str:
 def _block_points(model: nn.Module, layers: bool = False) -> list[str]:
     if not hasattr(model, "channel_pairs"):
         raise CrossDistillError(
-            f"{type(model).__name__} declares no channel_pairs(): use finetune_hints 'penultimate'")
+            f"{type(model).__name__} declares no channel_pairs(): use the fine-tune's hints 'penultimate'")
     modules = dict(model.named_modules())
     points: list[str] = []
     for pair in model.channel_pairs():
@@ -51,8 +51,10 @@ def _block_points(model: nn.Module, layers: bool = False) -> list[str]:
 
 def hint_points(model: nn.Module, which: str) -> list[str]:
     """Module names whose outputs are hinted; PENULTIMATE stands for the final linear's input."""
+    # Also checked here, not only by FinetuneConfig: the substring tests below would read a
+    # name that is not a choice as some other choice.
     if which not in HINT_POINTS:
-        raise CrossDistillError(f"finetune_hints must be one of {list(HINT_POINTS)}, got {which!r}")
+        raise CrossDistillError(f"hint points must be one of {list(HINT_POINTS)}, got {which!r}")
     points = _block_points(model, layers="layers" in which) if which != "penultimate" else []
     if "penultimate" in which:
         points.append(PENULTIMATE)

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import torch.nn.functional as F
-
-from crossdistill.capture import unfold
+from crossdistill.capture import patches
 
 # float64 for the sums and the solves: with few samples the moments are nearly singular.
 DTYPE = torch.float64
@@ -48,8 +46,8 @@ class MomentAccumulator:
             raise ValueError(f"teacher input {tuple(x_teacher.shape)} != student input {tuple(x_student.shape)}")
         # Chunks of images: one huge unfold of a whole batch is the slow, memory-hungry part.
         for start in range(0, x_teacher.shape[0], self.chunk):
-            pt = _patches(self.module, x_teacher[start : start + self.chunk])
-            ps = _patches(self.module, x_student[start : start + self.chunk])
+            pt = patches(self.module, x_teacher[start : start + self.chunk].float())
+            ps = patches(self.module, x_student[start : start + self.chunk].float())
             if self._tt is None:
                 d = pt.shape[-2]
                 self._tt = torch.zeros(d, d, dtype=DTYPE)
@@ -67,16 +65,6 @@ class MomentAccumulator:
             raise ValueError("no samples were accumulated")
         n = float(self.count)
         return Moments(tt=self._tt / n, ss=self._ss / n, ts=self._ts / n, count=self.count)
-
-
-def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(images, D, positions): im2col columns per image, without the transposing copy."""
-    if isinstance(module, nn.Conv2d):
-        return F.unfold(
-            x.float(), kernel_size=module.kernel_size, dilation=module.dilation,
-            padding=module.padding, stride=module.stride,
-        )
-    return unfold(module, x).float().T.unsqueeze(0)
 
 
 def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -55,13 +55,18 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def json_default(obj: Any) -> Any:
-    """`json.dumps(default=...)` for numpy scalars/arrays and paths."""
+    """`json.dumps(default=...)` for numpy scalars/arrays, torch tensors and paths."""
     import numpy as np
 
+    # Duck-typed so that writing JSON never imports torch; a report may hold a loss tensor.
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):
+        return obj.detach().cpu().tolist()
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
         return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, Path):

@@ -14,20 +14,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossdistill import __version__
-from crossdistill.compression import create_method
+from crossdistill._version import __version__
+from crossdistill.compression import METHODS, CompressionMethod
 from crossdistill.compression.composite import stage_solver_name
 from crossdistill.compression.quantization import dequantize_into
 from crossdistill.checks import check_data_fits_model
-from crossdistill.config import CompressConfig
-from crossdistill.defaults import auto_damping, images_per_class
+from crossdistill.config import CompressConfig, finetune_active
+from crossdistill.defaults import resolve_damping
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
 from crossdistill.engine import LayerRecord, distill_layers
 from crossdistill.errors import CrossDistillError
-from crossdistill.evaluation import evaluate_model
+from crossdistill.evaluation import evaluate_for
 from crossdistill.models import create_model, load_weights, model_info
-from crossdistill.objectives import create_objective
-from crossdistill.solvers import create_solver
+from crossdistill.objectives import OBJECTIVES, Objective
+from crossdistill.params import declared_params
+from crossdistill.solvers import LayerSolver, create_solver
 
 
 @dataclass
@@ -93,24 +94,41 @@ def _tqdm_progress(desc: str):
 
 def resolved_damping(cfg: CompressConfig, fewshot: FewShot) -> float:
     """cfg.damping, or (None) the data-dependent default for this many images per class."""
-    if cfg.damping is not None:
-        return float(cfg.damping)
-    # Classes counted in the draw itself (not the model's registry entry): any model works, and
-    # a K-per-class draw gives exactly K.
-    return auto_damping(images_per_class(len(fewshot.labels), int(torch.unique(fewshot.labels).numel())))
+    return resolve_damping(cfg.damping, fewshot.labels)
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Plug-in settings whose default depends on the model (the paper's μ: 0.9 ResNet, 0.6 VGG);
+    they fill a setting left at None. A model the registry does not know has none."""
+    try:
+        info = model_info(model)
+    except CrossDistillError:
+        return {}
+    return {"mu": info.default_mu}
+
+
+def _with_model_defaults(cls: type, params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    names = {p.name for p in declared_params(cls)}
+    return {**params, **{k: v for k, v in defaults.items() if k in names and params.get(k) is None}}
+
+
+def build_objective(cfg: CompressConfig) -> Objective:
+    cls = OBJECTIVES.get_class(cfg.objective.name)
+    return OBJECTIVES.build(cfg.objective.name, _with_model_defaults(cls, cfg.objective.params, model_defaults(cfg.model)))
+
+
+def build_solver(stage: CompressionMethod, override: str | None, cfg: CompressConfig) -> LayerSolver:
+    """The solver of one stage; the config's solver settings go to the solver they were given for."""
+    name = stage_solver_name(stage, override, cfg.solver.name)
+    params = cfg.solver.params if name == cfg.solver.name else {}
+    return create_solver(stage.solver_family, name, **params)
 
 
 def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progress: bool = True) -> CompressionResult:
     """Layer-wise cross distillation of a copy of `teacher`; the teacher is not modified."""
     start = time.perf_counter()
-    mu = cfg.mu if cfg.mu is not None else model_info(cfg.model).default_mu
-    objective = create_objective(cfg.objective, mu=mu, alpha=cfg.alpha, beta=cfg.beta)
-    method = create_method(cfg.prune, keep=cfg.keep, sparsity=cfg.sparsity, bits=cfg.bits,
-                           quant_scheme=cfg.quant_scheme, quant_solver=cfg.quant_solver,
-                           rank_ratio=cfg.rank_ratio, flops_ratio=cfg.flops_ratio, **cfg.extra)
-    solver_kw: dict[str, Any] = {"selection": cfg.selection, "iters": cfg.iters, **cfg.extra}
-    if cfg.lr is not None:
-        solver_kw["lr"] = cfg.lr
+    objective = build_objective(cfg)
+    method = METHODS.build(cfg.method.name, cfg.method.params)
     damping = resolved_damping(cfg, fewshot)
     student = copy.deepcopy(teacher).eval()
     # A method runs as one or more stages (compression/composite.py): each stage's teacher is the
@@ -118,7 +136,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     stages = method.stages()
     stage_teacher, records, solver_names = teacher, [], []
     for k, (stage, solver_name) in enumerate(stages):
-        solver = create_solver(stage.solver_family, stage_solver_name(stage, solver_name, cfg.solver), **solver_kw)
+        solver = build_solver(stage, solver_name, cfg)
         solver_names.append(solver.describe())
         tasks = stage.plan(student)
         progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
@@ -134,10 +152,12 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         if k + 1 < len(stages):
             stage_teacher = copy.deepcopy(student).eval()
     finetuned = None
-    if cfg.finetune_epochs > 0 or cfg.finetune_bn == "recalibrate":
-        from crossdistill.finetune import finetune, settings_from_config
+    if finetune_active(cfg.finetune):
+        from crossdistill.finetune import FinetuneConfig, finetune, run_settings
 
-        finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings_from_config(cfg))
+        settings = run_settings(FinetuneConfig(**cfg.finetune), seed=cfg.seed, device=cfg.device,
+                                batch_size=cfg.batch_size)
+        finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings)
         if getattr(student, "crossdistill_quant", None):
             # Fine-tuning moves quantized weights off their grid; the stored integer codes are the
             # model, so they win (the fine-tune still adapts biases and BatchNorm).
@@ -219,10 +239,9 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     if test is None and cfg.eval_data:
         test = load_image_data(cfg.eval_data, "test")
     if test is not None:
-        kw = dict(mean=info.mean, std=info.std, input_size=info.input_size, measure_speed=cfg.latency,
-                  latency_batch_sizes=(1, 128) if cfg.latency else ())
-        report["teacher"] = teacher_metrics if teacher_metrics is not None else evaluate_model(teacher, test, **kw)
-        report["student"] = evaluate_model(result.student, test, **kw)
+        report["teacher"] = (teacher_metrics if teacher_metrics is not None
+                             else evaluate_for(teacher, test, info, latency=cfg.latency))
+        report["student"] = evaluate_for(result.student, test, info, latency=cfg.latency)
         report["n_eval"] = report["student"]["n_eval"]
     return result, report
 

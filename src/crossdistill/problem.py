@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from crossdistill.linalg import add_ridge, damping_ridge, solve_right, solve_right_on_columns
+
 
 @dataclass(frozen=True)
 class QuadraticProblem:
@@ -32,41 +34,24 @@ class QuadraticProblem:
         """Add fraction·mean(diag H)·‖W - W^t‖²: with few samples H is nearly singular, and
         pulling the under-determined directions towards the teacher (not towards zero) is what
         helped at K = 1 (NOTES-math.md)."""
-        if fraction < 0:
-            raise ValueError("damping must be >= 0")
         if fraction == 0:
             return self
-        lam = fraction * float(torch.diagonal(self.H).mean())
-        if lam <= 0:
-            lam = fraction
-        eye = torch.eye(self.H.shape[0], dtype=self.H.dtype)
+        lam = damping_ridge(self.H, fraction)
         wt = self.w_teacher.to(self.H.dtype)
         return replace(
             self,
-            H=self.H + lam * eye,
+            H=add_ridge(self.H, lam),
             B=self.B + lam * wt,
             c=self.c + lam * float((wt * wt).sum()),
         )
 
     def solve_on(self, columns: torch.Tensor) -> torch.Tensor:
         """Exact minimiser with every column outside `columns` fixed at zero: W_S = B_S H_SS⁻¹."""
-        W = torch.zeros_like(self.B)
-        if columns.numel() == 0:
-            return W
-        H_ss = self.H[columns][:, columns]
-        W[:, columns] = _spd_solve_right(self.B[:, columns], H_ss)
-        return W
+        return solve_right_on_columns(self.B, self.H, columns)
 
     def solve(self) -> torch.Tensor:
-        return _spd_solve_right(self.B, self.H)
-
-
-def _spd_solve_right(B: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """B H⁻¹ for symmetric PSD H; falls back to least squares when H is singular."""
-    L, info = torch.linalg.cholesky_ex(H)
-    if int(info) == 0:
-        return torch.cholesky_solve(B.T, L).T
-    return torch.linalg.lstsq(H, B.T, driver="gelsd").solution.T
+        """W* = B H⁻¹ (least squares when H is singular)."""
+        return solve_right(self.B, self.H)
 
 
 def add_problems(a: QuadraticProblem, b: QuadraticProblem, wa: float, wb: float) -> QuadraticProblem:

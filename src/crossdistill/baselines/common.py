@@ -14,13 +14,13 @@ from crossdistill.pipeline import CompressionResult, FewShot, compress
 
 
 def require_channels(cfg: CompressConfig, baseline: str) -> None:
-    if cfg.prune != "channels":
-        raise CrossDistillError(f"baseline {baseline!r} prunes channels; it cannot run with --prune {cfg.prune}")
+    if cfg.method.name != "channels":
+        raise CrossDistillError(f"baseline {baseline!r} prunes channels; it cannot run with --method {cfg.method.name}")
 
 
 def with_settings(cfg: CompressConfig, **changes: Any) -> CompressConfig:
     """A copy of `cfg` with the baseline's fixed choices (objective, solver, selection...)."""
-    return dataclasses.replace(cfg, extra=dict(cfg.extra), **changes)
+    return cfg.updated(**changes)
 
 
 def layerwise(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, objective: str, solver: str,
@@ -41,8 +41,11 @@ def l1_pruned(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show
 
 def extra_setting(cfg: CompressConfig, key: str, default: Any) -> Any:
     """Baseline-only settings live in `cfg.extra` (YAML `extra:` or the baseline command's
-    flags), so the shared CompressConfig needs no field per baseline."""
-    value = cfg.extra.get(key)
+    flags), declared in baselines/settings.py and checked there."""
+    from crossdistill.baselines.settings import FitnetSettings
+
+    given = {k: v for k, v in cfg.extra.items() if k in {p.name for p in FitnetSettings.params()}}
+    value = FitnetSettings(**given).settings().get(key)
     return default if value is None else value
 
 

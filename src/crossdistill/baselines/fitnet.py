@@ -23,7 +23,7 @@ from crossdistill.compression.channels import channel_pairs
 from crossdistill.config import CompressConfig
 from crossdistill.device import on_device, resolve_device
 from crossdistill.engine import LayerRecord
-from crossdistill.finetune import FinetuneSettings, _augment, finetune, settings_from_config
+from crossdistill.finetune import FinetuneSettings, crop_flip, finetune, settings_from_config
 from crossdistill.pipeline import CompressionResult, FewShot
 
 DEFAULT_EPOCHS = 300
@@ -128,7 +128,7 @@ def _hint_train(student: nn.Module, teacher: nn.Module, images: torch.Tensor, hi
                 for i in range(0, n, settings.batch_size):
                     x = images[order[i : i + settings.batch_size]]
                     if settings.augment:
-                        x = _augment(x, gen)
+                        x = crop_flip(x, gen)
                     with torch.no_grad():
                         teacher(x)
                     student(x)
@@ -154,7 +154,7 @@ def fitnet(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_pr
     hints, kept_outputs = hint_layers(student, base.records)
     history = hint_train(student, teacher, fewshot.images, hints, settings, kept_outputs)
     finetuned = None
-    if cfg.finetune_epochs > 0:
+    if cfg.finetune["epochs"] > 0:
         finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings_from_config(cfg))
     hint_info = {"epochs": settings.epochs, "lr": settings.lr, "optimizer": settings.optimizer,
                  "augment": settings.augment, "steps": len(history),

@@ -19,7 +19,7 @@ DEFAULT_FINETUNE_EPOCHS = 200
 
 
 def finetune_epochs(cfg: CompressConfig) -> int:
-    return cfg.finetune_epochs if cfg.finetune_epochs > 0 else DEFAULT_FINETUNE_EPOCHS
+    return cfg.finetune["epochs"] if cfg.finetune["epochs"] > 0 else DEFAULT_FINETUNE_EPOCHS
 
 
 def l1(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progress: bool = False) -> CompressionResult:

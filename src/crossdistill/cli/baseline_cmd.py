@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from crossdistill.baselines import BASELINES, get_baseline
+from crossdistill.baselines.settings import FitnetSettings
 from crossdistill.cli.compress_cmd import add_config_options, config_from_args
 from crossdistill.errors import CrossDistillError
 from crossdistill.outputs import atomic_output_dir, check_output_dir
@@ -27,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", choices=list(BASELINES), help="which baseline")
     add_config_options(p)
     g = p.add_argument_group("fitnet hint training")
-    g.add_argument("--fitnet-epochs", dest="fitnet_epochs", type=int, help="passes over the few-shot images (default 300)")
-    g.add_argument("--fitnet-lr", dest="fitnet_lr", type=float, help="Adam learning rate of the hint stage (default 1e-3)")
+    for q in FitnetSettings.params():
+        g.add_argument(q.flag, dest=q.name, choices=q.choices(), help=f"{q.help} (default {q.default})")
     p.add_argument("--out", type=Path, required=True, help="output directory (created atomically)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-latency", dest="no_latency", action="store_true", help="skip CPU latency measurement")
@@ -46,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
             "another objective use `crossdistill compress` (e.g. --selection thinet|lasso, --solver fskd)"
         )
     cfg = config_from_args(args)
-    for key in ("fitnet_epochs", "fitnet_lr"):
-        if getattr(args, key, None) is not None:
-            cfg.extra[key] = getattr(args, key)
+    given = {q.name: getattr(args, q.name) for q in FitnetSettings.params() if getattr(args, q.name, None) is not None}
+    if given:
+        cfg = cfg.updated(**given)  # checked by their declaration (baselines/settings.py)
     check_output_dir(args.out, args.force)  # fail before the work, not after
     result, report = run_pipeline(cfg, show_progress=not args.quiet,
                                   compress_fn=get_baseline(args.name, show_progress=not args.quiet))

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crossdistill.config import CompressConfig
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,8 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("compression")
     g.add_argument("--shots", type=int, default=5, help="K training images per class (default 5)")
     g.add_argument("--keep", type=float, default=0.5, help="ratio of channels kept in each pruned layer (default 0.5)")
-    g.add_argument("--objective", default=CompressConfig.objective,
-                   help=f"layer loss (default {CompressConfig.objective}, the library default)")
+    g.add_argument("--objective", help="layer loss (default: the library default)")
     g.add_argument("--mu", type=float, help="weight of correction in the mixed loss")
     g.add_argument("--seed", type=int, default=0, help="seed of the few-shot draw (default 0)")
     g = p.add_argument_group("teacher")

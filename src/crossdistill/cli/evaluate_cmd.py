@@ -69,7 +69,7 @@ def format_table(result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from crossdistill.checks import check_data_fits_model
     from crossdistill.data import load_image_data
-    from crossdistill.evaluation import evaluate_model
+    from crossdistill.evaluation import evaluate_for
     from crossdistill.models import load_model, model_info
 
     if args.batch_size < 1:
@@ -81,17 +81,8 @@ def run(args: argparse.Namespace) -> int:
     info = model_info(name)
     data = load_image_data(args.eval_data, "test")
     check_data_fits_model(data, name, num_classes=model.spec().get("num_classes"), role=str(args.eval_data))
-    result = evaluate_model(
-        model,
-        data,
-        mean=info.mean,
-        std=info.std,
-        input_size=info.input_size,
-        latency_batch_sizes=args.latency_batch_sizes,
-        threads=args.threads,
-        measure_speed=not args.no_latency,
-        batch_size=args.batch_size,
-    )
+    result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,
+                          threads=args.threads, batch_size=args.batch_size)
     result = {"model": name, "weights": str(args.weights), "eval_data": str(args.eval_data),
               "spec": model.spec(), **result}
     print(json.dumps(result, indent=2) if args.json else format_table(result))

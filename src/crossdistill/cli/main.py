@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from crossdistill import __version__
+from crossdistill._version import __version__
 from crossdistill.errors import CrossDistillError
 
 # Each module defines `register(subparsers)`; its parser sets `func(args) -> int`.

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
+from typing import Any, Sequence
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,10 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdistill.reporting import render_report
+    from crossdistill.reporting import load_runs, render_report
 
     out = args.out or args.db.with_name(args.db.stem + "-report")
     summary = render_report(args.db, out, force=args.force)
     print((out / "report.md").read_text())
     print(f"{summary['runs']} runs ({summary['failed']} failed); {len(summary['plots'])} plots; written to {out}")
+    print(code_line(load_runs(args.db)))
     return 0
+
+
+def code_line(rows: Sequence[Any]) -> str:
+    """Which code made the runs: library version and git commit per row, counted (rows of
+    databases older than these columns, or runs made outside a git checkout, show 'unknown')."""
+    counts = Counter((r.crossdistill_version or "unknown", r.git_commit or "unknown") for r in rows)
+    made = ", ".join(f"crossdistill {v} at commit {c} ({n})" for (v, c), n in counts.most_common())
+    return f"made by: {made}" if made else "made by: (no runs)"

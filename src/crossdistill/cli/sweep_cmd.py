@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crossdistill.sweep import SweepSpec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config value in every run (repeatable), e.g. --set eval_data=test.npz")
     p.add_argument("--retry-failed", action="store_true", help="run again the configs whose recorded run failed")
     p.add_argument("--latency", action="store_true", help="also time CPU latency of teacher and students (off by default)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done, and why recorded runs do not match; "
+                   "run nothing and write nothing")
     p.set_defaults(func=run)
 
 
@@ -31,7 +36,7 @@ def default_db_path(config: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdistill.sweep import SweepDB, describe_config, load_sweep, parse_set, run_sweep
+    from crossdistill.sweep import load_sweep, parse_set, run_sweep
 
     overrides = parse_set(args.set_values)
     if args.latency:
@@ -39,13 +44,40 @@ def run(args: argparse.Namespace) -> int:
     spec = load_sweep(args.config, overrides)
     db_path = args.db or default_db_path(args.config)
     if args.dry_run:
-        statuses: dict[str, str] = {}
-        if db_path.exists():
-            with SweepDB(db_path) as db:
-                statuses = db.statuses()
-        for i, (cfg, h) in enumerate(zip(spec.configs, spec.hashes)):
-            print(f"{i + 1:4d} {statuses.get(h, 'todo'):7s} {h[:12]} {describe_config(cfg)}")
-        print(f"{len(spec.configs)} runs, {sum(1 for h in spec.hashes if h in statuses)} recorded in {db_path}")
-        return 0
+        return dry_run(spec, db_path, retry_failed=args.retry_failed)
     summary = run_sweep(spec, db_path, retry_failed=args.retry_failed, argv=sys.argv[1:])
     return 1 if summary.failed else 0
+
+
+def dry_run(spec: "SweepSpec", db_path: Path, *, retry_failed: bool = False) -> int:
+    """List the runs and whether each is recorded; say why recorded runs that are not runs of
+    this sweep differ from it. Opens the database read-only: nothing is written or migrated."""
+    from crossdistill.sweep import ResumeState, SweepDB, describe_config, explain_unmatched, resume_state
+
+    state = ResumeState()
+    if db_path.exists():
+        with SweepDB(db_path, readonly=True) as db:
+            state = resume_state(db)
+    todo = []
+    for i, (cfg, h) in enumerate(zip(spec.configs, spec.hashes)):
+        status = state.status.get(h)
+        print(f"{i + 1:4d} {status or 'todo':7s} {h[:12]} {describe_config(cfg)}")
+        if status is None or (retry_failed and status == "failed"):
+            todo.append(cfg)
+    recorded = sum(1 for h in spec.hashes if h in state.status)
+    rehashed = state.rehashed_for(spec.hashes)
+    print(f"{len(spec.configs)} runs, {recorded} recorded in {db_path}, {len(todo)} to run"
+          + (f" ({rehashed} recorded by an older config format, matched through the current one)"
+             if rehashed else ""))
+    if state.warning():
+        print(state.warning())
+    other = state.unmatched(spec.hashes)
+    if other:
+        print(f"{len(other)} recorded runs are not runs of this sweep")
+        reasons = explain_unmatched([c.to_dict() for c in todo], state, spec.hashes, sweep=spec.name)
+        if reasons:
+            print("runs to do vs the nearest of those recorded runs (a changed default, or a setting "
+                  "the sweep file does not pin):")
+            for line in reasons:
+                print(f"  {line}")
+    return 0

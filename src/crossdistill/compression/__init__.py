@@ -9,20 +9,20 @@ from crossdistill.compression.composite import ChannelsThenQuant, LowRankThenQua
 from crossdistill.compression.low_rank import LowRank
 from crossdistill.compression.quantization import Quantization
 from crossdistill.compression.weight_sparsity import WeightSparsity
-from crossdistill.plugins import build
+from crossdistill.params import Registry
 
-METHODS: dict[str, type[CompressionMethod]] = {
+METHODS: Registry = Registry("compression method", {
     "channels": ChannelPruning,
     "sparsity": WeightSparsity,
     "quant": Quantization,
     "lowrank": LowRank,
     "channels+quant": ChannelsThenQuant,
     "lowrank+quant": LowRankThenQuant,
-}
+})
 
 
 def create_method(name: str, **kwargs: Any) -> CompressionMethod:
-    return build(METHODS, name, "compression method", kwargs)
+    return METHODS.build(name, kwargs)
 
 
 __all__ = ["METHODS", "CompressionMethod", "create_method"]

@@ -3,20 +3,25 @@ with the solved model (e.g. physically remove pruned channels)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 from torch import nn
 
 from crossdistill.engine import LayerRecord
+from crossdistill.params import Plugin
 from crossdistill.solvers import LayerTask
 
 
-class CompressionMethod(ABC):
-    name: str = ""
+@dataclass
+class CompressionMethod(Plugin, ABC):
+    """A dataclass whose settings (how much to remove) are `params.param` fields."""
+
+    kind = "compression method"
     # Which solver registry (crossdistill.solvers.SOLVERS) serves this method.
-    solver_family: str = ""
+    solver_family: ClassVar[str] = ""
     # Solver used when --solver names a solver of another method (see compression/composite.py).
-    default_solver: str = ""
+    default_solver: ClassVar[str] = ""
 
     @abstractmethod
     def plan(self, model: nn.Module) -> list[LayerTask]: ...
@@ -32,6 +37,3 @@ class CompressionMethod(ABC):
         """The passes the pipeline runs, each (method, solver name or None); a composite method
         such as channels+quant returns several (compression/composite.py)."""
         return [(self, None)]
-
-    def describe(self) -> str:
-        return self.name

@@ -1,6 +1,7 @@
 """Channel pruning as a compression method: plan consumers, slim physically at the end."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from torch import nn
@@ -8,16 +9,18 @@ from torch import nn
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.channels import channel_pairs, plan_channels, refit_tasks, slim_channels
 from crossdistill.engine import LayerRecord
+from crossdistill.params import param
 from crossdistill.solvers import LayerTask
 
 
+@dataclass
 class ChannelPruning(CompressionMethod):
     name = "channels"
     solver_family = "channels"
 
-    def __init__(self, keep: float | str = 0.5, refit: bool = False) -> None:
-        self.keep = keep
-        self.refit = refit
+    keep: float | str = param(0.5, "ratio of input channels kept in each pruned layer, or 'paper' "
+                              "(the paper code's ResNet-56 preset)", low=0, low_open=True, high=1, words=("paper",))
+    refit: bool = param(False, "also re-solve the layers after the pruned ones", show=False)
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         tasks = plan_channels(model, self.keep)
@@ -29,5 +32,3 @@ class ChannelPruning(CompressionMethod):
         consumers = {p.consumer for p in channel_pairs(model)}
         return slim_channels(model, {r.name: r.info["kept"] for r in records if r.name in consumers})
 
-    def describe(self) -> str:
-        return f"channels(keep={self.keep}{',refit' if self.refit else ''})"

@@ -16,6 +16,7 @@ the channel stage's solver without breaking the quantization stage).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 from torch import nn
@@ -26,6 +27,7 @@ from crossdistill.compression.low_rank import LowRank
 from crossdistill.compression.quantization import Quantization, model_size_bytes
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
+from crossdistill.params import declared_params
 from crossdistill.solvers import SOLVERS, LayerTask
 
 Stage = tuple[CompressionMethod, "str | None"]
@@ -48,13 +50,19 @@ def stage_solver_name(stage: CompressionMethod, override: str | None, requested:
     return requested  # unknown everywhere: create_solver names the choices
 
 
+@dataclass
 class StagedMethod(CompressionMethod):
-    """A sequence of methods, each run as its own pass (see the module docstring)."""
+    """A sequence of methods, each run as its own pass (see the module docstring). Subclasses
+    declare the settings of all their stages and build the stages from them."""
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
-        if not stages:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._stages = self.build_stages()
+        if not self._stages:
             raise CrossDistillError("a staged method needs at least one stage")
-        self._stages = list(stages)
+
+    def build_stages(self) -> list[Stage]:
+        raise NotImplementedError
 
     @property
     def solver_family(self) -> str:  # type: ignore[override]
@@ -80,26 +88,45 @@ class StagedMethod(CompressionMethod):
         return "+".join(stage.describe() for stage, _ in self._stages)
 
 
+def _declared(cls: type, name: str) -> Any:
+    """A stage's own declaration of a setting, so a staged method repeats no help text or range."""
+    return next(f for f in fields(cls) if f.name == name)
+
+
+def _settings(method: CompressionMethod, cls: type) -> dict[str, Any]:
+    """The staged method's values of the settings `cls` declares."""
+    return {p.name: getattr(method, p.name) for p in declared_params(cls) if hasattr(method, p.name)}
+
+
+@dataclass
 class ChannelsThenQuant(StagedMethod):
     name = "channels+quant"
+    keep: float | str = _declared(ChannelPruning, "keep")
+    bits: int = _declared(Quantization, "bits")
+    quant_scheme: str = _declared(Quantization, "quant_scheme")
+    quant_solver: str | None = _declared(Quantization, "quant_solver")
+    quant_first: bool = _declared(Quantization, "quant_first")
+    quant_last: bool = _declared(Quantization, "quant_last")
 
-    def __init__(
-        self, keep: float | str = 0.5, bits: int = 4, quant_scheme: str = "asymmetric", quant_solver: str | None = None,
-        quant_first: bool = True, quant_last: bool = True,
-    ) -> None:
-        quant = Quantization(bits=bits, quant_scheme=quant_scheme, quant_first=quant_first, quant_last=quant_last)
-        super().__init__([(ChannelPruning(keep=keep), None), (quant, quant_solver)])
+    def build_stages(self) -> list[Stage]:
+        quant = Quantization(**{k: v for k, v in _settings(self, Quantization).items() if k != "quant_solver"})
+        return [(ChannelPruning(keep=self.keep), None), (quant, self.quant_solver)]
 
 
+@dataclass
 class LowRankThenQuant(StagedMethod):
     name = "lowrank+quant"
+    rank_ratio: float | None = _declared(LowRank, "rank_ratio")
+    flops_ratio: float | None = _declared(LowRank, "flops_ratio")
+    lowrank_first: bool = _declared(LowRank, "lowrank_first")
+    lowrank_last: bool = _declared(LowRank, "lowrank_last")
+    bits: int = _declared(Quantization, "bits")
+    quant_scheme: str = _declared(Quantization, "quant_scheme")
+    quant_solver: str | None = _declared(Quantization, "quant_solver")
+    quant_first: bool = _declared(Quantization, "quant_first")
+    quant_last: bool = _declared(Quantization, "quant_last")
 
-    def __init__(
-        self, rank_ratio: float | None = None, flops_ratio: float | None = None, bits: int = 4,
-        quant_scheme: str = "asymmetric", quant_solver: str | None = None, lowrank_first: bool = False,
-        lowrank_last: bool = False, quant_first: bool = True, quant_last: bool = True,
-    ) -> None:
-        low = LowRank(rank_ratio=rank_ratio, flops_ratio=flops_ratio, lowrank_first=lowrank_first,
-                      lowrank_last=lowrank_last)
-        quant = Quantization(bits=bits, quant_scheme=quant_scheme, quant_first=quant_first, quant_last=quant_last)
-        super().__init__([(low, None), (quant, quant_solver)])
+    def build_stages(self) -> list[Stage]:
+        low = LowRank(**_settings(self, LowRank))
+        quant = Quantization(**{k: v for k, v in _settings(self, Quantization).items() if k != "quant_solver"})
+        return [(low, None), (quant, self.quant_solver)]

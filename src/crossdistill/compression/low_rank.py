@@ -25,6 +25,7 @@ the dense model (`create_model(name, **model.spec())` still works: the factorise
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -36,6 +37,7 @@ from crossdistill.compression.channels import _replace
 from crossdistill.compression.quantization import model_size_bytes, select_layers
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
+from crossdistill.params import param
 from crossdistill.solvers import LayerTask
 
 LOWRANK_ATTR = "crossdistill_lowrank"
@@ -121,23 +123,24 @@ def _check_ratio(name: str, v: float | None, upper_inclusive: bool = True) -> fl
     return v
 
 
+@dataclass
 class LowRank(CompressionMethod):
     name = "lowrank"
     solver_family = "lowrank"
     default_solver = "svd"
 
-    def __init__(
-        self, rank_ratio: float | None = None, flops_ratio: float | None = None, lowrank_first: bool = False,
-        lowrank_last: bool = False,
-    ) -> None:
-        if rank_ratio is not None and flops_ratio is not None:
+    rank_ratio: float | None = param(None, "rank = ratio x min(out, in*k^2) per layer (default 0.5)",
+                                     low=0, low_open=True, high=1)
+    flops_ratio: float | None = param(None, "instead of rank_ratio, keep at most this share of each "
+                                      "layer's FLOPs", low=0, low_open=True, high=1, high_open=True)
+    lowrank_first: bool = param(False, "factorise the first layer too", show=False)
+    lowrank_last: bool = param(False, "factorise the last layer too", show=False)
+
+    def check(self) -> None:
+        if self.rank_ratio is not None and self.flops_ratio is not None:
             raise CrossDistillError("give either rank_ratio or flops_ratio for low rank, not both")
-        self.rank_ratio = _check_ratio("rank_ratio", rank_ratio)
-        self.flops_ratio = _check_ratio("flops_ratio", flops_ratio, upper_inclusive=False)
         if self.rank_ratio is None and self.flops_ratio is None:
             self.rank_ratio = 0.5
-        self.lowrank_first = bool(lowrank_first)
-        self.lowrank_last = bool(lowrank_last)
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         tasks = []
@@ -170,6 +173,7 @@ class LowRank(CompressionMethod):
         return {"model_size": model_size_bytes(model)}
 
     def describe(self) -> str:
+        # Only the budget that is in force: the other one is None by construction.
         budget = f"rank_ratio={self.rank_ratio:g}" if self.flops_ratio is None else f"flops_ratio={self.flops_ratio:g}"
         return f"lowrank({budget})"
 

@@ -28,6 +28,7 @@ weights (`dequantize_into`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -37,8 +38,12 @@ from crossdistill.capture import SOLVABLE, get_module, group_size
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
+from crossdistill.params import param
 from crossdistill.solvers import LayerTask
 from crossdistill.solvers.quant_grid import (
+    MAX_BITS,
+    MIN_BITS,
+    SCHEMES,
     Grid,
     check_bits,
     check_scheme,
@@ -72,20 +77,23 @@ def select_layers(model: nn.Module, first: bool, last: bool) -> list[str]:
     return [n for n in names if n not in skip]
 
 
+@dataclass
 class Quantization(CompressionMethod):
     name = "quant"
     solver_family = "quant"
     default_solver = "gptq"
 
-    def __init__(
-        self, bits: int = 4, quant_scheme: str = "asymmetric", quant_first: bool = True, quant_last: bool = True,
-        quant_solver: str | None = None,
-    ) -> None:
-        self.bits = check_bits(bits)
-        self.scheme = check_scheme(quant_scheme)
-        self.quant_first = bool(quant_first)
-        self.quant_last = bool(quant_last)
-        self.quant_solver = quant_solver
+    bits: int = param(4, "weight bits", low=MIN_BITS, high=MAX_BITS)
+    quant_scheme: str = param("asymmetric", "per-output-channel grid, symmetric (zero point 0) or asymmetric",
+                              choices=SCHEMES)
+    quant_first: bool = param(True, "quantize the first layer too", show=False)
+    quant_last: bool = param(True, "quantize the last layer too", show=False)
+    quant_solver: str | None = param(None, "solver of the quantization stage (default: --solver if it names a "
+                                     "quant solver, else gptq)", choices=lambda: _quant_solvers(), show=False)
+
+    @property
+    def scheme(self) -> str:
+        return self.quant_scheme
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         return [
@@ -110,10 +118,10 @@ class Quantization(CompressionMethod):
     def summary(self, model: nn.Module) -> dict[str, Any]:
         return {"model_size": model_size_bytes(model)}
 
-    def describe(self) -> str:
-        extra = "" if (self.quant_first and self.quant_last) else (
-            f",first={self.quant_first},last={self.quant_last}")
-        return f"quant(bits={self.bits},scheme={self.scheme}{extra})"
+def _quant_solvers() -> list[str]:
+    from crossdistill.solvers import SOLVERS
+
+    return sorted(SOLVERS["quant"])
 
 
 def encode_weight(weight: torch.Tensor, grid: Grid, name: str = "layer") -> dict[str, Any]:

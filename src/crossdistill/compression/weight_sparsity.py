@@ -3,6 +3,7 @@
 that a later fine-tune keeps the zeros at zero."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -11,8 +12,9 @@ from torch import nn
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
+from crossdistill.params import param
 from crossdistill.solvers import LayerTask
-from crossdistill.solvers.sparse_masks import check_pattern, check_sparsity
+from crossdistill.solvers.sparse_masks import PATTERNS
 
 # Attribute of the finalised student: {layer name: bool mask, True = weight kept}. A plain
 # attribute (not a buffer) so state dicts and saved checkpoints stay those of the dense model.
@@ -58,15 +60,23 @@ def sparsity_report(model: nn.Module, names: Sequence[str]) -> dict[str, Any]:
     }
 
 
+@dataclass
 class WeightSparsity(CompressionMethod):
     name = "sparsity"
     solver_family = "sparsity"
 
-    def __init__(self, sparsity: float = 0.9, sparsity_pattern: str = "layer", prune_first: bool = False) -> None:
-        self.sparsity = check_sparsity(sparsity)
-        self.pattern = check_pattern(sparsity_pattern)
-        self.prune_first = bool(prune_first)
+    sparsity: float = param(0.9, "fraction of zero weights in every conv but the first",
+                            low=0, high=1, high_open=True)
+    sparsity_pattern: str = param("layer", "the ratio per layer, or per output row", choices=PATTERNS)
+    prune_first: bool = param(False, "prune the first conv too (the paper leaves it dense)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._names: list[str] = []
+
+    @property
+    def pattern(self) -> str:
+        return self.sparsity_pattern
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         self._names = prunable_convs(model, self.prune_first)
@@ -90,5 +100,3 @@ class WeightSparsity(CompressionMethod):
         rep.pop("per_layer")  # already in the report's per-layer records
         return {"sparsity": {"target": self.sparsity, "pattern": self.pattern, **rep}}
 
-    def describe(self) -> str:
-        return f"sparsity({self.sparsity:g},pattern={self.pattern})"

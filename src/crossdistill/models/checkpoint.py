@@ -139,10 +139,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         tensors, meta = _read_safetensors(path)
         if "crossdistill" in meta:
             # A model saved by crossdistill.save: quantized weights are stored as integer codes,
-            # so the dense state dict is the rebuilt model's.
-            from crossdistill.persistence import load
+            # so the dense state dict is the rebuilt model's. The reader, not
+            # crossdistill.persistence.load: that one falls back to this module for plain files.
+            from crossdistill.persistence.reader import load_saved
 
-            model = load(path)
+            model = load_saved(path)
             return Checkpoint(dict(model.state_dict()), model.crossdistill_name, model.spec())
         name = meta.get("crossdistill_model")
         try:
@@ -223,7 +224,7 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
     name = getattr(model, "crossdistill_name", None)
     if path.suffix == SAFETENSORS_SUFFIX and name and hasattr(model, "spec"):
         # The full format (masks, quantization codes, low-rank structure); see crossdistill.persistence.
-        from crossdistill.persistence import save
+        from crossdistill.persistence.writer import save
 
         return save(model, path)
     spec = model.spec() if hasattr(model, "spec") else {}  # type: ignore[operator]
@@ -248,10 +249,11 @@ def load_model(path: str | Path, name: str | None = None) -> nn.Module:
     from the tensor shapes, so a slimmed student loads given only its base model name.
     """
     from crossdistill.models.registry import create_model, spec_from_state_dict
-    from crossdistill.persistence import is_crossdistill_file, load
+    from crossdistill.persistence.files import is_crossdistill_file
+    from crossdistill.persistence.reader import load_saved
 
     if is_crossdistill_file(path):
-        return load(path, model=name)
+        return load_saved(path, model=name)
     ckpt = load_checkpoint(path)
     model_name = name or ckpt.model_name
     if model_name is None:

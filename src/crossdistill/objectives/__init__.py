@@ -9,19 +9,19 @@ from crossdistill.objectives.imitation import Imitation
 from crossdistill.objectives.mixed import Mixed
 from crossdistill.objectives.nocross import NoCross
 from crossdistill.objectives.soft import Soft
-from crossdistill.plugins import build
+from crossdistill.params import Registry
 
-OBJECTIVES: dict[str, type[Objective]] = {
+OBJECTIVES: Registry = Registry("objective", {
     "nocross": NoCross,
     "correction": Correction,
     "imitation": Imitation,
     "mixed": Mixed,
     "soft": Soft,
-}
+})
 
 
 def create_objective(name: str, **kwargs: Any) -> Objective:
-    return build(OBJECTIVES, name, "objective", kwargs)
+    return OBJECTIVES.build(name, kwargs)
 
 
 __all__ = ["OBJECTIVES", "Objective", "create_objective"]

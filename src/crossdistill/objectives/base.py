@@ -2,31 +2,24 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
-from crossdistill.errors import CrossDistillError
 from crossdistill.moments import Moments
+from crossdistill.params import Plugin
 from crossdistill.problem import QuadraticProblem
 
 
-class Objective(ABC):
-    """One layer's loss. `describe()` goes into reports, so keep it exact."""
+@dataclass
+class Objective(Plugin, ABC):
+    """One layer's loss, a dataclass whose settings are `params.param` fields: they are checked
+    on construction and appear in `describe()` (which goes into reports), the CLI and sweeps."""
 
-    name: str = ""
+    kind = "objective"
 
     @abstractmethod
     def build(self, m: Moments, w_teacher: torch.Tensor) -> QuadraticProblem: ...
-
-    def describe(self) -> str:
-        return self.name
-
-
-def check_unit(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise CrossDistillError(f"{name} must lie in [0, 1], got {value}")
-    return value
 
 
 def match_pair(w_teacher: torch.Tensor, C_in: torch.Tensor, C_out: torch.Tensor, C_tt: torch.Tensor) -> QuadraticProblem:

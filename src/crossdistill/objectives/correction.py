@@ -1,6 +1,8 @@
 """L^c = ‖W^t X^t − W X^t‖²: the teacher's input fed to the student layer."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from crossdistill.moments import Moments
@@ -8,6 +10,7 @@ from crossdistill.objectives.base import Objective, match_pair
 from crossdistill.problem import QuadraticProblem
 
 
+@dataclass
 class Correction(Objective):
     name = "correction"
 

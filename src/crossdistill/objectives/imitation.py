@@ -1,6 +1,8 @@
 """L^i = ‖W^t X^s − W X^s‖²: the student's input fed to the teacher layer."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from crossdistill.moments import Moments
@@ -8,6 +10,7 @@ from crossdistill.objectives.base import Objective, match_pair
 from crossdistill.problem import QuadraticProblem
 
 
+@dataclass
 class Imitation(Objective):
     name = "imitation"
 

@@ -1,25 +1,30 @@
 """L^m = μ L^c + (1 − μ) L^i (paper defaults: μ 0.6 for VGG, 0.9 for ResNet)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from crossdistill.moments import Moments
-from crossdistill.objectives.base import Objective, check_unit
+from crossdistill.objectives.base import Objective
 from crossdistill.objectives.correction import Correction
 from crossdistill.objectives.imitation import Imitation
+from crossdistill.params import param
 from crossdistill.problem import QuadraticProblem, add_problems
 
+# Used where neither the user nor the model (ModelInfo.default_mu) gives μ.
+DEFAULT_MU = 0.9
 
+
+@dataclass
 class Mixed(Objective):
     name = "mixed"
-
-    def __init__(self, mu: float = 0.9) -> None:
-        self.mu = check_unit("mu", mu)
+    # None defers to the model's paper default (ModelInfo.default_mu): 0.9 ResNet, 0.6 VGG.
+    mu: float | None = param(None, "weight of correction L^c against imitation L^i "
+                             "(default: the model's, 0.9 ResNet / 0.6 VGG)", low=0, high=1)
 
     def build(self, m: Moments, w_teacher: torch.Tensor) -> QuadraticProblem:
+        mu = DEFAULT_MU if self.mu is None else self.mu
         c = Correction().build(m, w_teacher)
         i = Imitation().build(m, w_teacher)
-        return add_problems(c, i, self.mu, 1.0 - self.mu)
-
-    def describe(self) -> str:
-        return f"mixed(mu={self.mu:g})"
+        return add_problems(c, i, mu, 1.0 - mu)

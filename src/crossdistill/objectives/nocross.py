@@ -1,6 +1,8 @@
 """L^r = ‖W^t X^t − W X^s‖²: plain layer-wise distillation (the paper's no-cross baseline)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from crossdistill.moments import Moments
@@ -8,6 +10,7 @@ from crossdistill.objectives.base import Objective, match_pair
 from crossdistill.problem import QuadraticProblem
 
 
+@dataclass
 class NoCross(Objective):
     name = "nocross"
 

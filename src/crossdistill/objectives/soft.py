@@ -7,10 +7,13 @@ inputs follow from C_tt, C_ss, C_ts without another pass over the data.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from crossdistill.moments import Moments
-from crossdistill.objectives.base import Objective, check_unit, match_pair
+from crossdistill.objectives.base import Objective, match_pair
+from crossdistill.params import param
 from crossdistill.problem import QuadraticProblem
 
 
@@ -26,16 +29,14 @@ def mixed_moments(m: Moments, alpha: float, beta: float) -> tuple[torch.Tensor, 
     return cross(at, as_, at, as_), cross(bt, bs, bt, bs), cross(at, as_, bt, bs)
 
 
+@dataclass
 class Soft(Objective):
     name = "soft"
-
-    def __init__(self, alpha: float = 0.0, beta: float = 0.3) -> None:
-        self.alpha = check_unit("alpha", alpha)
-        self.beta = check_unit("beta", beta)
+    # (0, 0.3): chosen over no-cross, mixed and other soft settings on a validation split
+    # (crossdistill.defaults, docs/results/objective_defaults.md)
+    alpha: float = param(0.0, "share of the student's input in the teacher's", low=0, high=1)
+    beta: float = param(0.3, "share of the teacher's input in the student's", low=0, high=1)
 
     def build(self, m: Moments, w_teacher: torch.Tensor) -> QuadraticProblem:
         tt, ss, ts = mixed_moments(m, self.alpha, self.beta)
         return match_pair(w_teacher, ts, ss, tt)
-
-    def describe(self) -> str:
-        return f"soft(alpha={self.alpha:g},beta={self.beta:g})"

@@ -8,7 +8,7 @@ from typing import Any
 from crossdistill.errors import CrossDistillError
 from crossdistill.outputs import atomic_output_dir, check_output_dir, write_json
 from crossdistill.reporting.plots import accuracy_vs_flops, accuracy_vs_shots, save_png
-from crossdistill.reporting.results import SETTING_FIELDS, SettingGroup, aggregate, failed_runs, load_runs
+from crossdistill.reporting.results import RUN_SETTING_FIELDS, SettingGroup, aggregate, failed_runs, load_runs
 from crossdistill.reporting.tables import accuracy_table, detail_table, failed_table, setting_header
 
 
@@ -20,7 +20,7 @@ def _teacher_families(groups: list[SettingGroup]) -> list[list[SettingGroup]]:
     """Settings that compress the same teacher on the same data to different sizes."""
     fams: dict[Any, list[SettingGroup]] = {}
     for g in groups:
-        key = (tuple(str(g.config.get(k)) for k in SETTING_FIELDS[:5]), g.x_field)
+        key = (tuple(str(g.config.get(k)) for k in RUN_SETTING_FIELDS), g.x_field)
         fams.setdefault(key, []).append(g)
     return list(fams.values())
 

@@ -11,18 +11,23 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from crossdistill.errors import CrossDistillError
-from crossdistill.sweep import size_fields
+from crossdistill.sweep.describe import flat_settings, plugin_class, plugin_describe
 
+# Rows are read through `flat_settings` (dotted keys: `method`, `method.keep`, `objective.mu`,
+# `finetune.epochs`, ...), so what a plug-in declares is grouped and labelled by itself.
 # What defines "the same compressed network" (one table, one plot): the teacher, the data and
-# how much is removed. Fields a later compression method adds belong here when they set its size.
-SETTING_FIELDS = ("model", "weights", "data", "eval_data", "prune", "keep", "sparsity", "bits", "quant_scheme",
-                  "rank_ratio", "flops_ratio")
+# the compression method with all its settings (`method.*`).
+RUN_SETTING_FIELDS = ("model", "weights", "data", "eval_data", "method")
 # The x axis of accuracy-vs-samples.
 X_FIELDS = ("shots", "n_samples")
-# Averaged over (seed) or not affecting the result (latency timing, capture batch size).
+# Averaged over (seed) or not affecting the result (latency timing, capture batch size, device).
 AVERAGED_FIELDS = ("seed",)
-IGNORED_FIELDS = ("latency", "batch_size")
-# Everything else distinguishes methods (objective, mu, solver, fine-tune, ...).
+IGNORED_FIELDS = ("latency", "batch_size", "device")
+# Everything else distinguishes methods (objective, objective.mu, solver, fine-tune, ...).
+
+
+def is_setting_field(key: str) -> bool:
+    return key in RUN_SETTING_FIELDS or key.startswith("method.")
 
 
 @dataclass
@@ -41,10 +46,15 @@ class RunRow:
     student_flops: int | None = None
     compress_seconds: float | None = None
     run_seconds: float | None = None
+    git_commit: str | None = None  # None also for rows of databases older than the column
+    crossdistill_version: str | None = None
 
 
 _COLUMNS = ("id", "config_hash", "config", "status", "error", "teacher_top1", "student_top1", "n_eval",
             "teacher_params", "student_params", "teacher_flops", "student_flops", "compress_seconds", "run_seconds")
+# Added to the runs table later; a database opened read-only here is never migrated, so they are
+# read only when present.
+_OPTIONAL_COLUMNS = ("git_commit", "crossdistill_version")
 
 
 def load_runs(db_path: str | Path) -> list[RunRow]:
@@ -55,15 +65,17 @@ def load_runs(db_path: str | Path) -> list[RunRow]:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
         try:
-            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs ORDER BY id").fetchall()
+            present = {r[1] for r in conn.execute("PRAGMA table_info(runs)").fetchall()}
+            columns = _COLUMNS + tuple(c for c in _OPTIONAL_COLUMNS if c in present)
+            rows = conn.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY id").fetchall()
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         raise CrossDistillError(f"{path}: not a crossdistill results database: {exc}") from None
     out = []
     for r in rows:
-        d = dict(zip(_COLUMNS, r))
-        d["config"] = json.loads(d["config"])
+        d = dict(zip(columns, r))
+        d["config"] = flat_settings(json.loads(d["config"]))
         out.append(RunRow(**d))
     return out
 
@@ -128,10 +140,7 @@ class SettingGroup:
 
     @property
     def compression(self) -> str:
-        prune = self.config.get("prune")
-        shown = [f"{k}={_fmt_value(self.config[k])}" for k in SETTING_FIELDS[5:] if _relevant(prune, k)
-                 and self.config.get(k) is not None]
-        return f"{prune}({', '.join(shown)})" if shown else str(prune)
+        return plugin_describe(self.config, "method")
 
     @property
     def label(self) -> str:
@@ -144,10 +153,6 @@ class SettingGroup:
 
     def cell(self, method: str, x: int) -> Cell | None:
         return self.cells.get((method, x))
-
-
-def _relevant(prune: Any, key: str) -> bool:
-    return key in size_fields(prune)
 
 
 def _fmt_value(v: Any) -> str:
@@ -166,31 +171,37 @@ def _default_mu(model: str) -> float | None:
 
 
 def base_method_label(config: Mapping[str, Any]) -> str:
-    """A readable name for how a run compressed: objective (with its weights), solver, fine-tune."""
+    """A readable name for how a run compressed, from the plug-ins' own describe(): the objective
+    (model defaults such as μ filled in), the solver when it is not the default closed form, and
+    the fine-tune when there was one."""
+    mu = _default_mu(str(config.get("model")))
+    label = plugin_describe(config, "objective", {"mu": mu} if mu is not None else {})
     solver = config.get("solver")
-    if solver == "prune-only":
-        label = "prune-only"
-    else:
-        obj = str(config.get("objective"))
-        if obj == "mixed":
-            mu = config.get("mu")
-            if mu is None:
-                mu = _default_mu(str(config.get("model")))
-            label = f"mixed μ={_fmt_value(mu)}" if mu is not None else "mixed"
-        elif obj == "soft":
-            label = f"soft α={_fmt_value(config.get('alpha'))} β={_fmt_value(config.get('beta'))}"
-        else:
-            label = obj
-        if solver not in (None, "closed-form"):
-            label += f" [{solver}]"
-    if config.get("finetune_epochs"):
-        label += f" + fine-tune {config['finetune_epochs']} ep"
+    if not getattr(plugin_class(config, "solver"), "uses_objective", True):
+        label = plugin_describe(config, "solver")
+    elif solver is not None and (solver != "closed-form" or _non_default(config, "solver")):
+        label += f" [{plugin_describe(config, 'solver')}]"
+    if config.get("finetune.epochs"):
+        label += f" + fine-tune {config['finetune.epochs']} ep"
     return label
 
 
+def _non_default(config: Mapping[str, Any], section: str) -> bool:
+    from crossdistill.params import declared_params
+
+    cls = plugin_class(config, section)
+    if cls is None:
+        return False
+    return any(config.get(f"{section}.{p.name}", p.default) != p.default for p in declared_params(cls))
+
+
 def _method_fields(config: Mapping[str, Any]) -> dict[str, Any]:
-    skip = set(SETTING_FIELDS) | set(X_FIELDS) | set(AVERAGED_FIELDS) | set(IGNORED_FIELDS)
-    return {k: v for k, v in config.items() if k not in skip}
+    skip = set(X_FIELDS) | set(AVERAGED_FIELDS) | set(IGNORED_FIELDS)
+    return {k: v for k, v in config.items() if k not in skip and not is_setting_field(k)}
+
+
+def _setting_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if is_setting_field(k)}
 
 
 def _freeze(v: Any) -> Any:
@@ -202,6 +213,7 @@ def method_labels(configs: Iterable[Mapping[str, Any]]) -> dict[Any, str]:
     some other field get that field appended, so distinct methods are never averaged together."""
     keys: dict[Any, dict[str, Any]] = {}
     for c in configs:
+        c = flat_settings(c)  # any form (flat, dotted, sectioned) reads the same
         m = _method_fields(c)
         keys.setdefault(_freeze(m), {**m, "model": c.get("model")})
     labels = {k: base_method_label(m) for k, m in keys.items()}
@@ -230,12 +242,12 @@ def aggregate(rows: Iterable[RunRow]) -> list[SettingGroup]:
     settings: dict[Any, list[RunRow]] = {}
     for r in ok:
         x_field = "shots" if r.config.get("shots") is not None else "n_samples"
-        key = (_freeze({k: r.config.get(k) for k in SETTING_FIELDS}), x_field)
+        key = (_freeze(_setting_fields(r.config)), x_field)
         settings.setdefault(key, []).append(r)
     groups = []
     for key, runs in settings.items():
         labels = method_labels(r.config for r in runs)
-        g = SettingGroup(key=key, config={k: runs[0].config.get(k) for k in SETTING_FIELDS}, x_field=key[1])
+        g = SettingGroup(key=key, config=_setting_fields(runs[0].config), x_field=key[1])
         per_cell: dict[tuple[str, int], dict[int, RunRow]] = {}
         for r in runs:
             m = labels[_freeze(_method_fields(r.config))]

@@ -93,14 +93,10 @@ def detail_table(group: SettingGroup) -> str:
 
 def failed_table(rows: Sequence[RunRow]) -> str:
     lines = ["| # | config | error |", "|---:|---|---|"]
-    from crossdistill.sweep import describe_config  # noqa: WPS433 (one describer for logs and reports)
-    from crossdistill.config import CompressConfig
+    from crossdistill.sweep.describe import short_description  # one describer for logs and reports
 
     for r in rows:
-        try:
-            desc = describe_config(CompressConfig.from_dict(r.config))
-        except Exception:  # a config written by another version: show it raw
-            desc = ", ".join(f"{k}={v}" for k, v in r.config.items() if k in ("model", "objective", "solver", "shots", "seed"))
+        desc = short_description(r.config)
         err = (r.error or "").replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {r.id} | {desc} | {err[:300]} |")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from crossdistill.errors import CrossDistillError
-from crossdistill.plugins import build
+from crossdistill.params import Registry
 from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask
 from crossdistill.solvers.channel_closed_form import ClosedFormChannels
 from crossdistill.solvers.channel_fskd import FSKDChannels
@@ -17,34 +17,34 @@ from crossdistill.solvers.sparse_obs import ClosedFormSparse, SparseGPT
 from crossdistill.solvers.sparse_paper import MagnitudeSparse, PaperSparse
 
 # method -> solver name -> class
-SOLVERS: dict[str, dict[str, type[LayerSolver]]] = {
-    "channels": {
+SOLVERS: dict[str, Registry] = {
+    "channels": Registry("channels solver", {
         "closed-form": ClosedFormChannels,
         "paper": PaperChannels,
         "prune-only": PruneOnlyChannels,
         "fskd": FSKDChannels,
-    },
-    "sparsity": {
+    }),
+    "sparsity": Registry("sparsity solver", {
         "closed-form": ClosedFormSparse,
         "sparsegpt": SparseGPT,
         "paper": PaperSparse,
         "magnitude": MagnitudeSparse,
-    },
-    "quant": {
+    }),
+    "quant": Registry("quant solver", {
         "gptq": GPTQ,
         "rtn": RoundToNearest,
-    },
-    "lowrank": {
+    }),
+    "lowrank": Registry("lowrank solver", {
         "svd": MetricSVD,
         "svd-plain": PlainSVD,
-    },
+    }),
 }
 
 
 def create_solver(method: str, name: str, **kwargs: Any) -> LayerSolver:
     if method not in SOLVERS:
         raise CrossDistillError(f"unknown compression method {method!r}; choose from {sorted(SOLVERS)}")
-    return build(SOLVERS[method], name, f"solver for {method}", kwargs)
+    return SOLVERS[method].build(name, kwargs)
 
 
 __all__ = ["SOLVERS", "LayerOutcome", "LayerSolver", "LayerTask", "create_solver"]

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from crossdistill.params import Plugin, param
 from crossdistill.problem import QuadraticProblem
 
 
@@ -31,17 +32,29 @@ class LayerOutcome:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class LayerSolver(ABC):
-    name: str = ""
+@dataclass
+class LayerSolver(Plugin, ABC):
+    """A dataclass whose settings are `params.param` fields (checked on construction, shown in
+    `describe()`, the CLI and sweeps)."""
+
+    kind = "solver"
+    # False for solvers that ignore the layer loss (they keep the teacher's weights on a mask):
+    # reports then name the solver alone, not an objective that had no effect.
+    uses_objective: ClassVar[bool] = True
 
     @abstractmethod
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome: ...
-
-    def describe(self) -> str:
-        return self.name
 
 
 def channel_columns(channels: torch.Tensor, group: int) -> torch.Tensor:
     """Weight-matrix columns of the given input channels (unfold order is channel-major)."""
     offs = torch.arange(group)
     return (channels[:, None] * group + offs[None, :]).reshape(-1)
+
+
+@dataclass
+class AdamSolver(LayerSolver):
+    """The paper's solvers: Adam with an annealed proximal step, these two settings."""
+
+    iters: int = param(3000, "Adam iterations per layer", low=1)
+    lr: float = param(1e-3, "Adam learning rate", low=0, low_open=True)

@@ -14,12 +14,15 @@ the same channels, which optimises over all of W_S instead of the out×out famil
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from crossdistill.problem import QuadraticProblem, _spd_solve_right
-from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask, channel_columns
-from crossdistill.solvers.selection import get_selector
+from crossdistill.linalg import solve_right
+from crossdistill.problem import QuadraticProblem
+from crossdistill.solvers.base import LayerOutcome, LayerTask, channel_columns
+from crossdistill.solvers.selection import SelectingSolver
 
 
 def pointwise_least_squares(problem: QuadraticProblem, w_student: torch.Tensor) -> torch.Tensor:
@@ -27,15 +30,12 @@ def pointwise_least_squares(problem: QuadraticProblem, w_student: torch.Tensor) 
     Ws = w_student.to(problem.H.dtype)
     H_q = Ws @ problem.H @ Ws.T
     H_q = (H_q + H_q.T) / 2
-    return _spd_solve_right(problem.B @ Ws.T, H_q)
+    return solve_right(problem.B @ Ws.T, H_q)
 
 
-class FSKDChannels(LayerSolver):
+@dataclass
+class FSKDChannels(SelectingSolver):
     name = "fskd"
-
-    def __init__(self, selection: str = "l1") -> None:
-        self.selection = selection
-        self._select = get_selector(selection)
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         kept = self._select(problem, task, student)
@@ -46,5 +46,3 @@ class FSKDChannels(LayerSolver):
         # Merged form: dropped columns stay exactly zero because they are zero in W_s.
         return LayerOutcome(weight=Q @ Ws.to(Q.dtype), info={"kept": kept.tolist()})
 
-    def describe(self) -> str:
-        return f"fskd(selection={self.selection})"

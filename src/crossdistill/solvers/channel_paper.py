@@ -10,12 +10,14 @@ over every few-shot patch, so no pass over the data is needed per iteration.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from crossdistill.problem import QuadraticProblem
-from crossdistill.solvers.adam import adam_step
-from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask, channel_columns
+from crossdistill.solvers.adam import AdamOptions, annealed_masked_adam
+from crossdistill.solvers.base import AdamSolver, LayerOutcome, LayerTask, channel_columns
 
 
 def adam_prox_channels(
@@ -32,49 +34,34 @@ def adam_prox_channels(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (W, kept channels). With `fixed_kept` the mask is fixed from the start and the
     run is plain masked Adam (the setting in which it must agree with the closed form)."""
-    dtype = torch.float32
-    H = problem.H.to(dtype)
-    B = problem.B.to(dtype)
-    out, d = B.shape
+    out, d = problem.B.shape
     n = d // group
-    # Mean squared error per output element, as the official loss; Adam barely cares, but eps does.
-    scale = 1.0 / out
-    W = (problem.w_teacher if w_init is None else w_init).to(dtype).clone()
     alive = torch.ones(n, dtype=torch.bool)
     if fixed_kept is not None:
         alive[:] = False
         alive[fixed_kept] = True
-    col_mask = alive.repeat_interleave(group).to(dtype)[None, :]
-    W *= col_mask
-    m = torch.zeros_like(W)
-    v = torch.zeros_like(W)
     anneal = iters // 3 if fixed_kept is None else -1
-    for t in range(1, iters + 1):
-        step_lr = lr if (fixed_kept is not None or t <= anneal) else lr * 0.1
-        g = 2.0 * scale * (W @ H - B) * col_mask
-        adam_step(W, g, m, v, t, step_lr, betas, eps)
-        if t <= anneal:
-            left = int((n - keep) * (anneal - t) / anneal) + keep
-            if left < int(alive.sum()):
-                norms = W.reshape(out, n, group).pow(2).sum((0, 2))
-                norms[~alive] = -1.0
-                survivors = torch.topk(norms, left).indices
-                alive[:] = False
-                alive[survivors] = True
-                col_mask = alive.repeat_interleave(group).to(dtype)[None, :]
-                W *= col_mask
-                m *= col_mask
-                v *= col_mask
-    kept = torch.nonzero(alive).flatten()
-    return W.to(problem.B.dtype) * col_mask.to(problem.B.dtype), kept
+
+    def prune(t: int, W: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        # Group lasso's proximal step, annealed: the channel count falls linearly to `keep`.
+        left = int((n - keep) * (anneal - t) / anneal) + keep
+        if left >= int(alive.sum()):
+            return None
+        norms = W.reshape(out, n, group).pow(2).sum((0, 2))
+        norms[~alive] = -1.0
+        survivors = torch.topk(norms, left).indices
+        alive[:] = False
+        alive[survivors] = True
+        return alive.repeat_interleave(group)[None, :]
+
+    W, _ = annealed_masked_adam(problem, alive.repeat_interleave(group)[None, :], prune, anneal=anneal,
+                                opts=AdamOptions(iters, lr, betas, eps), w_init=w_init)
+    return W, torch.nonzero(alive).flatten()
 
 
-class PaperChannels(LayerSolver):
+@dataclass
+class PaperChannels(AdamSolver):
     name = "paper"
-
-    def __init__(self, iters: int = 3000, lr: float = 1e-3) -> None:
-        self.iters = iters
-        self.lr = lr
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         assert task.keep is not None
@@ -83,8 +70,6 @@ class PaperChannels(LayerSolver):
         assert torch.all(W[:, _dropped_columns(kept, task.group, W.shape[1])] == 0)
         return LayerOutcome(weight=W, info={"kept": kept.tolist()})
 
-    def describe(self) -> str:
-        return f"paper(adam,iters={self.iters},lr={self.lr:g})"
 
 
 def _dropped_columns(kept: torch.Tensor, group: int, d: int) -> torch.Tensor:

@@ -1,20 +1,20 @@
 """Prune only: the kept channels keep the teacher's weights; nothing is reconstructed."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from crossdistill.problem import QuadraticProblem
-from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask, channel_columns
-from crossdistill.solvers.selection import get_selector
+from crossdistill.solvers.base import LayerOutcome, LayerTask, channel_columns
+from crossdistill.solvers.selection import SelectingSolver
 
 
-class PruneOnlyChannels(LayerSolver):
+@dataclass
+class PruneOnlyChannels(SelectingSolver):
     name = "prune-only"
-
-    def __init__(self, selection: str = "l1") -> None:
-        self.selection = selection
-        self._select = get_selector(selection)
+    uses_objective = False
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         kept = self._select(problem, task, student)
@@ -23,5 +23,3 @@ class PruneOnlyChannels(LayerSolver):
         W[:, cols] = problem.w_teacher[:, cols]
         return LayerOutcome(weight=W, info={"kept": kept.tolist()})
 
-    def describe(self) -> str:
-        return f"prune-only(selection={self.selection})"

@@ -9,16 +9,15 @@ low rank without cross distillation.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.linalg import sqrt_and_inverse_sqrt
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask
-
-# Eigenvalues of H below this fraction of the largest are treated as this floor: S⁻¹ must stay
-# finite even when the problem was not damped.
-_EIG_FLOOR = 1e-12
 
 
 def layer_rank(task: LayerTask, W: torch.Tensor) -> int:
@@ -37,18 +36,13 @@ def truncate(M: torch.Tensor, r: int) -> torch.Tensor:
     return (P[:, :r] * s[:r]) @ Qt[:r]
 
 
-def sqrt_and_inverse_sqrt(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    e, V = torch.linalg.eigh((H + H.T) / 2)
-    e = torch.clamp(e, min=float(e.max().clamp(min=0)) * _EIG_FLOOR or _EIG_FLOOR)
-    return (V * e.sqrt()) @ V.T, (V / e.sqrt()) @ V.T
-
-
 def metric_truncation(W_star: torch.Tensor, H: torch.Tensor, r: int) -> torch.Tensor:
     """argmin over rank-r W of tr((W* − W) H (W* − W)ᵀ)."""
     S, S_inv = sqrt_and_inverse_sqrt(H.to(torch.float64))
     return truncate(W_star.to(torch.float64) @ S, r) @ S_inv
 
 
+@dataclass
 class MetricSVD(LayerSolver):
     name = "svd"
 
@@ -58,6 +52,7 @@ class MetricSVD(LayerSolver):
         return LayerOutcome(weight=metric_truncation(target, problem.H, r), info={"rank": r, "full_rank": min(target.shape)})
 
 
+@dataclass
 class PlainSVD(LayerSolver):
     name = "svd-plain"
 

@@ -15,32 +15,18 @@ no-cross and soft have W* ≠ W^t, which the sweep then targets.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.linalg import inverse_cholesky_upper
+from crossdistill.params import param
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask
 from crossdistill.solvers.quant_grid import Grid, grid_info
-from crossdistill.solvers.quant_rtn import best_rows, check_grid_options, layer_grids
-
-
-def _upper_cholesky_of_inverse(H: torch.Tensor) -> torch.Tensor:
-    """U with H⁻¹ = UᵀU. A singular H (undamped, few samples) gets the smallest ridge that
-    makes it factorise, starting at 1e-10 of its mean diagonal."""
-    H = (H + H.T) / 2
-    mean_diag = float(torch.diagonal(H).mean()) or 1.0
-    eye = torch.eye(H.shape[0], dtype=H.dtype)
-    jitter = 0.0
-    for _ in range(12):
-        L, info = torch.linalg.cholesky_ex(H + jitter * eye)
-        if int(info) == 0:
-            Hinv = torch.cholesky_inverse(L)
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info) == 0:
-                return U
-        jitter = mean_diag * 1e-10 if jitter == 0.0 else jitter * 10.0
-    raise CrossDistillError("GPTQ: the layer's H could not be factorised (is it finite?)")
+from crossdistill.solvers.quant_rtn import GRID_SOURCES, SOLVER_CLIPS, best_rows, layer_grids
 
 
 def gptq_sweep(
@@ -56,7 +42,9 @@ def gptq_sweep(
     d = W.shape[1]
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else torch.arange(d)
     W = W[:, perm]
-    U = _upper_cholesky_of_inverse(H[perm][:, perm])
+    # GPTQ's own jitter ladder (1e-10·mean(diag H), ×10 on the ridge, 12 tries, H symmetrised).
+    U = inverse_cholesky_upper(H[perm][:, perm], first_jitter=1e-10, growth=10.0, tries=12, grow_ridge=True,
+                               symmetrize=True, context="GPTQ")
     Q = torch.empty_like(W)
     for i1 in range(0, d, block_size):
         i2 = min(i1 + block_size, d)
@@ -74,6 +62,7 @@ def gptq_sweep(
     return Q[:, torch.argsort(perm)]
 
 
+@dataclass
 class GPTQ(LayerSolver):
     """The column sweep on each candidate grid, then, row by row, the candidate with the lowest
     (damped) layer loss among the swept results and, with `guard`, round to nearest on the same
@@ -87,19 +76,13 @@ class GPTQ(LayerSolver):
     """
 
     name = "gptq"
-
-    def __init__(
-        self, block_size: int = 128, act_order: bool = True, grid_from: str = "target", clip: str = "auto",
-        guard: bool = True,
-    ) -> None:
-        check_grid_options(grid_from, clip)
-        if block_size < 1:
-            raise CrossDistillError(f"GPTQ block size must be >= 1, got {block_size}")
-        self.block_size = int(block_size)
-        self.act_order = bool(act_order)
-        self.grid_from = grid_from
-        self.clip = clip
-        self.guard = bool(guard)
+    block_size: int = param(128, "columns per block of the sweep", low=1)
+    act_order: bool = param(True, "quantize columns in order of decreasing diag(H)")
+    clip: str = param("auto", "quantization grid clipping: mse, minmax, or auto (both, best per row)",
+                      choices=SOLVER_CLIPS)
+    grid_from: str = param("target", "quantization grid fitted to the unconstrained solution (target) or to "
+                           "the teacher's weights", choices=GRID_SOURCES)
+    guard: bool = param(True, "per row, keep round-to-nearest where it beats the sweep")
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         target = problem.solve()
@@ -114,6 +97,3 @@ class GPTQ(LayerSolver):
             info["rtn_rows"] = int((pick >= len(grids)).sum())
         return LayerOutcome(weight=Q, info=info)
 
-    def describe(self) -> str:
-        return (f"gptq(block={self.block_size},act_order={self.act_order},clip={self.clip},"
-                f"grid={self.grid_from},guard={self.guard})")

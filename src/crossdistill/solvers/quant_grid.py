@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.params import check_setting
 
 SCHEMES = ("symmetric", "asymmetric")
 MIN_BITS = 2
@@ -26,18 +27,11 @@ CLIPS = ("mse", "minmax")
 
 
 def check_bits(bits: int) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or int(bits) != bits:
-        raise CrossDistillError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
-    bits = int(bits)
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise CrossDistillError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits}")
-    return bits
+    return int(check_setting("bits", bits, integer=True, low=MIN_BITS, high=MAX_BITS))
 
 
 def check_scheme(scheme: str) -> str:
-    if scheme not in SCHEMES:
-        raise CrossDistillError(f"quant_scheme must be one of {list(SCHEMES)}, got {scheme!r}")
-    return scheme
+    return check_setting("quant_scheme", scheme, choices=SCHEMES)
 
 
 def code_range(bits: int, scheme: str) -> tuple[int, int]:

@@ -6,10 +6,13 @@ and soft it is "solve, then round".
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.params import param
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask
 from crossdistill.solvers.quant_grid import CLIPS, Grid, fit_grid, grid_info
@@ -24,13 +27,6 @@ def quant_settings(task: LayerTask) -> tuple[int, str]:
         return int(task.params["bits"]), str(task.params["scheme"])
     except KeyError:
         raise CrossDistillError(f"layer {task.name!r}: a quantization task needs params 'bits' and 'scheme'") from None
-
-
-def check_grid_options(grid_from: str, clip: str) -> None:
-    if grid_from not in GRID_SOURCES:
-        raise CrossDistillError(f"grid_from must be one of {list(GRID_SOURCES)}, got {grid_from!r}")
-    if clip not in SOLVER_CLIPS:
-        raise CrossDistillError(f"quant clip must be one of {list(SOLVER_CLIPS)}, got {clip!r}")
 
 
 def layer_grids(problem: QuadraticProblem, target: torch.Tensor, task: LayerTask, grid_from: str, clip: str) -> list[Grid]:
@@ -64,13 +60,13 @@ def row_losses(problem: QuadraticProblem, W: torch.Tensor) -> torch.Tensor:
     return ((W @ problem.H) * W).sum(1) - 2.0 * (problem.B * W).sum(1)
 
 
+@dataclass
 class RoundToNearest(LayerSolver):
     name = "rtn"
-
-    def __init__(self, grid_from: str = "target", clip: str = "mse") -> None:
-        check_grid_options(grid_from, clip)
-        self.grid_from = grid_from
-        self.clip = clip
+    clip: str = param("mse", "quantization grid clipping: mse, minmax, or auto (both, best per row)",
+                      choices=SOLVER_CLIPS)
+    grid_from: str = param("target", "quantization grid fitted to the unconstrained solution (target) or to "
+                           "the teacher's weights", choices=GRID_SOURCES)
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         target = problem.solve()
@@ -78,5 +74,3 @@ class RoundToNearest(LayerSolver):
         grid, W, _ = best_rows(problem, [(g, g.quantize(target)) for g in grids])
         return LayerOutcome(weight=W, info=grid_info(grid))
 
-    def describe(self) -> str:
-        return f"rtn(clip={self.clip},grid={self.grid_from})"

@@ -2,14 +2,16 @@
 input channels. A new criterion is one function plus one line in SELECTORS."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.params import param
 from crossdistill.problem import QuadraticProblem
-from crossdistill.solvers.base import LayerTask
+from crossdistill.solvers.base import LayerSolver, LayerTask
 from crossdistill.solvers.selection_baselines import select_lasso, select_thinet
 
 Selector = Callable[[QuadraticProblem, LayerTask, nn.Module], torch.Tensor]
@@ -78,8 +80,26 @@ SELECTORS: dict[str, Selector] = {
 }
 
 
+def selector_names() -> list[str]:
+    """The registered criteria, read when a solver's `selection` is checked (so that one added
+    at run time is accepted)."""
+    return sorted(SELECTORS)
+
+
 def get_selector(name: str) -> Selector:
     try:
         return SELECTORS[name]
     except KeyError:
         raise CrossDistillError(f"unknown channel selection {name!r}; choose from {sorted(SELECTORS)}") from None
+
+
+@dataclass
+class SelectingSolver(LayerSolver):
+    """A channel solver that first picks the kept channels with a criterion of SELECTORS."""
+
+    selection: str = param("obs", "channel selection criterion (obs: greedy group OBS under the layer's H)",
+                           choices=selector_names)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._select = get_selector(self.selection)

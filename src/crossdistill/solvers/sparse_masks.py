@@ -13,6 +13,8 @@ from typing import Any, Mapping
 import torch
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.params import check_setting
+from crossdistill.linalg import solve_right_on_mask
 from crossdistill.problem import QuadraticProblem
 
 PATTERNS = ("layer", "row")
@@ -20,19 +22,11 @@ PATTERNS = ("layer", "row")
 
 def check_sparsity(sparsity: float) -> float:
     """A ratio of zeros in [0, 1): 1 would leave an empty layer and a dead network."""
-    try:
-        s = float(sparsity)
-    except (TypeError, ValueError):
-        raise CrossDistillError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
-    if not 0.0 <= s < 1.0:
-        raise CrossDistillError(f"sparsity must lie in [0, 1) (fraction of zero weights), got {sparsity}")
-    return s
+    return float(check_setting("sparsity", sparsity, low=0, high=1, high_open=True))
 
 
 def check_pattern(pattern: str) -> str:
-    if pattern not in PATTERNS:
-        raise CrossDistillError(f"sparsity pattern must be one of {list(PATTERNS)}, got {pattern!r}")
-    return pattern
+    return check_setting("sparsity pattern", pattern, choices=PATTERNS)
 
 
 def task_sparsity(params: Mapping[str, Any]) -> tuple[float, str]:
@@ -68,29 +62,9 @@ def sparsity_mask(scores: torch.Tensor, sparsity: float, pattern: str) -> torch.
 
 
 def solve_rows_on_mask(problem: QuadraticProblem, keep: torch.Tensor) -> torch.Tensor:
-    """Exact minimiser with the zeros of `keep` fixed at zero. The loss is a sum over rows,
-    Σ_i w_i H w_iᵀ − 2 b_i w_iᵀ, so each row is its own small problem W_i,S = B_i,S H_SS⁻¹."""
-    H, B = problem.H, problem.B
-    W = torch.zeros_like(B)
-    # Rows with the same support share one factorisation (all of them at sparsity 0).
-    supports: dict[bytes, list[int]] = {}
-    keep_cpu = keep.to("cpu")
-    for i in range(B.shape[0]):
-        supports.setdefault(keep_cpu[i].numpy().tobytes(), []).append(i)
-    for rows_list in supports.values():
-        rows = torch.as_tensor(rows_list, dtype=torch.long)
-        cols = torch.nonzero(keep_cpu[rows_list[0]]).flatten()
-        if cols.numel() == 0:
-            continue
-        H_ss = H[cols][:, cols]
-        rhs = B[rows][:, cols]
-        L, info = torch.linalg.cholesky_ex(H_ss)
-        if int(info) == 0:
-            sol = torch.cholesky_solve(rhs.T, L).T
-        else:
-            sol = torch.linalg.lstsq(H_ss, rhs.T, driver="gelsd").solution.T
-        W[rows[:, None], cols[None, :]] = sol
-    return W
+    """Exact minimiser with the zeros of `keep` fixed at zero: every row solved on its own
+    support, W_i,S = B_i,S H_SS⁻¹ (crossdistill.linalg.solve_right_on_mask)."""
+    return solve_right_on_mask(problem.B, problem.H, keep)
 
 
 def measured_sparsity(W: torch.Tensor) -> float:

@@ -17,39 +17,23 @@ can only lower the loss.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from crossdistill.errors import CrossDistillError
+from crossdistill.linalg import inverse_cholesky_upper
+from crossdistill.params import param
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask
 from crossdistill.solvers.sparse_masks import (
     mask_from_scores,
-    prune_count,
     measured_sparsity,
+    prune_count,
     solve_rows_on_mask,
     sparsity_mask,
     task_sparsity,
 )
-
-
-def _inverse_cholesky_upper(H: torch.Tensor) -> torch.Tensor:
-    """Upper U with Uᵀ U = H⁻¹. Row j of U, divided by U_jj, is row j of (H_F)⁻¹ restricted to
-    F = {j, …, d−1}: the OBS quantities of the sweep, for every step, from one factorisation."""
-    d = H.shape[0]
-    jitter = 0.0
-    scale = float(torch.diagonal(H).mean().clamp_min(1e-12))
-    for _ in range(6):
-        Hj = H if jitter == 0 else H + jitter * scale * torch.eye(d, dtype=H.dtype)
-        L, info = torch.linalg.cholesky_ex(Hj)
-        if int(info) == 0:
-            Hinv = torch.cholesky_inverse(L)
-            U, info2 = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info2) == 0:
-                return U
-        # The engine damps H already; this only rescues an undamped, singular H.
-        jitter = 1e-8 if jitter == 0 else jitter * 100
-    raise RuntimeError("H is not positive definite even with jitter; use damping > 0")
 
 
 def sparsegpt_sweep(
@@ -66,7 +50,7 @@ def sparsegpt_sweep(
     H = problem.H
     W = problem.solve().clone()  # W* = B H⁻¹, the point the sweep approximates
     out, d = W.shape
-    U = _inverse_cholesky_upper(H)
+    U = inverse_cholesky_upper(H, context="sparse solve")
     keep = torch.ones_like(W, dtype=torch.bool)
     per = d if pattern == "row" else out * d
     for i1 in range(0, d, blocksize):
@@ -117,7 +101,7 @@ def obc_masks(
     fine for CIFAR-sized convs, slow for d in the thousands — use `sparsegpt` there."""
     H = problem.H
     out, d = problem.B.shape
-    U = _inverse_cholesky_upper(H)
+    U = inverse_cholesky_upper(H, context="sparse solve")
     Hinv0 = U.T @ U
     W_all = problem.B @ Hinv0
     steps = prune_count(d, sparsity) if pattern == "row" else d
@@ -188,14 +172,12 @@ def _obc_rows(W: torch.Tensor, Hinv0: torch.Tensor, steps: int) -> tuple[torch.T
     return order, incr
 
 
+@dataclass
 class SparseGPT(LayerSolver):
     name = "sparsegpt"
 
-    def __init__(self, blocksize: int = 128, refine: bool = False) -> None:
-        if blocksize < 1:
-            raise ValueError("blocksize must be positive")
-        self.blocksize = int(blocksize)
-        self.refine = bool(refine)
+    blocksize: int = param(128, "columns per block of the sweep", low=1)
+    refine: bool = param(False, "re-solve every row exactly on the sweep's mask")
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         sparsity, pattern = task_sparsity(task.params)
@@ -207,8 +189,6 @@ class SparseGPT(LayerSolver):
         info["sparsity_solved"] = measured_sparsity(W)
         return LayerOutcome(weight=W, info=info)
 
-    def describe(self) -> str:
-        return f"{self.name}(blocksize={self.blocksize},refine={self.refine})"
 
 
 MASK_CHOICES = ("auto", "obc", "sparsegpt", "magnitude")
@@ -218,6 +198,7 @@ MASK_CHOICES = ("auto", "obc", "sparsegpt", "magnitude")
 OBC_AUTO_LIMIT = 2e11
 
 
+@dataclass
 class ClosedFormSparse(LayerSolver):
     """A mask, then every row solved exactly on it: the best weights for that mask.
     `sparse_mask` picks the mask: 'obc' (greedy exact OBS per row; best, O(out·d³)),
@@ -227,11 +208,10 @@ class ClosedFormSparse(LayerSolver):
 
     name = "closed-form"
 
-    def __init__(self, sparse_mask: str = "auto", blocksize: int = 128) -> None:
-        if sparse_mask not in MASK_CHOICES:
-            raise CrossDistillError(f"sparse_mask must be one of {list(MASK_CHOICES)}, got {sparse_mask!r}")
-        self.sparse_mask = sparse_mask
-        self.blocksize = int(blocksize)
+    sparse_mask: str = param("auto", "the mask, then every row solved exactly on it: obc "
+                             "(greedy exact OBS per row), sparsegpt (the sweep's mask), magnitude, or auto "
+                             "(obc where out*d^3 <= 2e11, else sparsegpt)", choices=MASK_CHOICES)
+    blocksize: int = param(128, "columns per block of the sweep", low=1, show=False)
 
     def mask_for(self, problem: QuadraticProblem) -> str:
         if self.sparse_mask != "auto":
@@ -251,5 +231,3 @@ class ClosedFormSparse(LayerSolver):
         W = solve_rows_on_mask(problem, keep)
         return LayerOutcome(weight=W, info={"sparsity_solved": measured_sparsity(W), "mask": mask})
 
-    def describe(self) -> str:
-        return f"closed-form(mask={self.sparse_mask})"

@@ -13,12 +13,14 @@ the same quadratic the closed form solves, evaluated through its moments (its gr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from crossdistill.problem import QuadraticProblem
-from crossdistill.solvers.adam import adam_step
-from crossdistill.solvers.base import LayerOutcome, LayerSolver, LayerTask
+from crossdistill.solvers.adam import AdamOptions, annealed_masked_adam
+from crossdistill.solvers.base import AdamSolver, LayerOutcome, LayerSolver, LayerTask
 from crossdistill.solvers.sparse_masks import measured_sparsity, sparsity_mask, task_sparsity
 
 
@@ -36,58 +38,39 @@ def adam_prox_sparse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (W, keep mask). With `fixed_mask` the mask is fixed from the start and the run
     is plain masked Adam at constant lr (where it must agree with the exact per-row solve)."""
-    dtype = torch.float32
-    H = problem.H.to(dtype)
-    B = problem.B.to(dtype)
-    out, _ = B.shape
-    # Mean squared error per output element, as the official loss: it sets the size of Adam's eps.
-    scale = 1.0 / out
-    W = (problem.w_teacher if w_init is None else w_init).to(dtype).clone()
-    keep = torch.ones_like(W, dtype=torch.bool) if fixed_mask is None else fixed_mask.clone().bool()
-    mask = keep.to(dtype)
-    W *= mask
-    m = torch.zeros_like(W)
-    v = torch.zeros_like(W)
+    keep = torch.ones_like(problem.w_teacher, dtype=torch.bool) if fixed_mask is None else fixed_mask.clone().bool()
     anneal = max(1, iters // 3) if fixed_mask is None else -1
-    for t in range(1, iters + 1):
-        step_lr = lr if (fixed_mask is not None or t <= anneal) else lr * 0.1
-        g = 2.0 * scale * (W @ H - B) * mask
-        adam_step(W, g, m, v, t, step_lr, betas, eps)
-        W *= mask
-        if t <= anneal:
-            current = sparsity * t / anneal
-            scores = W.abs()
-            # Already-pruned weights must stay pruned, even where Adam left them at exactly 0
-            # and a live weight ties with them.
-            scores[~keep] = -1.0
-            keep = sparsity_mask(scores, current, pattern)
-            mask = keep.to(dtype)
-            W *= mask
-            m *= mask
-            v *= mask
-    return (W * mask).to(problem.B.dtype), keep
+
+    def prune(t: int, W: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Magnitude pruning, annealed: the ratio of zeros grows linearly to `sparsity`.
+        scores = W.abs()
+        # Already-pruned weights must stay pruned, even where Adam left them at exactly 0
+        # and a live weight ties with them.
+        scores[mask == 0] = -1.0
+        return sparsity_mask(scores, sparsity * t / anneal, pattern)
+
+    W, mask = annealed_masked_adam(problem, keep, prune, anneal=anneal, opts=AdamOptions(iters, lr, betas, eps),
+                                   w_init=w_init)
+    return W, mask.bool()
 
 
-class PaperSparse(LayerSolver):
+@dataclass
+class PaperSparse(AdamSolver):
     name = "paper"
-
-    def __init__(self, iters: int = 3000, lr: float = 1e-3) -> None:
-        self.iters = int(iters)
-        self.lr = float(lr)
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         sparsity, pattern = task_sparsity(task.params)
         W, _ = adam_prox_sparse(problem, sparsity, pattern, iters=self.iters, lr=self.lr)
         return LayerOutcome(weight=W, info={"sparsity_solved": measured_sparsity(W)})
 
-    def describe(self) -> str:
-        return f"paper(adam,iters={self.iters},lr={self.lr:g})"
 
 
+@dataclass
 class MagnitudeSparse(LayerSolver):
     """Prune only: the teacher's largest-magnitude weights, unchanged."""
 
     name = "magnitude"
+    uses_objective = False
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         sparsity, pattern = task_sparsity(task.params)

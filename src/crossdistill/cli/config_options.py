@@ -1,0 +1,121 @@
+"""Command-line flags derived from the declarations: one flag per run setting, per plug-in
+section (`--method`, `--objective`, `--solver`), per plug-in setting (`--mu`, `--keep`, ...) and
+per fine-tune setting (`--finetune-epochs`, ...). A setting a plug-in declares appears here by
+itself, with the plug-in's own help, range and default; nothing is listed by hand."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from crossdistill.config import (
+    FINETUNE_PREFIX,
+    RUN_KEYS,
+    SECTIONS,
+    RunSettings,
+    all_params,
+    finetune_class,
+    load_yaml,
+    registry,
+    resolve,
+)
+from crossdistill.params import Param, declared_params, format_value
+
+_DESTS = "_config_dests"
+# Which run settings go in which help group; `latency` is the `--no-latency` switch instead.
+RUN_GROUPS = {
+    "model and data": ("model", "weights", "data", "eval_data"),
+    "few-shot draw": ("shots", "n_samples", "seed", "sampler"),
+    "run": ("damping", "batch_size", "device"),
+}
+SECTION_HELP = {
+    "method": "compression method",
+    "objective": "layer loss of cross distillation",
+    "solver": "layer solver (each method has its own; a method's default is used where this names "
+              "another method's solver)",
+}
+
+
+def _bits(p: Param) -> str:
+    parts = []
+    if p.range_text() and p.choices() is None:
+        parts.append(p.range_text() if not p.range_text().startswith(("[", "(")) else f"in {p.range_text()}")
+    if p.default is not None:
+        parts.append(f"default {format_value(p.default)}")
+    return "; ".join(parts)
+
+
+def _help(p: Param, owners: list[str] | None = None) -> str:
+    extra = _bits(p)
+    where = f"{', '.join(owners)}: " if owners else ""
+    return f"{where}{p.help}" + (f" [{extra}]" if extra else "")
+
+
+def _add(group: argparse._ArgumentGroup, flag: str, dest: str, p: Param, help: str, dests: list[str]) -> None:
+    # Values stay strings here: the declaration converts and checks them, so a flag and a YAML
+    # value of the same setting are validated by the same code.
+    kw: dict[str, Any] = {"dest": dest, "help": help, "metavar": p.name.upper()}
+    choices = p.choices()
+    if choices is not None:
+        kw["choices"] = choices
+        kw.pop("metavar")
+    group.add_argument(flag, **kw)
+    dests.append(dest)
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """Every setting of a compression run as a flag (all default to None: only flags actually
+    given override the YAML config)."""
+    dests: list[str] = []
+    run_params = {q.name: q for q in declared_params(RunSettings)}
+    g = p.add_argument_group("config")
+    g.add_argument("--config", type=Path, help="YAML file of defaults; flags given here override it")
+    for title, names in RUN_GROUPS.items():
+        g = p.add_argument_group(title)
+        for name in names:
+            q = run_params[name]
+            _add(g, q.flag, name, q, _help(q), dests)
+    taken = set(RUN_KEYS)
+    per_section = {s: all_params(s) for s in SECTIONS}
+    seen: dict[str, int] = {}
+    for s in SECTIONS:
+        for name in per_section[s]:
+            seen[name] = seen.get(name, 0) + 1
+    for s in SECTIONS:
+        g = p.add_argument_group(f"{s} and its settings")
+        names = sorted(registry(s))
+        flags = ["--method", "--prune"] if s == "method" else [f"--{s}"]
+        g.add_argument(*flags, dest=s, choices=names, help=f"{SECTION_HELP[s]} (default {_default_name(s)})")
+        dests.append(s)
+        for name, owners in per_section[s].items():
+            q = owners[0][1]
+            # A setting declared in two sections (or named like a run setting) gets the section's prefix.
+            clash = seen[name] > 1 or name in taken
+            flag = f"--{s}-{name.replace('_', '-')}" if clash else q.flag
+            dest = f"{s}.{name}" if clash else name
+            _add(g, flag, dest, q, _help(q, [f"{s} {o}" for o, _ in owners]), dests)
+    g = p.add_argument_group("few-shot fine-tune after distillation (off unless --finetune-epochs > 0)")
+    for q in declared_params(finetune_class()):
+        _add(g, "--" + (FINETUNE_PREFIX + q.name).replace("_", "-"), f"finetune.{q.name}", q, _help(q), dests)
+    p.set_defaults(**{_DESTS: dests})
+
+
+def _default_name(section: str) -> str:
+    from crossdistill.config import DEFAULT_NAMES
+
+    return DEFAULT_NAMES[section]
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys of the flags actually given."""
+    out = {d: getattr(args, d) for d in getattr(args, _DESTS, []) if getattr(args, d, None) is not None}
+    if getattr(args, "no_latency", False):
+        out["latency"] = False
+    return out
+
+
+def config_from_args(args: argparse.Namespace):
+    from crossdistill.sweep import expand_vars  # ${CROSSDISTILL_DATA} works in every config file
+
+    defaults = expand_vars(load_yaml(args.config)) if getattr(args, "config", None) else {}
+    return resolve(defaults, given_options(args))

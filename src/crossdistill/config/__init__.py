@@ -1,0 +1,184 @@
+"""Run configuration: YAML files set defaults, CLI flags override them (as timm does), and the
+resolved config is saved beside every result.
+
+A config is a few run-level settings (model, data, few-shot draw, damping, device) and one
+`{name, params}` section per plug-in kind: `method` (how the model is compressed), `objective`
+(the layer loss) and `solver`, plus the `finetune` settings. What each plug-in accepts is
+declared by the plug-in itself (`crossdistill.params`); this module only routes keys to it:
+
+    method:    {name: channels, params: {keep: 0.5}}
+    objective: {name: mixed, params: {mu: 0.6}}
+    solver:    closed-form                  # a bare name: the plug-in's defaults
+
+Flat keys (`keep: 0.5`, `mu: 0.6`, `--beta 0.2`, old configs' `finetune_epochs: 5` and
+`extra: {sparse_mask: obc}`) go to the selected plug-in that declares them; dotted keys
+(`objective.beta`) name the section. A key that no plug-in declares is an error naming the
+valid ones; one that belongs to a plug-in other than the selected one is dropped with a warning
+(so a file's `mu` does not block `--objective soft` on the command line).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from crossdistill.config.layers import Layers, get_class, known, known_only, pick_section, route_flat
+from crossdistill.config.sections import (
+    ALIASES,
+    DEFAULT_NAMES,
+    FINETUNE_PREFIX,
+    RUN_KEYS,
+    SECTIONS,
+    Choice,
+    ConfigWarning,
+    RunSettings,
+    all_params,
+    finetune_active,
+    finetune_class,
+    registry,
+    run_identity,
+    solver_class,
+)
+from crossdistill.errors import CrossDistillError
+
+__all__ = [
+    "ALIASES", "DEFAULT_NAMES", "FINETUNE_PREFIX", "RUN_KEYS", "SECTIONS", "Choice", "CompressConfig", "ConfigWarning",
+    "RunSettings", "all_params", "finetune_active", "finetune_class", "load_yaml", "registry", "resolve",
+    "run_identity", "solver_class",
+]
+
+
+class CompressConfig:
+    """A resolved, validated configuration. Construct it with any mix of flat, dotted and
+    sectioned keys (`CompressConfig(model="resnet20", keep=0.5, objective="mixed", mu=0.6)`);
+    `to_dict()` gives the sectioned form with every declared setting filled in."""
+
+    run: RunSettings
+    method: Choice
+    objective: Choice
+    solver: Choice
+    finetune: dict[str, Any]
+    extra: dict[str, Any]
+
+    def __init__(self, **settings: Any) -> None:
+        self._assign(_resolve([settings], strict=True))
+
+    def _assign(self, other: "CompressConfig") -> None:
+        self.__dict__.update(other.__dict__)
+
+    def __getattr__(self, name: str) -> Any:
+        # Run-level settings read as attributes (cfg.model, cfg.shots, ...).
+        if name in RUN_KEYS and "run" in self.__dict__:
+            return getattr(self.__dict__["run"], name)
+        raise AttributeError(f"CompressConfig has no attribute {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CompressConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"CompressConfig({self.to_dict()!r})"
+
+    def validate(self) -> "CompressConfig":
+        """What depends on this machine (a CUDA device that is not there fails here, before any work)."""
+        from crossdistill.device import resolve_device
+
+        resolve_device(self.run.device)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.run.settings(),
+            "method": self.method.to_dict(),
+            "objective": self.objective.to_dict(),
+            "solver": self.solver.to_dict(),
+            "finetune": dict(self.finetune),
+            **({"extra": dict(self.extra)} if self.extra else {}),
+        }
+
+    def updated(self, **changes: Any) -> "CompressConfig":
+        """A copy with some keys changed (flat, dotted or sectioned, as for the constructor)."""
+        return _resolve([self.to_dict(), changes], strict=True)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, strict: bool = True) -> "CompressConfig":
+        """`strict=False` reads configs stored by older versions: keys that the selected plug-ins
+        do not declare are dropped instead of refused."""
+        return _resolve([values], strict=strict)
+
+    @classmethod
+    def from_layers(cls, layers: Sequence[Mapping[str, Any]], *, strict: bool = True) -> "CompressConfig":
+        return _resolve(layers, strict=strict)
+
+
+def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressConfig:
+    layers = Layers()
+    for i, v in enumerate(values):
+        if not isinstance(v, Mapping):
+            raise CrossDistillError(f"a config must be a mapping of keys to values, got {v!r}")
+        layers.add(i, v)
+    names = {s: layers.names.get(s, (0, DEFAULT_NAMES[s]))[1] for s in SECTIONS}
+    for s, n in names.items():
+        if not isinstance(n, str):
+            raise CrossDistillError(f"{s} must be a name, got {n!r}")
+    method_cls = get_class(registry("method"), "compression method", names["method"])
+    objective_cls = get_class(registry("objective"), "objective", names["objective"])
+    run = RunSettings(**known(RunSettings, layers.run, "config"))
+    # The method must exist before the solver can be looked up among its stages' solvers.
+    method_params = pick_section(layers, "method", {"method": method_cls}, strict)
+    if not strict:
+        method_params = known_only(method_cls, method_params)
+    method = method_cls(**known(method_cls, method_params, f"compression method {names['method']}"))
+    solver_cls = solver_class(method, names["solver"])
+    selected = {"method": method_cls, "objective": objective_cls, "solver": solver_cls}
+    route_flat(layers, selected, strict)
+    params = {s: pick_section(layers, s, selected, strict) for s in SECTIONS}
+    if not strict:
+        params = {s: known_only(selected[s], p) for s, p in params.items()}
+    objective = objective_cls(**known(objective_cls, params["objective"], f"objective {names['objective']}"))
+    if solver_cls is None:
+        if params["solver"]:
+            raise CrossDistillError(f"solver {names['solver']} does not run in method {names['method']}, so its "
+                                    f"settings {sorted(params['solver'])} have no effect")
+        solver_settings: dict[str, Any] = {}
+    else:
+        solver_settings = solver_cls(**known(solver_cls, params["solver"], f"solver {names['solver']}")).settings()
+    ft_cls = finetune_class()
+    ft = layers.finetune if strict else known_only(ft_cls, layers.finetune)
+    finetune = ft_cls(**known(ft_cls, ft, "finetune"))
+    cfg = CompressConfig.__new__(CompressConfig)
+    cfg.__dict__.update(
+        run=run,
+        method=Choice(names["method"], method.settings()),
+        objective=Choice(names["objective"], objective.settings()),
+        solver=Choice(names["solver"], solver_settings),
+        finetune=finetune.settings(),
+        extra=dict(layers.extra),
+    )
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CrossDistillError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise CrossDistillError(f"config {path} is not valid YAML: {problem}{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CrossDistillError(f"config {path} must be a mapping of keys to values")
+    return data
+
+
+def resolve(defaults: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> CompressConfig:
+    """Config file values first, then every override that was actually given (not None)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return CompressConfig.from_layers([dict(defaults or {}), given]).validate()

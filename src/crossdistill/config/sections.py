@@ -1,0 +1,153 @@
+"""The parts of a config: run-level settings (declared like a plug-in's), the plug-in sections
+and where each section's plug-ins are registered."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.params import Param, Plugin, declared_params, param
+
+SECTIONS = ("method", "objective", "solver")
+DEFAULT_NAMES = {"method": "channels", "objective": "soft", "solver": "closed-form"}
+# Older configs' names for a key.
+ALIASES = {"prune": "method"}
+FINETUNE_PREFIX = "finetune_"
+
+
+class ConfigWarning(UserWarning):
+    """A setting that was given but does not apply to the selected plug-in."""
+
+
+@dataclass
+class RunSettings(Plugin):
+    """The settings of a run that belong to no plug-in."""
+
+    kind = "config"
+    name = "run"
+    model: str = param("resnet56", "registered model name (see `crossdistill models`)")
+    weights: str | None = param(None, "teacher checkpoint (.th/.pt/.pth read with weights_only, or .safetensors)")
+    data: str | None = param(None, "training data: .npz, cifar-10-batches-py folder, Fashion-MNIST folder, "
+                             "or 'cifar10'/'fashion-mnist'")
+    eval_data: str | None = param(None, "test data (same formats); omit to skip evaluation")
+    shots: int | None = param(5, "K samples per class", low=1)
+    n_samples: int | None = param(None, "N random samples instead of K per class", low=1)
+    seed: int = param(0, "seed of the few-shot draw", low=0)
+    sampler: str = param("random", "few-shot draw: random, or first (the first K of each class, as the "
+                         "paper's code)", choices=("random", "first"))
+    damping: float | None = param(None, "ridge towards the teacher, x mean diag of H (default: 0.1/K, "
+                                  "K = images per class)", low=0)
+    batch_size: int = param(64, "images per forward pass while capturing", low=1)
+    device: str = param("cpu", "where the training steps run (the fine-tune and the training baselines bp, "
+                        "l1-finetune, fitnet): cpu, cuda, cuda:N, or auto (CUDA when present); the layer-wise "
+                        "solves always run on the CPU in float64")
+    latency: bool = param(True, "measure CPU latency in the evaluation")
+
+    def check(self) -> None:
+        if self.shots is not None and self.n_samples is not None:
+            raise CrossDistillError("give either shots (K per class) or n_samples, not both")
+        if self.shots is None and self.n_samples is None:
+            raise CrossDistillError("give shots (K per class) or n_samples")
+        from crossdistill.device import check_device_name
+
+        check_device_name(self.device)
+
+
+RUN_KEYS = tuple(p.name for p in declared_params(RunSettings))
+
+
+@dataclass
+class Choice:
+    """One plug-in section: the plug-in's name and the settings given to it."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params)}
+
+
+def registry(section: str) -> Mapping[str, type]:
+    """name → class of the plug-ins of one section (all solver families for `solver`)."""
+    if section == "method":
+        from crossdistill.compression import METHODS
+
+        return METHODS
+    if section == "objective":
+        from crossdistill.objectives import OBJECTIVES
+
+        return OBJECTIVES
+    from crossdistill.solvers import SOLVERS
+
+    merged: dict[str, type] = {}
+    for family in SOLVERS.values():
+        merged.update(family)
+    return merged
+
+
+def solver_class(method: Any, solver: str) -> type | None:
+    """The class that runs `solver` in one of the method's stages; None when the name is a solver
+    of another method only (the stages then use their default solvers, compression/composite.py)."""
+    from crossdistill.compression.composite import stage_solver_name
+    from crossdistill.solvers import SOLVERS
+
+    for stage, override in method.stages():
+        family = SOLVERS.get(stage.solver_family, {})
+        if stage_solver_name(stage, override, solver) == solver and solver in family:
+            return family[solver]
+    if not any(solver in fam for fam in SOLVERS.values()):
+        names = sorted({n for stage, _ in method.stages() for n in SOLVERS.get(stage.solver_family, {})})
+        raise CrossDistillError(f"unknown solver {solver!r} for method {method.name}; choose from {names}")
+    return None
+
+
+def finetune_class() -> type:
+    from crossdistill.finetune import FinetuneConfig
+
+    return FinetuneConfig
+
+
+def owners(key: str, selected: Mapping[str, type | None]) -> list[str]:
+    return [sec for sec, cls in selected.items() if cls is not None and key in {p.name for p in declared_params(cls)}]
+
+
+def declared_anywhere(key: str) -> list[str]:
+    out = []
+    for sec in SECTIONS:
+        for name, cls in registry(sec).items():
+            if key in {p.name for p in declared_params(cls)}:
+                out.append(f"{sec} {name}")
+    return out
+
+
+def baseline_settings() -> tuple[str, ...]:
+    """Keys read by baselines only (crossdistill.baselines), kept in `extra`."""
+    from crossdistill.baselines.settings import BASELINE_SETTINGS
+
+    return BASELINE_SETTINGS
+
+
+def finetune_active(finetune: Mapping[str, Any]) -> bool:
+    """Whether the fine-tune settings do anything: training epochs, or a BatchNorm re-estimate."""
+    return (finetune.get("epochs") or 0) > 0 or finetune.get("bn") == "recalibrate"
+
+
+def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies a run (for sweep hashes): the resolved config without settings that have no
+    effect, so that changing the default of an inactive fine-tune setting does not make every
+    stored run without a fine-tune look new."""
+    out = dict(values)
+    ft = out.get("finetune")
+    if isinstance(ft, Mapping) and not finetune_active(ft):
+        out["finetune"] = {}
+    return out
+
+
+def all_params(section: str) -> dict[str, list[tuple[str, Param]]]:
+    """setting name → [(plug-in name, declaration)] over every plug-in of a section: what the CLI
+    offers as flags and sweeps as grid keys."""
+    out: dict[str, list[tuple[str, Param]]] = {}
+    for name, cls in registry(section).items():
+        for p in declared_params(cls):
+            out.setdefault(p.name, []).append((name, p))
+    return out

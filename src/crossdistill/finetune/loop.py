@@ -1,0 +1,212 @@
+"""The fine-tune run: prepare (teacher's logits, BatchNorm, masks, optimizer), then the steps."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossdistill.device import on_device, resolve_device
+from crossdistill.errors import CrossDistillError
+from crossdistill.finetune.batchnorm import choose_bn, recalibrate_bn
+from crossdistill.finetune.ema import WeightAverage
+from crossdistill.finetune.losses import batched_logits, few_shot_losses, logit_loss
+from crossdistill.finetune.settings import FinetuneSettings
+from crossdistill.finetune.views import VIEWS, mix
+from crossdistill.finetune.weights import Masks, trainable_params
+from crossdistill.hints import capture, hint_loss, hint_points, matching_points
+
+OnStep = Callable[[int, nn.Module], None]
+
+
+def finetune(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    settings: FinetuneSettings,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    on_step: OnStep | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `student` in place on the few-shot images; returns what happened (losses on
+    the un-augmented few-shot images before and after, steps, seconds) for the report.
+
+    `masks` ({layer name: bool, True = kept}) defaults to those recorded on the student by
+    unstructured pruning. `on_step(step, model)` is called after every step with the model the
+    fine-tune would return if it stopped there (the student, or with `ema` its running average),
+    in eval mode (e.g. to evaluate along the way). Returns with the student in eval mode.
+    The steps run on `settings.device`; student and teacher are back on their own devices
+    afterwards (`on_step` sees them on the training device).
+    """
+    settings.validate()
+    device = resolve_device(settings.device)
+    start = time.perf_counter()
+    with on_device(device, student, teacher):
+        info = _finetune(student, teacher, images.to(device), None if labels is None else labels.to(device),
+                         settings, masks, on_step)
+    info["device"] = str(device)
+    info["seconds"] = time.perf_counter() - start  # moving to and from the device included
+    return info
+
+
+def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
+              settings: FinetuneSettings, masks: Mapping[str, torch.Tensor] | None,
+              on_step: OnStep | None) -> dict[str, Any]:
+    if masks is None:
+        from crossdistill.compression.weight_sparsity import get_masks
+
+        masks = get_masks(student)
+    if labels is None and settings.kd_weight < 1.0:
+        raise CrossDistillError("the fine-tune's cross-entropy term needs labels; set its kd_weight to 1")
+    teacher.eval()
+    teacher_logits = batched_logits(teacher, images, settings.batch_size)
+    student.eval()
+
+    def losses() -> dict[str, float]:
+        return few_shot_losses(student, teacher_logits, images, labels, settings.temperature, settings.batch_size)
+
+    info: dict[str, Any] = {"settings": asdict(settings), "before": losses(), "steps": 0}
+    if settings.epochs == 0:
+        # bn='recalibrate' without training: only the statistics are re-estimated (after 90 %
+        # unstructured pruning that alone recovered most of the accuracy).
+        if settings.bn == "recalibrate":
+            recalibrate_bn(student, images, settings.batch_size)
+            info["bn"] = "recalibrate"
+            info["after"] = losses()
+        return info
+    bn_mode = _settle_bn(student, teacher_logits, images, settings, info)
+    run = _Training.start(student, teacher, images, settings, masks, bn_mode, info)
+    info["steps"] = run.train(images, labels, teacher_logits, on_step)
+    info["after"] = losses()
+    return info
+
+
+def _settle_bn(student: nn.Module, teacher_logits: torch.Tensor, images: torch.Tensor,
+               settings: FinetuneSettings, info: dict[str, Any]) -> str:
+    """The BatchNorm mode the steps use ('auto' decided here), statistics re-estimated if so."""
+    bn_mode = settings.bn
+    if bn_mode == "auto":
+        bn_mode, info["auto_bn"] = choose_bn(student, teacher_logits, images, settings.temperature,
+                                             settings.batch_size)
+    info["bn"] = bn_mode
+    if bn_mode == "recalibrate":
+        recalibrate_bn(student, images, settings.batch_size)
+    return bn_mode
+
+
+def _optimizer(params: list[nn.Parameter], settings: FinetuneSettings, total_steps: int
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    if settings.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=settings.lr)
+    else:
+        opt = torch.optim.SGD(params, lr=settings.lr, momentum=0.9, nesterov=True)
+    sched = None
+    if settings.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total_steps)))
+    return opt, sched
+
+
+@dataclass
+class _Training:
+    """What the steps of one run share."""
+
+    student: nn.Module
+    teacher: nn.Module
+    settings: FinetuneSettings
+    bn_mode: str
+    masks: Masks
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler | None
+    gen: torch.Generator  # batch order, views, mix partners
+    rng: np.random.Generator  # mixup/CutMix weights (torch's Beta takes no generator)
+    points: list[str]  # hint points; empty without hints
+    averaged: WeightAverage | None
+    info: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def start(cls, student: nn.Module, teacher: nn.Module, images: torch.Tensor, settings: FinetuneSettings,
+              masks: Mapping[str, torch.Tensor], bn_mode: str, info: dict[str, Any]) -> "_Training":
+        bound = Masks(student, masks)
+        bound.apply()  # before the average copies the student: masked weights are zero in it at every step
+        total_steps = settings.epochs * math.ceil(images.shape[0] / settings.batch_size)
+        opt, sched = _optimizer(trainable_params(student, settings.trainable), settings, total_steps)
+        points: list[str] = []
+        if settings.hint_weight > 0:
+            points = matching_points(student, teacher, hint_points(student, settings.hints), images[:2])
+            info["hint_points"] = len(points)
+            info["hint_first"] = info["hint_last"] = None
+        # With a constant rate and 10-50 images the weights keep moving step to step; their running
+        # average is a steadier result.
+        averaged = WeightAverage(student, settings.ema) if settings.ema > 0 else None
+        return cls(student, teacher, settings, bn_mode, bound, opt, sched, torch.Generator().manual_seed(settings.seed),
+                   np.random.default_rng(settings.seed), points, averaged, info)
+
+    def train(self, images: torch.Tensor, labels: torch.Tensor | None, teacher_logits: torch.Tensor,
+              on_step: OnStep | None) -> int:
+        """All epochs; returns the number of steps. The result (the average, with `ema`) is left
+        in the student, in eval mode."""
+        n, bs = images.shape[0], self.settings.batch_size
+        steps = 0
+        with capture(self.student, self.points) as s_feats, capture(self.teacher, self.points) as t_feats:
+            try:
+                self._train_mode()
+                for _ in range(self.settings.epochs):
+                    order = torch.randperm(n, generator=self.gen).to(images.device)
+                    for i in range(0, n, bs):
+                        idx = order[i : i + bs]
+                        y = labels[idx] if labels is not None else None
+                        self._step(self._loss(images[idx], y, teacher_logits[idx], s_feats, t_feats))
+                        steps += 1
+                        self._after_step(steps, on_step)
+            finally:
+                self.student.eval()
+        if self.averaged is not None:
+            self.averaged.copy_to(self.student)
+        return steps
+
+    def _train_mode(self) -> None:
+        # BN in training mode only for bn='train'; 'frozen'/'recalibrate' keep running statistics.
+        self.student.train(self.bn_mode == "train")
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor | None, cached_teacher_logits: torch.Tensor,
+              s_feats: dict[str, torch.Tensor], t_feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        s = self.settings
+        if s.augment:
+            x = VIEWS[s.augment_policy](x, self.gen)
+        x, lam, partner = mix(x, s.mixup, s.cutmix, self.gen, self.rng)
+        if s.augment or lam is not None or self.points:
+            # A new view, a blend or hint features: the teacher must see this very batch.
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+        else:
+            t_logits = cached_teacher_logits
+        logits = self.student(x)
+        loss = s.logit_weight * logit_loss(logits, t_logits, y, lam, partner, s.kd_weight, s.temperature)
+        if self.points:
+            hint = hint_loss(s_feats, t_feats, self.points)
+            loss = loss + s.hint_weight * hint
+            self.info["hint_last"] = float(hint.detach())
+            if self.info["hint_first"] is None:
+                self.info["hint_first"] = self.info["hint_last"]
+        return loss
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.masks.mask_grads()
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        self.masks.apply()
+
+    def _after_step(self, steps: int, on_step: OnStep | None) -> None:
+        if self.averaged is not None:
+            self.averaged.update()
+        if on_step is not None:
+            self.student.eval()
+            on_step(steps, self.averaged.model if self.averaged is not None else self.student)
+            self._train_mode()

@@ -1,0 +1,157 @@
+"""The linear algebra every layer solve shares, in one place.
+
+Every objective reduces a layer to loss(W) = tr(W H Wᵀ) − 2 tr(B Wᵀ) + c with H symmetric PSD
+(problem.py). This module owns what the solvers do with H:
+
+- damping: the ridge λ = fraction · mean(diag H) added to the diagonal;
+- factorisation: Cholesky, and the upper Cholesky factor of H⁻¹ that the OBS-style sweeps
+  (SparseGPT, OBC, GPTQ) need, with the one jitter policy for a singular H;
+- the constrained solves: B H⁻¹ (Cholesky, else least squares), the same on a subset of
+  columns, and row by row on a sparsity mask;
+- the symmetric square root of H (and its inverse) of the metric low-rank solver.
+
+Errors a user can fix (an undamped singular H, a non-finite H) are CrossDistillError.
+"""
+from __future__ import annotations
+
+import torch
+
+from crossdistill.errors import CrossDistillError
+
+# --- damping ---------------------------------------------------------------------------------
+
+
+def damping_ridge(H: torch.Tensor, fraction: float) -> float:
+    """λ = fraction · mean(diag H): the ridge scales with H, so one fraction means the same
+    pull whatever the layer's input magnitude. An all-zero diagonal (a layer whose inputs are
+    all zero) gets λ = fraction so that damping still makes H invertible."""
+    if fraction < 0:
+        raise ValueError("damping must be >= 0")
+    lam = fraction * float(torch.diagonal(H).mean())
+    if lam <= 0:
+        lam = fraction
+    return lam
+
+
+def add_ridge(H: torch.Tensor, ridge: float) -> torch.Tensor:
+    """H + ridge · I (a new tensor; H is left alone)."""
+    return H + ridge * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+
+
+# --- factorisation ---------------------------------------------------------------------------
+
+
+def cholesky(H: torch.Tensor) -> torch.Tensor | None:
+    """Lower Cholesky factor of H, or None when H is not (numerically) positive definite."""
+    L, info = torch.linalg.cholesky_ex(H)
+    return L if int(info) == 0 else None
+
+
+def _check_finite(H: torch.Tensor, context: str) -> None:
+    # No ridge rescues NaN or inf; say so instead of walking the whole ladder.
+    if not bool(torch.isfinite(H).all()):
+        raise CrossDistillError(f"{context}: H has NaN or infinite entries (non-finite layer inputs?)")
+
+
+def inverse_cholesky_upper(
+    H: torch.Tensor,
+    *,
+    first_jitter: float = 1e-8,
+    growth: float = 100.0,
+    tries: int = 6,
+    grow_ridge: bool = False,
+    symmetrize: bool = False,
+    context: str = "layer solve",
+) -> torch.Tensor:
+    """Upper U with UᵀU = H⁻¹. Row j of U divided by U_jj is row j of (H_F)⁻¹ restricted to
+    F = {j, …, d−1}: the OBS quantities of a left-to-right column sweep, for every step, from
+    one factorisation.
+
+    The jitter policy: try H itself, then H + λ·I with λ = ρ·s for ρ = first_jitter,
+    first_jitter·growth, … (`tries` attempts in all, H itself included), s = mean(diag H)
+    floored at 1e-12; if none factorises, CrossDistillError. The engine damps H already; this
+    only rescues an undamped, numerically singular H.
+
+    Callers keep their published ladders (SparseGPT/OBC: 1e-8 ×100, 6 tries; GPTQ: 1e-10 ×10,
+    12 tries). `grow_ridge` multiplies λ itself by `growth` at each step (GPTQ's arithmetic)
+    instead of ρ: the two agree up to the last bit of λ and are kept apart only so that each
+    solver's results stay bit-identical. `symmetrize` first replaces H by (H + Hᵀ)/2: Cholesky
+    reads only the lower triangle, so an asymmetric round-off would otherwise be dropped."""
+    _check_finite(H, context)
+    if symmetrize:
+        H = (H + H.T) / 2
+    d = H.shape[0]
+    scale = float(torch.diagonal(H).mean().clamp_min(1e-12))
+    eye = torch.eye(d, dtype=H.dtype, device=H.device)
+    rho = ridge = last = 0.0
+    for _ in range(tries):
+        L = cholesky(H if ridge == 0 else H + ridge * eye)
+        if L is not None:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if int(info) == 0:
+                return U
+        last = ridge
+        rho = first_jitter if rho == 0 else rho * growth
+        if grow_ridge:
+            ridge = first_jitter * scale if ridge == 0 else ridge * growth
+        else:
+            ridge = rho * scale
+    raise CrossDistillError(
+        f"{context}: H ({d}×{d}) is not positive definite even with a ridge of "
+        f"{last / scale:.3g}·mean(diag H); use damping > 0"
+    )
+
+
+# --- constrained solves ----------------------------------------------------------------------
+
+
+def solve_right(B: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """B H⁻¹ for symmetric PSD H: Cholesky, else (H singular) the minimum-norm least-squares
+    solution, which is still a minimiser of the quadratic when B lies in H's row space."""
+    L = cholesky(H)
+    if L is not None:
+        return torch.cholesky_solve(B.T, L).T
+    return torch.linalg.lstsq(H, B.T, driver="gelsd").solution.T
+
+
+def solve_right_on_columns(B: torch.Tensor, H: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Minimiser of tr(W H Wᵀ) − 2 tr(B Wᵀ) with every column outside `columns` fixed at zero:
+    W_S = B_S H_SS⁻¹, zeros elsewhere."""
+    W = torch.zeros_like(B)
+    if columns.numel() == 0:
+        return W
+    W[:, columns] = solve_right(B[:, columns], H[columns][:, columns])
+    return W
+
+
+def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Minimiser with the zeros of the boolean `keep` (same shape as B) fixed at zero. The loss
+    is a sum over rows, Σ_i w_i H w_iᵀ − 2 b_i w_iᵀ, so each row is its own small problem
+    W_i,S = B_i,S H_SS⁻¹ on its own support S."""
+    W = torch.zeros_like(B)
+    # Rows with the same support share one factorisation (all of them at sparsity 0).
+    supports: dict[bytes, list[int]] = {}
+    keep_cpu = keep.to("cpu")
+    for i in range(B.shape[0]):
+        supports.setdefault(keep_cpu[i].numpy().tobytes(), []).append(i)
+    for rows_list in supports.values():
+        rows = torch.as_tensor(rows_list, dtype=torch.long)
+        cols = torch.nonzero(keep_cpu[rows_list[0]]).flatten()
+        if cols.numel() == 0:
+            continue
+        W[rows[:, None], cols[None, :]] = solve_right(B[rows][:, cols], H[cols][:, cols])
+    return W
+
+
+# --- square roots ----------------------------------------------------------------------------
+
+# Eigenvalues of H below this fraction of the largest are raised to it: S⁻¹ must stay finite
+# even when the problem was not damped.
+EIG_FLOOR = 1e-12
+
+
+def sqrt_and_inverse_sqrt(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H^½, H^-½) of the symmetrised H by eigendecomposition, eigenvalues floored (EIG_FLOOR)."""
+    e, V = torch.linalg.eigh((H + H.T) / 2)
+    e = torch.clamp(e, min=float(e.max().clamp(min=0)) * EIG_FLOOR or EIG_FLOOR)
+    return (V * e.sqrt()) @ V.T, (V / e.sqrt()) @ V.T

@@ -1,0 +1,132 @@
+"""Loading a file written by `save`: rebuild the module, check every tensor, then fill it.
+
+Only the crossdistill format is read here; `crossdistill.persistence.load` also takes plain
+weight files (through `crossdistill.models.checkpoint`, which in turn uses this module for
+crossdistill files, so this module must not import it).
+
+The model is built on the `meta` device first and every shape is checked against the file
+before any memory is allocated, so a forged spec (say a billion channels) is refused instead of
+exhausting memory, and loading consumes none of the caller's random numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.persistence import codecs
+from crossdistill.persistence.codecs import EXTRA_PREFIX, ArtifactCodec
+from crossdistill.persistence.files import read_header, read_tensors, resolve_model_path
+from crossdistill.persistence.spec import META_KEY, SavedModelInfo, parse_info
+
+__all__ = ["load_saved", "rebuild"]
+
+_MAX_LISTED = 5
+
+
+def _listing(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def _used(info: SavedModelInfo) -> list[tuple[ArtifactCodec, dict[str, Any]]]:
+    """(codec, entry) of the codecs whose artifact the file holds, in registry order."""
+    return [(c, info.artifacts[c.name]) for c in codecs.CODECS if info.artifacts.get(c.name)]
+
+
+def _build(info: SavedModelInfo, source: str, device: str = "meta") -> nn.Module:
+    from crossdistill.models.registry import create_model, model_info
+
+    model_info(info.model)  # unknown names get the registry's message, with the known names
+    try:
+        with torch.device(device):
+            model = create_model(info.model, **info.spec)
+            for codec, entry in _used(info):
+                codec.restructure(model, entry)
+    except CrossDistillError as exc:
+        raise CrossDistillError(f"{source}: {exc}") from None
+    except Exception as exc:  # the spec comes from the file: any constructor failure is a bad file
+        raise CrossDistillError(
+            f"{source}: cannot build {info.model} from the saved spec {info.spec} ({type(exc).__name__}: {exc})"
+        ) from exc
+    return model
+
+
+def rebuild(path: Path, document: str, model: str | None = None) -> nn.Module:
+    """The model of the crossdistill file `path`, whose header document is `document`.
+
+    `model`, when given, is the registry name the caller expects; another one is refused.
+    """
+    source = str(path)
+    info = parse_info(document, source)
+    if model is not None and model != info.model:
+        from crossdistill.models.registry import model_info
+
+        model_info(model)  # an unknown name is reported as such
+        raise CrossDistillError(f"{source} holds a {info.model} model, not {model}")
+    net = _build(info, source)
+    tensors = read_tensors(path)
+
+    extras = {k: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    own = net.state_dict()
+    omitted = set(info.omitted)
+    missing = [k for k in own if k not in state and k not in omitted]
+    unexpected = [k for k in state if k not in own or k in omitted]
+    mismatched = [k for k in own if k in state and (own[k].shape != state[k].shape or own[k].dtype != state[k].dtype)]
+    problems = []
+    if mismatched:
+        problems.append("shape/dtype mismatch: " + "; ".join(
+            f"{k}: model {tuple(own[k].shape)} {own[k].dtype}, file {tuple(state[k].shape)} {state[k].dtype}"
+            for k in mismatched[:_MAX_LISTED]))
+    if missing:
+        problems.append(f"missing tensors ({len(missing)}): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors ({len(unexpected)}): {_listing(unexpected)}")
+    if problems:
+        raise CrossDistillError(f"{source}: tensors do not fit the saved {info.model} spec: " + "; ".join(problems))
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CrossDistillError(f"{source}: non-finite values (NaN/inf) in {_listing(bad)}")
+
+    # Every shape is known to match: only now is real memory allocated (exactly the file's size).
+    if any(name not in own for name, _ in net.named_buffers()):
+        # A non-persistent buffer is not in the file: it needs the constructor's own values.
+        with torch.random.fork_rng(devices=[]):
+            net = _build(info, source, "cpu")
+    else:
+        net = net.to_empty(device="cpu")
+    for key in omitted:
+        state[key] = torch.zeros(own[key].shape, dtype=own[key].dtype)  # rebuilt by its codec below
+    net.load_state_dict(state, strict=True)
+
+    known: set[str] = set()
+    for codec, entry in _used(info):
+        prefix = codec.prefix
+        mine = {k[len(prefix):]: v for k, v in extras.items() if k.startswith(prefix)}
+        try:
+            codec.decode(net, entry, mine)
+        except CrossDistillError as exc:
+            raise CrossDistillError(f"{source}: {exc}") from None
+        known |= {prefix + k for k in codec.tensor_keys(entry)}
+    stray = sorted(set(extras) - known)
+    if stray:
+        raise CrossDistillError(f"{source}: unexpected tensors {_listing(stray)}")
+    net.crossdistill_saved_info = info  # type: ignore[assignment]
+    return net.eval()
+
+
+def load_saved(path: str | Path, *, model: str | None = None) -> nn.Module:
+    """Rebuild a model saved by `save` (a crossdistill `.safetensors` file or a run directory).
+
+    Unlike `crossdistill.persistence.load`, a file without a crossdistill document is refused
+    rather than read as plain weights.
+    """
+    path = resolve_model_path(path)
+    header = read_header(path) if path.suffix == ".safetensors" else {}
+    if META_KEY not in header:
+        raise CrossDistillError(f"{path}: not a model saved by crossdistill.save (no '{META_KEY}' metadata)")
+    return rebuild(path, header[META_KEY], model)

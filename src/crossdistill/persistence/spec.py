@@ -1,0 +1,151 @@
+"""The model document: the JSON in a saved file's header that says how to rebuild the model.
+
+`SavedModelInfo` is the document in memory; `parse_info` validates untrusted JSON into one. The
+compression artifacts' entries are the registered codecs' business (`codecs/`): this module
+only hands each codec its entry.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.persistence import codecs
+from crossdistill.persistence.codecs import DocumentError, check_registry
+from crossdistill.persistence.codecs.base import is_int, str_dict
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "META_KEY", "SavedModelInfo", "parse_info"]
+
+FORMAT = "crossdistill-model"
+FORMAT_VERSION = 1
+# The safetensors metadata key of the document (its only metadata entry: see the package docs).
+META_KEY = "crossdistill"
+
+# The document's own keys. `to_json` writes the codecs' entries between std and omitted: where
+# format version 1 wrote lowrank, quant and masks, so that files stay byte-identical.
+_HEAD_KEYS = ("format", "format_version", "crossdistill_version", "torch_version", "model", "spec",
+              "input_size", "num_classes", "mean", "std")
+_TAIL_KEYS = ("omitted",)
+# Names no codec may take.
+DOCUMENT_KEYS = frozenset(_HEAD_KEYS + _TAIL_KEYS)
+check_registry(codecs.CODECS, DOCUMENT_KEYS)
+
+
+@dataclass
+class SavedModelInfo:
+    """The JSON document of a saved model, validated (see the package docstring).
+
+    `artifacts` holds every registered codec's entry by codec name (`{}` when the model has
+    none of that artifact); `info.lowrank`, `info.quant`, `info.masks` (any codec's name) read
+    the same entry.
+    """
+
+    model: str
+    spec: dict[str, Any]
+    format_version: int = FORMAT_VERSION
+    crossdistill_version: str = ""
+    torch_version: str = ""
+    input_size: tuple[int, int, int] | None = None
+    num_classes: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    omitted: list[str] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields. Reads __dict__ directly: during copy or
+        # unpickling `artifacts` may not exist yet, and self.artifacts would recurse here.
+        if any(c.name == name for c in codecs.CODECS):
+            return self.__dict__.setdefault("artifacts", {}).setdefault(name, {})
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "crossdistill_version": self.crossdistill_version,
+            "torch_version": self.torch_version,
+            "model": self.model,
+            "spec": self.spec,
+            "input_size": list(self.input_size) if self.input_size else None,
+            "num_classes": self.num_classes,
+            "mean": list(self.mean) if self.mean else None,
+            "std": list(self.std) if self.std else None,
+        }
+        for codec in codecs.CODECS:
+            entry = self.artifacts.get(codec.name) or {}
+            if entry or codec.always_written:
+                doc[codec.name] = entry
+        doc["omitted"] = self.omitted
+        return doc
+
+
+def _expect(cond: bool, source: str, what: str) -> None:
+    if not cond:
+        raise CrossDistillError(f"{source}: invalid crossdistill model document: {what}")
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def parse_info(text: str | bytes, source: str = "model document") -> SavedModelInfo:
+    """Validate the JSON document of a saved model; every defect is a CrossDistillError."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise CrossDistillError(f"{source}: the crossdistill model document is not valid JSON ({exc})") from None
+    _expect(isinstance(doc, dict), source, "expected a JSON object")
+    _expect(doc.get("format") == FORMAT, source, f"'format' must be {FORMAT!r}")
+    version = doc.get("format_version")
+    _expect(is_int(version), source, "'format_version' must be an integer")
+    if version > FORMAT_VERSION:
+        raise CrossDistillError(
+            f"{source}: written in model format version {version} by crossdistill "
+            f"{doc.get('crossdistill_version', '?')}; this crossdistill reads up to version {FORMAT_VERSION}: upgrade it"
+        )
+    _expect(version >= 1, source, f"unknown format version {version}")
+    model = doc.get("model")
+    _expect(isinstance(model, str) and bool(model), source, "'model' must be a model name")
+    spec = doc.get("spec")
+    _expect(str_dict(spec), source, "'spec' must be an object of constructor arguments")
+    info = SavedModelInfo(model=model, spec=spec, format_version=version)
+    for key in ("crossdistill_version", "torch_version"):
+        v = doc.get(key, "")
+        _expect(isinstance(v, str), source, f"'{key}' must be a string")
+        setattr(info, key, v)
+    size = doc.get("input_size")
+    if size is not None:
+        _expect(isinstance(size, list) and len(size) == 3 and all(is_int(s) and s > 0 for s in size),
+                source, "'input_size' must be three positive integers (C, H, W)")
+        info.input_size = tuple(size)  # type: ignore[assignment]
+    n = doc.get("num_classes")
+    if n is not None:
+        _expect(is_int(n) and n > 0, source, "'num_classes' must be a positive integer")
+        info.num_classes = n
+    for key in ("mean", "std"):
+        v = doc.get(key)
+        if v is not None:
+            _expect(isinstance(v, list) and len(v) > 0 and all(_is_number(x) for x in v),
+                    source, f"'{key}' must be a list of finite numbers")
+            setattr(info, key, tuple(float(x) for x in v))
+    if info.std is not None:
+        _expect(all(s > 0 for s in info.std), source, "'std' must be positive")
+
+    for codec in codecs.CODECS:
+        try:
+            # An absent (or null, or empty) entry means the model has none of that artifact.
+            info.artifacts[codec.name] = codec.validate(doc.get(codec.name) or {})
+        except DocumentError as exc:
+            raise CrossDistillError(f"{source}: invalid crossdistill model document: {exc}") from None
+
+    omitted = doc.get("omitted") or []
+    _expect(isinstance(omitted, list) and all(isinstance(k, str) for k in omitted), source, "'omitted' must be a list of keys")
+    # Exactly these: a key left out that no codec rebuilds would load as zeros.
+    expected = {k for codec in codecs.CODECS for k in codec.replaced_keys(info.artifacts[codec.name])}
+    _expect(set(omitted) == expected, source,
+            "'omitted' must list exactly the weights rebuilt from artifacts (such as those of the quantized layers)")
+    info.omitted = list(omitted)
+    return info

@@ -1,0 +1,93 @@
+"""Saving: a model becomes one `.safetensors` file (tensors + the JSON document)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from crossdistill._version import __version__
+from crossdistill.errors import CrossDistillError
+from crossdistill.persistence import codecs
+from crossdistill.persistence.files import atomic_write
+from crossdistill.persistence.spec import META_KEY, SavedModelInfo
+
+__all__ = ["build_document", "save"]
+
+_MAX_LISTED = 5
+
+
+def _num_classes(spec: Mapping[str, Any], default: int) -> int:
+    n = spec.get("num_classes", default)
+    return int(n) if isinstance(n, int) else int(default)
+
+
+def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedModelInfo]:
+    """Tensors and JSON info that describe `model` completely (what `save` writes)."""
+    from crossdistill.models.registry import model_info
+
+    name = getattr(model, "crossdistill_name", None)
+    if not isinstance(name, str) or not hasattr(model, "spec"):
+        raise CrossDistillError(
+            f"cannot save a {type(model).__name__}: only models built by crossdistill.models.create_model "
+            "(which record their registry name and spec()) can be rebuilt without pickle"
+        )
+    spec = model.spec()  # type: ignore[operator]
+    try:
+        spec = json.loads(json.dumps(spec))  # what load will see: tuples become lists
+    except (TypeError, ValueError) as exc:
+        raise CrossDistillError(f"{name}: spec() is not JSON-serialisable ({exc})") from None
+    info = model_info(name)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CrossDistillError(f"cannot save {name}: non-finite values (NaN/inf) in {', '.join(bad[:_MAX_LISTED])}")
+    tensors = dict(state)
+    doc = SavedModelInfo(
+        model=name, spec=spec, crossdistill_version=__version__, torch_version=torch.__version__,
+        input_size=tuple(info.input_size), num_classes=_num_classes(spec, info.num_classes),
+        mean=tuple(info.mean), std=tuple(info.std),
+    )
+    for codec in codecs.CODECS:
+        try:
+            encoded = codec.encode(model)
+        except CrossDistillError as exc:
+            raise CrossDistillError(f"cannot save {name}: {exc}") from None
+        if encoded is None:
+            doc.artifacts[codec.name] = {}
+            continue
+        metadata, extra = encoded
+        doc.artifacts[codec.name] = json.loads(json.dumps(metadata))  # what load will see
+        for key in codec.replaced_keys(metadata):
+            # The codec's tensors stand in for this entry of the state dict.
+            tensors.pop(key, None)
+            doc.omitted.append(key)
+        tensors.update({codec.prefix + k: v for k, v in extra.items()})
+    return tensors, doc
+
+
+def save(model: nn.Module, path: str | Path) -> Path:
+    """Write `model` (slimmed, sparse, quantized and/or low-rank) to one `.safetensors` file.
+
+    No pickle is involved; `load(path)` rebuilds a model whose outputs equal this one's bit for
+    bit. The file appears atomically. Returns the path.
+    """
+    from safetensors.torch import save as to_bytes
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CrossDistillError(f"{path}: a saved model is a .safetensors file; give a path ending in .safetensors")
+    if path.is_dir():
+        raise CrossDistillError(f"{path} is a directory; give a file path ending in .safetensors")
+    tensors, doc = build_document(model)
+    meta = {META_KEY: json.dumps(doc.to_json())}
+    try:
+        # Serialised in memory and written by Python: safetensors' own save_file creates the file
+        # private (0600) whatever the umask, and a saved model is meant to be shared.
+        data = to_bytes(tensors, metadata=meta)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    except OSError as exc:
+        raise CrossDistillError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path

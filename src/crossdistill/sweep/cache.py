@@ -1,0 +1,102 @@
+"""What the runs of one sweep process share: loaded data, loaded teachers, teacher evaluations."""
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Iterable
+
+from crossdistill.config import CompressConfig
+from crossdistill.errors import CrossDistillError
+from crossdistill.sweep.hashing import json_sha256
+from crossdistill.sweep.store import SweepDB
+
+
+def _sha256_tensors(tensors: Iterable[tuple[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for name, t in tensors:
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class RunContext:
+    """What runs of one sweep share: loaded data, loaded teachers and their evaluations.
+
+    Loading CIFAR-10 or evaluating ResNet-56 on the test set costs as much as a whole
+    compression, so each is done once per sweep process (teacher evaluations once per database).
+    """
+
+    def __init__(self, db: SweepDB) -> None:
+        self.db = db
+        self._data: dict[tuple[str, str], Any] = {}
+        self._teachers: dict[tuple[str, str | None], Any] = {}
+        self._teacher_keys: dict[tuple[str, str | None], str] = {}
+        self._data_keys: dict[tuple[str, str], str] = {}
+
+    def data(self, spec: str, split: str) -> Any:
+        from crossdistill.data import load_image_data
+
+        key = (spec, split)
+        if key not in self._data:
+            self._data[key] = load_image_data(spec, split)
+        return self._data[key]
+
+    def teacher(self, cfg: CompressConfig) -> Any:
+        import torch
+
+        from crossdistill.pipeline import load_teacher
+
+        key = (cfg.model, cfg.weights)
+        if key not in self._teachers:
+            if cfg.weights is None:
+                # A teacher without weights is random; seeding makes its runs reproducible.
+                torch.manual_seed(0)
+            teacher = load_teacher(cfg)
+            self._teachers[key] = teacher
+            self._teacher_keys[key] = _sha256_tensors(sorted(teacher.state_dict().items()))
+        return self._teachers[key]
+
+    def check_teacher_unchanged(self, cfg: CompressConfig) -> None:
+        """The teacher is shared by every run of the sweep; a run that changed it in place would
+        silently alter all later runs, so it is reloaded and the run fails instead."""
+        key = (cfg.model, cfg.weights)
+        teacher = self._teachers.get(key)
+        if teacher is not None and _sha256_tensors(sorted(teacher.state_dict().items())) != self._teacher_keys[key]:
+            del self._teachers[key]
+            raise CrossDistillError("the run modified the teacher's weights in place (a bug); it is reloaded")
+
+    def _data_key(self, spec: str, split: str) -> str:
+        key = (spec, split)
+        if key not in self._data_keys:
+            d = self.data(spec, split)
+            h = hashlib.sha256(d.x.tobytes())
+            h.update(d.y.astype("int64").tobytes())
+            self._data_keys[key] = h.hexdigest()
+        return self._data_keys[key]
+
+    def teacher_metrics(self, cfg: CompressConfig) -> dict[str, Any] | None:
+        """The teacher's evaluation on cfg.eval_data, from the database or computed once.
+
+        Keyed by the teacher's tensors, the test images and the latency setting, so a changed
+        weights file or test set never reuses a stale number.
+        """
+        from crossdistill.evaluation import evaluate_for
+        from crossdistill.models import model_info
+
+        if not cfg.eval_data:
+            return None
+        teacher = self.teacher(cfg)
+        key_src = {
+            "model": cfg.model,
+            "teacher": self._teacher_keys[(cfg.model, cfg.weights)],
+            "eval_data": self._data_key(cfg.eval_data, "test"),
+            "latency": bool(cfg.latency),
+        }
+        key = json_sha256(key_src)  # same digest as before the split: stored evaluations stay valid
+        cached = self.db.teacher_metrics(key)
+        if cached is not None:
+            return cached
+        start = time.perf_counter()
+        metrics = evaluate_for(teacher, self.data(cfg.eval_data, "test"), model_info(cfg.model), latency=cfg.latency)
+        self.db.store_teacher_metrics(key, cfg.model, cfg.weights, cfg.eval_data, metrics, time.perf_counter() - start)
+        return metrics

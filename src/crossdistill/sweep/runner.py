@@ -1,0 +1,187 @@
+"""The sweep loop: run every config that has no row yet, commit each row as soon as it finishes."""
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TextIO
+
+from crossdistill.config import CompressConfig
+from crossdistill.errors import CrossDistillError
+from crossdistill.sweep.cache import RunContext
+from crossdistill.sweep.describe import describe_config, flat_settings
+from crossdistill.sweep.expand import SweepSpec
+from crossdistill.sweep.hashing import canonical_json
+from crossdistill.sweep.provenance import git_commit, library_version
+from crossdistill.sweep.resume import resume_state
+from crossdistill.sweep.store import SweepDB, now
+
+
+def _dumps(value: Any) -> str:
+    # Reports carry numpy scalars, arrays and paths; outputs.json_default writes them as JSON.
+    from crossdistill.outputs import json_default
+
+    return json.dumps(value, default=json_default)
+
+
+def _scalar(value: Any) -> Any:
+    # sqlite3 cannot bind numpy integers or 0-d tensors, and the row is written outside the
+    # run's try block, so one such value would stop the whole sweep instead of failing one run.
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return value.item() if hasattr(value, "item") else value
+
+
+def report_columns(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The metric columns of a run's row from its pipeline report."""
+    t, s = report.get("teacher") or {}, report.get("student") or {}
+    slim = {k: v for k, v in report.items() if k not in ("config", "fewshot_indices")}
+    return {
+        "teacher_top1": _scalar(t.get("top1")),
+        "student_top1": _scalar(s.get("top1")),
+        "n_eval": _scalar(report.get("n_eval")),
+        "teacher_params": _scalar(t.get("params")),
+        "student_params": _scalar(s.get("params")),
+        "teacher_flops": _scalar(t.get("flops")),
+        "student_flops": _scalar(s.get("flops")),
+        "compress_seconds": _scalar(report.get("compress_seconds")),
+        "fewshot_indices": _dumps(report.get("fewshot_indices")),
+        "report": _dumps(slim),
+        "versions": _dumps(report.get("versions")),
+    }
+
+
+def execute_run(cfg: CompressConfig, ctx: RunContext) -> dict[str, Any]:
+    """Run one config and return its metric columns; raises on failure."""
+    from crossdistill.pipeline import run as run_pipeline
+
+    if cfg.data is None:
+        raise CrossDistillError("no training data given (data:)")
+    train = ctx.data(cfg.data, "train")
+    test = ctx.data(cfg.eval_data, "test") if cfg.eval_data else None
+    teacher = ctx.teacher(cfg)
+    teacher_metrics = ctx.teacher_metrics(cfg)
+    try:
+        _, report = run_pipeline(cfg, show_progress=False, train=train, test=test, teacher=teacher,
+                                 teacher_metrics=teacher_metrics)
+    finally:
+        ctx.check_teacher_unchanged(cfg)
+    return report_columns(report)
+
+
+def row_for(cfg: CompressConfig, h: str, sweep: str) -> dict[str, Any]:
+    """The columns of a run's row known before it runs, provenance included."""
+    values = cfg.to_dict()
+    flat = flat_settings(cfg)  # the summary columns
+    keep = flat.get("method.keep")
+    return {
+        "config_hash": h,
+        "config": canonical_json(values),
+        "sweep": sweep,
+        "model": flat.get("model"),
+        "prune": flat.get("method"),
+        "keep": None if keep is None else str(keep),
+        "objective": flat.get("objective"),
+        "solver": flat.get("solver"),
+        "shots": flat.get("shots"),
+        "n_samples": flat.get("n_samples"),
+        "seed": flat.get("seed"),
+        "host": socket.gethostname(),
+        "git_commit": git_commit(),
+        "crossdistill_version": library_version(),
+    }
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    skipped: int
+    ran: int
+    ok: int
+    failed: int
+    seconds: float
+    unresolved: int = 0  # recorded rows whose config no longer resolves (counted as not done)
+
+
+RunFn = Callable[[CompressConfig, RunContext], dict[str, Any]]
+
+
+def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = False,
+              log: TextIO | None = None, argv: Sequence[str] = (), run_fn: RunFn = execute_run) -> SweepSummary:
+    """Run every config of `spec` that has no row in the database yet (or a failed one, with
+    `retry_failed`); each run's row is committed as soon as it finishes.
+
+    A recorded row counts as done when its stored config, resolved through the current config
+    (`hashing.canonical_config`), hashes like the run: settings added since keep their defaults.
+    """
+    log = log if log is not None else sys.stderr
+    start = time.perf_counter()
+    with SweepDB(db_path) as db:
+        db.record_invocation(spec, argv)
+        state = resume_state(db)
+        if state.warning():
+            print(state.warning(), file=log, flush=True)
+        todo = [
+            (i, cfg, h) for i, (cfg, h) in enumerate(zip(spec.configs, spec.hashes))
+            if h not in state.status or (retry_failed and state.status[h] == "failed")
+        ]
+        n = len(spec.configs)
+        skipped = n - len(todo)
+        n_failed_before = sum(1 for h in spec.hashes if state.status.get(h) == "failed")
+        n_other = len(state.unmatched(spec.hashes))
+        print(f"sweep {spec.name}: {n} runs, {skipped} already in {db_path}"
+              + (f" ({n_failed_before} failed; --retry-failed re-runs them)" if n_failed_before and not retry_failed else "")
+              + f", {len(todo)} to run"
+              + (f"; {n_other} recorded runs are not runs of this sweep (--dry-run compares them)"
+                 if n_other and todo else ""), file=log, flush=True)
+        ctx = RunContext(db)
+        ok = failed = 0
+        durations: list[float] = []
+        for j, (i, cfg, h) in enumerate(todo):
+            eta = ""
+            if durations:
+                eta = f"  ETA {fmt_duration(sum(durations) / len(durations) * (len(todo) - j))}"
+            print(f"[{i + 1}/{n}] {describe_config(cfg)}{eta}", file=log, flush=True)
+            row = row_for(cfg, h, spec.name)
+            row["started_at"] = now()
+            t0 = time.perf_counter()
+            try:
+                row.update(run_fn(cfg, ctx))
+                row["status"] = "ok"
+                row["error"] = None
+                row["traceback"] = None
+            except Exception as exc:  # a failed run is a result too; the grid goes on
+                row["status"] = "failed"
+                row["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, CrossDistillError) else str(exc)
+                row["traceback"] = traceback.format_exc(limit=20)
+            row["run_seconds"] = time.perf_counter() - t0
+            row["finished_at"] = now()
+            # A retried failure stored under an older config format is replaced in place.
+            db.record_run(row, replaces=state.stored_keys.get(h, ()))
+            durations.append(row["run_seconds"])
+            if row["status"] == "ok":
+                ok += 1
+                top1 = row.get("student_top1")
+                acc = f"top-1 {top1:.2f} %" if top1 is not None else "no evaluation"
+                print(f"    ok: {acc} ({row['run_seconds']:.1f} s)", file=log, flush=True)
+            else:
+                failed += 1
+                print(f"    FAILED: {row['error']} ({row['run_seconds']:.1f} s)", file=log, flush=True)
+    summary = SweepSummary(total=n, skipped=skipped, ran=len(todo), ok=ok, failed=failed,
+                           seconds=time.perf_counter() - start, unresolved=state.unresolved)
+    print(f"sweep {spec.name}: ran {summary.ran} ({ok} ok, {failed} failed), skipped {skipped}, "
+          f"{fmt_duration(summary.seconds)}; results in {db_path}", file=log, flush=True)
+    return summary

@@ -1,0 +1,92 @@
+"""FinetuneConfig: the one declaration of the fine-tune's settings (ranges, choices, cross-field
+rules), and run_settings, which turns it into the settings one run reads."""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.finetune import FinetuneConfig, FinetuneSettings, config_of, run_settings, settings_from_config
+from crossdistill.params import declared_params
+
+FIELDS = ["epochs", "lr", "bn", "temperature", "kd_weight", "mode", "hint_weight", "hints", "logit_weight",
+          "schedule", "mixup", "cutmix", "ema", "views", "batch_size", "optimizer", "augment", "trainable"]
+
+# FinetuneSettings as settings_from_config made it for a default CompressConfig before the
+# settings were declared (batch 64 = the capture batch size): results must not move.
+OLD_DEFAULTS = dict(epochs=0, lr=1e-4, bn="auto", temperature=4.0, kd_weight=1.0, batch_size=64, optimizer="adam",
+                    augment=True, augment_policy="crop-flip", mixup=0.0, cutmix=0.0, schedule="constant",
+                    hint_weight=0.0, logit_weight=1.0, hints="layers", trainable="all", ema=0.0, seed=0, device="cpu")
+
+
+def test_the_declared_settings_are_the_user_settings_with_help():
+    params = declared_params(FinetuneConfig)
+    assert [p.name for p in params] == FIELDS
+    assert all(p.help.strip() for p in params)
+    assert (FinetuneConfig.kind, FinetuneConfig.name) == ("fine-tune", "finetune")
+
+
+def test_defaults_give_the_old_run_settings():
+    s = run_settings(FinetuneConfig(), seed=0, device="cpu", batch_size=64)
+    assert dataclasses.asdict(s) == OLD_DEFAULTS
+    assert {k: type(v) for k, v in dataclasses.asdict(s).items()} == {k: type(v) for k, v in OLD_DEFAULTS.items()}
+    assert dataclasses.asdict(FinetuneSettings()) == OLD_DEFAULTS
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("epochs", -1), ("epochs", 1.5), ("epochs", "many"), ("lr", 0.0), ("lr", float("nan")), ("bn", "eval"),
+    ("temperature", 0), ("kd_weight", 1.5), ("kd_weight", -0.1), ("mode", "fitnet"), ("hint_weight", -1.0),
+    ("hints", "all"), ("logit_weight", -1.0), ("schedule", "step"), ("mixup", -0.5), ("cutmix", -0.5),
+    ("ema", 1.0), ("ema", -0.1), ("views", "randaugment"), ("batch_size", 0), ("optimizer", "lbfgs"),
+    ("augment", "maybe"), ("trainable", "some"),
+])
+def test_a_bad_value_names_the_plugin_and_the_setting(name, bad):
+    with pytest.raises(CrossDistillError, match=f"fine-tune finetune: {name} "):
+        FinetuneConfig(**{name: bad})
+
+
+def test_values_are_converted_to_their_declared_types():
+    ft = FinetuneConfig(epochs="3", lr=1, mixup=0, augment="false", batch_size=16.0)
+    assert (ft.epochs, ft.lr, ft.mixup, ft.augment, ft.batch_size) == (3, 1.0, 0.0, False, 16)
+    assert isinstance(ft.lr, float) and isinstance(ft.mixup, float)
+
+
+def test_a_loss_is_required():
+    with pytest.raises(CrossDistillError, match="no loss"):
+        FinetuneConfig(logit_weight=0)  # mode kd: hints are off, so nothing is left
+    with pytest.raises(CrossDistillError, match="no loss"):
+        FinetuneConfig(mode="hints", hint_weight=0)  # hints mode defaults the logit loss to 0
+    FinetuneConfig(mode="hints", hint_weight=0, logit_weight=1)  # logits alone: fine
+    FinetuneConfig(mode="hints", logit_weight=0)
+
+
+def test_run_settings_resolve_the_mode_and_the_batch_size():
+    s = run_settings(FinetuneConfig(mode="hints", hint_weight=2), seed=3, device="auto", batch_size=32)
+    assert (s.hint_weight, s.logit_weight, s.batch_size, s.seed, s.device) == (2.0, 0.0, 32, 3, "auto")
+    s = run_settings(FinetuneConfig(hint_weight=2, logit_weight=0.5, batch_size=8, views="affine"),
+                     seed=0, device="cpu", batch_size=32)
+    assert (s.hint_weight, s.logit_weight, s.batch_size, s.augment_policy) == (0.0, 0.5, 8, "affine")
+
+
+def test_run_settings_made_directly_are_checked_by_the_same_declaration():
+    with pytest.raises(CrossDistillError, match="fine-tune finetune: optimizer"):
+        FinetuneSettings(optimizer="lbfgs").validate()
+    with pytest.raises(CrossDistillError, match="fine-tune finetune: hint_weight"):
+        FinetuneSettings(hint_weight=-1.0).validate()
+    s = run_settings(FinetuneConfig(mode="hints", hints="blocks", ema=0.9), seed=0, device="cpu", batch_size=8)
+    again = config_of(s)
+    assert (again.mode, again.hints, again.ema, again.resolved_logit_weight()) == ("hints", "blocks", 0.9, 0.0)
+
+
+def test_settings_from_a_flat_and_from_a_sectioned_config():
+    flat = SimpleNamespace(**{f"finetune_{k}": v for k, v in dataclasses.asdict(FinetuneConfig(epochs=5)).items()},
+                           seed=1, device="cpu", batch_size=32,
+                           extra={"finetune_optimizer": "sgd", "finetune_augment": False, "finetune_mixup": 0.3})
+    s = settings_from_config(flat)
+    assert (s.epochs, s.optimizer, s.augment, s.mixup, s.batch_size, s.seed) == (5, "sgd", False, 0.3, 32, 1)
+    sectioned = SimpleNamespace(finetune={"epochs": 5, "optimizer": "sgd", "batch_size": 16}, seed=1, device="cpu",
+                                batch_size=32, extra={})
+    s = settings_from_config(sectioned)
+    assert (s.epochs, s.optimizer, s.batch_size) == (5, "sgd", 16)
