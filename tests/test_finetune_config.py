@@ -43,7 +43,7 @@ def test_defaults_give_the_old_run_settings():
     ("augment", "maybe"), ("trainable", "some"),
 ])
 def test_a_bad_value_names_the_plugin_and_the_setting(name, bad):
-    with pytest.raises(CrossDistillError, match=f"fine-tune finetune: {name} "):
+    with pytest.raises(CrossDistillError, match=f"finetune: {name} "):
         FinetuneConfig(**{name: bad})
 
 
@@ -71,9 +71,9 @@ def test_run_settings_resolve_the_mode_and_the_batch_size():
 
 
 def test_run_settings_made_directly_are_checked_by_the_same_declaration():
-    with pytest.raises(CrossDistillError, match="fine-tune finetune: optimizer"):
+    with pytest.raises(CrossDistillError, match="finetune: optimizer"):
         FinetuneSettings(optimizer="lbfgs").validate()
-    with pytest.raises(CrossDistillError, match="fine-tune finetune: hint_weight"):
+    with pytest.raises(CrossDistillError, match="finetune: hint_weight"):
         FinetuneSettings(hint_weight=-1.0).validate()
     s = run_settings(FinetuneConfig(mode="hints", hints="blocks", ema=0.9), seed=0, device="cpu", batch_size=8)
     again = config_of(s)

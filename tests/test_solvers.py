@@ -11,6 +11,7 @@ from crossdistill.objectives import create_objective
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers import LayerTask, create_solver
 from crossdistill.solvers.base import channel_columns
+from crossdistill.solvers.adam import AdamOptions
 from crossdistill.solvers.channel_paper import adam_prox_channels
 from crossdistill.solvers.selection import select_obs
 
@@ -45,7 +46,7 @@ def test_paper_solver_with_fixed_mask_matches_closed_form(objective):
     p = problem(1, objective=objective)
     kept = torch.tensor([1, 2, 5])
     closed = p.solve_on(channel_columns(kept, 4))
-    adam, kept_out = adam_prox_channels(p, 4, 3, iters=4000, lr=1e-2, fixed_kept=kept)
+    adam, kept_out = adam_prox_channels(p, 4, 3, AdamOptions(4000, 1e-2), fixed_kept=kept)
     assert kept_out.tolist() == kept.tolist()
     assert torch.allclose(adam, closed, atol=2e-3), (adam - closed).abs().max()
     assert p.loss(adam) == pytest.approx(p.loss(closed), rel=1e-4)
@@ -53,7 +54,7 @@ def test_paper_solver_with_fixed_mask_matches_closed_form(objective):
 
 def test_paper_solver_anneals_to_the_requested_channel_count():
     p = problem(2)
-    W, kept = adam_prox_channels(p, 4, 2, iters=600, lr=1e-2)
+    W, kept = adam_prox_channels(p, 4, 2, AdamOptions(600, 1e-2))
     assert len(kept) == 2
     zero_groups = (W.reshape(W.shape[0], 6, 4).abs().sum((0, 2)) == 0).sum()
     assert int(zero_groups) == 4

@@ -16,6 +16,7 @@ from crossdistill.objectives import create_objective
 from crossdistill.solvers import LayerTask, create_solver
 from crossdistill.solvers.sparse_masks import solve_rows_on_mask, sparsity_mask
 from crossdistill.solvers.sparse_obs import obc_masks, sparsegpt_sweep
+from crossdistill.solvers.adam import AdamOptions
 from crossdistill.solvers.sparse_paper import adam_prox_sparse
 from tiny import make_tiny
 
@@ -139,7 +140,7 @@ def test_paper_solver_with_fixed_mask_matches_closed_form(objective):
     p = problem(6, d=18, out=4, objective=objective)
     keep = sparsity_mask(p.w_teacher.abs(), 0.6, "layer")
     closed = solve_rows_on_mask(p, keep)
-    adam, keep_out = adam_prox_sparse(p, 0.6, iters=4000, lr=1e-2, fixed_mask=keep)
+    adam, keep_out = adam_prox_sparse(p, 0.6, opts=AdamOptions(4000, 1e-2), fixed_mask=keep)
     assert torch.equal(keep_out, keep)
     assert torch.equal(adam == 0, ~keep)
     assert torch.allclose(adam, closed, atol=2e-3), (adam - closed).abs().max()
@@ -148,7 +149,7 @@ def test_paper_solver_with_fixed_mask_matches_closed_form(objective):
 
 def test_paper_solver_anneals_to_the_target_and_reconstructs():
     p = problem(7)
-    W, keep = adam_prox_sparse(p, 0.75, "layer", iters=600, lr=1e-2)
+    W, keep = adam_prox_sparse(p, 0.75, "layer", AdamOptions(600, 1e-2))
     assert int((W == 0).sum()) == round(0.75 * W.numel())
     assert torch.equal(W == 0, ~keep)
     mag = create_solver("sparsity", "magnitude").solve(p, task(0.75), None).weight

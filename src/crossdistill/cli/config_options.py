@@ -5,6 +5,8 @@ itself, with the plug-in's own help, range and default; nothing is listed by han
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from crossdistill.config import (
     FINETUNE_PREFIX,
     RUN_KEYS,
     SECTIONS,
+    ConfigWarning,
     RunSettings,
     all_params,
     finetune_class,
@@ -93,7 +96,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
             clash = seen[name] > 1 or name in taken
             flag = f"--{s}-{name.replace('_', '-')}" if clash else q.flag
             dest = f"{s}.{name}" if clash else name
-            _add(g, flag, dest, q, _help(q, [f"{s} {o}" for o, _ in owners]), dests)
+            _add(g, flag, dest, q, _help(q, [o for o, _ in owners]), dests)
     g = p.add_argument_group("few-shot fine-tune after distillation (off unless --finetune-epochs > 0)")
     for q in declared_params(finetune_class()):
         _add(g, "--" + (FINETUNE_PREFIX + q.name).replace("_", "-"), f"finetune.{q.name}", q, _help(q), dests)
@@ -118,4 +121,12 @@ def config_from_args(args: argparse.Namespace):
     from crossdistill.sweep import expand_vars  # ${CROSSDISTILL_DATA} works in every config file
 
     defaults = expand_vars(load_yaml(args.config)) if getattr(args, "config", None) else {}
-    return resolve(defaults, given_options(args))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        cfg = resolve(defaults, given_options(args))
+    for w in caught:  # one readable line each, not Python's file:line warning format
+        if issubclass(w.category, ConfigWarning):
+            print(f"crossdistill: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return cfg

@@ -88,7 +88,7 @@ class StagedMethod(CompressionMethod):
         return "+".join(stage.describe() for stage, _ in self._stages)
 
 
-def _declared(cls: type, name: str) -> Any:
+def stage_setting(cls: type, name: str) -> Any:
     """A stage's own declaration of a setting, so a staged method repeats no help text or range."""
     return next(f for f in fields(cls) if f.name == name)
 
@@ -101,12 +101,12 @@ def _settings(method: CompressionMethod, cls: type) -> dict[str, Any]:
 @dataclass
 class ChannelsThenQuant(StagedMethod):
     name = "channels+quant"
-    keep: float | str = _declared(ChannelPruning, "keep")
-    bits: int = _declared(Quantization, "bits")
-    quant_scheme: str = _declared(Quantization, "quant_scheme")
-    quant_solver: str | None = _declared(Quantization, "quant_solver")
-    quant_first: bool = _declared(Quantization, "quant_first")
-    quant_last: bool = _declared(Quantization, "quant_last")
+    keep: float | str = stage_setting(ChannelPruning, "keep")
+    bits: int = stage_setting(Quantization, "bits")
+    quant_scheme: str = stage_setting(Quantization, "quant_scheme")
+    quant_solver: str | None = stage_setting(Quantization, "quant_solver")
+    quant_first: bool = stage_setting(Quantization, "quant_first")
+    quant_last: bool = stage_setting(Quantization, "quant_last")
 
     def build_stages(self) -> list[Stage]:
         quant = Quantization(**{k: v for k, v in _settings(self, Quantization).items() if k != "quant_solver"})
@@ -116,15 +116,15 @@ class ChannelsThenQuant(StagedMethod):
 @dataclass
 class LowRankThenQuant(StagedMethod):
     name = "lowrank+quant"
-    rank_ratio: float | None = _declared(LowRank, "rank_ratio")
-    flops_ratio: float | None = _declared(LowRank, "flops_ratio")
-    lowrank_first: bool = _declared(LowRank, "lowrank_first")
-    lowrank_last: bool = _declared(LowRank, "lowrank_last")
-    bits: int = _declared(Quantization, "bits")
-    quant_scheme: str = _declared(Quantization, "quant_scheme")
-    quant_solver: str | None = _declared(Quantization, "quant_solver")
-    quant_first: bool = _declared(Quantization, "quant_first")
-    quant_last: bool = _declared(Quantization, "quant_last")
+    rank_ratio: float | None = stage_setting(LowRank, "rank_ratio")
+    flops_ratio: float | None = stage_setting(LowRank, "flops_ratio")
+    lowrank_first: bool = stage_setting(LowRank, "lowrank_first")
+    lowrank_last: bool = stage_setting(LowRank, "lowrank_last")
+    bits: int = stage_setting(Quantization, "bits")
+    quant_scheme: str = stage_setting(Quantization, "quant_scheme")
+    quant_solver: str | None = stage_setting(Quantization, "quant_solver")
+    quant_first: bool = stage_setting(Quantization, "quant_first")
+    quant_last: bool = stage_setting(Quantization, "quant_last")
 
     def build_stages(self) -> list[Stage]:
         low = LowRank(**_settings(self, LowRank))

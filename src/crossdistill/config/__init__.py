@@ -144,6 +144,10 @@ def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressCo
     ft_cls = finetune_class()
     ft = layers.finetune if strict else known_only(ft_cls, layers.finetune)
     finetune = ft_cls(**known(ft_cls, ft, "finetune"))
+    if strict and layers.extra:
+        from crossdistill.baselines.settings import FitnetSettings
+
+        FitnetSettings(**layers.extra)  # checked now, not when the baseline starts
     cfg = CompressConfig.__new__(CompressConfig)
     cfg.__dict__.update(
         run=run,

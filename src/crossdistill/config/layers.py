@@ -113,7 +113,7 @@ def route_flat(layers: Layers, selected: Mapping[str, type | None], strict: bool
         elif elsewhere:
             if strict and value is not None:
                 chosen = ", ".join(f"{s} {cls.name}" for s, cls in selected.items() if cls is not None)
-                message = f"{key}={value!r} is a setting of {', '.join(elsewhere)}, not of the selected {chosen}"
+                message = f"{key}={value} is a setting of {', '.join(elsewhere)}, not of the selected {chosen}"
                 # Given with (or after) the choice of plug-in, it is a mistake; given in an earlier
                 # layer (a config file) that a later one overrode by switching plug-in, it is stale.
                 sections = {e.split(" ", 1)[0] for e in elsewhere}

@@ -19,6 +19,12 @@ class ConfigWarning(UserWarning):
     """A setting that was given but does not apply to the selected plug-in."""
 
 
+# The names of crossdistill.baselines.BASELINES, spelled out because importing that package here
+# would close an import cycle (it imports the pipeline, which imports the config); a test keeps
+# the two lists equal.
+BASELINE_NAMES = ("l1", "l1-finetune", "bp", "fitnet", "fskd", "thinet", "cp")
+
+
 @dataclass
 class RunSettings(Plugin):
     """The settings of a run that belong to no plug-in."""
@@ -42,6 +48,8 @@ class RunSettings(Plugin):
                         "l1-finetune, fitnet): cpu, cuda, cuda:N, or auto (CUDA when present); the layer-wise "
                         "solves always run on the CPU in float64")
     latency: bool = param(True, "measure CPU latency in the evaluation")
+    baseline: str | None = param(None, "run this baseline of crossdistill.baselines instead of cross "
+                                 "distillation (default: none, i.e. cross distillation)", choices=BASELINE_NAMES)
 
     def check(self) -> None:
         if self.shots is not None and self.n_samples is not None:
@@ -87,18 +95,31 @@ def registry(section: str) -> Mapping[str, type]:
 
 def solver_class(method: Any, solver: str) -> type | None:
     """The class that runs `solver` in one of the method's stages; None when the name is a solver
-    of another method only (the stages then use their default solvers, compression/composite.py)."""
+    of another method that every stage replaces by its own default (compression/composite.py).
+    A name that some stage would run but does not have is refused here, before any work."""
     from crossdistill.compression.composite import stage_solver_name
     from crossdistill.solvers import SOLVERS
 
+    found = None
     for stage, override in method.stages():
         family = SOLVERS.get(stage.solver_family, {})
-        if stage_solver_name(stage, override, solver) == solver and solver in family:
-            return family[solver]
-    if not any(solver in fam for fam in SOLVERS.values()):
-        names = sorted({n for stage, _ in method.stages() for n in SOLVERS.get(stage.solver_family, {})})
-        raise CrossDistillError(f"unknown solver {solver!r} for method {method.name}; choose from {names}")
-    return None
+        name = stage_solver_name(stage, override, solver)
+        if name not in family:
+            raise CrossDistillError(f"solver {solver!r} does not run method {method.name}; choose from "
+                                    f"{sorted(family)}")
+        if name == solver and found is None:
+            found = family[name]
+    return found
+
+
+def plugin_classes(section: str) -> list[tuple[str, type]]:
+    """(label, class) of every plug-in of a section; solvers labelled with their method, since
+    several methods have a solver of the same name (closed-form, paper)."""
+    if section != "solver":
+        return [(f"{section} {name}", cls) for name, cls in registry(section).items()]
+    from crossdistill.solvers import SOLVERS
+
+    return [(f"solver {name} ({family})", cls) for family, reg in SOLVERS.items() for name, cls in reg.items()]
 
 
 def finetune_class() -> type:
@@ -112,12 +133,8 @@ def owners(key: str, selected: Mapping[str, type | None]) -> list[str]:
 
 
 def declared_anywhere(key: str) -> list[str]:
-    out = []
-    for sec in SECTIONS:
-        for name, cls in registry(sec).items():
-            if key in {p.name for p in declared_params(cls)}:
-                out.append(f"{sec} {name}")
-    return out
+    return [label for sec in SECTIONS for label, cls in plugin_classes(sec)
+            if key in {p.name for p in declared_params(cls)}]
 
 
 def baseline_settings() -> tuple[str, ...]:
@@ -147,7 +164,7 @@ def all_params(section: str) -> dict[str, list[tuple[str, Param]]]:
     """setting name → [(plug-in name, declaration)] over every plug-in of a section: what the CLI
     offers as flags and sweeps as grid keys."""
     out: dict[str, list[tuple[str, Param]]] = {}
-    for name, cls in registry(section).items():
+    for label, cls in plugin_classes(section):
         for p in declared_params(cls):
-            out.setdefault(p.name, []).append((name, p))
+            out.setdefault(p.name, []).append((label, p))
     return out

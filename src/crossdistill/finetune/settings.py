@@ -30,17 +30,20 @@ class FinetuneConfig(Plugin):
     kind: ClassVar[str] = "fine-tune"
     name: ClassVar[str] = "finetune"
 
-    epochs: int = param(0, "passes over the few-shot images (default 0 = off)", low=0)
-    lr: float = param(1e-4, "Adam learning rate (default 1e-4)", low=0, low_open=True)
+    def owner(self) -> str:
+        return "finetune"
+
+    epochs: int = param(0, "passes over the few-shot images (0 = off)", low=0)
+    lr: float = param(1e-4, "Adam learning rate", low=0, low_open=True)
     bn: str = param(
         "auto",
         "BatchNorm: keep the running stats (frozen), re-estimate them on the few images (recalibrate; "
         "with --finetune-epochs 0 only this is done), train with batch stats, or auto (default): "
         "recalibrate only if that cuts the distillation loss on the few images by a quarter",
         choices=BN_MODES)
-    temperature: float = param(4.0, "temperature of the logit distillation (default 4)", low=0, low_open=True)
+    temperature: float = param(4.0, "temperature of the logit distillation", low=0, low_open=True)
     kd_weight: float = param(
-        1.0, "share of the distillation loss; the rest is cross-entropy on the few labels (default 1)",
+        1.0, "share of the distillation loss; the rest is cross-entropy on the few labels",
         low=0, high=1)
     mode: str = param(
         "kd",
@@ -67,7 +70,7 @@ class FinetuneConfig(Plugin):
     schedule: str = param("constant", "learning rate over the fine-tune: constant (default) or cosine decay to 0",
                           choices=SCHEDULES)
     mixup: float = param(
-        0.0, "> 0: train also on mixup blends of the few images, λ ~ Beta(a, a), labelled by the teacher (default 0)",
+        0.0, "> 0: train also on mixup blends of the few images, λ ~ Beta(a, a), labelled by the teacher",
         low=0)
     cutmix: float = param(
         0.0,
@@ -79,7 +82,7 @@ class FinetuneConfig(Plugin):
         "> 0: return the exponential moving average of the weights instead of the last "
         "step's; the decay at step t is min(this, (1+t)/(10+t)), so runs shorter than "
         "(10*this-1)/(1-this) steps (4490 for 0.998) average about their last t/9 steps "
-        "whatever the value (default 0 = off)",
+        "whatever the value (0 = off)",
         low=0, high=1, high_open=True)
     views: str = param(
         "crop-flip",
@@ -93,7 +96,7 @@ class FinetuneConfig(Plugin):
     optimizer: str = param("adam", "adam (default) or sgd (Nesterov momentum 0.9), at --finetune-lr",
                            choices=OPTIMIZERS)
     augment: bool = param(True, "train on random views (--finetune-views) of the few images, the teacher "
-                          "labelling the same view; false: on the images as they are (default true)")
+                          "labelling the same view; false: on the images as they are")
     trainable: str = param("all", "which parameters train: all (default), or only those of the pruned layers "
                            "(the rest keeps the teacher's)", choices=TRAINABLE)
 

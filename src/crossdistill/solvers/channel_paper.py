@@ -24,13 +24,10 @@ def adam_prox_channels(
     problem: QuadraticProblem,
     group: int,
     keep: int,
+    opts: AdamOptions = AdamOptions(),
     *,
-    iters: int = 3000,
-    lr: float = 1e-3,
     fixed_kept: torch.Tensor | None = None,
     w_init: torch.Tensor | None = None,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (W, kept channels). With `fixed_kept` the mask is fixed from the start and the
     run is plain masked Adam (the setting in which it must agree with the closed form)."""
@@ -40,7 +37,7 @@ def adam_prox_channels(
     if fixed_kept is not None:
         alive[:] = False
         alive[fixed_kept] = True
-    anneal = iters // 3 if fixed_kept is None else -1
+    anneal = opts.iters // 3 if fixed_kept is None else -1
 
     def prune(t: int, W: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
         # Group lasso's proximal step, annealed: the channel count falls linearly to `keep`.
@@ -55,7 +52,7 @@ def adam_prox_channels(
         return alive.repeat_interleave(group)[None, :]
 
     W, _ = annealed_masked_adam(problem, alive.repeat_interleave(group)[None, :], prune, anneal=anneal,
-                                opts=AdamOptions(iters, lr, betas, eps), w_init=w_init)
+                                opts=opts, w_init=w_init)
     return W, torch.nonzero(alive).flatten()
 
 
@@ -65,7 +62,7 @@ class PaperChannels(AdamSolver):
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         assert task.keep is not None
-        W, kept = adam_prox_channels(problem, task.group, task.keep, iters=self.iters, lr=self.lr)
+        W, kept = adam_prox_channels(problem, task.group, task.keep, AdamOptions(self.iters, self.lr))
         # Exactness check: columns outside the kept set must be zero.
         assert torch.all(W[:, _dropped_columns(kept, task.group, W.shape[1])] == 0)
         return LayerOutcome(weight=W, info={"kept": kept.tolist()})

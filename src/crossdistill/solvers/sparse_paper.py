@@ -28,18 +28,15 @@ def adam_prox_sparse(
     problem: QuadraticProblem,
     sparsity: float,
     pattern: str = "layer",
+    opts: AdamOptions = AdamOptions(),
     *,
-    iters: int = 3000,
-    lr: float = 1e-3,
     fixed_mask: torch.Tensor | None = None,
     w_init: torch.Tensor | None = None,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (W, keep mask). With `fixed_mask` the mask is fixed from the start and the run
     is plain masked Adam at constant lr (where it must agree with the exact per-row solve)."""
     keep = torch.ones_like(problem.w_teacher, dtype=torch.bool) if fixed_mask is None else fixed_mask.clone().bool()
-    anneal = max(1, iters // 3) if fixed_mask is None else -1
+    anneal = max(1, opts.iters // 3) if fixed_mask is None else -1
 
     def prune(t: int, W: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # Magnitude pruning, annealed: the ratio of zeros grows linearly to `sparsity`.
@@ -49,8 +46,7 @@ def adam_prox_sparse(
         scores[mask == 0] = -1.0
         return sparsity_mask(scores, sparsity * t / anneal, pattern)
 
-    W, mask = annealed_masked_adam(problem, keep, prune, anneal=anneal, opts=AdamOptions(iters, lr, betas, eps),
-                                   w_init=w_init)
+    W, mask = annealed_masked_adam(problem, keep, prune, anneal=anneal, opts=opts, w_init=w_init)
     return W, mask.bool()
 
 
@@ -60,7 +56,7 @@ class PaperSparse(AdamSolver):
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         sparsity, pattern = task_sparsity(task.params)
-        W, _ = adam_prox_sparse(problem, sparsity, pattern, iters=self.iters, lr=self.lr)
+        W, _ = adam_prox_sparse(problem, sparsity, pattern, AdamOptions(self.iters, self.lr))
         return LayerOutcome(weight=W, info={"sparsity_solved": measured_sparsity(W)})
 
 

@@ -1,0 +1,123 @@
+"""Models the registry does not know: a user's own `nn.Module`, given as a factory
+(`path/to/file.py:make_model` or `package.module:make_model`, a function returning the module)
+or as the module itself through the Python API."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.models.registry import FAMILIES, ModelInfo, list_models, model_info
+
+USER_FAMILY = "user"
+# The paper's μ for networks it did not name (its ResNet value); declared settings left at None
+# take it (pipeline.model_defaults).
+USER_DEFAULT_MU = 0.9
+
+
+def is_factory_spec(name: str) -> bool:
+    """`file.py:fn` or `package.module:fn`, as opposed to a registered model name."""
+    return ":" in name and name not in list_models()
+
+
+def load_factory(spec: str) -> Callable[[], nn.Module]:
+    """The function named by `spec`; the file is imported as a module of its own (its imports of
+    neighbouring files work because its folder goes first on sys.path while it loads)."""
+    target, _, fn_name = spec.rpartition(":")
+    if not target or not fn_name.isidentifier():
+        raise CrossDistillError(f"model {spec!r}: give a factory as path/to/file.py:function or module:function")
+    if target.endswith(".py") or "/" in target:
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise CrossDistillError(f"model {spec!r}: no such file {path}")
+        module_name = "crossdistill_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        module = sys.modules.get(module_name)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(module_name, path)
+            if loader_spec is None or loader_spec.loader is None:
+                raise CrossDistillError(f"model {spec!r}: cannot import {path}")
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.path.insert(0, str(path.parent.resolve()))
+            try:
+                sys.modules[module_name] = module
+                loader_spec.loader.exec_module(module)
+            except Exception as exc:
+                sys.modules.pop(module_name, None)
+                raise CrossDistillError(f"model {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+            finally:
+                sys.path.remove(str(path.parent.resolve()))
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise CrossDistillError(f"model {spec!r}: cannot import module {target!r}: {exc}") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise CrossDistillError(f"model {spec!r}: {target} has no function {fn_name!r}")
+    return fn
+
+
+def build_user_model(spec: str) -> nn.Module:
+    model = load_factory(spec)()
+    if not isinstance(model, nn.Module):
+        raise CrossDistillError(f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
+    model.crossdistill_factory = spec
+    return model
+
+
+@dataclass(frozen=True)
+class UserModelSpec:
+    """What the pipeline needs to feed a model correctly when the registry cannot say."""
+
+    input_size: tuple[int, int, int] | None = None  # (C, H, W); None: from the data
+    mean: tuple[float, ...] | None = None  # None: pixels scaled to [0, 1] only
+    std: tuple[float, ...] | None = None
+
+
+def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None) -> ModelInfo:
+    """A ModelInfo for a model the registry does not know: the number of classes from one
+    forward pass on zeros (which also checks, before any long work, that the input size fits)."""
+    c, h, w = (int(v) for v in input_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, c, h, w))
+    except Exception as exc:
+        raise CrossDistillError(
+            f"model {name}: a forward pass on an input of size {(c, h, w)} (C, H, W) failed: "
+            f"{type(exc).__name__}: {exc}; give the input size the model expects (--input-size C H W)"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise CrossDistillError(f"model {name}: expected logits of shape (batch, classes), got "
+                                f"{getattr(out, 'shape', type(out).__name__)}")
+    mean_t = tuple(float(m) for m in mean) if mean is not None else (0.0,) * c
+    std_t = tuple(float(s) for s in std) if std is not None else (1.0,) * c
+    if len(mean_t) != c or len(std_t) != c:
+        raise CrossDistillError(f"model {name}: mean and std need one value per input channel ({c})")
+    return ModelInfo(name=name, family=USER_FAMILY, input_size=(c, h, w), num_classes=int(out.shape[1]),
+                     mean=mean_t, std=std_t, default_mu=USER_DEFAULT_MU)
+
+
+def info_for(name: str, model: nn.Module | None = None, *, input_size: Sequence[int] | None = None,
+             mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> ModelInfo:
+    """The registry's info for a registered name, else one inferred from the model."""
+    if name in list_models():
+        return model_info(name)
+    if model is None or input_size is None:
+        raise CrossDistillError(f"model {name!r} is not registered: its input size must be given or inferred")
+    return infer_info(model, name, input_size, mean=mean, std=std)
+
+
+assert USER_FAMILY not in FAMILIES or True  # user models are outside the registry's families
