@@ -135,7 +135,7 @@ CASES = [
     ("evaluate: labels out of range", _swap(EVALUATE, "--eval-data", "{d}/labels12.npz"), "label 11 is out of range"),
     ("compress: label above declared classes", _swap(COMPRESS, "--data", "{d}/labels_declared.npz"),
      "label 11 is outside [0, 10)"),
-    ("compress: negative label", _swap(COMPRESS, "--data", "{d}/labels_negative.npz"), "label -1 is outside"),
+    ("compress: negative label", _swap(COMPRESS, "--data", "{d}/labels_negative.npz"), "label -1 is negative"),
     # non-finite values in data or weights
     ("compress: NaN pixels", _swap(COMPRESS, "--data", "{d}/nan.npz"), "NaN or infinite"),
     ("compress: inf weights", _c("--weights", "{d}/inf.th"), "non-finite values (NaN/inf) in conv2.weight"),
@@ -277,8 +277,9 @@ class _WithUnsupportedLayer(torch.nn.Module):
 
 
 @pytest.mark.parametrize("kind,message", [
-    ("transpose", "layer 'features.3' is a ConvTranspose2d; only Conv2d and Linear layers can be compressed"),
-    ("depthwise", "layer 'features.3' is a grouped conv (groups=8)"),
+    # Channel pruning follows the graph: the unsupported reader leaves its group whole, named.
+    ("transpose", "features.0 -> features.3: no reader is a dense conv or linear that can be re-solved"),
+    ("depthwise", "features.0, features.3 -> features.3, fc: feeds the classifier fc"),
 ])
 def test_unsupported_layer_is_named_with_its_path(kind, message):
     from crossdistill.config import CompressConfig

@@ -125,7 +125,9 @@ def test_refit_tasks_cover_unpruned_convs_but_not_the_first():
     assert [t.name for t in refit] == []  # TinyNet: conv1 is first, conv2/conv3 are pruned
     from crossdistill.compression.channel_pruning import ChannelPruning
 
-    tasks = ChannelPruning(keep=1.0, refit=True).plan(net)
+    method = ChannelPruning(keep=1.0, refit=True)
+    method.prepare(torch.randn(1, 3, 8, 8))
+    tasks = method.plan(net)
     assert sorted(t.name for t in tasks) == ["conv2", "conv3"]
 
 

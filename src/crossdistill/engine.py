@@ -9,8 +9,11 @@ import torch
 from torch import nn
 
 from crossdistill.capture import StudentInputs, all_layer_inputs, check_solvable, forward_order, get_module, weight_matrix
+from crossdistill.layer_solve import solve_layer
 from crossdistill.moments import MomentAccumulator
 from crossdistill.objectives import Objective
+from crossdistill.objectives.correction import Correction
+from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers import LayerSolver, LayerTask
 
 
@@ -40,6 +43,16 @@ def order_tasks(model: nn.Module, tasks: Sequence[LayerTask], example: torch.Ten
 
         raise CrossDistillError(f"layers never reached by the forward pass: {missing}")
     return sorted(tasks, key=lambda t: order[t.name])
+
+
+def teacher_side_problem(layer: nn.Module, inputs: Sequence[torch.Tensor], damping: float) -> QuadraticProblem:
+    """A later layer's problem on the teacher's inputs (its student inputs do not exist yet): the
+    cost of dropping a channel it shares with the layer being solved (compression/graph_plan.py)."""
+    acc = MomentAccumulator(layer)
+    for x in inputs:
+        acc.add(x, x)
+    m = acc.finish()
+    return Correction().build(m, weight_matrix(layer).to(m.tt.dtype)).damped(damping)
 
 
 def distill_layers(
@@ -72,7 +85,7 @@ def distill_layers(
     # Before ordering: an unsupported layer (say a ConvTranspose2d) is not hooked by the capture,
     # so ordering would misreport it as "never reached" instead of naming its type.
     for task in tasks:
-        check_solvable(get_module(student, task.name), task.name)
+        check_solvable(get_module(student, task.name), task.name, channel_pruning=task.keep is not None)
     tasks = order_tasks(student, tasks, images[:1])
     teacher_inputs = all_layer_inputs(teacher, [t.name for t in tasks], batches)
     student_inputs = StudentInputs(student, batches, incremental=incremental)
@@ -86,21 +99,24 @@ def distill_layers(
         acc = MomentAccumulator(s_layer)
         for xt, xs in zip(teacher_inputs.pop(task.name), student_inputs.of(task.name)):
             acc.add(xt, xs)
-        moments = acc.finish()
-        w_t = weight_matrix(t_layer).to(moments.tt.dtype)
-        exact = objective.build(moments, w_t)
         solve_start = time.perf_counter()
-        outcome = solver.solve(exact.damped(damping), task, student)
+        if task.params.get("coupled"):
+            task.params["coupled_problems"] = {
+                n: teacher_side_problem(get_module(teacher, n), teacher_inputs[n], damping) for n in task.params["coupled"]
+            }
         solve_seconds = time.perf_counter() - solve_start
+        # One quadratic problem per conv group (a single one for every other layer): layer_solve.py.
+        solved = solve_layer(acc.finish_groups(), weight_matrix(t_layer), task, objective, solver, student, damping)
+        solve_seconds += solved.solve_seconds
         with torch.no_grad():
-            s_layer.weight.copy_(outcome.weight.reshape(s_layer.weight.shape).to(s_layer.weight.dtype))
+            s_layer.weight.copy_(solved.weight.reshape(s_layer.weight.shape).to(s_layer.weight.dtype))
         records.append(
             LayerRecord(
                 name=task.name,
-                loss_teacher_weight=exact.loss(w_t),
-                loss_after=exact.loss(outcome.weight),
+                loss_teacher_weight=solved.loss_teacher_weight,
+                loss_after=solved.loss_after,
                 seconds=time.perf_counter() - start,
-                info=outcome.info,
+                info=solved.info,
                 solve_seconds=solve_seconds,
             )
         )

@@ -3,6 +3,7 @@ finalised student → evaluation → report. The CLI and the sweeps both call `r
 from __future__ import annotations
 
 import copy
+import functools
 import platform
 import sys
 import time
@@ -22,9 +23,10 @@ from crossdistill.checks import check_data_fits_model
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
+from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers
 from crossdistill.errors import CrossDistillError
-from crossdistill.evaluation import evaluate_for
+from crossdistill.evaluation import evaluate_for, load_average, torch_threads
 from crossdistill.models import create_model, load_weights, model_info
 from crossdistill.objectives import OBJECTIVES, Objective
 from crossdistill.params import declared_params
@@ -65,6 +67,7 @@ def draw_few_shot(cfg: CompressConfig, data: ImageArrays) -> FewShot:
             f"expects {(info.input_size[1], info.input_size[2], info.input_size[0])}"
         )
     check_data_fits_model(data, cfg.model, role="training data")  # labels within the model's classes
+    check_class_coverage(data.y, info.num_classes, data.source or "training data")
     idx = sample_few_shot(
         data.y, shots=cfg.shots, n=cfg.n_samples, seed=cfg.seed, mode=cfg.sampler, num_classes=data.num_classes
     )
@@ -133,6 +136,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     student = copy.deepcopy(teacher).eval()
     # A method runs as one or more stages (compression/composite.py): each stage's teacher is the
     # previous stage's finished student, because slimming changes the layers' shapes.
+    method.prepare(fewshot.images[:1])
     stages = method.stages()
     stage_teacher, records, solver_names = teacher, [], []
     for k, (stage, solver_name) in enumerate(stages):
@@ -186,6 +190,34 @@ def versions() -> dict[str, str]:
 CompressFn = Callable[[nn.Module, FewShot, CompressConfig], CompressionResult]
 
 
+def load_with_progress(spec: str, split: str, show: bool) -> ImageArrays:
+    """load_image_data, saying so on stderr when it takes a while (a large set takes seconds)."""
+    import threading
+
+    from crossdistill import evaluation
+
+    note = threading.Timer(evaluation.PROGRESS_DELAY, lambda: print(f"loading {split} data {spec} ...",
+                                                                     file=sys.stderr, flush=True))
+    note.daemon = True
+    if show:
+        note.start()
+    try:
+        return load_image_data(spec, split)
+    finally:
+        note.cancel()
+
+
+def _with_run_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run with the config's CPU thread count (`threads`), restoring the caller's afterwards."""
+    @functools.wraps(fn)
+    def wrapper(cfg: CompressConfig, *args: Any, **kwargs: Any) -> Any:
+        with torch_threads(cfg.threads):
+            return fn(cfg, *args, **kwargs)
+
+    return wrapper
+
+
+@_with_run_threads
 def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays | None = None,
         test: ImageArrays | None = None, compress_fn: CompressFn | None = None,
         teacher: nn.Module | None = None,
@@ -194,17 +226,24 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     `compress_fn` replaces cross distillation (e.g. a baseline of `crossdistill.baselines`) so
     that every method is run, evaluated and reported the same way.
     `teacher` (already loaded, e.g. the demo's trained one) replaces loading cfg.weights, and
-    `teacher_metrics` (its evaluation on `test`, cached by sweeps) skips re-evaluating it."""
+    `teacher_metrics` (its evaluation on `test`, cached by sweeps) skips re-evaluating it.
+    A config whose `baseline` setting names a baseline is run by that baseline's `compress_fn`,
+    which the caller passes (`crossdistill.baselines.get_baseline(cfg.baseline)`: the baselines
+    import this module, so it cannot look them up itself); without one it is refused rather than
+    silently run as cross distillation."""
     cfg.validate()
+    if cfg.baseline is not None and compress_fn is None:
+        raise CrossDistillError(f"the config names baseline {cfg.baseline!r}: run it with `crossdistill baseline "
+                                f"{cfg.baseline}` or in a sweep")
     if cfg.data is None and train is None:
         raise CrossDistillError("no training data given (--data)")
     info = model_info(cfg.model)
     teacher = teacher if teacher is not None else load_teacher(cfg)
-    train = train if train is not None else load_image_data(cfg.data, "train")
+    train = train if train is not None else load_with_progress(cfg.data, "train", show_progress)
     fewshot = draw_few_shot(cfg, train)
     if test is None and cfg.eval_data:
         # Loaded and checked before compressing: a bad test file must not cost a whole run.
-        test = load_image_data(cfg.eval_data, "test")
+        test = load_with_progress(cfg.eval_data, "test", show_progress)
     if test is not None:
         check_data_fits_model(test, cfg.model, role="test data")
     if compress_fn is None:
@@ -225,6 +264,10 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         "compress_seconds": result.seconds,
         "solve_seconds": sum(r.solve_seconds for r in result.records),
         "fewshot_indices": fewshot.indices.tolist(),
+        "fewshot_class_counts": np.bincount(fewshot.labels.numpy(), minlength=info.num_classes).tolist(),
+        # Beside the timings: seconds and latencies mean little without the machine's load.
+        "threads": torch.get_num_threads(),
+        "load_average": load_average(),
         "layers": [
             {"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
              "seconds": r.seconds, "solve_seconds": r.solve_seconds, **{k: v for k, v in r.info.items()}}
@@ -236,12 +279,16 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     }
     if result.finetune is not None:
         report["finetune"] = result.finetune
+    if cfg.baseline is not None:
+        report["baseline"] = cfg.baseline  # as `crossdistill baseline` writes it
     if test is None and cfg.eval_data:
         test = load_image_data(cfg.eval_data, "test")
     if test is not None:
         report["teacher"] = (teacher_metrics if teacher_metrics is not None
-                             else evaluate_for(teacher, test, info, latency=cfg.latency))
-        report["student"] = evaluate_for(result.student, test, info, latency=cfg.latency)
+                             else evaluate_for(teacher, test, info, latency=cfg.latency,
+                                               label="teacher" if show_progress else None))
+        report["student"] = evaluate_for(result.student, test, info, latency=cfg.latency,
+                                         label="student" if show_progress else None)
         report["n_eval"] = report["student"]["n_eval"]
     return result, report
 

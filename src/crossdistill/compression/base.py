@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
+import torch
 from torch import nn
 
 from crossdistill.engine import LayerRecord
@@ -22,6 +23,9 @@ class CompressionMethod(Plugin, ABC):
     solver_family: ClassVar[str] = ""
     # Solver used when --solver names a solver of another method (see compression/composite.py).
     default_solver: ClassVar[str] = ""
+
+    def prepare(self, example: torch.Tensor) -> None:
+        """Called with example input images before `plan` (methods that trace the model keep one)."""
 
     @abstractmethod
     def plan(self, model: nn.Module) -> list[LayerTask]: ...

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from crossdistill.compression.base import CompressionMethod
@@ -70,6 +71,10 @@ class StagedMethod(CompressionMethod):
 
     def stages(self) -> list[Stage]:
         return list(self._stages)
+
+    def prepare(self, example: torch.Tensor) -> None:
+        for stage, _ in self._stages:
+            stage.prepare(example)
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         raise CrossDistillError(f"{self.describe()} runs in stages: call plan() on each of stages()")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from crossdistill.problem import QuadraticProblem
-from crossdistill.solvers.base import LayerOutcome, LayerTask, channel_columns
+from crossdistill.solvers.base import LayerOutcome, LayerTask
 from crossdistill.solvers.selection import SelectingSolver
 
 
@@ -15,7 +15,6 @@ class ClosedFormChannels(SelectingSolver):
     name = "closed-form"
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
-        kept = self._select(problem, task, student)
-        W = problem.solve_on(channel_columns(kept, task.group))
-        return LayerOutcome(weight=W, info={"kept": kept.tolist()})
+        cols, info = self.kept_columns(problem, task, student)
+        return LayerOutcome(weight=problem.solve_on(cols), info=info)
 

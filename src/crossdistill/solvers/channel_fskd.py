@@ -21,7 +21,7 @@ from torch import nn
 
 from crossdistill.linalg import solve_right
 from crossdistill.problem import QuadraticProblem
-from crossdistill.solvers.base import LayerOutcome, LayerTask, channel_columns
+from crossdistill.solvers.base import LayerOutcome, LayerTask
 from crossdistill.solvers.selection import SelectingSolver
 
 
@@ -38,11 +38,10 @@ class FSKDChannels(SelectingSolver):
     name = "fskd"
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
-        kept = self._select(problem, task, student)
-        cols = channel_columns(kept, task.group)
+        cols, info = self.kept_columns(problem, task, student)
         Ws = torch.zeros_like(problem.w_teacher)
         Ws[:, cols] = problem.w_teacher[:, cols]
         Q = pointwise_least_squares(problem, Ws)
         # Merged form: dropped columns stay exactly zero because they are zero in W_s.
-        return LayerOutcome(weight=Q @ Ws.to(Q.dtype), info={"kept": kept.tolist()})
+        return LayerOutcome(weight=Q @ Ws.to(Q.dtype), info=info)
 

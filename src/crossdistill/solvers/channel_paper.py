@@ -61,12 +61,17 @@ class PaperChannels(AdamSolver):
     name = "paper"
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
-        assert task.keep is not None
-        W, kept = adam_prox_channels(problem, task.group, task.keep, AdamOptions(self.iters, self.lr))
+        plan, keep = task.params.get("graph"), task.keep
+        if plan is not None:
+            gid = plan.sole_group(task, problem.B.shape[1])
+            keep = plan.keep[gid]
+        assert keep is not None
+        W, kept = adam_prox_channels(problem, task.group, keep, AdamOptions(self.iters, self.lr))
         # Exactness check: columns outside the kept set must be zero.
         assert torch.all(W[:, _dropped_columns(kept, task.group, W.shape[1])] == 0)
+        if plan is not None:
+            plan.kept[gid] = kept.tolist()
         return LayerOutcome(weight=W, info={"kept": kept.tolist()})
-
 
 
 def _dropped_columns(kept: torch.Tensor, group: int, d: int) -> torch.Tensor:

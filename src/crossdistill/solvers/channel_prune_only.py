@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from crossdistill.problem import QuadraticProblem
-from crossdistill.solvers.base import LayerOutcome, LayerTask, channel_columns
+from crossdistill.solvers.base import LayerOutcome, LayerTask
 from crossdistill.solvers.selection import SelectingSolver
 
 
@@ -17,9 +17,8 @@ class PruneOnlyChannels(SelectingSolver):
     uses_objective = False
 
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
-        kept = self._select(problem, task, student)
+        cols, info = self.kept_columns(problem, task, student)
         W = torch.zeros_like(problem.w_teacher)
-        cols = channel_columns(kept, task.group)
         W[:, cols] = problem.w_teacher[:, cols]
-        return LayerOutcome(weight=W, info={"kept": kept.tolist()})
+        return LayerOutcome(weight=W, info=info)
 

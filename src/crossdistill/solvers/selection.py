@@ -11,7 +11,7 @@ from torch import nn
 from crossdistill.errors import CrossDistillError
 from crossdistill.params import param
 from crossdistill.problem import QuadraticProblem
-from crossdistill.solvers.base import LayerSolver, LayerTask
+from crossdistill.solvers.base import LayerSolver, LayerTask, channel_columns
 from crossdistill.solvers.selection_baselines import select_lasso, select_thinet
 
 Selector = Callable[[QuadraticProblem, LayerTask, nn.Module], torch.Tensor]
@@ -103,3 +103,14 @@ class SelectingSolver(LayerSolver):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._select = get_selector(self.selection)
+
+    def kept_columns(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> tuple[torch.Tensor, dict]:
+        """The weight-matrix columns the layer keeps, and what the record says about them. A task
+        of a channel-group plan (compression/graph_plan.py) asks the plan, which decides the groups
+        this layer is the first to read; a hand-declared pair picks its channels here."""
+        plan = task.params.get("graph")
+        if plan is not None:
+            return plan.decide(task, problem, student, self._select, self.selection,
+                               task.params.get("coupled_problems", {}))
+        kept = self._select(problem, task, student)
+        return channel_columns(kept, task.group), {"kept": kept.tolist()}

@@ -1,0 +1,221 @@
+"""Channel pruning of any traced model: which groups of coupled channels lose how many units,
+which layer decides each group, and what every reader of a group may still read.
+
+Layers are solved front to back. A group's kept units are chosen when its first re-solvable
+reader is solved, with the cost of dropping a unit summed over all its readers (the later ones
+under their teacher-side problem, whose inputs do not depend on the student); every later
+reader is then re-solved on what is left. A group with one reader whose units are its input
+channels is chosen exactly as by the hand-declared channel pairs (`selection.SELECTORS`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from crossdistill.capture import SOLVABLE, forward_order, get_module, group_size
+from crossdistill.compression.graph_channels import ChannelGroup, channel_groups
+from crossdistill.errors import CrossDistillError
+from crossdistill.problem import QuadraticProblem
+from crossdistill.solvers.base import LayerTask
+from crossdistill.solvers.unit_selection import Reader, select_units_norm, select_units_obs
+
+# Criteria that work on any group; the others (thinet, lasso) need one reader fed channel by channel.
+GENERAL_SELECTIONS = ("obs", "weight-norm", "l1")
+
+
+def solvable(module: nn.Module) -> bool:
+    """Readers that the engine re-solves: dense convs and linears (a depthwise or grouped reader
+    is slimmed with its group, its kept filters unchanged)."""
+    return isinstance(module, SOLVABLE) and getattr(module, "groups", 1) == 1
+
+
+@dataclass
+class GraphChannelPlan:
+    """The groups to prune, how many units each keeps, and the decisions as they are made."""
+
+    example: torch.Tensor
+    groups: dict[int, ChannelGroup]
+    keep: dict[int, int]
+    first_reader: dict[int, str]
+    readers: dict[int, list[str]]          # re-solvable readers of each group, forward order
+    reads: dict[str, list[int]]            # layer -> the groups it reads
+    left_whole: list[dict[str, Any]]       # groups not pruned, with the reason
+    kept: dict[int, list[int]] = field(default_factory=dict)
+
+    def unit_columns(self, gid: int, layer: str, cols_per_channel: int) -> list[list[int]]:
+        """Weight-matrix columns of `layer` fed by each unit of group `gid`."""
+        lc = next(c for c in self.groups[gid].consumers if c.name == layer)
+        return [[ch * cols_per_channel + k for ch in unit for k in range(cols_per_channel)] for unit in lc.channels]
+
+    def dropped_columns(self, layer: str, cols_per_channel: int, skip: int | None = None) -> set[int]:
+        out: set[int] = set()
+        for gid in self.reads.get(layer, []):
+            if gid == skip or gid not in self.kept:
+                continue
+            keep = set(self.kept[gid])
+            for u, cols in enumerate(self.unit_columns(gid, layer, cols_per_channel)):
+                if u not in keep:
+                    out.update(cols)
+        return out
+
+    def coupled(self, layer: str) -> list[str]:
+        """Other readers of the groups this layer decides: their teacher-side problems join the cost."""
+        names: list[str] = []
+        for gid, first in self.first_reader.items():
+            if first == layer:
+                names += [r for r in self.readers[gid] if r != layer and r not in names]
+        return names
+
+    def decide(self, task: LayerTask, problem: QuadraticProblem, student: nn.Module, select: Callable,
+               selection: str, coupled: Mapping[str, QuadraticProblem]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The columns `task`'s layer keeps, choosing the kept units of the groups it decides."""
+        gs = task.group
+        d = problem.B.shape[1]
+        for gid in self.reads.get(task.name, []):
+            if gid not in self.kept and self.first_reader[gid] == task.name:
+                self.kept[gid] = self._choose(gid, task, problem, student, select, selection, coupled)
+        dropped = self.dropped_columns(task.name, gs)
+        live = torch.as_tensor([c for c in range(d) if c not in dropped], dtype=torch.long)
+        kept_channels = sorted({int(c) // gs for c in live.tolist()})
+        return live, {"kept": kept_channels}
+
+    def _choose(self, gid: int, task: LayerTask, problem: QuadraticProblem, student: nn.Module,
+                select: Callable, selection: str, coupled: Mapping[str, QuadraticProblem]) -> list[int]:
+        g, k, gs = self.groups[gid], self.keep[gid], task.group
+        units = self.unit_columns(gid, task.name, gs)
+        dropped = self.dropped_columns(task.name, gs, skip=gid)
+        d = problem.B.shape[1]
+        plain = [u for unit in units for u in unit] == list(range(d)) and all(len(u) == gs for u in units)
+        if len(self.readers[gid]) == 1 and not dropped and plain:
+            # One reader fed channel by channel: exactly the hand-declared pairs' selection.
+            producer = g.producers[0].name if len(g.producers) == 1 else None
+            bn = g.norms[0].name if len(g.norms) == 1 else None
+            legacy = LayerTask(name=task.name, group=gs, keep=k, producer=producer, bn=bn)
+            return [int(c) for c in select(problem, legacy, student)]
+        if selection not in GENERAL_SELECTIONS:
+            raise CrossDistillError(
+                f"selection {selection!r} needs a group read by one layer, channel by channel; group {gid} "
+                f"(read by {', '.join(self.readers[gid])}) is not: use one of {list(GENERAL_SELECTIONS)}")
+        if selection == "l1":
+            return _select_l1(g, student, k)
+        readers = [_reader(problem, units, dropped)]
+        for name in self.readers[gid]:
+            if name == task.name:
+                continue
+            other = get_module(student, name)
+            other_gs = group_size(other)
+            readers.append(_reader(coupled[name], self.unit_columns(gid, name, other_gs),
+                                   self.dropped_columns(name, other_gs, skip=gid)))
+        pick = select_units_obs if selection == "obs" else select_units_norm
+        return [int(u) for u in pick(readers, k)]
+
+    def sole_group(self, task: LayerTask, d: int) -> int:
+        """For solvers that choose channels their own way (the paper's Adam): the one group this
+        layer reads, channel by channel, alone; anything more general is refused by name."""
+        gids = self.reads.get(task.name, [])
+        if len(gids) == 1:
+            gid = gids[0]
+            units = self.unit_columns(gid, task.name, task.group)
+            if (len(self.readers[gid]) == 1 and all(len(u) == task.group for u in units)
+                    and [c for u in units for c in u] == list(range(d))):
+                return gid
+        raise CrossDistillError(f"layer {task.name}: this solver prunes one layer's own input channels; the "
+                                f"channel groups it reads ({gids}) are shared or mixed: use the closed form")
+
+    def summary(self) -> dict[str, Any]:
+        pruned = [{"group": gid, "width": self.groups[gid].width, "kept": len(self.kept.get(gid, [])),
+                   "readers": self.readers[gid], "producers": [p.name for p in self.groups[gid].producers],
+                   **({} if self.readers[gid] else {"note": "no dense reader to re-solve: producers' L1 chose"})}
+                  for gid in sorted(self.groups)]
+        return {"channel_groups": {"pruned": pruned, "left_whole": self.left_whole}}
+
+
+def _reader(problem: QuadraticProblem, units: list[list[int]], dropped: set[int]) -> Reader:
+    """The problem on the columns still read (dropped ones removed), units in its positions."""
+    d = problem.B.shape[1]
+    live = [c for c in range(d) if c not in dropped]
+    pos = {c: i for i, c in enumerate(live)}
+    idx = torch.as_tensor(live, dtype=torch.long)
+    sub = QuadraticProblem(H=problem.H[idx][:, idx], B=problem.B[:, idx], c=problem.c,
+                           w_teacher=problem.w_teacher[:, idx])
+    return Reader(sub, [[pos[c] for c in unit] for unit in units])
+
+
+def _select_l1(g: ChannelGroup, student: nn.Module, keep: int) -> list[int]:
+    """Li et al. 2017 on a group: the units whose producers' filters have the largest L1 norm."""
+    scores = torch.zeros(g.width, dtype=torch.float64)
+    for p in g.producers:
+        w = get_module(student, p.name).weight.detach().to(torch.float64)
+        per_out = w.abs().reshape(w.shape[0], -1).sum(1)
+        for u, chans in enumerate(p.channels):
+            scores[u] += per_out[list(chans)].sum()
+    return torch.sort(torch.topk(scores, keep).indices).values.tolist()
+
+
+def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[[ChannelGroup], int | None], *,
+                        prune_classifier: bool = False) -> GraphChannelPlan:
+    """Groups of `model` and how many units each keeps (`keep(group)`; None leaves it whole)."""
+    order = forward_order(model, example)
+    position = {n: i for i, n in enumerate(order)}
+    classifier = order[-1] if order else None
+    groups: dict[int, ChannelGroup] = {}
+    counts: dict[int, int] = {}
+    left: list[dict[str, Any]] = []
+    for g in channel_groups(model, example):
+        readers = sorted((c.name for c in g.consumers if solvable(get_module(model, c.name))
+                          and c.name not in g.depthwise), key=lambda n: position.get(n, 1 << 30))
+        reason = g.reason if not g.prunable else ""
+        if not reason and not g.exact:
+            reason = "a LayerNorm/GroupNorm normalises over these channels: dropping some changes the others"
+        if not reason and classifier in {c.name for c in g.consumers} and not prune_classifier:
+            reason = f"feeds the classifier {classifier} (prune_classifier is off)"
+        count = None if reason else keep(g)
+        if not reason and count is None:
+            reason = "the keep preset leaves it whole"
+        if reason:
+            left.append({"group": g.id, "width": g.width, "producers": [p.name for p in g.producers],
+                         "readers": [c.name for c in g.consumers], "reason": reason})
+            continue
+        groups[g.id], counts[g.id] = g, int(count)  # type: ignore[arg-type]
+    readers = {gid: sorted((c.name for c in g.consumers if solvable(get_module(model, c.name))
+                            and c.name not in g.depthwise), key=lambda n: position[n]) for gid, g in groups.items()}
+    reads: dict[str, list[int]] = {}
+    for gid, names in readers.items():
+        for n in names:
+            reads.setdefault(n, []).append(gid)
+    first = {gid: names[0] for gid, names in readers.items() if names}
+    plan = GraphChannelPlan(example=example, groups=groups, keep=counts, first_reader=first, readers=readers,
+                            reads=reads, left_whole=left)
+    for gid, names in readers.items():
+        if not names:
+            # Read only by depthwise/grouped layers, which keep their filters: the producers'
+            # L1 norms choose, and nothing is re-solved for this group.
+            plan.kept[gid] = _select_l1(groups[gid], model, counts[gid])
+    return plan
+
+
+def plan_tasks(plan: GraphChannelPlan, model: nn.Module) -> list[LayerTask]:
+    """One task per re-solvable reader of a pruned group."""
+    return [LayerTask(name=n, group=group_size(get_module(model, n)),
+                      params={"graph": plan, "coupled": plan.coupled(n)}) for n in plan.reads]
+
+
+def keep_counts(ratio: float | str, model: nn.Module, named: Mapping[str, int] | None = None) -> Callable[[ChannelGroup], int | None]:
+    """Units kept per group: a ratio of its width (as `channels.keep_count`), or, for the paper
+    preset, the count given for its reader."""
+    from crossdistill.compression.channels import keep_count
+
+    def count(g: ChannelGroup) -> int | None:
+        if named is not None:
+            hits = [named[c.name] for c in g.consumers if c.name in named]
+            return hits[0] if hits else None
+        return keep_count(g.width, float(ratio))
+
+    return count
+
+
+def kept_by_group(plan: GraphChannelPlan) -> dict[int, Sequence[int]]:
+    return {gid: kept for gid, kept in plan.kept.items()}

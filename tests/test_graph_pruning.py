@@ -1,0 +1,131 @@
+"""Channel pruning by cross distillation on models the registry does not know: the groups come
+from the graph, every reader of a group is re-solved, the model is slimmed physically."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from crossdistill.compression.channel_pruning import ChannelPruning
+from crossdistill.compression.graph_plan import plan_graph_channels
+from crossdistill.config import CompressConfig
+from crossdistill.errors import CrossDistillError
+from crossdistill.pipeline import FewShot, compress
+from crossdistill.problem import QuadraticProblem
+from crossdistill.solvers.unit_selection import Reader, select_units_obs
+from test_graph_channels import MODELS, build, params
+
+CHANNEL_MODELS = [k for k in MODELS if k not in ("se_shuffle",)]
+
+
+def fewshot_for(example: torch.Tensor, n: int = 12) -> FewShot:
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randn((n, *example.shape[1:]), generator=gen)
+    return FewShot(images=images, labels=torch.arange(n) % 3, indices=np.arange(n))
+
+
+def run(key: str, **settings) -> tuple[torch.nn.Module, torch.nn.Module, FewShot, object]:
+    teacher, example = build(key)
+    few = fewshot_for(example)
+    cfg = CompressConfig(model=f"user-{key}", n_samples=len(few.labels), damping=0.01, **settings)
+    return teacher, compress(teacher, few, cfg, show_progress=False).student, few, cfg
+
+
+@pytest.mark.parametrize("key", CHANNEL_MODELS)
+def test_cross_distillation_prunes_any_graph(key):
+    teacher, student, few, _ = run(key, keep=0.5)
+    assert params(student) < params(teacher)
+    with torch.no_grad():
+        out = student(few.images)
+    assert out.shape == teacher(few.images).shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("key", CHANNEL_MODELS)
+def test_nothing_to_prune_reproduces_the_teacher(key):
+    teacher, student, few, _ = run(key, keep=1.0, solver="prune-only")
+    assert params(student) == params(teacher)
+    with torch.no_grad():
+        assert torch.equal(student(few.images), teacher(few.images))
+
+
+def test_every_reader_of_a_shared_group_is_re_solved_on_what_is_left():
+    # The ResNet's residual stream is read by several convs (and the 1x1 downsample): one choice
+    # for all of them, each reader keeping exactly the kept channels' columns.
+    teacher, example = build("resnet")
+    method = ChannelPruning(keep=0.5)
+    method.prepare(example)
+    tasks = method.plan(copy.deepcopy(teacher))
+    plan = method._plan
+    shared = [gid for gid, names in plan.readers.items() if len(names) > 1]
+    assert shared, "the toy ResNet has a residual stream read by several layers"
+    few = fewshot_for(example)
+    from crossdistill.engine import distill_layers
+    from crossdistill.objectives import create_objective
+    from crossdistill.solvers import create_solver
+
+    student = copy.deepcopy(teacher)
+    recs = distill_layers(teacher, student, few.images, tasks, create_objective("soft"),
+                          create_solver("channels", "closed-form"), damping=0.01)
+    by_name = {r.name: r for r in recs}
+    for gid in shared:
+        kept = plan.kept[gid]
+        assert len(kept) == plan.keep[gid]
+        for name in plan.readers[gid]:
+            w = student.get_submodule(name).weight.detach()
+            lc = next(c for c in plan.groups[gid].consumers if c.name == name)
+            dropped = [ch for u, unit in enumerate(lc.channels) if u not in kept for ch in unit]
+            assert torch.all(w[:, dropped] == 0), name
+            assert set(by_name[name].info["kept"]).isdisjoint(dropped)
+    slim = method.finalize(student, recs)
+    assert params(slim) < params(teacher)
+
+
+def test_unit_obs_with_one_reader_is_the_channel_obs():
+    from crossdistill.solvers.base import LayerTask
+    from crossdistill.solvers.selection import select_obs
+
+    gen = torch.Generator().manual_seed(0)
+    n, g, out = 6, 4, 5
+    X = torch.randn(80, n * g, generator=gen, dtype=torch.float64)
+    H = X.T @ X / 80 + 1e-3 * torch.eye(n * g, dtype=torch.float64)
+    W = torch.randn(out, n * g, generator=gen, dtype=torch.float64)
+    p = QuadraticProblem(H=H, B=W @ H * 0.9, c=0.0, w_teacher=W)
+    units = [list(range(i * g, (i + 1) * g)) for i in range(n)]
+    ref = select_obs(p, LayerTask(name="x", group=g, keep=3), None)
+    assert torch.equal(select_units_obs([Reader(p, units)], 3), ref)
+
+
+def test_unit_obs_sums_the_readers_costs():
+    # Two readers that disagree: each alone keeps its own favourite; together the sum decides.
+    eye = torch.eye(2, dtype=torch.float64)
+    a = QuadraticProblem(H=eye, B=torch.tensor([[3.0, 0.1]], dtype=torch.float64), c=0.0,
+                         w_teacher=torch.zeros(1, 2, dtype=torch.float64))
+    b = QuadraticProblem(H=eye, B=torch.tensor([[0.0, 2.0]], dtype=torch.float64), c=0.0,
+                         w_teacher=torch.zeros(1, 2, dtype=torch.float64))
+    units = [[0], [1]]
+    assert select_units_obs([Reader(a, units)], 1).tolist() == [0]
+    assert select_units_obs([Reader(b, units)], 1).tolist() == [1]
+    assert select_units_obs([Reader(a, units), Reader(b, units)], 1).tolist() == [0]  # 9 > 0.01 + 4
+
+
+@pytest.mark.parametrize("key,reason", [("transformer", "MultiheadAttention"), ("chain", "feeds the classifier")])
+def test_groups_left_whole_are_reported_with_their_reason(key, reason):
+    teacher, example = build(key)
+    method = ChannelPruning(keep=0.5)
+    method.prepare(example)
+    method.plan(copy.deepcopy(teacher))
+    left = method.summary(teacher)["channel_groups"]["left_whole"]
+    assert any(reason in g["reason"] for g in left)
+
+
+def test_thinet_on_a_shared_group_is_refused_by_name():
+    with pytest.raises(CrossDistillError, match="selection 'thinet' needs a group read by one layer"):
+        run("resnet", keep=0.5, selection="thinet")
+
+
+def test_plan_counts_follow_the_keep_ratio():
+    teacher, example = build("densenet")
+    plan = plan_graph_channels(teacher, example, lambda g: max(1, g.width // 2))
+    assert plan.groups and all(plan.keep[gid] == max(1, g.width // 2) for gid, g in plan.groups.items())
