@@ -2,7 +2,7 @@
 from crossdistill._version import __version__
 from crossdistill.errors import CrossDistillError
 
-__all__ = ["CrossDistillError", "__version__", "load", "save"]
+__all__ = ["CrossDistillError", "__version__", "compress", "load", "save"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from crossdistill import persistence
 
         return getattr(persistence, name)
+    if name == "compress":
+        from crossdistill.api import compress
+
+        return compress
     raise AttributeError(f"module 'crossdistill' has no attribute {name!r}")

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from crossdistill.data.arrays import ImageArrays
 from crossdistill.errors import CrossDistillError
+from crossdistill.models.registry import ModelInfo
 
 __all__ = ["check_data_fits_model"]
 
 
-def check_data_fits_model(data: ImageArrays, model: str, *, num_classes: int | None = None, role: str = "data") -> None:
+def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_classes: int | None = None,
+                          role: str = "data") -> None:
     """Raise CrossDistillError unless `data`'s images have the model's input size and its labels
     are classes of the model (`num_classes` defaults to the registered model's)."""
     from crossdistill.models.registry import model_info
 
-    info = model_info(model)
+    info = model if isinstance(model, ModelInfo) else model_info(model)
+    model = info.name
     where = data.source or role
     expected = (info.input_size[1], info.input_size[2], info.input_size[0])
     if tuple(data.x.shape[1:]) != expected:

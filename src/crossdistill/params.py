@@ -36,14 +36,16 @@ class Spec:
     choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None  # a callable for registries
     words: tuple[str, ...] = ()  # strings allowed beside a number, e.g. keep 'paper'
     show: bool = True  # part of describe() and of report labels
+    item: type | None = None  # for a tuple setting: the type of its items (int or float)
 
 
 def param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
           low_open: bool = False, high_open: bool = False,
           choices: tuple[str, ...] | Callable[[], Iterable[str]] | None = None,
-          words: tuple[str, ...] = (), show: bool = True) -> Any:
-    """A declared setting: a dataclass field whose metadata carries help, range and choices."""
-    spec = Spec(help, low, high, low_open, high_open, choices, tuple(words), show)
+          words: tuple[str, ...] = (), show: bool = True, item: type | None = None) -> Any:
+    """A declared setting: a dataclass field whose metadata carries help, range and choices
+    (`item`: a tuple setting's item type; its range applies to every item)."""
+    spec = Spec(help, low, high, low_open, high_open, choices, tuple(words), show, item)
     return field(default=default, metadata={_META: spec})
 
 
@@ -93,6 +95,8 @@ class Param:
             raise CrossDistillError(f"{where} must be given (got null)")
         if isinstance(value, str) and value in self.spec.words:
             return value
+        if "tuple" in self.types:
+            return self._tuple(value, owner)
         if "bool" in self.types:
             if isinstance(value, bool):
                 return value
@@ -110,6 +114,15 @@ class Param:
                 raise CrossDistillError(f"{where} must be one of {choices}, got {value!r}")
             return value
         return value
+
+    def _tuple(self, value: Any, owner: str) -> tuple:
+        """A tuple setting from a list (YAML), a tuple, or '3,32,32' / '3 32 32' (a flag)."""
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if not isinstance(value, (list, tuple)) or not value:
+            raise CrossDistillError(f"{owner + ': ' if owner else ''}{self.name} must be a list of numbers, got {value!r}")
+        item = Param(self.name, (getattr(self.spec.item, "__name__", "float"),), None, self.spec)
+        return tuple(item.check(v, owner) for v in value)
 
     def _number(self, value: Any, where: str) -> int | float:
         want = "an integer" if "float" not in self.types else "a number"

@@ -28,6 +28,8 @@ from crossdistill.engine import LayerRecord, distill_layers
 from crossdistill.errors import CrossDistillError
 from crossdistill.evaluation import evaluate_for, load_average, torch_threads
 from crossdistill.models import create_model, load_weights, model_info
+from crossdistill.models.registry import ModelInfo, list_models
+from crossdistill.models.user import build_user_model, infer_info, is_factory_spec
 from crossdistill.objectives import OBJECTIVES, Objective
 from crossdistill.params import declared_params
 from crossdistill.solvers import LayerSolver, create_solver
@@ -53,20 +55,30 @@ class CompressionResult:
 
 
 def load_teacher(cfg: CompressConfig) -> nn.Module:
-    model = create_model(cfg.model)
+    """The registered model, or the user's (`path/to/file.py:factory`), with cfg.weights loaded."""
+    model = build_user_model(cfg.model) if is_factory_spec(cfg.model) else create_model(cfg.model)
     if cfg.weights:
         load_weights(model, cfg.weights)
     return model.eval()
 
 
-def draw_few_shot(cfg: CompressConfig, data: ImageArrays) -> FewShot:
-    info = model_info(cfg.model)
+def info_of(cfg: CompressConfig, teacher: nn.Module, data: ImageArrays) -> ModelInfo:
+    """The registry's info, or, for a user's model, one from the config (input size, mean,
+    std) and the data (the input size when not given), checked by one forward pass."""
+    if not is_factory_spec(cfg.model) and cfg.model in list_models():
+        return model_info(cfg.model)
+    size = cfg.input_size or (data.x.shape[3], data.x.shape[1], data.x.shape[2])
+    return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std)
+
+
+def draw_few_shot(cfg: CompressConfig, data: ImageArrays, info: ModelInfo | None = None) -> FewShot:
+    info = info or model_info(cfg.model)
     if tuple(data.x.shape[1:]) != (info.input_size[1], info.input_size[2], info.input_size[0]):
         raise CrossDistillError(
             f"{data.source or 'data'}: images are {tuple(data.x.shape[1:])} (H, W, C) but {cfg.model} "
             f"expects {(info.input_size[1], info.input_size[2], info.input_size[0])}"
         )
-    check_data_fits_model(data, cfg.model, role="training data")  # labels within the model's classes
+    check_data_fits_model(data, info, role="training data")  # labels within the model's classes
     check_class_coverage(data.y, info.num_classes, data.source or "training data")
     idx = sample_few_shot(
         data.y, shots=cfg.shots, n=cfg.n_samples, seed=cfg.seed, mode=cfg.sampler, num_classes=data.num_classes
@@ -237,19 +249,20 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
                                 f"{cfg.baseline}` or in a sweep")
     if cfg.data is None and train is None:
         raise CrossDistillError("no training data given (--data)")
-    info = model_info(cfg.model)
     teacher = teacher if teacher is not None else load_teacher(cfg)
     train = train if train is not None else load_with_progress(cfg.data, "train", show_progress)
-    fewshot = draw_few_shot(cfg, train)
+    info = info_of(cfg, teacher, train)
+    fewshot = draw_few_shot(cfg, train, info)
     if test is None and cfg.eval_data:
         # Loaded and checked before compressing: a bad test file must not cost a whole run.
         test = load_with_progress(cfg.eval_data, "test", show_progress)
     if test is not None:
-        check_data_fits_model(test, cfg.model, role="test data")
+        check_data_fits_model(test, info, role="test data")
     if compress_fn is None:
         result = compress(teacher, fewshot, cfg, show_progress=show_progress)
     else:
         result = compress_fn(teacher, fewshot, cfg)
+    result.student.crossdistill_info = info  # what saving a model the registry does not know records
     report: dict[str, Any] = {
         "model": cfg.model,
         "method": result.method,

@@ -25,12 +25,14 @@ from crossdistill.config import (
 from crossdistill.params import Param, declared_params, format_value
 
 _DESTS = "_config_dests"
-# Which run settings go in which help group; `latency` is the `--no-latency` switch instead.
+# Which run settings go in which help group (any other goes to "run"); `latency` is a switch of
+# the commands that evaluate (`--latency`), not a valued flag.
 RUN_GROUPS = {
-    "model and data": ("model", "weights", "data", "eval_data"),
+    "model and data": ("model", "weights", "data", "eval_data", "input_size", "mean", "std"),
     "few-shot draw": ("shots", "n_samples", "seed", "sampler"),
     "run": ("damping", "batch_size", "device"),
 }
+SWITCHES = ("latency",)
 SECTION_HELP = {
     "method": "compression method",
     "objective": "layer loss of cross distillation",
@@ -58,6 +60,8 @@ def _add(group: argparse._ArgumentGroup, flag: str, dest: str, p: Param, help: s
     # Values stay strings here: the declaration converts and checks them, so a flag and a YAML
     # value of the same setting are validated by the same code.
     kw: dict[str, Any] = {"dest": dest, "help": help, "metavar": p.name.upper()}
+    if "tuple" in p.types:
+        kw["nargs"] = "+"
     choices = p.choices()
     if choices is not None:
         kw["choices"] = choices
@@ -73,9 +77,11 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     run_params = {q.name: q for q in declared_params(RunSettings)}
     g = p.add_argument_group("config")
     g.add_argument("--config", type=Path, help="YAML file of defaults; flags given here override it")
+    grouped = {n for names in RUN_GROUPS.values() for n in names}
+    rest = tuple(n for n in run_params if n not in grouped and n not in SWITCHES)
     for title, names in RUN_GROUPS.items():
         g = p.add_argument_group(title)
-        for name in names:
+        for name in names + (rest if title == "run" else ()):
             q = run_params[name]
             _add(g, q.flag, name, q, _help(q), dests)
     taken = set(RUN_KEYS)

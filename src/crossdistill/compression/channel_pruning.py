@@ -56,7 +56,13 @@ class ChannelPruning(CompressionMethod):
 
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
         assert self._plan is not None and self._example is not None
-        return slim_groups(model, self._example, dict(self._plan.kept))
+        kept = dict(self._plan.kept)
+        model = slim_groups(model, self._example, kept)
+        if getattr(model, "crossdistill_name", None) is None:
+            # The registry rebuilds a registered model from its spec; a user's factory builds the
+            # full model, which loading slims again with this record (persistence/codecs/slim.py).
+            model.crossdistill_slim = {"input_size": list(self._example.shape[1:]), "kept": kept}
+        return model
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
         return self._plan.summary() if self._plan is not None else {}

@@ -31,7 +31,8 @@ class RunSettings(Plugin):
 
     kind = "config"
     name = "run"
-    model: str = param("resnet56", "registered model name (see `crossdistill models`)")
+    model: str = param("resnet56", "registered model name (see `crossdistill models`), or your own model as "
+                       "path/to/file.py:function (a function returning the nn.Module; --weights loads its state dict)")
     weights: str | None = param(None, "teacher checkpoint (.th/.pt/.pth read with weights_only, or .safetensors)")
     data: str | None = param(None, "training data: .npz, cifar-10-batches-py folder, Fashion-MNIST folder, "
                              "or 'cifar10'/'fashion-mnist'")
@@ -44,10 +45,19 @@ class RunSettings(Plugin):
     damping: float | None = param(None, "ridge towards the teacher, x mean diag of H (default: 0.1/K, "
                                   "K = images per class)", low=0)
     batch_size: int = param(64, "images per forward pass while capturing", low=1)
+    input_size: tuple[int, ...] | None = param(None, "a model the registry does not know: its input size C H W "
+                                               "(default: that of the training images)", low=1, item=int)
+    mean: tuple[float, ...] | None = param(None, "a model the registry does not know: per-channel mean subtracted "
+                                           "from pixels scaled to [0, 1] (default 0)", item=float)
+    std: tuple[float, ...] | None = param(None, "a model the registry does not know: per-channel std dividing "
+                                          "them (default 1)", low=0, low_open=True, item=float)
     device: str = param("cpu", "where the training steps run (the fine-tune and the training baselines bp, "
                         "l1-finetune, fitnet): cpu, cuda, cuda:N, or auto (CUDA when present); the layer-wise "
                         "solves always run on the CPU in float64")
-    latency: bool = param(True, "measure CPU latency in the evaluation")
+    # Off unless asked: timing costs minutes on big models and means little on a busy machine.
+    latency: bool = param(False, "measure CPU latency in the evaluation (compress --latency)")
+    threads: int | None = param(None, "CPU threads for torch during the run (compression, evaluation, "
+                                "latency timing; default: torch's choice)", low=1)
     baseline: str | None = param(None, "run this baseline of crossdistill.baselines instead of cross "
                                  "distillation (default: none, i.e. cross distillation)", choices=BASELINE_NAMES)
 

@@ -222,7 +222,8 @@ def save_model(model: nn.Module, path: str | Path) -> Path:
     """
     path = Path(path)
     name = getattr(model, "crossdistill_name", None)
-    if path.suffix == SAFETENSORS_SUFFIX and name and hasattr(model, "spec"):
+    factory = getattr(model, "crossdistill_factory", None)
+    if path.suffix == SAFETENSORS_SUFFIX and ((name and hasattr(model, "spec")) or factory):
         # The full format (masks, quantization codes, low-rank structure); see crossdistill.persistence.
         from crossdistill.persistence.writer import save
 

@@ -40,6 +40,8 @@ def _used(info: SavedModelInfo) -> list[tuple[ArtifactCodec, dict[str, Any]]]:
 def _build(info: SavedModelInfo, source: str, device: str = "meta") -> nn.Module:
     from crossdistill.models.registry import create_model, model_info
 
+    if "factory" in info.spec:
+        return _build_from_factory(info, source)
     model_info(info.model)  # unknown names get the registry's message, with the known names
     try:
         with torch.device(device):
@@ -55,13 +57,32 @@ def _build(info: SavedModelInfo, source: str, device: str = "meta") -> nn.Module
     return model
 
 
-def rebuild(path: Path, document: str, model: str | None = None) -> nn.Module:
+def _build_from_factory(info: SavedModelInfo, source: str) -> nn.Module:
+    """A user's model: its factory (the file must still be where it was, or be given again as
+    `load(..., factory=...)`) builds the full model on the CPU, then the codecs slim it. This
+    runs the user's own code, as training it did; the weights still come from safetensors."""
+    from crossdistill.models.user import build_user_model
+
+    model = build_user_model(info.spec["factory"])
+    try:
+        for codec, entry in _used(info):
+            codec.restructure(model, entry)
+    except CrossDistillError as exc:
+        raise CrossDistillError(f"{source}: {exc}") from None
+    return model
+
+
+def rebuild(path: Path, document: str, model: str | None = None, factory: str | None = None) -> nn.Module:
     """The model of the crossdistill file `path`, whose header document is `document`.
 
     `model`, when given, is the registry name the caller expects; another one is refused.
     """
     source = str(path)
     info = parse_info(document, source)
+    if factory is not None:
+        if "factory" not in info.spec:
+            raise CrossDistillError(f"{source} holds the registered model {info.model}; it needs no factory")
+        info.spec = {**info.spec, "factory": factory}
     if model is not None and model != info.model:
         from crossdistill.models.registry import model_info
 
@@ -93,7 +114,9 @@ def rebuild(path: Path, document: str, model: str | None = None) -> nn.Module:
         raise CrossDistillError(f"{source}: non-finite values (NaN/inf) in {_listing(bad)}")
 
     # Every shape is known to match: only now is real memory allocated (exactly the file's size).
-    if any(name not in own for name, _ in net.named_buffers()):
+    if "factory" in info.spec:
+        pass  # built on the CPU already
+    elif any(name not in own for name, _ in net.named_buffers()):
         # A non-persistent buffer is not in the file: it needs the constructor's own values.
         with torch.random.fork_rng(devices=[]):
             net = _build(info, source, "cpu")
@@ -119,7 +142,7 @@ def rebuild(path: Path, document: str, model: str | None = None) -> nn.Module:
     return net.eval()
 
 
-def load_saved(path: str | Path, *, model: str | None = None) -> nn.Module:
+def load_saved(path: str | Path, *, model: str | None = None, factory: str | None = None) -> nn.Module:
     """Rebuild a model saved by `save` (a crossdistill `.safetensors` file or a run directory).
 
     Unlike `crossdistill.persistence.load`, a file without a crossdistill document is refused
@@ -129,4 +152,4 @@ def load_saved(path: str | Path, *, model: str | None = None) -> nn.Module:
     header = read_header(path) if path.suffix == ".safetensors" else {}
     if META_KEY not in header:
         raise CrossDistillError(f"{path}: not a model saved by crossdistill.save (no '{META_KEY}' metadata)")
-    return rebuild(path, header[META_KEY], model)
+    return rebuild(path, header[META_KEY], model, factory)

@@ -29,17 +29,23 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
     from crossdistill.models.registry import model_info
 
     name = getattr(model, "crossdistill_name", None)
-    if not isinstance(name, str) or not hasattr(model, "spec"):
+    factory = getattr(model, "crossdistill_factory", None)
+    if isinstance(name, str) and hasattr(model, "spec"):
+        spec = model.spec()  # type: ignore[operator]
+        info = model_info(name)
+    elif isinstance(factory, str) and getattr(model, "crossdistill_info", None) is not None:
+        # A user's model: rebuilt by calling its factory again (crossdistill.models.user).
+        name, spec, info = factory, {"factory": factory}, model.crossdistill_info
+    else:
         raise CrossDistillError(
-            f"cannot save a {type(model).__name__}: only models built by crossdistill.models.create_model "
-            "(which record their registry name and spec()) can be rebuilt without pickle"
+            f"cannot save a {type(model).__name__}: give a registered model (crossdistill.models.create_model), "
+            "or one compressed from a factory (`--model path/to/file.py:function`, or set "
+            "model.crossdistill_factory = 'path/to/file.py:function' before crossdistill.compress)"
         )
-    spec = model.spec()  # type: ignore[operator]
     try:
         spec = json.loads(json.dumps(spec))  # what load will see: tuples become lists
     except (TypeError, ValueError) as exc:
         raise CrossDistillError(f"{name}: spec() is not JSON-serialisable ({exc})") from None
-    info = model_info(name)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:

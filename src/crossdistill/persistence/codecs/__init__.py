@@ -18,8 +18,10 @@ from crossdistill.persistence.codecs.base import EXTRA_PREFIX, ArtifactCodec, Do
 from crossdistill.persistence.codecs.lowrank import LowRankCodec
 from crossdistill.persistence.codecs.masks import MaskCodec
 from crossdistill.persistence.codecs.quant import QuantCodec
+from crossdistill.persistence.codecs.slim import SlimCodec
 
 CODECS: tuple[ArtifactCodec, ...] = (
+    SlimCodec(),  # first: the other codecs name layers of the slimmed model
     LowRankCodec(),
     QuantCodec(),
     MaskCodec(),

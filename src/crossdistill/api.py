@@ -1,0 +1,170 @@
+"""`crossdistill.compress`: cross distillation of any `nn.Module` from a few samples.
+
+    import crossdistill
+    student, report = crossdistill.compress(model, images, labels=labels, method="channels", keep=0.5,
+                                            eval_data=(test_images, test_labels))
+    crossdistill.save(student, "student.safetensors")
+
+`images` may be a float tensor N×C×H×W already normalised as the model expects, a `Dataset`
+or `DataLoader` yielding (image, label) pairs of such tensors, or a path the readers know (an
+`.npz`, a CIFAR-10 or Fashion-MNIST folder), whose uint8 pixels are scaled to [0, 1] and
+normalised with `mean`/`std`. Every other keyword is a config setting (`method`, `objective`,
+`solver`, `keep`, `sparsity`, `bits`, `finetune_epochs`, ... — see `crossdistill compress --help`).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.models.registry import ModelInfo, list_models, model_info
+from crossdistill.models.user import infer_info
+
+
+def _tensors_from(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(images, labels or None) from a tensor, a (images, labels) pair, a Dataset or a DataLoader."""
+    if isinstance(data, torch.Tensor):
+        return data, None
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return data[0], torch.as_tensor(data[1])
+    is_dataset = isinstance(data, torch.utils.data.Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__"))
+    if isinstance(data, torch.utils.data.DataLoader) or is_dataset or isinstance(data, Iterable):
+        xs, ys = [], []
+        items = data if isinstance(data, torch.utils.data.DataLoader) else _dataset_items(data)
+        for item in items:
+            x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+            x = torch.as_tensor(x)
+            batched = isinstance(data, torch.utils.data.DataLoader)
+            xs.append(x if batched else x.unsqueeze(0))
+            if y is not None:
+                y = torch.as_tensor(y)
+                ys.append(y.reshape(-1))
+        if not xs:
+            raise CrossDistillError("the data yielded no images")
+        return torch.cat(xs), (torch.cat(ys) if len(ys) == len(xs) else None)
+    raise CrossDistillError(f"data must be a tensor of images, a Dataset, a DataLoader or a path, got {type(data).__name__}")
+
+
+def _dataset_items(data: Any) -> Iterable[Any]:
+    if hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+        return (data[i] for i in range(len(data)))
+    return data
+
+
+def _from_path(path: str | Path, role: str, mean: Sequence[float] | None,
+               std: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    from crossdistill.data import load_image_data, to_tensor
+
+    arrays = load_image_data(str(path), role)
+    c = arrays.x.shape[3]
+    return (to_tensor(arrays.x, mean or (0.0,) * c, std or (1.0,) * c),
+            torch.as_tensor(arrays.y, dtype=torch.long))
+
+
+def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[float] | None
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(data, (str, Path)):
+        return _from_path(data, role, mean, std)
+    x, y = _tensors_from(data)
+    if x.dim() < 2 or not x.is_floating_point():
+        raise CrossDistillError(f"{role} images must be a float tensor with a batch dimension, got "
+                                f"{tuple(x.shape)} {x.dtype} (give a path for uint8 image files)")
+    if not bool(torch.isfinite(x).all()):
+        raise CrossDistillError(f"{role} images hold NaN or infinite values")
+    return x.float(), (None if y is None else y.long())
+
+
+def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, n_samples: int | None,
+          seed: int) -> np.ndarray:
+    from crossdistill.data import sample_few_shot
+
+    n = images.shape[0]
+    if shots is not None:
+        if labels is None:
+            raise CrossDistillError("shots (K per class) needs labels: pass labels=..., or n_samples")
+        return sample_few_shot(labels.numpy(), shots=shots, seed=seed, num_classes=int(labels.max()) + 1)
+    if n_samples is not None:
+        if labels is not None:
+            return sample_few_shot(labels.numpy(), n=n_samples, seed=seed, num_classes=int(labels.max()) + 1)
+        if n_samples > n:
+            raise CrossDistillError(f"n_samples={n_samples} but only {n} images were given")
+        return np.sort(np.random.default_rng(seed).choice(n, n_samples, replace=False)).astype(np.int64)
+    return np.arange(n, dtype=np.int64)
+
+
+def _top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+    return 100.0 * correct / max(1, x.shape[0])
+
+
+def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
+    from crossdistill.evaluation import count_flops, count_nonzero_params, count_params
+
+    out: dict[str, Any] = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
+                           "flops": count_flops(model, info.input_size)}
+    if test is not None:
+        out["top1"] = _top1(model, *test)
+        out["n_eval"] = int(test[0].shape[0])
+    return out
+
+
+def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tensor | None = None,
+             eval_data: Any = None, shots: int | None = None, n_samples: int | None = None, seed: int = 0,
+             mean: Sequence[float] | None = None, std: Sequence[float] | None = None, name: str | None = None,
+             show_progress: bool = True, **settings: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Compress a copy of `model` (left unchanged) by layer-wise cross distillation on `data`;
+    returns the student and a report (settings, per-layer losses, what was pruned or left whole
+    and why, and, with `eval_data`, teacher and student top-1 on it)."""
+    from crossdistill.config import CompressConfig
+    from crossdistill.pipeline import FewShot
+    from crossdistill.pipeline import compress as run_compress
+
+    if not isinstance(model, nn.Module):
+        raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    images, found_labels = _images(data, "training", mean, std)
+    if labels is not None:
+        found_labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if found_labels.shape[0] != images.shape[0]:
+            raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
+    name = name or getattr(model, "crossdistill_name", None) or getattr(model, "crossdistill_factory", None) \
+        or type(model).__name__
+    registered = name in list_models()
+    info = model_info(name) if registered else infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std)
+    idx = _draw(images, found_labels, shots, n_samples, seed)
+    few = FewShot(images=images[idx], labels=(found_labels[idx] if found_labels is not None
+                                              else torch.zeros(len(idx), dtype=torch.long)), indices=idx)
+    draw = {"shots": shots} if shots is not None else {"n_samples": int(len(idx))}
+    cfg = CompressConfig(model=name, seed=seed, **draw, **settings).validate()
+    test = None
+    if eval_data is not None:
+        tx, ty = _images(eval_data, "test", mean, std)
+        if ty is None:
+            raise CrossDistillError("eval_data needs labels: give (images, labels), a labelled Dataset, or a path")
+        test = (tx, ty)
+    start = time.perf_counter()
+    result = run_compress(model, few, cfg, show_progress=show_progress)
+    student = result.student
+    student.crossdistill_info = info  # what saving a model the registry does not know records
+    if not registered and getattr(model, "crossdistill_factory", None):
+        student.crossdistill_factory = model.crossdistill_factory
+    report: dict[str, Any] = {
+        "model": name, "method": result.method, "objective": result.objective, "solver": result.solver,
+        **draw, "seed": seed, "n_samples": int(len(idx)), "fewshot_indices": idx.tolist(),
+        "compress_seconds": time.perf_counter() - start,
+        "layers": [{"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
+                    **r.info} for r in result.records],
+        **result.summary, "config": cfg.to_dict(),
+        "teacher": _measure(model, info, test), "student": _measure(student, info, test),
+    }
+    if result.finetune is not None:
+        report["finetune"] = result.finetune
+    return student, report

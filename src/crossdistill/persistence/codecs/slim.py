@@ -1,0 +1,48 @@
+"""Channel groups removed from a model the registry does not know (`compression/graph_plan.py`):
+the registry rebuilds a slimmed registered model from its spec, but a user's factory builds the
+full model, so the file records which units of which channel group were kept and the loader
+slims the freshly built model the same way before the weights load. No tensors."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from crossdistill.persistence.codecs.base import ArtifactCodec, DocumentError, Encoded, is_int, str_dict
+
+ATTR = "crossdistill_slim"
+
+
+class SlimCodec(ArtifactCodec):
+    """`channel_groups: {"input_size": [C, H, W], "kept": {group id: [kept units]}}`."""
+
+    name = "channel_groups"
+    attr = ATTR
+
+    def encode(self, model: nn.Module) -> Encoded | None:
+        record = getattr(model, self.attr, None)
+        if not record:
+            return None
+        return {"input_size": list(record["input_size"]),
+                "kept": {str(g): [int(u) for u in kept] for g, kept in record["kept"].items()}}, {}
+
+    def validate(self, metadata: Any) -> dict[str, Any]:
+        size, kept = (metadata or {}).get("input_size"), (metadata or {}).get("kept")
+        if not (isinstance(size, list) and len(size) >= 1 and all(is_int(v) and v >= 1 for v in size)):
+            raise DocumentError("'channel_groups.input_size' must be a list of positive integers")
+        if not (str_dict(kept) and all(k.isdigit() and isinstance(v, list) and all(is_int(u) for u in v)
+                                       for k, v in kept.items())):
+            raise DocumentError("'channel_groups.kept' must map group ids to lists of kept units")
+        return {"input_size": size, "kept": kept}
+
+    def restructure(self, model: nn.Module, metadata: Mapping[str, Any]) -> None:
+        from crossdistill.compression.graph_channels import slim_groups
+
+        example = torch.zeros(1, *metadata["input_size"])
+        slim_groups(model, example, {int(g): v for g, v in metadata["kept"].items()}, check=False)
+        setattr(model, self.attr, {"input_size": list(metadata["input_size"]),
+                                   "kept": {int(g): list(v) for g, v in metadata["kept"].items()}})
+
+    def decode(self, model: nn.Module, metadata: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
+        pass  # `restructure` did the work before the weights were loaded

@@ -1,0 +1,128 @@
+"""A user's own model: the Python API on any nn.Module, `--model path/to/file.py:function` on the
+command line, saving and loading without the registry, and clear errors before any work."""
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import crossdistill
+from crossdistill.cli.main import main
+from crossdistill.errors import CrossDistillError
+from sweep_helpers import write_npz_pair
+
+FACTORY = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 12, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10))
+
+    def not_a_model():
+        return 3
+""")
+
+
+@pytest.fixture
+def factory(tmp_path) -> str:
+    path = tmp_path / "models" / "mynet.py"
+    path.parent.mkdir()
+    path.write_text(FACTORY)
+    return f"{path}:make"
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_npz_pair(tmp_path / "data", n_train=100, n_test=40)
+
+
+def images(n: int = 60, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 28, 28, generator=gen), torch.arange(n) % 10
+
+
+def test_api_on_tensors_dataset_and_loader_gives_the_same_student(factory):
+    from crossdistill.models.user import build_user_model
+
+    model = build_user_model(factory).eval()
+    x, y = images()
+    a, report = crossdistill.compress(model, x, labels=y, shots=2, eval_data=(x, y), show_progress=False)
+    b, _ = crossdistill.compress(model, TensorDataset(x, y), shots=2, show_progress=False)
+    c, _ = crossdistill.compress(model, DataLoader(TensorDataset(x, y), batch_size=7), shots=2, show_progress=False)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x)) and torch.equal(a(x), c(x))
+    assert report["student"]["params"] < report["teacher"]["params"] and report["student"]["n_eval"] == 60
+    assert report["channel_groups"]["pruned"] and report["n_samples"] == 20
+    assert sum(p.numel() for p in model.parameters()) == report["teacher"]["params"]  # teacher untouched
+
+
+def test_saved_user_model_loads_without_the_registry(factory, tmp_path):
+    from crossdistill.models.user import build_user_model
+
+    model = build_user_model(factory).eval()
+    x, y = images()
+    student, _ = crossdistill.compress(model, x, labels=y, shots=2, show_progress=False)
+    path = crossdistill.save(student, tmp_path / "s.safetensors")
+    loaded = crossdistill.load(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), student(x))
+    # The factory's file moved: loading names it again.
+    moved = tmp_path / "elsewhere.py"
+    shutil.move(factory.split(":")[0], moved)
+    with pytest.raises(CrossDistillError, match="no such file"):
+        crossdistill.load(path)
+    with torch.no_grad():
+        assert torch.equal(crossdistill.load(path, factory=f"{moved}:make")(x), student(x))
+
+
+def test_cli_takes_a_factory(factory, data, tmp_path, capsys):
+    train, test = data
+    out = tmp_path / "run"
+    assert main(["compress", "--model", factory, "--data", str(train), "--eval-data", str(test), "--shots", "3",
+                 "--quiet", "--out", str(out)]) == 0
+    assert "written to" in capsys.readouterr().out
+    loaded = crossdistill.load(out)
+    assert sum(p.numel() for p in loaded.parameters()) < sum(
+        p.numel() for p in crossdistill.models.user.build_user_model(factory).parameters())
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("{dir}/nope.py:make", "no such file"),
+    ("{dir}/models/mynet.py:missing", "has no function 'missing'"),
+    ("{dir}/models/mynet.py:not_a_model", "returned int, not an nn.Module"),
+])
+def test_bad_factories_are_named_before_any_work(factory, data, tmp_path, capsys, spec, message):
+    train, _ = data
+    spec = spec.format(dir=tmp_path)
+    assert main(["compress", "--model", spec, "--data", str(train), "--quiet", "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_input_size_that_does_not_fit_is_named(factory, data, tmp_path, capsys):
+    train, _ = data
+    assert main(["compress", "--model", factory, "--data", str(train), "--input-size", "3", "28", "28",
+                 "--quiet", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "input of size (3, 28, 28) failed" in err and "--input-size" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_api_refuses_what_it_cannot_use():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(CrossDistillError, match="needs labels"):
+        crossdistill.compress(model, torch.randn(10, 4), shots=1)
+    with pytest.raises(CrossDistillError, match="NaN"):
+        crossdistill.compress(model, torch.full((10, 4), float("nan")))
+    with pytest.raises(CrossDistillError, match="must be a torch.nn.Module"):
+        crossdistill.compress("resnet20", torch.randn(10, 4))
