@@ -5,16 +5,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test install fashion-data clean
+.PHONY: demo demo-figures test install fashion-data clean
 
 install: $(STAMP)
 
 # torch first and alone: pip then takes the CPU wheel from local disk instead of a CUDA build.
+# Not -q: the install takes about a minute, and pip's progress shows that it is working.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,export]'
+	$(PY) -m pip install --progress-bar on --upgrade pip
+	$(PY) -m pip install --progress-bar on torch==2.13.0
+	$(PY) -m pip install --progress-bar on -e '.[test,export]'
 	touch $(STAMP)
 
 # Fashion-MNIST comes from Debian when apt is available; otherwise the demo downloads it (checksummed).
@@ -27,6 +28,13 @@ fashion-data:
 
 demo: $(STAMP) fashion-data
 	$(VENV)/bin/crossdistill demo
+	@echo "The crossdistill command is in $(VENV)/bin: run it as $(VENV)/bin/crossdistill, or first"
+	@echo "  source $(VENV)/bin/activate"
+
+# README quotes the demo's figures; a test compares them with this file. Refresh it after
+# `make demo` when the demo's results change on purpose, then update README to match.
+demo-figures: $(STAMP)
+	$(PY) -m crossdistill.demo.figures crossdistill-demo/report.json tests/data/demo_figures.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q

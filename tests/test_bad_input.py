@@ -277,8 +277,7 @@ class _WithUnsupportedLayer(torch.nn.Module):
 
 
 @pytest.mark.parametrize("kind,message", [
-    # Channel pruning follows the graph: the unsupported reader leaves its group whole, named.
-    ("transpose", "features.0 -> features.3: no reader is a dense conv or linear that can be re-solved"),
+    # Channel pruning follows the graph: a group it cannot prune is left whole, named with the reason.
     ("depthwise", "features.0, features.3 -> features.3, fc: feeds the classifier fc"),
 ])
 def test_unsupported_layer_is_named_with_its_path(kind, message):
@@ -328,3 +327,17 @@ def test_n_samples_replaces_the_default_k(d, tmp_path, capsys):
     assert main(["compress", "--model", "fashion_cnn", "--data", str(d / "train.npz"), "--n-samples", "1000",
                  "--out", str(tmp_path / "o2")]) == 2
     assert "n=1000 is larger than the data set (40 images)" in capsys.readouterr().err
+
+
+def test_a_transposed_conv_reader_is_pruned_by_its_producers_norms():
+    """A group read only by a layer that cannot be re-solved (a ConvTranspose2d) is still pruned,
+    its kept units chosen by the producers' L1 norms, and the report says so."""
+    from crossdistill.config import CompressConfig
+    from crossdistill.pipeline import FewShot, compress
+
+    few = FewShot(torch.randn(8, 1, 28, 28), torch.arange(8) % 4, np.arange(8))
+    model = _WithUnsupportedLayer("transpose").eval()
+    result = compress(model, few, CompressConfig(model="fashion_cnn", shots=2), show_progress=False)
+    (group,) = result.summary["channel_groups"]["pruned"]
+    assert group["readers"] == [] and "L1" in group["note"] and group["kept"] == 4
+    assert result.student.features[3].in_channels == 4

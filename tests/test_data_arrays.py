@@ -44,7 +44,7 @@ def test_valid_arrays_cast_labels_to_int64():
         (np.zeros((3, 2, 2, 1), np.uint8), np.zeros(2, int), 2, "3 images but 2 labels"),
         (np.zeros((3, 2, 2, 1), np.uint8), np.zeros(3, np.float64), 2, "integers"),
         (np.zeros((3, 2, 2, 1), np.uint8), np.array([0, 1, 2]), 2, "label 2 is outside"),
-        (np.zeros((3, 2, 2, 1), np.uint8), np.array([0, -1, 1]), 2, "label -1 is outside"),
+        (np.zeros((3, 2, 2, 1), np.uint8), np.array([0, -1, 1]), 2, "label -1 is negative"),
         (np.zeros((0, 2, 2, 1), np.uint8), np.zeros(0, int), 2, "empty"),
         (np.zeros((3, 2, 2, 1), np.uint8), np.zeros(3, int), 0, "num_classes"),
     ],

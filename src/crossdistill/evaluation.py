@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
@@ -26,6 +28,9 @@ __all__ = [
     "evaluate_model",
     "evaluate_for",
     "REPORT_LATENCY_BATCHES",
+    "load_average",
+    "progress_bar",
+    "torch_threads",
 ]
 
 # The batch sizes every compression report times: one image (interactive use) and a full
@@ -44,9 +49,47 @@ class LatencyResult:
     repeats: int
     warmup: int
     device: str
+    # The machine's 1-minute load when timed: on a busy machine the times mean little.
+    load_average: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the platform has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to `threads` (None: left alone) inside the block, restored after."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise CrossDistillError(f"threads must be >= 1, got {threads}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# Seconds a phase runs before its bar appears: quick phases (and quick failures) print nothing.
+PROGRESS_DELAY = 0.5
+
+
+def progress_bar(desc: str | None, total: int, unit: str = "it", **kwargs: Any):
+    """A tqdm bar on stderr, or a silent stand-in when `desc` is None (quiet runs)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=desc is None,
+                dynamic_ncols=True, delay=PROGRESS_DELAY, **kwargs)
 
 
 @contextlib.contextmanager
@@ -89,19 +132,22 @@ def accuracy(
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 256,
+    progress: str | None = None,
 ) -> float:
-    """Top-1 accuracy in percent on uint8 N x H x W x C images, in eval mode, in chunks."""
+    """Top-1 accuracy in percent on uint8 N x H x W x C images, in eval mode, in chunks;
+    `progress` names a progress bar on stderr (None: silent)."""
     x, y = _check_images(x_uint8, y, mean, std)
     if batch_size < 1:
         raise CrossDistillError(f"batch size must be >= 1, got {batch_size}")
     device = module_device(model)
     correct = 0
-    with _eval_mode(model), torch.inference_mode():
+    with _eval_mode(model), torch.inference_mode(), progress_bar(progress, len(x), "img") as bar:
         for start in range(0, len(x), batch_size):
             # Normalise chunk by chunk: a float copy of a whole split would cost 4x its uint8 size.
             xb = to_tensor(x[start:start + batch_size], mean, std).to(device)
             pred = model(xb).argmax(1).cpu().numpy()
             correct += int((pred == y[start:start + batch_size]).sum())
+            bar.update(len(xb))
     return 100.0 * correct / len(x)
 
 
@@ -139,6 +185,7 @@ def measure_latency(
     threads: int | None = None,
     warmup: int = 5,
     repeats: int = 20,
+    progress: str | None = None,
 ) -> LatencyResult:
     """Median and IQR (ms) of a forward pass of `batch_size` random images using `threads` CPU threads.
 
@@ -156,16 +203,19 @@ def measure_latency(
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     x = torch.randn(batch_size, *input_size, device=device)
     times: list[float] = []
+    load = load_average()
     try:
-        with _eval_mode(model), torch.inference_mode():
+        with _eval_mode(model), torch.inference_mode(), progress_bar(progress, warmup + repeats, "pass") as bar:
             for _ in range(warmup):
                 model(x)
+                bar.update(1)
             sync()
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 model(x)
                 sync()
                 times.append((time.perf_counter() - t0) * 1000.0)
+                bar.update(1)
     finally:
         torch.set_num_threads(old_threads)
     q1, q3 = np.percentile(times, [25, 75])
@@ -177,6 +227,7 @@ def measure_latency(
         repeats=repeats,
         warmup=warmup,
         device=str(device),
+        load_average=load[0] if load else None,
     )
 
 
@@ -191,8 +242,10 @@ def evaluate_model(
     threads: int | None = None,
     measure_speed: bool = True,
     batch_size: int = 256,
+    label: str | None = None,
 ) -> dict[str, Any]:
-    """All report numbers in one dict.
+    """All report numbers in one dict; `label` (e.g. 'teacher') shows progress bars on stderr
+    while evaluating and timing (None: silent).
 
     `data` is an ImageArrays (anything with `.x` uint8 NHWC and `.y`) or an (x, y) pair.
     Returns top1 (%), n_eval, params, nonzero_params, flops (per image, 2 per MAC),
@@ -205,9 +258,12 @@ def evaluate_model(
             x, y = data
         except (TypeError, ValueError):
             raise CrossDistillError("data must be an ImageArrays or an (x, y) pair") from None
-    top1 = accuracy(model, x, y, mean, std, batch_size=batch_size)
+    top1 = accuracy(model, x, y, mean, std, batch_size=batch_size,
+                    progress=None if label is None else f"evaluating {label}")
     latency = (
-        [measure_latency(model, input_size, b, threads).as_dict() for b in latency_batch_sizes]
+        [measure_latency(model, input_size, b, threads,
+                         progress=None if label is None else f"timing {label} (batch {b})").as_dict()
+         for b in latency_batch_sizes]
         if measure_speed
         else []
     )
@@ -231,6 +287,7 @@ def evaluate_for(
     latency_batch_sizes: Sequence[int] = REPORT_LATENCY_BATCHES,
     threads: int | None = None,
     batch_size: int = 256,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """`evaluate_model` fed as the model expects: normalisation and input size from `info` (a
     `ModelInfo`, or a registered model name to look it up), latency timed at
@@ -248,4 +305,5 @@ def evaluate_for(
         latency_batch_sizes=tuple(latency_batch_sizes) if latency else (),
         threads=threads,
         batch_size=batch_size,
+        label=label,
     )

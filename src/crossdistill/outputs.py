@@ -1,8 +1,20 @@
-"""Results appear atomically or not at all, and never over an existing result without force."""
+"""Results appear atomically or not at all, never over an existing result without force, and
+never two runs into one output.
+
+A command that writes `--out` first claims it (`output_lock`): an exclusive lock on a file
+beside it (`.NAME.lock`), taken before any work, so a second run on the same `--out` fails at
+once with a message instead of silently replacing the first one's result at the end. The lock
+is a kernel lock (flock): a run killed with SIGKILL releases it by dying, and the next run
+cleans the temporary folders that dead runs left (their pid is in the name).
+`atomic_output_dir` adds the folder: a temporary one beside `out`, created at the claim (so an
+unwritable place fails before the work), renamed into place when the work succeeded.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -11,9 +23,14 @@ from typing import Any, Iterator
 
 from crossdistill.errors import CrossDistillError
 
+try:  # POSIX; elsewhere runs are not locked against each other (the checks below still apply)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 
 def check_output_dir(out: str | Path, force: bool) -> Path:
-    """Fail before any work is done if `out` exists and may not be replaced."""
+    """Fail if `out` exists and may not be replaced (a check without a claim; see output_lock)."""
     out = Path(out)
     if out.exists() and not force:
         raise CrossDistillError(f"output {out} already exists; pass --force to replace it")
@@ -22,26 +39,173 @@ def check_output_dir(out: str | Path, force: bool) -> Path:
     return out
 
 
+def _why_unwritable(out: Path, exc: OSError) -> str:
+    """The reason in the user's terms: which part of their path is in the way."""
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        for anc in [out, *out.parents]:
+            if anc.exists() and not anc.is_dir():
+                return f"{anc} is a file, not a folder"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        # Name the user's folder, not the lock or temporary name we tried to create in it.
+        where = next((a for a in [out.parent, *out.parent.parents] if a.exists()), out.parent)
+        return f"permission denied in {where}"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    return exc.strerror or str(exc)
+
+
+def _unwritable(out: Path, exc: OSError) -> CrossDistillError:
+    return CrossDistillError(f"cannot write {out}: {_why_unwritable(out, exc)}")
+
+
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
+
+
+def _acquire(lock: Path, out: Path) -> int:
+    """An fd holding an exclusive flock on `lock` (created if absent)."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError as exc:
+            try:  # another user's stale lock file: flock works on a read-only descriptor too
+                fd = os.open(lock, os.O_RDONLY)
+            except OSError:
+                raise _unwritable(out, exc) from None
+        except OSError as exc:
+            raise _unwritable(out, exc) from None
+        if fcntl is None:  # pragma: no cover
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise CrossDistillError(f"{out} is being written by another crossdistill run{who}; "
+                                    "wait for it to finish or choose another --out") from None
+        # The holder before us unlinks the file when it is done: if that happened between our
+        # open and our lock, we hold a lock nobody else can see; start again on the new file.
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            try:  # the holder's pid, for the message another run shows
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:
+                pass
+            return fd
+        os.close(fd)
+
+
+@contextmanager
+def output_lock(out: str | Path, force: bool = False) -> Iterator[Path]:
+    """Claim `out` (a file or a folder) for this process until the block ends.
+
+    Raises CrossDistillError before any work when another run holds the claim, when `out`
+    exists and `force` is not given, or when its folder cannot be written (naming `out`)."""
+    out = Path(out)
+    target = Path(os.path.abspath(out))  # `runs/x/`, `./runs/x` and `/abs/runs/x` share one lock
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
+    lock = _lock_path(target)
+    fd = _acquire(lock, out)
+    try:
+        if (target.exists() or target.is_symlink()) and not force:
+            raise CrossDistillError(f"output {out} already exists; pass --force to replace it")
+        yield target
+    finally:
+        # Unlink while still holding the lock: a waiting run then sees the inode change (_acquire).
+        try:
+            lock.unlink()
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a folder named with our pid before we made any: its process is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def clean_stale(target: Path) -> list[Path]:
+    """Remove the temporary folders of dead runs beside `target` (called with the claim held).
+    A `.old` folder of a run killed between its two renames is its previous result: put back
+    when `target` is missing, else removed. Returns what was removed or restored."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(\d+)(?:-|$)")
+    done = []
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return done
+    for p in entries:
+        m = pattern.match(p.name)
+        if not m or _pid_alive(int(m.group(2))):
+            continue
+        if m.group(1) == "old" and not target.exists():
+            os.replace(p, target)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        done.append(p)
+    return done
+
+
 @contextmanager
 def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside `out`; on success it becomes `out` in one rename."""
-    out = check_output_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    # mkdtemp makes the folder private (0700); the result should get the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """Claim `out`, yield a temporary folder beside it, and on success rename it to `out` in one
+    step (replacing the old `out` only with `force`). Do the work inside the block: the claim
+    and the temporary folder exist before it starts, so a clash or an unwritable `out` costs
+    nothing; on an exception the temporary folder is removed and `out` is left as it was."""
+    out = Path(out)
+    with output_lock(out, force) as target:
+        if target.exists() and not target.is_dir():
+            raise CrossDistillError(f"output {out} exists and is not a directory")
+        clean_stale(target)
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+        except OSError as exc:
+            raise _unwritable(out, exc) from None
+        # mkdtemp makes the folder private (0700); the result should get the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        try:
+            yield tmp
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            name = str(getattr(exc, "filename", None) or "")
+            if isinstance(exc, OSError) and name.startswith(str(tmp)):
+                # Disk full, quota: name the user's --out, not our temporary folder inside it.
+                inside = Path(name).relative_to(tmp)
+                raise CrossDistillError(f"cannot write {out}: {exc.strerror or exc} (writing {inside}); "
+                                        "nothing was written") from exc
+            raise
+        _commit(tmp, target, out, force)
+
+
+def _commit(tmp: Path, target: Path, out: Path, force: bool) -> None:
+    if target.exists() and not force:
+        # Only a writer that does not take the claim (another program, a person) gets here.
+        kept = target.with_name(f"{target.name}.conflict-{os.getpid()}")
+        os.replace(tmp, kept)
+        raise CrossDistillError(f"{out} was created by something else while this run worked; it was left "
+                                f"alone and this run's result is in {kept}")
     old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

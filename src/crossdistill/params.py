@@ -215,7 +215,9 @@ class Plugin:
         return {p.name: getattr(self, p.name) for p in self.params()}
 
     def describe(self) -> str:
-        shown = [f"{p.name}={format_value(getattr(self, p.name))}" for p in self.params() if p.spec.show]
+        # A setting left at None means "not used" or "the model's default": not part of the label.
+        shown = [f"{p.name}={format_value(getattr(self, p.name))}" for p in self.params()
+                 if p.spec.show and getattr(self, p.name) is not None]
         return f"{self.name}({','.join(shown)})" if shown else self.name
 
 

@@ -5,13 +5,12 @@ The report.json has the fields of `compress` (same pipeline, same evaluation) pl
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from crossdistill.baselines import BASELINES, get_baseline
 from crossdistill.baselines.settings import FitnetSettings
-from crossdistill.cli.compress_cmd import add_config_options, config_from_args
+from crossdistill.cli.compress_cmd import add_config_options, add_run_options, run_config
 from crossdistill.errors import CrossDistillError
-from crossdistill.outputs import atomic_output_dir, check_output_dir
+from crossdistill.outputs import atomic_output_dir
 
 # Choices a baseline fixes itself; giving them here would silently be ignored otherwise.
 FIXED = ("objective", "solver", "selection")
@@ -30,10 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("fitnet hint training")
     for q in FitnetSettings.params():
         g.add_argument(q.flag, dest=q.name, choices=q.choices(), help=f"{q.help} (default {q.default})")
-    p.add_argument("--out", type=Path, required=True, help="output directory (created atomically)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--no-latency", dest="no_latency", action="store_true", help="skip CPU latency measurement")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
@@ -46,15 +42,15 @@ def run(args: argparse.Namespace) -> int:
             f"baseline {args.name} fixes {', '.join(given)} itself; to combine its selection or solver with "
             "another objective use `crossdistill compress` (e.g. --selection thinet|lasso, --solver fskd)"
         )
-    cfg = config_from_args(args)
+    cfg = run_config(args)
     given = {q.name: getattr(args, q.name) for q in FitnetSettings.params() if getattr(args, q.name, None) is not None}
     if given:
         cfg = cfg.updated(**given)  # checked by their declaration (baselines/settings.py)
-    check_output_dir(args.out, args.force)  # fail before the work, not after
-    result, report = run_pipeline(cfg, show_progress=not args.quiet,
-                                  compress_fn=get_baseline(args.name, show_progress=not args.quiet))
-    report["baseline"] = args.name
+    # The claim comes before the work: a clash or an unwritable --out costs nothing.
     with atomic_output_dir(args.out, args.force) as tmp:
+        result, report = run_pipeline(cfg, show_progress=not args.quiet,
+                                      compress_fn=get_baseline(args.name, show_progress=not args.quiet))
+        report["baseline"] = args.name
         write_run(tmp, result, report)
     print(f"baseline {args.name}")
     print(format_summary(report))

@@ -3,11 +3,38 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from crossdistill.cli.config_options import add_config_options, config_from_args
-from crossdistill.outputs import atomic_output_dir, check_output_dir
+from crossdistill.outputs import atomic_output_dir
 
-__all__ = ["add_config_options", "config_from_args", "register", "run"]
+__all__ = ["add_config_options", "add_run_options", "config_from_args", "register", "run", "run_config"]
+
+
+def _add_new(group: argparse._ArgumentGroup, *flags: str, **kw: Any) -> None:
+    # A run setting may also get its flag from its declaration (config_options); that one wins.
+    try:
+        group.add_argument(*flags, **kw)
+    except argparse.ArgumentError:
+        pass
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--out, --force and the speed options of the commands that run the pipeline."""
+    p.add_argument("--out", type=Path, required=True,
+                   help="output directory: claimed before the work (a second run on it fails at once), "
+                        "written atomically at the end")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    g = p.add_argument_group("speed and output")
+    _add_new(g, "--latency", action="store_true", default=None,
+             help="also time CPU latency of teacher and student (off by default: it takes a while and "
+                  "means little on a busy machine; threads and load average are recorded beside it)")
+    # Old scripts pass --no-latency; it is the default now and stays accepted.
+    _add_new(g, "--no-latency", dest="no_latency", action="store_true", help=argparse.SUPPRESS)
+    _add_new(g, "--threads", type=int, default=None,
+             help="CPU threads for torch during the run: compression, evaluation and latency timing "
+                  "(default: torch's choice; recorded in report.json)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,23 +42,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compress",
         help="compress a teacher from a few samples per class",
         description="Layer-wise cross distillation of a pretrained model from K samples per class. "
-        "Writes the student (safetensors + spec), report.json, the few-shot indices and the resolved config to --out.",
+        "Writes the student (safetensors + spec), report.json, the few-shot indices and the resolved config to --out. "
+        "`crossdistill models` lists the model names.",
     )
     add_config_options(p)
-    p.add_argument("--out", type=Path, required=True, help="output directory (created atomically)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--no-latency", dest="no_latency", action="store_true", help="skip CPU latency measurement")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_options(p)
     p.set_defaults(func=run)
+
+
+def run_config(args: argparse.Namespace):
+    """The config of the flags, with --latency and --threads (flags of this module) applied."""
+    cfg = config_from_args(args)
+    changes: dict[str, Any] = {}
+    if getattr(args, "latency", None) is True:
+        changes["latency"] = True
+    if isinstance(getattr(args, "threads", None), int):
+        changes["threads"] = args.threads  # checked (>= 1) by its declaration
+    return cfg.updated(**changes) if changes else cfg
 
 
 def run(args: argparse.Namespace) -> int:
     from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
 
-    cfg = config_from_args(args)
-    check_output_dir(args.out, args.force)  # fail before the work, not after
-    result, report = run_pipeline(cfg, show_progress=not args.quiet)
+    cfg = run_config(args)
+    # The claim comes before the work: a clash or an unwritable --out costs nothing.
     with atomic_output_dir(args.out, args.force) as tmp:
+        result, report = run_pipeline(cfg, show_progress=not args.quiet)
         write_run(tmp, result, report)
     print(format_summary(report))
     print(f"written to {args.out}")

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Fashion-MNIST end to end: a small CNN teacher is trained once and cached in the "
         "user cache directory; half of its channels are then removed by cross distillation from K=5 "
         "training images per class, and teacher, prune-only and cross-distilled student are compared on "
-        "the full test set (top-1, params, FLOPs, CPU latency). Writes report.md, demo.png, report.json "
+        "the full test set (top-1, params, FLOPs; CPU latency with --latency). Writes report.md, demo.png, report.json "
         "and the student to --out. Fashion-MNIST comes from /usr/share/datasets/fashion-mnist "
         "(apt install dataset-fashion-mnist) or is downloaded once, checksummed.",
     )
@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs", type=int, default=2, help="teacher training epochs (default 2; the cache is per setting)")
     g.add_argument("--retrain", action="store_true", help="train the teacher again even if a cached one exists")
     g = p.add_argument_group("speed")
-    g.add_argument("--no-latency", dest="latency", action="store_false", help="skip CPU latency measurement")
+    g.add_argument("--latency", action="store_true", help="also time CPU latency of teacher and student (off by "
+                   "default: it means little on a busy machine)")
+    g.add_argument("--no-latency", dest="no_latency", action="store_true", help=argparse.SUPPRESS)  # old default
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, lowered to the idle cores when the machine is busy)")
     g.add_argument("--train-subset", type=int, help="use only the first N training images (quick checks)")
     g.add_argument("--test-subset", type=int, help="evaluate on the first N test images only (quick checks)")

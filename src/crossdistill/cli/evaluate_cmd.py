@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from crossdistill.errors import CrossDistillError
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", help="registered model name (optional when the weights file records it)")
-    p.add_argument("--weights", required=True, help=".th/.pt/.pth (read with weights_only) or .safetensors")
+    p.add_argument("--weights", required=True, help=".th/.pt/.pth (read with weights_only), .safetensors, or a run "
+                   "folder of `crossdistill compress` (its student.safetensors)")
     p.add_argument("--eval-data", dest="eval_data", required=True,
                    help="test data: .npz, cifar-10-batches-py folder, Fashion-MNIST folder, or 'cifar10'/'fashion-mnist'")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="images per forward pass (default 256)")
@@ -38,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated batch sizes to time (default 1)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads while timing (default: torch's setting)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -71,18 +74,22 @@ def run(args: argparse.Namespace) -> int:
     from crossdistill.data import load_image_data
     from crossdistill.evaluation import evaluate_for
     from crossdistill.models import load_model, model_info
+    from crossdistill.persistence.files import resolve_model_path
 
     if args.batch_size < 1:
         raise CrossDistillError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:  # refused even when --no-latency leaves it unused
         raise CrossDistillError(f"threads must be >= 1, got {args.threads}")
-    model = load_model(args.weights, args.model)
+    # A run folder is read as `load` and `export` read it: the model file inside.
+    weights = resolve_model_path(args.weights) if Path(args.weights).is_dir() else args.weights
+    model = load_model(weights, args.model)
     name = model.crossdistill_name
     info = model_info(name)
     data = load_image_data(args.eval_data, "test")
     check_data_fits_model(data, name, num_classes=model.spec().get("num_classes"), role=str(args.eval_data))
     result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,
-                          threads=args.threads, batch_size=args.batch_size)
+                          threads=args.threads, batch_size=args.batch_size,
+                          label=None if args.quiet else "model")
     result = {"model": name, "weights": str(args.weights), "eval_data": str(args.eval_data),
               "spec": model.spec(), **result}
     print(json.dumps(result, indent=2) if args.json else format_table(result))

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from crossdistill.errors import CrossDistillError
 
+# What each format needs beyond the base install (the `export` extra of pyproject.toml).
+EXTRA_MODULES = {"onnx": ("onnx", "onnxruntime"), "torchscript": ()}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -30,8 +33,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_extra(fmt: str) -> None:
+    """Refuse, with the install command, a format whose optional packages are missing."""
+    import importlib
+
+    for module in EXTRA_MODULES.get(fmt, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise CrossDistillError(f"{fmt} export needs the package {module!r}, which is not installed: "
+                                    "pip install 'crossdistill[export]'") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    from crossdistill.export import export
+    from crossdistill.export import default_output, export
+    from crossdistill.outputs import output_lock
 
     if args.n_verify < 1:
         raise CrossDistillError(f"--n-verify must be >= 1, got {args.n_verify}")
@@ -39,8 +55,12 @@ def run(args: argparse.Namespace) -> int:
         raise CrossDistillError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     if args.opset < 9:
         raise CrossDistillError(f"--opset must be >= 9, got {args.opset}")
-    res = export(args.source, args.format, args.out, eval_data=args.eval_data, n_verify=args.n_verify,
-                 tolerance=args.tolerance, force=args.force, model_name=args.model, opset=args.opset)
+    check_extra(args.format)
+    out = args.out if args.out is not None else default_output(args.source, args.format)
+    # Claimed for the whole export: two exports to one file cannot silently replace each other.
+    with output_lock(out, args.force):
+        res = export(args.source, args.format, out, eval_data=args.eval_data, n_verify=args.n_verify,
+                     tolerance=args.tolerance, force=args.force, model_name=args.model, opset=args.opset)
     print(f"exported {args.source} to {res.path} ({res.format}, {res.bytes:,} bytes)")
     print(f"verified on {res.inputs}: max |logit difference| vs PyTorch = {res.max_abs_diff:.3g} "
           f"(tolerance {args.tolerance:g})")

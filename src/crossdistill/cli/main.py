@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
-from typing import Sequence
+import warnings
+from typing import Any, Iterator, Sequence
 
 from crossdistill._version import __version__
 from crossdistill.errors import CrossDistillError
@@ -18,6 +20,7 @@ COMMANDS = [
     "crossdistill.cli.demo_cmd",
     "crossdistill.cli.baseline_cmd",
     "crossdistill.cli.export_cmd",
+    "crossdistill.cli.models_cmd",
 ]
 
 
@@ -34,11 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Our own warnings (e.g. data that lacks classes) as one readable line on stderr, not
+    Python's `file:line: Category: ...` with a source line; others keep their format."""
+    default = warnings.showwarning
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if category.__module__.startswith("crossdistill"):
+            print(f"crossdistill: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _one_line_warnings():
+            return int(args.func(args) or 0)
     except CrossDistillError as exc:
         print(f"crossdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -2,40 +2,39 @@
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+
+from crossdistill.reporting.render import code_line  # noqa: F401  (re-exported: older callers import it here)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
         help="markdown tables and PNG plots from a sweep database",
-        description="Aggregate a sweep database: per compression setting, a table of top-1 "
-        "(mean ± std over seeds) per method and K with n_eval and seconds, a plot of accuracy vs K "
-        "(one line per method, error bars over seeds) and a plot of accuracy vs FLOPs. "
-        "Writes report.md, the PNGs and report.json to --out.",
+        description="Render a results database as one report kind: accuracy (default: per compression "
+        "setting a table of top-1, mean ± std over seeds, per method and K, with n_eval and seconds, and "
+        "plots of accuracy vs K and vs FLOPs), latency (teacher and students, speed-ups), paired (accuracy "
+        "tables plus paired differences to a reference method) or solvers (first-K and random draws, layer "
+        "losses, seconds, speed-ups). Without --kind, the kind the sweep file declares (report:), else "
+        "accuracy. Writes report.md, the PNGs and report.json to --out.",
     )
     p.add_argument("db", type=Path, help="SQLite file written by `crossdistill sweep`")
     p.add_argument("--out", type=Path, help="output folder (default: DB name + '-report')")
+    p.add_argument("--kind", help="report kind (crossdistill.reporting.kinds.REPORT_KINDS)")
+    p.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the report kind (repeatable), e.g. --set reference=objective=nocross")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from crossdistill.reporting import load_runs, render_report
+    from crossdistill.sweep import parse_set
 
     out = args.out or args.db.with_name(args.db.stem + "-report")
-    summary = render_report(args.db, out, force=args.force)
+    summary = render_report(args.db, out, force=args.force, kind=args.kind, params=parse_set(args.set_values))
     print((out / "report.md").read_text())
-    print(f"{summary['runs']} runs ({summary['failed']} failed); {len(summary['plots'])} plots; written to {out}")
+    print(f"{summary['runs']} runs ({summary['failed']} failed); kind {summary['kind']}; "
+          f"{len(summary['plots'])} plots; written to {out}")
     print(code_line(load_runs(args.db)))
     return 0
-
-
-def code_line(rows: Sequence[Any]) -> str:
-    """Which code made the runs: library version and git commit per row, counted (rows of
-    databases older than these columns, or runs made outside a git checkout, show 'unknown')."""
-    counts = Counter((r.crossdistill_version or "unknown", r.git_commit or "unknown") for r in rows)
-    made = ", ".join(f"crossdistill {v} at commit {c} ({n})" for (v, c), n in counts.most_common())
-    return f"made by: {made}" if made else "made by: (no runs)"

@@ -77,6 +77,7 @@ class ChannelPruning(CompressionMethod):
         return self._plan.summary() if self._plan is not None else {}
 
     def describe(self) -> str:
+        # The keep ratio is found from flops, so the given keep would only mislead.
         return f"channels(flops={self.flops:g})" if self.flops is not None else super().describe()
 
 

@@ -86,10 +86,12 @@ class ImageArrays:
             )
         # Compare before casting: a uint64 label above the int64 range would otherwise wrap.
         lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= self.num_classes:
-            bad = lo if lo < 0 else hi
+        if lo < 0:
+            # Not "outside [0, K)": K is often inferred from the labels, so it would be misleading.
+            raise CrossDistillError(f"image data{where}: label {lo} is negative; labels are class numbers 0, 1, 2, ...")
+        if hi >= self.num_classes:
             raise CrossDistillError(
-                f"image data{where}: label {bad} is outside [0, {self.num_classes})"
+                f"image data{where}: label {hi} is outside [0, {self.num_classes})"
             )
         if y.dtype != np.int64:
             self.y = y.astype(np.int64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,6 +27,23 @@ def _labels_array(labels: Sequence[int] | np.ndarray) -> np.ndarray:
     if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
         raise CrossDistillError(f"labels must be integers, got dtype {y.dtype}")
     return y.astype(np.int64, copy=False)
+
+
+class ClassCoverageWarning(UserWarning):
+    """The training data lacks some of the model's classes: the student sees none of them."""
+
+
+def check_class_coverage(labels: Sequence[int] | np.ndarray, num_classes: int, where: str = "data") -> list[int]:
+    """Images per class (length `num_classes`); warns when some class has none, since a
+    student distilled without a class's images is fitted to the other classes only."""
+    counts = np.bincount(_labels_array(labels), minlength=num_classes)[:num_classes]
+    present = int((counts > 0).sum())
+    if present < num_classes:
+        shown = ", ".join(f"{c}: {int(n)}" for c, n in enumerate(counts) if n) or "none"
+        warnings.warn(f"{where}: the images cover {present} of the model's {num_classes} classes "
+                      f"(images per class {shown}); the student learns nothing about the others",
+                      ClassCoverageWarning, stacklevel=2)
+    return [int(n) for n in counts]
 
 
 def _check_count(value: Any, name: str) -> int:
@@ -66,14 +84,14 @@ def sample_few_shot(
     rng = np.random.default_rng(seed)
 
     if n is not None:
-        n = _check_count(n, "n")
+        n = _check_count(n, "n_samples (--n-samples)")
         if n > len(y):
             raise CrossDistillError(f"n={n} is larger than the data set ({len(y)} images)")
         if mode == "first":
             return np.arange(n, dtype=np.int64)
         return np.sort(rng.choice(len(y), size=n, replace=False)).astype(np.int64)
 
-    k = _check_count(shots, "shots")
+    k = _check_count(shots, "shots (--shots)")
     k_classes = int(y.max()) + 1 if num_classes is None else int(num_classes)
     if int(y.max()) >= k_classes:
         raise CrossDistillError(f"label {int(y.max())} is outside [0, {k_classes})")

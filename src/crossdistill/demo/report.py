@@ -43,20 +43,20 @@ def print_results(report: dict[str, Any], base_report: dict[str, Any], log: Text
     return text
 
 
-def write_report(out: Path, force: bool, result: Any, report: dict[str, Any], summary: dict[str, Any], table: str,
+def write_report(folder: Path, result: Any, report: dict[str, Any], summary: dict[str, Any], table: str,
                  t_start: float) -> None:
-    """The report folder, written whole or not at all: student/, demo.png, report.md, report.json.
+    """Fill the (claimed, temporary) report folder: student/, demo.png, report.md, report.json.
     Sets summary['timings']['total'] (the run up to the last file)."""
-    from crossdistill.outputs import atomic_output_dir, write_json
+    from crossdistill.outputs import write_json
     from crossdistill.pipeline import write_run
 
-    with atomic_output_dir(out, force) as tmp:
-        write_run(tmp / "student", result, report)
-        fig = demo_figure(summary)
-        fig.savefig(tmp / "demo.png", format="png")
-        summary["timings"]["total"] = time.perf_counter() - t_start
-        (tmp / "report.md").write_text(demo_markdown(summary, table))
-        write_json(tmp / "report.json", summary)
+    (folder / "student").mkdir()
+    write_run(folder / "student", result, report)
+    fig = demo_figure(summary)
+    fig.savefig(folder / "demo.png", format="png")
+    summary["timings"]["total"] = time.perf_counter() - t_start
+    (folder / "report.md").write_text(demo_markdown(summary, table))
+    write_json(folder / "report.json", summary)
 
 
 def demo_figure(summary: dict[str, Any]):

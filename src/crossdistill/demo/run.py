@@ -10,13 +10,13 @@ from typing import Any, TextIO
 import torch
 
 from crossdistill.config import CompressConfig
-from crossdistill.data import ImageArrays, load_image_data
+from crossdistill.data import ImageArrays
 from crossdistill.demo.cache import TeacherEntry, get_teacher, store_teacher
 from crossdistill.demo.options import DemoOptions, compress_config
 from crossdistill.demo.report import build_summary, print_results, write_report
 from crossdistill.demo.teacher import fingerprint
 from crossdistill.errors import CrossDistillError
-from crossdistill.evaluation import evaluate_for
+from crossdistill.evaluation import evaluate_for, load_average
 
 
 def default_threads() -> int:
@@ -60,25 +60,26 @@ class DemoRun:
 def run_demo(opts: DemoOptions, *, train: ImageArrays | None = None, test: ImageArrays | None = None,
              log: TextIO | None = None) -> dict[str, Any]:
     """The whole demo; returns what report.json holds. `train`/`test` skip loading (tests)."""
-    from crossdistill.outputs import check_output_dir
+    from crossdistill.outputs import atomic_output_dir
 
     log = log if log is not None else sys.stdout
     t_start = time.perf_counter()
-    check_output_dir(opts.out, opts.force)  # fail before the work, not after
     compress_config(opts)  # bad settings (e.g. --keep 2) fail now, not after the teacher's training
     opts.recipe.validate()
     if opts.threads is not None and opts.threads < 1:
         raise CrossDistillError(f"threads must be >= 1, got {opts.threads}")
     threads = opts.threads if opts.threads is not None else default_threads()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        run = _run(opts, train, test, threads, log)
-    finally:
-        torch.set_num_threads(old_threads)
-    summary = build_summary(opts, run.entry, run.teacher_metrics, run.report, run.base_report, run.timings)
-    text = print_results(run.report, run.base_report, log)
-    write_report(opts.out, opts.force, run.result, run.report, summary, text, t_start)
+    # --out is claimed before the work: a second demo on it, or an unwritable place, fails now.
+    with atomic_output_dir(opts.out, opts.force) as folder:
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            run = _run(opts, train, test, threads, log)
+        finally:
+            torch.set_num_threads(old_threads)
+        summary = build_summary(opts, run.entry, run.teacher_metrics, run.report, run.base_report, run.timings)
+        text = print_results(run.report, run.base_report, log)
+        write_report(folder, run.result, run.report, summary, text, t_start)
     total = summary["timings"]["total"]
     print(f"\ntotal {total:.0f} s (teacher {'from cache' if run.entry.cached else f'trained in {run.entry.seconds:.0f} s'}); "
           f"report in {opts.out}/ (report.md, demo.png, student/)", file=log, flush=True)
@@ -88,16 +89,20 @@ def run_demo(opts: DemoOptions, *, train: ImageArrays | None = None, test: Image
 def _run(opts: DemoOptions, train: ImageArrays | None, test: ImageArrays | None, threads: int,
          log: TextIO) -> DemoRun:
     """Data, teacher, its evaluation, cross distillation and the prune-only baseline, timed."""
+    from crossdistill.pipeline import load_with_progress
+
     t0 = time.perf_counter()
-    train = subset(train if train is not None else load_image_data(opts.data, "train"), opts.train_subset)
-    test = subset(test if test is not None else load_image_data(opts.data, "test"), opts.test_subset)
+    show = opts.show_progress
+    train = subset(train if train is not None else load_with_progress(opts.data, "train", show), opts.train_subset)
+    test = subset(test if test is not None else load_with_progress(opts.data, "test", show), opts.test_subset)
     load_seconds = time.perf_counter() - t0
     print(f"data: {len(train.y)} training and {len(test.y)} test images ({train.source or opts.data}); "
           f"{threads} CPU thread{'s' if threads != 1 else ''}", file=log, flush=True)
 
     entry = get_teacher(train, opts, log)
     t0 = time.perf_counter()
-    teacher_metrics = evaluate_for(entry.model, test, opts.recipe.model, latency=opts.latency)
+    teacher_metrics = evaluate_for(entry.model, test, opts.recipe.model, latency=opts.latency,
+                                   label="teacher" if opts.show_progress else None)
     teacher_eval_seconds = time.perf_counter() - t0
     if not entry.cached:
         _cache_new_teacher(entry, train, teacher_metrics, opts, log)
@@ -119,6 +124,7 @@ def _run(opts: DemoOptions, train: ImageArrays | None, test: ImageArrays | None,
         "cross_distillation_with_eval": cross_seconds,
         "prune_only_with_eval": baseline_seconds,
         "threads": threads,
+        "load_average": load_average(),  # the timings mean little without it
     }
     return DemoRun(entry, teacher_metrics, result, report, base_report, timings)
 

@@ -28,6 +28,8 @@ class SlimCodec(ArtifactCodec):
                 "kept": {str(g): [int(u) for u in kept] for g, kept in record["kept"].items()}}, {}
 
     def validate(self, metadata: Any) -> dict[str, Any]:
+        if metadata in (None, {}):
+            return {}  # a model that was not slimmed this way
         size, kept = (metadata or {}).get("input_size"), (metadata or {}).get("kept")
         if not (isinstance(size, list) and len(size) >= 1 and all(is_int(v) and v >= 1 for v in size)):
             raise DocumentError("'channel_groups.input_size' must be a list of positive integers")
