@@ -129,3 +129,19 @@ def test_plan_counts_follow_the_keep_ratio():
     teacher, example = build("densenet")
     plan = plan_graph_channels(teacher, example, lambda g: max(1, g.width // 2))
     assert plan.groups and all(plan.keep[gid] == max(1, g.width // 2) for gid, g in plan.groups.items())
+
+
+def test_tp_magnitude_keeps_the_heaviest_channels():
+    from crossdistill.compression.graph_plan import group_magnitude
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 3), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+                              torch.nn.Conv2d(6, 4, 3)).eval()
+    with torch.no_grad():
+        for m in net:
+            if hasattr(m, "weight"):
+                m.weight.fill_(0.01)
+        net[0].weight[4] = 5.0  # channel 4: heavy filter
+        net[3].weight[:, 1] = 5.0  # channel 1: heavy reader columns
+    plan = plan_graph_channels(net, torch.randn(1, 2, 8, 8), lambda g: 2, prune_classifier=True)
+    (g,) = [g for g in plan.groups.values() if g.producers[0].name == "0"]
+    assert group_magnitude(g, net, 2) == [1, 4]

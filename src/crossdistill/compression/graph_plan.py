@@ -23,7 +23,7 @@ from crossdistill.solvers.base import LayerTask
 from crossdistill.solvers.unit_selection import Reader, select_units_norm, select_units_obs
 
 # Criteria that work on any group; the others (thinet, lasso) need one reader fed channel by channel.
-GENERAL_SELECTIONS = ("obs", "weight-norm", "l1")
+GENERAL_SELECTIONS = ("obs", "weight-norm", "l1", "tp-magnitude")
 
 
 def solvable(module: nn.Module) -> bool:
@@ -85,6 +85,8 @@ class GraphChannelPlan:
     def _choose(self, gid: int, task: LayerTask, problem: QuadraticProblem, student: nn.Module,
                 select: Callable, selection: str, coupled: Mapping[str, QuadraticProblem]) -> list[int]:
         g, k, gs = self.groups[gid], self.keep[gid], task.group
+        if selection == "tp-magnitude":
+            return group_magnitude(g, student, k)
         units = self.unit_columns(gid, task.name, gs)
         dropped = self.dropped_columns(task.name, gs, skip=gid)
         d = problem.B.shape[1]
@@ -152,6 +154,31 @@ def _select_l1(g: ChannelGroup, student: nn.Module, keep: int) -> list[int]:
         per_out = w.abs().reshape(w.shape[0], -1).sum(1)
         for u, chans in enumerate(p.channels):
             scores[u] += per_out[list(chans)].sum()
+    return torch.sort(torch.topk(scores, keep).indices).values.tolist()
+
+
+def group_magnitude(g: ChannelGroup, model: nn.Module, keep: int) -> list[int]:
+    """Torch-Pruning's default criterion (MagnitudeImportance, p=2, group_reduction='mean'),
+    written out on our groups: per layer, each channel's squared L2 norm over its parameters
+    (producers' filter rows, norms' scales, readers' input columns), averaged over the layers;
+    the units with the largest sums are kept. Data-free: the baseline the closed form is
+    compared with at the same FLOPs."""
+    per_layer: list[torch.Tensor] = []
+    for role, layers in (("out", g.producers), ("norm", g.norms), ("in", g.consumers)):
+        for lc in layers:
+            mod = get_module(model, lc.name)
+            w = getattr(mod, "weight", None)
+            if w is None:
+                continue
+            w = w.detach().to(torch.float64)
+            if role == "out" or role == "norm":
+                per_ch = w.reshape(w.shape[0], -1).pow(2).sum(1)
+            elif w.dim() > 1 and (getattr(mod, "groups", 1) == 1):
+                per_ch = w.transpose(0, 1).reshape(w.shape[1], -1).pow(2).sum(1)
+            else:
+                continue  # a depthwise reader is already counted as a producer
+            per_layer.append(torch.stack([per_ch[list(unit)].sum() for unit in lc.channels]))
+    scores = torch.stack(per_layer).mean(0)
     return torch.sort(torch.topk(scores, keep).indices).values.tolist()
 
 

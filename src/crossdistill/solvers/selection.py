@@ -71,12 +71,27 @@ def select_obs(problem: QuadraticProblem, task: LayerTask, student: nn.Module) -
     return torch.nonzero(alive).flatten()
 
 
+def select_tp_magnitude(problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> torch.Tensor:
+    """Torch-Pruning's magnitude criterion for one producer → reader pair: squared L2 norms of the
+    producer's filters, its norm's scales and the reader's columns, averaged over the layers.
+    Models pruned through channel groups use compression.graph_plan.group_magnitude instead."""
+    n = _n_channels(problem, task)
+    reader = problem.w_teacher.reshape(problem.w_teacher.shape[0], n, task.group).pow(2).sum((0, 2))
+    layers = [reader / 1.0]
+    for name in (task.producer, task.bn):
+        if name is not None:
+            w = student.get_submodule(name).weight.detach().to(reader.dtype)
+            layers.append(w.reshape(w.shape[0], -1).pow(2).sum(1))
+    return _top(torch.stack(layers).mean(0), task.keep)
+
+
 SELECTORS: dict[str, Selector] = {
     "l1": select_l1,
     "obs": select_obs,
     "weight-norm": select_weight_norm,
     "thinet": select_thinet,
     "lasso": select_lasso,
+    "tp-magnitude": select_tp_magnitude,
 }
 
 
