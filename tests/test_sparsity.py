@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from crossdistill.compression import create_method
-from crossdistill.compression.weight_sparsity import get_masks, prunable_convs
+from crossdistill.compression.weight_sparsity import get_masks, prunable_layers
 from crossdistill.config import CompressConfig
 from crossdistill.engine import distill_layers
 from crossdistill.errors import CrossDistillError
@@ -180,7 +180,7 @@ def sparse_tiny(sparsity=0.6, solver="closed-form", pattern="layer"):
 
 def test_method_prunes_every_conv_but_the_first_and_measures_sparsity():
     teacher, student, recs, method = sparse_tiny(0.6)
-    assert [r.name for r in recs] == ["conv2", "conv3"] == prunable_convs(teacher)
+    assert [r.name for r in recs] == ["conv2", "conv3"] == prunable_layers(teacher)
     assert torch.equal(student.conv1.weight, teacher.conv1.weight)
     masks = get_masks(student)
     assert sorted(masks) == ["conv2", "conv3"]

@@ -1,12 +1,13 @@
 """Capture of hidden states: the input a layer sees, and its unfolded (im2col) patches."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossdistill.capture_points import capture_mode, capture_point, indirect_layers
 from crossdistill.errors import CrossDistillError
 
 SOLVABLE = (nn.Conv2d, nn.Linear)
@@ -23,27 +24,45 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         raise CrossDistillError(f"model has no layer named {name!r}") from exc
 
 
-def check_solvable(module: nn.Module, name: str) -> None:
-    """Only dense convs and linears have the `Y = W X` form the solvers rely on."""
+def unsupported_reason(module: nn.Module) -> str | None:
+    """Why the solvers cannot handle `module` (None when they can): only convs and linears have
+    the `Y = W X` form they rely on (a grouped conv is one such problem per group)."""
     if not isinstance(module, SOLVABLE):
-        raise CrossDistillError(
-            f"layer {name!r} is a {type(module).__name__}; only Conv2d and Linear layers can be compressed"
-        )
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        raise CrossDistillError(f"layer {name!r} is a grouped conv (groups={module.groups}); not supported")
+        return f"a {type(module).__name__}; only Conv2d and Linear layers can be compressed"
     if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
-        raise CrossDistillError(f"layer {name!r} uses padding_mode={module.padding_mode!r}; only 'zeros' is supported")
+        return f"padding_mode={module.padding_mode!r}; only 'zeros' is supported"
+    return None
+
+
+def check_solvable(module: nn.Module, name: str, *, channel_pruning: bool = False) -> None:
+    reason = unsupported_reason(module)
+    if reason is not None:
+        verb = "uses" if reason.startswith("padding_mode") else "is"
+        raise CrossDistillError(f"layer {name!r} {verb} {reason}")
+    if channel_pruning and conv_groups(module) != 1:
+        # Dropping input channels of one group would leave the groups unequal.
+        raise CrossDistillError(f"layer {name!r} is a grouped conv (groups={module.groups}); "
+                                "channel pruning of grouped convs is not supported")
+
+
+def conv_groups(module: nn.Module) -> int:
+    """Independent row blocks of the layer: output rows of conv group g see only group g's input
+    channels, so each group is its own quadratic problem (1 for a linear or an ungrouped conv)."""
+    return module.groups if isinstance(module, nn.Conv2d) else 1
 
 
 def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Names of the convs and linears in the order a forward pass runs them."""
+    """Names of the convs and linears in the order a forward pass runs them (a layer that its
+    parent applies without calling it, e.g. an attention's out_proj, when the parent runs)."""
     order: list[str] = []
     handles = []
     for name, mod in model.named_modules():
         if isinstance(mod, SOLVABLE):
             handles.append(mod.register_forward_hook(lambda m, i, o, n=name: order.append(n)))
+    for parent, name in indirect_layers(model):
+        handles.append(parent.register_forward_hook(lambda m, i, o, n=name: order.append(n)))
     try:
-        with torch.inference_mode():
+        with capture_mode():
             model(example)
     finally:
         for h in handles:
@@ -54,7 +73,8 @@ def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
 
 def layer_inputs(model: nn.Module, name: str, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
     """Yield, batch by batch, the input tensor of layer `name` (the forward stops there)."""
-    return _inputs_through(get_module(model, name), name, model, batches, where="the forward pass")
+    get_module(model, name)  # a missing layer named as such
+    return _inputs_through(model, name, model, batches, where="the forward pass")
 
 
 def all_layer_inputs(model: nn.Module, names: Iterable[str], batches: Iterable[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
@@ -62,12 +82,14 @@ def all_layer_inputs(model: nn.Module, names: Iterable[str], batches: Iterable[t
     which never changes, so its hidden states are computed once for all layers)."""
     names = list(names)
     store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    handles = [
-        get_module(model, n).register_forward_pre_hook(lambda m, i, n=n: store[n].append(i[0].detach()))
-        for n in names
-    ]
+    handles = []
+    for n in names:
+        get_module(model, n)  # a missing layer named as such
+        point = capture_point(model, n)
+        handles.append(point.module.register_forward_pre_hook(
+            lambda m, a, k, n=n, read=point.read: store[n].append(read(m, a, k).detach()), with_kwargs=True))
     try:
-        with torch.inference_mode():
+        with capture_mode():
             for batch in batches:
                 model(batch)
     finally:
@@ -143,7 +165,7 @@ class StudentInputs:
         # A units list that does not compose to the forward would silently feed wrong inputs.
         assert self.units is not None
         x = self.batches[0][:2]
-        with torch.inference_mode():
+        with capture_mode():
             y = x
             for _, fn in self.units:
                 y = fn(y)
@@ -163,33 +185,35 @@ class StudentInputs:
         unit = self._unit_of(name) if self.units is not None else None
         if unit is None:
             return list(layer_inputs(self.model, name, self.batches))
+        get_module(self.model, name)
         if unit < self._cursor:
             raise CrossDistillError(f"layer {name!r} asked for after a later layer: layers must go front to back")
-        with torch.inference_mode():
+        with capture_mode():
             while self._cursor < unit:
                 fn = self.units[self._cursor][1]
                 self._cached = [fn(x) for x in self._cached]
                 self._cursor += 1
-        return list(_inputs_through(get_module(self.model, name), name, self.units[unit][1], self._cached))
+        return list(_inputs_through(self.model, name, self.units[unit][1], self._cached))
 
 
 def _inputs_through(
-    module: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor], inputs: Iterable[torch.Tensor],
+    model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor], inputs: Iterable[torch.Tensor],
     *, where: str = "its forward unit",
 ) -> Iterator[torch.Tensor]:
-    """Run `fn` on each input until `module` is reached; yield what `module` would have received."""
+    """Run `fn` on each input until layer `name` of `model` is reached; yield what it would have received."""
     box: list[torch.Tensor] = []
+    point = capture_point(model, name)
 
-    def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        box.append(args[0].detach())
+    def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        box.append(point.read(mod, args, kwargs).detach())
         raise _StopForward
 
-    handle = module.register_forward_pre_hook(hook)
+    handle = point.module.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for x in inputs:
             box.clear()
             try:
-                with torch.inference_mode():
+                with capture_mode():
                     fn(x)
             except _StopForward:
                 pass

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from crossdistill.capture import patches
+from crossdistill.capture import conv_groups, patches
 
 # float64 for the sums and the solves: with few samples the moments are nearly singular.
 DTYPE = torch.float64
@@ -31,11 +31,17 @@ class Moments:
 
 
 class MomentAccumulator:
-    """Add paired (teacher, student) layer inputs batch by batch, then `finish()`."""
+    """Add paired (teacher, student) layer inputs batch by batch, then `finish()`.
+
+    A grouped conv's output rows of group g see only group g's input channels, i.e. the columns
+    g·D … (g+1)·D − 1 of the unfolded input (channel-major, D = in/groups·k²). Its moments are
+    kept as one D×D block per group (`finish_groups()`): the cross-group blocks are never
+    needed, and for a depthwise conv they would be almost all of a (C·k²)² matrix."""
 
     def __init__(self, module: nn.Module, chunk_images: int = 16) -> None:
         self.module = module
         self.chunk = chunk_images
+        self.groups = conv_groups(module)
         self._tt: torch.Tensor | None = None
         self._ss: torch.Tensor | None = None
         self._ts: torch.Tensor | None = None
@@ -49,22 +55,42 @@ class MomentAccumulator:
             pt = patches(self.module, x_teacher[start : start + self.chunk].float())
             ps = patches(self.module, x_student[start : start + self.chunk].float())
             if self._tt is None:
-                d = pt.shape[-2]
-                self._tt = torch.zeros(d, d, dtype=DTYPE)
-                self._ss = torch.zeros(d, d, dtype=DTYPE)
-                self._ts = torch.zeros(d, d, dtype=DTYPE)
+                d = pt.shape[-2] // self.groups
+                shape = (d, d) if self.groups == 1 else (self.groups, d, d)
+                self._tt = torch.zeros(shape, dtype=DTYPE)
+                self._ss = torch.zeros(shape, dtype=DTYPE)
+                self._ts = torch.zeros(shape, dtype=DTYPE)
             # A chunk's products in float32 (fast), the running sums in float64 (exact enough
             # however many chunks are added).
-            self._tt += _gram(pt, pt)
-            self._ss += _gram(ps, ps)
-            self._ts += _gram(pt, ps)
+            gram = _gram if self.groups == 1 else self._group_gram
+            self._tt += gram(pt, pt)
+            self._ss += gram(ps, ps)
+            self._ts += gram(pt, ps)
             self.count += pt.shape[0] * pt.shape[2]
 
+    def _group_gram(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(groups, D, D): per group, the sum over images and positions of a_g b_gᵀ, as float64."""
+        n, _, positions = a.shape
+        a4 = a.reshape(n, self.groups, -1, positions)
+        b4 = a4 if b is a else b.reshape(n, self.groups, -1, positions)
+        return torch.einsum("ngdl,ngel->gde", a4, b4).to(DTYPE)
+
     def finish(self) -> Moments:
+        """The layer's moments (a layer of one group; see `finish_groups` for grouped convs)."""
+        if self.groups != 1:
+            raise ValueError(f"a conv of {self.groups} groups has moments per group: use finish_groups()")
+        return self.finish_groups()[0]
+
+    def finish_groups(self) -> list[Moments]:
+        """One Moments per conv group, in group order (a single one for every other layer)."""
         if self._tt is None or self.count == 0:
             raise ValueError("no samples were accumulated")
+        assert self._ss is not None and self._ts is not None
         n = float(self.count)
-        return Moments(tt=self._tt / n, ss=self._ss / n, ts=self._ts / n, count=self.count)
+        if self.groups == 1:
+            return [Moments(tt=self._tt / n, ss=self._ss / n, ts=self._ts / n, count=self.count)]
+        return [Moments(tt=self._tt[g] / n, ss=self._ss[g] / n, ts=self._ts[g] / n, count=self.count)
+                for g in range(self.groups)]
 
 
 def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -2,20 +2,29 @@
 
 A k×k conv (out × in) becomes a k×k conv with r output channels (same stride, padding and
 dilation) followed by a 1×1 conv r → out that carries the original bias; a Linear becomes
-Linear(in → r, no bias) then Linear(r → out). The solver (`svd` under the objective's metric,
-or `svd-plain`) writes the rank-r weight W = U V into the dense layer, so the layers solved
-after it see the factorised layer's real output; `finalize` then splits W by an exact SVD into
-balanced factors U √Σ, √Σ V and swaps the module.
+Linear(in → r, no bias) then Linear(r → out). A conv of G groups is G independent layers
+(solved group by group, crossdistill/layer_solve.py): each group gets rank r, and the factors
+are a k×k conv in → G·r and a 1×1 conv G·r → out, both of G groups (a depthwise conv has rank
+1 per group already, so it never gets cheaper and stays dense). The solver (`svd` under the
+objective's metric, or `svd-plain`) writes the rank-r weight W = U V into the dense layer, so
+the layers solved after it see the factorised layer's real output; `finalize` then splits W by
+an exact SVD into balanced factors U √Σ, √Σ V and swaps the module.
 
-Rank per layer: `rank_ratio` of min(out, in·k²), or `flops_ratio`: the factorised layer's
-multiply-accumulates, r·(in·k² + out) per output position, at most that fraction of the dense
-layer's out·in·k² (a uniform per-layer budget, so the network's FLOPs in the factorised layers
-fall by the same fraction). A layer whose rank would not make it cheaper is left dense and is
-not solved. By default the first conv (3 input channels: little to gain, much to lose) and the
-final linear stay dense (`lowrank_first`, `lowrank_last`).
+Rank per layer (per conv group): `rank_ratio` of min(out, in·k²), or `flops_ratio`: the
+factorised layer's multiply-accumulates, r·(in·k² + out) per output position, at most that
+fraction of the dense layer's out·in·k² (a uniform per-layer budget, so the network's FLOPs in
+the factorised layers fall by the same fraction). A layer whose rank would not make it cheaper
+is left dense and is not solved. By default the first conv (3 input channels: little to gain,
+much to lose) and the final linear stay dense (`lowrank_first`, `lowrank_last`). A layer whose
+parent reads its `weight` directly (an attention's out_proj, a TransformerEncoderLayer's
+linear1/linear2, which its fused fast path reads) is never replaced: the factor module has no
+`weight` and the parent would fail. The report lists every layer and why it was left
+(`summary()["lowrank"]["layers"]`).
 
 Persistence: after `finalize` the model carries
     model.crossdistill_lowrank = {layer_name: {"rank": r, "kind": "conv" | "linear"}}
+(r per conv group; a grouped conv's factors take their groups from the dense layer, so the
+entry also says "groups": G for the reader's information)
 Module names of the factors are `{layer}.0` (k×k or in → r) and `{layer}.1` (1×1 or r → out),
 so state-dict keys are `{layer}.0.weight`, `{layer}.1.weight`, `{layer}.1.bias`. To load: build
 the dense model (`create_model(name, **model.spec())` still works: the factorised module keeps
@@ -31,10 +40,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import get_module, group_size
+from crossdistill.capture import conv_groups, get_module, group_size
+from crossdistill.capture_points import parent_reads_weight
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.channels import _replace
-from crossdistill.compression.quantization import model_size_bytes, select_layers
+from crossdistill.compression.coverage import Coverage, survey
+from crossdistill.compression.quantization import model_size_bytes
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
 from crossdistill.params import param
@@ -52,6 +63,7 @@ class LowRankLayer(nn.Sequential):
 
     @property
     def rank(self) -> int:
+        """The rank of the whole layer (groups × the rank per group)."""
         f = self[0]
         return f.out_channels if isinstance(f, nn.Conv2d) else f.out_features
 
@@ -73,12 +85,14 @@ class LowRankLayer(nn.Sequential):
 
 
 def empty_factorisation(layer: nn.Module, rank: int) -> LowRankLayer:
-    """Factor modules of the right shapes (weights uninitialised in meaning, to be filled)."""
+    """Factor modules of the right shapes (weights uninitialised in meaning, to be filled);
+    `rank` per conv group."""
     has_bias = layer.bias is not None
     if isinstance(layer, nn.Conv2d):
-        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                          bias=False)
-        second = nn.Conv2d(rank, layer.out_channels, 1, bias=has_bias)
+        g = layer.groups
+        first = nn.Conv2d(layer.in_channels, g * rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                          groups=g, bias=False)
+        second = nn.Conv2d(g * rank, layer.out_channels, 1, groups=g, bias=has_bias)
     elif isinstance(layer, nn.Linear):
         first = nn.Linear(layer.in_features, rank, bias=False)
         second = nn.Linear(rank, layer.out_features, bias=has_bias)
@@ -88,12 +102,17 @@ def empty_factorisation(layer: nn.Module, rank: int) -> LowRankLayer:
 
 
 def factorise(layer: nn.Module, rank: int) -> LowRankLayer:
-    """Exact split of a layer whose weight has rank ≤ `rank` (else its best rank-`rank` part)."""
+    """Exact split of a layer whose weight has rank ≤ `rank` per conv group (else its best
+    rank-`rank` part): group g's rows W_g = U_g V_g, with V_g the first factor's filters of
+    group g and U_g the second factor's rows of group g."""
     W = layer.weight.detach().to(torch.float64).reshape(layer.weight.shape[0], -1)
-    P, s, Qt = torch.linalg.svd(W, full_matrices=False)
-    root = s[:rank].sqrt()
-    U = P[:, :rank] * root  # (out, r)
-    V = root[:, None] * Qt[:rank]  # (r, in·k²)
+    Us, Vs = [], []
+    for W_g in W.chunk(conv_groups(layer), 0):
+        P, s, Qt = torch.linalg.svd(W_g, full_matrices=False)
+        root = s[:rank].sqrt()
+        Us.append(P[:, :rank] * root)  # (out/G, r)
+        Vs.append(root[:, None] * Qt[:rank])  # (r, in/G·k²)
+    U, V = torch.cat(Us, 0), torch.cat(Vs, 0)
     new = empty_factorisation(layer, rank)
     dtype = layer.weight.dtype
     with torch.no_grad():
@@ -105,6 +124,7 @@ def factorise(layer: nn.Module, rank: int) -> LowRankLayer:
 
 
 def rank_for(out: int, d: int, rank_ratio: float | None, flops_ratio: float | None) -> int:
+    """The rank of an (out, d) weight (of one conv group) under the budget."""
     full = min(out, d)
     if flops_ratio is not None:
         r = math.floor(flops_ratio * out * d / (out + d))
@@ -142,15 +162,30 @@ class LowRank(CompressionMethod):
         if self.rank_ratio is None and self.flops_ratio is None:
             self.rank_ratio = 0.5
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._coverage: Coverage | None = None
+
     def plan(self, model: nn.Module) -> list[LayerTask]:
+        cov = survey(model, "lowrank", first=self.lowrank_first, last=self.lowrank_last,
+                     first_setting="lowrank_first", last_setting="lowrank_last")
+        self._coverage = cov
         tasks = []
-        for name in select_layers(model, self.lowrank_first, self.lowrank_last):
+        for name in cov.planned:
+            reason = parent_reads_weight(model, name)
+            if reason is not None:
+                cov.skip(name, f"not factorised: {reason}", warn=True)
+                continue
             layer = get_module(model, name)
-            out, d = layer.weight.shape[0], layer.weight[0].numel()
+            groups = conv_groups(layer)
+            out, d = layer.weight.shape[0] // groups, layer.weight[0].numel()  # one group's weight
             r = rank_for(out, d, self.rank_ratio, self.flops_ratio)
             if r * (out + d) >= out * d:  # the factors would cost as much as the dense layer
+                per = " per group" if groups > 1 else ""
+                cov.skip(name, f"rank {r}{per} of a {out}x{d} weight would not make it cheaper")
                 continue
             tasks.append(LayerTask(name=name, group=group_size(layer), params={"rank": r}))
+        cov.warn()
         if not tasks:
             raise CrossDistillError(
                 f"no layer gets cheaper at {self.describe()}: lower the rank or FLOPs ratio"
@@ -166,11 +201,18 @@ class LowRank(CompressionMethod):
             r = int(rec.info["rank"])
             _replace(model, rec.name, factorise(layer, r))
             meta[rec.name] = {"rank": r, "kind": "conv" if isinstance(layer, nn.Conv2d) else "linear"}
+            if conv_groups(layer) > 1:
+                meta[rec.name]["groups"] = conv_groups(layer)
+            if self._coverage is not None and rec.name in self._coverage.entries:
+                self._coverage.done(rec.name, "factorised", rank=r)
         setattr(model, LOWRANK_ATTR, meta)
         return model
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
-        return {"model_size": model_size_bytes(model)}
+        out: dict[str, Any] = {"model_size": model_size_bytes(model)}
+        if self._coverage is not None:
+            out["lowrank"] = {"layers": self._coverage.report()}
+        return out
 
     def describe(self) -> str:
         # Only the budget that is in force: the other one is None by construction.
@@ -192,7 +234,7 @@ def restore_lowrank(model: nn.Module, metadata: Mapping[str, Mapping[str, Any]])
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             raise CrossDistillError(f"low-rank layer {name!r}: the model has a {type(layer).__name__} there")
         r = int(m["rank"])
-        if not 1 <= r <= min(layer.weight.shape[0], layer.weight[0].numel()):
+        if not 1 <= r <= min(layer.weight.shape[0] // conv_groups(layer), layer.weight[0].numel()):
             raise CrossDistillError(f"low-rank layer {name!r}: rank {r} does not fit its shape")
         _replace(model, name, empty_factorisation(layer, r))
     setattr(model, LOWRANK_ATTR, {n: dict(v) for n, v in metadata.items()})

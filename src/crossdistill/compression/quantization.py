@@ -1,8 +1,9 @@
 """Post-training weight quantization as a compression method (`--prune quant`).
 
-Which layers: every Conv2d and Linear of the model, in module order, including the first conv
-(`quant_first=False` leaves it in float) and the final linear (`quant_last=False`). Biases and
-BatchNorm stay in float32. Activations are not quantized: this is weight-only quantization,
+Which layers: every Conv2d (grouped and depthwise ones too, solved group by group) and Linear of
+the model, in module order, including the first conv (`quant_first=False` leaves it in float) and
+the final linear (`quant_last=False`); the report lists every layer with its status
+(`summary()["quant"]["layers"]`, see compression/coverage.py). Biases and BatchNorm stay in float32. Activations are not quantized: this is weight-only quantization,
 the setting in which GPTQ-style solvers are used.
 
 The quantized model, for persistence (`crossdistill.models.save_model`/`load_model`)
@@ -34,8 +35,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import SOLVABLE, get_module, group_size
+from crossdistill.capture import get_module, group_size
 from crossdistill.compression.base import CompressionMethod
+from crossdistill.compression.coverage import Coverage, survey
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
 from crossdistill.params import param
@@ -57,24 +59,13 @@ QUANT_ATTR = "crossdistill_quant"
 _CODES, _SCALE, _ZERO = "qcodes", "qscale", "qzero"
 
 
-def solvable_layers(model: nn.Module) -> list[str]:
-    """Conv2d and Linear modules in module-registration order (for the CIFAR ResNets, VGG and
-    the small CNNs this is also the forward order: first conv first, classifier last)."""
-    return [name for name, mod in model.named_modules() if isinstance(mod, SOLVABLE)]
-
-
-def select_layers(model: nn.Module, first: bool, last: bool) -> list[str]:
-    names = solvable_layers(model)
-    if not names:
+def quant_coverage(model: nn.Module, first: bool, last: bool) -> Coverage:
+    """Every conv and linear with its status: quantized unless the first conv / the last linear
+    (by the settings) or unsupported."""
+    cov = survey(model, "quant", first=first, last=last, first_setting="quant_first", last_setting="quant_last")
+    if not cov.entries:
         raise CrossDistillError(f"{type(model).__name__} has no Conv2d or Linear layers to compress")
-    convs = [n for n in names if isinstance(get_module(model, n), nn.Conv2d)]
-    linears = [n for n in names if isinstance(get_module(model, n), nn.Linear)]
-    skip = set()
-    if not first and convs:
-        skip.add(convs[0])
-    if not last and linears:
-        skip.add(linears[-1])
-    return [n for n in names if n not in skip]
+    return cov
 
 
 @dataclass
@@ -91,14 +82,20 @@ class Quantization(CompressionMethod):
     quant_solver: str | None = param(None, "solver of the quantization stage (default: --solver if it names a "
                                      "quant solver, else gptq)", choices=lambda: _quant_solvers(), show=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._coverage: Coverage | None = None
+
     @property
     def scheme(self) -> str:
         return self.quant_scheme
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
+        self._coverage = quant_coverage(model, self.quant_first, self.quant_last)
+        self._coverage.warn()
         return [
             LayerTask(name=n, group=group_size(get_module(model, n)), params={"bits": self.bits, "scheme": self.scheme})
-            for n in select_layers(model, self.quant_first, self.quant_last)
+            for n in self._coverage.planned
         ]
 
     def stages(self) -> list[tuple[CompressionMethod, str | None]]:
@@ -111,12 +108,17 @@ class Quantization(CompressionMethod):
                 continue
             layer = get_module(model, rec.name)
             entries[rec.name] = encode_weight(layer.weight.detach(), grid_from_info(rec.info), rec.name)
+            if self._coverage is not None and rec.name in self._coverage.entries:
+                self._coverage.done(rec.name, "quantized", bits=int(rec.info["bits"]))
         setattr(model, QUANT_ATTR, entries)
         dequantize_into(model)
         return model
 
     def summary(self, model: nn.Module) -> dict[str, Any]:
-        return {"model_size": model_size_bytes(model)}
+        out: dict[str, Any] = {"model_size": model_size_bytes(model)}
+        if self._coverage is not None:
+            out["quant"] = {"layers": self._coverage.report()}
+        return out
 
 def _quant_solvers() -> list[str]:
     from crossdistill.solvers import SOLVERS

@@ -1,6 +1,12 @@
-"""Unstructured weight sparsity: every conv but the first pruned to the same ratio of zeros
-(the paper's setting). The pruned model keeps its dense shapes; the masks are recorded so
-that a later fine-tune keeps the zeros at zero."""
+"""Unstructured weight sparsity: every conv and linear but the first conv and the classifier
+pruned to the same ratio of zeros (the paper prunes every conv but the first). The pruned model
+keeps its dense shapes; the masks are recorded so that a later fine-tune keeps the zeros at zero.
+
+A grouped (or depthwise) conv is solved group by group (crossdistill/layer_solve.py). Under the
+'layer' pattern the layer's count of zeros, round(s·out·in), is spread over its groups as evenly
+as whole numbers allow, so the layer gets exactly its count (each group at most all but one of
+its weights: a group never loses a whole filter to rounding).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,26 +15,42 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from crossdistill.capture import conv_groups
 from crossdistill.compression.base import CompressionMethod
+from crossdistill.compression.coverage import Coverage, survey
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
 from crossdistill.params import param
 from crossdistill.solvers import LayerTask
-from crossdistill.solvers.sparse_masks import PATTERNS
+from crossdistill.solvers.sparse_masks import PATTERNS, prune_count
 
 # Attribute of the finalised student: {layer name: bool mask, True = weight kept}. A plain
 # attribute (not a buffer) so state dicts and saved checkpoints stay those of the dense model.
 MASKS_ATTR = "crossdistill_masks"
 
 
-def prunable_convs(model: nn.Module, prune_first: bool = False) -> list[str]:
-    """Names of the ungrouped convs, in definition order, without the first one (the paper
-    leaves the first conv dense: it has few weights and sees raw pixels)."""
-    names = [
-        n for n, m in model.named_modules()
-        if isinstance(m, nn.Conv2d) and m.groups == 1
-    ]
-    return names if prune_first else names[1:]
+def sparsity_coverage(model: nn.Module, prune_first: bool = False, prune_last: bool = False) -> Coverage:
+    """Every conv and linear with its status: pruned unless the first conv (the paper leaves it
+    dense: few weights, raw pixels), the classifier, or unsupported."""
+    return survey(model, "sparsity", first=prune_first, last=prune_last,
+                  first_setting="prune_first", last_setting="prune_last")
+
+
+def prunable_layers(model: nn.Module, prune_first: bool = False, prune_last: bool = False) -> list[str]:
+    """Names of the layers `WeightSparsity` prunes, in module order."""
+    return sparsity_coverage(model, prune_first, prune_last).planned
+
+
+def group_shares(layer: nn.Module, sparsity: float) -> list[dict[str, Any]] | None:
+    """Per conv group, the sparsity that gives the group its share of the layer's zeros (None for
+    a layer of one group). Cumulative rounding, so the shares add up to the layer's count."""
+    groups = conv_groups(layer)
+    if groups == 1:
+        return None
+    per_group = layer.weight.numel() // groups
+    total = prune_count(layer.weight.numel(), sparsity)
+    cuts = [round(total * g / groups) for g in range(groups + 1)]
+    return [{"sparsity": min(cuts[g + 1] - cuts[g], per_group - 1) / per_group} for g in range(groups)]
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -65,25 +87,35 @@ class WeightSparsity(CompressionMethod):
     name = "sparsity"
     solver_family = "sparsity"
 
-    sparsity: float = param(0.9, "fraction of zero weights in every conv but the first",
-                            low=0, high=1, high_open=True)
+    sparsity: float = param(0.9, "fraction of zero weights in every conv and linear but the first conv and "
+                            "the classifier", low=0, high=1, high_open=True)
     sparsity_pattern: str = param("layer", "the ratio per layer, or per output row", choices=PATTERNS)
     prune_first: bool = param(False, "prune the first conv too (the paper leaves it dense)")
+    prune_last: bool = param(False, "prune the last linear (the classifier) too", show=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._names: list[str] = []
+        self._coverage: Coverage | None = None
 
     @property
     def pattern(self) -> str:
         return self.sparsity_pattern
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
-        self._names = prunable_convs(model, self.prune_first)
+        self._coverage = sparsity_coverage(model, self.prune_first, self.prune_last)
+        self._coverage.warn()
+        self._names = self._coverage.planned
         if not self._names:
-            raise CrossDistillError(f"{type(model).__name__} has no conv layer to prune")
+            raise CrossDistillError(f"{type(model).__name__} has no conv or linear layer to prune "
+                                    "(the first conv and the classifier are left dense unless prune_first/prune_last)")
         params = {"sparsity": self.sparsity, "pattern": self.pattern}
-        return [LayerTask(name=n, params=dict(params)) for n in self._names]
+        return [LayerTask(name=n, params=dict(params), group_params=self._group_params(model.get_submodule(n)))
+                for n in self._names]
+
+    def _group_params(self, layer: nn.Module) -> list[dict[str, Any]] | None:
+        # 'row' counts are per row, and a row lies in one group: nothing to spread.
+        return group_shares(layer, self.sparsity) if self.pattern == "layer" else None
 
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
         masks = {}
@@ -91,6 +123,8 @@ class WeightSparsity(CompressionMethod):
             w = model.get_submodule(r.name).weight.detach()
             masks[r.name] = w != 0
             r.info["sparsity"] = float((w == 0).sum()) / w.numel()
+            if self._coverage is not None and r.name in self._coverage.entries:
+                self._coverage.done(r.name, "pruned", sparsity=r.info["sparsity"])
         setattr(model, MASKS_ATTR, masks)
         return model
 
@@ -98,5 +132,6 @@ class WeightSparsity(CompressionMethod):
         names = list(get_masks(model)) or self._names
         rep = sparsity_report(model, names)
         rep.pop("per_layer")  # already in the report's per-layer records
+        if self._coverage is not None:
+            rep["layers"] = self._coverage.report()
         return {"sparsity": {"target": self.sparsity, "pattern": self.pattern, **rep}}
-

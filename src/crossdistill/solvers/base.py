@@ -16,7 +16,9 @@ from crossdistill.problem import QuadraticProblem
 class LayerTask:
     """One layer to solve. `keep` is the number of input channels kept (channel pruning);
     `producer`/`bn` name the layer whose output channels feed it (for criteria such as L1).
-    `params` carries method-specific settings (sparsity, bits, rank...)."""
+    `params` carries method-specific settings (sparsity, bits, rank...); a grouped conv is solved
+    group by group, and `group_params[g]`, when given, overrides `params` for conv group g (e.g.
+    group g's share of a per-layer count of zeros)."""
 
     name: str
     group: int = 1
@@ -24,6 +26,7 @@ class LayerTask:
     producer: str | None = None
     bn: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    group_params: list[dict[str, Any]] | None = None
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""Which conv and linear layers a compression method takes, and why it leaves each of the others.
+
+Every conv and linear of the model gets one entry in the method's report (`summary()` →
+report.json `<method>.layers`), and so does every packed attention projection (a bare parameter
+of `nn.MultiheadAttention`, not a layer the solvers can reach): nothing is left out silently.
+Layers left out by a setting (the first conv, the classifier) or for having nothing to gain are
+only listed; layers left out for a reason no setting controls (an unsupported type, a packed
+projection, a parent that reads the weight itself) also raise one `CompressionWarning` naming them.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from crossdistill.capture import unsupported_reason
+
+PLANNED, SKIPPED = "planned", "skipped"
+
+
+class CompressionWarning(UserWarning):
+    """A layer the method could not compress (the CLI prints it as one line)."""
+
+
+def layer_kind(module: nn.Module) -> str:
+    """A short description for the report: 'Conv2d 3x3 depthwise', 'Conv2d 1x1', 'Linear'."""
+    if isinstance(module, nn.Conv2d):
+        kind = f"Conv2d {module.kernel_size[0]}x{module.kernel_size[1]}"
+        if module.groups > 1:
+            kind += " depthwise" if module.groups == module.in_channels else f" groups={module.groups}"
+        return kind
+    return type(module).__name__
+
+
+def packed_projections(name: str, mha: nn.MultiheadAttention) -> list[str]:
+    """The q/k/v projection parameters of an attention: packed into one (3E, E) `in_proj_weight`
+    (or three `*_proj_weight`) that F.multi_head_attention_forward reads, with no Linear module
+    whose input could be captured or whose weight could be written on its own."""
+    params = ("in_proj_weight",) if mha.in_proj_weight is not None else ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+    return [f"{name}.{p}" if name else p for p in params]
+
+
+@dataclass
+class Coverage:
+    """The per-layer status list of one method on one model, in module order."""
+
+    method: str
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, name: str, kind: str) -> None:
+        self.entries[name] = {"name": name, "type": kind, "status": PLANNED}
+
+    def skip(self, name: str, reason: str, *, warn: bool = False) -> None:
+        self.entries[name].update(status=SKIPPED, reason=reason)
+        if warn:
+            self.entries[name]["warned"] = True
+
+    def done(self, name: str, status: str, **details: Any) -> None:
+        """Record what was done to a planned layer (e.g. status 'pruned', sparsity=0.9)."""
+        self.entries[name].update(status=status, **details)
+
+    @property
+    def planned(self) -> list[str]:
+        return [n for n, e in self.entries.items() if e["status"] == PLANNED]
+
+    def warn(self) -> None:
+        """One warning that names every layer left out for a reason no setting controls."""
+        left = [f"{n} ({e['reason']})" for n, e in self.entries.items() if e.get("warned")]
+        if left:
+            warnings.warn(f"{self.method}: left uncompressed: " + "; ".join(left), CompressionWarning, stacklevel=3)
+
+    def report(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in e.items() if k != "warned"} for e in self.entries.values()]
+
+
+def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_setting: str, last_setting: str) -> Coverage:
+    """Every conv and linear of `model` in module order, planned unless unsupported, unless it is
+    the first Conv2d (kept unless `first`) or the last Linear (the classifier, kept unless `last`).
+    Module order is the forward order of the registered models (first conv first, classifier last)."""
+    cov = Coverage(method)
+    convs: list[str] = []
+    linears: list[str] = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.MultiheadAttention):
+            for param in packed_projections(name, mod):
+                cov.add(param, "MultiheadAttention packed projection")
+                cov.skip(param, "a packed q/k/v projection parameter, not a Linear layer: not supported", warn=True)
+        if not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
+            continue
+        cov.add(name, layer_kind(mod))
+        reason = unsupported_reason(mod)
+        if reason is not None:
+            cov.skip(name, f"unsupported: {reason}", warn=True)
+        elif isinstance(mod, nn.Conv2d):
+            convs.append(name)
+        else:
+            linears.append(name)
+    if not first and convs:
+        cov.skip(convs[0], f"the first conv ({first_setting}=False)")
+    if not last and linears:
+        cov.skip(linears[-1], f"the last linear, the classifier ({last_setting}=False)")
+    return cov

@@ -1,0 +1,99 @@
+"""One layer's solve from its moments: objective → quadratic problem → damping → solver.
+
+A grouped conv (groups = G, depthwise when G = in channels) is G independent problems: the
+output rows of group g read only group g's input channels, so the layer loss is a sum over
+groups of tr(W_g H_g W_gᵀ) − 2 tr(B_g W_gᵀ) + c_g, with W_g the group's rows of the
+(out, in/G·k²) weight matrix and H_g built from the group's own unfolded input columns
+(`MomentAccumulator.finish_groups`). Each group is handed to the solver as a layer of its own
+(its rows, its moments, its damping relative to its own mean diag H_g, its own task params), and
+the rows are stitched back in group order, so every solver works on grouped convs unchanged.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from crossdistill.moments import Moments
+from crossdistill.objectives import Objective
+from crossdistill.solvers import LayerSolver, LayerTask
+
+# How the groups' solver infos combine into the layer's record. Lists are per output row
+# (quantization scales and zero points) and are concatenated in row order; the keys below are
+# counts/losses that add up over groups, or fractions of groups that all have the same size;
+# any other value that every group agrees on is kept once, one that differs is kept as a list
+# with one entry per group.
+SUMMED_INFO = ("rtn_rows", "loss_sweep")
+AVERAGED_INFO = ("sparsity_solved",)
+
+
+@dataclass
+class SolvedLayer:
+    weight: torch.Tensor  # (out, in/groups·k·k)
+    info: dict[str, Any]
+    loss_teacher_weight: float  # the layer's loss with the teacher's weight
+    loss_after: float  # the loss of the solved weight (undamped)
+    solve_seconds: float  # the solver alone
+
+
+def solve_layer(
+    groups: Sequence[Moments],
+    w_teacher: torch.Tensor,
+    task: LayerTask,
+    objective: Objective,
+    solver: LayerSolver,
+    student: nn.Module,
+    damping: float,
+) -> SolvedLayer:
+    """Solve a layer whose moments are given per conv group (one entry for an ungrouped layer)."""
+    w_t = w_teacher.to(groups[0].tt.dtype)
+    if len(groups) == 1:
+        exact = objective.build(groups[0], w_t)
+        start = time.perf_counter()
+        outcome = solver.solve(exact.damped(damping), task, student)
+        seconds = time.perf_counter() - start
+        return SolvedLayer(outcome.weight, outcome.info, exact.loss(w_t), exact.loss(outcome.weight), seconds)
+    rows = w_t.shape[0] // len(groups)
+    weights, infos = [], []
+    loss_t = loss_after = seconds = 0.0
+    for g, moments in enumerate(groups):
+        w_g = w_t[g * rows : (g + 1) * rows]
+        exact = objective.build(moments, w_g)
+        start = time.perf_counter()
+        outcome = solver.solve(exact.damped(damping), group_task(task, g), student)
+        seconds += time.perf_counter() - start
+        weights.append(outcome.weight)
+        infos.append(outcome.info)
+        loss_t += exact.loss(w_g)
+        loss_after += exact.loss(outcome.weight)
+    info = {**merge_group_infos(infos), "groups": len(groups)}
+    return SolvedLayer(torch.cat(weights, 0), info, loss_t, loss_after, seconds)
+
+
+def group_task(task: LayerTask, g: int) -> LayerTask:
+    """The task of conv group g: the layer's params with the group's own overrides."""
+    params = dict(task.params)
+    if task.group_params is not None:
+        params.update(task.group_params[g])
+    return replace(task, params=params, group_params=None)
+
+
+def merge_group_infos(infos: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The layer's info from its groups' (see SUMMED_INFO for the rules)."""
+    merged: dict[str, Any] = {}
+    for key in infos[0]:
+        values = [info.get(key) for info in infos]
+        if key in SUMMED_INFO:
+            merged[key] = sum(values)
+        elif key in AVERAGED_INFO:
+            merged[key] = sum(values) / len(values)
+        elif all(isinstance(v, list) for v in values):
+            merged[key] = [x for v in values for x in v]
+        elif all(v == values[0] for v in values):
+            merged[key] = values[0]
+        else:
+            merged[key] = values
+    return merged

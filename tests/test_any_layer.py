@@ -1,0 +1,324 @@
+"""Sparsity, quantization and low rank on any conv or linear: depthwise and grouped convs (one
+quadratic problem per conv group), a linear head after flatten, an all-linear MLP and a
+TransformerEncoderLayer over tokens; every layer listed in the report with its status."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossdistill.capture import all_layer_inputs, group_size
+from crossdistill.compression.coverage import CompressionWarning
+from crossdistill.compression.low_rank import LowRank, LowRankLayer, empty_factorisation, factorise, restore_lowrank
+from crossdistill.compression.quantization import QUANT_ATTR, dequantized_weight
+from crossdistill.compression.weight_sparsity import group_shares
+from crossdistill.config import CompressConfig
+from crossdistill.engine import distill_layers
+from crossdistill.layer_solve import merge_group_infos
+from crossdistill.moments import MomentAccumulator
+from crossdistill.objectives import create_objective
+from crossdistill.pipeline import FewShot, compress
+from crossdistill.solvers import LayerTask, create_solver
+from crossdistill.solvers.quant_grid import code_range
+from crossdistill.solvers.sparse_masks import prune_count
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2-style: stem, 1×1 expand, 3×3 depthwise, 1×1 project, residual, linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.expand = nn.Conv2d(8, 16, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.project = nn.Conv2d(16, 8, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self.bn0(self.stem(x)))
+        y = F.relu6(self.bn1(self.expand(x)))
+        y = F.relu6(self.bn2(self.dw(y)))
+        x = x + self.bn3(self.project(y))
+        return self.fc(x.mean((2, 3)))
+
+
+class Grouped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.gconv = nn.Conv2d(8, 16, 3, padding=1, groups=2)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.gconv(torch.relu(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class FlattenHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 4 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(torch.flatten(x, 1))
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 12), nn.ReLU(), nn.Linear(12, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Tokens(nn.Module):
+    """(batch, tokens, features) → embedding → TransformerEncoderLayer → mean over tokens → head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, 16)
+        self.block = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(x)).mean(1))
+
+
+MODELS = {
+    "depthwise": (InvertedResidual, (3, 8, 8)),
+    "grouped": (Grouped, (3, 8, 8)),
+    "flatten_head": (FlattenHead, (3, 8, 8)),
+    "mlp": (MLP, (20,)),
+    "transformer": (Tokens, (6, 12)),
+}
+
+
+def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    cls, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = cls()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(32, *shape, generator=torch.Generator().manual_seed(1))
+    return model.eval(), x
+
+
+def layers_of(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def run(name: str, method: str, **settings):
+    teacher, x = build(name)
+    cfg = CompressConfig(model=name, method=method, shots=8, **settings).validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompressionWarning)
+        result = compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
+    entries = {e["name"]: e for e in result.summary[method]["layers"]}
+    # Every conv and linear (and an attention's packed projection) is listed, with its status.
+    expected = set(layers_of(teacher)) | ({"block.self_attn.in_proj_weight"} if name == "transformer" else set())
+    assert set(entries) == expected
+    for e in entries.values():
+        assert e["status"] != "planned"
+        assert (e["status"] == "skipped") == ("reason" in e)
+    with torch.inference_mode():  # the fused fast paths too (they read the weights themselves)
+        out_t, out_s = teacher(x), result.student(x)
+    assert out_s.shape == out_t.shape and bool(torch.isfinite(out_s).all())
+    return teacher, result.student, entries, out_t, out_s
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sparsity_on_any_layer(name):
+    teacher, student, entries, _, _ = run(name, "sparsity", sparsity=0.5)
+    pruned = [n for n, e in entries.items() if e["status"] == "pruned"]
+    assert pruned
+    for n in pruned:
+        w = student.get_submodule(n).weight
+        assert int((w == 0).sum()) == prune_count(w.numel(), 0.5), n  # exact, also over conv groups
+    for n, e in entries.items():
+        if e["status"] == "skipped" and n in layers_of(teacher):
+            assert torch.equal(student.get_submodule(n).weight, teacher.get_submodule(n).weight)
+    # Defaults: the first conv and the classifier stay dense, and say so.
+    convs = [n for n, m in teacher.named_modules() if isinstance(m, nn.Conv2d)]
+    last = [n for n, m in teacher.named_modules() if isinstance(m, nn.Linear)][-1]
+    assert entries[last]["reason"].startswith("the last linear") and "prune_last" in entries[last]["reason"]
+    if convs:
+        assert "prune_first" in entries[convs[0]]["reason"]
+    if name == "transformer":
+        assert {"block.self_attn.out_proj", "block.linear1", "block.linear2", "embed"} <= set(pruned)
+        assert "packed" in entries["block.self_attn.in_proj_weight"]["reason"]
+    if name == "depthwise":
+        assert "dw" in pruned
+
+
+@pytest.mark.parametrize("name", ["grouped", "mlp"])
+def test_sparsity_prune_first_and_last(name):
+    teacher, student, entries, _, _ = run(name, "sparsity", sparsity=0.5, prune_first=True, prune_last=True)
+    assert all(e["status"] == "pruned" for e in entries.values())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sparsity_zero_reproduces_the_outputs(name):
+    _, _, _, out_t, out_s = run(name, "sparsity", sparsity=0.0)
+    torch.testing.assert_close(out_s, out_t, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_quantization_on_any_layer(name):
+    teacher, student, entries, _, _ = run(name, "quant", bits=4)
+    quantized = [n for n, e in entries.items() if e["status"] == "quantized"]
+    assert quantized == layers_of(teacher)  # quant_first / quant_last default to True
+    codes = getattr(student, QUANT_ATTR)
+    assert sorted(codes) == sorted(quantized)
+    for n in quantized:
+        e = codes[n]
+        lo, hi = code_range(4, e["scheme"])
+        assert int(e["codes"].min()) >= lo and int(e["codes"].max()) <= hi
+        assert torch.equal(dequantized_weight(e), student.get_submodule(n).weight.detach()), n
+        assert entries[n]["bits"] == 4
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eight_bits_nearly_reproduce_the_outputs(name):
+    _, _, _, out_t, out_s = run(name, "quant", bits=8)
+    assert float((out_s - out_t).abs().max()) <= 0.02 * float(out_t.abs().max())
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_low_rank_on_any_layer(name):
+    teacher, student, entries, _, _ = run(name, "lowrank", rank_ratio=0.5, lowrank_first=True, lowrank_last=True)
+    factorised = [n for n, e in entries.items() if e["status"] == "factorised"]
+    assert factorised and n_params(student) < n_params(teacher)
+    for n in factorised:
+        assert isinstance(student.get_submodule(n), LowRankLayer)
+    if name == "depthwise":
+        assert "would not make it cheaper" in entries["dw"]["reason"]  # rank 1 per group is full rank
+    if name == "grouped":
+        layer = student.get_submodule("gconv")
+        assert layer[0].groups == layer[1].groups == 2 and layer.rank == 2 * entries["gconv"]["rank"]
+    if name == "transformer":
+        for n, owner in [("block.self_attn.out_proj", "MultiheadAttention"), ("block.linear1", "TransformerEncoderLayer"),
+                         ("block.linear2", "TransformerEncoderLayer")]:
+            assert entries[n]["status"] == "skipped" and owner in entries[n]["reason"]
+            assert isinstance(student.get_submodule(n), nn.Linear)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_full_rank_reproduces_the_outputs(name):
+    """Rank = full per group: the plan refuses it (nothing gets cheaper), so the tasks are given
+    directly; the factorised model must compute what the teacher computes."""
+    teacher, x = build(name)
+    student = copy.deepcopy(teacher)
+    method = LowRank(rank_ratio=1.0)
+    tasks = []
+    for n in layers_of(teacher):
+        layer = teacher.get_submodule(n)
+        if name == "transformer" and n.startswith("block."):
+            continue  # read by their parents: never factorised
+        groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
+        full = min(layer.weight.shape[0] // groups, layer.weight[0].numel())
+        tasks.append(LayerTask(name=n, group=group_size(layer), params={"rank": full}))
+    recs = distill_layers(teacher, student, x, tasks, create_objective("mixed", mu=0.9), create_solver("lowrank", "svd"),
+                          damping=1e-3)
+    student = method.finalize(student, recs)
+    assert all(isinstance(student.get_submodule(t.name), LowRankLayer) for t in tasks)
+    with torch.inference_mode():
+        torch.testing.assert_close(student(x), teacher(x), rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_low_rank_reloads():
+    teacher, x = build("grouped")
+    _, student, _, _, out_s = run("grouped", "lowrank", rank_ratio=0.5, lowrank_first=True, lowrank_last=True)
+    fresh = copy.deepcopy(teacher)
+    restore_lowrank(fresh, student.crossdistill_lowrank)
+    fresh.load_state_dict(student.state_dict())
+    assert student.crossdistill_lowrank["gconv"]["groups"] == 2
+    with torch.inference_mode():
+        assert torch.equal(fresh(x), out_s)
+
+
+def test_factorise_grouped_conv_is_exact_at_full_rank():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 9, 3, padding=1, groups=3)
+    x = torch.randn(2, 6, 5, 5)
+    fac = factorise(conv, 3)
+    assert isinstance(fac, LowRankLayer) and fac[0].groups == fac[1].groups == 3
+    torch.testing.assert_close(fac(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert empty_factorisation(conv, 2)[0].weight.shape == (6, 2, 3, 3)
+
+
+def test_group_moments_are_the_diagonal_blocks_of_the_dense_moments():
+    """A conv group's H comes from its own unfolded input channels: the diagonal blocks of the
+    moments of an ungrouped conv over the same input."""
+    torch.manual_seed(0)
+    grouped, dense = nn.Conv2d(6, 4, 3, padding=1, groups=2), nn.Conv2d(6, 4, 3, padding=1)
+    xt, xs = torch.randn(5, 6, 7, 7), torch.randn(5, 6, 7, 7)
+    a, b = MomentAccumulator(grouped, chunk_images=2), MomentAccumulator(dense)
+    a.add(xt, xs)
+    b.add(xt, xs)
+    full, parts = b.finish(), a.finish_groups()
+    d = 3 * 9
+    for g, m in enumerate(parts):
+        blk = slice(g * d, (g + 1) * d)
+        for key in ("tt", "ss", "ts"):
+            torch.testing.assert_close(getattr(m, key), getattr(full, key)[blk, blk], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="finish_groups"):
+        a.finish()
+
+
+def test_attention_out_proj_input_is_captured():
+    """out_proj is applied inside F.multi_head_attention_forward, never called; its captured
+    input must be what that function feeds it."""
+    teacher, x = build("transformer")
+    emb = teacher.embed(x).detach()
+    inputs = all_layer_inputs(teacher, ["block.self_attn.out_proj"], [x])["block.self_attn.out_proj"][0]
+    mha = teacher.block.self_attn
+    with torch.no_grad():
+        ref = mha(emb, emb, emb, need_weights=False)[0]
+    proj = mha.out_proj
+    torch.testing.assert_close(F.linear(inputs, proj.weight, proj.bias), ref, rtol=1e-5, atol=1e-5)
+    assert isinstance(mha.out_proj, nn.Linear)  # put back
+
+
+def test_packed_projection_and_parent_read_layers_warn_by_name():
+    teacher, x = build("transformer")
+    cfg = CompressConfig(model="tokens", method="lowrank", shots=8, lowrank_first=True, lowrank_last=True).validate()
+    with pytest.warns(CompressionWarning, match=r"block\.self_attn\.in_proj_weight.*block\.self_attn\.out_proj"):
+        compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
+
+
+def test_group_shares_add_up_to_the_layer_count():
+    dw = nn.Conv2d(16, 16, 3, groups=16)
+    shares = group_shares(dw, 0.5)
+    counts = [prune_count(9, s["sparsity"]) for s in shares]
+    assert sum(counts) == prune_count(16 * 9, 0.5) and set(counts) == {4, 5}
+    assert group_shares(nn.Conv2d(4, 4, 3), 0.5) is None
+    # never a whole group: a filter of 9 weights keeps at least one
+    assert max(prune_count(9, s["sparsity"]) for s in group_shares(dw, 0.99)) == 8
+
+
+def test_group_infos_merge():
+    merged = merge_group_infos([
+        {"bits": 4, "scale": [1.0], "rtn_rows": 1, "sparsity_solved": 0.5, "mask": "obc", "x": 1},
+        {"bits": 4, "scale": [2.0], "rtn_rows": 1, "sparsity_solved": 0.25, "mask": "obc", "x": 2},
+    ])
+    assert merged == {"bits": 4, "scale": [1.0, 2.0], "rtn_rows": 2, "sparsity_solved": 0.375, "mask": "obc",
+                      "x": [1, 2]}
