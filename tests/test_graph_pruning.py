@@ -145,3 +145,19 @@ def test_tp_magnitude_keeps_the_heaviest_channels():
     plan = plan_graph_channels(net, torch.randn(1, 2, 8, 8), lambda g: 2, prune_classifier=True)
     (g,) = [g for g in plan.groups.values() if g.producers[0].name == "0"]
     assert group_magnitude(g, net, 2) == [1, 4]
+
+
+@pytest.mark.parametrize("keep", ["paper", 0.5])
+def test_registered_resnet_plans_the_hand_declared_counts(keep):
+    """Through the graph path, ResNet-56 keeps exactly the channel counts of its hand-declared
+    pairs (the paper preset included), reader by reader."""
+    from crossdistill.compression.channels import plan_channels
+    from crossdistill.models import create_model
+
+    model = create_model("resnet56").eval()
+    method = ChannelPruning(keep=keep)
+    method.prepare(torch.zeros(1, 3, 32, 32))
+    method.plan(model)
+    plan = method._plan
+    legacy = {t.name: t.keep for t in plan_channels(model, keep)}
+    assert {plan.first_reader[g]: plan.keep[g] for g in plan.groups} == legacy

@@ -30,7 +30,7 @@ from crossdistill.sweep import provenance
 from sweep_helpers import write_npz_pair, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-COMMITTED = REPO / "benchmarks" / "results"
+COMMITTED = REPO / "results"
 # The committed databases were made with the shared data at this path; naming it makes their
 # stored paths match on any machine.
 COMMITTED_DATA = {"CROSSDISTILL_DATA": "/work/shared/data"}
@@ -264,21 +264,37 @@ def test_database_without_the_provenance_columns_opens_migrates_and_resumes(tmp_
     assert [r.crossdistill_version for r in runs] == [None, None, crossdistill.__version__]
 
 
-@pytest.mark.parametrize("name", ["paper_table_resnet20"])
+# Shipped sweep files and the committed database that holds every one of their runs (made by the
+# sweep, or imported from the retired benchmark scripts' JSON lines). Not listed: sweep files whose
+# database lacks runs: comparison_* and quant_lowrank_resnet56 (cells never run, or run on a GPU:
+# device cuda), latency (its `keep: paper` runs failed: the preset is broken at HEAD, see
+# docs/results/latency.md) and solver_comparison (not made yet, same reason).
+SHIPPED = {
+    "paper_table_resnet20": "paper_table_resnet20",
+    "paper_table_resnet56": "paper_table_resnet56",
+    "objective_defaults_test": "objective_defaults",
+    "objective_defaults_val": "objective_defaults",
+    "baselines_resnet56": "baselines",
+    "accuracy_push_test": "accuracy_push",
+    "quant_lowrank_resnet20": "quantization",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_committed_database_has_nothing_left_to_run(tmp_path, name):
     """The committed results still count as done under today's config (on a copy)."""
-    db = tmp_path / f"{name}.sqlite"
-    shutil.copy(COMMITTED / f"{name}.sqlite", db)
+    db = tmp_path / f"{SHIPPED[name]}.sqlite"
+    shutil.copy(COMMITTED / f"{SHIPPED[name]}.sqlite", db)
     spec = load_sweep(REPO / "configs" / f"{name}.yaml", env=COMMITTED_DATA)
     with SweepDB(db, readonly=True) as d:
         state = resume_state(d)
-    missing = [h for h in spec.hashes if h not in state.status]
+    missing = [h for h in spec.hashes if state.status.get(h) != "ok"]  # a recorded failure is not a result
     from crossdistill.sweep import explain_unmatched
 
     why = explain_unmatched([c.to_dict() for c, h in zip(spec.configs, spec.hashes) if h in missing], state,
                             spec.hashes, sweep=spec.name)
     assert not missing and state.unresolved == 0, f"{len(missing)} runs to do: {why}"
-    assert run_sweep(spec, db, run_fn=must_not_run).ran == 0
+    assert run_sweep(spec, db, run_fn=must_not_run, retry_failed=True).ran == 0
 
 
 # --------------------------------------------------------------------------- report serialisation

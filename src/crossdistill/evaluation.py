@@ -1,13 +1,16 @@
-"""Accuracy, size, FLOPs and latency of a model: the numbers every compression result reports."""
+"""Accuracy, size, FLOPs and latency of a model: the numbers every compression result reports.
+
+Split by job: evaluation_counts counts parameters and FLOPs, evaluation_timing holds the
+latency record and the thread/load helpers; this module keeps what draws progress bars
+(accuracy, latency timing) next to `PROGRESS_DELAY`, which callers set here, and the
+`evaluate_*` entry points. Every name stays importable from here.
+"""
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +19,8 @@ from torch import nn
 from crossdistill.data.transforms import to_tensor
 from crossdistill.device import module_device
 from crossdistill.errors import CrossDistillError
+from crossdistill.evaluation_counts import _eval_mode, count_flops, count_nonzero_params, count_params
+from crossdistill.evaluation_timing import LatencyResult, load_average, torch_threads
 from crossdistill.models import ModelInfo, model_info
 
 __all__ = [
@@ -37,49 +42,6 @@ __all__ = [
 # batch (throughput); teacher and student alike, so their rows compare.
 REPORT_LATENCY_BATCHES = (1, 128)
 
-
-@dataclass(frozen=True)
-class LatencyResult:
-    """Wall-clock time of one forward pass of `batch_size` images, over `repeats` timed runs."""
-
-    batch_size: int
-    threads: int
-    median_ms: float
-    iqr_ms: float  # 75th minus 25th percentile: a spread that ignores the odd slow outlier
-    repeats: int
-    warmup: int
-    device: str
-    # The machine's 1-minute load when timed: on a busy machine the times mean little.
-    load_average: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15-minute load averages (None where the platform has none)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's CPU thread count set to `threads` (None: left alone) inside the block, restored after."""
-    if threads is None:
-        yield
-        return
-    if threads < 1:
-        raise CrossDistillError(f"threads must be >= 1, got {threads}")
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 # Seconds a phase runs before its bar appears: quick phases (and quick failures) print nothing.
 PROGRESS_DELAY = 0.5
 
@@ -90,18 +52,6 @@ def progress_bar(desc: str | None, total: int, unit: str = "it", **kwargs: Any):
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=desc is None,
                 dynamic_ncols=True, delay=PROGRESS_DELAY, **kwargs)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    # Restore each submodule's own flag: callers may deliberately keep parts in train mode.
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _check_images(x: Any, y: Any, mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -149,33 +99,6 @@ def accuracy(
             correct += int((pred == y[start:start + batch_size]).sum())
             bar.update(len(xb))
     return 100.0 * correct / len(x)
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameter entries (buffers such as BN running stats are not counted)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_nonzero_params(model: nn.Module) -> int:
-    """Parameter entries that are not exactly zero: the size that matters for sparse (unstructured) pruning."""
-    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
-
-
-def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
-    """FLOPs of one forward pass on ONE image of shape (C, H, W), via torch's FlopCounterMode.
-
-    Counts 2 FLOPs per multiply-accumulate (so a conv's FLOPs are 2 x its MACs) and only the
-    operations FlopCounterMode knows (convolutions, matmuls/linear layers, attention);
-    BatchNorm, ReLU, pooling and additions are not counted. Zero weights still count: this
-    measures dense compute, which is what channel pruning reduces.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, *input_size, device=module_device(model))
-    counter = FlopCounterMode(display=False)
-    with _eval_mode(model), torch.no_grad(), counter:
-        model(x)
-    return int(counter.get_total_flops())
 
 
 def measure_latency(

@@ -115,14 +115,15 @@ class Param:
             return value
         return value
 
-    def _tuple(self, value: Any, owner: str) -> tuple:
-        """A tuple setting from a list (YAML), a tuple, or '3,32,32' / '3 32 32' (a flag)."""
+    def _tuple(self, value: Any, owner: str) -> list:
+        """A list setting from a list (YAML), a tuple, or '3,32,32' / '3 32 32' (a flag); kept as
+        a list, which is what a config written out and read back (YAML, JSON) holds."""
         if isinstance(value, str):
             value = value.replace(",", " ").split()
         if not isinstance(value, (list, tuple)) or not value:
             raise CrossDistillError(f"{owner + ': ' if owner else ''}{self.name} must be a list of numbers, got {value!r}")
         item = Param(self.name, (getattr(self.spec.item, "__name__", "float"),), None, self.spec)
-        return tuple(item.check(v, owner) for v in value)
+        return [item.check(v, owner) for v in value]
 
     def _number(self, value: Any, where: str) -> int | float:
         want = "an integer" if "float" not in self.types else "a number"

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import copy
 import functools
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from crossdistill._version import __version__
-from crossdistill.compression import METHODS, CompressionMethod
-from crossdistill.compression.composite import stage_solver_name
+from crossdistill.compression import METHODS
 from crossdistill.compression.quantization import dequantize_into
 from crossdistill.checks import check_data_fits_model
 from crossdistill.config import CompressConfig, finetune_active
@@ -27,12 +23,20 @@ from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers
 from crossdistill.errors import CrossDistillError
 from crossdistill.evaluation import evaluate_for, load_average, torch_threads
-from crossdistill.models import create_model, load_weights, model_info
-from crossdistill.models.registry import ModelInfo, list_models
-from crossdistill.models.user import build_user_model, infer_info, is_factory_spec
-from crossdistill.objectives import OBJECTIVES, Objective
-from crossdistill.params import declared_params
-from crossdistill.solvers import LayerSolver, create_solver
+from crossdistill.models import model_info
+from crossdistill.models.registry import ModelInfo
+# Split off by job (run_setup: what a run is built from; run_outputs: what it writes). Their
+# names stay importable from here, where `run` and the CLI look them up: replacing one here (as
+# tests do with write_run) still takes effect.
+from crossdistill.run_outputs import format_summary, versions, write_run  # noqa: F401 - re-exported
+from crossdistill.run_setup import (  # noqa: F401 - re-exported
+    _with_model_defaults,
+    build_objective,
+    build_solver,
+    info_of,
+    load_teacher,
+    model_defaults,
+)
 
 
 @dataclass
@@ -52,23 +56,6 @@ class CompressionResult:
     method: str
     finetune: dict[str, Any] | None = None  # what the optional fine-tune did
     summary: dict[str, Any] = field(default_factory=dict)  # method.summary(student), e.g. sparsity
-
-
-def load_teacher(cfg: CompressConfig) -> nn.Module:
-    """The registered model, or the user's (`path/to/file.py:factory`), with cfg.weights loaded."""
-    model = build_user_model(cfg.model) if is_factory_spec(cfg.model) else create_model(cfg.model)
-    if cfg.weights:
-        load_weights(model, cfg.weights)
-    return model.eval()
-
-
-def info_of(cfg: CompressConfig, teacher: nn.Module, data: ImageArrays) -> ModelInfo:
-    """The registry's info, or, for a user's model, one from the config (input size, mean,
-    std) and the data (the input size when not given), checked by one forward pass."""
-    if not is_factory_spec(cfg.model) and cfg.model in list_models():
-        return model_info(cfg.model)
-    size = cfg.input_size or (data.x.shape[3], data.x.shape[1], data.x.shape[2])
-    return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std)
 
 
 def draw_few_shot(cfg: CompressConfig, data: ImageArrays, info: ModelInfo | None = None) -> FewShot:
@@ -111,32 +98,6 @@ def resolved_damping(cfg: CompressConfig, fewshot: FewShot) -> float:
     """cfg.damping, or (None) the data-dependent default for this many images per class."""
     return resolve_damping(cfg.damping, fewshot.labels)
 
-
-def model_defaults(model: str) -> dict[str, Any]:
-    """Plug-in settings whose default depends on the model (the paper's μ: 0.9 ResNet, 0.6 VGG);
-    they fill a setting left at None. A model the registry does not know has none."""
-    try:
-        info = model_info(model)
-    except CrossDistillError:
-        return {}
-    return {"mu": info.default_mu}
-
-
-def _with_model_defaults(cls: type, params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    names = {p.name for p in declared_params(cls)}
-    return {**params, **{k: v for k, v in defaults.items() if k in names and params.get(k) is None}}
-
-
-def build_objective(cfg: CompressConfig) -> Objective:
-    cls = OBJECTIVES.get_class(cfg.objective.name)
-    return OBJECTIVES.build(cfg.objective.name, _with_model_defaults(cls, cfg.objective.params, model_defaults(cfg.model)))
-
-
-def build_solver(stage: CompressionMethod, override: str | None, cfg: CompressConfig) -> LayerSolver:
-    """The solver of one stage; the config's solver settings go to the solver they were given for."""
-    name = stage_solver_name(stage, override, cfg.solver.name)
-    params = cfg.solver.params if name == cfg.solver.name else {}
-    return create_solver(stage.solver_family, name, **params)
 
 
 def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progress: bool = True) -> CompressionResult:
@@ -190,18 +151,10 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     )
 
 
-def versions() -> dict[str, str]:
-    return {
-        "crossdistill": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
 CompressFn = Callable[[nn.Module, FewShot, CompressConfig], CompressionResult]
 
 
+# Stays with `run`: it calls load_image_data through this module, where tests replace it.
 def load_with_progress(spec: str, split: str, show: bool) -> ImageArrays:
     """load_image_data, saying so on stderr when it takes a while (a large set takes seconds)."""
     import threading
@@ -304,38 +257,3 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
                                          label="student" if show_progress else None)
         report["n_eval"] = report["student"]["n_eval"]
     return result, report
-
-
-def format_summary(report: dict[str, Any]) -> str:
-    """A before ⇒ after table a person can read."""
-    lines = [
-        f"{report['model']}  {report['method']}  {report['objective']}  {report['solver']}",
-        f"few-shot: {report['n_samples']} images (K={report['shots']}, seed {report['seed']}, {report['sampler']}); "
-        f"compression took {report['compress_seconds']:.1f} s",
-    ]
-    if "teacher" in report:
-        t, s = report["teacher"], report["student"]
-        lines.append(f"{'':14}{'teacher':>14}{'student':>14}")
-        lines.append(f"{'top-1 (%)':14}{t['top1']:>14.2f}{s['top1']:>14.2f}   on {report['n_eval']} test images")
-        lines.append(f"{'params':14}{t['params']:>14,}{s['params']:>14,}")
-        if s.get("nonzero_params", s["params"]) < s["params"]:  # unstructured sparsity keeps dense shapes
-            lines.append(f"{'nonzero':14}{t['nonzero_params']:>14,}{s['nonzero_params']:>14,}")
-        lines.append(f"{'MFLOPs':14}{t['flops'] / 1e6:>14.2f}{s['flops'] / 1e6:>14.2f}")
-        for lt, ls in zip(t.get("latency", []), s.get("latency", [])):
-            label = f"ms (batch {lt['batch_size']})"
-            lines.append(f"{label:14}{lt['median_ms']:>14.2f}{ls['median_ms']:>14.2f}   {lt['threads']} threads")
-    return "\n".join(lines)
-
-
-def write_run(out: Path, result: CompressionResult, report: dict[str, Any]) -> None:
-    """Fill a (temporary) run directory: student weights + spec, report, indices, config."""
-    from crossdistill.models import save_model
-    from crossdistill.outputs import write_json
-    import yaml
-
-    save_model(result.student, out / "student.safetensors")
-    write_json(out / "report.json", report)
-    write_json(out / "fewshot_indices.json", {"indices": report["fewshot_indices"], "seed": report["seed"],
-                                              "shots": report["shots"], "data": report["config"]["data"]})
-    (out / "config.yaml").write_text(yaml.safe_dump(report["config"], sort_keys=False))
-    (out / "summary.txt").write_text(format_summary(report) + "\n")

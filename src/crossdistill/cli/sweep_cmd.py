@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "is resumed by running the same command again. Failed runs are recorded and skipped on "
         "resume unless --retry-failed is given. ${CROSSDISTILL_DATA} in the file defaults to the shared data folder.",
     )
-    p.add_argument("config", type=Path, help="sweep YAML file (see configs/)")
+    p.add_argument("config", type=Path, nargs="?", help="sweep YAML file (see configs/)")
     p.add_argument("--db", type=Path, help="SQLite results file (default: the YAML's name with .sqlite, in the current folder)")
     p.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run (repeatable), e.g. --set eval_data=test.npz")
@@ -28,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency", action="store_true", help="also time CPU latency of teacher and students (off by default)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done, and why recorded runs do not match; "
                    "run nothing and write nothing")
+    g = p.add_argument_group("importing recorded results (instead of running a sweep file)")
+    g.add_argument("--import", dest="import_jsonl", type=Path, metavar="JSONL",
+                   help="add the runs of a JSON-lines file of the retired benchmark scripts to --db as rows "
+                   "(config rebuilt from each line, source noted, commit and version unknown); --set pins "
+                   "settings the lines do not record")
+    g.add_argument("--format", dest="import_format", help="the file's format: comparison (benchmarks/comparison.py "
+                   "and baselines.py), objective_grid, accuracy_push, quant_lowrank")
     p.set_defaults(func=run)
 
 
@@ -36,9 +43,14 @@ def default_db_path(config: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crossdistill.errors import CrossDistillError
     from crossdistill.sweep import load_sweep, parse_set, run_sweep
 
     overrides = parse_set(args.set_values)
+    if args.import_jsonl is not None:
+        return import_file(args, overrides)
+    if args.config is None:
+        raise CrossDistillError("give a sweep file (or --import JSONL --format NAME --db DB)")
     if args.latency:
         overrides["latency"] = True
     spec = load_sweep(args.config, overrides)
@@ -80,4 +92,16 @@ def dry_run(spec: "SweepSpec", db_path: Path, *, retry_failed: bool = False) -> 
                   "the sweep file does not pin):")
             for line in reasons:
                 print(f"  {line}")
+    return 0
+
+
+def import_file(args: argparse.Namespace, pins: dict) -> int:
+    from crossdistill.errors import CrossDistillError
+    from crossdistill.sweep.importer import import_jsonl
+
+    if args.config is not None or args.db is None or not args.import_format:
+        raise CrossDistillError("--import JSONL takes --format NAME and --db DB, and no sweep file")
+    s = import_jsonl(args.import_jsonl, args.db, args.import_format, pins=pins, argv=sys.argv[1:])
+    print(f"{args.import_jsonl}: {s.lines} lines, {s.imported} rows added to {args.db}, {s.already} runs it held "
+          f"already, {s.repeated} lines replaced by a later line of the same run, {s.not_runs} not runs")
     return 0

@@ -3,7 +3,6 @@ graph (compression/graph_channels.py), let the first reader of each group choose
 units, re-solve every reader, then slim physically."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -129,3 +128,16 @@ def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if flops_at(mid) <= share * total else (lo, mid)
     return max(lo, 1e-9)
+
+
+def _paper_counts(model: nn.Module) -> dict[str, int]:
+    """The official code's ResNet-56 setting: int(0.5·c)+1 input channels of conv2 in every
+    block, except four blocks that stay whole (≈ −40 % FLOPs), by reader name."""
+    name = getattr(model, "crossdistill_name", "")
+    if name != "resnet56":
+        raise CrossDistillError(f"the 'paper' channel preset is defined for resnet56 only, not {name or 'this model'!r}")
+    counts = {}
+    for i, pair in enumerate(channel_pairs(model)):
+        width = get_module(model, pair.consumer).in_channels
+        counts[pair.consumer] = width if i in PAPER_RESNET56_WHOLE_BLOCKS else int(0.5 * width) + 1
+    return counts

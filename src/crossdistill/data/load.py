@@ -7,6 +7,7 @@ from crossdistill.errors import CrossDistillError
 
 from .arrays import ImageArrays
 from .download import CIFAR10_DIRNAME, ensure_cifar10, ensure_fashion_mnist
+from .slices import split_slice, take
 from .readers import (
     CIFAR10_TEST_BATCHES,
     CIFAR10_TRAIN_BATCHES,
@@ -48,11 +49,15 @@ def load_image_data(
 
     split selects train/test for folders and names; an .npz file holds a single split, so split
     is not used for it. root is where named data sets are cached (default: the user cache).
+    `SPEC[start:stop]` is that part of SPEC, e.g. `train.npz[49000:]` (data/slices.py).
     """
     check_split(split)
     text = str(spec)
     key = text.strip().lower()
     path = Path(text).expanduser()
+    sliced = None if path.exists() else split_slice(text)  # a real file whose name ends in [..] wins
+    if sliced is not None:
+        return take(load_image_data(sliced[0], split, root=root), sliced[1], text)
     # A real path wins over a name, so a local folder called "cifar10" is read, not downloaded.
     if not path.exists():
         if key in CIFAR10_NAMES:

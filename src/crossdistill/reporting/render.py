@@ -1,86 +1,106 @@
-"""`crossdistill report`: a folder with report.md, PNG plots and report.json from a sweep database."""
+"""`crossdistill report`: a folder with report.md, the kind's plots and report.json from a
+results database. The kind (kinds/) is the one asked for, else the one the sweep file that
+wrote the database declares (`report:`), else `accuracy`."""
 from __future__ import annotations
 
-import re
+import sqlite3
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from crossdistill.errors import CrossDistillError
 from crossdistill.outputs import atomic_output_dir, check_output_dir, write_json
-from crossdistill.reporting.plots import accuracy_vs_flops, accuracy_vs_shots, save_png
-from crossdistill.reporting.results import RUN_SETTING_FIELDS, SettingGroup, aggregate, failed_runs, load_runs
-from crossdistill.reporting.tables import accuracy_table, detail_table, failed_table, setting_header
+from crossdistill.reporting.kinds import DEFAULT_KIND, REPORT_KINDS
+from crossdistill.reporting.results import RunRow, failed_runs, load_runs
+from crossdistill.reporting.tables import failed_table
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "setting"
+def declared_kind(db_path: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """The `report:` of the latest sweep file run into this database (its text is stored with
+    every invocation), as (name, params); None when no sweep file declared one."""
+    import yaml
+
+    try:
+        conn = sqlite3.connect(f"file:{Path(db_path)}?mode=ro", uri=True, timeout=60)
+        try:
+            texts = [t for (t,) in conn.execute("SELECT source_text FROM invocations ORDER BY id DESC")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:  # no invocations table: nothing declared
+        return None
+    for text in texts:
+        try:
+            doc = yaml.safe_load(text or "") or {}
+        except yaml.YAMLError:
+            continue
+        if isinstance(doc, Mapping) and doc.get("report") is not None:
+            return kind_spec(doc["report"])
+    return None
 
 
-def _teacher_families(groups: list[SettingGroup]) -> list[list[SettingGroup]]:
-    """Settings that compress the same teacher on the same data to different sizes."""
-    fams: dict[Any, list[SettingGroup]] = {}
-    for g in groups:
-        key = (tuple(str(g.config.get(k)) for k in RUN_SETTING_FIELDS), g.x_field)
-        fams.setdefault(key, []).append(g)
-    return list(fams.values())
+def how_made(db_path: str | Path) -> str:
+    """The commands that re-make this database and report, from its invocations: the sweep files
+    run into it and the files imported into it (their rows name their lines in `source`)."""
+    try:
+        conn = sqlite3.connect(f"file:{Path(db_path)}?mode=ro", uri=True, timeout=60)
+        try:
+            rows = conn.execute("SELECT sweep, source FROM invocations ORDER BY id").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return ""
+    sweeps = list(dict.fromkeys(src for name, src in rows if src and not str(name).startswith("import:")))
+    imports = list(dict.fromkeys(src for name, src in rows if src and str(name).startswith("import:")))
+    parts = [f"Made by `crossdistill sweep {' / '.join(sweeps)} --db {db_path}`" if sweeps else "",
+             ("imported from " if sweeps else "Imported from ") + ", ".join(f"`{i}`" for i in imports) if imports else ""]
+    text = "; ".join(p for p in parts if p)
+    return f"{text}; rendered by `crossdistill report {db_path}`." if text else ""
 
 
-def group_summary(g: SettingGroup) -> dict[str, Any]:
-    return {
-        "setting": g.config,
-        "label": g.label,
-        "x_field": g.x_field,
-        "teacher": {"top1": g.teacher_top1, "params": g.teacher_params, "flops": g.teacher_flops},
-        "n_eval": g.n_eval,
-        "cells": [
-            {"method": c.method, g.x_field: c.x, "mean": c.mean, "std": c.std, "n_seeds": c.n_seeds,
-             "seeds": c.seeds, "top1": c.top1, "n_eval": c.n_eval, "flops": c.flops, "params": c.params,
-             "compress_seconds": c.compress_seconds, "run_seconds": c.run_seconds}
-            for m in g.methods for x in g.x_values for c in [g.cell(m, x)] if c is not None
-        ],
-    }
+def kind_spec(value: Any) -> tuple[str, dict[str, Any]]:
+    """A `report:` value, a bare name or {name, params} (the shape of a config's plug-in sections)."""
+    if isinstance(value, str):
+        return value, {}
+    if isinstance(value, Mapping) and set(value) <= {"name", "params"} and isinstance(value.get("name"), str):
+        return value["name"], dict(value.get("params") or {})
+    raise CrossDistillError(f"report must be a kind's name or {{name, params}}, got {value!r}")
 
 
-def render_report(db_path: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
-    """Write report.md, one accuracy-vs-K plot per setting, one accuracy-vs-FLOPs plot per teacher
-    and report.json to `out` (atomically). Returns what report.json holds."""
+def code_line(rows: Sequence[RunRow]) -> str:
+    """Which code made the runs: library version and git commit per row, counted (rows of
+    databases older than these columns, runs made outside a git checkout and imported rows show
+    'unknown'; imported rows are counted as such)."""
+    counts = Counter(("imported " if r.source else "") + f"crossdistill {r.crossdistill_version or 'unknown'} "
+                     f"at commit {r.git_commit or 'unknown'}" for r in rows)
+    made = ", ".join(f"{k} ({n})" for k, n in counts.most_common())
+    return f"made by: {made}" if made else "made by: (no runs)"
+
+
+def render_report(db_path: str | Path, out: str | Path, *, force: bool = False, kind: str | None = None,
+                  params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write report.md, the kind's plots and report.json to `out` (atomically). Returns what
+    report.json holds."""
     rows = load_runs(db_path)
     if not rows:
         raise CrossDistillError(f"{db_path}: no runs recorded yet")
+    if kind is None:
+        kind, declared = declared_kind(db_path) or (DEFAULT_KIND, {})
+        params = {**declared, **dict(params or {})}
+    report = REPORT_KINDS.build(kind, params)
     check_output_dir(out, force)
-    groups = aggregate(rows)
     failed = failed_runs(rows)
     md = [f"# Results of {Path(db_path).name}", "",
           f"{len(rows)} runs recorded: {len(rows) - len(failed)} ok, {len(failed)} failed. "
-          "Each cell is the mean ± sample standard deviation over few-shot draws (seeds); "
-          "n_eval is the number of test images.", ""]
-    summary: dict[str, Any] = {"db": str(db_path), "runs": len(rows), "failed": len(failed), "settings": [], "plots": []}
+          f"Report kind `{report.describe()}`.", ""]
     with atomic_output_dir(out, force) as tmp:
-        used: set[str] = set()
-        for g in groups:
-            name = slug(g.label)
-            while name in used:
-                name += "-x"
-            used.add(name)
-            png = f"accuracy_vs_{'k' if g.x_field == 'shots' else 'n'}_{name}.png"
-            save_png(accuracy_vs_shots(g), tmp / png)
-            md += [setting_header(g), "", accuracy_table(g), "", f"![accuracy vs K]({png})", "",
-                   "<details><summary>per method and K: seeds, n_eval, size, seconds</summary>", "",
-                   detail_table(g), "", "</details>", ""]
-            summary["settings"].append(group_summary(g))
-            summary["plots"].append(png)
-        for fam in _teacher_families(groups):
-            if not any(c.flops is not None for g in fam for c in g.cells.values()):
-                continue
-            name = slug(f"{fam[0].model}-{Path(str(fam[0].config.get('weights'))).stem}")
-            while f"accuracy_vs_flops_{name}.png" in summary["plots"]:
-                name += "-x"
-            png = f"accuracy_vs_flops_{name}.png"
-            save_png(accuracy_vs_flops(fam), tmp / png)
-            md += [f"## {fam[0].model}: accuracy vs FLOPs", "", f"![accuracy vs FLOPs]({png})", ""]
-            summary["plots"].append(png)
+        rendered = report.render(rows, tmp)
+        md += rendered.markdown
         if failed:
             md += ["## Failed runs", "", failed_table(failed), ""]
+        md += [line for line in (how_made(db_path), code_line(rows)) if line] + [""]
+        summary: dict[str, Any] = {"db": str(db_path), "kind": report.name, "params": report.settings(),
+                                   "runs": len(rows), "failed": len(failed), **rendered.summary,
+                                   "plots": rendered.plots}
         (tmp / "report.md").write_text("\n".join(md))
         write_json(tmp / "report.json", summary)
     return summary

@@ -48,13 +48,16 @@ class RunRow:
     run_seconds: float | None = None
     git_commit: str | None = None  # None also for rows of databases older than the column
     crossdistill_version: str | None = None
+    source: str | None = None  # where an imported row came from (sweep/importer.py); None: run by a sweep
+    report: dict[str, Any] | None = None  # the run's full report (latency, per-layer losses, ...)
 
 
 _COLUMNS = ("id", "config_hash", "config", "status", "error", "teacher_top1", "student_top1", "n_eval",
-            "teacher_params", "student_params", "teacher_flops", "student_flops", "compress_seconds", "run_seconds")
+            "teacher_params", "student_params", "teacher_flops", "student_flops", "compress_seconds", "run_seconds",
+            "report")
 # Added to the runs table later; a database opened read-only here is never migrated, so they are
 # read only when present.
-_OPTIONAL_COLUMNS = ("git_commit", "crossdistill_version")
+_OPTIONAL_COLUMNS = ("git_commit", "crossdistill_version", "source")
 
 
 def load_runs(db_path: str | Path) -> list[RunRow]:
@@ -76,6 +79,7 @@ def load_runs(db_path: str | Path) -> list[RunRow]:
     for r in rows:
         d = dict(zip(columns, r))
         d["config"] = flat_settings(json.loads(d["config"]))
+        d["report"] = json.loads(d["report"]) if d["report"] else None
         out.append(RunRow(**d))
     return out
 
@@ -102,6 +106,7 @@ class Cell:
     params: float | None
     compress_seconds: float | None
     run_seconds: float | None
+    runs: list[RunRow] = field(default_factory=list, repr=False)  # the rows behind it, by seed
 
     @property
     def mean(self) -> float:
@@ -177,12 +182,16 @@ def base_method_label(config: Mapping[str, Any]) -> str:
     mu = _default_mu(str(config.get("model")))
     label = plugin_describe(config, "objective", {"mu": mu} if mu is not None else {})
     solver = config.get("solver")
-    if not getattr(plugin_class(config, "solver"), "uses_objective", True):
+    if config.get("baseline"):  # a baseline fixes its own objective and solver
+        label = f"baseline {config['baseline']}"
+    elif not getattr(plugin_class(config, "solver"), "uses_objective", True):
         label = plugin_describe(config, "solver")
     elif solver is not None and (solver != "closed-form" or _non_default(config, "solver")):
         label += f" [{plugin_describe(config, 'solver')}]"
     if config.get("finetune.epochs"):
         label += f" + fine-tune {config['finetune.epochs']} ep"
+    elif config.get("finetune.bn") == "recalibrate":
+        label += " + BN re-estimated"
     return label
 
 
@@ -231,6 +240,13 @@ def method_labels(configs: Iterable[Mapping[str, Any]]) -> dict[Any, str]:
     return labels
 
 
+def label_configs(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """`method_labels` of each config, in order (for kinds that regroup rows their own way)."""
+    flat = [flat_settings(c) for c in configs]
+    labels = method_labels(flat)
+    return [labels[_freeze(_method_fields(c))] for c in flat]
+
+
 def _mean_or_none(values: Sequence[float | None]) -> float | None:
     vals = [float(v) for v in values if v is not None]
     return statistics.fmean(vals) if vals else None
@@ -265,6 +281,7 @@ def aggregate(rows: Iterable[RunRow]) -> list[SettingGroup]:
                 params=_mean_or_none([r.student_params for r in rs]),
                 compress_seconds=_mean_or_none([r.compress_seconds for r in rs]),
                 run_seconds=_mean_or_none([r.run_seconds for r in rs]),
+                runs=rs,
             )
         first = runs[0]
         g.teacher_top1, g.teacher_params, g.teacher_flops = first.teacher_top1, first.teacher_params, first.teacher_flops

@@ -82,6 +82,7 @@ class RunContext:
         """
         from crossdistill.evaluation import evaluate_for
         from crossdistill.models import model_info
+        from crossdistill.pipeline import info_of
 
         if not cfg.eval_data:
             return None
@@ -97,6 +98,8 @@ class RunContext:
         if cached is not None:
             return cached
         start = time.perf_counter()
-        metrics = evaluate_for(teacher, self.data(cfg.eval_data, "test"), model_info(cfg.model), latency=cfg.latency)
+        # The registry's info, or a user model's (input size, mean, std from the config and the data).
+        info = info_of(cfg, teacher, self.data(cfg.data, "train")) if cfg.data else model_info(cfg.model)
+        metrics = evaluate_for(teacher, self.data(cfg.eval_data, "test"), info, latency=cfg.latency)
         self.db.store_teacher_metrics(key, cfg.model, cfg.weights, cfg.eval_data, metrics, time.perf_counter() - start)
         return metrics

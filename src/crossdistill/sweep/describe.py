@@ -47,6 +47,8 @@ def flat_settings(config: Mapping[str, Any] | CompressConfig) -> dict[str, Any]:
         if isinstance(value, Mapping) and "name" in value:
             out[key] = value["name"]
             out.update({f"{key}.{k}": v for k, v in (value.get("params") or {}).items()})
+        elif key == "extra" and isinstance(value, Mapping):
+            out.update(value)  # baseline settings: flat keys, which is how a config routes them back
         elif isinstance(value, Mapping):
             out.update({f"{key}.{k}": v for k, v in value.items()})
         else:
@@ -96,11 +98,16 @@ def short_description(values: Mapping[str, Any] | CompressConfig) -> str:
     except Exception:  # only decorates an error message, which must not fail itself
         d = {k: v for k, v in dict(values).items() if not isinstance(v, Mapping)}
     parts = [str(d.get("model", "resnet56"))]
-    for section in ("method", "objective", "solver"):
+    # A baseline fixes its own objective and solver: naming the config's would mislead.
+    for section in ("method",) if d.get("baseline") else ("method", "objective", "solver"):
         if section in d:
             parts.append(plugin_describe(d, section))
         elif section == "method" and "prune" in d:
             parts.append(str(d["prune"]))
+    if d.get("baseline"):
+        parts.append(f"baseline {d['baseline']}")
+    if d.get("damping") is not None:
+        parts.append(f"damping={d['damping']:g}")
     parts.append(f"K={d['shots']}" if d.get("shots") is not None else f"N={d.get('n_samples')}")
     parts.append(f"seed={d.get('seed', 0)}")
     if d.get("finetune.epochs"):

@@ -25,7 +25,7 @@ from crossdistill.paths import DATA_ENV, shared_data_dir
 from crossdistill.sweep.describe import short_description
 from crossdistill.sweep.hashing import config_hash
 
-SWEEP_KEYS = {"name", "description", "base", "grid", "runs"}
+SWEEP_KEYS = {"name", "description", "base", "grid", "runs", "report"}
 # Latency timing costs seconds per run and is noisy on shared machines; sweeps opt in.
 SWEEP_DEFAULTS: dict[str, Any] = {"latency": False}
 
@@ -65,6 +65,7 @@ class SweepSpec:
     source: str = ""
     source_text: str = ""
     hashes: list[str] = field(default_factory=list)
+    report: dict[str, Any] | None = None  # the report kind the file declares: {name, params}
 
 
 def _mapping(data: Any, what: str) -> dict[str, Any]:
@@ -132,7 +133,24 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None,
     run_dicts = expand_grid(data.get("base"), data.get("grid"), runs, expand_vars(dict(overrides or {}), env))
     configs, hashes = build_configs(run_dicts)
     return SweepSpec(name=str(data.get("name") or path.stem), configs=configs, source=str(path),
-                     source_text=path.read_text(), hashes=hashes)
+                     source_text=path.read_text(), hashes=hashes, report=check_report(data.get("report"), path))
+
+
+def check_report(value: Any, path: Path) -> dict[str, Any] | None:
+    """The file's `report:` (a kind's name or {name, params}), checked now: a typo in it must
+    fail before the runs, not when the report is made hours later."""
+    if value is None:
+        return None
+    # Imported only when declared: the reporting package pulls in matplotlib.
+    from crossdistill.reporting.kinds import REPORT_KINDS
+    from crossdistill.reporting.render import kind_spec
+
+    try:
+        name, params = kind_spec(value)
+        REPORT_KINDS.build(name, params)
+    except CrossDistillError as exc:
+        raise CrossDistillError(f"{path}: report: {exc}") from None
+    return {"name": name, "params": params}
 
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:

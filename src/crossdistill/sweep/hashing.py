@@ -43,6 +43,16 @@ def json_sha256(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
+# Run-level settings added after results were stored, each with the default that reproduces the
+# behaviour from before it existed. At that default they are left out of the hash, so the hash of
+# every run made before they existed stays what it was (stored config_hash columns match as
+# written, not only after re-hashing).
+_ADDED_AT_DEFAULT: dict[str, Any] = {"baseline": None}
+# Baselines that fine-tune whatever `finetune.epochs` says (crossdistill.baselines.l1: 200 epochs
+# when it is 0), so their fine-tune settings always have an effect and always identify the run.
+_FINETUNING_BASELINES = ("bp", "l1-finetune")
+
+
 def config_hash(config: Mapping[str, Any] | Any) -> str:
     """sha256 of the canonical JSON of a full resolved config (a dict, or anything with `to_dict()`).
 
@@ -53,7 +63,11 @@ def config_hash(config: Mapping[str, Any] | Any) -> str:
     from crossdistill.config import run_identity
 
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return json_sha256(run_identity(values))
+    values = {k: v for k, v in values.items() if not (k in _ADDED_AT_DEFAULT and v == _ADDED_AT_DEFAULT[k])}
+    identity = run_identity(values)
+    if values.get("baseline") in _FINETUNING_BASELINES and "finetune" in values:
+        identity["finetune"] = values["finetune"]
+    return json_sha256(identity)
 
 
 def canonical_config(stored: Mapping[str, Any]) -> dict[str, Any]:

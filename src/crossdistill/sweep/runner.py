@@ -65,9 +65,14 @@ def execute_run(cfg: CompressConfig, ctx: RunContext) -> dict[str, Any]:
     test = ctx.data(cfg.eval_data, "test") if cfg.eval_data else None
     teacher = ctx.teacher(cfg)
     teacher_metrics = ctx.teacher_metrics(cfg)
+    compress_fn = None
+    if cfg.baseline is not None:  # a row that runs a baseline (the pipeline cannot import them)
+        from crossdistill.baselines import get_baseline
+
+        compress_fn = get_baseline(cfg.baseline)
     try:
         _, report = run_pipeline(cfg, show_progress=False, train=train, test=test, teacher=teacher,
-                                 teacher_metrics=teacher_metrics)
+                                 teacher_metrics=teacher_metrics, compress_fn=compress_fn)
     finally:
         ctx.check_teacher_unchanged(cfg)
     return report_columns(report)
@@ -75,13 +80,22 @@ def execute_run(cfg: CompressConfig, ctx: RunContext) -> dict[str, Any]:
 
 def row_for(cfg: CompressConfig, h: str, sweep: str) -> dict[str, Any]:
     """The columns of a run's row known before it runs, provenance included."""
-    values = cfg.to_dict()
-    flat = flat_settings(cfg)  # the summary columns
-    keep = flat.get("method.keep")
     return {
         "config_hash": h,
-        "config": canonical_json(values),
+        "config": canonical_json(cfg.to_dict()),
         "sweep": sweep,
+        **summary_columns(cfg),
+        "host": socket.gethostname(),
+        "git_commit": git_commit(),
+        "crossdistill_version": library_version(),
+    }
+
+
+def summary_columns(cfg: CompressConfig) -> dict[str, Any]:
+    """The columns that repeat a few settings of the config, for reading the table by hand."""
+    flat = flat_settings(cfg)
+    keep = flat.get("method.keep")
+    return {
         "model": flat.get("model"),
         "prune": flat.get("method"),
         "keep": None if keep is None else str(keep),
@@ -90,9 +104,6 @@ def row_for(cfg: CompressConfig, h: str, sweep: str) -> dict[str, Any]:
         "shots": flat.get("shots"),
         "n_samples": flat.get("n_samples"),
         "seed": flat.get("seed"),
-        "host": socket.gethostname(),
-        "git_commit": git_commit(),
-        "crossdistill_version": library_version(),
     }
 
 

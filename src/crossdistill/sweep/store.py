@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS invocations (
 _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("runs", "git_commit", "TEXT"),  # short hash of the checkout that ran it (null: not a checkout)
     ("runs", "crossdistill_version", "TEXT"),
+    ("runs", "source", "TEXT"),  # where an imported row came from (sweep/importer.py); null: run by a sweep
 )
 
 
@@ -212,12 +213,16 @@ class SweepDB:
             )
 
     def record_invocation(self, spec: "SweepSpec", argv: Sequence[str]) -> None:
+        self.record_command(spec.name, spec.source, spec.source_text, argv, len(spec.configs))
+
+    def record_command(self, name: str, source: str, source_text: str | None, argv: Sequence[str],
+                       n_runs: int) -> None:
+        """One row of `invocations`: a sweep, or an import of recorded results."""
         from crossdistill.pipeline import versions
 
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO invocations (started_at, sweep, source, source_text, argv, n_runs, versions) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (now(), spec.name, spec.source, spec.source_text, json.dumps(list(argv)), len(spec.configs),
-                 json.dumps(versions())),
+                (now(), name, source, source_text, json.dumps(list(argv)), n_runs, json.dumps(versions())),
             )

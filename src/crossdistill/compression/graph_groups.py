@@ -1,0 +1,166 @@
+"""Channel groups of a traced model: the public records (`LayerChannels`, `ChannelGroup`) and
+their assembly from Torch-Pruning's groups once graph_ties has joined what must go together.
+
+Each layer a group touches gets a role (producer, consumer, depthwise pass-through, norm) or a
+reason why the group cannot be pruned; see graph_channels for what a group is and for the
+slimming that removes its channels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch_pruning import ops as tp_ops
+
+from crossdistill.compression.graph_ops import DUMMY, Graph
+from crossdistill.compression.graph_ties import NORMS, _is_out, _structure, _TPGroup, _tp_groups, _Union
+from crossdistill.compression.graph_trace import trace
+from crossdistill.errors import CrossDistillError
+
+
+@dataclass(frozen=True)
+class LayerChannels:
+    """One layer's share of a group: `channels[i]` are its channel indices (a producer's
+    outputs, a consumer's inputs — features for a Linear after a flatten) in group channel i."""
+
+    name: str
+    channels: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """A set of coupled channels; `slim_groups` keeps or drops its `width` group channels.
+
+    Every layer list holds `LayerChannels` with one entry per group channel; a depthwise conv
+    is both a producer and a consumer (its inputs and outputs go together). `exact` is False
+    when a LayerNorm/GroupNorm normalises over the channels: dropping some then changes the
+    others' statistics, so the slimmed model is not the masked one."""
+
+    id: int
+    width: int                               # group channels (units) that can be kept or dropped
+    producers: tuple[LayerChannels, ...]     # convs/linears writing the channels (out channels)
+    consumers: tuple[LayerChannels, ...]     # convs/linears reading them (in channels/features)
+    norms: tuple[LayerChannels, ...]         # per-channel layers in between (BN, LN, GN, PReLU)
+    depthwise: tuple[str, ...]               # depthwise convs: in both lists, channels pass through
+    prunable: bool
+    reason: str                              # why not, when not prunable
+    exact: bool                              # dropping == zeroing the consumers' columns (no LN/GN)
+
+
+@dataclass
+class _Plan:
+    graph: Graph
+    tpgroups: list[_TPGroup]
+    unit_of: dict[tuple[int, int], int]    # (tp group, root index) -> channel of its group
+    members: list[list[int]]               # ChannelGroup id -> tp groups
+    groups: list[ChannelGroup]
+
+
+def _role(graph: Graph, dep: Any, reasons: list[str]) -> str | None:
+    """'out', 'in', 'dw' or 'norm' for a layer item; notes why a layer blocks pruning."""
+    mod, dg = dep.target.module, graph.dg
+    name = graph.names.get(mod, "?")
+    if isinstance(mod, nn.Parameter):
+        reasons.append(f"touches a bare nn.Parameter: {name}")
+        return None
+    if isinstance(mod, DUMMY):
+        return None
+    if graph.calls[mod] > 1:
+        reasons.append(f"layer {name} runs more than once (shared weights)")
+    if isinstance(mod, tp_ops.TORCH_MHA):
+        reasons.append(f"attention projection (MultiheadAttention packed in_proj): {name}")
+    elif isinstance(mod, (tp_ops.TORCH_LSTM, tp_ops.TORCH_EMBED)):
+        reasons.append(f"unsupported layer: {type(mod).__name__} {name}")
+    elif isinstance(mod, tp_ops.TORCH_CONV):
+        if tp_ops.module2type(mod) == tp_ops.OPTYPE.DEPTHWISE_CONV:
+            if mod.in_channels != mod.out_channels:
+                reasons.append(f"depthwise conv {name} has a channel multiplier")
+            return "dw"
+        if mod.transposed and mod.groups > 1:
+            reasons.append(f"grouped transposed conv {name}")
+        return "out" if _is_out(dg, dep) else "in"
+    elif isinstance(mod, tp_ops.TORCH_LINEAR):
+        return "out" if _is_out(dg, dep) else "in"
+    elif isinstance(mod, NORMS):
+        if isinstance(mod, tp_ops.TORCH_LAYERNORM) and len(mod.normalized_shape) > 1:
+            reasons.append(f"LayerNorm {name} normalises over several dimensions")
+        if isinstance(mod, tp_ops.TORCH_INSTANCENORM) and mod.track_running_stats:
+            reasons.append(f"InstanceNorm {name} tracks running statistics")
+        return "norm"
+    else:
+        reasons.append(f"unsupported layer: {type(mod).__name__} {name}")
+    return None
+
+
+def _plan(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str] = ()) -> _Plan:
+    known = dict(model.named_modules())
+    for name in ignored:
+        if name not in known:
+            raise CrossDistillError(f"ignored layer {name!r} is not in the model")
+    graph = trace(model, example_inputs)
+    tpgs = _tp_groups(graph)
+    uf = _Union()
+    for g, tpg in enumerate(tpgs):
+        for r in range(tpg.width):
+            uf.find((g, r))
+    bad = _structure(graph, tpgs, uf)
+    unit_of = {(g, r): uf.find((g, r)) for g, tpg in enumerate(tpgs) for r in range(tpg.width)}
+    comp = _Union()  # tp groups sharing a unit are one ChannelGroup
+    for (g, _), u in unit_of.items():
+        comp.join(g, u[0])
+    members: dict[int, list[int]] = {}
+    for g in range(len(tpgs)):
+        members.setdefault(comp.find(g), []).append(g)
+    plan = _Plan(graph, tpgs, {}, [], [])
+    for gid, gs in enumerate(sorted(members.values())):
+        units = sorted({unit_of[(g, r)] for g in gs for r in range(tpgs[g].width)})
+        index = {u: i for i, u in enumerate(units)}
+        plan.unit_of.update({e: index[u] for e, u in unit_of.items() if e[0] in gs})
+        plan.members.append(gs)
+        plan.groups.append(_group(graph, gid, gs, tpgs, plan.unit_of, len(units), bad, set(ignored)))
+    return plan
+
+
+def _group(graph: Graph, gid: int, gs: list[int], tpgs: list[_TPGroup], unit_of: dict, width: int,
+           bad: dict[int, list[str]], ignored: set[str]) -> ChannelGroup:
+    reasons: list[str] = []
+    layers: dict[tuple[str, str], dict[int, set[int]]] = {}
+    rank = {m: i for i, m in enumerate(graph.order)}
+    exact = True
+    for g in gs:
+        reasons += tpgs[g].reasons + bad.get(g, [])
+        for dep, pairs in tpgs[g].items:
+            role = _role(graph, dep, reasons)
+            if role is None:
+                continue
+            mod = dep.target.module
+            exact &= not isinstance(mod, (tp_ops.TORCH_LAYERNORM, tp_ops.TORCH_GROUPNORM))
+            per_unit = layers.setdefault((role, graph.names[mod]), {})
+            for idx, root in pairs:
+                per_unit.setdefault(unit_of[(g, root)], set()).add(idx)
+
+    def share(roles: tuple[str, ...]) -> tuple[LayerChannels, ...]:
+        found = [(n, d) for (r, n), d in layers.items() if r in roles]
+        found.sort(key=lambda nd: rank.get(graph.dg.model.get_submodule(nd[0]), len(rank)))
+        return tuple(LayerChannels(n, tuple(tuple(sorted(d.get(u, ()))) for u in range(width))) for n, d in found)
+
+    producers, consumers, norms = share(("out", "dw")), share(("in", "dw")), share(("norm",))
+    touched = {lc.name for lc in producers + consumers + norms}
+    reasons += [f"touches ignored layer {n}" for n in sorted(touched & ignored)]
+    if width < 2 and not reasons:
+        reasons.append("a single unit: nothing can be dropped")
+    reasons = list(dict.fromkeys(reasons))
+    return ChannelGroup(
+        id=gid, width=width, producers=producers, consumers=consumers, norms=norms,
+        depthwise=tuple(lc.name for lc in producers if ("dw", lc.name) in layers),
+        prunable=not reasons, reason="; ".join(reasons), exact=exact,
+    )
+
+
+def channel_groups(model: nn.Module, example_inputs: torch.Tensor, *, ignored: Sequence[str] = ()) -> list[ChannelGroup]:
+    """Every set of coupled channels of `model` traced on `example_inputs`, producers in
+    forward order. Groups that must stay whole say why in `reason`; layers named in `ignored`
+    keep all their channels."""
+    return _plan(model, example_inputs, ignored).groups

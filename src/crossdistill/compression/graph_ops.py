@@ -1,0 +1,237 @@
+"""What each op of a traced pass does to channels: the op tables, the record of one traced
+pass (`Graph`), and the per-op classification that picks an index map or a barrier.
+
+Split from graph_trace, which runs the trace and installs the maps chosen here: this part
+reads only shapes and autograd node names, never Torch-Pruning's own channel inference (see
+graph_trace's docstring for why that is not trusted).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, Iterator
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning import ops as tp_ops
+
+from crossdistill.compression.graph_maps import IdxMap, Shape, _gather, _offset, _spread, _window
+
+# Ops that act on each channel alone (checked against shapes below), by autograd node name.
+POINTWISE = frozenset(
+    "Add Sub Mul Div Neg Relu Hardtanh LeakyRelu Gelu Silu Sigmoid Tanh Hardswish Hardsigmoid Elu "
+    "Selu Celu Softplus Mish Clamp ClampMin ClampMax Abs Pow Exp Log Sqrt Rsqrt Maximum Minimum "
+    "Clone ToCopy Alias NativeDropout Threshold".split()
+)
+SPATIAL = frozenset(
+    "MaxPool2DWithIndices MaxPool3DWithIndices AvgPool2D AvgPool3D AdaptiveAvgPool2D AdaptiveAvgPool3D "
+    "AdaptiveMaxPool2D AdaptiveMaxPool3D UpsampleNearest2D UpsampleNearestExact2D UpsampleBilinear2D "
+    "UpsampleBicubic2D UpsampleNearest3D UpsampleTrilinear3D ConstantPadNd ReflectionPad2D "
+    "ReplicationPad2D".split()
+)
+REDUCE = frozenset("Mean Sum Amax Amin Std Var Logsumexp".split())
+RESHAPE = frozenset("View Reshape ReshapeAlias UnsafeView Squeeze Unsqueeze".split())
+# Torch-Pruning's own bookkeeping nodes (concat, split, reshape, ...): no module of the model.
+DUMMY = (tp_ops._ConcatOp, tp_ops._SplitOp, tp_ops._ReshapeOp, tp_ops._ElementWiseOp, tp_ops._SliceOp,
+         tp_ops._UnbindOp, tp_ops._ExpandOp, tp_ops._OutputOp)
+
+
+# -- what one traced pass records ----------------------------------------------------------------
+
+@dataclass
+class Graph:
+    """The dependency graph of one model plus what the checks need."""
+
+    dg: tp.DependencyGraph
+    names: dict[Any, str]                   # module -> qualified name
+    order: list[nn.Module]                  # hooked modules, in the order the forward runs them
+    calls: Counter                          # module -> times run (shared layers run twice)
+    owner: dict[Any, nn.Module]             # autograd node -> hooked module it runs inside
+    output_fns: set                         # autograd nodes that make the model's outputs
+    barrier: dict[Any, str] = field(default_factory=dict)  # tp Node -> why channels stop there
+    shuffles: dict[Any, tuple[int, int, bool]] = field(default_factory=dict)  # -> (g, m, after)
+    splits: dict[Any, tuple[int, int]] = field(default_factory=dict)  # chunk -> (size, parts)
+
+    def name(self, node: Any) -> str:
+        return self.names.get(node.module) or (node.grad_fn.name() if node.grad_fn is not None else "?")
+
+
+def tensors(x: Any) -> Iterator[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from tensors(v)
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from tensors(v)
+
+
+# -- shapes and channel axes ---------------------------------------------------------------------
+
+def _shape(fn: Any, k: int = 0) -> Shape | None:
+    if fn is None:
+        return None
+    if hasattr(fn, "variable"):
+        return tuple(fn.variable.shape)
+    try:
+        # Private but stable in the pinned torch: the shapes of a node's outputs.
+        return tuple(fn._input_metadata[k].shape)
+    except (AttributeError, IndexError):
+        return None
+
+
+def _axis(ndim: int, strict3d: bool) -> int | None:
+    """The channel axis by layout: N C *spatial for 4-d and up, features last below. A 3-d
+    tensor is (batch, tokens, features) unless the model has 1-d convs: then it is ambiguous."""
+    if ndim >= 4:
+        return 1
+    if ndim == 3:
+        return None if strict3d else 2
+    return ndim - 1 if ndim else None
+
+
+def _base(fn: Any) -> str:
+    return re.sub(r"Backward\d*$", "", fn.name())
+
+
+def _is_free(graph: Graph, node: Any) -> bool:
+    return isinstance(node.module, DUMMY) and node.grad_fn is not None and node.grad_fn not in graph.owner
+
+
+# -- per-op classification ------------------------------------------------------------------------
+
+@dataclass
+class _OpMaps:
+    reason: str | None = None
+    in_fwd: dict[int, IdxMap] = field(default_factory=dict)   # input position -> node space
+    in_bwd: dict[int, IdxMap] = field(default_factory=dict)
+    out_fwd: dict[int, IdxMap] = field(default_factory=dict)  # node space -> output k
+    out_bwd: dict[int, IdxMap] = field(default_factory=dict)
+
+
+def _classify(graph: Graph, node: Any, strict3d: bool) -> _OpMaps:
+    fn = node.grad_fn
+    name, base = fn.name(), _base(fn)
+    out = _shape(fn)
+    ins = [(p, _shape(f, k)) for p, (f, k) in enumerate(fn.next_functions) if f is not None]
+    if node.type == tp_ops.OPTYPE.OUTPUT:
+        return _OpMaps("reaches the model output")
+    if out is None or any(s is None for _, s in ins):
+        return _OpMaps(f"feeds an op of unknown shape: {name}")
+    a = _axis(len(out), strict3d)
+    unsupported = _OpMaps(f"feeds an unsupported op: {name}")
+
+    if base in POINTWISE:
+        for _, s in ins:
+            if s == out or not s:
+                continue
+            padded = (1,) * (len(out) - len(s)) + s  # broadcasting aligns trailing dims
+            if a is None or len(s) > len(out) or padded[a] != out[a]:
+                return _OpMaps(f"feeds an unsupported op: {name} (broadcasts across channels)")
+        return _OpMaps()
+    if base in SPATIAL:
+        # Pooling, resizing, padding: (N, C, *spatial) in and out, C unchanged.
+        if len(out) < 4 or any(len(s) != len(out) or s[1] != out[1] for _, s in ins):
+            why = "pads the channel dimension" if "Pad" in base else "changes the channel count"
+            return _OpMaps(f"feeds an unsupported op: {name} ({why})")
+        return _OpMaps()
+    if base in REDUCE:
+        dims = getattr(fn, "_saved_dim", None)
+        s = ins[0][1] if ins else None
+        if dims is None or s is None or _axis(len(s), strict3d) is None:
+            return unsupported
+        ain = _axis(len(s), strict3d)
+        dims = [d % len(s) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+        keep = bool(getattr(fn, "_saved_keepdim", False))
+        aout = ain if keep else ain - sum(d < ain for d in dims)
+        if ain in dims or _axis(len(out), strict3d) != aout or out[aout] != s[ain]:
+            return _OpMaps(f"feeds an unsupported op: {name} (reduces or moves the channel dimension)")
+        return _OpMaps()
+    if base in RESHAPE or base == "Select":
+        s = ins[0][1]
+        ain, aout = _axis(len(s), strict3d), _axis(len(out), strict3d)
+        if ain is None or aout is None:
+            return unsupported
+        lead_in, lead_out = prod(s[:ain]), prod(out[:aout])
+        if base == "Select":  # drops one dim; fine unless it is the channel one
+            dim = fn._saved_dim % len(s)
+            ok = dim != ain and out[aout] == s[ain] and aout == ain - (dim < ain)
+            return _OpMaps() if ok else unsupported
+        if lead_in == lead_out and s[ain] == out[aout]:
+            return _OpMaps()  # row-major layout keeps every element in its channel
+        trail = prod(s[ain + 1:])
+        if lead_in == lead_out and out[aout] == s[ain] * trail and trail > 1:
+            # A flatten: channel c becomes features c*trail ... (c+1)*trail-1.
+            return _OpMaps(in_fwd={0: _spread(trail)}, in_bwd={0: _gather(trail)})
+        return _OpMaps(f"feeds an unsupported op: {name} (reshapes the channel dimension {s} -> {out})")
+    if base == "Slice":
+        s = ins[0][1]
+        if a is None or len(s) != len(out) or s[a] != out[a]:
+            return _OpMaps(f"feeds an unsupported op: {name} (slices the channel dimension)")
+        return _OpMaps()
+    if base == "Cat":
+        if a is None:
+            return unsupported
+        dim = fn._saved_dim % len(out)
+        if len(ins) != len(fn.next_functions):
+            return _OpMaps(f"feeds an unsupported op: {name} (concatenates a tensor outside the graph)")
+        if dim != a:
+            return _OpMaps() if all(s[a] == out[a] for _, s in ins) else unsupported
+        maps, off = _OpMaps(), 0
+        for p, s in ins:
+            maps.in_fwd[p], maps.in_bwd[p] = _offset(off), _window(off, off + s[a])
+            off += s[a]
+        return maps if off == out[a] else unsupported
+    if base in ("Split", "SplitWithSizes", "UnsafeSplit"):
+        s = ins[0][1]
+        if a is None or _axis(len(s), strict3d) != a:
+            return unsupported
+        dim = fn._saved_dim % len(s)
+        if dim != a:
+            return _OpMaps()
+        sizes = [_shape(fn, k)[a] for k in range(len(fn._input_metadata))]
+        if len(set(sizes)) != 1:
+            # torch.split(x, [a, b]) usually has its sizes written in the code: they would not
+            # follow a pruned input. Equal parts (chunk) are recomputed from the input.
+            return _OpMaps(f"feeds an unsupported op: {name} (splits channels into unequal parts {sizes})")
+        graph.splits[node] = (sizes[0], len(sizes))
+        maps = _OpMaps()
+        for k, c in enumerate(sizes):
+            maps.out_fwd[k], maps.out_bwd[k] = _window(k * c, (k + 1) * c), _offset(k * c)
+        return maps
+    return unsupported
+
+
+def _shuffle(graph: Graph, node: Any) -> tuple[Any, ...] | None:
+    """Recognise view(n, g, c/g, ...) -> transpose(1, 2) -> [contiguous] -> view(n, c, ...) at
+    its transpose `node`; return (first view, transpose, *rest) or None."""
+    fn = node.grad_fn
+    base = _base(fn)
+    if base == "Transpose":
+        swapped = {fn._saved_dim0, fn._saved_dim1}
+    elif base == "Permute":
+        dims = tuple(fn._saved_dims)
+        swapped = {1, 2} if dims[:3] == (0, 2, 1) and dims[3:] == tuple(range(3, len(dims))) else set()
+    else:
+        return None
+    if swapped != {1, 2} or len(node.inputs) != 1 or len(node.outputs) != 1:
+        return None
+    first = node.inputs[0]
+    if not _is_free(graph, first) or _base(first.grad_fn) not in RESHAPE or len(first.outputs) != 1:
+        return None
+    s, u = _shape(first.grad_fn.next_functions[0][0], first.grad_fn.next_functions[0][1]), _shape(first.grad_fn)
+    if s is None or u is None or len(s) < 4 or len(u) != len(s) + 1:
+        return None
+    if u[0] != s[0] or u[1] * u[2] != s[1] or u[3:] != s[2:]:
+        return None
+    chain, nxt = [first, node], node.outputs[0]
+    while _is_free(graph, nxt) and _base(nxt.grad_fn) == "Clone" and len(nxt.outputs) == 1:
+        chain.append(nxt)
+        nxt = nxt.outputs[0]
+    if _is_free(graph, nxt) and _base(nxt.grad_fn) in RESHAPE and _shape(nxt.grad_fn) == s:
+        return (*chain, nxt)
+    return None

@@ -1,0 +1,52 @@
+"""Counting a model: parameters, nonzero parameters and FLOPs of one forward pass.
+
+Static measures, unlike accuracy and latency (evaluation): they need no data and no timing.
+`_eval_mode` lives here as the lowest module that needs it; evaluation uses it too.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from crossdistill.device import module_device
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    # Restore each submodule's own flag: callers may deliberately keep parts in train mode.
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter entries (buffers such as BN running stats are not counted)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero_params(model: nn.Module) -> int:
+    """Parameter entries that are not exactly zero: the size that matters for sparse (unstructured) pruning."""
+    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
+    """FLOPs of one forward pass on ONE image of shape (C, H, W), via torch's FlopCounterMode.
+
+    Counts 2 FLOPs per multiply-accumulate (so a conv's FLOPs are 2 x its MACs) and only the
+    operations FlopCounterMode knows (convolutions, matmuls/linear layers, attention);
+    BatchNorm, ReLU, pooling and additions are not counted. Zero weights still count: this
+    measures dense compute, which is what channel pruning reduces.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, *input_size, device=module_device(model))
+    counter = FlopCounterMode(display=False)
+    with _eval_mode(model), torch.no_grad(), counter:
+        model(x)
+    return int(counter.get_total_flops())

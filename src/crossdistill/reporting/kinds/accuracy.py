@@ -1,0 +1,73 @@
+"""The default report: per compression setting a methods × K table of top-1 (mean ± std over
+seeds), a detail table and a plot of accuracy vs K; per teacher a plot of accuracy vs FLOPs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from crossdistill.reporting.kinds.base import Rendered, ReportKind, slug
+from crossdistill.reporting.plots import accuracy_vs_flops, accuracy_vs_shots, save_png
+from crossdistill.reporting.results import RUN_SETTING_FIELDS, RunRow, SettingGroup, aggregate
+from crossdistill.reporting.tables import accuracy_table, detail_table, setting_header
+
+
+def teacher_families(groups: list[SettingGroup]) -> list[list[SettingGroup]]:
+    """Settings that compress the same teacher on the same data to different sizes."""
+    fams: dict[Any, list[SettingGroup]] = {}
+    for g in groups:
+        key = (tuple(str(g.config.get(k)) for k in RUN_SETTING_FIELDS), g.x_field)
+        fams.setdefault(key, []).append(g)
+    return list(fams.values())
+
+
+def group_summary(g: SettingGroup) -> dict[str, Any]:
+    return {
+        "setting": g.config,
+        "label": g.label,
+        "x_field": g.x_field,
+        "teacher": {"top1": g.teacher_top1, "params": g.teacher_params, "flops": g.teacher_flops},
+        "n_eval": g.n_eval,
+        "cells": [
+            {"method": c.method, g.x_field: c.x, "mean": c.mean, "std": c.std, "n_seeds": c.n_seeds,
+             "seeds": c.seeds, "top1": c.top1, "n_eval": c.n_eval, "flops": c.flops, "params": c.params,
+             "compress_seconds": c.compress_seconds, "run_seconds": c.run_seconds}
+            for m in g.methods for x in g.x_values for c in [g.cell(m, x)] if c is not None
+        ],
+    }
+
+
+@dataclass
+class AccuracyReport(ReportKind):
+    """Top-1 per method and K, with plots (the default kind)."""
+
+    name: ClassVar[str] = "accuracy"
+
+    def render(self, rows: Sequence[RunRow], out: Path) -> Rendered:
+        groups = aggregate(rows)
+        r = Rendered(["Each cell is the mean ± sample standard deviation over few-shot draws (seeds); "
+                      "n_eval is the number of test images.", ""], {"settings": []})
+        used: set[str] = set()
+        for g in groups:
+            name = slug(g.label)
+            while name in used:
+                name += "-x"
+            used.add(name)
+            png = f"accuracy_vs_{'k' if g.x_field == 'shots' else 'n'}_{name}.png"
+            save_png(accuracy_vs_shots(g), out / png)
+            r.markdown += [setting_header(g), "", accuracy_table(g), "", f"![accuracy vs K]({png})", "",
+                           "<details><summary>per method and K: seeds, n_eval, size, seconds</summary>", "",
+                           detail_table(g), "", "</details>", ""]
+            r.summary["settings"].append(group_summary(g))
+            r.plots.append(png)
+        for fam in teacher_families(groups):
+            if not any(c.flops is not None for g in fam for c in g.cells.values()):
+                continue
+            name = slug(f"{fam[0].model}-{Path(str(fam[0].config.get('weights'))).stem}")
+            while f"accuracy_vs_flops_{name}.png" in r.plots:
+                name += "-x"
+            png = f"accuracy_vs_flops_{name}.png"
+            save_png(accuracy_vs_flops(fam), out / png)
+            r.markdown += [f"## {fam[0].model}: accuracy vs FLOPs", "", f"![accuracy vs FLOPs]({png})", ""]
+            r.plots.append(png)
+        return r

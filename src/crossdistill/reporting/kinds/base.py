@@ -1,0 +1,57 @@
+"""What every report kind is: a plug-in (declared settings, like objectives and solvers) that
+turns the rows of a results database into markdown, plots and a JSON summary."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+from crossdistill.errors import CrossDistillError
+from crossdistill.params import Plugin
+from crossdistill.reporting.results import RunRow
+
+
+@dataclass
+class Rendered:
+    """A kind's part of report.md, of report.json, and the plot files it wrote."""
+
+    markdown: list[str]
+    summary: dict[str, Any] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReportKind(Plugin):
+    """Base of the report kinds; `render` receives every row (failed ones too: the caller lists
+    those) and the folder to write plots into."""
+
+    kind: ClassVar[str] = "report kind"
+    name: ClassVar[str] = ""
+
+    def render(self, rows: Sequence[RunRow], out: Path) -> Rendered:
+        raise NotImplementedError
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "setting"
+
+
+def parse_match(text: str) -> dict[str, str]:
+    """'objective=nocross,solver=closed-form' → the dotted settings a method must have; how the
+    kinds that compare against one method (`reference`) name it without knowing its label."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise CrossDistillError(f"reference {text!r}: expected KEY=VALUE[,KEY=VALUE], e.g. objective=nocross")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def matches(config: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
+    """Whether a row's flat settings have every wanted value (compared as text: 0.9 == '0.9')."""
+    from crossdistill.params import format_value
+
+    return all(key in config and format_value(config[key]) == value for key, value in wanted.items())

@@ -1,0 +1,62 @@
+"""What a run leaves behind: the versions it records, the summary a person reads, and the
+files of its output folder.
+
+Moved out of pipeline, which computes the report; `crossdistill.pipeline` re-exports these
+names, and the CLI calls `write_run` through it (tests replace it there).
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from crossdistill._version import __version__
+
+if TYPE_CHECKING:  # for the annotation only: pipeline imports this module
+    from crossdistill.pipeline import CompressionResult
+
+def versions() -> dict[str, str]:
+    return {
+        "crossdistill": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """A before ⇒ after table a person can read."""
+    lines = [
+        f"{report['model']}  {report['method']}  {report['objective']}  {report['solver']}",
+        f"few-shot: {report['n_samples']} images (K={report['shots']}, seed {report['seed']}, {report['sampler']}); "
+        f"compression took {report['compress_seconds']:.1f} s",
+    ]
+    if "teacher" in report:
+        t, s = report["teacher"], report["student"]
+        lines.append(f"{'':14}{'teacher':>14}{'student':>14}")
+        lines.append(f"{'top-1 (%)':14}{t['top1']:>14.2f}{s['top1']:>14.2f}   on {report['n_eval']} test images")
+        lines.append(f"{'params':14}{t['params']:>14,}{s['params']:>14,}")
+        if s.get("nonzero_params", s["params"]) < s["params"]:  # unstructured sparsity keeps dense shapes
+            lines.append(f"{'nonzero':14}{t['nonzero_params']:>14,}{s['nonzero_params']:>14,}")
+        lines.append(f"{'MFLOPs':14}{t['flops'] / 1e6:>14.2f}{s['flops'] / 1e6:>14.2f}")
+        for lt, ls in zip(t.get("latency", []), s.get("latency", [])):
+            label = f"ms (batch {lt['batch_size']})"
+            lines.append(f"{label:14}{lt['median_ms']:>14.2f}{ls['median_ms']:>14.2f}   {lt['threads']} threads")
+    return "\n".join(lines)
+
+
+def write_run(out: Path, result: CompressionResult, report: dict[str, Any]) -> None:
+    """Fill a (temporary) run directory: student weights + spec, report, indices, config."""
+    from crossdistill.models import save_model
+    from crossdistill.outputs import write_json
+    import yaml
+
+    save_model(result.student, out / "student.safetensors")
+    write_json(out / "report.json", report)
+    write_json(out / "fewshot_indices.json", {"indices": report["fewshot_indices"], "seed": report["seed"],
+                                              "shots": report["shots"], "data": report["config"]["data"]})
+    (out / "config.yaml").write_text(yaml.safe_dump(report["config"], sort_keys=False))
+    (out / "summary.txt").write_text(format_summary(report) + "\n")

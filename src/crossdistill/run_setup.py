@@ -1,0 +1,66 @@
+"""What a run is built from: the teacher and its model info, and the objective and solvers
+its config names (with the defaults a model implies).
+
+Moved out of pipeline so that it holds the run itself; every name stays importable from
+`crossdistill.pipeline`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from crossdistill.compression import CompressionMethod
+from crossdistill.compression.composite import stage_solver_name
+from crossdistill.config import CompressConfig
+from crossdistill.data import ImageArrays
+from crossdistill.errors import CrossDistillError
+from crossdistill.models import create_model, load_weights, model_info
+from crossdistill.models.registry import ModelInfo, list_models
+from crossdistill.models.user import build_user_model, infer_info, is_factory_spec
+from crossdistill.objectives import OBJECTIVES, Objective
+from crossdistill.params import declared_params
+from crossdistill.solvers import LayerSolver, create_solver
+
+def load_teacher(cfg: CompressConfig) -> nn.Module:
+    """The registered model, or the user's (`path/to/file.py:factory`), with cfg.weights loaded."""
+    model = build_user_model(cfg.model) if is_factory_spec(cfg.model) else create_model(cfg.model)
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+    return model.eval()
+
+
+def info_of(cfg: CompressConfig, teacher: nn.Module, data: ImageArrays) -> ModelInfo:
+    """The registry's info, or, for a user's model, one from the config (input size, mean,
+    std) and the data (the input size when not given), checked by one forward pass."""
+    if not is_factory_spec(cfg.model) and cfg.model in list_models():
+        return model_info(cfg.model)
+    size = cfg.input_size or (data.x.shape[3], data.x.shape[1], data.x.shape[2])
+    return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std)
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Plug-in settings whose default depends on the model (the paper's μ: 0.9 ResNet, 0.6 VGG);
+    they fill a setting left at None. A model the registry does not know has none."""
+    try:
+        info = model_info(model)
+    except CrossDistillError:
+        return {}
+    return {"mu": info.default_mu}
+
+
+def _with_model_defaults(cls: type, params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    names = {p.name for p in declared_params(cls)}
+    return {**params, **{k: v for k, v in defaults.items() if k in names and params.get(k) is None}}
+
+
+def build_objective(cfg: CompressConfig) -> Objective:
+    cls = OBJECTIVES.get_class(cfg.objective.name)
+    return OBJECTIVES.build(cfg.objective.name, _with_model_defaults(cls, cfg.objective.params, model_defaults(cfg.model)))
+
+
+def build_solver(stage: CompressionMethod, override: str | None, cfg: CompressConfig) -> LayerSolver:
+    """The solver of one stage; the config's solver settings go to the solver they were given for."""
+    name = stage_solver_name(stage, override, cfg.solver.name)
+    params = cfg.solver.params if name == cfg.solver.name else {}
+    return create_solver(stage.solver_family, name, **params)

@@ -1,0 +1,118 @@
+"""Report kinds (crossdistill.reporting.kinds), each rendered from a hand-built database."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crossdistill.cli.main import main
+from crossdistill.config import CompressConfig
+from crossdistill.errors import CrossDistillError
+from crossdistill.reporting import REPORT_KINDS, declared_kind, render_report
+from crossdistill.sweep import SweepDB, config_hash, load_sweep
+from crossdistill.sweep.runner import row_for
+from sweep_helpers import write_sweep
+
+BASE = {"model": "fashion_cnn", "data": "train.npz", "eval_data": "test.npz", "keep": 0.5, "latency": False}
+
+
+def add(db: SweepDB, top1: float, report: dict | None = None, compress: float = 2.0, **values) -> None:
+    cfg = CompressConfig.from_dict({**BASE, **values})
+    db.record_run({**row_for(cfg, config_hash(cfg), "hand"), "status": "ok", "student_top1": top1,
+                   "teacher_top1": 90.0, "n_eval": 100, "student_params": 500, "student_flops": 1_000_000,
+                   "teacher_params": 1000, "teacher_flops": 2_000_000, "compress_seconds": compress,
+                   "run_seconds": compress + 1, "report": json.dumps(report or {})})
+
+
+def latency(ms1: float, ms128: float) -> list[dict]:
+    return [{"batch_size": 1, "median_ms": ms1, "iqr_ms": 0.2}, {"batch_size": 128, "median_ms": ms128, "iqr_ms": 4.0}]
+
+
+def test_registry_lists_the_kinds_and_refuses_unknown_ones_and_settings():
+    assert set(REPORT_KINDS) == {"accuracy", "latency", "paired", "solvers"}
+    with pytest.raises(CrossDistillError, match="unknown report kind"):
+        REPORT_KINDS.build("nope")
+    with pytest.raises(CrossDistillError, match="unknown setting"):
+        REPORT_KINDS.build("latency", {"reference": "x"})
+
+
+def test_latency_kind_gives_medians_and_speedups(tmp_path):
+    db_path = tmp_path / "lat.sqlite"
+    with SweepDB(db_path) as db:
+        for seed, ms in enumerate([4.0, 5.0, 9.0]):  # median 5.0 over the three runs of the student
+            add(db, 50.0, {"teacher": {"latency": latency(10.0, 400.0)}, "student": {"latency": latency(ms, 200.0)}},
+                objective="nocross", solver="prune-only", shots=1, seed=seed)
+    summary = render_report(db_path, tmp_path / "out", kind="latency")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| batch 1 (ms) | speed-up | batch 128 (ms) | speed-up |" in md
+    assert "| teacher |  | 2.0 | 1,000 | 10.00 ± 0.10 | 1.00× | 400.00 ± 2.00 | 1.00× |" in md
+    assert "| 1.0 | 500 | 5.00 ± 0.10 | 2.00× | 200.00 ± 2.00 | 2.00× |" in md
+    student = [e for e in summary["latency"] if e["method"]]
+    assert student[0]["runs"] == 3 and student[0]["latency"][1]["median_ms"] == 5.0
+
+
+def test_latency_kind_without_timings_says_so(tmp_path):
+    db_path = tmp_path / "nolat.sqlite"
+    with SweepDB(db_path) as db:
+        add(db, 50.0, objective="nocross", shots=1, seed=0)
+    render_report(db_path, tmp_path / "out", kind="latency")
+    assert "No run recorded a latency" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_paired_kind_gives_per_draw_differences_against_the_reference(tmp_path):
+    db_path = tmp_path / "p.sqlite"
+    with SweepDB(db_path) as db:
+        for seed, (ref, soft) in enumerate([(80.0, 81.0), (82.0, 81.5), (84.0, 86.0)]):
+            add(db, ref, objective="nocross", shots=1, seed=seed)
+            add(db, soft, objective="soft", shots=1, seed=seed)
+        add(db, 90.0, objective="soft", shots=5, seed=0)  # no reference at K=5: a dash
+        for seed, v in enumerate([70.0, 71.0]):  # another eval split: its own table
+            add(db, v, objective="nocross", shots=1, seed=seed, eval_data="val.npz")
+    summary = render_report(db_path, tmp_path / "out", kind="paired", params={"reference": "objective=nocross"})
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| vs `nocross` | K=1 | K=5 |" in md
+    assert "| soft(alpha=0,beta=0.3) | +0.83 (2/3) | – |" in md  # +1.0, -0.5, +2.0
+    assert md.count("## fashion_cnn") == 2
+    assert summary["settings"][0]["paired"]["soft(alpha=0,beta=0.3)"]["1"] == [1.0, -0.5, 2.0]
+    render_report(db_path, tmp_path / "none", kind="paired", params={"reference": "objective=mixed"})
+    assert "0 methods match the reference" in (tmp_path / "none" / "report.md").read_text()
+    with pytest.raises(CrossDistillError, match="KEY=VALUE"):
+        render_report(db_path, tmp_path / "bad", kind="paired", params={"reference": "nocross"})
+
+
+def test_solvers_kind_separates_draws_and_divides_by_the_reference(tmp_path):
+    db_path = tmp_path / "s.sqlite"
+    layers = {"layers": [{"loss_after": 1.0}, {"loss_after": 2.5}]}
+    with SweepDB(db_path) as db:
+        add(db, 85.0, {**layers, "solve_seconds": 0.5}, compress=2.0, shots=1, seed=0, sampler="first")
+        for seed, v in enumerate([84.0, 86.0]):
+            add(db, v, {**layers, "solve_seconds": 0.5}, compress=2.0, shots=1, seed=seed)
+        add(db, 86.0, {**layers, "solve_seconds": 50.0}, compress=60.0, shots=1, seed=0, sampler="first",
+            solver="paper")
+    summary = render_report(db_path, tmp_path / "out", kind="solvers", params={"reference": "solver=paper"})
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| 1 | soft(alpha=0,beta=0.3) | 85.0 | 85.0 ± 1.4 [2] | 3.5000 | 2.0 | 0.50 | 30× | 100× |" in md
+    assert "| 1 | soft(alpha=0,beta=0.3) [paper(iters=3000,lr=0.001)] | 86.0 | – |" in md
+    assert {e["method"] for e in summary["solvers"]} == {"soft(alpha=0,beta=0.3)",
+                                                        "soft(alpha=0,beta=0.3) [paper(iters=3000,lr=0.001)]"}
+
+
+def test_kind_declared_by_the_sweep_file_is_used_and_checked(tmp_path, capsys):
+    cfg = write_sweep(tmp_path / "s.yaml", tmp_path / "train.npz", tmp_path / "test.npz",
+                      grid={"seed": [0]}, runs=[{"objective": "nocross"}])
+    text = cfg.read_text() + "report: {name: paired, params: {reference: objective=soft}}\n"
+    cfg.write_text(text)
+    spec = load_sweep(cfg)
+    assert spec.report == {"name": "paired", "params": {"reference": "objective=soft"}}
+    db_path = tmp_path / "d.sqlite"
+    with SweepDB(db_path) as db:
+        db.record_invocation(spec, [])
+        add(db, 50.0, objective="nocross", shots=1, seed=0)
+    assert declared_kind(db_path) == ("paired", {"reference": "objective=soft"})
+    assert main(["report", str(db_path), "--out", str(tmp_path / "r")]) == 0
+    assert "kind paired" in capsys.readouterr().out
+    assert f"Made by `crossdistill sweep {cfg} --db {db_path}`" in (tmp_path / "r" / "report.md").read_text()
+    assert main(["report", str(db_path), "--out", str(tmp_path / "r2"), "--kind", "accuracy"]) == 0
+    cfg.write_text(text.replace("name: paired", "name: pared"))
+    with pytest.raises(CrossDistillError, match="report: unknown report kind 'pared'"):
+        load_sweep(cfg)
