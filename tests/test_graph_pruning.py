@@ -161,3 +161,26 @@ def test_registered_resnet_plans_the_hand_declared_counts(keep):
     plan = method._plan
     legacy = {t.name: t.keep for t in plan_channels(model, keep)}
     assert {plan.first_reader[g]: plan.keep[g] for g in plan.groups} == legacy
+
+
+@pytest.mark.parametrize("layer", [torch.nn.Conv2d(5, 3, 3, padding=1), torch.nn.Linear(7, 4)])
+def test_teacher_side_problem_is_the_block_of_the_full_moments(layer):
+    """The later readers' cost uses only the decided channels' columns: the same numbers as the
+    corresponding block of the full moment matrix."""
+    from crossdistill.capture import group_size
+    from crossdistill.engine import teacher_side_problem
+    from crossdistill.moments import MomentAccumulator
+
+    gen = torch.Generator().manual_seed(0)
+    shape = (6, 5, 6, 6) if isinstance(layer, torch.nn.Conv2d) else (6, 3, 7)
+    inputs = [torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)]
+    per = group_size(layer)
+    cols = sorted(c * per + k for c in (1, 3) for k in range(per))
+    p = teacher_side_problem(layer, inputs, 0.0, cols)
+    acc = MomentAccumulator(layer)
+    for x in inputs:
+        acc.add(x, x)
+    full = acc.finish().tt
+    idx = torch.as_tensor(cols)
+    assert torch.allclose(p.H, full[idx][:, idx], rtol=1e-5, atol=1e-7)
+    assert torch.equal(p.w_teacher, layer.weight.detach().reshape(layer.weight.shape[0], -1)[:, idx].double())

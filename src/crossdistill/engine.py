@@ -8,11 +8,19 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import StudentInputs, all_layer_inputs, check_solvable, forward_order, get_module, weight_matrix
+from crossdistill.capture import (
+    StudentInputs,
+    all_layer_inputs,
+    check_solvable,
+    forward_order,
+    get_module,
+    group_size,
+    unfold,
+    weight_matrix,
+)
 from crossdistill.layer_solve import solve_layer
 from crossdistill.moments import MomentAccumulator
 from crossdistill.objectives import Objective
-from crossdistill.objectives.correction import Correction
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers import LayerSolver, LayerTask
 
@@ -45,14 +53,27 @@ def order_tasks(model: nn.Module, tasks: Sequence[LayerTask], example: torch.Ten
     return sorted(tasks, key=lambda t: order[t.name])
 
 
-def teacher_side_problem(layer: nn.Module, inputs: Sequence[torch.Tensor], damping: float) -> QuadraticProblem:
-    """A later layer's problem on the teacher's inputs (its student inputs do not exist yet): the
-    cost of dropping a channel it shares with the layer being solved (compression/graph_plan.py)."""
-    acc = MomentAccumulator(layer)
+def teacher_side_problem(layer: nn.Module, inputs: Sequence[torch.Tensor], damping: float,
+                         columns: Sequence[int]) -> QuadraticProblem:
+    """A later reader's problem on the teacher's inputs (its student inputs do not exist yet),
+    on the columns of the channels being decided only, the rest of its weight held at the
+    teacher's: the cost of dropping a channel it shares with the layer being solved
+    (compression/graph_plan.py). Only those channels are unfolded, so a reader of a wide
+    concatenation (DenseNet) costs its share, not a full d x d moment matrix."""
+    per = group_size(layer)
+    channels = sorted({c // per for c in columns})
+    index = {ch: i for i, ch in enumerate(channels)}
+    pos = torch.as_tensor([index[c // per] * per + c % per for c in columns], dtype=torch.long)
+    C, count = None, 0
     for x in inputs:
-        acc.add(x, x)
-    m = acc.finish()
-    return Correction().build(m, weight_matrix(layer).to(m.tt.dtype)).damped(damping)
+        x = x.float()
+        sub = x[..., channels] if isinstance(layer, nn.Linear) else x[:, channels]
+        X = unfold(layer, sub)[:, pos].to(torch.float64)
+        C = X.T @ X if C is None else C + X.T @ X
+        count += X.shape[0]
+    H = C / max(count, 1)
+    w = weight_matrix(layer)[:, torch.as_tensor(list(columns), dtype=torch.long)].to(H.dtype)
+    return QuadraticProblem(H=H, B=w @ H, c=float((w @ H * w).sum()), w_teacher=w).damped(damping)
 
 
 def distill_layers(
@@ -102,7 +123,8 @@ def distill_layers(
         solve_start = time.perf_counter()
         if task.params.get("coupled"):
             task.params["coupled_problems"] = {
-                n: teacher_side_problem(get_module(teacher, n), teacher_inputs[n], damping) for n in task.params["coupled"]
+                n: teacher_side_problem(get_module(teacher, n), teacher_inputs[n], damping, cols)
+                for n, cols in task.params["coupled"].items()
             }
         solve_seconds = time.perf_counter() - solve_start
         # One quadratic problem per conv group (a single one for every other layer): layer_solve.py.

@@ -61,13 +61,18 @@ class GraphChannelPlan:
                     out.update(cols)
         return out
 
-    def coupled(self, layer: str) -> list[str]:
-        """Other readers of the groups this layer decides: their teacher-side problems join the cost."""
-        names: list[str] = []
+    def coupled(self, layer: str, model: nn.Module) -> dict[str, list[int]]:
+        """Other readers of the groups this layer decides, with their columns of those groups:
+        their teacher-side problems on these columns join the cost."""
+        out: dict[str, list[int]] = {}
         for gid, first in self.first_reader.items():
-            if first == layer:
-                names += [r for r in self.readers[gid] if r != layer and r not in names]
-        return names
+            if first != layer:
+                continue
+            for r in self.readers[gid]:
+                if r != layer:
+                    cols = self.unit_columns(gid, r, group_size(get_module(model, r)))
+                    out.setdefault(r, []).extend(c for unit in cols for c in unit)
+        return {r: sorted(set(cols)) for r, cols in out.items()}
 
     def decide(self, task: LayerTask, problem: QuadraticProblem, student: nn.Module, select: Callable,
                selection: str, coupled: Mapping[str, QuadraticProblem]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -107,10 +112,11 @@ class GraphChannelPlan:
         for name in self.readers[gid]:
             if name == task.name:
                 continue
-            other = get_module(student, name)
-            other_gs = group_size(other)
-            readers.append(_reader(coupled[name], self.unit_columns(gid, name, other_gs),
-                                   self.dropped_columns(name, other_gs, skip=gid)))
+            # Its problem is on its columns of the groups this layer decides (engine.teacher_side_problem).
+            cols = self.coupled(task.name, student)[name]
+            pos = {c: i for i, c in enumerate(cols)}
+            units_there = self.unit_columns(gid, name, group_size(get_module(student, name)))
+            readers.append(Reader(coupled[name], [[pos[c] for c in unit] for unit in units_there]))
         pick = select_units_obs if selection == "obs" else select_units_norm
         return [int(u) for u in pick(readers, k)]
 
@@ -227,7 +233,7 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
 def plan_tasks(plan: GraphChannelPlan, model: nn.Module) -> list[LayerTask]:
     """One task per re-solvable reader of a pruned group."""
     return [LayerTask(name=n, group=group_size(get_module(model, n)),
-                      params={"graph": plan, "coupled": plan.coupled(n)}) for n in plan.reads]
+                      params={"graph": plan, "coupled": plan.coupled(n, model)}) for n in plan.reads]
 
 
 def keep_counts(ratio: float | str, model: nn.Module, named: Mapping[str, int] | None = None) -> Callable[[ChannelGroup], int | None]:

@@ -224,7 +224,7 @@ def method_labels(configs: Iterable[Mapping[str, Any]]) -> dict[Any, str]:
     for c in configs:
         c = flat_settings(c)  # any form (flat, dotted, sectioned) reads the same
         m = _method_fields(c)
-        keys.setdefault(_freeze(m), {**m, "model": c.get("model")})
+        keys.setdefault(_freeze(m), {**m, "model": c.get("model"), "method": c.get("method")})
     labels = {k: base_method_label(m) for k, m in keys.items()}
     by_label: dict[str, list[Any]] = {}
     for k, lab in labels.items():
@@ -233,7 +233,7 @@ def method_labels(configs: Iterable[Mapping[str, Any]]) -> dict[Any, str]:
         if len(ks) < 2:
             continue
         fields = sorted({f for k in ks for f in keys[k]
-                         if f != "model" and len({_freeze(keys[j].get(f)) for j in ks}) > 1})
+                         if f not in ("model", "method") and len({_freeze(keys[j].get(f)) for j in ks}) > 1})
         for k in ks:
             extra = ", ".join(f"{f}={_fmt_value(keys[k].get(f))}" for f in fields)
             labels[k] = f"{lab} ({extra})"
