@@ -96,14 +96,7 @@ def register_model(
     return decorator
 
 
-def _ensure_builtin_models() -> None:
-    # Importing the package registers the built-in architectures; done lazily so that
-    # `from crossdistill.models.registry import ...` alone still sees every model.
-    import crossdistill.models  # noqa: F401
-
-
 def _lookup(name: str) -> tuple[Callable[..., nn.Module], ModelInfo]:
-    _ensure_builtin_models()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -113,7 +106,6 @@ def _lookup(name: str) -> tuple[Callable[..., nn.Module], ModelInfo]:
 
 def list_models() -> list[str]:
     """Names of every registered model, sorted."""
-    _ensure_builtin_models()
     return sorted(_REGISTRY)
 
 
