@@ -1,7 +1,7 @@
 """Settings whose best value depends on how many few-shot images there are.
 
-Chosen on a validation split (train[49000:], never the test images) by
-`benchmarks/objective_grid.py`; the measurements are in docs/results/objective_defaults.md.
+Chosen on a validation split (train[49000:], never the test images) by the sweep
+configs/objective_defaults_val.yaml; the measurements are in docs/results/objective_defaults.md.
 """
 from __future__ import annotations
 
