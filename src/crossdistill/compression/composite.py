@@ -104,34 +104,40 @@ def _settings(method: CompressionMethod, cls: type) -> dict[str, Any]:
 
 
 @dataclass
-class ChannelsThenQuant(StagedMethod):
-    name = "channels+quant"
-    keep: float | str = stage_setting(ChannelPruning, "keep")
+class ThenQuant(StagedMethod):
+    """A first stage, then quantization of its result: the quantization settings declared once
+    for every such method (each reusing Quantization's own declarations)."""
+
     bits: int = stage_setting(Quantization, "bits")
     quant_scheme: str = stage_setting(Quantization, "quant_scheme")
     quant_solver: str | None = stage_setting(Quantization, "quant_solver")
     quant_first: bool = stage_setting(Quantization, "quant_first")
     quant_last: bool = stage_setting(Quantization, "quant_last")
 
+    def first_stage(self) -> CompressionMethod:
+        raise NotImplementedError
+
     def build_stages(self) -> list[Stage]:
         quant = Quantization(**{k: v for k, v in _settings(self, Quantization).items() if k != "quant_solver"})
-        return [(ChannelPruning(keep=self.keep), None), (quant, self.quant_solver)]
+        return [(self.first_stage(), None), (quant, self.quant_solver)]
 
 
 @dataclass
-class LowRankThenQuant(StagedMethod):
+class ChannelsThenQuant(ThenQuant):
+    name = "channels+quant"
+    keep: float | str = stage_setting(ChannelPruning, "keep")
+
+    def first_stage(self) -> CompressionMethod:
+        return ChannelPruning(keep=self.keep)
+
+
+@dataclass
+class LowRankThenQuant(ThenQuant):
     name = "lowrank+quant"
     rank_ratio: float | None = stage_setting(LowRank, "rank_ratio")
     flops_ratio: float | None = stage_setting(LowRank, "flops_ratio")
     lowrank_first: bool = stage_setting(LowRank, "lowrank_first")
     lowrank_last: bool = stage_setting(LowRank, "lowrank_last")
-    bits: int = stage_setting(Quantization, "bits")
-    quant_scheme: str = stage_setting(Quantization, "quant_scheme")
-    quant_solver: str | None = stage_setting(Quantization, "quant_solver")
-    quant_first: bool = stage_setting(Quantization, "quant_first")
-    quant_last: bool = stage_setting(Quantization, "quant_last")
 
-    def build_stages(self) -> list[Stage]:
-        low = LowRank(**_settings(self, LowRank))
-        quant = Quantization(**{k: v for k, v in _settings(self, Quantization).items() if k != "quant_solver"})
-        return [(low, None), (quant, self.quant_solver)]
+    def first_stage(self) -> CompressionMethod:
+        return LowRank(**_settings(self, LowRank))
