@@ -184,3 +184,38 @@ def test_teacher_side_problem_is_the_block_of_the_full_moments(layer):
     idx = torch.as_tensor(cols)
     assert torch.allclose(p.H, full[idx][:, idx], rtol=1e-5, atol=1e-7)
     assert torch.equal(p.w_teacher, layer.weight.detach().reshape(layer.weight.shape[0], -1)[:, idx].double())
+
+
+@pytest.mark.parametrize("key", ["resnet", "densenet", "shufflenet", "mobilenet"])
+@pytest.mark.parametrize("share", [0.5, 0.7])
+def test_flops_target_is_met_and_tight(key, share):
+    """--flops: the slimmed model has at most the asked share of the FLOPs, and one more unit in
+    every group (the next keep ratio up) would exceed it or change nothing."""
+    from crossdistill.compression.channel_pruning import ratio_for_flops
+    from crossdistill.compression.channels import keep_count
+    from crossdistill.compression.graph_channels import slim_groups
+    from crossdistill.evaluation import count_flops
+
+    model, example = build(key)
+    x = example[:1]
+    full = count_flops(model, tuple(x.shape[1:]))
+
+    def flops_at(ratio: float) -> int:
+        plan = plan_graph_channels(model, x, lambda g: keep_count(g.width, ratio))
+        kept = {gid: list(range(k)) for gid, k in plan.keep.items()}
+        return count_flops(slim_groups(copy.deepcopy(model), x, kept, check=False), tuple(x.shape[1:]))
+
+    ratio = ratio_for_flops(model, x, share, False)
+    assert flops_at(ratio) <= share * full
+    widths = [g.width for g in plan_graph_channels(model, x, lambda g: g.width).groups.values()]
+    # the smallest ratio step that keeps one more unit somewhere
+    step = min(((keep_count(w, ratio) + 0.5) / w - ratio for w in widths if keep_count(w, ratio) < w), default=None)
+    if step is not None:
+        assert flops_at(min(1.0, ratio + step + 1e-6)) > share * full
+
+
+def test_a_flops_budget_that_allows_everything_prunes_nothing():
+    teacher, student, few, _ = run("resnet", flops=1.0, solver="prune-only")
+    assert params(student) == params(teacher)
+    with torch.no_grad():
+        assert torch.equal(student(few.images), teacher(few.images))
