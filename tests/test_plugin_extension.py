@@ -90,3 +90,17 @@ def test_gamma_sweeps_and_reports_by_itself(gamma_registered, tmp_path, capsys):
     report = json.loads((run / "report.json").read_text())
     assert report["objective"] == "gamma(gamma=0.3)"
     assert report["config"]["objective"] == {"name": "gamma", "params": {"gamma": 0.3}}
+
+
+def test_true_false_settings_are_switches():
+    """A declared bool is a --name / --no-name switch, and only a given switch overrides the file."""
+    import argparse
+
+    from crossdistill.cli.config_options import add_config_options, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    cfg = config_from_args(parser.parse_args(["--prune-classifier", "--no-finetune-augment"]))
+    assert cfg.method.params["prune_classifier"] is True and cfg.finetune["augment"] is False
+    cfg = config_from_args(parser.parse_args([]))
+    assert cfg.method.params["prune_classifier"] is False and cfg.finetune["augment"] is True

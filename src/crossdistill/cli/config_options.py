@@ -60,6 +60,11 @@ def _add(group: argparse._ArgumentGroup, flag: str, dest: str, p: Param, help: s
     # Values stay strings here: the declaration converts and checks them, so a flag and a YAML
     # value of the same setting are validated by the same code.
     kw: dict[str, Any] = {"dest": dest, "help": help, "metavar": p.name.upper()}
+    if p.types == ("bool",):
+        # A switch, --refit / --no-refit; left at None unless given, like every other flag.
+        group.add_argument(flag, dest=dest, help=help, action=argparse.BooleanOptionalAction, default=None)
+        dests.append(dest)
+        return
     if "tuple" in p.types:
         kw["nargs"] = "+"
     choices = p.choices()
