@@ -219,3 +219,21 @@ def test_a_flops_budget_that_allows_everything_prunes_nothing():
     assert params(student) == params(teacher)
     with torch.no_grad():
         assert torch.equal(student(few.images), teacher(few.images))
+
+
+def test_a_model_that_cannot_be_traced_is_named_before_any_work():
+    class Picky(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            if x.shape[0] == 1:  # works on the few-shot batch, not on one traced example
+                raise RuntimeError("batch of one not supported")
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    method = ChannelPruning(keep=0.5)
+    method.prepare(torch.randn(4, 3, 8, 8))
+    with pytest.raises(CrossDistillError, match=r"cannot trace Picky for channel pruning .*batch of one"):
+        method.plan(Picky().eval())

@@ -188,16 +188,30 @@ def group_magnitude(g: ChannelGroup, model: nn.Module, keep: int) -> list[int]:
     return torch.sort(torch.topk(scores, keep).indices).values.tolist()
 
 
+def _traced(model: nn.Module, example: torch.Tensor) -> tuple[list[str], list[ChannelGroup]]:
+    """The layers in forward order and the channel groups, or one message naming what stopped
+    the trace (before any capture or solve has started)."""
+    try:
+        return forward_order(model, example), channel_groups(model, example)
+    except CrossDistillError:
+        raise
+    except Exception as exc:
+        raise CrossDistillError(
+            f"cannot trace {type(model).__name__} for channel pruning on an input of shape "
+            f"{tuple(example.shape)}: {type(exc).__name__}: {exc} (sparsity, quant and lowrank "
+            "do not need the trace)") from exc
+
+
 def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[[ChannelGroup], int | None], *,
                         prune_classifier: bool = False) -> GraphChannelPlan:
     """Groups of `model` and how many units each keeps (`keep(group)`; None leaves it whole)."""
-    order = forward_order(model, example)
+    order, traced = _traced(model, example)
     position = {n: i for i, n in enumerate(order)}
     classifier = order[-1] if order else None
     groups: dict[int, ChannelGroup] = {}
     counts: dict[int, int] = {}
     left: list[dict[str, Any]] = []
-    for g in channel_groups(model, example):
+    for g in traced:
         readers = sorted((c.name for c in g.consumers if solvable(get_module(model, c.name))
                           and c.name not in g.depthwise), key=lambda n: position.get(n, 1 << 30))
         reason = g.reason if not g.prunable else ""
