@@ -6,7 +6,6 @@ import copy
 import functools
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -20,7 +19,7 @@ from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
 from crossdistill.data.fewshot import check_class_coverage
-from crossdistill.engine import LayerRecord, distill_layers
+from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
 from crossdistill.errors import CrossDistillError
 from crossdistill.evaluation import evaluate_for, load_average, torch_threads
 from crossdistill.models import model_info
@@ -28,6 +27,7 @@ from crossdistill.models.registry import ModelInfo
 # Split off by job (run_setup: what a run is built from; run_outputs: what it writes). Their
 # names stay importable from here, where `run` and the CLI look them up: replacing one here (as
 # tests do with write_run) still takes effect.
+from crossdistill.run_types import CompressionResult, FewShot  # noqa: F401 - re-exported
 from crossdistill.run_outputs import format_summary, versions, write_run  # noqa: F401 - re-exported
 from crossdistill.run_setup import (  # noqa: F401 - re-exported
     _with_model_defaults,
@@ -37,25 +37,6 @@ from crossdistill.run_setup import (  # noqa: F401 - re-exported
     load_teacher,
     model_defaults,
 )
-
-
-@dataclass
-class FewShot:
-    images: torch.Tensor  # normalised NCHW
-    labels: torch.Tensor
-    indices: np.ndarray  # into the training data, sorted
-
-
-@dataclass
-class CompressionResult:
-    student: nn.Module
-    records: list[LayerRecord]
-    seconds: float
-    objective: str
-    solver: str
-    method: str
-    finetune: dict[str, Any] | None = None  # what the optional fine-tune did
-    summary: dict[str, Any] = field(default_factory=dict)  # method.summary(student), e.g. sparsity
 
 
 def draw_few_shot(cfg: CompressConfig, data: ImageArrays, info: ModelInfo | None = None) -> FewShot:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from crossdistill._version import __version__
 
-if TYPE_CHECKING:  # for the annotation only: pipeline imports this module
-    from crossdistill.pipeline import CompressionResult
+from crossdistill.run_types import CompressionResult
 
 def versions() -> dict[str, str]:
     return {
