@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_graph_channels import DenseNet, ResNet, ShuffleNet  # residual add, concat, split + shuffle
 from torch import nn
 
 from crossdistill.capture import all_layer_inputs, group_size
@@ -98,6 +99,9 @@ class Tokens(nn.Module):
 
 
 MODELS = {
+    "residual": (ResNet, (3, 8, 8)),
+    "concat": (DenseNet, (3, 8, 8)),
+    "split_shuffle": (ShuffleNet, (3, 8, 8)),
     "depthwise": (InvertedResidual, (3, 8, 8)),
     "grouped": (Grouped, (3, 8, 8)),
     "flatten_head": (FlattenHead, (3, 8, 8)),
