@@ -9,7 +9,7 @@ from typing import Any
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "models",
-        help="list the registered models (the names --model accepts) with params, FLOPs and input size",
+        help="list the registered models (names --model takes besides your own path/to/file.py:function) with params, FLOPs and input size",
         description="The models `--model` accepts: family, input size (C, H, W), classes, parameters and "
         "FLOPs of one forward pass of one image (2 per multiply-add, as `crossdistill evaluate` counts), and "
         "the default mu of the mixed objective. Built on torch's meta device: nothing is allocated.",
