@@ -10,7 +10,7 @@ channels is chosen exactly as by the hand-declared channel pairs (`selection.SEL
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -263,6 +263,3 @@ def keep_counts(ratio: float | str, model: nn.Module, named: Mapping[str, int] |
 
     return count
 
-
-def kept_by_group(plan: GraphChannelPlan) -> dict[int, Sequence[int]]:
-    return {gid: kept for gid, kept in plan.kept.items()}

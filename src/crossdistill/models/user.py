@@ -7,7 +7,6 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -71,15 +70,6 @@ def build_user_model(spec: str) -> nn.Module:
         raise CrossDistillError(f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
     model.crossdistill_factory = spec
     return model
-
-
-@dataclass(frozen=True)
-class UserModelSpec:
-    """What the pipeline needs to feed a model correctly when the registry cannot say."""
-
-    input_size: tuple[int, int, int] | None = None  # (C, H, W); None: from the data
-    mean: tuple[float, ...] | None = None  # None: pixels scaled to [0, 1] only
-    std: tuple[float, ...] | None = None
 
 
 def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: Sequence[float] | None = None,
