@@ -82,21 +82,6 @@ def test_every_reader_of_a_shared_group_is_re_solved_on_what_is_left():
     assert params(slim) < params(teacher)
 
 
-def test_unit_obs_with_one_reader_is_the_channel_obs():
-    from crossdistill.solvers.base import LayerTask
-    from crossdistill.solvers.selection import select_obs
-
-    gen = torch.Generator().manual_seed(0)
-    n, g, out = 6, 4, 5
-    X = torch.randn(80, n * g, generator=gen, dtype=torch.float64)
-    H = X.T @ X / 80 + 1e-3 * torch.eye(n * g, dtype=torch.float64)
-    W = torch.randn(out, n * g, generator=gen, dtype=torch.float64)
-    p = QuadraticProblem(H=H, B=W @ H * 0.9, c=0.0, w_teacher=W)
-    units = [list(range(i * g, (i + 1) * g)) for i in range(n)]
-    ref = select_obs(p, LayerTask(name="x", group=g, keep=3), None)
-    assert torch.equal(select_units_obs([Reader(p, units)], 3), ref)
-
-
 def test_unit_obs_sums_the_readers_costs():
     # Two readers that disagree: each alone keeps its own favourite; together the sum decides.
     eye = torch.eye(2, dtype=torch.float64)

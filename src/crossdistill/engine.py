@@ -68,8 +68,10 @@ def teacher_side_problem(layer: nn.Module, inputs: Sequence[torch.Tensor], dampi
     for x in inputs:
         x = x.float()
         sub = x[..., channels] if isinstance(layer, nn.Linear) else x[:, channels]
-        X = unfold(layer, sub)[:, pos].to(torch.float64)
-        C = X.T @ X if C is None else C + X.T @ X
+        X = unfold(layer, sub)[:, pos]
+        # float32 products, float64 sums: as the layer moments (moments.py)
+        gram = (X.T @ X).to(torch.float64)
+        C = gram if C is None else C + gram
         count += X.shape[0]
     H = C / max(count, 1)
     w = weight_matrix(layer)[:, torch.as_tensor(list(columns), dtype=torch.long)].to(H.dtype)

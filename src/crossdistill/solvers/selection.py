@@ -13,6 +13,7 @@ from crossdistill.params import param
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.base import LayerSolver, LayerTask, channel_columns
 from crossdistill.solvers.selection_baselines import select_lasso, select_thinet
+from crossdistill.solvers.unit_selection import Reader, select_units_obs
 
 Selector = Callable[[QuadraticProblem, LayerTask, nn.Module], torch.Tensor]
 
@@ -44,31 +45,8 @@ def select_obs(problem: QuadraticProblem, task: LayerTask, student: nn.Module) -
     """Greedy group Optimal Brain Surgeon under H: drop, one at a time, the channel whose removal
     (with the other columns re-solved) raises the loss least. Exact for each single step."""
     g = task.group
-    n = _n_channels(problem, task)
-    H = problem.H
-    Hinv = torch.linalg.inv(H)
-    Hinv = (Hinv + Hinv.T) / 2
-    W = problem.B @ Hinv
-    alive = torch.ones(n, dtype=torch.bool)
-    out = W.shape[0]
-    for _ in range(n - task.keep):
-        blocks = torch.diagonal(Hinv.view(n, g, n, g), dim1=0, dim2=2).permute(2, 0, 1)  # (n, g, g)
-        safe = blocks.clone()
-        safe[~alive] = torch.eye(g, dtype=H.dtype)
-        inv_blocks = torch.linalg.inv(safe)
-        Wg = W.view(out, n, g)
-        cost = torch.einsum("oni,nij,onj->n", Wg, inv_blocks, Wg)
-        cost[~alive] = float("inf")
-        j = int(torch.argmin(cost))
-        cols = slice(j * g, (j + 1) * g)
-        coupling = inv_blocks[j] @ Hinv[cols, :]  # (g, d)
-        W = W - W[:, cols] @ coupling
-        Hinv = Hinv - Hinv[:, cols] @ coupling
-        W[:, cols] = 0.0
-        Hinv[:, cols] = 0.0
-        Hinv[cols, :] = 0.0
-        alive[j] = False
-    return torch.nonzero(alive).flatten()
+    units = [range(j * g, (j + 1) * g) for j in range(_n_channels(problem, task))]
+    return select_units_obs([Reader(problem, units)], task.keep)
 
 
 def select_tp_magnitude(problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> torch.Tensor:

@@ -2,10 +2,17 @@
 concatenation, a flatten into a Linear): each unit is a set of columns in each reader's weight
 matrix, and the cost of dropping it is summed over the readers.
 
-The greedy group OBS of `selection.select_obs` generalises directly: under each reader's H,
-removing the columns S of a unit (the others re-solved) raises that reader's loss by
-tr(W_S (H⁻¹)_SS⁻¹ W_Sᵀ); the unit with the least total goes first, and every reader's H⁻¹ and W
-are updated as in OBS. With one reader whose units are its channels this is `select_obs`.
+Greedy group OBS: under each reader's H, removing the columns S of a unit (the others
+re-solved) raises that reader's loss by tr(W_S (H⁻¹)_SS⁻¹ W_Sᵀ); the unit with the least total
+goes first, and every reader's H⁻¹ and W are updated as in OBS. With one reader whose units are
+its channels this is the single-layer criterion `selection.select_obs`.
+
+Why the update is lazy: removing one unit of s columns is a rank-s change of the d×d H⁻¹,
+which as an eager update streams the whole matrix through memory for 2·d²·s flops (a few
+GFLOP/s on a CPU; 128 s for d = 4608). Each step only needs the s×s diagonal blocks of the
+alive units and the removed unit's s columns, so the rank-s factors are collected (H⁻¹ −
+F Fᵀ) and applied to H⁻¹ as one matrix product every `d/12` columns or so, where the CPU runs
+at its GEMM speed (tests/test_unit_selection.py checks it against the eager reference).
 """
 from __future__ import annotations
 
@@ -27,51 +34,95 @@ class Reader:
     unit_columns: Sequence[Sequence[int]]
 
 
+def _symmetric_inverse(H: torch.Tensor) -> torch.Tensor:
+    L, info = torch.linalg.cholesky_ex(H)
+    Hinv = torch.cholesky_inverse(L) if int(info) == 0 else torch.linalg.inv(H)
+    return (Hinv + Hinv.T) / 2
+
+
 class _ObsState:
-    def __init__(self, reader: Reader) -> None:
+    """One reader's H⁻¹ (as base − F Fᵀ), its re-solved W and the diagonal blocks of H⁻¹."""
+
+    def __init__(self, reader: Reader, flush_columns: int | None = None) -> None:
         H = reader.problem.H
-        Hinv = torch.linalg.inv(H)
-        self.Hinv = (Hinv + Hinv.T) / 2
-        self.W = reader.problem.B @ self.Hinv
         sizes = {len(c) for c in reader.unit_columns}
         if len(sizes) != 1:
             raise CrossDistillError("the units of a channel group feed unequal column counts in one layer")
+        self.base = _symmetric_inverse(H)
+        self.W = reader.problem.B @ self.base
         self.idx = torch.as_tensor([list(c) for c in reader.unit_columns], dtype=torch.long)  # (n, s)
-        self.eye = torch.eye(self.idx.shape[1], dtype=H.dtype)
+        s = self.idx.shape[1]
+        d = H.shape[0]
+        cap = flush_columns if flush_columns is not None else max(8 * s, d // 12)
+        self.F = torch.zeros(d, max(cap, s), dtype=H.dtype)
+        self.rank = 0
+        self.dead = torch.zeros(d, dtype=torch.bool)
+        self.eye = torch.eye(s, dtype=H.dtype)
+        self._refresh_blocks()
+
+    def _refresh_blocks(self) -> None:
+        idx = self.idx
+        self.blocks = self.base[idx[:, :, None], idx[:, None, :]]  # (n, s, s)
 
     def costs(self, alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.idx
-        blocks = self.Hinv[idx[:, :, None], idx[:, None, :]]  # (n, s, s)
-        blocks[~alive] = self.eye
-        inv_blocks = torch.linalg.inv(blocks)
-        Wg = self.W[:, idx]  # (out, n, s)
-        return torch.einsum("oni,nij,onj->n", Wg, inv_blocks, Wg), inv_blocks
+        """Per unit, the loss increase of removing it now (inf for removed units), and the
+        inverses of the alive units' blocks (identity for removed ones)."""
+        live = torch.nonzero(alive).flatten()
+        inv_blocks = self.eye.expand(alive.shape[0], -1, -1).clone()
+        inv_blocks[live] = torch.linalg.inv(self.blocks[live])
+        Wg = self.W[:, self.idx[live]].permute(1, 0, 2)  # (live, out, s)
+        cost = torch.full((alive.shape[0],), float("inf"), dtype=self.W.dtype)
+        cost[live] = (torch.bmm(Wg, inv_blocks[live]) * Wg).sum((1, 2))
+        return cost, inv_blocks
 
     def remove(self, u: int, inv_block: torch.Tensor) -> None:
         cols = self.idx[u]
-        coupling = inv_block @ self.Hinv[cols, :]
-        self.W = self.W - self.W[:, cols] @ coupling
-        self.Hinv = self.Hinv - self.Hinv[:, cols] @ coupling
+        s = cols.shape[0]
+        if self.rank + s > self.F.shape[1]:
+            self._flush()
+        r = self.rank
+        P = self.base[:, cols] - self.F[:, :r] @ self.F[cols, :r].T  # (d, s): H⁻¹'s columns now
+        P[self.dead] = 0.0
+        self.W = self.W - (self.W[:, cols] @ inv_block) @ P.T
         self.W[:, cols] = 0.0
-        self.Hinv[:, cols] = 0.0
-        self.Hinv[cols, :] = 0.0
+        inv_block = (inv_block + inv_block.T) / 2
+        M, info = torch.linalg.cholesky_ex(inv_block)
+        if int(info) != 0:  # a numerically indefinite block: eigen-factor, clipped at zero
+            vals, vecs = torch.linalg.eigh(inv_block)
+            M = vecs * vals.clamp_min(0).sqrt()
+        G = P @ M  # H⁻¹ loses G Gᵀ
+        self.F[:, r : r + s] = G
+        self.rank = r + s
+        Gu = G[self.idx]  # (n, s, s)
+        self.blocks -= Gu @ Gu.transpose(1, 2)
+        self.dead[cols] = True
+
+    def _flush(self) -> None:
+        r = self.rank
+        self.base.addmm_(self.F[:, :r], self.F[:, :r].T, alpha=-1.0)
+        self.base[self.dead] = 0.0
+        self.base[:, self.dead] = 0.0
+        self.F.zero_()
+        self.rank = 0
+        self._refresh_blocks()
 
 
-def select_units_obs(readers: Sequence[Reader], keep: int) -> torch.Tensor:
-    """The `keep` units (sorted indices) whose removal order under the summed OBS cost comes last."""
-    states = [_ObsState(r) for r in readers]
+def select_units_obs(readers: Sequence[Reader], keep: int, *, flush_columns: int | None = None) -> torch.Tensor:
+    """The `keep` units (sorted indices) whose removal order under the summed OBS cost comes last.
+    `flush_columns`: how many removed columns are collected before H⁻¹ is updated (a speed
+    setting only; by default about d/12)."""
+    states = [_ObsState(r, flush_columns) for r in readers]
     n = int(states[0].idx.shape[0])
     if not 1 <= keep <= n:
         raise CrossDistillError(f"cannot keep {keep} of {n} channel units")
     alive = torch.ones(n, dtype=torch.bool)
     for _ in range(n - keep):
-        total = torch.zeros(n, dtype=states[0].Hinv.dtype)
+        total = torch.zeros(n, dtype=states[0].base.dtype)
         inverses = []
         for s in states:
             cost, inv_blocks = s.costs(alive)
             total += cost
             inverses.append(inv_blocks)
-        total[~alive] = float("inf")
         u = int(torch.argmin(total))
         for s, inv_blocks in zip(states, inverses):
             s.remove(u, inv_blocks[u])
