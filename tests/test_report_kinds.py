@@ -29,7 +29,7 @@ def latency(ms1: float, ms128: float) -> list[dict]:
 
 
 def test_registry_lists_the_kinds_and_refuses_unknown_ones_and_settings():
-    assert set(REPORT_KINDS) == {"accuracy", "latency", "paired", "solvers"}
+    assert set(REPORT_KINDS) == {"accuracy", "budget", "latency", "paired", "solvers"}
     with pytest.raises(CrossDistillError, match="unknown report kind"):
         REPORT_KINDS.build("nope")
     with pytest.raises(CrossDistillError, match="unknown setting"):
@@ -95,6 +95,27 @@ def test_solvers_kind_separates_draws_and_divides_by_the_reference(tmp_path):
     assert "| 1 | soft(alpha=0,beta=0.3) [paper(iters=3000,lr=0.001)] | 86.0 | – |" in md
     assert {e["method"] for e in summary["solvers"]} == {"soft(alpha=0,beta=0.3)",
                                                         "soft(alpha=0,beta=0.3) [paper(iters=3000,lr=0.001)]"}
+
+
+def test_budget_kind_pairs_global_with_uniform_at_each_target_and_plots_the_plan(tmp_path):
+    db_path = tmp_path / "b.sqlite"
+
+    def plan(kept: list[int]) -> dict:
+        return {"channel_groups": {"pruned": [{"group": i, "width": 8, "kept": k, "readers": [f"c{i}"],
+                                               "producers": []} for i, k in enumerate(kept)]}}
+
+    with SweepDB(db_path) as db:
+        for seed, (u, g) in enumerate([(80.0, 83.0), (82.0, 81.0)]):
+            add(db, u, plan([4, 4]), shots=1, seed=seed)
+            add(db, g, {**plan([2, 6]), "channel_budget": {"seconds": 0.5}}, compress=2.5, shots=1, seed=seed,
+                budget="global")
+        add(db, 70.0, plan([4, 4]), shots=1, seed=0, keep=0.3)  # another target, no global run: no table
+    summary = render_report(db_path, tmp_path / "out", kind="budget")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.count("### fashion_cnn, channels keep 0.5") == 1 and "keep 0.3" not in md
+    assert "| 1 | 0,1 | 81.00 ± 1.41 | 82.00 ± 1.41 | +1.00 (1/2) | 1.00 / 1.00 | 2.0 / 2.5 (0.5) |" in md
+    assert summary["plots"] and (tmp_path / "out" / summary["plots"][0]).stat().st_size > 0
+    assert summary["settings"][0]["rows"][0]["global"] == [83.0, 81.0]
 
 
 def test_kind_declared_by_the_sweep_file_is_used_and_checked(tmp_path, capsys):

@@ -215,10 +215,17 @@ class Plugin:
     def settings(self) -> dict[str, Any]:
         return {p.name: getattr(self, p.name) for p in self.params()}
 
+    def inactive(self) -> set[str]:
+        """Settings that have no effect given the others (a global budget's settings under a
+        uniform one): left out of the label and of a run's identity, so that changing their
+        default does not make stored runs look new."""
+        return set()
+
     def describe(self) -> str:
         # A setting left at None means "not used" or "the model's default": not part of the label.
+        off = self.inactive()
         shown = [f"{p.name}={format_value(getattr(self, p.name))}" for p in self.params()
-                 if p.spec.show and getattr(self, p.name) is not None]
+                 if p.spec.show and getattr(self, p.name) is not None and p.name not in off]
         return f"{self.name}({','.join(shown)})" if shown else self.name
 
 

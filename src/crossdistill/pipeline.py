@@ -90,7 +90,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     student = copy.deepcopy(teacher).eval()
     # A method runs as one or more stages (compression/composite.py): each stage's teacher is the
     # previous stage's finished student, because slimming changes the layers' shapes.
-    method.prepare(fewshot.images[:1])
+    method.prepare(fewshot.images, damping)
     stages = method.stages()
     stage_teacher, records, solver_names = teacher, [], []
     for k, (stage, solver_name) in enumerate(stages):

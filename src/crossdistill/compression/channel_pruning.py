@@ -4,7 +4,8 @@ units, re-solve every reader, then slim physically."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -12,7 +13,9 @@ from torch import nn
 from crossdistill.capture import get_module
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.channels import PAPER_RESNET56_WHOLE_BLOCKS, channel_pairs, refit_tasks
-from crossdistill.compression.graph_channels import slim_groups
+from crossdistill.compression.budget import allocate, removal_costs
+from crossdistill.compression.flops import FlopModel
+from crossdistill.compression.graph_channels import ChannelGroup, slim_groups
 from crossdistill.compression.graph_plan import GraphChannelPlan, keep_counts, plan_graph_channels, plan_tasks
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
@@ -33,17 +36,37 @@ class ChannelPruning(CompressionMethod):
     flops: float | None = param(None, "instead of keep: the share of the teacher's FLOPs to keep, with one keep "
                                 "ratio for every group, found by bisection", low=0, low_open=True, high=1)
 
+    budget: str = param("uniform", "how the channels to remove are shared among the groups: uniform (the same "
+                        "keep ratio everywhere) or global (the same FLOPs as uniform, or as flops, spent where "
+                        "the closed form's removal cost per FLOP is lowest)", choices=("uniform", "global"))
+    min_keep: float = param(0.1, "global budget: the least share of a group's units that it keeps",
+                            low=0, low_open=True, high=1)
+    # absolute beat relative by 1.5-3.4 points on the validation split (docs/results/channel_budget.md)
+    budget_cost: str = param("absolute", "global budget: a reader's removal cost as its raw loss (absolute) or "
+                             "that loss over the reader's output energy (relative)",
+                             choices=("absolute", "relative"), show=False)
+
+    def inactive(self) -> set[str]:
+        return {"min_keep", "budget_cost"} if self.budget == "uniform" else set()
+
     def check(self) -> None:
         if self.flops is not None and self.keep == "paper":
             raise CrossDistillError("give either flops or keep 'paper', not both")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._example: torch.Tensor | None = None
+        self._images: torch.Tensor | None = None
+        self._damping = 0.0
         self._plan: GraphChannelPlan | None = None
+        self._budget: dict[str, Any] = {}
 
-    def prepare(self, example: torch.Tensor) -> None:
-        self._example = example[:1]
+    @property
+    def _example(self) -> torch.Tensor | None:
+        return None if self._images is None else self._images[:1]
+
+    def prepare(self, example: torch.Tensor, damping: float = 0.0) -> None:
+        self._images = example
+        self._damping = damping
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         if self._example is None:
@@ -51,8 +74,10 @@ class ChannelPruning(CompressionMethod):
         named = _paper_counts(model) if self.keep == "paper" else None
         keep = self.keep if self.flops is None else ratio_for_flops(model, self._example, self.flops,
                                                                     self.prune_classifier)
-        self._plan = plan_graph_channels(model, self._example, keep_counts(keep, model, named),
-                                         prune_classifier=self.prune_classifier)
+        counts = keep_counts(keep, model, named)
+        if self.budget == "global":
+            counts = self._global_counts(model, counts)
+        self._plan = plan_graph_channels(model, self._example, counts, prune_classifier=self.prune_classifier)
         if not self._plan.groups:
             reasons = "; ".join(f"{', '.join(g['producers']) or 'input'} -> {', '.join(g['readers']) or 'output'}: "
                                 f"{g['reason']}" for g in self._plan.left_whole[:5])
@@ -72,61 +97,65 @@ class ChannelPruning(CompressionMethod):
             model.crossdistill_slim = {"input_size": list(self._example.shape[1:]), "kept": kept}
         return model
 
+    def _global_counts(self, model: nn.Module, uniform: Callable[[ChannelGroup], int | None]
+                       ) -> Callable[[ChannelGroup], int | None]:
+        """Units kept per group under a global budget at the FLOPs of the uniform plan (compression/budget.py)."""
+        assert self._images is not None and self._example is not None
+        start = time.perf_counter()
+        full = plan_graph_channels(model, self._example, lambda g: g.width, prune_classifier=self.prune_classifier)
+        fm = FlopModel.of(model, self._example, full.groups)
+        removed_uniform = {}
+        for gid, g in full.groups.items():
+            count = uniform(g)
+            removed_uniform[gid] = 0 if count is None else g.width - count
+        target = fm.total * self.flops if self.flops is not None else fm.flops(removed_uniform)
+        costs = removal_costs(model, full, self._images, self._damping, min_keep=self.min_keep,
+                              relative=self.budget_cost == "relative")
+        # Groups without a dense reader have no cost curve: they keep the uniform count.
+        fixed = {gid: removed_uniform[gid] for gid in full.groups if gid not in costs}
+        removed = allocate(costs, fm, target, fixed)
+        self._budget = {"budget": "global", "teacher_flops": fm.total, "target_flops": target,
+                        "planned_flops": fm.flops(removed), "uniform_flops": fm.flops(removed_uniform),
+                        "seconds": time.perf_counter() - start,
+                        "uniform_kept": {gid: full.groups[gid].width - r for gid, r in removed_uniform.items()}}
+        kept = {gid: full.groups[gid].width - r for gid, r in removed.items()}
+        return lambda g: kept.get(g.id)
+
     def summary(self, model: nn.Module) -> dict[str, Any]:
-        return self._plan.summary() if self._plan is not None else {}
+        out = self._plan.summary() if self._plan is not None else {}
+        if self._budget:
+            out["channel_budget"] = self._budget
+        return out
 
     def describe(self) -> str:
-        # The keep ratio is found from flops, so the given keep would only mislead.
-        return f"channels(flops={self.flops:g})" if self.flops is not None else super().describe()
+        label = super().describe()
+        if self.budget == "uniform":  # the default, as every label before global budgets
+            label = label.replace(",budget=uniform", "")
+        if self.flops is not None:
+            # The keep ratio is found from flops, so the given keep would only mislead.
+            label = label.replace(f"keep={self.keep:g},", "").replace(f"keep={self.keep:g})", ")")
+        return label
 
 
 def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune_classifier: bool,
                     steps: int = 20) -> float:
-    """The largest uniform keep ratio whose slimmed model has at most `share` of the FLOPs.
-
-    A conv's or linear's FLOPs scale with the share of its input and of its output channels it
-    keeps (a depthwise conv's with its channels alone), so the count for a ratio follows from the
-    layers' own FLOPs and the groups, without slimming anything; bisection on the ratio."""
+    """The largest uniform keep ratio whose slimmed model has at most `share` of the FLOPs
+    (compression/flops.py counts them without slimming); bisection on the ratio."""
     from crossdistill.compression.channels import keep_count
-    from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(example)
-    per_module = {name.split(".", 1)[1] if "." in name else "": sum(v.values())
-                  for name, v in counter.get_flop_counts().items() if name != "Global"}
-    total = sum(v for n, v in per_module.items() if n and not any(o.startswith(n + ".") for o in per_module))
     plan = plan_graph_channels(model, example, lambda g: g.width, prune_classifier=prune_classifier)
+    fm = FlopModel.of(model, example, plan.groups)
 
     def flops_at(ratio: float) -> float:
-        drop_in: dict[str, float] = {}
-        drop_out: dict[str, float] = {}
-        for gid, g in plan.groups.items():
-            frac = 1.0 - keep_count(g.width, ratio) / g.width
-            for lc in g.consumers:
-                drop_in[lc.name] = drop_in.get(lc.name, 0.0) + frac * sum(len(u) for u in lc.channels)
-            for lc in g.producers:
-                drop_out[lc.name] = drop_out.get(lc.name, 0.0) + frac * sum(len(u) for u in lc.channels)
-        out = 0.0
-        for name, base in per_module.items():
-            if not name or any(o.startswith(name + ".") for o in per_module):
-                continue  # containers: their children are counted
-            layer = get_module(model, name)
-            w_in = getattr(layer, "in_channels", getattr(layer, "in_features", 0)) or 1
-            w_out = getattr(layer, "out_channels", getattr(layer, "out_features", 0)) or 1
-            keep_out = 1.0 - drop_out.get(name, 0.0) / w_out
-            depthwise = getattr(layer, "groups", 1) > 1 and getattr(layer, "groups", 1) == w_in
-            keep_in = 1.0 if depthwise else 1.0 - drop_in.get(name, 0.0) / w_in
-            out += base * keep_in * keep_out
-        return out
+        return fm.flops({gid: g.width - keep_count(g.width, ratio) for gid, g in plan.groups.items()})
 
-    if flops_at(1e-9) > share * total:
+    if flops_at(1e-9) > share * fm.total:
         raise CrossDistillError(f"channel pruning cannot reach {share:g} of the FLOPs: keeping one unit of every "
-                                f"group leaves {flops_at(1e-9) / total:.3f}")
+                                f"group leaves {flops_at(1e-9) / fm.total:.3f}")
     lo, hi = 0.0, 1.0
     for _ in range(steps):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if flops_at(mid) <= share * total else (lo, mid)
+        lo, hi = (mid, hi) if flops_at(mid) <= share * fm.total else (lo, mid)
     return max(lo, 1e-9)
 
 

@@ -167,7 +167,23 @@ def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
     ft = out.get("finetune")
     if isinstance(ft, Mapping) and not finetune_active(ft):
         out["finetune"] = {}
+    for section in ("method", "objective"):
+        chosen = out.get(section)
+        if isinstance(chosen, Mapping) and isinstance(chosen.get("params"), Mapping):
+            off = _inactive(section, chosen)
+            if off:
+                out[section] = {**chosen, "params": {k: v for k, v in chosen["params"].items() if k not in off}}
     return out
+
+
+def _inactive(section: str, chosen: Mapping[str, Any]) -> set[str]:
+    cls = registry(section).get(chosen.get("name", ""))
+    if cls is None:
+        return set()
+    try:
+        return cls(**chosen["params"]).inactive()
+    except Exception:  # an old row whose settings today's plug-in refuses: compared as stored
+        return set()
 
 
 def all_params(section: str) -> dict[str, list[tuple[str, Param]]]:

@@ -107,16 +107,20 @@ class _ObsState:
         self._refresh_blocks()
 
 
-def select_units_obs(readers: Sequence[Reader], keep: int, *, flush_columns: int | None = None) -> torch.Tensor:
-    """The `keep` units (sorted indices) whose removal order under the summed OBS cost comes last.
-    `flush_columns`: how many removed columns are collected before H⁻¹ is updated (a speed
-    setting only; by default about d/12)."""
+def removal_path(readers: Sequence[Reader], n_remove: int, *,
+                 flush_columns: int | None = None) -> tuple[list[int], list[float]]:
+    """The first `n_remove` units of the greedy order and the summed loss increase of each step
+    (exact for that step, the earlier removals re-solved): what a global budget compares across
+    groups. `flush_columns`: removed columns collected before H⁻¹ is updated (speed only;
+    about d/12 by default)."""
     states = [_ObsState(r, flush_columns) for r in readers]
     n = int(states[0].idx.shape[0])
-    if not 1 <= keep <= n:
-        raise CrossDistillError(f"cannot keep {keep} of {n} channel units")
+    if not 0 <= n_remove < n:
+        raise CrossDistillError(f"cannot remove {n_remove} of {n} channel units (one must stay)")
     alive = torch.ones(n, dtype=torch.bool)
-    for _ in range(n - keep):
+    order: list[int] = []
+    steps: list[float] = []
+    for _ in range(n_remove):
         total = torch.zeros(n, dtype=states[0].base.dtype)
         inverses = []
         for s in states:
@@ -127,7 +131,19 @@ def select_units_obs(readers: Sequence[Reader], keep: int, *, flush_columns: int
         for s, inv_blocks in zip(states, inverses):
             s.remove(u, inv_blocks[u])
         alive[u] = False
-    return torch.nonzero(alive).flatten()
+        order.append(u)
+        steps.append(float(total[u]))
+    return order, steps
+
+
+def select_units_obs(readers: Sequence[Reader], keep: int, *, flush_columns: int | None = None) -> torch.Tensor:
+    """The `keep` units (sorted indices) whose removal order under the summed OBS cost comes last."""
+    n = len(readers[0].unit_columns)
+    if not 1 <= keep <= n:
+        raise CrossDistillError(f"cannot keep {keep} of {n} channel units")
+    order, _ = removal_path(readers, n - keep, flush_columns=flush_columns)
+    gone = set(order)
+    return torch.as_tensor([u for u in range(n) if u not in gone], dtype=torch.long)
 
 
 def select_units_norm(readers: Sequence[Reader], keep: int) -> torch.Tensor:

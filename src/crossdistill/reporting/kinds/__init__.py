@@ -8,6 +8,7 @@ which `crossdistill report DB` then uses for the databases that sweep wrote. Wit
 from crossdistill.params import Registry
 from crossdistill.reporting.kinds.accuracy import AccuracyReport
 from crossdistill.reporting.kinds.base import Rendered, ReportKind
+from crossdistill.reporting.kinds.budget import BudgetReport
 from crossdistill.reporting.kinds.latency import LatencyReport
 from crossdistill.reporting.kinds.paired import PairedReport
 from crossdistill.reporting.kinds.solvers import SolverReport
@@ -16,6 +17,7 @@ DEFAULT_KIND = "accuracy"
 
 REPORT_KINDS = Registry("report kind", {
     "accuracy": AccuracyReport,
+    "budget": BudgetReport,
     "latency": LatencyReport,
     "paired": PairedReport,
     "solvers": SolverReport,

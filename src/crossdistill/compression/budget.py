@@ -1,0 +1,110 @@
+"""Global channel budgets: how many units each group keeps so that the model meets a FLOPs
+target, chosen across layers instead of one keep ratio for every group.
+
+Each group's cost curve comes from the closed form itself: the greedy OBS removal path of the
+group under its readers' teacher-side problems (solvers/unit_selection.removal_path): the rise
+of the readers' own loss (or, with `relative`, of that loss over the reader's output energy,
+which did worse on the validation split). Units are then taken, group by group, where the curve rises least
+per FLOP saved, until the target is met. The sequential cross-distillation solve then runs with
+these counts; which units go is still decided there, on the student's inputs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossdistill.capture import all_layer_inputs, get_module, group_size
+from crossdistill.compression.flops import FlopModel
+from crossdistill.compression.graph_plan import GraphChannelPlan
+from crossdistill.engine import batches_of, teacher_side_problem
+from crossdistill.errors import CrossDistillError
+from crossdistill.problem import QuadraticProblem
+from crossdistill.solvers.unit_selection import Reader, removal_path
+
+
+def least_kept(width: int, min_keep: float) -> int:
+    return max(1, min(width, math.ceil(min_keep * width)))
+
+
+def output_energy(layer: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """Mean squared norm of the layer's weight-only output per position (the scale of its loss)."""
+    total, count = 0.0, 0
+    w = layer.weight.detach().float()
+    for x in inputs:
+        x = x.float()
+        if isinstance(layer, nn.Linear):
+            y = x.reshape(-1, x.shape[-1]) @ w.T
+            rows = y.shape[0]
+        else:
+            y = F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+            rows = y.shape[0] * y.shape[2] * y.shape[3]
+        total += float(y.double().pow(2).sum())
+        count += rows
+    return total / max(count, 1)
+
+
+def _scaled(p: QuadraticProblem, factor: float) -> QuadraticProblem:
+    return QuadraticProblem(H=p.H * factor, B=p.B * factor, c=p.c * factor, w_teacher=p.w_teacher)
+
+
+def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor, damping: float, *,
+                  min_keep: float, relative: bool = False, batch_size: int = 64) -> dict[int, torch.Tensor]:
+    """Per group with a dense reader: C[k], the summed loss of its readers after its k cheapest
+    units are removed (greedy OBS on the teacher's inputs), k = 0 … width − least kept."""
+    names = sorted({r for gid, rs in plan.readers.items() if gid not in plan.kept for r in rs})
+    inputs = all_layer_inputs(model, names, batches_of(images, batch_size))
+    energy = {n: output_energy(get_module(model, n), inputs[n]) if relative else 1.0 for n in names}
+    costs: dict[int, torch.Tensor] = {}
+    for gid, readers in plan.readers.items():
+        if gid in plan.kept:
+            continue  # no dense reader: its producers' L1 norms choose (graph_plan.py)
+        rs = []
+        for name in readers:
+            layer = get_module(model, name)
+            units = plan.unit_columns(gid, name, group_size(layer))
+            cols = sorted({c for u in units for c in u})
+            pos = {c: i for i, c in enumerate(cols)}
+            p = teacher_side_problem(layer, inputs[name], damping, cols)
+            rs.append(Reader(_scaled(p, 1.0 / max(energy[name], 1e-30)), [[pos[c] for c in u] for u in units]))
+        width = plan.groups[gid].width
+        _, steps = removal_path(rs, width - least_kept(width, min_keep))
+        costs[gid] = torch.cumsum(torch.tensor([0.0] + steps, dtype=torch.float64), 0)
+    return costs
+
+
+def allocate(costs: Mapping[int, torch.Tensor], flops: FlopModel, target: float,
+             fixed_removed: Mapping[int, int] | None = None) -> dict[int, int]:
+    """Units removed per group: repeatedly the step (one or more units of one group) whose cost
+    rises least per FLOP saved, until the FLOPs are at most `target`. Looking several units ahead
+    lets a group whose next unit is dear but whose following ones are cheap still be chosen;
+    the last step removes no more units than the target needs. Groups in `fixed_removed` keep
+    their count."""
+    removed: dict[int, int] = {gid: 0 for gid in costs}
+    removed.update(fixed_removed or {})
+    now = flops.flops(removed)
+    while now > target:
+        per_unit = flops.per_unit(removed)
+        best: tuple[float, int, int] | None = None
+        for gid, curve in costs.items():
+            r = removed[gid]
+            room = curve.shape[0] - 1 - r
+            saved = per_unit[gid]
+            if room <= 0 or saved <= 0:
+                continue
+            reach = min(room, max(1, math.ceil((now - target) / saved)))
+            rise = (curve[r + 1 : r + reach + 1] - curve[r]).clamp_min(0)
+            slopes = rise / (torch.arange(1, reach + 1, dtype=torch.float64) * saved)
+            j = int(torch.argmin(slopes))
+            if best is None or float(slopes[j]) < best[0]:
+                best = (float(slopes[j]), gid, j + 1)
+        if best is None:
+            raise CrossDistillError(f"the groups cannot lose enough channels to reach {target / flops.total:.3f} of the "
+                                    f"FLOPs (reached {now / flops.total:.3f}); lower min_keep or raise the target")
+        _, gid, j = best
+        removed[gid] += j
+        now = flops.flops(removed)
+    return removed

@@ -1,0 +1,95 @@
+"""FLOPs of a channel-pruned model as a function of how many units each group keeps, without
+slimming anything: a conv's or linear's FLOPs scale with the share of its input and of its
+output channels it keeps (a depthwise conv's with its channels alone)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from crossdistill.capture import get_module
+from crossdistill.compression.graph_channels import ChannelGroup
+
+
+@dataclass
+class FlopModel:
+    base: dict[str, float]                          # leaf layer -> its FLOPs in the teacher
+    width_in: dict[str, int]
+    width_out: dict[str, int]
+    depthwise: set[str]
+    reads: dict[int, list[tuple[str, float]]]       # group -> (layer, input channels per unit)
+    writes: dict[int, list[tuple[str, float]]]      # group -> (layer, output channels per unit)
+    widths: dict[int, int]                          # group -> units
+
+    @classmethod
+    def of(cls, model: nn.Module, example: torch.Tensor, groups: Mapping[int, ChannelGroup]) -> "FlopModel":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(example[:1])
+        per_module = {name.split(".", 1)[1] if "." in name else "": float(sum(v.values()))
+                      for name, v in counter.get_flop_counts().items() if name != "Global"}
+        # Containers are counted through their children.
+        leaves = {n: f for n, f in per_module.items()
+                  if n and not any(o.startswith(n + ".") for o in per_module)}
+        width_in, width_out, depthwise = {}, {}, set()
+        for name in leaves:
+            layer = get_module(model, name)
+            width_in[name] = getattr(layer, "in_channels", getattr(layer, "in_features", 0)) or 1
+            width_out[name] = getattr(layer, "out_channels", getattr(layer, "out_features", 0)) or 1
+            if getattr(layer, "groups", 1) > 1 and getattr(layer, "groups", 1) == width_in[name]:
+                depthwise.add(name)
+        reads = {gid: [(lc.name, sum(len(u) for u in lc.channels) / g.width) for lc in g.consumers]
+                 for gid, g in groups.items()}
+        writes = {gid: [(lc.name, sum(len(u) for u in lc.channels) / g.width) for lc in g.producers]
+                  for gid, g in groups.items()}
+        return cls(leaves, width_in, width_out, depthwise, reads, writes, {gid: g.width for gid, g in groups.items()})
+
+    @property
+    def total(self) -> float:
+        return sum(self.base.values())
+
+    def _drops(self, removed: Mapping[int, float]) -> tuple[dict[str, float], dict[str, float]]:
+        drop_in: dict[str, float] = {}
+        drop_out: dict[str, float] = {}
+        for gid, k in removed.items():
+            for name, per in self.reads[gid]:
+                drop_in[name] = drop_in.get(name, 0.0) + k * per
+            for name, per in self.writes[gid]:
+                drop_out[name] = drop_out.get(name, 0.0) + k * per
+        return drop_in, drop_out
+
+    def flops(self, removed: Mapping[int, float]) -> float:
+        """FLOPs with `removed[g]` units of each group g removed (a fraction of a unit allowed)."""
+        drop_in, drop_out = self._drops(removed)
+        out = 0.0
+        for name, base in self.base.items():
+            keep_out = 1.0 - drop_out.get(name, 0.0) / self.width_out[name]
+            keep_in = 1.0 if name in self.depthwise else 1.0 - drop_in.get(name, 0.0) / self.width_in[name]
+            out += base * keep_in * keep_out
+        return out
+
+    def per_unit(self, removed: Mapping[int, float]) -> dict[int, float]:
+        """FLOPs saved by removing one more unit of each group, the others as they are (FLOPs are
+        linear in each group's count while the others stay fixed)."""
+        drop_in, drop_out = self._drops(removed)
+
+        def keep(name: str, side: str) -> float:
+            if side == "in":
+                return 1.0 if name in self.depthwise else 1.0 - drop_in.get(name, 0.0) / self.width_in[name]
+            return 1.0 - drop_out.get(name, 0.0) / self.width_out[name]
+
+        out = {}
+        for gid in self.widths:
+            saved = 0.0
+            for name, per in self.reads[gid]:
+                if name in self.base and name not in self.depthwise:
+                    saved += self.base[name] * per / self.width_in[name] * keep(name, "out")
+            for name, per in self.writes[gid]:
+                if name in self.base:
+                    saved += self.base[name] * per / self.width_out[name] * keep(name, "in")
+            out[gid] = saved
+        return out

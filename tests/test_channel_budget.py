@@ -1,0 +1,97 @@
+"""Global channel budgets (compression/budget.py): the allocation meets the FLOPs target within
+one unit, spends nothing when the target allows everything, and spends where removal is cheap."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from crossdistill.compression.budget import allocate
+from crossdistill.compression.channel_pruning import ChannelPruning
+from crossdistill.compression.flops import FlopModel
+from crossdistill.compression.graph_plan import plan_graph_channels
+from crossdistill.config import CompressConfig
+from crossdistill.pipeline import compress
+from test_graph_channels import build
+from test_graph_pruning import fewshot_for
+
+
+def measured_flops(model: nn.Module, example: torch.Tensor) -> float:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(example[:1])
+    return float(counter.get_total_flops())
+
+
+def _setup(key: str):
+    teacher, example = build(key)
+    plan = plan_graph_channels(teacher, example[:1], lambda g: g.width, prune_classifier=True)
+    return teacher, example, plan, FlopModel.of(teacher, example[:1], plan.groups)
+
+
+@pytest.mark.parametrize("key", ["chain", "resnet", "densenet", "mobilenet"])
+def test_flop_model_counts_what_slimming_leaves(key):
+    from crossdistill.compression.graph_channels import slim_groups
+
+    teacher, example, plan, fm = _setup(key)
+    assert fm.total == pytest.approx(measured_flops(teacher, example))
+    kept = {gid: list(range(0, g.width, 2)) for gid, g in plan.groups.items()}
+    slim = slim_groups(copy.deepcopy(teacher), example[:1], kept)
+    removed = {gid: g.width - len(kept[gid]) for gid, g in plan.groups.items()}
+    assert fm.flops(removed) == pytest.approx(measured_flops(slim, example), rel=1e-6)
+
+
+@pytest.mark.parametrize("share", [0.9, 0.6, 0.4])
+def test_allocation_meets_the_target_within_one_unit(share):
+    teacher, example, plan, fm = _setup("resnet")
+    gen = torch.Generator().manual_seed(0)
+    costs = {gid: torch.cat([torch.zeros(1), torch.rand(g.width - 1, generator=gen).double()]).cumsum(0)
+             for gid, g in plan.groups.items()}
+    target = share * fm.total
+    removed = allocate(costs, fm, target)
+    reached = fm.flops(removed)
+    assert reached <= target
+    # Giving back any one removed unit would break the target: no group lost more than needed.
+    per_unit = fm.per_unit(removed)
+    assert all(reached + per_unit[gid] > target for gid, r in removed.items() if r > 0)
+
+
+def test_a_budget_that_allows_everything_prunes_nothing():
+    teacher, example, plan, fm = _setup("resnet")
+    costs = {gid: torch.arange(g.width, dtype=torch.float64) for gid, g in plan.groups.items()}
+    assert allocate(costs, fm, fm.total) == {gid: 0 for gid in plan.groups}
+    few = fewshot_for(example)
+    cfg = CompressConfig(model="user-resnet", n_samples=len(few.labels), damping=0.01, keep=1.0, budget="global",
+                         solver="prune-only")
+    result = compress(teacher, few, cfg, show_progress=False)
+    assert all(g["kept"] == g["width"] for g in result.summary["channel_groups"]["pruned"])
+    with torch.no_grad():
+        assert torch.equal(result.student(few.images), teacher(few.images))
+
+
+def test_allocation_spends_where_removal_is_cheap():
+    teacher, example, plan, fm = _setup("chain")
+    gids = sorted(plan.groups)
+    assert len(gids) >= 2
+    cheap, dear = gids[0], gids[1]
+    costs = {gid: torch.arange(plan.groups[gid].width, dtype=torch.float64) * (1e-6 if gid == cheap else 1.0)
+             for gid in gids}
+    removed = allocate(costs, fm, 0.8 * fm.total)
+    room = plan.groups[cheap].width - 1
+    # The cheap group gives all it can before the dear one gives anything.
+    assert removed[cheap] == room or removed[dear] == 0
+
+
+def test_global_budget_run_keeps_the_flops_of_uniform_and_records_its_plan():
+    teacher, example = build("resnet")
+    few = fewshot_for(example)
+    cfg = CompressConfig(model="user-resnet", n_samples=len(few.labels), damping=0.01, keep=0.5, budget="global")
+    result = compress(teacher, few, cfg, show_progress=False)
+    budget = result.summary["channel_budget"]
+    assert budget["planned_flops"] <= budget["target_flops"] == pytest.approx(budget["uniform_flops"])
+    assert measured_flops(result.student, example) == pytest.approx(budget["planned_flops"], rel=1e-6)
+    kept = {g["group"]: g["kept"] for g in result.summary["channel_groups"]["pruned"]}
+    assert kept != {int(k): v for k, v in budget["uniform_kept"].items()}  # it did move channels
