@@ -18,8 +18,9 @@ from crossdistill.capture import (
     unfold,
     weight_matrix,
 )
+from crossdistill.distributed import is_main, on_main, shard, sum_, sum_number, together
 from crossdistill.layer_solve import solve_layer
-from crossdistill.moments import MomentAccumulator
+from crossdistill.moments import CHUNK_IMAGES, MomentAccumulator
 from crossdistill.objectives import Objective
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers import LayerSolver, LayerTask
@@ -65,14 +66,18 @@ def teacher_side_problem(layer: nn.Module, inputs: Sequence[torch.Tensor], dampi
     index = {ch: i for i, ch in enumerate(channels)}
     pos = torch.as_tensor([index[c // per] * per + c % per for c in columns], dtype=torch.long)
     C, count = None, 0
-    for x in inputs:
-        x = x.float()
-        sub = x[..., channels] if isinstance(layer, nn.Linear) else x[:, channels]
-        X = unfold(layer, sub)[:, pos]
-        # float32 products, float64 sums: as the layer moments (moments.py)
-        gram = (X.T @ X).to(torch.float64)
-        C = gram if C is None else C + gram
-        count += X.shape[0]
+    for batch in inputs:
+        # float32 products over chunks of images, float64 sums: as the layer moments (moments.py)
+        for start in range(0, batch.shape[0], CHUNK_IMAGES):
+            x = batch[start : start + CHUNK_IMAGES].float()
+            sub = x[..., channels] if isinstance(layer, nn.Linear) else x[:, channels]
+            X = unfold(layer, sub)[:, pos]
+            gram = (X.T @ X).to(torch.float64)
+            C = gram if C is None else C + gram
+            count += X.shape[0]
+    # Summed over the processes' shards (crossdistill.distributed; the identity in one process).
+    sum_(C)
+    count = sum_number(count)
     H = C / max(count, 1)
     w = weight_matrix(layer)[:, torch.as_tensor(list(columns), dtype=torch.long)].to(H.dtype)
     return QuadraticProblem(H=H, B=w @ H, c=float((w @ H * w).sum()), w_teacher=w).damped(damping)
@@ -103,14 +108,16 @@ def distill_layers(
     """
     teacher.eval()
     student.eval()
-    batches = batches_of(images, batch_size)
+    # With several processes (crossdistill.distributed) each captures its shard of the images.
+    batches = batches_of(shard(images, align=CHUNK_IMAGES), batch_size)
     tasks = list(tasks)
     # Before ordering: an unsupported layer (say a ConvTranspose2d) is not hooked by the capture,
     # so ordering would misreport it as "never reached" instead of naming its type.
     for task in tasks:
         check_solvable(get_module(student, task.name), task.name, channel_pruning=task.keep is not None)
     tasks = order_tasks(student, tasks, images[:1])
-    teacher_inputs = all_layer_inputs(teacher, [t.name for t in tasks], batches)
+    with together():
+        teacher_inputs = all_layer_inputs(teacher, [t.name for t in tasks], batches)
     student_inputs = StudentInputs(student, batches, incremental=incremental)
     records: list[LayerRecord] = []
     for i, task in enumerate(tasks):
@@ -119,9 +126,11 @@ def distill_layers(
         t_layer = get_module(teacher, task.name)
         if progress:
             progress(i, len(tasks), task.name)
-        acc = MomentAccumulator(s_layer)
-        for xt, xs in zip(teacher_inputs.pop(task.name), student_inputs.of(task.name)):
-            acc.add(xt, xs)
+        with together():
+            acc = MomentAccumulator(s_layer)
+            for xt, xs in zip(teacher_inputs.pop(task.name), student_inputs.of(task.name)):
+                acc.add(xt, xs)
+        acc.sum_over_processes()
         solve_start = time.perf_counter()
         if task.params.get("coupled"):
             task.params["coupled_problems"] = {
@@ -129,8 +138,19 @@ def distill_layers(
                 for n, cols in task.params["coupled"].items()
             }
         solve_seconds = time.perf_counter() - solve_start
-        # One quadratic problem per conv group (a single one for every other layer): layer_solve.py.
-        solved = solve_layer(acc.finish_groups(), weight_matrix(t_layer), task, objective, solver, student, damping)
+        moments = acc.finish_groups()
+        plan = task.params.get("graph")
+
+        def solve() -> tuple[Any, Any]:
+            # One quadratic problem per conv group (a single one for every other layer): layer_solve.py.
+            out = solve_layer(moments, weight_matrix(t_layer), task, objective, solver, student, damping)
+            return out, (dict(plan.kept) if plan is not None else None)
+
+        # Solved once, on rank 0; the other processes take its result (and the channel plan's decisions).
+        solved, kept = on_main(solve)
+        if plan is not None and not is_main():
+            plan.kept.clear()
+            plan.kept.update(kept)
         solve_seconds += solved.solve_seconds
         with torch.no_grad():
             s_layer.weight.copy_(solved.weight.reshape(s_layer.weight.shape).to(s_layer.weight.dtype))

@@ -10,10 +10,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from crossdistill import distributed
 from crossdistill.capture import conv_groups, patches
 
 # float64 for the sums and the solves: with few samples the moments are nearly singular.
 DTYPE = torch.float64
+# Images per float32 product: one huge unfold of a whole batch is slow and memory-hungry; the
+# processes of a distributed run shard on multiples of it (crossdistill.distributed.shard).
+CHUNK_IMAGES = 16
 
 
 @dataclass
@@ -38,7 +42,7 @@ class MomentAccumulator:
     kept as one D×D block per group (`finish_groups()`): the cross-group blocks are never
     needed, and for a depthwise conv they would be almost all of a (C·k²)² matrix."""
 
-    def __init__(self, module: nn.Module, chunk_images: int = 16) -> None:
+    def __init__(self, module: nn.Module, chunk_images: int = CHUNK_IMAGES) -> None:
         self.module = module
         self.chunk = chunk_images
         self.groups = conv_groups(module)
@@ -46,11 +50,11 @@ class MomentAccumulator:
         self._ss: torch.Tensor | None = None
         self._ts: torch.Tensor | None = None
         self.count = 0
+        self._summed = False
 
     def add(self, x_teacher: torch.Tensor, x_student: torch.Tensor) -> None:
         if x_teacher.shape != x_student.shape:
             raise ValueError(f"teacher input {tuple(x_teacher.shape)} != student input {tuple(x_student.shape)}")
-        # Chunks of images: one huge unfold of a whole batch is the slow, memory-hungry part.
         for start in range(0, x_teacher.shape[0], self.chunk):
             pt = patches(self.module, x_teacher[start : start + self.chunk].float())
             ps = patches(self.module, x_student[start : start + self.chunk].float())
@@ -67,6 +71,16 @@ class MomentAccumulator:
             self._ss += gram(ps, ps)
             self._ts += gram(pt, ps)
             self.count += pt.shape[0] * pt.shape[2]
+
+    def sum_over_processes(self) -> None:
+        """Add up the shards of every process (crossdistill.distributed), once, before finish."""
+        if not distributed.active() or self._summed:
+            return
+        assert self._tt is not None and self._ss is not None and self._ts is not None
+        for t in (self._tt, self._ss, self._ts):
+            distributed.sum_(t)
+        self.count = int(distributed.sum_number(self.count))
+        self._summed = True
 
     def _group_gram(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(groups, D, D): per group, the sum over images and positions of a_g b_gᵀ, as float64."""

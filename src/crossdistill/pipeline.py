@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossdistill import distributed
 from crossdistill.compression import METHODS
 from crossdistill.compression.quantization import dequantize_into
 from crossdistill.checks import check_data_fits_model
@@ -84,6 +85,9 @@ def resolved_damping(cfg: CompressConfig, fewshot: FewShot) -> float:
 def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progress: bool = True) -> CompressionResult:
     """Layer-wise cross distillation of a copy of `teacher`; the teacher is not modified."""
     start = time.perf_counter()
+    if distributed.active() and finetune_active(cfg.finetune):
+        raise CrossDistillError("the fine-tune runs in one process: run it without torchrun (or set "
+                                "finetune epochs to 0 for the distributed compression)")
     objective = build_objective(cfg)
     method = METHODS.build(cfg.method.name, cfg.method.params)
     damping = resolved_damping(cfg, fewshot)
@@ -197,6 +201,8 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     else:
         result = compress_fn(teacher, fewshot, cfg)
     result.student.crossdistill_info = info  # what saving a model the registry does not know records
+    if not distributed.is_main():
+        return result, {}  # with several processes only rank 0 evaluates and reports
     report: dict[str, Any] = {
         "model": cfg.model,
         "method": result.method,
@@ -214,6 +220,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         "fewshot_class_counts": np.bincount(fewshot.labels.numpy(), minlength=info.num_classes).tolist(),
         # Beside the timings: seconds and latencies mean little without the machine's load.
         "threads": torch.get_num_threads(),
+        "processes": distributed.world_size(),
         "load_average": load_average(),
         "layers": [
             {"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,

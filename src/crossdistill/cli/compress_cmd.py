@@ -62,13 +62,58 @@ def run_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from crossdistill import distributed
     from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
 
     cfg = run_config(args)
+    if distributed.init_from_env(cfg.device) or distributed.active():
+        return _run_distributed(args, cfg)
     # The claim comes before the work: a clash or an unwritable --out costs nothing.
     with atomic_output_dir(args.out, args.force) as tmp:
         result, report = run_pipeline(cfg, show_progress=not args.quiet)
         write_run(tmp, result, report)
     print(format_summary(report))
     print(f"written to {args.out}")
+    return 0
+
+
+def _run_distributed(args: argparse.Namespace, cfg: Any) -> int:
+    """One process of `torchrun ... crossdistill compress`: rank 0 claims and writes --out, every
+    rank captures its shard (crossdistill.distributed); any rank's failure stops all of them
+    before anything is written, each saying why."""
+    import signal
+    import sys
+    import traceback
+    from contextlib import ExitStack
+
+    from crossdistill import distributed
+    from crossdistill.errors import CrossDistillError
+    from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
+
+    # torchrun stops the other workers with SIGTERM when one dies: leave through the normal exit
+    # path, so that rank 0's temporary output folder is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    main = distributed.is_main()
+    try:
+        with ExitStack() as stack:
+            tmp = stack.enter_context(atomic_output_dir(args.out, args.force)) if main else None
+            distributed.agree(None)
+            result, report = run_pipeline(cfg, show_progress=main and not args.quiet)
+            distributed.agree(None)  # every rank finished before rank 0 writes
+            if main:
+                write_run(tmp, result, report)
+    except Exception as exc:
+        if not distributed.told(exc):
+            distributed.agree(exc)  # meets the other ranks at their next synchronisation point
+        # Say why before leaving: torchrun stops the others as soon as one process exits.
+        if isinstance(exc, CrossDistillError):
+            print(f"crossdistill compress: error (rank {distributed.rank()}): {exc}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc()
+            sys.stderr.flush()
+        distributed.farewell()
+        return 2 if isinstance(exc, CrossDistillError) else 1
+    if main:
+        print(format_summary(report))
+        print(f"written to {args.out} (statistics over {distributed.world_size()} processes)")
     return 0

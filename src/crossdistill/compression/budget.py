@@ -19,9 +19,11 @@ from torch import nn
 
 from crossdistill.capture import all_layer_inputs, get_module, group_size
 from crossdistill.compression.flops import FlopModel
+from crossdistill.distributed import shard, sum_number, together
 from crossdistill.compression.graph_plan import GraphChannelPlan
 from crossdistill.engine import batches_of, teacher_side_problem
 from crossdistill.errors import CrossDistillError
+from crossdistill.moments import CHUNK_IMAGES
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.unit_selection import Reader, removal_path
 
@@ -44,7 +46,7 @@ def output_energy(layer: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
             rows = y.shape[0] * y.shape[2] * y.shape[3]
         total += float(y.double().pow(2).sum())
         count += rows
-    return total / max(count, 1)
+    return sum_number(total) / max(sum_number(count), 1)
 
 
 def _scaled(p: QuadraticProblem, factor: float) -> QuadraticProblem:
@@ -56,7 +58,8 @@ def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor
     """Per group with a dense reader: C[k], the summed loss of its readers after its k cheapest
     units are removed (greedy OBS on the teacher's inputs), k = 0 … width − least kept."""
     names = sorted({r for gid, rs in plan.readers.items() if gid not in plan.kept for r in rs})
-    inputs = all_layer_inputs(model, names, batches_of(images, batch_size))
+    with together():
+        inputs = all_layer_inputs(model, names, batches_of(shard(images, align=CHUNK_IMAGES), batch_size))
     energy = {n: output_energy(get_module(model, n), inputs[n]) if relative else 1.0 for n in names}
     costs: dict[int, torch.Tensor] = {}
     for gid, readers in plan.readers.items():

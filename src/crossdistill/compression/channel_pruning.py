@@ -15,6 +15,7 @@ from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.channels import PAPER_RESNET56_WHOLE_BLOCKS, channel_pairs, refit_tasks
 from crossdistill.compression.budget import allocate, removal_costs
 from crossdistill.compression.flops import FlopModel
+from crossdistill.distributed import on_main
 from crossdistill.compression.graph_channels import ChannelGroup, slim_groups
 from crossdistill.compression.graph_plan import GraphChannelPlan, keep_counts, plan_graph_channels, plan_tasks
 from crossdistill.engine import LayerRecord
@@ -113,7 +114,8 @@ class ChannelPruning(CompressionMethod):
                               relative=self.budget_cost == "relative")
         # Groups without a dense reader have no cost curve: they keep the uniform count.
         fixed = {gid: removed_uniform[gid] for gid in full.groups if gid not in costs}
-        removed = allocate(costs, fm, target, fixed)
+        # Decided once (rank 0 of several processes, crossdistill.distributed) for every process.
+        removed = on_main(lambda: allocate(costs, fm, target, fixed))
         self._budget = {"budget": "global", "teacher_flops": fm.total, "target_flops": target,
                         "planned_flops": fm.flops(removed), "uniform_flops": fm.flops(removed_uniform),
                         "seconds": time.perf_counter() - start,
