@@ -2,11 +2,14 @@
 target, chosen across layers instead of one keep ratio for every group.
 
 Each group's cost curve comes from the closed form itself: the greedy OBS removal path of the
-group under its readers' teacher-side problems (solvers/unit_selection.removal_path): the rise
-of the readers' own loss (or, with `relative`, of that loss over the reader's output energy,
-which did worse on the validation split). Units are then taken, group by group, where the curve rises least
-per FLOP saved, until the target is met. The sequential cross-distillation solve then runs with
-these counts; which units go is still decided there, on the student's inputs.
+group under its readers' teacher-side problems (solvers/unit_selection.removal_path), i.e. the
+rise of the readers' loss as units go. By default ('norm') each reader's output channels are
+weighted by the gain γ/√(var+ε) of the BatchNorm that follows it, so the loss is measured as
+the next layers see it (a reader without such a norm is taken as it is); 'absolute' uses the
+raw loss, 'relative' that loss over the reader's output energy. Units are then taken, group by
+group, where the curve rises least per FLOP saved, until the target is met. The sequential
+cross-distillation solve then runs with these counts; which units go is still decided there,
+on the student's inputs.
 """
 from __future__ import annotations
 
@@ -53,14 +56,47 @@ def _scaled(p: QuadraticProblem, factor: float) -> QuadraticProblem:
     return QuadraticProblem(H=p.H * factor, B=p.B * factor, c=p.c * factor, w_teacher=p.w_teacher)
 
 
+def _rows_scaled(p: QuadraticProblem, rows: torch.Tensor) -> QuadraticProblem:
+    """Each output row's loss weighted by rows²: the OBS costs are those of W with scaled rows."""
+    r = rows.to(p.B.dtype)[:, None]
+    return QuadraticProblem(H=p.H, B=p.B * r, c=p.c, w_teacher=p.w_teacher * r)
+
+
+def norm_scales(model: nn.Module, example: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Per layer of `names` whose output goes straight into a BatchNorm: that norm's per-channel
+    gain γ/√(var+ε), i.e. how the next layers see an error in this layer's output."""
+    outputs: dict[int, str] = {}
+    scales: dict[str, torch.Tensor] = {}
+    handles = []
+    for n in names:
+        handles.append(get_module(model, n).register_forward_hook(
+            lambda m, a, y, n=n: outputs.__setitem__(id(y), n)))
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
+            def pre(mod, args, mod_=m):
+                n = outputs.get(id(args[0]))
+                if n is not None and n not in scales:
+                    g = mod_.weight.detach() if mod_.weight is not None else torch.ones_like(mod_.running_var)
+                    scales[n] = (g / torch.sqrt(mod_.running_var + mod_.eps)).double()
+            handles.append(m.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return scales
+
+
 def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor, damping: float, *,
-                  min_keep: float, relative: bool = False, batch_size: int = 64) -> dict[int, torch.Tensor]:
+                  min_keep: float, cost: str = "norm", batch_size: int = 64) -> dict[int, torch.Tensor]:
     """Per group with a dense reader: C[k], the summed loss of its readers after its k cheapest
     units are removed (greedy OBS on the teacher's inputs), k = 0 … width − least kept."""
     names = sorted({r for gid, rs in plan.readers.items() if gid not in plan.kept for r in rs})
     with together():
         inputs = all_layer_inputs(model, names, batches_of(shard(images, align=CHUNK_IMAGES), batch_size))
-    energy = {n: output_energy(get_module(model, n), inputs[n]) if relative else 1.0 for n in names}
+    energy = {n: output_energy(get_module(model, n), inputs[n]) if cost == "relative" else 1.0 for n in names}
+    gains = norm_scales(model, images[:1], names) if cost == "norm" else {}
     costs: dict[int, torch.Tensor] = {}
     for gid, readers in plan.readers.items():
         if gid in plan.kept:
@@ -72,7 +108,10 @@ def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor
             cols = sorted({c for u in units for c in u})
             pos = {c: i for i, c in enumerate(cols)}
             p = teacher_side_problem(layer, inputs[name], damping, cols)
-            rs.append(Reader(_scaled(p, 1.0 / max(energy[name], 1e-30)), [[pos[c] for c in u] for u in units]))
+            p = _scaled(p, 1.0 / max(energy[name], 1e-30))
+            if name in gains:
+                p = _rows_scaled(p, gains[name])
+            rs.append(Reader(p, [[pos[c] for c in u] for u in units]))
         width = plan.groups[gid].width
         _, steps = removal_path(rs, width - least_kept(width, min_keep))
         costs[gid] = torch.cumsum(torch.tensor([0.0] + steps, dtype=torch.float64), 0)
