@@ -166,3 +166,13 @@ def farewell(timeout_s: float = 60.0) -> None:
         dist.monitored_barrier(timeout=timedelta(seconds=timeout_s))
     except Exception:  # noqa: BLE001 - a peer that already left
         pass
+
+
+def shutdown(initialised_here: bool) -> None:
+    """Leave the process group together; one that this process initialised is destroyed (a
+    gloo group left to the interpreter's exit can abort the process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    farewell()
+    if initialised_here:
+        dist.destroy_process_group()

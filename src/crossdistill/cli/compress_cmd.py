@@ -66,8 +66,12 @@ def run(args: argparse.Namespace) -> int:
     from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
 
     cfg = run_config(args)
-    if distributed.init_from_env(cfg.device) or distributed.active():
-        return _run_distributed(args, cfg)
+    initialised = distributed.init_from_env(cfg.device)
+    if distributed.active():
+        try:
+            return _run_distributed(args, cfg)
+        finally:
+            distributed.shutdown(initialised)
     # The claim comes before the work: a clash or an unwritable --out costs nothing.
     with atomic_output_dir(args.out, args.force) as tmp:
         result, report = run_pipeline(cfg, show_progress=not args.quiet)
@@ -111,7 +115,6 @@ def _run_distributed(args: argparse.Namespace, cfg: Any) -> int:
         else:
             traceback.print_exc()
             sys.stderr.flush()
-        distributed.farewell()
         return 2 if isinstance(exc, CrossDistillError) else 1
     if main:
         print(format_summary(report))

@@ -65,17 +65,18 @@ def _rows_scaled(p: QuadraticProblem, rows: torch.Tensor) -> QuadraticProblem:
 def norm_scales(model: nn.Module, example: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Per layer of `names` whose output goes straight into a BatchNorm: that norm's per-channel
     gain γ/√(var+ε), i.e. how the next layers see an error in this layer's output."""
-    outputs: dict[int, str] = {}
+    # The tensors themselves are kept until the forward ends: an id is only unique while alive.
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}
     scales: dict[str, torch.Tensor] = {}
     handles = []
     for n in names:
         handles.append(get_module(model, n).register_forward_hook(
-            lambda m, a, y, n=n: outputs.__setitem__(id(y), n)))
+            lambda m, a, y, n=n: outputs.__setitem__(id(y), (n, y))))
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
             def pre(mod, args, mod_=m):
-                n = outputs.get(id(args[0]))
-                if n is not None and n not in scales:
+                n, y = outputs.get(id(args[0]), (None, None))
+                if n is not None and y is args[0] and n not in scales:
                     g = mod_.weight.detach() if mod_.weight is not None else torch.ones_like(mod_.running_var)
                     scales[n] = (g / torch.sqrt(mod_.running_var + mod_.eps)).double()
             handles.append(m.register_forward_pre_hook(pre))
