@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from crossdistill import distributed
+from crossdistill import conv_gram, distributed
 from crossdistill.capture import conv_groups, patches
 
 # float64 for the sums and the solves: with few samples the moments are nearly singular.
@@ -55,6 +55,9 @@ class MomentAccumulator:
     def add(self, x_teacher: torch.Tensor, x_student: torch.Tensor) -> None:
         if x_teacher.shape != x_student.shape:
             raise ValueError(f"teacher input {tuple(x_teacher.shape)} != student input {tuple(x_student.shape)}")
+        if x_teacher.dim() == 4 and conv_gram.applies(self.module, *x_teacher.shape[2:]):
+            self._add_shifted(x_teacher, x_student)
+            return
         for start in range(0, x_teacher.shape[0], self.chunk):
             pt = patches(self.module, x_teacher[start : start + self.chunk].float())
             ps = patches(self.module, x_student[start : start + self.chunk].float())
@@ -71,6 +74,22 @@ class MomentAccumulator:
             self._ss += gram(ps, ps)
             self._ts += gram(pt, ps)
             self.count += pt.shape[0] * pt.shape[2]
+
+    def _add_shifted(self, x_teacher: torch.Tensor, x_student: torch.Tensor) -> None:
+        """A 'same' stride-1 conv on a large map: the Grams from shifted maps (conv_gram.py),
+        2-4x faster than the unfolded products, without the im2col copy."""
+        kernel = self.module.kernel_size
+        for start in range(0, x_teacher.shape[0], self.chunk):
+            xt = x_teacher[start : start + self.chunk].float()
+            xs = x_student[start : start + self.chunk].float()
+            tt = conv_gram.shifted_gram(xt, xt, kernel).to(DTYPE)
+            if self._tt is None:
+                self._tt, self._ss, self._ts = tt, torch.zeros_like(tt), torch.zeros_like(tt)
+            else:
+                self._tt += tt
+            self._ss += conv_gram.shifted_gram(xs, xs, kernel).to(DTYPE)
+            self._ts += conv_gram.shifted_gram(xt, xs, kernel).to(DTYPE)
+            self.count += xt.shape[0] * xt.shape[2] * xt.shape[3]
 
     def sum_over_processes(self) -> None:
         """Add up the shards of every process (crossdistill.distributed), once, before finish."""
