@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar on --upgrade pip
 	$(PY) -m pip install --progress-bar on torch==2.13.0
-	$(PY) -m pip install --progress-bar on -e '.[test,export]'
+	$(PY) -m pip install --progress-bar on -e '.[test,export,ray]'
 	touch $(STAMP)
 
 # Fashion-MNIST comes from Debian when apt is available; otherwise the demo downloads it (checksummed).

@@ -91,6 +91,10 @@ def test_cli_takes_a_factory(factory, data, tmp_path, capsys):
     assert main(["compress", "--model", factory, "--data", str(train), "--eval-data", str(test), "--shots", "3",
                  "--quiet", "--out", str(out)]) == 0
     assert "written to" in capsys.readouterr().out
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["peak_memory_mib"] > 10 and report["processes"] == 1
     loaded = crossdistill.load(out)
     assert sum(p.numel() for p in loaded.parameters()) < sum(
         p.numel() for p in crossdistill.models.user.build_user_model(factory).parameters())

@@ -23,6 +23,7 @@ from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
 from crossdistill.errors import CrossDistillError
 from crossdistill.evaluation import evaluate_for, load_average, torch_threads
+from crossdistill.evaluation_timing import peak_memory_mib
 from crossdistill.models import model_info
 from crossdistill.models.registry import ModelInfo
 # Split off by job (run_setup: what a run is built from; run_outputs: what it writes). Their
@@ -201,6 +202,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     else:
         result = compress_fn(teacher, fewshot, cfg)
     result.student.crossdistill_info = info  # what saving a model the registry does not know records
+    peak_mib = peak_memory_mib()  # before evaluation: what loading and compressing needed
     if not distributed.is_main():
         return result, {}  # with several processes only rank 0 evaluates and reports
     report: dict[str, Any] = {
@@ -221,6 +223,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         # Beside the timings: seconds and latencies mean little without the machine's load.
         "threads": torch.get_num_threads(),
         "processes": distributed.world_size(),
+        "peak_memory_mib": peak_mib,
         "load_average": load_average(),
         "layers": [
             {"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,

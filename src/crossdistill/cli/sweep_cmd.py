@@ -28,6 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency", action="store_true", help="also time CPU latency of teacher and students (off by default)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done, and why recorded runs do not match; "
                    "run nothing and write nothing")
+    r = p.add_argument_group("where the runs execute (the database is written by this process alone)")
+    r.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: one run after another in this process (default); ray: each run a Ray task "
+                   "(pip install 'crossdistill[ray]'), a local Ray unless --address is given")
+    r.add_argument("--address", help="with --backend ray: an existing Ray cluster (e.g. ray://head:10001 or auto)")
+    r.add_argument("--workers", type=int, default=2, help="with --backend ray and no --address: runs at a time (default 2)")
+    r.add_argument("--task-threads", type=int, default=1, help="with --backend ray: CPU threads per run (default 1)")
+    r.add_argument("--task-gpus", type=float, default=0.0, help="with --backend ray: GPUs per run (default 0)")
     g = p.add_argument_group("importing recorded results (instead of running a sweep file)")
     g.add_argument("--import", dest="import_jsonl", type=Path, metavar="JSONL",
                    help="add the runs of a JSON-lines file of the retired benchmark scripts to --db as rows "
@@ -57,7 +65,16 @@ def run(args: argparse.Namespace) -> int:
     db_path = args.db or default_db_path(args.config)
     if args.dry_run:
         return dry_run(spec, db_path, retry_failed=args.retry_failed)
-    summary = run_sweep(spec, db_path, retry_failed=args.retry_failed, argv=sys.argv[1:])
+    backend = None
+    if args.backend == "ray":
+        from crossdistill.sweep.ray_backend import RayBackend, ray_module
+
+        ray_module()  # says how to install Ray before anything else happens
+        backend = RayBackend(address=args.address, workers=args.workers, task_threads=args.task_threads,
+                             task_gpus=args.task_gpus)
+    elif args.address is not None:
+        raise CrossDistillError("--address is for --backend ray")
+    summary = run_sweep(spec, db_path, retry_failed=args.retry_failed, argv=sys.argv[1:], backend=backend)
     return 1 if summary.failed else 0
 
 

@@ -26,8 +26,11 @@ class RunContext:
     compression, so each is done once per sweep process (teacher evaluations once per database).
     """
 
-    def __init__(self, db: SweepDB) -> None:
+    def __init__(self, db: SweepDB | None) -> None:
+        # Without a database (a Ray worker: only the driver writes it) teacher evaluations are
+        # cached in this process.
         self.db = db
+        self._metrics: dict[str, Any] = {}
         self._data: dict[tuple[str, str], Any] = {}
         self._teachers: dict[tuple[str, str | None], Any] = {}
         self._teacher_keys: dict[tuple[str, str | None], str] = {}
@@ -94,12 +97,16 @@ class RunContext:
             "latency": bool(cfg.latency),
         }
         key = json_sha256(key_src)  # same digest as before the split: stored evaluations stay valid
-        cached = self.db.teacher_metrics(key)
+        cached = self.db.teacher_metrics(key) if self.db is not None else self._metrics.get(key)
         if cached is not None:
             return cached
         start = time.perf_counter()
         # The registry's info, or a user model's (input size, mean, std from the config and the data).
         info = info_of(cfg, teacher, self.data(cfg.data, "train")) if cfg.data else model_info(cfg.model)
         metrics = evaluate_for(teacher, self.data(cfg.eval_data, "test"), info, latency=cfg.latency)
-        self.db.store_teacher_metrics(key, cfg.model, cfg.weights, cfg.eval_data, metrics, time.perf_counter() - start)
+        if self.db is not None:
+            self.db.store_teacher_metrics(key, cfg.model, cfg.weights, cfg.eval_data, metrics,
+                                          time.perf_counter() - start)
+        else:
+            self._metrics[key] = metrics
         return metrics

@@ -130,10 +130,30 @@ class SweepSummary:
 RunFn = Callable[[CompressConfig, RunContext], dict[str, Any]]
 
 
+def run_one(cfg: CompressConfig, ctx: RunContext, run_fn: RunFn = execute_run) -> dict[str, Any]:
+    """Run one config; its row's outcome columns (status, metrics or error, timing). A failed run
+    is a result too: the exception is recorded, not raised."""
+    out: dict[str, Any] = {"started_at": now()}
+    t0 = time.perf_counter()
+    try:
+        out.update(run_fn(cfg, ctx))
+        out.update(status="ok", error=None, traceback=None)
+    except Exception as exc:  # the grid goes on
+        out["status"] = "failed"
+        out["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, CrossDistillError) else str(exc)
+        out["traceback"] = traceback.format_exc(limit=20)
+    out["run_seconds"] = time.perf_counter() - t0
+    out["finished_at"] = now()
+    return out
+
+
 def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = False,
-              log: TextIO | None = None, argv: Sequence[str] = (), run_fn: RunFn = execute_run) -> SweepSummary:
+              log: TextIO | None = None, argv: Sequence[str] = (), run_fn: RunFn = execute_run,
+              backend: Any = None) -> SweepSummary:
     """Run every config of `spec` that has no row in the database yet (or a failed one, with
-    `retry_failed`); each run's row is committed as soon as it finishes.
+    `retry_failed`); each run's row is committed as soon as it finishes, by this process alone.
+    `backend` (e.g. sweep.ray_backend.RayBackend) runs the configs elsewhere and hands each
+    outcome back as it arrives; None runs them here, one after another.
 
     A recorded row counts as done when its stored config, resolved through the current config
     (`hashing.canonical_config`), hashes like the run: settings added since keep their defaults.
@@ -156,41 +176,43 @@ def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = Fals
         print(f"sweep {spec.name}: {n} runs, {skipped} already in {db_path}"
               + (f" ({n_failed_before} failed; --retry-failed re-runs them)" if n_failed_before and not retry_failed else "")
               + f", {len(todo)} to run"
+              + (f" on {backend.describe()}" if backend is not None and todo else "")
               + (f"; {n_other} recorded runs are not runs of this sweep (--dry-run compares them)"
                  if n_other and todo else ""), file=log, flush=True)
-        ctx = RunContext(db)
-        ok = failed = 0
+        counts = {"ok": 0, "failed": 0}
         durations: list[float] = []
-        for j, (i, cfg, h) in enumerate(todo):
-            eta = ""
-            if durations:
-                eta = f"  ETA {fmt_duration(sum(durations) / len(durations) * (len(todo) - j))}"
-            print(f"[{i + 1}/{n}] {describe_config(cfg)}{eta}", file=log, flush=True)
-            row = row_for(cfg, h, spec.name)
-            row["started_at"] = now()
-            t0 = time.perf_counter()
-            try:
-                row.update(run_fn(cfg, ctx))
-                row["status"] = "ok"
-                row["error"] = None
-                row["traceback"] = None
-            except Exception as exc:  # a failed run is a result too; the grid goes on
-                row["status"] = "failed"
-                row["error"] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, CrossDistillError) else str(exc)
-                row["traceback"] = traceback.format_exc(limit=20)
-            row["run_seconds"] = time.perf_counter() - t0
-            row["finished_at"] = now()
+
+        def record(i: int, cfg: CompressConfig, h: str, outcome: dict[str, Any]) -> None:
+            row = {**row_for(cfg, h, spec.name), **outcome}
             # A retried failure stored under an older config format is replaced in place.
             db.record_run(row, replaces=state.stored_keys.get(h, ()))
             durations.append(row["run_seconds"])
+            done = counts["ok"] + counts["failed"] + 1
             if row["status"] == "ok":
-                ok += 1
+                counts["ok"] += 1
                 top1 = row.get("student_top1")
                 acc = f"top-1 {top1:.2f} %" if top1 is not None else "no evaluation"
-                print(f"    ok: {acc} ({row['run_seconds']:.1f} s)", file=log, flush=True)
+                text = f"ok: {acc} ({row['run_seconds']:.1f} s)"
             else:
-                failed += 1
-                print(f"    FAILED: {row['error']} ({row['run_seconds']:.1f} s)", file=log, flush=True)
+                counts["failed"] += 1
+                text = f"FAILED: {row['error']} ({row['run_seconds']:.1f} s)"
+            if backend is None:
+                print(f"    {text}", file=log, flush=True)
+            else:  # outcomes arrive in any order: each line names its run
+                print(f"[{i + 1}/{n}] {describe_config(cfg)}  ({done}/{len(todo)} done)\n    {text}", file=log,
+                      flush=True)
+
+        if backend is None:
+            ctx = RunContext(db)
+            for j, (i, cfg, h) in enumerate(todo):
+                eta = ""
+                if durations:
+                    eta = f"  ETA {fmt_duration(sum(durations) / len(durations) * (len(todo) - j))}"
+                print(f"[{i + 1}/{n}] {describe_config(cfg)}{eta}", file=log, flush=True)
+                record(i, cfg, h, run_one(cfg, ctx, run_fn))
+        else:
+            backend.run(todo, record)
+        ok, failed = counts["ok"], counts["failed"]
     summary = SweepSummary(total=n, skipped=skipped, ran=len(todo), ok=ok, failed=failed,
                            seconds=time.perf_counter() - start, unresolved=state.unresolved)
     print(f"sweep {spec.name}: ran {summary.ran} ({ok} ok, {failed} failed), skipped {skipped}, "
