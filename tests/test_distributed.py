@@ -101,3 +101,13 @@ def test_python_api_inside_a_process_group(setup, tmp_path):
     for k, v in single.state_dict().items():
         assert torch.equal(r0[k], r1[k]), k  # every rank holds the same student
         assert torch.allclose(v.double(), r0[k].double(), rtol=1e-6, atol=1e-7), k
+
+
+def test_ranks_with_different_teachers_are_refused(setup, tmp_path):
+    # A registered model without --weights is initialised at random, differently in each process.
+    _, train, test = setup
+    done = torchrun(tmp_path, "cli", "compress", "--model", "fashion_cnn", "--data", str(train), "--shots", "2",
+                    "--quiet", "--out", str(tmp_path / "never"))
+    assert done.returncode != 0
+    assert "the processes hold different teachers" in done.stderr
+    assert not (tmp_path / "never").exists()

@@ -297,3 +297,16 @@ def test_a_run_that_changes_the_shared_teacher_fails_and_later_runs_get_a_fresh_
     got = rows(db, "seed, status, error, teacher_top1")
     assert got[0][:2] == (0, "failed") and "modified the teacher" in got[0][2]
     assert got[1][:2] == (1, "ok")
+
+
+def test_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    import sys as _sys
+
+    from sweep_helpers import write_npz_pair, write_sweep
+
+    monkeypatch.setitem(_sys.modules, "ray", None)  # as if Ray were not installed
+    train, test = write_npz_pair(tmp_path / "data")
+    sweep = write_sweep(tmp_path / "s.yaml", train, test)
+    assert main(["sweep", str(sweep), "--db", str(tmp_path / "s.sqlite"), "--backend", "ray"]) == 2
+    assert "pip install 'crossdistill[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "s.sqlite").exists()

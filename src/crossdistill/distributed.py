@@ -176,3 +176,17 @@ def shutdown(initialised_here: bool) -> None:
     farewell()
     if initialised_here:
         dist.destroy_process_group()
+
+
+def check_same(what: str, value: Any) -> None:
+    """Every rank must hold the same `value` (a digest of the teacher, the few-shot draw): a
+    difference would make the summed statistics meaningless, so it is an error naming the ranks."""
+    if not active():
+        return
+    everyone: list[Any] = [None] * world_size()
+    dist.all_gather_object(everyone, value)
+    differ = [r for r, v in enumerate(everyone) if v != everyone[0]]
+    if differ:
+        raise CrossDistillError(f"the processes hold different {what} (rank 0 vs rank {differ[0]}); every rank must "
+                                "load the same weights and draw the same images (a model without --weights is "
+                                "initialised at random in each process)")

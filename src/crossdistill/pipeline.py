@@ -83,12 +83,24 @@ def resolved_damping(cfg: CompressConfig, fewshot: FewShot) -> float:
 
 
 
+def _digest(tensors: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progress: bool = True) -> CompressionResult:
     """Layer-wise cross distillation of a copy of `teacher`; the teacher is not modified."""
     start = time.perf_counter()
     if distributed.active() and finetune_active(cfg.finetune):
         raise CrossDistillError("the fine-tune runs in one process: run it without torchrun (or set "
                                 "finetune epochs to 0 for the distributed compression)")
+    if distributed.active():
+        distributed.check_same("teachers", _digest(t for _, t in sorted(teacher.state_dict().items())))
+        distributed.check_same("few-shot images", _digest([fewshot.images]))
     objective = build_objective(cfg)
     method = METHODS.build(cfg.method.name, cfg.method.params)
     damping = resolved_damping(cfg, fewshot)
