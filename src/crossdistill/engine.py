@@ -11,6 +11,7 @@ from torch import nn
 from crossdistill.capture import (
     StudentInputs,
     all_layer_inputs,
+    layer_inputs,
     check_solvable,
     forward_order,
     get_module,
@@ -83,6 +84,23 @@ def teacher_side_problem(layer: nn.Module, inputs: Sequence[torch.Tensor], dampi
     return QuadraticProblem(H=H, B=w @ H, c=float((w @ H * w).sum()), w_teacher=w).damped(damping)
 
 
+class _StreamedTeacher:
+    """The teacher's layer inputs on demand, front to back (capture='stream'): a dict-like view
+    for distill_layers. `pop` walks the front (cached between layers when the model has
+    forward units); a later reader's inputs (a channel group's coupled readers) are captured by
+    a forward that stops at it."""
+
+    def __init__(self, teacher: nn.Module, batches: Sequence[torch.Tensor], incremental: bool) -> None:
+        self.teacher, self.batches = teacher, batches
+        self.front = StudentInputs(teacher, batches, incremental=incremental)
+
+    def pop(self, name: str) -> list[torch.Tensor]:
+        return self.front.of(name)
+
+    def __getitem__(self, name: str) -> list[torch.Tensor]:
+        return list(layer_inputs(self.teacher, name, self.batches))
+
+
 def distill_layers(
     teacher: nn.Module,
     student: nn.Module,
@@ -95,6 +113,7 @@ def distill_layers(
     batch_size: int = 64,
     progress: ProgressFn | None = None,
     incremental: bool = True,
+    capture: str = "all",
 ) -> list[LayerRecord]:
     """Solve each task's layer in the student, in forward order; the teacher never changes.
 
@@ -105,7 +124,12 @@ def distill_layers(
     exposes `forward_units()` (same inputs, O(L) instead of O(L²) forward work).
     `damping` (a fraction of mean diag H, see QuadraticProblem.damped) has no default here: the
     one policy is crossdistill.defaults.resolve_damping, which callers apply to their draw.
+    `capture`: 'all' keeps the teacher's inputs to every task's layer from one pass (fastest);
+    'stream' walks the teacher front to back like the student (its finished front cached when
+    the model has `forward_units()`), so that only the current layer's inputs are held.
     """
+    if capture not in ("all", "stream"):
+        raise ValueError(f"capture must be 'all' or 'stream', not {capture!r}")
     teacher.eval()
     student.eval()
     # With several processes (crossdistill.distributed) each captures its shard of the images.
@@ -116,8 +140,11 @@ def distill_layers(
     for task in tasks:
         check_solvable(get_module(student, task.name), task.name, channel_pruning=task.keep is not None)
     tasks = order_tasks(student, tasks, images[:1])
-    with together():
-        teacher_inputs = all_layer_inputs(teacher, [t.name for t in tasks], batches)
+    if capture == "all":
+        with together():
+            teacher_inputs: Any = all_layer_inputs(teacher, [t.name for t in tasks], batches)
+    else:
+        teacher_inputs = _StreamedTeacher(teacher, batches, incremental)
     student_inputs = StudentInputs(student, batches, incremental=incremental)
     records: list[LayerRecord] = []
     for i, task in enumerate(tasks):

@@ -107,7 +107,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     student = copy.deepcopy(teacher).eval()
     # A method runs as one or more stages (compression/composite.py): each stage's teacher is the
     # previous stage's finished student, because slimming changes the layers' shapes.
-    method.prepare(fewshot.images, damping)
+    method.prepare(fewshot.images, damping, cfg.capture)
     stages = method.stages()
     stage_teacher, records, solver_names = teacher, [], []
     for k, (stage, solver_name) in enumerate(stages):
@@ -117,7 +117,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
         stage_records = distill_layers(
             stage_teacher, student, fewshot.images, tasks, objective, solver,
-            damping=damping, batch_size=cfg.batch_size, progress=progress,
+            damping=damping, batch_size=cfg.batch_size, progress=progress, capture=cfg.capture,
         )
         student = stage.finalize(student, stage_records)
         if len(stages) > 1:

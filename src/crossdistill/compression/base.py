@@ -24,9 +24,9 @@ class CompressionMethod(Plugin, ABC):
     # Solver used when --solver names a solver of another method (see compression/composite.py).
     default_solver: ClassVar[str] = ""
 
-    def prepare(self, example: torch.Tensor, damping: float = 0.0) -> None:
+    def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all") -> None:
         """Called with the few-shot images before `plan` (methods that trace the model keep one; a
-        global channel budget measures its costs on all, with the run's damping)."""
+        global channel budget measures its costs on all, with the run's damping and capture)."""
 
     @abstractmethod
     def plan(self, model: nn.Module) -> list[LayerTask]: ...

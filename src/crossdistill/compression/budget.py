@@ -89,13 +89,37 @@ def norm_scales(model: nn.Module, example: torch.Tensor, names: Sequence[str]) -
     return scales
 
 
+class _Inputs:
+    """The teacher's inputs to its layers: those captured up front, or (streaming) a layer's
+    own when asked for, remembered only until another group is costed."""
+
+    def __init__(self, model: nn.Module, batches: list[torch.Tensor], upfront: list[str]) -> None:
+        self.model, self.batches = model, batches
+        with together():
+            self.held = all_layer_inputs(model, upfront, batches) if upfront else {}
+        self.streaming = not upfront
+
+    def prefetch(self, names: Sequence[str]) -> None:
+        if self.streaming:
+            with together():
+                self.held = all_layer_inputs(self.model, list(names), self.batches)
+
+    def __getitem__(self, name: str) -> list[torch.Tensor]:
+        if name not in self.held:
+            self.prefetch([name])
+        return self.held[name]
+
+
 def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor, damping: float, *,
-                  min_keep: float, cost: str = "norm", batch_size: int = 64) -> dict[int, torch.Tensor]:
+                  min_keep: float, cost: str = "norm", stream: bool = False,
+                  batch_size: int = 64) -> dict[int, torch.Tensor]:
     """Per group with a dense reader: C[k], the summed loss of its readers after its k cheapest
     units are removed (greedy OBS on the teacher's inputs), k = 0 … width − least kept."""
     names = sorted({r for gid, rs in plan.readers.items() if gid not in plan.kept for r in rs})
-    with together():
-        inputs = all_layer_inputs(model, names, batches_of(shard(images, align=CHUNK_IMAGES), batch_size))
+    batches = batches_of(shard(images, align=CHUNK_IMAGES), batch_size)
+    # stream: each group's readers captured when the group is costed, then dropped (one
+    # teacher pass per group instead of every reader's inputs held at once).
+    inputs = _Inputs(model, batches, [] if stream else names)
     energy = {n: output_energy(get_module(model, n), inputs[n]) if cost == "relative" else 1.0 for n in names}
     gains = norm_scales(model, images[:1], names) if cost == "norm" else {}
     costs: dict[int, torch.Tensor] = {}
@@ -103,6 +127,7 @@ def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor
         if gid in plan.kept:
             continue  # no dense reader: its producers' L1 norms choose (graph_plan.py)
         rs = []
+        inputs.prefetch(readers)
         for name in readers:
             layer = get_module(model, name)
             units = plan.unit_columns(gid, name, group_size(layer))

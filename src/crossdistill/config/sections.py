@@ -45,6 +45,9 @@ class RunSettings(Plugin):
     damping: float | None = param(None, "ridge towards the teacher, x mean diag of H (default: 0.1/K, "
                                   "K = images per class)", low=0)
     batch_size: int = param(64, "images per forward pass while capturing", low=1)
+    capture: str = param("all", "how the teacher's hidden states are captured: all (one pass keeps every "
+                         "solved layer's inputs: fastest) or stream (layer by layer, front to back: "
+                         "memory for one layer's inputs instead of all of them)", choices=("all", "stream"))
     input_size: tuple[int, ...] | None = param(None, "a model the registry does not know: its input size C H W "
                                                "(default: that of the training images)", low=1, item=int)
     mean: tuple[float, ...] | None = param(None, "a model the registry does not know: per-channel mean subtracted "
