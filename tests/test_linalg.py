@@ -263,3 +263,20 @@ def test_resolve_damping_is_the_setting_or_auto_from_the_draw():
 def test_the_engine_has_no_damping_policy_of_its_own():
     param = inspect.signature(distill_layers).parameters["damping"]
     assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is inspect.Parameter.empty
+
+
+def test_masked_rows_of_a_large_layer_by_cg_match_the_direct_solves():
+    from crossdistill import linalg
+
+    gen = torch.Generator().manual_seed(0)
+    d, out = linalg.ITERATIVE_MIN_D, 12
+    X = torch.randn(2 * d, d, generator=gen, dtype=torch.float64) * torch.linspace(0.2, 2.0, d, dtype=torch.float64)
+    H = X.T @ X / X.shape[0] + 0.02 * torch.eye(d, dtype=torch.float64)
+    B = torch.randn(out, d, generator=gen, dtype=torch.float64) @ H
+    keep = torch.rand(out, d, generator=gen) > 0.5
+    keep[3] = True  # a dense row and an empty one among them
+    keep[4] = False
+    fast = linalg.solve_right_on_mask(B, H, keep)
+    exact = linalg._direct_on_mask(B, H, keep)
+    assert torch.all(fast[~keep] == 0)
+    assert torch.allclose(fast, exact, rtol=0, atol=1e-8 * float(exact.abs().max()))

@@ -124,10 +124,58 @@ def solve_right_on_columns(B: torch.Tensor, H: torch.Tensor, columns: torch.Tens
     return W
 
 
+# From this many columns on, rows with distinct supports are solved together by conjugate
+# gradients (one d×d product per iteration for all rows) instead of one factorisation per row
+# (out·d³/3): 6x faster at d = 2304, and CIFAR-sized layers (d ≤ 576) keep the exact direct path.
+ITERATIVE_MIN_D = 1024
+CG_TOL = 1e-10  # relative residual of every row's normal equations
+CG_MAX_ITER = 300
+
+
 def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Minimiser with the zeros of the boolean `keep` (same shape as B) fixed at zero. The loss
     is a sum over rows, Σ_i w_i H w_iᵀ − 2 b_i w_iᵀ, so each row is its own small problem
     W_i,S = B_i,S H_SS⁻¹ on its own support S."""
+    if H.shape[0] >= ITERATIVE_MIN_D and B.shape[0] > 1:
+        W, done = _masked_cg(B, H, keep)
+        if bool(done.all()):
+            return W
+        # Rows that did not converge (a badly conditioned H_SS) get the direct solve.
+        rest = torch.nonzero(~done).flatten()
+        W[rest] = _direct_on_mask(B[rest], H, keep[rest])
+        return W
+    return _direct_on_mask(B, H, keep)
+
+
+def _masked_cg(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jacobi-preconditioned conjugate gradients on every row's H_SS w = b_S at once; returns the
+    rows and which of them reached CG_TOL."""
+    M = keep.to(B.dtype)
+    D = torch.diagonal(H).clamp_min(torch.finfo(B.dtype).tiny)
+    W = torch.zeros_like(B)
+    R = B * M
+    scale = R.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
+    Z = R / D
+    P = Z.clone()
+    rz = (R * Z).sum(1)
+    done = R.norm(dim=1) / scale < CG_TOL
+    for _ in range(CG_MAX_ITER):
+        if bool(done.all()):
+            break
+        AP = (P @ H) * M
+        curv = (P * AP).sum(1)
+        alpha = torch.where(done | (curv <= 0), torch.zeros_like(curv), rz / curv.clamp_min(torch.finfo(B.dtype).tiny))
+        W += alpha[:, None] * P
+        R -= alpha[:, None] * AP
+        done = done | (R.norm(dim=1) / scale < CG_TOL)
+        Z = R / D
+        rz_new = (R * Z).sum(1)
+        P = Z + (rz_new / rz.clamp_min(torch.finfo(B.dtype).tiny))[:, None] * P
+        rz = rz_new
+    return W * M, done
+
+
+def _direct_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     W = torch.zeros_like(B)
     # Rows with the same support share one factorisation (all of them at sparsity 0).
     supports: dict[bytes, list[int]] = {}
