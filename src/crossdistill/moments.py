@@ -51,6 +51,7 @@ class MomentAccumulator:
         self._ts: torch.Tensor | None = None
         self.count = 0
         self._summed = False
+        self._finished = False
 
     def add(self, x_teacher: torch.Tensor, x_student: torch.Tensor) -> None:
         if x_teacher.shape != x_student.shape:
@@ -115,15 +116,21 @@ class MomentAccumulator:
         return self.finish_groups()[0]
 
     def finish_groups(self) -> list[Moments]:
-        """One Moments per conv group, in group order (a single one for every other layer)."""
+        """One Moments per conv group, in group order (a single one for every other layer).
+        The sums become the means in place and are handed over (for a 4608-wide layer each of
+        the three is 170 MB): finishing twice is an error."""
+        if self._finished:
+            raise ValueError("these moments were already finished")
         if self._tt is None or self.count == 0:
             raise ValueError("no samples were accumulated")
         assert self._ss is not None and self._ts is not None
         n = float(self.count)
+        tt, ss, ts = self._tt.div_(n), self._ss.div_(n), self._ts.div_(n)
+        self._tt = self._ss = self._ts = None
+        self._finished = True
         if self.groups == 1:
-            return [Moments(tt=self._tt / n, ss=self._ss / n, ts=self._ts / n, count=self.count)]
-        return [Moments(tt=self._tt[g] / n, ss=self._ss[g] / n, ts=self._ts[g] / n, count=self.count)
-                for g in range(self.groups)]
+            return [Moments(tt=tt, ss=ss, ts=ts, count=self.count)]
+        return [Moments(tt=tt[g], ss=ss[g], ts=ts[g], count=self.count) for g in range(self.groups)]
 
 
 def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -25,12 +25,14 @@ def mixed_moments(m: Moments, alpha: float, beta: float) -> tuple[torch.Tensor, 
     def cross(a1: float, a2: float, b1: float, b2: float) -> torch.Tensor:
         # E[(a1 x^t + a2 x^s)(b1 x^t + b2 x^s)ᵀ]; zero terms skipped (the default α = 0 has
         # three), which for a wide layer saves passes over several d×d matrices.
-        terms = [c * t for c, t in ((a1 * b1, m.tt), (a1 * b2, m.ts), (a2 * b1, m.st), (a2 * b2, m.ss)) if c != 0]
-        if not terms:
+        pairs = [(c, t) for c, t in ((a1 * b1, m.tt), (a1 * b2, m.ts), (a2 * b1, m.st), (a2 * b2, m.ss)) if c != 0]
+        if not pairs:
             return torch.zeros_like(m.tt)
-        out = terms[0]
-        for t in terms[1:]:
-            out = out + t
+        if len(pairs) == 1 and pairs[0][0] == 1.0:
+            return pairs[0][1]  # the moment itself (α = 0 leaves C_tt as it is): no d×d copy
+        out = pairs[0][0] * pairs[0][1]
+        for c, t in pairs[1:]:
+            out = out + c * t
         return out
 
     return cross(at, as_, at, as_), cross(bt, bs, bt, bs), cross(at, as_, bt, bs)
