@@ -107,13 +107,14 @@ def test_budget_kind_pairs_global_with_uniform_at_each_target_and_plots_the_plan
     with SweepDB(db_path) as db:
         for seed, (u, g) in enumerate([(80.0, 83.0), (82.0, 81.0)]):
             add(db, u, plan([4, 4]), shots=1, seed=seed)
-            add(db, g, {**plan([2, 6]), "channel_budget": {"seconds": 0.5}}, compress=2.5, shots=1, seed=seed,
+            add(db, g, {**plan([2, 6]), "channel_budget": {"seconds": 0.5}, "solve_seconds": 0.3}, compress=2.5,
+                shots=1, seed=seed,
                 budget="global")
         add(db, 70.0, plan([4, 4]), shots=1, seed=0, keep=0.3)  # another target, no global run: no table
     summary = render_report(db_path, tmp_path / "out", kind="budget")
     md = (tmp_path / "out" / "report.md").read_text()
     assert md.count("### fashion_cnn, channels keep 0.5") == 1 and "keep 0.3" not in md
-    assert "| 1 | 0,1 | 81.00 ± 1.41 | 82.00 ± 1.41 | +1.00 (1/2) | 1.00 / 1.00 | 2.0 / 2.5 (0.5) |" in md
+    assert "| 1 | 0,1 | 81.00 ± 1.41 | 82.00 ± 1.41 | +1.00 (1/2) | 1.00 / 1.00 | 2.0 / 2.5 | 0.5 / 1.7 / 0.3 / – |" in md
     assert summary["plots"] and (tmp_path / "out" / summary["plots"][0]).stat().st_size > 0
     assert summary["settings"][0]["rows"][0]["global"] == [83.0, 81.0]
 

@@ -76,7 +76,9 @@ class BudgetReport(ReportKind):
         r = Rendered(["Uniform keep vs a global channel budget at the same FLOPs. Top-1: mean ± sample standard "
                       "deviation over few-shot draws (seeds); paired difference: per draw (same K and seed) "
                       "global − uniform, in points, mean (draws where global was ahead / draws). Seconds: CPU "
-                      "seconds of the whole compression (the budget's allocation included), mean over draws.",
+                      "seconds of the whole compression (the budget's allocation included), mean over draws, "
+                      "and for global its stages: the allocation, capture + moments + slimming, the layer "
+                      "solves, and the fine-tune (recovery) where one ran.",
                       ""], {"settings": []})
         cells: dict[tuple, dict[str, dict[tuple[int, int], RunRow]]] = {}
         for row in rows:
@@ -103,8 +105,8 @@ class BudgetReport(ReportKind):
                        "", f"{any_row.n_eval} images of `{Path(str(eval_data)).name}`; teacher "
                        f"{any_row.teacher_top1:.2f} %, {any_row.teacher_flops / 1e6:.2f} MFLOPs.", "",
                        "| K | seeds | uniform | global | global − uniform | MFLOPs uniform / global "
-                       "| seconds uniform / global (of which budget) |",
-                       "|---|---|---|---|---|---|---|"]
+                       "| seconds uniform / global | global: budget / capture+moments / solves / recovery |",
+                       "|---|---|---|---|---|---|---|---|"]
         entry: dict[str, Any] = {"model": model, "eval_data": eval_data, "target": target, "rows": []}
         for k in sorted({s for s, _ in uni} | {s for s, _ in glo}):
             seeds = sorted({sd for s, sd in uni if s == k} & {sd for s, sd in glo if s == k})
@@ -117,15 +119,22 @@ class BudgetReport(ReportKind):
             su = statistics.fmean(_seconds(x)["compress"] for x in u)
             sg = statistics.fmean(_seconds(x)["compress"] for x in g)
             sb = statistics.fmean(_seconds(x)["budget"] for x in g)
+            ss = statistics.fmean(_seconds(x)["solve"] for x in g)
+            sr = [_seconds(x).get("recovery") for x in g]
+            recovery = f"{statistics.fmean(sr):.1f}" if all(v is not None for v in sr) else "–"
+            # Whatever the compression spent besides the budget and the solves: capture, moments, slimming.
+            rest = max(0.0, sg - sb - ss)
             fu = statistics.fmean(x.student_flops for x in u) / 1e6
             fg = statistics.fmean(x.student_flops for x in g) / 1e6
             r.markdown.append(
                 f"| {k} | {','.join(map(str, seeds))} | {_mean_sd([x.student_top1 for x in u])} | "
                 f"{_mean_sd([x.student_top1 for x in g])} | {mean_diff:+.2f} ({sum(d > 0 for d in diffs)}/"
-                f"{len(diffs)}) | {fu:.2f} / {fg:.2f} | {su:.1f} / {sg:.1f} ({sb:.1f}) |")
+                f"{len(diffs)}) | {fu:.2f} / {fg:.2f} | {su:.1f} / {sg:.1f} | {sb:.1f} / {rest:.1f} / {ss:.1f} / "
+                f"{recovery} |")
             entry["rows"].append({"shots": k, "seeds": seeds, "uniform": [x.student_top1 for x in u],
                                   "global": [x.student_top1 for x in g], "paired_mean": mean_diff,
                                   "seconds_uniform": su, "seconds_global": sg, "seconds_budget": sb,
+                                  "seconds_solves": ss, "seconds_recovery": None if recovery == "–" else float(recovery),
                                   "mflops_uniform": fu, "mflops_global": fg})
         # The plan of one draw (the largest K, first seed): which groups gave up channels.
         both = sorted(set(uni) & set(glo), key=lambda ks: (-ks[0], ks[1]))
