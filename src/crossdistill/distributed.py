@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -100,13 +100,15 @@ def agree(error: BaseException | None = None) -> None:
     dist.all_gather_object(everyone, mine)
     failed = [(r, m) for r, m in enumerate(everyone) if m is not None]
     if failed:
-        text = "; ".join(f"rank {r}: {m}" for r, m in failed)
-        if error is not None:
-            _mark(error)
-            raise error
-        failure = PeerFailed(f"the run failed on another process ({text})")
-        _mark(failure)
-        raise failure
+        _stop(error, "; ".join(f"rank {r}: {m}" for r, m in failed))
+
+
+def _stop(own: BaseException | None, peers: str) -> NoReturn:
+    """Raise this rank's own failure, or else one naming the ranks that failed; either way
+    marked as known to every rank (`told`)."""
+    failure = own if own is not None else PeerFailed(f"the run failed on another process ({peers})")
+    _mark(failure)
+    raise failure
 
 
 def told(exc: BaseException) -> bool:
@@ -149,12 +151,7 @@ def on_main(fn: Callable[[], T]) -> T:
     status, payload = box[0]
     if status == "ok":
         return payload
-    if failure is not None:
-        _mark(failure)
-        raise failure
-    peer = PeerFailed(f"the run failed on another process (rank 0: {payload})")
-    _mark(peer)
-    raise peer
+    _stop(failure, f"rank 0: {payload}")
 
 
 def farewell(timeout_s: float = 60.0) -> None:
