@@ -10,6 +10,7 @@ those and nothing else (none twice). Ray is an optional extra: `pip install 'cro
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -70,11 +71,14 @@ class RayBackend:
         ray = ray_module()
         started_here = not ray.is_initialized()
         if started_here:
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=self.workers * self.task_threads, num_gpus=None if self.task_gpus else 0,
-                         include_dashboard=False, log_to_driver=False)
+            with warnings.catch_warnings():
+                # Ray's notice about a future change of its GPU-visibility default: not ours to act on.
+                warnings.simplefilter("ignore", FutureWarning)
+                if self.address:
+                    ray.init(address=self.address, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=self.workers * self.task_threads, num_gpus=None if self.task_gpus else 0,
+                             include_dashboard=False, log_to_driver=False)
         task = ray.remote(_run_task).options(num_cpus=self.task_threads, num_gpus=self.task_gpus, max_retries=0)
         pending = {task.remote(cfg.to_dict(), cfg.threads or self.task_threads): (i, cfg, h) for i, cfg, h in todo}
         try:
