@@ -95,3 +95,36 @@ def test_global_budget_run_keeps_the_flops_of_uniform_and_records_its_plan():
     assert measured_flops(result.student, example) == pytest.approx(budget["planned_flops"], rel=1e-6)
     kept = {g["group"]: g["kept"] for g in result.summary["channel_groups"]["pruned"]}
     assert kept != {int(k): v for k, v in budget["uniform_kept"].items()}  # it did move channels
+
+
+@pytest.mark.parametrize("key", ["chain", "resnet", "densenet", "mobilenet", "shufflenet"])
+def test_parameter_model_counts_what_slimming_leaves(key):
+    from crossdistill.compression.graph_channels import slim_groups
+
+    teacher, example = build(key)
+    plan = plan_graph_channels(teacher, example[:1], lambda g: g.width, prune_classifier=True)
+    pm = FlopModel.params_of(teacher, plan.groups)
+    count = lambda m: float(sum(p.numel() for p in m.parameters()))  # noqa: E731
+    assert pm.total == count(teacher)
+    kept = {gid: list(range(0, g.width, 2)) for gid, g in plan.groups.items()}
+    slim = slim_groups(copy.deepcopy(teacher), example[:1], kept)
+    removed = {gid: g.width - len(kept[gid]) for gid, g in plan.groups.items()}
+    assert pm.flops(removed) == pytest.approx(count(slim), rel=1e-9)
+
+
+@pytest.mark.parametrize("budget", ["uniform", "global"])
+def test_a_parameter_target_is_met(budget):
+    teacher, example = build("resnet")
+    few = fewshot_for(example)
+    cfg = CompressConfig(model="user-resnet", n_samples=len(few.labels), damping=0.01, parameters=0.6, budget=budget)
+    student = compress(teacher, few, cfg, show_progress=False).student
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(student) <= 0.6 * count(teacher)
+    assert count(student) > 0.3 * count(teacher)  # the target, not far below it
+
+
+def test_flops_and_parameters_exclude_each_other():
+    from crossdistill.errors import CrossDistillError
+
+    with pytest.raises(CrossDistillError, match="either flops or parameters"):
+        ChannelPruning(flops=0.5, parameters=0.5)

@@ -36,6 +36,9 @@ class ChannelPruning(CompressionMethod):
     prune_classifier: bool = param(False, "also prune the channels that the classifier reads", show=False)
     flops: float | None = param(None, "instead of keep: the share of the teacher's FLOPs to keep, with one keep "
                                 "ratio for every group, found by bisection", low=0, low_open=True, high=1)
+    parameters: float | None = param(None, "instead of keep: the share of the teacher's parameters to keep (as "
+                                 "flops; a global budget then weighs removal costs per parameter saved)",
+                                 low=0, low_open=True, high=1)
 
     budget: str = param("uniform", "how the channels to remove are shared among the groups: uniform (the same "
                         "keep ratio everywhere) or global (the same FLOPs as uniform, or as flops, spent where "
@@ -54,8 +57,18 @@ class ChannelPruning(CompressionMethod):
         return {"min_keep", "budget_cost"} if self.budget == "uniform" else set()
 
     def check(self) -> None:
-        if self.flops is not None and self.keep == "paper":
-            raise CrossDistillError("give either flops or keep 'paper', not both")
+        if self.flops is not None and self.parameters is not None:
+            raise CrossDistillError("give either flops or parameters, not both")
+        if (self.flops is not None or self.parameters is not None) and self.keep == "paper":
+            raise CrossDistillError("give either flops/parameters or keep 'paper', not both")
+
+    @property
+    def _target(self) -> tuple[str, float] | None:
+        if self.flops is not None:
+            return "flops", self.flops
+        if self.parameters is not None:
+            return "params", self.parameters
+        return None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,8 +91,9 @@ class ChannelPruning(CompressionMethod):
         if self._example is None:
             raise CrossDistillError("channel pruning traces the model: call prepare(example_images) before plan()")
         named = _paper_counts(model) if self.keep == "paper" else None
-        keep = self.keep if self.flops is None else ratio_for_flops(model, self._example, self.flops,
-                                                                    self.prune_classifier)
+        target = self._target
+        keep = self.keep if target is None else ratio_for_flops(model, self._example, target[1],
+                                                                self.prune_classifier, measure=target[0])
         counts = keep_counts(keep, model, named)
         if self.budget == "global":
             counts = self._global_counts(model, counts)
@@ -109,7 +123,7 @@ class ChannelPruning(CompressionMethod):
         assert self._images is not None and self._example is not None
         start = time.perf_counter()
         full = plan_graph_channels(model, self._example, lambda g: g.width, prune_classifier=self.prune_classifier)
-        fm = FlopModel.of(model, self._example, full.groups)
+        fm = _cost_model(model, self._example, full.groups, "params" if self.parameters is not None else "flops")
         removed_uniform = {}
         for gid, g in full.groups.items():
             count = uniform(g)
@@ -122,8 +136,10 @@ class ChannelPruning(CompressionMethod):
         fixed = {gid: removed_uniform[gid] for gid in full.groups if gid not in costs}
         # Decided once (rank 0 of several processes, crossdistill.distributed) for every process.
         removed = on_main(lambda: allocate(costs, fm, target, fixed))
-        self._budget = {"budget": "global", "teacher_flops": fm.total, "target_flops": target,
-                        "planned_flops": fm.flops(removed), "uniform_flops": fm.flops(removed_uniform),
+        measure = "params" if self.parameters is not None else "flops"
+        self._budget = {"budget": "global", "measure": measure, f"teacher_{measure}": fm.total,
+                        f"target_{measure}": target, f"planned_{measure}": fm.flops(removed),
+                        f"uniform_{measure}": fm.flops(removed_uniform),
                         "seconds": time.perf_counter() - start,
                         "uniform_kept": {gid: full.groups[gid].width - r for gid, r in removed_uniform.items()}}
         kept = {gid: full.groups[gid].width - r for gid, r in removed.items()}
@@ -139,31 +155,37 @@ class ChannelPruning(CompressionMethod):
         label = super().describe()
         if self.budget == "uniform":  # the default, as every label before global budgets
             label = label.replace(",budget=uniform", "")
-        if self.flops is not None:
-            # The keep ratio is found from flops, so the given keep would only mislead.
+        if self._target is not None:
+            # The keep ratio is found from flops/params, so the given keep would only mislead.
             label = label.replace(f"keep={self.keep:g},", "").replace(f"keep={self.keep:g})", ")")
         return label
 
 
+def _cost_model(model: nn.Module, example: torch.Tensor, groups: Any, measure: str) -> FlopModel:
+    return FlopModel.params_of(model, groups) if measure == "params" else FlopModel.of(model, example, groups)
+
+
 def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune_classifier: bool,
-                    steps: int = 20) -> float:
-    """The largest uniform keep ratio whose slimmed model has at most `share` of the FLOPs
-    (compression/flops.py counts them without slimming); bisection on the ratio."""
+                    steps: int = 20, measure: str = "flops") -> float:
+    """The largest uniform keep ratio whose slimmed model has at most `share` of the FLOPs (or,
+    with measure 'params', of the parameters), counted without slimming (compression/flops.py);
+    bisection on the ratio."""
     from crossdistill.compression.channels import keep_count
 
     plan = plan_graph_channels(model, example, lambda g: g.width, prune_classifier=prune_classifier)
-    fm = FlopModel.of(model, example, plan.groups)
+    fm = _cost_model(model, example, plan.groups, measure)
 
-    def flops_at(ratio: float) -> float:
+    def cost_at(ratio: float) -> float:
         return fm.flops({gid: g.width - keep_count(g.width, ratio) for gid, g in plan.groups.items()})
 
-    if flops_at(1e-9) > share * fm.total:
-        raise CrossDistillError(f"channel pruning cannot reach {share:g} of the FLOPs: keeping one unit of every "
-                                f"group leaves {flops_at(1e-9) / fm.total:.3f}")
+    if cost_at(1e-9) > share * fm.total:
+        what = "parameters" if measure == "params" else "FLOPs"
+        raise CrossDistillError(f"channel pruning cannot reach {share:g} of the {what}: keeping one unit of every "
+                                f"group leaves {cost_at(1e-9) / fm.total:.3f}")
     lo, hi = 0.0, 1.0
     for _ in range(steps):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if flops_at(mid) <= share * fm.total else (lo, mid)
+        lo, hi = (mid, hi) if cost_at(mid) <= share * fm.total else (lo, mid)
     return max(lo, 1e-9)
 
 

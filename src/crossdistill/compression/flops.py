@@ -1,6 +1,7 @@
-"""FLOPs of a channel-pruned model as a function of how many units each group keeps, without
-slimming anything: a conv's or linear's FLOPs scale with the share of its input and of its
-output channels it keeps (a depthwise conv's with its channels alone)."""
+"""FLOPs (or parameters) of a channel-pruned model as a function of how many units each group
+keeps, without slimming anything: a conv's or linear's FLOPs and weights scale with the share of
+its input and of its output channels it keeps (a depthwise conv's with its channels alone); a
+bias, and a norm's scale and shift, with its channels."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,6 +48,52 @@ class FlopModel:
         writes = {gid: [(lc.name, sum(len(u) for u in lc.channels) / g.width) for lc in g.producers]
                   for gid, g in groups.items()}
         return cls(leaves, width_in, width_out, depthwise, reads, writes, {gid: g.width for gid, g in groups.items()})
+
+    @classmethod
+    def params_of(cls, model: nn.Module, groups: Mapping[int, ChannelGroup]) -> "FlopModel":
+        """The same model counting parameters: each conv/linear weight, each bias and each norm's
+        affine parameters is an entry that shrinks with the channels it has; parameters of no
+        group's layers stay as they are."""
+        base: dict[str, float] = {}
+        width_in: dict[str, int] = {}
+        width_out: dict[str, int] = {}
+        flat: set[str] = set()  # entries that only have output channels
+        counted: set[int] = set()
+        for name, mod in model.named_modules():
+            w = getattr(mod, "weight", None)
+            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                c_in = getattr(mod, "in_channels", getattr(mod, "in_features", 1))
+                c_out = getattr(mod, "out_channels", getattr(mod, "out_features", 1))
+                base[name], width_in[name], width_out[name] = float(w.numel()), c_in, c_out
+                if getattr(mod, "groups", 1) > 1 and getattr(mod, "groups", 1) == c_in:
+                    flat.add(name)
+                counted.add(id(w))
+                if mod.bias is not None:
+                    key = f"{name}#bias"
+                    base[key], width_in[key], width_out[key] = float(mod.bias.numel()), 1, c_out
+                    flat.add(key)
+                    counted.add(id(mod.bias))
+        norm_names = {lc.name for g in groups.values() for lc in g.norms}
+        for name in norm_names:
+            mod = get_module(model, name)
+            own = [p for p in mod.parameters(recurse=False) if id(p) not in counted]
+            if own:
+                c = own[0].shape[0]
+                base[name], width_in[name], width_out[name] = float(sum(p.numel() for p in own)), 1, c
+                flat.add(name)
+                counted.update(id(p) for p in own)
+        rest = float(sum(p.numel() for p in model.parameters() if id(p) not in counted))
+        base["#rest"], width_in["#rest"], width_out["#rest"] = rest, 1, 1
+        flat.add("#rest")
+        writes = {gid: [(lc.name, sum(len(u) for u in lc.channels) / g.width) for lc in (*g.producers, *g.norms)]
+                  for gid, g in groups.items()}
+        # A producer's bias has its output channels.
+        for gid, g in groups.items():
+            writes[gid] += [(f"{lc.name}#bias", sum(len(u) for u in lc.channels) / g.width)
+                            for lc in g.producers if f"{lc.name}#bias" in base]
+        reads = {gid: [(lc.name, sum(len(u) for u in lc.channels) / g.width) for lc in g.consumers]
+                 for gid, g in groups.items()}
+        return cls(base, width_in, width_out, flat, reads, writes, {gid: g.width for gid, g in groups.items()})
 
     @property
     def total(self) -> float:

@@ -15,8 +15,12 @@ from crossdistill.reporting.results import RunRow
 
 
 def _target(config: dict[str, Any]) -> str:
-    flops = config.get("method.flops")
-    return f"flops {flops:g}" if flops is not None else f"keep {config.get('method.keep')}"
+    flops, parameters = config.get("method.flops"), config.get("method.parameters")
+    if flops is not None:
+        return f"flops {flops:g}"
+    if parameters is not None:
+        return f"parameters {parameters:g}"
+    return f"keep {config.get('method.keep')}"
 
 
 def _variant(config: dict[str, Any]) -> str:
