@@ -83,7 +83,10 @@ class RayBackend:
         pending = {task.remote(cfg.to_dict(), cfg.threads or self.task_threads): (i, cfg, h) for i, cfg, h in todo}
         try:
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                # A bounded wait: an interrupt (Ctrl-C) is only delivered between waits.
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                if not done:
+                    continue
                 i, cfg, h = pending.pop(done[0])
                 try:
                     outcome = ray.get(done[0])
