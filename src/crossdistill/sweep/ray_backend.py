@@ -95,7 +95,8 @@ class RayBackend:
                                "traceback": None, "run_seconds": 0.0, "started_at": None, "finished_at": None}
                 record(i, cfg, h, outcome)
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
             if started_here:
-                ray.shutdown()
+                ray.shutdown()  # stops the local Ray and with it any task still running
+            else:
+                for ref in pending:  # on a cluster we joined, ask for the rest to be dropped
+                    ray.cancel(ref)
