@@ -25,6 +25,7 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.evaluation import evaluate_for, load_average, torch_threads
 from crossdistill.evaluation_timing import peak_memory_mib
 from crossdistill.models import model_info
+from crossdistill.models.checkpoint import tensors_sha256
 from crossdistill.models.registry import ModelInfo
 # Split off by job (run_setup: what a run is built from; run_outputs: what it writes). Their
 # names stay importable from here, where `run` and the CLI look them up: replacing one here (as
@@ -83,15 +84,6 @@ def resolved_damping(cfg: CompressConfig, fewshot: FewShot) -> float:
 
 
 
-def _digest(tensors: Any) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progress: bool = True) -> CompressionResult:
     """Layer-wise cross distillation of a copy of `teacher`; the teacher is not modified."""
     start = time.perf_counter()
@@ -99,8 +91,8 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         raise CrossDistillError("the fine-tune runs in one process: run it without torchrun (or set "
                                 "finetune epochs to 0 for the distributed compression)")
     if distributed.active():
-        distributed.check_same("teachers", _digest(t for _, t in sorted(teacher.state_dict().items())))
-        distributed.check_same("few-shot images", _digest([fewshot.images]))
+        distributed.check_same("teachers", tensors_sha256(sorted(teacher.state_dict().items())))
+        distributed.check_same("few-shot images", tensors_sha256([("images", fewshot.images)]))
     objective = build_objective(cfg)
     method = METHODS.build(cfg.method.name, cfg.method.params)
     damping = resolved_damping(cfg, fewshot)

@@ -5,10 +5,11 @@ arbitrary unpickling can execute code, so it is refused rather than trusted.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,16 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # the counter does not affect inference, so its absence or presence is never an error.
 _IGNORED_SUFFIX = "num_batches_tracked"
 _MAX_LISTED = 5
+
+
+def tensors_sha256(tensors: Iterable[tuple[str, Any]]) -> str:
+    """sha256 of named tensors' names and bytes: what a sweep keys a teacher's evaluation by, and
+    what the processes of a distributed run compare."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass

@@ -3,20 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Iterable
+from typing import Any
 
 from crossdistill.config import CompressConfig
+from crossdistill.models.checkpoint import tensors_sha256
 from crossdistill.errors import CrossDistillError
 from crossdistill.sweep.hashing import json_sha256
 from crossdistill.sweep.store import SweepDB
-
-
-def _sha256_tensors(tensors: Iterable[tuple[str, Any]]) -> str:
-    h = hashlib.sha256()
-    for name, t in tensors:
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class RunContext:
@@ -56,7 +49,7 @@ class RunContext:
                 torch.manual_seed(0)
             teacher = load_teacher(cfg)
             self._teachers[key] = teacher
-            self._teacher_keys[key] = _sha256_tensors(sorted(teacher.state_dict().items()))
+            self._teacher_keys[key] = tensors_sha256(sorted(teacher.state_dict().items()))
         return self._teachers[key]
 
     def check_teacher_unchanged(self, cfg: CompressConfig) -> None:
@@ -64,7 +57,7 @@ class RunContext:
         silently alter all later runs, so it is reloaded and the run fails instead."""
         key = (cfg.model, cfg.weights)
         teacher = self._teachers.get(key)
-        if teacher is not None and _sha256_tensors(sorted(teacher.state_dict().items())) != self._teacher_keys[key]:
+        if teacher is not None and tensors_sha256(sorted(teacher.state_dict().items())) != self._teacher_keys[key]:
             del self._teachers[key]
             raise CrossDistillError("the run modified the teacher's weights in place (a bug); it is reloaded")
 
