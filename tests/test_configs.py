@@ -30,6 +30,8 @@ def routed(cfg: CompressConfig, key: str) -> Any:
         return getattr(cfg, key).name
     if key.startswith(FINETUNE_PREFIX):
         return cfg.finetune[key[len(FINETUNE_PREFIX):]]
+    if key.startswith("finetune."):  # a sweep grid's spelling of the same setting
+        return cfg.finetune[key[len("finetune."):]]
     if key in cfg.extra:  # a baseline's own setting (fitnet_*)
         return cfg.extra[key]
     flat = flat_settings(cfg)

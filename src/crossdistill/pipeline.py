@@ -15,6 +15,7 @@ from torch import nn
 from crossdistill import distributed
 from crossdistill.compression import METHODS
 from crossdistill.compression.quantization import dequantize_into
+from crossdistill.calibration import calibration_images
 from crossdistill.checks import check_data_fits_model
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
@@ -99,7 +100,9 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     student = copy.deepcopy(teacher).eval()
     # A method runs as one or more stages (compression/composite.py): each stage's teacher is the
     # previous stage's finished student, because slimming changes the layers' shapes.
-    method.prepare(fewshot.images, damping, cfg.capture)
+    # The solve may fit on views of the few-shot images too; the fine-tune draws its own views.
+    images = calibration_images(fewshot.images, cfg.views, cfg.views_policy, cfg.views_mixup, cfg.seed)
+    method.prepare(images, damping, cfg.capture)
     stages = method.stages()
     stage_teacher, records, solver_names = teacher, [], []
     for k, (stage, solver_name) in enumerate(stages):
@@ -108,7 +111,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         tasks = stage.plan(student)
         progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
         stage_records = distill_layers(
-            stage_teacher, student, fewshot.images, tasks, objective, solver,
+            stage_teacher, student, images, tasks, objective, solver,
             damping=damping, batch_size=cfg.batch_size, progress=progress, capture=cfg.capture,
         )
         student = stage.finalize(student, stage_records)
@@ -216,6 +219,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         "solver": result.solver,
         "shots": cfg.shots,
         "n_samples": int(len(fewshot.indices)),
+        "calibration_images": int(len(fewshot.indices)) * (1 + cfg.views),  # what the solve fitted on
         "seed": cfg.seed,
         "sampler": cfg.sampler,
         "damping": resolved_damping(cfg, fewshot),

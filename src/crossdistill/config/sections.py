@@ -48,6 +48,13 @@ class RunSettings(Plugin):
     capture: str = param("all", "how the teacher's hidden states are captured: all (one pass keeps every "
                          "solved layer's inputs: fastest) or stream (layer by layer, front to back: "
                          "memory for one layer's inputs instead of all of them)", choices=("all", "stream"))
+    views: int = param(0, "random views of each few-shot image added to the images the layer-wise solve "
+                       "fits on (the solve matches the teacher's hidden states, so a view needs no label; "
+                       "0 = the few-shot images alone)", low=0)
+    views_policy: str = param("affine", "the views of --views: crop-flip (pad-4 crop, flip) or affine (zoom, "
+                              "rotation, shift, flip, contrast; docs/finetune.md)", choices=("crop-flip", "affine"))
+    views_mixup: float = param(0.0, "with --views: blend each view with another, weight ~ Beta(A, A) "
+                               "(0 = off)", low=0)
     input_size: tuple[int, ...] | None = param(None, "a model the registry does not know: its input size C H W "
                                                "(default: that of the training images)", low=1, item=int)
     mean: tuple[float, ...] | None = param(None, "a model the registry does not know: per-channel mean subtracted "
@@ -167,6 +174,11 @@ def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
     effect, so that changing the default of an inactive fine-tune setting does not make every
     stored run without a fine-tune look new."""
     out = dict(values)
+    if not out.get("views"):
+        # Added after results were stored: without views they change nothing, and leaving them out
+        # keeps the hashes of every earlier run as they were written.
+        for key in ("views", "views_policy", "views_mixup"):
+            out.pop(key, None)
     ft = out.get("finetune")
     if isinstance(ft, Mapping) and not finetune_active(ft):
         out["finetune"] = {}

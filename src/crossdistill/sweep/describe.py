@@ -108,6 +108,9 @@ def short_description(values: Mapping[str, Any] | CompressConfig) -> str:
         parts.append(f"baseline {d['baseline']}")
     if d.get("damping") is not None:
         parts.append(f"damping={d['damping']:g}")
+    if d.get("views"):
+        mixed = f",mixup={d['views_mixup']:g}" if d.get("views_mixup") else ""
+        parts.append(f"views={d['views']}({d.get('views_policy', 'affine')}{mixed})")
     parts.append(f"K={d['shots']}" if d.get("shots") is not None else f"N={d.get('n_samples')}")
     parts.append(f"seed={d.get('seed', 0)}")
     if d.get("finetune.epochs"):
