@@ -119,6 +119,24 @@ def test_budget_kind_pairs_global_with_uniform_at_each_target_and_plots_the_plan
     assert summary["settings"][0]["rows"][0]["global"] == [83.0, 81.0]
 
 
+def test_budget_kind_shows_views_and_recovery_as_their_own_variant_with_the_fine_tune_seconds(tmp_path):
+    db_path = tmp_path / "r.sqlite"
+    with SweepDB(db_path) as db:
+        for seed, (u, g, rec) in enumerate([(80.0, 83.0, 86.0), (82.0, 81.0, 85.0)]):
+            add(db, u, shots=1, seed=seed)
+            add(db, g, {"channel_budget": {"seconds": 0.5}, "solve_seconds": 0.3}, compress=2.5, shots=1,
+                seed=seed, budget="global")
+            # compress_seconds of a run with a fine-tune include it: the stages must not count it twice
+            add(db, rec, {"channel_budget": {"seconds": 0.5}, "solve_seconds": 0.3, "finetune": {"seconds": 60.0}},
+                compress=62.5, shots=1, seed=seed, budget="global", views=4, views_policy="crop-flip",
+                finetune_epochs=50, finetune_mode="hints")
+    summary = render_report(db_path, tmp_path / "out", kind="budget")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "+ 4 crop-flip views + recovery (50 epochs, hints)" in md
+    assert "| 1 | 0,1 | 81.00 ± 1.41 | 85.50 ± 0.71 | +4.50 (2/2) | 1.00 / 1.00 | 2.0 / 62.5 | 0.5 / 1.7 / 0.3 / 60.0 |" in md
+    assert len(summary["settings"]) == 2
+
+
 def test_kind_declared_by_the_sweep_file_is_used_and_checked(tmp_path, capsys):
     cfg = write_sweep(tmp_path / "s.yaml", tmp_path / "train.npz", tmp_path / "test.npz",
                       grid={"seed": [0]}, runs=[{"objective": "nocross"}])

@@ -24,10 +24,18 @@ def _target(config: dict[str, Any]) -> str:
 
 
 def _variant(config: dict[str, Any]) -> str:
+    """'uniform' for the plain reference; else the budget, plus what else the run added before or
+    after the solve (views of the few images, a recovery fine-tune)."""
     if config.get("method.budget", "uniform") == "uniform":
-        return "uniform"
-    return (f"global (min_keep {config.get('method.min_keep', 0.1):g}, "
-            f"cost {config.get('method.budget_cost', 'absolute')})")
+        label = "uniform"
+    else:
+        label = (f"global (min_keep {config.get('method.min_keep', 0.1):g}, "
+                 f"cost {config.get('method.budget_cost', 'absolute')})")
+    if config.get("views"):
+        label += f" + {config['views']} {config.get('views_policy', 'affine')} views"
+    if config.get("finetune.epochs"):
+        label += f" + recovery ({config['finetune.epochs']} epochs, {config.get('finetune.mode', 'kd')})"
+    return label
 
 
 def _mean_sd(values: Sequence[float]) -> str:
@@ -77,9 +85,10 @@ class BudgetReport(ReportKind):
     name: ClassVar[str] = "budget"
 
     def render(self, rows: Sequence[RunRow], out: Path) -> Rendered:
-        r = Rendered(["Uniform keep vs a global channel budget at the same FLOPs. Top-1: mean ± sample standard "
+        r = Rendered(["Uniform keep vs a global channel budget at the same FLOPs (with, where run, views "
+                      "of the few images in the solve and a recovery fine-tune after it). Top-1: mean ± sample standard "
                       "deviation over few-shot draws (seeds); paired difference: per draw (same K and seed) "
-                      "global − uniform, in points, mean (draws where global was ahead / draws). Seconds: CPU "
+                      "this − uniform, in points, mean (draws where it was ahead / draws). Seconds: CPU "
                       "seconds of the whole compression (the budget's allocation included), mean over draws, "
                       "and for global its stages: the allocation, capture + moments + slimming, the layer "
                       "solves, and the fine-tune (recovery) where one ran.",
@@ -108,8 +117,8 @@ class BudgetReport(ReportKind):
         r.markdown += [f"### {model}, channels {target}, {objective} / {solver}: uniform vs {variant}",
                        "", f"{any_row.n_eval} images of `{Path(str(eval_data)).name}`; teacher "
                        f"{any_row.teacher_top1:.2f} %, {any_row.teacher_flops / 1e6:.2f} MFLOPs.", "",
-                       "| K | seeds | uniform | global | global − uniform | MFLOPs uniform / global "
-                       "| seconds uniform / global | global: budget / capture+moments / solves / recovery |",
+                       "| K | seeds | uniform | this | this − uniform | MFLOPs uniform / this "
+                       "| seconds uniform / this | this: budget / capture+moments / solves / recovery |",
                        "|---|---|---|---|---|---|---|---|"]
         entry: dict[str, Any] = {"model": model, "eval_data": eval_data, "target": target, "rows": []}
         for k in sorted({s for s, _ in uni} | {s for s, _ in glo}):
@@ -127,7 +136,7 @@ class BudgetReport(ReportKind):
             sr = [_seconds(x).get("recovery") for x in g]
             recovery = f"{statistics.fmean(sr):.1f}" if all(v is not None for v in sr) else "–"
             # Whatever the compression spent besides the budget and the solves: capture, moments, slimming.
-            rest = max(0.0, sg - sb - ss)
+            rest = max(0.0, sg - sb - ss - (statistics.fmean(sr) if recovery != "–" else 0.0))
             fu = statistics.fmean(x.student_flops for x in u) / 1e6
             fg = statistics.fmean(x.student_flops for x in g) / 1e6
             r.markdown.append(
