@@ -23,19 +23,20 @@ def main(argv: list[str]) -> int:
         return cli(rest)
     if mode == "fail":
         bad_rank, rest = int(rest[0]), rest[1:]
-        import crossdistill.moments as moments
+        from crossdistill.moments import MomentAccumulator
+        from crossdistill.problem_moments import ProblemAccumulator
 
         if int(__import__("os").environ["RANK"]) == bad_rank:
-            original = moments.MomentAccumulator.add
             seen: set[int] = set()
+            # Both accumulators: which one a layer uses depends on the objective.
+            for cls in (MomentAccumulator, ProblemAccumulator):
+                def add(self, xt, xs, _original=cls.add):
+                    seen.add(id(self))
+                    if len(seen) >= 2:
+                        raise RuntimeError("injected failure while capturing")
+                    return _original(self, xt, xs)
 
-            def add(self, xt, xs):
-                seen.add(id(self))
-                if len(seen) >= 2:
-                    raise RuntimeError("injected failure while capturing")
-                return original(self, xt, xs)
-
-            moments.MomentAccumulator.add = add
+                cls.add = add
         return cli(rest)
     if mode == "api":
         import crossdistill

@@ -24,6 +24,7 @@ from crossdistill.layer_solve import solve_layer
 from crossdistill.moments import CHUNK_IMAGES, MomentAccumulator
 from crossdistill.objectives import Objective
 from crossdistill.problem import QuadraticProblem
+from crossdistill.problem_moments import ProblemAccumulator
 from crossdistill.solvers import LayerSolver, LayerTask
 
 
@@ -154,7 +155,9 @@ def distill_layers(
         if progress:
             progress(i, len(tasks), task.name)
         with together():
-            acc = MomentAccumulator(s_layer)
+            terms = objective.terms()
+            acc: MomentAccumulator | ProblemAccumulator = (
+                ProblemAccumulator(t_layer, weight_matrix(t_layer), terms) if terms else MomentAccumulator(s_layer))
             for xt, xs in zip(teacher_inputs.pop(task.name), student_inputs.of(task.name)):
                 acc.add(xt, xs)
         acc.sum_over_processes()

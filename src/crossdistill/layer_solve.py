@@ -19,6 +19,7 @@ from torch import nn
 
 from crossdistill.moments import Moments
 from crossdistill.objectives import Objective
+from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers import LayerSolver, LayerTask
 
 # How the groups' solver infos combine into the layer's record. Lists are per output row
@@ -40,7 +41,7 @@ class SolvedLayer:
 
 
 def solve_layer(
-    groups: Sequence[Moments],
+    groups: Sequence[Moments] | Sequence[QuadraticProblem],
     w_teacher: torch.Tensor,
     task: LayerTask,
     objective: Objective,
@@ -48,10 +49,15 @@ def solve_layer(
     student: nn.Module,
     damping: float,
 ) -> SolvedLayer:
-    """Solve a layer whose moments are given per conv group (one entry for an ungrouped layer)."""
-    w_t = w_teacher.to(groups[0].tt.dtype)
+    """Solve a layer whose moments, or problems already built from its inputs
+    (problem_moments.py), are given per conv group (one entry for an ungrouped layer)."""
+    w_t = w_teacher.to(torch.float64)
+
+    def build(source: Moments | QuadraticProblem, w: torch.Tensor) -> QuadraticProblem:
+        return source if isinstance(source, QuadraticProblem) else objective.build(source, w)
+
     if len(groups) == 1:
-        exact = objective.build(groups[0], w_t)
+        exact = build(groups[0], w_t)
         start = time.perf_counter()
         outcome = solver.solve(exact.damped(damping), task, student)
         seconds = time.perf_counter() - start
@@ -61,7 +67,7 @@ def solve_layer(
     loss_t = loss_after = seconds = 0.0
     for g, moments in enumerate(groups):
         w_g = w_t[g * rows : (g + 1) * rows]
-        exact = objective.build(moments, w_g)
+        exact = build(moments, w_g)
         start = time.perf_counter()
         outcome = solver.solve(exact.damped(damping), group_task(task, g), student)
         seconds += time.perf_counter() - start

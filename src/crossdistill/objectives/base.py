@@ -21,6 +21,13 @@ class Objective(Plugin, ABC):
     @abstractmethod
     def build(self, m: Moments, w_teacher: torch.Tensor) -> QuadraticProblem: ...
 
+    def terms(self) -> list[tuple[float, float, float]] | None:
+        """The objective as Σ weight · soft(α, β) terms, [(weight, α, β), ...], when it is one; the
+        engine then accumulates its problem straight from the inputs (problem_moments.py, one
+        d×d Gram per distinct student-side input instead of three). None (the default, for an
+        objective that is not such a sum): the three moment matrices and `build`."""
+        return None
+
 
 def match_pair(w_teacher: torch.Tensor, C_in: torch.Tensor, C_out: torch.Tensor, C_tt: torch.Tensor) -> QuadraticProblem:
     """‖W^t X_a − W X_b‖² with C_in = E[x_a x_bᵀ] (cross), C_out = E[x_b x_bᵀ], C_tt = E[x_a x_aᵀ]."""

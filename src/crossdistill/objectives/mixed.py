@@ -28,3 +28,7 @@ class Mixed(Objective):
         c = Correction().build(m, w_teacher)
         i = Imitation().build(m, w_teacher)
         return add_problems(c, i, mu, 1.0 - mu)
+
+    def terms(self) -> list[tuple[float, float, float]]:
+        mu = DEFAULT_MU if self.mu is None else self.mu
+        return [(mu, 0.0, 1.0), (1.0 - mu, 1.0, 0.0)]

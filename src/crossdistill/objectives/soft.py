@@ -49,3 +49,6 @@ class Soft(Objective):
     def build(self, m: Moments, w_teacher: torch.Tensor) -> QuadraticProblem:
         tt, ss, ts = mixed_moments(m, self.alpha, self.beta)
         return match_pair(w_teacher, ts, ss, tt)
+
+    def terms(self) -> list[tuple[float, float, float]]:
+        return [(1.0, self.alpha, self.beta)]
