@@ -148,8 +148,10 @@ def test_registered_resnet_plans_the_hand_declared_counts(keep):
     assert {plan.first_reader[g]: plan.keep[g] for g in plan.groups} == legacy
 
 
-@pytest.mark.parametrize("layer", [torch.nn.Conv2d(5, 3, 3, padding=1), torch.nn.Linear(7, 4)])
-def test_teacher_side_problem_is_the_block_of_the_full_moments(layer):
+@pytest.mark.parametrize("layer,shape", [(torch.nn.Conv2d(5, 3, 3, padding=1), (6, 5, 6, 6)),
+                                         (torch.nn.Conv2d(5, 3, 3, padding=1), (6, 5, 14, 14)),  # shifted maps
+                                         (torch.nn.Linear(7, 4), (6, 3, 7))])
+def test_teacher_side_problem_is_the_block_of_the_full_moments(layer, shape):
     """The later readers' cost uses only the decided channels' columns: the same numbers as the
     corresponding block of the full moment matrix."""
     from crossdistill.capture import group_size
@@ -157,7 +159,6 @@ def test_teacher_side_problem_is_the_block_of_the_full_moments(layer):
     from crossdistill.moments import MomentAccumulator
 
     gen = torch.Generator().manual_seed(0)
-    shape = (6, 5, 6, 6) if isinstance(layer, torch.nn.Conv2d) else (6, 3, 7)
     inputs = [torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)]
     per = group_size(layer)
     cols = sorted(c * per + k for c in (1, 3) for k in range(per))
@@ -168,6 +169,11 @@ def test_teacher_side_problem_is_the_block_of_the_full_moments(layer):
     full = acc.finish().tt
     idx = torch.as_tensor(cols)
     assert torch.allclose(p.H, full[idx][:, idx], rtol=1e-5, atol=1e-7)
+    # ... and the Gram of the unfolded columns in float64, whichever route made it.
+    from crossdistill.capture import unfold
+
+    X = torch.cat([unfold(layer, x.double()) for x in inputs])[:, idx]
+    torch.testing.assert_close(p.H, X.T @ X / X.shape[0], rtol=1e-5, atol=1e-7)
     assert torch.equal(p.w_teacher, layer.weight.detach().reshape(layer.weight.shape[0], -1)[:, idx].double())
 
 

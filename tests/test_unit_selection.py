@@ -58,6 +58,17 @@ def test_lazy_obs_removes_what_the_eager_reference_removes(flush):
         assert got == _eager_reference(readers, keep)
 
 
+def test_units_on_a_few_of_many_columns_are_chosen_as_with_the_whole_inverse():
+    # A DenseNet reader: the group feeds 12 of 48 columns, the rest stay free to compensate;
+    # the state is kept on those 12 columns only and must still follow the eager reference.
+    gen = torch.Generator().manual_seed(5)
+    n, s = 6, 2
+    cols = [[40 - 7 * u, 41 - 7 * u] for u in range(n)]
+    readers = [Reader(_problem(gen, 48, 4), cols), Reader(_problem(gen, 2 * n, 3), [[u, n + u] for u in range(n)])]
+    for keep in (1, 2, 4):
+        assert select_units_obs(readers, keep).tolist() == _eager_reference(readers, keep)
+
+
 def test_channel_obs_of_a_large_layer_matches_the_reference_order():
     # Enough removals to cross several lazy flushes at the default size.
     gen = torch.Generator().manual_seed(1)

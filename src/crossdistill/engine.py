@@ -19,6 +19,7 @@ from crossdistill.capture import (
     unfold,
     weight_matrix,
 )
+from crossdistill import conv_gram
 from crossdistill.distributed import is_main, on_main, shard, sum_, sum_number, together
 from crossdistill.layer_solve import solve_layer
 from crossdistill.moments import CHUNK_IMAGES, MomentAccumulator
@@ -73,10 +74,15 @@ def teacher_side_problem(layer: nn.Module, inputs: Sequence[torch.Tensor], dampi
         for start in range(0, batch.shape[0], CHUNK_IMAGES):
             x = batch[start : start + CHUNK_IMAGES].float()
             sub = x[..., channels] if isinstance(layer, nn.Linear) else x[:, channels]
-            X = unfold(layer, sub)[:, pos]
-            gram = (X.T @ X).to(torch.float64)
+            if sub.dim() == 4 and conv_gram.applies(layer, *sub.shape[2:]):
+                # A DenseNet reader: the same Gram from shifted maps (conv_gram.py), 2-4x faster.
+                gram = conv_gram.shifted_gram(sub, sub, layer.kernel_size)[pos][:, pos].to(torch.float64)
+                rows = sub.shape[0] * sub.shape[2] * sub.shape[3]
+            else:
+                X = unfold(layer, sub)[:, pos]
+                gram, rows = (X.T @ X).to(torch.float64), X.shape[0]
             C = gram if C is None else C + gram
-            count += X.shape[0]
+            count += rows
     # Summed over the processes' shards (crossdistill.distributed; the identity in one process).
     sum_(C)
     count = sum_number(count)

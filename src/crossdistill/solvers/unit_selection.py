@@ -40,19 +40,41 @@ def _symmetric_inverse(H: torch.Tensor) -> torch.Tensor:
     return (Hinv + Hinv.T) / 2
 
 
+def _inverse_columns(H: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """H⁻¹[:, columns] by one factorisation and |columns| solves (d³/3 + 2d²·|columns|), not the
+    whole inverse (d³)."""
+    E = torch.zeros(H.shape[0], columns.numel(), dtype=H.dtype)
+    E[columns, torch.arange(columns.numel())] = 1.0
+    L, info = torch.linalg.cholesky_ex(H)
+    return torch.cholesky_solve(E, L) if int(info) == 0 else torch.linalg.solve(H, E)
+
+
 class _ObsState:
-    """One reader's H⁻¹ (as base − F Fᵀ), its re-solved W and the diagonal blocks of H⁻¹."""
+    """One reader's H⁻¹ (as base − F Fᵀ), its re-solved W and the diagonal blocks of H⁻¹, all on
+    the columns the units feed (S): removing a unit updates H⁻¹ and W through H⁻¹'s columns of
+    that unit only, so rows and columns outside S are never read. A DenseNet layer deciding its
+    newest 12 channels (108 of ~4000 columns) then factors H once instead of inverting it."""
 
     def __init__(self, reader: Reader, flush_columns: int | None = None) -> None:
         H = reader.problem.H
         sizes = {len(c) for c in reader.unit_columns}
         if len(sizes) != 1:
             raise CrossDistillError("the units of a channel group feed unequal column counts in one layer")
-        self.base = _symmetric_inverse(H)
-        self.W = reader.problem.B @ self.base
-        self.idx = torch.as_tensor([list(c) for c in reader.unit_columns], dtype=torch.long)  # (n, s)
+        idx = torch.as_tensor([list(c) for c in reader.unit_columns], dtype=torch.long)  # (n, s)
+        S = torch.unique(idx.flatten())  # sorted
+        if S.numel() == H.shape[0]:
+            self.base = _symmetric_inverse(H)
+            self.W = reader.problem.B @ self.base
+        else:
+            X = _inverse_columns(H, S)  # (d, |S|)
+            self.base = (X[S] + X[S].T) / 2
+            self.W = reader.problem.B @ X
+            position = torch.full((H.shape[0],), -1, dtype=torch.long)
+            position[S] = torch.arange(S.numel())
+            idx = position[idx]
+        self.idx = idx
         s = self.idx.shape[1]
-        d = H.shape[0]
+        d = self.base.shape[0]
         cap = flush_columns if flush_columns is not None else max(8 * s, d // 12)
         self.F = torch.zeros(d, max(cap, s), dtype=H.dtype)
         self.rank = 0
