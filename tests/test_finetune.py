@@ -93,6 +93,7 @@ def test_finetune_lowers_kd_loss_on_training_samples(augment):
     with torch.no_grad():
         after = float(kd_loss(student(x), teacher(x), 4.0))
     assert info["steps"] == 60
+    assert 0 < info["cpu_seconds"] and 0 < info["seconds"]  # the work and the wall time, both reported
     assert after == pytest.approx(info["after"]["kd"], rel=1e-4)
     assert after < 0.7 * info["before"]["kd"]
 
