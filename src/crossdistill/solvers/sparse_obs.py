@@ -130,43 +130,73 @@ def obc_masks(
     return keep
 
 
-def _obc_rows(W: torch.Tensor, Hinv0: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+# Rank-one downdates of the rows' inverses gathered before one batched product (see _obc_rows).
+OBC_LAZY_RANK = 32
+
+
+def _obc_rows(W: torch.Tensor, Hinv0: torch.Tensor, steps: int,
+              rank: int = OBC_LAZY_RANK) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy OBS removals for a batch of rows: (removal order, loss increment per removal).
 
     Every row loses one weight per step, so all rows keep the same number of live columns; the
     per-row inverses are compacted to the live columns whenever an eighth of them are dead,
-    which makes the sweep about three times cheaper than updating full d×d inverses."""
+    which makes the sweep about three times cheaper than updating full d×d inverses. Each
+    step's rank-one downdate of H_S⁻¹ is kept as a column of F (H_S⁻¹ = base − F Fᵀ) and applied
+    to `base` once every `rank` steps as one batched product: a step then reads the row it
+    needs in O(a·rank) instead of rewriting a×a numbers (memory-bound), and the diagonal is
+    kept up to date on the side."""
     n, d = W.shape
     W = W.clone()
-    Hinv = Hinv0.expand(n, d, d).clone()
+    base = Hinv0.expand(n, d, d).clone()
+    F = W.new_zeros(n, d, rank)
+    k = 0  # downdates held in F
+    diag = torch.diagonal(base, dim1=1, dim2=2).clone()
     cols = torch.arange(d).expand(n, d).clone()  # original column of each compact position
     alive = torch.ones(n, d, dtype=torch.bool)
     order = torch.zeros(n, steps, dtype=torch.long)
     incr = torch.zeros(n, steps, dtype=W.dtype)
     ar = torch.arange(n)
     dead = 0
+
+    def flush() -> None:
+        nonlocal k, diag
+        if k:
+            base.baddbmm_(F[:, :, :k], F[:, :, :k].transpose(1, 2), alpha=-1.0)
+            F[:, :, :k] = 0.0
+            k = 0
+            diag = torch.diagonal(base, dim1=1, dim2=2).clone()
+
     for t in range(steps):
-        diag = torch.diagonal(Hinv, dim1=1, dim2=2)
         score = W.pow(2) / diag
         score[~alive] = float("inf")
         j = torch.argmin(score, dim=1)
         incr[:, t] = score[ar, j]
         order[:, t] = cols[ar, j]
         h_jj = diag[ar, j].clone()
-        row = Hinv[ar, j, :].clone()  # (n, a): row j of each row's H_S⁻¹
+        row = base[ar, j, :]  # (n, a): row j of each row's H_S⁻¹, the pending downdates subtracted
+        if k:
+            row = row - torch.bmm(F[ar, j, :k].unsqueeze(1), F[:, :, :k].transpose(1, 2)).squeeze(1)
         # OBS: remove w_j, re-solve the rest of the row; then the rank-one downdate of H_S⁻¹.
         W.sub_((W[ar, j] / h_jj)[:, None] * row)
         W[ar, j] = 0.0
-        Hinv.baddbmm_(row[:, :, None], (row / h_jj[:, None])[:, None, :], alpha=-1.0)
+        f = row / h_jj.sqrt()[:, None]
+        F[:, :, k] = f
+        k += 1
+        diag = diag - f * f
         alive[ar, j] = False
         dead += 1
-        a = Hinv.shape[1]
+        if k == rank:
+            flush()
+        a = base.shape[1]
         if dead * 8 >= a and t + 1 < steps:
+            flush()
             live = torch.nonzero(alive)[:, 1].reshape(n, a - dead)  # row-major: per-row live positions
             W = W.gather(1, live)
             cols = cols.gather(1, live)
-            Hinv = Hinv.gather(1, live[:, :, None].expand(n, a - dead, a)).gather(
+            base = base.gather(1, live[:, :, None].expand(n, a - dead, a)).gather(
                 2, live[:, None, :].expand(n, a - dead, a - dead))
+            diag = torch.diagonal(base, dim1=1, dim2=2).clone()
+            F = W.new_zeros(n, a - dead, rank)
             alive = torch.ones(n, a - dead, dtype=torch.bool)
             dead = 0
     return order, incr
