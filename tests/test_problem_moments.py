@@ -76,7 +76,7 @@ def test_where_the_student_input_is_the_teachers_the_teacher_weight_costs_exactl
     objective = OBJECTIVES["soft"]()
     x_t, x_s = torch.randn(shape), torch.randn(shape)
     moments, direct = MomentAccumulator(layer), ProblemAccumulator(layer, w, objective.terms())
-    for a, b in ((x_t, x_t.clone()), (x_t, x_s)):
+    for a, b in ((x_t, x_s), (x_t, x_t.clone()), (x_s, x_t)):  # either kind of batch first
         moments.add(a, b)
         direct.add(a, b)
     rows = w.shape[0] // moments.groups

@@ -109,7 +109,7 @@ class ProblemAccumulator:
         kernel = m.kernel_size
         student_side = {b: _mix(xt, xs, b) for b in self.betas}
         for b, x in student_side.items():
-            self._accumulate(self._H, b, conv_gram.shifted_gram(x, x, kernel))
+            self._accumulate(self._H, b, conv_gram.shifted_gram(x, x, kernel).unsqueeze(0))  # (groups=1, D, D)
         shape = (self.w32.shape[0], -1, *kernel)
         for k, (_, a, b) in enumerate(self.terms):
             if self.tied[k]:
