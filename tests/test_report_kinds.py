@@ -132,8 +132,8 @@ def test_budget_kind_shows_views_and_recovery_as_their_own_variant_with_the_fine
                 finetune_epochs=50, finetune_mode="hints")
     summary = render_report(db_path, tmp_path / "out", kind="budget")
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "+ 4 crop-flip views + recovery (50 epochs, hints)" in md
-    assert "| 1 | 0,1 | 81.00 ± 1.41 | 85.50 ± 0.71 | +4.50 (2/2) | 1.00 / 1.00 | 2.0 / 62.5 | 0.5 / 1.7 / 0.3 / 60.0 |" in md
+    assert "+ 4 crop-flip views + recovery (hints, constant lr 0.0001)" in md
+    assert "| 1 | 0,1 | 81.00 ± 1.41 | 85.50 ± 0.71 | +4.50 (2/2) | 1.00 / 1.00 | 2.0 / 62.5 | 0.5 / 1.7 / 0.3 / 60.0 (50 epochs) |" in md
     assert len(summary["settings"]) == 2
 
 

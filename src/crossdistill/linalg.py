@@ -126,41 +126,28 @@ def solve_right_on_columns(B: torch.Tensor, H: torch.Tensor, columns: torch.Tens
 
 # From this many columns on, rows with distinct supports may be solved together by conjugate
 # gradients (one d×d product per iteration for all rows) instead of one factorisation per row
-# (out·d³/3; `cg_iteration_budget` decides): 6x faster at d = 2304 with 256 half-dense rows, and
+# (out·d³/3; `uses_cg` decides): 6x faster at d = 2304 with 256 half-dense rows, and
 # CIFAR-sized layers (d ≤ 576) keep the exact direct path.
 ITERATIVE_MIN_D = 1024
 CG_TOL = 1e-10  # relative residual of every row's normal equations
 CG_MAX_ITER = 300
-# CG is tried only when the direct solves would cost at least this many of its iterations, and
-# on layers of at least CG_MIN_ROWS rows: with fewer, each iteration's product is a thin,
-# memory-bound one (a DenseNet layer of 12 rows at 70 %, d = 2304: 2.5 s by CG, 0.1 s direct).
-CG_MIN_ITER = 8
+# CG only on layers of at least this many rows: with fewer, each iteration's product is a thin,
+# memory-bound one (a DenseNet-40 layer of 12 rows at 70 %, d ≈ 2300: ~2.5 s by CG, 0.1 s direct).
 CG_MIN_ROWS = 64
-# A CG iteration's flops run ~1.6x faster than a factorisation's on many rows (one large product
-# per iteration), so its budget is twice the flop-equivalent of the direct solves.
-CG_FLOP_ADVANTAGE = 2.0
 
 
-def cg_iteration_budget(keep: torch.Tensor) -> int:
-    """How many CG iterations (2·rows·d² flops each) cost about as much as one factorisation
-    per row (Σ |S_i|³/3): CG gets that many at most, and rows it has not solved by then go to the
-    direct path, so a slow CG costs at most about twice the direct solves. 0 where CG is not
-    tried (narrow layers, few rows)."""
+def uses_cg(keep: torch.Tensor) -> bool:
+    """Whether the rows on this mask are solved by conjugate gradients (wide layers of many rows)."""
     rows, d = keep.shape
-    if d < ITERATIVE_MIN_D or rows < CG_MIN_ROWS:
-        return 0
-    direct = float((keep.sum(1).to(torch.float64) ** 3).sum()) / 3.0
-    budget = int(CG_FLOP_ADVANTAGE * direct // (2.0 * rows * d * d))
-    return min(CG_MAX_ITER, budget) if budget >= CG_MIN_ITER else 0
+    return d >= ITERATIVE_MIN_D and rows >= CG_MIN_ROWS
 
 
 def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Minimiser with the zeros of the boolean `keep` (same shape as B) fixed at zero. The loss
     is a sum over rows, Σ_i w_i H w_iᵀ − 2 b_i w_iᵀ, so each row is its own small problem
     W_i,S = B_i,S H_SS⁻¹ on its own support S."""
-    budget = cg_iteration_budget(keep)
-    if budget:
-        W, done = _masked_cg(B, H, keep, budget)
+    if uses_cg(keep):
+        W, done = _masked_cg(B, H, keep)
         if bool(done.all()):
             return W
         # Rows that did not converge (a badly conditioned H_SS) get the direct solve.
@@ -171,7 +158,7 @@ def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) ->
 
 
 def _masked_cg(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
-               max_iter: int = CG_MAX_ITER) -> tuple[torch.Tensor, torch.Tensor]:
+               max_iter: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Jacobi-preconditioned conjugate gradients on every row's H_SS w = b_S at once; returns the
     rows and which of them reached CG_TOL."""
     M = keep.to(B.dtype)
@@ -183,7 +170,7 @@ def _masked_cg(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
     P = Z.clone()
     rz = (R * Z).sum(1)
     done = R.norm(dim=1) / scale < CG_TOL
-    for _ in range(max_iter):
+    for _ in range(CG_MAX_ITER if max_iter is None else max_iter):
         if bool(done.all()):
             break
         AP = (P @ H) * M

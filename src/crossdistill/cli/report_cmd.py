@@ -14,8 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Render a results database as one report kind: accuracy (default: per compression "
         "setting a table of top-1, mean ± std over seeds, per method and K, with n_eval and seconds, and "
         "plots of accuracy vs K and vs FLOPs), latency (teacher and students, speed-ups), paired (accuracy "
-        "tables plus paired differences to a reference method) or solvers (first-K and random draws, layer "
-        "losses, seconds, speed-ups). Without --kind, the kind the sweep file declares (report:), else "
+        "tables plus paired differences to a reference method), solvers (first-K and random draws, layer "
+        "losses, seconds, speed-ups) or budget (uniform keep against a global channel budget, and against "
+        "views or a recovery fine-tune added to it, at the same FLOPs: paired differences, seconds per stage, "
+        "the per-group plan). Without --kind, the kind the sweep file declares (report:), else "
         "accuracy. Writes report.md, the PNGs and report.json to --out.",
     )
     p.add_argument("db", type=Path, help="SQLite file written by `crossdistill sweep`")

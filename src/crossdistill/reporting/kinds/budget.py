@@ -34,7 +34,10 @@ def _variant(config: dict[str, Any]) -> str:
     if config.get("views"):
         label += f" + {config['views']} {config.get('views_policy', 'affine')} views"
     if config.get("finetune.epochs"):
-        label += f" + recovery ({config['finetune.epochs']} epochs, {config.get('finetune.mode', 'kd')})"
+        # Not the epochs: a recovery of a fixed number of steps has different epochs at each K,
+        # and its rows belong in one table (the epochs are printed beside its seconds).
+        label += (f" + recovery ({config.get('finetune.mode', 'kd')}, "
+                  f"{config.get('finetune.schedule', 'constant')} lr {config.get('finetune.lr', 1e-4):g})")
     return label
 
 
@@ -88,8 +91,8 @@ class BudgetReport(ReportKind):
         r = Rendered(["Uniform keep vs a global channel budget at the same FLOPs (with, where run, views "
                       "of the few images in the solve and a recovery fine-tune after it). Top-1: mean ± sample standard "
                       "deviation over few-shot draws (seeds); paired difference: per draw (same K and seed) "
-                      "this − uniform, in points, mean (draws where it was ahead / draws). Seconds: CPU "
-                      "seconds of the whole compression (the budget's allocation included), mean over draws, "
+                      "this − uniform, in points, mean (draws where it was ahead / draws). Seconds: wall-clock "
+                      "seconds (at the run's threads; report.json records threads and load) of the whole compression (the budget's allocation included), mean over draws, "
                       "and for global its stages: the allocation, capture + moments + slimming, the layer "
                       "solves, and the fine-tune (recovery) where one ran.",
                       ""], {"settings": []})
@@ -135,6 +138,7 @@ class BudgetReport(ReportKind):
             ss = statistics.fmean(_seconds(x)["solve"] for x in g)
             sr = [_seconds(x).get("recovery") for x in g]
             recovery = f"{statistics.fmean(sr):.1f}" if all(v is not None for v in sr) else "–"
+            epochs = sorted({x.config.get("finetune.epochs") for x in g if x.config.get("finetune.epochs")})
             # Whatever the compression spent besides the budget and the solves: capture, moments, slimming.
             rest = max(0.0, sg - sb - ss - (statistics.fmean(sr) if recovery != "–" else 0.0))
             fu = statistics.fmean(x.student_flops for x in u) / 1e6
@@ -143,7 +147,7 @@ class BudgetReport(ReportKind):
                 f"| {k} | {','.join(map(str, seeds))} | {_mean_sd([x.student_top1 for x in u])} | "
                 f"{_mean_sd([x.student_top1 for x in g])} | {mean_diff:+.2f} ({sum(d > 0 for d in diffs)}/"
                 f"{len(diffs)}) | {fu:.2f} / {fg:.2f} | {su:.1f} / {sg:.1f} | {sb:.1f} / {rest:.1f} / {ss:.1f} / "
-                f"{recovery} |")
+                f"{recovery}{' (' + '/'.join(map(str, epochs)) + ' epochs)' if epochs else ''} |")
             entry["rows"].append({"shots": k, "seeds": seeds, "uniform": [x.student_top1 for x in u],
                                   "global": [x.student_top1 for x in g], "paired_mean": mean_diff,
                                   "seconds_uniform": su, "seconds_global": sg, "seconds_budget": sb,
@@ -151,7 +155,8 @@ class BudgetReport(ReportKind):
                                   "mflops_uniform": fu, "mflops_global": fg})
         # The plan of one draw (the largest K, first seed): which groups gave up channels.
         both = sorted(set(uni) & set(glo), key=lambda ks: (-ks[0], ks[1]))
-        if both and all("channel_groups" in (x.report or {}) for x in (uni[both[0]], glo[both[0]])):
+        # A recovery fine-tune trains after the plan is made: its plan is the budget's own, plotted there.
+        if both and "recovery" not in variant and all("channel_groups" in (x.report or {}) for x in (uni[both[0]], glo[both[0]])):
             shots, seed = both[0]
             fig = _plan_plot(uni[both[0]], glo[both[0]],
                              f"{model}, channels {target}: kept share per group (K={shots}, seed {seed})\n"
