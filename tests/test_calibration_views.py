@@ -72,3 +72,4 @@ def test_a_run_with_views_says_so_in_its_label():
     assert "views=3(crop-flip,mixup=0.4)" in short_description(
         CompressConfig(model="resnet20", views=3, views_policy="crop-flip", views_mixup=0.4))
     assert "views" not in short_description(CompressConfig(model="resnet20"))
+

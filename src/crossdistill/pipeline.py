@@ -62,6 +62,20 @@ def draw_few_shot(cfg: CompressConfig, data: ImageArrays, info: ModelInfo | None
     )
 
 
+def _step_progress(total: int) -> Callable[[int, nn.Module], None]:
+    """A progress bar over the fine-tune's steps (minutes of work, where the layers take seconds)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="fine-tune", unit="step", file=sys.stderr, leave=False)
+
+    def on_step(step: int, model: nn.Module) -> None:
+        bar.update(step - bar.n)
+        if step >= total:
+            bar.close()
+
+    return on_step
+
+
 def _tqdm_progress(desc: str):
     from tqdm import tqdm
 
@@ -127,7 +141,9 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
 
         settings = run_settings(FinetuneConfig(**cfg.finetune), seed=cfg.seed, device=cfg.device,
                                 batch_size=cfg.batch_size)
-        finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings)
+        on_step = _step_progress(settings.epochs * -(-len(fewshot.images) // settings.batch_size)) \
+            if show_progress and settings.epochs > 0 else None
+        finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings, on_step=on_step)
         if getattr(student, "crossdistill_quant", None):
             # Fine-tuning moves quantized weights off their grid; the stored integer codes are the
             # model, so they win (the fine-tune still adapts biases and BatchNorm).
