@@ -116,10 +116,13 @@ class ProblemAccumulator:
                 continue
             y = F.conv2d(_mix(xt, xs, 1.0 - a), self.w32.reshape(shape), None, m.stride, m.padding, m.dilation)
             x = student_side[b]
-            # In float64: one weight-gradient sums over every position of the chunk's images
-            # (16 × H × W terms an entry), where float32 lost a decimal digit against the Grams.
-            grad = conv2d_weight(x.double(), (self.w32.shape[0], x.shape[1], *kernel), y.double(), m.stride,
-                                 m.padding, m.dilation)
+            # One weight-gradient per image in float32, summed in float64: over a whole chunk
+            # (16 × H × W terms an entry) float32 lost a decimal digit against the Grams (1e-6
+            # relative); per image it is 2e-8, and 2x faster than the chunk in float64.
+            size = (self.w32.shape[0], x.shape[1], *kernel)
+            grad = torch.zeros(size, dtype=DTYPE)
+            for i in range(x.shape[0]):
+                grad += conv2d_weight(x[i : i + 1], size, y[i : i + 1], m.stride, m.padding, m.dilation).to(DTYPE)
             self._accumulate(self._B, k, grad.reshape(self.w32.shape[0], -1))
             self._accumulate(self._c, k, (y * y).sum().reshape(1))  # one group: the shape of the unfolded route's
         self.count += xt.shape[0] * xt.shape[2] * xt.shape[3]
