@@ -46,6 +46,14 @@ def test_the_pipeline_refuses_a_baseline_it_is_not_given():
         run(cfg, show_progress=False, train=fashion_like(20))
 
 
+def test_a_baseline_refuses_views_it_would_ignore():
+    from crossdistill.baselines import get_baseline
+
+    cfg = CompressConfig(model="fashion_cnn", shots=1, baseline="l1", views=4)
+    with pytest.raises(CrossDistillError, match="views .* l1 does not use them"):
+        run(cfg, show_progress=False, train=fashion_like(20), compress_fn=get_baseline("l1"))
+
+
 def test_a_sweep_row_runs_the_baseline(tmp_path):
     train, test = write_npz_pair(tmp_path / "data")
     spec = load_sweep(write_sweep(tmp_path / "s.yaml", train, test, grid={"shots": [1], "seed": [0]},

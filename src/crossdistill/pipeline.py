@@ -209,6 +209,11 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     if cfg.baseline is not None and compress_fn is None:
         raise CrossDistillError(f"the config names baseline {cfg.baseline!r}: run it with `crossdistill baseline "
                                 f"{cfg.baseline}` or in a sweep")
+    if compress_fn is not None and cfg.views:
+        # A baseline reads the few-shot images its own way; silently dropping the views would
+        # compare it on other terms than the run it is set beside.
+        raise CrossDistillError(f"views ({cfg.views}) feed cross distillation's layer-wise solve; "
+                                f"{cfg.baseline or 'this compression'} does not use them: set views to 0")
     if cfg.data is None and train is None:
         raise CrossDistillError("no training data given (--data)")
     teacher = teacher if teacher is not None else load_teacher(cfg)
