@@ -54,8 +54,7 @@ class MomentAccumulator:
         self._finished = False
 
     def add(self, x_teacher: torch.Tensor, x_student: torch.Tensor) -> None:
-        if x_teacher.shape != x_student.shape:
-            raise ValueError(f"teacher input {tuple(x_teacher.shape)} != student input {tuple(x_student.shape)}")
+        check_pair(x_teacher, x_student)
         if x_teacher.dim() == 4 and conv_gram.applies(self.module, *x_teacher.shape[2:]):
             self._add_shifted(x_teacher, x_student)
             return
@@ -143,3 +142,10 @@ def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     flat_a = a.transpose(1, 2).reshape(-1, d)
     flat_b = flat_a if b is a else b.transpose(1, 2).reshape(-1, d)
     return (flat_a.T @ flat_b).to(DTYPE)
+
+
+def check_pair(x_teacher: torch.Tensor, x_student: torch.Tensor) -> None:
+    """A layer's teacher and student inputs must describe the same samples, shape for shape."""
+    if x_teacher.shape != x_student.shape:
+        raise ValueError(f"teacher input {tuple(x_teacher.shape)} != student input {tuple(x_student.shape)}")
+

@@ -21,7 +21,7 @@ from torch.nn.grad import conv2d_weight
 
 from crossdistill import conv_gram, distributed
 from crossdistill.capture import conv_groups, patches
-from crossdistill.moments import CHUNK_IMAGES, DTYPE
+from crossdistill.moments import CHUNK_IMAGES, DTYPE, check_pair
 from crossdistill.problem import QuadraticProblem
 
 # (weight, alpha, beta) of one soft term; an objective is their weighted sum.
@@ -63,8 +63,7 @@ class ProblemAccumulator:
 
     # -- accumulation ---------------------------------------------------------------------------
     def add(self, x_teacher: torch.Tensor, x_student: torch.Tensor) -> None:
-        if x_teacher.shape != x_student.shape:
-            raise ValueError(f"teacher input {tuple(x_teacher.shape)} != student input {tuple(x_student.shape)}")
+        check_pair(x_teacher, x_student)
         shifted = x_teacher.dim() == 4 and conv_gram.applies(self.module, *x_teacher.shape[2:])
         # Where the student's input is still the teacher's (the first layer; any layer nothing
         # before it changed), every term's inputs are x_t and its loss at W^t is exactly zero:
