@@ -41,6 +41,16 @@ def test_solve_on_is_the_constrained_minimiser():
     assert p.loss(W + delta) > p.loss(W)
 
 
+def test_loss_of_a_pruned_weight_equals_the_dense_formula():
+    # loss() skips the zero columns of a pruned W; a wrong restriction would show here.
+    p = problem(n_ch=8)
+    W = torch.randn(p.B.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    W[:, channel_columns(torch.tensor([1, 4, 5]), 4)] = 0.0
+    dense = float((W @ p.H * W).sum() - 2.0 * (p.B * W).sum() + p.c)
+    assert p.loss(W) == pytest.approx(dense, rel=1e-12)
+    assert p.loss(torch.zeros_like(W)) == pytest.approx(p.c, rel=1e-12)
+
+
 @pytest.mark.parametrize("objective", ["nocross", "mixed"])
 def test_paper_solver_with_fixed_mask_matches_closed_form(objective):
     p = problem(1, objective=objective)

@@ -25,7 +25,15 @@ class QuadraticProblem:
 
     def loss(self, W: torch.Tensor) -> float:
         W = W.to(self.H.dtype)
-        return float((W @ self.H * W).sum() - 2.0 * (self.B * W).sum() + self.c)
+        # A pruned W has whole zero columns: the quadratic term needs H on the others only
+        # (a quarter of the product at keep 0.5).
+        live = torch.nonzero(W.abs().sum(0)).flatten()
+        if live.numel() < W.shape[1]:
+            Wl = W[:, live]
+            quad = (Wl @ self.H[live[:, None], live[None, :]] * Wl).sum()
+        else:
+            quad = (W @ self.H * W).sum()
+        return float(quad - 2.0 * (self.B * W).sum() + self.c)
 
     def gradient(self, W: torch.Tensor) -> torch.Tensor:
         return 2.0 * (W.to(self.H.dtype) @ self.H - self.B)

@@ -7,12 +7,12 @@ re-solved) raises that reader's loss by tr(W_S (H⁻¹)_SS⁻¹ W_Sᵀ); the uni
 goes first, and every reader's H⁻¹ and W are updated as in OBS. With one reader whose units are
 its channels this is the single-layer criterion `selection.select_obs`.
 
-Why the update is lazy: removing one unit of s columns is a rank-s change of the d×d H⁻¹,
-which as an eager update streams the whole matrix through memory for 2·d²·s flops (a few
-GFLOP/s on a CPU; 128 s for d = 4608). Each step only needs the s×s diagonal blocks of the
-alive units and the removed unit's s columns, so the rank-s factors are collected (H⁻¹ −
-F Fᵀ) and applied to H⁻¹ as one matrix product every `d/12` columns or so, where the CPU runs
-at its GEMM speed (tests/test_unit_selection.py checks it against the eager reference).
+Why the updates are lazy: removing one unit of s columns is a rank-s change of the d×d H⁻¹
+and of the re-solved W, which as eager updates stream both matrices through memory for every
+removed unit (128 s for d = 4608). Each step only needs the s×s diagonal blocks of the alive
+units (of H⁻¹ and of WᵀW) and the removed unit's s columns, so the rank-s factors are collected
+(H⁻¹ − F Fᵀ, W − C Pᵀ) and applied as one matrix product every `d/12` columns or so, where the
+CPU runs at its GEMM speed (tests/test_unit_selection.py checks it against the eager reference).
 """
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ class Reader:
 
 def _symmetric_inverse(H: torch.Tensor) -> torch.Tensor:
     L, info = torch.linalg.cholesky_ex(H)
-    Hinv = torch.cholesky_inverse(L) if int(info) == 0 else torch.linalg.inv(H)
+    if int(info) == 0:
+        return torch.cholesky_inverse(L)  # symmetric as returned (one triangle, mirrored)
+    Hinv = torch.linalg.inv(H)
     return (Hinv + Hinv.T) / 2
 
 
@@ -50,10 +52,13 @@ def _inverse_columns(H: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
 
 
 class _ObsState:
-    """One reader's H⁻¹ (as base − F Fᵀ), its re-solved W and the diagonal blocks of H⁻¹, all on
-    the columns the units feed (S): removing a unit updates H⁻¹ and W through H⁻¹'s columns of
-    that unit only, so rows and columns outside S are never read. A DenseNet layer deciding its
-    newest 12 channels (108 of ~4000 columns) then factors H once instead of inverting it."""
+    """One reader's greedy-OBS state on the columns its units feed (S): H⁻¹ and the re-solved W,
+    both kept lazily as a base minus the low-rank corrections of the removals so far, and per
+    unit the s×s diagonal blocks of H⁻¹ and of Q = WᵀW. A unit's cost is tr((H⁻¹_uu)⁻¹ Q_uu), so
+    a step reads W once (the removed unit's s rows of Q, R = W_cᵀW) instead of gathering and
+    multiplying all of W: on a 512-channel layer that is the difference between a few and tens
+    of passes over 19 MB per step. Rows and columns outside S are never read: a DenseNet layer
+    deciding its newest 12 channels (108 of ~4000 columns) factors H once instead of inverting it."""
 
     def __init__(self, reader: Reader, flush_columns: int | None = None) -> None:
         H = reader.problem.H
@@ -64,27 +69,32 @@ class _ObsState:
         S = torch.unique(idx.flatten())  # sorted
         if S.numel() == H.shape[0]:
             self.base = _symmetric_inverse(H)
-            self.W = reader.problem.B @ self.base
+            self.W0 = reader.problem.B @ self.base
         else:
             X = _inverse_columns(H, S)  # (d, |S|)
             self.base = (X[S] + X[S].T) / 2
-            self.W = reader.problem.B @ X
+            self.W0 = reader.problem.B @ X
             position = torch.full((H.shape[0],), -1, dtype=torch.long)
             position[S] = torch.arange(S.numel())
             idx = position[idx]
         self.idx = idx
         s = self.idx.shape[1]
         d = self.base.shape[0]
-        cap = flush_columns if flush_columns is not None else max(8 * s, d // 12)
-        self.F = torch.zeros(d, max(cap, s), dtype=H.dtype)
+        cap = max(flush_columns if flush_columns is not None else max(8 * s, d // 12), s)
+        dtype = H.dtype
+        self.F = torch.zeros(d, cap, dtype=dtype)  # H⁻¹ = base − F Fᵀ
+        self.Cw = torch.zeros(self.W0.shape[0], cap, dtype=dtype)  # W = W0 − Cw Pwᵀ
+        self.Pw = torch.zeros(d, cap, dtype=dtype)
         self.rank = 0
         self.dead = torch.zeros(d, dtype=torch.bool)
-        self.eye = torch.eye(s, dtype=H.dtype)
+        self.eye = torch.eye(s, dtype=dtype)
         self._refresh_blocks()
 
     def _refresh_blocks(self) -> None:
         idx = self.idx
-        self.blocks = self.base[idx[:, :, None], idx[:, None, :]]  # (n, s, s)
+        self.blocks = self.base[idx[:, :, None], idx[:, None, :]]  # (n, s, s) of H⁻¹
+        Wu = self.W0[:, idx]  # (out, n, s)
+        self.qblocks = torch.einsum("onk,onl->nkl", Wu, Wu)  # (n, s, s) of WᵀW
 
     def costs(self, alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per unit, the loss increase of removing it now (inf for removed units), and the
@@ -92,25 +102,30 @@ class _ObsState:
         live = torch.nonzero(alive).flatten()
         inv_blocks = self.eye.expand(alive.shape[0], -1, -1).clone()
         inv_blocks[live] = torch.linalg.inv(self.blocks[live])
-        Wg = self.W[:, self.idx[live]].permute(1, 0, 2)  # (live, out, s)
-        cost = torch.full((alive.shape[0],), float("inf"), dtype=self.W.dtype)
-        cost[live] = (torch.bmm(Wg, inv_blocks[live]) * Wg).sum((1, 2))
+        cost = torch.full((alive.shape[0],), float("inf"), dtype=self.W0.dtype)
+        cost[live] = (inv_blocks[live] * self.qblocks[live]).sum((1, 2))
         return cost, inv_blocks
 
     def remove(self, u: int, inv_block: torch.Tensor) -> None:
-        cols = self.idx[u]
-        s = cols.shape[0]
+        s = self.idx.shape[1]
         if self.rank + s > self.F.shape[1]:
             self._flush()
+        cols = self.idx[u]
         r = self.rank
         P = self.base[:, cols] - self.F[:, :r] @ self.F[cols, :r].T  # (d, s): H⁻¹'s columns now
         P[self.dead] = 0.0
-        self.W = self.W - (self.W[:, cols] @ inv_block) @ P.T
-        self.W[:, cols] = 0.0
-        inv_block = (inv_block + inv_block.T) / 2
-        M, info = torch.linalg.cholesky_ex(inv_block)
+        Wc = self.W0[:, cols] - self.Cw[:, :r] @ self.Pw[cols, :r].T  # (out, s)
+        R = Wc.T @ self.W0 - (Wc.T @ self.Cw[:, :r]) @ self.Pw[:, :r].T  # (s, d) = W_cᵀ W
+        K = (inv_block + inv_block.T) / 2
+        # W loses (W_c K) Pᵀ; each unit's block of WᵀW follows from R and P's rows of that unit.
+        A = P[self.idx] @ K  # (n, s, s)
+        X = A @ R[:, self.idx].permute(1, 0, 2)  # (n, s, s): A_v (W_cᵀ W_v)
+        self.qblocks += A @ R[:, cols] @ A.transpose(1, 2) - X - X.transpose(1, 2)
+        self.Cw[:, r : r + s] = Wc @ K
+        self.Pw[:, r : r + s] = P
+        M, info = torch.linalg.cholesky_ex(K)
         if int(info) != 0:  # a numerically indefinite block: eigen-factor, clipped at zero
-            vals, vecs = torch.linalg.eigh(inv_block)
+            vals, vecs = torch.linalg.eigh(K)
             M = vecs * vals.clamp_min(0).sqrt()
         G = P @ M  # H⁻¹ loses G Gᵀ
         self.F[:, r : r + s] = G
@@ -120,11 +135,16 @@ class _ObsState:
         self.dead[cols] = True
 
     def _flush(self) -> None:
+        # Dropping the removed columns here (compacting) saved flops but its copies cost more.
         r = self.rank
         self.base.addmm_(self.F[:, :r], self.F[:, :r].T, alpha=-1.0)
         self.base[self.dead] = 0.0
         self.base[:, self.dead] = 0.0
+        self.W0.addmm_(self.Cw[:, :r], self.Pw[:, :r].T, alpha=-1.0)
+        self.W0[:, self.dead] = 0.0
         self.F.zero_()
+        self.Cw.zero_()
+        self.Pw.zero_()
         self.rank = 0
         self._refresh_blocks()
 
