@@ -78,3 +78,23 @@ def test_channel_obs_of_a_large_layer_matches_the_reference_order():
     got = select_obs(p, LayerTask(name="x", group=g, keep=12), None).tolist()
     assert got == select_units_obs([Reader(p, units)], 12, flush_columns=g).tolist()
     assert got == _eager_reference([Reader(p, units)], 12)
+
+
+@pytest.mark.parametrize("flush", [None, 3])
+def test_each_step_of_the_removal_path_is_the_exact_loss_increase(flush):
+    # The global budget compares these steps across groups: each must be the rise of the
+    # re-solved loss when that unit goes, whatever the lazy state's flushes did before it.
+    from crossdistill.solvers.unit_selection import removal_path
+
+    gen = torch.Generator().manual_seed(11)
+    n, g = 10, 3
+    p = _problem(gen, n * g, 8)
+    units = [list(range(j * g, (j + 1) * g)) for j in range(n)]
+    order, steps = removal_path([Reader(p, units)], 7, flush_columns=flush)
+    gone: list[int] = []
+    before = _optimal_loss(p, list(range(n * g)))
+    for u, step in zip(order, steps):
+        gone += units[u]
+        after = _optimal_loss(p, [c for c in range(n * g) if c not in gone])
+        assert step == pytest.approx(after - before, rel=1e-7, abs=1e-9)
+        before = after
