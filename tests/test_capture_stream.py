@@ -1,4 +1,5 @@
-"""capture='stream' (the teacher walked front to back, one layer's inputs held at a time) gives the
+"""capture='stream' (the teacher walked front to back, one layer's inputs held at a time) and
+capture='disk' (the same, the cached fronts in files, every input read batch by batch) give the
 student of capture='all' (every layer's inputs from one pass), bit for bit."""
 from __future__ import annotations
 
@@ -13,12 +14,19 @@ from test_graph_channels import build
 from test_graph_pruning import fewshot_for
 
 
-def students(teacher, few, model: str = "user-x", **settings):
+def students(teacher, few, model: str = "user-x", spill=None, **settings):
     out = {}
-    for capture in ("all", "stream"):
-        cfg = CompressConfig(model=model, n_samples=len(few.labels), damping=0.01, capture=capture, **settings)
+    for capture in ("all", "stream", "disk"):
+        cfg = CompressConfig(model=model, n_samples=len(few.labels), damping=0.01, capture=capture,
+                             capture_dir=(str(spill) if spill is not None else None), batch_size=3, **settings)
         out[capture] = compress(teacher, few, cfg, show_progress=False).student.state_dict()
     return out
+
+
+def same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 @pytest.mark.parametrize("key,settings", [
@@ -26,13 +34,13 @@ def students(teacher, few, model: str = "user-x", **settings):
     ("resnet", {"keep": 0.5, "budget": "global"}),     # a global budget's costs streamed too
     ("mobilenet", {"method": "sparsity", "sparsity": 0.5}),
 ])
-def test_streamed_capture_gives_the_same_student(key, settings):
+def test_streamed_capture_gives_the_same_student(key, settings, tmp_path):
     teacher, example = build(key)
     few = fewshot_for(example)
-    got = students(teacher, few, **settings)
-    assert got["all"].keys() == got["stream"].keys()
-    for k in got["all"]:
-        assert torch.equal(got["all"][k], got["stream"][k]), k
+    got = students(teacher, few, spill=tmp_path, **settings)
+    same(got["all"], got["stream"])
+    same(got["all"], got["disk"])
+    assert list(tmp_path.iterdir()) == []  # the disk capture's files are gone
 
 
 def test_streamed_capture_of_a_model_with_forward_units():
@@ -40,8 +48,51 @@ def test_streamed_capture_of_a_model_with_forward_units():
     teacher = create_model("resnet20").eval()
     few = fewshot_for(torch.zeros(1, 3, 32, 32), n=8)
     got = students(teacher, few, model="resnet20", keep=0.5)
-    for k in got["all"]:
-        assert torch.equal(got["all"][k], got["stream"][k]), k
+    same(got["all"], got["stream"])
+    same(got["all"], got["disk"])
+
+
+def test_disk_capture_keeps_fronts_in_files_and_removes_them_on_failure(tmp_path, monkeypatch):
+    # The cached fronts go to disk (a file per batch, several batches here), and a run that fails
+    # halfway leaves nothing behind.
+    from crossdistill import capture as capture_module
+    from crossdistill import engine
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet20").eval()
+    few = fewshot_for(torch.zeros(1, 3, 32, 32), n=8)
+    written = []
+    real_save = torch.save
+
+    def save(obj, path, *a, **k):
+        written.append(str(path))
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(capture_module.torch, "save", save)
+    calls = {"n": 0}
+    real_solve = engine.solve_layer
+
+    def failing_solve(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("injected")
+        return real_solve(*a, **k)
+
+    monkeypatch.setattr(engine, "solve_layer", failing_solve)
+    cfg = CompressConfig(model="resnet20", n_samples=8, damping=0.01, keep=0.5, capture="disk",
+                         capture_dir=str(tmp_path), batch_size=3)
+    with pytest.raises(RuntimeError, match="injected"):
+        compress(teacher, few, cfg, show_progress=False)
+    assert len(written) >= 2 * 3 and all(p.startswith(str(tmp_path)) for p in written)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_capture_dir_does_not_change_a_runs_identity():
+    a = CompressConfig(model="resnet20", capture="disk").to_dict()
+    b = CompressConfig(model="resnet20", capture="disk", capture_dir="/elsewhere").to_dict()
+    from crossdistill.config.sections import run_identity
+
+    assert run_identity(a) == run_identity(b)
 
 
 def test_capture_setting_is_checked():

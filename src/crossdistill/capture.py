@@ -1,6 +1,8 @@
 """Capture of hidden states: the input a layer sees, and its unfolded (im2col) patches."""
 from __future__ import annotations
 
+import itertools
+import os
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -141,6 +143,61 @@ def _owns(prefix: str, name: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+class ActivationStore:
+    """The batches of one cached front (an activation per image), re-readable: in memory, or,
+    with a `directory`, one file per batch there (capture='disk'), so that only the batch at hand
+    is in memory, however many images there are. It starts as the images themselves (never
+    written out: the caller holds them already)."""
+
+    _tags = itertools.count()
+
+    def __init__(self, batches: Sequence[torch.Tensor], directory: str | None = None) -> None:
+        self._memory: list[torch.Tensor] | None = list(batches)
+        self._files: list[str] = []
+        self.directory = directory
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self._memory is not None:
+            yield from self._memory
+            return
+        for path in list(self._files):
+            yield torch.load(path, weights_only=True)
+
+    def __len__(self) -> int:
+        return len(self._memory) if self._memory is not None else len(self._files)
+
+    def advance(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace every batch x by fn(x) (the front moves one unit on)."""
+        if self.directory is None:
+            assert self._memory is not None
+            self._memory = [fn(x) for x in self._memory]
+            return
+        tag = next(self._tags)
+        files: list[str] = []
+        try:
+            for i, x in enumerate(self):
+                path = os.path.join(self.directory, f"front-{tag}-{i}.pt")
+                torch.save(fn(x).contiguous(), path)
+                files.append(path)
+        except BaseException:
+            self._remove(files)
+            raise
+        self._remove(self._files)
+        self._files, self._memory = files, None
+
+    def close(self) -> None:
+        self._remove(self._files)
+        self._files = []
+
+    @staticmethod
+    def _remove(paths: Sequence[str]) -> None:
+        for path in paths:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+
 class StudentInputs:
     """Inputs of the student's layers, asked for in forward order, without re-running the front.
 
@@ -149,9 +206,11 @@ class StudentInputs:
     forward — lets the front be run once: the output of every unit before the asked layer's unit
     is cached, and those units never change again because the layers are solved front to back.
     Models without units (or a layer outside every unit) fall back to full forwards.
+    With `spill_dir` the cached front lives on disk, a file per batch (ActivationStore).
     """
 
-    def __init__(self, model: nn.Module, batches: Sequence[torch.Tensor], *, incremental: bool = True) -> None:
+    def __init__(self, model: nn.Module, batches: Sequence[torch.Tensor], *, incremental: bool = True,
+                 spill_dir: str | None = None) -> None:
         self.model = model
         self.batches = list(batches)
         self.units: list[Unit] | None = None
@@ -159,7 +218,7 @@ class StudentInputs:
             self.units = list(model.forward_units())
             self._check_units()
         self._cursor = 0  # index of the unit whose input `_cached` holds
-        self._cached = self.batches
+        self._cached = ActivationStore(self.batches, spill_dir)
 
     def _check_units(self) -> None:
         # A units list that does not compose to the forward would silently feed wrong inputs.
@@ -180,20 +239,26 @@ class StudentInputs:
                 return i
         return None
 
-    def of(self, name: str) -> list[torch.Tensor]:
-        """The student's input to layer `name`, batch by batch, under its current weights."""
+    def of(self, name: str, *, lazy: bool = False) -> Iterable[torch.Tensor]:
+        """The student's input to layer `name`, batch by batch, under its current weights: a list,
+        or with `lazy` a one-pass iterator that holds one batch at a time."""
         unit = self._unit_of(name) if self.units is not None else None
         if unit is None:
-            return list(layer_inputs(self.model, name, self.batches))
+            found = layer_inputs(self.model, name, self.batches)
+            return found if lazy else list(found)
         get_module(self.model, name)
         if unit < self._cursor:
             raise CrossDistillError(f"layer {name!r} asked for after a later layer: layers must go front to back")
         with capture_mode():
             while self._cursor < unit:
-                fn = self.units[self._cursor][1]
-                self._cached = [fn(x) for x in self._cached]
+                self._cached.advance(self.units[self._cursor][1])
                 self._cursor += 1
-        return list(_inputs_through(self.model, name, self.units[unit][1], self._cached))
+        found = _inputs_through(self.model, name, self.units[unit][1], self._cached)
+        return found if lazy else list(found)
+
+    def close(self) -> None:
+        """Remove the cached front's files (capture='disk')."""
+        self._cached.close()
 
 
 def _inputs_through(

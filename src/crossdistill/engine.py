@@ -1,6 +1,7 @@
 """The layer-wise loop of cross distillation: front to back, capture → moments → solve → write."""
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -40,6 +41,7 @@ class LayerRecord:
 
 
 ProgressFn = Callable[[int, int, str], None]
+CAPTURE_MODES = ("all", "stream", "disk")
 
 
 def batches_of(images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -57,7 +59,7 @@ def order_tasks(model: nn.Module, tasks: Sequence[LayerTask], example: torch.Ten
     return sorted(tasks, key=lambda t: order[t.name])
 
 
-def teacher_side_problem(layer: nn.Module, inputs: Sequence[torch.Tensor], damping: float,
+def teacher_side_problem(layer: nn.Module, inputs: Iterable[torch.Tensor], damping: float,
                          columns: Sequence[int]) -> QuadraticProblem:
     """A later reader's problem on the teacher's inputs (its student inputs do not exist yet),
     on the columns of the channels being decided only, the rest of its weight held at the
@@ -97,15 +99,21 @@ class _StreamedTeacher:
     forward units); a later reader's inputs (a channel group's coupled readers) are captured by
     a forward that stops at it."""
 
-    def __init__(self, teacher: nn.Module, batches: Sequence[torch.Tensor], incremental: bool) -> None:
+    def __init__(self, teacher: nn.Module, batches: Sequence[torch.Tensor], incremental: bool,
+                 spill_dir: str | None = None) -> None:
         self.teacher, self.batches = teacher, batches
-        self.front = StudentInputs(teacher, batches, incremental=incremental)
+        self.lazy = spill_dir is not None
+        self.front = StudentInputs(teacher, batches, incremental=incremental, spill_dir=spill_dir)
 
-    def pop(self, name: str) -> list[torch.Tensor]:
-        return self.front.of(name)
+    def pop(self, name: str) -> Iterable[torch.Tensor]:
+        return self.front.of(name, lazy=self.lazy)
 
-    def __getitem__(self, name: str) -> list[torch.Tensor]:
-        return list(layer_inputs(self.teacher, name, self.batches))
+    def __getitem__(self, name: str) -> Iterable[torch.Tensor]:
+        # Read once, batch by batch (teacher_side_problem): nothing held beyond a batch.
+        return layer_inputs(self.teacher, name, self.batches)
+
+    def close(self) -> None:
+        self.front.close()
 
 
 def distill_layers(
@@ -121,6 +129,7 @@ def distill_layers(
     progress: ProgressFn | None = None,
     incremental: bool = True,
     capture: str = "all",
+    spill_dir: str | None = None,
 ) -> list[LayerRecord]:
     """Solve each task's layer in the student, in forward order; the teacher never changes.
 
@@ -134,9 +143,24 @@ def distill_layers(
     `capture`: 'all' keeps the teacher's inputs to every task's layer from one pass (fastest);
     'stream' walks the teacher front to back like the student (its finished front cached when
     the model has `forward_units()`), so that only the current layer's inputs are held.
+    'disk' streams as 'stream' but keeps both cached fronts on disk, a file per batch, in a
+    temporary folder under `spill_dir` (default: the system's) that is removed at the end, and
+    reads every layer's inputs batch by batch: memory for one batch, whatever the image count.
     """
-    if capture not in ("all", "stream"):
-        raise ValueError(f"capture must be 'all' or 'stream', not {capture!r}")
+    if capture not in CAPTURE_MODES:
+        raise ValueError(f"capture must be one of {', '.join(CAPTURE_MODES)}, not {capture!r}")
+    if capture == "disk":
+        with tempfile.TemporaryDirectory(prefix="crossdistill-capture-", dir=spill_dir) as folder:
+            return _distill_layers(teacher, student, images, tasks, objective, solver, damping, batch_size,
+                                   progress, incremental, capture, folder)
+    return _distill_layers(teacher, student, images, tasks, objective, solver, damping, batch_size,
+                           progress, incremental, capture, None)
+
+
+def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor, tasks: Iterable[LayerTask],
+                    objective: Objective, solver: LayerSolver, damping: float, batch_size: int,
+                    progress: ProgressFn | None, incremental: bool, capture: str,
+                    folder: str | None) -> list[LayerRecord]:
     teacher.eval()
     student.eval()
     # With several processes (crossdistill.distributed) each captures its shard of the images.
@@ -151,8 +175,9 @@ def distill_layers(
         with together():
             teacher_inputs: Any = all_layer_inputs(teacher, [t.name for t in tasks], batches)
     else:
-        teacher_inputs = _StreamedTeacher(teacher, batches, incremental)
-    student_inputs = StudentInputs(student, batches, incremental=incremental)
+        teacher_inputs = _StreamedTeacher(teacher, batches, incremental, folder)
+    student_inputs = StudentInputs(student, batches, incremental=incremental, spill_dir=folder)
+    lazy = folder is not None
     records: list[LayerRecord] = []
     for i, task in enumerate(tasks):
         start = time.perf_counter()
@@ -164,7 +189,7 @@ def distill_layers(
             terms = objective.terms()
             acc: MomentAccumulator | ProblemAccumulator = (
                 ProblemAccumulator(t_layer, weight_matrix(t_layer), terms) if terms else MomentAccumulator(s_layer))
-            for xt, xs in zip(teacher_inputs.pop(task.name), student_inputs.of(task.name)):
+            for xt, xs in zip(teacher_inputs.pop(task.name), student_inputs.of(task.name, lazy=lazy)):
                 acc.add(xt, xs)
         acc.sum_over_processes()
         solve_start = time.perf_counter()

@@ -127,6 +127,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         stage_records = distill_layers(
             stage_teacher, student, images, tasks, objective, solver,
             damping=damping, batch_size=cfg.batch_size, progress=progress, capture=cfg.capture,
+            spill_dir=cfg.capture_dir,
         )
         student = stage.finalize(student, stage_records)
         if len(stages) > 1:

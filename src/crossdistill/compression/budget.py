@@ -14,13 +14,13 @@ on the student's inputs.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossdistill.capture import all_layer_inputs, get_module, group_size
+from crossdistill.capture import all_layer_inputs, get_module, group_size, layer_inputs
 from crossdistill.compression.flops import FlopModel
 from crossdistill.distributed import shard, sum_number, together
 from crossdistill.compression.graph_plan import GraphChannelPlan
@@ -35,7 +35,7 @@ def least_kept(width: int, min_keep: float) -> int:
     return max(1, min(width, math.ceil(min_keep * width)))
 
 
-def output_energy(layer: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+def output_energy(layer: nn.Module, inputs: Iterable[torch.Tensor]) -> float:
     """Mean squared norm of the layer's weight-only output per position (the scale of its loss)."""
     total, count = 0.0, 0
     w = layer.weight.detach().float()
@@ -93,25 +93,39 @@ class _Inputs:
     """The teacher's inputs to its layers: those captured up front, or (streaming) a layer's
     own when asked for, remembered only until another group is costed."""
 
-    def __init__(self, model: nn.Module, batches: list[torch.Tensor], upfront: list[str]) -> None:
+    def __init__(self, model: nn.Module, batches: list[torch.Tensor], upfront: list[str], *,
+                 lazy: bool = False) -> None:
         self.model, self.batches = model, batches
         with together():
             self.held = all_layer_inputs(model, upfront, batches) if upfront else {}
         self.streaming = not upfront
+        self.lazy = lazy
 
     def prefetch(self, names: Sequence[str]) -> None:
-        if self.streaming:
+        if self.streaming and not self.lazy:
             with together():
                 self.held = all_layer_inputs(self.model, list(names), self.batches)
 
-    def __getitem__(self, name: str) -> list[torch.Tensor]:
+    def __getitem__(self, name: str) -> Iterable[torch.Tensor]:
+        if self.lazy:  # capture='disk': a forward per batch each time it is read, nothing held
+            return _Reread(self.model, name, self.batches)
         if name not in self.held:
             self.prefetch([name])
         return self.held[name]
 
 
+class _Reread:
+    """A layer's teacher inputs as an iterable that runs the forward again on each reading."""
+
+    def __init__(self, model: nn.Module, name: str, batches: list[torch.Tensor]) -> None:
+        self.model, self.name, self.batches = model, name, batches
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(layer_inputs(self.model, self.name, self.batches))
+
+
 def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor, damping: float, *,
-                  min_keep: float, cost: str = "norm", stream: bool = False,
+                  min_keep: float, cost: str = "norm", stream: bool = False, lazy: bool = False,
                   batch_size: int = 64) -> dict[int, torch.Tensor]:
     """Per group with a dense reader: C[k], the summed loss of its readers after its k cheapest
     units are removed (greedy OBS on the teacher's inputs), k = 0 … width − least kept."""
@@ -119,7 +133,8 @@ def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor
     batches = batches_of(shard(images, align=CHUNK_IMAGES), batch_size)
     # stream: each group's readers captured when the group is costed, then dropped (one
     # teacher pass per group instead of every reader's inputs held at once).
-    inputs = _Inputs(model, batches, [] if stream else names)
+    # lazy (capture='disk'): read batch by batch each time, never held.
+    inputs = _Inputs(model, batches, [] if stream or lazy else names, lazy=lazy)
     energy = {n: output_energy(get_module(model, n), inputs[n]) if cost == "relative" else 1.0 for n in names}
     gains = norm_scales(model, images[:1], names) if cost == "norm" else {}
     costs: dict[int, torch.Tensor] = {}

@@ -131,7 +131,7 @@ class ChannelPruning(CompressionMethod):
         # The uniform plan's FLOPs, also under `flops` (which uniform meets from below): equal FLOPs.
         target = fm.flops(removed_uniform)
         costs = removal_costs(model, full, self._images, self._damping, min_keep=self.min_keep,
-                              cost=self.budget_cost, stream=self._capture == "stream")
+                              cost=self.budget_cost, stream=self._capture != "all", lazy=self._capture == "disk")
         # Groups without a dense reader have no cost curve: they keep the uniform count.
         fixed = {gid: removed_uniform[gid] for gid in full.groups if gid not in costs}
         # Decided once (rank 0 of several processes, crossdistill.distributed) for every process.

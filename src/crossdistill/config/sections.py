@@ -45,9 +45,13 @@ class RunSettings(Plugin):
     damping: float | None = param(None, "ridge towards the teacher, x mean diag of H (default: 0.1/K, "
                                   "K = images per class)", low=0)
     batch_size: int = param(64, "images per forward pass while capturing", low=1)
-    capture: str = param("all", "how the teacher's hidden states are captured: all (one pass keeps every "
-                         "solved layer's inputs: fastest) or stream (layer by layer, front to back: "
-                         "memory for one layer's inputs instead of all of them)", choices=("all", "stream"))
+    capture: str = param("all", "how hidden states are captured: all (one teacher pass keeps every solved "
+                         "layer's inputs: fastest), stream (layer by layer, front to back: one layer's inputs "
+                         "held), or disk (as stream, the cached fronts in files under --capture-dir, inputs "
+                         "read batch by batch: memory for one batch, for calibration sets of thousands of "
+                         "images)", choices=("all", "stream", "disk"))
+    capture_dir: str | None = param(None, "where --capture disk writes its temporary files (default: the "
+                                    "system's temporary folder); removed when the compression ends")
     views: int = param(0, "random views of each few-shot image added to the images the layer-wise solve "
                        "fits on (the solve matches the teacher's hidden states, so a view needs no label; "
                        "0 = the few-shot images alone)", low=0)
@@ -174,6 +178,7 @@ def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
     effect, so that changing the default of an inactive fine-tune setting does not make every
     stored run without a fine-tune look new."""
     out = dict(values)
+    out.pop("capture_dir", None)  # where temporary files go: never a different run
     if not out.get("views"):
         # Added after results were stored: without views they change nothing, and leaving them out
         # keeps the hashes of every earlier run as they were written.
