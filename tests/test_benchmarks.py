@@ -21,3 +21,13 @@ def test_solver_speed_prints_one_row_per_solver_with_a_figure_per_width(capsys):
     for line in lines:
         cells = [c.strip() for c in line.strip("|").split("|")[1:]]
         assert len(cells) == 2 and all(float(c) >= 0 for c in cells)
+
+
+def test_capture_memory_prints_a_row_per_mode_with_its_peak(capsys):
+    args = ["--model", "resnet20", "--size", "32", "--images", "8", "--captures", "all", "disk", "--batch-size", "4"]
+    assert load("capture_memory").main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 8 |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["all", "disk"]
+    for r in rows:
+        seconds, cpu, peak = (float(c.split()[0]) for c in r.strip("|").split("|")[2:5])
+        assert seconds > 0 and cpu > 0 and peak > 100  # a Python with torch loaded is over 100 MiB
