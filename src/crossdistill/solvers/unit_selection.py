@@ -11,7 +11,7 @@ Why the updates are lazy: removing one unit of s columns is a rank-s change of t
 and of the re-solved W, which as eager updates stream both matrices through memory for every
 removed unit (128 s for d = 4608). Each step only needs the s×s diagonal blocks of the alive
 units (of H⁻¹ and of WᵀW) and the removed unit's s columns, so the rank-s factors are collected
-(H⁻¹ − F Fᵀ, W − C Pᵀ) and applied as one matrix product every `d/12` columns or so, where the
+(H⁻¹ − F Gᵀ, W − C Fᵀ) and applied as one matrix product every `d/12` columns or so, where the
 CPU runs at its GEMM speed (tests/test_unit_selection.py checks it against the eager reference).
 """
 from __future__ import annotations
@@ -82,9 +82,12 @@ class _ObsState:
         d = self.base.shape[0]
         cap = max(flush_columns if flush_columns is not None else max(8 * s, d // 12), s)
         dtype = H.dtype
-        self.F = torch.zeros(d, cap, dtype=dtype)  # H⁻¹ = base − F Fᵀ
-        self.Cw = torch.zeros(self.W0.shape[0], cap, dtype=dtype)  # W = W0 − Cw Pwᵀ
-        self.Pw = torch.zeros(d, cap, dtype=dtype)
+        # H⁻¹ = base − F Gᵀ (G = F K per removed unit: the correction P K Pᵀ kept as two factors,
+        # which needs no factorisation of K) and W = W0 − Cw Fᵀ (W's correction runs along the
+        # same columns P of H⁻¹).
+        self.F = torch.zeros(d, cap, dtype=dtype)
+        self.G = torch.zeros(d, cap, dtype=dtype)
+        self.Cw = torch.zeros(self.W0.shape[0], cap, dtype=dtype)
         self.rank = 0
         self.dead = torch.zeros(d, dtype=torch.bool)
         self.eye = torch.eye(s, dtype=dtype)
@@ -112,39 +115,35 @@ class _ObsState:
             self._flush()
         cols = self.idx[u]
         r = self.rank
-        P = self.base[:, cols] - self.F[:, :r] @ self.F[cols, :r].T  # (d, s): H⁻¹'s columns now
+        P = self.base[:, cols] - self.F[:, :r] @ self.G[cols, :r].T  # (d, s): H⁻¹'s columns now
         P[self.dead] = 0.0
-        Wc = self.W0[:, cols] - self.Cw[:, :r] @ self.Pw[cols, :r].T  # (out, s)
-        R = Wc.T @ self.W0 - (Wc.T @ self.Cw[:, :r]) @ self.Pw[:, :r].T  # (s, d) = W_cᵀ W
+        Wc = self.W0[:, cols] - self.Cw[:, :r] @ self.F[cols, :r].T  # (out, s)
+        R = Wc.T @ self.W0 - (Wc.T @ self.Cw[:, :r]) @ self.F[:, :r].T  # (s, d) = W_cᵀ W
         K = (inv_block + inv_block.T) / 2
-        # W loses (W_c K) Pᵀ; each unit's block of WᵀW follows from R and P's rows of that unit.
-        A = P[self.idx] @ K  # (n, s, s)
+        # H⁻¹ loses P K Pᵀ and W loses (W_c K) Pᵀ; each unit's blocks follow from P's rows of
+        # that unit (A_v = P_v K) and from R.
+        Pv = P[self.idx]  # (n, s, s)
+        A = Pv @ K
+        self.blocks -= A @ Pv.transpose(1, 2)
         X = A @ R[:, self.idx].permute(1, 0, 2)  # (n, s, s): A_v (W_cᵀ W_v)
         self.qblocks += A @ R[:, cols] @ A.transpose(1, 2) - X - X.transpose(1, 2)
+        self.F[:, r : r + s] = P
+        self.G[:, r : r + s] = P @ K
         self.Cw[:, r : r + s] = Wc @ K
-        self.Pw[:, r : r + s] = P
-        M, info = torch.linalg.cholesky_ex(K)
-        if int(info) != 0:  # a numerically indefinite block: eigen-factor, clipped at zero
-            vals, vecs = torch.linalg.eigh(K)
-            M = vecs * vals.clamp_min(0).sqrt()
-        G = P @ M  # H⁻¹ loses G Gᵀ
-        self.F[:, r : r + s] = G
         self.rank = r + s
-        Gu = G[self.idx]  # (n, s, s)
-        self.blocks -= Gu @ Gu.transpose(1, 2)
         self.dead[cols] = True
 
     def _flush(self) -> None:
         # Dropping the removed columns here (compacting) saved flops but its copies cost more.
         r = self.rank
-        self.base.addmm_(self.F[:, :r], self.F[:, :r].T, alpha=-1.0)
+        self.base.addmm_(self.F[:, :r], self.G[:, :r].T, alpha=-1.0)
         self.base[self.dead] = 0.0
         self.base[:, self.dead] = 0.0
-        self.W0.addmm_(self.Cw[:, :r], self.Pw[:, :r].T, alpha=-1.0)
+        self.W0.addmm_(self.Cw[:, :r], self.F[:, :r].T, alpha=-1.0)
         self.W0[:, self.dead] = 0.0
         self.F.zero_()
+        self.G.zero_()
         self.Cw.zero_()
-        self.Pw.zero_()
         self.rank = 0
         self._refresh_blocks()
 
