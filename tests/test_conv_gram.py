@@ -37,6 +37,22 @@ def test_only_same_stride_one_convs_on_large_maps_take_the_shortcut():
     assert not conv_gram.applies(nn.Linear(4, 4))
 
 
+def test_symmetric_grams_take_the_shortcut_by_channels_times_side():
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    assert conv_gram.applies(conv, 8, 8, symmetric_channels=64)       # 512: measured faster
+    assert not conv_gram.applies(conv, 8, 8, symmetric_channels=32)   # 256: slower
+    assert conv_gram.applies(conv, 7, 9, symmetric_channels=128)
+    assert not conv_gram.applies(conv, 6, 6, symmetric_channels=512)  # below the smallest map
+    assert not conv_gram.applies(conv, 8, 8)                          # a's Gram against another b: MIN_MAP
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 7, 7), (2, 5, 8, 8), (2, 3, 9, 7)])
+def test_symmetric_shifted_gram_on_small_maps_is_the_unfolded_gram(shape):
+    # Half the shifts and strips: on 7x7 and 8x8 maps the strips are a third of the map.
+    a = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert torch.allclose(conv_gram.shifted_gram(a, a, (3, 3)), unfolded(a, a, (3, 3)), rtol=1e-12, atol=1e-12)
+
+
 def test_moments_of_a_large_map_conv_match_the_unfolded_moments():
     gen = torch.Generator().manual_seed(1)
     conv = nn.Conv2d(3, 5, 3, padding=1)

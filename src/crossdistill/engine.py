@@ -76,7 +76,7 @@ def teacher_side_problem(layer: nn.Module, inputs: Iterable[torch.Tensor], dampi
         for start in range(0, batch.shape[0], CHUNK_IMAGES):
             x = batch[start : start + CHUNK_IMAGES].float()
             sub = x[..., channels] if isinstance(layer, nn.Linear) else x[:, channels]
-            if sub.dim() == 4 and conv_gram.applies(layer, *sub.shape[2:]):
+            if sub.dim() == 4 and conv_gram.applies(layer, *sub.shape[2:], symmetric_channels=sub.shape[1]):
                 # A DenseNet reader: the same Gram from shifted maps (conv_gram.py), 2-4x faster.
                 gram = conv_gram.shifted_gram(sub, sub, layer.kernel_size)[pos][:, pos].to(torch.float64)
                 rows = sub.shape[0] * sub.shape[2] * sub.shape[3]

@@ -64,7 +64,9 @@ class ProblemAccumulator:
     # -- accumulation ---------------------------------------------------------------------------
     def add(self, x_teacher: torch.Tensor, x_student: torch.Tensor) -> None:
         check_pair(x_teacher, x_student)
-        shifted = x_teacher.dim() == 4 and conv_gram.applies(self.module, *x_teacher.shape[2:])
+        # Every Gram here is symmetric (the student-side input with itself).
+        shifted = x_teacher.dim() == 4 and conv_gram.applies(self.module, *x_teacher.shape[2:],
+                                                             symmetric_channels=x_teacher.shape[1])
         # Where the student's input is still the teacher's (the first layer; any layer nothing
         # before it changed), every term's inputs are x_t and its loss at W^t is exactly zero:
         # one shared Gram T, and B = W^t T, c = tr(W^t T W^tᵀ) from it, keep it so (a rounding
