@@ -31,3 +31,16 @@ def test_capture_memory_prints_a_row_per_mode_with_its_peak(capsys):
     for r in rows:
         seconds, cpu, peak = (float(c.split()[0]) for c in r.strip("|").split("|")[2:5])
         assert seconds > 0 and cpu > 0 and peak > 100  # a Python with torch loaded is over 100 MiB
+
+
+def test_scale_network_prints_stages_that_add_up(capsys):
+    args = ["--model", "resnet20", "--images", "8", "--size", "32", "--processes", "1", "--capture", "disk",
+            "--batch-size", "4"]
+    assert load("scale_network").main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1] == "disk"
+    total, capture, solves, other, peak = (float(c) for c in cells[2:])
+    assert total > 0 and capture >= 0 and solves > 0 and peak > 100
+    assert abs(capture + solves + other - total) < 0.2  # rounding of the printed figures
