@@ -281,6 +281,11 @@ def test_masked_rows_of_a_large_layer_by_cg_match_the_direct_solves():
     exact = linalg._direct_on_mask(B, H, keep)
     assert torch.all(fast[~keep] == 0)
     assert torch.allclose(fast, exact, rtol=0, atol=1e-8 * float(exact.abs().max()))
+    # From a start near the answer (off the mask too: it must be masked) the same rows come back.
+    near = exact + 1e-3 * torch.randn(exact.shape, generator=gen, dtype=torch.float64)
+    warm, done = linalg._masked_cg(B, H, keep, start=near)
+    assert bool(done.all()) and torch.all(warm[~keep] == 0)
+    assert torch.allclose(warm, exact, rtol=0, atol=1e-8 * float(exact.abs().max()))
 
 
 def test_cg_is_used_on_wide_layers_of_many_rows_and_falls_back_exactly():

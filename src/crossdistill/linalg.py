@@ -142,12 +142,15 @@ def uses_cg(keep: torch.Tensor) -> bool:
     return d >= ITERATIVE_MIN_D and rows >= CG_MIN_ROWS
 
 
-def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
+                        start: torch.Tensor | None = None) -> torch.Tensor:
     """Minimiser with the zeros of the boolean `keep` (same shape as B) fixed at zero. The loss
     is a sum over rows, Σ_i w_i H w_iᵀ − 2 b_i w_iᵀ, so each row is its own small problem
-    W_i,S = B_i,S H_SS⁻¹ on its own support S."""
+    W_i,S = B_i,S H_SS⁻¹ on its own support S. `start`: a near solution on that mask (say the
+    SparseGPT sweep's weights) for the iterative path to begin from; the answer does not
+    depend on it, only the iterations it takes."""
     if uses_cg(keep):
-        W, done = _masked_cg(B, H, keep)
+        W, done = _masked_cg(B, H, keep, start=start)
         if bool(done.all()):
             return W
         # Rows that did not converge (a badly conditioned H_SS) get the direct solve.
@@ -158,14 +161,19 @@ def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) ->
 
 
 def _masked_cg(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
-               max_iter: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Jacobi-preconditioned conjugate gradients on every row's H_SS w = b_S at once; returns the
-    rows and which of them reached CG_TOL."""
+               max_iter: int | None = None, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jacobi-preconditioned conjugate gradients on every row's H_SS w = b_S at once, from zero or
+    from `start` (on the mask); returns the rows and which of them reached CG_TOL (relative to
+    ‖b_S‖, whatever the start)."""
     M = keep.to(B.dtype)
     D = torch.diagonal(H).clamp_min(torch.finfo(B.dtype).tiny)
-    W = torch.zeros_like(B)
-    R = B * M
-    scale = R.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
+    scale = (B * M).norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
+    if start is None:
+        W = torch.zeros_like(B)
+        R = B * M
+    else:
+        W = start.to(B.dtype) * M
+        R = (B - W @ H) * M
     Z = R / D
     P = Z.clone()
     rz = (R * Z).sum(1)

@@ -61,10 +61,12 @@ def sparsity_mask(scores: torch.Tensor, sparsity: float, pattern: str) -> torch.
     return mask_from_scores(scores, prune_count(per, sparsity), pattern)
 
 
-def solve_rows_on_mask(problem: QuadraticProblem, keep: torch.Tensor) -> torch.Tensor:
+def solve_rows_on_mask(problem: QuadraticProblem, keep: torch.Tensor,
+                       start: torch.Tensor | None = None) -> torch.Tensor:
     """Exact minimiser with the zeros of `keep` fixed at zero: every row solved on its own
-    support, W_i,S = B_i,S H_SS⁻¹ (crossdistill.linalg.solve_right_on_mask)."""
-    return solve_right_on_mask(problem.B, problem.H, keep)
+    support, W_i,S = B_i,S H_SS⁻¹ (crossdistill.linalg.solve_right_on_mask; `start`, a near
+    solution, only shortens its iterations on wide layers)."""
+    return solve_right_on_mask(problem.B, problem.H, keep, start=start)
 
 
 def measured_sparsity(W: torch.Tensor) -> float:

@@ -215,7 +215,7 @@ class SparseGPT(LayerSolver):
         info = {}
         if self.refine:
             info["loss_sweep"] = problem.loss(W)
-            W = solve_rows_on_mask(problem, keep)
+            W = solve_rows_on_mask(problem, keep, start=W)
         info["sparsity_solved"] = measured_sparsity(W)
         return LayerOutcome(weight=W, info=info)
 
@@ -252,12 +252,13 @@ class ClosedFormSparse(LayerSolver):
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         sparsity, pattern = task_sparsity(task.params)
         mask = self.mask_for(problem)
+        start = None
         if mask == "obc":
             keep = obc_masks(problem, sparsity, pattern)
         elif mask == "sparsegpt":
-            _, keep = sparsegpt_sweep(problem, sparsity, pattern, blocksize=self.blocksize)
+            start, keep = sparsegpt_sweep(problem, sparsity, pattern, blocksize=self.blocksize)
         else:
             keep = sparsity_mask(problem.w_teacher.abs(), sparsity, pattern)
-        W = solve_rows_on_mask(problem, keep)
+        W = solve_rows_on_mask(problem, keep, start=start)
         return LayerOutcome(weight=W, info={"sparsity_solved": measured_sparsity(W), "mask": mask})
 
