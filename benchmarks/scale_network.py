@@ -1,5 +1,5 @@
-"""Seconds per stage and peak memory of one channel-pruning compression of a large network, in one
-process or several (torchrun, gloo), through the CLI (issue 17). Prints a table; no pass/fail:
+"""Seconds per stage and peak memory of one compression of a large network, in one process or
+several (torchrun, gloo), through the CLI (issues 16 and 17). Prints a table; no pass/fail:
 the figures go into docs/results/scale.md with the machine's load.
 
     python benchmarks/scale_network.py --model examples/resnet50.py:resnet50 --images 512 --size 224 \\
@@ -8,7 +8,8 @@ the figures go into docs/results/scale.md with the machine's load.
 
 The teacher has random weights (torch.manual_seed(0), BatchNorm statistics drawn once) and the
 images are random uint8 pixels (numpy seed 0), written once to a temporary folder; every run
-compresses the same teacher from the same images (keep 0.5, closed form, one thread per process).
+compresses the same teacher from the same images (default: channel pruning at keep 0.5, closed
+form, one thread per process; --sparsity, --solver and --threads change that).
 Stages, from report.json: capture + moments (each layer's seconds less its solve), solves, and the
 rest of the compression (planning, slimming); peak memory is the process's peak resident set
 (rank 0's under torchrun).
@@ -41,12 +42,14 @@ def teacher(model: str) -> torch.nn.Module:
     return net.eval()
 
 
-def run(folder: Path, model: str, processes: int, capture: str, keep: float, batch: int) -> dict:
+def run(folder: Path, model: str, processes: int, capture: str, method: list[str], batch: int,
+        threads: int) -> dict:
     out = folder / f"run-{processes}-{capture}"
     args = ["compress", "--model", model, "--weights", str(folder / "teacher.pt"), "--data", str(folder / "images.npz"),
-            "--n-samples", str(np.load(folder / "images.npz")["y"].shape[0]), "--keep", str(keep), "--damping", "0.01",
-            "--capture", capture, "--batch-size", str(batch), "--threads", "1", "--quiet", "--out", str(out), "--force"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            "--n-samples", str(np.load(folder / "images.npz")["y"].shape[0]), *method, "--damping", "0.01",
+            "--capture", capture, "--batch-size", str(batch), "--threads", str(threads), "--quiet", "--out", str(out),
+            "--force"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if processes == 1:
         cmd = [sys.executable, "-m", "crossdistill.cli.main", *args]
     else:
@@ -72,9 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="image side")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--capture", nargs="+", default=["all"], choices=["all", "stream", "disk"])
-    parser.add_argument("--keep", type=float, default=0.5)
+    parser.add_argument("--keep", type=float, default=0.5, help="channel pruning: share of channels kept")
+    parser.add_argument("--sparsity", type=float, default=None, help="weight sparsity instead of channel pruning")
+    parser.add_argument("--solver", default=None, help="e.g. sparsegpt (default: the method's closed form)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
+    method = (["--method", "sparsity", "--sparsity", str(args.sparsity)] if args.sparsity is not None
+              else ["--keep", str(args.keep)])
+    if args.solver:
+        method += ["--solver", args.solver]
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         folder = Path(tmp)
         net = teacher(args.model)
@@ -84,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         np.savez(folder / "images.npz", x=rng.integers(0, 256, (args.images, args.size, args.size, 3), dtype=np.uint8),
                  y=rng.integers(0, classes, args.images))
-        print(f"{args.model}, {args.images} random images at {args.size}x{args.size}, keep {args.keep}, "
-              f"one thread per process, batch {args.batch_size}")
+        print(f"{args.model}, {args.images} random images at {args.size}x{args.size}, {' '.join(method)}, "
+              f"{args.threads} thread(s) per process, batch {args.batch_size}")
         print("| processes | capture | compress s | capture + moments s | solves s | other s | peak MiB |")
         print("|---:|---|---:|---:|---:|---:|---:|")
         for capture in args.capture:
             for p in args.processes:
-                r = run(folder, args.model, p, capture, args.keep, args.batch_size)
+                r = run(folder, args.model, p, capture, method, args.batch_size, args.threads)
                 print(f"| {r['processes']} | {capture} | {r['compress']:.1f} | {r['capture']:.1f} | {r['solves']:.1f} | "
                       f"{r['other']:.1f} | {r['peak']:.0f} |", flush=True)
     return 0

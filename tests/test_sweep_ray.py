@@ -53,8 +53,11 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_a_run(sweep, tmp_pa
     try:
         deadline = time.time() + 180
         while time.time() < deadline and proc.poll() is None:
-            if db.exists() and 1 <= len(rows(db)) < 12:
-                break
+            try:
+                if db.exists() and 1 <= len(rows(db)) < 12:
+                    break
+            except sqlite3.OperationalError:
+                pass  # the file exists a moment before its table does
             time.sleep(0.2)
         assert proc.poll() is None, "the sweep ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
         os.kill(proc.pid, sig)
