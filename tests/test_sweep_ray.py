@@ -48,8 +48,11 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_a_run(sweep, tmp_pa
     db = tmp_path / "kill.sqlite"
     cmd = [sys.executable, "-m", "crossdistill.cli.main", "sweep", str(sweep), "--db", str(db),
            "--backend", "ray", "--workers", "1"]
+    # SIGINT back to its default in the driver: a suite started in the background of a
+    # non-interactive shell ignores SIGINT, and the driver would inherit that and never stop.
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 180
         while time.time() < deadline and proc.poll() is None:
