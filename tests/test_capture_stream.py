@@ -98,3 +98,10 @@ def test_capture_dir_does_not_change_a_runs_identity():
 def test_capture_setting_is_checked():
     with pytest.raises(CrossDistillError, match="capture"):
         CompressConfig(model="resnet20", capture="later")
+
+
+def test_a_capture_dir_that_is_not_a_folder_is_refused_before_any_work(tmp_path):
+    not_there = tmp_path / "missing"
+    with pytest.raises(CrossDistillError, match="capture_dir .*missing.*not an existing folder"):
+        CompressConfig(model="resnet20", capture="disk", capture_dir=str(not_there)).validate()
+    assert not not_there.exists()

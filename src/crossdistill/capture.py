@@ -163,9 +163,6 @@ class ActivationStore:
         for path in list(self._files):
             yield torch.load(path, weights_only=True)
 
-    def __len__(self) -> int:
-        return len(self._memory) if self._memory is not None else len(self._files)
-
     def advance(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Replace every batch x by fn(x) (the front moves one unit on)."""
         if self.directory is None:
@@ -185,10 +182,6 @@ class ActivationStore:
         self._remove(self._files)
         self._files, self._memory = files, None
 
-    def close(self) -> None:
-        self._remove(self._files)
-        self._files = []
-
     @staticmethod
     def _remove(paths: Sequence[str]) -> None:
         for path in paths:
@@ -206,7 +199,8 @@ class StudentInputs:
     forward — lets the front be run once: the output of every unit before the asked layer's unit
     is cached, and those units never change again because the layers are solved front to back.
     Models without units (or a layer outside every unit) fall back to full forwards.
-    With `spill_dir` the cached front lives on disk, a file per batch (ActivationStore).
+    With `spill_dir` the cached front lives on disk, a file per batch (ActivationStore; the
+    caller owns the folder and removes it).
     """
 
     def __init__(self, model: nn.Module, batches: Sequence[torch.Tensor], *, incremental: bool = True,
@@ -255,10 +249,6 @@ class StudentInputs:
                 self._cursor += 1
         found = _inputs_through(self.model, name, self.units[unit][1], self._cached)
         return found if lazy else list(found)
-
-    def close(self) -> None:
-        """Remove the cached front's files (capture='disk')."""
-        self._cached.close()
 
 
 def _inputs_through(

@@ -1,6 +1,7 @@
 """The layer-wise loop of cross distillation: front to back, capture → moments → solve → write."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -112,9 +113,6 @@ class _StreamedTeacher:
         # Read once, batch by batch (teacher_side_problem): nothing held beyond a batch.
         return layer_inputs(self.teacher, name, self.batches)
 
-    def close(self) -> None:
-        self.front.close()
-
 
 def distill_layers(
     teacher: nn.Module,
@@ -149,12 +147,11 @@ def distill_layers(
     """
     if capture not in CAPTURE_MODES:
         raise ValueError(f"capture must be one of {', '.join(CAPTURE_MODES)}, not {capture!r}")
-    if capture == "disk":
-        with tempfile.TemporaryDirectory(prefix="crossdistill-capture-", dir=spill_dir) as folder:
-            return _distill_layers(teacher, student, images, tasks, objective, solver, damping, batch_size,
-                                   progress, incremental, capture, folder)
-    return _distill_layers(teacher, student, images, tasks, objective, solver, damping, batch_size,
-                           progress, incremental, capture, None)
+    spill = (tempfile.TemporaryDirectory(prefix="crossdistill-capture-", dir=spill_dir) if capture == "disk"
+             else contextlib.nullcontext(None))
+    with spill as folder:
+        return _distill_layers(teacher, student, images, tasks, objective, solver, damping, batch_size,
+                               progress, incremental, capture, folder)
 
 
 def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor, tasks: Iterable[LayerTask],

@@ -82,6 +82,10 @@ class CompressConfig:
         from crossdistill.device import resolve_device
 
         resolve_device(self.run.device)
+        folder = self.run.capture_dir
+        if folder is not None and not Path(folder).is_dir():
+            # Checked here: the temporary folder is only made once the layer loop starts.
+            raise CrossDistillError(f"capture_dir {folder}: not an existing folder")
         return self
 
     def to_dict(self) -> dict[str, Any]:
