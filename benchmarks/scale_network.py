@@ -9,7 +9,8 @@ the figures go into docs/results/scale.md with the machine's load.
 The teacher has random weights (torch.manual_seed(0), BatchNorm statistics drawn once) and the
 images are random uint8 pixels (numpy seed 0), written once to a temporary folder; every run
 compresses the same teacher from the same images (default: channel pruning at keep 0.5, closed
-form, one thread per process; --sparsity, --solver and --threads change that).
+form, one thread per process, on the CPU; --sparsity, --solver, --threads and --device change
+that: `--device cpu cuda` gives a row per device).
 Stages, from report.json: capture + moments (each layer's seconds less its solve), solves, and the
 rest of the compression (planning, slimming); peak memory is the process's peak resident set
 (rank 0's under torchrun).
@@ -43,12 +44,12 @@ def teacher(model: str) -> torch.nn.Module:
 
 
 def run(folder: Path, model: str, processes: int, capture: str, method: list[str], batch: int,
-        threads: int) -> dict:
-    out = folder / f"run-{processes}-{capture}"
+        threads: int, device: str = "cpu") -> dict:
+    out = folder / f"run-{processes}-{capture}-{device}"
     args = ["compress", "--model", model, "--weights", str(folder / "teacher.pt"), "--data", str(folder / "images.npz"),
             "--n-samples", str(np.load(folder / "images.npz")["y"].shape[0]), *method, "--damping", "0.01",
             "--capture", capture, "--batch-size", str(batch), "--threads", str(threads), "--quiet", "--out", str(out),
-            "--force"]
+            "--force", "--device", device]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if processes == 1:
         cmd = [sys.executable, "-m", "crossdistill.cli.main", *args]
@@ -64,7 +65,7 @@ def run(folder: Path, model: str, processes: int, capture: str, method: list[str
     captured = sum(layer["seconds"] for layer in layers) - solves
     return {"compress": report["compress_seconds"], "capture": captured, "solves": solves,
             "other": report["compress_seconds"] - captured - solves, "peak": report["peak_memory_mib"],
-            "processes": report.get("processes", 1)}
+            "processes": report.get("processes", 1), "gpu_peak": report.get("gpu_peak_memory_mib")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solver", default=None, help="e.g. sparsegpt (default: the method's closed form)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", nargs="+", default=["cpu"], help="cpu, cuda, cuda:N: one row each")
     args = parser.parse_args(argv)
     method = (["--method", "sparsity", "--sparsity", str(args.sparsity)] if args.sparsity is not None
               else ["--keep", str(args.keep)])
@@ -96,13 +98,16 @@ def main(argv: list[str] | None = None) -> int:
                  y=rng.integers(0, classes, args.images))
         print(f"{args.model}, {args.images} random images at {args.size}x{args.size}, {' '.join(method)}, "
               f"{args.threads} thread(s) per process, batch {args.batch_size}")
-        print("| processes | capture | compress s | capture + moments s | solves s | other s | peak MiB |")
-        print("|---:|---|---:|---:|---:|---:|---:|")
-        for capture in args.capture:
-            for p in args.processes:
-                r = run(folder, args.model, p, capture, method, args.batch_size, args.threads)
-                print(f"| {r['processes']} | {capture} | {r['compress']:.1f} | {r['capture']:.1f} | {r['solves']:.1f} | "
-                      f"{r['other']:.1f} | {r['peak']:.0f} |", flush=True)
+        print("| device | processes | capture | compress s | capture + moments s | solves s | other s | peak MiB "
+              "| GPU peak MiB |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+        for device in args.device:
+            for capture in args.capture:
+                for p in args.processes:
+                    r = run(folder, args.model, p, capture, method, args.batch_size, args.threads, device)
+                    gpu = "–" if r["gpu_peak"] is None else f"{r['gpu_peak']:.0f}"
+                    print(f"| {device} | {r['processes']} | {capture} | {r['compress']:.1f} | {r['capture']:.1f} | "
+                          f"{r['solves']:.1f} | {r['other']:.1f} | {r['peak']:.0f} | {gpu} |", flush=True)
     return 0
 
 

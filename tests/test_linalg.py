@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import unittest.mock as mock
 
 import pytest
+
 import torch
 from torch import nn
 
@@ -276,16 +278,46 @@ def test_masked_rows_of_a_large_layer_by_cg_match_the_direct_solves():
     keep = torch.rand(out, d, generator=gen) > 0.5
     keep[3] = True  # a dense row and an empty one among them
     keep[4] = False
-    fast, done = linalg._masked_cg(B, H, keep)
-    assert bool(done.all())
     exact = linalg._direct_on_mask(B, H, keep)
-    assert torch.all(fast[~keep] == 0)
-    assert torch.allclose(fast, exact, rtol=0, atol=1e-8 * float(exact.abs().max()))
-    # From a start near the answer (off the mask too: it must be masked) the same rows come back.
-    near = exact + 1e-3 * torch.randn(exact.shape, generator=gen, dtype=torch.float64)
-    warm, done = linalg._masked_cg(B, H, keep, start=near)
-    assert bool(done.all()) and torch.all(warm[~keep] == 0)
-    assert torch.allclose(warm, exact, rtol=0, atol=1e-8 * float(exact.abs().max()))
+
+    def cost(W: torch.Tensor) -> float:  # loss above the unconstrained optimum B H⁻¹
+        E = W - torch.linalg.solve(H, B.T).T
+        return float((E @ H * E).sum())
+
+    # Stopped by the loss criterion: within a small multiple of CG_LOSS_TOL of the mask's cost.
+    fast, done = linalg._masked_cg(B, H, keep)
+    assert bool(done.all()) and torch.all(fast[~keep] == 0)
+    assert 0 <= cost(fast) - cost(exact) <= 10 * linalg.CG_LOSS_TOL * cost(exact)
+    # With that criterion off, every row runs to its residual tolerance: the direct answer.
+    with mock.patch.object(linalg, "CG_LOSS_TOL", 0.0):
+        tight, done = linalg._masked_cg(B, H, keep)
+        assert bool(done.all())
+        assert torch.allclose(tight, exact, rtol=0, atol=1e-8 * float(exact.abs().max()))
+        # From a start near the answer (off the mask too: it must be masked) the same rows come back.
+        near = exact + 1e-3 * torch.randn(exact.shape, generator=gen, dtype=torch.float64)
+        warm, done = linalg._masked_cg(B, H, keep, start=near)
+        assert bool(done.all()) and torch.all(warm[~keep] == 0)
+        assert torch.allclose(warm, exact, rtol=0, atol=1e-8 * float(exact.abs().max()))
+
+
+def test_masked_cg_is_preconditioned_by_the_inverse():
+    # On a full mask (H⁻¹)_SS is H_SS⁻¹ itself: one iteration solves every row, where diag H
+    # (Jacobi) needs many on this spread-out spectrum.
+    from crossdistill import linalg
+
+    gen = torch.Generator().manual_seed(1)
+    d = 200
+    X = torch.randn(2 * d, d, generator=gen, dtype=torch.float64) * torch.logspace(-2, 1, d, dtype=torch.float64)
+    H = X.T @ X / X.shape[0] + 1e-3 * torch.eye(d, dtype=torch.float64)
+    B = torch.randn(8, d, generator=gen, dtype=torch.float64) @ H
+    W, done = linalg._masked_cg(B, H, torch.ones(8, d, dtype=torch.bool), max_iter=1)
+    assert bool(done.all())
+    assert torch.allclose(W, torch.linalg.solve(H, B.T).T, rtol=0, atol=1e-8)
+    # A half mask is not solved in one step, but in far fewer than d.
+    keep = torch.rand(8, d, generator=gen) > 0.5
+    with mock.patch.object(linalg, "CG_LOSS_TOL", 0.0):
+        _, done = linalg._masked_cg(B, H, keep, max_iter=d // 4)
+    assert bool(done.all())
 
 
 def test_cg_is_used_on_wide_layers_of_many_rows_and_falls_back_exactly():

@@ -95,6 +95,7 @@ def test_cli_takes_a_factory(factory, data, tmp_path, capsys):
 
     report = json.loads((out / "report.json").read_text())
     assert report["peak_memory_mib"] > 10 and report["processes"] == 1
+    assert report["device"] == "cpu" and report["gpu_peak_memory_mib"] is None
     loaded = crossdistill.load(out)
     assert sum(p.numel() for p in loaded.parameters()) < sum(
         p.numel() for p in crossdistill.models.user.build_user_model(factory).parameters())

@@ -77,7 +77,7 @@ def shifted_gram(a: torch.Tensor, b: torch.Tensor, kernel: tuple[int, int]) -> t
     shifts = [(dy, dx) for dy in range(-(kh - 1), kh) for dx in range(-(kw - 1), kw)
               if not (symmetric and (dy, dx) < (0, 0))]
     index = {d: k for k, d in enumerate(shifts)}
-    offsets = torch.as_tensor([margin + dy * Wp + dx for dy, dx in shifts])  # (m,)
+    offsets = torch.as_tensor([margin + dy * Wp + dx for dy, dx in shifts], device=a.device)  # (m,)
 
     def at_shifts(positions: torch.Tensor) -> torch.Tensor:
         """b at every shift of the given flat positions: (n, C, m, len(positions))."""
@@ -85,7 +85,7 @@ def shifted_gram(a: torch.Tensor, b: torch.Tensor, kernel: tuple[int, int]) -> t
 
     def strip(positions: list[int]) -> torch.Tensor:
         """(m, C, C): per shift, Σ over images and these positions of a(q) b(q+δ)ᵀ, in one product."""
-        pos = torch.as_tensor(positions)
+        pos = torch.as_tensor(positions, device=a.device)
         return torch.einsum("ncp,ndkp->kcd", ap[:, :, pos], at_shifts(pos))
 
     # Positions of the real rows / columns / single pixels that some window leaves out.

@@ -42,7 +42,8 @@ def resolve_damping(setting: float | None, labels: torch.Tensor | Sequence[int])
         if not math.isfinite(value) or value < 0:
             raise CrossDistillError(f"damping must be a finite number >= 0, got {setting}")
         return value
-    labels = torch.as_tensor(labels)
+    # Labels are bookkeeping: on the CPU whatever device the run computes on.
+    labels = torch.as_tensor(labels, device="cpu")
     if labels.numel() == 0:
         raise CrossDistillError("automatic damping needs the few-shot labels; the draw is empty")
     return auto_damping(images_per_class(labels.numel(), int(torch.unique(labels).numel())))

@@ -1,11 +1,13 @@
-"""Where the training steps run: the few-shot fine-tune and the training baselines (bp,
+"""Where the work runs: the layer-wise compression (capture forwards, float64 moments, the
+layer solves, a global budget's costs), the few-shot fine-tune and the training baselines (bp,
 l1-finetune, FitNet's hint stage).
 
-The layer-wise solves stay on the CPU in float64 whatever the device: they are small dense
-solves of nearly singular systems, seconds in all, and float64 on the CPU gives the same answer
-everywhere. Training is where an accelerator pays: hundreds of forward and backward passes.
-Models are moved to the device only for the training and moved back afterwards, so everything
-before and after (slimming, saving, evaluation, export) sees CPU tensors as before.
+The solves stay in float64 on a GPU as on the CPU: the moments of a few images are nearly
+singular, and a data-centre GPU (A100, H100/H200) runs float64 at a tenth to half of its float32
+rate, still far above a CPU's. Models are moved to the device only for the work and moved back
+afterwards, so everything before and after (planning, slimming, saving, evaluation, export) sees
+CPU tensors as before; the code in between makes its tensors on its data's device (checked on
+the CPU by tests/test_device_follow.py).
 """
 from __future__ import annotations
 

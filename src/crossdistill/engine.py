@@ -22,6 +22,7 @@ from crossdistill.capture import (
     weight_matrix,
 )
 from crossdistill import conv_gram
+from crossdistill.device import module_device, on_device
 from crossdistill.distributed import is_main, on_main, shard, sum_, sum_number, together
 from crossdistill.layer_solve import solve_layer
 from crossdistill.moments import CHUNK_IMAGES, MomentAccumulator
@@ -70,7 +71,8 @@ def teacher_side_problem(layer: nn.Module, inputs: Iterable[torch.Tensor], dampi
     per = group_size(layer)
     channels = sorted({c // per for c in columns})
     index = {ch: i for i, ch in enumerate(channels)}
-    pos = torch.as_tensor([index[c // per] * per + c % per for c in columns], dtype=torch.long)
+    device = layer.weight.device
+    pos = torch.as_tensor([index[c // per] * per + c % per for c in columns], dtype=torch.long, device=device)
     C, count = None, 0
     for batch in inputs:
         # float32 products over chunks of images, float64 sums: as the layer moments (moments.py)
@@ -90,7 +92,7 @@ def teacher_side_problem(layer: nn.Module, inputs: Iterable[torch.Tensor], dampi
     sum_(C)
     count = sum_number(count)
     H = C / max(count, 1)
-    w = weight_matrix(layer)[:, torch.as_tensor(list(columns), dtype=torch.long)].to(H.dtype)
+    w = weight_matrix(layer)[:, torch.as_tensor(list(columns), dtype=torch.long, device=device)].to(H.dtype)
     return QuadraticProblem(H=H, B=w @ H, c=float((w @ H * w).sum()), w_teacher=w).damped(damping)
 
 
@@ -128,6 +130,7 @@ def distill_layers(
     incremental: bool = True,
     capture: str = "all",
     spill_dir: str | None = None,
+    device: torch.device | str | None = None,
 ) -> list[LayerRecord]:
     """Solve each task's layer in the student, in forward order; the teacher never changes.
 
@@ -144,13 +147,16 @@ def distill_layers(
     'disk' streams as 'stream' but keeps both cached fronts on disk, a file per batch, in a
     temporary folder under `spill_dir` (default: the system's) that is removed at the end, and
     reads every layer's inputs batch by batch: memory for one batch, whatever the image count.
+    `device`: where the forwards, moments and solves run (default: where the models are); both
+    models go there for the call and back afterwards, and the images are moved there.
     """
     if capture not in CAPTURE_MODES:
         raise ValueError(f"capture must be one of {', '.join(CAPTURE_MODES)}, not {capture!r}")
     spill = (tempfile.TemporaryDirectory(prefix="crossdistill-capture-", dir=spill_dir) if capture == "disk"
              else contextlib.nullcontext(None))
-    with spill as folder:
-        return _distill_layers(teacher, student, images, tasks, objective, solver, damping, batch_size,
+    where = torch.device(device) if device is not None else module_device(student)
+    with spill as folder, on_device(where, teacher, student):
+        return _distill_layers(teacher, student, images.to(where), tasks, objective, solver, damping, batch_size,
                                progress, incremental, capture, folder)
 
 

@@ -53,6 +53,13 @@ def peak_memory_mib() -> float | None:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
+def gpu_peak_memory_mib(device: torch.device) -> float | None:
+    """Peak memory PyTorch allocated on a CUDA device so far, in MiB (None for the CPU)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / (1024 * 1024), 1)
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """torch's CPU thread count set to `threads` (None: left alone) inside the block, restored after."""

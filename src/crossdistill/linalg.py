@@ -129,11 +129,19 @@ def solve_right_on_columns(B: torch.Tensor, H: torch.Tensor, columns: torch.Tens
 # (out·d³/3; `uses_cg` decides): 6x faster at d = 2304 with 256 half-dense rows, and
 # CIFAR-sized layers (d ≤ 576) keep the exact direct path.
 ITERATIVE_MIN_D = 1024
-CG_TOL = 1e-10  # relative residual of every row's normal equations
+CG_TOL = 1e-10  # a row whose normal equations' relative residual is below this is solved
 CG_MAX_ITER = 300
 # CG only on layers of at least this many rows: with fewer, each iteration's product is a thin,
 # memory-bound one (a DenseNet-40 layer of 12 rows at 70 %, d ≈ 2300: ~2.5 s by CG, 0.1 s direct).
 CG_MIN_ROWS = 64
+# The layer's CG stops once its last CG_WINDOW iterations together lowered the loss by less than
+# CG_LOSS_TOL of what the mask costs (loss above the unconstrained optimum). Those decreases are
+# a lower bound on the error CG_WINDOW iterations back, and CG converges superlinearly at the end:
+# on a ResNet-18 layer (512 rows, d = 4608, 50 % mask) the loss then sits within ~1e-6 of the
+# mask's exact optimum (direct solves) after ~35 iterations, where a residual of 1e-10 on every
+# row needs ~60 and Jacobi preconditioning ~300.
+CG_LOSS_TOL = 1e-5
+CG_WINDOW = 5
 
 
 def uses_cg(keep: torch.Tensor) -> bool:
@@ -146,9 +154,10 @@ def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
                         start: torch.Tensor | None = None) -> torch.Tensor:
     """Minimiser with the zeros of the boolean `keep` (same shape as B) fixed at zero. The loss
     is a sum over rows, Σ_i w_i H w_iᵀ − 2 b_i w_iᵀ, so each row is its own small problem
-    W_i,S = B_i,S H_SS⁻¹ on its own support S. `start`: a near solution on that mask (say the
-    SparseGPT sweep's weights) for the iterative path to begin from; the answer does not
-    depend on it, only the iterations it takes."""
+    W_i,S = B_i,S H_SS⁻¹ on its own support S: solved directly on narrow layers, by conjugate
+    gradients to CG_LOSS_TOL of the mask's cost on wide ones. `start`: a near solution on that
+    mask (say the SparseGPT sweep's weights) for the iterative path to begin from; the answer
+    does not depend on it, only the iterations it takes."""
     if uses_cg(keep):
         W, done = _masked_cg(B, H, keep, start=start)
         if bool(done.all()):
@@ -162,34 +171,58 @@ def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
 
 def _masked_cg(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
                max_iter: int | None = None, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Jacobi-preconditioned conjugate gradients on every row's H_SS w = b_S at once, from zero or
-    from `start` (on the mask); returns the rows and which of them reached CG_TOL (relative to
-    ‖b_S‖, whatever the start)."""
+    """Preconditioned conjugate gradients on every row's H_SS w = b_S at once, from zero or from
+    `start` (on the mask). Returns the rows and which of them count as solved: all of them once
+    the loss stalls (CG_LOSS_TOL), else those whose residual fell below CG_TOL.
+
+    The preconditioner is (H⁻¹)_SS, the row's block of the full inverse: by the Schur complement
+    it differs from H_SS⁻¹ only through the pruned block, and it is one d×d product per
+    iteration for all rows (Jacobi, diag H, when H cannot be factorised)."""
+    tiny = torch.finfo(B.dtype).tiny
     M = keep.to(B.dtype)
-    D = torch.diagonal(H).clamp_min(torch.finfo(B.dtype).tiny)
-    scale = (B * M).norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
+    L = cholesky(H)
+    if L is not None:
+        H_inv = torch.cholesky_inverse(L)
+        precondition = lambda R: (R @ H_inv) * M  # noqa: E731
+        # What the mask costs at the start: (W − W*) H (W − W*)ᵀ with W* = B H⁻¹.
+        W_star = B @ H_inv
+    else:
+        D = torch.diagonal(H).clamp_min(tiny)
+        precondition = lambda R: R / D  # noqa: E731
+        W_star = None
+    scale = (B * M).norm(dim=1).clamp_min(tiny)
     if start is None:
         W = torch.zeros_like(B)
         R = B * M
     else:
         W = start.to(B.dtype) * M
         R = (B - W @ H) * M
-    Z = R / D
+    gap = float(((W - W_star) @ H * (W - W_star)).sum()) if W_star is not None else None
+    Z = precondition(R)
     P = Z.clone()
     rz = (R * Z).sum(1)
     done = R.norm(dim=1) / scale < CG_TOL
+    recent: list[float] = []
     for _ in range(CG_MAX_ITER if max_iter is None else max_iter):
         if bool(done.all()):
             break
         AP = (P @ H) * M
         curv = (P * AP).sum(1)
-        alpha = torch.where(done | (curv <= 0), torch.zeros_like(curv), rz / curv.clamp_min(torch.finfo(B.dtype).tiny))
+        alpha = torch.where(done | (curv <= 0), torch.zeros_like(curv), rz / curv.clamp_min(tiny))
         W += alpha[:, None] * P
         R -= alpha[:, None] * AP
         done = done | (R.norm(dim=1) / scale < CG_TOL)
-        Z = R / D
+        if gap is not None:
+            # The step's exact loss decrease, α²·pHp = α·rz summed over rows.
+            step = float((alpha * rz).sum())
+            gap -= step
+            recent = (recent + [step])[-CG_WINDOW:]
+            if len(recent) == CG_WINDOW and sum(recent) <= CG_LOSS_TOL * max(gap, 0.0):
+                done = torch.ones_like(done)
+                break
+        Z = precondition(R)
         rz_new = (R * Z).sum(1)
-        P = Z + (rz_new / rz.clamp_min(torch.finfo(B.dtype).tiny))[:, None] * P
+        P = Z + (rz_new / rz.clamp_min(tiny))[:, None] * P
         rz = rz_new
     return W * M, done
 
@@ -202,8 +235,8 @@ def _direct_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor) -> tor
     for i in range(B.shape[0]):
         supports.setdefault(keep_cpu[i].numpy().tobytes(), []).append(i)
     for rows_list in supports.values():
-        rows = torch.as_tensor(rows_list, dtype=torch.long)
-        cols = torch.nonzero(keep_cpu[rows_list[0]]).flatten()
+        rows = torch.as_tensor(rows_list, dtype=torch.long, device=B.device)
+        cols = torch.nonzero(keep_cpu[rows_list[0]]).flatten().to(B.device)
         if cols.numel() == 0:
             continue
         W[rows[:, None], cols[None, :]] = solve_right(B[rows][:, cols], H[cols][:, cols])

@@ -64,9 +64,9 @@ class MomentAccumulator:
             if self._tt is None:
                 d = pt.shape[-2] // self.groups
                 shape = (d, d) if self.groups == 1 else (self.groups, d, d)
-                self._tt = torch.zeros(shape, dtype=DTYPE)
-                self._ss = torch.zeros(shape, dtype=DTYPE)
-                self._ts = torch.zeros(shape, dtype=DTYPE)
+                self._tt = torch.zeros(shape, dtype=DTYPE, device=pt.device)
+                self._ss = torch.zeros(shape, dtype=DTYPE, device=pt.device)
+                self._ts = torch.zeros(shape, dtype=DTYPE, device=pt.device)
             # A chunk's products in float32 (fast), the running sums in float64 (exact enough
             # however many chunks are added).
             gram = _gram if self.groups == 1 else self._group_gram

@@ -19,12 +19,13 @@ from crossdistill.calibration import calibration_images
 from crossdistill.checks import check_data_fits_model
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
+from crossdistill.device import resolve_device
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
 from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
 from crossdistill.errors import CrossDistillError
 from crossdistill.evaluation import evaluate_for, load_average, torch_threads
-from crossdistill.evaluation_timing import peak_memory_mib
+from crossdistill.evaluation_timing import gpu_peak_memory_mib, peak_memory_mib
 from crossdistill.models import model_info
 from crossdistill.models.checkpoint import tensors_sha256
 from crossdistill.models.registry import ModelInfo
@@ -116,7 +117,10 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     # previous stage's finished student, because slimming changes the layers' shapes.
     # The solve may fit on views of the few-shot images too; the fine-tune draws its own views.
     images = calibration_images(fewshot.images, cfg.views, cfg.views_policy, cfg.views_mixup, cfg.seed)
-    method.prepare(images, damping, cfg.capture)
+    # The layer-wise work (forwards, moments, solves) runs where the fine-tune does; slimming and
+    # everything after it stay on the CPU.
+    device = resolve_device(cfg.device)
+    method.prepare(images, damping, cfg.capture, device)
     stages = method.stages()
     stage_teacher, records, solver_names = teacher, [], []
     for k, (stage, solver_name) in enumerate(stages):
@@ -127,7 +131,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         stage_records = distill_layers(
             stage_teacher, student, images, tasks, objective, solver,
             damping=damping, batch_size=cfg.batch_size, progress=progress, capture=cfg.capture,
-            spill_dir=cfg.capture_dir,
+            spill_dir=cfg.capture_dir, device=device,
         )
         student = stage.finalize(student, stage_records)
         if len(stages) > 1:
@@ -254,6 +258,8 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         "threads": torch.get_num_threads(),
         "processes": distributed.world_size(),
         "peak_memory_mib": peak_mib,
+        "device": str(resolve_device(cfg.device)),  # where the layer-wise work and any fine-tune ran
+        "gpu_peak_memory_mib": gpu_peak_memory_mib(resolve_device(cfg.device)),
         "load_average": load_average(),
         "layers": [
             {"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,

@@ -121,7 +121,7 @@ class ProblemAccumulator:
             # (16 × H × W terms an entry) float32 lost a decimal digit against the Grams (1e-6
             # relative); per image it is 2e-8, and 2x faster than the chunk in float64.
             size = (self.w32.shape[0], x.shape[1], *kernel)
-            grad = torch.zeros(size, dtype=DTYPE)
+            grad = torch.zeros(size, dtype=DTYPE, device=x.device)
             for i in range(x.shape[0]):
                 grad += conv2d_weight(x[i : i + 1], size, y[i : i + 1], m.stride, m.padding, m.dilation).to(DTYPE)
             self._accumulate(self._B, k, grad.reshape(self.w32.shape[0], -1))
@@ -169,8 +169,8 @@ class ProblemAccumulator:
             distributed.sum_(self._H[key])
         for k, tied in enumerate(self.tied):
             if not tied:
-                self._B.setdefault(k, torch.zeros(self.w64.shape[0], d, dtype=DTYPE))
-                self._c.setdefault(k, torch.zeros(self.groups, dtype=DTYPE))
+                self._B.setdefault(k, torch.zeros(self.w64.shape[0], d, dtype=DTYPE, device=some_h.device))
+                self._c.setdefault(k, torch.zeros(self.groups, dtype=DTYPE, device=some_h.device))
                 distributed.sum_(self._B[k])
                 distributed.sum_(self._c[k])
         self.count = int(distributed.sum_number(self.count))

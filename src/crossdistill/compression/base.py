@@ -24,9 +24,11 @@ class CompressionMethod(Plugin, ABC):
     # Solver used when --solver names a solver of another method (see compression/composite.py).
     default_solver: ClassVar[str] = ""
 
-    def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all") -> None:
+    def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all",
+                device: torch.device | str = "cpu") -> None:
         """Called with the few-shot images before `plan` (methods that trace the model keep one; a
-        global channel budget measures its costs on all, with the run's damping and capture)."""
+        global channel budget measures its costs on all, with the run's damping, capture and
+        device)."""
 
     @abstractmethod
     def plan(self, model: nn.Module) -> list[LayerTask]: ...

@@ -23,6 +23,7 @@ from torch import nn
 from crossdistill.capture import all_layer_inputs, get_module, group_size, layer_inputs
 from crossdistill.compression.flops import FlopModel
 from crossdistill.distributed import shard, sum_number, together
+from crossdistill.device import module_device, on_device
 from crossdistill.compression.graph_plan import GraphChannelPlan
 from crossdistill.engine import batches_of, teacher_side_problem
 from crossdistill.errors import CrossDistillError
@@ -126,9 +127,17 @@ class _Reread:
 
 def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor, damping: float, *,
                   min_keep: float, cost: str = "norm", stream: bool = False, lazy: bool = False,
-                  batch_size: int = 64) -> dict[int, torch.Tensor]:
+                  batch_size: int = 64, device: torch.device | str | None = None) -> dict[int, torch.Tensor]:
     """Per group with a dense reader: C[k], the summed loss of its readers after its k cheapest
-    units are removed (greedy OBS on the teacher's inputs), k = 0 … width − least kept."""
+    units are removed (greedy OBS on the teacher's inputs), k = 0 … width − least kept.
+    `device`: where the forwards and the OBS paths run (the model goes there for the call)."""
+    where = torch.device(device) if device is not None else module_device(model)
+    with on_device(where, model):
+        return _removal_costs(model, plan, images.to(where), damping, min_keep, cost, stream, lazy, batch_size)
+
+
+def _removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor, damping: float, min_keep: float,
+                   cost: str, stream: bool, lazy: bool, batch_size: int) -> dict[int, torch.Tensor]:
     names = sorted({r for gid, rs in plan.readers.items() if gid not in plan.kept for r in rs})
     batches = batches_of(shard(images, align=CHUNK_IMAGES), batch_size)
     # stream: each group's readers captured when the group is costed, then dropped (one
@@ -155,7 +164,7 @@ def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor
             rs.append(Reader(p, [[pos[c] for c in u] for u in units]))
         width = plan.groups[gid].width
         _, steps = removal_path(rs, width - least_kept(width, min_keep))
-        costs[gid] = torch.cumsum(torch.tensor([0.0] + steps, dtype=torch.float64), 0)
+        costs[gid] = torch.cumsum(torch.tensor([0.0] + steps, dtype=torch.float64, device="cpu"), 0)
     return costs
 
 
@@ -180,7 +189,7 @@ def allocate(costs: Mapping[int, torch.Tensor], flops: FlopModel, target: float,
                 continue
             reach = min(room, max(1, math.ceil((now - target) / saved)))
             rise = (curve[r + 1 : r + reach + 1] - curve[r]).clamp_min(0)
-            slopes = rise / (torch.arange(1, reach + 1, dtype=torch.float64) * saved)
+            slopes = rise / (torch.arange(1, reach + 1, dtype=torch.float64, device="cpu") * saved)
             j = int(torch.argmin(slopes))
             if best is None or float(slopes[j]) < best[0]:
                 best = (float(slopes[j]), gid, j + 1)

@@ -75,6 +75,7 @@ class ChannelPruning(CompressionMethod):
         self._images: torch.Tensor | None = None
         self._damping = 0.0
         self._capture = "all"
+        self._device: torch.device | str = "cpu"
         self._plan: GraphChannelPlan | None = None
         self._budget: dict[str, Any] = {}
 
@@ -82,10 +83,12 @@ class ChannelPruning(CompressionMethod):
     def _example(self) -> torch.Tensor | None:
         return None if self._images is None else self._images[:1]
 
-    def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all") -> None:
+    def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all",
+                device: torch.device | str = "cpu") -> None:
         self._images = example
         self._damping = damping
         self._capture = capture
+        self._device = device
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         if self._example is None:
@@ -131,7 +134,8 @@ class ChannelPruning(CompressionMethod):
         # The uniform plan's FLOPs, also under `flops` (which uniform meets from below): equal FLOPs.
         target = fm.flops(removed_uniform)
         costs = removal_costs(model, full, self._images, self._damping, min_keep=self.min_keep,
-                              cost=self.budget_cost, stream=self._capture != "all", lazy=self._capture == "disk")
+                              cost=self.budget_cost, stream=self._capture != "all", lazy=self._capture == "disk",
+                              device=self._device)
         # Groups without a dense reader have no cost curve: they keep the uniform count.
         fixed = {gid: removed_uniform[gid] for gid in full.groups if gid not in costs}
         # Decided once (rank 0 of several processes, crossdistill.distributed) for every process.

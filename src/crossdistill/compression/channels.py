@@ -139,7 +139,7 @@ def slim_channels(model: nn.Module, kept_by_consumer: dict[str, Sequence[int]]) 
         if consumer not in by_consumer:
             raise CrossDistillError(f"{consumer!r} is not a prunable consumer layer of this model")
         pair = by_consumer[consumer]
-        kept = torch.as_tensor(sorted(int(k) for k in kept_list), dtype=torch.long)
+        kept = torch.as_tensor(sorted(int(k) for k in kept_list), dtype=torch.long, device="cpu")
         _replace(model, pair.producer, _slim_out(get_module(model, pair.producer), kept))
         if pair.bn:
             _replace(model, pair.bn, _slim_bn(get_module(model, pair.bn), kept))

@@ -72,9 +72,10 @@ class StagedMethod(CompressionMethod):
     def stages(self) -> list[Stage]:
         return list(self._stages)
 
-    def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all") -> None:
+    def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all",
+                device: torch.device | str = "cpu") -> None:
         for stage, _ in self._stages:
-            stage.prepare(example, damping, capture)
+            stage.prepare(example, damping, capture, device)
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         raise CrossDistillError(f"{self.describe()} runs in stages: call plan() on each of stages()")

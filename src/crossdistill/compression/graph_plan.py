@@ -83,7 +83,7 @@ class GraphChannelPlan:
             if gid not in self.kept and self.first_reader[gid] == task.name:
                 self.kept[gid] = self._choose(gid, task, problem, student, select, selection, coupled)
         dropped = self.dropped_columns(task.name, gs)
-        live = torch.as_tensor([c for c in range(d) if c not in dropped], dtype=torch.long)
+        live = torch.as_tensor([c for c in range(d) if c not in dropped], dtype=torch.long, device=problem.B.device)
         kept_channels = sorted({int(c) // gs for c in live.tolist()})
         return live, {"kept": kept_channels}
 
@@ -146,7 +146,7 @@ def _reader(problem: QuadraticProblem, units: list[list[int]], dropped: set[int]
     d = problem.B.shape[1]
     live = [c for c in range(d) if c not in dropped]
     pos = {c: i for i, c in enumerate(live)}
-    idx = torch.as_tensor(live, dtype=torch.long)
+    idx = torch.as_tensor(live, dtype=torch.long, device=problem.H.device)
     sub = QuadraticProblem(H=problem.H[idx][:, idx], B=problem.B[:, idx], c=problem.c,
                            w_teacher=problem.w_teacher[:, idx])
     return Reader(sub, [[pos[c] for c in unit] for unit in units])
@@ -154,9 +154,9 @@ def _reader(problem: QuadraticProblem, units: list[list[int]], dropped: set[int]
 
 def _select_l1(g: ChannelGroup, student: nn.Module, keep: int) -> list[int]:
     """Li et al. 2017 on a group: the units whose producers' filters have the largest L1 norm."""
-    scores = torch.zeros(g.width, dtype=torch.float64)
+    scores = torch.zeros(g.width, dtype=torch.float64, device="cpu")  # a few numbers per unit
     for p in g.producers:
-        w = get_module(student, p.name).weight.detach().to(torch.float64)
+        w = get_module(student, p.name).weight.detach().to("cpu", torch.float64)
         per_out = w.abs().reshape(w.shape[0], -1).sum(1)
         for u, chans in enumerate(p.channels):
             scores[u] += per_out[list(chans)].sum()

@@ -88,14 +88,15 @@ def empty_factorisation(layer: nn.Module, rank: int) -> LowRankLayer:
     """Factor modules of the right shapes (weights uninitialised in meaning, to be filled);
     `rank` per conv group."""
     has_bias = layer.bias is not None
+    where = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     if isinstance(layer, nn.Conv2d):
         g = layer.groups
         first = nn.Conv2d(layer.in_channels, g * rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                          groups=g, bias=False)
-        second = nn.Conv2d(g * rank, layer.out_channels, 1, groups=g, bias=has_bias)
+                          groups=g, bias=False, **where)
+        second = nn.Conv2d(g * rank, layer.out_channels, 1, groups=g, bias=has_bias, **where)
     elif isinstance(layer, nn.Linear):
-        first = nn.Linear(layer.in_features, rank, bias=False)
-        second = nn.Linear(rank, layer.out_features, bias=has_bias)
+        first = nn.Linear(layer.in_features, rank, bias=False, **where)
+        second = nn.Linear(rank, layer.out_features, bias=has_bias, **where)
     else:
         raise CrossDistillError(f"cannot factorise a {type(layer).__name__}")
     return LowRankLayer(first, second)

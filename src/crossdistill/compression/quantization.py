@@ -107,7 +107,7 @@ class Quantization(CompressionMethod):
             if "scale" not in rec.info:
                 continue
             layer = get_module(model, rec.name)
-            entries[rec.name] = encode_weight(layer.weight.detach(), grid_from_info(rec.info), rec.name)
+            entries[rec.name] = encode_weight(layer.weight.detach(), grid_from_info(rec.info, layer.weight.device), rec.name)
             if self._coverage is not None and rec.name in self._coverage.entries:
                 self._coverage.done(rec.name, "quantized", bits=int(rec.info["bits"]))
         setattr(model, QUANT_ATTR, entries)
@@ -131,7 +131,7 @@ def encode_weight(weight: torch.Tensor, grid: Grid, name: str = "layer") -> dict
     off the grid (a solver bug, or a weight changed after solving)."""
     w = weight.detach().to(torch.float64).reshape(weight.shape[0], -1)
     codes = grid.codes(w)
-    off = (grid.dequantize(codes) - w).abs().max() if w.numel() else torch.tensor(0.0)
+    off = (grid.dequantize(codes) - w).abs().max() if w.numel() else torch.tensor(0.0, device=w.device)
     tol = 1e-5 * float(grid.scale.max())
     if float(off) > tol:
         raise CrossDistillError(f"layer {name!r}: weights are not on the quantization grid (off by {float(off):.3g})")

@@ -65,9 +65,9 @@ class RunSettings(Plugin):
                                            "from pixels scaled to [0, 1] (default 0)", item=float)
     std: tuple[float, ...] | None = param(None, "a model the registry does not know: per-channel std dividing "
                                           "them (default 1)", low=0, low_open=True, item=float)
-    device: str = param("cpu", "where the training steps run (the fine-tune and the training baselines bp, "
-                        "l1-finetune, fitnet): cpu, cuda, cuda:N, or auto (CUDA when present); the layer-wise "
-                        "solves always run on the CPU in float64")
+    device: str = param("cpu", "where the work runs: the layer-wise compression (forwards, float64 moments "
+                        "and solves), the fine-tune and the training baselines (bp, l1-finetune, fitnet): cpu, "
+                        "cuda, cuda:N, or auto (CUDA when present); slimming, saving and evaluation stay on the CPU")
     # Off unless asked: timing costs minutes on big models and means little on a busy machine.
     latency: bool = param(False, "measure CPU latency in the evaluation (compress --latency)")
     threads: int | None = param(None, "CPU threads for torch during the run (compression, evaluation, "

@@ -51,7 +51,7 @@ class LayerSolver(Plugin, ABC):
 
 def channel_columns(channels: torch.Tensor, group: int) -> torch.Tensor:
     """Weight-matrix columns of the given input channels (unfold order is channel-major)."""
-    offs = torch.arange(group)
+    offs = torch.arange(group, device=channels.device)
     return (channels[:, None] * group + offs[None, :]).reshape(-1)
 
 

@@ -33,7 +33,7 @@ def adam_prox_channels(
     run is plain masked Adam (the setting in which it must agree with the closed form)."""
     out, d = problem.B.shape
     n = d // group
-    alive = torch.ones(n, dtype=torch.bool)
+    alive = torch.ones(n, dtype=torch.bool, device=problem.H.device)
     if fixed_kept is not None:
         alive[:] = False
         alive[fixed_kept] = True
@@ -75,6 +75,6 @@ class PaperChannels(AdamSolver):
 
 
 def _dropped_columns(kept: torch.Tensor, group: int, d: int) -> torch.Tensor:
-    mask = torch.ones(d, dtype=torch.bool)
+    mask = torch.ones(d, dtype=torch.bool, device=kept.device)
     mask[channel_columns(kept, group)] = False
     return torch.nonzero(mask).flatten()

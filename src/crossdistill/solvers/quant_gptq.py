@@ -40,7 +40,7 @@ def gptq_sweep(
     W = W_star.detach().to(torch.float64).clone()
     H = H.detach().to(torch.float64)
     d = W.shape[1]
-    perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else torch.arange(d)
+    perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else torch.arange(d, device=H.device)
     W = W[:, perm]
     # GPTQ's own jitter ladder (1e-10·mean(diag H), ×10 on the ridge, 12 tries, H symmetrised).
     U = inverse_cholesky_upper(H[perm][:, perm], first_jitter=1e-10, growth=10.0, tries=12, grow_ridge=True,

@@ -114,7 +114,7 @@ def fit_grid(
     if clip not in CLIPS:
         raise CrossDistillError(f"quant clip must be one of {list(CLIPS)}, got {clip!r}")
     w = w.detach().to(torch.float64).reshape(w.shape[0], -1)
-    shrinks = [1.0] if clip == "minmax" else torch.linspace(1.0, min_shrink, steps).tolist()
+    shrinks = [1.0] if clip == "minmax" else torch.linspace(1.0, min_shrink, steps, device="cpu").tolist()
     best_scale = best_zp = best_err = None
     for p in shrinks:
         scale, zp = _candidate(w, p, bits, scheme)
@@ -140,10 +140,10 @@ def grid_info(grid: Grid) -> dict[str, object]:
     }
 
 
-def grid_from_info(info: dict[str, object]) -> Grid:
+def grid_from_info(info: dict[str, object], device: torch.device | str = "cpu") -> Grid:
     return Grid(
-        scale=torch.tensor(info["scale"], dtype=torch.float32).double(),
-        zero_point=torch.tensor(info["zero_point"], dtype=torch.float64),
+        scale=torch.tensor(info["scale"], dtype=torch.float32, device=device).double(),
+        zero_point=torch.tensor(info["zero_point"], dtype=torch.float64, device=device),
         bits=int(info["bits"]),  # type: ignore[arg-type]
         scheme=str(info["scheme"]),
     )

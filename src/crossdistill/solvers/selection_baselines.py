@@ -42,7 +42,7 @@ def thinet_order(G: torch.Tensor, g: torch.Tensor, keep: int) -> torch.Tensor:
     G_jj − 2 (G s)_j + 2 g_j, so one step costs O(n) after an O(n) update of G s.
     """
     n = G.shape[0]
-    alive = torch.ones(n, dtype=torch.bool)
+    alive = torch.ones(n, dtype=torch.bool, device=G.device)
     Gs = G.sum(1)
     diag = torch.diagonal(G)
     for _ in range(n - keep):
@@ -153,5 +153,5 @@ def select_lasso(problem: QuadraticProblem, task: LayerTask, student: nn.Module)
     """CP (He et al. 2017): LASSO on the channel weights β of the consumer's output."""
     assert task.keep is not None
     G, g = channel_gram(problem, task.group)
-    kept, _ = lasso_select(G.numpy(), g.numpy(), task.keep)
-    return torch.as_tensor(kept, dtype=torch.long)
+    kept, _ = lasso_select(G.cpu().numpy(), g.cpu().numpy(), task.keep)
+    return torch.as_tensor(kept, dtype=torch.long, device="cpu")

@@ -105,14 +105,14 @@ def obc_masks(
     Hinv0 = U.T @ U
     W_all = problem.B @ Hinv0
     steps = prune_count(d, sparsity) if pattern == "row" else d
-    order = torch.zeros(out, steps, dtype=torch.long)
-    incr = torch.zeros(out, steps, dtype=H.dtype)
+    order = torch.zeros(out, steps, dtype=torch.long, device=H.device)
+    incr = torch.zeros(out, steps, dtype=H.dtype, device=H.device)
     chunk = max(1, int(max_bytes // (d * d * H.element_size())))
     for r0 in range(0, out, chunk):
         r1 = min(out, r0 + chunk)
         o, i = _obc_rows(W_all[r0:r1], Hinv0, steps)
         order[r0:r1], incr[r0:r1] = o, i
-    keep = torch.ones(out, d, dtype=torch.bool)
+    keep = torch.ones(out, d, dtype=torch.bool, device=H.device)
     if pattern == "row":
         keep.scatter_(1, order, False)
         return keep
@@ -151,11 +151,12 @@ def _obc_rows(W: torch.Tensor, Hinv0: torch.Tensor, steps: int,
     F = W.new_zeros(n, d, rank)
     k = 0  # downdates held in F
     diag = torch.diagonal(base, dim1=1, dim2=2).clone()
-    cols = torch.arange(d).expand(n, d).clone()  # original column of each compact position
-    alive = torch.ones(n, d, dtype=torch.bool)
-    order = torch.zeros(n, steps, dtype=torch.long)
-    incr = torch.zeros(n, steps, dtype=W.dtype)
-    ar = torch.arange(n)
+    device = W.device
+    cols = torch.arange(d, device=device).expand(n, d).clone()  # original column of each compact position
+    alive = torch.ones(n, d, dtype=torch.bool, device=device)
+    order = torch.zeros(n, steps, dtype=torch.long, device=device)
+    incr = torch.zeros(n, steps, dtype=W.dtype, device=device)
+    ar = torch.arange(n, device=device)
     dead = 0
 
     def flush() -> None:
@@ -197,7 +198,7 @@ def _obc_rows(W: torch.Tensor, Hinv0: torch.Tensor, steps: int,
                 2, live[:, None, :].expand(n, a - dead, a - dead))
             diag = torch.diagonal(base, dim1=1, dim2=2).clone()
             F = W.new_zeros(n, a - dead, rank)
-            alive = torch.ones(n, a - dead, dtype=torch.bool)
+            alive = torch.ones(n, a - dead, dtype=torch.bool, device=device)
             dead = 0
     return order, incr
 

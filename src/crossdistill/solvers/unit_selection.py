@@ -45,8 +45,8 @@ def _symmetric_inverse(H: torch.Tensor) -> torch.Tensor:
 def _inverse_columns(H: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """H⁻¹[:, columns] by one factorisation and |columns| solves (d³/3 + 2d²·|columns|), not the
     whole inverse (d³)."""
-    E = torch.zeros(H.shape[0], columns.numel(), dtype=H.dtype)
-    E[columns, torch.arange(columns.numel())] = 1.0
+    E = torch.zeros(H.shape[0], columns.numel(), dtype=H.dtype, device=H.device)
+    E[columns, torch.arange(columns.numel(), device=H.device)] = 1.0
     L, info = torch.linalg.cholesky_ex(H)
     return torch.cholesky_solve(E, L) if int(info) == 0 else torch.linalg.solve(H, E)
 
@@ -65,7 +65,7 @@ class _ObsState:
         sizes = {len(c) for c in reader.unit_columns}
         if len(sizes) != 1:
             raise CrossDistillError("the units of a channel group feed unequal column counts in one layer")
-        idx = torch.as_tensor([list(c) for c in reader.unit_columns], dtype=torch.long)  # (n, s)
+        idx = torch.as_tensor([list(c) for c in reader.unit_columns], dtype=torch.long, device=H.device)  # (n, s)
         S = torch.unique(idx.flatten())  # sorted
         if S.numel() == H.shape[0]:
             self.base = _symmetric_inverse(H)
@@ -74,23 +74,23 @@ class _ObsState:
             X = _inverse_columns(H, S)  # (d, |S|)
             self.base = (X[S] + X[S].T) / 2
             self.W0 = reader.problem.B @ X
-            position = torch.full((H.shape[0],), -1, dtype=torch.long)
-            position[S] = torch.arange(S.numel())
+            position = torch.full((H.shape[0],), -1, dtype=torch.long, device=H.device)
+            position[S] = torch.arange(S.numel(), device=H.device)
             idx = position[idx]
         self.idx = idx
         s = self.idx.shape[1]
         d = self.base.shape[0]
         cap = max(flush_columns if flush_columns is not None else max(8 * s, d // 12), s)
-        dtype = H.dtype
+        dtype, device = H.dtype, H.device
         # H⁻¹ = base − F Gᵀ (G = F K per removed unit: the correction P K Pᵀ kept as two factors,
         # which needs no factorisation of K) and W = W0 − Cw Fᵀ (W's correction runs along the
         # same columns P of H⁻¹).
-        self.F = torch.zeros(d, cap, dtype=dtype)
-        self.G = torch.zeros(d, cap, dtype=dtype)
-        self.Cw = torch.zeros(self.W0.shape[0], cap, dtype=dtype)
+        self.F = torch.zeros(d, cap, dtype=dtype, device=device)
+        self.G = torch.zeros(d, cap, dtype=dtype, device=device)
+        self.Cw = torch.zeros(self.W0.shape[0], cap, dtype=dtype, device=device)
         self.rank = 0
-        self.dead = torch.zeros(d, dtype=torch.bool)
-        self.eye = torch.eye(s, dtype=dtype)
+        self.dead = torch.zeros(d, dtype=torch.bool, device=device)
+        self.eye = torch.eye(s, dtype=dtype, device=device)
         self._refresh_blocks()
 
     def _refresh_blocks(self) -> None:
@@ -105,7 +105,7 @@ class _ObsState:
         live = torch.nonzero(alive).flatten()
         inv_blocks = self.eye.expand(alive.shape[0], -1, -1).clone()
         inv_blocks[live] = torch.linalg.inv(self.blocks[live])
-        cost = torch.full((alive.shape[0],), float("inf"), dtype=self.W0.dtype)
+        cost = torch.full((alive.shape[0],), float("inf"), dtype=self.W0.dtype, device=self.W0.device)
         cost[live] = (inv_blocks[live] * self.qblocks[live]).sum((1, 2))
         return cost, inv_blocks
 
@@ -158,11 +158,12 @@ def removal_path(readers: Sequence[Reader], n_remove: int, *,
     n = int(states[0].idx.shape[0])
     if not 0 <= n_remove < n:
         raise CrossDistillError(f"cannot remove {n_remove} of {n} channel units (one must stay)")
-    alive = torch.ones(n, dtype=torch.bool)
+    device = states[0].base.device
+    alive = torch.ones(n, dtype=torch.bool, device=device)
     order: list[int] = []
     steps: list[float] = []
     for _ in range(n_remove):
-        total = torch.zeros(n, dtype=states[0].base.dtype)
+        total = torch.zeros(n, dtype=states[0].base.dtype, device=device)
         inverses = []
         for s in states:
             cost, inv_blocks = s.costs(alive)
@@ -184,15 +185,15 @@ def select_units_obs(readers: Sequence[Reader], keep: int, *, flush_columns: int
         raise CrossDistillError(f"cannot keep {keep} of {n} channel units")
     order, _ = removal_path(readers, n - keep, flush_columns=flush_columns)
     gone = set(order)
-    return torch.as_tensor([u for u in range(n) if u not in gone], dtype=torch.long)
+    return torch.as_tensor([u for u in range(n) if u not in gone], dtype=torch.long, device="cpu")
 
 
 def select_units_norm(readers: Sequence[Reader], keep: int) -> torch.Tensor:
     """Largest summed squared norm of the readers' teacher columns of each unit."""
     n = len(readers[0].unit_columns)
-    scores = torch.zeros(n, dtype=torch.float64)
+    scores = torch.zeros(n, dtype=torch.float64, device=readers[0].problem.w_teacher.device)
     for r in readers:
         w = r.problem.w_teacher.to(torch.float64)
         for u, cols in enumerate(r.unit_columns):
             scores[u] += w[:, list(cols)].pow(2).sum()
-    return torch.sort(torch.topk(scores, keep).indices).values
+    return torch.sort(torch.topk(scores, keep).indices).values.cpu()
