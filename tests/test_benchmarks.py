@@ -44,3 +44,51 @@ def test_scale_network_prints_stages_that_add_up(capsys):
     total, capture, solves, other, peak = (float(c) for c in cells[3:8])
     assert total > 0 and capture >= 0 and solves > 0 and peak > 100
     assert abs(capture + solves + other - total) < 0.2  # rounding of the printed figures
+
+
+def test_train_teacher_writes_fp16_weights_the_cli_reads_and_logs_each_epoch(tmp_path, capsys):
+    import json
+    import lzma
+
+    import numpy as np
+    import torch
+
+    from crossdistill.models import load_model
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 48)
+    # The training set in two parts, one of them xz-compressed: read back in order as one set.
+    np.savez(tmp_path / "a.npz", x=x[:20], y=y[:20])
+    np.savez(tmp_path / "b.npz", x=x[20:], y=y[20:])
+    (tmp_path / "b.npz.xz").write_bytes(lzma.compress((tmp_path / "b.npz").read_bytes()))
+    np.savez(tmp_path / "test.npz", x=x[:16], y=y[:16])
+    tt = load("train_teacher")
+    got_x, got_y = tt.read_arrays([str(tmp_path / "a.npz"), str(tmp_path / "b.npz.xz")])
+    assert np.array_equal(got_x, x) and np.array_equal(got_y, y)
+
+    out = tmp_path / "t" / "vgg16.safetensors"
+    args = ["--data", str(tmp_path / "a.npz"), str(tmp_path / "b.npz.xz"), "--test", str(tmp_path / "test.npz"),
+            "--epochs", "2", "--batch-size", "16", "--eval-every", "1", "--device", "cpu", "--out", str(out)]
+    assert tt.main(args) == 0
+    printed = capsys.readouterr().out
+    log = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2] and all(e["n_test"] == 16 for e in log)
+    assert log[-1]["lr"] < log[0]["lr"]  # the one-cycle schedule decays to the end
+    model = load_model(out)  # name and spec from the file's metadata
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert f.get_tensor("classifier.weight").dtype == torch.float16
+    import hashlib
+
+    assert hashlib.sha256(out.read_bytes()).hexdigest() in printed
+    # The printed fp16 top-1 is what the saved file gives.
+    from crossdistill.data import to_tensor
+    from crossdistill.models import model_info
+
+    info = model_info("vgg16")
+    with torch.no_grad():
+        pred = model.eval()(to_tensor(x[:16], info.mean, info.std)).argmax(1).numpy()
+    assert f"top-1 {100.0 * float((pred == y[:16]).mean()):.2f} %" in printed
