@@ -105,3 +105,33 @@ def test_a_capture_dir_that_is_not_a_folder_is_refused_before_any_work(tmp_path)
     with pytest.raises(CrossDistillError, match="capture_dir .*missing.*not an existing folder"):
         CompressConfig(model="resnet20", capture="disk", capture_dir=str(not_there)).validate()
     assert not not_there.exists()
+
+
+def test_one_forward_per_batch_gives_each_readers_inputs_and_problem():
+    # A residual stage's readers of one channel group, captured together (inputs_per_batch) and
+    # solved into problems together (teacher_side_problems): the same as one reader at a time.
+    from crossdistill.capture import get_module, inputs_per_batch, layer_inputs
+    from crossdistill.engine import teacher_side_problem, teacher_side_problems
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet20").eval()
+    batches = [torch.randn(3, 3, 32, 32), torch.randn(2, 3, 32, 32)]
+    names = ["layer1.1.conv1", "layer1.2.conv1", "layer2.0.conv1"]
+    calls = []
+    handle = teacher.layer3.register_forward_pre_hook(lambda m, a: calls.append(1))
+    together = list(inputs_per_batch(teacher, names, batches))
+    handle.remove()
+    assert calls == []  # the forward stopped once every reader was reached
+    for n in names:
+        alone = list(layer_inputs(teacher, n, batches))
+        assert all(torch.equal(a, t[n]) for a, t in zip(alone, together))
+    cols = {n: [0, 1, 2, 9, 10, 11, 40] for n in names}
+    problems = teacher_side_problems(teacher, cols, batches, damping=0.01)
+    for n in names:
+        one = teacher_side_problem(get_module(teacher, n), layer_inputs(teacher, n, batches), 0.01, cols[n])
+        assert torch.equal(one.H, problems[n].H) and torch.equal(one.B, problems[n].B) and one.c == problems[n].c
+    # A layer the forward never calls is named, not waited for.
+    net = torch.nn.ModuleDict({"used": torch.nn.Conv2d(3, 4, 3), "spare": torch.nn.Conv2d(3, 4, 3)})
+    net.forward = lambda x: net["used"](x)
+    with pytest.raises(CrossDistillError, match=r"\['spare'\] were not reached"):
+        list(inputs_per_batch(net, ["used", "spare"], [torch.randn(1, 3, 8, 8)]))

@@ -100,6 +100,42 @@ def all_layer_inputs(model: nn.Module, names: Iterable[str], batches: Iterable[t
     return store
 
 
+def inputs_per_batch(model: nn.Module, names: Sequence[str], batches: Iterable[torch.Tensor]
+                     ) -> Iterator[dict[str, torch.Tensor]]:
+    """Batch by batch, the inputs of every named layer from one forward that stops once all are
+    captured: several readers of one channel group cost one pass, and only a batch is held."""
+    names = list(names)
+    box: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook(n: str, read: Callable[..., torch.Tensor]) -> Callable[..., None]:
+        def capture(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            box.setdefault(n, read(mod, args, kwargs).detach())
+            if len(box) == len(names):
+                raise _StopForward
+        return capture
+
+    for n in names:
+        get_module(model, n)  # a missing layer named as such
+        point = capture_point(model, n)
+        handles.append(point.module.register_forward_pre_hook(hook(n, point.read), with_kwargs=True))
+    try:
+        for batch in batches:
+            box.clear()
+            try:
+                with capture_mode():
+                    model(batch)
+            except _StopForward:
+                pass
+            missing = [n for n in names if n not in box]
+            if missing:
+                raise CrossDistillError(f"layers {missing} were not reached by the forward pass")
+            yield dict(box)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(images, D, positions): the im2col columns of each image, D in (c, kh, kw) order as
     weight.flatten(1). A Linear's input is one "image" whose positions are its rows. This layout

@@ -5,7 +5,7 @@ import contextlib
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from torch import nn
 from crossdistill.capture import (
     StudentInputs,
     all_layer_inputs,
-    layer_inputs,
+    inputs_per_batch,
     check_solvable,
     forward_order,
     get_module,
@@ -61,24 +61,29 @@ def order_tasks(model: nn.Module, tasks: Sequence[LayerTask], example: torch.Ten
     return sorted(tasks, key=lambda t: order[t.name])
 
 
-def teacher_side_problem(layer: nn.Module, inputs: Iterable[torch.Tensor], damping: float,
-                         columns: Sequence[int]) -> QuadraticProblem:
-    """A later reader's problem on the teacher's inputs (its student inputs do not exist yet),
+class TeacherSideGram:
+    """A later reader's moments on the teacher's inputs (its student inputs do not exist yet),
     on the columns of the channels being decided only, the rest of its weight held at the
-    teacher's: the cost of dropping a channel it shares with the layer being solved
+    teacher's: what it costs to drop a channel it shares with the layer being solved
     (compression/graph_plan.py). Only those channels are unfolded, so a reader of a wide
     concatenation (DenseNet) costs its share, not a full d x d moment matrix."""
-    per = group_size(layer)
-    channels = sorted({c // per for c in columns})
-    index = {ch: i for i, ch in enumerate(channels)}
-    device = layer.weight.device
-    pos = torch.as_tensor([index[c // per] * per + c % per for c in columns], dtype=torch.long, device=device)
-    C, count = None, 0
-    for batch in inputs:
+
+    def __init__(self, layer: nn.Module, columns: Sequence[int]) -> None:
+        self.layer, self.columns = layer, list(columns)
+        per = group_size(layer)
+        self.channels = sorted({c // per for c in self.columns})
+        index = {ch: i for i, ch in enumerate(self.channels)}
+        self.pos = torch.as_tensor([index[c // per] * per + c % per for c in self.columns], dtype=torch.long,
+                                   device=layer.weight.device)
+        self.C: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, batch: torch.Tensor) -> None:
+        layer, pos = self.layer, self.pos
         # float32 products over chunks of images, float64 sums: as the layer moments (moments.py)
         for start in range(0, batch.shape[0], CHUNK_IMAGES):
             x = batch[start : start + CHUNK_IMAGES].float()
-            sub = x[..., channels] if isinstance(layer, nn.Linear) else x[:, channels]
+            sub = x[..., self.channels] if isinstance(layer, nn.Linear) else x[:, self.channels]
             if sub.dim() == 4 and conv_gram.applies(layer, *sub.shape[2:], symmetric_channels=sub.shape[1]):
                 # A DenseNet reader: the same Gram from shifted maps (conv_gram.py), 2-4x faster.
                 gram = conv_gram.shifted_gram(sub, sub, layer.kernel_size)[pos][:, pos].to(torch.float64)
@@ -86,21 +91,43 @@ def teacher_side_problem(layer: nn.Module, inputs: Iterable[torch.Tensor], dampi
             else:
                 X = unfold(layer, sub)[:, pos]
                 gram, rows = (X.T @ X).to(torch.float64), X.shape[0]
-            C = gram if C is None else C + gram
-            count += rows
-    # Summed over the processes' shards (crossdistill.distributed; the identity in one process).
-    sum_(C)
-    count = sum_number(count)
-    H = C / max(count, 1)
-    w = weight_matrix(layer)[:, torch.as_tensor(list(columns), dtype=torch.long, device=device)].to(H.dtype)
-    return QuadraticProblem(H=H, B=w @ H, c=float((w @ H * w).sum()), w_teacher=w).damped(damping)
+            self.C = gram if self.C is None else self.C + gram
+            self.count += rows
+
+    def problem(self, damping: float) -> QuadraticProblem:
+        # Summed over the processes' shards (crossdistill.distributed; the identity in one process).
+        sum_(self.C)
+        count = sum_number(self.count)
+        H = self.C / max(count, 1)
+        w = weight_matrix(self.layer)[:, torch.as_tensor(self.columns, dtype=torch.long, device=H.device)].to(H.dtype)
+        return QuadraticProblem(H=H, B=w @ H, c=float((w @ H * w).sum()), w_teacher=w).damped(damping)
+
+
+def teacher_side_problem(layer: nn.Module, inputs: Iterable[torch.Tensor], damping: float,
+                         columns: Sequence[int]) -> QuadraticProblem:
+    """One later reader's problem (TeacherSideGram) from its teacher inputs."""
+    gram = TeacherSideGram(layer, columns)
+    for batch in inputs:
+        gram.add(batch)
+    return gram.problem(damping)
+
+
+def teacher_side_problems(teacher: nn.Module, columns: Mapping[str, Sequence[int]], batches: Iterable[torch.Tensor],
+                          damping: float) -> dict[str, QuadraticProblem]:
+    """Several readers' problems (TeacherSideGram) from one teacher forward per batch, without
+    holding any reader's inputs beyond the batch: a channel group read by the blocks of a
+    residual stage costs one pass over the images, not one per reader."""
+    grams = {n: TeacherSideGram(get_module(teacher, n), cols) for n, cols in columns.items()}
+    for found in inputs_per_batch(teacher, list(grams), batches):
+        for n, x in found.items():
+            grams[n].add(x)
+    return {n: g.problem(damping) for n, g in grams.items()}
 
 
 class _StreamedTeacher:
-    """The teacher's layer inputs on demand, front to back (capture='stream'): a dict-like view
-    for distill_layers. `pop` walks the front (cached between layers when the model has
-    forward units); a later reader's inputs (a channel group's coupled readers) are captured by
-    a forward that stops at it."""
+    """The teacher's layer inputs on demand, front to back (capture='stream' and 'disk'): `pop`
+    walks the front (cached between layers when the model has forward units). A channel group's
+    later readers are read by teacher_side_problems, one forward per batch for all of them."""
 
     def __init__(self, teacher: nn.Module, batches: Sequence[torch.Tensor], incremental: bool,
                  spill_dir: str | None = None) -> None:
@@ -110,10 +137,6 @@ class _StreamedTeacher:
 
     def pop(self, name: str) -> Iterable[torch.Tensor]:
         return self.front.of(name, lazy=self.lazy)
-
-    def __getitem__(self, name: str) -> Iterable[torch.Tensor]:
-        # Read once, batch by batch (teacher_side_problem): nothing held beyond a batch.
-        return layer_inputs(self.teacher, name, self.batches)
 
 
 def distill_layers(
@@ -198,10 +221,14 @@ def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor
         if task.params.get("coupled"):
             # The later readers' inputs and Grams: capture and moments, not the solve (on a
             # residual stream of many readers, and with capture='disk', this is most of the work).
-            task.params["coupled_problems"] = {
-                n: teacher_side_problem(get_module(teacher, n), teacher_inputs[n], damping, cols)
-                for n, cols in task.params["coupled"].items()
-            }
+            coupled = task.params["coupled"]
+            if capture == "all":
+                task.params["coupled_problems"] = {
+                    n: teacher_side_problem(get_module(teacher, n), teacher_inputs[n], damping, cols)
+                    for n, cols in coupled.items()
+                }
+            else:
+                task.params["coupled_problems"] = teacher_side_problems(teacher, coupled, batches, damping)
         moments = acc.finish_groups()
         plan = task.params.get("graph")
 

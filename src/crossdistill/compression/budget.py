@@ -25,7 +25,7 @@ from crossdistill.compression.flops import FlopModel
 from crossdistill.distributed import shard, sum_number, together
 from crossdistill.device import module_device, on_device
 from crossdistill.compression.graph_plan import GraphChannelPlan
-from crossdistill.engine import batches_of, teacher_side_problem
+from crossdistill.engine import batches_of, teacher_side_problem, teacher_side_problems
 from crossdistill.errors import CrossDistillError
 from crossdistill.moments import CHUNK_IMAGES
 from crossdistill.problem import QuadraticProblem
@@ -151,17 +151,20 @@ def _removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tenso
         if gid in plan.kept:
             continue  # no dense reader: its producers' L1 norms choose (graph_plan.py)
         rs = []
-        inputs.prefetch(readers)
+        units = {name: plan.unit_columns(gid, name, group_size(get_module(model, name))) for name in readers}
+        cols = {name: sorted({c for u in us for c in u}) for name, us in units.items()}
+        if inputs.lazy:  # capture='disk': the readers' Grams from one forward per batch, nothing held
+            problems = teacher_side_problems(model, cols, batches, damping)
+        else:
+            inputs.prefetch(readers)
+            problems = {name: teacher_side_problem(get_module(model, name), inputs[name], damping, cols[name])
+                        for name in readers}
         for name in readers:
-            layer = get_module(model, name)
-            units = plan.unit_columns(gid, name, group_size(layer))
-            cols = sorted({c for u in units for c in u})
-            pos = {c: i for i, c in enumerate(cols)}
-            p = teacher_side_problem(layer, inputs[name], damping, cols)
-            p = _scaled(p, 1.0 / max(energy[name], 1e-30))
+            pos = {c: i for i, c in enumerate(cols[name])}
+            p = _scaled(problems[name], 1.0 / max(energy[name], 1e-30))
             if name in gains:
                 p = _rows_scaled(p, gains[name])
-            rs.append(Reader(p, [[pos[c] for c in u] for u in units]))
+            rs.append(Reader(p, [[pos[c] for c in u] for u in units[name]]))
         width = plan.groups[gid].width
         _, steps = removal_path(rs, width - least_kept(width, min_keep))
         costs[gid] = torch.cumsum(torch.tensor([0.0] + steps, dtype=torch.float64, device="cpu"), 0)
