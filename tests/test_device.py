@@ -99,15 +99,6 @@ def test_finetune_reports_its_device_and_leaves_models_on_the_cpu():
 
 # --- on a GPU: the same computation as on the CPU ----------------------------------------------
 
-@pytest.fixture
-def exact_cuda():
-    """TF32 off, so GPU float32 convolutions and products round like the CPU's."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 @needs_cuda
 def test_views_are_the_same_on_both_devices(exact_cuda):
     x = images(12)

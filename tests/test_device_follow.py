@@ -15,6 +15,7 @@ from crossdistill.config import CompressConfig
 from crossdistill.models import create_model
 from crossdistill.pipeline import FewShot, compress
 from device_follow import data_device_only
+from test_device import needs_cuda
 from test_graph_channels import build
 from test_graph_pruning import fewshot_for
 from tiny import make_tiny
@@ -132,10 +133,7 @@ def test_the_check_changes_nothing_it_lets_through():
     assert np.isfinite(sum(float(v.double().sum()) for v in plain.values() if v.is_floating_point()))
 
 
-# --- on a GPU: the same student as on the CPU ----------------------------------------------------
-
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device here (checked on a GPU machine when one is lent)")
+# --- on a GPU: the same student as on the CPU (exact_cuda: conftest.py) -------------------------
 
 GPU_CASES = [
     ("tiny", {"keep": 0.5}),
@@ -146,15 +144,6 @@ GPU_CASES = [
     ("mobilenet", {"method": "quant", "bits": 4}),
     ("mobilenet", {"method": "lowrank", "rank_ratio": 0.5}),
 ]
-
-
-@pytest.fixture
-def exact_cuda():
-    """TF32 off, so GPU float32 convolutions and products round like the CPU's."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def cpu_and_gpu(teacher: nn.Module, few: FewShot, model: str, **settings) -> list[dict[str, torch.Tensor]]:

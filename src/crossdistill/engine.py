@@ -131,7 +131,6 @@ class _StreamedTeacher:
 
     def __init__(self, teacher: nn.Module, batches: Sequence[torch.Tensor], incremental: bool,
                  spill_dir: str | None = None) -> None:
-        self.teacher, self.batches = teacher, batches
         self.lazy = spill_dir is not None
         self.front = StudentInputs(teacher, batches, incremental=incremental, spill_dir=spill_dir)
 
