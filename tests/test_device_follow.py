@@ -133,6 +133,17 @@ def test_the_check_changes_nothing_it_lets_through():
     assert np.isfinite(sum(float(v.double().sum()) for v in plain.values() if v.is_floating_point()))
 
 
+@pytest.mark.parametrize("name", ["l1", "fskd", "thinet", "cp"])
+def test_the_layer_wise_baselines_follow_the_data(name):
+    from crossdistill.baselines import run_baseline
+
+    teacher = make_tiny()
+    few = fewshot_for(torch.zeros(1, 3, 8, 8))
+    cfg = CompressConfig(model="user-tiny", n_samples=len(few.labels), damping=0.01, batch_size=4, keep=0.5)
+    with data_device_only():
+        run_baseline(name, teacher, few, cfg)
+
+
 # --- on a GPU: the same student as on the CPU (exact_cuda: conftest.py) -------------------------
 
 GPU_CASES = [
@@ -185,3 +196,4 @@ def test_gpu_wide_layer_sparsity_gives_the_cpu_student(exact_cuda):
     torch.manual_seed(0)
     assert_same_student(*cpu_and_gpu(Wide().eval(), fewshot_for(torch.zeros(1, 3, 4, 4), n=24), "user-wide",
                                      method="sparsity", sparsity=0.5))
+
