@@ -191,13 +191,15 @@ class ActivationStore:
         self._memory: list[torch.Tensor] | None = list(batches)
         self._files: list[str] = []
         self.directory = directory
+        # Files hold CPU tensors (readable anywhere); a batch is read back onto the images' device.
+        self.device = self._memory[0].device if self._memory else torch.device("cpu")
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         if self._memory is not None:
             yield from self._memory
             return
         for path in list(self._files):
-            yield torch.load(path, weights_only=True)
+            yield torch.load(path, weights_only=True, map_location=self.device)
 
     def advance(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Replace every batch x by fn(x) (the front moves one unit on)."""
@@ -210,7 +212,7 @@ class ActivationStore:
         try:
             for i, x in enumerate(self):
                 path = os.path.join(self.directory, f"front-{tag}-{i}.pt")
-                torch.save(fn(x).contiguous(), path)
+                torch.save(fn(x).contiguous().cpu(), path)
                 files.append(path)
         except BaseException:
             self._remove(files)
