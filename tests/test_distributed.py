@@ -53,6 +53,17 @@ def test_one_process_functions_are_the_identity():
         distributed.agree(ValueError("boom"))
 
 
+def test_each_process_takes_its_own_gpu(monkeypatch):
+    cuda = torch.device("cuda")
+    assert distributed.rank_device(cuda) == cuda  # one process: as asked
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert distributed.rank_device(cuda) == torch.device("cuda", 1)  # 3 processes on 2 GPUs: wraps
+    assert distributed.rank_device(torch.device("cuda", 0)) == torch.device("cuda", 0)  # pinned
+    assert distributed.rank_device(torch.device("cpu")) == torch.device("cpu")
+
+
 @pytest.mark.parametrize("extra", [(), ("--budget", "global", "--method", "channels", "--keep", "0.5")])
 def test_two_processes_give_the_single_process_student(setup, tmp_path, extra):
     factory, train, test = setup

@@ -48,13 +48,23 @@ def launched_by_torchrun() -> bool:
 
 
 def init_from_env(device: str = "cpu", timeout_s: float = 1800.0) -> bool:
-    """Join the process group that torchrun describes in the environment (gloo on the CPU, nccl
-    for CUDA); False when not launched that way or already initialised."""
+    """Join the process group that torchrun describes in the environment; False when not
+    launched that way or already initialised. The group is gloo's whatever `device` is: the
+    collectives carry a few moment matrices per layer and some small objects, which CPU copies
+    serve (`sum_`), and one backend means one code path for objects, barriers and sums."""
     if not launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
         return False
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    dist.init_process_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
     return True
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """A CUDA device named without an index means this process's own GPU under torchrun
+    (LOCAL_RANK, wrapping around when there are fewer GPUs than processes); anything else as is."""
+    if device.type != "cuda" or device.index is not None or not active():
+        return device
+    local = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else rank()
+    return torch.device("cuda", local % max(torch.cuda.device_count(), 1))
 
 
 def shard(images: torch.Tensor, align: int = 1) -> torch.Tensor:
@@ -75,16 +85,21 @@ def shard(images: torch.Tensor, align: int = 1) -> torch.Tensor:
 
 
 def sum_(t: torch.Tensor) -> torch.Tensor:
-    """In place: the sum of `t` over the ranks."""
+    """In place: the sum of `t` over the ranks (through a CPU copy for a GPU tensor: gloo)."""
     if active():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if t.device.type == "cpu":
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        else:
+            host = t.cpu()
+            dist.all_reduce(host, op=dist.ReduceOp.SUM)
+            t.copy_(host)
     return t
 
 
 def sum_number(x: float) -> float:
     if not active():
         return x
-    t = torch.tensor([float(x)], dtype=torch.float64)
+    t = torch.tensor([float(x)], dtype=torch.float64, device="cpu")
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item())
 

@@ -23,6 +23,7 @@ from crossdistill.capture import (
 )
 from crossdistill import conv_gram
 from crossdistill.device import module_device, on_device
+from crossdistill.distributed import active as distributed_active
 from crossdistill.distributed import is_main, on_main, shard, sum_, sum_number, together
 from crossdistill.layer_solve import solve_layer
 from crossdistill.moments import CHUNK_IMAGES, MomentAccumulator
@@ -234,6 +235,8 @@ def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor
         def solve() -> tuple[Any, Any]:
             # One quadratic problem per conv group (a single one for every other layer): layer_solve.py.
             out = solve_layer(moments, weight_matrix(t_layer), task, objective, solver, student, damping)
+            if distributed_active():
+                out.weight = out.weight.cpu()  # broadcast to processes on other GPUs: as a CPU tensor
             return out, (dict(plan.kept) if plan is not None else None)
 
         # Solved once, on rank 0; the other processes take its result (and the channel plan's decisions).

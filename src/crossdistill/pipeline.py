@@ -119,7 +119,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     images = calibration_images(fewshot.images, cfg.views, cfg.views_policy, cfg.views_mixup, cfg.seed)
     # The layer-wise work (forwards, moments, solves) runs where the fine-tune does; slimming and
     # everything after it stay on the CPU.
-    device = resolve_device(cfg.device)
+    device = distributed.rank_device(resolve_device(cfg.device))
     method.prepare(images, damping, cfg.capture, device)
     stages = method.stages()
     stage_teacher, records, solver_names = teacher, [], []
