@@ -6,16 +6,15 @@
 #
 # Here, once (CROSSDISTILL_DATA set; .gpu/ is git-ignored, so `carry` takes it):
 #   bash benchmarks/gpu_session.sh prepare         # .gpu/: the train set in 4 xz parts, test set, wheel
-# There, one call per stage, back to back (the machine stays warm 30 s after a call):
-#   bash benchmarks/gpu_session.sh receive 1       # carry [".gpu/cifar_train_1.npz.xz"]
-#   bash benchmarks/gpu_session.sh receive 2       # ... 3, then:
-#   bash benchmarks/gpu_session.sh run             # carry [".gpu/cifar_train_4.npz.xz", ".gpu/cifar_test1000.npz", ".gpu/whl"]
-# `run` receives the last part, then: the CUDA tests, the VGG-16 teacher (issue 19), CPU vs GPU
-# seconds per stage (issue 17). What comes back under $OUT: cuda_tests.log, teacher.log,
-# vgg16_cifar10.log.jsonl, the weights in two pieces (cat vgg16.part.* > the .safetensors) and
-# scale.txt.
+# There, one call per stage, back to back (the machine stays warm 30 s after a call), most
+# important first; each stage ends well inside the 10-minute limit of a call:
+#   bash benchmarks/gpu_session.sh checks          # carry [".gpu/whl"]: CUDA tests, CPU vs GPU stages
+#   bash benchmarks/gpu_session.sh receive 1       # carry [".gpu/cifar_train_1.npz.xz"]; then 2, 3
+#   bash benchmarks/gpu_session.sh teacher         # carry [".gpu/cifar_train_4.npz.xz", ".gpu/cifar10_test1000.npz"]
+# What comes back under $OUT: checks -> cuda_tests.log, scale.txt; teacher -> teacher.log,
+# vgg16_cifar10.log.jsonl and the weights in two pieces (cat vgg16.part.* > the .safetensors).
 set -euo pipefail
-stage=${1:?prepare, receive N or run}
+stage=${1:?prepare, checks, receive N or teacher}
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
@@ -49,8 +48,7 @@ EOF
 receive)
     receive "${2:?part number}"
     ;;
-run)
-    receive 4
+checks)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl
     export PYTHONPATH="$here/src:/tmp/site" PYTHONUNBUFFERED=1
     OUT=${OUT:-/tmp/gpu-out}
@@ -61,27 +59,31 @@ run)
     timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_device_follow.py \
         > "$OUT/cuda_tests.log" 2>&1 || echo "CUDA tests: exit $?" | tee -a "$OUT/cuda_tests.log"
     tail -3 "$OUT/cuda_tests.log"
-    # 2. The VGG-16 teacher (issue 19): the whole train set, 1000 test images.
-    timeout 300 python3 benchmarks/train_teacher.py --data /tmp/cifar/cifar_train_{1,2,3,4}.npz.xz \
+    # 2. CPU (16 threads) vs GPU, seconds per stage (issue 17 item 1): random weights and images.
+    for spec in "resnet56 50 32 cpu cuda" "resnet18 128 224 cpu cuda" "examples/resnet50.py:resnet50 512 224 cuda"; do
+        set -- $spec
+        timeout 150 python3 benchmarks/scale_network.py --model "$1" --images "$2" --size "$3" --processes 1 \
+            --threads 16 --device "${@:4}" >> "$OUT/scale.txt" 2>&1 || echo "scale $1: exit $?" >> "$OUT/scale.txt"
+    done
+    cat "$OUT/scale.txt"
+    ;;
+teacher)
+    receive 4
+    export PYTHONPATH="$here/src" PYTHONUNBUFFERED=1
+    OUT=${OUT:-/tmp/gpu-out}
+    mkdir -p "$OUT"
+    # The VGG-16 teacher (issue 19): the whole train set, 1000 test images.
+    timeout 420 python3 benchmarks/train_teacher.py --data /tmp/cifar/cifar_train_{1,2,3,4}.npz.xz \
         --test .gpu/cifar10_test1000.npz --device cuda --out /tmp/teacher/vgg16_cifar10.safetensors \
         > "$OUT/teacher.log" 2>&1 || echo "teacher: exit $?" | tee -a "$OUT/teacher.log"
-    tail -3 "$OUT/teacher.log"
+    tail -4 "$OUT/teacher.log"
     if [ -f /tmp/teacher/vgg16_cifar10.safetensors ]; then
         split -b 15M /tmp/teacher/vgg16_cifar10.safetensors "$OUT/vgg16.part."
         cp /tmp/teacher/vgg16_cifar10.log.jsonl "$OUT/"
     fi
-    # 3. CPU vs GPU, seconds per stage (issue 17 item 1): random weights and images.
-    for spec in "resnet56 50 32" "resnet18 128 224"; do
-        set -- $spec
-        timeout 200 python3 benchmarks/scale_network.py --model "$1" --images "$2" --size "$3" --processes 1 \
-            --threads 16 --device cpu cuda >> "$OUT/scale.txt" 2>&1 || echo "scale $1: exit $?" >> "$OUT/scale.txt"
-    done
-    timeout 200 python3 benchmarks/scale_network.py --model examples/resnet50.py:resnet50 --images 512 --size 224 \
-        --processes 1 --threads 16 --device cuda >> "$OUT/scale.txt" 2>&1 || echo "scale resnet50: exit $?" >> "$OUT/scale.txt"
-    cat "$OUT/scale.txt"
     ;;
 *)
-    echo "unknown stage $stage: prepare, receive N or run" >&2
+    echo "unknown stage $stage: prepare, checks, receive N or teacher" >&2
     exit 2
     ;;
 esac
