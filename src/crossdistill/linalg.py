@@ -111,7 +111,9 @@ def solve_right(B: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     L = cholesky(H)
     if L is not None:
         return torch.cholesky_solve(B.T, L).T
-    return torch.linalg.lstsq(H, B.T, driver="gelsd").solution.T
+    # gelsd (SVD, rank-revealing) exists on the CPU only: a GPU's H makes the trip there (rare:
+    # only an undamped, singular H gets here).
+    return torch.linalg.lstsq(H.cpu(), B.T.cpu(), driver="gelsd").solution.T.to(H.device)
 
 
 def solve_right_on_columns(B: torch.Tensor, H: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
