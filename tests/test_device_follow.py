@@ -157,43 +157,54 @@ GPU_CASES = [
 ]
 
 
-def cpu_and_gpu(teacher: nn.Module, few: FewShot, model: str, **settings) -> list[dict[str, torch.Tensor]]:
+def cpu_and_gpu(teacher: nn.Module, few: FewShot, model: str, **settings) -> list[tuple[nn.Module, list]]:
     out = []
     for device in ("cpu", "cuda"):
         cfg = CompressConfig(model=model, n_samples=len(few.labels), damping=0.01, batch_size=4, device=device,
                              **settings)
         result = compress(teacher, few, cfg, show_progress=False)
         assert all(t.device.type == "cpu" for t in result.student.state_dict().values())  # back on the CPU
-        out.append(result.student.state_dict())
+        out.append((result.student, result.records))
     assert all(t.device.type == "cpu" for t in teacher.state_dict().values())
     return out
 
 
-def assert_same_student(cpu: dict[str, torch.Tensor], gpu: dict[str, torch.Tensor]) -> None:
-    # Same channels kept (same shapes), same zeros (same masks), weights to float32 forwards'
-    # rounding carried through float64 solves.
-    assert cpu.keys() == gpu.keys()
-    for k in cpu:
-        a, b = cpu[k], gpu[k]
+def assert_same_student(cpu: tuple[nn.Module, list], gpu: tuple[nn.Module, list], images: torch.Tensor) -> None:
+    """The stated tolerance. The GPU's float32 forwards round differently (other convolution
+    algorithms, TF32 off), and the float64 moments and solves carry that rounding: the same
+    kept channels (shapes) and sparsity, each layer's loss to 1e-4 relative, and the students'
+    outputs to 1e-3 of their scale. Weights are compared as well, loosely, where both runs made
+    the same choices (a near-tie between two channels or two weights may fall either way, and
+    then only the losses must agree)."""
+    (s_cpu, r_cpu), (s_gpu, r_gpu) = cpu, gpu
+    a_sd, b_sd = s_cpu.state_dict(), s_gpu.state_dict()
+    assert a_sd.keys() == b_sd.keys()
+    for k in a_sd:
+        a, b = a_sd[k], b_sd[k]
         assert a.shape == b.shape, k
         if a.is_floating_point():
-            assert torch.equal(a == 0, b == 0), k
-            scale = float(a.abs().max()) or 1.0
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale, msg=k)
-        else:
-            assert torch.equal(a, b), k
+            assert int((a == 0).sum()) == int((b == 0).sum()), k  # the same number of zeros
+            if torch.equal(a == 0, b == 0):
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * (float(a.abs().max()) or 1.0), msg=k)
+    assert [r.name for r in r_cpu] == [r.name for r in r_gpu]
+    for x, y in zip(r_cpu, r_gpu):
+        assert y.loss_after == pytest.approx(x.loss_after, rel=1e-4, abs=1e-9), x.name
+    with torch.no_grad():
+        out_cpu, out_gpu = s_cpu.eval()(images), s_gpu.eval()(images)
+    torch.testing.assert_close(out_gpu, out_cpu, rtol=0, atol=1e-3 * float(out_cpu.abs().max()))
 
 
 @needs_cuda
 @pytest.mark.parametrize("key,settings", GPU_CASES, ids=[f"{k}-{'-'.join(map(str, s.values()))}" for k, s in GPU_CASES])
 def test_gpu_compression_gives_the_cpu_student(exact_cuda, key, settings):
     teacher, example = build_case(key)
-    assert_same_student(*cpu_and_gpu(teacher, fewshot_for(example), f"user-{key}", **settings))
+    few = fewshot_for(example)
+    assert_same_student(*cpu_and_gpu(teacher, few, f"user-{key}", **settings), few.images)
 
 
 @needs_cuda
 def test_gpu_wide_layer_sparsity_gives_the_cpu_student(exact_cuda):
     torch.manual_seed(0)
-    assert_same_student(*cpu_and_gpu(Wide().eval(), fewshot_for(torch.zeros(1, 3, 4, 4), n=24), "user-wide",
-                                     method="sparsity", sparsity=0.5))
+    few = fewshot_for(torch.zeros(1, 3, 4, 4), n=24)
+    assert_same_student(*cpu_and_gpu(Wide().eval(), few, "user-wide", method="sparsity", sparsity=0.5), few.images)
 
