@@ -105,35 +105,9 @@ def inputs_per_batch(model: nn.Module, names: Sequence[str], batches: Iterable[t
     """Batch by batch, the inputs of every named layer from one forward that stops once all are
     captured: several readers of one channel group cost one pass, and only a batch is held."""
     names = list(names)
-    box: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook(n: str, read: Callable[..., torch.Tensor]) -> Callable[..., None]:
-        def capture(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            box.setdefault(n, read(mod, args, kwargs).detach())
-            if len(box) == len(names):
-                raise _StopForward
-        return capture
-
     for n in names:
         get_module(model, n)  # a missing layer named as such
-        point = capture_point(model, n)
-        handles.append(point.module.register_forward_pre_hook(hook(n, point.read), with_kwargs=True))
-    try:
-        for batch in batches:
-            box.clear()
-            try:
-                with capture_mode():
-                    model(batch)
-            except _StopForward:
-                pass
-            missing = [n for n in names if n not in box]
-            if missing:
-                raise CrossDistillError(f"layers {missing} were not reached by the forward pass")
-            yield dict(box)
-    finally:
-        for h in handles:
-            h.remove()
+    return _inputs_until(model, names, model, batches, "the forward pass")
 
 
 def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -294,14 +268,31 @@ def _inputs_through(
     *, where: str = "its forward unit",
 ) -> Iterator[torch.Tensor]:
     """Run `fn` on each input until layer `name` of `model` is reached; yield what it would have received."""
-    box: list[torch.Tensor] = []
-    point = capture_point(model, name)
+    found = _inputs_until(model, [name], fn, inputs, where)
+    try:
+        for box in found:
+            yield box[name]
+    finally:
+        found.close()  # its hooks come off with it
 
-    def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        box.append(point.read(mod, args, kwargs).detach())
-        raise _StopForward
 
-    handle = point.module.register_forward_pre_hook(hook, with_kwargs=True)
+def _inputs_until(model: nn.Module, names: list[str], fn: Callable[[torch.Tensor], torch.Tensor],
+                  inputs: Iterable[torch.Tensor], where: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Per input, run `fn` until every named layer of `model` has been reached (the forward
+    stops there); yield what each received, by name."""
+    box: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook(n: str, read: Callable[..., torch.Tensor]) -> Callable[..., None]:
+        def capture(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            box.setdefault(n, read(mod, args, kwargs).detach())
+            if len(box) == len(names):
+                raise _StopForward
+        return capture
+
+    for n in names:
+        point = capture_point(model, n)
+        handles.append(point.module.register_forward_pre_hook(hook(n, point.read), with_kwargs=True))
     try:
         for x in inputs:
             box.clear()
@@ -310,8 +301,11 @@ def _inputs_through(
                     fn(x)
             except _StopForward:
                 pass
-            if not box:
-                raise CrossDistillError(f"layer {name!r} was not reached by {where}")
-            yield box[0]
+            missing = [n for n in names if n not in box]
+            if missing:
+                what = f"layer {names[0]!r} was" if len(names) == 1 else f"layers {missing} were"
+                raise CrossDistillError(f"{what} not reached by {where}")
+            yield dict(box)
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()

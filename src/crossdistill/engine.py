@@ -23,8 +23,7 @@ from crossdistill.capture import (
 )
 from crossdistill import conv_gram
 from crossdistill.device import module_device, on_device
-from crossdistill.distributed import active as distributed_active
-from crossdistill.distributed import is_main, on_main, shard, sum_, sum_number, together
+from crossdistill.distributed import active as distributed_active, is_main, on_main, shard, sum_, sum_number, together
 from crossdistill.layer_solve import solve_layer
 from crossdistill.moments import CHUNK_IMAGES, MomentAccumulator
 from crossdistill.objectives import Objective

@@ -236,6 +236,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         result = compress_fn(teacher, fewshot, cfg)
     result.student.crossdistill_info = info  # what saving a model the registry does not know records
     peak_mib = peak_memory_mib()  # before evaluation: what loading and compressing needed
+    device = resolve_device(cfg.device)  # where the layer-wise work and any fine-tune ran
     if not distributed.is_main():
         return result, {}  # with several processes only rank 0 evaluates and reports
     report: dict[str, Any] = {
@@ -258,8 +259,8 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         "threads": torch.get_num_threads(),
         "processes": distributed.world_size(),
         "peak_memory_mib": peak_mib,
-        "device": str(resolve_device(cfg.device)),  # where the layer-wise work and any fine-tune ran
-        "gpu_peak_memory_mib": gpu_peak_memory_mib(resolve_device(cfg.device)),
+        "device": str(device),
+        "gpu_peak_memory_mib": gpu_peak_memory_mib(device),
         "load_average": load_average(),
         "layers": [
             {"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
