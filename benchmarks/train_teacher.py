@@ -40,10 +40,13 @@ from torch import nn
 def read_arrays(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for p in paths:
-        raw = lzma.decompress(Path(p).read_bytes()) if p.endswith(".xz") else Path(p).read_bytes()
-        with np.load(io.BytesIO(raw)) as d:
-            xs.append(d["x"])
-            ys.append(d["y"])
+        try:
+            raw = lzma.decompress(Path(p).read_bytes()) if p.endswith(".xz") else Path(p).read_bytes()
+            with np.load(io.BytesIO(raw), allow_pickle=False) as d:
+                xs.append(d["x"])
+                ys.append(d["y"])
+        except (OSError, lzma.LZMAError, ValueError, KeyError) as exc:
+            raise SystemExit(f"{p}: not a readable .npz (or .npz.xz) with arrays x and y: {exc}") from None
     x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int64)
     if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8 or len(x) != len(y):
         raise SystemExit(f"expected x: N×32×32×3 uint8 and N labels, got {x.shape} {x.dtype} and {y.shape}")
@@ -104,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images only (smoke tests)")
     args = parser.parse_args(argv)
+    if min(args.epochs, args.batch_size, args.eval_every) < 1 or args.lr <= 0 or args.wd < 0:
+        parser.error("--epochs, --batch-size and --eval-every must be >= 1, --lr > 0, --wd >= 0")
+    if not args.out.endswith(".safetensors"):
+        parser.error(f"--out must name a .safetensors file, got {args.out}")
 
     from crossdistill.models import create_model, model_info
 
@@ -135,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log_path = out.with_suffix(".log.jsonl")
-    log = log_path.open("w")
+    # Written under temporary names, renamed at the end: a failed run leaves no file that looks done.
+    partial_log = log_path.with_name(log_path.name + ".partial")
+    log = partial_log.open("w")
     start = time.perf_counter()
     step = 0
     for epoch in range(1, args.epochs + 1):
@@ -172,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
              for k, v in model.state_dict().items()}
     meta = {"crossdistill_model": "vgg16", "crossdistill_spec": json.dumps(model.spec()),
             "training": json.dumps({k: v for k, v in vars(args).items() if k not in ("data", "test", "out")})}
-    save_file(state, str(out), metadata=meta)
+    partial = out.with_name(out.name + ".partial")
+    save_file(state, str(partial), metadata=meta)
+    partial.replace(out)
+    partial_log.replace(log_path)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), sha256 {digest}; log {log_path}", flush=True)
     if test is not None:

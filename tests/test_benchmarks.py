@@ -92,3 +92,20 @@ def test_train_teacher_writes_fp16_weights_the_cli_reads_and_logs_each_epoch(tmp
     with torch.no_grad():
         pred = model.eval()(to_tensor(x[:16], info.mean, info.std)).argmax(1).numpy()
     assert f"top-1 {100.0 * float((pred == y[:16]).mean()):.2f} %" in printed
+
+
+def test_train_teacher_refuses_bad_input_before_writing_anything(tmp_path):
+    import lzma
+
+    import pytest
+
+    tt = load("train_teacher")
+    (tmp_path / "bad.npz.xz").write_bytes(lzma.compress(b"not an npz"))
+    out = tmp_path / "o" / "t.safetensors"
+    for data, message in [(tmp_path / "missing.npz", "missing.npz: not a readable"),
+                          (tmp_path / "bad.npz.xz", "bad.npz.xz: not a readable")]:
+        with pytest.raises(SystemExit, match=message):
+            tt.main(["--data", str(data), "--out", str(out), "--device", "cpu"])
+    with pytest.raises(SystemExit):  # argparse: a usage error
+        tt.main(["--data", str(data), "--out", str(out), "--epochs", "0"])
+    assert not out.parent.exists()
