@@ -74,6 +74,7 @@ def test_train_teacher_writes_fp16_weights_the_cli_reads_and_logs_each_epoch(tmp
     printed = capsys.readouterr().out
     log = [json.loads(line) for line in out.with_suffix(".log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2] and all(e["n_test"] == 16 for e in log)
+    assert not list(out.parent.glob("*.partial"))  # renamed into place once done
     assert log[-1]["lr"] < log[0]["lr"]  # the one-cycle schedule decays to the end
     model = load_model(out)  # name and spec from the file's metadata
     assert all(p.dtype == torch.float32 for p in model.parameters())
