@@ -341,3 +341,39 @@ def test_cg_is_used_on_wide_layers_of_many_rows_and_falls_back_exactly():
     with mock.patch.object(linalg, "CG_MAX_ITER", 3):
         got = linalg.solve_right_on_mask(B, H, keep)
     assert torch.allclose(got, exact, rtol=0, atol=1e-8 * float(exact.abs().max()))
+
+
+def test_wide_sparse_solve_factorises_h_once_and_changes_nothing():
+    # The SparseGPT mask then the masked re-solve need W* = B H⁻¹, H⁻¹'s upper factor and H⁻¹
+    # as the CG's preconditioner: one Cholesky of H (plus the one of H⁻¹ the sweep needs), not
+    # three, and the same student bit for bit as computing each from scratch.
+    from crossdistill.solvers.base import LayerTask
+    from crossdistill.solvers.sparse_obs import ClosedFormSparse
+
+    g = gen(3)
+    d, out = linalg.ITERATIVE_MIN_D, linalg.CG_MIN_ROWS
+    X = torch.randn(2 * d, d, generator=g, dtype=f64) * torch.linspace(0.2, 2.0, d, dtype=f64)
+    H = X.T @ X / X.shape[0] + 0.05 * torch.eye(d, dtype=f64)
+    wt = torch.randn(out, d, generator=g, dtype=f64)
+    B = wt @ H + 0.1 * torch.randn(out, d, generator=g, dtype=f64)
+    problem = QuadraticProblem(H=H, B=B, c=0.0, w_teacher=wt)
+    task = LayerTask(name="wide", params={"sparsity": 0.5})
+    real = torch.linalg.cholesky_ex
+    calls: list[int] = []
+
+    def counting(A, *args, **kwargs):
+        calls.append(A.shape[0])
+        return real(A, *args, **kwargs)
+
+    with mock.patch.object(torch.linalg, "cholesky_ex", counting):
+        got = ClosedFormSparse(sparse_mask="sparsegpt").solve(problem, task, nn.Identity()).weight
+    assert calls == [d, d]  # H, then H⁻¹ for the sweep's upper factor
+
+    # From scratch, every step factorising for itself (the problem's caches never filled).
+    from crossdistill.solvers.sparse_obs import sparsegpt_sweep
+
+    fresh = lambda: QuadraticProblem(H=H, B=B, c=0.0, w_teacher=wt)  # noqa: E731
+    with mock.patch.object(QuadraticProblem, "inverse", None):
+        start, keep = sparsegpt_sweep(fresh(), 0.5, "layer")
+        want = linalg.solve_right_on_mask(B, H, keep, start=start)
+    assert torch.equal(got, want)

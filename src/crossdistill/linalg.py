@@ -62,6 +62,7 @@ def inverse_cholesky_upper(
     grow_ridge: bool = False,
     symmetrize: bool = False,
     context: str = "layer solve",
+    inverse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Upper U with UᵀU = H⁻¹. Row j of U divided by U_jj is row j of (H_F)⁻¹ restricted to
     F = {j, …, d−1}: the OBS quantities of a left-to-right column sweep, for every step, from
@@ -76,7 +77,13 @@ def inverse_cholesky_upper(
     12 tries). `grow_ridge` multiplies λ itself by `growth` at each step (GPTQ's arithmetic)
     instead of ρ: the two agree up to the last bit of λ and are kept apart only so that each
     solver's results stay bit-identical. `symmetrize` first replaces H by (H + Hᵀ)/2: Cholesky
-    reads only the lower triangle, so an asymmetric round-off would otherwise be dropped."""
+    reads only the lower triangle, so an asymmetric round-off would otherwise be dropped.
+    `inverse`: H⁻¹ already computed from H's own Cholesky factor (QuadraticProblem.inverse),
+    which is what the first try would compute."""
+    if inverse is not None and not symmetrize:
+        U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+        if int(info) == 0:
+            return U
     _check_finite(H, context)
     if symmetrize:
         H = (H + H.T) / 2
@@ -105,10 +112,14 @@ def inverse_cholesky_upper(
 # --- constrained solves ----------------------------------------------------------------------
 
 
-def solve_right(B: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+_UNSET = object()
+
+
+def solve_right(B: torch.Tensor, H: torch.Tensor, factor: torch.Tensor | None | object = _UNSET) -> torch.Tensor:
     """B H⁻¹ for symmetric PSD H: Cholesky, else (H singular) the minimum-norm least-squares
-    solution, which is still a minimiser of the quadratic when B lies in H's row space."""
-    L = cholesky(H)
+    solution, which is still a minimiser of the quadratic when B lies in H's row space.
+    `factor`: H's lower Cholesky factor, or None for an H known not to have one."""
+    L = cholesky(H) if factor is _UNSET else factor
     if L is not None:
         return torch.cholesky_solve(B.T, L).T
     # gelsd (SVD, rank-revealing) exists on the CPU only: a GPU's H makes the trip there (rare:
@@ -153,15 +164,15 @@ def uses_cg(keep: torch.Tensor) -> bool:
 
 
 def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
-                        start: torch.Tensor | None = None) -> torch.Tensor:
+                        start: torch.Tensor | None = None, inverse: torch.Tensor | None = None) -> torch.Tensor:
     """Minimiser with the zeros of the boolean `keep` (same shape as B) fixed at zero. The loss
     is a sum over rows, Σ_i w_i H w_iᵀ − 2 b_i w_iᵀ, so each row is its own small problem
     W_i,S = B_i,S H_SS⁻¹ on its own support S: solved directly on narrow layers, by conjugate
     gradients to CG_LOSS_TOL of the mask's cost on wide ones. `start`: a near solution on that
     mask (say the SparseGPT sweep's weights) for the iterative path to begin from; the answer
-    does not depend on it, only the iterations it takes."""
+    does not depend on it, only the iterations it takes. `inverse`: H⁻¹ if already computed."""
     if uses_cg(keep):
-        W, done = _masked_cg(B, H, keep, start=start)
+        W, done = _masked_cg(B, H, keep, start=start, inverse=inverse)
         if bool(done.all()):
             return W
         # Rows that did not converge (a badly conditioned H_SS) get the direct solve.
@@ -172,7 +183,8 @@ def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
 
 
 def _masked_cg(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
-               max_iter: int | None = None, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               max_iter: int | None = None, start: torch.Tensor | None = None,
+               inverse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Preconditioned conjugate gradients on every row's H_SS w = b_S at once, from zero or from
     `start` (on the mask). Returns the rows and which of them count as solved: all of them once
     the loss stalls (CG_LOSS_TOL), else those whose residual fell below CG_TOL.
@@ -182,9 +194,11 @@ def _masked_cg(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
     iteration for all rows (Jacobi, diag H, when H cannot be factorised)."""
     tiny = torch.finfo(B.dtype).tiny
     M = keep.to(B.dtype)
-    L = cholesky(H)
-    if L is not None:
-        H_inv = torch.cholesky_inverse(L)
+    if inverse is None:
+        L = cholesky(H)
+        inverse = None if L is None else torch.cholesky_inverse(L)
+    if inverse is not None:
+        H_inv = inverse
         precondition = lambda R: (R @ H_inv) * M  # noqa: E731
         # What the mask costs at the start: (W − W*) H (W − W*)ᵀ with W* = B H⁻¹.
         W_star = B @ H_inv

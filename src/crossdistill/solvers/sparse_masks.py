@@ -14,7 +14,7 @@ import torch
 
 from crossdistill.errors import CrossDistillError
 from crossdistill.params import check_setting
-from crossdistill.linalg import solve_right_on_mask
+from crossdistill.linalg import solve_right_on_mask, uses_cg
 from crossdistill.problem import QuadraticProblem
 
 PATTERNS = ("layer", "row")
@@ -66,7 +66,8 @@ def solve_rows_on_mask(problem: QuadraticProblem, keep: torch.Tensor,
     """Exact minimiser with the zeros of `keep` fixed at zero: every row solved on its own
     support, W_i,S = B_i,S H_SS⁻¹ (crossdistill.linalg.solve_right_on_mask; `start`, a near
     solution, only shortens its iterations on wide layers)."""
-    return solve_right_on_mask(problem.B, problem.H, keep, start=start)
+    inverse = problem.inverse if uses_cg(keep) else None
+    return solve_right_on_mask(problem.B, problem.H, keep, start=start, inverse=inverse)
 
 
 def measured_sparsity(W: torch.Tensor) -> float:

@@ -50,7 +50,7 @@ def sparsegpt_sweep(
     H = problem.H
     W = problem.solve().clone()  # W* = B H⁻¹, the point the sweep approximates
     out, d = W.shape
-    U = inverse_cholesky_upper(H, context="sparse solve")
+    U = inverse_cholesky_upper(H, context="sparse solve", inverse=problem.inverse)
     keep = torch.ones_like(W, dtype=torch.bool)
     per = d if pattern == "row" else out * d
     for i1 in range(0, d, blocksize):
