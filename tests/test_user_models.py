@@ -66,6 +66,26 @@ def test_api_on_tensors_dataset_and_loader_gives_the_same_student(factory):
     assert sum(p.numel() for p in model.parameters()) == report["teacher"]["params"]  # teacher untouched
 
 
+def test_api_on_a_data_folder_reads_its_train_split_normalised_as_the_registered_model(tmp_path):
+    # A folder holds both splits: the few-shot images come from train, the evaluation from test,
+    # and a registered model's pixels are normalised with its own mean/std unless told otherwise.
+    from crossdistill.data import load_image_data, to_tensor
+    from crossdistill.models import create_model, model_info
+    from sweep_helpers import write_fashion_idx
+
+    folder = write_fashion_idx(tmp_path / "fashion", n_train=120, n_test=30)
+    teacher = create_model("fashion_cnn").eval()
+    info = model_info("fashion_cnn")
+    assert any(m != 0 for m in info.mean)  # else the default would go unnoticed
+    a, report = crossdistill.compress(teacher, folder, shots=2, eval_data=folder, show_progress=False)
+    train = load_image_data(folder, "train")
+    x, y = to_tensor(train.x, info.mean, info.std), torch.as_tensor(train.y)
+    b, _ = crossdistill.compress(teacher, x, labels=y, shots=2, show_progress=False)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    assert report["student"]["n_eval"] == 30 and max(report["fewshot_indices"]) < 120
+
+
 def test_saved_user_model_loads_without_the_registry(factory, tmp_path):
     from crossdistill.models.user import build_user_model
 

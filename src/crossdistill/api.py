@@ -8,7 +8,7 @@
 `images` may be a float tensor N×C×H×W already normalised as the model expects, a `Dataset`
 or `DataLoader` yielding (image, label) pairs of such tensors, or a path the readers know (an
 `.npz`, a CIFAR-10 or Fashion-MNIST folder), whose uint8 pixels are scaled to [0, 1] and
-normalised with `mean`/`std`. Every other keyword is a config setting (`method`, `objective`,
+normalised with `mean`/`std` (default: a registered model's own, else none). Every other keyword is a config setting (`method`, `objective`,
 `solver`, `keep`, `sparsity`, `bits`, `finetune_epochs`, ... — see `crossdistill compress --help`).
 """
 from __future__ import annotations
@@ -60,7 +60,8 @@ def _from_path(path: str | Path, role: str, mean: Sequence[float] | None,
                std: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
     from crossdistill.data import load_image_data, to_tensor
 
-    arrays = load_image_data(str(path), role)
+    # A folder or a data-set name holds both splits: the training images come from its train split.
+    arrays = load_image_data(str(path), "test" if role == "test" else "train")
     c = arrays.x.shape[3]
     return (to_tensor(arrays.x, mean or (0.0,) * c, std or (1.0,) * c),
             torch.as_tensor(arrays.y, dtype=torch.long))
@@ -130,14 +131,17 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
 
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    name = name or getattr(model, "crossdistill_name", None) or getattr(model, "crossdistill_factory", None) \
+        or type(model).__name__
+    registered = name in list_models()
+    if registered:  # pixels read from files are normalised as the registered model was trained
+        mean = model_info(name).mean if mean is None else mean
+        std = model_info(name).std if std is None else std
     images, found_labels = _images(data, "training", mean, std)
     if labels is not None:
         found_labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if found_labels.shape[0] != images.shape[0]:
             raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
-    name = name or getattr(model, "crossdistill_name", None) or getattr(model, "crossdistill_factory", None) \
-        or type(model).__name__
-    registered = name in list_models()
     info = model_info(name) if registered else infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std)
     idx = _draw(images, found_labels, shots, n_samples, seed)
     few = FewShot(images=images[idx], labels=(found_labels[idx] if found_labels is not None

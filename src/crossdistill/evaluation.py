@@ -46,7 +46,7 @@ REPORT_LATENCY_BATCHES = (1, 128)
 PROGRESS_DELAY = 0.5
 
 
-def progress_bar(desc: str | None, total: int, unit: str = "it", **kwargs: Any):
+def progress_bar(desc: str | None, total: int, unit: str = "it", **kwargs: Any) -> Any:
     """A tqdm bar on stderr, or a silent stand-in when `desc` is None (quiet runs)."""
     from tqdm import tqdm
 

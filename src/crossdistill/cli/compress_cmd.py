@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdistill.cli.config_options import add_config_options, config_from_args
+from crossdistill.config import CompressConfig
 from crossdistill.outputs import atomic_output_dir
 
 __all__ = ["add_config_options", "add_run_options", "config_from_args", "register", "run", "run_config"]
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run_config(args: argparse.Namespace):
+def run_config(args: argparse.Namespace) -> CompressConfig:
     """The config of the flags, with --latency and --threads (flags of this module) applied."""
     cfg = config_from_args(args)
     changes: dict[str, Any] = {}

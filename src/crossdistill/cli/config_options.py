@@ -14,6 +14,7 @@ from crossdistill.config import (
     FINETUNE_PREFIX,
     RUN_KEYS,
     SECTIONS,
+    CompressConfig,
     ConfigWarning,
     RunSettings,
     all_params,
@@ -128,7 +129,7 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> CompressConfig:
     from crossdistill.sweep import expand_vars  # ${CROSSDISTILL_DATA} works in every config file
 
     defaults = expand_vars(load_yaml(args.config)) if getattr(args, "config", None) else {}

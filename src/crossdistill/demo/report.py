@@ -4,12 +4,15 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from crossdistill.demo.cache import TeacherEntry
 from crossdistill.demo.options import DEMO_KIND, DemoOptions
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.figure import Figure
 
 
 def build_summary(opts: DemoOptions, entry: TeacherEntry, teacher_metrics: dict[str, Any], report: dict[str, Any],
@@ -59,7 +62,7 @@ def write_report(folder: Path, result: Any, report: dict[str, Any], summary: dic
     write_json(folder / "report.json", summary)
 
 
-def demo_figure(summary: dict[str, Any]):
+def demo_figure(summary: dict[str, Any]) -> "Figure":
     """Left: top-1 of teacher, prune-only and cross-distilled student. Right: each pruned layer's
     loss (the objective the solver minimised) with the teacher's kept weights vs after solving."""
     from matplotlib.figure import Figure
