@@ -112,14 +112,11 @@ def inverse_cholesky_upper(
 # --- constrained solves ----------------------------------------------------------------------
 
 
-_UNSET = object()
-
-
-def solve_right(B: torch.Tensor, H: torch.Tensor, factor: torch.Tensor | None | object = _UNSET) -> torch.Tensor:
+def solve_right(B: torch.Tensor, H: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
     """B H⁻¹ for symmetric PSD H: Cholesky, else (H singular) the minimum-norm least-squares
     solution, which is still a minimiser of the quadratic when B lies in H's row space.
-    `factor`: H's lower Cholesky factor, or None for an H known not to have one."""
-    L = cholesky(H) if factor is _UNSET else factor
+    `factor`: H's lower Cholesky factor if already computed."""
+    L = cholesky(H) if factor is None else factor
     if L is not None:
         return torch.cholesky_solve(B.T, L).T
     # gelsd (SVD, rank-revealing) exists on the CPU only: a GPU's H makes the trip there (rare:
