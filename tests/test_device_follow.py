@@ -68,8 +68,8 @@ def test_compression_makes_its_tensors_on_the_datas_device(key, settings):
 
 
 class Wide(nn.Module):
-    """A 128-channel 3×3 conv (d = 1152, 64 rows): the sparsity rows are solved by conjugate
-    gradients (linalg.uses_cg), the path of ImageNet-sized layers."""
+    """A 128-channel 3×3 conv (d = 1152, 64 rows): at 20 % sparsity its rows are solved by
+    conjugate gradients (linalg.uses_cg), the path of ImageNet-sized layers."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,8 +87,8 @@ def test_the_wide_layer_paths_follow_the_data():
     torch.manual_seed(0)
     teacher = Wide().eval()
     few = fewshot_for(torch.zeros(1, 3, 4, 4), n=24)
-    assert linalg.uses_cg(torch.ones(64, 1152, dtype=torch.bool))
-    run_guarded(teacher, few, "user-wide", method="sparsity", sparsity=0.5)
+    assert linalg.uses_cg(torch.arange(1152).expand(64, 1152) % 5 != 0)  # 20 % zeros
+    run_guarded(teacher, few, "user-wide", method="sparsity", sparsity=0.2)
 
 
 def test_a_registered_model_with_forward_units_follows_the_data():
@@ -206,5 +206,5 @@ def test_gpu_compression_gives_the_cpu_student(exact_cuda, key, settings):
 def test_gpu_wide_layer_sparsity_gives_the_cpu_student(exact_cuda):
     torch.manual_seed(0)
     few = fewshot_for(torch.zeros(1, 3, 4, 4), n=24)
-    assert_same_student(*cpu_and_gpu(Wide().eval(), few, "user-wide", method="sparsity", sparsity=0.5), few.images)
+    assert_same_student(*cpu_and_gpu(Wide().eval(), few, "user-wide", method="sparsity", sparsity=0.2), few.images)
 

@@ -357,7 +357,7 @@ def test_wide_sparse_solve_factorises_h_once_and_changes_nothing():
     wt = torch.randn(out, d, generator=g, dtype=f64)
     B = wt @ H + 0.1 * torch.randn(out, d, generator=g, dtype=f64)
     problem = QuadraticProblem(H=H, B=B, c=0.0, w_teacher=wt)
-    task = LayerTask(name="wide", params={"sparsity": 0.5})
+    task = LayerTask(name="wide", params={"sparsity": 0.2})  # dense enough for the CG path
     real = torch.linalg.cholesky_ex
     calls: list[int] = []
 
@@ -374,6 +374,28 @@ def test_wide_sparse_solve_factorises_h_once_and_changes_nothing():
 
     fresh = lambda: QuadraticProblem(H=H, B=B, c=0.0, w_teacher=wt)  # noqa: E731
     with mock.patch.object(QuadraticProblem, "inverse", None):
-        start, keep = sparsegpt_sweep(fresh(), 0.5, "layer")
+        start, keep = sparsegpt_sweep(fresh(), 0.2, "layer")
+        assert linalg.uses_cg(keep)
         want = linalg.solve_right_on_mask(B, H, keep, start=start)
     assert torch.equal(got, want)
+
+
+def test_sparse_rows_of_a_wide_layer_are_solved_directly_where_that_is_cheaper():
+    # At high sparsity each row's support is small: one factorisation per row (Σ k³/3) costs less
+    # than CG's products with the whole d×d H, and is exact.
+    g = gen(4)
+    d, out = 2 * linalg.ITERATIVE_MIN_D, linalg.CG_MIN_ROWS
+    dense = torch.rand(out, d, generator=g) < 0.8
+    sparse = torch.rand(out, d, generator=g) < 0.1
+    assert linalg.uses_cg(dense) and not linalg.uses_cg(sparse)
+    X = torch.randn(d + 50, d, generator=g, dtype=f64)
+    H = X.T @ X / X.shape[0] + 0.1 * torch.eye(d, dtype=f64)
+    B = torch.randn(out, d, generator=g, dtype=f64) @ H
+    with mock.patch.object(linalg, "_masked_cg", side_effect=AssertionError("CG on a sparse mask")):
+        W = linalg.solve_right_on_mask(B, H, sparse)
+    rows = [0, out - 1]
+    for i in rows:  # each row the exact minimiser on its own support
+        cols = torch.nonzero(sparse[i]).flatten()
+        want = torch.linalg.solve(H[cols][:, cols], B[i, cols])
+        assert torch.allclose(W[i, cols], want, rtol=0, atol=1e-10 * float(want.abs().max()))
+        assert torch.all(W[i][~sparse[i]] == 0)

@@ -13,7 +13,7 @@ updates inside a block are applied at once to the rest of the matrix ("lazy batc
 
 The sweep never revisits a column, so its weights are only approximately optimal for its own
 mask; `refine` re-solves every row on the mask (rows are independent problems; exactly, or on
-wide layers to 1e-5 of the mask's cost), which can only lower the loss.
+wide layers with denser masks to 1e-5 of the mask's cost), which can only lower the loss.
 """
 from __future__ import annotations
 
@@ -232,8 +232,8 @@ OBC_AUTO_LIMIT = 2e11
 @dataclass
 class ClosedFormSparse(LayerSolver):
     """A mask, then every row solved on it: the best weights for that mask (exactly on narrow
-    layers; on wide ones by conjugate gradients to within 1e-5 of what the mask costs,
-    crossdistill.linalg.CG_LOSS_TOL).
+    layers and sparse masks; on wide layers with denser masks by conjugate gradients to within
+    1e-5 of what the mask costs, crossdistill.linalg.CG_LOSS_TOL and uses_cg).
     `sparse_mask` picks the mask: 'obc' (greedy exact OBS per row; best, O(out·d³)),
     'sparsegpt' (the column sweep's mask; fast at any size), 'magnitude' (the teacher's), or
     'auto' (the default): 'obc' where out·d³ ≤ OBC_AUTO_LIMIT, else 'sparsegpt'. Each layer's
