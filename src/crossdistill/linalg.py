@@ -155,11 +155,12 @@ CG_WINDOW = 5
 
 
 # Direct solves cost Σ_i k_i³/3 for rows of k_i kept weights (a Cholesky of each row's H_SS); CG
-# about 2·rows·d² an iteration for all rows. On a VGG-16 layer (512 rows, d = 4608, SparseGPT
-# masks, two threads) CG took 46–48 s at 50 % and 70 % zeros and 24 s at 90 %, the direct solves
-# 66, 16 and 3 s: the direct path wins once Σ k³/3 < DIRECT_BELOW · rows·d², i.e. from about
-# 60 % zeros at d = 4608 (where CG's 35–95 iterations meet the smaller factorisations).
-DIRECT_BELOW = 100.0
+# about 2·rows·d² an iteration for all rows, and its iterations depend on H's conditioning. On
+# VGG-16's 512×4608 layers (SparseGPT masks, two threads) the direct solves took 3 s at 90 %
+# zeros (Σk³/3 ≈ 1.5·rows·d²) against CG's 24, but at 70 % (≈ 42·rows·d²) 13–20 s against
+# CG's 10–48 s depending on the inputs: direct below DIRECT_BELOW · rows·d², i.e. from about
+# 75 % zeros at d = 4608 and 68 % at d = 2304, where it is as fast or faster on every input seen.
+DIRECT_BELOW = 25.0
 
 
 def uses_cg(keep: torch.Tensor) -> bool:
