@@ -7,9 +7,10 @@
 
 `images` may be a float tensor N×C×H×W already normalised as the model expects, a `Dataset`
 or `DataLoader` yielding (image, label) pairs of such tensors, or a path the readers know (an
-`.npz`, a CIFAR-10 or Fashion-MNIST folder), whose uint8 pixels are scaled to [0, 1] and
-normalised with `mean`/`std` (default: a registered model's own, else none). Every other keyword is a config setting (`method`, `objective`,
-`solver`, `keep`, `sparsity`, `bits`, `finetune_epochs`, ... — see `crossdistill compress --help`).
+`.npz`, a CIFAR-10 or Fashion-MNIST folder: its train split; `eval_data` its test split), whose
+uint8 pixels are scaled to [0, 1] and normalised with `mean`/`std` (default: a registered model's
+own, else none). Every other keyword is a config setting (`method`, `objective`, `solver`,
+`keep`, `sparsity`, `bits`, `finetune_epochs`, ... — see `crossdistill compress --help`).
 """
 from __future__ import annotations
 
