@@ -388,6 +388,7 @@ def test_sparse_rows_of_a_wide_layer_are_solved_directly_where_that_is_cheaper()
     dense = torch.rand(out, d, generator=g) < 0.8
     sparse = torch.rand(out, d, generator=g) < 0.1
     assert linalg.uses_cg(dense) and not linalg.uses_cg(sparse)
+    assert linalg.uses_cg(sparse.to("meta"))  # off the CPU (a GPU): CG's batched products, always
     X = torch.randn(d + 50, d, generator=g, dtype=f64)
     H = X.T @ X / X.shape[0] + 0.1 * torch.eye(d, dtype=f64)
     B = torch.randn(out, d, generator=g, dtype=f64) @ H

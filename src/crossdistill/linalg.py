@@ -164,11 +164,15 @@ DIRECT_BELOW = 25.0
 
 
 def uses_cg(keep: torch.Tensor) -> bool:
-    """Whether the rows on this mask are solved by conjugate gradients: wide layers of many rows
-    whose supports are too large for one factorisation per row to be cheaper."""
+    """Whether the rows on this mask are solved by conjugate gradients: wide layers of many rows,
+    on the CPU only where their supports are too large for one factorisation per row to be cheaper."""
     rows, d = keep.shape
     if d < ITERATIVE_MIN_D or rows < CG_MIN_ROWS:
         return False
+    if keep.device.type != "cpu":
+        # On a GPU CG's batched products take milliseconds, while the direct path is a loop of
+        # one small factorisation per row: its launches, not its flops, would set the time.
+        return True
     kept = keep.sum(1).to(torch.float64)
     return float((kept ** 3).sum()) / 3 > DIRECT_BELOW * rows * float(d) ** 2
 
