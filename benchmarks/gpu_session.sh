@@ -11,10 +11,13 @@
 #   bash benchmarks/gpu_session.sh checks          # carry [".gpu/whl"]: CUDA tests, CPU vs GPU stages
 #   bash benchmarks/gpu_session.sh receive 1       # carry [".gpu/cifar_train_1.npz.xz"]; then 2, 3
 #   bash benchmarks/gpu_session.sh teacher         # carry [".gpu/cifar_train_4.npz.xz", ".gpu/cifar10_test1000.npz"]
+#   bash benchmarks/gpu_session.sh paper           # carry [".gpu/whl", ".gpu/cifar10_test1000.npz"]; only if device
+#        time is left, on the same warm machine: the 12 paper-solver runs of issue 19 (PAPER_SECONDS caps it)
 # What comes back under $OUT: checks -> cuda_tests.log, scale.txt; teacher -> teacher.log,
-# vgg16_cifar10.log.jsonl and the weights in two pieces (cat vgg16.part.* > the .safetensors).
+# vgg16_cifar10.log.jsonl and the weights in two pieces (cat vgg16.part.* > the .safetensors);
+# paper -> paper.log and vgg16_paper.sqlite (the sweep's rows; the CPU sweep can then run into a copy of it).
 set -euo pipefail
-stage=${1:?prepare, checks, receive N or teacher}
+stage=${1:?prepare, checks, receive N, teacher or paper}
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
@@ -82,8 +85,26 @@ teacher)
         cp /tmp/teacher/vgg16_cifar10.log.jsonl "$OUT/"
     fi
     ;;
+paper)
+    # Needs the teacher and the four train parts that this machine's earlier stages left in /tmp.
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl
+    export PYTHONPATH="$here/src:/tmp/site" PYTHONUNBUFFERED=1
+    OUT=${OUT:-/tmp/gpu-out}
+    mkdir -p "$OUT"
+    python3 -c '
+import io, lzma
+import numpy as np
+parts = [np.load(io.BytesIO(lzma.decompress(open(f"/tmp/cifar/cifar_train_{k}.npz.xz", "rb").read()))) for k in (1, 2, 3, 4)]
+np.savez("/tmp/cifar/cifar10_train.npz", x=np.concatenate([p["x"] for p in parts]), y=np.concatenate([p["y"] for p in parts]))
+'
+    timeout "${PAPER_SECONDS:-400}" python3 -m crossdistill.cli.main sweep configs/vgg16_tables_paper.yaml \
+        --db "$OUT/vgg16_paper.sqlite" --set device=cuda --set data=/tmp/cifar/cifar10_train.npz \
+        --set eval_data=.gpu/cifar10_test1000.npz --set weights=/tmp/teacher/vgg16_cifar10.safetensors ${PAPER_ARGS:-} \
+        > "$OUT/paper.log" 2>&1 || echo "paper: exit $?" | tee -a "$OUT/paper.log"
+    tail -5 "$OUT/paper.log"
+    ;;
 *)
-    echo "unknown stage $stage: prepare, checks, receive N or teacher" >&2
+    echo "unknown stage $stage: prepare, checks, receive N, teacher or paper" >&2
     exit 2
     ;;
 esac
