@@ -134,16 +134,16 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     name = name or getattr(model, "crossdistill_name", None) or getattr(model, "crossdistill_factory", None) \
         or type(model).__name__
-    registered = name in list_models()
-    if registered:  # pixels read from files are normalised as the registered model was trained
-        mean = model_info(name).mean if mean is None else mean
-        std = model_info(name).std if std is None else std
+    registered = model_info(name) if name in list_models() else None
+    if registered is not None:  # pixels read from files are normalised as the registered model was trained
+        mean = registered.mean if mean is None else mean
+        std = registered.std if std is None else std
     images, found_labels = _images(data, "training", mean, std)
     if labels is not None:
         found_labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if found_labels.shape[0] != images.shape[0]:
             raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
-    info = model_info(name) if registered else infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std)
+    info = registered or infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std)
     idx = _draw(images, found_labels, shots, n_samples, seed)
     few = FewShot(images=images[idx], labels=(found_labels[idx] if found_labels is not None
                                               else torch.zeros(len(idx), dtype=torch.long)), indices=idx)
@@ -159,7 +159,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     result = run_compress(model, few, cfg, show_progress=show_progress)
     student = result.student
     student.crossdistill_info = info  # what saving a model the registry does not know records
-    if not registered and getattr(model, "crossdistill_factory", None):
+    if registered is None and getattr(model, "crossdistill_factory", None):
         student.crossdistill_factory = model.crossdistill_factory
     report: dict[str, Any] = {
         "model": name, "method": result.method, "objective": result.objective, "solver": result.solver,

@@ -182,9 +182,10 @@ def solve_right_on_mask(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
     """Minimiser with the zeros of the boolean `keep` (same shape as B) fixed at zero. The loss
     is a sum over rows, Σ_i w_i H w_iᵀ − 2 b_i w_iᵀ, so each row is its own small problem
     W_i,S = B_i,S H_SS⁻¹ on its own support S: solved directly on narrow layers and on sparse
-    masks, by conjugate gradients to CG_LOSS_TOL of the mask's cost on wide, denser ones (`uses_cg`). `start`: a near solution on that
-    mask (say the SparseGPT sweep's weights) for the iterative path to begin from; the answer
-    does not depend on it, only the iterations it takes. `inverse`: H⁻¹ if already computed."""
+    masks, by conjugate gradients to CG_LOSS_TOL of the mask's cost on wide, denser ones
+    (`uses_cg`). `start`: a near solution on that mask (say the SparseGPT sweep's weights) for
+    the iterative path to begin from; the answer does not depend on it, only the iterations it
+    takes. `inverse`: H⁻¹ if already computed."""
     if uses_cg(keep):
         W, done = _masked_cg(B, H, keep, start=start, inverse=inverse)
         if bool(done.all()):
@@ -211,8 +212,8 @@ def _masked_cg(B: torch.Tensor, H: torch.Tensor, keep: torch.Tensor,
     if inverse is None:
         L = cholesky(H)
         inverse = None if L is None else torch.cholesky_inverse(L)
-    if inverse is not None:
-        H_inv = inverse
+    H_inv = inverse
+    if H_inv is not None:
         precondition = lambda R: (R @ H_inv) * M  # noqa: E731
         # What the mask costs at the start: (W − W*) H (W − W*)ᵀ with W* = B H⁻¹.
         W_star = B @ H_inv
