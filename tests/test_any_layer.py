@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_graph_channels import DenseNet, ResNet, ShuffleNet  # residual add, concat, split + shuffle
 from torch import nn
 
-from crossdistill.capture import all_layer_inputs, group_size
+from crossdistill.capture import all_layer_inputs, get_module, group_size
 from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.low_rank import LowRank, LowRankLayer, empty_factorisation, factorise, restore_lowrank
 from crossdistill.compression.quantization import QUANT_ATTR, dequantized_weight
@@ -122,6 +122,10 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     return model.eval(), x
 
 
+def qkv_names() -> list[str]:
+    return [f"block.self_attn.{p}_proj" for p in "qkv"]
+
+
 def layers_of(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
@@ -133,8 +137,8 @@ def run(name: str, method: str, **settings):
         warnings.simplefilter("ignore", CompressionWarning)
         result = compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
     entries = {e["name"]: e for e in result.summary[method]["layers"]}
-    # Every conv and linear (and an attention's packed projection) is listed, with its status.
-    expected = set(layers_of(teacher)) | ({"block.self_attn.in_proj_weight"} if name == "transformer" else set())
+    # Every conv and linear (and an attention's q/k/v projections) is listed, with its status.
+    expected = set(layers_of(teacher)) | (set(qkv_names()) if name == "transformer" else set())
     assert set(entries) == expected
     for e in entries.values():
         assert e["status"] != "planned"
@@ -151,7 +155,7 @@ def test_sparsity_on_any_layer(name):
     pruned = [n for n, e in entries.items() if e["status"] == "pruned"]
     assert pruned
     for n in pruned:
-        w = student.get_submodule(n).weight
+        w = get_module(student, n).weight
         assert int((w == 0).sum()) == prune_count(w.numel(), 0.5), n  # exact, also over conv groups
     for n, e in entries.items():
         if e["status"] == "skipped" and n in layers_of(teacher):
@@ -163,8 +167,9 @@ def test_sparsity_on_any_layer(name):
     if convs:
         assert "prune_first" in entries[convs[0]]["reason"]
     if name == "transformer":
-        assert {"block.self_attn.out_proj", "block.linear1", "block.linear2", "embed"} <= set(pruned)
-        assert "packed" in entries["block.self_attn.in_proj_weight"]["reason"]
+        assert {"block.self_attn.out_proj", "block.linear1", "block.linear2", "embed", *qkv_names()} <= set(pruned)
+        packed = teacher.block.self_attn.in_proj_weight
+        assert int((student.block.self_attn.in_proj_weight == 0).sum()) == 3 * prune_count(packed.numel() // 3, 0.5)
     if name == "depthwise":
         assert "dw" in pruned
 
@@ -185,14 +190,18 @@ def test_sparsity_zero_reproduces_the_outputs(name):
 def test_quantization_on_any_layer(name):
     teacher, student, entries, _, _ = run(name, "quant", bits=4)
     quantized = [n for n, e in entries.items() if e["status"] == "quantized"]
-    assert quantized == layers_of(teacher)  # quant_first / quant_last default to True
+    expected = layers_of(teacher)  # quant_first / quant_last default to True
+    if name == "transformer":  # the attention's q/k/v come before its out_proj
+        at = expected.index("block.self_attn.out_proj")
+        expected = expected[:at] + qkv_names() + expected[at:]
+    assert quantized == expected
     codes = getattr(student, QUANT_ATTR)
     assert sorted(codes) == sorted(quantized)
     for n in quantized:
         e = codes[n]
         lo, hi = code_range(4, e["scheme"])
         assert int(e["codes"].min()) >= lo and int(e["codes"].max()) <= hi
-        assert torch.equal(dequantized_weight(e), student.get_submodule(n).weight.detach()), n
+        assert torch.equal(dequantized_weight(e), get_module(student, n).weight.detach()), n
         assert entries[n]["bits"] == 4
 
 
@@ -220,9 +229,9 @@ def test_low_rank_on_any_layer(name):
         assert layer[0].groups == layer[1].groups == 2 and layer.rank == 2 * entries["gconv"]["rank"]
     if name == "transformer":
         for n, owner in [("block.self_attn.out_proj", "MultiheadAttention"), ("block.linear1", "TransformerEncoderLayer"),
-                         ("block.linear2", "TransformerEncoderLayer")]:
+                         ("block.linear2", "TransformerEncoderLayer"), ("block.self_attn.q_proj", "in_proj_weight")]:
             assert entries[n]["status"] == "skipped" and owner in entries[n]["reason"]
-            assert isinstance(student.get_submodule(n), nn.Linear)
+            assert isinstance(get_module(student, n), nn.Linear)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -305,7 +314,7 @@ def test_attention_out_proj_input_is_captured():
 def test_packed_projection_and_parent_read_layers_warn_by_name():
     teacher, x = build("transformer")
     cfg = CompressConfig(model="tokens", method="lowrank", shots=8, lowrank_first=True, lowrank_last=True).validate()
-    with pytest.warns(CompressionWarning, match=r"block\.self_attn\.in_proj_weight.*block\.self_attn\.out_proj"):
+    with pytest.warns(CompressionWarning, match=r"block\.self_attn\.q_proj.*block\.self_attn\.out_proj"):
         compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
 
 
@@ -326,3 +335,33 @@ def test_group_infos_merge():
     ])
     assert merged == {"bits": 4, "scale": [1.0, 2.0], "rtn_rows": 2, "sparsity_solved": 0.375, "mask": "obc",
                       "x": [1, 2]}
+
+
+class AuxHead(nn.Module):
+    """An auxiliary classifier used only in training (as in Inception's): eval never runs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+        self.aux = nn.Linear(8, 4)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c1(x))
+        y = self.fc(torch.relu(self.c2(h)).mean((2, 3)))
+        return y + self.aux(h.mean((2, 3))) if self.training else y
+
+
+@pytest.mark.parametrize("method, settings, done", [("sparsity", {"sparsity": 0.5}, "pruned"), ("quant", {"bits": 4}, "quantized"),
+                                                     ("lowrank", {"rank_ratio": 0.5}, "factorised")])
+def test_a_layer_the_forward_never_runs_is_left_as_it_is_and_named(method, settings, done):
+    torch.manual_seed(0)
+    teacher = AuxHead().eval()
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    cfg = CompressConfig(model="aux", method=method, shots=8, **settings).validate()
+    with pytest.warns(CompressionWarning, match="never reached by the forward pass in eval mode: aux"):
+        result = compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
+    entries = {e["name"]: e for e in result.summary[method]["layers"]}
+    assert entries["aux"]["status"] == "skipped" and "never reached" in entries["aux"]["reason"]
+    assert entries["c2"]["status"] == done
+    assert torch.equal(result.student.aux.weight, teacher.aux.weight)

@@ -147,3 +147,63 @@ def test_export_bad_input(run_dir, data, tmp_path, capsys):
         main(["export", str(run_dir), "--format", "tflite"])
     assert exc.value.code == 2
     assert not (tmp_path / "o.onnx").exists()
+
+
+USER_FACTORY = """
+import torch
+from torch import nn
+
+def make():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_users_compressed_model_exports(tmp_path, capsys, fmt):
+    """A model from the user's own factory: compressed, saved by the CLI, then exported with the
+    input size and normalisation recorded in its file."""
+    (tmp_path / "mynet.py").write_text(USER_FACTORY)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 20)):
+        np.savez(tmp_path / f"{split}.npz", x=rng.integers(0, 256, (n, 12, 12, 3), dtype=np.uint8), y=np.arange(n) % 10)
+    run = tmp_path / "run"
+    assert main(["compress", "--model", f"{tmp_path / 'mynet.py'}:make", "--data", str(tmp_path / "train.npz"),
+                 "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--shots", "2", "--keep", "0.5",
+                 "--no-latency", "--quiet", "--out", str(run)]) == 0
+    assert main(["export", str(run), "--format", fmt, "--eval-data", str(tmp_path / "test.npz")]) == 0
+    assert "the first 20 test images" in capsys.readouterr().out
+    if fmt == "onnx":
+        meta = {p.key: p.value for p in onnx.load(str(run / "student.onnx")).metadata_props}
+        assert meta["crossdistill.input_size"] == "[3, 12, 12]" and meta["crossdistill.std"] == "[0.25, 0.25, 0.25]"
+        assert _conv_out_channels(run / "student.onnx") == [4, 16]  # slimmed: the first conv kept half
+
+
+def test_a_model_on_tokens_exports_on_random_inputs_and_refuses_images(tmp_path):
+    """Inputs that are not images (tokens × features) and an attention whose q/k/v were pruned."""
+    import warnings
+    from test_attention_projections import Block, tokens
+
+    from crossdistill.compression.coverage import CompressionWarning
+
+    (tmp_path / "blocks.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})\n"
+        "from test_attention_projections import Block\n\ndef make():\n    return Block()\n")
+    model = Block().eval()
+    model.crossdistill_factory = f"{tmp_path / 'blocks.py'}:make"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompressionWarning)
+        student, _ = crossdistill.compress(model, tokens(), labels=torch.arange(32) % 4, shots=8, method="sparsity",
+                                           sparsity=0.5, show_progress=False)
+    path = crossdistill.save(student, tmp_path / "tok.safetensors")
+    res = crossdistill.export.export(path, "onnx")
+    assert res.max_abs_diff <= 1e-4 and res.inputs.startswith("a fixed random batch")
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    x = tokens(5)
+    with torch.no_grad():
+        assert np.abs(sess.run(None, {"input": x.numpy()})[0] - student(x).numpy()).max() <= 1e-4
+    np.savez(tmp_path / "img.npz", x=np.zeros((3, 6, 12, 1), np.uint8), y=np.zeros(3, np.int64))
+    with pytest.raises(CrossDistillError, match=r"takes inputs of shape \(6, 12\), not images"):
+        crossdistill.export.export(path, "onnx", eval_data=tmp_path / "img.npz", force=True)

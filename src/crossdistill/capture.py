@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossdistill.attention_projections import packed_projection
 from crossdistill.capture_points import capture_mode, capture_point, indirect_layers
 from crossdistill.errors import CrossDistillError
 
@@ -20,9 +21,14 @@ class _StopForward(Exception):
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The layer named `name`: a submodule, or an attention's q/k/v projection (`<attention>.q_proj`,
+    a Linear view of its packed parameters: attention_projections.py)."""
     try:
         return model.get_submodule(name)
     except AttributeError as exc:
+        projection = packed_projection(model, name)
+        if projection is not None:
+            return projection
         raise CrossDistillError(f"model has no layer named {name!r}") from exc
 
 

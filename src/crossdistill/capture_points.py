@@ -6,7 +6,9 @@ Two torch modules read a child's weight themselves instead of calling the child:
 - `nn.MultiheadAttention` hands `out_proj.weight` to `F.multi_head_attention_forward`, which
   applies it inside; `out_proj` is never called, so a hook on it never fires. Its input (the
   heads' concatenated attention values) is recovered by re-running the attention with
-  `out_proj` swapped for an exact identity (`attention_values`).
+  `out_proj` swapped for an exact identity (`attention_values`). Its q/k/v projections are bare
+  parameters presented as Linear layers (attention_projections.py); their inputs are the
+  attention's query, key and value arguments.
 - `nn.TransformerEncoderLayer` (and `nn.TransformerEncoder`) pass `linear1/linear2.weight` and
   the attention's weights to a fused kernel on their fast path. The capture disables that fast
   path (`capture_mode`) so that the children are called as modules; in normal use the fused
@@ -21,6 +23,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+
+from crossdistill.attention_projections import packed_projection, projection_names
 
 Reader = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], torch.Tensor]
 
@@ -78,18 +82,24 @@ def capture_point(model: nn.Module, name: str) -> CapturePoint:
     parent, leaf = _parent(model, name)
     if isinstance(parent, nn.MultiheadAttention) and leaf == "out_proj":
         return CapturePoint(parent, attention_values)
+    projection = packed_projection(model, name)
+    if projection is not None:
+        return CapturePoint(projection.attention, lambda _m, args, kwargs: projection.read_input(args, kwargs))
     return CapturePoint(model.get_submodule(name), _first_arg)
 
 
 def indirect_layers(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """(parent module, layer name) of the layers applied by a parent instead of being called."""
-    return [(m, f"{n}.out_proj" if n else "out_proj") for n, m in model.named_modules()
-            if isinstance(m, nn.MultiheadAttention)]
+    """(parent module, layer name) of the layers applied by a parent instead of being called, in
+    the order the parent applies them (q, k, v, then out_proj)."""
+    return [(m, layer) for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+            for layer in projection_names(n) + [f"{n}.out_proj" if n else "out_proj"]]
 
 
 def parent_reads_weight(model: nn.Module, name: str) -> str | None:
     """Why layer `name` must keep a `weight` of its own shape (None when it need not): its
     parent reads the weight directly, so replacing the module (e.g. by low-rank factors) breaks it."""
+    if packed_projection(model, name) is not None:
+        return "its weight is rows of the attention's own parameter (in_proj_weight), not a module of its own"
     parent, leaf = _parent(model, name)
     for kind, children in WEIGHT_READERS.items():
         if isinstance(parent, kind) and leaf in children:

@@ -25,7 +25,8 @@ from torch import nn
 from crossdistill.errors import CrossDistillError
 from crossdistill.persistence.files import temp_sibling
 
-__all__ = ["FORMATS", "ExportResult", "export", "export_model", "default_output", "verification_inputs", "max_abs_diff"]
+__all__ = ["FORMATS", "DeployInfo", "ExportResult", "deploy_info", "export", "export_model", "default_output",
+           "verification_inputs", "max_abs_diff"]
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -64,49 +65,80 @@ def default_output(source: str | Path, fmt: str) -> Path:
     return source.with_name(name + suffix)
 
 
-def _metadata(model: nn.Module) -> dict[str, str]:
-    from crossdistill._version import __version__
+@dataclass(frozen=True)
+class DeployInfo:
+    """What a deployer must know about the model's input: its name, shape (without the batch)
+    and the normalisation its pixels need."""
+
+    model: str
+    input_size: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def deploy_info(model: nn.Module) -> DeployInfo:
+    """From the registry for a registered model; from the saved document for a user's model
+    loaded by crossdistill.load; from the compression run for one just compressed."""
     from crossdistill.models.registry import model_info
 
     name = getattr(model, "crossdistill_name", None)
-    meta = {"crossdistill_version": __version__}
     if isinstance(name, str):
-        info = model_info(name)
-        meta.update({
-            "model": name,
-            "input_size": json.dumps(list(info.input_size)),
-            # Deployers must feed (pixels / 255 - mean) / std, NCHW float32.
-            "mean": json.dumps(list(info.mean)),
-            "std": json.dumps(list(info.std)),
-        })
-        if hasattr(model, "spec"):
-            meta["spec"] = json.dumps(model.spec())  # type: ignore[operator]
+        info: Any = model_info(name)
+        return DeployInfo(name, tuple(info.input_size), tuple(info.mean), tuple(info.std))
+    saved = getattr(model, "crossdistill_saved_info", None)
+    if saved is not None and saved.input_size:
+        c = saved.input_size[0]
+        return DeployInfo(saved.model, tuple(saved.input_size), tuple(saved.mean or (0.0,) * c),
+                          tuple(saved.std or (1.0,) * c))
+    info = getattr(model, "crossdistill_info", None)
+    if info is not None:
+        return DeployInfo(getattr(model, "crossdistill_factory", None) or info.name, tuple(info.input_size),
+                          tuple(info.mean), tuple(info.std))
+    raise CrossDistillError(f"cannot export a {type(model).__name__}: its input size is unknown; give a model "
+                            "loaded by crossdistill.load, compressed by crossdistill, or built by create_model")
+
+
+def _metadata(model: nn.Module) -> dict[str, str]:
+    from crossdistill._version import __version__
+
+    meta = {"crossdistill_version": __version__}
+    try:
+        info = deploy_info(model)
+    except CrossDistillError:
+        return meta
+    meta.update({
+        "model": info.model,
+        "input_size": json.dumps(list(info.input_size)),
+        # Deployers must feed (pixels / 255 - mean) / std, NCHW float32 (images).
+        "mean": json.dumps(list(info.mean)),
+        "std": json.dumps(list(info.std)),
+    })
+    if hasattr(model, "spec"):
+        meta["spec"] = json.dumps(model.spec())  # type: ignore[operator]
     return meta
 
 
 def verification_inputs(
     model: nn.Module, eval_data: str | Path | None = None, n: int = 64, seed: int = 0
 ) -> tuple[torch.Tensor, str]:
-    """Normalised NCHW inputs for verification and a description of where they came from."""
-    from crossdistill.models.registry import model_info
-
+    """Normalised inputs for verification (NCHW for images) and a description of where they came from."""
     if n < 1:
         raise CrossDistillError(f"the number of verification inputs must be >= 1, got {n}")
-    name = getattr(model, "crossdistill_name", None)
-    if not isinstance(name, str):
-        raise CrossDistillError(f"cannot export a {type(model).__name__}: it was not built by crossdistill.models.create_model")
-    info = model_info(name)
-    c, h, w = info.input_size
+    info = deploy_info(model)
     if eval_data is None:
         gen = torch.Generator().manual_seed(seed)
         # Normalised images are roughly standard normal, so this exercises the same value range.
-        return torch.randn(n, c, h, w, generator=gen), f"a fixed random batch of {n} (seed {seed})"
+        return torch.randn(n, *info.input_size, generator=gen), f"a fixed random batch of {n} (seed {seed})"
     from crossdistill.data import load_image_data, to_tensor
 
+    if len(info.input_size) != 3:
+        raise CrossDistillError(f"{info.model} takes inputs of shape {info.input_size}, not images: "
+                                "verify on the fixed random batch (no eval data)")
+    c, h, w = info.input_size
     data = load_image_data(eval_data, "test")
     if tuple(data.x.shape[1:]) != (h, w, c):
         raise CrossDistillError(
-            f"{eval_data}: images are {tuple(data.x.shape[1:])} (H, W, C) but {name} expects {(h, w, c)}"
+            f"{eval_data}: images are {tuple(data.x.shape[1:])} (H, W, C) but {info.model} expects {(h, w, c)}"
         )
     k = min(n, len(data))
     return to_tensor(data.x[:k], info.mean, info.std), f"the first {k} test images of {eval_data}"
@@ -192,12 +224,12 @@ def export_model(
         raise CrossDistillError(f"output {out} is a directory; give a file name")
     if out.exists() and not force:
         raise CrossDistillError(f"output {out} already exists; pass --force to replace it")
-    if inputs.dim() != 4 or not inputs.is_floating_point() or not bool(torch.isfinite(inputs).all()):
-        raise CrossDistillError("verification inputs must be finite float NCHW tensors")
+    if inputs.dim() < 2 or not inputs.is_floating_point() or not bool(torch.isfinite(inputs).all()):
+        raise CrossDistillError("verification inputs must be a finite float batch (NCHW for images)")
     model = model.eval()
     example = inputs[:_TRACE_BATCH].clone()
     if len(example) < _TRACE_BATCH:
-        example = example.repeat(_TRACE_BATCH, 1, 1, 1)
+        example = example.repeat(_TRACE_BATCH, *[1] * (inputs.dim() - 1))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

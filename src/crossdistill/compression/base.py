@@ -2,6 +2,7 @@
 with the solved model (e.g. physically remove pruned channels)."""
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -9,7 +10,9 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from crossdistill.compression.coverage import CompressionWarning, Coverage
 from crossdistill.engine import LayerRecord
+from crossdistill.errors import CrossDistillError
 from crossdistill.params import Plugin
 from crossdistill.solvers import LayerTask
 
@@ -32,6 +35,18 @@ class CompressionMethod(Plugin, ABC):
 
     @abstractmethod
     def plan(self, model: nn.Module) -> list[LayerTask]: ...
+
+    def skip_unreached(self, names: Sequence[str]) -> None:
+        """Planned layers that the forward pass (eval mode) never runs, e.g. a training-only
+        auxiliary head: there is no input to solve them on. A method whose report lists every
+        layer (compression/coverage.py) leaves them as they are and says so; others refuse."""
+        coverage: Coverage | None = getattr(self, "_coverage", None)
+        if coverage is None:
+            raise CrossDistillError(f"layers never reached by the forward pass: {list(names)}")
+        for name in names:
+            coverage.skip(name, "never reached by the forward pass in eval mode: no input to solve it on")
+        warnings.warn(f"{self.name}: left uncompressed, never reached by the forward pass in eval mode: "
+                      + ", ".join(names), CompressionWarning, stacklevel=2)
 
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
         return model

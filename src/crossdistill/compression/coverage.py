@@ -1,11 +1,11 @@
 """Which conv and linear layers a compression method takes, and why it leaves each of the others.
 
 Every conv and linear of the model gets one entry in the method's report (`summary()` →
-report.json `<method>.layers`), and so does every packed attention projection (a bare parameter
-of `nn.MultiheadAttention`, not a layer the solvers can reach): nothing is left out silently.
+report.json `<method>.layers`), and so does each q/k/v projection of an `nn.MultiheadAttention`
+(`<attention>.q_proj`, ...: attention_projections.py): nothing is left out silently.
 Layers left out by a setting (the first conv, the classifier) or for having nothing to gain are
-only listed; layers left out for a reason no setting controls (an unsupported type, a packed
-projection, a parent that reads the weight itself) also raise one `CompressionWarning` naming them.
+only listed; layers left out for a reason no setting controls (an unsupported type, a parent
+that reads the weight itself) also raise one `CompressionWarning` naming them.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from crossdistill.attention_projections import PROJECTIONS, projection_names
 from crossdistill.capture import unsupported_reason
 
 PLANNED, SKIPPED = "planned", "skipped"
@@ -32,14 +33,6 @@ def layer_kind(module: nn.Module) -> str:
             kind += " depthwise" if module.groups == module.in_channels else f" groups={module.groups}"
         return kind
     return type(module).__name__
-
-
-def packed_projections(name: str, mha: nn.MultiheadAttention) -> list[str]:
-    """The q/k/v projection parameters of an attention: packed into one (3E, E) `in_proj_weight`
-    (or three `*_proj_weight`) that F.multi_head_attention_forward reads, with no Linear module
-    whose input could be captured or whose weight could be written on its own."""
-    params = ("in_proj_weight",) if mha.in_proj_weight is not None else ("q_proj_weight", "k_proj_weight", "v_proj_weight")
-    return [f"{name}.{p}" if name else p for p in params]
 
 
 @dataclass
@@ -76,17 +69,19 @@ class Coverage:
 
 
 def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_setting: str, last_setting: str) -> Coverage:
-    """Every conv and linear of `model` in module order, planned unless unsupported, unless it is
-    the first Conv2d (kept unless `first`) or the last Linear (the classifier, kept unless `last`).
-    Module order is the forward order of the registered models (first conv first, classifier last)."""
+    """Every conv and linear of `model` (and every attention's q/k/v projection) in module order,
+    planned unless unsupported, unless it is the first Conv2d (kept unless `first`) or the last
+    Linear (the classifier, kept unless `last`). Module order is the forward order of the
+    registered models (first conv first, classifier last)."""
     cov = Coverage(method)
     convs: list[str] = []
     linears: list[str] = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.MultiheadAttention):
-            for param in packed_projections(name, mod):
-                cov.add(param, "MultiheadAttention packed projection")
-                cov.skip(param, "a packed q/k/v projection parameter, not a Linear layer: not supported", warn=True)
+            # Never the classifier: not entered in `linears`.
+            where = "in_proj_weight rows" if mod.in_proj_weight is not None else "own weight"
+            for proj, layer in zip(PROJECTIONS, projection_names(name)):
+                cov.add(layer, f"Linear (MultiheadAttention {proj[0]}, {where})")
         if not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
             continue
         cov.add(name, layer_kind(mod))

@@ -218,12 +218,14 @@ def model_size_bytes(model: nn.Module) -> dict[str, int]:
     output channel (asymmetric only); every other parameter and BatchNorm running statistic in
     float32 (BN counters, which inference never reads, are not counted)."""
     quant = getattr(model, QUANT_ATTR, None) or {}
-    quantized = {f"{n}.weight" for n in quant}
     codes = scales = floats = 0
     for key, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if key.endswith("num_batches_tracked") or key in quantized:
-            continue
-        floats += t.numel() * t.element_size()
+        if not key.endswith("num_batches_tracked"):
+            floats += t.numel() * t.element_size()
+    for name in quant:
+        # Subtracted layer by layer: an attention's q/k/v are rows of one packed parameter.
+        w = get_module(model, name).weight
+        floats -= w.numel() * w.element_size()
     for e in quant.values():
         codes += math.ceil(e["codes"].numel() * int(e["bits"]) / 8)
         scales += e["scale"].numel() * 4 + (e["zero_point"].numel() if e["scheme"] == "asymmetric" else 0)

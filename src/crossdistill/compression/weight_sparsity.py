@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import conv_groups
+from crossdistill.attention_projections import packed_layers
+from crossdistill.capture import conv_groups, get_module
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.coverage import Coverage, survey
 from crossdistill.engine import LayerRecord
@@ -63,19 +64,18 @@ def sparsity_report(model: nn.Module, names: Sequence[str]) -> dict[str, Any]:
     layers = {}
     zeros = total = 0
     for name in names:
-        w = model.get_submodule(name).weight.detach()
+        w = get_module(model, name).weight.detach()
         z = int((w == 0).sum())
         layers[name] = z / w.numel()
         zeros += z
         total += w.numel()
     all_zeros = all_total = 0
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            all_zeros += int((m.weight.detach() == 0).sum())
-            all_total += m.weight.numel()
+    for m in [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))] + [p for _, p in packed_layers(model)]:
+        all_zeros += int((m.weight.detach() == 0).sum())
+        all_total += m.weight.numel()
     return {
         "pruned_layers": zeros / max(1, total),  # over the layers that were pruned
-        "all_weights": all_zeros / max(1, all_total),  # over every conv and linear weight
+        "all_weights": all_zeros / max(1, all_total),  # over every conv, linear and attention q/k/v weight
         "zeros": zeros,
         "weights": total,
         "per_layer": layers,
@@ -110,7 +110,7 @@ class WeightSparsity(CompressionMethod):
             raise CrossDistillError(f"{type(model).__name__} has no conv or linear layer to prune "
                                     "(the first conv and the classifier are left dense unless prune_first/prune_last)")
         params = {"sparsity": self.sparsity, "pattern": self.pattern}
-        return [LayerTask(name=n, params=dict(params), group_params=self._group_params(model.get_submodule(n)))
+        return [LayerTask(name=n, params=dict(params), group_params=self._group_params(get_module(model, n)))
                 for n in self._names]
 
     def _group_params(self, layer: nn.Module) -> list[dict[str, Any]] | None:
@@ -120,7 +120,7 @@ class WeightSparsity(CompressionMethod):
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
         masks = {}
         for r in records:
-            w = model.get_submodule(r.name).weight.detach()
+            w = get_module(model, r.name).weight.detach()
             masks[r.name] = w != 0
             r.info["sparsity"] = float((w == 0).sum()) / w.numel()
             if self._coverage is not None and r.name in self._coverage.entries:

@@ -7,6 +7,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from crossdistill.attention_projections import PackedProjection
+from crossdistill.capture import get_module
 from crossdistill.errors import CrossDistillError
 
 
@@ -23,15 +25,22 @@ def trainable_params(student: nn.Module, which: str) -> list[nn.Parameter]:
 class Masks:
     """The pruning masks ({layer name: bool, True = kept}) bound to the model's weights. Zeroed
     gradients keep Adam's moments from ever seeing a pruned weight; re-applying the masks after
-    each step keeps them at exactly zero whatever the optimizer does (e.g. SGD's momentum)."""
+    each step keeps them at exactly zero whatever the optimizer does (e.g. SGD's momentum).
+    An attention's q/k/v masks are rows of one packed parameter: they are bound to that
+    parameter as one mask (its gradient is the parameter's, not the rows' view's)."""
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-        self.pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        full: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         for name, mask in masks.items():
-            w = model.get_submodule(name).weight
+            layer = get_module(model, name)
+            param, rows = layer.storage() if isinstance(layer, PackedProjection) else (layer.weight, slice(None))
+            w = param[rows]
             if w.shape != mask.shape:
                 raise CrossDistillError(f"mask of {name!r} has shape {tuple(mask.shape)}, weight {tuple(w.shape)}")
-            self.pairs.append((w, mask.to(device=w.device, dtype=w.dtype)))
+            if id(param) not in full:
+                full[id(param)] = (param, torch.ones_like(param, dtype=torch.bool))
+            full[id(param)][1][rows] = mask.to(device=param.device)
+        self.pairs: list[tuple[nn.Parameter, torch.Tensor]] = [(p, m.to(p.dtype)) for p, m in full.values()]
 
     @torch.no_grad()
     def apply(self) -> None:

@@ -47,7 +47,7 @@ class SavedModelInfo:
     format_version: int = FORMAT_VERSION
     crossdistill_version: str = ""
     torch_version: str = ""
-    input_size: tuple[int, int, int] | None = None
+    input_size: tuple[int, ...] | None = None
     num_classes: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -118,8 +118,9 @@ def parse_info(text: str | bytes, source: str = "model document") -> SavedModelI
         setattr(info, key, v)
     size = doc.get("input_size")
     if size is not None:
-        _expect(isinstance(size, list) and len(size) == 3 and all(is_int(s) and s > 0 for s in size),
-                source, "'input_size' must be three positive integers (C, H, W)")
+        # (C, H, W) for images; a user's model may take any shape (tokens × features, a vector).
+        _expect(isinstance(size, list) and len(size) > 0 and all(is_int(s) and s > 0 for s in size),
+                source, "'input_size' must be a list of positive integers (C, H, W for images)")
         info.input_size = tuple(size)  # type: ignore[assignment]
     n = doc.get("num_classes")
     if n is not None:

@@ -7,8 +7,9 @@ model document (`{layer: metadata}` under the codec's `name`) plus tensors (stor
 `__crossdistill__.{tensor_prefix}.{key}`), and back. Persistence knows no codec by name: it
 loops over `crossdistill.persistence.codecs.CODECS`.
 
-This module imports nothing of crossdistill but the error type, so that every codec, and the
-document parser, can use it without an import circle.
+This module imports nothing of crossdistill but the error type and the attention projections
+(which import nothing of it), so that every codec, and the document parser, can use it without an
+import circle.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from crossdistill.attention_projections import packed_projection
 from crossdistill.errors import CrossDistillError
 
 __all__ = ["EXTRA_PREFIX", "ArtifactCodec", "DocumentError", "Encoded", "is_int", "str_dict", "submodule"]
@@ -119,10 +121,14 @@ def str_dict(v: Any) -> bool:
 
 
 def submodule(model: nn.Module, name: str, what: str) -> nn.Module:
-    """`model.get_submodule(name)`, with a message saying which record named a missing layer."""
+    """The layer `name` (a submodule or an attention's q/k/v projection, as capture.get_module), with
+    a message saying which record named a missing layer."""
     try:
         return model.get_submodule(name)
     except AttributeError:
+        projection = packed_projection(model, name)
+        if projection is not None:
+            return projection
         raise CrossDistillError(f"{what} names layer {name!r}, which the model does not have") from None
 
 

@@ -4,6 +4,11 @@ The codes are the model: the float weight of a quantized layer is not stored (it
 the document's `omitted`) and is recomputed from the codes on load, bit for bit. Tensors per
 layer: `{layer}.qcodes` (int8/uint8, the weight's shape), `{layer}.qscale` (float32, one per
 output channel), `{layer}.qzero` (the codes' dtype, one per output channel).
+
+An attention's q/k/v projection (attention_projections.py) has no `{layer}.weight`: its entry
+names the parameter that holds it (`param`) and how many projections share that parameter
+(`parts`: 3 in a packed in_proj_weight). The parameter is omitted only when every one of its
+parts is quantized; otherwise it is stored as floats and the codes overwrite their rows.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from crossdistill.attention_projections import PackedProjection
 from crossdistill.errors import CrossDistillError
 from crossdistill.persistence.codecs.base import DocumentError, Encoded, LayerRecordCodec, is_int, str_dict, submodule
 
@@ -40,10 +46,20 @@ class QuantCodec(LayerRecordCodec):
                     "to put it back on the grid, or drop model.crossdistill_quant"
                 )
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in quant_tensors(model).items()}
-        return quant_metadata(model), tensors
+        metadata: dict[str, dict[str, Any]] = quant_metadata(model)
+        for layer in metadata:
+            mod = submodule(model, layer, self.record)
+            if isinstance(mod, PackedProjection):
+                metadata[layer].update(param=mod.storage_key(layer), parts=mod.parts)
+        return metadata, tensors
 
     def replaced_keys(self, metadata: Mapping[str, Any]) -> list[str]:
-        return [f"{layer}.weight" for layer in metadata]
+        keys = [f"{layer}.weight" for layer, m in metadata.items() if "param" not in m]
+        shared: dict[str, list[int]] = {}
+        for m in metadata.values():
+            if "param" in m:
+                shared.setdefault(m["param"], []).append(m["parts"])
+        return keys + [key for key, parts in shared.items() if len(parts) == parts[0]]
 
     def validate(self, metadata: Any) -> dict[str, Any]:
         if not str_dict(metadata):
@@ -51,6 +67,8 @@ class QuantCodec(LayerRecordCodec):
         for layer, m in metadata.items():
             if not (isinstance(m, dict) and is_int(m.get("bits")) and isinstance(m.get("scheme"), str)):
                 raise DocumentError(f"quant entry of {layer!r} needs integer bits and a scheme")
+            if ("param" in m or "parts" in m) and not (isinstance(m.get("param"), str) and m.get("parts") in (1, 3)):
+                raise DocumentError(f"quant entry of {layer!r}: 'param' must name a parameter and 'parts' be 1 or 3")
         return {k: dict(v) for k, v in metadata.items()}
 
     def tensor_keys(self, metadata: Mapping[str, Any]) -> set[str]:
@@ -69,6 +87,11 @@ class QuantCodec(LayerRecordCodec):
             layer_mod = submodule(model, layer, "the quantization record")
             if not isinstance(getattr(layer_mod, "weight", None), torch.Tensor):
                 raise CrossDistillError(f"quantized layer {layer!r} has no weight")
+            packed = isinstance(layer_mod, PackedProjection)
+            if packed != ("param" in metadata[layer]) or (
+                    packed and (metadata[layer]["param"], metadata[layer]["parts"]) != (layer_mod.storage_key(layer), layer_mod.parts)):
+                # Else an omitted parameter could be rebuilt only in part, the rest left at zero.
+                raise CrossDistillError(f"quantized layer {layer!r}: its record does not match the model's attention parameters")
             codes = flat[f"{layer}.qcodes"]
             if tuple(codes.shape) != tuple(layer_mod.weight.shape):
                 raise CrossDistillError(
