@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_graph_channels import DenseNet, ResNet, ShuffleNet  # residual add, concat, split + shuffle
 from torch import nn
 
-from crossdistill.capture import all_layer_inputs, get_module, group_size
+from crossdistill.capture import all_layer_inputs, get_module, group_size, unfold, weight_matrix
 from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.low_rank import LowRank, LowRankLayer, empty_factorisation, factorise, restore_lowrank
 from crossdistill.compression.quantization import QUANT_ATTR, dequantized_weight
@@ -76,6 +76,22 @@ class FlattenHead(nn.Module):
         return self.head(torch.flatten(x, 1))
 
 
+class SamePadding(nn.Module):
+    """padding='same' with an even kernel (uneven: torch pads one more at the bottom/right), with
+    dilation, and 'valid'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 4, padding="same")
+        self.dilated = nn.Conv2d(6, 8, 3, padding="same", dilation=2)
+        self.valid = nn.Conv2d(8, 8, (2, 3), padding="valid")
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.valid(torch.relu(self.dilated(torch.relu(self.stem(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
 class MLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -105,6 +121,7 @@ MODELS = {
     "depthwise": (InvertedResidual, (3, 8, 8)),
     "grouped": (Grouped, (3, 8, 8)),
     "flatten_head": (FlattenHead, (3, 8, 8)),
+    "same_padding": (SamePadding, (3, 8, 8)),
     "mlp": (MLP, (20,)),
     "transformer": (Tokens, (6, 12)),
 }
@@ -316,6 +333,16 @@ def test_packed_projection_and_parent_read_layers_warn_by_name():
     cfg = CompressConfig(model="tokens", method="lowrank", shots=8, lowrank_first=True, lowrank_last=True).validate()
     with pytest.warns(CompressionWarning, match=r"block\.self_attn\.q_proj.*block\.self_attn\.out_proj"):
         compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
+
+
+@pytest.mark.parametrize("kernel, dilation, padding", [(4, 1, "same"), ((2, 3), 2, "same"), (3, 1, "same"),
+                                                       (3, 1, "valid"), (3, 1, (1, 2))])
+def test_unfolded_input_reproduces_the_conv_for_any_padding(kernel, dilation, padding):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, kernel, padding=padding, dilation=dilation, bias=False)
+    x = torch.randn(2, 3, 7, 8)
+    y = conv(x).permute(0, 2, 3, 1).reshape(-1, 5)
+    torch.testing.assert_close(unfold(conv, x) @ weight_matrix(conv).T, y, rtol=1e-5, atol=1e-5)
 
 
 def test_group_shares_add_up_to_the_layer_count():

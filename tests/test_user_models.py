@@ -153,6 +153,23 @@ def test_the_api_refuses_what_it_cannot_use():
         crossdistill.compress("resnet20", torch.randn(10, 4))
 
 
+class TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor):
+        return self.fc(x), x
+
+
+def test_models_the_solvers_cannot_take_are_named_with_what_to_do():
+    x, y = torch.randn(12, 4), torch.arange(12) % 3
+    with pytest.raises(CrossDistillError, match="got a tuple; a model that returns several outputs needs a wrapper"):
+        crossdistill.compress(TwoOutputs(), x, labels=y, shots=2)
+    with pytest.raises(CrossDistillError, match=r"parameters are bfloat16; compress a float32 copy \(model.float\(\)\)"):
+        crossdistill.compress(nn.Linear(4, 3).to(torch.bfloat16), x, labels=y, shots=2)
+
+
 def test_api_on_the_shared_cifar_files_normalises_as_the_registered_teacher():
     # The teacher's top-1 through the API from the raw .npz files is the one the CLI reports
     # (91.5 % on the 1000 test images): the pixels got the registered model's mean/std.

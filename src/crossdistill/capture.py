@@ -123,13 +123,29 @@ def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]).T.unsqueeze(0)
     assert isinstance(module, nn.Conv2d)
+    (top, bottom), (left, right) = zero_padding(module)
+    if (top, left) != (bottom, right):
+        # F.unfold pads both sides alike: an uneven 'same' padding is applied beforehand.
+        x, top, left = F.pad(x, (left, right, top, bottom)), 0, 0
     return F.unfold(
         x,
         kernel_size=module.kernel_size,
         dilation=module.dilation,
-        padding=module.padding,
+        padding=(top, left),
         stride=module.stride,
     )
+
+
+def zero_padding(module: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)): the zeros the conv pads its input with, also for
+    padding='valid' and 'same' (where torch puts the odd one at the bottom/right)."""
+    if module.padding == "valid":
+        return (0, 0), (0, 0)
+    if module.padding == "same":
+        total = [d * (k - 1) for k, d in zip(module.kernel_size, module.dilation)]
+        return (total[0] // 2, total[0] - total[0] // 2), (total[1] // 2, total[1] - total[1] // 2)
+    ph, pw = module.padding  # type: ignore[misc]
+    return (ph, ph), (pw, pw)
 
 
 def unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,11 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
     forward pass on zeros (which also checks, before any long work, that the input size fits)."""
     size = tuple(int(v) for v in input_size)  # (C, H, W) for images; any shape for other inputs
     c = size[0]
+    low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
+    if low:
+        # The layer statistics and solves need float32 layers (they accumulate in float64).
+        raise CrossDistillError(f"model {name}: its parameters are {', '.join(low)}; compress a float32 copy "
+                                "(model.float()) and cast the student back afterwards")
     was_training = model.training
     model.eval()
     try:
@@ -91,8 +96,9 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise CrossDistillError(f"model {name}: expected logits of shape (batch, classes), got "
-                                f"{getattr(out, 'shape', type(out).__name__)}")
+        got = f"a {type(out).__name__}" if isinstance(out, (tuple, list, dict)) else getattr(out, "shape", type(out).__name__)
+        raise CrossDistillError(f"model {name}: expected logits of shape (batch, classes), got {got}; a model that "
+                                "returns several outputs needs a wrapper whose forward returns the logits alone")
     mean_t = tuple(float(m) for m in mean) if mean is not None else (0.0,) * c
     std_t = tuple(float(s) for s in std) if std is not None else (1.0,) * c
     if len(mean_t) != c or len(std_t) != c:
