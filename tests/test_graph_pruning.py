@@ -105,6 +105,29 @@ def test_groups_left_whole_are_reported_with_their_reason(key, reason):
     assert any(reason in g["reason"] for g in left)
 
 
+class ReflectPadded(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.c1, self.c2, self.c3 = conv(3, 8, 3, padding=1), conv(8, 8, 3, padding=1, padding_mode="reflect"), conv(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))).mean((2, 3)))
+
+
+def test_a_group_read_by_a_conv_that_pads_otherwise_than_with_zeros_is_left_whole():
+    torch.manual_seed(0)
+    teacher = ReflectPadded().eval()
+    few = fewshot_for(torch.zeros(1, 3, 8, 8))
+    cfg = CompressConfig(model="user-reflect", n_samples=12, keep=0.5)
+    result = compress(teacher, few, cfg, show_progress=False)
+    left = {g["producers"][0]: g["reason"] for g in result.summary["channel_groups"]["left_whole"]}
+    assert left["c1"] == "read by conv c2 with padding_mode='reflect'"
+    assert result.student.c2.out_channels == 4 and result.student.c3.in_channels == 4  # the zero-padded reader's group
+    assert result.student.c2.in_channels == 8
+
+
 def test_thinet_on_a_shared_group_is_refused_by_name():
     with pytest.raises(CrossDistillError, match="selection 'thinet' needs a group read by one layer"):
         run("resnet", keep=0.5, selection="thinet")

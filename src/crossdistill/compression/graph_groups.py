@@ -80,7 +80,11 @@ def _role(graph: Graph, dep: Any, reasons: list[str]) -> str | None:
             return "dw"
         if mod.transposed and mod.groups > 1:
             reasons.append(f"grouped transposed conv {name}")
-        return "out" if _is_out(dg, dep) else "in"
+        role = "out" if _is_out(dg, dep) else "in"
+        if role == "in" and getattr(mod, "padding_mode", "zeros") != "zeros":
+            # A reader is re-solved on the kept channels, and the solvers unfold with zeros only.
+            reasons.append(f"read by conv {name} with padding_mode={mod.padding_mode!r}")
+        return role
     elif isinstance(mod, tp_ops.TORCH_LINEAR):
         return "out" if _is_out(dg, dep) else "in"
     elif isinstance(mod, NORMS):
