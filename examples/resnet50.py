@@ -1,6 +1,6 @@
 """ResNet-50 (ImageNet shape: 224×224 inputs, 1000 classes, bottleneck blocks of widths 64-128-256-512,
 expansion 4), as a user's model: the network of He et al. 2016 written from the paper's table, for
-the scale benchmark (benchmarks/large_network.py) and as an example of a model the registry does
+the scale benchmark (benchmarks/scale_network.py) and as an example of a model the registry does
 not know. No pretrained weights come with it: pass your own state dict with --weights.
 
     crossdistill compress --model examples/resnet50.py:resnet50 --weights my_resnet50.pt \\

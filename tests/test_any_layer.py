@@ -20,6 +20,7 @@ from crossdistill.compression.quantization import QUANT_ATTR, dequantized_weight
 from crossdistill.compression.weight_sparsity import group_shares
 from crossdistill.config import CompressConfig
 from crossdistill.engine import distill_layers
+from crossdistill.errors import CrossDistillError
 from crossdistill.layer_solve import merge_group_infos
 from crossdistill.moments import MomentAccumulator
 from crossdistill.objectives import create_objective
@@ -386,9 +387,38 @@ def test_a_layer_the_forward_never_runs_is_left_as_it_is_and_named(method, setti
     teacher = AuxHead().eval()
     x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     cfg = CompressConfig(model="aux", method=method, shots=8, **settings).validate()
-    with pytest.warns(CompressionWarning, match="never reached by the forward pass in eval mode: aux"):
+    with pytest.warns(CompressionWarning, match="never reached by the forward pass in eval mode.*: aux"):
         result = compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
     entries = {e["name"]: e for e in result.summary[method]["layers"]}
     assert entries["aux"]["status"] == "skipped" and "never reached" in entries["aux"]["reason"]
     assert entries["c2"]["status"] == done
     assert torch.equal(result.student.aux.weight, teacher.aux.weight)
+
+
+class SharedConv(nn.Module):
+    """One conv applied twice (shared weights): its two calls see different inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.c2(torch.relu(self.c1(x))))))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_a_layer_run_twice_is_left_as_it_is_and_named_and_the_engine_refuses_it():
+    torch.manual_seed(0)
+    teacher = SharedConv().eval()
+    x = torch.randn(100, 3, 8, 8, generator=torch.Generator().manual_seed(1))  # several capture batches
+    cfg = CompressConfig(model="shared", method="sparsity", shots=8, sparsity=0.5, prune_first=True).validate()
+    with pytest.warns(CompressionWarning, match=r"runs more than once per forward pass \(shared weights\).*: c2"):
+        result = compress(teacher, FewShot(x[:32], torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
+    entries = {e["name"]: e for e in result.summary["sparsity"]["layers"]}
+    assert entries["c2"]["status"] == "skipped" and entries["c1"]["status"] == "pruned"
+    assert torch.equal(result.student.c2.weight, teacher.c2.weight)
+    # Called directly, the engine would pair the first call's teacher inputs with the second's.
+    with pytest.raises(CrossDistillError, match=r"more than once per forward pass \(shared weights\): \['c2'\]"):
+        distill_layers(teacher, copy.deepcopy(teacher), x, [LayerTask(name="c2", params={"sparsity": 0.5, "pattern": "layer"})],
+                       create_objective("mixed", mu=0.9), create_solver("sparsity", "closed-form"), damping=1e-3, batch_size=16)

@@ -202,3 +202,21 @@ def test_saved_student_reloads_with_its_projections(tmp_path, method, settings):
 
         with safe_open(str(tmp_path / "s.safetensors"), "pt") as f:
             assert "attn.in_proj_weight" not in f.keys()  # all three parts are codes: no float copy
+
+
+def test_student_inputs_of_q_k_v_cost_one_pass():
+    from crossdistill.capture import StudentInputs
+
+    model = Block(cross=True).eval()
+    batches = [tokens(4), tokens(6)]
+    calls = []
+    model.attn.register_forward_pre_hook(lambda *a: calls.append(1))
+    inputs = StudentInputs(model, batches)
+    got = {n: inputs.of(n) for n in ("attn.q_proj", "attn.k_proj", "attn.v_proj")}
+    assert len(calls) == len(batches)  # one pass over the batches for the three
+    ref = {n: v for n, v in all_layer_inputs(model, list(got), batches).items()}
+    for n in got:
+        assert len(got[n]) == 2 and all(torch.equal(a, b) for a, b in zip(got[n], ref[n])), n
+    calls.clear()
+    inputs.of("attn.out_proj")
+    assert inputs.of("attn.v_proj") is not None and len(calls) == 2 * len(batches)  # asked again: captured anew

@@ -97,6 +97,14 @@ def packed_projection(model: nn.Module, name: str) -> PackedProjection | None:
     return PackedProjection(parent, PROJECTIONS.index(leaf))
 
 
+def later_projections(model: nn.Module, name: str) -> list[str]:
+    """The projections of the same attention after `name` ([] unless `name` is a projection)."""
+    if packed_projection(model, name) is None:
+        return []
+    parent, leaf = _split(name)
+    return projection_names(parent)[PROJECTIONS.index(leaf) + 1 :]
+
+
 def projection_names(name: str) -> list[str]:
     """The three projection layer names of the attention named `name`."""
     return [f"{name}.{p}" if name else p for p in PROJECTIONS]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossdistill.attention_projections import packed_projection
+from crossdistill.attention_projections import later_projections, packed_projection
 from crossdistill.capture_points import capture_mode, capture_point, indirect_layers
 from crossdistill.errors import CrossDistillError
 
@@ -59,24 +59,32 @@ def conv_groups(module: nn.Module) -> int:
     return module.groups if isinstance(module, nn.Conv2d) else 1
 
 
-def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Names of the convs and linears in the order a forward pass runs them (a layer that its
-    parent applies without calling it, e.g. an attention's out_proj, when the parent runs)."""
-    order: list[str] = []
-    handles = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, SOLVABLE):
-            handles.append(mod.register_forward_hook(lambda m, i, o, n=name: order.append(n)))
-    for parent, name in indirect_layers(model):
-        handles.append(parent.register_forward_hook(lambda m, i, o, n=name: order.append(n)))
+def forward_calls(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """How many times one forward pass runs each conv and linear, in the order it first runs them
+    (a layer that its parent applies without calling it, e.g. an attention's out_proj, when the
+    parent runs). A layer the pass never runs is absent."""
+    calls: dict[str, int] = {}
+
+    def count(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: Any, _o: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    handles = [mod.register_forward_hook(count(name)) for name, mod in model.named_modules()
+               if isinstance(mod, SOLVABLE)]
+    handles += [parent.register_forward_hook(count(name)) for parent, name in indirect_layers(model)]
     try:
         with capture_mode():
             model(example)
     finally:
         for h in handles:
             h.remove()
-    seen: set[str] = set()
-    return [n for n in order if not (n in seen or seen.add(n))]
+    return calls
+
+
+def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the convs and linears in the order a forward pass runs them (forward_calls)."""
+    return list(forward_calls(model, example))
 
 
 def layer_inputs(model: nn.Module, name: str, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -247,6 +255,7 @@ class StudentInputs:
             self._check_units()
         self._cursor = 0  # index of the unit whose input `_cached` holds
         self._cached = ActivationStore(self.batches, spill_dir)
+        self._siblings: dict[str, list[torch.Tensor]] = {}  # captured with an attention's q (see `of`)
 
     def _check_units(self) -> None:
         # A units list that does not compose to the forward would silently feed wrong inputs.
@@ -269,20 +278,35 @@ class StudentInputs:
 
     def of(self, name: str, *, lazy: bool = False) -> Iterable[torch.Tensor]:
         """The student's input to layer `name`, batch by batch, under its current weights: a list,
-        or with `lazy` a one-pass iterator that holds one batch at a time."""
+        or with `lazy` a one-pass iterator that holds one batch at a time.
+
+        An attention's q, k and v read its arguments, which none of the three changes: asked for
+        q (not lazily), the pass captures k's and v's inputs too, and they are handed out when
+        asked for next (one forward instead of three; dropped once another layer is asked for)."""
+        if name in self._siblings:
+            return self._siblings.pop(name)
+        self._siblings.clear()
+        names = [name] + (later_projections(self.model, name) if not lazy else [])
         unit = self._unit_of(name) if self.units is not None else None
         if unit is None:
-            found = layer_inputs(self.model, name, self.batches)
+            fn: Callable[[torch.Tensor], torch.Tensor] = self.model
+            inputs: Iterable[torch.Tensor] = self.batches
+            where = "the forward pass"
+        else:
+            get_module(self.model, name)
+            if unit < self._cursor:
+                raise CrossDistillError(f"layer {name!r} asked for after a later layer: layers must go front to back")
+            with capture_mode():
+                while self._cursor < unit:
+                    self._cached.advance(self.units[self._cursor][1])
+                    self._cursor += 1
+            fn, inputs, where = self.units[unit][1], self._cached, "its forward unit"
+        if len(names) == 1:
+            found = _inputs_through(self.model, name, fn, inputs, where=where)
             return found if lazy else list(found)
-        get_module(self.model, name)
-        if unit < self._cursor:
-            raise CrossDistillError(f"layer {name!r} asked for after a later layer: layers must go front to back")
-        with capture_mode():
-            while self._cursor < unit:
-                self._cached.advance(self.units[self._cursor][1])
-                self._cursor += 1
-        found = _inputs_through(self.model, name, self.units[unit][1], self._cached)
-        return found if lazy else list(found)
+        per_batch = list(_inputs_until(self.model, names, fn, inputs, where))
+        self._siblings = {n: [box[n] for box in per_batch] for n in names[1:]}
+        return [box[name] for box in per_batch]
 
 
 def _inputs_through(

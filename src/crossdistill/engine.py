@@ -15,7 +15,7 @@ from crossdistill.capture import (
     all_layer_inputs,
     inputs_per_batch,
     check_solvable,
-    forward_order,
+    forward_calls,
     get_module,
     group_size,
     unfold,
@@ -24,6 +24,7 @@ from crossdistill.capture import (
 from crossdistill import conv_gram
 from crossdistill.device import module_device, on_device
 from crossdistill.distributed import active as distributed_active, is_main, on_main, shard, sum_, sum_number, together
+from crossdistill.errors import CrossDistillError
 from crossdistill.layer_solve import solve_layer
 from crossdistill.moments import CHUNK_IMAGES, MomentAccumulator
 from crossdistill.objectives import Objective
@@ -52,12 +53,15 @@ def batches_of(images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 def order_tasks(model: nn.Module, tasks: Sequence[LayerTask], example: torch.Tensor) -> list[LayerTask]:
     """Front to back, by the order the forward pass reaches each layer."""
-    order = {name: i for i, name in enumerate(forward_order(model, example))}
-    missing = [t.name for t in tasks if t.name not in order]
+    calls = forward_calls(model, example)
+    missing = [t.name for t in tasks if t.name not in calls]
     if missing:
-        from crossdistill.errors import CrossDistillError
-
         raise CrossDistillError(f"layers never reached by the forward pass: {missing}")
+    shared = [t.name for t in tasks if calls[t.name] > 1]
+    if shared:
+        # The capture pairs a layer's teacher and student inputs call by call only for one call.
+        raise CrossDistillError(f"layers that run more than once per forward pass (shared weights): {shared}")
+    order = {name: i for i, name in enumerate(calls)}
     return sorted(tasks, key=lambda t: order[t.name])
 
 

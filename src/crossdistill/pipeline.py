@@ -16,7 +16,7 @@ from crossdistill import distributed
 from crossdistill.compression import METHODS
 from crossdistill.compression.quantization import dequantize_into
 from crossdistill.calibration import calibration_images
-from crossdistill.capture import forward_order
+from crossdistill.capture import forward_calls
 from crossdistill.checks import check_data_fits_model
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
@@ -128,11 +128,14 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         solver = build_solver(stage, solver_name, cfg)
         solver_names.append(solver.describe())
         tasks = stage.plan(student)
-        reached = set(forward_order(student, images[:1]))
-        unreached = [t.name for t in tasks if t.name not in reached]
-        if unreached:
-            stage.skip_unreached(unreached)
-            tasks = [t for t in tasks if t.name in reached]
+        calls = forward_calls(student, images[:1])
+        for why, names in (("never reached by the forward pass in eval mode: no input to solve it on",
+                            [t.name for t in tasks if t.name not in calls]),
+                           ("runs more than once per forward pass (shared weights): not supported",
+                            [t.name for t in tasks if calls.get(t.name, 0) > 1])):
+            if names:
+                stage.leave_out(names, why)
+                tasks = [t for t in tasks if t.name not in names]
         progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
         stage_records = distill_layers(
             stage_teacher, student, images, tasks, objective, solver,

@@ -36,17 +36,17 @@ class CompressionMethod(Plugin, ABC):
     @abstractmethod
     def plan(self, model: nn.Module) -> list[LayerTask]: ...
 
-    def skip_unreached(self, names: Sequence[str]) -> None:
-        """Planned layers that the forward pass (eval mode) never runs, e.g. a training-only
-        auxiliary head: there is no input to solve them on. A method whose report lists every
-        layer (compression/coverage.py) leaves them as they are and says so; others refuse."""
+    def leave_out(self, names: Sequence[str], reason: str) -> None:
+        """Planned layers the run cannot solve, found by running the model: ones the forward pass
+        (eval mode) never runs, e.g. a training-only auxiliary head, or runs several times. A
+        method whose report lists every layer (compression/coverage.py) leaves them as they are
+        and says so; others refuse."""
         coverage: Coverage | None = getattr(self, "_coverage", None)
         if coverage is None:
-            raise CrossDistillError(f"layers never reached by the forward pass: {list(names)}")
+            raise CrossDistillError(f"layers {list(names)}: {reason}")
         for name in names:
-            coverage.skip(name, "never reached by the forward pass in eval mode: no input to solve it on")
-        warnings.warn(f"{self.name}: left uncompressed, never reached by the forward pass in eval mode: "
-                      + ", ".join(names), CompressionWarning, stacklevel=2)
+            coverage.skip(name, reason)
+        warnings.warn(f"{self.name}: left uncompressed, {reason}: " + ", ".join(names), CompressionWarning, stacklevel=2)
 
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
         return model
