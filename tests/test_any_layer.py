@@ -422,3 +422,67 @@ def test_a_layer_run_twice_is_left_as_it_is_and_named_and_the_engine_refuses_it(
     with pytest.raises(CrossDistillError, match=r"more than once per forward pass \(shared weights\): \['c2'\]"):
         distill_layers(teacher, copy.deepcopy(teacher), x, [LayerTask(name="c2", params={"sparsity": 0.5, "pattern": "layer"})],
                        create_objective("mixed", mu=0.9), create_solver("sparsity", "closed-form"), damping=1e-3, batch_size=16)
+
+
+class StandardisedConv(nn.Conv2d):
+    """Weight standardisation (as in BiT's StdConv2d): the weight that runs is not `weight`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Five(nn.Module):
+    def __init__(self, special: str) -> None:
+        super().__init__()
+        conv = StandardisedConv if special == "own_forward" else nn.Conv2d
+        self.c0, self.c1 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c2, self.c3 = conv(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+        if special == "weight_norm":
+            torch.nn.utils.parametrizations.weight_norm(self.c2)
+        if special == "old_weight_norm":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.nn.utils.weight_norm(self.c2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for c in (self.c0, self.c1, self.c2, self.c3):
+            x = torch.relu(c(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_model_with_torchs_deprecated_weight_norm_is_refused_with_what_to_do():
+    teacher = Five("old_weight_norm").eval()
+    teacher(torch.randn(1, 3, 8, 8))  # a forward leaves the computed weight that deepcopy rejects
+    cfg = CompressConfig(model="five", method="sparsity", shots=1).validate()
+    with pytest.raises(CrossDistillError, match=r"layers \['c2'\] use torch.nn.utils.weight_norm .*remove_weight_norm"):
+        compress(teacher, FewShot(torch.randn(4, 3, 8, 8), torch.arange(4), np.arange(4)), cfg, show_progress=False)
+
+
+@pytest.mark.parametrize("special, reason", [("weight_norm", "computed from other parameters"),
+                                             ("own_forward", "StandardisedConv with a forward of its own")])
+def test_a_layer_whose_weight_is_not_what_runs_is_left_whole(special, reason):
+    """Writing a solved weight there would not change what runs (weight norm recomputes it), or
+    would be solved for the wrong map (weight standardisation)."""
+    torch.manual_seed(0)
+    teacher = Five(special).eval()
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    few = FewShot(x, torch.arange(32) % 4, np.arange(32))
+    cfg = CompressConfig(model="five", method="sparsity", shots=8, sparsity=0.5).validate()
+    with pytest.warns(CompressionWarning, match=reason):
+        result = compress(teacher, few, cfg, show_progress=False)
+    entries = {e["name"]: e for e in result.summary["sparsity"]["layers"]}
+    assert entries["c2"]["status"] == "skipped" and reason in entries["c2"]["reason"]
+    assert entries["c1"]["status"] == entries["c3"]["status"] == "pruned"
+    for (k, v), (_, t) in zip(result.student.c2.state_dict().items(), teacher.c2.state_dict().items()):
+        assert torch.equal(v, t), k
+    # Channel pruning leaves every group that touches c2 whole, and prunes the others.
+    cfg = CompressConfig(model="five", method="channels", shots=8, keep=0.5).validate()
+    result = compress(teacher, few, cfg, show_progress=False)
+    groups = result.summary["channel_groups"]
+    assert any("layer c2" in g["reason"] and reason in g["reason"] for g in groups["left_whole"])
+    assert [g["producers"] for g in groups["pruned"]] == [["c0"]]
+    with torch.inference_mode():
+        assert result.student(x).shape == (32, 4)

@@ -39,14 +39,32 @@ def unsupported_reason(module: nn.Module) -> str | None:
         return f"a {type(module).__name__}; only Conv2d and Linear layers can be compressed"
     if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
         return f"padding_mode={module.padding_mode!r}; only 'zeros' is supported"
+    return own_weight_reason(module)
+
+
+def own_weight_reason(module: nn.Module) -> str | None:
+    """Why a conv's or linear's output is not `W X` with the `weight` tensor it holds (None when
+    it is): a weight recomputed from other parameters (weight norm), or a subclass's own forward
+    (e.g. weight standardisation). A solved weight written there would not be the one that runs."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(module, "weight") or hasattr(module, "weight_g"):
+        return ("its weight is computed from other parameters (weight norm or another parametrization); "
+                "remove that first, e.g. torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight')")
+    base: type[nn.Module] = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+    custom = type(module).forward is not base.forward
+    if isinstance(module, nn.Conv2d):
+        custom |= type(module)._conv_forward is not nn.Conv2d._conv_forward
+    if custom:
+        return f"a {type(module).__name__} with a forward of its own (its output need not be W·x)"
     return None
 
 
 def check_solvable(module: nn.Module, name: str, *, channel_pruning: bool = False) -> None:
     reason = unsupported_reason(module)
     if reason is not None:
-        verb = "uses" if reason.startswith("padding_mode") else "is"
-        raise CrossDistillError(f"layer {name!r} {verb} {reason}")
+        verb = "uses" if reason.startswith("padding_mode") else ":" if reason.startswith("its") else "is"
+        raise CrossDistillError(f"layer {name!r}{'' if verb == ':' else ' '}{verb} {reason}")
     if channel_pruning and conv_groups(module) != 1:
         # Dropping input channels of one group would leave the groups unequal.
         raise CrossDistillError(f"layer {name!r} is a grouped conv (groups={module.groups}); "

@@ -1,4 +1,5 @@
-"""Checks that data fits the model it is fed to, before any work is done.
+"""Checks that data fits the model it is fed to (and that the model can be copied into a
+student), before any work is done.
 
 A data set can be valid on its own (uint8 pixels, labels in [0, its own class count)) and still
 not fit a model: other image size, more classes than the classifier has. Found late, these
@@ -7,11 +8,13 @@ entry point checks them up front with one message that names the file.
 """
 from __future__ import annotations
 
+from torch import nn
+
 from crossdistill.data.arrays import ImageArrays
 from crossdistill.errors import CrossDistillError
 from crossdistill.models.registry import ModelInfo
 
-__all__ = ["check_data_fits_model"]
+__all__ = ["check_copyable", "check_data_fits_model"]
 
 
 def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_classes: int | None = None,
@@ -32,3 +35,15 @@ def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_clas
         raise CrossDistillError(
             f"{where}: label {top} is out of range for {model}, which has {k} classes (labels 0..{k - 1})"
         )
+
+
+def check_copyable(model: nn.Module) -> None:
+    """Refuse, naming the layers, a model that cannot be copied into a student: torch's deprecated
+    `torch.nn.utils.weight_norm` leaves a computed weight that copy.deepcopy rejects."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    old = [name for name, m in model.named_modules() if any(isinstance(h, WeightNorm) for h in m._forward_pre_hooks.values())]
+    if old:
+        raise CrossDistillError(
+            f"layers {old} use torch.nn.utils.weight_norm (deprecated), whose models cannot be copied: "
+            "remove it (torch.nn.utils.remove_weight_norm(layer)) or use torch.nn.utils.parametrizations.weight_norm")

@@ -17,7 +17,7 @@ from crossdistill.compression import METHODS
 from crossdistill.compression.quantization import dequantize_into
 from crossdistill.calibration import calibration_images
 from crossdistill.capture import forward_calls
-from crossdistill.checks import check_data_fits_model
+from crossdistill.checks import check_copyable, check_data_fits_model
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
 from crossdistill.device import resolve_device
@@ -113,6 +113,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     objective = build_objective(cfg)
     method = METHODS.build(cfg.method.name, cfg.method.params)
     damping = resolved_damping(cfg, fewshot)
+    check_copyable(teacher)
     student = copy.deepcopy(teacher).eval()
     # A method runs as one or more stages (compression/composite.py): each stage's teacher is the
     # previous stage's finished student, because slimming changes the layers' shapes.

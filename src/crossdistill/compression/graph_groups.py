@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch_pruning import ops as tp_ops
 
+from crossdistill.capture import own_weight_reason
 from crossdistill.compression.graph_ops import DUMMY, Graph
 from crossdistill.compression.graph_ties import NORMS, _is_out, _structure, _TPGroup, _tp_groups, _Union
 from crossdistill.compression.graph_trace import trace
@@ -69,6 +70,9 @@ def _role(graph: Graph, dep: Any, reasons: list[str]) -> str | None:
         return None
     if graph.calls[mod] > 1:
         reasons.append(f"layer {name} runs more than once (shared weights)")
+    if isinstance(mod, (nn.Conv2d, nn.Linear)) and own_weight_reason(mod) is not None:
+        # Neither solved nor slimmed: its weight is not the tensor that runs.
+        reasons.append(f"layer {name}: {own_weight_reason(mod)}")
     if isinstance(mod, tp_ops.TORCH_MHA):
         reasons.append(f"attention projection (MultiheadAttention packed in_proj): {name}")
     elif isinstance(mod, (tp_ops.TORCH_LSTM, tp_ops.TORCH_EMBED)):
