@@ -188,3 +188,24 @@ def test_api_on_the_shared_cifar_files_normalises_as_the_registered_teacher():
                                             show_progress=False)
     assert report["teacher"]["n_eval"] == 1000 and round(report["teacher"]["top1"], 1) == 91.5
     assert report["student"]["top1"] > 50.0  # a working student, not one fed mis-scaled pixels
+
+
+@pytest.mark.parametrize("wrap", ["data_parallel", "compile"])
+def test_a_wrapped_model_gives_the_plain_modules_student(factory, wrap):
+    """DataParallel and torch.compile wrap the user's module: the student is the module itself,
+    its layer names and saved keys those of the unwrapped model, and the same as from it."""
+    from crossdistill.models.user import build_user_model
+
+    model = build_user_model(factory).eval()
+    wrapped = nn.DataParallel(model) if wrap == "data_parallel" else torch.compile(model)
+    x, y = images()
+    a, report = crossdistill.compress(wrapped, x, labels=y, shots=2, method="sparsity", sparsity=0.5,
+                                      show_progress=False)
+    b, _ = crossdistill.compress(model, x, labels=y, shots=2, method="sparsity", sparsity=0.5, show_progress=False)
+    assert type(a) is type(model) and list(a.state_dict()) == list(model.state_dict())
+    assert {e["name"] for e in report["sparsity"]["layers"]} == {n for n, m in model.named_modules()
+                                                                if isinstance(m, (nn.Conv2d, nn.Linear))}
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    assert a.crossdistill_factory == factory  # saving rebuilds it from the user's factory
+

@@ -119,6 +119,23 @@ def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.
     return out
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside DataParallel, DistributedDataParallel or torch.compile's wrapper: the
+    student is a plain module whose layer names (and saved keys) are those of the user's model.
+    A `crossdistill_factory` set on the wrapper is kept."""
+    factory = getattr(model, "crossdistill_factory", None)
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            break
+    if factory is not None and getattr(model, "crossdistill_factory", None) is None:
+        model.crossdistill_factory = factory
+    return model
+
+
 def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tensor | None = None,
              eval_data: Any = None, shots: int | None = None, n_samples: int | None = None, seed: int = 0,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None, name: str | None = None,
@@ -132,6 +149,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
 
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = unwrapped(model)
     name = name or getattr(model, "crossdistill_name", None) or getattr(model, "crossdistill_factory", None) \
         or type(model).__name__
     registered = model_info(name) if name in list_models() else None
