@@ -486,3 +486,35 @@ def test_a_layer_whose_weight_is_not_what_runs_is_left_whole(special, reason):
     assert [g["producers"] for g in groups["pruned"]] == [["c0"]]
     with torch.inference_mode():
         assert result.student(x).shape == (32, 4)
+
+
+class DefinedBackwards(nn.Module):
+    """The classifier defined first, the stem conv last, and a training-only head after them:
+    module order says nothing about which layer is the first conv or the classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(6, 4)
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, 6), nn.ReLU())
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.aux = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(torch.relu(self.stem(x))))
+
+
+@pytest.mark.parametrize("method, settings", [("sparsity", {"sparsity": 0.5}), ("lowrank", {"rank_ratio": 0.5}),
+                                              ("quant", {"bits": 4, "quant_first": False, "quant_last": False})])
+def test_the_first_conv_and_the_classifier_are_found_by_the_forward_pass(method, settings):
+    torch.manual_seed(0)
+    teacher = DefinedBackwards().eval()
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    cfg = CompressConfig(model="backwards", method=method, shots=8, **settings).validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompressionWarning)
+        result = compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
+    entries = {e["name"]: e for e in result.summary[method]["layers"]}
+    assert "the first conv" in entries["stem"]["reason"] and "the classifier" in entries["classifier"]["reason"]
+    assert entries["body.0"]["status"] != "skipped" and entries["body.4"]["status"] != "skipped"
+    assert "never reached" in entries["aux"]["reason"]

@@ -128,8 +128,9 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     for k, (stage, solver_name) in enumerate(stages):
         solver = build_solver(stage, solver_name, cfg)
         solver_names.append(solver.describe())
-        tasks = stage.plan(student)
         calls = forward_calls(student, images[:1])
+        stage.layer_order = list(calls)
+        tasks = stage.plan(student)
         for why, names in (("never reached by the forward pass in eval mode: no input to solve it on",
                             [t.name for t in tasks if t.name not in calls]),
                            ("runs more than once per forward pass (shared weights): not supported",

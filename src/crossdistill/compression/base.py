@@ -26,6 +26,10 @@ class CompressionMethod(Plugin, ABC):
     solver_family: ClassVar[str] = ""
     # Solver used when --solver names a solver of another method (see compression/composite.py).
     default_solver: ClassVar[str] = ""
+    # The conv/linear layers in the order one forward pass runs them, set by the pipeline before
+    # `plan` (None when planned without running the model): what "the first conv" and "the
+    # classifier" are, whatever order the model defines its modules in.
+    layer_order: ClassVar[list[str] | None] = None
 
     def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all",
                 device: torch.device | str = "cpu") -> None:

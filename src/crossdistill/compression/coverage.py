@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -68,11 +68,14 @@ class Coverage:
         return [{k: v for k, v in e.items() if k != "warned"} for e in self.entries.values()]
 
 
-def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_setting: str, last_setting: str) -> Coverage:
+def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_setting: str, last_setting: str,
+           order: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear of `model` (and every attention's q/k/v projection) in module order,
     planned unless unsupported, unless it is the first Conv2d (kept unless `first`) or the last
-    Linear (the classifier, kept unless `last`). Module order is the forward order of the
-    registered models (first conv first, classifier last)."""
+    Linear (the classifier, kept unless `last`). First and last are by `order`, the order a
+    forward pass runs the layers, when given (a classifier defined before other linears, or an
+    auxiliary head defined after it, is still found); else by module order, which is the
+    forward order of the registered models."""
     cov = Coverage(method)
     convs: list[str] = []
     linears: list[str] = []
@@ -92,6 +95,10 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
             convs.append(name)
         else:
             linears.append(name)
+    if order is not None:
+        rank = {n: i for i, n in enumerate(order)}
+        convs = sorted((n for n in convs if n in rank), key=rank.__getitem__)
+        linears = sorted((n for n in linears if n in rank), key=rank.__getitem__)
     if not first and convs:
         cov.skip(convs[0], f"the first conv ({first_setting}=False)")
     if not last and linears:

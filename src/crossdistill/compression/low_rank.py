@@ -169,7 +169,7 @@ class LowRank(CompressionMethod):
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         cov = survey(model, "lowrank", first=self.lowrank_first, last=self.lowrank_last,
-                     first_setting="lowrank_first", last_setting="lowrank_last")
+                     first_setting="lowrank_first", last_setting="lowrank_last", order=self.layer_order)
         self._coverage = cov
         tasks = []
         for name in cov.planned:

@@ -59,10 +59,11 @@ QUANT_ATTR = "crossdistill_quant"
 _CODES, _SCALE, _ZERO = "qcodes", "qscale", "qzero"
 
 
-def quant_coverage(model: nn.Module, first: bool, last: bool) -> Coverage:
+def quant_coverage(model: nn.Module, first: bool, last: bool, order: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear with its status: quantized unless the first conv / the last linear
-    (by the settings) or unsupported."""
-    cov = survey(model, "quant", first=first, last=last, first_setting="quant_first", last_setting="quant_last")
+    (by the settings) or unsupported (`order`: see survey)."""
+    cov = survey(model, "quant", first=first, last=last, first_setting="quant_first", last_setting="quant_last",
+                 order=order)
     if not cov.entries:
         raise CrossDistillError(f"{type(model).__name__} has no Conv2d or Linear layers to compress")
     return cov
@@ -91,7 +92,7 @@ class Quantization(CompressionMethod):
         return self.quant_scheme
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
-        self._coverage = quant_coverage(model, self.quant_first, self.quant_last)
+        self._coverage = quant_coverage(model, self.quant_first, self.quant_last, self.layer_order)
         self._coverage.warn()
         return [
             LayerTask(name=n, group=group_size(get_module(model, n)), params={"bits": self.bits, "scheme": self.scheme})

@@ -30,11 +30,12 @@ from crossdistill.solvers.sparse_masks import PATTERNS, prune_count
 MASKS_ATTR = "crossdistill_masks"
 
 
-def sparsity_coverage(model: nn.Module, prune_first: bool = False, prune_last: bool = False) -> Coverage:
+def sparsity_coverage(model: nn.Module, prune_first: bool = False, prune_last: bool = False,
+                      order: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear with its status: pruned unless the first conv (the paper leaves it
-    dense: few weights, raw pixels), the classifier, or unsupported."""
+    dense: few weights, raw pixels), the classifier, or unsupported (`order`: see survey)."""
     return survey(model, "sparsity", first=prune_first, last=prune_last,
-                  first_setting="prune_first", last_setting="prune_last")
+                  first_setting="prune_first", last_setting="prune_last", order=order)
 
 
 def prunable_layers(model: nn.Module, prune_first: bool = False, prune_last: bool = False) -> list[str]:
@@ -103,7 +104,7 @@ class WeightSparsity(CompressionMethod):
         return self.sparsity_pattern
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
-        self._coverage = sparsity_coverage(model, self.prune_first, self.prune_last)
+        self._coverage = sparsity_coverage(model, self.prune_first, self.prune_last, self.layer_order)
         self._coverage.warn()
         self._names = self._coverage.planned
         if not self._names:
