@@ -72,3 +72,15 @@ class ResNet50(nn.Module):
 
 def resnet50(num_classes: int = 1000) -> ResNet50:
     return ResNet50(num_classes)
+
+
+class PlainResNet50(ResNet50):
+    """The same network without `forward_units()`, as a user's own ResNet-50 would be: the
+    capture then replays each layer's enclosing modules (crossdistill/capture_replay.py)."""
+
+    forward_units = None  # type: ignore[assignment]
+
+
+def resnet50_plain(num_classes: int = 1000) -> PlainResNet50:
+    return PlainResNet50(num_classes)
+

@@ -211,7 +211,7 @@ def test_student_inputs_of_q_k_v_cost_one_pass():
     batches = [tokens(4), tokens(6)]
     calls = []
     model.attn.register_forward_pre_hook(lambda *a: calls.append(1))
-    inputs = StudentInputs(model, batches)
+    inputs = StudentInputs(model, batches, incremental=False)  # every layer from the images (no replay)
     got = {n: inputs.of(n) for n in ("attn.q_proj", "attn.k_proj", "attn.v_proj")}
     assert len(calls) == len(batches)  # one pass over the batches for the three
     ref = {n: v for n, v in all_layer_inputs(model, list(got), batches).items()}

@@ -26,6 +26,7 @@ def load(name: str):
     ("densenet40", "densenet40", "densenet40_k12-5d543813.pth", 32, 10),
     ("shufflenetv2", "shufflenetv2_x0_5", "shufflenetv2_x0_5-1308b4e9.pt", 32, 10),
     ("resnet50", "resnet50", None, 64, 1000),
+    ("resnet50", "resnet50_plain", None, 64, 1000),
     ("vit", "vit_tiny", None, 32, 10),
 ])
 def test_example_models_run_and_load_their_weights(name, factory, checkpoint, size, classes):

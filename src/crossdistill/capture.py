@@ -10,14 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossdistill.attention_projections import later_projections, packed_projection
+from crossdistill.capture_pass import inputs_until
 from crossdistill.capture_points import capture_mode, capture_point, indirect_layers
+from crossdistill.capture_replay import ModuleReplay
 from crossdistill.errors import CrossDistillError
 
 SOLVABLE = (nn.Conv2d, nn.Linear)
-
-
-class _StopForward(Exception):
-    """Raised from a hook: nothing after the captured layer needs computing."""
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -139,7 +137,7 @@ def inputs_per_batch(model: nn.Module, names: Sequence[str], batches: Iterable[t
     names = list(names)
     for n in names:
         get_module(model, n)  # a missing layer named as such
-    return _inputs_until(model, names, model, batches, "the forward pass")
+    return inputs_until(model, names, model, batches, "the forward pass")
 
 
 def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -258,7 +256,8 @@ class StudentInputs:
     exposes `forward_units()` — (module-name prefix, callable) pairs whose composition is its
     forward — lets the front be run once: the output of every unit before the asked layer's unit
     is cached, and those units never change again because the layers are solved front to back.
-    Models without units (or a layer outside every unit) fall back to full forwards.
+    Models without units replay each layer's enclosing modules from what they received
+    (capture_replay.py; read lazily, or for a layer outside every unit: a full forward).
     With `spill_dir` the cached front lives on disk, a file per batch (ActivationStore; the
     caller owns the folder and removes it).
     """
@@ -267,8 +266,12 @@ class StudentInputs:
                  spill_dir: str | None = None) -> None:
         self.model = model
         self.batches = list(batches)
+        # Without units, a layer's input (unless read lazily) is replayed from what its enclosing
+        # modules received (capture_replay.py) rather than run from the images.
+        self.replay = incremental
+        self._replay: ModuleReplay | None = None
         self.units: list[Unit] | None = None
-        if incremental and hasattr(model, "forward_units"):
+        if incremental and callable(getattr(model, "forward_units", None)):
             self.units = list(model.forward_units())
             self._check_units()
         self._cursor = 0  # index of the unit whose input `_cached` holds
@@ -306,6 +309,12 @@ class StudentInputs:
         self._siblings.clear()
         names = [name] + (later_projections(self.model, name) if not lazy else [])
         unit = self._unit_of(name) if self.units is not None else None
+        if unit is None and not lazy and self.units is None and self.replay:
+            if self._replay is None:
+                self._replay = ModuleReplay(self.model, self.batches)
+            found_all = self._replay.inputs(names)
+            self._siblings = {n: found_all[n] for n in names[1:]}
+            return found_all[name]
         if unit is None:
             fn: Callable[[torch.Tensor], torch.Tensor] = self.model
             inputs: Iterable[torch.Tensor] = self.batches
@@ -322,7 +331,7 @@ class StudentInputs:
         if len(names) == 1:
             found = _inputs_through(self.model, name, fn, inputs, where=where)
             return found if lazy else list(found)
-        per_batch = list(_inputs_until(self.model, names, fn, inputs, where))
+        per_batch = list(inputs_until(self.model, names, fn, inputs, where))
         self._siblings = {n: [box[n] for box in per_batch] for n in names[1:]}
         return [box[name] for box in per_batch]
 
@@ -332,44 +341,9 @@ def _inputs_through(
     *, where: str = "its forward unit",
 ) -> Iterator[torch.Tensor]:
     """Run `fn` on each input until layer `name` of `model` is reached; yield what it would have received."""
-    found = _inputs_until(model, [name], fn, inputs, where)
+    found = inputs_until(model, [name], fn, inputs, where)
     try:
         for box in found:
             yield box[name]
     finally:
         found.close()  # its hooks come off with it
-
-
-def _inputs_until(model: nn.Module, names: list[str], fn: Callable[[torch.Tensor], torch.Tensor],
-                  inputs: Iterable[torch.Tensor], where: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Per input, run `fn` until every named layer of `model` has been reached (the forward
-    stops there); yield what each received, by name."""
-    box: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook(n: str, read: Callable[..., torch.Tensor]) -> Callable[..., None]:
-        def capture(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            box.setdefault(n, read(mod, args, kwargs).detach())
-            if len(box) == len(names):
-                raise _StopForward
-        return capture
-
-    for n in names:
-        point = capture_point(model, n)
-        handles.append(point.module.register_forward_pre_hook(hook(n, point.read), with_kwargs=True))
-    try:
-        for x in inputs:
-            box.clear()
-            try:
-                with capture_mode():
-                    fn(x)
-            except _StopForward:
-                pass
-            missing = [n for n in names if n not in box]
-            if missing:
-                what = f"layer {names[0]!r} was" if len(names) == 1 else f"layers {missing} were"
-                raise CrossDistillError(f"{what} not reached by {where}")
-            yield dict(box)
-    finally:
-        for h in handles:
-            h.remove()

@@ -1,0 +1,80 @@
+"""One forward pass run until named layers are reached, keeping what each received."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from crossdistill.capture_points import capture_mode, capture_point
+from crossdistill.errors import CrossDistillError
+
+
+class StopForward(Exception):
+    """Raised from a hook: nothing after the captured layer needs computing."""
+
+
+def inputs_until(model: nn.Module, names: list[str], fn: Callable[[Any], Any],
+                 inputs: Iterable[Any], where: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Per input, run `fn` until every named layer of `model` has been reached (the forward
+    stops there); yield what each received, by name."""
+    box: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook(n: str, read: Callable[..., torch.Tensor]) -> Callable[..., None]:
+        def capture(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            box.setdefault(n, read(mod, args, kwargs).detach())
+            if len(box) == len(names):
+                raise StopForward
+        return capture
+
+    for n in names:
+        point = capture_point(model, n)
+        handles.append(point.module.register_forward_pre_hook(hook(n, point.read), with_kwargs=True))
+    try:
+        for x in inputs:
+            box.clear()
+            try:
+                with capture_mode():
+                    fn(x)
+            except StopForward:
+                pass
+            missing = [n for n in names if n not in box]
+            if missing:
+                what = f"layer {names[0]!r} was" if len(names) == 1 else f"layers {missing} were"
+                raise CrossDistillError(f"{what} not reached by {where}")
+            yield dict(box)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def inputs_and_outputs(model: nn.Module, names: list[str], fn: Callable[[Any], Any], x: Any,
+                       modules: list[nn.Module]) -> tuple[dict[str, torch.Tensor], list[Any]]:
+    """Run `fn(x)` until the first of `modules` (the outermost) has returned: what each named
+    layer received, and what each module returned (None for one that did not run)."""
+    box: dict[str, torch.Tensor] = {}
+    outputs: list[Any] = [None] * len(modules)
+    handles = []
+    for n in names:
+        point = capture_point(model, n)
+
+        def capture(m: nn.Module, a: tuple[Any, ...], k: dict[str, Any], n: str = n,
+                    read: Callable[..., torch.Tensor] = point.read) -> None:
+            box.setdefault(n, read(m, a, k).detach())
+        handles.append(point.module.register_forward_pre_hook(capture, with_kwargs=True))
+    for i, module in enumerate(modules):
+        def done(_m: nn.Module, _a: Any, out: Any, i: int = i) -> None:
+            outputs[i] = out
+            if i == 0:
+                raise StopForward
+        handles.append(module.register_forward_hook(done))
+    try:
+        with capture_mode():
+            fn(x)
+    except StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return box, outputs
