@@ -442,6 +442,8 @@ class Five(nn.Module):
         self.fc = nn.Linear(8, 4)
         if special == "weight_norm":
             torch.nn.utils.parametrizations.weight_norm(self.c2)
+        if special == "spectral_norm":
+            torch.nn.utils.spectral_norm(self.c2)
         if special == "old_weight_norm":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
@@ -453,11 +455,12 @@ class Five(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def test_a_model_with_torchs_deprecated_weight_norm_is_refused_with_what_to_do():
-    teacher = Five("old_weight_norm").eval()
+@pytest.mark.parametrize("special, kind", [("old_weight_norm", "weight_norm"), ("spectral_norm", "spectral_norm")])
+def test_a_model_with_torchs_older_weight_norm_is_refused_with_what_to_do(special, kind):
+    teacher = Five(special).eval()
     teacher(torch.randn(1, 3, 8, 8))  # a forward leaves the computed weight that deepcopy rejects
     cfg = CompressConfig(model="five", method="sparsity", shots=1).validate()
-    with pytest.raises(CrossDistillError, match=r"layers \['c2'\] use torch.nn.utils.weight_norm .*remove_weight_norm"):
+    with pytest.raises(CrossDistillError, match=rf"layers \['c2'\] use torch.nn.utils.{kind} .*remove_{kind}\(layer\)"):
         compress(teacher, FewShot(torch.randn(4, 3, 8, 8), torch.arange(4), np.arange(4)), cfg, show_progress=False)
 
 

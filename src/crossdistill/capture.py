@@ -8,9 +8,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from crossdistill.attention_projections import later_projections, packed_projection
-from crossdistill.capture_pass import inputs_until
+from crossdistill.capture_pass import count_calls, inputs_until
 from crossdistill.capture_points import capture_mode, capture_point, indirect_layers
 from crossdistill.capture_replay import ModuleReplay
 from crossdistill.errors import CrossDistillError
@@ -44,11 +45,11 @@ def own_weight_reason(module: nn.Module) -> str | None:
     """Why a conv's or linear's output is not `W X` with the `weight` tensor it holds (None when
     it is): a weight recomputed from other parameters (weight norm), or a subclass's own forward
     (e.g. weight standardisation). A solved weight written there would not be the one that runs."""
-    from torch.nn.utils import parametrize
-
-    if parametrize.is_parametrized(module, "weight") or hasattr(module, "weight_g"):
-        return ("its weight is computed from other parameters (weight norm or another parametrization); "
-                "remove that first, e.g. torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight')")
+    # weight_g: torch.nn.utils.weight_norm; weight_orig: torch.nn.utils.spectral_norm (both
+    # recompute `weight` in a forward pre-hook).
+    if parametrize.is_parametrized(module, "weight") or hasattr(module, "weight_g") or hasattr(module, "weight_orig"):
+        return ("its weight is computed from other parameters (weight norm, spectral norm or another "
+                "parametrization); remove that first, e.g. torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight')")
     base: type[nn.Module] = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
     custom = type(module).forward is not base.forward
     if isinstance(module, nn.Conv2d):
@@ -61,8 +62,9 @@ def own_weight_reason(module: nn.Module) -> str | None:
 def check_solvable(module: nn.Module, name: str, *, channel_pruning: bool = False) -> None:
     reason = unsupported_reason(module)
     if reason is not None:
-        verb = "uses" if reason.startswith("padding_mode") else ":" if reason.startswith("its") else "is"
-        raise CrossDistillError(f"layer {name!r}{'' if verb == ':' else ' '}{verb} {reason}")
+        if reason.startswith("padding_mode"):
+            raise CrossDistillError(f"layer {name!r} uses {reason}")
+        raise CrossDistillError(f"layer {name!r}: {reason}" if reason.startswith("its") else f"layer {name!r} is {reason}")
     if channel_pruning and conv_groups(module) != 1:
         # Dropping input channels of one group would leave the groups unequal.
         raise CrossDistillError(f"layer {name!r} is a grouped conv (groups={module.groups}); "
@@ -79,23 +81,8 @@ def forward_calls(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """How many times one forward pass runs each conv and linear, in the order it first runs them
     (a layer that its parent applies without calling it, e.g. an attention's out_proj, when the
     parent runs). A layer the pass never runs is absent."""
-    calls: dict[str, int] = {}
-
-    def count(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, _i: Any, _o: Any) -> None:
-            calls[name] = calls.get(name, 0) + 1
-        return hook
-
-    handles = [mod.register_forward_hook(count(name)) for name, mod in model.named_modules()
-               if isinstance(mod, SOLVABLE)]
-    handles += [parent.register_forward_hook(count(name)) for parent, name in indirect_layers(model)]
-    try:
-        with capture_mode():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
+    watched = [(mod, name) for name, mod in model.named_modules() if isinstance(mod, SOLVABLE)]
+    return count_calls(model, example, watched + [(parent, name) for parent, name in indirect_layers(model)])
 
 
 def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -78,3 +78,24 @@ def inputs_and_outputs(model: nn.Module, names: list[str], fn: Callable[[Any], A
         for h in handles:
             h.remove()
     return box, outputs
+
+
+def count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Module, str]]) -> dict[str, int]:
+    """One forward pass of `model` on `example`: how many times each watched (module, name)
+    returned, by name, in the order they first returned (absent: never ran)."""
+    calls: dict[str, int] = {}
+
+    def count(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: Any, _o: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    handles = [module.register_forward_hook(count(name)) for module, name in watched]
+    try:
+        with capture_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+

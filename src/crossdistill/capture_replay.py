@@ -26,8 +26,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture_pass import inputs_and_outputs, inputs_until
-from crossdistill.capture_points import capture_mode, capture_point
+from crossdistill.capture_pass import count_calls, inputs_and_outputs, inputs_until
+from crossdistill.capture_points import capture_point
 from crossdistill.errors import CrossDistillError
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
@@ -47,16 +47,7 @@ def _clone(value: Any, batch: torch.Tensor | None) -> Any:
 
 def module_calls(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """How many times one forward pass calls each submodule (by name)."""
-    calls: dict[str, int] = {}
-    handles = [m.register_forward_pre_hook(lambda *_a, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
-               for n, m in model.named_modules() if n]
-    try:
-        with capture_mode():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
+    return count_calls(model, example, [(m, n) for n, m in model.named_modules() if n])
 
 
 @dataclass

@@ -38,12 +38,19 @@ def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_clas
 
 
 def check_copyable(model: nn.Module) -> None:
-    """Refuse, naming the layers, a model that cannot be copied into a student: torch's deprecated
-    `torch.nn.utils.weight_norm` leaves a computed weight that copy.deepcopy rejects."""
+    """Refuse, naming the layers, a model that cannot be copied into a student: torch's older
+    `torch.nn.utils.weight_norm` and `spectral_norm` leave a computed weight (once the model has
+    run) that copy.deepcopy rejects."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
-    old = [name for name, m in model.named_modules() if any(isinstance(h, WeightNorm) for h in m._forward_pre_hooks.values())]
+    old = {name: type(h).__name__ for name, m in model.named_modules() for h in m._forward_pre_hooks.values()
+           if isinstance(h, (WeightNorm, SpectralNorm))}
     if old:
+        kinds = sorted(set(old.values()))
+        fix = " / ".join(f"torch.nn.utils.remove_{'weight_norm' if k == 'WeightNorm' else 'spectral_norm'}(layer)"
+                         for k in kinds)
         raise CrossDistillError(
-            f"layers {old} use torch.nn.utils.weight_norm (deprecated), whose models cannot be copied: "
-            "remove it (torch.nn.utils.remove_weight_norm(layer)) or use torch.nn.utils.parametrizations.weight_norm")
+            f"layers {sorted(old)} use torch.nn.utils.{' and '.join(k.lower().replace('norm', '_norm') for k in kinds)} "
+            f"(the older form), whose models cannot be copied: remove it ({fix}) or use the "
+            "torch.nn.utils.parametrizations form")
