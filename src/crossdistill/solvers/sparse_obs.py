@@ -194,8 +194,9 @@ def _obc_rows(W: torch.Tensor, Hinv0: torch.Tensor, steps: int,
             live = torch.nonzero(alive)[:, 1].reshape(n, a - dead)  # row-major: per-row live positions
             W = W.gather(1, live)
             cols = cols.gather(1, live)
-            base = base.gather(1, live[:, :, None].expand(n, a - dead, a)).gather(
-                2, live[:, None, :].expand(n, a - dead, a - dead))
+            # One gather of the live block from the flattened inverses: no (a-dead)×a intermediate.
+            flat = (live[:, :, None] * a + live[:, None, :]).reshape(n, -1)
+            base = base.reshape(n, a * a).gather(1, flat).reshape(n, a - dead, a - dead)
             diag = torch.diagonal(base, dim1=1, dim2=2).clone()
             F = W.new_zeros(n, a - dead, rank)
             alive = torch.ones(n, a - dead, dtype=torch.bool, device=device)
