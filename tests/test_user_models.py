@@ -119,6 +119,16 @@ def test_cli_takes_a_factory(factory, data, tmp_path, capsys):
     loaded = crossdistill.load(out)
     assert sum(p.numel() for p in loaded.parameters()) < sum(
         p.numel() for p in crossdistill.models.user.build_user_model(factory).parameters())
+    # The run folder evaluates like a registered model's: the run's own student top-1 again.
+    assert main(["evaluate", "--weights", str(out), "--eval-data", str(test), "--no-latency", "--json", "--quiet"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["top1"] == report["student"]["top1"] and evaluated["n_eval"] == report["student"]["n_eval"]
+    assert evaluated["model"] == factory and evaluated["params"] == report["student"]["params"]
+    # A loaded user model saves again (e.g. after a fine-tune of one's own) and loads the same.
+    again = crossdistill.load(crossdistill.save(loaded, tmp_path / "again.safetensors"))
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(again(x), loaded(x))
 
 
 @pytest.mark.parametrize("spec,message", [

@@ -79,23 +79,14 @@ class DeployInfo:
 def deploy_info(model: nn.Module) -> DeployInfo:
     """From the registry for a registered model; from the saved document for a user's model
     loaded by crossdistill.load; from the compression run for one just compressed."""
-    from crossdistill.models.registry import model_info
+    from crossdistill.models.user import info_of
 
-    name = getattr(model, "crossdistill_name", None)
-    if isinstance(name, str):
-        info: Any = model_info(name)
-        return DeployInfo(name, tuple(info.input_size), tuple(info.mean), tuple(info.std))
-    saved = getattr(model, "crossdistill_saved_info", None)
-    if saved is not None and saved.input_size:
-        c = saved.input_size[0]
-        return DeployInfo(saved.model, tuple(saved.input_size), tuple(saved.mean or (0.0,) * c),
-                          tuple(saved.std or (1.0,) * c))
-    info = getattr(model, "crossdistill_info", None)
-    if info is not None:
-        return DeployInfo(getattr(model, "crossdistill_factory", None) or info.name, tuple(info.input_size),
-                          tuple(info.mean), tuple(info.std))
-    raise CrossDistillError(f"cannot export a {type(model).__name__}: its input size is unknown; give a model "
-                            "loaded by crossdistill.load, compressed by crossdistill, or built by create_model")
+    try:
+        info = info_of(model)
+    except CrossDistillError as exc:
+        raise CrossDistillError(f"cannot export {exc}") from None
+    name = getattr(model, "crossdistill_factory", None) if info.family == "user" else info.name
+    return DeployInfo(name or info.name, tuple(info.input_size), tuple(info.mean), tuple(info.std))
 
 
 def _metadata(model: nn.Module) -> dict[str, str]:

@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="accuracy, parameters, FLOPs and latency of a (possibly compressed) model",
         description=(
             "Evaluate a model on test images. Slimmed students load with their base model name: "
-            "the architecture is read from the file's saved spec or inferred from its tensor shapes."
+            "the architecture is read from the file's saved spec or inferred from its tensor shapes. "
+            "A model of your own (compressed with --model path/to/file.py:function) is rebuilt by the "
+            "factory its file records, with the input size and normalisation recorded there."
         ),
     )
     p.add_argument("--model", help="registered model name (optional when the weights file records it)")
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from crossdistill.checks import check_data_fits_model
     from crossdistill.data import load_image_data
     from crossdistill.evaluation import evaluate_for
-    from crossdistill.models import load_model, model_info
+    from crossdistill.models import load_model
+    from crossdistill.models.user import info_of
     from crossdistill.persistence.files import resolve_model_path
 
     if args.batch_size < 1:
@@ -83,14 +86,15 @@ def run(args: argparse.Namespace) -> int:
     # A run folder is read as `load` and `export` read it: the model file inside.
     weights = resolve_model_path(args.weights) if Path(args.weights).is_dir() else args.weights
     model = load_model(weights, args.model)
-    name = model.crossdistill_name
-    info = model_info(name)
+    info = info_of(model)  # a registered model's, or what a user's model's file recorded
+    name = info.name
+    spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}
     data = load_image_data(args.eval_data, "test")
-    check_data_fits_model(data, name, num_classes=model.spec().get("num_classes"), role=str(args.eval_data))
+    check_data_fits_model(data, info, num_classes=spec.get("num_classes", info.num_classes), role=str(args.eval_data))
     result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,
                           threads=args.threads, batch_size=args.batch_size,
                           label=None if args.quiet else "model")
     result = {"model": name, "weights": str(args.weights), "eval_data": str(args.eval_data),
-              "spec": model.spec(), **result}
+              "spec": spec, **result}
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0

@@ -116,3 +116,24 @@ def info_for(name: str, model: nn.Module | None = None, *, input_size: Sequence[
         raise CrossDistillError(f"model {name!r} is not registered: its input size must be given or inferred")
     return infer_info(model, name, input_size, mean=mean, std=std)
 
+
+def info_of(model: nn.Module) -> ModelInfo:
+    """What feeding `model` takes, from what crossdistill recorded on it: the registry's info for
+    a registered model, the compression run's for a user's model just compressed, the file's for
+    one loaded by crossdistill.load (a user's model loaded again can be evaluated, exported and
+    saved like a registered one)."""
+    name = getattr(model, "crossdistill_name", None)
+    if isinstance(name, str) and name in list_models():
+        return model_info(name)
+    info = getattr(model, "crossdistill_info", None)
+    if isinstance(info, ModelInfo):
+        return info
+    saved = getattr(model, "crossdistill_saved_info", None)
+    if saved is not None and saved.input_size and saved.num_classes:
+        c = saved.input_size[0]
+        return ModelInfo(name=saved.model, family=USER_FAMILY, input_size=tuple(saved.input_size),  # type: ignore[arg-type]
+                         num_classes=int(saved.num_classes), mean=tuple(saved.mean or (0.0,) * c),
+                         std=tuple(saved.std or (1.0,) * c), default_mu=USER_DEFAULT_MU)
+    raise CrossDistillError(f"a {type(model).__name__} whose input size and classes crossdistill does not know: give "
+                            "a model built by create_model, compressed by crossdistill, or loaded by crossdistill.load")
+

@@ -10,6 +10,7 @@ from torch import nn
 
 from crossdistill._version import __version__
 from crossdistill.errors import CrossDistillError
+from crossdistill.models.user import info_of
 from crossdistill.persistence import codecs
 from crossdistill.persistence.files import atomic_write
 from crossdistill.persistence.spec import META_KEY, SavedModelInfo
@@ -24,6 +25,14 @@ def _num_classes(spec: Mapping[str, Any], default: int) -> int:
     return int(n) if isinstance(n, int) else int(default)
 
 
+def _known(model: nn.Module) -> bool:
+    try:
+        info_of(model)
+    except CrossDistillError:
+        return False
+    return True
+
+
 def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedModelInfo]:
     """Tensors and JSON info that describe `model` completely (what `save` writes)."""
     from crossdistill.models.registry import model_info
@@ -33,9 +42,9 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
     if isinstance(name, str) and hasattr(model, "spec"):
         spec = model.spec()  # type: ignore[operator]
         info = model_info(name)
-    elif isinstance(factory, str) and getattr(model, "crossdistill_info", None) is not None:
+    elif isinstance(factory, str) and _known(model):
         # A user's model: rebuilt by calling its factory again (crossdistill.models.user).
-        name, spec, info = factory, {"factory": factory}, model.crossdistill_info
+        name, spec, info = factory, {"factory": factory}, info_of(model)
     else:
         raise CrossDistillError(
             f"cannot save a {type(model).__name__}: give a registered model (crossdistill.models.create_model), "
