@@ -181,6 +181,34 @@ def test_fitnet_hint_training_lowers_its_loss():
     assert not student.training
 
 
+@pytest.mark.parametrize("key", ["chain", "resnet", "densenet", "shufflenet"])
+def test_fitnet_on_a_model_without_channel_pairs_uses_the_graphs_groups(key):
+    """A user's model: the hints are the re-solved readers; one that also produces a pruned group
+    is compared on the teacher channels it kept (a chain), or dropped where its outputs are not
+    exactly the group's units (ShuffleNet's branches, regrouped by the shuffle); the hint loss
+    then falls."""
+    from test_graph_channels import build
+
+    teacher, example = build(key)
+    few = FewShot(images=torch.randn((16, *example.shape[1:]), generator=torch.Generator().manual_seed(0)),
+                  labels=torch.arange(16) % 3, indices=np.arange(16))
+    base = compress(teacher, few, CompressConfig(model=f"user-{key}", n_samples=16, keep=0.5, solver="prune-only",
+                                                 selection="l1", objective="nocross"), show_progress=False)
+    groups = base.summary["channel_groups"]["pruned"]
+    hints, kept_out = hint_layers(base.student, base.records, teacher, groups)
+    assert hints and set(hints) <= {r.name for r in base.records}
+    for name, channels in kept_out.items():
+        group = next(g for g in groups if name in g["producers"])
+        assert channels.tolist() == sorted(base.student.crossdistill_slim["kept"][group["group"]])
+    if key == "chain":
+        assert kept_out  # a VGG-like chain: every inner conv is reader and producer
+    if key == "shufflenet":
+        assert len(hints) < len(base.records)
+    settings = FinetuneSettings(epochs=20, lr=1e-2, batch_size=64, augment=False)
+    history = hint_train(base.student, teacher, few.images, hints, settings, kept_out)
+    assert history[-1] < history[0]
+
+
 def test_bp_finetune_lowers_cross_entropy():
     teacher = make_tiny()
     res = run_baseline("bp", teacher, fewshot(), cfg(finetune_epochs=30, finetune_lr=1e-2))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from crossdistill.compression.channels import channel_pairs
 from crossdistill.config import CompressConfig
 from crossdistill.device import on_device, resolve_device
 from crossdistill.engine import LayerRecord
+from crossdistill.errors import CrossDistillError
 from crossdistill.finetune import FinetuneSettings, crop_flip, finetune, settings_from_config
 from crossdistill.pipeline import CompressionResult, FewShot
 
@@ -57,15 +58,37 @@ def hint_loss(student_feats: Mapping[str, torch.Tensor], teacher_feats: Mapping[
     return torch.stack(terms).mean()
 
 
-def hint_layers(student: nn.Module, records: Sequence[LayerRecord]) -> tuple[list[str], dict[str, torch.Tensor]]:
+def hint_layers(student: nn.Module, records: Sequence[LayerRecord], teacher: nn.Module | None = None,
+                groups: Sequence[Mapping[str, Any]] = ()) -> tuple[list[str], dict[str, torch.Tensor]]:
     """The pruned layers (consumers) as hints, with the kept teacher output channels of those
-    whose own filters were pruned too (a consumer that is also a producer)."""
+    whose own filters were pruned too (a consumer that is also a producer).
+
+    A registered model declares its channel pairs. For any other model the hints are the
+    re-solved readers of the graph's pruned channel groups (`groups`: report entries with
+    'group', 'width', 'producers'); a hint that also produces a pruned group is compared on the
+    group's kept units when its outputs are exactly the group's units, and is dropped when they
+    are not (a producer into a concatenation or a shuffle), where the map is not one to one."""
     kept = {r.name: r.info["kept"] for r in records if "kept" in r.info}
-    pairs = channel_pairs(student)
-    hints = [p.consumer for p in pairs]
-    produced = {p.producer: torch.as_tensor(sorted(kept[p.consumer]), dtype=torch.long)
-                for p in pairs if p.consumer in kept}
-    return hints, {h: produced[h] for h in hints if h in produced}
+    if hasattr(student, "channel_pairs"):
+        pairs = channel_pairs(student)
+        hints = [p.consumer for p in pairs]
+        produced = {p.producer: torch.as_tensor(sorted(kept[p.consumer]), dtype=torch.long)
+                    for p in pairs if p.consumer in kept}
+        return hints, {h: produced[h] for h in hints if h in produced}
+    hints = list(kept)
+    units = (getattr(student, "crossdistill_slim", None) or {}).get("kept", {})
+    channels: dict[str, torch.Tensor] = {}
+    for g in groups:
+        for producer in g["producers"]:
+            if producer not in hints:
+                continue
+            layer = get_module(teacher, producer) if teacher is not None else None
+            width = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+            if width == g["width"] and g["group"] in units:
+                channels[producer] = torch.as_tensor(sorted(units[g["group"]]), dtype=torch.long)
+            else:
+                hints.remove(producer)
+    return hints, channels
 
 
 def _frozen_bn_train_mode(model: nn.Module) -> None:
@@ -151,7 +174,11 @@ def fitnet(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_pr
     # The final fine-tune must come after the hints, so the pruning step runs without it.
     base = l1_pruned(teacher, fewshot, cfg, show_progress=show_progress, finetune_epochs=0)
     student = base.student
-    hints, kept_outputs = hint_layers(student, base.records)
+    hints, kept_outputs = hint_layers(student, base.records, teacher,
+                                      base.summary.get("channel_groups", {}).get("pruned", []))
+    if not hints:
+        raise CrossDistillError("fitnet: no pruned layer can serve as a hint (every re-solved layer also "
+                                "produces channels that a concatenation or shuffle regroups)")
     history = hint_train(student, teacher, fewshot.images, hints, settings, kept_outputs)
     finetuned = None
     if cfg.finetune["epochs"] > 0:
