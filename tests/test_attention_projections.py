@@ -220,3 +220,31 @@ def test_student_inputs_of_q_k_v_cost_one_pass():
     calls.clear()
     inputs.of("attn.out_proj")
     assert inputs.of("attn.v_proj") is not None and len(calls) == 2 * len(batches)  # asked again: captured anew
+
+
+class AttentionPool(nn.Module):
+    """A learned query attending over the tokens (cross-attention pooling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, E)
+        self.query = nn.Parameter(torch.randn(1, 1, E))
+        self.attn = nn.MultiheadAttention(E, HEADS, batch_first=True)
+        self.head = nn.Linear(E, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x)
+        return self.head(self.attn(self.query.expand(x.shape[0], -1, -1), t, t, need_weights=False)[0][:, 0])
+
+
+def test_a_learned_query_is_counted_and_compressed():
+    """Under no_grad a view of a parameter requires grad without a grad_fn, which torch's FLOP
+    counter could not take: the FLOPs are counted, and q_proj is solved on the query."""
+    from crossdistill.evaluation_counts import count_flops
+
+    torch.manual_seed(0)
+    model = AttentionPool().eval()
+    assert count_flops(model, (6, 12)) > 2 * 6 * 12 * E
+    student, entries = solve(model, "sparsity", sparsity=0.5)
+    assert entries["attn.q_proj"]["status"] == "pruned"
+    assert float((get_module(student, "attn.q_proj").weight == 0).float().mean()) == 0.5

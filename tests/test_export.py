@@ -207,3 +207,28 @@ def test_a_model_on_tokens_exports_on_random_inputs_and_refuses_images(tmp_path)
     np.savez(tmp_path / "img.npz", x=np.zeros((3, 6, 12, 1), np.uint8), y=np.zeros(3, np.int64))
     with pytest.raises(CrossDistillError, match=r"takes inputs of shape \(6, 12\), not images"):
         crossdistill.export.export(path, "onnx", eval_data=tmp_path / "img.npz", force=True)
+
+
+class SamePadded(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(1, 4, 4, padding="same")                # uneven: ONNX auto_pad
+        self.b = torch.nn.Conv2d(4, 4, 3, padding="same", dilation=2)    # even, dilated
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.b(torch.relu(self.a(x)))).mean((2, 3)))
+
+
+def test_same_padding_exports_and_an_export_onnxruntime_refuses_is_named(tmp_path, monkeypatch):
+    import crossdistill.export as ex
+
+    torch.manual_seed(0)
+    model = SamePadded().eval()
+    x = torch.randn(8, 1, 28, 28)
+    res = export_model(model, tmp_path / "same.onnx", "onnx", x)  # onnxruntime refuses auto_pad with dilation
+    assert res.max_abs_diff <= 1e-4 and model.b.padding == "same"  # the user's model is left as it was
+    monkeypatch.setattr(ex, "_run_onnx", lambda path, inputs: (_ for _ in ()).throw(RuntimeError("kernel missing")))
+    with pytest.raises(CrossDistillError, match=r"does not run in onnxruntime \(RuntimeError: kernel missing\); nothing"):
+        export_model(model, tmp_path / "other.onnx", "onnx", x)
+    assert not (tmp_path / "other.onnx").exists()

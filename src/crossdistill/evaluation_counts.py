@@ -47,6 +47,9 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
 
     x = torch.zeros(1, *input_size, device=module_device(model))
     counter = FlopCounterMode(display=False)
-    with _eval_mode(model), torch.no_grad(), counter:
+    # Grad enabled (one image's graph, dropped at once): under no_grad, a view of a parameter
+    # (a learned attention query, `self.query.expand(...)`) still requires grad but has no
+    # grad_fn, and the counter's module tracker fails on it.
+    with _eval_mode(model), torch.enable_grad(), counter:
         model(x)
     return int(counter.get_total_flops())

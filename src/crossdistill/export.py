@@ -12,6 +12,7 @@ low-rank one has its two factor layers, and quantized or sparse weights appear a
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -166,6 +167,24 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int) 
     onnx.save(proto, tmp)
 
 
+def _explicit_padding(model: nn.Module) -> nn.Module:
+    """The model with every conv's padding='same'/'valid' written as numbers where that is the
+    same padding on both sides: exported as plain pads, not ONNX's auto_pad, which onnxruntime
+    refuses together with dilation. A copy, only when there is such a conv."""
+    from crossdistill.capture import zero_padding
+
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and isinstance(m.padding, str)]
+    if not convs:
+        return model
+    model = copy.deepcopy(model)
+    for name in convs:
+        conv = model.get_submodule(name)
+        (top, bottom), (left, right) = zero_padding(conv)
+        if (top, left) == (bottom, right):
+            conv.padding = (top, left)
+    return model
+
+
 def _run_onnx(path: str, inputs: torch.Tensor) -> Any:
     import onnxruntime as ort
 
@@ -230,8 +249,12 @@ def export_model(
         with torch.no_grad():
             expected = model(inputs)
         if fmt == "onnx":
-            _export_onnx(model, example, tmp, opset)
-            got = _run_onnx(tmp, inputs)
+            _export_onnx(_explicit_padding(model), example, tmp, opset)
+            try:
+                got = _run_onnx(tmp, inputs)
+            except Exception as exc:  # onnxruntime's own error types: one message, nothing written
+                raise CrossDistillError(f"the exported ONNX model does not run in onnxruntime "
+                                        f"({type(exc).__name__}: {exc}); nothing was written") from None
         else:
             _export_torchscript(model, example, tmp)
             got = _run_torchscript(tmp, inputs)
