@@ -141,3 +141,27 @@ def test_a_module_that_reads_more_than_its_arguments_is_not_replayed(monkeypatch
                       prune_first=True),
                 solve(copy.deepcopy(teacher), x, monkeypatch, from_images=True, method="sparsity", sparsity=0.5,
                       prune_first=True))
+
+
+class WritesAfterReading(nn.Module):
+    """Writes into the tensor its first conv has just read (an in-place op after the layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        x.add_(1.0)
+        return self.conv2(torch.relu(h) + x)
+
+
+def test_inputs_are_kept_as_the_layer_received_them_though_the_pass_goes_on():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), WritesAfterReading(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 3)).eval()
+    batches = [torch.randn(4, 3, 8, 8), torch.randn(3, 3, 8, 8)]
+    inputs, ref = StudentInputs(model, batches), StudentInputs(model, batches, incremental=False)
+    for name in ("0", "2.conv1", "2.conv2", "4"):
+        assert all(torch.equal(a, b) for a, b in zip(inputs.of(name), ref.of(name))), name
+

@@ -49,10 +49,23 @@ def inputs_until(model: nn.Module, names: list[str], fn: Callable[[Any], Any],
             h.remove()
 
 
+def copy_tensors(value: Any, keep: torch.Tensor | None = None) -> Any:
+    """`value` with every tensor in it (through tuples, lists and dicts) copied, but `keep`
+    itself, which is passed through as it is."""
+    if isinstance(value, torch.Tensor):
+        return value if value is keep else value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(copy_tensors(v, keep) for v in value)
+    if isinstance(value, dict):
+        return {k: copy_tensors(v, keep) for k, v in value.items()}
+    return value
+
+
 def inputs_and_outputs(model: nn.Module, names: list[str], fn: Callable[[Any], Any], x: Any,
                        modules: list[nn.Module]) -> tuple[dict[str, torch.Tensor], list[Any]]:
     """Run `fn(x)` until the first of `modules` (the outermost) has returned: what each named
-    layer received, and what each module returned (None for one that did not run)."""
+    layer received, and what each module returned (None for one that did not run). Both are
+    copies: the pass goes on after them and may write into the tensors in place."""
     box: dict[str, torch.Tensor] = {}
     outputs: list[Any] = [None] * len(modules)
     handles = []
@@ -61,11 +74,11 @@ def inputs_and_outputs(model: nn.Module, names: list[str], fn: Callable[[Any], A
 
         def capture(m: nn.Module, a: tuple[Any, ...], k: dict[str, Any], n: str = n,
                     read: Callable[..., torch.Tensor] = point.read) -> None:
-            box.setdefault(n, read(m, a, k).detach())
+            box.setdefault(n, read(m, a, k).detach().clone())
         handles.append(point.module.register_forward_pre_hook(capture, with_kwargs=True))
     for i, module in enumerate(modules):
         def done(_m: nn.Module, _a: Any, out: Any, i: int = i) -> None:
-            outputs[i] = out
+            outputs[i] = copy_tensors(out)
             if i == 0:
                 raise StopForward
         handles.append(module.register_forward_hook(done))

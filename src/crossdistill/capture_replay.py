@@ -26,23 +26,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture_pass import count_calls, inputs_and_outputs, inputs_until
+from crossdistill.capture_pass import copy_tensors, count_calls, inputs_and_outputs, inputs_until
 from crossdistill.capture_points import capture_point
 from crossdistill.errors import CrossDistillError
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
-
-
-def _clone(value: Any, batch: torch.Tensor | None) -> Any:
-    """A copy of every tensor in `value` but the batch of images itself (which the caller holds
-    and no pass writes into), so that a module called on the images keeps no second copy."""
-    if isinstance(value, torch.Tensor):
-        return value if value is batch else value.detach().clone()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_clone(v, batch) for v in value)
-    if isinstance(value, dict):
-        return {k: _clone(v, batch) for k, v in value.items()}
-    return value
 
 
 def module_calls(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -107,7 +95,8 @@ class ModuleReplay:
             def keep(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], level: _Level = level) -> None:
                 if start is None and any(a is current[0] for a in args):
                     level.transparent = True  # called on the images: nothing to gain by keeping it
-                level.calls.append((_clone(args, current[0]), _clone(kwargs, current[0])))
+                # The images themselves are the caller's (never written into): not copied.
+                level.calls.append((copy_tensors(args, current[0]), copy_tensors(kwargs, current[0])))
             handles.append(self.modules[level.name].register_forward_pre_hook(keep, with_kwargs=True))
 
         def from_images(x: torch.Tensor) -> Any:
@@ -127,7 +116,7 @@ class ModuleReplay:
                     raise CrossDistillError(f"layer {names[0]!r} was not reached by {where}")
                 found.append(first)
                 for level, out in zip(new, outs):
-                    level.output = None if out is None else _clone(out, None)
+                    level.output = out
             found += list(inputs_until(self.model, names, fn, inputs[len(found):], where))
         finally:
             for h in handles:
@@ -170,4 +159,4 @@ def _same(a: Any, b: Any) -> bool:
 
 def _caller(module: nn.Module) -> Callable[[Call], Any]:
     """Calls `module` on a kept input, copied: the module may write into its arguments."""
-    return lambda call: module(*_clone(call[0], None), **_clone(call[1], None))
+    return lambda call: module(*copy_tensors(call[0], None), **copy_tensors(call[1], None))
