@@ -408,20 +408,35 @@ class SharedConv(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
-def test_a_layer_run_twice_is_left_as_it_is_and_named_and_the_engine_refuses_it():
+@pytest.mark.parametrize("capture", ["all", "stream", "disk"])
+def test_a_layer_run_twice_is_solved_on_both_calls(capture):
+    """Shared weights: the layer's loss is summed over its calls. c1 (the first conv) stays as it
+    is, so c2's student inputs are its teacher inputs, and the solve is a least-squares fit on
+    the mask over the patches of both calls, which is checked here from hooks on the layer."""
     torch.manual_seed(0)
     teacher = SharedConv().eval()
-    x = torch.randn(100, 3, 8, 8, generator=torch.Generator().manual_seed(1))  # several capture batches
-    cfg = CompressConfig(model="shared", method="sparsity", shots=8, sparsity=0.5, prune_first=True).validate()
-    with pytest.warns(CompressionWarning, match=r"runs more than once per forward pass \(shared weights\).*: c2"):
-        result = compress(teacher, FewShot(x[:32], torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
+    x = torch.randn(40, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    cfg = CompressConfig(model="shared", method="sparsity", shots=10, sparsity=0.5, damping=1e-6, batch_size=16,
+                         capture=capture).validate()
+    result = compress(teacher, FewShot(x, torch.arange(40) % 4, np.arange(40)), cfg, show_progress=False)
     entries = {e["name"]: e for e in result.summary["sparsity"]["layers"]}
-    assert entries["c2"]["status"] == "skipped" and entries["c1"]["status"] == "pruned"
-    assert torch.equal(result.student.c2.weight, teacher.c2.weight)
-    # Called directly, the engine would pair the first call's teacher inputs with the second's.
-    with pytest.raises(CrossDistillError, match=r"more than once per forward pass \(shared weights\): \['c2'\]"):
-        distill_layers(teacher, copy.deepcopy(teacher), x, [LayerTask(name="c2", params={"sparsity": 0.5, "pattern": "layer"})],
-                       create_objective("mixed", mu=0.9), create_solver("sparsity", "closed-form"), damping=1e-3, batch_size=16)
+    assert entries["c2"]["status"] == "pruned"
+    received: list[torch.Tensor] = []
+    handle = teacher.c2.register_forward_pre_hook(lambda m, a: received.append(a[0].detach().clone()))
+    with torch.no_grad():
+        teacher(x)
+    handle.remove()
+    assert len(received) == 2
+    X = torch.cat([unfold(teacher.c2, r) for r in received]).double()
+    H = X.T @ X / X.shape[0]
+    H += 1e-6 * H.diagonal().mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    w_t = weight_matrix(teacher.c2).double()
+    w = weight_matrix(result.student.c2).double()
+    B = w_t @ H
+    for r in range(w.shape[0]):
+        keep = w[r] != 0
+        ls = torch.linalg.solve(H[keep][:, keep], B[r, keep])
+        torch.testing.assert_close(w[r, keep], ls, rtol=1e-4, atol=1e-6)
 
 
 class StandardisedConv(nn.Conv2d):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from crossdistill.attention_projections import later_projections, packed_projection
-from crossdistill.capture_pass import count_calls, inputs_until
+from crossdistill.capture_pass import count_calls, inputs_until, merge_calls
 from crossdistill.capture_points import capture_mode, capture_point, indirect_layers
 from crossdistill.capture_replay import ModuleReplay
 from crossdistill.errors import CrossDistillError
@@ -101,16 +101,23 @@ def all_layer_inputs(model: nn.Module, names: Iterable[str], batches: Iterable[t
     which never changes, so its hidden states are computed once for all layers)."""
     names = list(names)
     store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    received: dict[str, list[torch.Tensor]] = {n: [] for n in names}  # this batch's calls
     handles = []
     for n in names:
         get_module(model, n)  # a missing layer named as such
         point = capture_point(model, n)
+        # Cloned: the pass goes on, and may write into a layer's input after the layer read it.
         handles.append(point.module.register_forward_pre_hook(
-            lambda m, a, k, n=n, read=point.read: store[n].append(read(m, a, k).detach()), with_kwargs=True))
+            lambda m, a, k, n=n, read=point.read: received[n].append(read(m, a, k).detach().clone()),
+            with_kwargs=True))
     try:
         with capture_mode():
             for batch in batches:
                 model(batch)
+                for n in names:
+                    # A layer run several times per pass (shared weights): its calls as one input.
+                    store[n].append(merge_calls(model, n, received[n]))
+                    received[n] = []
     finally:
         for h in handles:
             h.remove()
@@ -250,9 +257,11 @@ class StudentInputs:
     """
 
     def __init__(self, model: nn.Module, batches: Sequence[torch.Tensor], *, incremental: bool = True,
-                 spill_dir: str | None = None) -> None:
+                 spill_dir: str | None = None, calls: Mapping[str, int] | None = None) -> None:
         self.model = model
         self.batches = list(batches)
+        # Layers one pass runs several times (shared weights): each is waited for that many times.
+        self.calls = {n: c for n, c in (calls or {}).items() if c > 1}
         # Without units, a layer's input (unless read lazily) is replayed from what its enclosing
         # modules received (capture_replay.py) rather than run from the images.
         self.replay = incremental
@@ -294,6 +303,11 @@ class StudentInputs:
         if name in self._siblings:
             return self._siblings.pop(name)
         self._siblings.clear()
+        if name in self.calls:  # every call's input, from a pass from the images
+            get_module(self.model, name)
+            found = (box[name] for box in inputs_until(self.model, [name], self.model, self.batches,
+                                                         "the forward pass", self.calls))
+            return found if lazy else list(found)
         names = [name] + (later_projections(self.model, name) if not lazy else [])
         unit = self._unit_of(name) if self.units is not None else None
         if unit is None and not lazy and self.units is None and self.replay:

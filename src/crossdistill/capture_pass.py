@@ -1,11 +1,12 @@
 """One forward pass run until named layers are reached, keeping what each received."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from crossdistill.attention_projections import packed_projection
 from crossdistill.capture_points import capture_mode, capture_point
 from crossdistill.errors import CrossDistillError
 
@@ -15,16 +16,24 @@ class StopForward(Exception):
 
 
 def inputs_until(model: nn.Module, names: list[str], fn: Callable[[Any], Any],
-                 inputs: Iterable[Any], where: str) -> Iterator[dict[str, torch.Tensor]]:
+                 inputs: Iterable[Any], where: str, calls: Mapping[str, int] | None = None
+                 ) -> Iterator[dict[str, torch.Tensor]]:
     """Per input, run `fn` until every named layer of `model` has been reached (the forward
-    stops there); yield what each received, by name."""
-    box: dict[str, torch.Tensor] = {}
+    stops there); yield what each received, by name. A layer that one pass runs several times
+    (`calls`: shared weights) is waited for that many times, and what its calls received is
+    joined into one tensor (merge_calls)."""
+    count = {n: (calls or {}).get(n, 1) for n in names}
+    box: dict[str, list[torch.Tensor]] = {}
     handles = []
 
     def hook(n: str, read: Callable[..., torch.Tensor]) -> Callable[..., None]:
         def capture(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            box.setdefault(n, read(mod, args, kwargs).detach())
-            if len(box) == len(names):
+            got = box.setdefault(n, [])
+            if len(got) < count[n]:
+                x = read(mod, args, kwargs).detach()
+                # The pass goes on to the later calls, which may write into this one's input.
+                got.append(x.clone() if count[n] > 1 else x)
+            if all(len(box.get(m, ())) >= count[m] for m in names):
                 raise StopForward
         return capture
 
@@ -39,14 +48,33 @@ def inputs_until(model: nn.Module, names: list[str], fn: Callable[[Any], Any],
                     fn(x)
             except StopForward:
                 pass
-            missing = [n for n in names if n not in box]
+            missing = [n for n in names if len(box.get(n, ())) < count[n]]
             if missing:
                 what = f"layer {names[0]!r} was" if len(names) == 1 else f"layers {missing} were"
                 raise CrossDistillError(f"{what} not reached by {where}")
-            yield dict(box)
+            yield {n: merge_calls(model, n, box[n]) for n in names}
     finally:
         for h in handles:
             h.remove()
+
+
+def merge_calls(model: nn.Module, name: str, received: list[torch.Tensor]) -> torch.Tensor:
+    """What the calls of one layer in one pass received, as one input: its samples (images for a
+    conv, rows for a linear) are the calls' samples together, so that the layer's moments sum
+    its loss over every call. A conv's calls must see inputs of one size."""
+    if len(received) == 1:
+        return received[0]
+    try:
+        layer: nn.Module | None = model.get_submodule(name)
+    except AttributeError:
+        layer = packed_projection(model, name)  # an attention's q/k/v: a Linear
+    if isinstance(layer, nn.Linear):
+        return torch.cat([x.reshape(-1, x.shape[-1]) for x in received])
+    shapes = {tuple(x.shape[1:]) for x in received}
+    if len(shapes) > 1:
+        raise CrossDistillError(f"layer {name!r} runs {len(received)} times per forward pass on inputs of "
+                                f"different sizes {sorted(shapes)}: not supported")
+    return torch.cat(received)
 
 
 def copy_tensors(value: Any, keep: torch.Tensor | None = None) -> Any:

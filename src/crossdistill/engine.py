@@ -51,16 +51,12 @@ def batches_of(images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [images[i : i + batch_size] for i in range(0, images.shape[0], batch_size)]
 
 
-def order_tasks(model: nn.Module, tasks: Sequence[LayerTask], example: torch.Tensor) -> list[LayerTask]:
-    """Front to back, by the order the forward pass reaches each layer."""
-    calls = forward_calls(model, example)
+def order_tasks(tasks: Sequence[LayerTask], calls: Mapping[str, int]) -> list[LayerTask]:
+    """Front to back, by the order the forward pass first reaches each layer (`calls`: the
+    layers one pass runs, in that order: capture.forward_calls)."""
     missing = [t.name for t in tasks if t.name not in calls]
     if missing:
         raise CrossDistillError(f"layers never reached by the forward pass: {missing}")
-    shared = [t.name for t in tasks if calls[t.name] > 1]
-    if shared:
-        # The capture pairs a layer's teacher and student inputs call by call only for one call.
-        raise CrossDistillError(f"layers that run more than once per forward pass (shared weights): {shared}")
     order = {name: i for i, name in enumerate(calls)}
     return sorted(tasks, key=lambda t: order[t.name])
 
@@ -134,9 +130,9 @@ class _StreamedTeacher:
     later readers are read by teacher_side_problems, one forward per batch for all of them."""
 
     def __init__(self, teacher: nn.Module, batches: Sequence[torch.Tensor], incremental: bool,
-                 spill_dir: str | None = None) -> None:
+                 spill_dir: str | None = None, calls: Mapping[str, int] | None = None) -> None:
         self.lazy = spill_dir is not None
-        self.front = StudentInputs(teacher, batches, incremental=incremental, spill_dir=spill_dir)
+        self.front = StudentInputs(teacher, batches, incremental=incremental, spill_dir=spill_dir, calls=calls)
 
     def pop(self, name: str) -> Iterable[torch.Tensor]:
         return self.front.of(name, lazy=self.lazy)
@@ -199,13 +195,15 @@ def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor
     # so ordering would misreport it as "never reached" instead of naming its type.
     for task in tasks:
         check_solvable(get_module(student, task.name), task.name, channel_pruning=task.keep is not None)
-    tasks = order_tasks(student, tasks, images[:1])
+    # A layer one pass runs several times (shared weights) is solved on all its calls at once.
+    calls = forward_calls(student, images[:1])
+    tasks = order_tasks(tasks, calls)
     if capture == "all":
         with together():
             teacher_inputs: Any = all_layer_inputs(teacher, [t.name for t in tasks], batches)
     else:
-        teacher_inputs = _StreamedTeacher(teacher, batches, incremental, folder)
-    student_inputs = StudentInputs(student, batches, incremental=incremental, spill_dir=folder)
+        teacher_inputs = _StreamedTeacher(teacher, batches, incremental, folder, calls)
+    student_inputs = StudentInputs(student, batches, incremental=incremental, spill_dir=folder, calls=calls)
     lazy = folder is not None
     records: list[LayerRecord] = []
     for i, task in enumerate(tasks):

@@ -131,13 +131,10 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         calls = forward_calls(student, images[:1])
         stage.layer_order = list(calls)
         tasks = stage.plan(student)
-        for why, names in (("never reached by the forward pass in eval mode: no input to solve it on",
-                            [t.name for t in tasks if t.name not in calls]),
-                           ("runs more than once per forward pass (shared weights): not supported",
-                            [t.name for t in tasks if calls.get(t.name, 0) > 1])):
-            if names:
-                stage.leave_out(names, why)
-                tasks = [t for t in tasks if t.name not in names]
+        unreached = [t.name for t in tasks if t.name not in calls]
+        if unreached:
+            stage.leave_out(unreached, "never reached by the forward pass in eval mode: no input to solve it on")
+            tasks = [t for t in tasks if t.name in calls]
         progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
         stage_records = distill_layers(
             stage_teacher, student, images, tasks, objective, solver,

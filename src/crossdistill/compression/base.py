@@ -42,9 +42,8 @@ class CompressionMethod(Plugin, ABC):
 
     def leave_out(self, names: Sequence[str], reason: str) -> None:
         """Planned layers the run cannot solve, found by running the model: ones the forward pass
-        (eval mode) never runs, e.g. a training-only auxiliary head, or runs several times. A
-        method whose report lists every layer (compression/coverage.py) leaves them as they are
-        and says so; others refuse."""
+        (eval mode) never runs, e.g. a training-only auxiliary head. A method whose report lists
+        every layer (compression/coverage.py) leaves them as they are and says so; others refuse."""
         coverage: Coverage | None = getattr(self, "_coverage", None)
         if coverage is None:
             raise CrossDistillError(f"layers {list(names)}: {reason}")
