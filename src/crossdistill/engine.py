@@ -160,12 +160,16 @@ def distill_layers(
     earlier layers already compressed, the channels l will drop still computed by the
     producer's own filters (they are removed only afterwards, by slimming).
     `incremental` reuses the finished front of the student between layers when the model
-    exposes `forward_units()` (same inputs, O(L) instead of O(L²) forward work).
+    exposes `forward_units()` (same inputs, O(L) instead of O(L²) forward work), and otherwise
+    replays each layer's enclosing modules from what they received (capture_replay.py; not
+    under 'disk'). A layer that one pass runs several times (shared weights) is solved on all
+    its calls at once.
     `damping` (a fraction of mean diag H, see QuadraticProblem.damped) has no default here: the
     one policy is crossdistill.defaults.resolve_damping, which callers apply to their draw.
     `capture`: 'all' keeps the teacher's inputs to every task's layer from one pass (fastest);
     'stream' walks the teacher front to back like the student (its finished front cached when
-    the model has `forward_units()`), so that only the current layer's inputs are held.
+    the model has `forward_units()`, its enclosing modules' inputs kept otherwise), so that only
+    the current layer's inputs are held beside those.
     'disk' streams as 'stream' but keeps both cached fronts on disk, a file per batch, in a
     temporary folder under `spill_dir` (default: the system's) that is removed at the end, and
     reads every layer's inputs batch by batch: memory for one batch, whatever the image count.
