@@ -97,6 +97,15 @@ def packed_projection(model: nn.Module, name: str) -> PackedProjection | None:
     return PackedProjection(parent, PROJECTIONS.index(leaf))
 
 
+def find_layer(model: nn.Module, name: str) -> nn.Module | None:
+    """The submodule `name`, else the attention projection of that name (None if neither): how
+    every part of the library looks a layer up by name."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return packed_projection(model, name)
+
+
 def later_projections(model: nn.Module, name: str) -> list[str]:
     """The projections of the same attention after `name` ([] unless `name` is a projection)."""
     if packed_projection(model, name) is None:

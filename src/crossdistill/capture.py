@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from crossdistill.attention_projections import later_projections, packed_projection
-from crossdistill.capture_pass import count_calls, inputs_until, merge_calls
-from crossdistill.capture_points import capture_mode, capture_point, indirect_layers
+from crossdistill.attention_projections import find_layer, later_projections
+from crossdistill.capture_pass import count_calls, inputs_until, merge_calls, on_input
+from crossdistill.capture_points import capture_mode, indirect_layers
 from crossdistill.capture_replay import ModuleReplay
 from crossdistill.errors import CrossDistillError
 
@@ -22,13 +22,10 @@ SOLVABLE = (nn.Conv2d, nn.Linear)
 def get_module(model: nn.Module, name: str) -> nn.Module:
     """The layer named `name`: a submodule, or an attention's q/k/v projection (`<attention>.q_proj`,
     a Linear view of its packed parameters: attention_projections.py)."""
-    try:
-        return model.get_submodule(name)
-    except AttributeError as exc:
-        projection = packed_projection(model, name)
-        if projection is not None:
-            return projection
-        raise CrossDistillError(f"model has no layer named {name!r}") from exc
+    layer = find_layer(model, name)
+    if layer is None:
+        raise CrossDistillError(f"model has no layer named {name!r}")
+    return layer
 
 
 def unsupported_reason(module: nn.Module) -> str | None:
@@ -102,14 +99,10 @@ def all_layer_inputs(model: nn.Module, names: Iterable[str], batches: Iterable[t
     names = list(names)
     store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     received: dict[str, list[torch.Tensor]] = {n: [] for n in names}  # this batch's calls
-    handles = []
     for n in names:
         get_module(model, n)  # a missing layer named as such
-        point = capture_point(model, n)
-        # Cloned: the pass goes on, and may write into a layer's input after the layer read it.
-        handles.append(point.module.register_forward_pre_hook(
-            lambda m, a, k, n=n, read=point.read: received[n].append(read(m, a, k).detach().clone()),
-            with_kwargs=True))
+    # Cloned: the pass goes on, and may write into a layer's input after the layer read it.
+    handles = on_input(model, names, lambda n, read: received[n].append(read().clone()))
     try:
         with capture_mode():
             for batch in batches:
@@ -303,14 +296,10 @@ class StudentInputs:
         if name in self._siblings:
             return self._siblings.pop(name)
         self._siblings.clear()
-        if name in self.calls:  # every call's input, from a pass from the images
-            get_module(self.model, name)
-            found = (box[name] for box in inputs_until(self.model, [name], self.model, self.batches,
-                                                         "the forward pass", self.calls))
-            return found if lazy else list(found)
-        names = [name] + (later_projections(self.model, name) if not lazy else [])
+        shared = name in self.calls  # run several times per pass: every call, from the images
+        names = [name] + (later_projections(self.model, name) if not (lazy or shared) else [])
         unit = self._unit_of(name) if self.units is not None else None
-        if unit is None and not lazy and self.units is None and self.replay:
+        if self.units is None and self.replay and not (lazy or shared):
             if self._replay is None:
                 self._replay = ModuleReplay(self.model, self.batches)
             found_all = self._replay.inputs(names)
@@ -330,7 +319,7 @@ class StudentInputs:
                     self._cursor += 1
             fn, inputs, where = self.units[unit][1], self._cached, "its forward unit"
         if len(names) == 1:
-            found = _inputs_through(self.model, name, fn, inputs, where=where)
+            found = _inputs_through(self.model, name, fn, inputs, where=where, calls=self.calls)
             return found if lazy else list(found)
         per_batch = list(inputs_until(self.model, names, fn, inputs, where))
         self._siblings = {n: [box[n] for box in per_batch] for n in names[1:]}
@@ -339,10 +328,11 @@ class StudentInputs:
 
 def _inputs_through(
     model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor], inputs: Iterable[torch.Tensor],
-    *, where: str = "its forward unit",
+    *, where: str = "its forward unit", calls: Mapping[str, int] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Run `fn` on each input until layer `name` of `model` is reached; yield what it would have received."""
-    found = inputs_until(model, [name], fn, inputs, where)
+    """Run `fn` on each input until layer `name` of `model` is reached (all its `calls`);
+    yield what it would have received."""
+    found = inputs_until(model, [name], fn, inputs, where, calls)
     try:
         for box in found:
             yield box[name]

@@ -6,13 +6,28 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from crossdistill.attention_projections import packed_projection
+from crossdistill.attention_projections import find_layer
 from crossdistill.capture_points import capture_mode, capture_point
 from crossdistill.errors import CrossDistillError
 
 
 class StopForward(Exception):
     """Raised from a hook: nothing after the captured layer needs computing."""
+
+
+def on_input(model: nn.Module, names: list[str],
+             received: Callable[[str, Callable[[], torch.Tensor]], None]) -> list[Any]:
+    """Hooks calling `received(name, read)` whenever a named layer is about to run; `read()`
+    gives what it receives (detached). Returns the handles, for the caller to remove."""
+    handles = []
+    for n in names:
+        point = capture_point(model, n)
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], n: str = n,
+                 read: Callable[..., torch.Tensor] = point.read) -> None:
+            received(n, lambda: read(mod, args, kwargs).detach())
+        handles.append(point.module.register_forward_pre_hook(hook, with_kwargs=True))
+    return handles
 
 
 def inputs_until(model: nn.Module, names: list[str], fn: Callable[[Any], Any],
@@ -24,22 +39,16 @@ def inputs_until(model: nn.Module, names: list[str], fn: Callable[[Any], Any],
     joined into one tensor (merge_calls)."""
     count = {n: (calls or {}).get(n, 1) for n in names}
     box: dict[str, list[torch.Tensor]] = {}
-    handles = []
 
-    def hook(n: str, read: Callable[..., torch.Tensor]) -> Callable[..., None]:
-        def capture(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            got = box.setdefault(n, [])
-            if len(got) < count[n]:
-                x = read(mod, args, kwargs).detach()
-                # The pass goes on to the later calls, which may write into this one's input.
-                got.append(x.clone() if count[n] > 1 else x)
-            if all(len(box.get(m, ())) >= count[m] for m in names):
-                raise StopForward
-        return capture
+    def received(n: str, read: Callable[[], torch.Tensor]) -> None:
+        got = box.setdefault(n, [])
+        if len(got) < count[n]:
+            # The pass goes on to the later calls, which may write into this one's input.
+            got.append(read().clone() if count[n] > 1 else read())
+        if all(len(box.get(m, ())) >= count[m] for m in names):
+            raise StopForward
 
-    for n in names:
-        point = capture_point(model, n)
-        handles.append(point.module.register_forward_pre_hook(hook(n, point.read), with_kwargs=True))
+    handles = on_input(model, names, received)
     try:
         for x in inputs:
             box.clear()
@@ -64,11 +73,7 @@ def merge_calls(model: nn.Module, name: str, received: list[torch.Tensor]) -> to
     its loss over every call. A conv's calls must see inputs of one size."""
     if len(received) == 1:
         return received[0]
-    try:
-        layer: nn.Module | None = model.get_submodule(name)
-    except AttributeError:
-        layer = packed_projection(model, name)  # an attention's q/k/v: a Linear
-    if isinstance(layer, nn.Linear):
+    if isinstance(find_layer(model, name), nn.Linear):
         return torch.cat([x.reshape(-1, x.shape[-1]) for x in received])
     shapes = {tuple(x.shape[1:]) for x in received}
     if len(shapes) > 1:
@@ -96,14 +101,12 @@ def inputs_and_outputs(model: nn.Module, names: list[str], fn: Callable[[Any], A
     copies: the pass goes on after them and may write into the tensors in place."""
     box: dict[str, torch.Tensor] = {}
     outputs: list[Any] = [None] * len(modules)
-    handles = []
-    for n in names:
-        point = capture_point(model, n)
 
-        def capture(m: nn.Module, a: tuple[Any, ...], k: dict[str, Any], n: str = n,
-                    read: Callable[..., torch.Tensor] = point.read) -> None:
-            box.setdefault(n, read(m, a, k).detach().clone())
-        handles.append(point.module.register_forward_pre_hook(capture, with_kwargs=True))
+    def received(n: str, read: Callable[[], torch.Tensor]) -> None:
+        if n not in box:
+            box[n] = read().clone()
+
+    handles = on_input(model, names, received)
     for i, module in enumerate(modules):
         def done(_m: nn.Module, _a: Any, out: Any, i: int = i) -> None:
             outputs[i] = copy_tensors(out)

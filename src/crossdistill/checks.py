@@ -44,13 +44,12 @@ def check_copyable(model: nn.Module) -> None:
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
-    old = {name: type(h).__name__ for name, m in model.named_modules() for h in m._forward_pre_hooks.values()
-           if isinstance(h, (WeightNorm, SpectralNorm))}
+    forms = {WeightNorm: "weight_norm", SpectralNorm: "spectral_norm"}
+    old = {name: forms[type(h)] for name, m in model.named_modules() for h in m._forward_pre_hooks.values()
+           if type(h) in forms}
     if old:
-        kinds = sorted(set(old.values()))
-        fix = " / ".join(f"torch.nn.utils.remove_{'weight_norm' if k == 'WeightNorm' else 'spectral_norm'}(layer)"
-                         for k in kinds)
+        used = sorted(set(old.values()))
         raise CrossDistillError(
-            f"layers {sorted(old)} use torch.nn.utils.{' and '.join(k.lower().replace('norm', '_norm') for k in kinds)} "
-            f"(the older form), whose models cannot be copied: remove it ({fix}) or use the "
+            f"layers {sorted(old)} use torch.nn.utils.{' and '.join(used)} (the older form), whose models cannot be "
+            f"copied: remove it ({' / '.join(f'torch.nn.utils.remove_{u}(layer)' for u in used)}) or use the "
             "torch.nn.utils.parametrizations form")

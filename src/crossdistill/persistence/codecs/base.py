@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from crossdistill.attention_projections import packed_projection
+from crossdistill.attention_projections import find_layer
 from crossdistill.errors import CrossDistillError
 
 __all__ = ["EXTRA_PREFIX", "ArtifactCodec", "DocumentError", "Encoded", "is_int", "str_dict", "submodule"]
@@ -123,13 +123,10 @@ def str_dict(v: Any) -> bool:
 def submodule(model: nn.Module, name: str, what: str) -> nn.Module:
     """The layer `name` (a submodule or an attention's q/k/v projection, as capture.get_module), with
     a message saying which record named a missing layer."""
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        projection = packed_projection(model, name)
-        if projection is not None:
-            return projection
-        raise CrossDistillError(f"{what} names layer {name!r}, which the model does not have") from None
+    layer = find_layer(model, name)
+    if layer is None:
+        raise CrossDistillError(f"{what} names layer {name!r}, which the model does not have")
+    return layer
 
 
 def recorded_layers(model: nn.Module, attr: str, what: str) -> list[tuple[str, Any, torch.Tensor]]:
