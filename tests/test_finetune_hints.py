@@ -28,7 +28,7 @@ def test_hint_finetune_lowers_the_hint_loss_and_keeps_masks_and_teacher():
     teacher, student, masks = pruned_student()
     ref = copy.deepcopy(teacher.state_dict())
     x = images()
-    points = hint_points(student, "blocks+penultimate")
+    points = hint_points(student, teacher, "blocks+penultimate")
     before = measured_hint_loss(student, teacher, x, points)
     s = FinetuneSettings(epochs=60, lr=3e-3, bn="frozen", hint_weight=1.0, hints="blocks+penultimate", schedule="cosine",
                          mixup=0.4, cutmix=1.0, batch_size=8)
@@ -72,19 +72,19 @@ def test_hints_are_reproducible():
 def test_hint_points_of_a_resnet_are_its_block_outputs():
     student = resnet20(mid_channels=[8] * 9).eval()
     teacher = resnet20().eval()
-    points = hint_points(student, "blocks+penultimate")
+    points = hint_points(student, teacher, "blocks+penultimate")
     assert points[:3] == ["layer1.0", "layer1.1", "layer1.2"] and len(points) == 10
     assert points[-1] == PENULTIMATE
     # Slimmed block internals: the block outputs still match the teacher's shapes.
     assert matching_points(student, teacher, points, torch.randn(2, 3, 32, 32)) == points
-    assert hint_points(student, "penultimate") == [PENULTIMATE]
-    assert hint_points(student, "layers") == [f"layer{s}.{i}.conv2" for s in (1, 2, 3) for i in range(3)]
+    assert hint_points(student, teacher, "penultimate") == [PENULTIMATE]
+    assert hint_points(student, teacher, "layers") == [f"layer{s}.{i}.conv2" for s in (1, 2, 3) for i in range(3)]
 
 
 def test_hint_points_with_slimmed_outputs_are_skipped():
     teacher = make_tiny()
     student = TinyNet(widths=(6, 3, 5)).eval()  # conv2's own outputs slimmed: not comparable
-    points = hint_points(student, "blocks+penultimate")
+    points = hint_points(student, teacher, "blocks+penultimate")
     assert points == ["conv2", "conv3", PENULTIMATE]
     assert matching_points(student, teacher, points, images(2)) == ["conv3", PENULTIMATE]
 
@@ -106,9 +106,9 @@ def test_bad_hint_settings_raise():
             CompressConfig(**kw).validate()
     with pytest.raises(CrossDistillError, match="finetune: hints"):
         FinetuneSettings(epochs=1, hint_weight=1.0, hints="all").validate()
-    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
-    with pytest.raises(CrossDistillError, match="channel_pairs"):
-        hint_points(plain, "blocks")
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))
+    with pytest.raises(CrossDistillError, match="differs from its teacher"):
+        hint_points(plain, copy.deepcopy(plain), "blocks")
     with pytest.raises(CrossDistillError, match="linear"):
         with capture(nn.Sequential(nn.Conv2d(3, 4, 3)), [PENULTIMATE]):
             pass

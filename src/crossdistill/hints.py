@@ -2,12 +2,13 @@
 student's intermediate outputs are pulled towards the teacher's on the same (augmented, mixed) images.
 
 Hint points (FinetuneConfig `hints`, whose choices are HINT_POINTS):
-  'blocks'      — the output of every block that holds a pruned layer: for a ResNet the block's
+  'blocks'      — the output of every block that holds a pruned layer (a layer the compression
+                  changed: compressed_layers.py): for a ResNet the block's
                   output after the residual add and ReLU (the signal the next block reads), for a
                   model whose pruned layers sit directly in a Sequential or the root (VGG,
                   TinyNet) the pruned layer's own output;
   'layers'      — the pruned layers' own outputs (before BatchNorm, as the FitNet baseline);
-  'penultimate' — the input of the final linear layer (the pooled features, as MiR);
+  'penultimate' — the input of the linear layer the forward runs last (the pooled features, as MiR);
   'blocks+penultimate', 'layers+penultimate' — both.
 Loss: mean over hint points of ‖f_s − f_t‖² / ‖f_t‖² (relative, so that deep layers with large
 activations do not drown shallow ones). A hint point whose student output has another shape
@@ -21,41 +22,40 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from crossdistill.compressed_layers import compressed_layers
 from crossdistill.errors import CrossDistillError
 
 HINT_POINTS = ("blocks", "layers", "penultimate", "blocks+penultimate", "layers+penultimate")
 PENULTIMATE = "<penultimate>"
 
 
-def _last_linear(model: nn.Module) -> str:
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
+def _linears(model: nn.Module) -> list[nn.Linear]:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
         raise CrossDistillError(f"{type(model).__name__} has no linear layer: no penultimate features to hint")
-    return names[-1]
+    return linears
 
 
-def _block_points(model: nn.Module, layers: bool = False) -> list[str]:
-    if not hasattr(model, "channel_pairs"):
-        raise CrossDistillError(
-            f"{type(model).__name__} declares no channel_pairs(): use the fine-tune's hints 'penultimate'")
-    modules = dict(model.named_modules())
+def _block_points(student: nn.Module, teacher: nn.Module, layers: bool = False) -> list[str]:
+    modules = dict(student.named_modules())
     points: list[str] = []
-    for pair in model.channel_pairs():
-        parent = pair.consumer.rpartition(".")[0]
+    for name in compressed_layers(student, teacher):
+        parent = name.rpartition(".")[0]
         own = layers or not parent or isinstance(modules[parent], nn.Sequential)
-        point = pair.consumer if own else parent
+        point = name if own else parent
         if point not in points:
             points.append(point)
     return points
 
 
-def hint_points(model: nn.Module, which: str) -> list[str]:
-    """Module names whose outputs are hinted; PENULTIMATE stands for the final linear's input."""
+def hint_points(student: nn.Module, teacher: nn.Module, which: str) -> list[str]:
+    """Module names whose outputs are hinted; PENULTIMATE stands for the final linear's input.
+    'layers' and 'blocks' are placed at the layers the compression changed (compressed_layers.py)."""
     # Also checked here, not only by FinetuneConfig: the substring tests below would read a
     # name that is not a choice as some other choice.
     if which not in HINT_POINTS:
         raise CrossDistillError(f"hint points must be one of {list(HINT_POINTS)}, got {which!r}")
-    points = _block_points(model, layers="layers" in which) if which != "penultimate" else []
+    points = _block_points(student, teacher, layers="layers" in which) if which != "penultimate" else []
     if "penultimate" in which:
         points.append(PENULTIMATE)
     return points
@@ -68,8 +68,10 @@ def capture(model: nn.Module, points: Sequence[str]) -> Iterator[dict[str, torch
     handles = []
     for name in points:
         if name == PENULTIMATE:
-            lin = model.get_submodule(_last_linear(model))
-            handles.append(lin.register_forward_pre_hook(lambda m, i: store.__setitem__(PENULTIMATE, i[0])))
+            # Every linear writes its input here: what is left is the input of the one the forward
+            # ran last (the classifier), whatever order the model defines its modules in.
+            handles += [lin.register_forward_pre_hook(lambda m, i: store.__setitem__(PENULTIMATE, i[0]))
+                        for lin in _linears(model)]
         else:
             handles.append(model.get_submodule(name).register_forward_hook(
                 lambda m, i, o, n=name: store.__setitem__(n, o)))
@@ -85,7 +87,9 @@ def matching_points(student: nn.Module, teacher: nn.Module, points: Sequence[str
     with torch.no_grad(), capture(student, points) as s, capture(teacher, points) as t:
         student(probe)
         teacher(probe)
-    kept = [p for p in points if p in s and p in t and s[p].shape == t[p].shape]
+    # An attention returns a tuple: no hint at its output (its changed projections are trained).
+    kept = [p for p in points if isinstance(s.get(p), torch.Tensor) and isinstance(t.get(p), torch.Tensor)
+            and s[p].shape == t[p].shape]
     if not kept:
         raise CrossDistillError(f"no hint point has the same shape in student and teacher (tried {list(points)})")
     return kept

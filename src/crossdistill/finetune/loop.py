@@ -136,10 +136,10 @@ class _Training:
         bound = Masks(student, masks)
         bound.apply()  # before the average copies the student: masked weights are zero in it at every step
         total_steps = settings.epochs * math.ceil(images.shape[0] / settings.batch_size)
-        opt, sched = _optimizer(trainable_params(student, settings.trainable), settings, total_steps)
+        opt, sched = _optimizer(trainable_params(student, settings.trainable, teacher), settings, total_steps)
         points: list[str] = []
         if settings.hint_weight > 0:
-            points = matching_points(student, teacher, hint_points(student, settings.hints), images[:2])
+            points = matching_points(student, teacher, hint_points(student, teacher, settings.hints), images[:2])
             info["hint_points"] = len(points)
             info["hint_first"] = info["hint_last"] = None
         # With a constant rate and 10-50 images the weights keep moving step to step; their running

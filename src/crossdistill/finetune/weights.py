@@ -9,17 +9,18 @@ from torch import nn
 
 from crossdistill.attention_projections import PackedProjection
 from crossdistill.capture import get_module
+from crossdistill.compressed_layers import compressed_layers
 from crossdistill.errors import CrossDistillError
 
 
-def trainable_params(student: nn.Module, which: str) -> list[nn.Parameter]:
-    """'all' parameters, or only those of the 'pruned' layers (the consumers of channel_pairs())."""
+def trainable_params(student: nn.Module, which: str, teacher: nn.Module) -> list[nn.Parameter]:
+    """'all' parameters, or only those of the 'pruned' layers: the layers the compression
+    changed (compressed_layers.py), each parameter once."""
     if which == "all":
         return [p for p in student.parameters() if p.requires_grad]
-    if not hasattr(student, "channel_pairs"):
-        raise CrossDistillError(f"{type(student).__name__} declares no channel_pairs(): use finetune trainable 'all'")
-    return [p for pair in student.channel_pairs() for p in student.get_submodule(pair.consumer).parameters()
-            if p.requires_grad]
+    params = {id(p): p for name in compressed_layers(student, teacher)
+              for p in student.get_submodule(name).parameters() if p.requires_grad}
+    return list(params.values())
 
 
 class Masks:
