@@ -251,3 +251,24 @@ def test_a_model_that_cannot_be_traced_is_named_before_any_work():
     method.prepare(torch.randn(4, 3, 8, 8))
     with pytest.raises(CrossDistillError, match=r"cannot trace Picky for channel pruning .*batch of one"):
         method.plan(Picky().eval())
+
+
+@pytest.mark.parametrize("key", ["resnet", "mobilenet"])
+def test_channels_last_images_and_model_give_the_default_layouts_student(key):
+    # Images permuted from N×H×W×C (the usual way from an .npz) and a model moved to channels_last
+    # have other strides, the same values: the groups and the student must not change.
+    teacher, example = build(key)
+    few = fewshot_for(example)
+    cfg = CompressConfig(model=f"user-{key}", n_samples=len(few.labels), damping=0.01, keep=0.5)
+    plain = compress(teacher, few, cfg, show_progress=False)
+    strided = FewShot(images=few.images.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), labels=few.labels,
+                      indices=few.indices)
+    assert not strided.images.is_contiguous()
+    for model in (teacher, copy.deepcopy(teacher).to(memory_format=torch.channels_last)):
+        other = compress(model, strided, cfg, show_progress=False)
+        assert other.summary["channel_groups"]["left_whole"] == plain.summary["channel_groups"]["left_whole"]
+        a, b = plain.student.state_dict(), other.student.state_dict()
+        assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+        # Channels-last convs add in another order: float32 rounding apart, relative to each tensor's size.
+        assert [k for k in a if a[k].is_floating_point()
+                and float((a[k] - b[k]).abs().max()) > 1e-4 * float(a[k].abs().max().clamp_min(1e-12))] == []

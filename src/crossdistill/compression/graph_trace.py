@@ -67,6 +67,16 @@ def _seq_now() -> int:
     return torch.zeros((), requires_grad=True).clone().grad_fn._sequence_nr()
 
 
+def _row_major(t: torch.Tensor) -> bool:
+    # Stricter than is_contiguous(), which also passes a 1×1 conv weight in channels_last strides:
+    # a conv decides its output layout from the strides themselves.
+    expected, step = [], 1
+    for size in reversed(t.shape):
+        expected.append(step)
+        step *= size
+    return tuple(reversed(expected)) == t.stride()
+
+
 def trace(model: nn.Module, example: torch.Tensor) -> Graph:
     """Build Torch-Pruning's graph of `model` on `example` and install checked index maps."""
     names: dict[Any, str] = {m: n for n, m in model.named_modules()}
@@ -108,15 +118,24 @@ def trace(model: nn.Module, example: torch.Tensor) -> Graph:
         return out
 
     modes = [(m, m.training) for m in model.modules()]
+    # Channels-last strides (images permuted from N×H×W×C, a model moved to channels_last) make
+    # autograd record as_strided views, which no index map can follow: the trace runs in the
+    # default layout, the model's own tensors put back afterwards.
+    strided = [(t, t.data) for t in [*model.parameters(), *model.buffers()] if not _row_major(t)]
     try:
+        for t, data in strided:
+            t.data = data.clone(memory_format=torch.contiguous_format)
         # Torch-Pruning traces through autograd; it also switches the model to eval mode.
         with torch.inference_mode(False), torch.enable_grad():
-            dg = _DependencyGraph().build_dependency(model, example, forward_fn=forward, verbose=False)
+            dg = _DependencyGraph().build_dependency(model, example.clone(memory_format=torch.contiguous_format),
+                                                     forward_fn=forward, verbose=False)
     except Exception as exc:  # noqa: BLE001 - any tracing failure is the model's, not ours
         raise CrossDistillError(f"cannot trace {type(model).__name__} for channel groups: {exc}") from exc
     finally:
         for m, mode in modes:  # per module: some may be frozen in eval on purpose
             m.training = mode
+        for t, data in strided:
+            t.data = data
     graph = Graph(dg, names, order, calls, owner, outputs)
     _install_maps(graph, strict3d=any(isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)) for m in model.modules()))
     return graph
