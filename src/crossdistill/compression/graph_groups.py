@@ -85,7 +85,10 @@ def _role(graph: Graph, dep: Any, reasons: list[str]) -> str | None:
         if mod.transposed and mod.groups > 1:
             reasons.append(f"grouped transposed conv {name}")
         role = "out" if _is_out(dg, dep) else "in"
-        if role == "in" and getattr(mod, "padding_mode", "zeros") != "zeros":
+        if role == "in" and not isinstance(mod, nn.Conv2d):
+            # Its input channels would change without a re-solve (the solvers take Conv2d and Linear).
+            reasons.append(f"read by {type(mod).__name__} {name}: only Conv2d and Linear readers can be re-solved")
+        elif role == "in" and getattr(mod, "padding_mode", "zeros") != "zeros":
             # A reader is re-solved on the kept channels, and the solvers unfold with zeros only.
             reasons.append(f"read by conv {name} with padding_mode={mod.padding_mode!r}")
         return role
