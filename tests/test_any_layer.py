@@ -536,3 +536,45 @@ def test_the_first_conv_and_the_classifier_are_found_by_the_forward_pass(method,
     assert "the first conv" in entries["stem"]["reason"] and "the classifier" in entries["classifier"]["reason"]
     assert entries["body.0"]["status"] != "skipped" and entries["body.4"]["status"] != "skipped"
     assert "never reached" in entries["aux"]["reason"]
+
+
+class FunctionalConv(nn.Module):
+    """A conv written as F.conv2d with its own parameters, and a position embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, 8, 8, 8) * 0.1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(F.conv2d(torch.relu(self.c1(x)) + self.pos, self.w, padding=1))
+        return self.fc(torch.relu(self.c2(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method, settings", [("sparsity", {"sparsity": 0.5}), ("quant", {"bits": 4}),
+                                              ("lowrank", {"rank_ratio": 0.25})])
+def test_weights_outside_any_layer_are_named_as_left_alone(method, settings):
+    # A weight no Conv2d/Linear holds has no captured input: it stays as it is, and says so.
+    torch.manual_seed(0)
+    teacher = FunctionalConv().eval()
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    cfg = CompressConfig(model="functional", method=method, shots=8, **settings).validate()
+    with pytest.warns(CompressionWarning, match=r"left uncompressed: w \(a bare parameter of the model itself"):
+        result = compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
+    entries = {e["name"]: e for e in result.summary[method]["layers"]}
+    assert entries["w"]["status"] == "skipped" and "F.conv2d" in entries["w"]["reason"]
+    assert entries["pos"]["status"] == "skipped"
+    assert entries["c2"]["status"] != "skipped"
+    assert torch.equal(result.student.w, teacher.w)
+
+
+def test_a_group_read_by_a_functional_conv_says_so():
+    torch.manual_seed(0)
+    teacher = FunctionalConv().eval()
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    cfg = CompressConfig(model="functional", shots=8, keep=0.5).validate()
+    with pytest.raises(CrossDistillError, match=r"c1 -> .*called as F.conv2d/F.conv1d, not through an nn.Conv2d"):
+        compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)

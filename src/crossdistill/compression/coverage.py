@@ -2,7 +2,8 @@
 
 Every conv and linear of the model gets one entry in the method's report (`summary()` →
 report.json `<method>.layers`), and so does each q/k/v projection of an `nn.MultiheadAttention`
-(`<attention>.q_proj`, ...: attention_projections.py): nothing is left out silently.
+(`<attention>.q_proj`, ...: attention_projections.py) and every other weight matrix (a parameter
+of two or more dimensions outside those layers, listed as skipped): nothing is left out silently.
 Layers left out by a setting (the first conv, the classifier) or for having nothing to gain are
 only listed; layers left out for a reason no setting controls (an unsupported type, a parent
 that reads the weight itself) also raise one `CompressionWarning` naming them.
@@ -19,6 +20,7 @@ from crossdistill.attention_projections import PROJECTIONS, projection_names
 from crossdistill.capture import unsupported_reason
 
 PLANNED, SKIPPED = "planned", "skipped"
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
 
 
 class CompressionWarning(UserWarning):
@@ -68,6 +70,27 @@ class Coverage:
         return [{k: v for k, v in e.items() if k != "warned"} for e in self.entries.values()]
 
 
+def bare_weights(model: nn.Module) -> list[tuple[str, str]]:
+    """Weight matrices outside any conv, linear or attention (a module's forward that runs
+    `F.conv2d(x, self.w)` itself, an embedding table, a position embedding), with why they are
+    left as they are: no layer module holds them, so no input to solve them on is captured."""
+    modules = dict(model.named_modules())
+    out = []
+    for name, p in model.named_parameters():
+        owner_name = name.rpartition(".")[0]
+        owner = modules.get(owner_name)
+        if p.dim() < 2 or ".parametrizations." in f".{name}" or isinstance(owner, _LAYERS):
+            continue
+        if isinstance(owner, nn.Embedding):
+            reason = "an Embedding table: a lookup, not a W·x layer"
+        else:
+            where = f"of {type(owner).__name__}" if owner_name else "of the model itself"
+            reason = (f"a bare parameter {where}, used by its own forward (e.g. F.conv2d(x, self.weight)); "
+                      "only nn.Conv2d and nn.Linear layers can be compressed")
+        out.append((name, reason))
+    return out
+
+
 def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_setting: str, last_setting: str,
            order: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear of `model` (and every attention's q/k/v projection) in module order,
@@ -95,6 +118,9 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
             convs.append(name)
         else:
             linears.append(name)
+    for name, reason in bare_weights(model):
+        cov.add(name, "Parameter")
+        cov.skip(name, reason, warn=True)
     if order is not None:
         rank = {n: i for i, n in enumerate(order)}
         convs = sorted((n for n in convs if n in rank), key=rank.__getitem__)

@@ -113,6 +113,17 @@ class _OpMaps:
     out_bwd: dict[int, IdxMap] = field(default_factory=dict)
 
 
+# What the common unsupported ops do to channels, for the reasons users read in the report.
+_WHY = {
+    "Convolution": "a convolution called as F.conv2d/F.conv1d, not through an nn.Conv2d module",
+    "Permute": "moves the channel dimension, e.g. to channels-last for a LayerNorm or Linear",
+    "Transpose": "moves the channel dimension",
+    "Mm": "a matrix product over channels", "Bmm": "a matrix product over channels",
+    "Softmax": "mixes channels", "LogSoftmax": "mixes channels",
+    "AsStrided": "a strided view",
+}
+
+
 def _classify(graph: Graph, node: Any, strict3d: bool) -> _OpMaps:
     fn = node.grad_fn
     name, base = fn.name(), _base(fn)
@@ -123,7 +134,7 @@ def _classify(graph: Graph, node: Any, strict3d: bool) -> _OpMaps:
     if out is None or any(s is None for _, s in ins):
         return _OpMaps(f"feeds an op of unknown shape: {name}")
     a = _axis(len(out), strict3d)
-    unsupported = _OpMaps(f"feeds an unsupported op: {name}")
+    unsupported = _OpMaps(f"feeds an unsupported op: {name}" + (f" ({_WHY[base]})" if base in _WHY else ""))
 
     if base in POINTWISE:
         for _, s in ins:
