@@ -329,15 +329,13 @@ def test_n_samples_replaces_the_default_k(d, tmp_path, capsys):
     assert "n=1000 is larger than the data set (40 images)" in capsys.readouterr().err
 
 
-def test_a_transposed_conv_reader_is_pruned_by_its_producers_norms():
-    """A group read only by a layer that cannot be re-solved (a ConvTranspose2d) is still pruned,
-    its kept units chosen by the producers' L1 norms, and the report says so."""
+def test_a_transposed_conv_reader_leaves_its_group_whole_with_the_reason():
+    """A group read by a layer that cannot be re-solved (a ConvTranspose2d) is left whole: pruning
+    its input by the producers' norms alone, with no re-solve, wrecked the output without a word."""
     from crossdistill.config import CompressConfig
     from crossdistill.pipeline import FewShot, compress
 
     few = FewShot(torch.randn(8, 1, 28, 28), torch.arange(8) % 4, np.arange(8))
     model = _WithUnsupportedLayer("transpose").eval()
-    result = compress(model, few, CompressConfig(model="fashion_cnn", shots=2), show_progress=False)
-    (group,) = result.summary["channel_groups"]["pruned"]
-    assert group["readers"] == [] and "L1" in group["note"] and group["kept"] == 4
-    assert result.student.features[3].in_channels == 4
+    with pytest.raises(CrossDistillError, match="read by ConvTranspose2d features.3: only Conv2d and Linear readers"):
+        compress(model, few, CompressConfig(model="fashion_cnn", shots=2), show_progress=False)
