@@ -26,7 +26,7 @@ def _weight_changed(student_w: torch.Tensor | None, teacher_w: torch.Tensor | No
         return True  # reads fewer channels: a reader of a pruned group, re-solved
     if student_w.shape != teacher_w.shape:
         return False  # only its output channels were dropped: its kept filters are the teacher's
-    return not torch.equal(student_w.detach().cpu(), teacher_w.detach().cpu())
+    return not torch.equal(student_w.detach(), teacher_w.detach().to(student_w.device))
 
 
 def compressed_layers(student: nn.Module, teacher: nn.Module) -> list[str]:

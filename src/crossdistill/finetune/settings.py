@@ -50,7 +50,8 @@ class FinetuneConfig(Plugin):
         "kd (default): distil the teacher's logits; hints: match the teacher's outputs at every pruned "
         "layer instead, end to end (FitNet-style, from the cross-distilled student; about +6 points at "
         "K=1 with --finetune-epochs 300 --finetune-lr 1e-3, docs/results/accuracy_push.md). With 10-100 "
-        "images kd lost points on ResNet-56 and ShuffleNetV2 where hints gained 3-17: prefer hints",
+        "images kd lost points on ResNet-56 and ShuffleNetV2 where hints gained 3-17 "
+        "(docs/results/any_model.md): prefer hints",
         choices=MODES)
     hint_weight: float = param(
         1.0,
