@@ -29,10 +29,17 @@ def test_the_declared_settings_are_the_user_settings_with_help():
 
 
 def test_defaults_give_the_old_run_settings():
-    s = run_settings(FinetuneConfig(), seed=0, device="cpu", batch_size=64)
+    # Mode kd, the default until hints took over, still gives exactly the settings from before.
+    s = run_settings(FinetuneConfig(mode="kd"), seed=0, device="cpu", batch_size=64)
     assert dataclasses.asdict(s) == OLD_DEFAULTS
     assert {k: type(v) for k, v in dataclasses.asdict(s).items()} == {k: type(v) for k, v in OLD_DEFAULTS.items()}
     assert dataclasses.asdict(FinetuneSettings()) == OLD_DEFAULTS
+
+
+def test_the_default_mode_is_hints_alone():
+    s = run_settings(FinetuneConfig(), seed=0, device="cpu", batch_size=64)
+    assert dataclasses.asdict(s) == {**OLD_DEFAULTS, "hint_weight": 1.0, "logit_weight": 0.0}
+    assert config_of(s).mode == "hints"
 
 
 @pytest.mark.parametrize("name, bad", [
@@ -55,9 +62,10 @@ def test_values_are_converted_to_their_declared_types():
 
 def test_a_loss_is_required():
     with pytest.raises(CrossDistillError, match="no loss"):
-        FinetuneConfig(logit_weight=0)  # mode kd: hints are off, so nothing is left
+        FinetuneConfig(mode="kd", logit_weight=0)  # mode kd: hints are off, so nothing is left
     with pytest.raises(CrossDistillError, match="no loss"):
-        FinetuneConfig(mode="hints", hint_weight=0)  # hints mode defaults the logit loss to 0
+        FinetuneConfig(hint_weight=0)  # the default mode, hints, defaults the logit loss to 0
+    FinetuneConfig(logit_weight=0)
     FinetuneConfig(mode="hints", hint_weight=0, logit_weight=1)  # logits alone: fine
     FinetuneConfig(mode="hints", logit_weight=0)
 
@@ -65,7 +73,7 @@ def test_a_loss_is_required():
 def test_run_settings_resolve_the_mode_and_the_batch_size():
     s = run_settings(FinetuneConfig(mode="hints", hint_weight=2), seed=3, device="auto", batch_size=32)
     assert (s.hint_weight, s.logit_weight, s.batch_size, s.seed, s.device) == (2.0, 0.0, 32, 3, "auto")
-    s = run_settings(FinetuneConfig(hint_weight=2, logit_weight=0.5, batch_size=8, views="affine"),
+    s = run_settings(FinetuneConfig(mode="kd", hint_weight=2, logit_weight=0.5, batch_size=8, views="affine"),
                      seed=0, device="cpu", batch_size=32)
     assert (s.hint_weight, s.logit_weight, s.batch_size, s.augment_policy) == (0.0, 0.5, 8, "affine")
 

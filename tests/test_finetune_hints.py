@@ -100,8 +100,8 @@ def test_bad_hint_settings_raise():
                       ({"finetune_views": "randaugment"}, "finetune: views"),
                       ({"finetune_ema": 1.0}, "finetune: ema"),
                       ({"finetune_ema": float("nan")}, "finetune: ema"),
-                      ({"finetune_logit_weight": 0.0}, "no loss"),
-                      ({"finetune_mode": "hints", "finetune_hint_weight": 0.0}, "no loss")]:
+                      ({"finetune_mode": "kd", "finetune_logit_weight": 0.0}, "no loss"),
+                      ({"finetune_hint_weight": 0.0}, "no loss")]:
         with pytest.raises(CrossDistillError, match=match):
             CompressConfig(**kw).validate()
     with pytest.raises(CrossDistillError, match="finetune: hints"):
@@ -115,11 +115,11 @@ def test_bad_hint_settings_raise():
 
 
 def test_mode_reaches_the_settings_from_config_and_cli():
-    cfg = CompressConfig(finetune_epochs=5).validate()
+    cfg = CompressConfig(finetune_epochs=5, finetune_mode="kd").validate()
     s = settings_from_config(cfg)
     assert (s.hint_weight, s.logit_weight) == (0.0, 1.0)  # mode 'kd': the hint weight does not count
-    s = settings_from_config(CompressConfig(finetune_epochs=5, finetune_mode="hints").validate())
-    assert (s.hint_weight, s.logit_weight, s.hints) == (1.0, 0.0, "layers")  # mode 'hints': hints only by default
+    s = settings_from_config(CompressConfig(finetune_epochs=5).validate())
+    assert (s.hint_weight, s.logit_weight, s.hints) == (1.0, 0.0, "layers")  # the default, hints: hints only
     p = argparse.ArgumentParser()
     add_config_options(p)
     args = p.parse_args(["--finetune-epochs", "300", "--finetune-mode", "hints", "--finetune-hint-weight", "2",

@@ -12,7 +12,7 @@ from crossdistill.config.sections import BASELINE_NAMES
 from crossdistill.errors import CrossDistillError
 from crossdistill.pipeline import run
 from crossdistill.reporting import aggregate, load_runs
-from crossdistill.sweep import config_hash, load_sweep, run_sweep
+from crossdistill.sweep import canonical_config, canonical_json, config_hash, load_sweep, run_sweep
 from sweep_helpers import fashion_like, write_npz_pair, write_sweep
 
 
@@ -36,6 +36,8 @@ def test_finetune_settings_identify_the_baselines_that_always_finetune():
     for name in ("bp", "l1-finetune"):  # 200 epochs when finetune.epochs is 0
         b = cfg.updated(baseline=name)
         assert config_hash(b) != config_hash(b.updated(finetune_bn="frozen"))
+        # Defined by their logit loss: mode kd whatever the config carried, and the stored config says so.
+        assert b.finetune["mode"] == "kd" == b.updated(finetune_mode="hints").finetune["mode"]
     l1 = cfg.updated(baseline="l1")  # no fine-tune: its inactive settings do not count
     assert config_hash(l1) == config_hash(l1.updated(finetune_bn="frozen"))
 
@@ -72,3 +74,15 @@ def test_a_sweep_row_runs_the_baseline(tmp_path):
     bad = write_sweep(tmp_path / "b.yaml", train, test, runs=[{"baseline": "l2"}])
     with pytest.raises(CrossDistillError, match="baseline must be one of"):
         load_sweep(bad)
+
+
+def test_the_hints_default_leaves_stored_kd_runs_where_the_mode_has_no_effect():
+    """'hints' became the default after kd rows were stored: a run that trains nothing (BatchNorm
+    recalibration alone) hashes as it did, one that trains under another loss is another run."""
+    recal = CompressConfig(model="fashion_cnn", finetune_bn="recalibrate")
+    assert recal.finetune["mode"] == "hints"
+    assert config_hash(recal) == config_hash(recal.updated(finetune_mode="kd"))
+    stored = json.loads(canonical_json(recal.updated(finetune_mode="kd").to_dict()))  # as a database keeps it
+    assert config_hash(canonical_config(stored)) == config_hash(recal)
+    trains = CompressConfig(model="fashion_cnn", finetune_epochs=5)
+    assert config_hash(trains) != config_hash(trains.updated(finetune_mode="kd"))

@@ -48,7 +48,9 @@ def test_comparison_lines_become_rows_that_the_equivalent_sweep_counts_as_done(t
     # The same runs written as a sweep would write them: each is recorded, so a sweep runs none again.
     base = {"model": "resnet20", "weights": "/data/weights/resnet20-12fca82f.th", "keep": 0.5, "shots": 1,
             "data": "/data/cifar10/cifar10_train.npz", "eval_data": "/data/cifar10/cifar10_test1000.npz"}
-    runs = [{}, {"objective": "mixed", "mu": 0.9}, {"baseline": "cp", "finetune_epochs": 50, "device": "cuda"},
+    # The cp line names no mode: it ran kd, the default then, and the sweep that counts it says kd.
+    runs = [{}, {"objective": "mixed", "mu": 0.9},
+            {"baseline": "cp", "finetune_epochs": 50, "finetune_mode": "kd", "device": "cuda"},
             {"finetune_epochs": 300, "finetune_mode": "hints", "finetune_lr": 1e-3, "finetune_bn": "frozen"}]
     hashes = [config_hash(CompressConfig.from_dict({**base, **r})) for r in runs]  # no validate(): no GPU here
     with SweepDB(db, readonly=True) as d:

@@ -3,7 +3,8 @@
 `l1` is the slimmed student with the teacher's weights on the kept filters (solver
 `prune-only`, selection `l1`); like every method it gets the library's final fine-tune only when
 `finetune_epochs` > 0. `l1-finetune` always fine-tunes it (`crossdistill.finetune`: logit
-distillation from the teacher plus cross-entropy, shares set by `finetune_kd_weight`).
+distillation from the teacher plus cross-entropy, shares set by `finetune_kd_weight`; mode kd
+whatever the config says, since that loss is what defines the baseline).
 """
 from __future__ import annotations
 
@@ -30,4 +31,5 @@ def l1(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_progre
 def l1_finetune(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *,
                 show_progress: bool = False) -> CompressionResult:
     require_channels(cfg, "l1-finetune")
-    return l1_pruned(teacher, fewshot, cfg, show_progress=show_progress, finetune_epochs=finetune_epochs(cfg))
+    return l1_pruned(teacher, fewshot, cfg, show_progress=show_progress, finetune_epochs=finetune_epochs(cfg),
+                     finetune_mode="kd")

@@ -26,6 +26,7 @@ from crossdistill.config.sections import (
     ALIASES,
     DEFAULT_NAMES,
     FINETUNE_PREFIX,
+    LOGIT_FINETUNE_BASELINES,
     RUN_KEYS,
     SECTIONS,
     Choice,
@@ -147,7 +148,7 @@ def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressCo
         solver_settings = solver_cls(**known(solver_cls, params["solver"], f"solver {names['solver']}")).settings()
     ft_cls = finetune_class()
     ft = layers.finetune if strict else known_only(ft_cls, layers.finetune)
-    finetune = ft_cls(**known(ft_cls, ft, "finetune"))
+    finetune = ft_cls(**known(ft_cls, logit_mode(run.baseline, ft), "finetune"))
     if strict and layers.extra:
         from crossdistill.baselines.settings import FitnetSettings
 
@@ -162,6 +163,15 @@ def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressCo
         extra=dict(layers.extra),
     )
     return cfg
+
+
+def logit_mode(baseline: str | None, finetune: Mapping[str, Any]) -> Mapping[str, Any]:
+    """bp and l1-finetune are defined by a logit loss, so their fine-tune runs in mode 'kd' whatever
+    the mode says, as every baseline fixes its own objective and solver; the stored config then
+    names the mode that ran."""
+    if baseline not in LOGIT_FINETUNE_BASELINES:
+        return finetune
+    return {**finetune, "mode": "kd"}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -23,6 +23,9 @@ class ConfigWarning(UserWarning):
 # would close an import cycle (it imports the pipeline, which imports the config); a test keeps
 # the two lists equal.
 BASELINE_NAMES = ("l1", "l1-finetune", "bp", "fitnet", "fskd", "thinet", "cp")
+# Baselines defined by their fine-tune's logit loss (cross-entropy, or distillation plus
+# cross-entropy): they always fine-tune, and always in mode 'kd'.
+LOGIT_FINETUNE_BASELINES = ("bp", "l1-finetune")
 
 
 @dataclass
@@ -187,6 +190,10 @@ def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
     ft = out.get("finetune")
     if isinstance(ft, Mapping) and not finetune_active(ft):
         out["finetune"] = {}
+    elif isinstance(ft, Mapping) and not (ft.get("epochs") or 0) > 0 and "mode" in ft:
+        # Recalibration alone trains nothing, so the loss mode has no effect; 'kd' is what every
+        # such run stored before 'hints' became the default, and their hashes stay as written.
+        out["finetune"] = {**ft, "mode": "kd"}
     for section in ("method", "objective"):
         chosen = out.get(section)
         if isinstance(chosen, Mapping) and isinstance(chosen.get("params"), Mapping):

@@ -46,12 +46,12 @@ class FinetuneConfig(Plugin):
         1.0, "share of the distillation loss; the rest is cross-entropy on the few labels",
         low=0, high=1)
     mode: str = param(
-        "kd",
-        "kd (default): distil the teacher's logits; hints: match the teacher's outputs at every pruned "
-        "layer instead, end to end (FitNet-style, from the cross-distilled student; about +6 points at "
-        "K=1 with --finetune-epochs 300 --finetune-lr 1e-3, docs/results/accuracy_push.md). With 10-100 "
-        "images kd lost points on ResNet-56 and ShuffleNetV2 where hints gained 3-17 "
-        "(docs/results/any_model.md): prefer hints",
+        "hints",
+        "hints (default): match the teacher's outputs at every pruned layer, end to end (FitNet-style, "
+        "from the cross-distilled student; about +6 points at K=1 with --finetune-epochs 300 "
+        "--finetune-lr 1e-3, docs/results/accuracy_push.md); kd: distil the teacher's logits only. With "
+        "10-100 images kd lost points on ResNet-56 and ShuffleNetV2 where hints gained 3-17 "
+        "(docs/results/any_model.md). The bp and l1-finetune baselines always use kd",
         choices=MODES)
     hint_weight: float = param(
         1.0,

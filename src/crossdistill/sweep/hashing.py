@@ -48,9 +48,6 @@ def json_sha256(obj: Any) -> str:
 # every run made before they existed stays what it was (stored config_hash columns match as
 # written, not only after re-hashing).
 _ADDED_AT_DEFAULT: dict[str, Any] = {"baseline": None}
-# Baselines that fine-tune whatever `finetune.epochs` says (crossdistill.baselines.l1: 200 epochs
-# when it is 0), so their fine-tune settings always have an effect and always identify the run.
-_FINETUNING_BASELINES = ("bp", "l1-finetune")
 
 
 def config_hash(config: Mapping[str, Any] | Any) -> str:
@@ -61,11 +58,14 @@ def config_hash(config: Mapping[str, Any] | Any) -> str:
     """
     # Duck-typed rather than an isinstance check: callers and older tests pass CompressConfig.
     from crossdistill.config import run_identity
+    from crossdistill.config.sections import LOGIT_FINETUNE_BASELINES
 
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     values = {k: v for k, v in values.items() if not (k in _ADDED_AT_DEFAULT and v == _ADDED_AT_DEFAULT[k])}
     identity = run_identity(values)
-    if values.get("baseline") in _FINETUNING_BASELINES and "finetune" in values:
+    # These baselines fine-tune whatever `finetune.epochs` says (crossdistill.baselines.l1: 200
+    # epochs when it is 0), so their fine-tune settings always have an effect and identify the run.
+    if values.get("baseline") in LOGIT_FINETUNE_BASELINES and "finetune" in values:
         identity["finetune"] = values["finetune"]
     return json_sha256(identity)
 

@@ -96,6 +96,8 @@ def comparison(rec: dict[str, Any], state: dict[str, Any]) -> Imported:
     for key in ("finetune_bn", "finetune_mode"):
         if rec.get(key) is not None and key not in given:
             cfg[key] = rec[key]
+    # These lines were written while 'kd' was the default mode, so a line that names none ran kd.
+    cfg.setdefault("finetune_mode", "kd")
     if (rec.get("finetune_epochs") or 0) > 0:
         cfg["finetune_epochs"] = rec["finetune_epochs"]
     metrics = {"student_top1": rec.get("top1"), "teacher_top1": rec.get("teacher_top1"), "n_eval": rec.get("n_eval"),
