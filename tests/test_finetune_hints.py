@@ -87,6 +87,9 @@ def test_hint_points_with_slimmed_outputs_are_skipped():
     points = hint_points(student, teacher, "blocks+penultimate")
     assert points == ["conv2", "conv3", PENULTIMATE]
     assert matching_points(student, teacher, points, images(2)) == ["conv3", PENULTIMATE]
+    # None comparable: the error says where else to match, hints being the default mode.
+    with pytest.raises(CrossDistillError, match="no hint point.*--finetune-hints penultimate.*--finetune-mode kd"):
+        matching_points(student, teacher, ["conv2"], images(2))
 
 
 def test_bad_hint_settings_raise():

@@ -91,7 +91,8 @@ def matching_points(student: nn.Module, teacher: nn.Module, points: Sequence[str
     kept = [p for p in points if isinstance(s.get(p), torch.Tensor) and isinstance(t.get(p), torch.Tensor)
             and s[p].shape == t[p].shape]
     if not kept:
-        raise CrossDistillError(f"no hint point has the same shape in student and teacher (tried {list(points)})")
+        raise CrossDistillError(f"no hint point has the same shape in student and teacher (tried {list(points)}); "
+                                "match elsewhere (--finetune-hints penultimate) or the logits (--finetune-mode kd)")
     return kept
 
 
