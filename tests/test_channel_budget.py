@@ -7,23 +7,20 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from crossdistill.compression.budget import allocate
 from crossdistill.compression.channel_pruning import ChannelPruning
 from crossdistill.compression.flops import FlopModel
 from crossdistill.compression.graph_plan import plan_graph_channels
 from crossdistill.config import CompressConfig
+from crossdistill.evaluation_counts import count_flops
 from crossdistill.pipeline import compress
 from test_graph_channels import build
 from test_graph_pruning import fewshot_for
 
 
 def measured_flops(model: nn.Module, example: torch.Tensor) -> float:
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(example[:1])
-    return float(counter.get_total_flops())
+    return float(count_flops(model, example.shape[1:]))  # fast path off (tests/test_flop_counter.py)
 
 
 def _setup(key: str):
@@ -32,7 +29,7 @@ def _setup(key: str):
     return teacher, example, plan, FlopModel.of(teacher, example[:1], plan.groups)
 
 
-@pytest.mark.parametrize("key", ["chain", "resnet", "densenet", "mobilenet"])
+@pytest.mark.parametrize("key", ["chain", "resnet", "densenet", "mobilenet", "transformer"])
 def test_flop_model_counts_what_slimming_leaves(key):
     from crossdistill.compression.graph_channels import slim_groups
 

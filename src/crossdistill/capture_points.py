@@ -108,16 +108,23 @@ def parent_reads_weight(model: nn.Module, name: str) -> str | None:
 
 
 @contextlib.contextmanager
-def capture_mode() -> Iterator[None]:
-    """Inference mode with the fused attention/transformer fast path off, so that every linear is
-    called as a module (and hooked) rather than read by a fused kernel."""
+def fastpath_off() -> Iterator[None]:
+    """The fused attention/transformer fast path off (restored after): every linear is then
+    called as a module (hooked, counted) rather than read by a fused kernel. The fast path is
+    taken in eval mode without grad, or when no weight requires grad (a frozen model)."""
     mha = getattr(torch.backends, "mha", None)
     before = mha.get_fastpath_enabled() if mha is not None else None
     if mha is not None:
         mha.set_fastpath_enabled(False)
     try:
-        with torch.inference_mode():
-            yield
+        yield
     finally:
         if mha is not None:
             mha.set_fastpath_enabled(before)
+
+
+@contextlib.contextmanager
+def capture_mode() -> Iterator[None]:
+    """Inference mode with the fused attention/transformer fast path off (`fastpath_off`)."""
+    with fastpath_off(), torch.inference_mode():
+        yield

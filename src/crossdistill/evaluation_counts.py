@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from crossdistill.device import module_device
+from crossdistill.flop_counter import counting_flops
 
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
@@ -39,17 +40,12 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     """FLOPs of one forward pass on ONE image of shape (C, H, W), via torch's FlopCounterMode.
 
     Counts 2 FLOPs per multiply-accumulate (so a conv's FLOPs are 2 x its MACs) and only the
-    operations FlopCounterMode knows (convolutions, matmuls/linear layers, attention);
+    operations FlopCounterMode knows (convolutions, matmuls/linear layers, attention: also
+    inside a fused transformer layer and on the CPU, crossdistill.flop_counter);
     BatchNorm, ReLU, pooling and additions are not counted. Zero weights still count: this
     measures dense compute, which is what channel pruning reduces.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = torch.zeros(1, *input_size, device=module_device(model))
-    counter = FlopCounterMode(display=False)
-    # Grad enabled (one image's graph, dropped at once): under no_grad, a view of a parameter
-    # (a learned attention query, `self.query.expand(...)`) still requires grad but has no
-    # grad_fn, and the counter's module tracker fails on it.
-    with _eval_mode(model), torch.enable_grad(), counter:
+    with _eval_mode(model), counting_flops() as counter:
         model(x)
     return int(counter.get_total_flops())

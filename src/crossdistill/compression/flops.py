@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from crossdistill.capture import get_module
+from crossdistill.flop_counter import counting_flops
 from crossdistill.compression.graph_channels import ChannelGroup
 
 
@@ -26,10 +27,7 @@ class FlopModel:
 
     @classmethod
     def of(cls, model: nn.Module, example: torch.Tensor, groups: Mapping[int, ChannelGroup]) -> "FlopModel":
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
+        with counting_flops() as counter:
             model(example[:1])
         per_module = {name.split(".", 1)[1] if "." in name else "": float(sum(v.values()))
                       for name, v in counter.get_flop_counts().items() if name != "Global"}
