@@ -105,6 +105,32 @@ def test_saved_user_model_loads_without_the_registry(factory, tmp_path):
         assert torch.equal(crossdistill.load(path, factory=f"{moved}:make")(x), student(x))
 
 
+def test_a_relative_factory_loads_from_any_folder_and_a_moved_one_is_named_again(
+        factory, data, tmp_path, capsys, monkeypatch):
+    """`--model mynet.py:make` written from the factory's folder (the README's form): the run loads,
+    evaluates and exports from elsewhere; once the file moved, --model names it again."""
+    import json
+
+    train, test = data
+    folder = Path(factory.split(":")[0]).parent
+    monkeypatch.chdir(folder)
+    out = tmp_path / "run"
+    assert main(["compress", "--model", "mynet.py:make", "--data", str(train), "--shots", "2", "--quiet",
+                 "--out", str(out)]) == 0
+    monkeypatch.chdir(tmp_path)
+    x = torch.randn(3, 1, 28, 28)
+    student = crossdistill.load(out)
+    capsys.readouterr()
+    moved = tmp_path / "moved.py"
+    shutil.move(folder / "mynet.py", moved)
+    argv = ["evaluate", "--weights", str(out), "--eval-data", str(test), "--no-latency", "--json", "--quiet"]
+    assert main(argv) != 0 and "no such file" in capsys.readouterr().err
+    assert main(argv + ["--model", f"{moved}:make"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == sum(p.numel() for p in student.parameters())
+    with torch.no_grad():
+        assert torch.equal(crossdistill.load(out, model=f"{moved}:make")(x), student(x))
+
+
 def test_cli_takes_a_factory(factory, data, tmp_path, capsys):
     train, test = data
     out = tmp_path / "run"

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "factory its file records, with the input size and normalisation recorded there."
         ),
     )
-    p.add_argument("--model", help="registered model name (optional when the weights file records it)")
+    p.add_argument("--model", help="registered model name (optional when the weights file records it); or, for a "
+                   "model of your own whose factory file has moved, path/to/file.py:function to rebuild it")
     p.add_argument("--weights", required=True, help=".th/.pt/.pth (read with weights_only), .safetensors, or a run "
                    "folder of `crossdistill compress` (its student.safetensors)")
     p.add_argument("--eval-data", dest="eval_data", required=True,

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-verify", dest="n_verify", type=int, default=64, help="images used to verify (default 64)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--model", help="model name, only for weight files that do not record it")
+    p.add_argument("--model", help="model name, only for weight files that do not record it; or, for a model of "
+                   "your own whose factory file has moved, path/to/file.py:function to rebuild it")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
 

@@ -64,6 +64,14 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     return fn
 
 
+def absolute_factory(spec: str) -> str:
+    """`spec` with its file's path made absolute (a `package.module:function` spec as it is)."""
+    target, _, fn_name = spec.rpartition(":")
+    if target and (target.endswith(".py") or "/" in target):
+        return f"{Path(target).expanduser().resolve()}:{fn_name}"
+    return spec
+
+
 def build_user_model(spec: str) -> nn.Module:
     model = load_factory(spec)()
     if not isinstance(model, nn.Module):

@@ -75,10 +75,16 @@ def _build_from_factory(info: SavedModelInfo, source: str) -> nn.Module:
 def rebuild(path: Path, document: str, model: str | None = None, factory: str | None = None) -> nn.Module:
     """The model of the crossdistill file `path`, whose header document is `document`.
 
-    `model`, when given, is the registry name the caller expects; another one is refused.
+    `model`, when given, is the registry name the caller expects; another one is refused. A
+    factory given there (`path/to/file.py:function`, the form `--model` takes everywhere) is
+    read as `factory`: the CLI's evaluate and export take it to rebuild a model whose file moved.
     """
+    from crossdistill.models.user import is_factory_spec
+
     source = str(path)
     info = parse_info(document, source)
+    if model is not None and factory is None and is_factory_spec(model):
+        model, factory = None, model
     if factory is not None:
         if "factory" not in info.spec:
             raise CrossDistillError(f"{source} holds the registered model {info.model}; it needs no factory")

@@ -10,7 +10,7 @@ from torch import nn
 
 from crossdistill._version import __version__
 from crossdistill.errors import CrossDistillError
-from crossdistill.models.user import info_of
+from crossdistill.models.user import absolute_factory, info_of
 from crossdistill.persistence import codecs
 from crossdistill.persistence.files import atomic_write
 from crossdistill.persistence.spec import META_KEY, SavedModelInfo
@@ -44,6 +44,8 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
         info = model_info(name)
     elif isinstance(factory, str) and _known(model):
         # A user's model: rebuilt by calling its factory again (crossdistill.models.user).
+        # Absolute: the file must load from any folder, not only the one it was written from.
+        factory = absolute_factory(factory)
         name, spec, info = factory, {"factory": factory}, info_of(model)
     else:
         raise CrossDistillError(
