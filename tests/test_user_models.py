@@ -245,3 +245,21 @@ def test_a_wrapped_model_gives_the_plain_modules_student(factory, wrap):
         assert torch.equal(a(x), b(x))
     assert a.crossdistill_factory == factory  # saving rebuilds it from the user's factory
 
+
+
+def test_compress_leaves_the_callers_model_as_it_was(factory):
+    """In train mode (a user mid-training) the model comes back in train mode, weights and
+    BatchNorm statistics untouched; the report's teacher top-1 is still measured in eval mode."""
+    from crossdistill.models.user import build_user_model
+
+    model = build_user_model(factory).train()
+    model[1].training = False  # a part deliberately kept in eval mode stays so
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = images()
+    _, report = crossdistill.compress(model, x, labels=y, shots=2, method="quant", bits=4, eval_data=(x, y),
+                                      show_progress=False)
+    assert model.training and not model[1].training and all(m.training for i, m in enumerate(model) if i != 1)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():
+        eval_top1 = 100.0 * float((model.eval()(x).argmax(1) == y).float().mean())
+    assert report["teacher"]["top1"] == pytest.approx(eval_top1)

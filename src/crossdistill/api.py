@@ -174,7 +174,14 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
             raise CrossDistillError("eval_data needs labels: give (images, labels), a labelled Dataset, or a path")
         test = (tx, ty)
     start = time.perf_counter()
-    result = run_compress(model, few, cfg, show_progress=show_progress)
+    # The teacher runs in eval mode throughout; the caller's model gets its own flags back.
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        result = run_compress(model, few, cfg, show_progress=show_progress)
+        teacher_measures = _measure(model, info, test)
+    finally:
+        for m, flag in flags:
+            m.training = flag
     student = result.student
     student.crossdistill_info = info  # what saving a model the registry does not know records
     if registered is None and getattr(model, "crossdistill_factory", None):
@@ -186,7 +193,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         "layers": [{"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
                     **r.info} for r in result.records],
         **result.summary, "config": cfg.to_dict(),
-        "teacher": _measure(model, info, test), "student": _measure(student, info, test),
+        "teacher": teacher_measures, "student": _measure(student, info, test),
     }
     if result.finetune is not None:
         report["finetune"] = result.finetune

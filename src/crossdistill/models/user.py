@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.evaluation_counts import _eval_mode
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 
 USER_FAMILY = "user"
@@ -91,18 +92,15 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
         # The layer statistics and solves need float32 layers (they accumulate in float64).
         raise CrossDistillError(f"model {name}: its parameters are {', '.join(low)}; compress a float32 copy "
                                 "(model.float()) and cast the student back afterwards")
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        # Each submodule's own train/eval flag comes back: a caller may keep parts in eval mode.
+        with _eval_mode(model), torch.no_grad():
             out = model(torch.zeros(1, *size))
     except Exception as exc:
         raise CrossDistillError(
             f"model {name}: a forward pass on an input of size {size} failed: "
             f"{type(exc).__name__}: {exc}; give the input size the model expects (--input-size C H W)"
         ) from None
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = f"a {type(out).__name__}" if isinstance(out, (tuple, list, dict)) else getattr(out, "shape", type(out).__name__)
         raise CrossDistillError(f"model {name}: expected logits of shape (batch, classes), got {got}; a model that "
