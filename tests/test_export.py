@@ -124,6 +124,32 @@ def test_a_mismatching_export_is_refused_and_nothing_is_written(tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
+class _Scaled(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.factor
+
+
+def test_the_tolerance_scales_with_large_logits(tmp_path, monkeypatch):
+    """float32 rounding grows with the logits: a faithful export of logits near 1000 differs by
+    more than 1e-4 and must pass, while an off-by-a-bit one is still refused."""
+    import crossdistill.export as ex
+
+    model = create_model("fashion_cnn").eval()
+    x, _ = verification_inputs(model, None, 4)
+    big = _Scaled(model, 1000.0 / float(model(x).abs().max())).eval()  # largest |logit| 1000
+    real = ex._run_onnx
+    monkeypatch.setattr(ex, "_run_onnx", lambda path, inputs: real(path, inputs) + 5e-2)
+    assert export_model(big, tmp_path / "ok.onnx", "onnx", x).max_abs_diff <= 0.1  # within 1e-4 x 1000
+    monkeypatch.setattr(ex, "_run_onnx", lambda path, inputs: real(path, inputs) + 0.2)
+    with pytest.raises(CrossDistillError, match=r"allowed 0\.1: tolerance 0\.0001 times the largest \|logit\|"):
+        export_model(big, tmp_path / "bad.onnx", "onnx", x)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_export_bad_input(run_dir, data, tmp_path, capsys):
     cases = [
         (["export", str(tmp_path / "nope"), "--format", "onnx"], "no such file or directory"),

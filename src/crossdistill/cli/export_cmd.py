@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Export the model of a `crossdistill compress` run directory (or a .safetensors file "
         "saved by crossdistill.save) to ONNX or TorchScript. The exported file runs the same inputs as the "
         "PyTorch model (the first --n-verify images of --eval-data, else a fixed random batch) and is "
-        "written only when the largest absolute logit difference is within --tolerance.",
+        "written only when the largest absolute logit difference is within --tolerance (scaled by the largest "
+        "|logit| when that is above 1).",
     )
     p.add_argument("source", type=Path, help="run directory (holding student.safetensors) or .safetensors file")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="export format")
@@ -26,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-data", dest="eval_data",
                    help="verify on real test images: .npz, cifar-10-batches-py folder, Fashion-MNIST folder or a data-set name")
     p.add_argument("--n-verify", dest="n_verify", type=int, default=64, help="images used to verify (default 64)")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest allowed |logit difference|, times the largest |logit| when that is above 1 "
+                        "(default 1e-4)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--model", help="model name, only for weight files that do not record it; or, for a model of "
                    "your own whose factory file has moved, path/to/file.py:function to rebuild it")
