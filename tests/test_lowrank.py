@@ -110,6 +110,12 @@ def test_rank_budgets():
     # Layers that the rank would not make cheaper are left out; none left is an error.
     with pytest.raises(CrossDistillError, match="no layer gets cheaper"):
         LowRank(rank_ratio=1.0).plan(make_tiny())
+    # Nothing that any rank could factorise: the error says why, not "lower the rank".
+    encoder = nn.Sequential(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), nn.Linear(16, 4))
+    with pytest.raises(CrossDistillError, match=r"whatever the rank: 0.self_attn.q_proj .*reads linear1.weight "
+                       r"directly.*; and 1 more") as err:
+        LowRank(rank_ratio=0.1).plan(encoder)
+    assert "lower the rank" not in str(err.value)
 
 
 def _lowrank_tiny(solver="svd", **kw):

@@ -172,6 +172,7 @@ class LowRank(CompressionMethod):
                      first_setting="lowrank_first", last_setting="lowrank_last", order=self.layer_order)
         self._coverage = cov
         tasks = []
+        too_costly = 0
         for name in cov.planned:
             reason = parent_reads_weight(model, name)
             if reason is not None:
@@ -184,13 +185,19 @@ class LowRank(CompressionMethod):
             if r * (out + d) >= out * d:  # the factors would cost as much as the dense layer
                 per = " per group" if groups > 1 else ""
                 cov.skip(name, f"rank {r}{per} of a {out}x{d} weight would not make it cheaper")
+                too_costly += 1
                 continue
             tasks.append(LayerTask(name=name, group=group_size(layer), params={"rank": r}))
         cov.warn()
-        if not tasks:
+        if not tasks and too_costly:
             raise CrossDistillError(
                 f"no layer gets cheaper at {self.describe()}: lower the rank or FLOPs ratio"
             )
+        if not tasks:  # no ratio helps: say why each layer is out
+            left = [f"{e['name']} ({e['reason']})" for e in cov.report() if e.get("reason")]
+            more = f"; and {len(left) - 6} more" if len(left) > 6 else ""
+            raise CrossDistillError("low rank: no layer of this model can be factorised, whatever the rank: "
+                                    + "; ".join(left[:6]) + more)
         return tasks
 
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
