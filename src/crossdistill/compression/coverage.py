@@ -85,8 +85,9 @@ def bare_weights(model: nn.Module) -> list[tuple[str, str]]:
             reason = "an Embedding table: a lookup, not a W·x layer"
         else:
             where = f"of {type(owner).__name__}" if owner_name else "of the model itself"
-            reason = (f"a bare parameter {where}, used by its own forward (e.g. F.conv2d(x, self.weight)); "
-                      "only nn.Conv2d and nn.Linear layers can be compressed")
+            reason = (f"a bare parameter {where}, which its forward uses itself (a class token, a position "
+                      "embedding, or a weight in F.conv2d(x, self.weight)); only the weights of nn.Conv2d and "
+                      "nn.Linear layers are compressed")
         out.append((name, reason))
     return out
 
