@@ -17,7 +17,8 @@ from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.unit_selection import Reader, select_units_obs
 from test_graph_channels import MODELS, build, params
 
-CHANNEL_MODELS = [k for k in MODELS if k not in ("se_shuffle",)]
+# se_shuffle and grouped_cat have no group that can be pruned (test_a_group_read_by_a_grouped_conv_is_left_whole).
+CHANNEL_MODELS = [k for k in MODELS if k not in ("se_shuffle", "grouped_cat")]
 
 
 def fewshot_for(example: torch.Tensor, n: int = 12) -> FewShot:
@@ -48,6 +49,37 @@ def test_nothing_to_prune_reproduces_the_teacher(key):
     assert params(student) == params(teacher)
     with torch.no_grad():
         assert torch.equal(student(few.images), teacher(few.images))
+
+
+@pytest.mark.parametrize("key", CHANNEL_MODELS)
+def test_every_layer_that_mixes_a_pruned_groups_channels_is_re_solved(key):
+    """A reader left out of the re-solve keeps weights fitted to channels that are gone: only a
+    depthwise conv, which mixes nothing, may read a pruned group without being re-solved."""
+    teacher, example = build(key)
+    method = ChannelPruning(keep=0.5)
+    method.prepare(example)
+    method.plan(copy.deepcopy(teacher))
+    plan = method._plan
+    for gid, g in plan.groups.items():
+        for c in g.consumers:
+            layer = teacher.get_submodule(c.name)
+            depthwise = getattr(layer, "groups", 1) > 1 and layer.groups == layer.in_channels
+            assert c.name in plan.readers[gid] or depthwise, (key, gid, c.name)
+
+
+def test_a_group_read_by_a_grouped_conv_is_left_whole():
+    """A grouped (not depthwise) reader is sliced, never re-solved: the groups it reads stay
+    whole, with the reason; the grouped conv's own outputs, read by a dense conv, are pruned."""
+    teacher, example = build("grouped")
+    method = ChannelPruning(keep=0.5)
+    method.prepare(example)
+    method.plan(copy.deepcopy(teacher))
+    reasons = {tuple(e["readers"]): e["reason"] for e in method._plan.left_whole}
+    assert reasons[("features.3",)] == ("read by grouped conv features.3 (groups=2): only ungrouped readers "
+                                        "are re-solved")
+    assert [lc.name for g in method._plan.groups.values() for lc in g.producers] == ["features.6"]
+    with pytest.raises(CrossDistillError, match=r"no channel group that can be pruned.*read by grouped conv g\.0"):
+        run("grouped_cat", keep=0.5)
 
 
 def test_every_reader_of_a_shared_group_is_re_solved_on_what_is_left():
