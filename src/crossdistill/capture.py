@@ -172,6 +172,16 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     return module.weight.detach().reshape(module.weight.shape[0], -1)
 
 
+def dense_weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as the (out, in·kh·kw) matrix of the equivalent ungrouped layer: a grouped
+    conv's group blocks on the diagonal, zeros elsewhere (channel c at columns c·kh·kw…)."""
+    w = weight_matrix(module)
+    groups = conv_groups(module)
+    if groups == 1:
+        return w
+    return torch.block_diag(*w.chunk(groups, 0))
+
+
 def group_size(module: nn.Module) -> int:
     """Columns of the weight matrix that belong to one input channel."""
     if isinstance(module, nn.Conv2d):

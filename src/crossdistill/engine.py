@@ -15,6 +15,8 @@ from crossdistill.capture import (
     all_layer_inputs,
     inputs_per_batch,
     check_solvable,
+    conv_groups,
+    dense_weight_matrix,
     forward_calls,
     get_module,
     group_size,
@@ -99,7 +101,13 @@ class TeacherSideGram:
         sum_(self.C)
         count = sum_number(self.count)
         H = self.C / max(count, 1)
-        w = weight_matrix(self.layer)[:, torch.as_tensor(self.columns, dtype=torch.long, device=H.device)].to(H.dtype)
+        cols = torch.as_tensor(self.columns, dtype=torch.long, device=H.device)
+        w = dense_weight_matrix(self.layer)[:, cols].to(H.dtype)
+        groups = conv_groups(self.layer)
+        if groups > 1:
+            # A grouped reader's rows cannot use another group's columns to make up for a drop.
+            group = cols // group_size(self.layer) // (self.layer.in_channels // groups)
+            H = H * (group[:, None] == group[None, :]).to(H.dtype)
         return QuadraticProblem(H=H, B=w @ H, c=float((w @ H * w).sum()), w_teacher=w).damped(damping)
 
 

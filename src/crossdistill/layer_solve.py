@@ -7,6 +7,13 @@ groups of tr(W_g H_g W_gᵀ) − 2 tr(B_g W_gᵀ) + c_g, with W_g the group's ro
 (`MomentAccumulator.finish_groups`). Each group is handed to the solver as a layer of its own
 (its rows, its moments, its damping relative to its own mean diag H_g, its own task params), and
 the rows are stitched back in group order, so every solver works on grouped convs unchanged.
+
+A grouped conv that reads a pruned channel group (channel pruning of any graph) is the
+exception: the kept channels are one choice across all its groups, and its columns are named
+as those of a dense conv (channel c at columns c·k²…). It is solved as one problem on the
+block-diagonal H and B of its groups (`block_diagonal`): rows of group g get zero cost and zero
+gain from other groups' columns, so the solution keeps them at zero and equals the per-group
+solves, while the channel choice sees every group at once.
 """
 from __future__ import annotations
 
@@ -56,6 +63,9 @@ def solve_layer(
     def build(source: Moments | QuadraticProblem, w: torch.Tensor) -> QuadraticProblem:
         return source if isinstance(source, QuadraticProblem) else objective.build(source, w)
 
+    if len(groups) > 1 and task.params.get("graph") is not None:
+        return _solve_block_diagonal([build(m, w_g) for m, w_g in zip(groups, w_t.chunk(len(groups), 0))],
+                                     task, solver, student, damping)
     if len(groups) == 1:
         exact = build(groups[0], w_t)
         start = time.perf_counter()
@@ -77,6 +87,28 @@ def solve_layer(
         loss_after += exact.loss(outcome.weight)
     info = {**merge_group_infos(infos), "groups": len(groups)}
     return SolvedLayer(torch.cat(weights, 0), info, loss_t, loss_after, seconds)
+
+
+def block_diagonal(problems: Sequence[QuadraticProblem]) -> QuadraticProblem:
+    """One problem over all groups' columns: H, B and the teacher's weight block-diagonal."""
+    H = torch.block_diag(*[p.H for p in problems])
+    B = torch.block_diag(*[p.B for p in problems])
+    w = torch.block_diag(*[p.w_teacher for p in problems])
+    return QuadraticProblem(H=H, B=B, c=sum(p.c for p in problems), w_teacher=w)
+
+
+def _solve_block_diagonal(problems: Sequence[QuadraticProblem], task: LayerTask, solver: LayerSolver,
+                          student: nn.Module, damping: float) -> SolvedLayer:
+    exact = block_diagonal(problems)
+    # Each group damped against its own mean diag H, as the per-group solves are.
+    damped = block_diagonal([p.damped(damping) for p in problems])
+    start = time.perf_counter()
+    outcome = solver.solve(damped, task, student)
+    seconds = time.perf_counter() - start
+    rows, cols = problems[0].B.shape
+    blocks = [outcome.weight[g * rows:(g + 1) * rows, g * cols:(g + 1) * cols] for g in range(len(problems))]
+    return SolvedLayer(torch.cat(blocks, 0), {**outcome.info, "groups": len(problems)},
+                       exact.loss(exact.w_teacher), exact.loss(outcome.weight), seconds)
 
 
 def group_task(task: LayerTask, g: int) -> LayerTask:

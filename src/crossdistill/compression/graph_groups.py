@@ -88,10 +88,6 @@ def _role(graph: Graph, dep: Any, reasons: list[str]) -> str | None:
         if role == "in" and not isinstance(mod, nn.Conv2d):
             # Its input channels would change without a re-solve (the solvers take Conv2d and Linear).
             reasons.append(f"read by {type(mod).__name__} {name}: only Conv2d and Linear readers can be re-solved")
-        elif role == "in" and mod.groups > 1:
-            # Sliced, not re-solved, a grouped reader's outputs lose what the dropped inputs gave
-            # (a ResNeXt block at keep 0.75 went from 100 % to chance on its probe set).
-            reasons.append(f"read by grouped conv {name} (groups={mod.groups}): only ungrouped readers are re-solved")
         elif role == "in" and getattr(mod, "padding_mode", "zeros") != "zeros":
             # A reader is re-solved on the kept channels, and the solvers unfold with zeros only.
             reasons.append(f"read by conv {name} with padding_mode={mod.padding_mode!r}")

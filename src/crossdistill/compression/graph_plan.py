@@ -27,9 +27,11 @@ GENERAL_SELECTIONS = ("obs", "weight-norm", "l1", "tp-magnitude")
 
 
 def solvable(module: nn.Module) -> bool:
-    """Readers that the engine re-solves: dense convs and linears (a depthwise or grouped reader
-    is slimmed with its group, its kept filters unchanged)."""
-    return isinstance(module, SOLVABLE) and getattr(module, "groups", 1) == 1
+    """Readers that the engine re-solves: convs and linears, grouped convs included (solved as
+    one block-diagonal problem: layer_solve.py); a depthwise reader mixes nothing and is slimmed
+    with its group, its kept filters unchanged."""
+    groups = getattr(module, "groups", 1)
+    return isinstance(module, SOLVABLE) and (groups == 1 or groups != getattr(module, "in_channels", groups))
 
 
 @dataclass
@@ -238,8 +240,8 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
                             reads=reads, left_whole=left)
     for gid, names in readers.items():
         if not names:
-            # Read only by depthwise/grouped layers, which keep their filters: the producers'
-            # L1 norms choose, and nothing is re-solved for this group.
+            # Read only by depthwise layers, which keep their filters: the producers' L1 norms
+            # choose, and nothing is re-solved for this group.
             plan.kept[gid] = _select_l1(groups[gid], model, counts[gid])
     return plan
 

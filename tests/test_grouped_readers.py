@@ -1,0 +1,62 @@
+"""A grouped conv that reads a pruned channel group: one block-diagonal problem over its groups,
+equal to the groups solved one by one, and its teacher-side cost exact for grouped weights."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from crossdistill.capture import dense_weight_matrix, weight_matrix
+from crossdistill.engine import teacher_side_problem
+from crossdistill.layer_solve import block_diagonal
+from crossdistill.problem import QuadraticProblem
+
+
+def random_problem(rows: int, cols: int, seed: int) -> QuadraticProblem:
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(40, cols, generator=gen, dtype=torch.float64)
+    H = X.T @ X / 40
+    w = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
+    target = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
+    return QuadraticProblem(H=H, B=target @ H, c=float((target @ H * target).sum()), w_teacher=w)
+
+
+def test_the_block_diagonal_solve_is_the_groups_solved_one_by_one():
+    groups, rows, per_channel, channels = 3, 4, 9, 5  # a 3x3 conv, 5 input channels per group
+    cols = per_channel * channels
+    problems = [random_problem(rows, cols, g) for g in range(groups)]
+    kept = [0, 2, 3]  # the same local channels in every group, as a unit spans one per group
+    local = torch.tensor([c * per_channel + k for c in kept for k in range(per_channel)])
+    together = block_diagonal(problems)
+    columns = torch.cat([local + g * cols for g in range(groups)])
+    W = together.solve_on(columns)
+    for g, p in enumerate(problems):
+        block = W[g * rows:(g + 1) * rows]
+        torch.testing.assert_close(block[:, g * cols:(g + 1) * cols], p.solve_on(local), rtol=1e-9, atol=1e-9)
+        off = torch.cat([block[:, : g * cols], block[:, (g + 1) * cols:]], 1)
+        assert off.abs().max() < 1e-9  # no row uses another group's inputs
+    per_group = sum(p.loss(W[g * rows:(g + 1) * rows, g * cols:(g + 1) * cols]) for g, p in enumerate(problems))
+    assert abs(together.loss(W) - per_group) < 1e-8 * max(1.0, abs(per_group))
+
+
+def test_a_grouped_readers_teacher_side_problem_keeps_its_rows_in_their_groups():
+    """The cost of a grouped weight is the grouped conv's mean squared output change, and the
+    best weight once a channel of each group is dropped stays grouped: other groups' columns
+    cannot make up for it (they could if H's entries across groups were kept)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, padding=1, groups=2, bias=False).double()
+    x = torch.randn(5, 8, 6, 6, dtype=torch.float64)
+    problem = teacher_side_problem(conv, [x], 0.0, list(range(8 * 9)))
+    W_t = dense_weight_matrix(conv)
+    assert W_t.shape == (6, 72) and not W_t[:3, 36:].any() and not W_t[3:, :36].any()
+    torch.testing.assert_close(W_t[:3, :36], weight_matrix(conv)[:3])
+    other = nn.Conv2d(8, 6, 3, padding=1, groups=2, bias=False).double()
+    other.weight.data.copy_(conv.weight.detach() + 0.1 * torch.randn_like(conv.weight))
+    with torch.no_grad():
+        error = float(((other(x) - conv(x)) ** 2).sum()) / (5 * 36)  # per output position, rows summed
+    # The Gram is accumulated from float32 products (as every layer's moments are).
+    assert abs(problem.loss(dense_weight_matrix(other)) - error) < 1e-5 * error
+    dropped = {c * 9 + k for c in (1, 5) for k in range(9)}  # channel 1 of each group
+    live = torch.tensor([c for c in range(72) if c not in dropped])
+    W = problem.solve_on(live)
+    assert W[:3, 36:].abs().max() < 1e-9 and W[3:, :36].abs().max() < 1e-9
+    assert W[:, sorted(dropped)].abs().max() == 0
