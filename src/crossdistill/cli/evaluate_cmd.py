@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help=".th/.pt/.pth (read with weights_only), .safetensors, or a run "
                    "folder of `crossdistill compress` (its student.safetensors)")
     p.add_argument("--eval-data", dest="eval_data", required=True,
-                   help="test data: .npz, cifar-10-batches-py folder, Fashion-MNIST folder, or 'cifar10'/'fashion-mnist'")
+                   help="test data: .npz, a folder of class subfolders of images, cifar-10-batches-py folder, "
+                        "Fashion-MNIST folder, or 'cifar10'/'fashion-mnist'")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--no-latency", dest="no_latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--latency-batch-sizes", dest="latency_batch_sizes", type=_batch_sizes, default=(1,),

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="export format")
     p.add_argument("--out", type=Path, help="output file (default: beside the source, student.onnx / student.torchscript.pt)")
     p.add_argument("--eval-data", dest="eval_data",
-                   help="verify on real test images: .npz, cifar-10-batches-py folder, Fashion-MNIST folder or a data-set name")
+                   help="verify on real test images: .npz, a folder of class subfolders of images, "
+                        "cifar-10-batches-py folder, Fashion-MNIST folder or a data-set name")
     p.add_argument("--n-verify", dest="n_verify", type=int, default=64, help="images used to verify (default 64)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest allowed |logit difference|, times the largest |logit| when that is above 1 "

@@ -21,6 +21,7 @@ COMMANDS = [
     "crossdistill.cli.baseline_cmd",
     "crossdistill.cli.export_cmd",
     "crossdistill.cli.models_cmd",
+    "crossdistill.cli.pack_cmd",
 ]
 
 

@@ -37,7 +37,8 @@ class RunSettings(Plugin):
     model: str = param("resnet56", "registered model name (see `crossdistill models`), or your own model as "
                        "path/to/file.py:function (a function returning the nn.Module; --weights loads its state dict)")
     weights: str | None = param(None, "teacher checkpoint (.th/.pt/.pth read with weights_only, or .safetensors)")
-    data: str | None = param(None, "training data: .npz, cifar-10-batches-py folder, Fashion-MNIST folder, "
+    data: str | None = param(None, "training data: .npz, a folder of class subfolders of images (one size; "
+                             "`crossdistill pack` resizes), cifar-10-batches-py folder, Fashion-MNIST folder, "
                              "or 'cifar10'/'fashion-mnist'")
     eval_data: str | None = param(None, "test data (same formats); omit to skip evaluation")
     shots: int | None = param(5, "K samples per class", low=1)

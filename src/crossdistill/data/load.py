@@ -7,6 +7,7 @@ from crossdistill.errors import CrossDistillError
 
 from .arrays import ImageArrays
 from .download import CIFAR10_DIRNAME, ensure_cifar10, ensure_fashion_mnist
+from .readers_folder import is_image_folder, read_image_folder
 from .slices import split_slice, take
 from .readers import (
     CIFAR10_TEST_BATCHES,
@@ -26,6 +27,7 @@ ACCEPTED_FORMATS = (
     "an .npz file with arrays x (uint8 N×H×W×C) and y (int labels); "
     "a cifar-10-batches-py folder (or its parent); "
     "a folder with Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...); "
+    "a folder of class subfolders of images (PNG, JPEG, ...; train/ and test/ inside for both splits); "
     "or the names 'cifar10' / 'fashion-mnist' (found in the cache or downloaded)"
 )
 
@@ -76,4 +78,6 @@ def load_image_data(
             return read_cifar10_python(path / CIFAR10_DIRNAME, split)
         if _is_idx_dir(path):
             return read_fashion_mnist(path, split)
+        if is_image_folder(path):
+            return read_image_folder(path, split)
     raise CrossDistillError(f"{path}: unrecognised data folder; expected {ACCEPTED_FORMATS}")

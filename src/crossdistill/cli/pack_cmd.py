@@ -1,0 +1,52 @@
+"""`crossdistill pack`: a folder of images per class into the .npz every command reads."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from crossdistill.errors import CrossDistillError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack",
+        help="pack a folder of images (one subfolder per class) into an .npz, optionally resized",
+        description="Read FOLDER/<class>/*.png|jpg|... (or FOLDER/train/<class>/... with --split) and write "
+        "one .npz with x (uint8 N×H×W×C), y, class_names and num_classes: the exact pixels a run reads, "
+        "kept in one file. Classes are the subfolder names in sorted order (with train/ and test/, both "
+        "take train/'s). A folder whose images already share one size can also be given to --data "
+        "directly; --size makes them one size: shorter side scaled to SIZE (bicubic), centre crop SIZE×SIZE.",
+    )
+    p.add_argument("folder", type=Path, help="folder of class subfolders (or with train/ and test/ inside)")
+    p.add_argument("--out", type=Path, required=True, help="the .npz to write")
+    p.add_argument("--size", type=int, help="square side the images are scaled and centre-cropped to")
+    p.add_argument("--split", choices=["train", "test"], default="train",
+                   help="with train/ and test/ inside FOLDER: which one (default train)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from crossdistill.data.readers_folder import read_image_folder
+    from crossdistill.outputs import output_lock
+    from crossdistill.persistence.files import atomic_write
+
+    if args.out.suffix.lower() != ".npz":
+        raise CrossDistillError(f"--out {args.out}: give a file name ending in .npz")
+    if not args.folder.is_dir():
+        raise CrossDistillError(f"{args.folder}: no such folder")
+    with output_lock(args.out, args.force) as out:
+        data = read_image_folder(args.folder, args.split, size=args.size)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a bare name
+                np.savez_compressed(fh, x=data.x, y=data.y, class_names=np.asarray(data.class_names),
+                                    num_classes=np.asarray(data.num_classes))
+
+        atomic_write(out, write)
+    n, h, w, c = data.x.shape
+    print(f"packed {n} images of {data.num_classes} classes ({h}x{w}, {c} channel{'s' if c > 1 else ''}) "
+          f"from {data.source} into {args.out}")
+    return 0

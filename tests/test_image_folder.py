@@ -1,0 +1,117 @@
+"""A folder of images per class: read as a data set (`--data FOLDER`), packed into an .npz
+(`crossdistill pack`), with one label per class subfolder and the pixels as stored."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crossdistill.cli.main import main
+from crossdistill.data import load_image_data
+from crossdistill.data.readers_folder import read_image_folder
+from crossdistill.errors import CrossDistillError
+
+
+def write_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (12, 10), mode: str = "RGB",
+                 seed: int = 0) -> dict[Path, np.ndarray]:
+    """`classes`: name -> image count; returns every file's pixels (height x width [x 3])."""
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    written = {}
+    for name, n in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+            Image.fromarray(pixels, mode).save(root / name / f"img{i}.png")
+            written[root / name / f"img{i}.png"] = pixels
+    return written
+
+
+def test_classes_are_sorted_subfolders_and_pixels_are_exact(tmp_path):
+    written = write_folder(tmp_path / "d", {"zebra": 2, "ant": 3, "empty": 0})
+    (tmp_path / "d" / "ant" / "notes.txt").write_text("not an image")
+    data = load_image_data(tmp_path / "d")
+    assert data.class_names == ["ant", "empty", "zebra"] and data.num_classes == 3
+    assert data.x.shape == (5, 10, 12, 3) and data.y.tolist() == [0, 0, 0, 2, 2]
+    assert np.array_equal(data.x[3], written[tmp_path / "d" / "zebra" / "img0.png"])  # PNG: lossless
+
+
+def test_grayscale_images_give_one_channel(tmp_path):
+    write_folder(tmp_path / "g", {"a": 2, "b": 1}, mode="L")
+    assert load_image_data(tmp_path / "g").x.shape == (3, 10, 12, 1)
+
+
+def test_train_and_test_take_train_classes(tmp_path):
+    write_folder(tmp_path / "s" / "train", {"a": 2, "b": 2, "c": 1})
+    write_folder(tmp_path / "s" / "test", {"c": 2}, seed=1)  # classes a and b have no test images
+    test = load_image_data(tmp_path / "s", "test")
+    assert test.y.tolist() == [2, 2] and test.num_classes == 3
+    write_folder(tmp_path / "s" / "test", {"d": 1}, seed=2)
+    with pytest.raises(CrossDistillError, match=r"classes \['d'\] are not among train/'s"):
+        load_image_data(tmp_path / "s", "test")
+
+
+def test_sizes_must_agree_unless_a_size_is_given(tmp_path):
+    write_folder(tmp_path / "m", {"a": 1}, size=(30, 20))
+    write_folder(tmp_path / "m", {"b": 1}, size=(20, 40), seed=1)
+    with pytest.raises(CrossDistillError, match=r"differ in size .*a/img0.png 30x20.*crossdistill pack"):
+        load_image_data(tmp_path / "m")
+    data = read_image_folder(tmp_path / "m", size=16)
+    assert data.x.shape == (2, 16, 16, 3)
+
+
+def test_the_resize_keeps_the_centre(tmp_path):
+    """Shorter side to the size, then the centre: a wide image's left and right edges go."""
+    img = np.zeros((20, 60, 3), dtype=np.uint8)
+    img[:, 26:34] = 255  # a white band in the middle; the crop keeps columns 20-40
+    (tmp_path / "c" / "a").mkdir(parents=True)
+    Image.fromarray(img).save(tmp_path / "c" / "a" / "wide.png")
+    x = read_image_folder(tmp_path / "c", size=10).x[0]
+    assert x.shape == (10, 10, 3) and x[:, 4:6].min() > 200 and x[:, 0].max() < 60 and x[:, -1].max() < 60
+
+
+def test_unreadable_image_is_named(tmp_path):
+    write_folder(tmp_path / "u", {"a": 1})
+    (tmp_path / "u" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(CrossDistillError, match=r"broken.jpg: not a readable image"):
+        load_image_data(tmp_path / "u")
+
+
+def test_pack_writes_an_npz_that_reads_as_the_folder(tmp_path, capsys):
+    write_folder(tmp_path / "p", {"b": 2, "a": 1}, size=(24, 18))
+    out = tmp_path / "packed.npz"
+    assert main(["pack", str(tmp_path / "p"), "--out", str(out), "--size", "16"]) == 0
+    assert "packed 3 images of 2 classes (16x16, 3 channels)" in capsys.readouterr().out
+    packed, folder = load_image_data(out), read_image_folder(tmp_path / "p", size=16)
+    assert np.array_equal(packed.x, folder.x) and np.array_equal(packed.y, folder.y)
+    assert packed.class_names == ["a", "b"] and packed.num_classes == 2
+    assert main(["pack", str(tmp_path / "p"), "--out", str(out)]) != 0  # exists: refused without --force
+    assert "already exists" in capsys.readouterr().err
+    assert main(["pack", str(tmp_path / "nowhere"), "--out", str(tmp_path / "n.npz")]) != 0
+    assert not (tmp_path / "n.npz").exists()
+
+
+def test_compress_reads_a_folder(tmp_path, capsys):
+    import textwrap
+
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def make():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    """))
+    write_folder(tmp_path / "imgs" / "train", {"a": 4, "b": 4, "c": 4}, size=(16, 16))
+    write_folder(tmp_path / "imgs" / "test", {"a": 2, "b": 2, "c": 2}, size=(16, 16), seed=3)
+    out = tmp_path / "run"
+    assert main(["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "imgs"),
+                 "--eval-data", str(tmp_path / "imgs"), "--shots", "2", "--quiet", "--out", str(out)]) == 0
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["n_eval"] == 6 and len(report["fewshot_indices"]) == 6
