@@ -1,7 +1,8 @@
 """Back-propagation fine-tuning: the L1-pruned, slimmed student trained by cross-entropy on the
 few labelled samples alone (no teacher signal), the paper's "BP" baseline. It is the library's
 fine-tune (`crossdistill.finetune`, masks and BatchNorm handled the same way) with the
-distillation share set to zero (mode kd whatever the config says), so it differs from `l1-finetune` only in the loss.
+distillation share set to zero (mode kd whatever the config says), so it differs from
+`l1-finetune` only in the loss.
 """
 from __future__ import annotations
 
