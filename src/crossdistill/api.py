@@ -25,6 +25,7 @@ from torch import nn
 from crossdistill.errors import CrossDistillError
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 from crossdistill.models.user import infer_info
+from crossdistill.train_flags import eval_mode
 
 
 def _tensors_from(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -175,13 +176,9 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         test = (tx, ty)
     start = time.perf_counter()
     # The teacher runs in eval mode throughout; the caller's model gets its own flags back.
-    flags = [(m, m.training) for m in model.modules()]
-    try:
+    with eval_mode(model):
         result = run_compress(model, few, cfg, show_progress=show_progress)
         teacher_measures = _measure(model, info, test)
-    finally:
-        for m, flag in flags:
-            m.training = flag
     student = result.student
     student.crossdistill_info = info  # what saving a model the registry does not know records
     if registered is None and getattr(model, "crossdistill_factory", None):

@@ -19,7 +19,8 @@ from torch import nn
 from crossdistill.data.transforms import to_tensor
 from crossdistill.device import module_device
 from crossdistill.errors import CrossDistillError
-from crossdistill.evaluation_counts import _eval_mode, count_flops, count_nonzero_params, count_params
+from crossdistill.evaluation_counts import count_flops, count_nonzero_params, count_params
+from crossdistill.train_flags import eval_mode
 from crossdistill.evaluation_timing import LatencyResult, load_average, torch_threads
 from crossdistill.models import ModelInfo, model_info
 
@@ -91,7 +92,7 @@ def accuracy(
         raise CrossDistillError(f"batch size must be >= 1, got {batch_size}")
     device = module_device(model)
     correct = 0
-    with _eval_mode(model), torch.inference_mode(), progress_bar(progress, len(x), "img") as bar:
+    with eval_mode(model), torch.inference_mode(), progress_bar(progress, len(x), "img") as bar:
         for start in range(0, len(x), batch_size):
             # Normalise chunk by chunk: a float copy of a whole split would cost 4x its uint8 size.
             xb = to_tensor(x[start:start + batch_size], mean, std).to(device)
@@ -128,7 +129,7 @@ def measure_latency(
     times: list[float] = []
     load = load_average()
     try:
-        with _eval_mode(model), torch.inference_mode(), progress_bar(progress, warmup + repeats, "pass") as bar:
+        with eval_mode(model), torch.inference_mode(), progress_bar(progress, warmup + repeats, "pass") as bar:
             for _ in range(warmup):
                 model(x)
                 bar.update(1)

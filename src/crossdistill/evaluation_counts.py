@@ -1,29 +1,17 @@
 """Counting a model: parameters, nonzero parameters and FLOPs of one forward pass.
 
 Static measures, unlike accuracy and latency (evaluation): they need no data and no timing.
-`_eval_mode` lives here as the lowest module that needs it; evaluation uses it too.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from crossdistill.device import module_device
 from crossdistill.flop_counter import counting_flops
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    # Restore each submodule's own flag: callers may deliberately keep parts in train mode.
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+from crossdistill.train_flags import eval_mode
 
 
 def count_params(model: nn.Module) -> int:
@@ -46,6 +34,6 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     measures dense compute, which is what channel pruning reduces.
     """
     x = torch.zeros(1, *input_size, device=module_device(model))
-    with _eval_mode(model), counting_flops() as counter:
+    with eval_mode(model), counting_flops() as counter:
         model(x)
     return int(counter.get_total_flops())

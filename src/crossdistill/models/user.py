@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
-from crossdistill.evaluation_counts import _eval_mode
+from crossdistill.train_flags import eval_mode
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 
 USER_FAMILY = "user"
@@ -94,7 +94,7 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
                                 "(model.float()) and cast the student back afterwards")
     try:
         # Each submodule's own train/eval flag comes back: a caller may keep parts in eval mode.
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = model(torch.zeros(1, *size))
     except Exception as exc:
         raise CrossDistillError(
