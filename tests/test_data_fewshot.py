@@ -59,9 +59,14 @@ def test_too_many_shots_names_smallest_class():
         sample_few_shot(LABELS, shots=9, class_names=["plane", "car", "bird"])
 
 
-def test_absent_class_is_reported_when_num_classes_given():
-    with pytest.raises(CrossDistillError, match="class 3 has: 0 images"):
-        sample_few_shot(LABELS, shots=1, num_classes=4)
+def test_a_class_without_images_is_skipped_and_one_with_too_few_refused():
+    """A class with no image (an empty class folder; the pipeline warns about it) is left out of
+    the draw, so the others still get K each; a class with some but fewer than K is an error."""
+    idx = sample_few_shot(LABELS, shots=1, num_classes=4)
+    assert sorted(np.asarray(LABELS)[idx].tolist()) == [0, 1, 2]
+    labels = np.asarray(list(LABELS) + [3])
+    with pytest.raises(CrossDistillError, match="class 3 has: 1 images"):
+        sample_few_shot(labels, shots=2, num_classes=4)
 
 
 @pytest.mark.parametrize(

@@ -48,15 +48,67 @@ def test_train_and_test_take_train_classes(tmp_path):
     write_folder(tmp_path / "s" / "test", {"c": 2}, seed=1)  # classes a and b have no test images
     test = load_image_data(tmp_path / "s", "test")
     assert test.y.tolist() == [2, 2] and test.num_classes == 3
+    # The test folder given on its own (--eval-data photos/test) keeps train/'s labels too.
+    alone = load_image_data(tmp_path / "s" / "test", "test")
+    assert alone.y.tolist() == [2, 2] and alone.class_names == ["a", "b", "c"]
     write_folder(tmp_path / "s" / "test", {"d": 1}, seed=2)
-    with pytest.raises(CrossDistillError, match=r"classes \['d'\] are not among train/'s"):
+    with pytest.raises(CrossDistillError, match=r"classes \['d'\] are not among .*train's \['a', 'b', 'c'\]"):
         load_image_data(tmp_path / "s", "test")
+    only_test = tmp_path / "t"
+    write_folder(only_test / "test", {"a": 1})
+    with pytest.raises(CrossDistillError, match="no train/ folder of class subfolders, which names the classes"):
+        load_image_data(only_test, "test")
+
+
+def test_nested_folders_exif_16_bit_and_channels(tmp_path):
+    """Every image below a class folder counts; a sideways-stored photo is turned upright; 16-bit
+    gray is scaled, not clipped; a gray test set of an RGB training set stays RGB."""
+    root = tmp_path / "n"
+    write_folder(root / "train", {"a": 1, "b": 1}, size=(8, 6))
+    (root / "train" / "a" / "deeper").mkdir()
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(root / "train" / "a" / "deeper" / "x.jfif", "JPEG")
+    assert load_image_data(root).y.tolist() == [0, 0, 1]
+    wide = np.zeros((24, 32), np.uint8)
+    wide[:, :16] = 255  # left half white as stored; EXIF 6 says: rotate 90 degrees clockwise to view
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(wide).convert("RGB").save(root / "train" / "b" / "phone.jpg", exif=exif, quality=100,
+                                               subsampling=0)
+    deep = np.array([[0, 8000, 32768, 65535]] * 4, dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    write_folder(root / "test", {"a": 1}, size=(6, 8), mode="L")
+    (root / "test" / "b").mkdir()
+    (tmp_path / "deep.png").rename(root / "test" / "b" / "deep.png")
+    test = read_image_folder(root, "test", size=4)
+    assert test.x.shape == (2, 4, 4, 3)  # RGB like train, though every test image is gray
+    assert test.x[1, 0, :, 0].tolist() == [0, 31, 128, 255]  # 16 bits scaled to 8
+    upright = read_image_folder(root, size=6).x[3, :, :, 0]  # b/phone.jpg, after a/deeper/x.jfif, a/img0, b/img0
+    assert upright[:2].mean() > 200 and upright[-2:].mean() < 50  # the white half is now on top
+
+
+def test_a_missing_class_in_separate_npz_files_is_mapped_by_name(tmp_path):
+    from crossdistill.data.arrays import ImageArrays
+    from crossdistill.data.align import align_classes
+
+    train = ImageArrays(x=np.zeros((3, 2, 2, 3), np.uint8), y=np.array([0, 1, 2]), num_classes=3,
+                        class_names=["ant", "bee", "cat"])
+    test = ImageArrays(x=np.zeros((2, 2, 2, 3), np.uint8), y=np.array([0, 1]), num_classes=2,
+                       class_names=["bee", "cat"])
+    aligned = align_classes(test, train.class_names)
+    assert aligned.y.tolist() == [1, 2] and aligned.class_names == ["ant", "bee", "cat"]
+    stranger = ImageArrays(x=np.zeros((1, 2, 2, 3), np.uint8), y=np.array([0]), num_classes=1,
+                           class_names=["dog"])
+    with pytest.raises(CrossDistillError, match=r"classes \['dog'\] that the training data does not have"):
+        align_classes(stranger, train.class_names)
+    unnamed = ImageArrays(x=np.zeros((1, 2, 2, 3), np.uint8), y=np.array([0]), num_classes=1)
+    assert align_classes(unnamed, train.class_names) is unnamed  # nothing to go by: labels as they are
 
 
 def test_sizes_must_agree_unless_a_size_is_given(tmp_path):
     write_folder(tmp_path / "m", {"a": 1}, size=(30, 20))
     write_folder(tmp_path / "m", {"b": 1}, size=(20, 40), seed=1)
-    with pytest.raises(CrossDistillError, match=r"differ in size .*a/img0.png 30x20.*crossdistill pack"):
+    with pytest.raises(CrossDistillError, match=r"differ in size .*a/img0.png 30x20.*crossdistill pack .* --size SIZE"):
         load_image_data(tmp_path / "m")
     data = read_image_folder(tmp_path / "m", size=16)
     assert data.x.shape == (2, 16, 16, 3)
@@ -91,6 +143,11 @@ def test_pack_writes_an_npz_that_reads_as_the_folder(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["pack", str(tmp_path / "nowhere"), "--out", str(tmp_path / "n.npz")]) != 0
     assert not (tmp_path / "n.npz").exists()
+    (tmp_path / "dir.npz").mkdir()
+    assert main(["pack", str(tmp_path / "p"), "--out", str(tmp_path / "dir.npz"), "--force"]) != 0
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["pack", str(tmp_path / "p"), "--split", "test", "--out", str(tmp_path / "t.npz")]) != 0
+    assert "has no train/ and test/ folders" in capsys.readouterr().err and not (tmp_path / "t.npz").exists()
 
 
 def test_compress_reads_a_folder(tmp_path, capsys):
@@ -115,3 +172,27 @@ def test_compress_reads_a_folder(tmp_path, capsys):
 
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["n_eval"] == 6 and len(report["fewshot_indices"]) == 6
+
+
+def test_separate_folders_score_against_the_right_classes(tmp_path):
+    """--data tr --eval-data te, te lacking the first class: te's labels follow tr's classes by
+    name, so the teacher's accuracy is that of its real predictions (it shifted by one before)."""
+    import torch
+    from torch import nn
+
+    import crossdistill
+
+    write_folder(tmp_path / "tr", {"a": 3, "b": 3, "c": 3}, size=(8, 8))
+    written = write_folder(tmp_path / "te", {"b": 2, "c": 2}, size=(8, 8), seed=5)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 3)).eval()
+    _, report = crossdistill.compress(model, tmp_path / "tr", eval_data=tmp_path / "te", shots=2, method="quant",
+                                      bits=8, show_progress=False)
+    x = torch.as_tensor(np.stack(list(written.values())), dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
+    truth = torch.tensor([1, 1, 2, 2])  # b and c in tr's numbering
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    expected, shifted = (100.0 * float((predicted == t).float().mean()) for t in (truth, truth - 1))
+    assert expected != shifted  # the check can tell the two numberings apart
+    assert report["teacher"]["top1"] == pytest.approx(expected)

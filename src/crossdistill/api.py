@@ -58,28 +58,31 @@ def _dataset_items(data: Any) -> Iterable[Any]:
     return data
 
 
-def _from_path(path: str | Path, role: str, mean: Sequence[float] | None,
-               std: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _from_path(path: str | Path, role: str, mean: Sequence[float] | None, std: Sequence[float] | None,
+               classes: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
     from crossdistill.data import load_image_data, to_tensor
+    from crossdistill.data.align import align_classes
 
     # A folder or a data-set name holds both splits: the training images come from its train split.
-    arrays = load_image_data(str(path), "test" if role == "test" else "train")
+    arrays = align_classes(load_image_data(str(path), "test" if role == "test" else "train"), classes)
     c = arrays.x.shape[3]
     return (to_tensor(arrays.x, mean or (0.0,) * c, std or (1.0,) * c),
-            torch.as_tensor(arrays.y, dtype=torch.long))
+            torch.as_tensor(arrays.y, dtype=torch.long), arrays.class_names)
 
 
-def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[float] | None
-            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[float] | None,
+            classes: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
+    """Images, labels (None when there are none) and class names (files that name them; test
+    labels are renumbered to the training data's `classes`)."""
     if isinstance(data, (str, Path)):
-        return _from_path(data, role, mean, std)
+        return _from_path(data, role, mean, std, classes)
     x, y = _tensors_from(data)
     if x.dim() < 2 or not x.is_floating_point():
         raise CrossDistillError(f"{role} images must be a float tensor with a batch dimension, got "
                                 f"{tuple(x.shape)} {x.dtype} (give a path for uint8 image files)")
     if not bool(torch.isfinite(x).all()):
         raise CrossDistillError(f"{role} images hold NaN or infinite values")
-    return x.float(), (None if y is None else y.long())
+    return x.float(), (None if y is None else y.long()), None
 
 
 def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, n_samples: int | None,
@@ -157,7 +160,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     if registered is not None:  # pixels read from files are normalised as the registered model was trained
         mean = registered.mean if mean is None else mean
         std = registered.std if std is None else std
-    images, found_labels = _images(data, "training", mean, std)
+    images, found_labels, class_names = _images(data, "training", mean, std)
     if labels is not None:
         found_labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if found_labels.shape[0] != images.shape[0]:
@@ -170,7 +173,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     cfg = CompressConfig(model=name, seed=seed, **draw, **settings).validate()
     test = None
     if eval_data is not None:
-        tx, ty = _images(eval_data, "test", mean, std)
+        tx, ty, _ = _images(eval_data, "test", mean, std, class_names)
         if ty is None:
             raise CrossDistillError("eval_data needs labels: give (images, labels), a labelled Dataset, or a path")
         test = (tx, ty)

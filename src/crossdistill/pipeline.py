@@ -22,6 +22,7 @@ from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
 from crossdistill.device import resolve_device
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
+from crossdistill.data.align import align_classes
 from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
 from crossdistill.errors import CrossDistillError
@@ -237,6 +238,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         # Loaded and checked before compressing: a bad test file must not cost a whole run.
         test = load_with_progress(cfg.eval_data, "test", show_progress)
     if test is not None:
+        test = align_classes(test, train.class_names)
         check_data_fits_model(test, info, role="test data")
     if compress_fn is None:
         result = compress(teacher, fewshot, cfg, show_progress=show_progress)

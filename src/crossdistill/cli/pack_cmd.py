@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdistill.data.readers_folder import read_image_folder
+    from crossdistill.data.readers_folder import has_splits, read_image_folder
     from crossdistill.outputs import output_lock
     from crossdistill.persistence.files import atomic_write
 
@@ -37,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
         raise CrossDistillError(f"--out {args.out}: give a file name ending in .npz")
     if not args.folder.is_dir():
         raise CrossDistillError(f"{args.folder}: no such folder")
+    if args.out.is_dir():
+        raise CrossDistillError(f"--out {args.out} is a folder; give the .npz file to write")
+    if args.split == "test" and not has_splits(args.folder):
+        raise CrossDistillError(f"--split test: {args.folder} has no train/ and test/ folders; give the test "
+                                "folder itself (its classes are then its own subfolders, or train/'s beside it)")
     with output_lock(args.out, args.force) as out:
         data = read_image_folder(args.folder, args.split, size=args.size)
 

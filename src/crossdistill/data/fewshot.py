@@ -69,8 +69,8 @@ def sample_few_shot(
     shots=K takes K images of every class; n=N takes N images regardless of class. mode='random'
     draws with np.random.default_rng(seed) (classes in increasing order, so the draw depends only
     on labels and seed); mode='first' takes the first K per class (or first N) in data-set order,
-    which is what the paper's released code does. Give num_classes so that a class absent from
-    labels is reported instead of silently skipped.
+    which is what the paper's released code does. A class with no image at all is skipped (the
+    callers warn about it first: `check_class_coverage`); one with fewer than K is an error.
     """
     y = _labels_array(labels)
     if mode not in MODES:
@@ -96,7 +96,7 @@ def sample_few_shot(
     if int(y.max()) >= k_classes:
         raise CrossDistillError(f"label {int(y.max())} is outside [0, {k_classes})")
     counts = np.bincount(y, minlength=k_classes)
-    present = np.arange(k_classes) if num_classes is not None else np.flatnonzero(counts)
+    present = np.flatnonzero(counts)
     smallest = int(present[np.argmin(counts[present])])
     if counts[smallest] < k:
         label = f"class {smallest}"

@@ -3,12 +3,15 @@ images per class.
 
 `FOLDER/<class>/*.png` is one split (like an .npz); `FOLDER/train/<class>/...` and
 `FOLDER/test/<class>/...` hold both, and then both take their classes from `train/`, so that a
-class missing from the test images cannot shift the labels. Classes are the subfolder names in
-sorted order (an empty subfolder is still a class: its index stays where the model expects it).
-Images are decoded with Pillow: RGB, or one channel when every image is grayscale; an alpha
-channel is dropped. They must all have one size, unless a `size` is given: then each is scaled
-so that its shorter side is `size` and centre-cropped to size × size (`crossdistill pack` writes
-the result as an .npz, so that the exact pixels of a run can be kept and reused).
+class missing from the test images cannot shift the labels (also when `FOLDER/test` itself is
+given). Classes are the subfolder names in sorted order (an empty subfolder is still a class:
+its index stays where the model expects it); the images of a class are every image file below
+its folder, nested folders included. Images are decoded with Pillow, turned upright by their
+EXIF orientation, 16-bit ones scaled to 8 bits: RGB, or one channel when every image of the
+folder (both splits) is grayscale; an alpha channel is dropped. They must all have one size,
+unless a `size` is given: then each is scaled so that its shorter side is `size` and
+centre-cropped to size × size (`crossdistill pack` writes the result as an .npz, so that the
+exact pixels of a run can be kept and reused).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from crossdistill.errors import CrossDistillError
 
 from .arrays import ImageArrays
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLIT_FOLDERS = ("train", "test")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
@@ -31,8 +34,10 @@ def _subfolders(path: Path) -> list[Path]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Every image file below `folder` (hidden files and folders left out), in path order."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _is_class_root(path: Path) -> bool:
@@ -46,21 +51,37 @@ def is_image_folder(path: Path) -> bool:
     return _is_class_root(path) or any((path / s).is_dir() and _is_class_root(path / s) for s in SPLIT_FOLDERS)
 
 
-def _split_root(path: Path, split: str) -> tuple[Path, list[str]]:
-    """The folder of `split` and the class names (from train/ when the folder has splits)."""
-    train = path / "train"
-    if train.is_dir() and _is_class_root(train):
-        root = path / split
+def has_splits(path: Path) -> bool:
+    """`path` holds train/ (and test/) folders of class subfolders rather than classes."""
+    return any((path / s).is_dir() and _is_class_root(path / s) for s in SPLIT_FOLDERS)
+
+
+def _classes_from_train(root: Path, train: Path) -> list[str]:
+    classes = [p.name for p in _subfolders(train)]
+    extra = sorted({p.name for p in _subfolders(root)} - set(classes))
+    if extra:
+        raise CrossDistillError(f"{root}: classes {extra} are not among {train}'s {classes}")
+    return classes
+
+
+def _split_root(path: Path, split: str) -> tuple[Path, list[str], Path]:
+    """The folder of `split`, the class names (from train/ when the folder has splits, or when
+    it is itself the test/ beside a train/) and the folder whose images decide gray or RGB."""
+    if has_splits(path):
+        train, root = path / "train", path / split
+        if not (train.is_dir() and _is_class_root(train)):
+            raise CrossDistillError(f"{path}: has {split}/ but no train/ folder of class subfolders, which "
+                                    "names the classes (an empty class folder there keeps a class's label)")
         if not root.is_dir():
             raise CrossDistillError(f"{path}: has train/ but no {split}/ folder of class subfolders")
-        classes = [p.name for p in _subfolders(train)]
-        extra = sorted({p.name for p in _subfolders(root)} - set(classes))
-        if extra:
-            raise CrossDistillError(f"{root}: classes {extra} are not among train/'s {classes}")
-        return root, classes
+        return root, _classes_from_train(root, train), path
     if not _is_class_root(path):
         raise CrossDistillError(f"{path}: no class subfolder holds images ({', '.join(IMAGE_SUFFIXES)})")
-    return path, [p.name for p in _subfolders(path)]
+    sibling = path.parent / "train"
+    if path.name in SPLIT_FOLDERS and path.name != "train" and sibling.is_dir() and _is_class_root(sibling):
+        # photos/test given alone: its labels must be those of photos/train.
+        return path, _classes_from_train(path, sibling), path.parent
+    return path, [p.name for p in _subfolders(path)], path
 
 
 def _files(root: Path, classes: list[str]) -> Iterator[tuple[Path, int]]:
@@ -71,15 +92,32 @@ def _files(root: Path, classes: list[str]) -> Iterator[tuple[Path, int]]:
                 yield f, label
 
 
-def _open(path: Path):  # -> PIL.Image.Image
+def _is_gray(path: Path) -> bool:
     from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:  # the header only: nothing decoded
+            return im.mode in _GRAY_MODES
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CrossDistillError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _open(path: Path, gray: bool):  # -> PIL.Image.Image, mode L or RGB
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy() if im.mode not in ("P", "PA") else im.convert("RGBA")
+            im = ImageOps.exif_transpose(im)  # a phone's portrait photo stored sideways
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise CrossDistillError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+        # 16-bit gray: convert() would clip every value above 255 to white.
+        wide = np.asarray(im).astype(np.float64)
+        im = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    elif im.mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    return im.convert("L" if gray else "RGB")
 
 
 def _resize_crop(im, size: int):  # PIL image in, PIL image out
@@ -98,15 +136,15 @@ def read_image_folder(path: str | Path, split: str = "train", *, size: int | Non
     path = Path(path)
     if size is not None and size < 1:
         raise CrossDistillError(f"image size must be >= 1, got {size}")
-    root, classes = _split_root(path, split)
+    root, classes, whole = _split_root(path, split)
     files = list(_files(root, classes))
     if not files:
         raise CrossDistillError(f"{root}: no images in its class subfolders")
-    images = [_open(f) for f, _ in files]
-    gray = all(im.mode in _GRAY_MODES for im in images)
+    # One channel count for both splits: a gray test set of an RGB training set stays RGB.
+    gray = all(_is_gray(f) for f in _images_in(whole))
     arrays = []
-    for (f, _), im in zip(files, images):
-        im = im.convert("L" if gray else "RGB")
+    for f, _ in files:
+        im = _open(f, gray)
         if size is not None:
             im = _resize_crop(im, size)
         arrays.append(np.asarray(im, dtype=np.uint8))
@@ -116,10 +154,11 @@ def read_image_folder(path: str | Path, split: str = "train", *, size: int | Non
         for (f, _), a in zip(files, arrays):
             by_shape.setdefault(a.shape, f)
         examples = "; ".join(f"{f.relative_to(root)} {s[1]}x{s[0]}" for s, f in list(by_shape.items())[:3])
+        option = " --split test" if split == "test" and has_splits(path) else ""
         raise CrossDistillError(
             f"{root}: the images differ in size (width x height: {examples}); give them one size first, e.g. "
-            f"`crossdistill pack {path} --size 224 --out images.npz` (shorter side to 224, centre crop), "
-            "and use the .npz")
+            f"`crossdistill pack {path}{option} --size SIZE --out {split}.npz` (SIZE: your model's input side; "
+            "shorter side scaled to it, centre crop), and use the .npz")
     x = np.stack(arrays)
     if x.ndim == 3:
         x = x[..., None]
