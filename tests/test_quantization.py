@@ -241,3 +241,30 @@ def test_channels_then_quant_runs_two_stages_on_the_slimmed_model():
     assert "then gptq" in result.solver
     assert {r.info["stage"] for r in result.records} == {"channels(keep=0.5)", "quant(bits=4,quant_scheme=asymmetric)"}
     assert model_size_bytes(student)["codes"] > 0
+
+
+def test_a_fine_tune_leaves_quantized_weights_on_their_grid_and_reports_the_saved_model():
+    """The codes are the model: the fine-tune trains the rest (biases, BatchNorm), so the loss it
+    reports after training is the returned student's, and the weights equal their codes."""
+    from torch import nn
+
+    import crossdistill
+    from crossdistill.compression.quantization import dequantized_weight
+    from crossdistill.finetune.losses import few_shot_losses
+
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 3, 8, 8), torch.arange(60) % 3
+    teacher = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(6, 3)).eval()
+    plain, _ = crossdistill.compress(teacher, x, labels=y, shots=5, method="quant", bits=4, show_progress=False)
+    student, report = crossdistill.compress(teacher, x, labels=y, shots=5, method="quant", bits=4,
+                                            finetune_epochs=5, finetune_mode="kd", finetune_lr=1e-2,
+                                            show_progress=False)
+    for name, entry in student.crossdistill_quant.items():
+        assert torch.equal(student.get_submodule(name).weight.detach(), dequantized_weight(entry))
+        assert torch.equal(student.get_submodule(name).weight, plain.get_submodule(name).weight)
+    assert not torch.equal(student[0].bias, plain[0].bias)  # the fine-tune did train something
+    few = x[report["fewshot_indices"]]
+    with torch.no_grad():
+        again = few_shot_losses(student, teacher(few), few, y[report["fewshot_indices"]], 4.0, 64)
+    assert again["kd"] == pytest.approx(report["finetune"]["after"]["kd"], rel=1e-5)

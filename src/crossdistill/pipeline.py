@@ -14,7 +14,7 @@ from torch import nn
 
 from crossdistill import distributed
 from crossdistill.compression import METHODS
-from crossdistill.compression.quantization import dequantize_into
+from crossdistill.compression.quantization import dequantize_into, quantized_parameters
 from crossdistill.calibration import calibration_images
 from crossdistill.capture import forward_calls
 from crossdistill.checks import check_copyable, check_data_fits_model
@@ -157,11 +157,18 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
                                 batch_size=cfg.batch_size)
         on_step = _step_progress(settings.epochs * -(-len(fewshot.images) // settings.batch_size)) \
             if show_progress and settings.epochs > 0 else None
-        finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings, on_step=on_step)
-        if getattr(student, "crossdistill_quant", None):
-            # Fine-tuning moves quantized weights off their grid; the stored integer codes are the
-            # model, so they win (the fine-tune still adapts biases and BatchNorm).
-            dequantize_into(student)
+        # Quantized weights stay on their grid (their integer codes are the model): the fine-tune
+        # adapts the other parameters, so what it reports is the model that is saved.
+        frozen = [(p, p.requires_grad) for p in quantized_parameters(student)]
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        try:
+            finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings, on_step=on_step)
+        finally:
+            for p, flag in frozen:
+                p.requires_grad_(flag)
+        if frozen:
+            dequantize_into(student)  # exact codes, whatever the optimizer's arithmetic did
     return CompressionResult(
         student=student.eval(),
         records=records,

@@ -170,6 +170,19 @@ def dequantize_into(model: nn.Module) -> nn.Module:
     return model
 
 
+def quantized_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that hold quantized weights (an attention's packed q/k/v once), which a
+    fine-tune must leave alone: their integer codes are the model."""
+    from crossdistill.attention_projections import PackedProjection
+
+    out: dict[int, nn.Parameter] = {}
+    for name in getattr(model, QUANT_ATTR, None) or {}:
+        layer = get_module(model, name)
+        param = layer.storage()[0] if isinstance(layer, PackedProjection) else layer.weight
+        out[id(param)] = param
+    return list(out.values())
+
+
 def quant_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Flat tensors for a safetensors file: `{layer}.qcodes`, `{layer}.qscale`, `{layer}.qzero`."""
     out: dict[str, torch.Tensor] = {}

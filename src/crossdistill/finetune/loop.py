@@ -103,6 +103,10 @@ def _settle_bn(student: nn.Module, teacher_logits: torch.Tensor, images: torch.T
 
 def _optimizer(params: list[nn.Parameter], settings: FinetuneSettings, total_steps: int
                ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    if not params:
+        raise CrossDistillError("the fine-tune has no parameter to train (quantized weights stay on their grid, "
+                                "and this model has no bias or norm besides them, or none is trainable): "
+                                "leave --finetune-epochs at 0")
     if settings.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=settings.lr)
     else:
