@@ -76,6 +76,9 @@ def test_a_grouped_reader_is_re_solved_and_beats_slicing():
     method.plan(copy.deepcopy(teacher))
     assert {"features.3", "features.6"} <= set(method._plan.reads)
     assert not any("grouped" in e["reason"] for e in method._plan.left_whole)
+    # Its units are one channel of each of its 2 groups: the report says so next to width/kept.
+    first = next(e for e in method._plan.summary()["channel_groups"]["pruned"] if e["readers"] == ["features.3"])
+    assert (first["width"], first["channels_per_unit"]) == (4, 2)
     errors = {}
     for solver in ("closed-form", "prune-only"):
         teacher, student, few, _ = run("grouped", keep=0.5, solver=solver)

@@ -137,10 +137,19 @@ class GraphChannelPlan:
 
     def summary(self) -> dict[str, Any]:
         pruned = [{"group": gid, "width": self.groups[gid].width, "kept": len(self.kept.get(gid, [])),
+                   **_unit_size(self.groups[gid]),
                    "readers": self.readers[gid], "producers": [p.name for p in self.groups[gid].producers],
                    **({} if self.readers[gid] else {"note": "no dense reader to re-solve: producers' L1 chose"})}
                   for gid in sorted(self.groups)]
         return {"channel_groups": {"pruned": pruned, "left_whole": self.left_whole}}
+
+
+def _unit_size(g: ChannelGroup) -> dict[str, int]:
+    """`width` and `kept` count units; a unit that is several channels of one layer (one per
+    group of a grouped conv) says how many, so that the counts read as channels too."""
+    layer = (g.producers or g.consumers)[0] if (g.producers or g.consumers) else None
+    size = len(layer.channels[0]) if layer is not None and layer.channels else 1
+    return {"channels_per_unit": size} if size > 1 else {}
 
 
 def _reader(problem: QuadraticProblem, units: list[list[int]], dropped: set[int]) -> Reader:
