@@ -87,6 +87,10 @@ def test_a_grouped_reader_is_re_solved_and_beats_slicing():
             errors[solver] = float((student(few.images) - t).norm() / t.norm())
         assert student.features[3].groups == 2 and student.features[6].groups == 4
     assert errors["closed-form"] < 0.8 * errors["prune-only"], errors
+    # The paper's Adam solver prunes one layer's own channels: units of a channel per conv group
+    # are not that, and it says so rather than pruning them some other way.
+    with pytest.raises(CrossDistillError, match=r"features.3: .*units of several channels \(a grouped conv's\)"):
+        run("grouped", keep=0.5, solver="paper", iters=5)
 
 
 def test_every_reader_of_a_shared_group_is_re_solved_on_what_is_left():
