@@ -293,7 +293,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     if cfg.baseline is not None:
         report["baseline"] = cfg.baseline  # as `crossdistill baseline` writes it
     if test is None and cfg.eval_data:
-        test = load_image_data(cfg.eval_data, "test")
+        test = align_classes(load_image_data(cfg.eval_data, "test"), train.class_names)
     if test is not None:
         report["teacher"] = (teacher_metrics if teacher_metrics is not None
                              else evaluate_for(teacher, test, info, latency=cfg.latency,

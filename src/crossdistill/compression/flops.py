@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from crossdistill.capture import get_module
-from crossdistill.flop_counter import counting_flops
 from crossdistill.compression.graph_channels import ChannelGroup
+from crossdistill.flop_counter import counting_flops
 
 
 @dataclass

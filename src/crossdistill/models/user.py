@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
-from crossdistill.train_flags import eval_mode
 from crossdistill.models.registry import ModelInfo, list_models, model_info
+from crossdistill.train_flags import eval_mode
 
 USER_FAMILY = "user"
 # The paper's μ for networks it did not name (its ResNet value); declared settings left at None
