@@ -196,3 +196,47 @@ def test_separate_folders_score_against_the_right_classes(tmp_path):
     expected, shifted = (100.0 * float((predicted == t).float().mean()) for t in (truth, truth - 1))
     assert expected != shifted  # the check can tell the two numberings apart
     assert report["teacher"]["top1"] == pytest.approx(expected)
+
+
+def test_the_saved_student_keeps_the_class_names_and_evaluate_numbers_by_them(tmp_path, capsys):
+    """`evaluate` on a lone test folder lacking a class scores as compress did: the student's
+    file records the training classes and the test labels follow them."""
+    import json
+    import textwrap
+
+    import crossdistill
+
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def make():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(6, 3))
+    """))
+    write_folder(tmp_path / "tr", {"a": 3, "b": 3, "c": 3}, size=(8, 8))
+    write_folder(tmp_path / "te", {"b": 3, "c": 3}, size=(8, 8), seed=5)
+    out = tmp_path / "run"
+    assert main(["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "tr"),
+                 "--eval-data", str(tmp_path / "te"), "--shots", "2", "--method", "quant", "--bits", "8",
+                 "--quiet", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert crossdistill.load(out).crossdistill_class_names == ["a", "b", "c"]
+    capsys.readouterr()
+    assert main(["evaluate", "--weights", str(out), "--eval-data", str(tmp_path / "te"), "--no-latency", "--json",
+                 "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == report["student"]["top1"]
+
+
+def test_a_saved_documents_class_names_are_checked():
+    import json
+
+    from crossdistill.persistence.spec import FORMAT, parse_info
+
+    doc = {"format": FORMAT, "format_version": 1, "model": "m", "spec": {}, "num_classes": 3}
+    assert parse_info(json.dumps({**doc, "class_names": ["a", "b", "c"]})).class_names == ["a", "b", "c"]
+    assert parse_info(json.dumps(doc)).class_names is None  # files from before: no names
+    for bad in (["a", "b"], ["a", "b", 3], "abc"):
+        with pytest.raises(CrossDistillError, match="'class_names' must be a list of strings, one per class"):
+            parse_info(json.dumps({**doc, "class_names": bad}))

@@ -184,6 +184,8 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         teacher_measures = _measure(model, info, test)
     student = result.student
     student.crossdistill_info = info  # what saving a model the registry does not know records
+    if class_names is not None:
+        student.crossdistill_class_names = list(class_names)  # evaluate numbers test data by them
     if registered is None and getattr(model, "crossdistill_factory", None):
         student.crossdistill_factory = model.crossdistill_factory
     report: dict[str, Any] = {

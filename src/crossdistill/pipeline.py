@@ -252,6 +252,8 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     else:
         result = compress_fn(teacher, fewshot, cfg)
     result.student.crossdistill_info = info  # what saving a model the registry does not know records
+    if train.class_names is not None:
+        result.student.crossdistill_class_names = list(train.class_names)  # evaluate numbers test data by them
     peak_mib = peak_memory_mib()  # before evaluation: what loading and compressing needed
     device = resolve_device(cfg.device)  # where the layer-wise work and any fine-tune ran
     if not distributed.is_main():

@@ -76,6 +76,7 @@ def format_table(result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from crossdistill.checks import check_data_fits_model
     from crossdistill.data import load_image_data
+    from crossdistill.data.align import align_classes
     from crossdistill.evaluation import evaluate_for
     from crossdistill.models import load_model
     from crossdistill.models.user import info_of
@@ -91,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     info = info_of(model)  # a registered model's, or what a user's model's file recorded
     name = info.name
     spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}
-    data = load_image_data(args.eval_data, "test")
+    # Numbered by the classes the model was compressed with, when its file names them.
+    data = align_classes(load_image_data(args.eval_data, "test"), getattr(model, "crossdistill_class_names", None))
     check_data_fits_model(data, info, num_classes=spec.get("num_classes", info.num_classes), role=str(args.eval_data))
     result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,
                           threads=args.threads, batch_size=args.batch_size,

@@ -145,6 +145,8 @@ def rebuild(path: Path, document: str, model: str | None = None, factory: str | 
     if stray:
         raise CrossDistillError(f"{source}: unexpected tensors {_listing(stray)}")
     net.crossdistill_saved_info = info  # type: ignore[assignment]
+    if info.class_names is not None:
+        net.crossdistill_class_names = list(info.class_names)
     return net.eval()
 
 

@@ -51,6 +51,7 @@ class SavedModelInfo:
     num_classes: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    class_names: list[str] | None = None  # the training data's, when it named its classes
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     omitted: list[str] = field(default_factory=list)
 
@@ -74,6 +75,8 @@ class SavedModelInfo:
             "mean": list(self.mean) if self.mean else None,
             "std": list(self.std) if self.std else None,
         }
+        if self.class_names is not None:
+            doc["class_names"] = list(self.class_names)
         for codec in codecs.CODECS:
             entry = self.artifacts.get(codec.name) or {}
             if entry or codec.always_written:
@@ -134,6 +137,12 @@ def parse_info(text: str | bytes, source: str = "model document") -> SavedModelI
             setattr(info, key, tuple(float(x) for x in v))
     if info.std is not None:
         _expect(all(s > 0 for s in info.std), source, "'std' must be positive")
+    names = doc.get("class_names")
+    if names is not None:
+        _expect(isinstance(names, list) and all(isinstance(x, str) for x in names)
+                and (info.num_classes is None or len(names) == info.num_classes),
+                source, "'class_names' must be a list of strings, one per class")
+        info.class_names = list(names)
 
     for codec in codecs.CODECS:
         try:

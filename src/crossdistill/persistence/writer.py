@@ -62,10 +62,11 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
     if bad:
         raise CrossDistillError(f"cannot save {name}: non-finite values (NaN/inf) in {', '.join(bad[:_MAX_LISTED])}")
     tensors = dict(state)
+    n_classes = _num_classes(spec, info.num_classes)
     doc = SavedModelInfo(
         model=name, spec=spec, crossdistill_version=__version__, torch_version=torch.__version__,
-        input_size=tuple(info.input_size), num_classes=_num_classes(spec, info.num_classes),
-        mean=tuple(info.mean), std=tuple(info.std),
+        input_size=tuple(info.input_size), num_classes=n_classes, mean=tuple(info.mean), std=tuple(info.std),
+        class_names=_class_names(model, n_classes),
     )
     for codec in codecs.CODECS:
         try:
@@ -83,6 +84,15 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
             doc.omitted.append(key)
         tensors.update({codec.prefix + k: v for k, v in extra.items()})
     return tensors, doc
+
+
+def _class_names(model: nn.Module, num_classes: int) -> list[str] | None:
+    """The names compress recorded from the training data (`crossdistill_class_names`), kept
+    when there is one per class: `evaluate` numbers a test folder by them."""
+    names = getattr(model, "crossdistill_class_names", None)
+    if isinstance(names, (list, tuple)) and len(names) == num_classes and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
 
 
 def save(model: nn.Module, path: str | Path) -> Path:
