@@ -153,3 +153,15 @@ def test_every_make_target_readme_names_exists():
     named = set(re.findall(r"`make ([a-z][a-z-]*)", README)) | set(re.findall(r"^make ([a-z][a-z-]*)", README, re.M))
     assert {"demo", "test", "demo-figures"} <= named
     assert named <= targets, named - targets
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
+    """`crossdistill models | head -1`: the pipe closes before the table is written; no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from crossdistill.cli.main import main; "
+                             "sys.exit(main(['models']))"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err

@@ -66,6 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CrossDistillError as exc:
         print(f"crossdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of our output left (`crossdistill models | head`): not an error of ours. Point
+        # stdout at devnull so that flushing it at exit does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         if not exc.filename:
             raise  # not about a path the user gave: keep the traceback
