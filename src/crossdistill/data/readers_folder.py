@@ -33,15 +33,20 @@ def _subfolders(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _walk_images(folder: Path) -> Iterator[Path]:
+    """Image files below `folder` (hidden files and folders left out), as the walk finds them."""
+    return (p for p in folder.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def _images_in(folder: Path) -> list[Path]:
-    """Every image file below `folder` (hidden files and folders left out), in path order."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(_walk_images(folder))
 
 
 def _is_class_root(path: Path) -> bool:
-    return any(_images_in(sub) for sub in _subfolders(path))
+    # Stops at the first image: detecting the layout must not list a large folder several times.
+    return any(next(_walk_images(sub), None) is not None for sub in _subfolders(path))
 
 
 def is_image_folder(path: Path) -> bool:
