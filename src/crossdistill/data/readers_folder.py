@@ -15,6 +15,7 @@ exact pixels of a run can be kept and reused).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Iterator
 
@@ -97,25 +98,30 @@ def _files(root: Path, classes: list[str]) -> Iterator[tuple[Path, int]]:
                 yield f, label
 
 
-def _is_gray(path: Path) -> bool:
-    from PIL import Image, UnidentifiedImageError
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Pillow's many errors for a missing, truncated or foreign file as one that names it."""
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:  # the header only: nothing decoded
-            return im.mode in _GRAY_MODES
+        yield
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise CrossDistillError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _is_gray(path: Path) -> bool:
+    from PIL import Image
+
+    with _reading(path), Image.open(path) as im:  # the header only: nothing decoded
+        return im.mode in _GRAY_MODES
 
 
 def _open(path: Path, gray: bool):  # -> PIL.Image.Image, mode L or RGB
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)  # a phone's portrait photo stored sideways
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise CrossDistillError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    with _reading(path), Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)  # a phone's portrait photo stored sideways
     if im.mode in ("I", "I;16", "I;16B", "I;16L"):
         # 16-bit gray: convert() would clip every value above 255 to white.
         wide = np.asarray(im).astype(np.float64)
