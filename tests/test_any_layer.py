@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_graph_channels import DenseNet, ResNet, ShuffleNet  # residual add, concat, split + shuffle
 from torch import nn
 
-from crossdistill.capture import all_layer_inputs, get_module, group_size, unfold, weight_matrix
+from crossdistill.capture import all_layer_inputs, dense_weight_matrix, get_module, group_size, unfold, weight_matrix
 from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.low_rank import LowRank, LowRankLayer, empty_factorisation, factorise, restore_lowrank
 from crossdistill.compression.quantization import QUANT_ATTR, dequantized_weight
@@ -115,6 +115,25 @@ class Tokens(nn.Module):
         return self.head(self.block(self.embed(x)).mean(1))
 
 
+class Signal(nn.Module):
+    """Conv1d on (batch, channels, length): a strided stem, a depthwise, a grouped and a 'same'
+    even-kernel conv, a residual add, a flatten into the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv1d(2, 8, 5, stride=2, padding=2)
+        self.bn0 = nn.BatchNorm1d(8)
+        self.dw = nn.Conv1d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.gconv = nn.Conv1d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.same = nn.Conv1d(8, 6, 4, padding="same")
+        self.head = nn.Linear(6 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn0(self.stem(x)))
+        x = x + F.relu(self.gconv(F.relu(self.dw(x))))
+        return self.head(F.adaptive_avg_pool1d(F.relu(self.same(x)), 4).flatten(1))
+
+
 MODELS = {
     "residual": (ResNet, (3, 8, 8)),
     "concat": (DenseNet, (3, 8, 8)),
@@ -125,6 +144,7 @@ MODELS = {
     "same_padding": (SamePadding, (3, 8, 8)),
     "mlp": (MLP, (20,)),
     "transformer": (Tokens, (6, 12)),
+    "conv1d": (Signal, (2, 16)),
 }
 
 
@@ -133,7 +153,7 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model = cls()
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):  # non-trivial statistics
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     x = torch.randn(32, *shape, generator=torch.Generator().manual_seed(1))
@@ -145,7 +165,7 @@ def qkv_names() -> list[str]:
 
 
 def layers_of(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
 
 
 def run(name: str, method: str, **settings):
@@ -179,7 +199,7 @@ def test_sparsity_on_any_layer(name):
         if e["status"] == "skipped" and n in layers_of(teacher):
             assert torch.equal(student.get_submodule(n).weight, teacher.get_submodule(n).weight)
     # Defaults: the first conv and the classifier stay dense, and say so.
-    convs = [n for n, m in teacher.named_modules() if isinstance(m, nn.Conv2d)]
+    convs = [n for n, m in teacher.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
     last = [n for n, m in teacher.named_modules() if isinstance(m, nn.Linear)][-1]
     assert entries[last]["reason"].startswith("the last linear") and "prune_last" in entries[last]["reason"]
     if convs:
@@ -264,7 +284,7 @@ def test_full_rank_reproduces_the_outputs(name):
         layer = teacher.get_submodule(n)
         if name == "transformer" and n.startswith("block."):
             continue  # read by their parents: never factorised
-        groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
+        groups = getattr(layer, "groups", 1)
         full = min(layer.weight.shape[0] // groups, layer.weight[0].numel())
         tasks.append(LayerTask(name=n, group=group_size(layer), params={"rank": full}))
     recs = distill_layers(teacher, student, x, tasks, create_objective("mixed", mu=0.9), create_solver("lowrank", "svd"),
@@ -344,6 +364,18 @@ def test_unfolded_input_reproduces_the_conv_for_any_padding(kernel, dilation, pa
     x = torch.randn(2, 3, 7, 8)
     y = conv(x).permute(0, 2, 3, 1).reshape(-1, 5)
     torch.testing.assert_close(unfold(conv, x) @ weight_matrix(conv).T, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, padding, groups", [
+    (4, 1, 1, "same", 1), (3, 2, 1, 1, 1), (3, 1, 2, "same", 2), (3, 1, 1, "valid", 1), (1, 1, 1, 0, 1)])
+def test_unfolded_input_reproduces_a_conv1d(kernel, stride, dilation, padding, groups):
+    # A Conv1d is solved as the height-1 Conv2d it equals: its columns in (channel, tap) order.
+    torch.manual_seed(0)
+    conv = nn.Conv1d(4, 6, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=False)
+    x = torch.randn(2, 4, 11)
+    y = conv(x).permute(0, 2, 1).reshape(-1, 6)
+    torch.testing.assert_close(unfold(conv, x) @ dense_weight_matrix(conv).T, y, rtol=1e-5, atol=1e-5)
+    assert group_size(conv) == kernel
 
 
 def test_group_shares_add_up_to_the_layer_count():

@@ -337,5 +337,5 @@ def test_a_transposed_conv_reader_leaves_its_group_whole_with_the_reason():
 
     few = FewShot(torch.randn(8, 1, 28, 28), torch.arange(8) % 4, np.arange(8))
     model = _WithUnsupportedLayer("transpose").eval()
-    with pytest.raises(CrossDistillError, match="read by ConvTranspose2d features.3: only Conv2d and Linear readers"):
+    with pytest.raises(CrossDistillError, match="read by ConvTranspose2d features.3: only Conv1d, Conv2d and Linear readers"):
         compress(model, few, CompressConfig(model="fashion_cnn", shots=2), show_progress=False)

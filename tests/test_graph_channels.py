@@ -203,6 +203,44 @@ class Encoder(nn.Module):
         return self.head(self.enc(self.embed(x)).mean(1))
 
 
+class Signal(nn.Module):
+    """A Conv1d model on (N, C, L) signals: strided, 'same' with an even kernel, dilated and
+    grouped convs, a residual add, a concatenation, 1-d pooling (unsqueeze/squeeze around 2-d
+    pooling inside torch) and a flatten of a length-2 map into the Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        def c(i: int, o: int, k: int, **kw) -> list[nn.Module]:
+            return [nn.Conv1d(i, o, k, bias=False, **kw), nn.BatchNorm1d(o), nn.ReLU()]
+        self.stem = nn.Sequential(*c(2, 8, 5, stride=2, padding=2))
+        self.a = nn.Sequential(*c(8, 8, 4, padding="same"), *c(8, 8, 3, padding=2, dilation=2))
+        self.b = nn.Sequential(*c(8, 8, 1), nn.MaxPool1d(2))
+        self.g = nn.Sequential(*c(16, 12, 3, padding=1, groups=2), nn.AvgPool1d(2))
+        self.fc = nn.Linear(12 * 2, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = h + self.a(h)
+        h = torch.cat([F.max_pool1d(h, 2), self.b(h)], 1)
+        return self.fc(F.adaptive_avg_pool1d(self.g(h), 2).flatten(1))
+
+
+class ConvTokens(nn.Module):
+    """Conv1d front then a transformer over the (N, L, C) transpose: 3-d tensors of both
+    layouts in one model, so a 3-d op's channel axis is unknown (a barrier), never guessed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv1d(3, 8, 3, padding=1), nn.BatchNorm1d(8)
+        self.c2 = nn.Conv1d(8, 16, 3, padding=1)
+        self.enc = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c2(F.relu(self.bn1(self.c1(x)))).transpose(1, 2)
+        return self.head(self.enc(h).mean(1))
+
+
 MODELS = {
     "chain": (Chain, (2, 3, 8, 8)),
     "resnet": (ResNet, (2, 3, 8, 8)),
@@ -213,6 +251,8 @@ MODELS = {
     "grouped_cat": (GroupedCat, (2, 3, 8, 8)),
     "se_shuffle": (SqueezeExcite, (2, 3, 8, 8)),
     "transformer": (Encoder, (2, 5, 6)),
+    "conv1d": (Signal, (2, 2, 32)),
+    "conv_tokens": (ConvTokens, (2, 3, 10)),
 }
 
 
@@ -223,7 +263,7 @@ def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
                 m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
     return model.eval()
@@ -273,8 +313,8 @@ def test_groups_cover_channels_once(key):
     # Every output channel of every conv/linear the forward runs is in exactly one group (the
     # attention's out_proj is a Linear that MultiheadAttention never calls as a module).
     for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)) and not name.endswith("out_proj"):
-            n = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)) and not name.endswith("out_proj"):
+            n = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
             assert {(name, c) for c in range(n)} <= seen, name
 
 

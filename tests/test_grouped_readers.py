@@ -60,3 +60,37 @@ def test_a_grouped_readers_teacher_side_problem_keeps_its_rows_in_their_groups()
     W = problem.solve_on(live)
     assert W[:3, 36:].abs().max() < 1e-9 and W[3:, :36].abs().max() < 1e-9
     assert W[:, sorted(dropped)].abs().max() == 0
+
+
+class Straddling(nn.Module):
+    """8 + 6 channels concatenated into a groups=2 conv of 14: the groups split at 7, inside the
+    first part, so Torch-Pruning's units of the stem's group span one or two channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1)
+        self.g, self.g2 = nn.Conv2d(14, 12, 3, padding=1, groups=2), nn.Conv2d(12, 12, 1)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        h = torch.cat([h, torch.relu(self.b(h))], 1)
+        return self.fc(torch.relu(self.g2(torch.relu(self.g(h)))).mean((2, 3)))
+
+
+def test_a_group_whose_units_straddle_conv_groups_is_left_whole_with_why():
+    # The selection weighs units of equal column counts; such a group stopped the whole run.
+    import numpy as np
+
+    from crossdistill.config import CompressConfig
+    from crossdistill.pipeline import FewShot, compress
+
+    torch.manual_seed(0)
+    few = FewShot(torch.randn(12, 3, 8, 8), torch.arange(12) % 3, np.arange(12))
+    result = compress(Straddling().eval(), few, CompressConfig(model="user-straddling", n_samples=12, keep=0.5),
+                      show_progress=False)
+    groups = result.summary["channel_groups"]
+    left = {tuple(g["producers"]): g["reason"] for g in groups["left_whole"]}
+    assert "unequal channel sets" in left[("stem", "b")]
+    assert [g["producers"] for g in groups["pruned"]] == [["g"]]  # the rest of the model still pruned
+    assert result.student.g2.in_channels == 6

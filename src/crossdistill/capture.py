@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -16,7 +17,9 @@ from crossdistill.capture_points import capture_mode, indirect_layers
 from crossdistill.capture_replay import ModuleReplay
 from crossdistill.errors import CrossDistillError
 
-SOLVABLE = (nn.Conv2d, nn.Linear)
+# A Conv1d is solved as the Conv2d it equals on maps of height 1 (`patches`).
+CONVS = (nn.Conv1d, nn.Conv2d)
+SOLVABLE = (*CONVS, nn.Linear)
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -32,8 +35,8 @@ def unsupported_reason(module: nn.Module) -> str | None:
     """Why the solvers cannot handle `module` (None when they can): only convs and linears have
     the `Y = W X` form they rely on (a grouped conv is one such problem per group)."""
     if not isinstance(module, SOLVABLE):
-        return f"a {type(module).__name__}; only Conv2d and Linear layers can be compressed"
-    if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+        return f"a {type(module).__name__}; only Conv1d, Conv2d and Linear layers can be compressed"
+    if isinstance(module, CONVS) and module.padding_mode != "zeros":
         return f"padding_mode={module.padding_mode!r}; only 'zeros' is supported"
     return own_weight_reason(module)
 
@@ -47,10 +50,10 @@ def own_weight_reason(module: nn.Module) -> str | None:
     if parametrize.is_parametrized(module, "weight") or hasattr(module, "weight_g") or hasattr(module, "weight_orig"):
         return ("its weight is computed from other parameters (weight norm, spectral norm or another "
                 "parametrization); remove that first, e.g. torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight')")
-    base: type[nn.Module] = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+    base: type[nn.Module] = next((c for c in CONVS if isinstance(module, c)), nn.Linear)
     custom = type(module).forward is not base.forward
-    if isinstance(module, nn.Conv2d):
-        custom |= type(module)._conv_forward is not nn.Conv2d._conv_forward
+    if base is not nn.Linear:
+        custom |= type(module)._conv_forward is not base._conv_forward  # type: ignore[attr-defined]
     if custom:
         return f"a {type(module).__name__} with a forward of its own (its output need not be W·x)"
     return None
@@ -68,10 +71,16 @@ def check_solvable(module: nn.Module, name: str, *, channel_pruning: bool = Fals
                                 "channel pruning of grouped convs is not supported")
 
 
+def conv_class(module: nn.Module) -> type[nn.Conv1d] | type[nn.Conv2d]:
+    """nn.Conv1d or nn.Conv2d, whichever `module` is (for new layers of its kind; a subclass's
+    own forward is refused before any is made: own_weight_reason)."""
+    return nn.Conv1d if isinstance(module, nn.Conv1d) else nn.Conv2d
+
+
 def conv_groups(module: nn.Module) -> int:
     """Independent row blocks of the layer: output rows of conv group g see only group g's input
     channels, so each group is its own quadratic problem (1 for a linear or an ungrouped conv)."""
-    return module.groups if isinstance(module, nn.Conv2d) else 1
+    return module.groups if isinstance(module, CONVS) else 1
 
 
 def forward_calls(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -133,29 +142,39 @@ def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     is what F.unfold returns, so the moments' per-image products need no transposing copy."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]).T.unsqueeze(0)
-    assert isinstance(module, nn.Conv2d)
+    assert isinstance(module, CONVS)
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(2)
+    kernel, dilation, stride = (_as_2d(getattr(module, k)) for k in ("kernel_size", "dilation", "stride"))
     (top, bottom), (left, right) = zero_padding(module)
     if (top, left) != (bottom, right):
         # F.unfold pads both sides alike: an uneven 'same' padding is applied beforehand.
         x, top, left = F.pad(x, (left, right, top, bottom)), 0, 0
     return F.unfold(
         x,
-        kernel_size=module.kernel_size,
-        dilation=module.dilation,
+        kernel_size=kernel,
+        dilation=dilation,
         padding=(top, left),
-        stride=module.stride,
+        stride=stride,
     )
 
 
-def zero_padding(module: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int]]:
+def _as_2d(size: tuple[int, ...], height: int = 1) -> tuple[int, int]:
+    """A Conv1d's kernel, stride or dilation (height 1) or padding (height 0) as its height-1
+    Conv2d's."""
+    return (height, size[0]) if len(size) == 1 else (size[0], size[1])
+
+
+def zero_padding(module: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
     """((top, bottom), (left, right)): the zeros the conv pads its input with, also for
-    padding='valid' and 'same' (where torch puts the odd one at the bottom/right)."""
+    padding='valid' and 'same' (where torch puts the odd one at the bottom/right); a Conv1d's
+    as its height-1 Conv2d's (no rows padded)."""
     if module.padding == "valid":
         return (0, 0), (0, 0)
     if module.padding == "same":
-        total = [d * (k - 1) for k, d in zip(module.kernel_size, module.dilation)]
+        total = [d * (k - 1) for k, d in zip(_as_2d(module.kernel_size), _as_2d(module.dilation))]
         return (total[0] // 2, total[0] - total[0] // 2), (total[1] // 2, total[1] - total[1] // 2)
-    ph, pw = module.padding  # type: ignore[misc]
+    ph, pw = _as_2d(module.padding, height=0)  # type: ignore[arg-type]
     return (ph, ph), (pw, pw)
 
 
@@ -184,8 +203,8 @@ def dense_weight_matrix(module: nn.Module) -> torch.Tensor:
 
 def group_size(module: nn.Module) -> int:
     """Columns of the weight matrix that belong to one input channel."""
-    if isinstance(module, nn.Conv2d):
-        return module.kernel_size[0] * module.kernel_size[1]
+    if isinstance(module, CONVS):
+        return math.prod(module.kernel_size)
     return 1
 
 

@@ -171,9 +171,9 @@ def _explicit_padding(model: nn.Module) -> nn.Module:
     """The model with every conv's padding='same'/'valid' written as numbers where that is the
     same padding on both sides: exported as plain pads, not ONNX's auto_pad, which onnxruntime
     refuses together with dilation. A copy, only when there is such a conv."""
-    from crossdistill.capture import zero_padding
+    from crossdistill.capture import CONVS, zero_padding
 
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and isinstance(m.padding, str)]
+    convs = [n for n, m in model.named_modules() if isinstance(m, CONVS) and isinstance(m.padding, str)]
     if not convs:
         return model
     model = copy.deepcopy(model)
@@ -181,7 +181,7 @@ def _explicit_padding(model: nn.Module) -> nn.Module:
         conv = model.get_submodule(name)
         (top, bottom), (left, right) = zero_padding(conv)
         if (top, left) == (bottom, right):
-            conv.padding = (top, left)
+            conv.padding = (left,) if isinstance(conv, nn.Conv1d) else (top, left)
     return model
 
 

@@ -46,8 +46,8 @@ def output_energy(layer: nn.Module, inputs: Iterable[torch.Tensor]) -> float:
             y = x.reshape(-1, x.shape[-1]) @ w.T
             rows = y.shape[0]
         else:
-            y = F.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-            rows = y.shape[0] * y.shape[2] * y.shape[3]
+            y = layer._conv_forward(x, w, None)  # a Conv1d's or a Conv2d's own geometry
+            rows = y.numel() // y.shape[1]
         total += float(y.double().pow(2).sum())
         count += rows
     return sum_number(total) / max(sum_number(count), 1)

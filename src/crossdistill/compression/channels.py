@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import get_module, group_size
+from crossdistill.capture import CONVS, conv_class, get_module, group_size
 from crossdistill.errors import CrossDistillError
 from crossdistill.solvers import LayerTask
 
@@ -60,7 +60,7 @@ def refit_tasks(model: nn.Module, pruned: Sequence[LayerTask]) -> list[LayerTask
     teacher and student (all but the first layer the image reaches): only objectives whose
     optimum moves with the student's input (no-cross, soft) change them, absorbing upstream error."""
     done = {t.name for t in pruned}
-    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+    layers = [n for n, m in model.named_modules() if isinstance(m, CONVS) and m.groups == 1]
     first = layers[0] if layers else None
     return [
         LayerTask(name=n, group=group_size(m), keep=m.weight.shape[1])
@@ -90,7 +90,7 @@ def _slim_out(conv: nn.Module, kept: torch.Tensor) -> nn.Module:
     if isinstance(conv, nn.Linear):
         new = nn.Linear(conv.in_features, len(kept), bias=conv.bias is not None)
     else:
-        new = nn.Conv2d(
+        new = conv_class(conv)(
             conv.in_channels, len(kept), conv.kernel_size, conv.stride, conv.padding, conv.dilation,
             bias=conv.bias is not None,
         )
@@ -105,7 +105,7 @@ def _slim_in(conv: nn.Module, kept: torch.Tensor) -> nn.Module:
     if isinstance(conv, nn.Linear):
         new = nn.Linear(len(kept), conv.out_features, bias=conv.bias is not None)
     else:
-        new = nn.Conv2d(
+        new = conv_class(conv)(
             len(kept), conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
             bias=conv.bias is not None,
         )
@@ -116,8 +116,8 @@ def _slim_in(conv: nn.Module, kept: torch.Tensor) -> nn.Module:
     return new
 
 
-def _slim_bn(bn: nn.BatchNorm2d, kept: torch.Tensor) -> nn.BatchNorm2d:
-    new = nn.BatchNorm2d(len(kept), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+def _slim_bn(bn: nn.modules.batchnorm._BatchNorm, kept: torch.Tensor) -> nn.Module:
+    new = type(bn)(len(kept), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
                          track_running_stats=bn.track_running_stats)
     with torch.no_grad():
         if bn.affine:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from crossdistill.attention_projections import PROJECTIONS, projection_names
-from crossdistill.capture import unsupported_reason
+from crossdistill.capture import CONVS, unsupported_reason
 
 PLANNED, SKIPPED = "planned", "skipped"
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
@@ -28,9 +28,9 @@ class CompressionWarning(UserWarning):
 
 
 def layer_kind(module: nn.Module) -> str:
-    """A short description for the report: 'Conv2d 3x3 depthwise', 'Conv2d 1x1', 'Linear'."""
-    if isinstance(module, nn.Conv2d):
-        kind = f"Conv2d {module.kernel_size[0]}x{module.kernel_size[1]}"
+    """A short description for the report: 'Conv2d 3x3 depthwise', 'Conv1d 5', 'Linear'."""
+    if isinstance(module, CONVS):
+        kind = f"{type(module).__name__} {'x'.join(map(str, module.kernel_size))}"
         if module.groups > 1:
             kind += " depthwise" if module.groups == module.in_channels else f" groups={module.groups}"
         return kind
@@ -86,8 +86,8 @@ def bare_weights(model: nn.Module) -> list[tuple[str, str]]:
         else:
             where = f"of {type(owner).__name__}" if owner_name else "of the model itself"
             reason = (f"a bare parameter {where}, which its forward uses itself (a class token, a position "
-                      "embedding, or a weight in F.conv2d(x, self.weight)); only the weights of nn.Conv2d and "
-                      "nn.Linear layers are compressed")
+                      "embedding, or a weight in F.conv2d(x, self.weight)); only the weights of nn.Conv1d, nn.Conv2d "
+                      "and nn.Linear layers are compressed")
         out.append((name, reason))
     return out
 
@@ -115,7 +115,7 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         reason = unsupported_reason(mod)
         if reason is not None:
             cov.skip(name, f"unsupported: {reason}", warn=True)
-        elif isinstance(mod, nn.Conv2d):
+        elif isinstance(mod, CONVS):
             convs.append(name)
         else:
             linears.append(name)

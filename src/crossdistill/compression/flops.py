@@ -10,7 +10,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from crossdistill.capture import get_module
+from crossdistill.capture import SOLVABLE, get_module
 from crossdistill.compression.graph_channels import ChannelGroup
 from crossdistill.flop_counter import counting_flops
 
@@ -59,7 +59,7 @@ class FlopModel:
         counted: set[int] = set()
         for name, mod in model.named_modules():
             w = getattr(mod, "weight", None)
-            if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            if isinstance(mod, SOLVABLE):
                 c_in = getattr(mod, "in_channels", getattr(mod, "in_features", 1))
                 c_out = getattr(mod, "out_channels", getattr(mod, "out_features", 1))
                 base[name], width_in[name], width_out[name] = float(w.numel()), c_in, c_out

@@ -30,7 +30,8 @@ SPATIAL = frozenset(
     "MaxPool2DWithIndices MaxPool3DWithIndices AvgPool2D AvgPool3D AdaptiveAvgPool2D AdaptiveAvgPool3D "
     "AdaptiveMaxPool2D AdaptiveMaxPool3D UpsampleNearest2D UpsampleNearestExact2D UpsampleBilinear2D "
     "UpsampleBicubic2D UpsampleNearest3D UpsampleTrilinear3D ConstantPadNd ReflectionPad2D "
-    "ReplicationPad2D".split()
+    "ReplicationPad2D UpsampleNearest1D UpsampleNearestExact1D UpsampleLinear1D ReflectionPad1D "
+    "ReplicationPad1D".split()
 )
 REDUCE = frozenset("Mean Sum Amax Amin Std Var Logsumexp".split())
 RESHAPE = frozenset("View Reshape ReshapeAlias UnsafeView Squeeze Unsqueeze".split())
@@ -84,13 +85,14 @@ def _shape(fn: Any, k: int = 0) -> Shape | None:
         return None
 
 
-def _axis(ndim: int, strict3d: bool) -> int | None:
-    """The channel axis by layout: N C *spatial for 4-d and up, features last below. A 3-d
-    tensor is (batch, tokens, features) unless the model has 1-d convs: then it is ambiguous."""
+def _axis(ndim: int, axis3d: int | None) -> int | None:
+    """The channel axis by layout: N C *spatial for 4-d and up, features last below 3-d. A 3-d
+    tensor's is `axis3d`: 2 for (batch, tokens, features), 1 for a Conv1d's (batch, channels,
+    length), None where the model has both (graph_trace.layout_3d)."""
     if ndim >= 4:
         return 1
     if ndim == 3:
-        return None if strict3d else 2
+        return axis3d
     return ndim - 1 if ndim else None
 
 
@@ -124,7 +126,7 @@ _WHY = {
 }
 
 
-def _classify(graph: Graph, node: Any, strict3d: bool) -> _OpMaps:
+def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
     fn = node.grad_fn
     name, base = fn.name(), _base(fn)
     out = _shape(fn)
@@ -133,7 +135,7 @@ def _classify(graph: Graph, node: Any, strict3d: bool) -> _OpMaps:
         return _OpMaps("reaches the model output")
     if out is None or any(s is None for _, s in ins):
         return _OpMaps(f"feeds an op of unknown shape: {name}")
-    a = _axis(len(out), strict3d)
+    a = _axis(len(out), axis3d)
     unsupported = _OpMaps(f"feeds an unsupported op: {name}" + (f" ({_WHY[base]})" if base in _WHY else ""))
 
     if base in POINTWISE:
@@ -146,25 +148,25 @@ def _classify(graph: Graph, node: Any, strict3d: bool) -> _OpMaps:
         return _OpMaps()
     if base in SPATIAL:
         # Pooling, resizing, padding: (N, C, *spatial) in and out, C unchanged.
-        if len(out) < 4 or any(len(s) != len(out) or s[1] != out[1] for _, s in ins):
+        if a != 1 or any(len(s) != len(out) or s[1] != out[1] for _, s in ins):
             why = "pads the channel dimension" if "Pad" in base else "changes the channel count"
             return _OpMaps(f"feeds an unsupported op: {name} ({why})")
         return _OpMaps()
     if base in REDUCE:
         dims = getattr(fn, "_saved_dim", None)
         s = ins[0][1] if ins else None
-        if dims is None or s is None or _axis(len(s), strict3d) is None:
+        if dims is None or s is None or _axis(len(s), axis3d) is None:
             return unsupported
-        ain = _axis(len(s), strict3d)
+        ain = _axis(len(s), axis3d)
         dims = [d % len(s) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
         keep = bool(getattr(fn, "_saved_keepdim", False))
         aout = ain if keep else ain - sum(d < ain for d in dims)
-        if ain in dims or _axis(len(out), strict3d) != aout or out[aout] != s[ain]:
+        if ain in dims or _axis(len(out), axis3d) != aout or out[aout] != s[ain]:
             return _OpMaps(f"feeds an unsupported op: {name} (reduces or moves the channel dimension)")
         return _OpMaps()
     if base in RESHAPE or base == "Select":
         s = ins[0][1]
-        ain, aout = _axis(len(s), strict3d), _axis(len(out), strict3d)
+        ain, aout = _axis(len(s), axis3d), _axis(len(out), axis3d)
         if ain is None or aout is None:
             return unsupported
         lead_in, lead_out = prod(s[:ain]), prod(out[:aout])
@@ -199,7 +201,7 @@ def _classify(graph: Graph, node: Any, strict3d: bool) -> _OpMaps:
         return maps if off == out[a] else unsupported
     if base in ("Split", "SplitWithSizes", "UnsafeSplit"):
         s = ins[0][1]
-        if a is None or _axis(len(s), strict3d) != a:
+        if a is None or _axis(len(s), axis3d) != a:
             return unsupported
         dim = fn._saved_dim % len(s)
         if dim != a:

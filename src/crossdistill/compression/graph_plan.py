@@ -229,6 +229,12 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
         reason = g.reason if not g.prunable else ""
         if not reason and not g.exact:
             reason = "a LayerNorm/GroupNorm normalises over these channels: dropping some changes the others"
+        uneven = [c.name for c in g.consumers if c.name in readers and len({len(u) for u in c.channels}) > 1]
+        if not reason and uneven:
+            # The unit-selection solvers weigh units of equal column counts; such units come from
+            # a concatenation whose parts straddle the groups of a grouped conv.
+            reason = (f"its units reach {', '.join(uneven)} as unequal channel sets (a concatenation "
+                      "that straddles the groups of a grouped conv)")
         if not reason and classifier in {c.name for c in g.consumers} and not prune_classifier:
             reason = f"feeds the classifier {classifier} (prune_classifier is off)"
         count = None if reason else keep(g)

@@ -86,9 +86,13 @@ def trace(model: nn.Module, example: torch.Tensor) -> Graph:
     owner: dict[Any, nn.Module] = {}
     outputs: set = set()
     starts: dict[nn.Module, list[int]] = {}
+    layouts: set[int] = set()  # channel axes of the 3-d tensors the layers read
 
-    def pre(mod: nn.Module, _args: Any) -> None:
+    def pre(mod: nn.Module, args: Any) -> None:
         starts.setdefault(mod, []).append(_seq_now())
+        x = next(tensors(args), None)
+        if x is not None and x.dim() == 3:
+            layouts.add(_channel_axis_3d(mod))
 
     def post(mod: nn.Module, _args: Any, out: Any) -> None:
         start = starts[mod].pop()
@@ -137,21 +141,33 @@ def trace(model: nn.Module, example: torch.Tensor) -> Graph:
         for t, data in strided:
             t.data = data
     graph = Graph(dg, names, order, calls, owner, outputs)
-    _install_maps(graph, strict3d=any(isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)) for m in model.modules()))
+    if any(isinstance(m, nn.Embedding) for m in model.modules()):
+        layouts.add(2)  # its output is (batch, tokens, features)
+    # A 3-d tensor's channel axis is known when every layer reading one agrees: 1 for Conv1d
+    # models (N, C, L), 2 for token models (N, L, C); a model with both gets a barrier there.
+    _install_maps(graph, axis3d=layouts.pop() if len(layouts) == 1 else None if layouts else 2)
     return graph
+
+
+def _channel_axis_3d(mod: nn.Module) -> int:
+    """Which axis of a 3-d input `mod` treats as channels: convs, batch/instance/group norms and
+    PReLU read (N, C, L); linears, layer norms, attention and LSTMs read features last."""
+    first = (tp_ops.TORCH_CONV, tp_ops.TORCH_BATCHNORM, tp_ops.TORCH_GROUPNORM, tp_ops.TORCH_INSTANCENORM,
+             tp_ops.TORCH_PRELU)
+    return 1 if isinstance(mod, first) else 2
 
 
 # -- installing the maps --------------------------------------------------------------------------
 
 # The maps are looked up in this module's namespace when installed (e.g. `_table` for a
 # shuffle), so that replacing one here (as a test does, to fake a wrong map) still takes effect.
-def _install_maps(graph: Graph, strict3d: bool) -> None:
+def _install_maps(graph: Graph, axis3d: int | None) -> None:
     dg = graph.dg
     nodes = list(dg.module2node.values())
     ops: dict[Any, _OpMaps] = {n: _OpMaps() for n in nodes}
     for node in nodes:
         if _is_free(graph, node) or node.type == tp_ops.OPTYPE.OUTPUT:
-            ops[node] = _classify(graph, node, strict3d)
+            ops[node] = _classify(graph, node, axis3d)
     for node in nodes:
         if not _is_free(graph, node):
             continue

@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import conv_groups, get_module, group_size
+from crossdistill.capture import CONVS, SOLVABLE, conv_class, conv_groups, get_module, group_size
 from crossdistill.capture_points import parent_reads_weight
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.channels import _replace
@@ -65,7 +65,7 @@ class LowRankLayer(nn.Sequential):
     def rank(self) -> int:
         """The rank of the whole layer (groups × the rank per group)."""
         f = self[0]
-        return f.out_channels if isinstance(f, nn.Conv2d) else f.out_features
+        return f.out_features if isinstance(f, nn.Linear) else f.out_channels
 
     @property
     def in_channels(self) -> int:
@@ -89,11 +89,11 @@ def empty_factorisation(layer: nn.Module, rank: int) -> LowRankLayer:
     `rank` per conv group."""
     has_bias = layer.bias is not None
     where = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    if isinstance(layer, nn.Conv2d):
-        g = layer.groups
-        first = nn.Conv2d(layer.in_channels, g * rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                          groups=g, bias=False, **where)
-        second = nn.Conv2d(g * rank, layer.out_channels, 1, groups=g, bias=has_bias, **where)
+    if isinstance(layer, CONVS):
+        g, conv = layer.groups, conv_class(layer)
+        first = conv(layer.in_channels, g * rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                     groups=g, bias=False, **where)
+        second = conv(g * rank, layer.out_channels, 1, groups=g, bias=has_bias, **where)
     elif isinstance(layer, nn.Linear):
         first = nn.Linear(layer.in_features, rank, bias=False, **where)
         second = nn.Linear(rank, layer.out_features, bias=has_bias, **where)
@@ -208,7 +208,7 @@ class LowRank(CompressionMethod):
             layer = get_module(model, rec.name)
             r = int(rec.info["rank"])
             _replace(model, rec.name, factorise(layer, r))
-            meta[rec.name] = {"rank": r, "kind": "conv" if isinstance(layer, nn.Conv2d) else "linear"}
+            meta[rec.name] = {"rank": r, "kind": "linear" if isinstance(layer, nn.Linear) else "conv"}
             if conv_groups(layer) > 1:
                 meta[rec.name]["groups"] = conv_groups(layer)
             if self._coverage is not None and rec.name in self._coverage.entries:
@@ -239,7 +239,7 @@ def restore_lowrank(model: nn.Module, metadata: Mapping[str, Mapping[str, Any]])
         layer = get_module(model, name)
         if isinstance(layer, LowRankLayer):
             continue
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        if not isinstance(layer, SOLVABLE):
             raise CrossDistillError(f"low-rank layer {name!r}: the model has a {type(layer).__name__} there")
         r = int(m["rank"])
         if not 1 <= r <= min(layer.weight.shape[0] // conv_groups(layer), layer.weight[0].numel()):

@@ -65,7 +65,7 @@ def quant_coverage(model: nn.Module, first: bool, last: bool, order: Sequence[st
     cov = survey(model, "quant", first=first, last=last, first_setting="quant_first", last_setting="quant_last",
                  order=order)
     if not cov.entries:
-        raise CrossDistillError(f"{type(model).__name__} has no Conv2d or Linear layers to compress")
+        raise CrossDistillError(f"{type(model).__name__} has no conv or linear layers to compress")
     return cov
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from crossdistill.attention_projections import packed_layers
-from crossdistill.capture import conv_groups, get_module
+from crossdistill.capture import SOLVABLE, conv_groups, get_module
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.coverage import Coverage, survey
 from crossdistill.engine import LayerRecord
@@ -71,7 +71,7 @@ def sparsity_report(model: nn.Module, names: Sequence[str]) -> dict[str, Any]:
         zeros += z
         total += w.numel()
     all_zeros = all_total = 0
-    for m in [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))] + [p for _, p in packed_layers(model)]:
+    for m in [m for m in model.modules() if isinstance(m, SOLVABLE)] + [p for _, p in packed_layers(model)]:
         all_zeros += int((m.weight.detach() == 0).sum())
         all_total += m.weight.numel()
     return {

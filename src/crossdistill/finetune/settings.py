@@ -90,7 +90,8 @@ class FinetuneConfig(Plugin):
         "crop-flip",
         "random views of the few images, the teacher labelling the same view: crop-flip (default; "
         "pad-4 crop and flip) or affine (zoom up to 1.35x, rotation within 15 degrees, shift, flip, "
-        "light contrast/brightness jitter)",
+        "light contrast/brightness jitter); signals (N, C, L) are shifted, within 1/8 (crop-flip) "
+        "or 0.15 (affine) of their length",
         choices=AUGMENT_POLICIES)
     # The four below were read from `extra:` before they were declared; their defaults are the
     # values that applied then.

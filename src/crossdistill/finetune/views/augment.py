@@ -12,8 +12,23 @@ import torch
 import torch.nn.functional as F
 
 
+def shift_1d(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
+    """Signals (N, C, L): a random window of length L after zero padding both ends by `pad`,
+    per signal, i.e. a shift within ±pad. No flip: time reversed is another signal."""
+    if pad <= 0:
+        return x
+    n, _, length = x.shape
+    padded = F.pad(x, (pad, pad))
+    start = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    idx = (start[:, None] + torch.arange(length, device=x.device)[None, :])[:, None, :].expand(-1, x.shape[1], -1)
+    return padded.gather(2, idx).contiguous()
+
+
 def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop after zero padding, and a random horizontal flip, per image."""
+    """Random crop after zero padding, and a random horizontal flip, per image; a signal
+    (N, C, L) is shifted within ±L/8 instead (pad 4 is 1/8 of a 32-pixel side)."""
+    if x.dim() == 3:
+        return shift_1d(x, gen, x.shape[2] // 8)
     if x.dim() != 4 or pad <= 0:
         return x
     n, _, h, w = x.shape
@@ -34,7 +49,10 @@ def affine_views(x: torch.Tensor, gen: torch.Generator, zoom: float = 0.35, degr
     """Wider views than crop-flip: per image a random zoom in [1, 1 + zoom] (a crop of 55–100 % of
     the area), rotation within ±degrees, shift within ±shift of the size, horizontal flip, edges
     reflected; then contrast and brightness scaled by up to ±jitter (in the normalised units).
-    The teacher labels the same view, so the views need not keep the class, only stay image-like."""
+    The teacher labels the same view, so the views need not keep the class, only stay image-like.
+    A signal (N, C, L) is shifted within ±shift of its length (shift_1d)."""
+    if x.dim() == 3:
+        return shift_1d(x, gen, round(shift * x.shape[2]))
     if x.dim() != 4:
         return x
     n = x.shape[0]

@@ -1,0 +1,118 @@
+"""Conv1d models (audio, sensor and other signals of shape (N, C, L)): every method solves their
+convs as the height-1 Conv2d each one equals, channel groups follow 1-d pooling and
+concatenation, the fine-tune's views shift signals, and the student saves, loads and exports."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import crossdistill
+from crossdistill.finetune.views.augment import VIEWS
+
+SIGNAL_NET = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv1d(2, 12, 7, stride=2, padding=3), nn.BatchNorm1d(12), nn.ReLU(),
+            nn.Conv1d(12, 16, 5, padding="same", dilation=2), nn.BatchNorm1d(16), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(16, 16, 3, padding=1), nn.BatchNorm1d(16), nn.ReLU(),
+            nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 4))
+""")
+
+
+@pytest.fixture
+def signal_net(tmp_path):
+    path = tmp_path / "signal_net.py"
+    path.write_text(SIGNAL_NET)
+    from crossdistill.models.user import build_user_model
+
+    model = build_user_model(f"{path}:make")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):  # statistics that are not the identity
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return model.eval(), f"{path}:make"
+
+
+def signals(n: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, 64, generator=gen), torch.arange(n) % 4
+
+
+def relative_error(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        t = teacher(x)
+        return float((student(x) - t).norm() / t.norm())
+
+
+def test_the_closed_form_reconstructs_a_conv1d_model_that_pruning_alone_does_not(signal_net):
+    teacher, _ = signal_net
+    x, y = signals()
+    solved, report = crossdistill.compress(teacher, x, labels=y, shots=10, keep=0.5, show_progress=False)
+    pruned, _ = crossdistill.compress(teacher, x, labels=y, shots=10, keep=0.5, solver="prune-only",
+                                      show_progress=False)
+    assert solved[3].in_channels == 6 and solved[7].in_channels == 8  # both groups half kept
+    assert sum(p.numel() for p in solved.parameters()) == sum(p.numel() for p in pruned.parameters())
+    held_out = signals(40, seed=1)[0]
+    assert relative_error(solved, teacher, held_out) < 0.5 * relative_error(pruned, teacher, held_out)
+    assert report["layers"]  # the re-solved readers are reported like a Conv2d model's
+
+
+@pytest.mark.parametrize("method, settings", [("sparsity", {"sparsity": 0.5}), ("quant", {"bits": 4}),
+                                              ("lowrank", {"rank_ratio": 0.5})])
+def test_every_method_compresses_the_conv1d_layers(signal_net, method, settings):
+    teacher, _ = signal_net
+    x, y = signals()
+    student, report = crossdistill.compress(teacher, x, labels=y, shots=10, method=method, show_progress=False,
+                                            **settings)
+    entries = {e["name"]: e for e in report[method]["layers"]}
+    done = {"sparsity": "pruned", "quant": "quantized", "lowrank": "factorised"}[method]
+    assert entries["3"]["status"] == done and entries["3"]["type"] == "Conv1d 5"
+    assert relative_error(student, teacher, signals(40, seed=1)[0]) < 0.5
+
+
+def test_a_conv1d_student_saves_loads_and_exports(signal_net, tmp_path):
+    pytest.importorskip("onnxruntime")
+    teacher, factory = signal_net
+    x, y = signals()
+    student, _ = crossdistill.compress(teacher, x, labels=y, shots=10, keep=0.5, show_progress=False)
+    student.crossdistill_factory = factory
+    path = crossdistill.save(student, tmp_path / "s.safetensors")
+    loaded = crossdistill.load(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), student(x))
+    from crossdistill.export import export
+
+    result = export(path, "onnx", tmp_path / "s.onnx")
+    assert result.max_abs_diff <= 1e-4
+
+
+@pytest.mark.parametrize("policy, reach", [("crop-flip", 64 // 8), ("affine", round(0.15 * 64))])
+def test_signal_views_are_shifts_within_their_reach(policy, reach):
+    x = torch.randn(50, 3, 64, generator=torch.Generator().manual_seed(0))
+    out = VIEWS[policy](x, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    seen = set()
+    for a, b in zip(x, out):
+        hits = [s for s in range(-reach, reach + 1)
+                if torch.equal(b, torch.nn.functional.pad(a, (reach, reach))[:, reach - s: reach - s + 64])]
+        assert hits, "a view that is not a shift of its signal"
+        seen.add(hits[0])
+    assert len(seen) > 3  # not always the same shift
+
+
+def test_the_fine_tune_runs_on_signals(signal_net):
+    teacher, _ = signal_net
+    x, y = signals()
+    student, report = crossdistill.compress(teacher, x, labels=y, shots=10, keep=0.5, finetune_epochs=3,
+                                            show_progress=False)
+    ft = report["finetune"]
+    assert ft["steps"] > 0 and torch.isfinite(student(x)).all()
