@@ -123,3 +123,19 @@ def test_attention_coverage_prints_a_row_per_method(capsys):
     # (0.416 here; 0.312 and 0.46 of the size when they were left dense).
     assert 0.4 < float(rows["sparsity 0.5"][1]) < 0.5
     assert float(rows["quant 4 bits"][2]) < 0.4 * float(rows["teacher"][2])
+
+
+def test_conv1d_signals_prints_a_row_per_method_with_a_score_per_k(capsys, tmp_path, monkeypatch):
+    from sweep_helpers import write_fashion_idx
+
+    monkeypatch.setenv("CROSSDISTILL_CACHE", str(tmp_path / "cache"))  # the toy teacher goes there
+    data = write_fashion_idx(tmp_path / "fmnist", n_train=200, n_test=40)
+    args = ["--data", str(data), "--epochs", "1", "--width", "4", "--seeds", "0", "1", "--shots", "1",
+            "--rows", "channels keep 0.5 (closed form)", "quant 3 bits"]
+    assert load("conv1d_signals").main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["channels keep 0.5 (closed form)", "quant 3 bits"]
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")[1:]]
+        assert len(cells) == 3 and 0 <= float(cells[0].split("±")[0]) <= 100 and int(cells[1].replace(",", "")) > 0
+    assert list((tmp_path / "cache" / "teachers").glob("signal_net_w4_*.pt"))
