@@ -88,7 +88,7 @@ def _shape(fn: Any, k: int = 0) -> Shape | None:
 def _axis(ndim: int, axis3d: int | None) -> int | None:
     """The channel axis by layout: N C *spatial for 4-d and up, features last below 3-d. A 3-d
     tensor's is `axis3d`: 2 for (batch, tokens, features), 1 for a Conv1d's (batch, channels,
-    length), None where the model has both (graph_trace.layout_3d)."""
+    length), None where the model has both (graph_trace.trace decides from the layers that read one)."""
     if ndim >= 4:
         return 1
     if ndim == 3:
