@@ -77,11 +77,6 @@ ROWS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    import crossdistill
-    from crossdistill.compression.coverage import CompressionWarning
-    from crossdistill.data import load_image_data
-    from crossdistill.paths import cache_dir
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=FMNIST if Path(FMNIST).is_dir() else "fashion-mnist")
     p.add_argument("--teacher", type=Path, default=None, help="teacher state dict (trained and saved when missing)")
@@ -94,7 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(previous)  # a caller's (a test's) setting comes back
+
+
+def _run(args: argparse.Namespace) -> int:
+    import crossdistill
+    from crossdistill.compression.coverage import CompressionWarning
+    from crossdistill.data import load_image_data
+    from crossdistill.paths import cache_dir
+
 
     train_data, test_data = load_image_data(args.data, "train"), load_image_data(args.data, "test")
     n_train = args.train_limit or len(train_data)

@@ -116,3 +116,67 @@ def test_the_fine_tune_runs_on_signals(signal_net):
                                             show_progress=False)
     ft = report["finetune"]
     assert ft["steps"] > 0 and torch.isfinite(student(x)).all()
+
+
+def _signal_npz(path, n: int, seed: int):
+    import numpy as np
+
+    x, y = signals(n, seed)
+    np.savez(path, x=x.numpy(), y=y.numpy())  # float32 (N, C, L): signals, used as stored
+    return path
+
+
+def test_the_command_line_compresses_evaluates_and_exports_signals(signal_net, tmp_path, capsys):
+    import json
+
+    from crossdistill.cli.main import main
+
+    teacher, factory = signal_net
+    weights = tmp_path / "teacher.pt"
+    torch.save(teacher.state_dict(), weights)
+    train, test = _signal_npz(tmp_path / "train.npz", 40, 0), _signal_npz(tmp_path / "test.npz", 30, 1)
+    out = tmp_path / "run"
+    assert main(["compress", "--model", factory, "--weights", str(weights), "--data", str(train),
+                 "--eval-data", str(test), "--shots", "5", "--keep", "0.5", "--quiet", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    x, y = signals(30, seed=1)
+    with torch.no_grad():
+        expected = 100.0 * float((teacher(x).argmax(1) == y).float().mean())
+    assert report["teacher"]["top1"] == pytest.approx(expected) and report["teacher"]["n_eval"] == 30
+    capsys.readouterr()
+    assert main(["evaluate", "--weights", str(out), "--eval-data", str(test), "--no-latency", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == report["student"]["top1"]
+    assert main(["export", str(out), "--format", "torchscript", "--eval-data", str(test),
+                 "--out", str(tmp_path / "s.pt")]) == 0
+    assert "the first 30 test signals" in capsys.readouterr().out
+
+
+def test_signals_of_the_wrong_shape_or_with_nans_are_named(signal_net, tmp_path, capsys):
+    import numpy as np
+
+    from crossdistill.cli.main import main
+
+    _, factory = signal_net
+    np.savez(tmp_path / "short.npz", x=np.zeros((20, 2, 8), np.float32), y=np.arange(20) % 4)
+    bad = np.zeros((20, 2, 64), np.float32)
+    bad[3, 1, 5] = np.nan
+    np.savez(tmp_path / "nan.npz", x=bad, y=np.arange(20) % 4)
+    train = _signal_npz(tmp_path / "train.npz", 40, 0)
+    for data, eval_data, message in [(train, tmp_path / "short.npz", "signals of shape (2, 8) (C, L) but"),
+                                     (tmp_path / "nan.npz", train, "contains NaN or infinite values")]:
+        assert main(["compress", "--model", factory, "--data", str(data), "--eval-data", str(eval_data),
+                     "--shots", "2", "--quiet", "--out", str(tmp_path / "run")]) != 0
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
+
+
+def test_signals_are_normalised_per_channel_without_a_pixel_scale():
+    import numpy as np
+
+    from crossdistill.data import to_tensor
+
+    x = np.random.default_rng(0).normal(size=(4, 2, 9)).astype(np.float32)
+    t = to_tensor(x, (1.0, -2.0), (2.0, 0.5))
+    assert t.shape == (4, 2, 9)
+    torch.testing.assert_close(t[:, 0], torch.from_numpy((x[:, 0] - 1.0) / 2.0))
+    torch.testing.assert_close(t[:, 1], torch.from_numpy((x[:, 1] + 2.0) / 0.5))

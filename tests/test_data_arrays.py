@@ -37,7 +37,8 @@ def test_valid_arrays_cast_labels_to_int64():
 @pytest.mark.parametrize(
     "x, y, k, match",
     [
-        (np.zeros((3, 2, 2), np.uint8), np.zeros(3, int), 2, "4-D"),
+        (np.zeros((3, 2, 2), np.uint8), np.zeros(3, int), 2, r"uint8 images \(N, H, W, C\) or float signals \(N, C, L\)"),
+        (np.full((3, 2, 5), np.inf, np.float32), np.zeros(3, int), 2, "signal data: x contains NaN or infinite"),
         (np.zeros((3, 2, 2, 1), np.float32), np.zeros(3, int), 2, "uint8"),
         (np.full((3, 2, 2, 1), np.nan, np.float32), np.zeros(3, int), 2, "NaN"),
         (np.zeros((3, 2, 2, 1), np.int64), np.zeros(3, int), 2, "uint8"),
@@ -52,6 +53,14 @@ def test_valid_arrays_cast_labels_to_int64():
 def test_invalid_arrays_are_refused(x, y, k, match):
     with pytest.raises(CrossDistillError, match=match):
         ImageArrays(x=x, y=y, num_classes=k)
+
+
+def test_float_signals_are_taken_as_stored_in_float32():
+    x = np.linspace(-3, 3, 3 * 2 * 5).reshape(3, 2, 5)  # float64 (N, C, L)
+    a = ImageArrays(x=x, y=np.array([0, 1, 1]), num_classes=2)
+    assert a.is_signal and a.input_shape == (2, 5) and a.x.dtype == np.float32
+    np.testing.assert_array_equal(a.x, x.astype(np.float32))
+    assert not ImageArrays(x=np.zeros((3, 4, 5, 1), np.uint8), y=np.zeros(3, int), num_classes=1).is_signal
 
 
 def test_float_pixels_message_names_expected_dtype_and_range():

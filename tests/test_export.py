@@ -231,7 +231,7 @@ def test_a_model_on_tokens_exports_on_random_inputs_and_refuses_images(tmp_path)
     with torch.no_grad():
         assert np.abs(sess.run(None, {"input": x.numpy()})[0] - student(x).numpy()).max() <= 1e-4
     np.savez(tmp_path / "img.npz", x=np.zeros((3, 6, 12, 1), np.uint8), y=np.zeros(3, np.int64))
-    with pytest.raises(CrossDistillError, match=r"takes inputs of shape \(6, 12\), not images"):
+    with pytest.raises(CrossDistillError, match=r"images are \(6, 12, 1\) \(H, W, C\) but .* expects inputs of shape \(6, 12\)"):
         crossdistill.export.export(path, "onnx", eval_data=tmp_path / "img.npz", force=True)
 
 

@@ -65,7 +65,7 @@ def _from_path(path: str | Path, role: str, mean: Sequence[float] | None, std: S
 
     # A folder or a data-set name holds both splits: the training images come from its train split.
     arrays = align_classes(load_image_data(str(path), "test" if role == "test" else "train"), classes)
-    c = arrays.x.shape[3]
+    c = arrays.input_shape[0]
     return (to_tensor(arrays.x, mean or (0.0,) * c, std or (1.0,) * c),
             torch.as_tensor(arrays.y, dtype=torch.long), arrays.class_names)
 

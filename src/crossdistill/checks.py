@@ -8,6 +8,8 @@ entry point checks them up front with one message that names the file.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from torch import nn
 
 from crossdistill.data.arrays import ImageArrays
@@ -15,6 +17,15 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.models.registry import ModelInfo
 
 __all__ = ["check_copyable", "check_data_fits_model"]
+
+
+def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, where: str) -> None:
+    """Raise CrossDistillError unless one sample of `data` is what the model takes."""
+    size = tuple(int(v) for v in input_size)
+    if data.input_shape != size:
+        # Images are described as stored (H, W, C); the model's size is given the same way.
+        expected = f"{(size[1], size[2], size[0])}" if len(size) == 3 and not data.is_signal else f"inputs of shape {size}"
+        raise CrossDistillError(f"{where}: {data.describe_shape()} but {model} expects {expected}")
 
 
 def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_classes: int | None = None,
@@ -26,9 +37,7 @@ def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_clas
     info = model if isinstance(model, ModelInfo) else model_info(model)
     model = info.name
     where = data.source or role
-    expected = (info.input_size[1], info.input_size[2], info.input_size[0])
-    if tuple(data.x.shape[1:]) != expected:
-        raise CrossDistillError(f"{where}: images are {tuple(data.x.shape[1:])} (H, W, C) but {model} expects {expected}")
+    check_input_shape(data, info.input_size, model, where)
     k = int(num_classes if num_classes is not None else info.num_classes)
     top = int(data.y.max()) if len(data.y) else -1
     if top >= k:

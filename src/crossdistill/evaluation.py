@@ -58,19 +58,21 @@ def progress_bar(desc: str | None, total: int, unit: str = "it", **kwargs: Any) 
 def _check_images(x: Any, y: Any, mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     y = np.asarray(y)
-    if x.dtype != np.uint8:
+    signal = x.ndim == 3 and np.issubdtype(x.dtype, np.floating)  # float N x C x L, as stored
+    if x.dtype != np.uint8 and not signal:
         raise CrossDistillError(f"images must be uint8 pixels (0..255), got dtype {x.dtype}")
-    if x.ndim == 3:  # grayscale N x H x W
+    if x.ndim == 3 and not signal:  # grayscale N x H x W
         x = x[..., None]
-    if x.ndim != 4:
+    if x.ndim != 4 and not signal:
         raise CrossDistillError(f"images must be N x H x W x C, got shape {tuple(x.shape)}")
     if y.ndim != 1 or len(y) != len(x):
         raise CrossDistillError(f"need one label per image: {len(x)} images, labels of shape {tuple(y.shape)}")
     if len(x) == 0:
         raise CrossDistillError("no images to evaluate")
-    if len(mean) != x.shape[3] or len(std) != x.shape[3]:
+    channels = x.shape[1] if signal else x.shape[3]
+    if len(mean) != channels or len(std) != channels:
         raise CrossDistillError(
-            f"images have {x.shape[3]} channels but mean/std have {len(mean)}/{len(std)} entries "
+            f"{'signals' if signal else 'images'} have {channels} channels but mean/std have {len(mean)}/{len(std)} entries "
             "(is this the right data set for the model?)"
         )
     return x, y
@@ -85,7 +87,7 @@ def accuracy(
     batch_size: int = 256,
     progress: str | None = None,
 ) -> float:
-    """Top-1 accuracy in percent on uint8 N x H x W x C images, in eval mode, in chunks;
+    """Top-1 accuracy in percent on uint8 N x H x W x C images (or float N x C x L signals), in eval mode, in chunks;
     `progress` names a progress bar on stderr (None: silent)."""
     x, y = _check_images(x_uint8, y, mean, std)
     if batch_size < 1:

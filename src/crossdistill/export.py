@@ -121,19 +121,13 @@ def verification_inputs(
         gen = torch.Generator().manual_seed(seed)
         # Normalised images are roughly standard normal, so this exercises the same value range.
         return torch.randn(n, *info.input_size, generator=gen), f"a fixed random batch of {n} (seed {seed})"
+    from crossdistill.checks import check_input_shape
     from crossdistill.data import load_image_data, to_tensor
 
-    if len(info.input_size) != 3:
-        raise CrossDistillError(f"{info.model} takes inputs of shape {info.input_size}, not images: "
-                                "verify on the fixed random batch (no eval data)")
-    c, h, w = info.input_size
     data = load_image_data(eval_data, "test")
-    if tuple(data.x.shape[1:]) != (h, w, c):
-        raise CrossDistillError(
-            f"{eval_data}: images are {tuple(data.x.shape[1:])} (H, W, C) but {info.model} expects {(h, w, c)}"
-        )
+    check_input_shape(data, info.input_size, info.model, str(eval_data))
     k = min(n, len(data))
-    return to_tensor(data.x[:k], info.mean, info.std), f"the first {k} test images of {eval_data}"
+    return to_tensor(data.x[:k], info.mean, info.std), f"the first {k} test {'signals' if data.is_signal else 'images'} of {eval_data}"
 
 
 def max_abs_diff(a: Any, b: Any) -> float:

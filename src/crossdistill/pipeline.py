@@ -48,11 +48,6 @@ from crossdistill.run_setup import (  # noqa: F401 - re-exported
 
 def draw_few_shot(cfg: CompressConfig, data: ImageArrays, info: ModelInfo | None = None) -> FewShot:
     info = info or model_info(cfg.model)
-    if tuple(data.x.shape[1:]) != (info.input_size[1], info.input_size[2], info.input_size[0]):
-        raise CrossDistillError(
-            f"{data.source or 'data'}: images are {tuple(data.x.shape[1:])} (H, W, C) but {cfg.model} "
-            f"expects {(info.input_size[1], info.input_size[2], info.input_size[0])}"
-        )
     check_data_fits_model(data, info, role="training data")  # labels within the model's classes
     check_class_coverage(data.y, info.num_classes, data.source or "training data")
     idx = sample_few_shot(

@@ -35,7 +35,7 @@ def info_of(cfg: CompressConfig, teacher: nn.Module, data: ImageArrays) -> Model
     std) and the data (the input size when not given), checked by one forward pass."""
     if not is_factory_spec(cfg.model) and cfg.model in list_models():
         return model_info(cfg.model)
-    size = cfg.input_size or (data.x.shape[3], data.x.shape[1], data.x.shape[2])
+    size = cfg.input_size or data.input_shape
     return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std)
 
 

@@ -9,6 +9,7 @@ channels is chosen exactly as by the hand-declared channel pairs (`selection.SEL
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from crossdistill.capture import SOLVABLE, forward_order, get_module, group_size
-from crossdistill.compression.graph_channels import ChannelGroup, channel_groups
+from crossdistill.compression.graph_channels import ChannelGroup, channel_groups, slim_groups
 from crossdistill.errors import CrossDistillError
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.base import LayerTask
@@ -214,6 +215,33 @@ def _traced(model: nn.Module, example: torch.Tensor) -> tuple[list[str], list[Ch
             "do not need the trace)") from exc
 
 
+def _unverified(model: nn.Module, example: torch.Tensor, groups: Mapping[int, ChannelGroup]) -> dict[int, str]:
+    """Groups whose slimmed model does not compute what the masked one computes, with what went
+    wrong. Torch-Pruning keeps one index map per layer, so a channel that reaches a layer along
+    two paths (a GhostNet block adds cat([a, dw(a)]) to its input) gets one of them: pruning
+    such a group crashed at the end of the run, or removed the wrong channels. All groups are
+    tried at once, each keeping a random half of its units (a regular pattern such as every
+    other unit can keep tied units together by chance and hide the fault); only when that
+    fails, one by one."""
+    gen = torch.Generator().manual_seed(0)
+    draws = {gid: sorted(torch.randperm(g.width, generator=gen)[: max(1, g.width // 2)].tolist())
+             for gid, g in groups.items()}
+
+    def failure(ids: list[int]) -> str | None:
+        kept = {gid: draws[gid] for gid in ids}
+        try:
+            with torch.no_grad():
+                slim_groups(copy.deepcopy(model), example, kept)
+        except Exception as exc:  # noqa: BLE001 - any failure means the maps are not to be trusted
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            return f"{type(exc).__name__}: {text[:160]}"
+        return None
+
+    if not groups or failure(list(groups)) is None:
+        return {}
+    return {gid: why for gid in groups if (why := failure([gid])) is not None}
+
+
 def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[[ChannelGroup], int | None], *,
                         prune_classifier: bool = False) -> GraphChannelPlan:
     """Groups of `model` and how many units each keeps (`keep(group)`; None leaves it whole)."""
@@ -245,6 +273,14 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
                          "readers": [c.name for c in g.consumers], "reason": reason})
             continue
         groups[g.id], counts[g.id] = g, int(count)  # type: ignore[arg-type]
+    for gid, why in _unverified(model, example, groups).items():
+        g = groups.pop(gid)
+        counts.pop(gid)
+        left.append({"group": g.id, "width": g.width, "producers": [p.name for p in g.producers],
+                     "readers": [c.name for c in g.consumers],
+                     "reason": f"slimming it does not reproduce the masked model ({why}): its channels are "
+                               "tied along two paths the trace cannot follow, e.g. x + cat([a, f(a)])"})
+    left.sort(key=lambda e: e["group"])
     readers = {gid: sorted((c.name for c in g.consumers if solvable(get_module(model, c.name))
                             and c.name not in g.depthwise), key=lambda n: position[n]) for gid, g in groups.items()}
     reads: dict[str, list[int]] = {}

@@ -37,7 +37,8 @@ class RunSettings(Plugin):
     model: str = param("resnet56", "registered model name (see `crossdistill models`), or your own model as "
                        "path/to/file.py:function (a function returning the nn.Module; --weights loads its state dict)")
     weights: str | None = param(None, "teacher checkpoint (.th/.pt/.pth read with weights_only, or .safetensors)")
-    data: str | None = param(None, "training data: .npz, a folder of class subfolders of images (one size; "
+    data: str | None = param(None, "training data: .npz (x: uint8 images N×H×W×C, or float signals N×C×L "
+                             "taken as stored), a folder of class subfolders of images (one size; "
                              "`crossdistill pack` resizes), cifar-10-batches-py folder, Fashion-MNIST folder, "
                              "or 'cifar10'/'fashion-mnist'")
     eval_data: str | None = param(None, "test data (same formats); omit to skip evaluation")
@@ -64,9 +65,9 @@ class RunSettings(Plugin):
     views_mixup: float = param(0.0, "with --views: blend each view with another, weight ~ Beta(A, A) "
                                "(0 = off)", low=0)
     input_size: tuple[int, ...] | None = param(None, "a model the registry does not know: its input size C H W "
-                                               "(default: that of the training images)", low=1, item=int)
+                                               "(C L for signals; default: that of the training data)", low=1, item=int)
     mean: tuple[float, ...] | None = param(None, "a model the registry does not know: per-channel mean subtracted "
-                                           "from pixels scaled to [0, 1] (default 0)", item=float)
+                                           "from pixels scaled to [0, 1] (from signals as stored) (default 0)", item=float)
     std: tuple[float, ...] | None = param(None, "a model the registry does not know: per-channel std dividing "
                                           "them (default 1)", low=0, low_open=True, item=float)
     device: str = param("cpu", "where the work runs: the layer-wise compression (forwards, float64 moments "

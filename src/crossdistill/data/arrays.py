@@ -1,4 +1,4 @@
-"""In-memory image data set: uint8 NHWC pixels plus integer labels."""
+"""In-memory data set: uint8 NHWC pixels (or float32 N×C×L signals) plus integer labels."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,9 +15,10 @@ class ImageArrays:
 
     Pixels stay uint8 until they are turned into tensors, so that a whole split costs a quarter
     of the memory of float32 and so that the exact stored values are never rounded twice.
+    Signals (a Conv1d model's inputs) are float32 (N, C, L), used as stored.
     """
 
-    x: np.ndarray  # uint8 (N, H, W, C)
+    x: np.ndarray  # uint8 (N, H, W, C), or float32 (N, C, L) signals
     y: np.ndarray  # int64 (N,)
     num_classes: int
     class_names: list[str] | None = None
@@ -35,11 +36,18 @@ class ImageArrays:
                 f"image data{where}: x and y must be numpy arrays, got "
                 f"{type(x).__name__} and {type(y).__name__}"
             )
-        if x.ndim != 4:
+        if x.ndim == 3 and np.issubdtype(x.dtype, np.floating):
+            # Signals: no pixel scale to guess at, so floats are taken as they are.
+            if x.size and not bool(np.isfinite(x).all()):
+                raise CrossDistillError(f"signal data{where}: x contains NaN or infinite values")
+            if x.dtype != np.float32:
+                self.x = x = x.astype(np.float32)
+        elif x.ndim != 4:
             raise CrossDistillError(
-                f"image data{where}: x must be 4-D (N, H, W, C), got shape {tuple(x.shape)}"
+                f"image data{where}: x must be uint8 images (N, H, W, C) or float signals (N, C, L), "
+                f"got {x.dtype} of shape {tuple(x.shape)}"
             )
-        if x.dtype != np.uint8:
+        if x.dtype != np.uint8 and x.ndim == 4:
             detail = ""
             if np.issubdtype(x.dtype, np.floating):
                 # Floats are refused rather than guessed at: [0,1] versus [0,255] scaling
@@ -105,6 +113,25 @@ class ImageArrays:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    @property
+    def is_signal(self) -> bool:
+        """Float (N, C, L) signals rather than uint8 images."""
+        return self.x.ndim == 3
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample as the model takes it: (C, H, W) for images, (C, L) for signals."""
+        if self.is_signal:
+            return int(self.x.shape[1]), int(self.x.shape[2])
+        h, w, c = self.x.shape[1:]
+        return int(c), int(h), int(w)
+
+    def describe_shape(self) -> str:
+        """The stored shape of one sample, in the words of error messages."""
+        if self.is_signal:
+            return f"signals of shape {self.input_shape} (C, L)"
+        return f"images are {tuple(int(v) for v in self.x.shape[1:])} (H, W, C)"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -15,7 +15,8 @@ from .arrays import ImageArrays
 from .readers_common import CIFAR10_CLASSES
 
 def read_npz(path: str | Path, *, num_classes: int | None = None) -> ImageArrays:
-    """Read arrays `x` (uint8 N×H×W×C, or N×H×W for grayscale) and `y` (integer labels).
+    """Read arrays `x` (uint8 N×H×W×C, or N×H×W for grayscale; float N×C×L: signals, as stored)
+    and `y` (integer labels).
 
     Optional arrays `class_names` (strings) and `num_classes` (scalar) in the file are honoured;
     otherwise num_classes is the argument, else max(y) + 1.
@@ -46,7 +47,7 @@ def read_npz(path: str | Path, *, num_classes: int | None = None) -> ImageArrays
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error...
         raise CrossDistillError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc})") from exc
-    if x.ndim == 3:
+    if x.ndim == 3 and x.dtype == np.uint8:
         x = x[..., None]
     if y.ndim != 1:
         raise CrossDistillError(f"{path}: 'y' must be 1-D, got shape {tuple(y.shape)}")

@@ -40,7 +40,14 @@ def _stats(values: Sequence[float], channels: int, name: str) -> torch.Tensor:
 
 
 def to_tensor(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(x / 255 - mean) / std as float32 N×C×H×W, from uint8 N×H×W×C."""
+    """(x / 255 - mean) / std as float32 N×C×H×W, from uint8 N×H×W×C; float32 N×C×L signals
+    as (x - mean) / std per channel (no pixel scale)."""
+    if isinstance(x, np.ndarray) and x.ndim == 3 and np.issubdtype(x.dtype, np.floating):
+        m, s = _stats(mean, x.shape[1], "mean"), _stats(std, x.shape[1], "std")
+        if (s <= 0).any():
+            raise CrossDistillError(f"std must be positive, got {list(std)}")
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        return ((t - m.reshape(1, -1, 1)) / s.reshape(1, -1, 1)).contiguous()
     if not isinstance(x, np.ndarray) or x.ndim != 4:
         shape = getattr(x, "shape", None)
         raise CrossDistillError(f"to_tensor expects a uint8 array N×H×W×C, got shape {shape}")
