@@ -94,3 +94,43 @@ def test_a_group_whose_units_straddle_conv_groups_is_left_whole_with_why():
     assert "unequal channel sets" in left[("stem", "b")]
     assert [g["producers"] for g in groups["pruned"]] == [["g"]]  # the rest of the model still pruned
     assert result.student.g2.in_channels == 6
+
+
+class GhostResidual(nn.Module):
+    """A GhostNet block, x + cat([a, dw(a)]): a's channel i meets x's channel i through the cat
+    and x's channel 8+i through the depthwise conv, two paths Torch-Pruning's one index map per
+    layer cannot hold. Then a plain conv pair that can be pruned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8))
+        self.c1, self.c2 = nn.Conv2d(16, 12, 3, padding=1), nn.Conv2d(12, 12, 3, padding=1)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        a = self.a(x)
+        x = x + torch.cat([a, self.dw(a)], 1)
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+
+def test_a_group_tied_along_two_paths_is_left_whole_before_any_solve():
+    # Its slimmed model crashed (a BatchNorm of the wrong width) after every layer was solved.
+    import numpy as np
+
+    from crossdistill.config import CompressConfig
+    from crossdistill.pipeline import FewShot, compress
+
+    torch.manual_seed(0)
+    teacher = GhostResidual().eval()
+    few = FewShot(torch.randn(12, 3, 8, 8), torch.arange(12) % 3, np.arange(12))
+    result = compress(teacher, few, CompressConfig(model="user-ghost", n_samples=12, keep=0.5), show_progress=False)
+    groups = result.summary["channel_groups"]
+    left = {g["producers"][0]: g["reason"] for g in groups["left_whole"]}
+    assert left["stem.0"].startswith("slimming it does not reproduce the masked model (")
+    assert [g["producers"] for g in groups["pruned"]] == [["c1"]]
+    assert result.student.c2.in_channels == 6 and result.student.a[0].in_channels == 16
+    with torch.no_grad():
+        assert torch.isfinite(result.student(few.images)).all()

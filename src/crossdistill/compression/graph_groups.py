@@ -117,7 +117,6 @@ def _plan(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]
         for r in range(tpg.width):
             uf.find((g, r))
     bad = _structure(graph, tpgs, uf)
-    _same_channel(graph, tpgs, uf)
     unit_of = {(g, r): uf.find((g, r)) for g, tpg in enumerate(tpgs) for r in range(tpg.width)}
     comp = _Union()  # tp groups sharing a unit are one ChannelGroup
     for (g, _), u in unit_of.items():
@@ -133,21 +132,6 @@ def _plan(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]
         plan.members.append(gs)
         plan.groups.append(_group(graph, gid, gs, tpgs, plan.unit_of, len(units), bad, set(ignored)))
     return plan
-
-
-def _same_channel(graph: Graph, tpgs: list[_TPGroup], uf: _Union) -> None:
-    """Join the elements that reach one channel of one layer along two paths: one unit. In a
-    GhostNet block, x + cat([a, dw(a)]), a's channel i meets x's channel i through the cat and
-    x's channel 8+i through the depthwise conv, so those two go together (each element kept
-    its own unit before, and the slimmed model broke)."""
-    first: dict[tuple[int, bool, int], tuple[int, int]] = {}
-    for g, tpg in enumerate(tpgs):
-        for dep, pairs in tpg.items:
-            key = (id(dep.target.module), _is_out(graph.dg, dep))
-            for idx, root in pairs:
-                seen = first.setdefault((*key, idx), (g, root))
-                if seen != (g, root):
-                    uf.join(seen, (g, root))
 
 
 def _group(graph: Graph, gid: int, gs: list[int], tpgs: list[_TPGroup], unit_of: dict, width: int,
