@@ -337,3 +337,37 @@ def test_channels_last_images_and_model_give_the_default_layouts_student(key):
         # Channels-last convs add in another order: float32 rounding apart, relative to each tensor's size.
         assert [k for k in a if a[k].is_floating_point()
                 and float((a[k] - b[k]).abs().max()) > 1e-4 * float(a[k].abs().max().clamp_min(1e-12))] == []
+
+
+class FrozenStem(torch.nn.Module):
+    """A stem run without autograd history (torch.no_grad() or .detach()), then a prunable pair."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+        self.c1, self.c2 = torch.nn.Conv2d(8, 12, 3, padding=1), torch.nn.Conv2d(12, 12, 3, padding=1)
+        self.fc = torch.nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "no_grad":
+            with torch.no_grad():
+                h = self.stem(x)
+        else:
+            h = self.stem(x).detach()
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(h)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("how", ["no_grad", "detach"])
+def test_layers_the_trace_cannot_reach_are_reported_as_left_whole(how):
+    # no_grad stopped the trace with "'NoneType' object has no attribute '_sequence_nr'"; with
+    # detach the stem's groups were missing from the report altogether.
+    torch.manual_seed(0)
+    cfg = CompressConfig(model="user-frozen", n_samples=12, keep=0.5)
+    result = compress(FrozenStem(how).eval(), fewshot_for(torch.zeros(1, 3, 8, 8)), cfg, show_progress=False)
+    groups = result.summary["channel_groups"]
+    left = {g["producers"][0]: g["reason"] for g in groups["left_whole"]}
+    assert left["stem.0"].startswith("not traced: its output does not reach the model's output through autograd")
+    assert "stem.2" in left and [g["producers"] for g in groups["pruned"]] == [["c1"]]
+    assert result.student.stem[2].out_channels == 8 and result.student.c2.in_channels == 6

@@ -157,6 +157,34 @@ def test_cli_takes_a_factory(factory, data, tmp_path, capsys):
         assert torch.equal(again(x), loaded(x))
 
 
+def test_evaluate_takes_your_own_trained_model_from_its_factory_and_state_dict(factory, data, tmp_path, capsys):
+    # `evaluate --model file.py:fn --weights teacher.pt` said "unknown model": only saved students loaded.
+    import json
+
+    from crossdistill.models.user import build_user_model
+
+    train, test = data
+    weights = tmp_path / "teacher.pt"
+    torch.save(build_user_model(factory).state_dict(), weights)
+    out = tmp_path / "run"
+    common = ["--mean", "0.3", "--std", "0.25"]
+    assert main(["compress", "--model", factory, "--weights", str(weights), "--data", str(train), "--eval-data",
+                 str(test), "--shots", "2", "--quiet", "--out", str(out), *common]) == 0
+    teacher = json.loads((out / "report.json").read_text())["teacher"]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", factory, "--weights", str(weights), "--eval-data", str(test), "--no-latency",
+                 "--json", "--quiet", *common]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["top1"] == teacher["top1"] and evaluated["n_eval"] == teacher["n_eval"]
+    assert main(["evaluate", "--weights", str(out), "--eval-data", str(test), "--no-latency", "--quiet",
+                 *common]) == 2
+    assert "--mean/--std are for your own model from a plain state dict" in capsys.readouterr().err
+    # Without --weights the run is on the factory's own initialisation: said in one line.
+    assert main(["compress", "--model", factory, "--data", str(train), "--shots", "2", "--quiet",
+                 "--out", str(tmp_path / "untrained")]) == 0
+    assert f"crossdistill: warning: no --weights: the teacher is what {factory} returns" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("spec,message", [
     ("{dir}/nope.py:make", "no such file"),
     ("{dir}/models/mynet.py:missing", "has no function 'missing'"),
@@ -187,6 +215,59 @@ def test_the_api_refuses_what_it_cannot_use():
         crossdistill.compress(model, torch.full((10, 4), float("nan")))
     with pytest.raises(CrossDistillError, match="must be a torch.nn.Module"):
         crossdistill.compress("resnet20", torch.randn(10, 4))
+
+
+def test_labels_are_checked_against_the_models_classes():
+    # Labels beyond the model's outputs ran silently (0 % for teacher and student alike), and a
+    # training set lacking classes drew without a word: the draw numbered classes by the labels.
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(30, 4)
+    with pytest.raises(CrossDistillError, match=r"label 5 is not a class of the model, which has 3 outputs"):
+        crossdistill.compress(model, x, labels=torch.arange(30) % 6, shots=2, method="quant", bits=8, show_progress=False)
+    with pytest.warns(UserWarning, match="cover 2 of the model's 3 classes"):
+        _, report = crossdistill.compress(model, x, labels=torch.arange(30) % 2, shots=2, method="quant", bits=8, show_progress=False)
+    assert report["fewshot_class_counts"] == [2, 2, 0]
+    with pytest.raises(CrossDistillError, match="fractional values such as 0.5"):
+        crossdistill.compress(model, x, labels=torch.arange(30) % 3 + 0.5, shots=2, method="quant", bits=8, show_progress=False)
+
+
+def test_data_forms_that_cannot_be_read_as_pairs_are_named_and_numpy_pairs_work():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x, y = torch.randn(30, 4), torch.arange(30) % 3
+    a, ra = crossdistill.compress(model, x, labels=y, shots=2, eval_data=(x.numpy(), y.numpy()), method="quant", bits=8, show_progress=False)
+    b, rb = crossdistill.compress(model, x, labels=y, shots=2, eval_data=(x, y), method="quant", bits=8, show_progress=False)
+    assert ra["teacher"]["top1"] == rb["teacher"]["top1"] and ra["student"]["n_eval"] == 30
+
+    class Dicts(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 30
+
+        def __getitem__(self, i: int) -> dict:
+            return {"image": x[i], "label": y[i]}
+
+    with pytest.raises(CrossDistillError, match=r"yields dicts \(keys \['image', 'label'\]\); give \(image, label\) pairs"):
+        crossdistill.compress(model, Dicts(), shots=2, method="quant", bits=8, show_progress=False)
+    with pytest.warns(UserWarning, match="the DataLoader shuffles"):
+        crossdistill.compress(model, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), shots=2,
+                              method="quant", bits=8, show_progress=False)
+
+
+def test_mean_and_std_with_tensor_data_are_refused_not_ignored():
+    # They were recorded in the student while the tensors went in unnormalised.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    with pytest.raises(CrossDistillError, match="mean/std normalise pixels read from files; data given as tensors"):
+        crossdistill.compress(model, torch.rand(12, 3, 6, 6), labels=torch.arange(12) % 3, shots=2,
+                              mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2), show_progress=False)
+
+
+def test_a_class_of_ones_own_named_like_a_registered_model_keeps_its_own_settings():
+    resnet20 = type("resnet20", (nn.Sequential,), {})  # a user's class that happens to share the name
+    model = resnet20(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                     nn.Linear(4, 3)).eval()
+    x, y = torch.randn(12, 3, 8, 8), torch.arange(12) % 3
+    student, _ = crossdistill.compress(model, x, labels=y, shots=2, method="quant", bits=8, show_progress=False)
+    info = student.crossdistill_info
+    assert info.mean == (0.0, 0.0, 0.0) and info.std == (1.0, 1.0, 1.0) and info.num_classes == 3
 
 
 class TwoOutputs(nn.Module):

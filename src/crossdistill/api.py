@@ -15,6 +15,7 @@ own, else none). Every other keyword is a config setting (`method`, `objective`,
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -32,24 +33,41 @@ def _tensors_from(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(images, labels or None) from a tensor, a (images, labels) pair, a Dataset or a DataLoader."""
     if isinstance(data, torch.Tensor):
         return data, None
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return data[0], torch.as_tensor(data[1])
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (torch.Tensor, np.ndarray)):
+        return torch.as_tensor(data[0]), _label_tensor(data[1])
     is_dataset = isinstance(data, torch.utils.data.Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__"))
     if isinstance(data, torch.utils.data.DataLoader) or is_dataset or isinstance(data, Iterable):
         xs, ys = [], []
+        if isinstance(data, torch.utils.data.DataLoader) and isinstance(data.sampler, torch.utils.data.RandomSampler):
+            # Each pass is another order: the draw (and fewshot_indices) cannot be repeated.
+            warnings.warn("the DataLoader shuffles: every call draws other samples whatever the seed, and the "
+                          "report's fewshot_indices refer to this call's order; pass shuffle=False", stacklevel=3)
         items = data if isinstance(data, torch.utils.data.DataLoader) else _dataset_items(data)
         for item in items:
+            if isinstance(item, dict):
+                raise CrossDistillError(f"the data yields dicts (keys {sorted(item)}); give (image, label) pairs, "
+                                        "e.g. a Dataset whose __getitem__ returns (d['image'], d['label'])")
             x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
             x = torch.as_tensor(x)
             batched = isinstance(data, torch.utils.data.DataLoader)
             xs.append(x if batched else x.unsqueeze(0))
             if y is not None:
-                y = torch.as_tensor(y)
-                ys.append(y.reshape(-1))
+                ys.append(_label_tensor(y))
         if not xs:
             raise CrossDistillError("the data yielded no images")
         return torch.cat(xs), (torch.cat(ys) if len(ys) == len(xs) else None)
     raise CrossDistillError(f"data must be a tensor of images, a Dataset, a DataLoader or a path, got {type(data).__name__}")
+
+
+def _label_tensor(labels: Any) -> torch.Tensor:
+    """Integer class labels as a 1-d long tensor; fractional values are refused, not truncated."""
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise CrossDistillError(f"labels must be class numbers 0, 1, 2, ..., got fractional values such as "
+                                f"{float(y[y != y.round()][0]):g}")
+    if y.dtype == torch.bool or y.is_complex():
+        raise CrossDistillError(f"labels must be class numbers 0, 1, 2, ..., got dtype {y.dtype}")
+    return y.long()
 
 
 def _dataset_items(data: Any) -> Iterable[Any]:
@@ -86,17 +104,20 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
 
 
 def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, n_samples: int | None,
-          seed: int) -> np.ndarray:
+          seed: int, num_classes: int) -> np.ndarray:
     from crossdistill.data import sample_few_shot
 
     n = images.shape[0]
+    if labels is not None and len(labels) and int(labels.max()) >= num_classes:
+        raise CrossDistillError(f"label {int(labels.max())} is not a class of the model, which has {num_classes} "
+                                f"outputs (labels are class numbers 0 ... {num_classes - 1})")
     if shots is not None:
         if labels is None:
             raise CrossDistillError("shots (K per class) needs labels: pass labels=..., or n_samples")
-        return sample_few_shot(labels.numpy(), shots=shots, seed=seed, num_classes=int(labels.max()) + 1)
+        return sample_few_shot(labels.numpy(), shots=shots, seed=seed, num_classes=num_classes)
     if n_samples is not None:
         if labels is not None:
-            return sample_few_shot(labels.numpy(), n=n_samples, seed=seed, num_classes=int(labels.max()) + 1)
+            return sample_few_shot(labels.numpy(), n=n_samples, seed=seed, num_classes=num_classes)
         if n_samples > n:
             raise CrossDistillError(f"n_samples={n_samples} but only {n} images were given")
         return np.sort(np.random.default_rng(seed).choice(n, n_samples, replace=False)).astype(np.int64)
@@ -154,19 +175,32 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     model = unwrapped(model)
-    name = name or getattr(model, "crossdistill_name", None) or getattr(model, "crossdistill_factory", None) \
-        or type(model).__name__
-    registered = model_info(name) if name in list_models() else None
+    chosen = name or getattr(model, "crossdistill_name", None)
+    name = chosen or getattr(model, "crossdistill_factory", None) or type(model).__name__
+    # Only a registry-built model (or one named so on purpose) takes a registered model's settings:
+    # a class of one's own called `resnet20` is not the registry's ResNet-20.
+    registered = model_info(name) if chosen and name in list_models() else None
+    if (mean is not None or std is not None) and not isinstance(data, (str, Path)):
+        # Tensors are the model's inputs as they are: normalising them here would be a guess
+        # at their scale, and recording a mean/std they were not made with misleads `evaluate`.
+        raise CrossDistillError("mean/std normalise pixels read from files; data given as tensors is used as it "
+                                "is: normalise it yourself and leave mean/std out")
     if registered is not None:  # pixels read from files are normalised as the registered model was trained
         mean = registered.mean if mean is None else mean
         std = registered.std if std is None else std
     images, found_labels, class_names = _images(data, "training", mean, std)
     if labels is not None:
-        found_labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        found_labels = _label_tensor(labels)
         if found_labels.shape[0] != images.shape[0]:
             raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
     info = registered or infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std)
-    idx = _draw(images, found_labels, shots, n_samples, seed)
+    idx = _draw(images, found_labels, shots, n_samples, seed, info.num_classes)
+    class_counts = None
+    if found_labels is not None:
+        from crossdistill.data.fewshot import check_class_coverage
+
+        check_class_coverage(found_labels.numpy(), info.num_classes, "training data")
+        class_counts = np.bincount(found_labels[idx].numpy(), minlength=info.num_classes).tolist()
     few = FewShot(images=images[idx], labels=(found_labels[idx] if found_labels is not None
                                               else torch.zeros(len(idx), dtype=torch.long)), indices=idx)
     draw = {"shots": shots} if shots is not None else {"n_samples": int(len(idx))}
@@ -191,6 +225,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     report: dict[str, Any] = {
         "model": name, "method": result.method, "objective": result.objective, "solver": result.solver,
         **draw, "seed": seed, "n_samples": int(len(idx)), "fewshot_indices": idx.tolist(),
+        **({"fewshot_class_counts": class_counts} if class_counts is not None else {}),
         "compress_seconds": time.perf_counter() - start,
         "layers": [{"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
                     **r.info} for r in result.records],

@@ -6,6 +6,7 @@ Moved out of pipeline so that it holds the run itself; every name stays importab
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import nn
@@ -22,11 +23,19 @@ from crossdistill.objectives import OBJECTIVES, Objective
 from crossdistill.params import declared_params
 from crossdistill.solvers import LayerSolver, create_solver
 
+class TeacherWarning(UserWarning):
+    """A teacher that may not be the trained model the user means (the CLI prints one line)."""
+
+
 def load_teacher(cfg: CompressConfig) -> nn.Module:
     """The registered model, or the user's (`path/to/file.py:factory`), with cfg.weights loaded."""
     model = build_user_model(cfg.model) if is_factory_spec(cfg.model) else create_model(cfg.model)
     if cfg.weights:
         load_weights(model, cfg.weights)
+    elif is_factory_spec(cfg.model):
+        # A run on untrained weights looks like any other run; say so unless the factory loads its own.
+        warnings.warn(f"no --weights: the teacher is what {cfg.model} returns, untrained unless it loads "
+                      "weights itself", TeacherWarning, stacklevel=2)
     return model.eval()
 
 

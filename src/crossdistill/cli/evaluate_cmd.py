@@ -32,12 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", help="registered model name (optional when the weights file records it); or, for a "
-                   "model of your own whose factory file has moved, path/to/file.py:function to rebuild it")
+                   "model of your own, path/to/file.py:function: a plain state dict in --weights (your trained "
+                   "teacher) loads into what it returns; a saved student whose factory file moved is rebuilt by it")
     p.add_argument("--weights", required=True, help=".th/.pt/.pth (read with weights_only), .safetensors, or a run "
                    "folder of `crossdistill compress` (its student.safetensors)")
     p.add_argument("--eval-data", dest="eval_data", required=True,
                    help="test data: .npz, a folder of class subfolders of images, cifar-10-batches-py folder, "
                         "Fashion-MNIST folder, or 'cifar10'/'fashion-mnist'")
+    p.add_argument("--mean", type=float, nargs="+", default=None,
+                   help="your own model from a plain state dict: per-channel mean subtracted from pixels scaled to "
+                        "[0, 1] (default 0; files crossdistill saved record theirs)")
+    p.add_argument("--std", type=float, nargs="+", default=None,
+                   help="your own model from a plain state dict: per-channel std dividing them (default 1)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--no-latency", dest="no_latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--latency-batch-sizes", dest="latency_batch_sizes", type=_batch_sizes, default=(1,),
@@ -78,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
     from crossdistill.data import load_image_data
     from crossdistill.data.align import align_classes
     from crossdistill.evaluation import evaluate_for
-    from crossdistill.models import load_model
-    from crossdistill.models.user import info_of
-    from crossdistill.persistence.files import resolve_model_path
+    from crossdistill.models import load_model, load_weights
+    from crossdistill.models.user import build_user_model, infer_info, info_of, is_factory_spec
+    from crossdistill.persistence.files import is_crossdistill_file, resolve_model_path
 
     if args.batch_size < 1:
         raise CrossDistillError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -88,12 +94,23 @@ def run(args: argparse.Namespace) -> int:
         raise CrossDistillError(f"threads must be >= 1, got {args.threads}")
     # A run folder is read as `load` and `export` read it: the model file inside.
     weights = resolve_model_path(args.weights) if Path(args.weights).is_dir() else args.weights
-    model = load_model(weights, args.model)
-    info = info_of(model)  # a registered model's, or what a user's model's file recorded
+    own = args.model is not None and is_factory_spec(args.model) and not is_crossdistill_file(weights)
+    if (args.mean is not None or args.std is not None) and not own:
+        raise CrossDistillError("--mean/--std are for your own model from a plain state dict (--model "
+                                "path/to/file.py:function); a registered model and a file crossdistill saved know theirs")
+    if own:
+        # The user's trained teacher: its factory, its state dict, the input size of the data.
+        model = build_user_model(args.model)
+        load_weights(model, weights)
+        data = load_image_data(args.eval_data, "test")
+        info = infer_info(model.eval(), args.model, data.input_shape, mean=args.mean, std=args.std)
+    else:
+        model = load_model(weights, args.model)
+        info = info_of(model)  # a registered model's, or what a user's model's file recorded
+        # Numbered by the classes the model was compressed with, when its file names them.
+        data = align_classes(load_image_data(args.eval_data, "test"), getattr(model, "crossdistill_class_names", None))
     name = info.name
     spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}
-    # Numbered by the classes the model was compressed with, when its file names them.
-    data = align_classes(load_image_data(args.eval_data, "test"), getattr(model, "crossdistill_class_names", None))
     check_data_fits_model(data, info, num_classes=spec.get("num_classes", info.num_classes), role=str(args.eval_data))
     result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,
                           threads=args.threads, batch_size=args.batch_size,

@@ -224,7 +224,7 @@ def _unverified(model: nn.Module, example: torch.Tensor, groups: Mapping[int, Ch
     other unit can keep tied units together by chance and hide the fault); only when that
     fails, one by one."""
     gen = torch.Generator().manual_seed(0)
-    draws = {gid: sorted(torch.randperm(g.width, generator=gen)[: max(1, g.width // 2)].tolist())
+    draws = {gid: sorted(torch.randperm(g.width, generator=gen, device="cpu")[: max(1, g.width // 2)].tolist())
              for gid, g in groups.items()}
 
     def failure(ids: list[int]) -> str | None:
@@ -281,6 +281,19 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
                      "reason": f"slimming it does not reproduce the masked model ({why}): its channels are "
                                "tied along two paths the trace cannot follow, e.g. x + cat([a, f(a)])"})
     left.sort(key=lambda e: e["group"])
+    traced_producers = {p.name for g in traced for p in g.producers}
+    modules = dict(model.named_modules())
+    for name in order:
+        if name in traced_producers or isinstance(modules.get(name.rpartition(".")[0]), nn.MultiheadAttention):
+            continue  # an attention's projections belong to its own (whole) group
+        layer = get_module(model, name)
+        # Run, yet in no traced group: the trace follows autograd back from the output, so a layer
+        # whose output has no history there (detached, or under torch.no_grad()) is not reached.
+        left.append({"group": None, "width": getattr(layer, "out_channels", getattr(layer, "out_features", 0)),
+                     "producers": [name], "readers": [],
+                     "reason": "not traced: its output does not reach the model's output through autograd "
+                               "(torch.no_grad() or .detach() in the forward, or a result the forward does not "
+                               "use), so the channels it feeds cannot be followed"})
     readers = {gid: sorted((c.name for c in g.consumers if solvable(get_module(model, c.name))
                             and c.name not in g.depthwise), key=lambda n: position[n]) for gid, g in groups.items()}
     reads: dict[str, list[int]] = {}

@@ -64,7 +64,8 @@ class _DependencyGraph(tp.DependencyGraph):
 
 def _seq_now() -> int:
     # Autograd numbers its nodes in creation order; a node made after this call is newer.
-    return torch.zeros((), requires_grad=True).clone().grad_fn._sequence_nr()
+    with torch.enable_grad():  # also inside a `torch.no_grad()` block of the model's forward
+        return torch.zeros((), requires_grad=True).clone().grad_fn._sequence_nr()
 
 
 def _row_major(t: torch.Tensor) -> bool:
