@@ -327,6 +327,16 @@ def test_a_wrapped_model_gives_the_plain_modules_student(factory, wrap):
     assert a.crossdistill_factory == factory  # saving rebuilds it from the user's factory
 
 
+def test_a_factory_named_on_the_wrapper_goes_to_the_student_not_into_the_callers_module():
+    inner = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
+    wrapped = nn.DataParallel(inner)
+    wrapped.crossdistill_factory = "mine.py:make"
+    x, y = images()
+    student, _ = crossdistill.compress(wrapped, x, labels=y, shots=2, method="quant", bits=8, show_progress=False)
+    assert student.crossdistill_factory == "mine.py:make"
+    assert not hasattr(inner, "crossdistill_factory")  # the caller's module was written to before
+
+
 
 def test_compress_leaves_the_callers_model_as_it_was(factory):
     """In train mode (a user mid-training) the model comes back in train mode, weights and

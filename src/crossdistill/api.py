@@ -144,10 +144,11 @@ def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.
     return out
 
 
-def unwrapped(model: nn.Module) -> nn.Module:
-    """The module inside DataParallel, DistributedDataParallel or torch.compile's wrapper: the
-    student is a plain module whose layer names (and saved keys) are those of the user's model.
-    A `crossdistill_factory` set on the wrapper is kept."""
+def unwrapped(model: nn.Module) -> tuple[nn.Module, str | None]:
+    """The module inside DataParallel, DistributedDataParallel or torch.compile's wrapper (the
+    student is a plain module whose layer names and saved keys are those of the user's model),
+    and the `crossdistill_factory` set on the outermost one that has it (handed to the student;
+    the caller's modules are not written to)."""
     factory = getattr(model, "crossdistill_factory", None)
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -156,9 +157,7 @@ def unwrapped(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             break
-    if factory is not None and getattr(model, "crossdistill_factory", None) is None:
-        model.crossdistill_factory = factory
-    return model
+    return model, factory or getattr(model, "crossdistill_factory", None)
 
 
 def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tensor | None = None,
@@ -174,9 +173,9 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
 
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    model = unwrapped(model)
+    model, factory = unwrapped(model)
     chosen = name or getattr(model, "crossdistill_name", None)
-    name = chosen or getattr(model, "crossdistill_factory", None) or type(model).__name__
+    name = chosen or factory or type(model).__name__
     # Only a registry-built model (or one named so on purpose) takes a registered model's settings:
     # a class of one's own called `resnet20` is not the registry's ResNet-20.
     registered = model_info(name) if chosen and name in list_models() else None
@@ -220,8 +219,8 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     student.crossdistill_info = info  # what saving a model the registry does not know records
     if class_names is not None:
         student.crossdistill_class_names = list(class_names)  # evaluate numbers test data by them
-    if registered is None and getattr(model, "crossdistill_factory", None):
-        student.crossdistill_factory = model.crossdistill_factory
+    if registered is None and factory:
+        student.crossdistill_factory = factory
     report: dict[str, Any] = {
         "model": name, "method": result.method, "objective": result.objective, "solver": result.solver,
         **draw, "seed": seed, "n_samples": int(len(idx)), "fewshot_indices": idx.tolist(),
