@@ -327,6 +327,21 @@ def test_a_wrapped_model_gives_the_plain_modules_student(factory, wrap):
     assert a.crossdistill_factory == factory  # saving rebuilds it from the user's factory
 
 
+def test_a_channels_last_model_gives_a_channels_last_student(factory):
+    from crossdistill.models.user import build_user_model
+
+    model = build_user_model(factory).eval().to(memory_format=torch.channels_last)
+    x, y = images()
+    student, _ = crossdistill.compress(model, x, labels=y, shots=2, keep=0.5, show_progress=False)
+    conv = student[3]  # the 3x3 stride-2 conv, its input pruned
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    plain, _ = crossdistill.compress(build_user_model(factory).eval(), x, labels=y, shots=2, keep=0.5,
+                                     show_progress=False)
+    assert plain[3].weight.is_contiguous()  # a row-major model keeps its layout too
+    with torch.no_grad():
+        torch.testing.assert_close(student(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
 def test_a_factory_named_on_the_wrapper_goes_to_the_student_not_into_the_callers_module():
     inner = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
     wrapped = nn.DataParallel(inner)

@@ -216,6 +216,11 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         result = run_compress(model, few, cfg, show_progress=show_progress)
         teacher_measures = _measure(model, info, test)
     student = result.student
+    if any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+           for p in model.parameters()):
+        # The solves write plain row-major weights; a model kept in channels_last (for its speed
+        # on the CPU or with cuDNN) gets its layout back.
+        student = student.to(memory_format=torch.channels_last)
     student.crossdistill_info = info  # what saving a model the registry does not know records
     if class_names is not None:
         student.crossdistill_class_names = list(class_names)  # evaluate numbers test data by them
