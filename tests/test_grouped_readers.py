@@ -116,21 +116,52 @@ class GhostResidual(nn.Module):
         return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
 
 
-def test_a_group_tied_along_two_paths_is_left_whole_before_any_solve():
-    # Its slimmed model crashed (a BatchNorm of the wrong width) after every layer was solved.
+def test_a_group_tied_along_two_paths_is_pruned_in_tied_units():
+    # Torch-Pruning kept one root per layer index, so a's channel i belonged to x's unit 8+i only:
+    # the slimmed model crashed (a BatchNorm of the wrong width) after every layer was solved.
     import numpy as np
 
+    from crossdistill.compression.graph_channels import channel_groups
     from crossdistill.config import CompressConfig
     from crossdistill.pipeline import FewShot, compress
 
     torch.manual_seed(0)
     teacher = GhostResidual().eval()
+    stem = next(g for g in channel_groups(teacher, torch.randn(2, 3, 8, 8)) if g.producers[0].name == "stem.0")
+    units = {lc.name: lc.channels for lc in stem.producers}
+    assert stem.width == 8 and units["stem.0"][3] == (3, 11) and units["a.0"][3] == (3,) and units["dw.0"][3] == (3,)
     few = FewShot(torch.randn(12, 3, 8, 8), torch.arange(12) % 3, np.arange(12))
-    result = compress(teacher, few, CompressConfig(model="user-ghost", n_samples=12, keep=0.5), show_progress=False)
-    groups = result.summary["channel_groups"]
-    left = {g["producers"][0]: g["reason"] for g in groups["left_whole"]}
-    assert left["stem.0"].startswith("slimming it does not reproduce the masked model (")
-    assert [g["producers"] for g in groups["pruned"]] == [["c1"]]
-    assert result.student.c2.in_channels == 6 and result.student.a[0].in_channels == 16
+    results = {solver: compress(teacher, few, CompressConfig(model="user-ghost", n_samples=12, keep=0.5,
+                                                             solver=solver), show_progress=False)
+               for solver in ("closed-form", "prune-only")}
+    student = results["closed-form"].student
+    assert [g["producers"] for g in results["closed-form"].summary["channel_groups"]["pruned"]] == [
+        ["stem.0", "a.0", "dw.0"], ["c1"]]
+    assert student.stem[0].out_channels == 8 and student.a[0].out_channels == 4 and student.dw[0].out_channels == 4
+    assert student.a[0].in_channels == 8 and student.c1.in_channels == 8
+    x = torch.randn(20, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        t = teacher(x)
+        err = {k: float((r.student(x) - t).norm() / t.norm()) for k, r in results.items()}
+    assert err["closed-form"] < err["prune-only"]
+
+
+def test_a_group_whose_slimming_breaks_is_left_whole_before_any_solve(monkeypatch):
+    # The last line of defence: a wrong index map (here the shuffle faked as the identity) is
+    # found before any solve, the group left whole with why, instead of a crash at the very end.
+    import numpy as np
+
+    from crossdistill.compression import graph_trace
+    from crossdistill.config import CompressConfig
+    from crossdistill.pipeline import FewShot, compress
+    from test_graph_channels import build
+
+    monkeypatch.setattr(graph_trace, "_table", lambda t: lambda i: (i,))
+    teacher, example = build("shufflenet")
+    few = FewShot(torch.randn(12, *example.shape[1:]), torch.arange(12) % 3, np.arange(12))
+    result = compress(teacher, few, CompressConfig(model="user-shuffle", n_samples=12, keep=0.5), show_progress=False)
+    reasons = [g["reason"] for g in result.summary["channel_groups"]["left_whole"]]
+    assert any(r.startswith("slimming it does not reproduce the masked model (") for r in reasons)
+    assert result.summary["channel_groups"]["pruned"]
     with torch.no_grad():
         assert torch.isfinite(result.student(few.images)).all()

@@ -16,7 +16,7 @@ from torch_pruning import ops as tp_ops
 
 from crossdistill.capture import CONVS, SOLVABLE, own_weight_reason
 from crossdistill.compression.graph_ops import DUMMY, Graph
-from crossdistill.compression.graph_ties import NORMS, _is_out, _structure, _TPGroup, _tp_groups, _Union
+from crossdistill.compression.graph_ties import NORMS, _is_out, _same_channel, _structure, _TPGroup, _tp_groups, _Union
 from crossdistill.compression.graph_trace import trace
 from crossdistill.errors import CrossDistillError
 
@@ -117,6 +117,7 @@ def _plan(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]
         for r in range(tpg.width):
             uf.find((g, r))
     bad = _structure(graph, tpgs, uf)
+    _same_channel(tpgs, uf)
     unit_of = {(g, r): uf.find((g, r)) for g, tpg in enumerate(tpgs) for r in range(tpg.width)}
     comp = _Union()  # tp groups sharing a unit are one ChannelGroup
     for (g, _), u in unit_of.items():

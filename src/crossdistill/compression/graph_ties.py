@@ -8,13 +8,16 @@ into `ChannelGroup`s. Kept apart from that assembly so the tie rules can be read
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch_pruning as tp
+from torch import nn
+from torch_pruning import _helpers
 from torch_pruning import ops as tp_ops
 
-from crossdistill.compression.graph_ops import Graph
+from crossdistill.compression.graph_ops import DUMMY, Graph
 
 # Per-channel layers between a producer and its consumers: they lose the same channels.
 NORMS = (tp_ops.TORCH_BATCHNORM, tp_ops.TORCH_LAYERNORM, tp_ops.TORCH_GROUPNORM,
@@ -52,6 +55,49 @@ def _is_out(dg: tp.DependencyGraph, dep: Any) -> bool:
     return pruner is not None and dep.handler == pruner.prune_out_channels
 
 
+@contextlib.contextmanager
+def _every_path() -> Iterator[None]:
+    """Torch-Pruning merges a layer's indices reached along several paths keeping the first root
+    of each (`Group.add_and_merge`, torch-pruning 1.6.1). In a GhostNet block, x + cat([a, dw(a)]),
+    a's channel i is reached from x's channel i (through the cat) and from x's channel 8+i
+    (through the depthwise conv): keeping one root cut the tie, and the slimmed model broke.
+    Here every (index, root) pair is kept; `_same_channel` then joins the roots one index has."""
+    original = tp.dependency.Group.add_and_merge
+
+    def add_and_merge(self: Any, dep: Any, idxs: list) -> None:
+        for i, (old, old_idxs) in enumerate(self._group):
+            if old.target == dep.target and old.handler == dep.handler:
+                seen, merged = set(), []
+                for index in old_idxs + idxs:
+                    if (index.idx, index.root_idx) not in seen:
+                        seen.add((index.idx, index.root_idx))
+                        merged.append(index)
+                self._group[i] = _helpers.GroupItem(dep=old, idxs=merged)
+                return
+        self.add_dep(dep, idxs)
+
+    tp.dependency.Group.add_and_merge = add_and_merge
+    try:
+        yield
+    finally:
+        tp.dependency.Group.add_and_merge = original
+
+
+def _same_channel(tpgs: list[_TPGroup], uf: _Union) -> None:
+    """Join the roots of one group that reach one channel of one layer (see `_every_path`): one
+    unit. Layers only: at Torch-Pruning's own nodes (cat, pad, reshape, ...) an index may count
+    in the input's space on one path and in the output's on another."""
+    for g, tpg in enumerate(tpgs):
+        first: dict[tuple, int] = {}
+        for dep, pairs in tpg.items:
+            if isinstance(dep.target.module, (*DUMMY, nn.Parameter)):
+                continue
+            for idx, root in pairs:
+                seen = first.setdefault((id(dep.target), dep.handler, idx), root)
+                if seen != root:
+                    uf.join((g, seen), (g, root))
+
+
 def _tp_groups(graph: Graph) -> list[_TPGroup]:
     """One Torch-Pruning group per producer not yet covered, producers in forward order."""
     dg, covered, out = graph.dg, set(), []
@@ -60,7 +106,8 @@ def _tp_groups(graph: Graph) -> list[_TPGroup]:
             continue
         pruner = dg.get_pruner_of_module(mod)
         width = pruner.get_out_channels(mod)
-        group = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(width)))
+        with _every_path():
+            group = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(width)))
         items, reasons = [], []
         for it in group:
             node = it.dep.target
