@@ -180,3 +180,24 @@ def test_signals_are_normalised_per_channel_without_a_pixel_scale():
     assert t.shape == (4, 2, 9)
     torch.testing.assert_close(t[:, 0], torch.from_numpy((x[:, 0] - 1.0) / 2.0))
     torch.testing.assert_close(t[:, 1], torch.from_numpy((x[:, 1] + 2.0) / 0.5))
+
+
+def test_cutmix_on_signals_swaps_one_stretch_of_time_in_every_channel():
+    # A box over (C, L) pasted a partner's sensor axes over some of the signal's own.
+    import numpy as np
+
+    from crossdistill.finetune.views.mix import mix
+
+    x = torch.arange(8 * 6 * 40, dtype=torch.float32).reshape(8, 6, 40)
+    for seed in range(20):
+        out, lam, partner = mix(x, 0.0, 1.0, torch.Generator().manual_seed(seed), np.random.default_rng(seed))
+        swapped = (out != x).any(dim=1)  # (N, L): where any channel changed
+        for i in range(8):
+            if partner[i] == i:
+                continue
+            t = swapped[i].nonzero().flatten()
+            assert ((out[i] != x[i]).any(dim=1)).all() or t.numel() == 0  # every channel, or none
+            if t.numel():
+                assert t.max() - t.min() + 1 == t.numel()  # one stretch
+                torch.testing.assert_close(out[i, :, t], x[partner[i], :, t])
+            assert abs(float(lam[i]) - (1 - t.numel() / 40)) < 1e-6

@@ -241,6 +241,28 @@ class ConvTokens(nn.Module):
         return self.head(self.enc(h).mean(1))
 
 
+class ConvLSTM(nn.Module):
+    """Conv1d layers, then an LSTM over the (N, L, C) transpose: both 3-d layouts in one model, so
+    each op's channel axis comes from the layers its tensors come from. Negative dims throughout
+    (torch saves dim -1 as 2**64 - 1), a chunk swapped back by a cat, 1-d max pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv1d(3, 8, 3, padding=1), nn.BatchNorm1d(8)
+        self.c2, self.bn2 = nn.Conv1d(8, 12, 3, padding=1), nn.BatchNorm1d(12)
+        self.c3 = nn.Conv1d(12, 6, 1)
+        self.lstm = nn.LSTM(6, 5, batch_first=True)
+        self.head = nn.Linear(12 + 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.max_pool1d(F.relu(self.bn1(self.c1(x))), 2)
+        a, b = h.chunk(2, dim=-2)
+        h = F.relu(self.bn2(self.c2(torch.cat([b, a], dim=-2))))
+        pooled = h.max(-1).values
+        r, _ = self.lstm(F.relu(self.c3(h)).transpose(1, 2))
+        return self.head(torch.cat([pooled, r[:, -1]], -1))
+
+
 MODELS = {
     "chain": (Chain, (2, 3, 8, 8)),
     "resnet": (ResNet, (2, 3, 8, 8)),
@@ -253,6 +275,7 @@ MODELS = {
     "transformer": (Encoder, (2, 5, 6)),
     "conv1d": (Signal, (2, 2, 32)),
     "conv_tokens": (ConvTokens, (2, 3, 10)),
+    "conv_lstm": (ConvLSTM, (2, 3, 16)),
 }
 
 

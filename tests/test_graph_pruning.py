@@ -371,3 +371,12 @@ def test_layers_the_trace_cannot_reach_are_reported_as_left_whole(how):
     assert left["stem.0"].startswith("not traced: its output does not reach the model's output through autograd")
     assert "stem.2" in left and [g["producers"] for g in groups["pruned"]] == [["c1"]]
     assert result.student.stem[2].out_channels == 8 and result.student.c2.in_channels == 6
+
+
+def test_a_flops_target_on_a_model_with_nothing_to_prune_says_why():
+    # It said "keeping one unit of every group leaves 1.000", which names no cause.
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
+    cfg = CompressConfig(model="user-tiny", n_samples=12, flops=0.5)
+    with pytest.raises(CrossDistillError, match=r"has no channel group that can be pruned \(0 -> 4: feeds the classifier"):
+        compress(teacher, fewshot_for(torch.zeros(1, 3, 8, 8)), cfg, show_progress=False)

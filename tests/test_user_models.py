@@ -227,6 +227,12 @@ def test_labels_are_checked_against_the_models_classes():
     with pytest.warns(UserWarning, match="cover 2 of the model's 3 classes"):
         _, report = crossdistill.compress(model, x, labels=torch.arange(30) % 2, shots=2, method="quant", bits=8, show_progress=False)
     assert report["fewshot_class_counts"] == [2, 2, 0]
+    with pytest.raises(CrossDistillError, match="eval_data label 7 is not a class of the model, which has 3 outputs"):
+        crossdistill.compress(model, x, labels=torch.arange(30) % 3, shots=2, eval_data=(x, torch.arange(30) % 8),
+                              method="quant", bits=8, show_progress=False)
+    with pytest.raises(CrossDistillError, match=r"eval_data samples have shape \(5,\), the training data's \(4,\)"):
+        crossdistill.compress(model, x, labels=torch.arange(30) % 3, shots=2, eval_data=(torch.randn(9, 5), torch.arange(9) % 3),
+                              method="quant", bits=8, show_progress=False)
     with pytest.raises(CrossDistillError, match="fractional values such as 0.5"):
         crossdistill.compress(model, x, labels=torch.arange(30) % 3 + 0.5, shots=2, method="quant", bits=8, show_progress=False)
 
@@ -250,6 +256,20 @@ def test_data_forms_that_cannot_be_read_as_pairs_are_named_and_numpy_pairs_work(
     with pytest.warns(UserWarning, match="the DataLoader shuffles"):
         crossdistill.compress(model, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), shots=2,
                               method="quant", bits=8, show_progress=False)
+
+
+def test_token_ids_are_refused_with_the_way_round_it():
+    class TextCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.conv, self.fc = nn.Embedding(50, 8), nn.Conv1d(8, 6, 3), nn.Linear(6, 3)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(self.embed(ids).transpose(1, 2)).amax(-1))
+
+    ids = torch.randint(0, 50, (12, 20))
+    with pytest.raises(CrossDistillError, match=r"holds integers \(12, 20\) torch.int64 \(token ids\?\).*after its nn.Embedding"):
+        crossdistill.compress(TextCNN().eval(), ids, labels=torch.arange(12) % 3, shots=2, show_progress=False)
 
 
 def test_mean_and_std_with_tensor_data_are_refused_not_ignored():

@@ -95,6 +95,12 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
     if isinstance(data, (str, Path)):
         return _from_path(data, role, mean, std, classes)
     x, y = _tensors_from(data)
+    if x.dim() >= 2 and not x.is_floating_point() and x.dtype not in (torch.uint8, torch.bool):
+        # Token ids: the layer statistics are of float inputs, and an embedding is a lookup.
+        raise CrossDistillError(
+            f"{role} data holds integers {tuple(x.shape)} {x.dtype} (token ids?); the layers are solved on float "
+            "inputs: compress the part of the model after its nn.Embedding, on the embedded inputs, e.g. a "
+            "wrapper whose forward is the model's forward without its embedding, given model.embed(ids)")
     if x.dim() < 2 or not x.is_floating_point():
         raise CrossDistillError(f"{role} images must be a float tensor with a batch dimension, got "
                                 f"{tuple(x.shape)} {x.dtype} (give a path for uint8 image files)")
@@ -209,6 +215,13 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         tx, ty, _ = _images(eval_data, "test", mean, std, class_names)
         if ty is None:
             raise CrossDistillError("eval_data needs labels: give (images, labels), a labelled Dataset, or a path")
+        if tuple(tx.shape[1:]) != tuple(images.shape[1:]):
+            raise CrossDistillError(f"eval_data samples have shape {tuple(tx.shape[1:])}, the training data's "
+                                    f"{tuple(images.shape[1:])}")
+        if len(ty) and (int(ty.max()) >= info.num_classes or int(ty.min()) < 0):
+            bad = int(ty.max()) if int(ty.max()) >= info.num_classes else int(ty.min())
+            raise CrossDistillError(f"eval_data label {bad} is not a class of the model, which has "
+                                    f"{info.num_classes} outputs")
         test = (tx, ty)
     start = time.perf_counter()
     # The teacher runs in eval mode throughout; the caller's model gets its own flags back.

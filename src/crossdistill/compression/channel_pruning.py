@@ -102,9 +102,7 @@ class ChannelPruning(CompressionMethod):
             counts = self._global_counts(model, counts)
         self._plan = plan_graph_channels(model, self._example, counts, prune_classifier=self.prune_classifier)
         if not self._plan.groups:
-            reasons = "; ".join(f"{', '.join(g['producers']) or 'input'} -> {', '.join(g['readers']) or 'output'}: "
-                                f"{g['reason']}" for g in self._plan.left_whole[:5])
-            raise CrossDistillError(f"{type(model).__name__} has no channel group that can be pruned ({reasons})")
+            raise nothing_to_prune(model, self._plan)
         tasks = plan_tasks(self._plan, model)
         if self.refit:
             tasks += refit_tasks(model, tasks)
@@ -169,6 +167,13 @@ def _cost_model(model: nn.Module, example: torch.Tensor, groups: Any, measure: s
     return FlopModel.params_of(model, groups) if measure == "params" else FlopModel.of(model, example, groups)
 
 
+def nothing_to_prune(model: nn.Module, plan: Any) -> CrossDistillError:
+    """The error for a model none of whose groups can be pruned, with the first reasons."""
+    reasons = "; ".join(f"{', '.join(g['producers']) or 'input'} -> {', '.join(g['readers']) or 'output'}: "
+                        f"{g['reason']}" for g in plan.left_whole[:5])
+    return CrossDistillError(f"{type(model).__name__} has no channel group that can be pruned ({reasons})")
+
+
 def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune_classifier: bool,
                     steps: int = 20, measure: str = "flops") -> float:
     """The largest uniform keep ratio whose slimmed model has at most `share` of the FLOPs (or,
@@ -177,6 +182,8 @@ def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune
     from crossdistill.compression.channels import keep_count
 
     plan = plan_graph_channels(model, example, lambda g: g.width, prune_classifier=prune_classifier)
+    if not plan.groups:
+        raise nothing_to_prune(model, plan)  # why, rather than "keeping one unit leaves 1.000"
     fm = _cost_model(model, example, plan.groups, measure)
 
     def cost_at(ratio: float) -> float:

@@ -33,7 +33,7 @@ SPATIAL = frozenset(
     "ReplicationPad2D UpsampleNearest1D UpsampleNearestExact1D UpsampleLinear1D ReflectionPad1D "
     "ReplicationPad1D".split()
 )
-REDUCE = frozenset("Mean Sum Amax Amin Std Var Logsumexp".split())
+REDUCE = frozenset("Mean Sum Amax Amin Max Min Std Var Logsumexp".split())
 RESHAPE = frozenset("View Reshape ReshapeAlias UnsafeView Squeeze Unsqueeze".split())
 # Torch-Pruning's own bookkeeping nodes (concat, split, reshape, ...): no module of the model.
 DUMMY = (tp_ops._ConcatOp, tp_ops._SplitOp, tp_ops._ReshapeOp, tp_ops._ElementWiseOp, tp_ops._SliceOp,
@@ -96,6 +96,15 @@ def _axis(ndim: int, axis3d: int | None) -> int | None:
     return ndim - 1 if ndim else None
 
 
+def _dim(value: int, ndim: int) -> int:
+    """A dim autograd saved, as an index in 0 … ndim−1: a negative dim (`mean(-1)`) is stored as
+    its unsigned 64-bit wrap-around, which `% ndim` alone maps right only when ndim divides 2⁶⁴."""
+    value = int(value)
+    if value >= 1 << 63:
+        value -= 1 << 64
+    return value % ndim
+
+
 def _base(fn: Any) -> str:
     return re.sub(r"Backward\d*$", "", fn.name())
 
@@ -136,7 +145,10 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
     if out is None or any(s is None for _, s in ins):
         return _OpMaps(f"feeds an op of unknown shape: {name}")
     a = _axis(len(out), axis3d)
-    unsupported = _OpMaps(f"feeds an unsupported op: {name}" + (f" ({_WHY[base]})" if base in _WHY else ""))
+    why = _WHY.get(base)
+    if why is None and axis3d is None and 3 in {len(out), *(len(s) for _, s in ins)}:
+        why = "a 3-d tensor in a model whose layers read both (N, C, L) and (N, L, C): its channel axis is not guessed"
+    unsupported = _OpMaps(f"feeds an unsupported op: {name}" + (f" ({why})" if why else ""))
 
     if base in POINTWISE:
         for _, s in ins:
@@ -158,7 +170,7 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
         if dims is None or s is None or _axis(len(s), axis3d) is None:
             return unsupported
         ain = _axis(len(s), axis3d)
-        dims = [d % len(s) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+        dims = [_dim(d, len(s)) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
         keep = bool(getattr(fn, "_saved_keepdim", False))
         aout = ain if keep else ain - sum(d < ain for d in dims)
         if ain in dims or _axis(len(out), axis3d) != aout or out[aout] != s[ain]:
@@ -171,7 +183,7 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
             return unsupported
         lead_in, lead_out = prod(s[:ain]), prod(out[:aout])
         if base == "Select":  # drops one dim; fine unless it is the channel one
-            dim = fn._saved_dim % len(s)
+            dim = _dim(fn._saved_dim, len(s))
             ok = dim != ain and out[aout] == s[ain] and aout == ain - (dim < ain)
             return _OpMaps() if ok else unsupported
         if lead_in == lead_out and s[ain] == out[aout]:
@@ -189,7 +201,7 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
     if base == "Cat":
         if a is None:
             return unsupported
-        dim = fn._saved_dim % len(out)
+        dim = _dim(fn._saved_dim, len(out))
         if len(ins) != len(fn.next_functions):
             return _OpMaps(f"feeds an unsupported op: {name} (concatenates a tensor outside the graph)")
         if dim != a:
@@ -203,7 +215,7 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
         s = ins[0][1]
         if a is None or _axis(len(s), axis3d) != a:
             return unsupported
-        dim = fn._saved_dim % len(s)
+        dim = _dim(fn._saved_dim, len(s))
         if dim != a:
             return _OpMaps()
         sizes = [_shape(fn, k)[a] for k in range(len(fn._input_metadata))]
@@ -225,9 +237,10 @@ def _shuffle(graph: Graph, node: Any) -> tuple[Any, ...] | None:
     fn = node.grad_fn
     base = _base(fn)
     if base == "Transpose":
-        swapped = {fn._saved_dim0, fn._saved_dim1}
+        ndim = len(_shape(fn) or ())
+        swapped = {_dim(fn._saved_dim0, ndim), _dim(fn._saved_dim1, ndim)} if ndim else set()
     elif base == "Permute":
-        dims = tuple(fn._saved_dims)
+        dims = tuple(_dim(d, len(fn._saved_dims)) for d in fn._saved_dims)
         swapped = {1, 2} if dims[:3] == (0, 2, 1) and dims[3:] == tuple(range(3, len(dims))) else set()
     else:
         return None

@@ -158,6 +158,30 @@ def _channel_axis_3d(mod: nn.Module) -> int:
     return 1 if isinstance(mod, first) else 2
 
 
+def _local_axis_3d(graph: Graph, node: Any) -> int | None:
+    """In a model with both 3-d layouts, the channel axis of one op's 3-d tensors from the layers
+    they come from: back through the ops in between to the nearest layers, all of one layout
+    (a Conv1d's or BatchNorm1d's output: 1; a Linear's, an LSTM's, an Embedding's: 2); None
+    when they disagree, when none is reached, or past a transpose or permute (which moves it)."""
+    kinds: set[int] = set()
+    seen: set = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n is not node and not _is_free(graph, n):
+            owner = n.module if not isinstance(n.module, DUMMY) else graph.owner.get(n.grad_fn)
+            if isinstance(owner, nn.Module):
+                kinds.add(_channel_axis_3d(owner))
+            continue
+        if n.grad_fn is not None and _base(n.grad_fn) in ("Transpose", "Permute"):
+            return None
+        todo.extend(n.inputs)
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 # -- installing the maps --------------------------------------------------------------------------
 
 # The maps are looked up in this module's namespace when installed (e.g. `_table` for a
@@ -168,7 +192,7 @@ def _install_maps(graph: Graph, axis3d: int | None) -> None:
     ops: dict[Any, _OpMaps] = {n: _OpMaps() for n in nodes}
     for node in nodes:
         if _is_free(graph, node) or node.type == tp_ops.OPTYPE.OUTPUT:
-            ops[node] = _classify(graph, node, axis3d)
+            ops[node] = _classify(graph, node, axis3d if axis3d is not None else _local_axis_3d(graph, node))
     for node in nodes:
         if not _is_free(graph, node):
             continue

@@ -99,7 +99,7 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
     except Exception as exc:
         raise CrossDistillError(
             f"model {name}: a forward pass on an input of size {size} failed: "
-            f"{type(exc).__name__}: {exc}; give the input size the model expects (--input-size C H W)"
+            f"{type(exc).__name__}: {exc}; give the input size the model expects (--input-size C H W, or C L for signals)"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = f"a {type(out).__name__}" if isinstance(out, (tuple, list, dict)) else getattr(out, "shape", type(out).__name__)
