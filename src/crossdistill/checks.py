@@ -24,7 +24,8 @@ def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, 
     size = tuple(int(v) for v in input_size)
     if data.input_shape != size:
         # Images are described as stored (H, W, C); the model's size is given the same way.
-        expected = f"{(size[1], size[2], size[0])}" if len(size) == 3 and not data.is_signal else f"inputs of shape {size}"
+        images = len(size) == 3 and not data.is_signal
+        expected = f"{(size[1], size[2], size[0])}" if images else f"inputs of shape {size}"
         raise CrossDistillError(f"{where}: {data.describe_shape()} but {model} expects {expected}")
 
 

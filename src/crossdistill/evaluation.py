@@ -72,7 +72,8 @@ def _check_images(x: Any, y: Any, mean: Sequence[float], std: Sequence[float]) -
     channels = x.shape[1] if signal else x.shape[3]
     if len(mean) != channels or len(std) != channels:
         raise CrossDistillError(
-            f"{'signals' if signal else 'images'} have {channels} channels but mean/std have {len(mean)}/{len(std)} entries "
+            f"{'signals' if signal else 'images'} have {channels} channels but mean/std have "
+            f"{len(mean)}/{len(std)} entries "
             "(is this the right data set for the model?)"
         )
     return x, y

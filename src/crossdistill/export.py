@@ -127,7 +127,8 @@ def verification_inputs(
     data = load_image_data(eval_data, "test")
     check_input_shape(data, info.input_size, info.model, str(eval_data))
     k = min(n, len(data))
-    return to_tensor(data.x[:k], info.mean, info.std), f"the first {k} test {'signals' if data.is_signal else 'images'} of {eval_data}"
+    kind = "signals" if data.is_signal else "images"
+    return to_tensor(data.x[:k], info.mean, info.std), f"the first {k} test {kind} of {eval_data}"
 
 
 def max_abs_diff(a: Any, b: Any) -> float:

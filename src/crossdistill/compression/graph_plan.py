@@ -217,12 +217,12 @@ def _traced(model: nn.Module, example: torch.Tensor) -> tuple[list[str], list[Ch
 
 def _unverified(model: nn.Module, example: torch.Tensor, groups: Mapping[int, ChannelGroup]) -> dict[int, str]:
     """Groups whose slimmed model does not compute what the masked one computes, with what went
-    wrong. Torch-Pruning keeps one index map per layer, so a channel that reaches a layer along
-    two paths (a GhostNet block adds cat([a, dw(a)]) to its input) gets one of them: pruning
-    such a group crashed at the end of the run, or removed the wrong channels. All groups are
-    tried at once, each keeping a random half of its units (a regular pattern such as every
-    other unit can keep tied units together by chance and hide the fault); only when that
-    fails, one by one."""
+    wrong: the net under the index maps. A map the trace gets wrong (GhostNet's two paths to
+    one channel did, before graph_ties kept every path) made the run crash at its very end, or
+    remove the wrong channels; found here, before any solve, the group is left whole instead.
+    All groups are tried at once, each keeping a random half of its units (a regular pattern
+    such as every other unit can keep tied units together by chance and hide the fault); only
+    when that fails, one by one."""
     gen = torch.Generator().manual_seed(0)
     draws = {gid: sorted(torch.randperm(g.width, generator=gen, device="cpu")[: max(1, g.width // 2)].tolist())
              for gid, g in groups.items()}
@@ -278,8 +278,8 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
         counts.pop(gid)
         left.append({"group": g.id, "width": g.width, "producers": [p.name for p in g.producers],
                      "readers": [c.name for c in g.consumers],
-                     "reason": f"slimming it does not reproduce the masked model ({why}): its channels are "
-                               "tied along two paths the trace cannot follow, e.g. x + cat([a, f(a)])"})
+                     "reason": f"slimming it does not reproduce the masked model ({why}): a channel map "
+                               "the trace got wrong"})
     left.sort(key=lambda e: e["group"])
     traced_producers = {p.name for g in traced for p in g.producers}
     modules = dict(model.named_modules())

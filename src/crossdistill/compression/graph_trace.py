@@ -145,7 +145,8 @@ def trace(model: nn.Module, example: torch.Tensor) -> Graph:
     if any(isinstance(m, nn.Embedding) for m in model.modules()):
         layouts.add(2)  # its output is (batch, tokens, features)
     # A 3-d tensor's channel axis is known when every layer reading one agrees: 1 for Conv1d
-    # models (N, C, L), 2 for token models (N, L, C); a model with both gets a barrier there.
+    # models (N, C, L), 2 for token models (N, L, C); in a model with both, each op's comes from
+    # the layers its tensors come from (_local_axis_3d), and is a barrier where that is unclear.
     _install_maps(graph, axis3d=layouts.pop() if len(layouts) == 1 else None if layouts else 2)
     return graph
 
