@@ -201,3 +201,25 @@ def test_cutmix_on_signals_swaps_one_stretch_of_time_in_every_channel():
                 assert t.max() - t.min() + 1 == t.numel()  # one stretch
                 torch.testing.assert_close(out[i, :, t], x[partner[i], :, t])
             assert abs(float(lam[i]) - (1 - t.numel() / 40)) < 1e-6
+
+
+def test_onnx_leaves_the_length_free_when_the_model_takes_any_length(signal_net, tmp_path):
+    # Audio clips vary in length; the file had the length of the calibration signals fixed.
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from crossdistill.export import export_model
+
+    teacher, _ = signal_net  # adaptive pooling: any length
+    x = signals(8)[0]
+    res = export_model(teacher, tmp_path / "any.onnx", "onnx", x)
+    assert res.free_axes == ("length",)
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    longer = torch.randn(3, 2, 100)
+    with torch.no_grad():
+        assert np.abs(sess.run(None, {"input": longer.numpy()})[0] - teacher(longer).numpy()).max() <= 1e-4
+    fixed = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 62, 3)).eval()  # one length only
+    res = export_model(fixed, tmp_path / "fixed.onnx", "onnx", x)
+    assert res.free_axes == ()
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape == ["batch", 2, 64]

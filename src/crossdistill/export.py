@@ -44,6 +44,9 @@ class ExportResult:
     n_inputs: int
     inputs: str  # where the verification inputs came from
     bytes: int
+    # ONNX axes left free besides the batch ('length', or 'height' and 'width'), checked at a
+    # second size; empty when the model takes its input size only.
+    free_axes: tuple[str, ...] = ()
 
 
 def check_format(fmt: str) -> str:
@@ -141,7 +144,28 @@ def max_abs_diff(a: Any, b: Any) -> float:
     return float((a - b).abs().max()) if a.numel() else 0.0
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int) -> None:
+_AXIS_NAMES = {3: ("length",), 4: ("height", "width")}
+
+
+def _resized(model: nn.Module, inputs: torch.Tensor, expected: torch.Tensor) -> torch.Tensor | None:
+    """The first inputs at 1.5x their length (signals) or height and width (images), when the
+    model takes that size too and still returns one row of logits per input (adaptive pooling);
+    else None. Only then does an ONNX file get free size axes."""
+    if inputs.dim() not in _AXIS_NAMES:
+        return None
+    shape = (min(len(inputs), _TRACE_BATCH), inputs.shape[1], *(max(2, round(s * 1.5)) for s in inputs.shape[2:]))
+    other = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=inputs.dtype).to(inputs.device)
+    try:
+        with torch.no_grad():
+            out = model(other)
+    except Exception:  # noqa: BLE001 - any failure: the model takes its own size only
+        return None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (shape[0], *expected.shape[1:]):
+        return None
+    return other
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, free: tuple[str, ...] = ()) -> None:
     import onnx
 
     with warnings.catch_warnings():
@@ -151,7 +175,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int) 
         torch.onnx.export(
             model, (example,), tmp, dynamo=False, opset_version=opset,
             input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes={"input": {0: "batch", **{2 + i: n for i, n in enumerate(free)}}, "logits": {0: "batch"}},
             do_constant_folding=True,
         )
     proto = onnx.load(tmp)
@@ -243,13 +267,25 @@ def export_model(
     try:
         with torch.no_grad():
             expected = model(inputs)
+        free: tuple[str, ...] = ()
         if fmt == "onnx":
-            _export_onnx(_explicit_padding(model), example, tmp, opset)
-            try:
-                got = _run_onnx(tmp, inputs)
-            except Exception as exc:  # onnxruntime's own error types: one message, nothing written
-                raise CrossDistillError(f"the exported ONNX model does not run in onnxruntime "
-                                        f"({type(exc).__name__}: {exc}); nothing was written") from None
+            other = _resized(model, inputs, expected)
+            free = _AXIS_NAMES[inputs.dim()] if other is not None else ()
+            got = _onnx_outputs(model, example, tmp, opset, inputs, free)
+            if free:
+                # Free axes are kept only if the file gives PyTorch's logits at the other size too
+                # (a shape the trace wrote into the graph as a constant would break it there).
+                assert other is not None
+                with torch.no_grad():
+                    wanted = model(other)
+                try:
+                    ok = max_abs_diff(wanted, _run_onnx(tmp, other)) <= allowed_difference(
+                        tolerance, float(wanted.abs().max()))
+                except Exception:  # noqa: BLE001 - onnxruntime refused the other size
+                    ok = False
+                if not ok:
+                    free = ()
+                    got = _onnx_outputs(model, example, tmp, opset, inputs, free)
         else:
             _export_torchscript(model, example, tmp)
             got = _run_torchscript(tmp, inputs)
@@ -267,7 +303,19 @@ def export_model(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return ExportResult(path=out, format=fmt, max_abs_diff=diff, n_inputs=len(inputs), inputs=inputs_label, bytes=size)
+    return ExportResult(path=out, format=fmt, max_abs_diff=diff, n_inputs=len(inputs), inputs=inputs_label, bytes=size,
+                        free_axes=free)
+
+
+def _onnx_outputs(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, inputs: torch.Tensor,
+                  free: tuple[str, ...]) -> Any:
+    """Export to `tmp` (size axes `free` left free) and run `inputs` through onnxruntime."""
+    _export_onnx(_explicit_padding(model), example, tmp, opset, free)
+    try:
+        return _run_onnx(tmp, inputs)
+    except Exception as exc:  # onnxruntime's own error types: one message, nothing written
+        raise CrossDistillError(f"the exported ONNX model does not run in onnxruntime "
+                                f"({type(exc).__name__}: {exc}); nothing was written") from None
 
 
 def allowed_difference(tolerance: float, largest_logit: float) -> float:

@@ -69,4 +69,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported {args.source} to {res.path} ({res.format}, {res.bytes:,} bytes)")
     print(f"verified on {res.inputs}: max |logit difference| vs PyTorch = {res.max_abs_diff:.3g} "
           f"(tolerance {args.tolerance:g})")
+    if res.format == "onnx":
+        free = ", ".join(("batch", *res.free_axes))
+        print(f"free input axes: {free}" + (" (verified at a second size too)" if res.free_axes else
+                                            " (the model takes its own input size only)"))
     return 0
