@@ -610,3 +610,36 @@ def test_a_group_read_by_a_functional_conv_says_so():
     cfg = CompressConfig(model="functional", shots=8, keep=0.5).validate()
     with pytest.raises(CrossDistillError, match=r"c1 -> .*called as F.conv2d/F.conv1d, not through an nn.Conv2d"):
         compress(teacher, FewShot(x, torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
+
+
+class ParallelStem(nn.Module):
+    """Three convs of several widths read the image itself (an Inception stem, a text CNN's
+    convs after a wrapper's embedding): each is a first conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b3, self.b5, self.b1 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 5, padding=2), nn.Conv2d(3, 4, 1)
+        self.mix = nn.Conv2d(12, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(torch.cat([self.b3(x), self.b5(x), self.b1(x)], 1))
+        return self.fc(torch.relu(self.mix(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method, settings, first", [("sparsity", {"sparsity": 0.5}, "prune_first"),
+                                                     ("lowrank", {"rank_ratio": 0.5}, "lowrank_first")])
+def test_every_conv_that_reads_the_input_is_a_first_conv(method, settings, first):
+    # Only b3 was kept dense by default; b5 and b1 read the same raw input.
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    cfg = CompressConfig(model="stem", method=method, shots=4, **settings).validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompressionWarning)
+        result = compress(ParallelStem().eval(), FewShot(x, torch.arange(16) % 4, np.arange(16)), cfg,
+                          show_progress=False)
+    entries = {e["name"]: e for e in result.summary[method]["layers"]}
+    assert entries["b3"]["reason"] == f"the first conv ({first}=False)"
+    for n in ("b5", "b1"):
+        assert entries[n]["reason"] == f"a first conv: it reads the model's input too ({first}=False)"
+    assert entries["mix"]["status"] in ("pruned", "factorised")

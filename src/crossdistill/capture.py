@@ -91,6 +91,28 @@ def forward_calls(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return count_calls(model, example, watched + [(parent, name) for parent, name in indirect_layers(model)])
 
 
+def input_readers(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Convs that read the model's input itself, in the order they run: the stems of parallel
+    branches (an Inception stem, a text CNN's convs of several widths). None read it when the
+    forward transforms it first (normalising inside the model, say)."""
+    found: list[str] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def check(_m: nn.Module, args: tuple) -> None:
+            if args and args[0] is example and name not in found:
+                found.append(name)
+        return check
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, CONVS)]
+    try:
+        with capture_mode():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
 def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Names of the convs and linears in the order a forward pass runs them (forward_calls)."""
     return list(forward_calls(model, example))

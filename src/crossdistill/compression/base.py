@@ -30,6 +30,9 @@ class CompressionMethod(Plugin, ABC):
     # `plan` (None when planned without running the model): what "the first conv" and "the
     # classifier" are, whatever order the model defines its modules in.
     layer_order: ClassVar[list[str] | None] = None
+    # The convs that read the model's input itself (set with layer_order): "the first conv" of
+    # each parallel branch of a stem; when empty, the first conv in layer_order.
+    input_readers: ClassVar[list[str] | None] = None
 
     def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all",
                 device: torch.device | str = "cpu") -> None:

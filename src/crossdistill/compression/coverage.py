@@ -93,7 +93,7 @@ def bare_weights(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_setting: str, last_setting: str,
-           order: Sequence[str] | None = None) -> Coverage:
+           order: Sequence[str] | None = None, input_readers: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear of `model` (and every attention's q/k/v projection) in module order,
     planned unless unsupported, unless it is the first Conv2d (kept unless `first`) or the last
     Linear (the classifier, kept unless `last`). First and last are by `order`, the order a
@@ -127,7 +127,11 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         convs = sorted((n for n in convs if n in rank), key=rank.__getitem__)
         linears = sorted((n for n in linears if n in rank), key=rank.__getitem__)
     if not first and convs:
-        cov.skip(convs[0], f"the first conv ({first_setting}=False)")
+        stems = [n for n in (input_readers or ()) if n in convs] or convs[:1]
+        for n in stems:
+            # Every conv that reads the raw input is a first conv (parallel stem branches).
+            cov.skip(n, f"the first conv ({first_setting}=False)" if n == stems[0] else
+                     f"a first conv: it reads the model's input too ({first_setting}=False)")
     if not last and linears:
         cov.skip(linears[-1], f"the last linear, the classifier ({last_setting}=False)")
     return cov

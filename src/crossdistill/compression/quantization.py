@@ -59,11 +59,12 @@ QUANT_ATTR = "crossdistill_quant"
 _CODES, _SCALE, _ZERO = "qcodes", "qscale", "qzero"
 
 
-def quant_coverage(model: nn.Module, first: bool, last: bool, order: Sequence[str] | None = None) -> Coverage:
+def quant_coverage(model: nn.Module, first: bool, last: bool, order: Sequence[str] | None = None,
+                   input_readers: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear with its status: quantized unless the first conv / the last linear
     (by the settings) or unsupported (`order`: see survey)."""
     cov = survey(model, "quant", first=first, last=last, first_setting="quant_first", last_setting="quant_last",
-                 order=order)
+                 order=order, input_readers=input_readers)
     if not cov.entries:
         raise CrossDistillError(f"{type(model).__name__} has no conv or linear layers to compress")
     return cov
@@ -92,7 +93,8 @@ class Quantization(CompressionMethod):
         return self.quant_scheme
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
-        self._coverage = quant_coverage(model, self.quant_first, self.quant_last, self.layer_order)
+        self._coverage = quant_coverage(model, self.quant_first, self.quant_last, self.layer_order,
+                                        self.input_readers)
         self._coverage.warn()
         return [
             LayerTask(name=n, group=group_size(get_module(model, n)), params={"bits": self.bits, "scheme": self.scheme})
