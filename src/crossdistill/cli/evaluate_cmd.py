@@ -25,10 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="accuracy, parameters, FLOPs and latency of a (possibly compressed) model",
         description=(
-            "Evaluate a model on test images. Slimmed students load with their base model name: "
+            "Evaluate a model on test images (or signals). Slimmed students load with their base model name: "
             "the architecture is read from the file's saved spec or inferred from its tensor shapes. "
             "A model of your own (compressed with --model path/to/file.py:function) is rebuilt by the "
-            "factory its file records, with the input size and normalisation recorded there."
+            "factory its file records, with the input size and normalisation recorded there; your own "
+            "trained model itself loads from its factory (--model) and state dict (--weights)."
         ),
     )
     p.add_argument("--model", help="registered model name (optional when the weights file records it); or, for a "
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, help=".th/.pt/.pth (read with weights_only), .safetensors, or a run "
                    "folder of `crossdistill compress` (its student.safetensors)")
     p.add_argument("--eval-data", dest="eval_data", required=True,
-                   help="test data: .npz, a folder of class subfolders of images, cifar-10-batches-py folder, "
+                   help="test data: .npz (uint8 images, or float signals N×C×L), a folder of class subfolders "
+                        "of images, cifar-10-batches-py folder, "
                         "Fashion-MNIST folder, or 'cifar10'/'fashion-mnist'")
     p.add_argument("--mean", type=float, nargs="+", default=None,
                    help="your own model from a plain state dict: per-channel mean subtracted from pixels scaled to "
