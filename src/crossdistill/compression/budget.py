@@ -197,8 +197,10 @@ def allocate(costs: Mapping[int, torch.Tensor], flops: FlopModel, target: float,
             if best is None or float(slopes[j]) < best[0]:
                 best = (float(slopes[j]), gid, j + 1)
         if best is None:
-            raise CrossDistillError(f"the groups cannot lose enough channels to reach {target / flops.total:.3f} of the "
-                                    f"FLOPs (reached {now / flops.total:.3f}); lower min_keep or raise the target")
+            # The target is the uniform plan's cost, which differs a little from an asked --flops.
+            raise CrossDistillError(f"the global budget cannot lose enough channels to reach {target / flops.total:.3f} "
+                                    f"of the FLOPs, what the uniform plan reaches (it got to {now / flops.total:.3f}); "
+                                    "lower min_keep or raise the target")
         _, gid, j = best
         removed[gid] += j
         now = flops.flops(removed)
