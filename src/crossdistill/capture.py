@@ -83,34 +83,20 @@ def conv_groups(module: nn.Module) -> int:
     return module.groups if isinstance(module, CONVS) else 1
 
 
-def forward_calls(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+def forward_calls(model: nn.Module, example: torch.Tensor, input_readers: list[str] | None = None) -> dict[str, int]:
     """How many times one forward pass runs each conv and linear, in the order it first runs them
     (a layer that its parent applies without calling it, e.g. an attention's out_proj, when the
-    parent runs). A layer the pass never runs is absent."""
+    parent runs). A layer the pass never runs is absent. `input_readers`, when given, receives
+    the convs that read the model's input itself (the stems of parallel branches; none when the
+    forward transforms the input first), from the same pass."""
     watched = [(mod, name) for name, mod in model.named_modules() if isinstance(mod, SOLVABLE)]
-    return count_calls(model, example, watched + [(parent, name) for parent, name in indirect_layers(model)])
-
-
-def input_readers(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Convs that read the model's input itself, in the order they run: the stems of parallel
-    branches (an Inception stem, a text CNN's convs of several widths). None read it when the
-    forward transforms it first (normalising inside the model, say)."""
-    found: list[str] = []
-
-    def hook(name: str) -> Callable[..., None]:
-        def check(_m: nn.Module, args: tuple) -> None:
-            if args and args[0] is example and name not in found:
-                found.append(name)
-        return check
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, CONVS)]
-    try:
-        with capture_mode():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return found
+    readers: list[str] | None = [] if input_readers is not None else None
+    calls = count_calls(model, example, watched + [(parent, name) for parent, name in indirect_layers(model)],
+                        readers)
+    if input_readers is not None and readers is not None:
+        modules = dict(model.named_modules())
+        input_readers.extend(n for n in readers if isinstance(modules.get(n), CONVS))
+    return calls
 
 
 def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -16,7 +16,7 @@ from crossdistill import distributed
 from crossdistill.compression import METHODS
 from crossdistill.compression.quantization import dequantize_into, quantized_parameters
 from crossdistill.calibration import calibration_images
-from crossdistill.capture import forward_calls, input_readers
+from crossdistill.capture import forward_calls
 from crossdistill.checks import check_copyable, check_data_fits_model
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
@@ -124,9 +124,9 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     for k, (stage, solver_name) in enumerate(stages):
         solver = build_solver(stage, solver_name, cfg)
         solver_names.append(solver.describe())
-        calls = forward_calls(student, images[:1])
-        stage.layer_order = list(calls)
-        stage.input_readers = input_readers(student, images[:1])
+        readers: list[str] = []
+        calls = forward_calls(student, images[:1], readers)
+        stage.layer_order, stage.input_readers = list(calls), readers
         tasks = stage.plan(student)
         unreached = [t.name for t in tasks if t.name not in calls]
         if unreached:
