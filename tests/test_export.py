@@ -258,3 +258,23 @@ def test_same_padding_exports_and_an_export_onnxruntime_refuses_is_named(tmp_pat
     with pytest.raises(CrossDistillError, match=r"does not run in onnxruntime \(RuntimeError: kernel missing\); nothing"):
         export_model(model, tmp_path / "other.onnx", "onnx", x)
     assert not (tmp_path / "other.onnx").exists()
+
+
+class FixedPool(torch.nn.Module):
+    """Takes any size in PyTorch (adaptive pooling to 4x4), but the ONNX exporter refuses that
+    pooling with free height and width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 4).flatten(1))
+
+
+def test_a_model_the_exporter_cannot_free_exports_with_its_size_fixed(tmp_path):
+    # The exporter's refusal escaped as a traceback: the free-axes attempt now falls back.
+    pytest.importorskip("onnxruntime")
+    model = FixedPool().eval()
+    res = crossdistill.export.export_model(model, tmp_path / "m.onnx", "onnx", torch.randn(8, 3, 12, 12))
+    assert res.free_axes == () and res.max_abs_diff <= 1e-4 and res.path.is_file()

@@ -72,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
     if res.format == "onnx":
         free = ", ".join(("batch", *res.free_axes))
         print(f"free input axes: {free}" + (" (verified at a second size too)" if res.free_axes else
-                                            " (the model takes its own input size only)"))
+                                            " (size fixed at the model's input size)"))
     return 0
