@@ -118,7 +118,7 @@ def test_a_mismatching_export_is_refused_and_nothing_is_written(tmp_path, monkey
     model = create_model("fashion_cnn")
     x, _ = verification_inputs(model, None, 4)
     real = ex._run_onnx
-    monkeypatch.setattr(ex, "_run_onnx", lambda path, inputs: real(path, inputs) + 1e-2)
+    monkeypatch.setattr(ex, "_run_onnx", lambda path, inputs: [o + 1e-2 for o in real(path, inputs)])
     with pytest.raises(CrossDistillError, match="differs from the PyTorch model by up to 0.01.*nothing was written"):
         export_model(model, tmp_path / "m.onnx", "onnx", x)
     assert list(tmp_path.iterdir()) == []
@@ -142,9 +142,9 @@ def test_the_tolerance_scales_with_large_logits(tmp_path, monkeypatch):
     x, _ = verification_inputs(model, None, 4)
     big = _Scaled(model, 1000.0 / float(model(x).abs().max())).eval()  # largest |logit| 1000
     real = ex._run_onnx
-    monkeypatch.setattr(ex, "_run_onnx", lambda path, inputs: real(path, inputs) + 5e-2)
+    monkeypatch.setattr(ex, "_run_onnx", lambda path, inputs: [o + 5e-2 for o in real(path, inputs)])
     assert export_model(big, tmp_path / "ok.onnx", "onnx", x).max_abs_diff <= 0.1  # within 1e-4 x 1000
-    monkeypatch.setattr(ex, "_run_onnx", lambda path, inputs: real(path, inputs) + 0.2)
+    monkeypatch.setattr(ex, "_run_onnx", lambda path, inputs: [o + 0.2 for o in real(path, inputs)])
     with pytest.raises(CrossDistillError, match=r"allowed 0\.1: tolerance 0\.0001 times the largest \|logit\|"):
         export_model(big, tmp_path / "bad.onnx", "onnx", x)
     assert not (tmp_path / "bad.onnx").exists()

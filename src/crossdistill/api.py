@@ -52,7 +52,8 @@ def _tensors_from(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
             batched = isinstance(data, torch.utils.data.DataLoader)
             xs.append(x if batched else x.unsqueeze(0))
             if y is not None:
-                ys.append(_label_tensor(y))
+                yt = _label_tensor(y)
+                ys.append(yt.unsqueeze(0) if not batched and yt.dim() > 1 else yt)
         if not xs:
             raise CrossDistillError("the data yielded no images")
         return torch.cat(xs), (torch.cat(ys) if len(ys) == len(xs) else None)
@@ -60,8 +61,12 @@ def _tensors_from(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _label_tensor(labels: Any) -> torch.Tensor:
-    """Integer class labels as a 1-d long tensor; fractional values are refused, not truncated."""
-    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    """Integer class labels as a long tensor: 1-d (one per sample), or, for a model whose predictions
+    are per position (segmentation), a map per sample as given (N×H×W); fractional values are
+    refused, not truncated."""
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    if y.dim() < 2 or y[0].numel() == 1:
+        y = y.reshape(-1)
     if y.is_floating_point() and not bool((y == y.round()).all()):
         raise CrossDistillError(f"labels must be class numbers 0, 1, 2, ..., got fractional values such as "
                                 f"{float(y[y != y.round()][0]):g}")
@@ -110,10 +115,16 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
 
 
 def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, n_samples: int | None,
-          seed: int, num_classes: int) -> np.ndarray:
+          seed: int, num_classes: int | None) -> np.ndarray:
+    """The few-shot indices; `num_classes` None: the labels are not the model's classes (its
+    predictions are per position or values), any class numbers ≥ 0 group the draw."""
     from crossdistill.data import sample_few_shot
 
     n = images.shape[0]
+    if labels is not None and len(labels) and int(labels.min()) < 0:
+        raise CrossDistillError(f"label {int(labels.min())}: labels are class numbers 0, 1, 2, ...")
+    if num_classes is None and labels is not None and len(labels):
+        num_classes = int(labels.max()) + 1
     if labels is not None and len(labels) and int(labels.max()) >= num_classes:
         raise CrossDistillError(f"label {int(labels.max())} is not a class of the model, which has {num_classes} "
                                 f"outputs (labels are class numbers 0 ... {num_classes - 1})")
@@ -130,22 +141,48 @@ def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, 
     return np.arange(n, dtype=np.int64)
 
 
-def _top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-    return 100.0 * correct / max(1, x.shape[0])
+def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.Tensor, mean: Sequence[float] | None,
+               std: Sequence[float] | None, class_names: Sequence[str] | None
+               ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Test inputs and labels (None: unlabelled, scored by the agreement with the teacher alone),
+    checked against the model's predictions."""
+    if eval_data is None:
+        return None
+    tx, ty, _ = _images(eval_data, "test", mean, std, class_names)
+    if tuple(tx.shape[1:]) != tuple(images.shape[1:]):
+        raise CrossDistillError(f"eval_data samples have shape {tuple(tx.shape[1:])}, the training data's "
+                                f"{tuple(images.shape[1:])}")
+    if ty is None:
+        return tx, None
+    if ty.shape[0] != tx.shape[0]:
+        raise CrossDistillError(f"eval_data: {tx.shape[0]} samples but {ty.shape[0]} labels")
+    from crossdistill.model_outputs import label_shape, predictions
+
+    with eval_mode(model), torch.no_grad():
+        want = label_shape(predictions(model(tx[:2]), info.output), info.kind)
+    if want is None:
+        raise CrossDistillError(f"eval_data has labels, but the model's predictions are {info.kind} (no classes): "
+                                "give the inputs alone; the report compares the student's outputs with the teacher's")
+    if tuple(ty.shape[1:]) != want:
+        raise CrossDistillError(f"eval_data labels have shape {tuple(ty.shape[1:])} per sample; the model's "
+                                f"{info.kind} predictions take {want or 'one label'} per sample")
+    if len(ty) and (int(ty.max()) >= info.num_classes or int(ty.min()) < 0):
+        bad = int(ty.max()) if int(ty.max()) >= info.num_classes else int(ty.min())
+        raise CrossDistillError(f"eval_data label {bad} is not a class of the model, which has "
+                                f"{info.num_classes} outputs")
+    return tx, ty
 
 
-def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, Any]:
+def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.Tensor | None] | None
+             ) -> dict[str, Any]:
     from crossdistill.evaluation import count_flops, count_nonzero_params, count_params
+    from crossdistill.evaluation_agreement import top1
 
     out: dict[str, Any] = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
                            "flops": count_flops(model, info.input_size)}
     if test is not None:
-        out["top1"] = _top1(model, *test)
+        if test[1] is not None:
+            out["top1"] = top1(model, test[0], test[1], output=info.output, kind=info.kind)
         out["n_eval"] = int(test[0].shape[0])
     return out
 
@@ -196,38 +233,41 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     images, found_labels, class_names = _images(data, "training", mean, std)
     if labels is not None:
         found_labels = _label_tensor(labels)
-        if found_labels.shape[0] != images.shape[0]:
-            raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
-    info = registered or infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std)
-    idx = _draw(images, found_labels, shots, n_samples, seed, info.num_classes)
+    if found_labels is not None and found_labels.shape[0] != images.shape[0]:
+        raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
+    info = registered or infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std,
+                                    output=settings.get("output"))
+    classes = info.kind in ("classes", "binary")  # otherwise training labels only group the draw
+    if found_labels is not None and found_labels.dim() > 1:
+        # Per-position labels (a segmentation map) score a dense model on eval_data; the draw
+        # needs one label per image (or none: n_samples).
+        raise CrossDistillError(f"training labels of shape {tuple(found_labels.shape)}: the few-shot draw takes one "
+                                "label per sample (its class), or none with n_samples=N")
+    idx = _draw(images, found_labels, shots, n_samples, seed, info.num_classes if classes else None)
     class_counts = None
     if found_labels is not None:
         from crossdistill.data.fewshot import check_class_coverage
 
-        check_class_coverage(found_labels.numpy(), info.num_classes, "training data")
-        class_counts = np.bincount(found_labels[idx].numpy(), minlength=info.num_classes).tolist()
+        if classes:
+            check_class_coverage(found_labels.numpy(), info.num_classes, "training data")
+        class_counts = np.bincount(found_labels[idx].numpy(),
+                                   minlength=info.num_classes if classes else 0).tolist()
     few = FewShot(images=images[idx], labels=(found_labels[idx] if found_labels is not None
-                                              else torch.zeros(len(idx), dtype=torch.long)), indices=idx)
+                                              else torch.zeros(len(idx), dtype=torch.long)), indices=idx,
+                  labelled=found_labels is not None and classes)
     draw = {"shots": shots} if shots is not None else {"n_samples": int(len(idx))}
     cfg = CompressConfig(model=name, seed=seed, **draw, **settings).validate()
-    test = None
-    if eval_data is not None:
-        tx, ty, _ = _images(eval_data, "test", mean, std, class_names)
-        if ty is None:
-            raise CrossDistillError("eval_data needs labels: give (images, labels), a labelled Dataset, or a path")
-        if tuple(tx.shape[1:]) != tuple(images.shape[1:]):
-            raise CrossDistillError(f"eval_data samples have shape {tuple(tx.shape[1:])}, the training data's "
-                                    f"{tuple(images.shape[1:])}")
-        if len(ty) and (int(ty.max()) >= info.num_classes or int(ty.min()) < 0):
-            bad = int(ty.max()) if int(ty.max()) >= info.num_classes else int(ty.min())
-            raise CrossDistillError(f"eval_data label {bad} is not a class of the model, which has "
-                                    f"{info.num_classes} outputs")
-        test = (tx, ty)
+    test = _eval_data(eval_data, model, info, images, mean, std, class_names)
     start = time.perf_counter()
     # The teacher runs in eval mode throughout; the caller's model gets its own flags back.
     with eval_mode(model):
         result = run_compress(model, few, cfg, show_progress=show_progress)
         teacher_measures = _measure(model, info, test)
+        agreement = None
+        if test is not None:
+            from crossdistill.evaluation_agreement import agreement as agreement_of
+
+            agreement = agreement_of(model, result.student, test[0].split(256), output=info.output, kind=info.kind)
     student = result.student
     if any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
            for p in model.parameters()):
@@ -248,6 +288,8 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
                     **r.info} for r in result.records],
         **result.summary, "config": cfg.to_dict(),
         "teacher": teacher_measures, "student": _measure(student, info, test),
+        **({"agreement": {**agreement, "n_eval": int(test[0].shape[0])}} if agreement is not None else {}),
+        "predictions": {"output": info.output, "kind": info.kind},
     }
     if result.finetune is not None:
         report["finetune"] = result.finetune

@@ -30,15 +30,24 @@ def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, 
 
 
 def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_classes: int | None = None,
-                          role: str = "data") -> None:
+                          role: str = "data", scored: bool = False) -> None:
     """Raise CrossDistillError unless `data`'s images have the model's input size and its labels
-    are classes of the model (`num_classes` defaults to the registered model's)."""
+    are classes of the model (`num_classes` defaults to the registered model's). `scored`: the
+    data is to score the model's predictions against its labels (one per image), which needs
+    predictions of one class per image."""
     from crossdistill.models.registry import model_info
 
     info = model if isinstance(model, ModelInfo) else model_info(model)
     model = info.name
     where = data.source or role
     check_input_shape(data, info.input_size, model, where)
+    if info.kind not in ("classes", "binary"):
+        if scored:
+            raise CrossDistillError(
+                f"{where}: {model}'s predictions are {info.kind} (not one class per image), so a top-1 against "
+                "the file's labels means nothing: leave the evaluation data out, or compress through the Python "
+                "API (crossdistill.compress), whose report compares the student's outputs with the teacher's")
+        return  # the labels only draw the few-shot images: any numbering will do
     k = int(num_classes if num_classes is not None else info.num_classes)
     top = int(data.y.max()) if len(data.y) else -1
     if top >= k:

@@ -22,6 +22,7 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.evaluation_counts import count_flops, count_nonzero_params, count_params
 from crossdistill.train_flags import eval_mode
 from crossdistill.evaluation_timing import LatencyResult, load_average, torch_threads
+from crossdistill.model_outputs import predicted, predictions
 from crossdistill.models import ModelInfo, model_info
 
 __all__ = [
@@ -87,9 +88,16 @@ def accuracy(
     std: Sequence[float],
     batch_size: int = 256,
     progress: str | None = None,
+    output: str | None = None,
+    kind: str = "classes",
 ) -> float:
     """Top-1 accuracy in percent on uint8 N x H x W x C images (or float N x C x L signals), in eval mode, in chunks;
-    `progress` names a progress bar on stderr (None: silent)."""
+    `progress` names a progress bar on stderr (None: silent). `output` and `kind` say which of the
+    model's outputs holds its predictions and how they are read (model_outputs): one label per
+    image, so (batch, classes) logits or one binary logit."""
+    if kind not in ("classes", "binary"):
+        raise CrossDistillError(f"the model's predictions are {kind} (not one class per image); a top-1 against "
+                                "one label per image means nothing for them")
     x, y = _check_images(x_uint8, y, mean, std)
     if batch_size < 1:
         raise CrossDistillError(f"batch size must be >= 1, got {batch_size}")
@@ -99,7 +107,7 @@ def accuracy(
         for start in range(0, len(x), batch_size):
             # Normalise chunk by chunk: a float copy of a whole split would cost 4x its uint8 size.
             xb = to_tensor(x[start:start + batch_size], mean, std).to(device)
-            pred = model(xb).argmax(1).cpu().numpy()
+            pred = predicted(predictions(model(xb), output), kind).cpu().numpy()
             correct += int((pred == y[start:start + batch_size]).sum())
             bar.update(len(xb))
     return 100.0 * correct / len(x)
@@ -170,6 +178,8 @@ def evaluate_model(
     measure_speed: bool = True,
     batch_size: int = 256,
     label: str | None = None,
+    output: str | None = None,
+    kind: str = "classes",
 ) -> dict[str, Any]:
     """All report numbers in one dict; `label` (e.g. 'teacher') shows progress bars on stderr
     while evaluating and timing (None: silent).
@@ -186,7 +196,7 @@ def evaluate_model(
         except (TypeError, ValueError):
             raise CrossDistillError("data must be an ImageArrays or an (x, y) pair") from None
     top1 = accuracy(model, x, y, mean, std, batch_size=batch_size,
-                    progress=None if label is None else f"evaluating {label}")
+                    progress=None if label is None else f"evaluating {label}", output=output, kind=kind)
     latency = (
         [measure_latency(model, input_size, b, threads,
                          progress=None if label is None else f"timing {label} (batch {b})").as_dict()
@@ -233,4 +243,6 @@ def evaluate_for(
         threads=threads,
         batch_size=batch_size,
         label=label,
+        output=info.output,
+        kind=info.kind,
     )

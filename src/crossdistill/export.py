@@ -18,12 +18,15 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.model_outputs import flat
 from crossdistill.persistence.files import temp_sibling
 
 __all__ = ["FORMATS", "DeployInfo", "ExportResult", "deploy_info", "export", "export_model", "default_output",
@@ -134,14 +137,53 @@ def verification_inputs(
     return to_tensor(data.x[:k], info.mean, info.std), f"the first {k} test {kind} of {eval_data}"
 
 
+def _as_list(x: Any) -> list[torch.Tensor]:
+    """A model's outputs as flat tensors, whether PyTorch's (any structure) or onnxruntime's (arrays)."""
+    if isinstance(x, np.ndarray):
+        return [torch.from_numpy(x)]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _as_list(v)]
+    if isinstance(x, Mapping):
+        return [t for v in x.values() for t in _as_list(v)]
+    return [torch.as_tensor(x)]
+
+
 def max_abs_diff(a: Any, b: Any) -> float:
-    a = torch.as_tensor(a, dtype=torch.float32)
-    b = torch.as_tensor(b, dtype=torch.float32)
-    if a.shape != b.shape:
-        raise CrossDistillError(f"exported model returns shape {tuple(b.shape)}, PyTorch {tuple(a.shape)}")
-    if not bool(torch.isfinite(b).all()):
-        raise CrossDistillError("the exported model returns non-finite logits")
-    return float((a - b).abs().max()) if a.numel() else 0.0
+    """Largest |a − b| over every output, outputs matched in order."""
+    a_list, b_list = _as_list(a), _as_list(b)
+    if len(a_list) != len(b_list):
+        raise CrossDistillError(f"exported model returns {len(b_list)} outputs, PyTorch {len(a_list)}")
+    worst = 0.0
+    for x, y in zip(a_list, b_list):
+        x, y = x.float(), y.float()
+        if x.shape != y.shape:
+            raise CrossDistillError(f"exported model returns shape {tuple(y.shape)}, PyTorch {tuple(x.shape)}")
+        if not bool(torch.isfinite(y).all()):
+            raise CrossDistillError("the exported model returns non-finite logits")
+        worst = max(worst, float((x - y).abs().max()) if x.numel() else 0.0)
+    return worst
+
+
+def _largest(out: Any) -> float:
+    return max((float(t.abs().max()) for t in flat(out) if t.numel()), default=0.0)
+
+
+def output_names(out: Any) -> list[str]:
+    """Names of the exported graph's outputs: 'logits' for a model returning one tensor, else a
+    dict's keys and tuple positions ('aux', 'output1', 'out.logits'), in model_outputs.flat order."""
+    if isinstance(out, torch.Tensor):
+        return ["logits"]
+
+    def walk(x: Any, path: str) -> list[str]:
+        if isinstance(x, torch.Tensor):
+            return [path]
+        if isinstance(x, (list, tuple)):
+            return [n for i, v in enumerate(x) for n in walk(v, f"{path}.{i}" if path else f"output{i}")]
+        if isinstance(x, Mapping):
+            return [n for k, v in x.items() for n in walk(v, f"{path}.{k}" if path else str(k))]
+        return []
+
+    return walk(out, "")
 
 
 _AXIS_NAMES = {3: ("length",), 4: ("height", "width")}
@@ -160,7 +202,8 @@ def _resized(model: nn.Module, inputs: torch.Tensor, expected: torch.Tensor) -> 
             out = model(other)
     except Exception:  # noqa: BLE001 - any failure: the model takes its own size only
         return None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (shape[0], *expected.shape[1:]):
+    got, want = flat(out), flat(expected)
+    if len(got) != len(want) or any(tuple(g.shape) != (shape[0], *w.shape[1:]) for g, w in zip(got, want)):
         return None
     return other
 
@@ -168,14 +211,18 @@ def _resized(model: nn.Module, inputs: torch.Tensor, expected: torch.Tensor) -> 
 def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, free: tuple[str, ...] = ()) -> None:
     import onnx
 
+    with torch.no_grad():
+        names = output_names(model(example))
+
     with warnings.catch_warnings():
         # The TorchScript-based exporter (dynamo=False) works offline and needs no onnxscript;
         # torch announces its deprecation on every call, which is noise for our users.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (example,), tmp, dynamo=False, opset_version=opset,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch", **{2 + i: n for i, n in enumerate(free)}}, "logits": {0: "batch"}},
+            input_names=["input"], output_names=names,
+            dynamic_axes={"input": {0: "batch", **{2 + i: n for i, n in enumerate(free)}},
+                          **{n: {0: "batch"} for n in names}},
             do_constant_folding=True,
         )
     proto = onnx.load(tmp)
@@ -211,13 +258,14 @@ def _run_onnx(path: str, inputs: torch.Tensor) -> Any:
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": inputs.numpy()})[0]
+    return sess.run(None, {"input": inputs.numpy()})
 
 
 def _export_torchscript(model: nn.Module, example: torch.Tensor, tmp: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still the TorchScript path
-        traced = torch.jit.trace(model, example, check_trace=False)
+        # strict=False: a model returning a dict or list of outputs traces too.
+        traced = torch.jit.trace(model, example, check_trace=False, strict=False)
         torch.jit.save(traced, tmp, _extra_files={"crossdistill.json": json.dumps(_metadata(model))})
 
 
@@ -280,7 +328,7 @@ def export_model(
                 try:
                     _export_onnx(_explicit_padding(model), example, tmp, opset, free)
                     ok = max_abs_diff(wanted, _run_onnx(tmp, other)) <= allowed_difference(
-                        tolerance, float(wanted.abs().max()))
+                        tolerance, _largest(wanted))
                 except Exception:  # noqa: BLE001 - any failure: the size stays fixed
                     ok = False
                 free = free if ok else ()
@@ -289,7 +337,7 @@ def export_model(
             _export_torchscript(model, example, tmp)
             got = _run_torchscript(tmp, inputs)
         diff = max_abs_diff(expected, got)
-        scale = float(expected.abs().max()) if expected.numel() else 0.0
+        scale = _largest(expected)
         allowed = allowed_difference(tolerance, scale)
         if diff > allowed:
             raise CrossDistillError(

@@ -49,7 +49,8 @@ from crossdistill.run_setup import (  # noqa: F401 - re-exported
 def draw_few_shot(cfg: CompressConfig, data: ImageArrays, info: ModelInfo | None = None) -> FewShot:
     info = info or model_info(cfg.model)
     check_data_fits_model(data, info, role="training data")  # labels within the model's classes
-    check_class_coverage(data.y, info.num_classes, data.source or "training data")
+    if info.kind in ("classes", "binary"):  # otherwise the labels are not the model's classes
+        check_class_coverage(data.y, info.num_classes, data.source or "training data")
     idx = sample_few_shot(
         data.y, shots=cfg.shots, n=cfg.n_samples, seed=cfg.seed, mode=cfg.sampler, num_classes=data.num_classes
     )
@@ -159,7 +160,8 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         for p, _ in frozen:
             p.requires_grad_(False)
         try:
-            finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings, on_step=on_step)
+            finetuned = finetune(student, teacher, fewshot.images, fewshot.labels if fewshot.labelled else None,
+                                 settings, on_step=on_step, output=cfg.output)
         finally:
             for p, flag in frozen:
                 p.requires_grad_(flag)
@@ -242,7 +244,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         test = load_with_progress(cfg.eval_data, "test", show_progress)
     if test is not None:
         test = align_classes(test, train.class_names)
-        check_data_fits_model(test, info, role="test data")
+        check_data_fits_model(test, info, role="test data", scored=True)
     if compress_fn is None:
         result = compress(teacher, fewshot, cfg, show_progress=show_progress)
     else:

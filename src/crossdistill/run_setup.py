@@ -45,7 +45,7 @@ def info_of(cfg: CompressConfig, teacher: nn.Module, data: ImageArrays) -> Model
     if not is_factory_spec(cfg.model) and cfg.model in list_models():
         return model_info(cfg.model)
     size = cfg.input_size or data.input_shape
-    return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std)
+    return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std, output=cfg.output)
 
 
 def model_defaults(model: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ class FewShot:
     images: torch.Tensor  # normalised NCHW
     labels: torch.Tensor
     indices: np.ndarray  # into the training data, sorted
+    labelled: bool = True  # False: the data had none, `labels` are placeholders (no cross-entropy on them)
 
 
 @dataclass

@@ -182,7 +182,8 @@ def fitnet(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_pr
     history = hint_train(student, teacher, fewshot.images, hints, settings, kept_outputs)
     finetuned = None
     if cfg.finetune["epochs"] > 0:
-        finetuned = finetune(student, teacher, fewshot.images, fewshot.labels, settings_from_config(cfg))
+        finetuned = finetune(student, teacher, fewshot.images, fewshot.labels if fewshot.labelled else None,
+                             settings_from_config(cfg), output=cfg.output)
     hint_info = {"epochs": settings.epochs, "lr": settings.lr, "optimizer": settings.optimizer,
                  "augment": settings.augment, "steps": len(history),
                  "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None}

@@ -29,7 +29,7 @@ _DESTS = "_config_dests"
 # Which run settings go in which help group (any other goes to "run"); `latency` is a switch of
 # the commands that evaluate (`--latency`), not a valued flag.
 RUN_GROUPS = {
-    "model and data": ("model", "weights", "data", "eval_data", "input_size", "mean", "std"),
+    "model and data": ("model", "weights", "data", "eval_data", "input_size", "mean", "std", "output"),
     "few-shot draw": ("shots", "n_samples", "seed", "sampler"),
     "run": ("damping", "batch_size", "device"),
 }

@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "[0, 1] (default 0; files crossdistill saved record theirs)")
     p.add_argument("--std", type=float, nargs="+", default=None,
                    help="your own model from a plain state dict: per-channel std dividing them (default 1)")
+    p.add_argument("--output", default=None,
+                   help="your own model from a plain state dict that returns several outputs (a tuple, list or "
+                        "dict): which holds the logits, a key or an index (default: a dict's 'logits', else the "
+                        "first); files crossdistill saved record theirs")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--no-latency", dest="no_latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--latency-batch-sizes", dest="latency_batch_sizes", type=_batch_sizes, default=(1,),
@@ -97,15 +101,16 @@ def run(args: argparse.Namespace) -> int:
     # A run folder is read as `load` and `export` read it: the model file inside.
     weights = resolve_model_path(args.weights) if Path(args.weights).is_dir() else args.weights
     own = args.model is not None and is_factory_spec(args.model) and not is_crossdistill_file(weights)
-    if (args.mean is not None or args.std is not None) and not own:
-        raise CrossDistillError("--mean/--std are for your own model from a plain state dict (--model "
+    if (args.mean is not None or args.std is not None or args.output is not None) and not own:
+        raise CrossDistillError("--mean/--std/--output are for your own model from a plain state dict (--model "
                                 "path/to/file.py:function); a registered model and a file crossdistill saved know theirs")
     if own:
         # The user's trained teacher: its factory, its state dict, the input size of the data.
         model = build_user_model(args.model)
         load_weights(model, weights)
         data = load_image_data(args.eval_data, "test")
-        info = infer_info(model.eval(), args.model, data.input_shape, mean=args.mean, std=args.std)
+        info = infer_info(model.eval(), args.model, data.input_shape, mean=args.mean, std=args.std,
+                          output=args.output)
     else:
         model = load_model(weights, args.model)
         info = info_of(model)  # a registered model's, or what a user's model's file recorded
@@ -113,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         data = align_classes(load_image_data(args.eval_data, "test"), getattr(model, "crossdistill_class_names", None))
     name = info.name
     spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}
-    check_data_fits_model(data, info, num_classes=spec.get("num_classes", info.num_classes), role=str(args.eval_data))
+    check_data_fits_model(data, info, num_classes=spec.get("num_classes", info.num_classes), role=str(args.eval_data),
+                          scored=True)
     result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,
                           threads=args.threads, batch_size=args.batch_size,
                           label=None if args.quiet else "model")

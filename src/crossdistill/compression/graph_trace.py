@@ -120,7 +120,9 @@ def trace(model: nn.Module, example: torch.Tensor) -> Graph:
             for h in hooks:
                 h.remove()
         outputs.update(t.grad_fn for t in tensors(out) if t.grad_fn is not None)
-        return out
+        # Only outputs computed from the parameters: one that passes the input (or a constant)
+        # through has no node to trace from, and Torch-Pruning stops on it.
+        return [t for t in tensors(out) if t.grad_fn is not None]
 
     modes = [(m, m.training) for m in model.modules()]
     # Channels-last strides (images permuted from N×H×W×C, a model moved to channels_last) make

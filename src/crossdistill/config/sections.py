@@ -70,6 +70,10 @@ class RunSettings(Plugin):
                                            "from pixels scaled to [0, 1] (from signals as stored) (default 0)", item=float)
     std: tuple[float, ...] | None = param(None, "a model the registry does not know: per-channel std dividing "
                                           "them (default 1)", low=0, low_open=True, item=float)
+    output: str | None = param(None, "a model that returns several outputs (a tuple, list or dict, e.g. logits "
+                               "beside features): which one holds the predictions, as a dict key or an index "
+                               "(default: the 'logits' entry of a dict, else the first); every output is "
+                               "distilled in the fine-tune")
     device: str = param("cpu", "where the work runs: the layer-wise compression (forwards, float64 moments "
                         "and solves), the fine-tune and the training baselines (bp, l1-finetune, fitnet): cpu, "
                         "cuda, cuda:N, or auto (CUDA when present); slimming, saving and evaluation stay on the CPU")

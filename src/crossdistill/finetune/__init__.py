@@ -1,7 +1,8 @@
 """Optional few-shot fine-tune of the whole student after layer-wise cross distillation.
 
 Loss: kd_weight · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − kd_weight) · CE on the
-few labels. The teacher's soft targets carry far more information per image than a label,
+few labels; a model's other outputs (and predictions that are not class logits) are matched by
+their relative squared error (finetune.losses). The teacher's soft targets carry far more information per image than a label,
 which matters when there are 10–100 images. That logit loss is scaled by logit_weight, and
 hint_weight > 0 adds feature hints (crossdistill.hints). Mode 'hints' of the config (hints on
 the pruned layers' outputs, no logit loss) was the best recipe measured on ResNet-56: +5 points
@@ -32,7 +33,7 @@ views, mixup/CutMix).
 """
 from crossdistill.finetune.batchnorm import AUTO_RECALIBRATE_GAIN, choose_bn, recalibrate_bn
 from crossdistill.finetune.ema import WeightAverage
-from crossdistill.finetune.losses import few_shot_losses, kd_loss, logit_loss
+from crossdistill.finetune.losses import Distillation, few_shot_losses, kd_loss
 from crossdistill.finetune.loop import finetune
 from crossdistill.finetune.settings import (
     BN_MODES, MODES, OPTIMIZERS, SCHEDULES, TRAINABLE, FinetuneConfig, FinetuneSettings, config_of,
@@ -47,6 +48,6 @@ _affine_augment = affine_views
 __all__ = [
     "AUGMENT_POLICIES", "AUTO_RECALIBRATE_GAIN", "BN_MODES", "MODES", "OPTIMIZERS", "SCHEDULES", "TRAINABLE",
     "VIEWS", "FinetuneConfig", "FinetuneSettings", "WeightAverage", "affine_views", "choose_bn", "config_of",
-    "crop_flip", "default_logit_weight", "few_shot_losses", "finetune", "kd_loss", "logit_loss", "mix",
+    "crop_flip", "default_logit_weight", "Distillation", "few_shot_losses", "finetune", "kd_loss", "mix",
     "recalibrate_bn", "run_settings", "settings_from_config",
 ]

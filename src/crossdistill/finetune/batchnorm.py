@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossdistill.finetune.losses import batched_logits, kd_loss
+from crossdistill.finetune.losses import Distillation
+from crossdistill.model_outputs import batched
 
 # 'auto' recalibrates only when that cuts the KD loss on the few-shot images by at least this
 # share: a drop that large means the teacher's statistics no longer describe the student.
@@ -60,7 +61,7 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 64)
         bn.num_batches_tracked.copy_(saved[bn][2] + 1)
 
 
-def choose_bn(student: nn.Module, teacher_logits: torch.Tensor, images: torch.Tensor, temperature: float,
+def choose_bn(student: nn.Module, teacher_outs: list[torch.Tensor], images: torch.Tensor, distill: Distillation,
               batch_size: int) -> tuple[str, dict[str, float]]:
     """'recalibrate' or 'frozen' for bn='auto', by the KD loss on the few-shot images with the
     current and with re-estimated statistics (the student is left unchanged)."""
@@ -68,7 +69,7 @@ def choose_bn(student: nn.Module, teacher_logits: torch.Tensor, images: torch.Te
     saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in bns]
 
     def kd() -> float:
-        return float(kd_loss(batched_logits(student, images, batch_size), teacher_logits, temperature))
+        return float(distill.kd(batched(student, images, batch_size), teacher_outs))
 
     frozen = kd()
     recalibrate_bn(student, images, batch_size)

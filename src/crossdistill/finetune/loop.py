@@ -14,11 +14,12 @@ from crossdistill.device import on_device, resolve_device
 from crossdistill.errors import CrossDistillError
 from crossdistill.finetune.batchnorm import choose_bn, recalibrate_bn
 from crossdistill.finetune.ema import WeightAverage
-from crossdistill.finetune.losses import batched_logits, few_shot_losses, logit_loss
+from crossdistill.finetune.losses import Distillation
 from crossdistill.finetune.settings import FinetuneSettings
 from crossdistill.finetune.views import VIEWS, mix
 from crossdistill.finetune.weights import Masks, trainable_params
 from crossdistill.hints import capture, hint_loss, hint_points, matching_points
+from crossdistill.model_outputs import batched, flat
 
 OnStep = Callable[[int, nn.Module], None]
 
@@ -31,6 +32,7 @@ def finetune(
     settings: FinetuneSettings,
     masks: Mapping[str, torch.Tensor] | None = None,
     on_step: OnStep | None = None,
+    output: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `student` in place on the few-shot images; returns what happened (losses on
     the un-augmented few-shot images before and after, steps, seconds) for the report.
@@ -40,14 +42,16 @@ def finetune(
     fine-tune would return if it stopped there (the student, or with `ema` its running average),
     in eval mode (e.g. to evaluate along the way). Returns with the student in eval mode.
     The steps run on `settings.device`; student and teacher are back on their own devices
-    afterwards (`on_step` sees them on the training device).
+    afterwards (`on_step` sees them on the training device). `output` names the model's output
+    that holds its predictions when it returns several (crossdistill.model_outputs); every output
+    is distilled.
     """
     settings.validate()
     device = resolve_device(settings.device)
     start, cpu_start = time.perf_counter(), time.process_time()
     with on_device(device, student, teacher):
         info = _finetune(student, teacher, images.to(device), None if labels is None else labels.to(device),
-                         settings, masks, on_step)
+                         settings, masks, on_step, output)
     info["device"] = str(device)
     info["seconds"] = time.perf_counter() - start  # moving to and from the device included
     # This process's CPU time, all threads: on a shared machine the wall seconds above grow with
@@ -58,7 +62,7 @@ def finetune(
 
 def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
               settings: FinetuneSettings, masks: Mapping[str, torch.Tensor] | None,
-              on_step: OnStep | None) -> dict[str, Any]:
+              on_step: OnStep | None, output: str | None) -> dict[str, Any]:
     if masks is None:
         from crossdistill.compression.weight_sparsity import get_masks
 
@@ -66,11 +70,14 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
     if labels is None and settings.kd_weight < 1.0:
         raise CrossDistillError("the fine-tune's cross-entropy term needs labels; set its kd_weight to 1")
     teacher.eval()
-    teacher_logits = batched_logits(teacher, images, settings.batch_size)
+    distill = Distillation.of(teacher, images[:1], output, settings.temperature)
+    if not distill.has_classes:
+        labels = None  # the few-shot labels (one per image) are not classes of these predictions
+    teacher_outs = batched(teacher, images, settings.batch_size)
     student.eval()
 
     def losses() -> dict[str, float]:
-        return few_shot_losses(student, teacher_logits, images, labels, settings.temperature, settings.batch_size)
+        return distill.few_shot_losses(student, teacher_outs, images, labels, settings.batch_size)
 
     info: dict[str, Any] = {"settings": asdict(settings), "before": losses(), "steps": 0}
     if settings.epochs == 0:
@@ -81,20 +88,19 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
             info["bn"] = "recalibrate"
             info["after"] = losses()
         return info
-    bn_mode = _settle_bn(student, teacher_logits, images, settings, info)
-    run = _Training.start(student, teacher, images, settings, masks, bn_mode, info)
-    info["steps"] = run.train(images, labels, teacher_logits, on_step)
+    bn_mode = _settle_bn(student, teacher_outs, images, settings, distill, info)
+    run = _Training.start(student, teacher, images, settings, masks, bn_mode, distill, info)
+    info["steps"] = run.train(images, labels, teacher_outs, on_step)
     info["after"] = losses()
     return info
 
 
-def _settle_bn(student: nn.Module, teacher_logits: torch.Tensor, images: torch.Tensor,
-               settings: FinetuneSettings, info: dict[str, Any]) -> str:
+def _settle_bn(student: nn.Module, teacher_outs: list[torch.Tensor], images: torch.Tensor,
+               settings: FinetuneSettings, distill: Distillation, info: dict[str, Any]) -> str:
     """The BatchNorm mode the steps use ('auto' decided here), statistics re-estimated if so."""
     bn_mode = settings.bn
     if bn_mode == "auto":
-        bn_mode, info["auto_bn"] = choose_bn(student, teacher_logits, images, settings.temperature,
-                                             settings.batch_size)
+        bn_mode, info["auto_bn"] = choose_bn(student, teacher_outs, images, distill, settings.batch_size)
     info["bn"] = bn_mode
     if bn_mode == "recalibrate":
         recalibrate_bn(student, images, settings.batch_size)
@@ -125,6 +131,7 @@ class _Training:
     teacher: nn.Module
     settings: FinetuneSettings
     bn_mode: str
+    distill: Distillation
     masks: Masks
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler | None
@@ -136,7 +143,8 @@ class _Training:
 
     @classmethod
     def start(cls, student: nn.Module, teacher: nn.Module, images: torch.Tensor, settings: FinetuneSettings,
-              masks: Mapping[str, torch.Tensor], bn_mode: str, info: dict[str, Any]) -> "_Training":
+              masks: Mapping[str, torch.Tensor], bn_mode: str, distill: Distillation,
+              info: dict[str, Any]) -> "_Training":
         bound = Masks(student, masks)
         bound.apply()  # before the average copies the student: masked weights are zero in it at every step
         total_steps = settings.epochs * math.ceil(images.shape[0] / settings.batch_size)
@@ -149,10 +157,10 @@ class _Training:
         # With a constant rate and 10-50 images the weights keep moving step to step; their running
         # average is a steadier result.
         averaged = WeightAverage(student, settings.ema) if settings.ema > 0 else None
-        return cls(student, teacher, settings, bn_mode, bound, opt, sched, torch.Generator().manual_seed(settings.seed),
+        return cls(student, teacher, settings, bn_mode, distill, bound, opt, sched, torch.Generator().manual_seed(settings.seed),
                    np.random.default_rng(settings.seed), points, averaged, info)
 
-    def train(self, images: torch.Tensor, labels: torch.Tensor | None, teacher_logits: torch.Tensor,
+    def train(self, images: torch.Tensor, labels: torch.Tensor | None, teacher_outs: list[torch.Tensor],
               on_step: OnStep | None) -> int:
         """All epochs; returns the number of steps. The result (the average, with `ema`) is left
         in the student, in eval mode."""
@@ -166,7 +174,7 @@ class _Training:
                     for i in range(0, n, bs):
                         idx = order[i : i + bs]
                         y = labels[idx] if labels is not None else None
-                        self._step(self._loss(images[idx], y, teacher_logits[idx], s_feats, t_feats))
+                        self._step(self._loss(images[idx], y, [t[idx] for t in teacher_outs], s_feats, t_feats))
                         steps += 1
                         self._after_step(steps, on_step)
             finally:
@@ -179,7 +187,7 @@ class _Training:
         # BN in training mode only for bn='train'; 'frozen'/'recalibrate' keep running statistics.
         self.student.train(self.bn_mode == "train")
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor | None, cached_teacher_logits: torch.Tensor,
+    def _loss(self, x: torch.Tensor, y: torch.Tensor | None, cached_teacher_outs: list[torch.Tensor],
               s_feats: dict[str, torch.Tensor], t_feats: dict[str, torch.Tensor]) -> torch.Tensor:
         s = self.settings
         if s.augment:
@@ -188,11 +196,11 @@ class _Training:
         if s.augment or lam is not None or self.points:
             # A new view, a blend or hint features: the teacher must see this very batch.
             with torch.no_grad():
-                t_logits = self.teacher(x)
+                t_outs = flat(self.teacher(x))
         else:
-            t_logits = cached_teacher_logits
-        logits = self.student(x)
-        loss = s.logit_weight * logit_loss(logits, t_logits, y, lam, partner, s.kd_weight, s.temperature)
+            t_outs = cached_teacher_outs
+        s_outs = flat(self.student(x))
+        loss = s.logit_weight * self.distill.loss(s_outs, t_outs, y, lam, partner, s.kd_weight)
         if self.points:
             hint = hint_loss(s_feats, t_feats, self.points)
             loss = loss + s.hint_weight * hint

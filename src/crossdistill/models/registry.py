@@ -56,6 +56,10 @@ class ModelInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_mu: float
+    # Which of the model's outputs holds its predictions (model_outputs.predictions) and what
+    # kind they are; a registered model returns (batch, classes) logits.
+    output: str | None = None
+    kind: str = "classes"
 
 
 _F = TypeVar("_F", bound=Callable[..., nn.Module])

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.model_outputs import kind_of, n_classes, predictions
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 from crossdistill.train_flags import eval_mode
 
@@ -82,9 +83,10 @@ def build_user_model(spec: str) -> nn.Module:
 
 
 def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None) -> ModelInfo:
-    """A ModelInfo for a model the registry does not know: the number of classes from one
-    forward pass on zeros (which also checks, before any long work, that the input size fits)."""
+               std: Sequence[float] | None = None, output: str | None = None) -> ModelInfo:
+    """A ModelInfo for a model the registry does not know: what it returns (its predictions,
+    their kind and number of classes: model_outputs) from one forward pass on zeros, which also
+    checks, before any long work, that the input size fits."""
     size = tuple(int(v) for v in input_size)  # (C, H, W) for images; any shape for other inputs
     c = size[0]
     low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
@@ -94,33 +96,40 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
                                 "(model.float()) and cast the student back afterwards")
     try:
         # Each submodule's own train/eval flag comes back: a caller may keep parts in eval mode.
+        # Two samples: a batch dimension of 1 cannot be told from a squeezed one.
         with eval_mode(model), torch.no_grad():
-            out = model(torch.zeros(1, *size))
+            out = model(torch.zeros(2, *size))
     except Exception as exc:
         raise CrossDistillError(
             f"model {name}: a forward pass on an input of size {size} failed: "
             f"{type(exc).__name__}: {exc}; give the input size the model expects (--input-size C H W, or C L for signals)"
         ) from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        got = f"a {type(out).__name__}" if isinstance(out, (tuple, list, dict)) else getattr(out, "shape", type(out).__name__)
-        raise CrossDistillError(f"model {name}: expected logits of shape (batch, classes), got {got}; a model that "
-                                "returns several outputs needs a wrapper whose forward returns the logits alone")
+    try:
+        pred = predictions(out, output)
+    except CrossDistillError as exc:
+        raise CrossDistillError(f"model {name}: {exc}") from None
+    if pred.dim() == 0 or pred.shape[0] != 2:
+        raise CrossDistillError(f"model {name}: its output {output or ''} ({tuple(pred.shape)} for 2 inputs) has no "
+                                "batch dimension first; the predictions must be one row per input")
+    kind = kind_of(pred)
     mean_t = tuple(float(m) for m in mean) if mean is not None else (0.0,) * c
     std_t = tuple(float(s) for s in std) if std is not None else (1.0,) * c
     if len(mean_t) != c or len(std_t) != c:
         raise CrossDistillError(f"model {name}: mean and std need one value per input channel ({c})")
-    return ModelInfo(name=name, family=USER_FAMILY, input_size=size, num_classes=int(out.shape[1]),  # type: ignore[arg-type]
-                     mean=mean_t, std=std_t, default_mu=USER_DEFAULT_MU)
+    return ModelInfo(name=name, family=USER_FAMILY, input_size=size,  # type: ignore[arg-type]
+                     num_classes=n_classes(pred, kind) or 0, mean=mean_t, std=std_t, default_mu=USER_DEFAULT_MU,
+                     output=output, kind=kind)
 
 
 def info_for(name: str, model: nn.Module | None = None, *, input_size: Sequence[int] | None = None,
-             mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> ModelInfo:
+             mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+             output: str | None = None) -> ModelInfo:
     """The registry's info for a registered name, else one inferred from the model."""
     if name in list_models():
         return model_info(name)
     if model is None or input_size is None:
         raise CrossDistillError(f"model {name!r} is not registered: its input size must be given or inferred")
-    return infer_info(model, name, input_size, mean=mean, std=std)
+    return infer_info(model, name, input_size, mean=mean, std=std, output=output)
 
 
 def info_of(model: nn.Module) -> ModelInfo:
@@ -135,11 +144,12 @@ def info_of(model: nn.Module) -> ModelInfo:
     if isinstance(info, ModelInfo):
         return info
     saved = getattr(model, "crossdistill_saved_info", None)
-    if saved is not None and saved.input_size and saved.num_classes:
+    if saved is not None and saved.input_size and (saved.num_classes or saved.kind == "values"):
         c = saved.input_size[0]
         return ModelInfo(name=saved.model, family=USER_FAMILY, input_size=tuple(saved.input_size),  # type: ignore[arg-type]
-                         num_classes=int(saved.num_classes), mean=tuple(saved.mean or (0.0,) * c),
-                         std=tuple(saved.std or (1.0,) * c), default_mu=USER_DEFAULT_MU)
+                         num_classes=int(saved.num_classes or 0), mean=tuple(saved.mean or (0.0,) * c),
+                         std=tuple(saved.std or (1.0,) * c), default_mu=USER_DEFAULT_MU, output=saved.output,
+                         kind=saved.kind)
     raise CrossDistillError(f"a {type(model).__name__} whose input size and classes crossdistill does not know: give "
                             "a model built by create_model, compressed by crossdistill, or loaded by crossdistill.load")
 

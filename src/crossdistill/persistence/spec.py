@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.model_outputs import KINDS
 from crossdistill.persistence import codecs
 from crossdistill.persistence.codecs import DocumentError, check_registry
 from crossdistill.persistence.codecs.base import is_int, str_dict
@@ -26,7 +27,7 @@ META_KEY = "crossdistill"
 # The document's own keys. `to_json` writes the codecs' entries between std and omitted: where
 # format version 1 wrote lowrank, quant and masks, so that files stay byte-identical.
 _HEAD_KEYS = ("format", "format_version", "crossdistill_version", "torch_version", "model", "spec",
-              "input_size", "num_classes", "mean", "std")
+              "input_size", "num_classes", "mean", "std", "class_names", "output", "kind")
 _TAIL_KEYS = ("omitted",)
 # Names no codec may take.
 DOCUMENT_KEYS = frozenset(_HEAD_KEYS + _TAIL_KEYS)
@@ -52,6 +53,10 @@ class SavedModelInfo:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     class_names: list[str] | None = None  # the training data's, when it named its classes
+    # Which output holds the predictions and their kind (crossdistill.model_outputs); written
+    # only when not a plain classifier's, so that such files stay as they were.
+    output: str | None = None
+    kind: str = "classes"
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     omitted: list[str] = field(default_factory=list)
 
@@ -77,6 +82,10 @@ class SavedModelInfo:
         }
         if self.class_names is not None:
             doc["class_names"] = list(self.class_names)
+        if self.output is not None:
+            doc["output"] = self.output
+        if self.kind != "classes":
+            doc["kind"] = self.kind
         for codec in codecs.CODECS:
             entry = self.artifacts.get(codec.name) or {}
             if entry or codec.always_written:
@@ -143,6 +152,13 @@ def parse_info(text: str | bytes, source: str = "model document") -> SavedModelI
                 and (info.num_classes is None or len(names) == info.num_classes),
                 source, "'class_names' must be a list of strings, one per class")
         info.class_names = list(names)
+    output = doc.get("output")
+    _expect(output is None or (isinstance(output, str) and bool(output)), source, "'output' must be a key or an index")
+    info.output = output
+    kind = doc.get("kind", "classes")
+    _expect(kind in KINDS, source, f"'kind' must be one of {', '.join(KINDS)}")
+    _expect(kind != "values" or info.num_classes is None, source, "predictions of kind 'values' have no 'num_classes'")
+    info.kind = kind
 
     for codec in codecs.CODECS:
         try:

@@ -62,11 +62,11 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
     if bad:
         raise CrossDistillError(f"cannot save {name}: non-finite values (NaN/inf) in {', '.join(bad[:_MAX_LISTED])}")
     tensors = dict(state)
-    n_classes = _num_classes(spec, info.num_classes)
+    n_classes = _num_classes(spec, info.num_classes) or None  # None: predictions of no classes
     doc = SavedModelInfo(
         model=name, spec=spec, crossdistill_version=__version__, torch_version=torch.__version__,
         input_size=tuple(info.input_size), num_classes=n_classes, mean=tuple(info.mean), std=tuple(info.std),
-        class_names=_class_names(model, n_classes),
+        class_names=_class_names(model, n_classes or 0), output=info.output, kind=info.kind,
     )
     for codec in codecs.CODECS:
         try:

@@ -1,0 +1,152 @@
+"""What a model returns, and which part of it holds the predictions.
+
+A model may return one tensor, or a tuple, list or dict of them (a classifier's logits beside
+auxiliary outputs or features, a segmentation model's {'out': ..., 'aux': ...}, a Hugging
+Face-style output object, which is a dict). The layer solves never look at outputs. Three
+things do: the evaluation (the *predictions*: the output that top-1 is scored on), the
+fine-tune (every output is distilled) and the checks that compare two models (every output).
+
+The predictions are picked by a key or an index (the `output` setting); by default the tensor
+itself, a dict's 'logits' entry, else the first entry. Their shape gives the kind of task:
+
+- ``classes``: (batch, C) logits, C ≥ 2; a label per sample, top-1 by argmax;
+- ``binary``:  (batch,) or (batch, 1), one logit per sample; a 0/1 label, predicted 1 when > 0;
+- ``dense``:   (batch, C, ...) logits per position (segmentation, C ≥ 2); a label per position
+               (a (batch, ...) map), top-1 per position;
+- ``values``:  anything else (regression targets, embeddings of one channel per position):
+               no labels; the report compares the student with the teacher only.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+
+KINDS = ("classes", "binary", "dense", "values")
+
+
+def flat(out: Any) -> list[torch.Tensor]:
+    """Every tensor of `out`, in order (dicts in their own order, nested containers included)."""
+    return list(_walk(out))
+
+
+def _walk(x: Any) -> Iterator[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _walk(v)
+    elif isinstance(x, Mapping):
+        for v in x.values():
+            yield from _walk(v)
+
+
+def describe(out: Any) -> str:
+    """`out` in a few words, for messages: 'a tuple of 2 ((1, 10), (1, 64))'."""
+    if isinstance(out, torch.Tensor):
+        return f"a tensor {tuple(out.shape)}"
+    if isinstance(out, Mapping):
+        parts = ", ".join(f"{k!r}: {_shape(v)}" for k, v in out.items())
+        return f"a {type(out).__name__} {{{parts}}}"
+    if isinstance(out, (list, tuple)):
+        return f"a {type(out).__name__} of {len(out)} ({', '.join(_shape(v) for v in out)})"
+    return f"a {type(out).__name__}"
+
+
+def _shape(v: Any) -> str:
+    return str(tuple(v.shape)) if isinstance(v, torch.Tensor) else type(v).__name__
+
+
+def predictions(out: Any, output: str | None = None) -> torch.Tensor:
+    """The tensor of `out` that holds the predictions: `output` names a dict key or a tuple/list
+    index (given as digits); None takes the tensor itself, a dict's 'logits', else the first entry."""
+    return flat(out)[position(out, output)]
+
+
+def position(out: Any, output: str | None = None) -> int:
+    """Where the predictions sit in `flat(out)` (the same for every batch of one model)."""
+    target = _target(out, output)
+    for i, t in enumerate(flat(out)):
+        if t is target:
+            return i
+    raise CrossDistillError(f"the model's output {output!r} is not a tensor")  # unreachable for tensors
+
+
+def _target(out: Any, output: str | None) -> Any:
+    if isinstance(out, torch.Tensor):
+        if output is not None:
+            raise CrossDistillError(f"output {output!r}: the model returns one tensor; leave output unset")
+        return out
+    if isinstance(out, Mapping):
+        if output is None:
+            key = "logits" if "logits" in out else next(iter(out), None)
+        else:
+            key = output
+        if key not in out:
+            raise CrossDistillError(f"output {output!r}: the model returns {describe(out)}; give one of its keys")
+        found = out[key]
+    elif isinstance(out, (list, tuple)) and len(out):
+        if output is None:
+            found = out[0]
+        else:
+            if not str(output).lstrip("-").isdigit() or not -len(out) <= int(output) < len(out):
+                raise CrossDistillError(f"output {output!r}: the model returns {describe(out)}; give an index "
+                                        f"0 ... {len(out) - 1}")
+            found = out[int(output)]
+    else:
+        raise CrossDistillError(f"the model returns {describe(out)}; it must return a tensor, or a tuple, list "
+                                "or dict of tensors")
+    if isinstance(found, torch.Tensor):
+        return found
+    if isinstance(found, (list, tuple, Mapping)):
+        return _target(found, None)  # nested: its own default entry
+    raise CrossDistillError(f"output {output!r} of the model is {describe(found)}, not a tensor")
+
+
+def kind_of(pred: torch.Tensor) -> str:
+    """The kind of task a predictions tensor (with its batch dimension) belongs to (see the module)."""
+    if pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1):
+        return "binary"
+    if pred.dim() == 2:
+        return "classes"
+    if pred.dim() >= 3 and pred.shape[1] >= 2:
+        return "dense"
+    return "values"
+
+
+def n_classes(pred: torch.Tensor, kind: str) -> int | None:
+    """Classes the predictions score (None for 'values')."""
+    if kind == "binary":
+        return 2
+    if kind in ("classes", "dense"):
+        return int(pred.shape[1])
+    return None
+
+
+def label_shape(pred: torch.Tensor, kind: str) -> tuple[int, ...] | None:
+    """A label's shape (per sample) for predictions of this per-sample shape: () for one label a
+    sample, the positions for 'dense', None where labels have no meaning."""
+    if kind in ("classes", "binary"):
+        return ()
+    if kind == "dense":
+        return tuple(pred.shape[2:])
+    return None
+
+
+def predicted(pred: torch.Tensor, kind: str) -> torch.Tensor:
+    """The predicted classes (argmax over the class dimension; 1 where a binary logit is > 0)."""
+    if kind == "binary":
+        return (pred.reshape(pred.shape[0]) > 0).long()
+    return pred.argmax(1)
+
+
+@torch.no_grad()
+def batched(model: nn.Module, images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Every output tensor of `model` on all images, `batch_size` at a time (concatenated along
+    the batch), in the model's current mode."""
+    parts = [flat(model(images[i : i + batch_size])) for i in range(0, images.shape[0], batch_size)]
+    return [torch.cat(p) for p in zip(*parts)]
