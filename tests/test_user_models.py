@@ -258,20 +258,6 @@ def test_data_forms_that_cannot_be_read_as_pairs_are_named_and_numpy_pairs_work(
                               method="quant", bits=8, show_progress=False)
 
 
-def test_token_ids_are_refused_with_the_way_round_it():
-    class TextCNN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed, self.conv, self.fc = nn.Embedding(50, 8), nn.Conv1d(8, 6, 3), nn.Linear(6, 3)
-
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.conv(self.embed(ids).transpose(1, 2)).amax(-1))
-
-    ids = torch.randint(0, 50, (12, 20))
-    with pytest.raises(CrossDistillError, match=r"holds integers \(12, 20\) torch.int64 \(token ids\?\).*after its nn.Embedding"):
-        crossdistill.compress(TextCNN().eval(), ids, labels=torch.arange(12) % 3, shots=2, show_progress=False)
-
-
 def test_mean_and_std_with_tensor_data_are_refused_not_ignored():
     # They were recorded in the student while the tensors went in unnormalised.
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()

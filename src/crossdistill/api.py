@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.model_inputs import dtype_name
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 from crossdistill.models.user import infer_info
 from crossdistill.train_flags import eval_mode
@@ -100,12 +101,14 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
     if isinstance(data, (str, Path)):
         return _from_path(data, role, mean, std, classes)
     x, y = _tensors_from(data)
-    if x.dim() >= 2 and not x.is_floating_point() and x.dtype not in (torch.uint8, torch.bool):
-        # Token ids: the layer statistics are of float inputs, and an embedding is a lookup.
-        raise CrossDistillError(
-            f"{role} data holds integers {tuple(x.shape)} {x.dtype} (token ids?); the layers are solved on float "
-            "inputs: compress the part of the model after its nn.Embedding, on the embedded inputs, e.g. a "
-            "wrapper whose forward is the model's forward without its embedding, given model.embed(ids)")
+    if x.dim() >= 2 and not x.is_floating_point() and x.dtype not in (torch.uint8, torch.bool) \
+            and not x.is_complex():
+        # Token ids (a text model's input): the model's embedding turns them into the float
+        # inputs its layers are solved on; they are fed as they are.
+        if len(x) and int(x.min()) < 0:
+            raise CrossDistillError(f"{role} data holds integers {tuple(x.shape)} {x.dtype} (token ids?) with "
+                                    f"negative values ({int(x.min())})")
+        return x.long(), (None if y is None else y.long()), None
     if x.dim() < 2 or not x.is_floating_point():
         raise CrossDistillError(f"{role} images must be a float tensor with a batch dimension, got "
                                 f"{tuple(x.shape)} {x.dtype} (give a path for uint8 image files)")
@@ -179,7 +182,7 @@ def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.
     from crossdistill.evaluation_agreement import top1
 
     out: dict[str, Any] = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
-                           "flops": count_flops(model, info.input_size)}
+                           "flops": count_flops(model, info.input_size, info.input_dtype)}
     if test is not None:
         if test[1] is not None:
             out["top1"] = top1(model, test[0], test[1], output=info.output, kind=info.kind)
@@ -236,7 +239,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     if found_labels is not None and found_labels.shape[0] != images.shape[0]:
         raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
     info = registered or infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std,
-                                    output=settings.get("output"))
+                                    output=settings.get("output"), input_dtype=dtype_name(images))
     classes = info.kind in ("classes", "binary")  # otherwise training labels only group the draw
     if found_labels is not None and found_labels.dim() > 1:
         # Per-position labels (a segmentation map) score a dense model on eval_data; the draw

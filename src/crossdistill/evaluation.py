@@ -22,6 +22,7 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.evaluation_counts import count_flops, count_nonzero_params, count_params
 from crossdistill.train_flags import eval_mode
 from crossdistill.evaluation_timing import LatencyResult, load_average, torch_threads
+from crossdistill.model_inputs import example
 from crossdistill.model_outputs import predicted, predictions
 from crossdistill.models import ModelInfo, model_info
 
@@ -121,6 +122,7 @@ def measure_latency(
     warmup: int = 5,
     repeats: int = 20,
     progress: str | None = None,
+    input_dtype: str = "float32",
 ) -> LatencyResult:
     """Median and IQR (ms) of a forward pass of `batch_size` random images using `threads` CPU threads.
 
@@ -136,7 +138,7 @@ def measure_latency(
         torch.set_num_threads(threads)
     used_threads = torch.get_num_threads()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    x = torch.randn(batch_size, *input_size, device=device)
+    x = example(input_size, batch_size, input_dtype, model=model, random=True).to(device)
     times: list[float] = []
     load = load_average()
     try:
@@ -180,6 +182,7 @@ def evaluate_model(
     label: str | None = None,
     output: str | None = None,
     kind: str = "classes",
+    input_dtype: str = "float32",
 ) -> dict[str, Any]:
     """All report numbers in one dict; `label` (e.g. 'teacher') shows progress bars on stderr
     while evaluating and timing (None: silent).
@@ -198,7 +201,7 @@ def evaluate_model(
     top1 = accuracy(model, x, y, mean, std, batch_size=batch_size,
                     progress=None if label is None else f"evaluating {label}", output=output, kind=kind)
     latency = (
-        [measure_latency(model, input_size, b, threads,
+        [measure_latency(model, input_size, b, threads, input_dtype=input_dtype,
                          progress=None if label is None else f"timing {label} (batch {b})").as_dict()
          for b in latency_batch_sizes]
         if measure_speed
@@ -209,7 +212,7 @@ def evaluate_model(
         "n_eval": int(len(y)),
         "params": count_params(model),
         "nonzero_params": count_nonzero_params(model),
-        "flops": count_flops(model, input_size),
+        "flops": count_flops(model, input_size, input_dtype),
         "input_size": [int(s) for s in input_size],
         "latency": latency,
     }
@@ -245,4 +248,5 @@ def evaluate_for(
         label=label,
         output=info.output,
         kind=info.kind,
+        input_dtype=info.input_dtype,
     )

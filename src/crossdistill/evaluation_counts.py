@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from crossdistill.device import module_device
+from crossdistill.model_inputs import example
 from crossdistill.flop_counter import counting_flops
 from crossdistill.train_flags import eval_mode
 
@@ -24,7 +25,7 @@ def count_nonzero_params(model: nn.Module) -> int:
     return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
 
 
-def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
+def count_flops(model: nn.Module, input_size: Sequence[int], input_dtype: str = "float32") -> int:
     """FLOPs of one forward pass on ONE image of shape (C, H, W), via torch's FlopCounterMode.
 
     Counts 2 FLOPs per multiply-accumulate (so a conv's FLOPs are 2 x its MACs) and only the
@@ -33,7 +34,7 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
     BatchNorm, ReLU, pooling and additions are not counted. Zero weights still count: this
     measures dense compute, which is what channel pruning reduces.
     """
-    x = torch.zeros(1, *input_size, device=module_device(model))
+    x = example(input_size, 1, input_dtype, device=module_device(model))
     with eval_mode(model), counting_flops() as counter:
         model(x)
     return int(counter.get_total_flops())

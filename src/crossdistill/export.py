@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.model_inputs import example
 from crossdistill.model_outputs import flat
 from crossdistill.persistence.files import temp_sibling
 
@@ -81,6 +82,7 @@ class DeployInfo:
     input_size: tuple[int, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    input_dtype: str = "float32"  # "int64": token ids
 
 
 def deploy_info(model: nn.Module) -> DeployInfo:
@@ -93,7 +95,7 @@ def deploy_info(model: nn.Module) -> DeployInfo:
     except CrossDistillError as exc:
         raise CrossDistillError(f"cannot export {exc}") from None
     name = getattr(model, "crossdistill_factory", None) if info.family == "user" else info.name
-    return DeployInfo(name or info.name, tuple(info.input_size), tuple(info.mean), tuple(info.std))
+    return DeployInfo(name or info.name, tuple(info.input_size), tuple(info.mean), tuple(info.std), info.input_dtype)
 
 
 def _metadata(model: nn.Module) -> dict[str, str]:
@@ -110,6 +112,7 @@ def _metadata(model: nn.Module) -> dict[str, str]:
         # Deployers must feed (pixels / 255 - mean) / std, NCHW float32 (images).
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),
+        **({"input_dtype": info.input_dtype} if info.input_dtype != "float32" else {}),
     })
     if hasattr(model, "spec"):
         meta["spec"] = json.dumps(model.spec())  # type: ignore[operator]
@@ -125,8 +128,10 @@ def verification_inputs(
     info = deploy_info(model)
     if eval_data is None:
         gen = torch.Generator().manual_seed(seed)
-        # Normalised images are roughly standard normal, so this exercises the same value range.
-        return torch.randn(n, *info.input_size, generator=gen), f"a fixed random batch of {n} (seed {seed})"
+        # Normalised images are roughly standard normal, so this exercises the same value range
+        # (token ids: drawn from the model's vocabulary).
+        batch = example(info.input_size, n, info.input_dtype, model=model, random=True, generator=gen)
+        return batch, f"a fixed random batch of {n} (seed {seed})"
     from crossdistill.checks import check_input_shape
     from crossdistill.data import load_image_data, to_tensor
 
@@ -193,7 +198,7 @@ def _resized(model: nn.Module, inputs: torch.Tensor, expected: torch.Tensor) -> 
     """The first inputs at 1.5x their length (signals) or height and width (images), when the
     model takes that size too and still returns one row of logits per input (adaptive pooling);
     else None. Only then does an ONNX file get free size axes."""
-    if inputs.dim() not in _AXIS_NAMES:
+    if inputs.dim() not in _AXIS_NAMES or not inputs.is_floating_point():
         return None
     shape = (min(len(inputs), _TRACE_BATCH), inputs.shape[1], *(max(2, round(s * 1.5)) for s in inputs.shape[2:]))
     other = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=inputs.dtype).to(inputs.device)
@@ -301,8 +306,9 @@ def export_model(
         raise CrossDistillError(f"output {out} is a directory; give a file name")
     if out.exists() and not force:
         raise CrossDistillError(f"output {out} already exists; pass --force to replace it")
-    if inputs.dim() < 2 or not inputs.is_floating_point() or not bool(torch.isfinite(inputs).all()):
-        raise CrossDistillError("verification inputs must be a finite float batch (NCHW for images)")
+    tokens = inputs.dtype in (torch.int64, torch.int32)
+    if inputs.dim() < 2 or not (inputs.is_floating_point() or tokens) or not bool(torch.isfinite(inputs).all()):
+        raise CrossDistillError("verification inputs must be a finite float batch (NCHW for images), or token ids")
     model = model.eval()
     example = inputs[:_TRACE_BATCH].clone()
     if len(example) < _TRACE_BATCH:

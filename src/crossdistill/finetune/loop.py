@@ -69,6 +69,9 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
         masks = get_masks(student)
     if labels is None and settings.kd_weight < 1.0:
         raise CrossDistillError("the fine-tune's cross-entropy term needs labels; set its kd_weight to 1")
+    if not images.is_floating_point() and (settings.mixup > 0 or settings.cutmix > 0):
+        raise CrossDistillError("mixup and CutMix blend inputs; token ids cannot be blended: set "
+                                "finetune_mixup and finetune_cutmix to 0")
     teacher.eval()
     distill = Distillation.of(teacher, images[:1], output, settings.temperature)
     if not distill.has_classes:
@@ -80,6 +83,8 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
         return distill.few_shot_losses(student, teacher_outs, images, labels, settings.batch_size)
 
     info: dict[str, Any] = {"settings": asdict(settings), "before": losses(), "steps": 0}
+    if settings.augment and not images.is_floating_point():
+        info["augment"] = "off: token ids have no random views"
     if settings.epochs == 0:
         # bn='recalibrate' without training: only the statistics are re-estimated (after 90 %
         # unstructured pruning that alone recovered most of the accuracy).
@@ -190,7 +195,7 @@ class _Training:
     def _loss(self, x: torch.Tensor, y: torch.Tensor | None, cached_teacher_outs: list[torch.Tensor],
               s_feats: dict[str, torch.Tensor], t_feats: dict[str, torch.Tensor]) -> torch.Tensor:
         s = self.settings
-        if s.augment:
+        if s.augment and x.is_floating_point():
             x = VIEWS[s.augment_policy](x, self.gen)
         x, lam, partner = mix(x, s.mixup, s.cutmix, self.gen, self.rng)
         if s.augment or lam is not None or self.points:

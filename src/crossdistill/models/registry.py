@@ -60,6 +60,7 @@ class ModelInfo:
     # kind they are; a registered model returns (batch, classes) logits.
     output: str | None = None
     kind: str = "classes"
+    input_dtype: str = "float32"  # or "int64": token ids (model_inputs)
 
 
 _F = TypeVar("_F", bound=Callable[..., nn.Module])

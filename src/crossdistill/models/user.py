@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.model_inputs import FLOAT, example
 from crossdistill.model_outputs import kind_of, n_classes, predictions
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 from crossdistill.train_flags import eval_mode
@@ -83,7 +84,8 @@ def build_user_model(spec: str) -> nn.Module:
 
 
 def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None, output: str | None = None) -> ModelInfo:
+               std: Sequence[float] | None = None, output: str | None = None,
+               input_dtype: str = FLOAT) -> ModelInfo:
     """A ModelInfo for a model the registry does not know: what it returns (its predictions,
     their kind and number of classes: model_outputs) from one forward pass on zeros, which also
     checks, before any long work, that the input size fits."""
@@ -98,7 +100,7 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
         # Each submodule's own train/eval flag comes back: a caller may keep parts in eval mode.
         # Two samples: a batch dimension of 1 cannot be told from a squeezed one.
         with eval_mode(model), torch.no_grad():
-            out = model(torch.zeros(2, *size))
+            out = model(example(size, 2, input_dtype))
     except Exception as exc:
         raise CrossDistillError(
             f"model {name}: a forward pass on an input of size {size} failed: "
@@ -118,7 +120,7 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
         raise CrossDistillError(f"model {name}: mean and std need one value per input channel ({c})")
     return ModelInfo(name=name, family=USER_FAMILY, input_size=size,  # type: ignore[arg-type]
                      num_classes=n_classes(pred, kind) or 0, mean=mean_t, std=std_t, default_mu=USER_DEFAULT_MU,
-                     output=output, kind=kind)
+                     output=output, kind=kind, input_dtype=input_dtype)
 
 
 def info_for(name: str, model: nn.Module | None = None, *, input_size: Sequence[int] | None = None,
@@ -149,7 +151,7 @@ def info_of(model: nn.Module) -> ModelInfo:
         return ModelInfo(name=saved.model, family=USER_FAMILY, input_size=tuple(saved.input_size),  # type: ignore[arg-type]
                          num_classes=int(saved.num_classes or 0), mean=tuple(saved.mean or (0.0,) * c),
                          std=tuple(saved.std or (1.0,) * c), default_mu=USER_DEFAULT_MU, output=saved.output,
-                         kind=saved.kind)
+                         kind=saved.kind, input_dtype=saved.input_dtype)
     raise CrossDistillError(f"a {type(model).__name__} whose input size and classes crossdistill does not know: give "
                             "a model built by create_model, compressed by crossdistill, or loaded by crossdistill.load")
 

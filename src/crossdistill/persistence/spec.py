@@ -27,7 +27,7 @@ META_KEY = "crossdistill"
 # The document's own keys. `to_json` writes the codecs' entries between std and omitted: where
 # format version 1 wrote lowrank, quant and masks, so that files stay byte-identical.
 _HEAD_KEYS = ("format", "format_version", "crossdistill_version", "torch_version", "model", "spec",
-              "input_size", "num_classes", "mean", "std", "class_names", "output", "kind")
+              "input_size", "num_classes", "mean", "std", "class_names", "output", "kind", "input_dtype")
 _TAIL_KEYS = ("omitted",)
 # Names no codec may take.
 DOCUMENT_KEYS = frozenset(_HEAD_KEYS + _TAIL_KEYS)
@@ -57,6 +57,7 @@ class SavedModelInfo:
     # only when not a plain classifier's, so that such files stay as they were.
     output: str | None = None
     kind: str = "classes"
+    input_dtype: str = "float32"  # "int64": token ids
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     omitted: list[str] = field(default_factory=list)
 
@@ -86,6 +87,8 @@ class SavedModelInfo:
             doc["output"] = self.output
         if self.kind != "classes":
             doc["kind"] = self.kind
+        if self.input_dtype != "float32":
+            doc["input_dtype"] = self.input_dtype
         for codec in codecs.CODECS:
             entry = self.artifacts.get(codec.name) or {}
             if entry or codec.always_written:
@@ -159,6 +162,9 @@ def parse_info(text: str | bytes, source: str = "model document") -> SavedModelI
     _expect(kind in KINDS, source, f"'kind' must be one of {', '.join(KINDS)}")
     _expect(kind != "values" or info.num_classes is None, source, "predictions of kind 'values' have no 'num_classes'")
     info.kind = kind
+    dtype = doc.get("input_dtype", "float32")
+    _expect(dtype in ("float32", "int64"), source, "'input_dtype' must be 'float32' or 'int64' (token ids)")
+    info.input_dtype = dtype
 
     for codec in codecs.CODECS:
         try:

@@ -67,6 +67,7 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
         model=name, spec=spec, crossdistill_version=__version__, torch_version=torch.__version__,
         input_size=tuple(info.input_size), num_classes=n_classes, mean=tuple(info.mean), std=tuple(info.std),
         class_names=_class_names(model, n_classes or 0), output=info.output, kind=info.kind,
+        input_dtype=info.input_dtype,
     )
     for codec in codecs.CODECS:
         try:

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from crossdistill.model_inputs import FLOAT, TOKENS, example
 from crossdistill.persistence.codecs.base import ArtifactCodec, DocumentError, Encoded, is_int, str_dict
 
 ATTR = "crossdistill_slim"
@@ -24,7 +25,9 @@ class SlimCodec(ArtifactCodec):
         record = getattr(model, self.attr, None)
         if not record:
             return None
+        # input_dtype only for token ids, so that files of float models stay as they were.
         return {"input_size": list(record["input_size"]),
+                **({"input_dtype": record["input_dtype"]} if record.get("input_dtype", FLOAT) != FLOAT else {}),
                 "kept": {str(g): [int(u) for u in kept] for g, kept in record["kept"].items()}}, {}
 
     def validate(self, metadata: Any) -> dict[str, Any]:
@@ -36,15 +39,20 @@ class SlimCodec(ArtifactCodec):
         if not (str_dict(kept) and all(k.isdigit() and isinstance(v, list) and all(is_int(u) for u in v)
                                        for k, v in kept.items())):
             raise DocumentError("'channel_groups.kept' must map group ids to lists of kept units")
-        return {"input_size": size, "kept": kept}
+        dtype = metadata.get("input_dtype", FLOAT)
+        if dtype not in (FLOAT, TOKENS):
+            raise DocumentError(f"'channel_groups.input_dtype' must be {FLOAT!r} or {TOKENS!r}")
+        return {"input_size": size, "kept": kept, **({"input_dtype": dtype} if dtype != FLOAT else {})}
 
     def restructure(self, model: nn.Module, metadata: Mapping[str, Any]) -> None:
         from crossdistill.compression.graph_channels import slim_groups
 
-        example = torch.zeros(1, *metadata["input_size"])
-        slim_groups(model, example, {int(g): v for g, v in metadata["kept"].items()}, check=False)
+        dtype = metadata.get("input_dtype", FLOAT)
+        slim_groups(model, example(metadata["input_size"], 1, dtype),
+                    {int(g): v for g, v in metadata["kept"].items()}, check=False)
         setattr(model, self.attr, {"input_size": list(metadata["input_size"]),
-                                   "kept": {int(g): list(v) for g, v in metadata["kept"].items()}})
+                                   "kept": {int(g): list(v) for g, v in metadata["kept"].items()},
+                                   **({"input_dtype": dtype} if dtype != FLOAT else {})})
 
     def decode(self, model: nn.Module, metadata: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
         pass  # `restructure` did the work before the weights were loaded

@@ -1,0 +1,117 @@
+"""Text models fed token ids: the embedding turns the ids into the float inputs the layers are
+solved on, so a text CNN or a transformer encoder compresses from a few sentences, saves, loads
+and exports like an image model."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import crossdistill
+from crossdistill.errors import CrossDistillError
+
+VOCAB = 60
+
+
+class TextCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 16)
+        self.conv1, self.conv2 = nn.Conv1d(16, 32, 3, padding=1), nn.Conv1d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids).transpose(1, 2)
+        return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(h)))).amax(-1))
+
+
+class TextEncoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 16)
+        self.position = nn.Parameter(torch.randn(1, 10, 16) * 0.1)
+        self.mlp_in, self.mlp_out = nn.Linear(16, 48), nn.Linear(48, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids) + self.position
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        h = h + self.mlp_out(torch.relu(self.mlp_in(h)))
+        return self.fc(h.mean(1))
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
+
+
+def _sentences(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sentences of 10 ids, each holding one keyword (ids 0-3, at a random place): its class."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (n, 10), generator=gen)
+    y = torch.randint(0, 4, (n,), generator=gen)
+    ids[torch.arange(n), torch.randint(0, 10, (n,), generator=gen)] = y
+    return ids, y
+
+
+def _trained(model: nn.Module) -> nn.Module:
+    ids, y = _sentences(400, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(ids), y).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("make", [TextCNN, TextEncoder])
+def test_a_text_model_is_pruned_from_a_few_sentences_better_than_by_pruning_alone(make):
+    teacher = _trained(make())
+    train, labels = _sentences(200, 1)
+    test, test_labels = _sentences(200, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # layers left whole are named in a warning
+        student, report = crossdistill.compress(teacher, train, labels=labels, shots=5, keep=0.5,
+                                                eval_data=(test, test_labels), show_progress=False)
+        _, pruned_only = crossdistill.compress(teacher, train, labels=labels, shots=5, keep=0.5, solver="prune-only",
+                                               eval_data=(test, test_labels), show_progress=False)
+    assert report["teacher"]["top1"] > 80.0  # the teacher learned the task
+    assert report["student"]["flops"] < report["teacher"]["flops"] and report["channel_groups"]["pruned"]
+    assert report["agreement"]["output_error"] < pruned_only["agreement"]["output_error"]
+    assert student(test).shape == (200, 4)
+
+
+def test_a_text_model_saves_loads_and_exports_with_token_inputs(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from crossdistill.export import export_model, verification_inputs
+    from crossdistill.models.user import info_of
+
+    teacher = _trained(TextCNN())
+    train, labels = _sentences(80, 1)
+    student, _ = crossdistill.compress(teacher, train, labels=labels, shots=4, keep=0.5, show_progress=False)
+    student.crossdistill_factory = f"{__file__}:TextCNN"
+    loaded = crossdistill.load(crossdistill.save(student, tmp_path / "text.safetensors"))
+    assert info_of(loaded).input_dtype == "int64" and loaded.conv1.out_channels == student.conv1.out_channels
+    assert torch.equal(loaded(train), student(train))
+    ids, desc = verification_inputs(loaded)
+    assert ids.dtype == torch.int64 and int(ids.max()) < VOCAB and "random" in desc
+    for fmt in ("onnx", "torchscript"):
+        assert export_model(loaded, tmp_path / f"text.{fmt}", fmt, ids[:8]).max_abs_diff <= 1e-4
+
+
+def test_token_ids_are_not_blended_or_viewed():
+    teacher = _trained(TextCNN())
+    train, labels = _sentences(80, 1)
+    _, report = crossdistill.compress(teacher, train, labels=labels, shots=4, method="quant", bits=4,
+                                      finetune_epochs=1, show_progress=False)
+    assert report["finetune"]["augment"] == "off: token ids have no random views"
+    with pytest.raises(CrossDistillError, match="token ids cannot be blended"):
+        crossdistill.compress(teacher, train, labels=labels, shots=4, method="quant", bits=4, finetune_epochs=1,
+                              finetune_mixup=0.2, show_progress=False)
+    with pytest.raises(CrossDistillError, match=r"views need images \(N, C, H, W\)"):
+        crossdistill.compress(teacher, train, labels=labels, shots=4, views=2, show_progress=False)
+    with pytest.raises(CrossDistillError, match=r"negative values \(-1\)"):
+        crossdistill.compress(teacher, train - 1, labels=labels, shots=4, show_progress=False)
