@@ -359,3 +359,21 @@ def test_cli_compresses_a_segmenter_but_will_not_score_it_against_image_labels(t
                  "--quiet", "--out", str(tmp_path / "ok")]) == 0
     report = json.loads((tmp_path / "ok" / "report.json").read_text())
     assert report["n_samples"] == 20 and report["channel_groups"]["pruned"]
+
+
+def test_mean_iou_is_intersection_over_union_averaged_over_present_classes():
+    from crossdistill.evaluation_agreement import scores
+
+    class Fixed(nn.Module):
+        """Predicts class 0 on the left half, 1 on the right half of a 1×4 map."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(x.shape[0], 3, 1, 4)
+            logits[:, 0, :, :2] = 1.0
+            logits[:, 1, :, 2:] = 1.0
+            return logits
+
+    y = torch.tensor([[[0, 1, 1, 1]]])  # class 0: I 1 / U 2; class 1: I 2 / U 3; class 2 absent
+    res = scores(Fixed(), torch.zeros(1, 1), y, kind="dense")
+    assert res["top1"] == pytest.approx(75.0)
+    assert res["miou"] == pytest.approx(100 * (1 / 2 + 2 / 3) / 2)

@@ -179,13 +179,13 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
 def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.Tensor | None] | None
              ) -> dict[str, Any]:
     from crossdistill.evaluation import count_flops, count_nonzero_params, count_params
-    from crossdistill.evaluation_agreement import top1
+    from crossdistill.evaluation_agreement import scores
 
     out: dict[str, Any] = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
                            "flops": count_flops(model, info.input_size, info.input_dtype)}
     if test is not None:
         if test[1] is not None:
-            out["top1"] = top1(model, test[0], test[1], output=info.output, kind=info.kind)
+            out.update(scores(model, test[0], test[1], output=info.output, kind=info.kind))
         out["n_eval"] = int(test[0].shape[0])
     return out
 

@@ -24,13 +24,33 @@ def _chunks(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
 def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | None = None, kind: str = "classes",
          batch_size: int = 256) -> float:
     """Top-1 in percent: per input, or for 'dense' predictions per labelled position."""
+    return scores(model, x, y, output=output, kind=kind, batch_size=batch_size)["top1"]
+
+
+def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | None = None, kind: str = "classes",
+           batch_size: int = 256) -> dict[str, float]:
+    """`top1` (percent of inputs, or of positions for 'dense' predictions); for 'dense' also
+    `miou`, the mean over classes of intersection / union in percent (classes absent from both
+    labels and predictions left out), the figure segmentation results are compared by."""
     correct = total = 0
+    confusion: torch.Tensor | None = None
     with eval_mode(model), torch.no_grad():
         for xb, yb in zip(_chunks(x, batch_size), _chunks(y, batch_size)):
-            pred = predicted(predictions(model(xb), output), kind)
+            scored = predictions(model(xb), output)
+            pred = predicted(scored, kind)
             correct += int((pred == yb).sum())
             total += yb.numel()
-    return 100.0 * correct / max(1, total)
+            if kind == "dense":
+                c = scored.shape[1]
+                counts = torch.bincount(yb.reshape(-1) * c + pred.reshape(-1), minlength=c * c).reshape(c, c)
+                confusion = counts if confusion is None else confusion + counts
+    out = {"top1": 100.0 * correct / max(1, total)}
+    if confusion is not None:
+        hit = confusion.diag().double()
+        union = confusion.sum(0).double() + confusion.sum(1).double() - hit
+        present = union > 0
+        out["miou"] = float((hit[present] / union[present]).mean() * 100) if bool(present.any()) else 0.0
+    return out
 
 
 def agreement(teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Tensor], *,
