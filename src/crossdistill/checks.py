@@ -30,7 +30,8 @@ def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, 
 
 
 def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_classes: int | None = None,
-                          role: str = "data", scored: bool = False) -> None:
+                          role: str = "data", scored: bool = False,
+                          instead: str = "leave the evaluation data out") -> None:
     """Raise CrossDistillError unless `data`'s images have the model's input size and its labels
     are classes of the model (`num_classes` defaults to the registered model's). `scored`: the
     data is to score the model's predictions against its labels (one per image), which needs
@@ -45,8 +46,9 @@ def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_clas
         if scored:
             raise CrossDistillError(
                 f"{where}: {model}'s predictions are {info.kind} (not one class per image), so a top-1 against "
-                "the file's labels means nothing: leave the evaluation data out, or compress through the Python "
-                "API (crossdistill.compress), whose report compares the student's outputs with the teacher's")
+                f"the file's labels means nothing: {instead}, or use the Python API, which scores them per "
+                "position (crossdistill.evaluation_agreement.scores) or against the teacher (the agreement in "
+                "crossdistill.compress's report)")
         return  # the labels only draw the few-shot images: any numbering will do
     k = int(num_classes if num_classes is not None else info.num_classes)
     top = int(data.y.max()) if len(data.y) else -1

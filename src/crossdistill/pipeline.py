@@ -244,7 +244,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         test = load_with_progress(cfg.eval_data, "test", show_progress)
     if test is not None:
         test = align_classes(test, train.class_names)
-        check_data_fits_model(test, info, role="test data", scored=True)
+        check_data_fits_model(test, info, role="test data", scored=True, instead="compress without --eval-data")
     if compress_fn is None:
         result = compress(teacher, fewshot, cfg, show_progress=show_progress)
     else:

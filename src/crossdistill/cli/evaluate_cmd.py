@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     name = info.name
     spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}
     check_data_fits_model(data, info, num_classes=spec.get("num_classes", info.num_classes), role=str(args.eval_data),
-                          scored=True)
+                          scored=True, instead="crossdistill evaluate scores classifiers only")
     result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,
                           threads=args.threads, batch_size=args.batch_size,
                           label=None if args.quiet else "model")
