@@ -139,3 +139,23 @@ def test_conv1d_signals_prints_a_row_per_method_with_a_score_per_k(capsys, tmp_p
         cells = [c.strip() for c in r.strip("|").split("|")[1:]]
         assert len(cells) == 3 and 0 <= float(cells[0].split("±")[0]) <= 100 and int(cells[1].replace(",", "")) > 0
     assert list((tmp_path / "cache" / "teachers").glob("signal_net_w4_*.pt"))
+
+
+def test_segmentation_prints_pixel_top1_and_miou_per_k(capsys, tmp_path, monkeypatch):
+    from sweep_helpers import write_fashion_idx
+
+    monkeypatch.setenv("CROSSDISTILL_CACHE", str(tmp_path / "cache"))  # the toy teacher goes there
+    data = write_fashion_idx(tmp_path / "fmnist", n_train=200, n_test=40)
+    args = ["--data", str(data), "--epochs", "1", "--width", "4", "--seeds", "0", "1", "--shots", "1",
+            "--threads", "1", "--rows", "channels keep 0.5 (closed form)", "quant 3 bits"]
+    assert load("segmentation").main(args) == 0
+    out = capsys.readouterr().out
+    assert "mean IoU" in out and "on 40 test images" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["channels keep 0.5 (closed form)", "quant 3 bits"]
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")[1:]]
+        top, miou = (float(c.split("±")[0]) for c in cells[:2])
+        assert len(cells) == 4 and 0 <= top <= 100 and 0 <= miou <= 100
+        assert int(cells[2].replace(",", "")) > 0
+    assert list((tmp_path / "cache" / "teachers").glob("unet_w4_*.pt"))
