@@ -195,7 +195,7 @@ def test_a_dict_model_compresses_scores_its_logits_and_distils_every_output(imag
     assert report["finetune"]["after"]["kd"] < report["finetune"]["before"]["kd"]
     # The auxiliary output chosen as the predictions: scored on it (4 classes), its labels checked.
     with pytest.raises(CrossDistillError, match="eval_data label 9 is not a class of the model, which has 4"):
-        crossdistill.compress(teacher, images, labels=labels % 4, shots=3, keep=0.5, output="aux",
+        crossdistill.compress(teacher, images, labels=labels % 4, shots=3, keep=0.5, output_key="aux",
                               eval_data=(test, torch.full((30,), 9)), show_progress=False)
 
 
@@ -206,10 +206,10 @@ def test_a_tuple_model_takes_its_predictions_by_index(images):
         y = teacher(test)[1].argmax(1)
     _, first = crossdistill.compress(teacher, images, n_samples=24, method="sparsity", sparsity=0.5,
                                      eval_data=(test, y % 4), show_progress=False)
-    _, second = crossdistill.compress(teacher, images, n_samples=24, method="sparsity", sparsity=0.5, output="1",
+    _, second = crossdistill.compress(teacher, images, n_samples=24, method="sparsity", sparsity=0.5, output_key="1",
                                       eval_data=(test, y), show_progress=False)
     assert second["teacher"]["top1"] == 100.0 and first["predictions"]["output"] is None
-    assert second["config"]["output"] == "1"
+    assert second["config"]["output_key"] == "1"
 
 
 def test_a_segmenter_is_pruned_and_scored_per_pixel_with_or_without_labels(images):
@@ -250,7 +250,7 @@ def test_outputs_and_kind_survive_save_and_load(images, tmp_path):
                                 (Segmenter(), None, "dense")]:
         teacher = _warm(model, images)
         student, _ = crossdistill.compress(teacher, images, n_samples=24, method="sparsity", sparsity=0.5,
-                                           output=output, show_progress=False)
+                                           output_key=output, show_progress=False)
         student.crossdistill_factory = f"{__file__}:{type(model).__name__}"
         path = crossdistill.save(student, tmp_path / f"{type(model).__name__}.safetensors")
         loaded = crossdistill.load(path)
@@ -329,7 +329,7 @@ def test_cli_compresses_a_dict_model_and_evaluates_its_saved_student(tmp_path, c
                  str(test), "--shots", "3", "--quiet", "--sparsity", "0.5", "--method", "sparsity", "--out",
                  str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["output"] is None and report["student"]["n_eval"] == 40
+    assert report["config"]["output_key"] is None and report["student"]["n_eval"] == 40
     capsys.readouterr()
     assert main(["evaluate", "--weights", str(out), "--eval-data", str(test), "--no-latency", "--json",
                  "--quiet"]) == 0
@@ -338,7 +338,7 @@ def test_cli_compresses_a_dict_model_and_evaluates_its_saved_student(tmp_path, c
     own = ["evaluate", "--model", spec, "--weights", str(weights), "--eval-data", str(test), "--no-latency", "--quiet"]
     assert main([*own, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(report["teacher"]["top1"])
-    assert main([*own, "--output", "nope"]) == 2
+    assert main([*own, "--output-key", "nope"]) == 2
     assert "output 'nope': the model returns a dict {'embedding': (2, 16), 'logits': (2, 10)}" in capsys.readouterr().err
 
 
@@ -377,3 +377,93 @@ def test_mean_iou_is_intersection_over_union_averaged_over_present_classes():
     res = scores(Fixed(), torch.zeros(1, 1), y, kind="dense")
     assert res["top1"] == pytest.approx(75.0)
     assert res["miou"] == pytest.approx(100 * (1 / 2 + 2 / 3) / 2)
+
+
+# -- shapes that are easy to misread -------------------------------------------------------------------
+
+class SqueezedBinary(nn.Module):
+    """One logit per image, squeezed: a batch of one gives a 0-d tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk, self.fc = Trunk(), nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.trunk(x).mean((2, 3))).squeeze()
+
+
+class WithScalarLoss(DictOut):
+    """Logits beside a scalar auxiliary (balance) loss, as mixture-of-experts models return."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.trunk(x).mean((2, 3))
+        return {"logits": self.fc(h), "aux_loss": h.pow(2).mean()}
+
+
+def test_a_squeezed_binary_model_is_read_as_binary_whatever_the_batch_sizes():
+    x = torch.randn(65, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    teacher = _warm(SqueezedBinary(), x)
+    with torch.no_grad():
+        y = (teacher(x) > 0).long()
+    # 65 samples with batches of 64 (fine-tune) and 257 test samples with batches of 256 (scores):
+    # no batch of one, whose squeezed logit would have no batch dimension.
+    test = torch.cat([x] * 4)[:257]
+    _, report = crossdistill.compress(teacher, x, labels=y, n_samples=65, method="quant", bits=4, finetune_epochs=1,
+                                      finetune_mode="kd", finetune_kd_weight=0.5, eval_data=(test, torch.cat([y] * 4)[:257]),
+                                      show_progress=False)
+    assert report["predictions"]["kind"] == "binary" and report["teacher"]["top1"] == 100.0
+    assert "ce" in report["finetune"]["before"]  # the labels were used: cross-entropy on the binary logit
+    assert report["agreement"]["n_eval"] == 257
+
+
+def test_a_scalar_output_is_left_out_of_the_distillation_and_the_agreement(images):
+    teacher = _warm(WithScalarLoss(), images)
+    _, report = crossdistill.compress(teacher, images, n_samples=40, keep=0.5, finetune_epochs=1,
+                                      finetune_mode="kd", eval_data=images[:17], show_progress=False)
+    assert report["finetune"]["steps"] == 1 and report["agreement"]["top1_agreement"] is not None
+
+
+def test_the_kind_can_be_named_where_the_shape_misleads(images):
+    class DepthSqueezed(Depth):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x)[:, 0]  # (batch, H, W): would read as 12 classes per row
+
+    teacher = _warm(DepthSqueezed(), images)
+    _, auto = crossdistill.compress(teacher, images, n_samples=24, method="quant", bits=4, show_progress=False)
+    assert auto["predictions"]["kind"] == "dense"
+    _, named = crossdistill.compress(teacher, images, n_samples=24, method="quant", bits=4, output_kind="values",
+                                     finetune_epochs=1, eval_data=images[:8], show_progress=False)
+    assert named["predictions"]["kind"] == "values" and named["agreement"]["top1_agreement"] is None
+    with pytest.raises(CrossDistillError, match=r"predictions of shape \(2, 12, 12\) .*cannot be read as classes"):
+        crossdistill.compress(teacher, images, n_samples=24, output_kind="classes", show_progress=False)
+    with pytest.raises(CrossDistillError, match="cross-entropy term scores classes, and this model's predictions are "
+                                                "values"):
+        crossdistill.compress(teacher, images, labels=torch.arange(48) % 3, shots=4, output_kind="values",
+                              method="quant", bits=4, finetune_epochs=1, finetune_mode="kd",
+                              finetune_kd_weight=0.5, show_progress=False)
+    with pytest.raises(CrossDistillError, match="output_key and output_kind are for models of your own"):
+        from crossdistill.models import create_model
+
+        crossdistill.compress(create_model("resnet20").eval(), torch.randn(8, 3, 32, 32), n_samples=4,
+                              output_key="0", show_progress=False)
+
+
+def test_named_tuples_are_read_by_field_name_and_index():
+    from collections import namedtuple
+
+    Out = namedtuple("Out", ["features", "logits"])
+    f, lg = torch.zeros(2, 8), torch.ones(2, 3)
+    out = Out(f, lg)
+    assert predictions(out) is lg and predictions(out, "features") is f and predictions(out, "0") is f
+    with pytest.raises(CrossDistillError, match=r"a named tuple Out\(features: \(2, 8\), logits: \(2, 3\)\)"):
+        predictions(out, "nope")
+
+    class NamedOut(DictOut):
+        def forward(self, x: torch.Tensor):
+            h = self.trunk(x).mean((2, 3))
+            return Out(h, self.fc(h))
+
+    x = torch.randn(24, 3, 12, 12)
+    _, report = crossdistill.compress(_warm(NamedOut(), x), x, n_samples=12, method="quant", bits=4, output_key=1,
+                                      show_progress=False)  # an int index is taken as on the command line
+    assert report["config"]["output_key"] == "1" and report["predictions"]["kind"] == "classes"

@@ -178,7 +178,7 @@ def test_evaluate_takes_your_own_trained_model_from_its_factory_and_state_dict(f
     assert evaluated["top1"] == teacher["top1"] and evaluated["n_eval"] == teacher["n_eval"]
     assert main(["evaluate", "--weights", str(out), "--eval-data", str(test), "--no-latency", "--quiet",
                  *common]) == 2
-    assert "--mean/--std/--output are for your own model from a plain state dict" in capsys.readouterr().err
+    assert "--mean/--std/--output-key are for your own model from a plain state dict" in capsys.readouterr().err
     # Without --weights the run is on the factory's own initialisation: said in one line.
     assert main(["compress", "--model", factory, "--data", str(train), "--shots", "2", "--quiet",
                  "--out", str(tmp_path / "untrained")]) == 0
@@ -292,7 +292,7 @@ def test_models_the_solvers_cannot_take_are_named_with_what_to_do():
                                             prune_last=True, eval_data=(x, y), show_progress=False)
     assert report["predictions"] == {"output": None, "kind": "classes"} and "top1" in report["student"]
     with pytest.raises(CrossDistillError, match=r"output '2': the model returns a tuple of 2 \(\(2, 3\), \(2, 4\)\)"):
-        crossdistill.compress(TwoOutputs(), x, labels=y, shots=2, output="2")
+        crossdistill.compress(TwoOutputs(), x, labels=y, shots=2, output_key="2")
     with pytest.raises(CrossDistillError, match=r"parameters are bfloat16; compress a float32 copy \(model.float\(\)\)"):
         crossdistill.compress(nn.Linear(4, 3).to(torch.bfloat16), x, labels=y, shots=2)
 

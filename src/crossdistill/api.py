@@ -26,7 +26,7 @@ from torch import nn
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_inputs import dtype_name
 from crossdistill.models.registry import ModelInfo, list_models, model_info
-from crossdistill.models.user import infer_info
+from crossdistill.models.user import check_registered_outputs, infer_info
 from crossdistill.train_flags import eval_mode
 
 
@@ -238,8 +238,13 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         found_labels = _label_tensor(labels)
     if found_labels is not None and found_labels.shape[0] != images.shape[0]:
         raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
-    info = registered or infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std,
-                                    output=settings.get("output"), input_dtype=dtype_name(images))
+    if isinstance(settings.get("output_key"), int) and not isinstance(settings["output_key"], bool):
+        settings["output_key"] = str(settings["output_key"])  # an index, as on the command line
+    output_key, output_kind = settings.get("output_key"), settings.get("output_kind", "auto")
+    if registered is not None:
+        check_registered_outputs(name, output_key, output_kind)
+    info = registered or infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std, output=output_key,
+                                    kind=output_kind, input_dtype=dtype_name(images))
     classes = info.kind in ("classes", "binary")  # otherwise training labels only group the draw
     if found_labels is not None and found_labels.dim() > 1:
         # Per-position labels (a segmentation map) score a dense model on eval_data; the draw
@@ -269,8 +274,10 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         agreement = None
         if test is not None:
             from crossdistill.evaluation_agreement import agreement as agreement_of
+            from crossdistill.model_outputs import batch_slices
 
-            agreement = agreement_of(model, result.student, test[0].split(256), output=info.output, kind=info.kind)
+            batches = [test[0][s] for s in batch_slices(len(test[0]), 256)]
+            agreement = agreement_of(model, result.student, batches, output=info.output, kind=info.kind)
     student = result.student
     if any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
            for p in model.parameters()):

@@ -13,12 +13,12 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from crossdistill.model_outputs import flat, predicted, predictions
+from crossdistill.model_outputs import batch_slices, flat, per_sample, predicted, predictions
 from crossdistill.train_flags import eval_mode
 
 
 def _chunks(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
-    return (x[i : i + batch_size] for i in range(0, x.shape[0], batch_size))
+    return (x[s] for s in batch_slices(x.shape[0], batch_size))
 
 
 def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | None = None, kind: str = "classes",
@@ -64,6 +64,8 @@ def agreement(teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Te
         for xb in batches:
             t_out, s_out = teacher(xb), student(xb)
             for t, s in zip(flat(t_out), flat(s_out)):
+                if not (per_sample(t, len(xb)) and per_sample(s, len(xb))):
+                    continue  # a scalar (an auxiliary loss): not an output of the inputs
                 err += float((s.double() - t.double()).pow(2).sum())
                 ref += float(t.double().pow(2).sum())
             if kind != "values":

@@ -37,6 +37,8 @@ def flat(out: Any) -> list[torch.Tensor]:
 def _walk(x: Any) -> Iterator[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         yield x
+    elif _is_named_tuple(x):
+        yield from _walk(x._asdict())
     elif isinstance(x, (list, tuple)):
         for v in x:
             yield from _walk(v)
@@ -45,10 +47,17 @@ def _walk(x: Any) -> Iterator[torch.Tensor]:
             yield from _walk(v)
 
 
+def _is_named_tuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields") and hasattr(x, "_asdict")
+
+
 def describe(out: Any) -> str:
     """`out` in a few words, for messages: 'a tuple of 2 ((1, 10), (1, 64))'."""
     if isinstance(out, torch.Tensor):
         return f"a tensor {tuple(out.shape)}"
+    if _is_named_tuple(out):
+        parts = ", ".join(f"{k}: {_shape(v)}" for k, v in out._asdict().items())
+        return f"a named tuple {type(out).__name__}({parts})"
     if isinstance(out, Mapping):
         parts = ", ".join(f"{k!r}: {_shape(v)}" for k, v in out.items())
         return f"a {type(out).__name__} {{{parts}}}"
@@ -81,13 +90,16 @@ def _target(out: Any, output: str | None) -> Any:
         if output is not None:
             raise CrossDistillError(f"output {output!r}: the model returns one tensor; leave output unset")
         return out
+    shown = describe(out)
+    if _is_named_tuple(out) and (output is None or not str(output).lstrip("-").isdigit()):
+        out = out._asdict()  # its fields by name, 'logits' first as for a dict
     if isinstance(out, Mapping):
         if output is None:
             key = "logits" if "logits" in out else next(iter(out), None)
         else:
             key = output
         if key not in out:
-            raise CrossDistillError(f"output {output!r}: the model returns {describe(out)}; give one of its keys")
+            raise CrossDistillError(f"output {output!r}: the model returns {shown}; give one of its keys")
         found = out[key]
     elif isinstance(out, (list, tuple)) and len(out):
         if output is None:
@@ -118,6 +130,22 @@ def kind_of(pred: torch.Tensor) -> str:
     return "values"
 
 
+def check_kind(pred: torch.Tensor, kind: str, name: str = "the model") -> str:
+    """`kind` when predictions of this shape (batch first) can be read so, else a CrossDistillError."""
+    fits = {"classes": pred.dim() == 2 and pred.shape[1] >= 2,
+            "binary": pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1),
+            "dense": pred.dim() >= 3 and pred.shape[1] >= 2,
+            "values": pred.dim() >= 1}
+    if kind not in fits:
+        raise CrossDistillError(f"output_kind {kind!r}: choose one of {', '.join(KINDS)} (or auto)")
+    if not fits[kind]:
+        need = {"classes": "(batch, C) with C ≥ 2", "binary": "(batch,) or (batch, 1)",
+                "dense": "(batch, C, ...) with C ≥ 2", "values": "a batch dimension"}[kind]
+        raise CrossDistillError(f"{name}: predictions of shape {tuple(pred.shape)} (for {pred.shape[0] if pred.dim() else 0} "
+                                f"inputs) cannot be read as {kind}, which needs {need}")
+    return kind
+
+
 def n_classes(pred: torch.Tensor, kind: str) -> int | None:
     """Classes the predictions score (None for 'values')."""
     if kind == "binary":
@@ -140,13 +168,35 @@ def label_shape(pred: torch.Tensor, kind: str) -> tuple[int, ...] | None:
 def predicted(pred: torch.Tensor, kind: str) -> torch.Tensor:
     """The predicted classes (argmax over the class dimension; 1 where a binary logit is > 0)."""
     if kind == "binary":
-        return (pred.reshape(pred.shape[0]) > 0).long()
+        return (pred.reshape(-1) > 0).long()  # (batch,), (batch, 1), or a squeezed single one
     return pred.argmax(1)
 
 
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Slices of `batch_size` over n samples, a last single sample joined to the batch before it:
+    a model that squeezes its output (`.squeeze()` on (batch, 1) logits) would return a tensor
+    without a batch dimension for it (and BatchNorm refuses one sample in training mode)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
+
+
+def per_sample(t: torch.Tensor | None, batch: int) -> bool:
+    """Whether an output has one row per input (a scalar such as an auxiliary loss has not)."""
+    return t is not None and t.dim() > 0 and t.shape[0] == batch
+
+
 @torch.no_grad()
-def batched(model: nn.Module, images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+def batched(model: nn.Module, images: torch.Tensor, batch_size: int) -> list[torch.Tensor | None]:
     """Every output tensor of `model` on all images, `batch_size` at a time (concatenated along
-    the batch), in the model's current mode."""
-    parts = [flat(model(images[i : i + batch_size])) for i in range(0, images.shape[0], batch_size)]
-    return [torch.cat(p) for p in zip(*parts)]
+    the batch), in the model's current mode; None in the place of an output that is not one row
+    per input (a scalar loss, a shared constant)."""
+    parts = [(flat(model(images[s])), s.stop - s.start) for s in batch_slices(images.shape[0], batch_size)]
+    outs: list[torch.Tensor | None] = []
+    for k in range(len(parts[0][0])):
+        if all(per_sample(p[k], n) for p, n in parts):
+            outs.append(torch.cat([p[k] for p, _ in parts]))
+        else:
+            outs.append(None)
+    return outs

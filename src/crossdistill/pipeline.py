@@ -161,7 +161,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
             p.requires_grad_(False)
         try:
             finetuned = finetune(student, teacher, fewshot.images, fewshot.labels if fewshot.labelled else None,
-                                 settings, on_step=on_step, output=cfg.output)
+                                 settings, on_step=on_step, output=cfg.output_key, kind=cfg.output_kind)
         finally:
             for p, flag in frozen:
                 p.requires_grad_(flag)

@@ -18,7 +18,7 @@ from crossdistill.data import ImageArrays
 from crossdistill.errors import CrossDistillError
 from crossdistill.models import create_model, load_weights, model_info
 from crossdistill.models.registry import ModelInfo, list_models
-from crossdistill.models.user import build_user_model, infer_info, is_factory_spec
+from crossdistill.models.user import build_user_model, check_registered_outputs, infer_info, is_factory_spec
 from crossdistill.objectives import OBJECTIVES, Objective
 from crossdistill.params import declared_params
 from crossdistill.solvers import LayerSolver, create_solver
@@ -43,9 +43,11 @@ def info_of(cfg: CompressConfig, teacher: nn.Module, data: ImageArrays) -> Model
     """The registry's info, or, for a user's model, one from the config (input size, mean,
     std) and the data (the input size when not given), checked by one forward pass."""
     if not is_factory_spec(cfg.model) and cfg.model in list_models():
+        check_registered_outputs(cfg.model, cfg.output_key, cfg.output_kind)
         return model_info(cfg.model)
     size = cfg.input_size or data.input_shape
-    return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std, output=cfg.output)
+    return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std, output=cfg.output_key,
+                      kind=cfg.output_kind)
 
 
 def model_defaults(model: str) -> dict[str, Any]:

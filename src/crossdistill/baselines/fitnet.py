@@ -183,7 +183,7 @@ def fitnet(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_pr
     finetuned = None
     if cfg.finetune["epochs"] > 0:
         finetuned = finetune(student, teacher, fewshot.images, fewshot.labels if fewshot.labelled else None,
-                             settings_from_config(cfg), output=cfg.output)
+                             settings_from_config(cfg), output=cfg.output_key, kind=cfg.output_kind)
     hint_info = {"epochs": settings.epochs, "lr": settings.lr, "optimizer": settings.optimizer,
                  "augment": settings.augment, "steps": len(history),
                  "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None}

@@ -46,10 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "[0, 1] (default 0; files crossdistill saved record theirs)")
     p.add_argument("--std", type=float, nargs="+", default=None,
                    help="your own model from a plain state dict: per-channel std dividing them (default 1)")
-    p.add_argument("--output", default=None,
-                   help="your own model from a plain state dict that returns several outputs (a tuple, list or "
-                        "dict): which holds the logits, a key or an index (default: a dict's 'logits', else the "
-                        "first); files crossdistill saved record theirs")
+    p.add_argument("--output-key", dest="output_key", default=None,
+                   help="your own model from a plain state dict that returns several outputs (a tuple, list, dict "
+                        "or named tuple): which holds the logits, a key, field name or index (default: 'logits', "
+                        "else the first); files crossdistill saved record theirs")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--no-latency", dest="no_latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--latency-batch-sizes", dest="latency_batch_sizes", type=_batch_sizes, default=(1,),
@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
     # A run folder is read as `load` and `export` read it: the model file inside.
     weights = resolve_model_path(args.weights) if Path(args.weights).is_dir() else args.weights
     own = args.model is not None and is_factory_spec(args.model) and not is_crossdistill_file(weights)
-    if (args.mean is not None or args.std is not None or args.output is not None) and not own:
-        raise CrossDistillError("--mean/--std/--output are for your own model from a plain state dict (--model "
+    if (args.mean is not None or args.std is not None or args.output_key is not None) and not own:
+        raise CrossDistillError("--mean/--std/--output-key are for your own model from a plain state dict (--model "
                                 "path/to/file.py:function); a registered model and a file crossdistill saved know theirs")
     if own:
         # The user's trained teacher: its factory, its state dict, the input size of the data.
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         load_weights(model, weights)
         data = load_image_data(args.eval_data, "test")
         info = infer_info(model.eval(), args.model, data.input_shape, mean=args.mean, std=args.std,
-                          output=args.output)
+                          output=args.output_key)
     else:
         model = load_model(weights, args.model)
         info = info_of(model)  # a registered model's, or what a user's model's file recorded

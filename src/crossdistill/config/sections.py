@@ -70,10 +70,13 @@ class RunSettings(Plugin):
                                            "from pixels scaled to [0, 1] (from signals as stored) (default 0)", item=float)
     std: tuple[float, ...] | None = param(None, "a model the registry does not know: per-channel std dividing "
                                           "them (default 1)", low=0, low_open=True, item=float)
-    output: str | None = param(None, "a model that returns several outputs (a tuple, list or dict, e.g. logits "
-                               "beside features): which one holds the predictions, as a dict key or an index "
-                               "(default: the 'logits' entry of a dict, else the first); every output is "
-                               "distilled in the fine-tune")
+    output_key: str | None = param(None, "a model that returns several outputs (a tuple, list, dict or named "
+                                   "tuple, e.g. logits beside features): which one holds the predictions, as a "
+                                   "key, a field name or an index (default: the 'logits' entry, else the first)")
+    output_kind: str = param("auto", "what the predictions are: classes ((batch, C) logits), binary (one logit "
+                             "per sample), dense (logits per position, classes on dim 1: segmentation), values "
+                             "(no classes: regression, depth, embeddings), or auto (from their shape; "
+                             "docs/any_model.md)", choices=("auto", "classes", "binary", "dense", "values"))
     device: str = param("cpu", "where the work runs: the layer-wise compression (forwards, float64 moments "
                         "and solves), the fine-tune and the training baselines (bp, l1-finetune, fitnet): cpu, "
                         "cuda, cuda:N, or auto (CUDA when present); slimming, saving and evaluation stay on the CPU")

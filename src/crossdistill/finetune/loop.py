@@ -19,7 +19,7 @@ from crossdistill.finetune.settings import FinetuneSettings
 from crossdistill.finetune.views import VIEWS, mix
 from crossdistill.finetune.weights import Masks, trainable_params
 from crossdistill.hints import capture, hint_loss, hint_points, matching_points
-from crossdistill.model_outputs import batched, flat
+from crossdistill.model_outputs import batch_slices, batched, flat
 
 OnStep = Callable[[int, nn.Module], None]
 
@@ -33,6 +33,7 @@ def finetune(
     masks: Mapping[str, torch.Tensor] | None = None,
     on_step: OnStep | None = None,
     output: str | None = None,
+    kind: str = "auto",
 ) -> dict[str, Any]:
     """Fine-tune `student` in place on the few-shot images; returns what happened (losses on
     the un-augmented few-shot images before and after, steps, seconds) for the report.
@@ -43,15 +44,15 @@ def finetune(
     in eval mode (e.g. to evaluate along the way). Returns with the student in eval mode.
     The steps run on `settings.device`; student and teacher are back on their own devices
     afterwards (`on_step` sees them on the training device). `output` names the model's output
-    that holds its predictions when it returns several (crossdistill.model_outputs); every output
-    is distilled.
+    that holds its predictions when it returns several and `kind` what they are
+    (crossdistill.model_outputs; 'auto': from their shape); every output is distilled.
     """
     settings.validate()
     device = resolve_device(settings.device)
     start, cpu_start = time.perf_counter(), time.process_time()
     with on_device(device, student, teacher):
         info = _finetune(student, teacher, images.to(device), None if labels is None else labels.to(device),
-                         settings, masks, on_step, output)
+                         settings, masks, on_step, output, kind)
     info["device"] = str(device)
     info["seconds"] = time.perf_counter() - start  # moving to and from the device included
     # This process's CPU time, all threads: on a shared machine the wall seconds above grow with
@@ -62,18 +63,21 @@ def finetune(
 
 def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
               settings: FinetuneSettings, masks: Mapping[str, torch.Tensor] | None,
-              on_step: OnStep | None, output: str | None) -> dict[str, Any]:
+              on_step: OnStep | None, output: str | None, kind: str) -> dict[str, Any]:
     if masks is None:
         from crossdistill.compression.weight_sparsity import get_masks
 
         masks = get_masks(student)
+    teacher.eval()
+    distill = Distillation.of(teacher, images[:2], output, settings.temperature, kind)
+    if settings.kd_weight < 1.0 and not distill.has_classes:
+        raise CrossDistillError(f"the fine-tune's cross-entropy term scores classes, and this model's predictions "
+                                f"are {distill.kind}: set its kd_weight to 1")
     if labels is None and settings.kd_weight < 1.0:
         raise CrossDistillError("the fine-tune's cross-entropy term needs labels; set its kd_weight to 1")
     if not images.is_floating_point() and (settings.mixup > 0 or settings.cutmix > 0):
         raise CrossDistillError("mixup and CutMix blend inputs; token ids cannot be blended: set "
                                 "finetune_mixup and finetune_cutmix to 0")
-    teacher.eval()
-    distill = Distillation.of(teacher, images[:1], output, settings.temperature)
     if not distill.has_classes:
         labels = None  # the few-shot labels (one per image) are not classes of these predictions
     teacher_outs = batched(teacher, images, settings.batch_size)
@@ -176,10 +180,10 @@ class _Training:
                 self._train_mode()
                 for _ in range(self.settings.epochs):
                     order = torch.randperm(n, generator=self.gen).to(images.device)
-                    for i in range(0, n, bs):
-                        idx = order[i : i + bs]
+                    for part in batch_slices(n, bs):
+                        idx = order[part]
                         y = labels[idx] if labels is not None else None
-                        self._step(self._loss(images[idx], y, [t[idx] for t in teacher_outs], s_feats, t_feats))
+                        self._step(self._loss(images[idx], y, [None if t is None else t[idx] for t in teacher_outs], s_feats, t_feats))
                         steps += 1
                         self._after_step(steps, on_step)
             finally:

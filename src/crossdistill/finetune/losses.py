@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossdistill.model_outputs import batched, flat, kind_of, position
+from crossdistill.model_outputs import batched, check_kind, flat, kind_of, per_sample, position
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -37,7 +37,7 @@ def relative_error(student_out: torch.Tensor, teacher_out: torch.Tensor) -> torc
 def class_logits(pred: torch.Tensor, kind: str) -> torch.Tensor:
     """Predictions as logits with the classes on dim 1 (a binary logit z becomes (0, z))."""
     if kind == "binary":
-        z = pred.reshape(pred.shape[0], 1)
+        z = pred.reshape(-1, 1)
         return torch.cat([torch.zeros_like(z), z], dim=1)
     return pred
 
@@ -53,20 +53,29 @@ class Distillation:
     temperature: float
 
     @classmethod
-    def of(cls, teacher: nn.Module, probe: torch.Tensor, output: str | None, temperature: float) -> "Distillation":
+    def of(cls, teacher: nn.Module, probe: torch.Tensor, output: str | None, temperature: float,
+           kind: str = "auto") -> "Distillation":
+        """From the teacher's outputs on `probe` (two samples or more: a model that squeezes its
+        output would hide the batch dimension of one)."""
         with torch.no_grad():
             out = teacher(probe)
         pos = position(out, output)
-        return cls(pos, kind_of(flat(out)[pos]), temperature)
+        pred = flat(out)[pos]
+        return cls(pos, kind_of(pred) if kind == "auto" else check_kind(pred, kind), temperature)
 
     @property
     def has_classes(self) -> bool:
         """Whether the few-shot labels are classes of the predictions (one label per image)."""
         return self.kind in ("classes", "binary")
 
-    def kd(self, student_outs: list[torch.Tensor], teacher_outs: list[torch.Tensor]) -> torch.Tensor:
-        loss = student_outs[0].new_zeros(())
+    def kd(self, student_outs: list[torch.Tensor], teacher_outs: list[torch.Tensor | None]) -> torch.Tensor:
+        """Outputs that are not one row per input (a scalar auxiliary loss) are left out."""
+        batch = student_outs[self.position].reshape(-1).shape[0] if self.kind == "binary" else \
+            student_outs[self.position].shape[0]
+        loss = student_outs[self.position].new_zeros(())
         for i, (s, t) in enumerate(zip(student_outs, teacher_outs)):
+            if i != self.position and not (per_sample(t, batch) and per_sample(s, batch)):
+                continue
             if i == self.position and self.kind != "values":
                 loss = loss + kd_loss(class_logits(s, self.kind), class_logits(t, self.kind), self.temperature)
             else:

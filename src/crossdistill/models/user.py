@@ -15,7 +15,7 @@ from torch import nn
 
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_inputs import FLOAT, example
-from crossdistill.model_outputs import kind_of, n_classes, predictions
+from crossdistill.model_outputs import check_kind, kind_of, n_classes, predictions
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 from crossdistill.train_flags import eval_mode
 
@@ -84,7 +84,7 @@ def build_user_model(spec: str) -> nn.Module:
 
 
 def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: Sequence[float] | None = None,
-               std: Sequence[float] | None = None, output: str | None = None,
+               std: Sequence[float] | None = None, output: str | None = None, kind: str = "auto",
                input_dtype: str = FLOAT) -> ModelInfo:
     """A ModelInfo for a model the registry does not know: what it returns (its predictions,
     their kind and number of classes: model_outputs) from one forward pass on zeros, which also
@@ -113,7 +113,7 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
     if pred.dim() == 0 or pred.shape[0] != 2:
         raise CrossDistillError(f"model {name}: its output {output or ''} ({tuple(pred.shape)} for 2 inputs) has no "
                                 "batch dimension first; the predictions must be one row per input")
-    kind = kind_of(pred)
+    kind = kind_of(pred) if kind == "auto" else check_kind(pred, kind, name)
     mean_t = tuple(float(m) for m in mean) if mean is not None else (0.0,) * c
     std_t = tuple(float(s) for s in std) if std is not None else (1.0,) * c
     if len(mean_t) != c or len(std_t) != c:
@@ -123,15 +123,22 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
                      output=output, kind=kind, input_dtype=input_dtype)
 
 
+def check_registered_outputs(name: str, output_key: str | None, output_kind: str) -> None:
+    """A registered model returns (batch, classes) logits: output settings would be ignored."""
+    if output_key is not None or output_kind not in ("auto", "classes"):
+        raise CrossDistillError(f"model {name} returns one tensor of class logits: output_key and output_kind are "
+                                "for models of your own")
+
+
 def info_for(name: str, model: nn.Module | None = None, *, input_size: Sequence[int] | None = None,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-             output: str | None = None) -> ModelInfo:
+             output: str | None = None, kind: str = "auto") -> ModelInfo:
     """The registry's info for a registered name, else one inferred from the model."""
     if name in list_models():
         return model_info(name)
     if model is None or input_size is None:
         raise CrossDistillError(f"model {name!r} is not registered: its input size must be given or inferred")
-    return infer_info(model, name, input_size, mean=mean, std=std, output=output)
+    return infer_info(model, name, input_size, mean=mean, std=std, output=output, kind=kind)
 
 
 def info_of(model: nn.Module) -> ModelInfo:
