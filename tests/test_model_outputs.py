@@ -467,3 +467,32 @@ def test_named_tuples_are_read_by_field_name_and_index():
     _, report = crossdistill.compress(_warm(NamedOut(), x), x, n_samples=12, method="quant", bits=4, output_key=1,
                                       show_progress=False)  # an int index is taken as on the command line
     assert report["config"]["output_key"] == "1" and report["predictions"]["kind"] == "classes"
+
+
+def test_a_segmenter_exports_with_free_sizes_and_a_mixed_dict_exports_to_torchscript(images, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from crossdistill.export import export_model
+
+    seg = _warm(Segmenter(), images)
+    res = export_model(seg, tmp_path / "seg.onnx", "onnx", images[:8])
+    assert res.free_axes == ("height", "width")
+    big = torch.randn(3, 3, 20, 16)
+    got = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"]).run(None, {"input": big.numpy()})[0]
+    with torch.no_grad():
+        assert got.shape == (3, 5, 20, 16) and float((torch.from_numpy(got) - seg(big)).abs().max()) < 1e-4
+
+    class HiddenStates(DictOut):
+        """A Hugging Face-like output: logits beside a tuple of hidden states."""
+
+        def forward(self, x: torch.Tensor) -> dict:
+            feats = self.trunk(x)
+            return {"logits": self.fc(feats.mean((2, 3))), "hidden_states": (feats, feats.mean(1))}
+
+    hf = _warm(HiddenStates(), images)
+    res = export_model(hf, tmp_path / "hf.pt", "torchscript", images[:8])
+    assert res.note == "outputs flattened to a tuple in this order: logits, hidden_states.0, hidden_states.1"
+    loaded = torch.jit.load(str(res.path))
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(loaded(images[:4]), flat(hf(images[:4]))))

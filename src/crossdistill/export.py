@@ -51,6 +51,7 @@ class ExportResult:
     # ONNX axes left free besides the batch ('length', or 'height' and 'width'), checked at a
     # second size; empty when the model takes its input size only.
     free_axes: tuple[str, ...] = ()
+    note: str = ""  # how the file's outputs differ from the model's, when they do
 
 
 def check_format(fmt: str) -> str:
@@ -196,8 +197,9 @@ _AXIS_NAMES = {3: ("length",), 4: ("height", "width")}
 
 def _resized(model: nn.Module, inputs: torch.Tensor, expected: torch.Tensor) -> torch.Tensor | None:
     """The first inputs at 1.5x their length (signals) or height and width (images), when the
-    model takes that size too and still returns one row of logits per input (adaptive pooling);
-    else None. Only then does an ONNX file get free size axes."""
+    model takes that size too and returns outputs of the same rank and channels (logits after an
+    adaptive pooling, or maps of the new size: segmentation); else None. Only then does an ONNX
+    file get free size axes."""
     if inputs.dim() not in _AXIS_NAMES or not inputs.is_floating_point():
         return None
     shape = (min(len(inputs), _TRACE_BATCH), inputs.shape[1], *(max(2, round(s * 1.5)) for s in inputs.shape[2:]))
@@ -208,16 +210,28 @@ def _resized(model: nn.Module, inputs: torch.Tensor, expected: torch.Tensor) -> 
     except Exception:  # noqa: BLE001 - any failure: the model takes its own size only
         return None
     got, want = flat(out), flat(expected)
-    if len(got) != len(want) or any(tuple(g.shape) != (shape[0], *w.shape[1:]) for g, w in zip(got, want)):
+    if len(got) != len(want) or any(g.dim() != w.dim() or g.shape[:2] != (shape[0], *w.shape[1:2])
+                                    for g, w in zip(got, want)):
         return None
     return other
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, free: tuple[str, ...] = ()) -> None:
+def _output_axes(names: list[str], at_size: Any, at_other: Any) -> dict[str, dict[int, str]]:
+    """Each output's free axes: the batch, and the dims that changed with the input's size."""
+    axes = {}
+    for name, a, b in zip(names, flat(at_size), flat(at_other)):
+        changed = {d: f"{name}_{d}" for d in range(2, a.dim()) if a.shape[d] != b.shape[d]}
+        axes[name] = {0: "batch", **changed}
+    return axes
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, free: tuple[str, ...] = (),
+                 out_axes: dict[str, dict[int, str]] | None = None) -> None:
     import onnx
 
     with torch.no_grad():
         names = output_names(model(example))
+    out_axes = out_axes or {n: {0: "batch"} for n in names}
 
     with warnings.catch_warnings():
         # The TorchScript-based exporter (dynamo=False) works offline and needs no onnxscript;
@@ -226,8 +240,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, 
         torch.onnx.export(
             model, (example,), tmp, dynamo=False, opset_version=opset,
             input_names=["input"], output_names=names,
-            dynamic_axes={"input": {0: "batch", **{2 + i: n for i, n in enumerate(free)}},
-                          **{n: {0: "batch"} for n in names}},
+            dynamic_axes={"input": {0: "batch", **{2 + i: n for i, n in enumerate(free)}}, **out_axes},
             do_constant_folding=True,
         )
     proto = onnx.load(tmp)
@@ -266,12 +279,36 @@ def _run_onnx(path: str, inputs: torch.Tensor) -> Any:
     return sess.run(None, {"input": inputs.numpy()})
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, tmp: str) -> None:
+class _FlatOutputs(nn.Module):
+    """The model with its outputs as one flat tuple (model_outputs.flat order)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(flat(self.model(x)))
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, tmp: str) -> str:
+    """Trace `model` into `tmp`; returns a note when its outputs had to be flattened."""
+    meta = _metadata(model)
+    note = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still the TorchScript path
-        # strict=False: a model returning a dict or list of outputs traces too.
-        traced = torch.jit.trace(model, example, check_trace=False, strict=False)
-        torch.jit.save(traced, tmp, _extra_files={"crossdistill.json": json.dumps(_metadata(model))})
+        try:
+            # strict=False: a model returning a dict or list of outputs traces too.
+            traced = torch.jit.trace(model, example, check_trace=False, strict=False)
+        except RuntimeError:
+            # A dict whose values are not all tensors (a Hugging Face output with a tuple of
+            # hidden states) has no TorchScript type: the file returns the outputs as one tuple.
+            with torch.no_grad():
+                names = output_names(model(example))
+            traced = torch.jit.trace(_FlatOutputs(model), example, check_trace=False)
+            note = f"outputs flattened to a tuple in this order: {', '.join(names)}"
+            meta["outputs"] = json.dumps(names)
+        torch.jit.save(traced, tmp, _extra_files={"crossdistill.json": json.dumps(meta)})
+    return note
 
 
 def _run_torchscript(path: str, inputs: torch.Tensor) -> torch.Tensor:
@@ -322,6 +359,8 @@ def export_model(
         with torch.no_grad():
             expected = model(inputs)
         free: tuple[str, ...] = ()
+        out_axes: dict[str, dict[int, str]] | None = None
+        note = ""
         if fmt == "onnx":
             other = _resized(model, inputs, expected)
             if other is not None:
@@ -331,16 +370,17 @@ def export_model(
                 # size too (a shape the trace wrote into the graph as a constant breaks it there).
                 with torch.no_grad():
                     wanted = model(other)
+                    out_axes = _output_axes(output_names(expected), model(example), wanted)
                 try:
-                    _export_onnx(_explicit_padding(model), example, tmp, opset, free)
+                    _export_onnx(_explicit_padding(model), example, tmp, opset, free, out_axes)
                     ok = max_abs_diff(wanted, _run_onnx(tmp, other)) <= allowed_difference(
                         tolerance, _largest(wanted))
                 except Exception:  # noqa: BLE001 - any failure: the size stays fixed
                     ok = False
-                free = free if ok else ()
-            got = _onnx_outputs(model, example, tmp, opset, inputs, free)
+                free, out_axes = (free, out_axes) if ok else ((), None)
+            got = _onnx_outputs(model, example, tmp, opset, inputs, free, out_axes)
         else:
-            _export_torchscript(model, example, tmp)
+            note = _export_torchscript(model, example, tmp)
             got = _run_torchscript(tmp, inputs)
         diff = max_abs_diff(expected, got)
         scale = _largest(expected)
@@ -357,13 +397,13 @@ def export_model(
         Path(tmp).unlink(missing_ok=True)
         raise
     return ExportResult(path=out, format=fmt, max_abs_diff=diff, n_inputs=len(inputs), inputs=inputs_label, bytes=size,
-                        free_axes=free)
+                        free_axes=free, note=note)
 
 
 def _onnx_outputs(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, inputs: torch.Tensor,
-                  free: tuple[str, ...]) -> Any:
+                  free: tuple[str, ...], out_axes: dict[str, dict[int, str]] | None = None) -> Any:
     """Export to `tmp` (size axes `free` left free) and run `inputs` through onnxruntime."""
-    _export_onnx(_explicit_padding(model), example, tmp, opset, free)
+    _export_onnx(_explicit_padding(model), example, tmp, opset, free, out_axes)
     try:
         return _run_onnx(tmp, inputs)
     except Exception as exc:  # onnxruntime's own error types: one message, nothing written

@@ -73,4 +73,6 @@ def run(args: argparse.Namespace) -> int:
         free = ", ".join(("batch", *res.free_axes))
         print(f"free input axes: {free}" + (" (verified at a second size too)" if res.free_axes else
                                             " (size fixed at the model's input size)"))
+    if res.note:
+        print(res.note)
     return 0
