@@ -380,3 +380,26 @@ def test_a_flops_target_on_a_model_with_nothing_to_prune_says_why():
     cfg = CompressConfig(model="user-tiny", n_samples=12, flops=0.5)
     with pytest.raises(CrossDistillError, match=r"has no channel group that can be pruned \(0 -> 4: feeds the classifier"):
         compress(teacher, fewshot_for(torch.zeros(1, 3, 8, 8)), cfg, show_progress=False)
+
+
+def test_flops_targets_work_when_the_forward_slices_a_sequential():
+    # `self.body[:2](x)` runs the layers through a container the model does not name: the FLOPs
+    # of each layer are told apart by the module, not by the counter's call-path names.
+    import crossdistill
+    from torch import nn
+
+    class Sliced(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                                      nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.body[2:](self.body[:2](x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    x = torch.randn(24, 3, 12, 12)
+    for kw in ({"flops": 0.5}, {"keep": 0.5, "budget": "global"}):
+        _, report = crossdistill.compress(Sliced().eval(), x, n_samples=12, show_progress=False, **kw)
+        assert 0.35 < report["student"]["flops"] / report["teacher"]["flops"] < 0.55

@@ -15,6 +15,39 @@ from crossdistill.compression.graph_channels import ChannelGroup
 from crossdistill.flop_counter import counting_flops
 
 
+def own_flops(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """FLOPs of each named submodule's own operations (its children's not included; containers
+    with none are left out) in one forward pass. Modules are told apart by identity, not by the
+    counter's names, which follow the call path: a forward that slices an `nn.Sequential`
+    (`self.body[:2](x)`) calls its layers through a container the model does not name."""
+    names = {id(m): n for n, m in model.named_modules() if n}
+    stack: list[list[float]] = []
+    own: dict[str, float] = {}
+    counter = None
+
+    def pre(_mod: nn.Module, _args: object) -> None:
+        stack.append([float(counter.get_total_flops()), 0.0])
+
+    def post(mod: nn.Module, _args: object, _out: object) -> None:
+        start, inner = stack.pop()
+        total = float(counter.get_total_flops()) - start
+        if stack:
+            stack[-1][1] += total
+        name = names.get(id(mod))
+        if name is not None and total - inner > 0:
+            own[name] = own.get(name, 0.0) + total - inner
+
+    handles = [h for m in model.modules() if m is not model
+               for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    try:
+        with counting_flops() as counter:
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return own
+
+
 @dataclass
 class FlopModel:
     base: dict[str, float]                          # leaf layer -> its FLOPs in the teacher
@@ -27,13 +60,7 @@ class FlopModel:
 
     @classmethod
     def of(cls, model: nn.Module, example: torch.Tensor, groups: Mapping[int, ChannelGroup]) -> "FlopModel":
-        with counting_flops() as counter:
-            model(example[:1])
-        per_module = {name.split(".", 1)[1] if "." in name else "": float(sum(v.values()))
-                      for name, v in counter.get_flop_counts().items() if name != "Global"}
-        # Containers are counted through their children.
-        leaves = {n: f for n, f in per_module.items()
-                  if n and not any(o.startswith(n + ".") for o in per_module)}
+        leaves = own_flops(model, example[:1])
         width_in, width_out, depthwise = {}, {}, set()
         for name in leaves:
             layer = get_module(model, name)
