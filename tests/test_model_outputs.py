@@ -496,3 +496,22 @@ def test_a_segmenter_exports_with_free_sizes_and_a_mixed_dict_exports_to_torchsc
     loaded = torch.jit.load(str(res.path))
     with torch.no_grad():
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(loaded(images[:4]), flat(hf(images[:4]))))
+
+
+def test_void_positions_labelled_255_are_not_scored(images):
+    from crossdistill.evaluation_agreement import scores
+
+    seg = _warm(Segmenter(), images)
+    with torch.no_grad():
+        maps = seg(images).argmax(1)
+    wrong = (maps + 1) % 5
+    wrong[:, :, :6] = 255  # the wrong half is void
+    mixed = torch.where(torch.arange(12) < 6, wrong, maps)
+    res = scores(seg, images, mixed, kind="dense")
+    assert res["top1"] == 100.0 and res["miou"] == 100.0
+    _, report = crossdistill.compress(seg, images, n_samples=24, method="quant", bits=8, eval_data=(images, mixed),
+                                      show_progress=False)
+    assert report["teacher"]["top1"] == 100.0
+    with pytest.raises(CrossDistillError, match=r"label 254 is not a class of the model, which has 5 outputs \(255 marks"):
+        crossdistill.compress(seg, images, n_samples=24, method="quant", bits=8,
+                              eval_data=(images, torch.full_like(maps, 254)), show_progress=False)

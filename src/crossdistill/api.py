@@ -159,7 +159,7 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
         return tx, None
     if ty.shape[0] != tx.shape[0]:
         raise CrossDistillError(f"eval_data: {tx.shape[0]} samples but {ty.shape[0]} labels")
-    from crossdistill.model_outputs import label_shape, predictions
+    from crossdistill.model_outputs import IGNORE, label_shape, predictions
 
     with eval_mode(model), torch.no_grad():
         want = label_shape(predictions(model(tx[:2]), info.output), info.kind)
@@ -169,10 +169,12 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
     if tuple(ty.shape[1:]) != want:
         raise CrossDistillError(f"eval_data labels have shape {tuple(ty.shape[1:])} per sample; the model's "
                                 f"{info.kind} predictions take {want or 'one label'} per sample")
-    if len(ty) and (int(ty.max()) >= info.num_classes or int(ty.min()) < 0):
-        bad = int(ty.max()) if int(ty.max()) >= info.num_classes else int(ty.min())
+    scored = ty[ty != IGNORE] if info.kind == "dense" else ty  # 255: no class here (void)
+    if len(scored) and (int(scored.max()) >= info.num_classes or int(scored.min()) < 0):
+        bad = int(scored.max()) if int(scored.max()) >= info.num_classes else int(scored.min())
         raise CrossDistillError(f"eval_data label {bad} is not a class of the model, which has "
-                                f"{info.num_classes} outputs")
+                                f"{info.num_classes} outputs" + (f" ({IGNORE} marks positions not scored)"
+                                                                 if info.kind == "dense" else ""))
     return tx, ty
 
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from crossdistill.model_outputs import batch_slices, flat, per_sample, predicted, predictions
+from crossdistill.model_outputs import IGNORE, batch_slices, flat, per_sample, predicted, predictions
 from crossdistill.train_flags import eval_mode
 
 
@@ -31,18 +31,22 @@ def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | 
            batch_size: int = 256) -> dict[str, float]:
     """`top1` (percent of inputs, or of positions for 'dense' predictions); for 'dense' also
     `miou`, the mean over classes of intersection / union in percent (classes absent from both
-    labels and predictions left out), the figure segmentation results are compared by."""
+    labels and predictions left out), the figure segmentation results are compared by. Positions
+    labelled IGNORE (255: void, object borders, as in VOC and Cityscapes masks) are not scored."""
     correct = total = 0
     confusion: torch.Tensor | None = None
     with eval_mode(model), torch.no_grad():
         for xb, yb in zip(_chunks(x, batch_size), _chunks(y, batch_size)):
             scored = predictions(model(xb), output)
             pred = predicted(scored, kind)
+            if kind == "dense":
+                keep = yb != IGNORE
+                yb, pred = yb[keep], pred[keep]
             correct += int((pred == yb).sum())
             total += yb.numel()
             if kind == "dense":
                 c = scored.shape[1]
-                counts = torch.bincount(yb.reshape(-1) * c + pred.reshape(-1), minlength=c * c).reshape(c, c)
+                counts = torch.bincount(yb * c + pred, minlength=c * c).reshape(c, c)
                 confusion = counts if confusion is None else confusion + counts
     out = {"top1": 100.0 * correct / max(1, total)}
     if confusion is not None:

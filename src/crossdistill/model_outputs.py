@@ -27,6 +27,8 @@ from torch import nn
 from crossdistill.errors import CrossDistillError
 
 KINDS = ("classes", "binary", "dense", "values")
+# A label map's "no class here" (void, object borders): the value VOC and Cityscapes masks use.
+IGNORE = 255
 
 
 def flat(out: Any) -> list[torch.Tensor]:
