@@ -408,9 +408,10 @@ def test_a_squeezed_binary_model_is_read_as_binary_whatever_the_batch_sizes():
     # 65 samples with batches of 64 (fine-tune) and 257 test samples with batches of 256 (scores):
     # no batch of one, whose squeezed logit would have no batch dimension.
     test = torch.cat([x] * 4)[:257]
-    _, report = crossdistill.compress(teacher, x, labels=y, n_samples=65, method="quant", bits=4, finetune_epochs=1,
-                                      finetune_mode="kd", finetune_kd_weight=0.5, eval_data=(test, torch.cat([y] * 4)[:257]),
-                                      show_progress=False)
+    _, report = crossdistill.compress(teacher, x, labels=y.bool(), n_samples=65, method="quant", bits=4,
+                                      finetune_epochs=1,
+                                      finetune_mode="kd", finetune_kd_weight=0.5,
+                                      eval_data=(test, torch.cat([y] * 4)[:257]), show_progress=False)
     assert report["predictions"]["kind"] == "binary" and report["teacher"]["top1"] == 100.0
     assert "ce" in report["finetune"]["before"]  # the labels were used: cross-entropy on the binary logit
     assert report["agreement"]["n_eval"] == 257

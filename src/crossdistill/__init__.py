@@ -2,7 +2,10 @@
 from crossdistill._version import __version__
 from crossdistill.errors import CrossDistillError
 
-__all__ = ["CrossDistillError", "__version__", "compress", "load", "save"]
+__all__ = ["CrossDistillError", "__version__", "compress", "export_model", "load", "save"]
+
+
+import importlib
 
 
 def __getattr__(name: str):
@@ -15,4 +18,13 @@ def __getattr__(name: str):
         from crossdistill.api import compress
 
         return compress
+    if name == "export_model":
+        from crossdistill.export import export_model
+
+        return export_model
+    import importlib.util
+
+    if not name.startswith("_") and importlib.util.find_spec(f"crossdistill.{name}") is not None:
+        # `crossdistill.export.export_model(...)` after a bare `import crossdistill`.
+        return importlib.import_module(f"crossdistill.{name}")
     raise AttributeError(f"module 'crossdistill' has no attribute {name!r}")

@@ -71,7 +71,9 @@ def _label_tensor(labels: Any) -> torch.Tensor:
     if y.is_floating_point() and not bool((y == y.round()).all()):
         raise CrossDistillError(f"labels must be class numbers 0, 1, 2, ..., got fractional values such as "
                                 f"{float(y[y != y.round()][0]):g}")
-    if y.dtype == torch.bool or y.is_complex():
+    if y.dtype == torch.bool:
+        y = y.long()  # a binary model's labels: False/True are 0/1
+    if y.is_complex():
         raise CrossDistillError(f"labels must be class numbers 0, 1, 2, ..., got dtype {y.dtype}")
     return y.long()
 
