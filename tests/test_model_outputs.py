@@ -516,3 +516,30 @@ def test_void_positions_labelled_255_are_not_scored(images):
     with pytest.raises(CrossDistillError, match=r"label 254 is not a class of the model, which has 5 outputs \(255 marks"):
         crossdistill.compress(seg, images, n_samples=24, method="quant", bits=8,
                               eval_data=(images, torch.full_like(maps, 254)), show_progress=False)
+
+
+def test_a_head_shared_across_feature_levels_is_left_whole_and_the_rest_compressed():
+    class FPN(nn.Module):
+        """A detection-style model: one head run on two levels of different sizes, a list out."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+            self.c2 = nn.Conv2d(16, 16, 3, padding=1, stride=2)
+            self.c3 = nn.Conv2d(16, 16, 3, padding=1)
+            self.head = nn.Conv2d(16, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            a = torch.relu(self.c1(x))
+            b = torch.relu(self.c3(torch.relu(self.c2(a))))
+            return [self.head(a), self.head(b)]
+
+    x = torch.randn(20, 3, 16, 16)
+    teacher = FPN().eval()
+    with pytest.warns(UserWarning, match="runs on inputs of different sizes in one forward pass"):
+        student, report = crossdistill.compress(teacher, x, n_samples=10, method="sparsity", sparsity=0.5,
+                                                eval_data=x[:5], show_progress=False)
+    status = {row["name"]: row for row in report["sparsity"]["layers"]}
+    assert "different sizes" in status["head"]["reason"] and torch.equal(student.head.weight, teacher.head.weight)
+    assert float((student.c3.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+    assert [o.shape for o in student(x[:2])] == [(2, 4, 16, 16), (2, 4, 8, 8)]

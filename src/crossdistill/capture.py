@@ -83,16 +83,18 @@ def conv_groups(module: nn.Module) -> int:
     return module.groups if isinstance(module, CONVS) else 1
 
 
-def forward_calls(model: nn.Module, example: torch.Tensor, input_readers: list[str] | None = None) -> dict[str, int]:
+def forward_calls(model: nn.Module, example: torch.Tensor, input_readers: list[str] | None = None,
+                  input_shapes: dict[str, set[tuple[int, ...]]] | None = None) -> dict[str, int]:
     """How many times one forward pass runs each conv and linear, in the order it first runs them
     (a layer that its parent applies without calling it, e.g. an attention's out_proj, when the
     parent runs). A layer the pass never runs is absent. `input_readers`, when given, receives
     the convs that read the model's input itself (the stems of parallel branches; none when the
-    forward transforms the input first), from the same pass."""
+    forward transforms the input first), and `input_shapes` each layer's input shapes, from the
+    same pass."""
     watched = [(mod, name) for name, mod in model.named_modules() if isinstance(mod, SOLVABLE)]
     readers: list[str] | None = [] if input_readers is not None else None
     calls = count_calls(model, example, watched + [(parent, name) for parent, name in indirect_layers(model)],
-                        readers)
+                        readers, input_shapes)
     if input_readers is not None and readers is not None:
         modules = dict(model.named_modules())
         input_readers.extend(n for n in readers if isinstance(modules.get(n), CONVS))

@@ -125,15 +125,19 @@ def inputs_and_outputs(model: nn.Module, names: list[str], fn: Callable[[Any], A
 
 
 def count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Module, str]],
-                input_readers: list[str] | None = None) -> dict[str, int]:
+                input_readers: list[str] | None = None,
+                input_shapes: dict[str, set[tuple[int, ...]]] | None = None) -> dict[str, int]:
     """One forward pass of `model` on `example`: how many times each watched (module, name)
     returned, by name, in the order they first returned (absent: never ran). `input_readers`,
-    when given, receives the names whose input was `example` itself, in the same pass."""
+    when given, receives the names whose input was `example` itself, and `input_shapes` each
+    name's input shapes (without the batch), in the same pass."""
     calls: dict[str, int] = {}
 
     def count(name: str) -> Callable[..., None]:
         def hook(_m: nn.Module, args: Any, _o: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
+            if input_shapes is not None and args and isinstance(args[0], torch.Tensor):
+                input_shapes.setdefault(name, set()).add(tuple(args[0].shape[1:]))
             if input_readers is not None and args and args[0] is example and name not in input_readers:
                 input_readers.append(name)
         return hook

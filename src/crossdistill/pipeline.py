@@ -16,7 +16,7 @@ from crossdistill import distributed
 from crossdistill.compression import METHODS
 from crossdistill.compression.quantization import dequantize_into, quantized_parameters
 from crossdistill.calibration import calibration_images
-from crossdistill.capture import forward_calls
+from crossdistill.capture import CONVS, forward_calls
 from crossdistill.checks import check_copyable, check_data_fits_model
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
@@ -126,13 +126,22 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         solver = build_solver(stage, solver_name, cfg)
         solver_names.append(solver.describe())
         readers: list[str] = []
-        calls = forward_calls(student, images[:1], readers)
+        shapes: dict[str, set[tuple[int, ...]]] = {}
+        calls = forward_calls(student, images[:1], readers, shapes)
         stage.layer_order, stage.input_readers = list(calls), readers
         tasks = stage.plan(student)
         unreached = [t.name for t in tasks if t.name not in calls]
         if unreached:
             stage.leave_out(unreached, "never reached by the forward pass in eval mode: no input to solve it on")
             tasks = [t for t in tasks if t.name in calls]
+        convs = {n for n, m in student.named_modules() if isinstance(m, CONVS)}
+        uneven = [t.name for t in tasks if t.name in convs and len(shapes.get(t.name, ())) > 1]
+        if uneven:
+            # A head shared across feature levels: its calls' patches differ in number per
+            # image, and the capture joins calls along the batch.
+            stage.leave_out(uneven, "runs on inputs of different sizes in one forward pass (a head shared "
+                                    "across feature levels): its calls are not solved as one")
+            tasks = [t for t in tasks if t.name not in uneven]
         progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
         stage_records = distill_layers(
             stage_teacher, student, images, tasks, objective, solver,
