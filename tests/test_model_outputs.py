@@ -359,6 +359,7 @@ def test_cli_compresses_a_segmenter_but_will_not_score_it_against_image_labels(t
                  "--quiet", "--out", str(tmp_path / "ok")]) == 0
     report = json.loads((tmp_path / "ok" / "report.json").read_text())
     assert report["n_samples"] == 20 and report["channel_groups"]["pruned"]
+    assert report["predictions"] == {"output": None, "kind": "dense"}
 
 
 def test_mean_iou_is_intersection_over_union_averaged_over_present_classes():

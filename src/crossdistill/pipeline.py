@@ -281,6 +281,7 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         "solve_seconds": sum(r.solve_seconds for r in result.records),
         "fewshot_indices": fewshot.indices.tolist(),
         "fewshot_class_counts": np.bincount(fewshot.labels.numpy(), minlength=info.num_classes).tolist(),
+        "predictions": {"output": info.output, "kind": info.kind},
         # Beside the timings: seconds and latencies mean little without the machine's load.
         "threads": torch.get_num_threads(),
         "processes": distributed.world_size(),
