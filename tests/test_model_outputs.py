@@ -97,11 +97,11 @@ def test_predictions_are_picked_by_key_index_or_default():
     nested = {"head": (c, a), "logits": b}
     assert predictions(nested, "head") is c and position(nested, "head") == 0 and position(nested) == 2
     assert flat(nested) == [c, a, b]
-    with pytest.raises(CrossDistillError, match=r"output 'x': the model returns a dict \{'out': \(2, 5\)"):
+    with pytest.raises(CrossDistillError, match=r"output_key 'x': the model returns a dict \{'out': \(2, 5\)"):
         predictions({"out": c}, "x")
     with pytest.raises(CrossDistillError, match=r"give an index 0 \.\.\. 1"):
         predictions((a, b), "2")
-    with pytest.raises(CrossDistillError, match="returns one tensor; leave output unset"):
+    with pytest.raises(CrossDistillError, match="returns one tensor; leave output_key unset"):
         predictions(a, "logits")
 
 
@@ -339,7 +339,7 @@ def test_cli_compresses_a_dict_model_and_evaluates_its_saved_student(tmp_path, c
     assert main([*own, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(report["teacher"]["top1"])
     assert main([*own, "--output-key", "nope"]) == 2
-    assert "output 'nope': the model returns a dict {'embedding': (2, 16), 'logits': (2, 10)}" in capsys.readouterr().err
+    assert "output_key 'nope': the model returns a dict {'embedding': (2, 16), 'logits': (2, 10)}" in capsys.readouterr().err
 
 
 def test_cli_compresses_a_segmenter_but_will_not_score_it_against_image_labels(tmp_path, capsys):

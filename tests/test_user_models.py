@@ -291,7 +291,7 @@ def test_models_the_solvers_cannot_take_are_named_with_what_to_do():
     student, report = crossdistill.compress(TwoOutputs(), x, labels=y, shots=2, method="sparsity", sparsity=0.5,
                                             prune_last=True, eval_data=(x, y), show_progress=False)
     assert report["predictions"] == {"output": None, "kind": "classes"} and "top1" in report["student"]
-    with pytest.raises(CrossDistillError, match=r"output '2': the model returns a tuple of 2 \(\(2, 3\), \(2, 4\)\)"):
+    with pytest.raises(CrossDistillError, match=r"output_key '2': the model returns a tuple of 2 \(\(2, 3\), \(2, 4\)\)"):
         crossdistill.compress(TwoOutputs(), x, labels=y, shots=2, output_key="2")
     with pytest.raises(CrossDistillError, match=r"parameters are bfloat16; compress a float32 copy \(model.float\(\)\)"):
         crossdistill.compress(nn.Linear(4, 3).to(torch.bfloat16), x, labels=y, shots=2)

@@ -84,13 +84,13 @@ def position(out: Any, output: str | None = None) -> int:
     for i, t in enumerate(flat(out)):
         if t is target:
             return i
-    raise CrossDistillError(f"the model's output {output!r} is not a tensor")  # unreachable for tensors
+    raise CrossDistillError(f"output_key {output!r} is not a tensor of the model's outputs")  # unreachable
 
 
 def _target(out: Any, output: str | None) -> Any:
     if isinstance(out, torch.Tensor):
         if output is not None:
-            raise CrossDistillError(f"output {output!r}: the model returns one tensor; leave output unset")
+            raise CrossDistillError(f"output_key {output!r}: the model returns one tensor; leave output_key unset")
         return out
     shown = describe(out)
     if _is_named_tuple(out) and (output is None or not str(output).lstrip("-").isdigit()):
@@ -99,16 +99,17 @@ def _target(out: Any, output: str | None) -> Any:
         if output is None:
             key = "logits" if "logits" in out else next(iter(out), None)
         else:
-            key = output
+            # A dict keyed by numbers (per feature level) is named by digits, as on the command line.
+            key = int(output) if output not in out and str(output).lstrip("-").isdigit() else output
         if key not in out:
-            raise CrossDistillError(f"output {output!r}: the model returns {shown}; give one of its keys")
+            raise CrossDistillError(f"output_key {output!r}: the model returns {shown}; give one of its keys")
         found = out[key]
     elif isinstance(out, (list, tuple)) and len(out):
         if output is None:
             found = out[0]
         else:
             if not str(output).lstrip("-").isdigit() or not -len(out) <= int(output) < len(out):
-                raise CrossDistillError(f"output {output!r}: the model returns {describe(out)}; give an index "
+                raise CrossDistillError(f"output_key {output!r}: the model returns {describe(out)}; give an index "
                                         f"0 ... {len(out) - 1}")
             found = out[int(output)]
     else:
@@ -118,7 +119,7 @@ def _target(out: Any, output: str | None) -> Any:
         return found
     if isinstance(found, (list, tuple, Mapping)):
         return _target(found, None)  # nested: its own default entry
-    raise CrossDistillError(f"output {output!r} of the model is {describe(found)}, not a tensor")
+    raise CrossDistillError(f"output_key {output!r}: that output of the model is {describe(found)}, not a tensor")
 
 
 def kind_of(pred: torch.Tensor) -> str:
