@@ -544,3 +544,21 @@ def test_a_head_shared_across_feature_levels_is_left_whole_and_the_rest_compress
     assert "different sizes" in status["head"]["reason"] and torch.equal(student.head.weight, teacher.head.weight)
     assert float((student.c3.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
     assert [o.shape for o in student(x[:2])] == [(2, 4, 16, 16), (2, 4, 8, 8)]
+
+
+def test_a_saved_documents_output_kind_and_input_type_are_checked():
+    import json
+
+    from crossdistill.persistence.spec import FORMAT, parse_info
+
+    doc = {"format": FORMAT, "format_version": 1, "model": "m", "spec": {}, "num_classes": 3}
+    plain = parse_info(json.dumps(doc))  # files from before: a classifier on float inputs
+    assert (plain.output, plain.kind, plain.input_dtype) == (None, "classes", "float32")
+    read = parse_info(json.dumps({**doc, "output": "aux", "kind": "dense", "input_dtype": "int64"}))
+    assert (read.output, read.kind, read.input_dtype) == ("aux", "dense", "int64")
+    assert "output" not in plain.to_json() and read.to_json()["kind"] == "dense"
+    for bad, why in [({"kind": "pixels"}, "'kind' must be one of"), ({"output": 3}, "'output' must be a key"),
+                     ({"input_dtype": "float16"}, "'input_dtype' must be"),
+                     ({"kind": "values"}, "predictions of kind 'values' have no 'num_classes'")]:
+        with pytest.raises(CrossDistillError, match=why):
+            parse_info(json.dumps({**doc, **bad}))
