@@ -115,3 +115,36 @@ def test_token_ids_are_not_blended_or_viewed():
         crossdistill.compress(teacher, train, labels=labels, shots=4, views=2, show_progress=False)
     with pytest.raises(CrossDistillError, match=r"negative values \(-1\)"):
         crossdistill.compress(teacher, train - 1, labels=labels, shots=4, show_progress=False)
+
+
+class TiedLM(nn.Module):
+    """A tiny language model whose output layer is its embedding table (tied weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 16)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.lm_head = nn.Linear(16, VOCAB, bias=False)
+        self.lm_head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        return self.lm_head(h + self.fc2(torch.relu(self.fc1(h))))
+
+
+@pytest.mark.parametrize("settings", [{"method": "quant", "bits": 4}, {"method": "sparsity", "prune_last": True},
+                                      {"method": "lowrank", "lowrank_last": True}, {"keep": 0.5}])
+def test_an_output_layer_tied_to_the_embedding_is_left_as_it_is(settings):
+    teacher = TiedLM().eval()
+    table = teacher.embed.weight.detach().clone()
+    ids, _ = _sentences(40, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        student, report = crossdistill.compress(teacher, ids, n_samples=20, output_kind="values", eval_data=ids[:8],
+                                                show_progress=False, **settings)
+    assert torch.equal(student.embed.weight, table) and student.lm_head.weight is student.embed.weight
+    method = settings.get("method", "channels")
+    if method != "channels":
+        reasons = {row["name"]: row.get("reason") for row in report[method]["layers"]}
+        assert reasons["lm_head"].startswith("its weight is tied to embed.weight")
+    assert report["agreement"]["output_error"] < 0.1

@@ -59,6 +59,25 @@ def own_weight_reason(module: nn.Module) -> str | None:
     return None
 
 
+def tied_weights(named: Iterable[tuple[str, nn.Module]]) -> dict[str, str]:
+    """Convs and linears whose weight another module holds too (a language model's output layer
+    tied to its embedding table), each with why it is left as it is: solving or slimming it would
+    change the other module's table."""
+    holders: dict[int, list[str]] = {}
+    named = list(named)
+    for name, mod in named:
+        for pname, p in mod.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append(f"{name}.{pname}" if name else pname)
+    tied = {}
+    for name, mod in named:
+        if isinstance(mod, SOLVABLE) and isinstance(getattr(mod, "weight", None), torch.Tensor):
+            others = [h for h in holders.get(id(mod.weight), []) if h != f"{name}.weight"]
+            if others:
+                tied[name] = (f"its weight is tied to {', '.join(others)} (one tensor): compressing it would change "
+                              "that too")
+    return tied
+
+
 def check_solvable(module: nn.Module, name: str, *, channel_pruning: bool = False) -> None:
     reason = unsupported_reason(module)
     if reason is not None:

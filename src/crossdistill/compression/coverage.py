@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from crossdistill.attention_projections import PROJECTIONS, projection_names
-from crossdistill.capture import CONVS, unsupported_reason
+from crossdistill.capture import CONVS, tied_weights, unsupported_reason
 
 PLANNED, SKIPPED = "planned", "skipped"
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
@@ -134,4 +134,8 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
                      f"a first conv: it reads the model's input too ({first_setting}=False)")
     if not last and linears:
         cov.skip(linears[-1], f"the last linear, the classifier ({last_setting}=False)")
+    # After first/last: a tied output layer is still the model's last linear, not the one before it.
+    for name, reason in tied_weights(model.named_modules()).items():
+        if name in cov.entries:
+            cov.skip(name, reason, warn=True)
     return cov

@@ -73,6 +73,8 @@ def _role(graph: Graph, dep: Any, reasons: list[str]) -> str | None:
     if isinstance(mod, SOLVABLE) and own_weight_reason(mod) is not None:
         # Neither solved nor slimmed: its weight is not the tensor that runs.
         reasons.append(f"layer {name}: {own_weight_reason(mod)}")
+    if name in graph.tied:
+        reasons.append(f"layer {name}: {graph.tied[name]}")
     if isinstance(mod, tp_ops.TORCH_MHA):
         reasons.append(f"attention projection (MultiheadAttention packed in_proj): {name}")
     elif isinstance(mod, (tp_ops.TORCH_LSTM, tp_ops.TORCH_EMBED)):

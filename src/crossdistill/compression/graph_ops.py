@@ -55,6 +55,7 @@ class Graph:
     barrier: dict[Any, str] = field(default_factory=dict)  # tp Node -> why channels stop there
     shuffles: dict[Any, tuple[int, int, bool]] = field(default_factory=dict)  # -> (g, m, after)
     splits: dict[Any, tuple[int, int]] = field(default_factory=dict)  # chunk -> (size, parts)
+    tied: dict[str, str] = field(default_factory=dict)  # layer -> why its weight is shared (capture.tied_weights)
 
     def name(self, node: Any) -> str:
         return self.names.get(node.module) or (node.grad_fn.name() if node.grad_fn is not None else "?")

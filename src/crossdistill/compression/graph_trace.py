@@ -36,6 +36,7 @@ from crossdistill.compression.graph_ops import (  # noqa: F401 - re-exported: th
     DUMMY, POINTWISE, REDUCE, RESHAPE, SPATIAL, Graph, _axis, _base, _classify, _is_free, _OpMaps, _shape,
     _shuffle, tensors,
 )
+from crossdistill.capture import tied_weights
 from crossdistill.errors import CrossDistillError
 
 # Modules Torch-Pruning hooks; ops run inside them belong to them (e.g. the views of a Linear
@@ -143,7 +144,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> Graph:
             m.training = mode
         for t, data in strided:
             t.data = data
-    graph = Graph(dg, names, order, calls, owner, outputs)
+    graph = Graph(dg, names, order, calls, owner, outputs, tied=tied_weights(model.named_modules()))
     if any(isinstance(m, nn.Embedding) for m in model.modules()):
         layouts.add(2)  # its output is (batch, tokens, features)
     # A 3-d tensor's channel axis is known when every layer reading one agrees: 1 for Conv1d
