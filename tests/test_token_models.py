@@ -148,3 +148,39 @@ def test_an_output_layer_tied_to_the_embedding_is_left_as_it_is(settings):
         reasons = {row["name"]: row.get("reason") for row in report[method]["layers"]}
         assert reasons["lm_head"].startswith("its weight is tied to embed.weight")
     assert report["agreement"]["output_error"] < 0.1
+
+
+class MaskedEncoder(nn.Module):
+    """BERT-style: padding (id 0) masked in attention; a sentence of padding alone fails in torch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 16, padding_idx=0)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 1,
+                                             enable_nested_tensor=True)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.encoder(self.embed(ids), src_key_padding_mask=ids == 0)[:, 0])
+
+
+def test_a_padding_masked_encoder_is_checked_on_real_sentences_and_bad_ids_are_named(tmp_path):
+    teacher = MaskedEncoder().eval()
+    ids, labels = _sentences(60, 1)
+    ids[:, 8:] = 0  # padded
+    student, report = crossdistill.compress(teacher, ids, labels=labels, shots=4, keep=0.5, eval_data=(ids, labels),
+                                            show_progress=False)
+    assert report["student"]["flops"] < report["teacher"]["flops"] and report["channel_groups"]["pruned"]
+    student.crossdistill_factory = f"{__file__}:MaskedEncoder"
+    loaded = crossdistill.load(crossdistill.save(student, tmp_path / "m.safetensors"))  # re-slimmed on ids
+    assert torch.equal(loaded(ids), student(ids))
+    bad = ids.clone()
+    bad[0, 1] = VOCAB + 5
+    with pytest.raises(CrossDistillError, match=rf"training data: token id {VOCAB + 5} is beyond the model's vocabulary"):
+        crossdistill.compress(teacher, bad, labels=labels, shots=4, show_progress=False)
+    with pytest.raises(CrossDistillError, match=r"\(pad or cut the token ids to one length\)"):
+        crossdistill.compress(teacher, ids, labels=labels, shots=4, eval_data=(ids[:, :5], labels),
+                              show_progress=False)
+    ragged = [(ids[i, : 6 + i % 3], labels[i]) for i in range(12)]
+    with pytest.raises(CrossDistillError, match="samples have different shapes .*pad or cut sequences"):
+        crossdistill.compress(teacher, ragged, shots=2, show_progress=False)

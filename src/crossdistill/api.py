@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from crossdistill.errors import CrossDistillError
-from crossdistill.model_inputs import dtype_name
+from crossdistill.model_inputs import check_token_ids, dtype_name
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 from crossdistill.models.user import check_registered_outputs, infer_info
 from crossdistill.train_flags import eval_mode
@@ -57,6 +57,11 @@ def _tensors_from(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
                 ys.append(yt.unsqueeze(0) if not batched and yt.dim() > 1 else yt)
         if not xs:
             raise CrossDistillError("the data yielded no images")
+        shapes = sorted({tuple(x.shape[1:]) for x in xs})
+        if len(shapes) > 1:
+            raise CrossDistillError(f"the data's samples have different shapes ({', '.join(map(str, shapes[:3]))}"
+                                    f"{', ...' if len(shapes) > 3 else ''}): give samples of one shape (pad or cut "
+                                    "sequences to one length, resize images)")
         return torch.cat(xs), (torch.cat(ys) if len(ys) == len(xs) else None)
     raise CrossDistillError(f"data must be a tensor of images, a Dataset, a DataLoader or a path, got {type(data).__name__}")
 
@@ -154,9 +159,12 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
     if eval_data is None:
         return None
     tx, ty, _ = _images(eval_data, "test", mean, std, class_names)
-    if tuple(tx.shape[1:]) != tuple(images.shape[1:]):
-        raise CrossDistillError(f"eval_data samples have shape {tuple(tx.shape[1:])}, the training data's "
-                                f"{tuple(images.shape[1:])}")
+    if tuple(tx.shape[1:]) != tuple(images.shape[1:]) or tx.is_floating_point() != images.is_floating_point():
+        raise CrossDistillError(f"eval_data samples have shape {tuple(tx.shape[1:])} {tx.dtype}, the training "
+                                f"data's {tuple(images.shape[1:])} {images.dtype}" +
+                                ("" if images.is_floating_point() else " (pad or cut the token ids to one length)"))
+    if not tx.is_floating_point():
+        check_token_ids(model, tx, "eval")
     if ty is None:
         return tx, None
     if ty.shape[0] != tx.shape[0]:
@@ -240,6 +248,8 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     images, found_labels, class_names = _images(data, "training", mean, std)
     if labels is not None:
         found_labels = _label_tensor(labels)
+    if not images.is_floating_point():
+        check_token_ids(model, images, "training")
     if found_labels is not None and found_labels.shape[0] != images.shape[0]:
         raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
     if isinstance(settings.get("output_key"), int) and not isinstance(settings["output_key"], bool):
@@ -248,7 +258,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     if registered is not None:
         check_registered_outputs(name, output_key, output_kind)
     info = registered or infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std, output=output_key,
-                                    kind=output_kind, input_dtype=dtype_name(images))
+                                    kind=output_kind, input_dtype=dtype_name(images), sample=images[:2])
     classes = info.kind in ("classes", "binary")  # otherwise training labels only group the draw
     if found_labels is not None and found_labels.dim() > 1:
         # Per-position labels (a segmentation map) score a dense model on eval_data; the draw

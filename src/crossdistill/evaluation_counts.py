@@ -34,7 +34,7 @@ def count_flops(model: nn.Module, input_size: Sequence[int], input_dtype: str = 
     BatchNorm, ReLU, pooling and additions are not counted. Zero weights still count: this
     measures dense compute, which is what channel pruning reduces.
     """
-    x = example(input_size, 1, input_dtype, device=module_device(model))
+    x = example(input_size, 1, input_dtype, model=model, device=module_device(model))
     with eval_mode(model), counting_flops() as counter:
         model(x)
     return int(counter.get_total_flops())

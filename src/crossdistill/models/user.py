@@ -85,10 +85,11 @@ def build_user_model(spec: str) -> nn.Module:
 
 def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, output: str | None = None, kind: str = "auto",
-               input_dtype: str = FLOAT) -> ModelInfo:
+               input_dtype: str = FLOAT, sample: torch.Tensor | None = None) -> ModelInfo:
     """A ModelInfo for a model the registry does not know: what it returns (its predictions,
     their kind and number of classes: model_outputs) from one forward pass on zeros, which also
-    checks, before any long work, that the input size fits."""
+    checks, before any long work, that the input size fits. `sample`: two real inputs to run
+    instead of made-up ones (token ids of real sentences, not padding)."""
     size = tuple(int(v) for v in input_size)  # (C, H, W) for images; any shape for other inputs
     c = size[0]
     low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
@@ -100,11 +101,14 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
         # Each submodule's own train/eval flag comes back: a caller may keep parts in eval mode.
         # Two samples: a batch dimension of 1 cannot be told from a squeezed one.
         with eval_mode(model), torch.no_grad():
-            out = model(example(size, 2, input_dtype))
+            out = model(sample[:2] if sample is not None and len(sample) >= 2
+                        else example(size, 2, input_dtype, model=model))
     except Exception as exc:
         raise CrossDistillError(
             f"model {name}: a forward pass on an input of size {size} failed: "
-            f"{type(exc).__name__}: {exc}; give the input size the model expects (--input-size C H W, or C L for signals)"
+            f"{type(exc).__name__}: {exc}" + ("" if input_dtype != FLOAT else
+                                              "; give the input size the model expects (--input-size C H W, or C L "
+                                              "for signals)")
         ) from None
     try:
         pred = predictions(out, output)

@@ -48,7 +48,7 @@ class SlimCodec(ArtifactCodec):
         from crossdistill.compression.graph_channels import slim_groups
 
         dtype = metadata.get("input_dtype", FLOAT)
-        slim_groups(model, example(metadata["input_size"], 1, dtype),
+        slim_groups(model, example(metadata["input_size"], 1, dtype, model=model),
                     {int(g): v for g, v in metadata["kept"].items()}, check=False)
         setattr(model, self.attr, {"input_size": list(metadata["input_size"]),
                                    "kept": {int(g): list(v) for g, v in metadata["kept"].items()},
