@@ -184,3 +184,36 @@ def test_a_padding_masked_encoder_is_checked_on_real_sentences_and_bad_ids_are_n
     ragged = [(ids[i, : 6 + i % 3], labels[i]) for i in range(12)]
     with pytest.raises(CrossDistillError, match="samples have different shapes .*pad or cut sequences"):
         crossdistill.compress(teacher, ragged, shots=2, show_progress=False)
+
+
+class Tagger(nn.Module):
+    """Token classification: (batch, L, C) logits, one class per token, classes last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 16)
+        self.mlp_in, self.mlp_out = nn.Linear(16, 48), nn.Linear(48, 16)
+        self.tag = nn.Linear(16, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        return self.tag(h + self.mlp_out(torch.relu(self.mlp_in(h))))
+
+
+def test_per_token_logits_are_read_classes_last_and_scored_per_token():
+    from crossdistill.evaluation_agreement import scores
+
+    teacher = Tagger().eval()
+    ids, _ = _sentences(80, 1)
+    with torch.no_grad():
+        tags = teacher(ids).argmax(-1)  # (80, 10)
+    tags[:, -1] = -100  # Hugging Face's ignored token: not scored
+    student, report = crossdistill.compress(teacher, ids, n_samples=40, keep=0.5, eval_data=(ids, tags),
+                                            finetune_epochs=2, finetune_mode="kd", show_progress=False)
+    assert report["predictions"]["kind"] == "sequence" and report["teacher"]["top1"] == 100.0
+    assert report["student"]["top1"] == pytest.approx(scores(student, ids, tags, kind="sequence")["top1"])
+    assert report["finetune"]["after"]["kd"] <= report["finetune"]["before"]["kd"] * 1.05
+    with torch.no_grad():  # agreement per token, not over positions
+        same = (student(ids).argmax(-1) == teacher(ids).argmax(-1)).float().mean() * 100
+    assert report["agreement"]["top1_agreement"] == pytest.approx(float(same))
+    assert "miou" in report["student"]

@@ -169,7 +169,7 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
         return tx, None
     if ty.shape[0] != tx.shape[0]:
         raise CrossDistillError(f"eval_data: {tx.shape[0]} samples but {ty.shape[0]} labels")
-    from crossdistill.model_outputs import IGNORE, label_shape, predictions
+    from crossdistill.model_outputs import IGNORE, label_shape, predictions, scored_positions
 
     with eval_mode(model), torch.no_grad():
         want = label_shape(predictions(model(tx[:2]), info.output), info.kind)
@@ -179,12 +179,13 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
     if tuple(ty.shape[1:]) != want:
         raise CrossDistillError(f"eval_data labels have shape {tuple(ty.shape[1:])} per sample; the model's "
                                 f"{info.kind} predictions take {want or 'one label'} per sample")
-    scored = ty[ty != IGNORE] if info.kind == "dense" else ty  # 255: no class here (void)
+    per_position = info.kind in ("dense", "sequence")
+    scored = ty[scored_positions(ty)] if per_position else ty  # 255 or negative: not scored
     if len(scored) and (int(scored.max()) >= info.num_classes or int(scored.min()) < 0):
         bad = int(scored.max()) if int(scored.max()) >= info.num_classes else int(scored.min())
         raise CrossDistillError(f"eval_data label {bad} is not a class of the model, which has "
-                                f"{info.num_classes} outputs" + (f" ({IGNORE} marks positions not scored)"
-                                                                 if info.kind == "dense" else ""))
+                                f"{info.num_classes} outputs" + (f" ({IGNORE} or a negative label marks positions not "
+                                                                 "scored)" if per_position else ""))
     return tx, ty
 
 

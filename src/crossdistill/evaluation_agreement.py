@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from crossdistill.model_outputs import IGNORE, batch_slices, flat, per_sample, predicted, predictions
+from crossdistill.model_outputs import batch_slices, flat, per_sample, predicted, predictions, scored_positions
 from crossdistill.train_flags import eval_mode
 
 
@@ -29,7 +29,7 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | No
 
 def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | None = None, kind: str = "classes",
            batch_size: int = 256) -> dict[str, float]:
-    """`top1` (percent of inputs, or of positions for 'dense' predictions); for 'dense' also
+    """`top1` (percent of inputs, or of positions for 'dense' and 'sequence' predictions); for those also
     `miou`, the mean over classes of intersection / union in percent (classes absent from both
     labels and predictions left out), the figure segmentation results are compared by. Positions
     labelled IGNORE (255: void, object borders, as in VOC and Cityscapes masks) are not scored."""
@@ -39,13 +39,13 @@ def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | 
         for xb, yb in zip(_chunks(x, batch_size), _chunks(y, batch_size)):
             scored = predictions(model(xb), output)
             pred = predicted(scored, kind)
-            if kind == "dense":
-                keep = yb != IGNORE
+            if kind in ("dense", "sequence"):
+                keep = scored_positions(yb)
                 yb, pred = yb[keep], pred[keep]
             correct += int((pred == yb).sum())
             total += yb.numel()
-            if kind == "dense":
-                c = scored.shape[1]
+            if kind in ("dense", "sequence"):
+                c = scored.shape[1] if kind == "dense" else scored.shape[2]
                 counts = torch.bincount(yb * c + pred, minlength=c * c).reshape(c, c)
                 confusion = counts if confusion is None else confusion + counts
     out = {"top1": 100.0 * correct / max(1, total)}

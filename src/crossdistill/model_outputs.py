@@ -13,6 +13,9 @@ itself, a dict's 'logits' entry, else the first entry. Their shape gives the kin
 - ``binary``:  (batch,) or (batch, 1), one logit per sample; a 0/1 label, predicted 1 when > 0;
 - ``dense``:   (batch, C, ...) logits per position (segmentation, C ≥ 2); a label per position
                (a (batch, ...) map), top-1 per position;
+- ``sequence``: (batch, L, C) logits per token, classes last (token classification, a language
+               model's next-token logits); a label per token, top-1 per token. Read so by default
+               when the input is L token ids and the predictions are (batch, L, C);
 - ``values``:  anything else (regression targets, embeddings of one channel per position):
                no labels; the report compares the student with the teacher only.
 """
@@ -26,9 +29,15 @@ from torch import nn
 
 from crossdistill.errors import CrossDistillError
 
-KINDS = ("classes", "binary", "dense", "values")
-# A label map's "no class here" (void, object borders): the value VOC and Cityscapes masks use.
+KINDS = ("classes", "binary", "dense", "sequence", "values")
+# A label map's "no class here" (void, object borders): the value VOC and Cityscapes masks use;
+# negative labels (-100, Hugging Face's ignored tokens) are not scored either.
 IGNORE = 255
+
+
+def scored_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Which per-position labels count (not IGNORE, not negative)."""
+    return (labels != IGNORE) & (labels >= 0)
 
 
 def flat(out: Any) -> list[torch.Tensor]:
@@ -122,10 +131,13 @@ def _target(out: Any, output: str | None) -> Any:
     raise CrossDistillError(f"output_key {output!r}: that output of the model is {describe(found)}, not a tensor")
 
 
-def kind_of(pred: torch.Tensor) -> str:
-    """The kind of task a predictions tensor (with its batch dimension) belongs to (see the module)."""
+def kind_of(pred: torch.Tensor, tokens: int | None = None) -> str:
+    """The kind of task a predictions tensor (with its batch dimension) belongs to (see the module);
+    `tokens`: the length of a token-id input, whose (batch, L, C) predictions are per token."""
     if pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1):
         return "binary"
+    if tokens is not None and pred.dim() == 3 and pred.shape[1] == tokens and pred.shape[2] >= 2:
+        return "sequence"
     if pred.dim() == 2:
         return "classes"
     if pred.dim() >= 3 and pred.shape[1] >= 2:
@@ -138,12 +150,14 @@ def check_kind(pred: torch.Tensor, kind: str, name: str = "the model") -> str:
     fits = {"classes": pred.dim() == 2 and pred.shape[1] >= 2,
             "binary": pred.dim() == 1 or (pred.dim() == 2 and pred.shape[1] == 1),
             "dense": pred.dim() >= 3 and pred.shape[1] >= 2,
+            "sequence": pred.dim() == 3 and pred.shape[2] >= 2,
             "values": pred.dim() >= 1}
     if kind not in fits:
         raise CrossDistillError(f"output_kind {kind!r}: choose one of {', '.join(KINDS)} (or auto)")
     if not fits[kind]:
         need = {"classes": "(batch, C) with C ≥ 2", "binary": "(batch,) or (batch, 1)",
-                "dense": "(batch, C, ...) with C ≥ 2", "values": "a batch dimension"}[kind]
+                "dense": "(batch, C, ...) with C ≥ 2", "sequence": "(batch, L, C) with C ≥ 2",
+                "values": "a batch dimension"}[kind]
         raise CrossDistillError(f"{name}: predictions of shape {tuple(pred.shape)} (for {pred.shape[0] if pred.dim() else 0} "
                                 f"inputs) cannot be read as {kind}, which needs {need}")
     return kind
@@ -155,6 +169,8 @@ def n_classes(pred: torch.Tensor, kind: str) -> int | None:
         return 2
     if kind in ("classes", "dense"):
         return int(pred.shape[1])
+    if kind == "sequence":
+        return int(pred.shape[2])
     return None
 
 
@@ -165,6 +181,8 @@ def label_shape(pred: torch.Tensor, kind: str) -> tuple[int, ...] | None:
         return ()
     if kind == "dense":
         return tuple(pred.shape[2:])
+    if kind == "sequence":
+        return (int(pred.shape[1]),)
     return None
 
 
@@ -172,6 +190,8 @@ def predicted(pred: torch.Tensor, kind: str) -> torch.Tensor:
     """The predicted classes (argmax over the class dimension; 1 where a binary logit is > 0)."""
     if kind == "binary":
         return (pred.reshape(-1) > 0).long()  # (batch,), (batch, 1), or a squeezed single one
+    if kind == "sequence":
+        return pred.argmax(-1)
     return pred.argmax(1)
 
 

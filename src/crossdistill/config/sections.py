@@ -74,9 +74,10 @@ class RunSettings(Plugin):
                                    "tuple, e.g. logits beside features): which one holds the predictions, as a "
                                    "key, a field name or an index (default: the 'logits' entry, else the first)")
     output_kind: str = param("auto", "what the predictions are: classes ((batch, C) logits), binary (one logit "
-                             "per sample), dense (logits per position, classes on dim 1: segmentation), values "
-                             "(no classes: regression, depth, embeddings), or auto (from their shape; "
-                             "docs/any_model.md)", choices=("auto", "classes", "binary", "dense", "values"))
+                             "per sample), dense (logits per position, classes on dim 1: segmentation), sequence "
+                             "((batch, L, C) logits per token, classes last), values (no classes: regression, "
+                             "depth, embeddings), or auto (from their shape; docs/any_model.md)",
+                             choices=("auto", "classes", "binary", "dense", "sequence", "values"))
     device: str = param("cpu", "where the work runs: the layer-wise compression (forwards, float64 moments "
                         "and solves), the fine-tune and the training baselines (bp, l1-finetune, fitnet): cpu, "
                         "cuda, cuda:N, or auto (CUDA when present); slimming, saving and evaluation stay on the CPU")

@@ -39,6 +39,8 @@ def class_logits(pred: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "binary":
         z = pred.reshape(-1, 1)
         return torch.cat([torch.zeros_like(z), z], dim=1)
+    if kind == "sequence":
+        return pred.transpose(1, 2)  # (batch, C, L): classes on dim 1, per token
     return pred
 
 
@@ -61,7 +63,8 @@ class Distillation:
             out = teacher(probe)
         pos = position(out, output)
         pred = flat(out)[pos]
-        return cls(pos, kind_of(pred) if kind == "auto" else check_kind(pred, kind), temperature)
+        tokens = probe.shape[1] if not probe.is_floating_point() and probe.dim() == 2 else None
+        return cls(pos, kind_of(pred, tokens) if kind == "auto" else check_kind(pred, kind), temperature)
 
     @property
     def has_classes(self) -> bool:

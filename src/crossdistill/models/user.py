@@ -117,7 +117,8 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
     if pred.dim() == 0 or pred.shape[0] != 2:
         raise CrossDistillError(f"model {name}: its output {output or ''} ({tuple(pred.shape)} for 2 inputs) has no "
                                 "batch dimension first; the predictions must be one row per input")
-    kind = kind_of(pred) if kind == "auto" else check_kind(pred, kind, name)
+    tokens = size[0] if input_dtype != FLOAT and len(size) == 1 else None
+    kind = kind_of(pred, tokens) if kind == "auto" else check_kind(pred, kind, name)
     mean_t = tuple(float(m) for m in mean) if mean is not None else (0.0,) * c
     std_t = tuple(float(s) for s in std) if std is not None else (1.0,) * c
     if len(mean_t) != c or len(std_t) != c:
