@@ -217,3 +217,45 @@ def test_per_token_logits_are_read_classes_last_and_scored_per_token():
         same = (student(ids).argmax(-1) == teacher(ids).argmax(-1)).float().mean() * 100
     assert report["agreement"]["top1_agreement"] == pytest.approx(float(same))
     assert "miou" in report["student"]
+
+
+def test_recurrent_layers_are_counted_and_named_and_an_exporter_refusal_is_one_message(tmp_path):
+    from crossdistill.evaluation_counts import count_flops
+    from crossdistill.export import export_model
+
+    class Recurrent(nn.Module):
+        def __init__(self, cell: type[nn.RNNBase]) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB, 8)
+            self.rnn = cell(8, 16, batch_first=True, num_layers=2, bidirectional=True)
+            self.fc = nn.Linear(32, 4)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.rnn(self.embed(ids))[0][:, -1])
+
+    gates = {nn.LSTM: 4, nn.GRU: 3}
+    for cell, g in gates.items():
+        # Per direction and layer: 2 FLOPs per MAC, L steps, g·H gate rows over input and hidden.
+        expected = 2 * 10 * g * 16 * ((8 + 16) + (32 + 16)) * 2 + 2 * 32 * 4
+        assert count_flops(Recurrent(cell).eval(), (10,), "int64") == expected
+    teacher = Recurrent(nn.LSTM).eval()
+    ids, labels = _sentences(40, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, report = crossdistill.compress(teacher, ids, labels=labels, shots=4, method="quant", bits=8,
+                                          show_progress=False)
+    reasons = {row["name"]: row.get("reason", "") for row in report["quant"]["layers"]}
+    assert reasons["rnn.weight_ih_l0"].startswith("a recurrent layer's gate weights (LSTM)")
+
+    class Bag(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bag, self.fc = nn.EmbeddingBag(VOCAB, 8, padding_idx=0), nn.Linear(8, 4)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.bag(ids))
+
+    with pytest.raises(CrossDistillError, match=r"the ONNX exporter cannot export this model \(RuntimeError: "
+                                                r"embedding_bag with padding_idx\); nothing was written"):
+        export_model(Bag().eval(), tmp_path / "bag.onnx", "onnx", ids[:4])
+    assert not (tmp_path / "bag.onnx").exists()

@@ -304,7 +304,12 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, tmp: str) -> st
             # hidden states) has no TorchScript type: the file returns the outputs as one tuple.
             with torch.no_grad():
                 names = output_names(model(example))
-            traced = torch.jit.trace(_FlatOutputs(model), example, check_trace=False)
+            try:
+                traced = torch.jit.trace(_FlatOutputs(model), example, check_trace=False)
+            except Exception as exc:  # noqa: BLE001 - the tracer's own errors
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise CrossDistillError(f"TorchScript cannot trace this model ({type(exc).__name__}: {first}); "
+                                        "nothing was written; --format onnx may take it") from None
             note = f"outputs flattened to a tuple in this order: {', '.join(names)}"
             meta["outputs"] = json.dumps(names)
         torch.jit.save(traced, tmp, _extra_files={"crossdistill.json": json.dumps(meta)})
@@ -342,7 +347,7 @@ def export_model(
     if out.is_dir():
         raise CrossDistillError(f"output {out} is a directory; give a file name")
     if out.exists() and not force:
-        raise CrossDistillError(f"output {out} already exists; pass --force to replace it")
+        raise CrossDistillError(f"output {out} already exists; pass --force (force=True) to replace it")
     tokens = inputs.dtype in (torch.int64, torch.int32)
     if inputs.dim() < 2 or not (inputs.is_floating_point() or tokens) or not bool(torch.isfinite(inputs).all()):
         raise CrossDistillError("verification inputs must be a finite float batch (NCHW for images), or token ids")
@@ -403,7 +408,12 @@ def export_model(
 def _onnx_outputs(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, inputs: torch.Tensor,
                   free: tuple[str, ...], out_axes: dict[str, dict[int, str]] | None = None) -> Any:
     """Export to `tmp` (size axes `free` left free) and run `inputs` through onnxruntime."""
-    _export_onnx(_explicit_padding(model), example, tmp, opset, free, out_axes)
+    try:
+        _export_onnx(_explicit_padding(model), example, tmp, opset, free, out_axes)
+    except Exception as exc:  # noqa: BLE001 - the exporter's own errors, often with its whole graph appended
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CrossDistillError(f"the ONNX exporter cannot export this model ({type(exc).__name__}: {first}); "
+                                "nothing was written; --format torchscript may take it") from None
     try:
         return _run_onnx(tmp, inputs)
     except Exception as exc:  # onnxruntime's own error types: one message, nothing written
@@ -435,7 +445,7 @@ def export(
     check_format(fmt)
     out = Path(out) if out is not None else default_output(source, fmt)
     if out.exists() and not force:  # fail before the work
-        raise CrossDistillError(f"output {out} already exists; pass --force to replace it")
+        raise CrossDistillError(f"output {out} already exists; pass --force (force=True) to replace it")
     model = load(source, model=model_name)
     inputs, label = verification_inputs(model, eval_data, n_verify)
     return export_model(model, out, fmt, inputs, tolerance=tolerance, force=force, opset=opset, inputs_label=label)

@@ -5,7 +5,8 @@ Two things hide work from a plain FlopCounterMode: the fused attention/transform
 as one kernel the counter has no formula for, so its linears count nothing; and on the CPU
 `scaled_dot_product_attention` dispatches to a kernel the counter does not know either, so the
 attention's score and value products count nothing. Counting with the fast path off and a
-formula for that kernel gives the same FLOPs on every device.
+formula for that kernel gives the same FLOPs on every device. An LSTM on the CPU runs as one
+oneDNN kernel too (`mkldnn_rnn_layer`), counted here by its gate matrix products.
 """
 from __future__ import annotations
 
@@ -24,9 +25,23 @@ def _sdpa_cpu_flop(query_shape: Any, key_shape: Any, value_shape: Any, *args: An
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _rnn_layer_flop(input_shape: Any, w_ih_shape: Any, w_hh_shape: Any, *args: Any, out_shape: Any = None,
+                    **kwargs: Any) -> int:
+    # One recurrent layer and direction on the CPU (an LSTM runs as oneDNN's kernel there): the
+    # input and the hidden state through their gate matrices at every step, 2 FLOPs per MAC.
+    steps_times_batch = int(input_shape[0]) * int(input_shape[1])
+    return 2 * steps_times_batch * int(w_ih_shape[0]) * (int(w_ih_shape[1]) + int(w_hh_shape[1]))
+
+
 def _extra_formulas() -> dict[Any, Any]:
+    formulas: dict[Any, Any] = {}
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    return {} if op is None else {op: _sdpa_cpu_flop}
+    if op is not None:
+        formulas[op] = _sdpa_cpu_flop
+    rnn = getattr(torch.ops.aten, "mkldnn_rnn_layer", None)
+    if rnn is not None:
+        formulas[rnn] = _rnn_layer_flop
+    return formulas
 
 
 @contextlib.contextmanager

@@ -81,8 +81,11 @@ def bare_weights(model: nn.Module) -> list[tuple[str, str]]:
         owner = modules.get(owner_name)
         if p.dim() < 2 or ".parametrizations." in f".{name}" or isinstance(owner, _LAYERS):
             continue
-        if isinstance(owner, nn.Embedding):
+        if isinstance(owner, (nn.Embedding, nn.EmbeddingBag)):
             reason = "an Embedding table: a lookup, not a W·x layer"
+        elif isinstance(owner, nn.RNNBase):
+            reason = (f"a recurrent layer's gate weights ({type(owner).__name__}): the solvers take Conv1d, Conv2d "
+                      "and Linear layers")
         else:
             where = f"of {type(owner).__name__}" if owner_name else "of the model itself"
             reason = (f"a bare parameter {where}, which its forward uses itself (a class token, a position "
