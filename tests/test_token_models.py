@@ -100,6 +100,15 @@ def test_a_text_model_saves_loads_and_exports_with_token_inputs(tmp_path):
     assert ids.dtype == torch.int64 and int(ids.max()) < VOCAB and "random" in desc
     for fmt in ("onnx", "torchscript"):
         assert export_model(loaded, tmp_path / f"text.{fmt}", fmt, ids[:8]).max_abs_diff <= 1e-4
+    # Max over time takes any length: the ONNX file's length axis is free (checked at 1.5x).
+    import onnxruntime as ort
+
+    res = export_model(loaded, tmp_path / "free.onnx", "onnx", ids[:8])
+    assert res.free_axes == ("length",)
+    longer = torch.cat([train[:3], train[:3]], 1)
+    got = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"]).run(None, {"input": longer.numpy()})[0]
+    with torch.no_grad():
+        assert float((torch.from_numpy(got) - loaded(longer)).abs().max()) < 1e-4
 
 
 def test_token_ids_are_not_blended_or_viewed():

@@ -195,23 +195,37 @@ def output_names(out: Any) -> list[str]:
 _AXIS_NAMES = {3: ("length",), 4: ("height", "width")}
 
 
+def size_axes(inputs: torch.Tensor) -> tuple[str, ...]:
+    """The input's size axes after batch and channels: a signal's length, an image's height and
+    width, a sequence of token ids' length (N×L, no channel axis)."""
+    if not inputs.is_floating_point():
+        return ("length",) if inputs.dim() == 2 else ()
+    return _AXIS_NAMES.get(inputs.dim(), ())
+
+
 def _resized(model: nn.Module, inputs: torch.Tensor, expected: torch.Tensor) -> torch.Tensor | None:
     """The first inputs at 1.5x their length (signals) or height and width (images), when the
-    model takes that size too and returns outputs of the same rank and channels (logits after an
-    adaptive pooling, or maps of the new size: segmentation); else None. Only then does an ONNX
-    file get free size axes."""
-    if inputs.dim() not in _AXIS_NAMES or not inputs.is_floating_point():
+    model takes that size too and returns outputs of the same rank (logits after an adaptive
+    pooling, or maps or sequences of the new size); else None. Only then does an ONNX file get
+    free size axes (kept when the file gives PyTorch's outputs at that size too)."""
+    if not size_axes(inputs):
         return None
-    shape = (min(len(inputs), _TRACE_BATCH), inputs.shape[1], *(max(2, round(s * 1.5)) for s in inputs.shape[2:]))
-    other = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=inputs.dtype).to(inputs.device)
+    n = min(len(inputs), _TRACE_BATCH)
+    if not inputs.is_floating_point():
+        # Token ids: the same sentences, longer (random ids could fall outside the vocabulary).
+        length = max(2, round(inputs.shape[1] * 1.5))
+        other = inputs[:n].repeat(1, 2)[:, :length]
+        shape: tuple[int, ...] = tuple(other.shape)
+    else:
+        shape = (n, inputs.shape[1], *(max(2, round(s * 1.5)) for s in inputs.shape[2:]))
+        other = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=inputs.dtype).to(inputs.device)
     try:
         with torch.no_grad():
             out = model(other)
     except Exception:  # noqa: BLE001 - any failure: the model takes its own size only
         return None
     got, want = flat(out), flat(expected)
-    if len(got) != len(want) or any(g.dim() != w.dim() or g.shape[:2] != (shape[0], *w.shape[1:2])
-                                    for g, w in zip(got, want)):
+    if len(got) != len(want) or any(g.dim() != w.dim() or g.shape[:1] != (shape[0],) for g, w in zip(got, want)):
         return None
     return other
 
@@ -220,7 +234,7 @@ def _output_axes(names: list[str], at_size: Any, at_other: Any) -> dict[str, dic
     """Each output's free axes: the batch, and the dims that changed with the input's size."""
     axes = {}
     for name, a, b in zip(names, flat(at_size), flat(at_other)):
-        changed = {d: f"{name}_{d}" for d in range(2, a.dim()) if a.shape[d] != b.shape[d]}
+        changed = {d: f"{name}_{d}" for d in range(1, a.dim()) if a.shape[d] != b.shape[d]}
         axes[name] = {0: "batch", **changed}
     return axes
 
@@ -232,6 +246,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, 
     with torch.no_grad():
         names = output_names(model(example))
     out_axes = out_axes or {n: {0: "batch"} for n in names}
+    first = 2 if example.is_floating_point() else 1  # token ids (N×L) have no channel axis
 
     with warnings.catch_warnings():
         # The TorchScript-based exporter (dynamo=False) works offline and needs no onnxscript;
@@ -240,7 +255,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, 
         torch.onnx.export(
             model, (example,), tmp, dynamo=False, opset_version=opset,
             input_names=["input"], output_names=names,
-            dynamic_axes={"input": {0: "batch", **{2 + i: n for i, n in enumerate(free)}}, **out_axes},
+            dynamic_axes={"input": {0: "batch", **{first + i: n for i, n in enumerate(free)}}, **out_axes},
             do_constant_folding=True,
         )
     proto = onnx.load(tmp)
@@ -369,7 +384,7 @@ def export_model(
         if fmt == "onnx":
             other = _resized(model, inputs, expected)
             if other is not None:
-                free = _AXIS_NAMES[inputs.dim()]
+                free = size_axes(inputs)
                 # Free axes are kept only if the exporter takes them (it refuses an adaptive
                 # pooling to a fixed size, say) and the file gives PyTorch's logits at the other
                 # size too (a shape the trace wrote into the graph as a constant breaks it there).
