@@ -117,8 +117,9 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
                                     f"negative values ({int(x.min())})")
         return x.long(), (None if y is None else y.long()), None
     if x.dim() < 2 or not x.is_floating_point():
-        raise CrossDistillError(f"{role} images must be a float tensor with a batch dimension, got "
-                                f"{tuple(x.shape)} {x.dtype} (give a path for uint8 image files)")
+        raise CrossDistillError(f"{role} data must be a batch: float inputs (images N×C×H×W, signals N×C×L) or "
+                                f"int64 token ids (N×L), got {tuple(x.shape)} {x.dtype} (uint8 image files are read "
+                                "from a path)")
     if not bool(torch.isfinite(x).all()):
         raise CrossDistillError(f"{role} images hold NaN or infinite values")
     return x.float(), (None if y is None else y.long()), None

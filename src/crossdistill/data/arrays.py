@@ -46,7 +46,8 @@ class ImageArrays:
             raise CrossDistillError(
                 f"image data{where}: x must be uint8 images (N, H, W, C) or float signals (N, C, L), "
                 f"got {x.dtype} of shape {tuple(x.shape)}"
-                + ("; token ids are taken by the Python API (crossdistill.compress(model, ids, labels=...))"
+                + ("; token ids are read by the Python API only (crossdistill.compress(model, ids, labels=...), "
+                   "crossdistill.export_model(model, path, 'onnx', ids))"
                    if x.ndim == 2 and np.issubdtype(x.dtype, np.integer) else "")
             )
         if x.dtype != np.uint8 and x.ndim == 4:
