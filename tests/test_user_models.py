@@ -230,7 +230,7 @@ def test_labels_are_checked_against_the_models_classes():
     with pytest.raises(CrossDistillError, match="eval_data label 7 is not a class of the model, which has 3 outputs"):
         crossdistill.compress(model, x, labels=torch.arange(30) % 3, shots=2, eval_data=(x, torch.arange(30) % 8),
                               method="quant", bits=8, show_progress=False)
-    with pytest.raises(CrossDistillError, match=r"eval_data samples have shape \(5,\), the training data's \(4,\)"):
+    with pytest.raises(CrossDistillError, match=r"eval_data samples have shape \(5,\) torch.float32, the training data's \(4,\)"):
         crossdistill.compress(model, x, labels=torch.arange(30) % 3, shots=2, eval_data=(torch.randn(9, 5), torch.arange(9) % 3),
                               method="quant", bits=8, show_progress=False)
     with pytest.raises(CrossDistillError, match="fractional values such as 0.5"):
