@@ -16,26 +16,19 @@ IoU over the 11 classes on the first --test images of the test split (default al
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import statistics
-import time
-import warnings
+import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-FMNIST = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist; else the name is downloaded
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fewshot_bench import ROWS, cached_teacher, compressed, example, mean_spread, parser, with_threads  # noqa: E402
+
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's pixel mean and std
 
 
 def unet(width: int) -> torch.nn.Module:
-    spec = importlib.util.spec_from_file_location("example_unet", EXAMPLES / "unet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    torch.manual_seed(0)
-    return module.unet(1, 11, width)
+    return example("unet", "unet", 1, 11, width)
 
 
 def inputs_and_maps(x, y, threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,60 +39,14 @@ def inputs_and_maps(x, y, threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (pixels.float().div(255.0) - MEAN) / STD, maps
 
 
-def train(model: torch.nn.Module, x: torch.Tensor, maps: torch.Tensor, epochs: int) -> None:
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps = epochs * ((len(x) + 127) // 128)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 128):
-            idx = order[i : i + 128]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), maps[idx]).backward()
-            opt.step()
-            sched.step()
-        print(f"  teacher epoch {epoch + 1}/{epochs} done", flush=True)
-    model.eval()
-
-
-ROWS = {
-    "channels keep 0.5 (closed form)": {"keep": 0.5},
-    "channels keep 0.5, prune-only": {"keep": 0.5, "solver": "prune-only"},
-    "channels FLOPs 0.5, global budget": {"flops": 0.5, "budget": "global"},
-    "sparsity 0.8": {"method": "sparsity", "sparsity": 0.8},
-    "sparsity 0.8, magnitude": {"method": "sparsity", "sparsity": 0.8, "solver": "magnitude"},
-    "quant 3 bits": {"method": "quant", "bits": 3},
-    "quant 3 bits, round to nearest": {"method": "quant", "bits": 3, "solver": "rtn"},
-}
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=FMNIST if Path(FMNIST).is_dir() else "fashion-mnist")
-    p.add_argument("--teacher", type=Path, default=None, help="teacher state dict (trained and saved when missing)")
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=3)
+    p = parser(__doc__, width=16, epochs=3, unit="images")
     p.add_argument("--threshold", type=int, default=25, help="pixels above it (0-255) are the garment")
-    p.add_argument("--train-limit", type=int, default=None, help="train on the first N images only")
-    p.add_argument("--test", type=int, default=10000, help="score on the first N test images")
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW")
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(previous)  # a caller's (a test's) setting comes back
+    return with_threads(args.threads, lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
-    import crossdistill
-    from crossdistill.compression.coverage import CompressionWarning
     from crossdistill.data import load_image_data
     from crossdistill.evaluation_agreement import scores
     from crossdistill.paths import cache_dir
@@ -109,20 +56,9 @@ def _run(args: argparse.Namespace) -> int:
     x, maps = inputs_and_maps(train_data.x[:n_train], train_data.y[:n_train], args.threshold)
     y = torch.as_tensor(train_data.y[:n_train]).long()
     xt, mt = inputs_and_maps(test_data.x[: args.test], test_data.y[: args.test], args.threshold)
-    teacher = unet(args.width)
     path = args.teacher or cache_dir() / "teachers" / (f"unet_w{args.width}_fmnist_seg_t{args.threshold}_{n_train}"
                                                         f"_e{args.epochs}.pt")
-    if path.is_file():
-        teacher.load_state_dict(torch.load(path, weights_only=True))
-        teacher.eval()
-    else:
-        start = time.perf_counter()
-        train(teacher, x, maps, args.epochs)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        torch.save(teacher.state_dict(), tmp)
-        tmp.replace(path)  # never a half-written teacher under the final name
-        print(f"  trained in {time.perf_counter() - start:.0f} s, saved to {path}")
+    teacher = cached_teacher(unet(args.width), path, x, maps, args.epochs)
     params = sum(q.numel() for q in teacher.parameters())
     t = scores(teacher, xt, mt, kind="dense")
     print(f"U-Net width {args.width} ({params:,} parameters) trained {args.epochs} epochs on {n_train} Fashion-MNIST "
@@ -137,19 +73,12 @@ def _run(args: argparse.Namespace) -> int:
         for k in args.shots:
             top, miou = [], []
             for seed in args.seeds:
-                start = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", CompressionWarning)
-                    student, _ = crossdistill.compress(teacher, x, labels=y, shots=k, seed=seed,
-                                                       show_progress=False, **ROWS[label])
-                seconds = time.perf_counter() - start
+                student, seconds = compressed(teacher, x, y, k, seed, ROWS[label])
                 size = sum(q.numel() for q in student.parameters())
                 s = scores(student, xt, mt, kind="dense")
                 top.append(s["top1"])
                 miou.append(s["miou"])
-            for vals in (top, miou):
-                spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
-                cells.append(f"{statistics.mean(vals):.2f} ± {spread:.2f}")
+            cells += [mean_spread(top), mean_spread(miou)]
         print(f"| {label} | " + " | ".join(cells) + f" | {size:,} | {seconds:.1f} |", flush=True)
     return 0
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch_pruning import ops as tp_ops
 
 from crossdistill.compression.graph_maps import IdxMap, Shape, _gather, _offset, _spread, _window
+from crossdistill.model_outputs import flat
 
 # Ops that act on each channel alone (checked against shapes below), by autograd node name.
 POINTWISE = frozenset(
@@ -62,14 +63,8 @@ class Graph:
 
 
 def tensors(x: Any) -> Iterator[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        yield x
-    elif isinstance(x, (list, tuple)):
-        for v in x:
-            yield from tensors(v)
-    elif isinstance(x, dict):
-        for v in x.values():
-            yield from tensors(v)
+    """Every tensor of a module's output (tuples, lists, dicts, named tuples), in order."""
+    return iter(flat(x))
 
 
 # -- shapes and channel axes ---------------------------------------------------------------------
