@@ -178,7 +178,7 @@ def test_evaluate_takes_your_own_trained_model_from_its_factory_and_state_dict(f
     assert evaluated["top1"] == teacher["top1"] and evaluated["n_eval"] == teacher["n_eval"]
     assert main(["evaluate", "--weights", str(out), "--eval-data", str(test), "--no-latency", "--quiet",
                  *common]) == 2
-    assert "--mean/--std/--output-key are for your own model from a plain state dict" in capsys.readouterr().err
+    assert "--mean/--std: this file records the normalisation its model expects" in capsys.readouterr().err
     # Without --weights the run is on the factory's own initialisation: said in one line.
     assert main(["compress", "--model", factory, "--data", str(train), "--shots", "2", "--quiet",
                  "--out", str(tmp_path / "untrained")]) == 0
@@ -273,7 +273,8 @@ def test_a_class_of_ones_own_named_like_a_registered_model_keeps_its_own_setting
     x, y = torch.randn(12, 3, 8, 8), torch.arange(12) % 3
     student, _ = crossdistill.compress(model, x, labels=y, shots=2, method="quant", bits=8, show_progress=False)
     info = student.crossdistill_info
-    assert info.mean == (0.0, 0.0, 0.0) and info.std == (1.0, 1.0, 1.0) and info.num_classes == 3
+    # Not the registered ResNet-20's mean/std: unknown, as for any model compressed from tensors.
+    assert info.mean == () and info.std == () and info.num_classes == 3 and info.family == "user"
 
 
 class TwoOutputs(nn.Module):
@@ -379,3 +380,35 @@ def test_compress_leaves_the_callers_model_as_it_was(factory):
     with torch.no_grad():
         eval_top1 = 100.0 * float((model.eval()(x).argmax(1) == y).float().mean())
     assert report["teacher"]["top1"] == pytest.approx(eval_top1)
+
+
+def test_a_student_compressed_from_tensors_is_evaluated_with_the_normalisation_given_then(tmp_path, factory, data,
+                                                                                         capsys):
+    # Its tensors were normalised by the caller: the file must not claim mean 0 / std 1, which
+    # `evaluate` would apply to raw pixels (a silently wrong top-1).
+    import json
+
+    from crossdistill.data import load_image_data, to_tensor
+    from crossdistill.models.user import build_user_model
+
+    train, test = data
+    mean, std = (0.3,), (0.2,)
+    arrays = load_image_data(str(train), "train")
+    x, y = to_tensor(arrays.x, mean, std), torch.as_tensor(arrays.y).long()
+    model = build_user_model(factory).eval()
+    student, _ = crossdistill.compress(model, x, labels=y, shots=3, method="quant", bits=8, show_progress=False)
+    path = crossdistill.save(student, tmp_path / "s.safetensors")
+    args = ["evaluate", "--weights", str(path), "--eval-data", str(test), "--no-latency", "--quiet"]
+    assert main(args) == 2
+    assert "does not know how pixels were normalised for it: give --mean and --std" in capsys.readouterr().err
+    assert main([*args, "--json", "--mean", "0.3", "--std", "0.2"]) == 0
+    tx = to_tensor(load_image_data(str(test), "test").x, mean, std)
+    ty = torch.as_tensor(load_image_data(str(test), "test").y).long()
+    with torch.no_grad():
+        expected = float((student(tx).argmax(1) == ty).float().mean() * 100)
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(expected)
+    from crossdistill.export import export
+
+    with pytest.raises(CrossDistillError, match="leave --eval-data out"):
+        export(str(path), "onnx", tmp_path / "s.onnx", eval_data=str(test))
+    assert export(str(path), "onnx", tmp_path / "s.onnx").max_abs_diff <= 1e-4

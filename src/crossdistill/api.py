@@ -14,6 +14,7 @@ own, else none). Every other keyword is a config setting (`method`, `objective`,
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from pathlib import Path
@@ -300,6 +301,10 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         # The solves write plain row-major weights; a model kept in channels_last (for its speed
         # on the CPU or with cuDNN) gets its layout back.
         student = student.to(memory_format=torch.channels_last)
+    if registered is None and not isinstance(data, (str, Path)):
+        # Tensors came in normalised by the caller, in a way this run never saw: the saved file
+        # must not claim mean 0 / std 1, or `crossdistill evaluate` would feed raw pixels.
+        info = dataclasses.replace(info, mean=(), std=())
     student.crossdistill_info = info  # what saving a model the registry does not know records
     if class_names is not None:
         student.crossdistill_class_names = list(class_names)  # evaluate numbers test data by them

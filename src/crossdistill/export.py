@@ -110,9 +110,9 @@ def _metadata(model: nn.Module) -> dict[str, str]:
     meta.update({
         "model": info.model,
         "input_size": json.dumps(list(info.input_size)),
-        # Deployers must feed (pixels / 255 - mean) / std, NCHW float32 (images).
-        "mean": json.dumps(list(info.mean)),
-        "std": json.dumps(list(info.std)),
+        # Deployers must feed (pixels / 255 - mean) / std, NCHW float32 (images); absent for a
+        # student compressed from tensors normalised by its user.
+        **({"mean": json.dumps(list(info.mean)), "std": json.dumps(list(info.std))} if info.mean else {}),
         **({"input_dtype": info.input_dtype} if info.input_dtype != "float32" else {}),
     })
     if hasattr(model, "spec"):
@@ -138,6 +138,10 @@ def verification_inputs(
 
     data = load_image_data(eval_data, "test")
     check_input_shape(data, info.input_size, info.model, str(eval_data))
+    if not info.mean:
+        raise CrossDistillError("this student was compressed from tensors, so its file does not know how pixels are "
+                                "normalised for it: verify on the fixed random batch (leave --eval-data out), or "
+                                "export from Python with your own normalised inputs (crossdistill.export_model)")
     k = min(n, len(data))
     kind = "signals" if data.is_signal else "images"
     return to_tensor(data.x[:k], info.mean, info.std), f"the first {k} test {kind} of {eval_data}"

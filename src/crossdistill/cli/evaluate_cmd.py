@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from crossdistill.errors import CrossDistillError
 
@@ -42,8 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "of images, cifar-10-batches-py folder, "
                         "Fashion-MNIST folder, or 'cifar10'/'fashion-mnist'")
     p.add_argument("--mean", type=float, nargs="+", default=None,
-                   help="your own model from a plain state dict: per-channel mean subtracted from pixels scaled to "
-                        "[0, 1] (default 0; files crossdistill saved record theirs)")
+                   help="your own model from a plain state dict, or a student compressed from tensors through the "
+                        "Python API (its file cannot know): per-channel mean subtracted from pixels scaled to "
+                        "[0, 1] (default 0 for your own model; other files crossdistill saved record theirs)")
     p.add_argument("--std", type=float, nargs="+", default=None,
                    help="your own model from a plain state dict: per-channel std dividing them (default 1)")
     p.add_argument("--output-key", dest="output_key", default=None,
@@ -85,6 +87,23 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _with_normalisation(info: Any, mean: Sequence[float] | None, std: Sequence[float] | None) -> Any:
+    """A saved model's normalisation: its own, or for a student compressed from tensors (whose file
+    cannot know how they were normalised) the --mean/--std given now."""
+    if info.mean and info.std:
+        if mean is not None or std is not None:
+            raise CrossDistillError("--mean/--std: this file records the normalisation its model expects "
+                                    f"(mean {list(info.mean)}, std {list(info.std)}); leave them out")
+        return info
+    if mean is None or std is None:
+        raise CrossDistillError("this student was compressed from tensors, so its file does not know how pixels "
+                                "were normalised for it: give --mean and --std (those your tensors were made with)")
+    c = info.input_size[0]
+    if len(mean) != c or len(std) != c:
+        raise CrossDistillError(f"--mean/--std need one value per input channel ({c})")
+    return dataclasses.replace(info, mean=tuple(mean), std=tuple(std))
+
+
 def run(args: argparse.Namespace) -> int:
     from crossdistill.checks import check_data_fits_model
     from crossdistill.data import load_image_data
@@ -101,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
     # A run folder is read as `load` and `export` read it: the model file inside.
     weights = resolve_model_path(args.weights) if Path(args.weights).is_dir() else args.weights
     own = args.model is not None and is_factory_spec(args.model) and not is_crossdistill_file(weights)
-    if (args.mean is not None or args.std is not None or args.output_key is not None) and not own:
-        raise CrossDistillError("--mean/--std/--output-key are for your own model from a plain state dict (--model "
-                                "path/to/file.py:function); a registered model and a file crossdistill saved know theirs")
+    if args.output_key is not None and not own:
+        raise CrossDistillError("--output-key is for your own model from a plain state dict (--model "
+                                "path/to/file.py:function); a file crossdistill saved records its own")
     if own:
         # The user's trained teacher: its factory, its state dict, the input size of the data.
         model = build_user_model(args.model)
@@ -114,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = load_model(weights, args.model)
         info = info_of(model)  # a registered model's, or what a user's model's file recorded
+        info = _with_normalisation(info, args.mean, args.std)
         # Numbered by the classes the model was compressed with, when its file names them.
         data = align_classes(load_image_data(args.eval_data, "test"), getattr(model, "crossdistill_class_names", None))
     name = info.name

@@ -161,8 +161,9 @@ def info_of(model: nn.Module) -> ModelInfo:
     if saved is not None and saved.input_size and (saved.num_classes or saved.kind == "values"):
         c = saved.input_size[0]
         return ModelInfo(name=saved.model, family=USER_FAMILY, input_size=tuple(saved.input_size),  # type: ignore[arg-type]
-                         num_classes=int(saved.num_classes or 0), mean=tuple(saved.mean or (0.0,) * c),
-                         std=tuple(saved.std or (1.0,) * c), default_mu=USER_DEFAULT_MU, output=saved.output,
+                         # No mean/std recorded (compressed from tensors): () says the normalisation is unknown.
+                         num_classes=int(saved.num_classes or 0), mean=tuple(saved.mean or ()),
+                         std=tuple(saved.std or ()), default_mu=USER_DEFAULT_MU, output=saved.output,
                          kind=saved.kind, input_dtype=saved.input_dtype)
     raise CrossDistillError(f"a {type(model).__name__} whose input size and classes crossdistill does not know: give "
                             "a model built by create_model, compressed by crossdistill, or loaded by crossdistill.load")
