@@ -562,3 +562,29 @@ def test_a_saved_documents_output_kind_and_input_type_are_checked():
                      ({"kind": "values"}, "predictions of kind 'values' have no 'num_classes'")]:
         with pytest.raises(CrossDistillError, match=why):
             parse_info(json.dumps({**doc, **bad}))
+
+
+def test_scores_refuse_labels_beyond_the_classes_and_maps_with_nothing_to_score(images):
+    from crossdistill.evaluation_agreement import agreement, scores
+
+    seg = _warm(Segmenter(), images[:8])
+    with pytest.raises(CrossDistillError, match="label 7 is not a class of the model, which has 5 outputs"):
+        scores(seg, images[:8], torch.full((8, 12, 12), 7), kind="dense")
+    with pytest.raises(CrossDistillError, match="no label to score"):
+        scores(seg, images[:8], torch.full((8, 12, 12), 255), kind="dense")
+
+    class WithArgmax(DictOut):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = self.fc(self.trunk(x).mean((2, 3)))
+            return {"logits": logits, "pred": logits.argmax(1)}
+
+    teacher = _warm(WithArgmax(), images)
+    other = WithArgmax()
+    other.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        other.fc.weight.mul_(1.01)
+    # The integer argmax is not a value to compare: the error is the logits' alone.
+    res = agreement(teacher, other.eval(), [images])
+    with torch.no_grad():
+        t, s = teacher(images)["logits"], other(images)["logits"]
+    assert res["output_error"] == pytest.approx(float((s - t).pow(2).sum() / t.pow(2).sum()), rel=1e-6)

@@ -183,6 +183,9 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
                                 f"{info.kind} predictions take {want or 'one label'} per sample")
     per_position = info.kind in ("dense", "sequence")
     scored = ty[scored_positions(ty)] if per_position else ty  # 255 or negative: not scored
+    if per_position and not scored.numel():
+        raise CrossDistillError(f"eval_data labels: every position is marked not scored ({IGNORE} or negative); "
+                                "give them without labels to compare the student with the teacher alone")
     if len(scored) and (int(scored.max()) >= info.num_classes or int(scored.min()) < 0):
         bad = int(scored.max()) if int(scored.max()) >= info.num_classes else int(scored.min())
         raise CrossDistillError(f"eval_data label {bad} is not a class of the model, which has "

@@ -13,7 +13,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from crossdistill.model_outputs import batch_slices, flat, per_sample, predicted, predictions, scored_positions
+from crossdistill.errors import CrossDistillError
+from crossdistill.model_outputs import IGNORE, batch_slices, flat, per_sample, predicted, predictions, scored_positions
 from crossdistill.train_flags import eval_mode
 
 
@@ -42,13 +43,18 @@ def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | 
             if kind in ("dense", "sequence"):
                 keep = scored_positions(yb)
                 yb, pred = yb[keep], pred[keep]
+                c = scored.shape[1] if kind == "dense" else scored.shape[2]
+                if yb.numel() and int(yb.max()) >= c:
+                    raise CrossDistillError(f"label {int(yb.max())} is not a class of the model, which has {c} outputs "
+                                            f"({IGNORE} or a negative label marks positions not scored)")
             correct += int((pred == yb).sum())
             total += yb.numel()
             if kind in ("dense", "sequence"):
-                c = scored.shape[1] if kind == "dense" else scored.shape[2]
                 counts = torch.bincount(yb * c + pred, minlength=c * c).reshape(c, c)
                 confusion = counts if confusion is None else confusion + counts
-    out = {"top1": 100.0 * correct / max(1, total)}
+    if total == 0:
+        raise CrossDistillError("no label to score: every position is marked not scored (255 or negative)")
+    out = {"top1": 100.0 * correct / total}
     if confusion is not None:
         hit = confusion.diag().double()
         union = confusion.sum(0).double() + confusion.sum(1).double() - hit
@@ -59,7 +65,7 @@ def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | 
 
 def agreement(teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Tensor], *,
               output: str | None = None, kind: str = "classes") -> dict[str, Any]:
-    """`output_error`: Σ‖student − teacher‖² / Σ‖teacher‖² over every output tensor and input
+    """`output_error`: Σ‖student − teacher‖² / Σ‖teacher‖² over every float output tensor and input
     (0 for a copy, ≈ 1 or more for an unrelated model); `top1_agreement` (percent of inputs, or
     positions, with the same predicted class; None for 'values')."""
     err = ref = 0.0
@@ -68,8 +74,8 @@ def agreement(teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Te
         for xb in batches:
             t_out, s_out = teacher(xb), student(xb)
             for t, s in zip(flat(t_out), flat(s_out)):
-                if not (per_sample(t, len(xb)) and per_sample(s, len(xb))):
-                    continue  # a scalar (an auxiliary loss): not an output of the inputs
+                if not (per_sample(t, len(xb)) and per_sample(s, len(xb))) or not t.is_floating_point():
+                    continue  # a scalar (an auxiliary loss), or integers (an argmax): not a model's values
                 err += float((s.double() - t.double()).pow(2).sum())
                 ref += float(t.double().pow(2).sum())
             if kind != "values":

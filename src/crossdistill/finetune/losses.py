@@ -77,8 +77,8 @@ class Distillation:
             student_outs[self.position].shape[0]
         loss = student_outs[self.position].new_zeros(())
         for i, (s, t) in enumerate(zip(student_outs, teacher_outs)):
-            if i != self.position and not (per_sample(t, batch) and per_sample(s, batch)):
-                continue
+            if i != self.position and not (per_sample(t, batch) and per_sample(s, batch) and t.is_floating_point()):
+                continue  # a scalar loss, or integers (an argmax) with no gradient
             if i == self.position and self.kind != "values":
                 loss = loss + kd_loss(class_logits(s, self.kind), class_logits(t, self.kind), self.temperature)
             else:
