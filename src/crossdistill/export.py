@@ -294,6 +294,7 @@ def _run_onnx(path: str, inputs: torch.Tensor) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    opts.log_severity_level = 4  # failures come back as exceptions; its own log lines are noise here
     sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
     return sess.run(None, {"input": inputs.numpy()})
 
@@ -401,6 +402,9 @@ def export_model(
                         tolerance, _largest(wanted))
                 except Exception:  # noqa: BLE001 - any failure: the size stays fixed
                     ok = False
+                if not ok:
+                    note = ("size fixed: the model takes other sizes, but its ONNX graph does not (a shape the "
+                            "trace wrote in as a constant)")
                 free, out_axes = (free, out_axes) if ok else ((), None)
             got = _onnx_outputs(model, example, tmp, opset, inputs, free, out_axes)
         else:
