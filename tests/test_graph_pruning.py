@@ -403,3 +403,36 @@ def test_flops_targets_work_when_the_forward_slices_a_sequential():
     for kw in ({"flops": 0.5}, {"keep": 0.5, "budget": "global"}):
         _, report = crossdistill.compress(Sliced().eval(), x, n_samples=12, show_progress=False, **kw)
         assert 0.35 < report["student"]["flops"] / report["teacher"]["flops"] < 0.55
+
+
+def test_a_training_only_head_reading_pruned_channels_is_named_and_keeps_bn_train_out():
+    # The trace runs in eval mode and never sees an Inception-style auxiliary head: its input
+    # channels are pruned under it. The run says so, and a fine-tune in training mode is refused.
+    import warnings
+
+    import crossdistill
+    from torch import nn
+
+    class WithAuxHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.body = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+            self.fc, self.aux_head = nn.Linear(32, 10), nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor):
+            a = self.stem(x)
+            out = self.fc(self.body(a).mean((2, 3)))
+            return (out, self.aux_head(a.mean((2, 3)))) if self.training else out
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3, 12, 12), torch.arange(40) % 10
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        student, _ = crossdistill.compress(WithAuxHead().eval(), x, labels=y, shots=2, keep=0.5, show_progress=False)
+    assert any("runs in eval mode only: layers that run only in training mode (aux_head)" in str(w.message)
+               for w in caught)
+    assert student(x[:2]).shape == (2, 10)  # the student itself is fine in eval mode
+    with pytest.raises(CrossDistillError, match="the fine-tune with bn 'train' runs the student in training mode"):
+        crossdistill.compress(WithAuxHead().eval(), x, labels=y, shots=2, keep=0.5, finetune_epochs=1,
+                              finetune_bn="train", show_progress=False)

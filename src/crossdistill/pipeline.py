@@ -6,6 +6,7 @@ import copy
 import functools
 import sys
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -14,9 +15,10 @@ from torch import nn
 
 from crossdistill import distributed
 from crossdistill.compression import METHODS
+from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.quantization import dequantize_into, quantized_parameters
 from crossdistill.calibration import calibration_images
-from crossdistill.capture import CONVS, forward_calls
+from crossdistill.capture import CONVS, SOLVABLE, forward_calls
 from crossdistill.checks import check_copyable, check_data_fits_model
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
@@ -122,12 +124,14 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     method.prepare(images, damping, cfg.capture, device)
     stages = method.stages()
     stage_teacher, records, solver_names = teacher, [], []
+    ran: set[str] = set()
     for k, (stage, solver_name) in enumerate(stages):
         solver = build_solver(stage, solver_name, cfg)
         solver_names.append(solver.describe())
         readers: list[str] = []
         shapes: dict[str, set[tuple[int, ...]]] = {}
         calls = forward_calls(student, images[:1], readers, shapes)
+        ran |= set(calls)
         stage.layer_order, stage.input_readers = list(calls), readers
         tasks = stage.plan(student)
         unreached = [t.name for t in tasks if t.name not in calls]
@@ -155,8 +159,12 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         records += stage_records
         if k + 1 < len(stages):
             stage_teacher = copy.deepcopy(student).eval()
+    eval_only = _training_only_layers_broken(teacher, student, images[:2], ran)
     finetuned = None
     if finetune_active(cfg.finetune):
+        if eval_only and cfg.finetune.get("bn") == "train":
+            raise CrossDistillError(f"the fine-tune with bn 'train' runs the student in training mode, where {eval_only}; "
+                                    "use another bn setting, or drop those layers before compressing")
         from crossdistill.finetune import FinetuneConfig, finetune, run_settings
 
         settings = run_settings(FinetuneConfig(**cfg.finetune), seed=cfg.seed, device=cfg.device,
@@ -186,6 +194,35 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         finetune=finetuned,
         summary=method.summary(student),
     )
+
+
+def _training_only_layers_broken(teacher: nn.Module, student: nn.Module, example: torch.Tensor,
+                                 ran: set[str]) -> str | None:
+    """When layers that run only in training mode (an auxiliary head: the trace, in eval mode,
+    never saw them) read channels the student no longer has: why its training-mode forward
+    fails, after a warning. None when there are no such layers or the student still runs."""
+    never = [n for n, m in student.named_modules() if isinstance(m, SOLVABLE) and n not in ran]
+    if not never:
+        return None
+
+    def fails(model: nn.Module) -> str | None:
+        trial = copy.deepcopy(model).train()
+        try:
+            with torch.no_grad():
+                trial(example)
+        except Exception as exc:  # noqa: BLE001 - whatever breaks the forward
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return None
+
+    if fails(teacher) is not None:
+        return None  # the model itself does not run so: nothing the compression changed
+    why = fails(student)
+    if why is None:
+        return None
+    reason = (f"layers that run only in training mode ({', '.join(never)}) read channels that were pruned ({why})")
+    warnings.warn(f"the student runs in eval mode only: {reason}; drop them (e.g. set them to nn.Identity() or "
+                  "None) before training it further", CompressionWarning, stacklevel=3)
+    return reason
 
 
 CompressFn = Callable[[nn.Module, FewShot, CompressConfig], CompressionResult]
