@@ -70,7 +70,7 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
         masks = get_masks(student)
     teacher.eval()
     distill = Distillation.of(teacher, images[:2], output, settings.temperature, kind)
-    if settings.kd_weight < 1.0 and not distill.has_classes:
+    if settings.kd_weight < 1.0 and settings.logit_weight > 0 and not distill.has_classes:
         raise CrossDistillError(f"the fine-tune's cross-entropy term scores classes, and this model's predictions "
                                 f"are {distill.kind}: set its kd_weight to 1")
     if labels is None and settings.kd_weight < 1.0:
