@@ -287,3 +287,13 @@ def test_an_attention_model_whose_onnx_graph_fixes_the_length_says_so(tmp_path, 
     res = export_model(Attention().eval(), tmp_path / "a.onnx", "onnx", ids)
     assert res.free_axes == () and res.note.startswith("size fixed: the model takes other sizes")
     assert "onnxruntime" not in capfd.readouterr().err  # its failed check at 1.5x the length logs nothing
+
+
+def test_a_steep_uniform_keep_forced_by_a_flops_target_is_named():
+    # Only the MLP hidden units of the encoder can be pruned: 60 % of the FLOPs leaves them a quarter.
+    teacher = TextEncoder().eval()
+    ids, labels = _sentences(60, 1)
+    with pytest.warns(UserWarning, match=r"reaching 0.6 of the FLOPs keeps only 2\d\.\d% of every prunable channel "
+                                         r"group's units \(1 group; the rest of the model is left whole\)"):
+        _, report = crossdistill.compress(teacher, ids, labels=labels, shots=4, flops=0.6, show_progress=False)
+    assert report["student"]["flops"] <= 0.6 * report["teacher"]["flops"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -14,6 +15,7 @@ from crossdistill.capture import get_module
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.channels import PAPER_RESNET56_WHOLE_BLOCKS, channel_pairs, refit_tasks
 from crossdistill.compression.budget import allocate, removal_costs
+from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.flops import FlopModel
 from crossdistill.distributed import on_main
 from crossdistill.compression.graph_channels import ChannelGroup, slim_groups
@@ -96,7 +98,8 @@ class ChannelPruning(CompressionMethod):
         named = _paper_counts(model) if self.keep == "paper" else None
         target = self._target
         keep = self.keep if target is None else ratio_for_flops(model, self._example, target[1],
-                                                                self.prune_classifier, measure=target[0])
+                                                                self.prune_classifier, measure=target[0],
+                                                                warn=self.budget == "uniform")
         counts = keep_counts(keep, model, named)
         if self.budget == "global":
             counts = self._global_counts(model, counts)
@@ -175,11 +178,15 @@ def nothing_to_prune(model: nn.Module, plan: Any) -> CrossDistillError:
     return CrossDistillError(f"{type(model).__name__} has no channel group that can be pruned ({reasons})")
 
 
+# A uniform keep ratio below this, forced by a FLOPs or parameter target, is worth a warning.
+STEEP_KEEP = 0.25
+
+
 def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune_classifier: bool,
-                    steps: int = 20, measure: str = "flops") -> float:
+                    steps: int = 20, measure: str = "flops", warn: bool = False) -> float:
     """The largest uniform keep ratio whose slimmed model has at most `share` of the FLOPs (or,
     with measure 'params', of the parameters), counted without slimming (compression/flops.py);
-    bisection on the ratio."""
+    bisection on the ratio. `warn`: say so when that ratio is steep (below STEEP_KEEP)."""
     from crossdistill.compression.channels import keep_count
 
     plan = plan_graph_channels(model, example, lambda g: g.width, prune_classifier=prune_classifier)
@@ -198,6 +205,13 @@ def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune
     for _ in range(steps):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost_at(mid) <= share * fm.total else (lo, mid)
+    if warn and lo < STEEP_KEEP:
+        # Most of the model cannot be pruned (a transformer's attention and residual stream), so
+        # the few groups that can carry the whole target.
+        what = "parameters" if measure == "params" else "FLOPs"
+        warnings.warn(f"reaching {share:g} of the {what} keeps only {lo:.1%} of every prunable channel group's "
+                      f"units ({len(plan.groups)} group{'s' if len(plan.groups) > 1 else ''}; the rest of the model is left whole): a milder target "
+                      "may serve better", CompressionWarning, stacklevel=3)
     return max(lo, 1e-9)
 
 
