@@ -330,6 +330,11 @@ def test_cli_compresses_a_dict_model_and_evaluates_its_saved_student(tmp_path, c
                  str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["output_key"] is None and report["student"]["n_eval"] == 40
+    # The student against its teacher on the same test images: a share of them, and the error.
+    agree = report["agreement"]
+    assert agree["n_eval"] == 40 and 0 <= agree["top1_agreement"] <= 100 and agree["output_error"] > 0
+    assert f"{agree['top1_agreement']:.2f}   % of test images with the teacher's class" in \
+        (out / "summary.txt").read_text()
     capsys.readouterr()
     assert main(["evaluate", "--weights", str(out), "--eval-data", str(test), "--no-latency", "--json",
                  "--quiet"]) == 0

@@ -85,3 +85,12 @@ def agreement(teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Te
                 total += tp.numel()
     return {"output_error": err / ref if ref > 0 else float(err > 0),
             "top1_agreement": 100.0 * same / total if total else None}
+
+
+def agreement_on(teacher: nn.Module, student: nn.Module, data: Any, info: Any, batch_size: int = 256) -> dict[str, Any]:
+    """`agreement` on stored test data (ImageArrays: uint8 images or float signals), normalised as
+    the model's info says, chunk by chunk (a float copy of a whole split would cost 4x its size)."""
+    from crossdistill.data.transforms import to_tensor
+
+    batches = (to_tensor(data.x[s], info.mean, info.std) for s in batch_slices(len(data.x), batch_size))
+    return {**agreement(teacher, student, batches, output=info.output, kind=info.kind), "n_eval": int(len(data.x))}

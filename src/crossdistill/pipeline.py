@@ -348,4 +348,8 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
         report["student"] = evaluate_for(result.student, test, info, latency=cfg.latency,
                                          label="student" if show_progress else None)
         report["n_eval"] = report["student"]["n_eval"]
+        if teacher_metrics is None:  # a sweep that cached the teacher's scores skips the teacher's pass
+            from crossdistill.evaluation_agreement import agreement_on
+
+            report["agreement"] = agreement_on(teacher, result.student, test, info)
     return result, report

@@ -41,6 +41,10 @@ def format_summary(report: dict[str, Any]) -> str:
         if s.get("nonzero_params", s["params"]) < s["params"]:  # unstructured sparsity keeps dense shapes
             lines.append(f"{'nonzero':14}{t['nonzero_params']:>14,}{s['nonzero_params']:>14,}")
         lines.append(f"{'MFLOPs':14}{t['flops'] / 1e6:>14.2f}{s['flops'] / 1e6:>14.2f}")
+        agree = report.get("agreement")
+        if agree and agree.get("top1_agreement") is not None:
+            lines.append(f"{'agreement':14}{agree['top1_agreement']:>28.2f}   % of test images with the teacher's class "
+                         f"(output error {agree['output_error']:.3g})")
         for lt, ls in zip(t.get("latency", []), s.get("latency", [])):
             label = f"ms (batch {lt['batch_size']})"
             lines.append(f"{label:14}{lt['median_ms']:>14.2f}{ls['median_ms']:>14.2f}   {lt['threads']} threads")
