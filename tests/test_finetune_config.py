@@ -98,3 +98,13 @@ def test_settings_from_a_flat_and_from_a_sectioned_config():
                                 batch_size=32, extra={})
     s = settings_from_config(sectioned)
     assert (s.epochs, s.optimizer, s.batch_size) == (5, "sgd", 16)
+
+
+@pytest.mark.parametrize("setting", [{"kd_weight": 0.5}, {"temperature": 2.0}])
+def test_a_logit_loss_setting_is_refused_where_the_logit_loss_is_off(setting):
+    # Mode hints (the default) leaves the logit loss off: kd_weight or temperature set beside it
+    # would be recorded in the report yet change nothing.
+    with pytest.raises(CrossDistillError, match=f"{next(iter(setting))} .*leaves off"):
+        FinetuneConfig(**setting)
+    FinetuneConfig(mode="kd", **setting)
+    FinetuneConfig(logit_weight=0.5, **setting)  # hints plus the logit loss: the setting counts

@@ -218,7 +218,8 @@ def test_pipeline_reports_measured_sparsity_and_keeps_it_through_the_finetune():
 
     teacher = make_tiny()
     cfg = CompressConfig(model="tiny", prune="sparsity", sparsity=0.7, solver="closed-form",
-                         finetune_epochs=4, finetune_lr=1e-2, finetune_kd_weight=0.5).validate()
+                         finetune_epochs=4, finetune_lr=1e-2, finetune_mode="kd",
+                         finetune_kd_weight=0.5).validate()
     fs = FewShot(images=images(), labels=torch.arange(16) % 4, indices=None)
     result = compress(teacher, fs, cfg, show_progress=False)
     student = result.student

@@ -41,9 +41,11 @@ class FinetuneConfig(Plugin):
         "with --finetune-epochs 0 only this is done), train with batch stats, or auto (default): "
         "recalibrate only if that cuts the distillation loss on the few images by a quarter",
         choices=BN_MODES)
-    temperature: float = param(4.0, "temperature of the logit distillation", low=0, low_open=True)
+    temperature: float = param(4.0, "temperature of the logit distillation (in the logit loss, as kd_weight)",
+                               low=0, low_open=True)
     kd_weight: float = param(
-        1.0, "share of the distillation loss; the rest is cross-entropy on the few labels",
+        1.0, "share of the distillation loss in the logit loss, the rest being cross-entropy on the few "
+        "labels (the logit loss runs in --finetune-mode kd, or with --finetune-logit-weight > 0)",
         low=0, high=1)
     mode: str = param(
         "hints",
@@ -107,6 +109,15 @@ class FinetuneConfig(Plugin):
         if self.resolved_logit_weight() == 0 and (self.mode != "hints" or self.hint_weight == 0):
             raise CrossDistillError(f"{self.kind} {self.name}: logit_weight 0 leaves no loss unless mode is "
                                     "'hints' with hint_weight > 0")
+        if self.resolved_logit_weight() == 0:
+            # These two shape only the logit loss: set beside the hints-only default they would
+            # change nothing, and a run that ignores a setting misreports itself.
+            idle = [f"{p.name} {getattr(self, p.name):g}" for p in self.params()
+                    if p.name in ("kd_weight", "temperature") and getattr(self, p.name) != p.default]
+            if idle:
+                raise CrossDistillError(f"{self.kind} {self.name}: {' and '.join(idle)} act on the logit loss, which "
+                                        "mode 'hints' leaves off (logit_weight 0): set logit_weight > 0 to add it "
+                                        "to the hints, or mode 'kd'")
 
     def resolved_logit_weight(self) -> float:
         return default_logit_weight(self.mode) if self.logit_weight is None else float(self.logit_weight)
