@@ -2,7 +2,7 @@
 from crossdistill._version import __version__
 from crossdistill.errors import CrossDistillError
 
-__all__ = ["CrossDistillError", "__version__", "compress", "export_model", "load", "save"]
+__all__ = ["CrossDistillError", "StackedInputs", "__version__", "compress", "export_model", "load", "save"]
 
 
 import importlib
@@ -18,6 +18,10 @@ def __getattr__(name: str):
         from crossdistill.api import compress
 
         return compress
+    if name == "StackedInputs":
+        from crossdistill.model_inputs import StackedInputs
+
+        return StackedInputs
     if name == "export_model":
         from crossdistill.export import export_model
 

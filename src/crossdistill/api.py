@@ -37,6 +37,13 @@ def _tensors_from(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         return data, None
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (torch.Tensor, np.ndarray)):
         return torch.as_tensor(data[0]), _label_tensor(data[1])
+    # (A list of tensors stays a list of samples: one sample per item.)
+    if isinstance(data, dict) and data and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in data.values()):
+        raise CrossDistillError(
+            f"data given as a dict of tensors (keys {sorted(data)}): data is one batch of inputs, or an "
+            "(inputs, labels) pair. For a model that "
+            "takes several inputs, stack them and wrap the model: crossdistill.StackedInputs(model, names) "
+            "and StackedInputs.stack(...) (docs/any_model.md, 'Models with several inputs')")
     is_dataset = isinstance(data, torch.utils.data.Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__"))
     if isinstance(data, torch.utils.data.DataLoader) or is_dataset or isinstance(data, Iterable):
         xs, ys = [], []
@@ -208,6 +215,13 @@ def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.
     return out
 
 
+def _class_name(model: nn.Module) -> str:
+    """The name a report gives a model: its class's, the wrapped model's for StackedInputs."""
+    from crossdistill.model_inputs import StackedInputs
+
+    return type(model.model if isinstance(model, StackedInputs) else model).__name__
+
+
 def unwrapped(model: nn.Module) -> tuple[nn.Module, str | None]:
     """The module inside DataParallel, DistributedDataParallel or torch.compile's wrapper (the
     student is a plain module whose layer names and saved keys are those of the user's model),
@@ -239,7 +253,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     model, factory = unwrapped(model)
     chosen = name or getattr(model, "crossdistill_name", None)
-    name = chosen or factory or type(model).__name__
+    name = chosen or factory or _class_name(model)
     # Only a registry-built model (or one named so on purpose) takes a registered model's settings:
     # a class of one's own called `resnet20` is not the registry's ResNet-20.
     registered = model_info(name) if chosen and name in list_models() else None

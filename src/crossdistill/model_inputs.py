@@ -2,7 +2,7 @@
 token ids (a text model whose `nn.Embedding` turns them into the float inputs its layers are
 solved on). The places that make up an input of their own (the first forward pass that reads
 what a model returns, FLOPs, latency, re-slimming a loaded model, a random export check) make
-it of the model's own kind here."""
+it of the model's own kind here. A forward of several inputs takes them stacked (StackedInputs)."""
 from __future__ import annotations
 
 import math
@@ -52,3 +52,45 @@ def check_token_ids(model: nn.Module, ids: torch.Tensor, role: str) -> None:
     if sizes and ids.numel() and int(ids.max()) >= max(sizes):
         raise CrossDistillError(f"{role} data: token id {int(ids.max())} is beyond the model's vocabulary (its largest "
                                 f"embedding has {max(sizes)} rows, ids 0 ... {max(sizes) - 1})")
+
+
+class StackedInputs(nn.Module):
+    """A model whose forward takes several inputs of one shape and dtype (token ids and an
+    attention mask, two views of an image), fed as one tensor that stacks them on dim 1.
+
+    Everything here (the few-shot draw, capture, fine-tune, evaluation, saving and export) moves
+    one tensor of N samples; stacking the inputs makes them travel together, sample by sample.
+    `names`: call the model with keywords (`input_ids=..., attention_mask=...`) instead of in
+    order. The compressed model is the student's `.model`."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.names = tuple(names) if names is not None else None
+
+    @staticmethod
+    def stack(*inputs: torch.Tensor) -> torch.Tensor:
+        """The inputs, each N×..., as one N×k×... tensor (k = how many), checked to agree."""
+        from crossdistill.errors import CrossDistillError
+
+        if len(inputs) < 2:
+            raise CrossDistillError(f"StackedInputs.stack takes the model's inputs, two or more; got {len(inputs)}")
+        tensors = [torch.as_tensor(x) for x in inputs]
+        kinds = sorted({(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in tensors})
+        if len(kinds) > 1:
+            raise CrossDistillError(
+                "StackedInputs.stack: the inputs differ in shape or dtype (" +
+                ", ".join(f"{s} {d}" for s, d in kinds) + "); inputs of different shapes need a wrapper of "
+                "your own that takes one tensor and splits it (docs/any_model.md, 'Models with several inputs')")
+        return torch.stack(tensors, 1)
+
+    def forward(self, x: torch.Tensor) -> object:
+        parts = x.unbind(1)
+        if self.names is None:
+            return self.model(*parts)
+        if len(parts) != len(self.names):
+            from crossdistill.errors import CrossDistillError
+
+            raise CrossDistillError(f"StackedInputs: {len(parts)} stacked inputs for {len(self.names)} names "
+                                    f"{list(self.names)}")
+        return self.model(**dict(zip(self.names, parts)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -19,6 +19,7 @@ from crossdistill.finetune.settings import FinetuneSettings
 from crossdistill.finetune.views import VIEWS, mix
 from crossdistill.finetune.weights import Masks, trainable_params
 from crossdistill.hints import capture, hint_loss, hint_points, matching_points
+from crossdistill.model_inputs import StackedInputs
 from crossdistill.model_outputs import batch_slices, batched, flat
 
 OnStep = Callable[[int, nn.Module], None]
@@ -86,9 +87,16 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
     def losses() -> dict[str, float]:
         return distill.few_shot_losses(student, teacher_outs, images, labels, settings.batch_size)
 
+    stacked_views = settings.augment and images.is_floating_point() and isinstance(student, StackedInputs)
+    if stacked_views:
+        # A crop or shift of the stack would treat its inputs as channels of one image; what a
+        # fitting view of each input is, only the model's owner knows.
+        settings = replace(settings, augment=False)
     info: dict[str, Any] = {"settings": asdict(settings), "before": losses(), "steps": 0}
     if settings.augment and not images.is_floating_point():
         info["augment"] = "off: token ids have no random views"
+    if stacked_views:
+        info["augment"] = "off: stacked inputs (StackedInputs) have no random views"
     if settings.epochs == 0:
         # bn='recalibrate' without training: only the statistics are re-estimated (after 90 %
         # unstructured pruning that alone recovered most of the accuracy).

@@ -104,11 +104,16 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
             out = model(sample[:2] if sample is not None and len(sample) >= 2
                         else example(size, 2, input_dtype, model=model))
     except Exception as exc:
+        if isinstance(exc, TypeError) and "required positional argument" in str(exc):
+            # A forward(ids, mask): the one tensor it was given is not all it takes.
+            hint = ("; its forward takes several inputs: stack them into one tensor and wrap the model, "
+                    "crossdistill.StackedInputs(model) (docs/any_model.md, 'Models with several inputs')")
+        elif input_dtype == FLOAT:
+            hint = "; give the input size the model expects (--input-size C H W, or C L for signals)"
+        else:
+            hint = ""
         raise CrossDistillError(
-            f"model {name}: a forward pass on an input of size {size} failed: "
-            f"{type(exc).__name__}: {exc}" + ("" if input_dtype != FLOAT else
-                                              "; give the input size the model expects (--input-size C H W, or C L "
-                                              "for signals)")
+            f"model {name}: a forward pass on an input of size {size} failed: {type(exc).__name__}: {exc}{hint}"
         ) from None
     try:
         pred = predictions(out, output)
