@@ -150,3 +150,19 @@ def test_a_typo_in_a_shipped_sweep_is_refused(tmp_path: Path) -> None:
     (tmp_path / "typo.yaml").write_text(text.replace("keep: 0.5", "kepe: 0.5"))
     with pytest.raises(CrossDistillError, match=r"run 1 .*unknown config key 'kepe'.*'keep'"):
         load_sweep(tmp_path / "typo.yaml", env=ENV)
+
+
+@pytest.mark.parametrize("method, solver, choices", [
+    ("quant", "prune-only", r"\['gptq', 'rtn'\] \(or leave it out: gptq\)"),
+    ("lowrank", "paper", r"\['svd', 'svd-plain'\] \(or leave it out: svd\)"),
+    ("sparsity", "gptq", r"\['closed-form', 'magnitude', 'paper', 'sparsegpt'\]"),
+])
+def test_a_solver_the_method_does_not_run_is_refused_not_replaced(method, solver, choices):
+    # Quant and low rank have no closed-form/prune-only stage: a named solver of another method
+    # used to be swapped for their default without a word, the report still naming it.
+    with pytest.raises(CrossDistillError, match=rf"solver '{solver}' does not run method {method}; choose from {choices}"):
+        CompressConfig(model="resnet20", method=method, solver=solver).validate()
+    # The default name stands for each method's own default; a staged method takes a solver of
+    # one of its stages and gives the others their defaults.
+    assert CompressConfig(model="resnet20", method=method).validate().method.name == method
+    CompressConfig(model="resnet20", method="channels+quant", solver="paper").validate()

@@ -133,6 +133,17 @@ def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressCo
         method_params = known_only(method_cls, method_params)
     method = method_cls(**known(method_cls, method_params, f"compression method {names['method']}"))
     solver_cls = solver_class(method, names["solver"])
+    if solver_cls is None and names["solver"] != DEFAULT_NAMES["solver"]:
+        # The default name stands for "each method's own default"; any other name asked for a
+        # solver the run would silently replace (prune-only under quant would run GPTQ).
+        from crossdistill.compression.composite import stage_solver_name
+        from crossdistill.solvers import SOLVERS
+
+        stages = method.stages()
+        choices = sorted({n for stage, _ in stages for n in SOLVERS.get(stage.solver_family, {})})
+        runs = ", ".join(dict.fromkeys(stage_solver_name(stage, override, None) for stage, override in stages))
+        raise CrossDistillError(f"solver {names['solver']!r} does not run method {names['method']}; choose from "
+                                f"{choices} (or leave it out: {runs})")
     selected = {"method": method_cls, "objective": objective_cls, "solver": solver_cls}
     route_flat(layers, selected, strict)
     params = {s: pick_section(layers, s, selected, strict) for s in SECTIONS}
