@@ -507,7 +507,8 @@ class OpNet(nn.Module):
 
 
 @pytest.mark.parametrize("op,width,reason", [
-    (lambda t: t * t.mean(1, keepdim=True), 8, "MeanBackward1 (reduces or moves the channel dimension)"),
+    (lambda t: t * t.mean(1, keepdim=True), 8, "MeanBackward1 (reduces over the channel dimension"),
+    (lambda t: t - t.mean(1, keepdim=True), 8, "SubBackward0 (combines every channel with a value taken over all"),
     (lambda t: torch.softmax(t, 1), 8, "SoftmaxBackward0"),
     (lambda t: t.permute(0, 2, 3, 1).relu().permute(0, 3, 1, 2), 8, "PermuteBackward0"),
     (lambda t: t[:, :4], 4, "slices the channel dimension"),
@@ -628,3 +629,24 @@ def test_same_slimming_as_the_hand_declared_pairs():
     hand = slim_channels(copy.deepcopy(model), by_consumer)
     a, b = general.state_dict(), hand.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_layer_scale_on_a_channels_last_tensor_is_named_as_such():
+    # ConvNeXt's block: Linear on (N, H, W, C), times a per-channel gamma, permuted back. The
+    # reason once read "broadcasts across channels", which named no pattern a user would know.
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.p1, self.p2 = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 16), nn.Linear(16, 8)
+            self.gamma = nn.Parameter(torch.full((8,), 0.1))
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x)
+            r = self.gamma * self.p2(torch.relu(self.p1(h.permute(0, 2, 3, 1))))
+            return self.fc((h + r.permute(0, 3, 1, 2)).mean((2, 3)))
+
+    groups = channel_groups(randomised(Block()), torch.randn(2, 3, 8, 8))
+    assert "a vector over the last dimension of a channels-last tensor (..., C), such as a layer scale" in \
+        by_producer(groups, "p2").reason
+    assert by_producer(groups, "p1").prunable  # the MLP's hidden units stay prunable

@@ -172,10 +172,14 @@ def _cost_model(model: nn.Module, example: torch.Tensor, groups: Any, measure: s
 
 
 def nothing_to_prune(model: nn.Module, plan: Any) -> CrossDistillError:
-    """The error for a model none of whose groups can be pruned, with the first reasons."""
-    reasons = "; ".join(f"{', '.join(g['producers']) or 'input'} -> {', '.join(g['readers']) or 'output'}: "
-                        f"{g['reason']}" for g in plan.left_whole[:5])
-    return CrossDistillError(f"{type(model).__name__} has no channel group that can be pruned ({reasons})")
+    """The error for a model none of whose groups can be pruned, with its reasons, each once."""
+    by_reason: dict[str, list[str]] = {}
+    for g in plan.left_whole:
+        by_reason.setdefault(g["reason"], []).append(", ".join(g["producers"]) or "input")
+    reasons = "; ".join(f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}: {why}"
+                        for why, names in list(by_reason.items())[:4])
+    more = f"; and {len(by_reason) - 4} other reasons (report.json)" if len(by_reason) > 4 else ""
+    return CrossDistillError(f"{type(model).__name__} has no channel group that can be pruned ({reasons}{more})")
 
 
 # A uniform keep ratio below this, forced by a FLOPs or parameter target, is worth a warning.

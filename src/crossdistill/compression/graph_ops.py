@@ -131,6 +131,18 @@ _WHY = {
 }
 
 
+def _broadcast_why(padded: tuple[int, ...], out: tuple[int, ...], a: int | None) -> str:
+    """Why an elementwise op with a broadcast operand (`padded`, aligned to `out`) blocks a group,
+    in the words of the patterns that cause it."""
+    if len(out) >= 3 and a != len(out) - 1 and padded[-1] == out[-1] > 1 and all(p == 1 for p in padded[:-1]):
+        return ("a vector over the last dimension of a channels-last tensor (..., C), such as a layer scale "
+                "after a permute: channels are followed in the (N, C, ...) layout only")
+    if a is not None and padded[a] == 1 < out[a] and all(p in (1, o) for p, o in zip(padded, out)):
+        return ("combines every channel with a value taken over all of them, such as x - x.mean(1) in a "
+                "hand-written norm over channels: dropping channels changes that value")
+    return "broadcasts across channels"
+
+
 def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
     fn = node.grad_fn
     name, base = fn.name(), _base(fn)
@@ -152,7 +164,7 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
                 continue
             padded = (1,) * (len(out) - len(s)) + s  # broadcasting aligns trailing dims
             if a is None or len(s) > len(out) or padded[a] != out[a]:
-                return _OpMaps(f"feeds an unsupported op: {name} (broadcasts across channels)")
+                return _OpMaps(f"feeds an unsupported op: {name} ({_broadcast_why(padded, out, a)})")
         return _OpMaps()
     if base in SPATIAL:
         # Pooling, resizing, padding: (N, C, *spatial) in and out, C unchanged.
@@ -169,8 +181,11 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
         dims = [_dim(d, len(s)) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
         keep = bool(getattr(fn, "_saved_keepdim", False))
         aout = ain if keep else ain - sum(d < ain for d in dims)
-        if ain in dims or _axis(len(out), axis3d) != aout or out[aout] != s[ain]:
-            return _OpMaps(f"feeds an unsupported op: {name} (reduces or moves the channel dimension)")
+        if ain in dims:
+            return _OpMaps(f"feeds an unsupported op: {name} (reduces over the channel dimension: a sum, mean or "
+                           "norm across channels, as a hand-written norm over channels (LayerNorm2d) takes)")
+        if _axis(len(out), axis3d) != aout or out[aout] != s[ain]:
+            return _OpMaps(f"feeds an unsupported op: {name} (moves the channel dimension)")
         return _OpMaps()
     if base in RESHAPE or base == "Select":
         s = ins[0][1]
