@@ -378,7 +378,7 @@ def test_a_flops_target_on_a_model_with_nothing_to_prune_says_why():
     teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                                   torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
     cfg = CompressConfig(model="user-tiny", n_samples=12, flops=0.5)
-    with pytest.raises(CrossDistillError, match=r"has no channel group that can be pruned \(0: feeds the classifier 4"):
+    with pytest.raises(CrossDistillError, match=r"has no channel group that can be pruned \(0 -> 4: feeds the classifier 4"):
         compress(teacher, fewshot_for(torch.zeros(1, 3, 8, 8)), cfg, show_progress=False)
 
 

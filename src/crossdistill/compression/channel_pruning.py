@@ -175,7 +175,9 @@ def nothing_to_prune(model: nn.Module, plan: Any) -> CrossDistillError:
     """The error for a model none of whose groups can be pruned, with its reasons, each once."""
     by_reason: dict[str, list[str]] = {}
     for g in plan.left_whole:
-        by_reason.setdefault(g["reason"], []).append(", ".join(g["producers"]) or "input")
+        # No readers: the trace stopped at the op the reason names, not that nothing reads them.
+        readers = f" -> {', '.join(g['readers'])}" if g["readers"] else ""
+        by_reason.setdefault(g["reason"], []).append((", ".join(g["producers"]) or "input") + readers)
     reasons = "; ".join(f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}: {why}"
                         for why, names in list(by_reason.items())[:4])
     more = f"; and {len(by_reason) - 4} other reasons (report.json)" if len(by_reason) > 4 else ""
