@@ -460,20 +460,29 @@ def test_squeeze_excite_and_native_shuffle():
     assert {c.name: c.channels for c in group.consumers}["c.0"][1] == (3, 4, 5)
 
 
-def test_groupnorm_keeps_its_groups():
+def test_a_groupnorm_loses_whole_groups():
+    # Its units are its groups: dropping one leaves the others' statistics, so the slimmed
+    # model equals the masked one. (Dropping one channel of every group, as before, changed
+    # every group's statistics, and such groups were left whole.)
     class GN(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.a, self.gn, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1)
+            self.a, self.gn, self.c = nn.Conv2d(3, 12, 3, padding=1), nn.GroupNorm(3, 12), nn.Conv2d(12, 4, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.c(F.relu(self.gn(self.a(x)))).mean()
+            return self.c(F.relu(self.gn(self.a(x)))).mean((2, 3))
 
-    model, x = GN(), torch.randn(2, 3, 8, 8)
+    torch.manual_seed(0)
+    model, x = randomised(GN()), torch.randn(2, 3, 8, 8)
     group = by_producer(channel_groups(model, x), "a")
-    assert group.prunable and not group.exact and group.width == 4  # GN statistics change
-    slim_groups(model, x, {group.id: [0, 2]})  # no masked check for inexact groups
-    assert model.gn.num_channels == 4 and model.gn.num_groups == 2 and model.a.out_channels == 4
+    assert group.prunable and group.exact and group.width == 3
+    assert {c.name: c.channels for c in group.producers}["a"] == ((0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11))
+    with torch.no_grad():
+        masked = mask_groups(model, [group], {group.id: [0, 2]})(x)
+    slim_groups(model, x, {group.id: [0, 2]})  # checked against the masked model inside too
+    assert (model.gn.num_groups, model.gn.num_channels, model.a.out_channels, model.c.in_channels) == (2, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), masked, atol=1e-5)
 
 
 def test_linear_after_flatten():

@@ -436,3 +436,40 @@ def test_a_training_only_head_reading_pruned_channels_is_named_and_keeps_bn_trai
     with pytest.raises(CrossDistillError, match="the fine-tune with bn 'train' runs the student in training mode"):
         crossdistill.compress(WithAuxHead().eval(), x, labels=y, shots=2, keep=0.5, finetune_epochs=1,
                               finetune_bn="train", show_progress=False)
+
+
+class GroupNormNet(torch.nn.Module):
+    """conv-GN blocks (GN groups of 4 channels) with a residual add, as a GN ResNet or a U-Net
+    of a diffusion model has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.g1 = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16)
+        self.c2, self.g2 = nn.Conv2d(16, 32, 3, padding=1), nn.GroupNorm(8, 32)
+        self.c3, self.g3 = nn.Conv2d(32, 16, 3, padding=1), nn.GroupNorm(4, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.g1(self.c1(x)))
+        r = torch.relu(self.g3(self.c3(torch.relu(self.g2(self.c2(h))))) + h)
+        return self.fc(r.mean((2, 3)))
+
+
+def test_a_groupnorm_model_is_pruned_by_whole_norm_groups_and_re_solved():
+    import crossdistill
+
+    torch.manual_seed(0)
+    teacher = GroupNormNet().eval()
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.2)  # off the init, so channels differ
+    x = torch.randn(64, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    runs = {solver: crossdistill.compress(teacher, x, n_samples=32, keep=0.5, prune_classifier=True, solver=solver,
+                                          eval_data=x[32:], show_progress=False) for solver in ("closed-form",
+                                                                                               "prune-only")}
+    student, report = runs["closed-form"]
+    # Both groups lose half their GN groups; each norm keeps its group size of 4 channels.
+    assert [(g.num_groups, g.num_channels) for g in (student.g1, student.g2, student.g3)] == [(2, 8), (4, 16), (2, 8)]
+    assert {g["channels_per_unit"] for g in report["channel_groups"]["pruned"]} == {4}
+    assert report["agreement"]["output_error"] < runs["prune-only"][1]["agreement"]["output_error"] / 5

@@ -122,6 +122,9 @@ def slim_groups(model: nn.Module, example_inputs: torch.Tensor, kept: Mapping[in
     ref = None
     if check and all(plan.groups[gid].exact for gid in drops):
         ref = _outputs(mask_groups(model, plan.groups, kept), example_inputs)
+    # Torch-Pruning keeps a GroupNorm's group count and shrinks its groups; here whole groups go
+    # (graph_ties), so the count follows the channels at the group size it had.
+    group_size = {m: m.num_channels // m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)}
     removed: dict[tuple, list[int]] = {}  # (module, handler) -> original indices already gone
     for gid, units in drops.items():
         # One removal per layer dimension and group, even when the group spans several
@@ -145,6 +148,8 @@ def slim_groups(model: nn.Module, example_inputs: torch.Tensor, kept: Mapping[in
             for i in idxs:
                 insort(gone, i)
         batch.prune(record_history=False)
+    for norm, size in group_size.items():
+        norm.num_groups = norm.num_channels // size
     if ref is not None:
         got = _outputs(model, example_inputs)
         for a, b in zip(got, ref):

@@ -36,8 +36,9 @@ class ChannelGroup:
 
     Every layer list holds `LayerChannels` with one entry per group channel; a depthwise conv
     is both a producer and a consumer (its inputs and outputs go together). `exact` is False
-    when a LayerNorm/GroupNorm normalises over the channels: dropping some then changes the
-    others' statistics, so the slimmed model is not the masked one."""
+    when a LayerNorm normalises over the channels: dropping some then changes the others'
+    statistics, so the slimmed model is not the masked one (a GroupNorm's units are its whole
+    groups, which keeps it exact)."""
 
     id: int
     width: int                               # group channels (units) that can be kept or dropped
@@ -47,7 +48,7 @@ class ChannelGroup:
     depthwise: tuple[str, ...]               # depthwise convs: in both lists, channels pass through
     prunable: bool
     reason: str                              # why not, when not prunable
-    exact: bool                              # dropping == zeroing the consumers' columns (no LN/GN)
+    exact: bool                              # dropping == zeroing the consumers' columns (no LayerNorm)
 
 
 @dataclass
@@ -150,7 +151,7 @@ def _group(graph: Graph, gid: int, gs: list[int], tpgs: list[_TPGroup], unit_of:
             if role is None:
                 continue
             mod = dep.target.module
-            exact &= not isinstance(mod, (tp_ops.TORCH_LAYERNORM, tp_ops.TORCH_GROUPNORM))
+            exact &= not isinstance(mod, tp_ops.TORCH_LAYERNORM)  # a GroupNorm's units are its whole groups
             per_unit = layers.setdefault((role, graph.names[mod]), {})
             for idx, root in pairs:
                 per_unit.setdefault(unit_of[(g, root)], set()).add(idx)

@@ -256,7 +256,7 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
                           and c.name not in g.depthwise), key=lambda n: position.get(n, 1 << 30))
         reason = g.reason if not g.prunable else ""
         if not reason and not g.exact:
-            reason = "a LayerNorm/GroupNorm normalises over these channels: dropping some changes the others"
+            reason = "a LayerNorm normalises over these channels: dropping some changes the others"
         uneven = [c.name for c in g.consumers if c.name in readers and len({len(u) for u in c.channels}) > 1]
         if not reason and uneven:
             # The unit-selection solvers weigh units of equal column counts; such units come from

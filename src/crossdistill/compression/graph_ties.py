@@ -140,7 +140,11 @@ def _structure(graph: Graph, tpgs: list[_TPGroup], uf: _Union) -> dict[int, list
                 what = f"grouped conv {name} (groups={mod.groups})"
                 spec = (("gout" if out else "gin", id(mod)), per, mod.groups, what, False)
             elif isinstance(mod, tp_ops.TORCH_GROUPNORM):
-                spec = (("gn", id(mod)), mod.num_channels // mod.num_groups, mod.num_groups, f"GroupNorm {name}", False)
+                # A GroupNorm's unit is one of its groups, whole: its statistics are those of its
+                # own channels, so dropping a whole group leaves every other group's output as it
+                # was (dropping a channel from each group would change them all).
+                per = mod.num_channels // mod.num_groups
+                spec = (("gn", id(mod)), per, per, f"GroupNorm {name} (groups of {per} channels)", True)
             elif node in graph.shuffles:
                 # A shuffle keeps its group count: pre-shuffle channels j, m+j, 2m+j, ... (the
                 # g channels that land side by side at j*g ... j*g+g-1) go together.
