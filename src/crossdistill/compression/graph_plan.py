@@ -135,7 +135,7 @@ class GraphChannelPlan:
                 return gid
         raise CrossDistillError(f"layer {task.name}: this solver prunes one layer's own input channels; the "
                                 f"channel groups it reads ({gids}) are shared, mixed, or come in units of several "
-                                "channels (a grouped conv's): use the closed form")
+                                "channels (a grouped conv's or a GroupNorm's): use the closed form")
 
     def summary(self) -> dict[str, Any]:
         pruned = [{"group": gid, "width": self.groups[gid].width, "kept": len(self.kept.get(gid, [])),
