@@ -272,9 +272,14 @@ class FixedPool(torch.nn.Module):
         return self.fc(torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 4).flatten(1))
 
 
-def test_a_model_the_exporter_cannot_free_exports_with_its_size_fixed(tmp_path):
+def test_a_model_the_exporter_cannot_free_exports_with_its_size_fixed(tmp_path, capfd):
     # The exporter's refusal escaped as a traceback: the free-axes attempt now falls back.
     pytest.importorskip("onnxruntime")
     model = FixedPool().eval()
     res = crossdistill.export.export_model(model, tmp_path / "m.onnx", "onnx", torch.randn(8, 3, 12, 12))
     assert res.free_axes == () and res.max_abs_diff <= 1e-4 and res.path.is_file()
+    # torch printed its whole IR graph to stdout for the attempt it gave up on.
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" not in out + err and "graph(%input" not in out + err
+    print("still printed")  # stdout is back after the export
+    assert capfd.readouterr().out == "still printed\n"

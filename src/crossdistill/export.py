@@ -12,14 +12,17 @@ low-rank one has its two factor layers, and quantized or sparse weights appear a
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -243,6 +246,28 @@ def _output_axes(names: list[str], at_size: Any, at_other: Any) -> dict[str, dic
     return axes
 
 
+@contextlib.contextmanager
+def _exporter_log_silenced() -> Iterator[None]:
+    """torch's TorchScript ONNX exporter switches its C++ log on for every export (its check
+    tests the function `_jit_is_onnx_log_enabled`, which is always true, not its result) and then
+    prints the whole IR graph to stdout when a pass fails, even one this module catches and
+    retries with fixed sizes. Its failures arrive as exceptions; stdout's descriptor goes to a
+    sink meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+                torch._C._jit_set_onnx_log_enabled(False)
+    finally:
+        os.close(saved)
+
+
 def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, free: tuple[str, ...] = (),
                  out_axes: dict[str, dict[int, str]] | None = None) -> None:
     import onnx
@@ -252,7 +277,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, 
     out_axes = out_axes or {n: {0: "batch"} for n in names}
     first = 2 if example.is_floating_point() else 1  # token ids (N×L) have no channel axis
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _exporter_log_silenced():
         # The TorchScript-based exporter (dynamo=False) works offline and needs no onnxscript;
         # torch announces its deprecation on every call, which is noise for our users.
         warnings.simplefilter("ignore")
