@@ -222,3 +222,16 @@ def test_ema_returns_the_running_average_of_the_trajectory_and_keeps_masks():
     for bad in (0.0, 1.0, float("nan")):  # the public class checks its own decay (benchmarks build it directly)
         with pytest.raises(CrossDistillError, match="decay"):
             WeightAverage(student, bad)
+
+
+def test_a_fine_tune_of_a_few_steps_is_named_in_a_warning():
+    # An epoch is one pass over the few images: with 16 images in batches of 64, 3 epochs are
+    # 3 steps, which barely move the weights; a user reading "epochs" expects more.
+    import warnings
+
+    teacher, student, _ = pruned_student()
+    with pytest.warns(UserWarning, match=r"the fine-tune takes 3 steps \(16 images, batch 64, 3 epochs\)"):
+        finetune(student, teacher, images(), None, FinetuneSettings(epochs=3, bn="frozen"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        finetune(student, teacher, images(), None, FinetuneSettings(epochs=25, batch_size=8, bn="frozen"))  # 50 steps

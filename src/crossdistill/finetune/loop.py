@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -23,6 +24,8 @@ from crossdistill.model_inputs import StackedInputs
 from crossdistill.model_outputs import batch_slices, batched, flat
 
 OnStep = Callable[[int, nn.Module], None]
+# Fewer steps than this are named in a warning (the measured fine-tunes took 60-300).
+FEW_STEPS = 50
 
 
 def finetune(
@@ -105,6 +108,13 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
             info["bn"] = "recalibrate"
             info["after"] = losses()
         return info
+    steps = settings.epochs * math.ceil(images.shape[0] / settings.batch_size)
+    if steps < FEW_STEPS:
+        # An epoch is one pass over the few images, often a single batch: "3 epochs" is 3 steps,
+        # which leaves the weights where the closed form put them.
+        warnings.warn(f"the fine-tune takes {steps} step{'s' * (steps != 1)} ({images.shape[0]} images, batch "
+                      f"{settings.batch_size}, {settings.epochs} epochs): too few to change much; the measured "
+                      "runs took 60-300 (docs/finetune.md: 300 epochs at K=1, 60 at K=5)", stacklevel=3)
     bn_mode = _settle_bn(student, teacher_outs, images, settings, distill, info)
     run = _Training.start(student, teacher, images, settings, masks, bn_mode, distill, info)
     info["steps"] = run.train(images, labels, teacher_outs, on_step)
