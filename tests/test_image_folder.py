@@ -240,3 +240,38 @@ def test_a_saved_documents_class_names_are_checked():
     for bad in (["a", "b"], ["a", "b", 3], "abc"):
         with pytest.raises(CrossDistillError, match="'class_names' must be a list of strings, one per class"):
             parse_info(json.dumps({**doc, "class_names": bad}))
+
+
+def test_a_training_folder_missing_a_class_is_refused(tmp_path, capsys):
+    # Classes are numbered by sorted folder name: without "a", b became 0 and c 1 for a model
+    # whose b is 1, so every label was shifted and every score silently wrong.
+    import textwrap
+
+    import torch
+    from torch import nn
+
+    import crossdistill
+
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def make():
+            return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    """))
+    write_folder(tmp_path / "tr", {"b": 3, "c": 3}, size=(8, 8))
+    message = r"2 classes \(b, c\) for a model that predicts 3: classes are numbered by their sorted names"
+    out = tmp_path / "run"
+    assert main(["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "tr"),
+                 "--shots", "2", "--quiet", "--out", str(out)]) == 2
+    assert "an empty folder for a class without images" in capsys.readouterr().err and not out.exists()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 3)).eval()
+    with pytest.raises(CrossDistillError, match=message):
+        crossdistill.compress(model, tmp_path / "tr", shots=2, show_progress=False)
+    (tmp_path / "tr" / "a").mkdir()  # the way out the message names: the class is there, empty
+    with pytest.warns(UserWarning, match=r"cover 2 of the model's 3 classes \(.*; none of class 0\)"):
+        _, report = crossdistill.compress(model, tmp_path / "tr", shots=2, method="quant", bits=8,
+                                          show_progress=False)
+    assert report["fewshot_class_counts"] == [0, 2, 2]

@@ -280,6 +280,10 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     info = registered or infer_info(model, name, tuple(images.shape[1:]), mean=mean, std=std, output=output_key,
                                     kind=output_kind, input_dtype=dtype_name(images), sample=images[:2])
     classes = info.kind in ("classes", "binary")  # otherwise training labels only group the draw
+    if classes:
+        from crossdistill.data.align import check_named_classes
+
+        check_named_classes(class_names, info.num_classes, str(data))
     if found_labels is not None and found_labels.dim() > 1:
         # Per-position labels (a segmentation map) score a dense model on eval_data; the draw
         # needs one label per image (or none: n_samples).

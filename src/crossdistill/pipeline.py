@@ -24,7 +24,7 @@ from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
 from crossdistill.device import resolve_device
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
-from crossdistill.data.align import align_classes
+from crossdistill.data.align import align_classes, check_named_classes
 from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
 from crossdistill.errors import CrossDistillError
@@ -52,6 +52,7 @@ def draw_few_shot(cfg: CompressConfig, data: ImageArrays, info: ModelInfo | None
     info = info or model_info(cfg.model)
     check_data_fits_model(data, info, role="training data")  # labels within the model's classes
     if info.kind in ("classes", "binary"):  # otherwise the labels are not the model's classes
+        check_named_classes(data.class_names, info.num_classes, data.source or "training data")
         check_class_coverage(data.y, info.num_classes, data.source or "training data")
     idx = sample_few_shot(
         data.y, shots=cfg.shots, n=cfg.n_samples, seed=cfg.seed, mode=cfg.sampler, num_classes=data.num_classes

@@ -40,9 +40,11 @@ def check_class_coverage(labels: Sequence[int] | np.ndarray, num_classes: int, w
     present = int((counts > 0).sum())
     if present < num_classes:
         shown = ", ".join(f"{c}: {int(n)}" for c, n in enumerate(counts) if n) or "none"
+        missing = [c for c, n in enumerate(counts) if not n]
+        listed = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
         warnings.warn(f"{where}: the images cover {present} of the model's {num_classes} classes "
-                      f"(images per class {shown}); the student learns nothing about the others",
-                      ClassCoverageWarning, stacklevel=2)
+                      f"(images per class {shown}; none of class {listed}); the student learns nothing about "
+                      "the others", ClassCoverageWarning, stacklevel=2)
     return [int(n) for n in counts]
 
 

@@ -28,6 +28,10 @@ OnStep = Callable[[int, nn.Module], None]
 FEW_STEPS = 50
 
 
+class FinetuneWarning(UserWarning):
+    """A fine-tune that will run, but not as its settings suggest (the CLI prints it on one line)."""
+
+
 def finetune(
     student: nn.Module,
     teacher: nn.Module,
@@ -114,7 +118,8 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
         # which leaves the weights where the closed form put them.
         warnings.warn(f"the fine-tune takes {steps} step{'s' * (steps != 1)} ({images.shape[0]} images, batch "
                       f"{settings.batch_size}, {settings.epochs} epochs): too few to change much; the measured "
-                      "runs took 60-300 (docs/finetune.md: 300 epochs at K=1, 60 at K=5)", stacklevel=3)
+                      "runs took 60-300 (docs/finetune.md: 300 epochs at K=1, 60 at K=5)", FinetuneWarning,
+                      stacklevel=3)
     bn_mode = _settle_bn(student, teacher_outs, images, settings, distill, info)
     run = _Training.start(student, teacher, images, settings, masks, bn_mode, distill, info)
     info["steps"] = run.train(images, labels, teacher_outs, on_step)
