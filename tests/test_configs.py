@@ -166,3 +166,11 @@ def test_a_solver_the_method_does_not_run_is_refused_not_replaced(method, solver
     # one of its stages and gives the others their defaults.
     assert CompressConfig(model="resnet20", method=method).validate().method.name == method
     CompressConfig(model="resnet20", method="channels+quant", solver="paper").validate()
+
+
+@pytest.mark.parametrize("target", ["flops", "parameters"])
+def test_a_keep_beside_a_size_target_is_refused_not_dropped(target):
+    # --keep 0.6 --flops 0.5 ran flops 0.5 and said nothing of the keep.
+    with pytest.raises(CrossDistillError, match=rf"give either keep \(0.6\) or {target} \(0.5\)"):
+        CompressConfig(model="resnet20", keep=0.6, **{target: 0.5}).validate()
+    CompressConfig(model="resnet20", **{target: 0.5}).validate()

@@ -63,6 +63,12 @@ class ChannelPruning(CompressionMethod):
             raise CrossDistillError("give either flops or parameters, not both")
         if (self.flops is not None or self.parameters is not None) and self.keep == "paper":
             raise CrossDistillError("give either flops/parameters or keep 'paper', not both")
+        target = "flops" if self.flops is not None else "parameters" if self.parameters is not None else None
+        if target and self.keep != 0.5:
+            # The target decides the keep ratio; a keep of one's own would be dropped without a
+            # word (0.5, the default, cannot be told from an unset keep).
+            raise CrossDistillError(f"give either keep ({self.keep:g}) or {target} ({getattr(self, target):g}): "
+                                    f"{target} sets the keep ratio itself")
 
     @property
     def _target(self) -> tuple[str, float] | None:
