@@ -288,3 +288,18 @@ def test_baseline_cli_refuses_choices_it_fixes(tiny_data, tmp_path, capsys):
     assert main(["baseline", "thinet", *tiny_data, "--selection", "obs", "--out", str(tmp_path / "x")]) == 2
     assert "fixes --selection" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_compress_with_a_baseline_flag_runs_that_baseline(tiny_data, tmp_path, capsys):
+    # `compress --help` offered --baseline NAME ("run this baseline instead"), and compress then
+    # refused it; it now runs as `crossdistill baseline NAME` does, to the same student.
+    assert main(["baseline", "l1", *tiny_data, "--out", str(tmp_path / "cmd")]) == 0
+    assert main(["compress", *tiny_data, "--baseline", "l1", "--out", str(tmp_path / "flag")]) == 0
+    assert "baseline l1" in capsys.readouterr().out
+    via_cmd, via_flag = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("cmd", "flag"))
+    kept = [[(row["name"], row.get("kept"), row["loss_after"]) for row in r["layers"]] for r in (via_cmd, via_flag)]
+    assert via_flag["baseline"] == "l1" and kept[0] == kept[1]
+    assert via_flag["student"]["top1"] == via_cmd["student"]["top1"]
+    assert main(["compress", *tiny_data, "--baseline", "thinet", "--selection", "obs",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "fixes --selection" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -33,15 +33,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
-
+def check_fixed(args: argparse.Namespace, name: str) -> None:
+    """Refuse flags whose choice the baseline makes itself (they would be ignored)."""
     given = [f"--{k}" for k in FIXED if getattr(args, k, None) is not None]
     if given:
         raise CrossDistillError(
-            f"baseline {args.name} fixes {', '.join(given)} itself; to combine its selection or solver with "
-            "another objective use `crossdistill compress` (e.g. --selection thinet|lasso, --solver fskd)"
+            f"baseline {name} fixes {', '.join(given)} itself; to combine its selection or solver with "
+            "another objective use `crossdistill compress` without --baseline (e.g. --selection thinet|lasso, "
+            "--solver fskd)"
         )
+
+
+def run(args: argparse.Namespace) -> int:
+    from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
+
+    check_fixed(args, args.name)
     cfg = run_config(args)
     given = {q.name: getattr(args, q.name) for q in FitnetSettings.params() if getattr(args, q.name, None) is not None}
     if given:

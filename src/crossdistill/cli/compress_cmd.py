@@ -73,10 +73,21 @@ def run(args: argparse.Namespace) -> int:
             return _run_distributed(args, cfg)
         finally:
             distributed.shutdown(initialised)
+    baseline = None
+    if cfg.baseline is not None:  # --baseline NAME (or a config's baseline:): as `crossdistill baseline NAME`
+        from crossdistill.baselines import get_baseline
+        from crossdistill.cli.baseline_cmd import check_fixed
+
+        check_fixed(args, cfg.baseline)
+        baseline = get_baseline(cfg.baseline, show_progress=not args.quiet)
     # The claim comes before the work: a clash or an unwritable --out costs nothing.
     with atomic_output_dir(args.out, args.force) as tmp:
-        result, report = run_pipeline(cfg, show_progress=not args.quiet)
+        result, report = run_pipeline(cfg, show_progress=not args.quiet, compress_fn=baseline)
+        if baseline is not None:
+            report["baseline"] = cfg.baseline
         write_run(tmp, result, report)
+    if baseline is not None:
+        print(f"baseline {cfg.baseline}")
     print(format_summary(report))
     print(f"written to {args.out}")
     return 0
