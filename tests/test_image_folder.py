@@ -275,3 +275,31 @@ def test_a_training_folder_missing_a_class_is_refused(tmp_path, capsys):
         _, report = crossdistill.compress(model, tmp_path / "tr", shots=2, method="quant", bits=8,
                                           show_progress=False)
     assert report["fewshot_class_counts"] == [0, 2, 2]
+
+
+def test_a_runs_config_reruns_from_another_directory(tmp_path, monkeypatch, capsys):
+    # The run folder's config.yaml kept the relative paths typed in one directory: from any
+    # other, `--config run/config.yaml` could find neither the model file nor the data.
+    import textwrap
+
+    import yaml
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def make():
+            return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+    """))
+    write_folder(work / "imgs", {"a": 3, "b": 3}, size=(8, 8))
+    monkeypatch.chdir(work)
+    assert main(["compress", "--model", "net.py:make", "--data", "imgs", "--shots", "2", "--quiet",
+                 "--out", "run"]) == 0
+    saved = yaml.safe_load((work / "run" / "config.yaml").read_text())
+    assert saved["model"] == f"{work / 'net.py'}:make" and saved["data"] == str(work / "imgs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["compress", "--config", str(work / "run" / "config.yaml"), "--quiet", "--out", "again"]) == 0
+    first, again = (yaml.safe_load((d / "config.yaml").read_text()) for d in (work / "run", tmp_path / "again"))
+    assert first == again

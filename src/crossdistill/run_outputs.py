@@ -51,6 +51,26 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Config keys that hold paths (a model may be `file.py:factory`).
+PATH_KEYS = ("data", "eval_data", "weights", "capture_dir")
+
+
+def portable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with the paths it names that exist from here made absolute: the run folder's
+    config.yaml then reruns from any directory (`--config run/config.yaml`), as its saved student
+    already records its factory's absolute path. Data-set names and missing paths stay as given."""
+    out = dict(config)
+    for key in PATH_KEYS:
+        if isinstance(out.get(key), str) and Path(out[key]).exists():
+            out[key] = str(Path(out[key]).resolve())
+    model = out.get("model")
+    if isinstance(model, str) and ":" in model:
+        file, _, factory = model.rpartition(":")
+        if file.endswith(".py") and Path(file).is_file():
+            out["model"] = f"{Path(file).resolve()}:{factory}"
+    return out
+
+
 def write_run(out: Path, result: CompressionResult, report: dict[str, Any]) -> None:
     """Fill a (temporary) run directory: student weights + spec, report, indices, config."""
     from crossdistill.models import save_model
@@ -61,5 +81,5 @@ def write_run(out: Path, result: CompressionResult, report: dict[str, Any]) -> N
     write_json(out / "report.json", report)
     write_json(out / "fewshot_indices.json", {"indices": report["fewshot_indices"], "seed": report["seed"],
                                               "shots": report["shots"], "data": report["config"]["data"]})
-    (out / "config.yaml").write_text(yaml.safe_dump(report["config"], sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(portable_config(report["config"]), sort_keys=False))
     (out / "summary.txt").write_text(format_summary(report) + "\n")
