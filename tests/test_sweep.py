@@ -310,3 +310,27 @@ def test_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch, c
     assert main(["sweep", str(sweep), "--db", str(tmp_path / "s.sqlite"), "--backend", "ray"]) == 2
     assert "pip install 'crossdistill[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_an_interrupted_sweep_says_how_many_runs_are_recorded_and_how_to_resume(tmp_path, data, capsys,
+                                                                                 monkeypatch):
+    import crossdistill.pipeline as pipeline
+
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"shots": [1, 2], "seed": [0]})
+    db = tmp_path / "r.sqlite"
+    real, calls = pipeline.run, []
+
+    def stopped_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the third run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run", stopped_at_the_third)
+    assert main(["sweep", str(cfg), "--db", str(db)]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: 2 of 4 runs recorded in {db}; run the same command to resume" in err
+    monkeypatch.setattr(pipeline, "run", real)
+    assert main(["sweep", str(cfg), "--db", str(db)]) == 0
+    assert len(rows(db)) == 4 and "2 already in" in capsys.readouterr().err

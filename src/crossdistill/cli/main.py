@@ -80,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"crossdistill {args.command}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # On a line of its own (a progress bar may hold the current one); --out is written only
+        # when a run completes, so an interrupted one leaves nothing there.
+        print(f"\ncrossdistill {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

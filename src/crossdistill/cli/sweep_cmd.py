@@ -74,8 +74,24 @@ def run(args: argparse.Namespace) -> int:
                              task_gpus=args.task_gpus)
     elif args.address is not None:
         raise CrossDistillError("--address is for --backend ray")
-    summary = run_sweep(spec, db_path, retry_failed=args.retry_failed, argv=sys.argv[1:], backend=backend)
+    try:
+        summary = run_sweep(spec, db_path, retry_failed=args.retry_failed, argv=sys.argv[1:], backend=backend)
+    except KeyboardInterrupt:
+        print(f"\ncrossdistill sweep: interrupted: {_recorded(spec, db_path)} of {len(spec.configs)} runs recorded in "
+              f"{db_path}; run the same command to resume", file=sys.stderr)
+        return 130
     return 1 if summary.failed else 0
+
+
+def _recorded(spec: "SweepSpec", db_path: Path) -> int:
+    """How many of the sweep's runs the database holds (read-only; 0 when there is none yet)."""
+    from crossdistill.sweep import SweepDB, resume_state
+
+    if not db_path.exists():
+        return 0
+    with SweepDB(db_path, readonly=True) as db:
+        status = resume_state(db).status
+    return sum(1 for h in spec.hashes if h in status)
 
 
 def dry_run(spec: "SweepSpec", db_path: Path, *, retry_failed: bool = False) -> int:
