@@ -303,3 +303,24 @@ def test_a_runs_config_reruns_from_another_directory(tmp_path, monkeypatch, caps
     assert main(["compress", "--config", str(work / "run" / "config.yaml"), "--quiet", "--out", "again"]) == 0
     first, again = (yaml.safe_load((d / "config.yaml").read_text()) for d in (work / "run", tmp_path / "again"))
     assert first == again
+
+
+def test_grayscale_images_for_an_rgb_model_are_told_to_convert(tmp_path, capsys):
+    # The advice was "give the input size the model expects", which --input-size 3 H W then
+    # refused in turn: only converting the images helps.
+    import textwrap
+
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def make():
+            return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(6, 2))
+    """))
+    write_folder(tmp_path / "gray", {"a": 3, "b": 3}, size=(8, 8), mode="L")
+    run = ["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "gray"), "--shots", "2",
+           "--quiet"]
+    assert main([*run, "--out", str(tmp_path / "r1")]) == 2
+    assert "its first conv takes 3 channels and the inputs have 1: convert them" in capsys.readouterr().err
+    assert main([*run, "--input-size", "3", "8", "8", "--out", str(tmp_path / "r2")]) == 2
+    assert "expects (8, 8, 3): convert the images to 3 channels" in capsys.readouterr().err

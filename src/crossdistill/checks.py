@@ -26,7 +26,12 @@ def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, 
         # Images are described as stored (H, W, C); the model's size is given the same way.
         images = len(size) == 3 and not data.is_signal
         expected = f"{(size[1], size[2], size[0])}" if images else f"inputs of shape {size}"
-        raise CrossDistillError(f"{where}: {data.describe_shape()} but {model} expects {expected}")
+        hint = ""
+        if images and data.input_shape[1:] == size[1:]:
+            # Only the channels differ: no --input-size fixes that, converting the images does.
+            hint = (f": convert the images to {size[0]} channel{'s' * (size[0] != 1)} (grayscale to RGB: PIL's "
+                    "Image.open(f).convert('RGB'))")
+        raise CrossDistillError(f"{where}: {data.describe_shape()} but {model} expects {expected}{hint}")
 
 
 def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_classes: int | None = None,

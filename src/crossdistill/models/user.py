@@ -83,6 +83,12 @@ def build_user_model(spec: str) -> nn.Module:
     return model
 
 
+def _first_conv_channels(model: nn.Module) -> int | None:
+    """The input channels of the model's first conv in module order (None without one)."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    return None if first is None else int(first.in_channels)
+
+
 def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, output: str | None = None, kind: str = "auto",
                input_dtype: str = FLOAT, sample: torch.Tensor | None = None) -> ModelInfo:
@@ -108,6 +114,9 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
             # A forward(ids, mask): the one tensor it was given is not all it takes.
             hint = ("; its forward takes several inputs: stack them into one tensor and wrap the model, "
                     "crossdistill.StackedInputs(model) (docs/any_model.md, 'Models with several inputs')")
+        elif input_dtype == FLOAT and _first_conv_channels(model) not in (None, c):
+            hint = (f"; its first conv takes {_first_conv_channels(model)} channels and the inputs have {c}: convert "
+                    "them (grayscale images to RGB: PIL's Image.open(f).convert('RGB'))")
         elif input_dtype == FLOAT:
             hint = "; give the input size the model expects (--input-size C H W, or C L for signals)"
         else:
