@@ -321,6 +321,6 @@ def test_grayscale_images_for_an_rgb_model_are_told_to_convert(tmp_path, capsys)
     run = ["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "gray"), "--shots", "2",
            "--quiet"]
     assert main([*run, "--out", str(tmp_path / "r1")]) == 2
-    assert "its first conv takes 3 channels and the inputs have 1: convert them" in capsys.readouterr().err
+    assert "its first conv takes 3 channels and the inputs have 1: give inputs of 3 channels" in capsys.readouterr().err
     assert main([*run, "--input-size", "3", "8", "8", "--out", str(tmp_path / "r2")]) == 2
     assert "expects (8, 8, 3): convert the images to 3 channels" in capsys.readouterr().err

@@ -115,8 +115,11 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
             hint = ("; its forward takes several inputs: stack them into one tensor and wrap the model, "
                     "crossdistill.StackedInputs(model) (docs/any_model.md, 'Models with several inputs')")
         elif input_dtype == FLOAT and _first_conv_channels(model) not in (None, c):
-            hint = (f"; its first conv takes {_first_conv_channels(model)} channels and the inputs have {c}: convert "
-                    "them (grayscale images to RGB: PIL's Image.open(f).convert('RGB'))")
+            k = _first_conv_channels(model)
+            hint = (f"; its first conv takes {k} channels and the inputs have {c}: give inputs of {k} channels "
+                    f"(--input-size {k} {' '.join(map(str, size[1:]))} where the images have them; otherwise convert "
+                    "the images" + (", grayscale to RGB with PIL's Image.open(f).convert('RGB'))" if (k, c) == (3, 1)
+                                    else ")"))
         elif input_dtype == FLOAT:
             hint = "; give the input size the model expects (--input-size C H W, or C L for signals)"
         else:
