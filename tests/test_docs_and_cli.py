@@ -165,3 +165,17 @@ def test_a_reader_that_leaves_early_is_not_an_error(tmp_path):
     proc.stdout.close()  # gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+def test_a_misspelled_option_or_key_names_the_nearest_one(capsys):
+    from crossdistill.config import CompressConfig
+    from crossdistill.errors import CrossDistillError
+
+    # The top-level usage and no suggestion came back for a subcommand's unknown option.
+    with pytest.raises(SystemExit):
+        main(["compress", "--model", "resnet20", "--kep", "0.5", "--out", "x"])
+    err = capsys.readouterr().err
+    assert "crossdistill compress: error: unrecognized arguments: --kep 0.5 (did you mean --keep?)" in err
+    assert "usage: crossdistill compress" in err
+    with pytest.raises(CrossDistillError, match=r"unknown config key 'kep' \(did you mean 'keep'\?\)"):
+        CompressConfig(model="resnet20", kep=0.5)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import sys
 import warnings
@@ -57,9 +58,21 @@ def _one_line_warnings() -> Iterator[None]:
         warnings.showwarning = default
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Arguments; an unknown option is refused by its command's parser (its usage, not the top
+    level's) with the nearest option it has."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        options = [o for action in sub._actions for o in action.option_strings]
+        near = difflib.get_close_matches(extra[0].split("=")[0], options, n=1)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {near[0]}?)" if near else ""))
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     try:
         with _one_line_warnings():
             return int(args.func(args) or 0)

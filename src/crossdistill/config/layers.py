@@ -2,6 +2,7 @@
 settings and the plug-in sections; a later layer wins."""
 from __future__ import annotations
 
+import difflib
 import warnings
 from typing import Any, Mapping
 
@@ -124,7 +125,9 @@ def route_flat(layers: Layers, selected: Mapping[str, type | None], strict: bool
         else:  # a typo, or a setting since removed: either way not the run it claims to be
             known = sorted(set(RUN_KEYS) | {f"{FINETUNE_PREFIX}{p.name}" for p in declared_params(finetune_class())}
                            | {p.name for cls in selected.values() if cls is not None for p in declared_params(cls)})
-            raise CrossDistillError(f"unknown config key {key!r}; the keys of this config are {known} "
+            near = difflib.get_close_matches(key, known, n=1)
+            lead = f"unknown config key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+            raise CrossDistillError(f"{lead}; the keys of this config are {known} "
                                     f"(plus method, objective, solver, finetune and their dotted settings)")
 
 
