@@ -232,7 +232,8 @@ def _paper_counts(model: nn.Module) -> dict[str, int]:
     block, except four blocks that stay whole (≈ −40 % FLOPs), by reader name."""
     name = getattr(model, "crossdistill_name", "")
     if name != "resnet56":
-        raise CrossDistillError(f"the 'paper' channel preset is defined for resnet56 only, not {name or 'this model'!r}")
+        raise CrossDistillError(f"the 'paper' channel preset is defined for resnet56 only, not "
+                                f"{name or type(model).__name__}: give a keep ratio (--keep 0.5) or a --flops target")
     counts = {}
     for i, pair in enumerate(channel_pairs(model)):
         width = get_module(model, pair.consumer).in_channels

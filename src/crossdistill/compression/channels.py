@@ -73,7 +73,8 @@ def refit_tasks(model: nn.Module, pruned: Sequence[LayerTask]) -> list[LayerTask
 def _paper_counts(model: nn.Module, pairs: list, widths: list[int]) -> list[int]:
     name = getattr(model, "crossdistill_name", "")
     if name != "resnet56":
-        raise CrossDistillError(f"the 'paper' channel preset is defined for resnet56 only, not {name or 'this model'!r}")
+        raise CrossDistillError(f"the 'paper' channel preset is defined for resnet56 only, not "
+                                f"{name or type(model).__name__}: give a keep ratio (--keep 0.5) or a --flops target")
     return [w if i in PAPER_RESNET56_WHOLE_BLOCKS else int(0.5 * w) + 1 for i, w in enumerate(widths)]
 
 
