@@ -99,7 +99,8 @@ def test_saved_user_model_loads_without_the_registry(factory, tmp_path):
     # The factory's file moved: loading names it again.
     moved = tmp_path / "elsewhere.py"
     shutil.move(factory.split(":")[0], moved)
-    with pytest.raises(CrossDistillError, match="no such file"):
+    with pytest.raises(CrossDistillError, match=r"no such file.*give it where it is now \(command line: --model "
+                                                 r"FILE.py:FUNCTION; Python: crossdistill.load\(path, factory="):
         crossdistill.load(path)
     with torch.no_grad():
         assert torch.equal(crossdistill.load(path, factory=f"{moved}:make")(x), student(x))

@@ -63,7 +63,13 @@ def _build_from_factory(info: SavedModelInfo, source: str) -> nn.Module:
     runs the user's own code, as training it did; the weights still come from safetensors."""
     from crossdistill.models.user import build_user_model
 
-    model = build_user_model(info.spec["factory"])
+    try:
+        model = build_user_model(info.spec["factory"])
+    except CrossDistillError as exc:
+        # The file moved or changed since the student was saved: the way out is to name it again.
+        raise CrossDistillError(f"{source}: {exc}; this student was saved from the factory {info.spec['factory']!r}: "
+                                "give it where it is now (command line: --model FILE.py:FUNCTION; Python: "
+                                "crossdistill.load(path, factory='FILE.py:FUNCTION'))") from None
     try:
         for codec, entry in _used(info):
             codec.restructure(model, entry)
