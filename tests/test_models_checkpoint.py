@@ -181,3 +181,11 @@ def test_shared_teacher_rejected_by_wrong_architecture():
         load_weights(create_model("resnet20", mid_channels=[8] * 9), path)
     with pytest.raises(CrossDistillError, match="missing keys"):
         load_weights(create_model("resnet32"), path)
+
+
+def test_a_checkpoint_of_several_state_dicts_says_how_to_pick_one(tmp_path):
+    t = torch.arange(4.0)
+    torch.save({"net": {"a": t}, "ema": {"a": t + 1}}, tmp_path / "two.pt")
+    with pytest.raises(CrossDistillError, match=r"non-tensor entries: net, ema; it holds several state dicts "
+                                                 r"\(net, ema\): save the one to compress as a file of its own"):
+        load_state_dict_file(tmp_path / "two.pt")

@@ -127,8 +127,14 @@ def _unwrap(obj: Any, path: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
 def _clean(raw: Mapping[str, Any], path: Path | str) -> dict[str, torch.Tensor]:
     bad = [k for k, v in raw.items() if not isinstance(v, torch.Tensor)]
     if bad:
+        nested = [k for k in bad if isinstance(raw[k], Mapping) and raw[k]
+                  and all(isinstance(v, torch.Tensor) for v in raw[k].values())]
+        # {'net': ..., 'ema': ...}: which of the state dicts is the model is the user's call.
+        hint = (f"; it holds several state dicts ({', '.join(map(str, nested[:_MAX_LISTED]))}): save the one to "
+                f"compress as a file of its own, e.g. torch.save(torch.load(f)[{str(nested[-1])!r}], 'weights.pt')"
+                if nested else "")
         raise CrossDistillError(
-            f"{path}: state_dict has non-tensor entries: {', '.join(map(str, bad[:_MAX_LISTED]))}"
+            f"{path}: state_dict has non-tensor entries: {', '.join(map(str, bad[:_MAX_LISTED]))}{hint}"
         )
     out: dict[str, torch.Tensor] = {}
     for k, v in raw.items():
