@@ -8,13 +8,9 @@ import argparse
 
 from crossdistill.baselines import BASELINES, get_baseline
 from crossdistill.baselines.settings import FitnetSettings
-from crossdistill.cli.compress_cmd import add_config_options, add_run_options, run_config
+from crossdistill.cli.compress_cmd import add_config_options, add_run_options, check_fixed, run_config
 from crossdistill.errors import CrossDistillError
 from crossdistill.outputs import atomic_output_dir
-
-# Choices a baseline fixes itself; giving them here would silently be ignored otherwise.
-FIXED = ("objective", "solver", "selection")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -31,17 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         g.add_argument(q.flag, dest=q.name, choices=q.choices(), help=f"{q.help} (default {q.default})")
     add_run_options(p)
     p.set_defaults(func=run)
-
-
-def check_fixed(args: argparse.Namespace, name: str) -> None:
-    """Refuse flags whose choice the baseline makes itself (they would be ignored)."""
-    given = [f"--{k}" for k in FIXED if getattr(args, k, None) is not None]
-    if given:
-        raise CrossDistillError(
-            f"baseline {name} fixes {', '.join(given)} itself; to combine its selection or solver with "
-            "another objective use `crossdistill compress` without --baseline (e.g. --selection thinet|lasso, "
-            "--solver fskd)"
-        )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 from crossdistill.cli.config_options import add_config_options, config_from_args
 from crossdistill.config import CompressConfig
+from crossdistill.errors import CrossDistillError
 from crossdistill.outputs import atomic_output_dir
 
 __all__ = ["add_config_options", "add_run_options", "config_from_args", "register", "run", "run_config"]
@@ -62,6 +63,21 @@ def run_config(args: argparse.Namespace) -> CompressConfig:
     return cfg.updated(**changes) if changes else cfg
 
 
+# Choices a baseline fixes itself; giving them beside one would silently be ignored otherwise.
+FIXED = ("objective", "solver", "selection")
+
+
+def check_fixed(args: argparse.Namespace, name: str) -> None:
+    """Refuse flags whose choice the baseline makes itself (they would be ignored)."""
+    given = [f"--{k}" for k in FIXED if getattr(args, k, None) is not None]
+    if given:
+        raise CrossDistillError(
+            f"baseline {name} fixes {', '.join(given)} itself; to combine its selection or solver with "
+            "another objective use `crossdistill compress` without --baseline (e.g. --selection thinet|lasso, "
+            "--solver fskd)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from crossdistill import distributed
     from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
@@ -76,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
     baseline = None
     if cfg.baseline is not None:  # --baseline NAME (or a config's baseline:): as `crossdistill baseline NAME`
         from crossdistill.baselines import get_baseline
-        from crossdistill.cli.baseline_cmd import check_fixed
 
         check_fixed(args, cfg.baseline)
         baseline = get_baseline(cfg.baseline, show_progress=not args.quiet)
@@ -103,7 +118,6 @@ def _run_distributed(args: argparse.Namespace, cfg: Any) -> int:
     from contextlib import ExitStack
 
     from crossdistill import distributed
-    from crossdistill.errors import CrossDistillError
     from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
 
     # torchrun stops the other workers with SIGTERM when one dies: leave through the normal exit
