@@ -201,3 +201,20 @@ def test_a_failed_write_names_the_users_out_not_the_temporary_folder(tmp_path, m
     assert err == ("crossdistill compress: error: cannot write runs/x: No space left on device (writing report.json); "
                    "nothing was written")
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path):
+    # SIGTERM (a scheduler's stop) used to leave the claim (.x.lock) and the temporary folder
+    # for the next run to clean; it now leaves like Ctrl-C: exit 143, nothing left.
+    out = tmp_path / "runs" / "x"
+    argv = _compress(tmp_path, out)
+    proc = _start(argv, tmp_path)
+    deadline = time.monotonic() + 300
+    while not list(out.parent.glob(".x.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its temporary folder appeared"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode == 143 and not out.exists()
+    assert _hidden(out.parent) == []

@@ -70,9 +70,21 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) leaves through the normal exit path, as Ctrl-C
+    does, so that a run's claim on --out and its temporary folder are removed, not left for the
+    next run to clean."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
+    _exit_on_sigterm()
     try:
         with _one_line_warnings():
             return int(args.func(args) or 0)
