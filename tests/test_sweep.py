@@ -334,3 +334,23 @@ def test_an_interrupted_sweep_says_how_many_runs_are_recorded_and_how_to_resume(
     monkeypatch.setattr(pipeline, "run", real)
     assert main(["sweep", str(cfg), "--db", str(db)]) == 0
     assert len(rows(db)) == 4 and "2 already in" in capsys.readouterr().err
+
+
+def test_a_dotted_grid_key_survives_a_runs_entry_that_names_its_plugin(tmp_path, data):
+    # grid {objective.beta: [0.2, 0.3]} with runs [{objective: soft}] gave one run, beta 0.3:
+    # naming the plug-in cleared the dotted settings given before it, silently.
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"objective.beta": [0.2, 0.3], "shots": [1]},
+                      runs=[{"objective": "soft"}])
+    spec = load_sweep(cfg)
+    assert sorted(flat_settings(c)["objective.beta"] for c in spec.configs) == [0.2, 0.3]
+    # A plug-in that does not take the setting refuses it, naming it, instead of dropping it.
+    cfg = write_sweep(tmp_path / "m.yaml", train, test, grid={"objective.beta": [0.2]}, runs=[{"objective": "mixed"}])
+    with pytest.raises(CrossDistillError, match=r"objective mixed: unknown setting \['beta'\]"):
+        load_sweep(cfg)
+    # In an earlier layer, for the plug-in a later one replaced, it is stale: dropped, with a warning.
+    from crossdistill.config import CompressConfig, ConfigWarning
+
+    with pytest.warns(ConfigWarning, match=r"objective.beta=0.2 is not a setting of the selected objective mixed"):
+        resolved = CompressConfig.from_layers([{"objective": "soft", "objective.beta": 0.2}, {"objective": "mixed"}])
+    assert resolved.objective.name == "mixed"

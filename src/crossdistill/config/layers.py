@@ -71,8 +71,9 @@ class Layers:
 
     def add_section(self, index: int, section: str, value: Any) -> None:
         if isinstance(value, str):
-            if self.names.get(section, (0, None))[1] != value:
-                self.nested[section] = {}  # settings given for another plug-in do not carry over
+            # Dotted settings given before stay: pick_section keeps those the chosen plug-in
+            # declares (a grid's objective.beta beside a run's `objective: soft`) and drops, with
+            # a warning, those of another plug-in that a later layer switched away from.
             self.names[section] = (index, value)
         elif isinstance(value, Mapping):
             unknown = sorted(set(value) - {"name", "params"})
@@ -91,8 +92,19 @@ class Layers:
 
 
 def pick_section(layers: Layers, section: str, selected: Mapping[str, type | None], strict: bool) -> dict[str, Any]:
-    """The settings for one section: nested ones and the flat keys its plug-in declares."""
-    chosen = {k: v for k, v in layers.nested[section].items()}
+    """The settings for one section: nested ones and the flat keys its plug-in declares. A nested
+    setting its plug-in does not declare, given in a layer before the one that chose the plug-in,
+    was meant for the plug-in it replaced: dropped with a warning (later ones are refused)."""
+    cls = selected.get(section)
+    declared = {p.name for p in declared_params(cls)} if cls is not None else set()
+    chosen_at, name = layers.names.get(section, (-1, ""))
+    chosen: dict[str, tuple[int, Any]] = {}
+    for key, (index, value) in layers.nested[section].items():
+        if cls is not None and key not in declared and index < chosen_at:
+            warnings.warn(f"{section}.{key}={value} is not a setting of the selected {section} {name}: ignored",
+                          ConfigWarning, stacklevel=4)
+            continue
+        chosen[key] = (index, value)
     for key, (index, value) in layers.flat.items():
         found = owners(key, selected)
         if found == [section] and (key not in chosen or chosen[key][0] <= index):
