@@ -171,3 +171,13 @@ def test_runs_with_n_samples_get_their_own_axis(tmp_path):
     g = next(g for g in groups if g.x_field == "n_samples")
     assert g.x_values == [20, 50] and "| method | N=20 | N=50 |" in accuracy_table(g)
     assert accuracy_vs_shots(g).axes[0].get_xlabel() == "N (training images)"
+
+
+def test_the_run_summary_names_k_only_when_the_draw_had_one():
+    from crossdistill.run_outputs import format_summary
+
+    base = {"model": "m", "method": "channels(keep=0.5)", "objective": "soft", "solver": "closed-form",
+            "n_samples": 64, "seed": 0, "sampler": "random", "compress_seconds": 1.0}
+    assert "few-shot: 50 images (K=5, seed 0, random)" in format_summary({**base, "n_samples": 50, "shots": 5})
+    # --n-samples N draws without classes: "K=None" read as a bug.
+    assert "few-shot: 64 images (seed 0, random)" in format_summary({**base, "shots": None})

@@ -28,9 +28,10 @@ def versions() -> dict[str, str]:
 
 def format_summary(report: dict[str, Any]) -> str:
     """A before ⇒ after table a person can read."""
+    k = f"K={report['shots']}, " if report.get("shots") is not None else ""  # none with --n-samples
     lines = [
         f"{report['model']}  {report['method']}  {report['objective']}  {report['solver']}",
-        f"few-shot: {report['n_samples']} images (K={report['shots']}, seed {report['seed']}, {report['sampler']}); "
+        f"few-shot: {report['n_samples']} images ({k}seed {report['seed']}, {report['sampler']}); "
         f"compression took {report['compress_seconds']:.1f} s",
     ]
     if "teacher" in report:
