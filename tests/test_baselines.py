@@ -303,3 +303,12 @@ def test_compress_with_a_baseline_flag_runs_that_baseline(tiny_data, tmp_path, c
     assert main(["compress", *tiny_data, "--baseline", "thinet", "--selection", "obs",
                  "--out", str(tmp_path / "x")]) == 2
     assert "fixes --selection" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_fitnet_augment_is_a_switch():
+    # It took a value (--fitnet-augment FITNET_AUGMENT) where every other on/off setting is a switch.
+    from crossdistill.cli.main import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["baseline", "fitnet", "--no-fitnet-augment", "--out", "o"]).fitnet_augment is False
+    assert parse(["baseline", "fitnet", "--out", "o"]).fitnet_augment is None  # the declared default then

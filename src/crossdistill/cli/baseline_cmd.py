@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_options(p)
     g = p.add_argument_group("fitnet hint training")
     for q in FitnetSettings.params():
-        g.add_argument(q.flag, dest=q.name, choices=q.choices(), help=f"{q.help} (default {q.default})")
+        if "bool" in q.types:  # --fitnet-augment / --no-fitnet-augment, as compress's switches
+            g.add_argument(q.flag, dest=q.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{q.help} (default {'on' if q.default else 'off'})")
+        else:
+            g.add_argument(q.flag, dest=q.name, choices=q.choices(), help=f"{q.help} (default {q.default})")
     add_run_options(p)
     p.set_defaults(func=run)
 
