@@ -57,6 +57,14 @@ def _compress(tmp_path: Path, out: Path, n_test: int = 1000) -> list[str]:
             "--quiet", "--out", out]
 
 
+def _wait_for_claim(proc: subprocess.Popen, out: Path) -> None:
+    """Until the run's temporary folder beside `out` exists (it still running then)."""
+    deadline = time.monotonic() + 300
+    while not list(out.parent.glob(f".{out.name}.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its temporary folder appeared"
+
+
 def _hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
@@ -84,11 +92,8 @@ def test_a_run_killed_during_its_work_is_cleaned_up_by_the_next(tmp_path):
     out = tmp_path / "runs" / "x"
     argv = _compress(tmp_path, out)
     proc = _start(argv, tmp_path)
-    deadline = time.monotonic() + 300
     # The temporary folder exists from the claim on (the old code made it only after the work).
-    while not list(out.parent.glob(".x.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before its temporary folder appeared"
+    _wait_for_claim(proc, out)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list(out.parent.glob(".x.tmp-*")) and not out.exists()
@@ -210,10 +215,7 @@ def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path):
     out = tmp_path / "runs" / "x"
     argv = _compress(tmp_path, out)
     proc = _start(argv, tmp_path)
-    deadline = time.monotonic() + 300
-    while not list(out.parent.glob(".x.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before its temporary folder appeared"
+    _wait_for_claim(proc, out)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     assert proc.returncode == 143 and not out.exists()
