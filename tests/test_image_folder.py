@@ -295,10 +295,11 @@ def test_a_runs_config_reruns_from_another_directory(tmp_path, monkeypatch, caps
     """))
     write_folder(work / "imgs", {"a": 3, "b": 3}, size=(8, 8))
     monkeypatch.chdir(work)
-    assert main(["compress", "--model", "net.py:make", "--data", "imgs", "--shots", "2", "--quiet",
-                 "--out", "run"]) == 0
+    assert main(["compress", "--model", "net.py:make", "--data", "imgs", "--eval-data", "imgs[2:6]", "--shots", "2",
+                 "--quiet", "--out", "run"]) == 0
     saved = yaml.safe_load((work / "run" / "config.yaml").read_text())
     assert saved["model"] == f"{work / 'net.py'}:make" and saved["data"] == str(work / "imgs")
+    assert saved["eval_data"] == f"{work / 'imgs'}[2:6]"  # a slice of a data set keeps its slice
     monkeypatch.chdir(tmp_path)
     assert main(["compress", "--config", str(work / "run" / "config.yaml"), "--quiet", "--out", "again"]) == 0
     first, again = (yaml.safe_load((d / "config.yaml").read_text()) for d in (work / "run", tmp_path / "again"))

@@ -60,10 +60,17 @@ def portable_config(config: dict[str, Any]) -> dict[str, Any]:
     """`config` with the paths it names that exist from here made absolute: the run folder's
     config.yaml then reruns from any directory (`--config run/config.yaml`), as its saved student
     already records its factory's absolute path. Data-set names and missing paths stay as given."""
+    from crossdistill.data.slices import split_slice
+
     out = dict(config)
     for key in PATH_KEYS:
-        if isinstance(out.get(key), str) and Path(out[key]).exists():
-            out[key] = str(Path(out[key]).resolve())
+        value = out.get(key)
+        if not isinstance(value, str):
+            continue
+        sliced = split_slice(value) if key in ("data", "eval_data") else None
+        base = sliced[0] if sliced else value  # `train.npz[49000:]`: the file is the path
+        if Path(base).exists():
+            out[key] = str(Path(base).resolve()) + value[len(base):]
     model = out.get("model")
     if isinstance(model, str) and ":" in model:
         file, _, factory = model.rpartition(":")
