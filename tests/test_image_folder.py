@@ -325,3 +325,29 @@ def test_grayscale_images_for_an_rgb_model_are_told_to_convert(tmp_path, capsys)
     assert "its first conv takes 3 channels and the inputs have 1: give inputs of 3 channels" in capsys.readouterr().err
     assert main([*run, "--input-size", "3", "8", "8", "--out", str(tmp_path / "r2")]) == 2
     assert "expects (8, 8, 3): convert the images to 3 channels" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_test_folder_missing_a_class_for_a_model_without_class_names(tmp_path, capsys):
+    import textwrap
+
+    import torch
+
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def make():
+            return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(6, 3))
+    """))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("net", tmp_path / "net.py")
+    net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(net)
+    torch.save(net.make().state_dict(), tmp_path / "w.pt")
+    write_folder(tmp_path / "te", {"b": 2, "c": 2}, size=(8, 8))
+    run = ["evaluate", "--model", f"{tmp_path / 'net.py'}:make", "--weights", str(tmp_path / "w.pt"), "--no-latency"]
+    assert main([*run, "--eval-data", str(tmp_path / "te")]) == 2
+    assert "2 classes (b, c) for a model that predicts 3" in capsys.readouterr().err
+    (tmp_path / "te" / "a").mkdir()
+    assert main([*run, "--eval-data", str(tmp_path / "te")]) == 0

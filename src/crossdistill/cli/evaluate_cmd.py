@@ -107,7 +107,7 @@ def _with_normalisation(info: Any, mean: Sequence[float] | None, std: Sequence[f
 def run(args: argparse.Namespace) -> int:
     from crossdistill.checks import check_data_fits_model
     from crossdistill.data import load_image_data
-    from crossdistill.data.align import align_classes
+    from crossdistill.data.align import align_classes, check_named_classes
     from crossdistill.evaluation import evaluate_for
     from crossdistill.models import load_model, load_weights
     from crossdistill.models.user import build_user_model, infer_info, info_of, is_factory_spec
@@ -138,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
         data = align_classes(load_image_data(args.eval_data, "test"), getattr(model, "crossdistill_class_names", None))
     name = info.name
     spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}
+    if info.kind in ("classes", "binary"):
+        # A model with no class names of its own numbers a folder's classes by sorted name: one
+        # missing folder would shift every label after it.
+        check_named_classes(data.class_names, int(spec.get("num_classes", info.num_classes)), str(args.eval_data))
     check_data_fits_model(data, info, num_classes=spec.get("num_classes", info.num_classes), role=str(args.eval_data),
                           scored=True, instead="crossdistill evaluate scores classifiers only")
     result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,
