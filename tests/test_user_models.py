@@ -413,3 +413,41 @@ def test_a_student_compressed_from_tensors_is_evaluated_with_the_normalisation_g
     with pytest.raises(CrossDistillError, match="leave --eval-data out"):
         export(str(path), "onnx", tmp_path / "s.onnx", eval_data=str(test))
     assert export(str(path), "onnx", tmp_path / "s.onnx").max_abs_diff <= 1e-4
+
+
+class BatchBranch(nn.Module):
+    """Skips a BatchNorm on batches of 4 or fewer: traced on 1-2 samples, its BN is never seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.fc = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c1(x)
+        if x.shape[0] > 4:
+            x = self.b1(x)
+        return self.fc(torch.relu(self.c2(torch.relu(x))).mean((2, 3)))
+
+
+def test_a_forward_that_branches_on_the_batch_size_is_caught_not_shipped_broken():
+    # The student came back slimmed from the small-batch graph and failed on any batch over 4.
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, 16, 16)
+    with pytest.raises(CrossDistillError, match=r"fails on a batch of 8 .*running_mean.*branch on x.shape\[0\]"):
+        crossdistill.compress(BatchBranch().eval(), x, n_samples=3, keep=0.5, show_progress=False)
+    student, _ = crossdistill.compress(BatchBranch().eval(), x, n_samples=3, method="sparsity", sparsity=0.5,
+                                       show_progress=False)
+    assert student(x[:8]).shape == (8, 4)
+
+
+def test_frozen_parameters_stay_frozen_in_a_slimmed_student():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                            nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    teacher[0].weight.requires_grad_(False)
+    teacher[1].weight.requires_grad_(False)
+    student, _ = crossdistill.compress(teacher, torch.randn(20, 3, 8, 8), n_samples=10, keep=0.5, show_progress=False)
+    assert student[0].out_channels == 4  # slimmed: its parameters are new tensors
+    assert not student[0].weight.requires_grad and not student[1].weight.requires_grad
+    assert student[0].bias.requires_grad and student[3].weight.requires_grad

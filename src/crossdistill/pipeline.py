@@ -36,6 +36,7 @@ from crossdistill.models.registry import ModelInfo
 # Split off by job (run_setup: what a run is built from; run_outputs: what it writes). Their
 # names stay importable from here, where `run` and the CLI look them up: replacing one here (as
 # tests do with write_run) still takes effect.
+from crossdistill.train_flags import eval_mode
 from crossdistill.run_types import CompressionResult, FewShot  # noqa: F401 - re-exported
 from crossdistill.run_outputs import format_summary, versions, write_run  # noqa: F401 - re-exported
 from crossdistill.run_setup import (  # noqa: F401 - re-exported
@@ -160,6 +161,8 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         records += stage_records
         if k + 1 < len(stages):
             stage_teacher = copy.deepcopy(student).eval()
+    _keep_frozen(teacher, student)
+    _check_runs_batched(student, images, cfg.batch_size)
     eval_only = _training_only_layers_broken(teacher, student, images[:2], ran)
     finetuned = None
     if finetune_active(cfg.finetune):
@@ -195,6 +198,37 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         finetune=finetuned,
         summary=method.summary(student),
     )
+
+
+def _keep_frozen(teacher: nn.Module, student: nn.Module) -> None:
+    """Parameters the user froze stay frozen: slimming replaces a layer's parameters by new ones,
+    which would otherwise train in a later fine-tune or training run."""
+    frozen = {name for name, p in teacher.named_parameters() if not p.requires_grad}
+    for name, p in student.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
+
+
+# The least batch the finished student is run on: the graph was traced on 1-2 samples.
+CHECK_BATCH = 8
+
+
+def _check_runs_batched(student: nn.Module, images: torch.Tensor, batch_size: int) -> None:
+    """Run the student once on a batch as large as the capture's (at least CHECK_BATCH, the few
+    images repeated): a forward that branches on the batch size runs layers the trace on 1-2
+    samples never saw, and a student slimmed from that trace would fail on real batches."""
+    n = max(min(len(images), int(batch_size)), CHECK_BATCH)
+    batch = images.repeat((-(-n // len(images)),) + (1,) * (images.dim() - 1))[:n]
+    try:
+        with torch.no_grad(), eval_mode(student):
+            student(batch)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the one explained below
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CrossDistillError(
+            f"the compressed model fails on a batch of {n} ({type(exc).__name__}: {first[:200]}): its forward takes "
+            "another path at this batch size than on the 1-2 samples its layers were traced with (a branch on "
+            "x.shape[0]?), so its channel groups were found on the wrong graph; remove that branch, or use "
+            "sparsity, quantization or low rank, which keep every shape") from None
 
 
 def _training_only_layers_broken(teacher: nn.Module, student: nn.Module, example: torch.Tensor,
