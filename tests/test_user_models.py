@@ -451,3 +451,43 @@ def test_frozen_parameters_stay_frozen_in_a_slimmed_student():
     assert student[0].out_channels == 4  # slimmed: its parameters are new tensors
     assert not student[0].weight.requires_grad and not student[1].weight.requires_grad
     assert student[0].bias.requires_grad and student[3].weight.requires_grad
+
+
+def test_the_api_refuses_what_it_would_otherwise_drop_and_gives_the_model_back_as_it_was():
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 3, 8, 8), torch.arange(24) % 3
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 3)
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            self.calls += 1  # the caller's own state: compressing must not change it
+            return self.fc(torch.relu(self.c2(torch.relu(self.c1(t)))).mean((2, 3)))
+
+    model = Counting().eval()
+    with pytest.raises(CrossDistillError, match="labels given twice"):
+        crossdistill.compress(model, (x, y), labels=y, shots=2, show_progress=False)
+    with pytest.raises(CrossDistillError, match=r"give shots \(K=2 per class\) or n_samples \(N=5 in all\), not both"):
+        crossdistill.compress(model, x, labels=y, shots=2, n_samples=5, show_progress=False)
+    with pytest.raises(CrossDistillError, match="seed must be an integer >= 0, got -1"):
+        crossdistill.compress(model, x, labels=y, shots=2, seed=-1, show_progress=False)
+    student, report = crossdistill.compress(model, (x, y), keep=0.5, eval_data=(x, y), show_progress=False)
+    assert int(model.calls) == 0 and int(student.calls) > 0
+    assert report["shots"] is None and report["n_samples"] == 24  # every image: no K, but the key is there
+
+
+def test_an_empty_eval_set_and_a_lone_image_are_named_as_such():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3)).eval()
+    x = torch.randn(12, 3, 8, 8)
+    with pytest.raises(CrossDistillError, match="eval_data holds no samples"):  # it spoke of labels marked 255
+        crossdistill.compress(model, x, n_samples=6, eval_data=x[:0], show_progress=False)
+    # One image (3, 8, 8) reads as 3 samples of (8, 8): the message said to give 3 channels.
+    with pytest.raises(CrossDistillError, match=r"first conv takes samples of 3 dimensions, these are \(8, 8\): give a "
+                                                r"batch \(N, C, H, W\)"):
+        crossdistill.compress(model, x[0], n_samples=1, show_progress=False)

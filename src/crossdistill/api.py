@@ -28,10 +28,10 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.model_inputs import check_token_ids, dtype_name
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 from crossdistill.models.user import check_registered_outputs, infer_info
-from crossdistill.train_flags import eval_mode
+from crossdistill.train_flags import buffers_kept, eval_mode
 
 
-def _tensors_from(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torch.Tensor | None]:
     """(images, labels or None) from a tensor, a (images, labels) pair, a Dataset or a DataLoader."""
     if isinstance(data, torch.Tensor):
         return data, None
@@ -47,7 +47,8 @@ def _tensors_from(data: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     is_dataset = isinstance(data, torch.utils.data.Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__"))
     if isinstance(data, torch.utils.data.DataLoader) or is_dataset or isinstance(data, Iterable):
         xs, ys = [], []
-        if isinstance(data, torch.utils.data.DataLoader) and isinstance(data.sampler, torch.utils.data.RandomSampler):
+        if role == "training" and isinstance(data, torch.utils.data.DataLoader) and \
+                isinstance(data.sampler, torch.utils.data.RandomSampler):
             # Each pass is another order: the draw (and fewshot_indices) cannot be repeated.
             warnings.warn("the DataLoader shuffles: every call draws other samples whatever the seed, and the "
                           "report's fewshot_indices refer to this call's order; pass shuffle=False", stacklevel=3)
@@ -115,7 +116,7 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
     labels are renumbered to the training data's `classes`)."""
     if isinstance(data, (str, Path)):
         return _from_path(data, role, mean, std, classes)
-    x, y = _tensors_from(data)
+    x, y = _tensors_from(data, role)
     if x.dim() >= 2 and not x.is_floating_point() and x.dtype not in (torch.uint8, torch.bool) \
             and not x.is_complex():
         # Token ids (a text model's input): the model's embedding turns them into the float
@@ -168,6 +169,8 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
     if eval_data is None:
         return None
     tx, ty, _ = _images(eval_data, "test", mean, std, class_names)
+    if len(tx) == 0:
+        raise CrossDistillError("eval_data holds no samples: give some, or leave eval_data out")
     if tuple(tx.shape[1:]) != tuple(images.shape[1:]) or tx.is_floating_point() != images.is_floating_point():
         raise CrossDistillError(f"eval_data samples have shape {tuple(tx.shape[1:])} {tx.dtype}, the training "
                                 f"data's {tuple(images.shape[1:])} {images.dtype}" +
@@ -245,12 +248,22 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     """Compress a copy of `model` (left unchanged) by layer-wise cross distillation on `data`;
     returns the student and a report (settings, per-layer losses, what was pruned or left whole
     and why, and, with `eval_data`, teacher and student top-1 on it)."""
+    if not isinstance(model, nn.Module):
+        raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    # Every forward below runs the caller's model: a buffer its forward updates gets its value back.
+    with buffers_kept(model):
+        return _compress(model, data, labels=labels, eval_data=eval_data, shots=shots, n_samples=n_samples,
+                         seed=seed, mean=mean, std=std, name=name, show_progress=show_progress, **settings)
+
+
+def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tensor | None, eval_data: Any,
+              shots: int | None, n_samples: int | None, seed: int, mean: Sequence[float] | None,
+              std: Sequence[float] | None, name: str | None, show_progress: bool,
+              **settings: Any) -> tuple[nn.Module, dict[str, Any]]:
     from crossdistill.config import CompressConfig
     from crossdistill.pipeline import FewShot
     from crossdistill.pipeline import compress as run_compress
 
-    if not isinstance(model, nn.Module):
-        raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     model, factory = unwrapped(model)
     chosen = name or getattr(model, "crossdistill_name", None)
     name = chosen or factory or _class_name(model)
@@ -265,8 +278,15 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     if registered is not None:  # pixels read from files are normalised as the registered model was trained
         mean = registered.mean if mean is None else mean
         std = registered.std if std is None else std
+    if shots is not None and n_samples is not None:
+        raise CrossDistillError(f"give shots (K={shots} per class) or n_samples (N={n_samples} in all), not both")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise CrossDistillError(f"seed must be an integer >= 0, got {seed!r}")  # checked before the draw uses it
     images, found_labels, class_names = _images(data, "training", mean, std)
     if labels is not None:
+        if found_labels is not None:
+            raise CrossDistillError("labels given twice, in the data (its (input, label) pairs) and as labels=: "
+                                    "give them once")
         found_labels = _label_tensor(labels)
     if not images.is_floating_point():
         check_token_ids(model, images, "training")
@@ -333,7 +353,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
         student.crossdistill_factory = factory
     report: dict[str, Any] = {
         "model": name, "method": result.method, "objective": result.objective, "solver": result.solver,
-        **draw, "seed": seed, "n_samples": int(len(idx)), "fewshot_indices": idx.tolist(),
+        "shots": shots, **draw, "seed": seed, "n_samples": int(len(idx)), "fewshot_indices": idx.tolist(),
         **({"fewshot_class_counts": class_counts} if class_counts is not None else {}),
         "compress_seconds": time.perf_counter() - start,
         "layers": [{"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,

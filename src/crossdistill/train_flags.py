@@ -17,3 +17,20 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextlib.contextmanager
+def buffers_kept(model: nn.Module) -> Iterator[None]:
+    """The model's buffers as they were, after a block that runs its forward many times: a
+    forward that updates a buffer of its own (a call counter, a running statistic outside
+    BatchNorm) would otherwise leave the caller's model changed by compressing it."""
+    import torch
+
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                if b.shape == value.shape:
+                    b.copy_(value)

@@ -83,6 +83,12 @@ def build_user_model(spec: str) -> nn.Module:
     return model
 
 
+def _first_conv_dims(model: nn.Module) -> int | None:
+    """How many dimensions one sample of the model's first conv has: (C, L), (C, H, W), ..."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    return None if first is None else len(first.kernel_size) + 1
+
+
 def _first_conv_channels(model: nn.Module) -> int | None:
     """The input channels of the model's first conv in module order (None without one)."""
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
@@ -114,6 +120,10 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
             # A forward(ids, mask): the one tensor it was given is not all it takes.
             hint = ("; its forward takes several inputs: stack them into one tensor and wrap the model, "
                     "crossdistill.StackedInputs(model) (docs/any_model.md, 'Models with several inputs')")
+        elif input_dtype == FLOAT and _first_conv_dims(model) not in (None, len(size)):
+            # (3, 16, 16) given for one image reads as 3 samples of (16, 16).
+            hint = (f"; its first conv takes samples of {_first_conv_dims(model)} dimensions, these are {size}: give a "
+                    "batch (N, C, H, W) for images, one image x as x.unsqueeze(0)")
         elif input_dtype == FLOAT and _first_conv_channels(model) not in (None, c):
             k = _first_conv_channels(model)
             hint = (f"; its first conv takes {k} channels and the inputs have {c}: give inputs of {k} channels "
