@@ -3,6 +3,7 @@ command line, saving and loading without the registry, and clear errors before a
 from __future__ import annotations
 
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -491,3 +492,33 @@ def test_an_empty_eval_set_and_a_lone_image_are_named_as_such():
     with pytest.raises(CrossDistillError, match=r"first conv takes samples of 3 dimensions, these are \(8, 8\): give a "
                                                 r"batch \(N, C, H, W\)"):
         crossdistill.compress(model, x[0], n_samples=1, show_progress=False)
+
+
+def test_a_loaded_student_is_an_instance_of_the_callers_own_class(tmp_path, monkeypatch):
+    # The file was imported a second time under a name of crossdistill's: the loaded student's
+    # class was a twin, and isinstance(loaded, mymodels.Net) was False.
+    import importlib
+    import textwrap
+
+    (tmp_path / "mymodels_probe.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        class Net(nn.Sequential):
+            def __init__(self):
+                super().__init__(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+        def make():
+            return Net()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mymodels = importlib.import_module("mymodels_probe")
+    try:
+        torch.manual_seed(0)
+        student, _ = crossdistill.compress(mymodels.make().eval(), torch.randn(12, 3, 8, 8), n_samples=6, keep=0.5,
+                                           show_progress=False)
+        student.crossdistill_factory = f"{tmp_path / 'mymodels_probe.py'}:make"
+        loaded = crossdistill.load(crossdistill.save(student, tmp_path / "s.safetensors"))
+        assert isinstance(loaded, mymodels.Net) and loaded[0].out_channels == 4
+    finally:
+        sys.modules.pop("mymodels_probe", None)

@@ -8,7 +8,7 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -41,7 +41,9 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
         if not path.is_file():
             raise CrossDistillError(f"model {spec!r}: no such file {path}")
         module_name = "crossdistill_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-        module = sys.modules.get(module_name)
+        # The file imported already under its own name (`import mymodels` in the caller's script):
+        # that module, so a loaded student is an instance of the caller's class, not of a twin.
+        module = sys.modules.get(module_name) or _imported_from(path.resolve())
         if module is None:
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             if loader_spec is None or loader_spec.loader is None:
@@ -65,6 +67,18 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     if not callable(fn):
         raise CrossDistillError(f"model {spec!r}: {target} has no function {fn_name!r}")
     return fn
+
+
+def _imported_from(path: Path) -> Any:
+    """A module already in sys.modules whose file is `path`, or None."""
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        try:
+            if file and Path(file).resolve() == path:
+                return module
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def absolute_factory(spec: str) -> str:
