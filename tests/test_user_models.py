@@ -522,3 +522,13 @@ def test_a_loaded_student_is_an_instance_of_the_callers_own_class(tmp_path, monk
         assert isinstance(loaded, mymodels.Net) and loaded[0].out_channels == 4
     finally:
         sys.modules.pop("mymodels_probe", None)
+
+
+def test_a_dataloader_that_drops_its_last_batch_says_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3)).eval()
+    loader = DataLoader(TensorDataset(torch.randn(20, 3, 8, 8), torch.arange(20) % 3), batch_size=8, drop_last=True)
+    with pytest.warns(UserWarning, match=r"drops its last 4 training samples \(drop_last=True\)"):
+        _, report = crossdistill.compress(model, loader, method="quant", bits=8, show_progress=False)
+    assert report["n_samples"] == 16
