@@ -37,7 +37,8 @@ def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torc
         return data, None
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (torch.Tensor, np.ndarray)):
         return torch.as_tensor(data[0]), _label_tensor(data[1])
-    # (A list of tensors stays a list of samples: one sample per item.)
+    # A dict of tensors is a model's several inputs, not samples (a list of tensors stays a list
+    # of samples, one per item: the two cannot be told apart there).
     if isinstance(data, dict) and data and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in data.values()):
         raise CrossDistillError(
             f"data given as a dict of tensors (keys {sorted(data)}): data is one batch of inputs, or an "
