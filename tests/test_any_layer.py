@@ -643,3 +643,43 @@ def test_every_conv_that_reads_the_input_is_a_first_conv(method, settings, first
     for n in ("b5", "b1"):
         assert entries[n]["reason"] == f"a first conv: it reads the model's input too ({first}=False)"
     assert entries["mix"]["status"] in ("pruned", "factorised")
+
+
+def test_the_output_conv_of_a_dense_model_is_kept_like_a_classifier_and_only_stems_are_first_convs():
+    import crossdistill
+
+    class Seg(nn.Module):
+        """Ends in a 1x1 conv of per-pixel logits: its output layer is a conv, not a Linear."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.c2(torch.relu(self.c1(x)))))
+
+    class Video(nn.Module):
+        """A Conv3d reads the input; the Conv2d after it is no stem."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.c3d = nn.Conv3d(3, 8, (2, 3, 3), padding=(0, 1, 1))
+            self.c2, self.fc = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.c2(self.c3d(x)[:, :, 0])).mean((2, 3)))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, seg = crossdistill.compress(Seg().eval(), torch.randn(12, 3, 8, 8), n_samples=6, method="sparsity",
+                                       sparsity=0.5, show_progress=False)
+        _, video = crossdistill.compress(Video().eval(), torch.randn(12, 3, 2, 8, 8), n_samples=6, method="sparsity",
+                                         sparsity=0.5, show_progress=False)
+    seg_rows = {row["name"]: row for row in seg["sparsity"]["layers"]}
+    # The head was sparsified: only "the last Linear" was kept, and this model has none.
+    assert seg_rows["head"]["reason"] == "the last layer, the output head (prune_last=False)"
+    assert seg_rows["c2"]["status"] != "skipped" and seg_rows["c1"]["reason"] == "the first conv (prune_first=False)"
+    video_rows = {row["name"]: row for row in video["sparsity"]["layers"]}
+    # c2 was called "the first conv" (the first Conv2d anywhere) and kept dense.
+    assert video_rows["c2"]["status"] != "skipped" and "Conv3d" in video_rows["c3d"]["reason"]

@@ -95,11 +95,18 @@ def bare_weights(model: nn.Module) -> list[tuple[str, str]]:
     return out
 
 
+def rank_of_last(order: Sequence[str], names: Sequence[str]) -> str:
+    """Of `names`, the one the forward runs last."""
+    rank = {n: i for i, n in enumerate(order)}
+    return max(names, key=lambda n: rank.get(n, -1))
+
+
 def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_setting: str, last_setting: str,
            order: Sequence[str] | None = None, input_readers: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear of `model` (and every attention's q/k/v projection) in module order,
-    planned unless unsupported, unless it is the first Conv2d (kept unless `first`) or the last
-    Linear (the classifier, kept unless `last`). First and last are by `order`, the order a
+    planned unless unsupported, unless it is a first conv (one that reads the model's input; kept
+    unless `first`) or the last layer (the classifier, or the output conv of a model whose forward
+    ends in one; kept unless `last`). First and last are by `order`, the order a
     forward pass runs the layers, when given (a classifier defined before other linears, or an
     auxiliary head defined after it, is still found); else by module order, which is the
     forward order of the registered models."""
@@ -130,13 +137,20 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         convs = sorted((n for n in convs if n in rank), key=rank.__getitem__)
         linears = sorted((n for n in linears if n in rank), key=rank.__getitem__)
     if not first and convs:
-        stems = [n for n in (input_readers or ()) if n in convs] or convs[:1]
+        # Every conv that reads the raw input is a first conv (parallel stem branches). Where the
+        # forward was traced and no conv reads the input (an embedding, a Linear or a Conv3d does),
+        # there is none: the first Conv2d deep inside is not a stem.
+        stems = [n for n in input_readers if n in convs] if input_readers is not None else convs[:1]
         for n in stems:
-            # Every conv that reads the raw input is a first conv (parallel stem branches).
             cov.skip(n, f"the first conv ({first_setting}=False)" if n == stems[0] else
                      f"a first conv: it reads the model's input too ({first_setting}=False)")
-    if not last and linears:
-        cov.skip(linears[-1], f"the last linear, the classifier ({last_setting}=False)")
+    if not last and (convs or linears):
+        if order is not None and rank_of_last(order, convs + linears) not in linears:
+            # The forward's last layer is a conv (a segmentation or detection head, a decoder's
+            # output): it is the model's output layer, as the classifier is a classifier's.
+            cov.skip(rank_of_last(order, convs), f"the last layer, the output head ({last_setting}=False)")
+        elif linears:
+            cov.skip(linears[-1], f"the last linear, the classifier ({last_setting}=False)")
     # After first/last: a tied output layer is still the model's last linear, not the one before it.
     for name, reason in tied_weights(model.named_modules()).items():
         if name in cov.entries:
