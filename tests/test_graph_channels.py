@@ -659,3 +659,30 @@ def test_a_layer_scale_on_a_channels_last_tensor_is_named_as_such():
     assert "a vector over the last dimension of a channels-last tensor (..., C), such as a layer scale" in \
         by_producer(groups, "p2").reason
     assert by_producer(groups, "p1").prunable  # the MLP's hidden units stay prunable
+
+
+@pytest.mark.parametrize("gate", [lambda g: g[:, :, None, None], lambda g: g.unsqueeze(-1).unsqueeze(-1),
+                                  lambda g: g.view(g.shape[0], g.shape[1], 1, 1)])
+def test_an_se_gate_prunes_alike_however_its_unit_dims_are_added(gate):
+    # g[:, :, None, None] went through a 3-d (N, C, 1) tensor whose channel axis was not known,
+    # and the group was left whole ("reshapes the channel dimension (1, 8, 1) -> (1, 8, 1, 1)").
+    class SE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.f1, self.f2, self.c3 = nn.Linear(8, 4), nn.Linear(4, 8), nn.Conv2d(8, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.c2(torch.relu(self.c1(x))))
+            g = torch.sigmoid(self.f2(torch.relu(self.f1(h.mean((2, 3))))))
+            return self.c3(h * gate(g)).mean((2, 3))
+
+    torch.manual_seed(0)
+    model, x = randomised(SE()), torch.randn(2, 3, 8, 8)
+    group = by_producer(channel_groups(model, x), "c2")
+    assert group.prunable, group.reason
+    assert {p.name for p in group.producers} == {"c2", "f2"}
+    kept = {group.id: [0, 2, 4, 6]}
+    with torch.no_grad():
+        assert torch.allclose(slim_groups(copy.deepcopy(model), x, kept)(x), mask_groups(model, [group], kept)(x),
+                              atol=1e-5)

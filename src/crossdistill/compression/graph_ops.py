@@ -189,6 +189,11 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
         return _OpMaps()
     if base in RESHAPE or base == "Select":
         s = ins[0][1]
+        if base != "Select" and [d for d in s if d != 1] == [d for d in out if d != 1]:
+            # Only unit dimensions added or removed (an SE gate's g[:, :, None, None], a flatten
+            # of N x C x 1 x 1): every element keeps its order, whatever the layout of the 3-d
+            # tensor in between (the slim-vs-masked check would catch a map gone wrong).
+            return _OpMaps()
         ain, aout = _axis(len(s), axis3d), _axis(len(out), axis3d)
         if ain is None or aout is None:
             return unsupported
