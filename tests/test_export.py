@@ -283,3 +283,15 @@ def test_a_model_the_exporter_cannot_free_exports_with_its_size_fixed(tmp_path, 
     assert "Torch IR graph" not in out + err and "graph(%input" not in out + err
     print("still printed")  # stdout is back after the export
     assert capfd.readouterr().out == "still printed\n"
+
+
+def test_an_uneven_same_padding_with_dilation_exports(tmp_path):
+    # kernel 4, dilation 3: 'same' pads 4 before and 5 after, which ONNX writes as auto_pad, and
+    # onnxruntime refuses auto_pad with dilation: the teacher and every student failed to export.
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, padding="same", dilation=3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 2, padding="same"),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
+    res = export_model(model, tmp_path / "m.onnx", "onnx", torch.randn(4, 3, 16, 16))
+    assert res.max_abs_diff <= 1e-5 and model[0].padding == "same"  # the user's model is left as it was

@@ -310,7 +310,24 @@ def _explicit_padding(model: nn.Module) -> nn.Module:
         (top, bottom), (left, right) = zero_padding(conv)
         if (top, left) == (bottom, right):
             conv.padding = (left,) if isinstance(conv, nn.Conv1d) else (top, left)
+        else:
+            # Uneven ('same' with an even effective kernel): an explicit pad before the conv.
+            conv.padding = (0,) if isinstance(conv, nn.Conv1d) else (0, 0)
+            pads = (left, right) if isinstance(conv, nn.Conv1d) else (left, right, top, bottom)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, _PaddedConv(conv, pads))
     return model
+
+
+class _PaddedConv(nn.Module):
+    """A conv after an explicit zero pad of its input: what an uneven padding='same' computes."""
+
+    def __init__(self, conv: nn.Module, pads: tuple[int, ...]) -> None:
+        super().__init__()
+        self.conv, self.pads = conv, pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.nn.functional.pad(x, self.pads))
 
 
 def _run_onnx(path: str, inputs: torch.Tensor) -> Any:
