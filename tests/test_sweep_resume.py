@@ -134,11 +134,17 @@ def test_a_stored_value_that_differs_from_todays_default_is_a_different_run(tmp_
     capsys.readouterr()
     db2 = tmp_path / "r2.sqlite"
     run_sweep(spec, db2, run_fn=stub())
-    rewrite_configs(db2, lambda c: c.update(batch_size=32))
+
+    def older(c: dict) -> None:
+        c.update(batch_size=32)
+        c["finetune"] = {**c["finetune"], "bn": "frozen"}  # no effect: the fine-tune is off
+
+    rewrite_configs(db2, older)
     assert main(["sweep", str(cfg), "--db", str(db2), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "2 to run" in out and "2 recorded runs are not runs of this sweep" in out
     assert "batch_size: recorded 32, now 64 (2 of 2 runs)" in out
+    assert "finetune.bn" not in out  # listed beside batch_size, though it identifies no run
 
 
 def test_unresolvable_stored_configs_count_as_not_done_with_one_warning(tmp_path, data):

@@ -56,6 +56,11 @@ def config_hash(config: Mapping[str, Any] | Any) -> str:
     Every field that has an effect counts (`config.run_identity`). Hash `CompressConfig(...).to_dict()` for a run to do, and
     `canonical_config(stored)` for a run read back from a database.
     """
+    return json_sha256(config_identity(config))
+
+
+def config_identity(config: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The settings that identify a run (what `config_hash` hashes): those with an effect."""
     # Duck-typed rather than an isinstance check: callers and older tests pass CompressConfig.
     from crossdistill.config import run_identity
     from crossdistill.config.sections import LOGIT_FINETUNE_BASELINES
@@ -67,7 +72,7 @@ def config_hash(config: Mapping[str, Any] | Any) -> str:
     # epochs when it is 0), so their fine-tune settings always have an effect and identify the run.
     if values.get("baseline") in LOGIT_FINETUNE_BASELINES and "finetune" in values:
         identity["finetune"] = values["finetune"]
-    return json_sha256(identity)
+    return identity
 
 
 def canonical_config(stored: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from crossdistill.errors import CrossDistillError
-from crossdistill.sweep.hashing import canonical_config, canonical_json, config_hash
+from crossdistill.sweep.hashing import canonical_config, canonical_json, config_hash, config_identity
 from crossdistill.sweep.store import SweepDB
 
 # Comparing each run to do with every unmatched row costs runs × rows dict comparisons; past this
@@ -96,6 +96,13 @@ def _leaves(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _identity(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    try:
+        return config_identity(config)
+    except Exception:  # noqa: BLE001 - an old row's shape: compared as stored
+        return config
+
+
 def explain_unmatched(todo: Sequence[Mapping[str, Any]], state: ResumeState, hashes: Sequence[str],
                       sweep: str | None = None, limit: int = 8) -> list[str]:
     """Why recorded runs were not recognised as runs to do: for each run to do (its `to_dict()`),
@@ -105,13 +112,15 @@ def explain_unmatched(todo: Sequence[Mapping[str, Any]], state: ResumeState, has
     """
     orphans = state.unmatched(hashes)
     same_sweep = [h for h in orphans if sweep is not None and state.sweeps.get(h) == sweep]
-    candidates = [{k: _fmt(v) for k, v in _leaves(state.configs[h]).items()} for h in (same_sweep or orphans)]
+    # Compared on what identifies a run: a setting without effect (the fine-tune's, when it is
+    # off) differs harmlessly and would only crowd the explanation.
+    candidates = [{k: _fmt(v) for k, v in _leaves(_identity(state.configs[h])).items()} for h in (same_sweep or orphans)]
     if not todo or not candidates:
         return []
     diffs: Counter = Counter()
     explained = todo[: max(1, _MAX_PAIRS // len(candidates))]
     for run in explained:
-        want = {k: _fmt(v) for k, v in _leaves(run).items()}
+        want = {k: _fmt(v) for k, v in _leaves(_identity(run)).items()}
 
         def differing(stored: Mapping[str, str]) -> list[str]:
             return [k for k in sorted(set(want) | set(stored)) if want.get(k, "absent") != stored.get(k, "absent")]
