@@ -295,3 +295,23 @@ def test_an_uneven_same_padding_with_dilation_exports(tmp_path):
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
     res = export_model(model, tmp_path / "m.onnx", "onnx", torch.randn(4, 3, 16, 16))
     assert res.max_abs_diff <= 1e-5 and model[0].padding == "same"  # the user's model is left as it was
+
+
+class FixedBatch(torch.nn.Module):
+    """Its ONNX graph holds the trace's batch size: a view to a size computed in Python."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).reshape(int(x.shape[0]), -1))
+
+
+def test_an_onnx_graph_that_holds_its_batch_size_is_named_as_such(tmp_path):
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    with pytest.raises(CrossDistillError, match=r"it runs on batches of 2, the size it was traced at, not on the 8 "
+                                                 r"verification inputs"):
+        export_model(FixedBatch().eval(), tmp_path / "m.onnx", "onnx", torch.randn(8, 3, 8, 8))
+    assert not (tmp_path / "m.onnx").exists()

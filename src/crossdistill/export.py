@@ -482,8 +482,18 @@ def _onnx_outputs(model: nn.Module, example: torch.Tensor, tmp: str, opset: int,
     try:
         return _run_onnx(tmp, inputs)
     except Exception as exc:  # onnxruntime's own error types: one message, nothing written
+        hint = ""
+        if len(inputs) != len(example):
+            try:
+                _run_onnx(tmp, example)
+                # It runs on the trace's batch only: the batch size went into the graph.
+                hint = (f"; it runs on batches of {len(example)}, the size it was traced at, not on the "
+                        f"{len(inputs)} verification inputs: the trace wrote the batch size into a shape of the "
+                        "graph as a constant (a view or unflatten whose sizes it fixed)")
+            except Exception:  # noqa: BLE001 - not that: the first error stands alone
+                pass
         raise CrossDistillError(f"the exported ONNX model does not run in onnxruntime "
-                                f"({type(exc).__name__}: {exc}); nothing was written") from None
+                                f"({type(exc).__name__}: {exc}){hint}; nothing was written") from None
 
 
 def allowed_difference(tolerance: float, largest_logit: float) -> float:
