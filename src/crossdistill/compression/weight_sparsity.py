@@ -93,7 +93,7 @@ class WeightSparsity(CompressionMethod):
     sparsity_pattern: str = param("layer", "the ratio per layer, or per output row", choices=PATTERNS)
     prune_first: bool = param(False, "prune the first conv too (the paper leaves it dense)")
     prune_last: bool = param(False, "prune the last layer too (the classifier, or the output conv of a model "
-                             "that ends in one)", show=False)
+                             "without Linear layers)", show=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
