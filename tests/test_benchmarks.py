@@ -159,3 +159,14 @@ def test_segmentation_prints_pixel_top1_and_miou_per_k(capsys, tmp_path, monkeyp
         assert len(cells) == 4 and 0 <= top <= 100 and 0 <= miou <= 100
         assert int(cells[2].replace(",", "")) > 0
     assert list((tmp_path / "cache" / "teachers").glob("unet_w4_*.pt"))
+
+
+def test_toy_wrappers_prints_a_row_per_model_and_seed(capsys):
+    assert load("toy_wrappers").main(["--seeds", "0"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "seed" not in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| StackedInputs text model, 300 test sentences, K=5",
+                                                  "| GroupNorm net, 32 test inputs, N=32"]
+    # Each row compares the re-solved student with pruning alone by the output error.
+    for row in rows:
+        ours, alone = (float(cell.split(" / ")[1]) for cell in row.rstrip(" |").split(" | ")[3:5])
+        assert ours < alone
