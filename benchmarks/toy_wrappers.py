@@ -1,6 +1,7 @@
-"""The toy figures docs/any_model.md quotes for two kinds of user model: a model of two inputs
-through `StackedInputs` (a masked-mean text model, trained here) and a GroupNorm net (random
-weights), each compressed at keep 0.5 and compared with pruning alone. The models are those of
+"""The toy figures docs/any_model.md quotes for kinds of user model: a text CNN and a one-block
+encoder on token ids, a model of two inputs through `StackedInputs` (a masked-mean text model;
+all three trained here on a keyword task) and a GroupNorm net (random weights), each compressed
+at keep 0.5 and compared with pruning alone. The models are those of tests/test_token_models.py,
 tests/test_stacked_inputs.py and tests/test_graph_pruning.py; the model seed varies. Prints a
 table; no pass/fail.
 
@@ -37,6 +38,24 @@ def stacked_rows(seed: int) -> tuple[str, ...]:
             *(f"{r['student']['top1']:.1f} / {r['agreement']['output_error']:.4f}" for r in runs.values()))
 
 
+def text_rows(seed: int) -> list[tuple[str, ...]]:
+    from test_token_models import TextCNN, TextEncoder, _sentences, _trained
+
+    out = []
+    for make in (TextCNN, TextEncoder):
+        torch.manual_seed(seed)
+        teacher = _trained(make())
+        train, labels = _sentences(200, 1)
+        test, test_labels = _sentences(200, 2)
+        runs = {solver: crossdistill.compress(teacher, train, labels=labels, shots=5, keep=0.5, solver=solver,
+                                              eval_data=(test, test_labels), show_progress=False)[1]
+                for solver in ("closed-form", "prune-only")}
+        out.append((f"{make.__name__} on token ids, 200 test sentences, K=5", f"{seed}",
+                    f"{runs['closed-form']['teacher']['top1']:.1f}",
+                    *(f"{r['student']['top1']:.1f} / {r['agreement']['output_error']:.4f}" for r in runs.values())))
+    return out
+
+
 def groupnorm_rows(seed: int) -> tuple[str, ...]:
     from test_graph_pruning import GroupNormNet
 
@@ -62,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # layers left whole are named in warnings
+        for seed in args.seeds:
+            for row in text_rows(seed):
+                print("| " + " | ".join(row) + " |")
         for rows in (stacked_rows, groupnorm_rows):
             for seed in args.seeds:
                 print("| " + " | ".join(rows(seed)) + " |")

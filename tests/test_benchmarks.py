@@ -164,7 +164,9 @@ def test_segmentation_prints_pixel_top1_and_miou_per_k(capsys, tmp_path, monkeyp
 def test_toy_wrappers_prints_a_row_per_model_and_seed(capsys):
     assert load("toy_wrappers").main(["--seeds", "0"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "seed" not in line]
-    assert [r.split(" | ")[0] for r in rows] == ["| StackedInputs text model, 300 test sentences, K=5",
+    assert [r.split(" | ")[0] for r in rows] == ["| TextCNN on token ids, 200 test sentences, K=5",
+                                                  "| TextEncoder on token ids, 200 test sentences, K=5",
+                                                  "| StackedInputs text model, 300 test sentences, K=5",
                                                   "| GroupNorm net, 32 test inputs, N=32"]
     # Each row compares the re-solved student with pruning alone by the output error.
     for row in rows:
