@@ -72,10 +72,10 @@ def portable_config(config: dict[str, Any]) -> dict[str, Any]:
         if Path(base).exists():
             out[key] = str(Path(base).resolve()) + value[len(base):]
     model = out.get("model")
-    if isinstance(model, str) and ":" in model:
-        file, _, factory = model.rpartition(":")
-        if file.endswith(".py") and Path(file).is_file():
-            out["model"] = f"{Path(file).resolve()}:{factory}"
+    if isinstance(model, str) and ":" in model and Path(model.rpartition(":")[0]).is_file():
+        from crossdistill.models.user import absolute_factory
+
+        out["model"] = absolute_factory(model)
     return out
 
 

@@ -98,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
     # The claim comes before the work: a clash or an unwritable --out costs nothing.
     with atomic_output_dir(args.out, args.force) as tmp:
         result, report = run_pipeline(cfg, show_progress=not args.quiet, compress_fn=baseline)
-        if baseline is not None:
-            report["baseline"] = cfg.baseline
         write_run(tmp, result, report)
     if baseline is not None:
         print(f"baseline {cfg.baseline}")

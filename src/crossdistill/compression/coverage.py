@@ -95,12 +95,6 @@ def bare_weights(model: nn.Module) -> list[tuple[str, str]]:
     return out
 
 
-def rank_of_last(order: Sequence[str], names: Sequence[str]) -> str:
-    """Of `names`, the one the forward runs last."""
-    rank = {n: i for i, n in enumerate(order)}
-    return max(names, key=lambda n: rank.get(n, -1))
-
-
 def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_setting: str, last_setting: str,
            order: Sequence[str] | None = None, input_readers: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear of `model` (and every attention's q/k/v projection) in module order,
@@ -149,7 +143,7 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
     elif not last and convs and order is not None:
         # No Linear at all (a segmentation or detection net, a decoder, a super-resolution net):
         # the conv the forward runs last is its output layer, as the classifier is a classifier's.
-        cov.skip(rank_of_last(order, convs), f"the last layer, the output head ({last_setting}=False)")
+        cov.skip(convs[-1], f"the last layer, the output head ({last_setting}=False)")
     # After first/last: a tied output layer is still the model's last linear, not the one before it.
     for name, reason in tied_weights(model.named_modules()).items():
         if name in cov.entries:

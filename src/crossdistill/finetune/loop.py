@@ -222,10 +222,11 @@ class _Training:
     def _loss(self, x: torch.Tensor, y: torch.Tensor | None, cached_teacher_outs: list[torch.Tensor],
               s_feats: dict[str, torch.Tensor], t_feats: dict[str, torch.Tensor]) -> torch.Tensor:
         s = self.settings
-        if s.augment and x.is_floating_point():
+        viewed = s.augment and x.is_floating_point()  # token ids get no views
+        if viewed:
             x = VIEWS[s.augment_policy](x, self.gen)
         x, lam, partner = mix(x, s.mixup, s.cutmix, self.gen, self.rng)
-        if s.augment or lam is not None or self.points:
+        if viewed or lam is not None or self.points:
             # A new view, a blend or hint features: the teacher must see this very batch.
             with torch.no_grad():
                 t_outs = flat(self.teacher(x))

@@ -44,7 +44,9 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
         # The file imported already under its own name (`import mymodels` in the caller's script):
         # that module, so a loaded student is an instance of the caller's class, not of a twin.
         module = sys.modules.get(module_name) or _imported_from(path.resolve())
-        if module is None:
+        if module is not None:
+            sys.modules[module_name] = module  # found once: the next load does not search again
+        else:
             loader_spec = importlib.util.spec_from_file_location(module_name, path)
             if loader_spec is None or loader_spec.loader is None:
                 raise CrossDistillError(f"model {spec!r}: cannot import {path}")
@@ -97,16 +99,9 @@ def build_user_model(spec: str) -> nn.Module:
     return model
 
 
-def _first_conv_dims(model: nn.Module) -> int | None:
-    """How many dimensions one sample of the model's first conv has: (C, L), (C, H, W), ..."""
-    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
-    return None if first is None else len(first.kernel_size) + 1
-
-
-def _first_conv_channels(model: nn.Module) -> int | None:
-    """The input channels of the model's first conv in module order (None without one)."""
-    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
-    return None if first is None else int(first.in_channels)
+def _first_conv(model: nn.Module) -> nn.Module | None:
+    """The model's first conv in module order (None without one)."""
+    return next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
 
 
 def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: Sequence[float] | None = None,
@@ -134,12 +129,13 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
             # A forward(ids, mask): the one tensor it was given is not all it takes.
             hint = ("; its forward takes several inputs: stack them into one tensor and wrap the model, "
                     "crossdistill.StackedInputs(model) (docs/any_model.md, 'Models with several inputs')")
-        elif input_dtype == FLOAT and _first_conv_dims(model) not in (None, len(size)):
+        elif input_dtype == FLOAT and (first := _first_conv(model)) is not None \
+                and len(first.kernel_size) + 1 != len(size):
             # (3, 16, 16) given for one image reads as 3 samples of (16, 16).
-            hint = (f"; its first conv takes samples of {_first_conv_dims(model)} dimensions, these are {size}: give a "
-                    "batch (N, C, H, W) for images, one image x as x.unsqueeze(0)")
-        elif input_dtype == FLOAT and _first_conv_channels(model) not in (None, c):
-            k = _first_conv_channels(model)
+            hint = (f"; its first conv takes samples of {len(first.kernel_size) + 1} dimensions, these are {size}: "
+                    "give a batch (N, C, H, W) for images, one image x as x.unsqueeze(0)")
+        elif input_dtype == FLOAT and first is not None and first.in_channels != c:
+            k = first.in_channels
             hint = (f"; its first conv takes {k} channels and the inputs have {c}: give inputs of {k} channels "
                     f"(--input-size {k} {' '.join(map(str, size[1:]))} where the images have them; otherwise convert "
                     "the images" + (", grayscale to RGB with PIL's Image.open(f).convert('RGB'))" if (k, c) == (3, 1)
