@@ -179,3 +179,16 @@ def test_a_misspelled_option_or_key_names_the_nearest_one(capsys):
     assert "usage: crossdistill compress" in err
     with pytest.raises(CrossDistillError, match=r"unknown config key 'kep' \(did you mean 'keep'\?\)"):
         CompressConfig(model="resnet20", kep=0.5)
+
+
+def test_python_dash_m_runs_the_command():
+    """`python -m crossdistill` is the command itself, for an environment whose scripts are not on PATH."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "crossdistill", "--version"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("crossdistill "), out
+    bad = subprocess.run([sys.executable, "-m", "crossdistill", "evaluate", "--model", "no_such_model"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "crossdistill evaluate: error" in bad.stderr, bad.stderr
