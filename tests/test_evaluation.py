@@ -111,3 +111,36 @@ def test_evaluate_model_with_arrays_and_pairs():
     assert res2["latency"] == [] and res2["top1"] == 100.0
     with pytest.raises(CrossDistillError):
         evaluate_model(model, x, mean=(0.0,), std=(1.0,), input_size=(1, 4, 4))
+
+
+def test_teacher_and_student_are_each_run_once_over_the_test_set():
+    """The report's two top-1s and the agreement come from one pass of each model (they ran the
+    test set four times), and equal the figures computed one by one."""
+    from crossdistill.evaluation import evaluate_for, evaluate_pair_for
+    from crossdistill.evaluation_agreement import agreement, scores
+    from crossdistill.models import ModelInfo
+    from tests.tiny import TinyNet
+
+    torch.manual_seed(0)
+    teacher, student = TinyNet(classes=10).eval(), TinyNet(classes=10).eval()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (37, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 37)
+    info = ModelInfo(name="tiny", family="tiny", input_size=(3, 8, 8), num_classes=10,
+                     mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), default_mu=0.9)
+    seen = {"teacher": [], "student": []}
+    for name, m in (("teacher", teacher), ("student", student)):
+        m.register_forward_hook(lambda mod, a, o, name=name: seen[name].append(len(a[0])))
+    t, s, agree = evaluate_pair_for(teacher, student, ImageArrays(x, y, 10), info, latency=False, batch_size=16)
+    # 37 images in batches of 16 (the FLOPs count runs a single example besides)
+    assert {k: [b for b in v if b > 1] for k, v in seen.items()} == {"teacher": [16, 16, 5], "student": [16, 16, 5]}
+    for model, got in ((teacher, t), (student, s)):
+        alone = evaluate_for(model, ImageArrays(x, y, 10), info, latency=False)
+        assert got == alone
+    xt = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - torch.tensor(info.mean)[:, None, None]) \
+        / torch.tensor(info.std)[:, None, None]
+    assert s["top1"] == pytest.approx(scores(student, xt, torch.from_numpy(y))["top1"])
+    expected = agreement(teacher, student, [xt[:20], xt[20:]])
+    assert agree["n_eval"] == 37 and agree["top1_agreement"] == pytest.approx(expected["top1_agreement"])
+    assert agree["output_error"] == pytest.approx(expected["output_error"], rel=1e-5)
+    assert 0 < agree["output_error"]

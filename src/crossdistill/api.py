@@ -210,16 +210,15 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
     return tx, ty
 
 
-def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.Tensor | None] | None
-             ) -> dict[str, Any]:
+def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.Tensor | None] | None,
+             scores: dict[str, float] | None) -> dict[str, Any]:
+    """Size and FLOPs, with the `scores` on `test` (evaluation_agreement.compare's) when it was given."""
     from crossdistill.evaluation import count_flops, count_nonzero_params, count_params
-    from crossdistill.evaluation_agreement import scores
 
     out: dict[str, Any] = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
                            "flops": count_flops(model, info.input_size, info.input_dtype)}
     if test is not None:
-        if test[1] is not None:
-            out.update(scores(model, test[0], test[1], output=info.output, kind=info.kind))
+        out.update(scores or {})
         out["n_eval"] = int(test[0].shape[0])
     return out
 
@@ -334,14 +333,16 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
     # The teacher runs in eval mode throughout; the caller's model gets its own flags back.
     with eval_mode(model):
         result = run_compress(model, few, cfg, show_progress=show_progress)
-        teacher_measures = _measure(model, info, test)
-        agreement = None
+        t_scores = s_scores = agreement = None
         if test is not None:
-            from crossdistill.evaluation_agreement import agreement as agreement_of
+            from crossdistill.evaluation_agreement import compare
             from crossdistill.model_outputs import batch_slices
 
-            batches = [test[0][s] for s in batch_slices(len(test[0]), 256)]
-            agreement = agreement_of(model, result.student, batches, output=info.output, kind=info.kind)
+            tx, ty = test
+            batches = ((tx[s], None if ty is None else ty[s]) for s in batch_slices(len(tx), 256))
+            t_scores, s_scores, agreement = compare(model, result.student, batches, output=info.output,
+                                                    kind=info.kind)
+        teacher_measures = _measure(model, info, test, t_scores)
     student = result.student
     if any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
            for p in model.parameters()):
@@ -365,7 +366,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
         "layers": [{"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
                     **r.info} for r in result.records],
         **result.summary, "config": cfg.to_dict(),
-        "teacher": teacher_measures, "student": _measure(student, info, test),
+        "teacher": teacher_measures, "student": _measure(student, info, test, s_scores),
         **({"agreement": {**agreement, "n_eval": int(test[0].shape[0])}} if agreement is not None else {}),
         "predictions": {"output": info.output, "kind": info.kind},
     }

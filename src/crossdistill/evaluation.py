@@ -35,6 +35,8 @@ __all__ = [
     "measure_latency",
     "evaluate_model",
     "evaluate_for",
+    "evaluate_pair_for",
+    "size_and_speed",
     "REPORT_LATENCY_BATCHES",
     "load_average",
     "progress_bar",
@@ -81,6 +83,12 @@ def _check_images(x: Any, y: Any, mean: Sequence[float], std: Sequence[float]) -
     return x, y
 
 
+def _top1_kind(kind: str) -> None:
+    if kind not in ("classes", "binary"):
+        raise CrossDistillError(f"the model's predictions are {kind} (not one class per image); a top-1 against "
+                                "one label per image means nothing for them")
+
+
 def accuracy(
     model: nn.Module,
     x_uint8: np.ndarray,
@@ -96,9 +104,7 @@ def accuracy(
     `progress` names a progress bar on stderr (None: silent). `output` and `kind` say which of the
     model's outputs holds its predictions and how they are read (model_outputs): one label per
     image, so (batch, classes) logits or one binary logit."""
-    if kind not in ("classes", "binary"):
-        raise CrossDistillError(f"the model's predictions are {kind} (not one class per image); a top-1 against "
-                                "one label per image means nothing for them")
+    _top1_kind(kind)
     x, y = _check_images(x_uint8, y, mean, std)
     if batch_size < 1:
         raise CrossDistillError(f"batch size must be >= 1, got {batch_size}")
@@ -191,25 +197,33 @@ def evaluate_model(
     Returns top1 (%), n_eval, params, nonzero_params, flops (per image, 2 per MAC),
     input_size, and latency: a list of LatencyResult dicts (empty when measure_speed is False).
     """
-    if hasattr(data, "x") and hasattr(data, "y"):
-        x, y = data.x, data.y
-    else:
-        try:
-            x, y = data
-        except (TypeError, ValueError):
-            raise CrossDistillError("data must be an ImageArrays or an (x, y) pair") from None
+    x, y = _arrays(data)
     top1 = accuracy(model, x, y, mean, std, batch_size=batch_size,
                     progress=None if label is None else f"evaluating {label}", output=output, kind=kind)
-    latency = (
-        [measure_latency(model, input_size, b, threads, input_dtype=input_dtype,
-                         progress=None if label is None else f"timing {label} (batch {b})").as_dict()
-         for b in latency_batch_sizes]
-        if measure_speed
-        else []
-    )
+    return {"top1": top1, "n_eval": int(len(y)),
+            **size_and_speed(model, input_size, latency_batch_sizes if measure_speed else (), threads=threads,
+                             label=label, input_dtype=input_dtype)}
+
+
+def _arrays(data: Any) -> tuple[Any, Any]:
+    if hasattr(data, "x") and hasattr(data, "y"):
+        return data.x, data.y
+    try:
+        x, y = data
+    except (TypeError, ValueError):
+        raise CrossDistillError("data must be an ImageArrays or an (x, y) pair") from None
+    return x, y
+
+
+def size_and_speed(model: nn.Module, input_size: Sequence[int], latency_batch_sizes: Sequence[int], *,
+                   threads: int | None = None, label: str | None = None, input_dtype: str = "float32"
+                   ) -> dict[str, Any]:
+    """The report numbers that need no data: params, nonzero_params, flops (per input, 2 per MAC),
+    input_size, and latency at each of `latency_batch_sizes` (none timed for an empty one)."""
+    latency = [measure_latency(model, input_size, b, threads, input_dtype=input_dtype,
+                               progress=None if label is None else f"timing {label} (batch {b})").as_dict()
+               for b in latency_batch_sizes]
     return {
-        "top1": top1,
-        "n_eval": int(len(y)),
         "params": count_params(model),
         "nonzero_params": count_nonzero_params(model),
         "flops": count_flops(model, input_size, input_dtype),
@@ -250,3 +264,37 @@ def evaluate_for(
         kind=info.kind,
         input_dtype=info.input_dtype,
     )
+
+
+def evaluate_pair_for(
+    teacher: nn.Module,
+    student: nn.Module,
+    data: Any,
+    info: ModelInfo,
+    *,
+    latency: bool,
+    latency_batch_sizes: Sequence[int] = REPORT_LATENCY_BATCHES,
+    batch_size: int = 256,
+    label: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """`evaluate_for` of a teacher and of its student, and their agreement (evaluation_agreement),
+    from one forward pass of each model over `data`: the test set is the longest part of a
+    compression run's report, and scoring each model and then comparing them ran it four times.
+    `label` shows progress bars on stderr."""
+    from crossdistill.evaluation_agreement import compare
+    from crossdistill.model_outputs import batch_slices
+
+    _top1_kind(info.kind)
+    x, y = _check_images(*_arrays(data), info.mean, info.std)
+    batches = ((to_tensor(x[s], info.mean, info.std), torch.from_numpy(np.asarray(y[s], dtype=np.int64)))
+               for s in batch_slices(len(x), batch_size))
+    with progress_bar("evaluating teacher and student" if label else None, len(x), "img") as bar:
+        t_scores, s_scores, agreement = compare(teacher, student, batches, output=info.output, kind=info.kind,
+                                                progress=bar)
+    assert t_scores is not None and s_scores is not None  # every batch carries labels
+    sizes = tuple(latency_batch_sizes) if latency else ()
+    measured = [{"top1": scores["top1"], "n_eval": int(len(y)),
+                 **size_and_speed(model, info.input_size, sizes, label=name if label else None,
+                                  input_dtype=info.input_dtype)}
+                for model, scores, name in ((teacher, t_scores, "teacher"), (student, s_scores, "student"))]
+    return measured[0], measured[1], {**agreement, "n_eval": int(len(y))}

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from crossdistill.device import module_device
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_outputs import IGNORE, batch_slices, flat, per_sample, predicted, predictions, scored_positions
 from crossdistill.train_flags import eval_mode
@@ -34,33 +35,71 @@ def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | 
     `miou`, the mean over classes of intersection / union in percent (classes absent from both
     labels and predictions left out), the figure segmentation results are compared by. Positions
     labelled IGNORE (255: void, object borders, as in VOC and Cityscapes masks) are not scored."""
-    correct = total = 0
-    confusion: torch.Tensor | None = None
+    counts = Scores(kind)
     with eval_mode(model), torch.no_grad():
         for xb, yb in zip(_chunks(x, batch_size), _chunks(y, batch_size)):
-            scored = predictions(model(xb), output)
-            pred = predicted(scored, kind)
-            if kind in ("dense", "sequence"):
-                keep = scored_positions(yb)
-                yb, pred = yb[keep], pred[keep]
-                c = scored.shape[1] if kind == "dense" else scored.shape[2]
-                if yb.numel() and int(yb.max()) >= c:
-                    raise CrossDistillError(f"label {int(yb.max())} is not a class of the model, which has {c} outputs "
-                                            f"({IGNORE} or a negative label marks positions not scored)")
-            correct += int((pred == yb).sum())
-            total += yb.numel()
-            if kind in ("dense", "sequence"):
-                counts = torch.bincount(yb * c + pred, minlength=c * c).reshape(c, c)
-                confusion = counts if confusion is None else confusion + counts
-    if total == 0:
-        raise CrossDistillError("no label to score: every position is marked not scored (255 or negative)")
-    out = {"top1": 100.0 * correct / total}
-    if confusion is not None:
-        hit = confusion.diag().double()
-        union = confusion.sum(0).double() + confusion.sum(1).double() - hit
-        present = union > 0
-        out["miou"] = float((hit[present] / union[present]).mean() * 100) if bool(present.any()) else 0.0
-    return out
+            counts.add(predictions(model(xb), output), yb)
+    return counts.result()
+
+
+class Scores:
+    """`scores`, summed batch by batch from the prediction tensor and the labels."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.correct = self.total = 0
+        self.confusion: torch.Tensor | None = None
+
+    def add(self, scored: torch.Tensor, yb: torch.Tensor) -> None:
+        pred = predicted(scored, self.kind)
+        yb = yb.to(pred.device)
+        if self.kind in ("dense", "sequence"):
+            keep = scored_positions(yb)
+            yb, pred = yb[keep], pred[keep]
+            c = scored.shape[1] if self.kind == "dense" else scored.shape[2]
+            if yb.numel() and int(yb.max()) >= c:
+                raise CrossDistillError(f"label {int(yb.max())} is not a class of the model, which has {c} outputs "
+                                        f"({IGNORE} or a negative label marks positions not scored)")
+            counts = torch.bincount(yb * c + pred, minlength=c * c).reshape(c, c)
+            self.confusion = counts if self.confusion is None else self.confusion + counts
+        self.correct += int((pred == yb).sum())
+        self.total += yb.numel()
+
+    def result(self) -> dict[str, float]:
+        if self.total == 0:
+            raise CrossDistillError("no label to score: every position is marked not scored (255 or negative)")
+        out = {"top1": 100.0 * self.correct / self.total}
+        if self.confusion is not None:
+            hit = self.confusion.diag().double()
+            union = self.confusion.sum(0).double() + self.confusion.sum(1).double() - hit
+            present = union > 0
+            out["miou"] = float((hit[present] / union[present]).mean() * 100) if bool(present.any()) else 0.0
+        return out
+
+
+class Agreement:
+    """`agreement`, summed batch by batch from both models' outputs."""
+
+    def __init__(self, output: str | None, kind: str) -> None:
+        self.output, self.kind = output, kind
+        self.err = self.ref = 0.0
+        self.same = self.total = 0
+
+    def add(self, t_out: Any, s_out: Any, batch: int) -> None:
+        for t, s in zip(flat(t_out), flat(s_out)):
+            if not (per_sample(t, batch) and per_sample(s, batch)) or not t.is_floating_point():
+                continue  # a scalar (an auxiliary loss), or integers (an argmax): not a model's values
+            self.err += float((s.to(t.device, torch.float64) - t.double()).pow(2).sum())
+            self.ref += float(t.double().pow(2).sum())
+        if self.kind != "values":
+            tp = predicted(predictions(t_out, self.output), self.kind)
+            sp = predicted(predictions(s_out, self.output), self.kind)
+            self.same += int((tp == sp.to(tp.device)).sum())
+            self.total += tp.numel()
+
+    def result(self) -> dict[str, Any]:
+        return {"output_error": self.err / self.ref if self.ref > 0 else float(self.err > 0),
+                "top1_agreement": 100.0 * self.same / self.total if self.total else None}
 
 
 def agreement(teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Tensor], *,
@@ -68,29 +107,32 @@ def agreement(teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Te
     """`output_error`: Σ‖student − teacher‖² / Σ‖teacher‖² over every float output tensor and input
     (0 for a copy, ≈ 1 or more for an unrelated model); `top1_agreement` (percent of inputs, or
     positions, with the same predicted class; None for 'values')."""
-    err = ref = 0.0
-    same = total = 0
+    counts = Agreement(output, kind)
     with eval_mode(teacher), eval_mode(student), torch.no_grad():
         for xb in batches:
-            t_out, s_out = teacher(xb), student(xb)
-            for t, s in zip(flat(t_out), flat(s_out)):
-                if not (per_sample(t, len(xb)) and per_sample(s, len(xb))) or not t.is_floating_point():
-                    continue  # a scalar (an auxiliary loss), or integers (an argmax): not a model's values
-                err += float((s.double() - t.double()).pow(2).sum())
-                ref += float(t.double().pow(2).sum())
-            if kind != "values":
-                tp = predicted(predictions(t_out, output), kind)
-                sp = predicted(predictions(s_out, output), kind)
-                same += int((tp == sp).sum())
-                total += tp.numel()
-    return {"output_error": err / ref if ref > 0 else float(err > 0),
-            "top1_agreement": 100.0 * same / total if total else None}
+            counts.add(teacher(xb), student(xb), len(xb))
+    return counts.result()
 
 
-def agreement_on(teacher: nn.Module, student: nn.Module, data: Any, info: Any, batch_size: int = 256) -> dict[str, Any]:
-    """`agreement` on stored test data (ImageArrays: uint8 images or float signals), normalised as
-    the model's info says, chunk by chunk (a float copy of a whole split would cost 4x its size)."""
-    from crossdistill.data.transforms import to_tensor
-
-    batches = (to_tensor(data.x[s], info.mean, info.std) for s in batch_slices(len(data.x), batch_size))
-    return {**agreement(teacher, student, batches, output=info.output, kind=info.kind), "n_eval": int(len(data.x))}
+def compare(teacher: nn.Module, student: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], *,
+            output: str | None = None, kind: str = "classes", progress: Any = None
+            ) -> tuple[dict[str, float] | None, dict[str, float] | None, dict[str, Any]]:
+    """The teacher's `scores`, the student's and their `agreement` from one forward pass of each
+    model per batch (a test set is run through each model once, not once per figure); the scores
+    are None when the batches carry no labels. `progress` (a bar) is advanced by each batch's size."""
+    t_scores, s_scores, agree = Scores(kind), Scores(kind), Agreement(output, kind)
+    labelled = False
+    t_device, s_device = module_device(teacher), module_device(student)
+    with eval_mode(teacher), eval_mode(student), torch.no_grad():
+        for xb, yb in batches:
+            t_out, s_out = teacher(xb.to(t_device)), student(xb.to(s_device))
+            if yb is not None:
+                labelled = True
+                t_scores.add(predictions(t_out, output), yb)
+                s_scores.add(predictions(s_out, output), yb)
+            agree.add(t_out, s_out, len(xb))
+            if progress is not None:
+                progress.update(len(xb))
+    if not labelled:
+        return None, None, agree.result()
+    return t_scores.result(), s_scores.result(), agree.result()

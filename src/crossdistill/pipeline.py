@@ -28,7 +28,7 @@ from crossdistill.data.align import align_classes, check_named_classes
 from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
 from crossdistill.errors import CrossDistillError
-from crossdistill.evaluation import evaluate_for, load_average, torch_threads
+from crossdistill.evaluation import evaluate_for, evaluate_pair_for, load_average, torch_threads
 from crossdistill.evaluation_timing import gpu_peak_memory_mib, peak_memory_mib
 from crossdistill.models import model_info
 from crossdistill.models.checkpoint import tensors_sha256
@@ -379,14 +379,12 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     if test is None and cfg.eval_data:
         test = align_classes(load_image_data(cfg.eval_data, "test"), train.class_names)
     if test is not None:
-        report["teacher"] = (teacher_metrics if teacher_metrics is not None
-                             else evaluate_for(teacher, test, info, latency=cfg.latency,
-                                               label="teacher" if show_progress else None))
-        report["student"] = evaluate_for(result.student, test, info, latency=cfg.latency,
-                                         label="student" if show_progress else None)
+        if teacher_metrics is None:
+            report["teacher"], report["student"], report["agreement"] = evaluate_pair_for(
+                teacher, result.student, test, info, latency=cfg.latency, label=show_progress)
+        else:  # a sweep that cached the teacher's scores skips the teacher's pass (and the agreement)
+            report["teacher"] = teacher_metrics
+            report["student"] = evaluate_for(result.student, test, info, latency=cfg.latency,
+                                             label="student" if show_progress else None)
         report["n_eval"] = report["student"]["n_eval"]
-        if teacher_metrics is None:  # a sweep that cached the teacher's scores skips the teacher's pass
-            from crossdistill.evaluation_agreement import agreement_on
-
-            report["agreement"] = agreement_on(teacher, result.student, test, info)
     return result, report
