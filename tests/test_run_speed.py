@@ -72,7 +72,7 @@ def test_progress_on_stderr_for_loading_evaluation_and_timing(data, tmp_path, ca
     monkeypatch.setattr(pipeline, "load_image_data", slow_load)
     assert main(_compress(data, tmp_path / "a", "--latency", "--threads", "1")) == 0
     err = capsys.readouterr().err
-    for phase in ("loading train data", "loading test data", "evaluating teacher", "evaluating student",
+    for phase in ("loading train data", "loading test data", "evaluating teacher and student",
                   "timing teacher (batch 1)", "timing student (batch 128)"):
         assert phase in err, phase
     assert main(_compress(data, tmp_path / "b", "--latency", "--threads", "1", "--quiet")) == 0
