@@ -235,3 +235,20 @@ def test_a_fine_tune_of_a_few_steps_is_named_in_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         finetune(student, teacher, images(), None, FinetuneSettings(epochs=25, batch_size=8, bn="frozen"))  # 50 steps
+
+
+def test_recalibrating_bn_never_feeds_a_batch_of_one():
+    """65 images in batches of 64 left one image alone, which BatchNorm1d refuses in training mode
+    ("Expected more than 1 value per channel"); it joins the batch before it, and the pooled
+    statistics are those of all 65."""
+    from torch import nn
+
+    from crossdistill.finetune.batchnorm import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(65, 5)
+    recalibrate_bn(model, x, batch_size=64)
+    h = model[0](x)
+    torch.testing.assert_close(model[1].running_mean, h.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model[1].running_var, h.var(0), rtol=1e-5, atol=1e-6)

@@ -28,6 +28,7 @@ from crossdistill.device import module_device, on_device
 from crossdistill.distributed import active as distributed_active, is_main, on_main, shard, sum_, sum_number, together
 from crossdistill.errors import CrossDistillError
 from crossdistill.layer_solve import solve_layer
+from crossdistill.model_outputs import batch_slices
 from crossdistill.moments import CHUNK_IMAGES, MomentAccumulator
 from crossdistill.objectives import Objective
 from crossdistill.problem import QuadraticProblem
@@ -50,7 +51,7 @@ CAPTURE_MODES = ("all", "stream", "disk")
 
 
 def batches_of(images: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    return [images[i : i + batch_size] for i in range(0, images.shape[0], batch_size)]
+    return [images[s] for s in batch_slices(images.shape[0], batch_size)]
 
 
 def order_tasks(tasks: Sequence[LayerTask], calls: Mapping[str, int]) -> list[LayerTask]:

@@ -23,7 +23,7 @@ from crossdistill.evaluation_counts import count_flops, count_nonzero_params, co
 from crossdistill.train_flags import eval_mode
 from crossdistill.evaluation_timing import LatencyResult, load_average, torch_threads
 from crossdistill.model_inputs import example
-from crossdistill.model_outputs import predicted, predictions
+from crossdistill.model_outputs import batch_slices, predicted, predictions
 from crossdistill.models import ModelInfo, model_info
 
 __all__ = [
@@ -111,11 +111,11 @@ def accuracy(
     device = module_device(model)
     correct = 0
     with eval_mode(model), torch.inference_mode(), progress_bar(progress, len(x), "img") as bar:
-        for start in range(0, len(x), batch_size):
+        for s in batch_slices(len(x), batch_size):
             # Normalise chunk by chunk: a float copy of a whole split would cost 4x its uint8 size.
-            xb = to_tensor(x[start:start + batch_size], mean, std).to(device)
+            xb = to_tensor(x[s], mean, std).to(device)
             pred = predicted(predictions(model(xb), output), kind).cpu().numpy()
-            correct += int((pred == y[start:start + batch_size]).sum())
+            correct += int((pred == y[s]).sum())
             bar.update(len(xb))
     return 100.0 * correct / len(x)
 
@@ -282,7 +282,6 @@ def evaluate_pair_for(
     compression run's report, and scoring each model and then comparing them ran it four times.
     `label` shows progress bars on stderr."""
     from crossdistill.evaluation_agreement import compare
-    from crossdistill.model_outputs import batch_slices
 
     _top1_kind(info.kind)
     x, y = _check_images(*_arrays(data), info.mean, info.std)

@@ -25,6 +25,7 @@ from crossdistill.device import on_device, resolve_device
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
 from crossdistill.finetune import FinetuneSettings, crop_flip, finetune, settings_from_config
+from crossdistill.model_outputs import batch_slices
 from crossdistill.pipeline import CompressionResult, FewShot
 
 DEFAULT_EPOCHS = 300
@@ -148,8 +149,8 @@ def _hint_train(student: nn.Module, teacher: nn.Module, images: torch.Tensor, hi
         try:
             for _ in range(settings.epochs):
                 order = torch.randperm(n, generator=gen).to(images.device)
-                for i in range(0, n, settings.batch_size):
-                    x = images[order[i : i + settings.batch_size]]
+                for s in batch_slices(n, settings.batch_size):
+                    x = images[order[s]]
                     if settings.augment:
                         x = crop_flip(x, gen)
                     with torch.no_grad():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from crossdistill.finetune.losses import Distillation
-from crossdistill.model_outputs import batched
+from crossdistill.model_outputs import batch_slices, batched
 
 # 'auto' recalibrates only when that cuts the KD loss on the few-shot images by at least this
 # share: a drop that large means the teacher's statistics no longer describe the student.
@@ -41,8 +41,8 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 64)
     for bn in bns:
         bn.train()
     try:
-        for i in range(0, images.shape[0], batch_size):
-            model(images[i : i + batch_size])
+        for s in batch_slices(images.shape[0], batch_size):
+            model(images[s])
     finally:
         for h in handles:
             h.remove()
