@@ -473,3 +473,45 @@ def test_a_groupnorm_model_is_pruned_by_whole_norm_groups_and_re_solved():
     assert [(g.num_groups, g.num_channels) for g in (student.g1, student.g2, student.g3)] == [(2, 8), (4, 16), (2, 8)]
     assert {g["channels_per_unit"] for g in report["channel_groups"]["pruned"]} == {4}
     assert report["agreement"]["output_error"] < runs["prune-only"][1]["agreement"]["output_error"] / 5
+
+
+def test_a_branch_the_traced_input_did_not_take_keeps_its_channels():
+    """`a(x) if x[0].mean() > t else b(x)`: the trace runs one arm; pruning the channels the other
+    arm reads and writes made the student fail on every input that took it. Those groups stay
+    whole (with a warning), the rest is pruned, and the student runs on every input."""
+    import warnings
+
+    import crossdistill
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c0, self.c1 = nn.Conv2d(3, 24, 3, padding=1), nn.Conv2d(24, 16, 3, padding=1)
+            self.a, self.b = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+            self.c3, self.c4 = nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1)
+            self.fc, self.threshold = nn.Linear(32, 10), 0.0
+
+        def stem(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(self.c1(F.relu(self.c0(x))))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            x = F.relu(self.a(x)) if x[0].mean() > self.threshold else F.relu(self.b(x))
+            return self.fc(F.relu(self.c4(F.relu(self.c3(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Branchy().eval(), torch.randn(120, 3, 12, 12)
+    with torch.no_grad():
+        model.threshold = float(torch.stack([model.stem(x[i:i + 1]).mean() for i in range(120)]).median())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        student, report = crossdistill.compress(model, x[:60], labels=torch.arange(60) % 10, shots=3, keep=0.5,
+                                                show_progress=False)
+    assert any("did not run on the traced input, in eval or training mode: " in str(w.message) for w in caught)
+    whole = {tuple(e["producers"]): e["reason"] for e in report["channel_groups"]["left_whole"]}
+    assert "never ran" in whole[("c1",)]
+    assert {tuple(e["producers"]) for e in report["channel_groups"]["pruned"]} >= {("c0",), ("c3",)}
+    for i in range(60, 120):  # about half of these take the arm the trace did not
+        student(x[i:i + 1])

@@ -10,14 +10,16 @@ channels is chosen exactly as by the hand-declared channel pairs (`selection.SEL
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from crossdistill.capture import SOLVABLE, forward_order, get_module, group_size
+from crossdistill.capture import SOLVABLE, forward_calls, forward_order, get_module, group_size
 from crossdistill.compression.graph_channels import ChannelGroup, channel_groups, slim_groups
+from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.errors import CrossDistillError
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.base import LayerTask
@@ -242,12 +244,59 @@ def _unverified(model: nn.Module, example: torch.Tensor, groups: Mapping[int, Ch
     return {gid: why for gid in groups if (why := failure([gid])) is not None}
 
 
+def _never_run(model: nn.Module, example: torch.Tensor, order: list[str]) -> dict[str, tuple[int, int]]:
+    """Convs and linears that the forward ran neither in the trace (eval mode) nor in training
+    mode, with the widths each reads and writes: a branch on the data (`if x.mean() > t`) that these images
+    did not take. The trace cannot see what they read, so a group they may read or write is left whole
+    (`_maybe_read_by`). Training-only layers (an auxiliary head) ran in training mode: the
+    pipeline checks those on the finished student instead."""
+    seen = set(order)
+    missing = {n: m for n, m in model.named_modules() if isinstance(m, SOLVABLE) and n not in seen}
+    if not missing:
+        return {}
+    trial = copy.deepcopy(model).train()
+    batch = example if example.shape[0] > 1 else torch.cat([example, example])  # BatchNorm1d wants two
+    try:
+        with torch.no_grad():
+            ran = forward_calls(trial, batch)
+    except Exception:  # noqa: BLE001 - a model that runs in eval mode only: nothing more to learn here
+        ran = {}
+    never = {n: (int(getattr(m, "in_channels", getattr(m, "in_features", -1))),
+                 int(getattr(m, "out_channels", getattr(m, "out_features", -1))))
+             for n, m in missing.items() if n not in ran}
+    if never:
+        warnings.warn(f"layers the forward did not run on the traced input, in eval or training mode: {', '.join(never)} "
+                      "(a branch on the data?); channel groups of their widths are left whole, but check the "
+                      "student on inputs that take them: channel pruning follows the layers that ran",
+                      CompressionWarning, stacklevel=3)
+    return never
+
+
+def _maybe_read_by(g: ChannelGroup, model: nn.Module, never: Mapping[str, tuple[int, int]]) -> str:
+    """Why `g` stays whole when a layer that never ran may read it (it reads as many channels as
+    one of the group's producers writes) or write into it (it writes as many as one of its
+    readers reads): the other arm of a branch reads and writes what the taken arm does; ''
+    otherwise."""
+    def width(name: str, attrs: tuple[str, str]) -> int:
+        m = get_module(model, name)
+        return int(getattr(m, attrs[0], getattr(m, attrs[1], -1)))
+
+    written = {width(p.name, ("out_channels", "out_features")) for p in g.producers}
+    read = {width(c.name, ("in_channels", "in_features")) for c in g.consumers}
+    suspects = [n for n, (w_in, w_out) in never.items() if w_in in written or w_out in read]
+    if not suspects:
+        return ""
+    return (f"{', '.join(suspects)} never ran on these images and may read or write these channels (the other arm "
+            "of a branch on the data?): left whole so that inputs taking it still run")
+
+
 def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[[ChannelGroup], int | None], *,
                         prune_classifier: bool = False) -> GraphChannelPlan:
     """Groups of `model` and how many units each keeps (`keep(group)`; None leaves it whole)."""
     order, traced = _traced(model, example)
     position = {n: i for i, n in enumerate(order)}
     classifier = order[-1] if order else None
+    never = _never_run(model, example, order)
     groups: dict[int, ChannelGroup] = {}
     counts: dict[int, int] = {}
     left: list[dict[str, Any]] = []
@@ -265,6 +314,8 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
                       "that straddles the groups of a grouped conv)")
         if not reason and classifier in {c.name for c in g.consumers} and not prune_classifier:
             reason = f"feeds the classifier {classifier} (prune_classifier is off)"
+        if not reason:
+            reason = _maybe_read_by(g, model, never)
         count = None if reason else keep(g)
         if not reason and count is None:
             reason = "the keep preset leaves it whole"
