@@ -532,3 +532,33 @@ def test_a_dataloader_that_drops_its_last_batch_says_so():
     with pytest.warns(UserWarning, match=r"drops its last 4 training samples \(drop_last=True\)"):
         _, report = crossdistill.compress(model, loader, method="quant", bits=8, show_progress=False)
     assert report["n_samples"] == 16
+
+
+def test_a_forward_that_stores_its_tensors_on_the_model_is_compressed_and_left_as_it_was():
+    """`self.feat = x; self.calls += 1` in the forward: copying the model refused the stored
+    non-leaf tensor (every channel group was left whole, blamed on the trace), and the caller's
+    model came back holding one of the run's tensors and a changed counter."""
+    from torch import nn
+
+    class Stores(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2, self.c3 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), \
+                nn.Conv2d(16, 16, 3, padding=1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls = getattr(self, "calls", 0) + 1
+            x = torch.relu(self.c1(x))
+            self.feat = x
+            return self.fc(torch.relu(self.c3(torch.relu(self.c2(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Stores().eval(), torch.randn(40, 3, 10, 10)
+    model(x[:2])  # with autograd on, as a user's own check would: feat is now a non-leaf tensor
+    feat, calls = model.feat, model.calls
+    student, report = crossdistill.compress(model, x, labels=torch.arange(40) % 10, shots=2, keep=0.5,
+                                            show_progress=False)
+    assert {tuple(e["producers"]) for e in report["channel_groups"]["pruned"]} == {("c1",), ("c2",)}
+    assert model.feat is feat and model.calls == calls
+    assert student(x[:3]).shape == (3, 10)

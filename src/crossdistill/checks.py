@@ -8,7 +8,7 @@ entry point checks them up front with one message that names the file.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -16,7 +16,7 @@ from crossdistill.data.arrays import ImageArrays
 from crossdistill.errors import CrossDistillError
 from crossdistill.models.registry import ModelInfo
 
-__all__ = ["check_copyable", "check_data_fits_model"]
+__all__ = ["check_copyable", "check_data_fits_model", "model_copy"]
 
 
 def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, where: str) -> None:
@@ -61,6 +61,24 @@ def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_clas
         raise CrossDistillError(
             f"{where}: label {top} is out of range for {model}, which has {k} classes (labels 0..{k - 1})"
         )
+
+
+def model_copy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy of a model, for a forward that stores what it computed on the module
+    (`self.feat = x` while autograd records): deepcopy refuses such a non-leaf tensor, so the
+    copy gets it detached instead (the next forward replaces it anyway)."""
+    import copy
+
+    import torch
+
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            for t in (value if isinstance(value, (list, tuple)) else
+                      value.values() if isinstance(value, dict) else (value,)):
+                if isinstance(t, torch.Tensor) and not t.is_leaf:
+                    memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def check_copyable(model: nn.Module) -> None:

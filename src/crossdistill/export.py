@@ -13,7 +13,6 @@ low-rank one has its two factor layers, and quantized or sparse weights appear a
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossdistill.checks import model_copy
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_inputs import example
 from crossdistill.model_outputs import flat
@@ -304,7 +304,7 @@ def _explicit_padding(model: nn.Module) -> nn.Module:
     convs = [n for n, m in model.named_modules() if isinstance(m, CONVS) and isinstance(m.padding, str)]
     if not convs:
         return model
-    model = copy.deepcopy(model)
+    model = model_copy(model)
     for name in convs:
         conv = model.get_submodule(name)
         (top, bottom), (left, right) = zero_padding(conv)

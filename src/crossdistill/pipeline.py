@@ -2,7 +2,6 @@
 finalised student → evaluation → report. The CLI and the sweeps both call `run`."""
 from __future__ import annotations
 
-import copy
 import functools
 import sys
 import time
@@ -19,7 +18,7 @@ from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.quantization import dequantize_into, quantized_parameters
 from crossdistill.calibration import calibration_images
 from crossdistill.capture import CONVS, SOLVABLE, forward_calls
-from crossdistill.checks import check_copyable, check_data_fits_model
+from crossdistill.checks import check_copyable, check_data_fits_model, model_copy
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
 from crossdistill.device import resolve_device
@@ -115,7 +114,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     method = METHODS.build(cfg.method.name, cfg.method.params)
     damping = resolved_damping(cfg, fewshot)
     check_copyable(teacher)
-    student = copy.deepcopy(teacher).eval()
+    student = model_copy(teacher).eval()
     # A method runs as one or more stages (compression/composite.py): each stage's teacher is the
     # previous stage's finished student, because slimming changes the layers' shapes.
     # The solve may fit on views of the few-shot images too; the fine-tune draws its own views.
@@ -160,7 +159,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
                 r.info["stage"] = stage.describe()
         records += stage_records
         if k + 1 < len(stages):
-            stage_teacher = copy.deepcopy(student).eval()
+            stage_teacher = model_copy(student).eval()
     _keep_frozen(teacher, student)
     if any(stage.solver_family == "channels" for stage, _ in stages):
         # Only slimming follows the traced graph; the other methods keep every activation's shape.
@@ -243,7 +242,7 @@ def _training_only_layers_broken(teacher: nn.Module, student: nn.Module, example
         return None
 
     def fails(model: nn.Module) -> str | None:
-        trial = copy.deepcopy(model).train()
+        trial = model_copy(model).train()
         try:
             with torch.no_grad():
                 trial(example)

@@ -21,12 +21,15 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def buffers_kept(model: nn.Module) -> Iterator[None]:
-    """The model's buffers as they were, after a block that runs its forward many times: a
+    """The model's buffers and plain attributes as they were, after a block that runs its forward many times: a
     forward that updates a buffer of its own (a call counter, a running statistic outside
     BatchNorm) would otherwise leave the caller's model changed by compressing it."""
     import torch
 
     saved = [(b, b.detach().clone()) for b in model.buffers()]
+    # Plain attributes too: a forward that stores what it computed (`self.feat = x`, a counter)
+    # would leave the caller's model holding one of the run's tensors, with its autograd graph.
+    attributes = [(m, {k: v for k, v in vars(m).items() if not k.startswith("_")}) for m in model.modules()]
     try:
         yield
     finally:
@@ -34,3 +37,9 @@ def buffers_kept(model: nn.Module) -> Iterator[None]:
             for b, value in saved:
                 if b.shape == value.shape:
                     b.copy_(value)
+        for m, before in attributes:
+            for key in [k for k in vars(m) if not k.startswith("_") and k not in before]:
+                delattr(m, key)
+            for key, value in before.items():
+                if vars(m).get(key, value) is not value:
+                    object.__setattr__(m, key, value)

@@ -18,7 +18,6 @@ or masks a group's channels (`slim_groups`, `mask_groups`). Every name stays imp
 """
 from __future__ import annotations
 
-import copy
 from bisect import bisect_left, insort
 from typing import Any, Mapping, Sequence
 
@@ -26,6 +25,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from crossdistill.checks import model_copy
 from crossdistill.compression.graph_groups import (  # noqa: F401 - re-exported: this module's old names
     ChannelGroup, LayerChannels, _group, _Plan, _plan, _role, channel_groups,
 )
@@ -82,7 +82,7 @@ def mask_groups(model: nn.Module, groups: Sequence[ChannelGroup], kept: Mapping[
     """A copy of `model` in which every consumer's inputs from the dropped channels are zeroed:
     those channels have no effect, so the slimmed model must compute the same function."""
     drops = _dropped(groups, kept)
-    masked = copy.deepcopy(model)
+    masked = model_copy(model)
     by_id = {g.id: g for g in groups}
     with torch.no_grad():
         for gid, units in drops.items():

@@ -9,7 +9,6 @@ channels is chosen exactly as by the hand-declared channel pairs (`selection.SEL
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from crossdistill.capture import SOLVABLE, forward_calls, forward_order, get_module, group_size
+from crossdistill.checks import model_copy
 from crossdistill.compression.graph_channels import ChannelGroup, channel_groups, slim_groups
 from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.errors import CrossDistillError
@@ -233,7 +233,7 @@ def _unverified(model: nn.Module, example: torch.Tensor, groups: Mapping[int, Ch
         kept = {gid: draws[gid] for gid in ids}
         try:
             with torch.no_grad():
-                slim_groups(copy.deepcopy(model), example, kept)
+                slim_groups(model_copy(model), example, kept)
         except Exception as exc:  # noqa: BLE001 - any failure means the maps are not to be trusted
             text = str(exc).splitlines()[0] if str(exc) else ""
             return f"{type(exc).__name__}: {text[:160]}"
@@ -254,7 +254,7 @@ def _never_run(model: nn.Module, example: torch.Tensor, order: list[str]) -> dic
     missing = {n: m for n, m in model.named_modules() if isinstance(m, SOLVABLE) and n not in seen}
     if not missing:
         return {}
-    trial = copy.deepcopy(model).train()
+    trial = model_copy(model).train()
     batch = example if example.shape[0] > 1 else torch.cat([example, example])  # BatchNorm1d wants two
     try:
         with torch.no_grad():

@@ -1,11 +1,11 @@
 """A moving average of the weights over the fine-tune's steps (setting `ema`)."""
 from __future__ import annotations
 
-import copy
 
 import torch
 from torch import nn
 
+from crossdistill.checks import model_copy
 from crossdistill.errors import CrossDistillError
 
 
@@ -20,7 +20,7 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise CrossDistillError(f"weight-average decay must lie in (0, 1), got {decay}")
         self.decay = float(decay)
-        self.model = copy.deepcopy(model).eval()
+        self.model = model_copy(model).eval()
         self.model.requires_grad_(False)
         self.updates = 0
         # state_dict() tensors share storage with the modules, so the pairs are bound once, not
