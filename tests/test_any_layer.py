@@ -511,7 +511,7 @@ def test_a_model_with_torchs_older_weight_norm_is_refused_with_what_to_do(specia
         compress(teacher, FewShot(torch.randn(4, 3, 8, 8), torch.arange(4), np.arange(4)), cfg, show_progress=False)
 
 
-@pytest.mark.parametrize("special, reason", [("weight_norm", "computed from other parameters"),
+@pytest.mark.parametrize("special, reason", [("weight_norm", "computed by a parametrization"),
                                              ("own_forward", "StandardisedConv with a forward of its own")])
 def test_a_layer_whose_weight_is_not_what_runs_is_left_whole(special, reason):
     """Writing a solved weight there would not change what runs (weight norm recomputes it), or

@@ -339,3 +339,50 @@ def test_a_transposed_conv_reader_leaves_its_group_whole_with_the_reason():
     model = _WithUnsupportedLayer("transpose").eval()
     with pytest.raises(CrossDistillError, match="read by ConvTranspose2d features.3: only Conv1d, Conv2d and Linear readers"):
         compress(model, few, CompressConfig(model="fashion_cnn", shots=2), show_progress=False)
+
+
+def test_a_layer_whose_weight_is_computed_names_the_undo_of_its_own_form():
+    """torch.nn.utils.prune's weight_orig/weight_mask was told to call remove_parametrizations,
+    which raises on it; each form now gets its own undo, and a sparsity run that finds nothing
+    says why for each layer."""
+    import torch.nn.utils.prune as torch_prune
+
+    import crossdistill
+    from torch import nn
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3, 8, 8), torch.arange(40) % 10
+    pruned = net()
+    torch_prune.l1_unstructured(pruned[2], "weight", amount=0.4)
+    with pytest.raises(CrossDistillError, match=r"2: unsupported: .*torch\.nn\.utils\.prune\.remove\(layer, 'weight'\); "
+                                                r"6: the last linear"):
+        crossdistill.compress(pruned, x, labels=y, shots=2, method="sparsity", sparsity=0.5, show_progress=False)
+    torch_prune.remove(pruned[2], "weight")  # what the message says: then it runs
+    crossdistill.compress(pruned, x, labels=y, shots=2, method="sparsity", sparsity=0.5, show_progress=False)
+    normed = net()
+    torch.nn.utils.weight_norm(normed[2])
+    from crossdistill.capture import own_weight_reason
+
+    assert "torch.nn.utils.remove_weight_norm(layer)" in own_weight_reason(normed[2])
+    param = net()
+    torch.nn.utils.parametrizations.weight_norm(param[2])
+    assert "remove_parametrizations(layer, 'weight')" in own_weight_reason(param[2])
+
+
+def test_a_torchscript_module_is_refused_with_the_way_out():
+    """Quantization returned a scripted model unchanged (nothing reaches its compiled layers) and
+    the other methods blamed the first conv and the classifier."""
+    import crossdistill
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    x, y = torch.randn(40, 3, 8, 8), torch.arange(40) % 10
+    for scripted in (torch.jit.script(model), torch.jit.trace(model, x[:2])):
+        with pytest.raises(CrossDistillError, match="is a TorchScript module .*compress the nn.Module it was made from"):
+            crossdistill.compress(scripted, x, labels=y, shots=2, method="quant", bits=4, show_progress=False)

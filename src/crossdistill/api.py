@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossdistill.checks import check_copyable
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_inputs import check_token_ids, dtype_name
 from crossdistill.models.registry import ModelInfo, list_models, model_info
@@ -255,6 +256,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tenso
     and why, and, with `eval_data`, teacher and student top-1 on it)."""
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_copyable(unwrapped(model)[0])
     # Every forward below runs the caller's model: a buffer its forward updates gets its value back.
     with buffers_kept(model):
         return _compress(model, data, labels=labels, eval_data=eval_data, shots=shots, n_samples=n_samples,

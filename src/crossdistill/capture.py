@@ -47,9 +47,17 @@ def own_weight_reason(module: nn.Module) -> str | None:
     (e.g. weight standardisation). A solved weight written there would not be the one that runs."""
     # weight_g: torch.nn.utils.weight_norm; weight_orig: torch.nn.utils.spectral_norm (both
     # recompute `weight` in a forward pre-hook).
-    if parametrize.is_parametrized(module, "weight") or hasattr(module, "weight_g") or hasattr(module, "weight_orig"):
-        return ("its weight is computed from other parameters (weight norm, spectral norm or another "
-                "parametrization); remove that first, e.g. torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight')")
+    # Each form has its own undo; naming the wrong one sends the user to a call that raises.
+    if parametrize.is_parametrized(module, "weight"):
+        return ("its weight is computed by a parametrization (parametrizations.weight_norm, orthogonal, ...); remove it "
+                "first: torch.nn.utils.parametrize.remove_parametrizations(layer, 'weight')")
+    if hasattr(module, "weight_g"):
+        return "its weight is computed by weight norm; remove it first: torch.nn.utils.remove_weight_norm(layer)"
+    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
+        return ("its weight is weight_orig times the weight_mask of torch.nn.utils.prune; make that permanent first: "
+                "torch.nn.utils.prune.remove(layer, 'weight')")
+    if hasattr(module, "weight_orig"):
+        return "its weight is computed by spectral norm; remove it first: torch.nn.utils.remove_spectral_norm(layer)"
     base: type[nn.Module] = next((c for c in CONVS if isinstance(module, c)), nn.Linear)
     custom = type(module).forward is not base.forward
     if base is not nn.Linear:

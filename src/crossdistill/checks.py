@@ -82,11 +82,18 @@ def model_copy(model: nn.Module) -> nn.Module:
 
 
 def check_copyable(model: nn.Module) -> None:
-    """Refuse, naming the layers, a model that cannot be copied into a student: torch's older
+    """Refuse a TorchScript module, and, naming the layers, a model that cannot be copied into a student: torch's older
     `torch.nn.utils.weight_norm` and `spectral_norm` leave a computed weight (once the model has
     run) that copy.deepcopy rejects."""
+    import torch
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
+
+    if isinstance(model, torch.jit.ScriptModule):
+        # Its forward is compiled code: hooks, the graph trace and the layer solves cannot reach
+        # its layers (quantization would return it unchanged, the others find nothing to prune).
+        raise CrossDistillError(f"{type(model).__name__} is a TorchScript module (torch.jit.script / torch.jit.trace): "
+                                "compress the nn.Module it was made from, then script the student")
 
     forms = {WeightNorm: "weight_norm", SpectralNorm: "spectral_norm"}
     old = {name: forms[type(h)] for name, m in model.named_modules() for h in m._forward_pre_hooks.values()

@@ -110,8 +110,8 @@ class WeightSparsity(CompressionMethod):
         self._coverage.warn()
         self._names = self._coverage.planned
         if not self._names:
-            raise CrossDistillError(f"{type(model).__name__} has no conv or linear layer to prune "
-                                    "(the first conv and the classifier are left dense unless prune_first/prune_last)")
+            left = "; ".join(f"{e['name']}: {e['reason']}" for e in self._coverage.report() if e.get("reason"))
+            raise CrossDistillError(f"{type(model).__name__} has no conv or linear layer to prune ({left or 'none found'})")
         params = {"sparsity": self.sparsity, "pattern": self.pattern}
         return [LayerTask(name=n, params=dict(params), group_params=self._group_params(get_module(model, n)))
                 for n in self._names]
