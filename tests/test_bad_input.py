@@ -386,3 +386,21 @@ def test_a_torchscript_module_is_refused_with_the_way_out():
     for scripted in (torch.jit.script(model), torch.jit.trace(model, x[:2])):
         with pytest.raises(CrossDistillError, match="is a TorchScript module .*compress the nn.Module it was made from"):
             crossdistill.compress(scripted, x, labels=y, shots=2, method="quant", bits=4, show_progress=False)
+
+
+def test_pixels_as_stored_are_refused_with_the_conversion_they_need():
+    """uint8 N×H×W×C pixels, and float images left channels last, were told to use a path or a
+    nonsensical --input-size 3 32 3; each message now gives the conversion."""
+    import crossdistill
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 10)).eval()
+    y = torch.arange(20) % 10
+    nhwc = torch.randint(0, 256, (20, 16, 16, 3), dtype=torch.uint8)
+    with pytest.raises(CrossDistillError, match=r"uint8 pixels \(20, 16, 16, 3\): .*x\.permute\(0, 3, 1, 2\)\.float\(\) / 255"):
+        crossdistill.compress(model, nhwc, labels=y, shots=1, show_progress=False)
+    with pytest.raises(CrossDistillError, match=r"uint8 pixels \(20, 3, 16, 16\): .*\(x\.float\(\) / 255"):
+        crossdistill.compress(model, nhwc.permute(0, 3, 1, 2), labels=y, shots=1, show_progress=False)
+    with pytest.raises(CrossDistillError, match=r"look N×H×W×C \(channels last.*x\.permute\(0, 3, 1, 2\)"):
+        crossdistill.compress(model, nhwc.float() / 255, labels=y, shots=1, show_progress=False)

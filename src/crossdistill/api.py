@@ -133,9 +133,18 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
                                     f"negative values ({int(x.min())})")
         return x.long(), (None if y is None else y.long()), None
     if x.dim() < 2 or not x.is_floating_point():
+        if x.dtype == torch.uint8 and x.dim() == 4:
+            # Pixels as stored: the tensors given here are fed as they are, so they must already be
+            # what the model was trained on; an .npz of these pixels is scaled and normalised.
+            last = x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4)
+            layout = "x.permute(0, 3, 1, 2).float() / 255" if last else "x.float() / 255"
+            how = (f"uint8 pixels {tuple(x.shape)}: give the float images the model takes ({layout}, then "
+                   "normalised as in its training), or save them N×H×W×C in an .npz (x, y) and pass its path "
+                   "with mean and std")
+        else:
+            how = f"got {tuple(x.shape)} {x.dtype}"
         raise CrossDistillError(f"{role} data must be a batch: float inputs (images N×C×H×W, signals N×C×L) or "
-                                f"int64 token ids (N×L), got {tuple(x.shape)} {x.dtype} (uint8 image files are read "
-                                "from a path)")
+                                f"int64 token ids (N×L); {how}")
     if not bool(torch.isfinite(x).all()):
         raise CrossDistillError(f"{role} images hold NaN or infinite values")
     return x.float(), (None if y is None else y.long()), None

@@ -134,6 +134,11 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
             # (3, 16, 16) given for one image reads as 3 samples of (16, 16).
             hint = (f"; its first conv takes samples of {len(first.kernel_size) + 1} dimensions, these are {size}: "
                     "give a batch (N, C, H, W) for images, one image x as x.unsqueeze(0)")
+        elif input_dtype == FLOAT and first is not None and len(size) == 3 and size[-1] == first.in_channels \
+                and first.in_channels != c:
+            hint = (f"; its first conv takes {first.in_channels} channels, and the inputs look N×H×W×C (channels "
+                    "last, as image files and numpy arrays hold them): give them N×C×H×W, x.permute(0, 3, 1, 2) "
+                    "(on the command line, --input-size C H W)")
         elif input_dtype == FLOAT and first is not None and first.in_channels != c:
             k = first.in_channels
             hint = (f"; its first conv takes {k} channels and the inputs have {c}: give inputs of {k} channels "
