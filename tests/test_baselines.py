@@ -312,3 +312,21 @@ def test_fitnet_augment_is_a_switch():
     parse = build_parser().parse_args
     assert parse(["baseline", "fitnet", "--no-fitnet-augment", "--out", "o"]).fitnet_augment is False
     assert parse(["baseline", "fitnet", "--out", "o"]).fitnet_augment is None  # the declared default then
+
+
+def test_a_baseline_run_folder_reruns_that_baseline(tiny_data, tmp_path, capsys):
+    """`baseline l1` wrote `baseline: null` (and the default objective) into config.yaml, so
+    `compress --config RUN/config.yaml` reran cross distillation instead of L1; and a second
+    baseline given with --baseline was silently overridden yet recorded."""
+    import yaml
+
+    assert main(["baseline", "l1", *tiny_data, "--out", str(tmp_path / "l1")]) == 0
+    assert yaml.safe_load((tmp_path / "l1" / "config.yaml").read_text())["baseline"] == "l1"
+    first = json.loads((tmp_path / "l1" / "report.json").read_text())
+    assert first["config"]["baseline"] == "l1" == first["baseline"]
+    assert main(["compress", "--config", str(tmp_path / "l1" / "config.yaml"), "--out", str(tmp_path / "again"),
+                 "--quiet"]) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert again["baseline"] == "l1" and again["student"]["top1"] == first["student"]["top1"]
+    assert main(["baseline", "fskd", *tiny_data, "--baseline", "cp", "--out", str(tmp_path / "two")]) == 2
+    assert "given a second baseline, cp" in capsys.readouterr().err and not (tmp_path / "two").exists()

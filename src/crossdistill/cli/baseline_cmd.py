@@ -38,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
 
     check_fixed(args, args.name)
     cfg = run_config(args)
+    if cfg.baseline not in (None, args.name):
+        raise CrossDistillError(f"baseline {args.name} was given a second baseline, {cfg.baseline} (--baseline or a "
+                                "config's baseline:): name one")
+    # Recorded in config.yaml and the report's config, so that `compress --config RUN/config.yaml`
+    # reruns this baseline rather than the default cross distillation.
+    cfg = cfg.updated(baseline=args.name)
     given = {q.name: getattr(args, q.name) for q in FitnetSettings.params() if getattr(args, q.name, None) is not None}
     if given:
         cfg = cfg.updated(**given)  # checked by their declaration (baselines/settings.py)
@@ -45,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     with atomic_output_dir(args.out, args.force) as tmp:
         result, report = run_pipeline(cfg, show_progress=not args.quiet,
                                       compress_fn=get_baseline(args.name, show_progress=not args.quiet))
-        report["baseline"] = args.name
         write_run(tmp, result, report)
     print(f"baseline {args.name}")
     print(format_summary(report))
