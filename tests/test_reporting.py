@@ -181,3 +181,23 @@ def test_the_run_summary_names_k_only_when_the_draw_had_one():
     assert "few-shot: 50 images (K=5, seed 0, random)" in format_summary({**base, "n_samples": 50, "shots": 5})
     # --n-samples N draws without classes: "K=None" read as a bug.
     assert "few-shot: 64 images (seed 0, random)" in format_summary({**base, "shots": None})
+
+
+def test_the_run_summary_names_a_baseline_and_a_quantized_size_not_zero_codes():
+    """A baseline's summary.txt named the default objective and solver, never the baseline; a
+    quantized student's zero codes were printed as 'nonzero' (read as sparsity) and its size,
+    the figure quantization is for, was missing."""
+    from crossdistill.run_outputs import format_summary
+
+    base = {"model": "m", "objective": "soft", "solver": "closed-form", "n_samples": 50, "shots": 5, "seed": 0,
+            "sampler": "random", "compress_seconds": 1.0, "n_eval": 100}
+    t = {"top1": 90.0, "params": 1000, "nonzero_params": 1000, "flops": 2e6}
+    quant = {**base, "method": "quant(bits=4)", "teacher": t, "model_size": {"total": 1024},
+             "student": {**t, "top1": 89.0, "nonzero_params": 940}}
+    text = format_summary(quant)
+    assert "nonzero" not in text
+    assert "size (KiB)" in text and text.split("size (KiB)")[1].split()[:2] == ["3.9", "1.0"]
+    sparse = format_summary({**quant, "method": "sparsity(sparsity=0.5)", "model_size": None})
+    assert "nonzero" in sparse and "size (KiB)" not in sparse
+    assert format_summary({**base, "method": "channels(keep=0.5)", "baseline": "l1"}).startswith(
+        "m  baseline l1  channels(keep=0.5)")

@@ -29,8 +29,10 @@ def versions() -> dict[str, str]:
 def format_summary(report: dict[str, Any]) -> str:
     """A before ⇒ after table a person can read."""
     k = f"K={report['shots']}, " if report.get("shots") is not None else ""  # none with --n-samples
+    what = (f"baseline {report['baseline']}  {report['method']}" if report.get("baseline")
+            else f"{report['method']}  {report['objective']}  {report['solver']}")
     lines = [
-        f"{report['model']}  {report['method']}  {report['objective']}  {report['solver']}",
+        f"{report['model']}  {what}",
         f"few-shot: {report['n_samples']} images ({k}seed {report['seed']}, {report['sampler']}); "
         f"compression took {report['compress_seconds']:.1f} s",
     ]
@@ -39,8 +41,16 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"{'':14}{'teacher':>14}{'student':>14}")
         lines.append(f"{'top-1 (%)':14}{t['top1']:>14.2f}{s['top1']:>14.2f}   on {report['n_eval']} test images")
         lines.append(f"{'params':14}{t['params']:>14,}{s['params']:>14,}")
-        if s.get("nonzero_params", s["params"]) < s["params"]:  # unstructured sparsity keeps dense shapes
+        if s.get("nonzero_params", s["params"]) < s["params"] and "sparsity" in str(report["method"]):
+            # Unstructured sparsity keeps dense shapes. (A quantized weight's zero codes are not
+            # sparsity: its size is the line below.)
             lines.append(f"{'nonzero':14}{t['nonzero_params']:>14,}{s['nonzero_params']:>14,}")
+        size = report.get("model_size")
+        if size:
+            # The teacher's column is its parameters in float32 (its BatchNorm statistics are
+            # not in the report; they are a fraction of a percent of a conv net).
+            lines.append(f"{'size (KiB)':14}{t['params'] * 4 / 1024:>14,.1f}{size['total'] / 1024:>14,.1f}   "
+                         "student stored for inference: packed codes, scales, the rest float32")
         lines.append(f"{'MFLOPs':14}{t['flops'] / 1e6:>14.2f}{s['flops'] / 1e6:>14.2f}")
         agree = report.get("agreement")
         if agree and agree.get("top1_agreement") is not None:
