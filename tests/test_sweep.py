@@ -193,6 +193,28 @@ def test_teacher_is_evaluated_once_per_database(tmp_path, data, monkeypatch):
     conn.close()
 
 
+def test_a_sweeps_teacher_is_timed_at_the_runs_thread_count(tmp_path, data):
+    """The cached teacher evaluation ran at torch's default threads while each student was timed at
+    the config's `threads`: the latency report divided a 2-thread time by a 1-thread one. A
+    second thread count is a second teacher evaluation, not the cached one."""
+    import torch
+
+    train, test = data
+    db = tmp_path / "r.sqlite"
+    default = torch.get_num_threads()
+    for threads in (1, 2):
+        cfg = write_sweep(tmp_path / f"s{threads}.yaml", train, test, grid={"seed": [0], "shots": [1]},
+                          base={"latency": True, "threads": threads}, runs=[{"objective": "nocross"}])
+        run_sweep(load_sweep(cfg), db)
+        assert torch.get_num_threads() == default
+    conn = sqlite3.connect(str(db))
+    reports = [json.loads(r[0]) for r in conn.execute("SELECT report FROM runs ORDER BY id")]
+    assert conn.execute("SELECT count(*) FROM teacher_evals").fetchone() == (2,)
+    conn.close()
+    for threads, report in zip((1, 2), reports):
+        assert {t["threads"] for side in ("teacher", "student") for t in report[side]["latency"]} == {threads}
+
+
 def test_failed_runs_are_recorded_and_do_not_stop_the_grid(tmp_path, data, capsys):
     train, test = data
     # A test set that is not there passes validation (paths are checked where they are used)

@@ -73,8 +73,8 @@ class RunContext:
     def teacher_metrics(self, cfg: CompressConfig) -> dict[str, Any] | None:
         """The teacher's evaluation on cfg.eval_data, from the database or computed once.
 
-        Keyed by the teacher's tensors, the test images and the latency setting, so a changed
-        weights file or test set never reuses a stale number.
+        Keyed by the teacher's tensors, the test images and the latency setting (with its thread
+        count), so a changed weights file, test set or thread count never reuses a stale number.
         """
         from crossdistill.evaluation import evaluate_for
         from crossdistill.models import model_info
@@ -89,14 +89,20 @@ class RunContext:
             "eval_data": self._data_key(cfg.eval_data, "test"),
             "latency": bool(cfg.latency),
         }
-        key = json_sha256(key_src)  # same digest as before the split: stored evaluations stay valid
+        if cfg.latency:
+            # Timed at the run's thread count, as its student is: a teacher timed at 2 threads
+            # beside students at 1 made a 39x "speed-up". (Without latency the digest is the one
+            # stored evaluations were made with.)
+            key_src["threads"] = cfg.threads
+        key = json_sha256(key_src)
         cached = self.db.teacher_metrics(key) if self.db is not None else self._metrics.get(key)
         if cached is not None:
             return cached
         start = time.perf_counter()
         # The registry's info, or a user model's (input size, mean, std from the config and the data).
         info = info_of(cfg, teacher, self.data(cfg.data, "train")) if cfg.data else model_info(cfg.model)
-        metrics = evaluate_for(teacher, self.data(cfg.eval_data, "test"), info, latency=cfg.latency)
+        metrics = evaluate_for(teacher, self.data(cfg.eval_data, "test"), info, latency=cfg.latency,
+                               threads=cfg.threads)
         if self.db is not None:
             self.db.store_teacher_metrics(key, cfg.model, cfg.weights, cfg.eval_data, metrics,
                                           time.perf_counter() - start)
