@@ -376,3 +376,19 @@ def test_a_dotted_grid_key_survives_a_runs_entry_that_names_its_plugin(tmp_path,
     with pytest.warns(ConfigWarning, match=r"objective.beta=0.2 is not a setting of the selected objective mixed"):
         resolved = CompressConfig.from_layers([{"objective": "soft", "objective.beta": 0.2}, {"objective": "mixed"}])
     assert resolved.objective.name == "mixed"
+
+
+def test_the_rows_solver_column_names_what_ran():
+    """A quant row said solver 'closed-form' (GPTQ ran) and a baseline row the config's unused
+    objective and solver."""
+    from crossdistill.sweep.runner import summary_columns
+
+    def cols(**kw):
+        c = summary_columns(CompressConfig(model="resnet20", shots=1, **kw).validate())
+        return c["objective"], c["solver"]
+
+    assert cols(method="quant") == ("soft", "gptq")
+    assert cols(method="channels+quant") == ("soft", "closed-form+gptq")
+    assert cols(method="lowrank") == ("soft", "svd")
+    assert cols(baseline="l1") == (None, "baseline l1")
+    assert cols(solver="paper") == ("soft", "paper")

@@ -99,12 +99,23 @@ def summary_columns(cfg: CompressConfig) -> dict[str, Any]:
         "model": flat.get("model"),
         "prune": flat.get("method"),
         "keep": None if keep is None else str(keep),
-        "objective": flat.get("objective"),
-        "solver": flat.get("solver"),
+        # What ran, not the config's names: a baseline fixes its own objective and solver, and
+        # the default solver name means each method's own default (GPTQ for quant, SVD for low rank).
+        "objective": None if cfg.baseline else flat.get("objective"),
+        "solver": f"baseline {cfg.baseline}" if cfg.baseline else solvers_run(cfg),
         "shots": flat.get("shots"),
         "n_samples": flat.get("n_samples"),
         "seed": flat.get("seed"),
     }
+
+
+def solvers_run(cfg: CompressConfig) -> str:
+    """The solver each stage of cfg's method runs, '+'-joined (channels+quant: 'closed-form+gptq')."""
+    from crossdistill.compression import METHODS
+    from crossdistill.compression.composite import stage_solver_name
+
+    method = METHODS.build(cfg.method.name, cfg.method.params)
+    return "+".join(stage_solver_name(stage, override, cfg.solver.name) for stage, override in method.stages())
 
 
 def fmt_duration(seconds: float) -> str:
