@@ -344,6 +344,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
     # The teacher runs in eval mode throughout; the caller's model gets its own flags back.
     with eval_mode(model):
         result = run_compress(model, few, cfg, show_progress=show_progress)
+        compress_seconds = time.perf_counter() - start  # as the command line's: evaluation not included
         t_scores = s_scores = agreement = None
         if test is not None:
             from crossdistill.evaluation_agreement import compare
@@ -373,7 +374,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
         "model": name, "method": result.method, "objective": result.objective, "solver": result.solver,
         "shots": shots, **draw, "seed": seed, "n_samples": int(len(idx)), "fewshot_indices": idx.tolist(),
         **({"fewshot_class_counts": class_counts} if class_counts is not None else {}),
-        "compress_seconds": time.perf_counter() - start,
+        "compress_seconds": compress_seconds,
         "layers": [{"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
                     **r.info} for r in result.records],
         **result.summary, "config": cfg.to_dict(),

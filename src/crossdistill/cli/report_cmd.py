@@ -4,7 +4,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crossdistill.reporting.render import code_line  # noqa: F401  (re-exported: older callers import it here)
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    # `code_line` is re-exported for older callers, on demand: importing reporting.render loads
+    # matplotlib, which every command (the parser imports them all) would otherwise pay for.
+    if name == "code_line":
+        from crossdistill.reporting.render import code_line
+
+        return code_line
+    raise AttributeError(name)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
