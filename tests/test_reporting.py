@@ -201,3 +201,20 @@ def test_the_run_summary_names_a_baseline_and_a_quantized_size_not_zero_codes():
     assert "nonzero" in sparse and "size (KiB)" not in sparse
     assert format_summary({**base, "method": "channels(keep=0.5)", "baseline": "l1"}).startswith(
         "m  baseline l1  channels(keep=0.5)")
+
+
+def test_accuracy_vs_flops_does_not_join_a_global_budget_to_the_uniform_line(tmp_path):
+    """Uniform keep 0.5 and a global budget at the same FLOPs were one 'soft' line, zig-zagging
+    between two points at one x; each budget is a line of its own, named by it."""
+    path = tmp_path / "budget.sqlite"
+    with SweepDB(path) as db:
+        for keep, flops in ((0.5, 1_500_000), (0.75, 2_500_000)):
+            add(db, 60.0 + 10 * keep, objective="soft", shots=5, seed=0, keep=keep, flops=flops)
+            add(db, 70.0 + 10 * keep, objective="soft", shots=5, seed=0, keep=keep, flops=flops - 100_000,
+                budget="global")
+    fig = accuracy_vs_flops(aggregate(load_runs(path)))
+    bars = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    labels = [b.get_label() for b in bars]
+    assert len(bars) == 2 and any("budget=global" in lab for lab in labels) and len(set(labels)) == 2
+    for b in bars:
+        assert len(b.lines[0].get_xdata()) == 2  # each line joins its own two levels

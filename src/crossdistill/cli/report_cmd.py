@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdistill.reporting import load_runs, render_report
+    from crossdistill.reporting import code_line, load_runs, render_report
     from crossdistill.sweep import parse_set
 
     out = args.out or args.db.with_name(args.db.stem + "-report")

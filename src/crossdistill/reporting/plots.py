@@ -3,7 +3,7 @@ global figure state are involved (safe in threads, servers and tests)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from matplotlib.figure import Figure
 
@@ -66,20 +66,26 @@ def accuracy_vs_flops(groups: Sequence[SettingGroup], x: int | None = None) -> F
     if x is None:
         common = set.intersection(*(set(g.x_values) for g in groups)) if groups else set()
         x = max(common) if common else max(v for g in groups for v in g.x_values)
-    methods: list[str] = []
+    # A line joins one method's compression levels only: settings beside the level (a global
+    # budget against the uniform one, another method) make lines of their own, named by them.
+    families = {id(g): _family(g) for g in groups}
+    differing = {k for f in families.values() for k, v in f if any(dict(o).get(k) != v for o in families.values())}
+    lines: list[tuple[str, tuple]] = []
     for g in groups:
-        methods += [m for m in g.methods if m not in methods]
+        lines += [(m, families[id(g)]) for m in g.methods if (m, families[id(g)]) not in lines]
     fig = Figure(figsize=(7.5, 5.0), dpi=110)
     ax = fig.add_subplot()
     handles: list = []
-    for i, m in enumerate(methods):
+    for i, (m, family) in enumerate(lines):
         pts = sorted(
-            (c.flops / 1e6, c.mean, c.std) for g in groups
+            (c.flops / 1e6, c.mean, c.std) for g in groups if families[id(g)] == family
             for c in [g.cell(m, x)] if c is not None and c.flops is not None
         )
         if not pts:
             continue
-        handles.append(ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], label=m,
+        extra = ", ".join(f"{k.removeprefix('method.')}={v}" for k, v in family if k in differing)
+        handles.append(ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
+                                   label=f"{m} ({extra})" if extra else m,
                                    marker=_MARKERS[i % len(_MARKERS)], markersize=5, capsize=3, linewidth=1.5))
     g0 = groups[0]
     if g0.teacher_top1 is not None and g0.teacher_flops is not None:
@@ -95,6 +101,18 @@ def accuracy_vs_flops(groups: Sequence[SettingGroup], x: int | None = None) -> F
     ax.legend(handles=handles, fontsize=8, loc="best")
     fig.tight_layout()
     return fig
+
+
+# The settings that set how much a method compresses: the x axis of the FLOPs plot.
+LEVEL_SETTINGS = ("method.keep", "method.flops", "method.parameters", "method.sparsity", "method.bits",
+                  "method.rank_ratio", "method.flops_ratio")
+
+
+def _family(g: SettingGroup) -> tuple[tuple[str, Any], ...]:
+    """The group's compression setting without its level: runs that differ only in the level
+    lie on one line."""
+    return tuple(sorted((k, v) for k, v in g.config.items()
+                        if k not in LEVEL_SETTINGS and (k == "method" or k.startswith("method."))))
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
