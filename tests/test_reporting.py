@@ -218,3 +218,16 @@ def test_accuracy_vs_flops_does_not_join_a_global_budget_to_the_uniform_line(tmp
     assert len(bars) == 2 and any("budget=global" in lab for lab in labels) and len(set(labels)) == 2
     for b in bars:
         assert len(b.lines[0].get_xdata()) == 2  # each line joins its own two levels
+
+
+def test_runs_scored_on_a_held_out_part_of_the_training_file_are_called_validation(tmp_path):
+    """The defaults were chosen on train.npz[49000:]; the report called those 1000 images 'test
+    images' (beside a teacher at 100 %) under the same heading as the test runs."""
+    path = tmp_path / "val.sqlite"
+    with SweepDB(path) as db:
+        add(db, 70.0, objective="soft", shots=1, seed=0, data="train.npz[:49000]", eval_data="train.npz[49000:]")
+        add(db, 60.0, objective="soft", shots=1, seed=0)
+    val, test = sorted(aggregate(load_runs(path)), key=lambda g: g.eval_role, reverse=True)
+    assert (val.eval_role, test.eval_role) == ("validation", "test")
+    assert "500 validation images" in accuracy_table(val) and "500 test images" in accuracy_table(test)
+    assert val.label != test.label and val.label.endswith("validation split")

@@ -51,7 +51,7 @@ def accuracy_vs_shots(group: SettingGroup) -> Figure:
     else:
         ax.set_xlabel("N (training images)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{group.model}, {group.compression}: top-1 on {group.n_eval} test images\n"
+    ax.set_title(f"{group.model}, {group.compression}: top-1 on {group.n_eval} {group.eval_role} images\n"
                  f"({group.eval_name}; {_seeds_text([group])})", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="best")
@@ -95,7 +95,7 @@ def accuracy_vs_flops(groups: Sequence[SettingGroup], x: int | None = None) -> F
     ax.set_xlabel("MFLOPs per image (2 per multiply-accumulate)")
     ax.set_ylabel("top-1 accuracy (%)")
     levels = ", ".join(g.compression for g in groups)
-    ax.set_title(f"{g0.model}: top-1 on {g0.n_eval} test images vs FLOPs at {x_name}={x}\n"
+    ax.set_title(f"{g0.model}: top-1 on {g0.n_eval} {g0.eval_role} images vs FLOPs at {x_name}={x}\n"
                  f"({levels}; {_seeds_text(groups)})", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="best")

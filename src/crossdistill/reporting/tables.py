@@ -40,7 +40,7 @@ def setting_header(group: SettingGroup) -> str:
     lines = [f"## {group.label}", ""]
     if group.teacher_top1 is not None:
         lines.append(
-            f"Teacher: **{group.teacher_top1:.2f} %** top-1 on {group.n_eval} test images ({group.eval_name}); "
+            f"Teacher: **{group.teacher_top1:.2f} %** top-1 on {group.n_eval} {group.eval_role} images ({group.eval_name}); "
             f"{_mega(group.teacher_params)} M params, {_mega(group.teacher_flops)} MFLOPs per image."
         )
     cells = list(group.cells.values())
@@ -59,7 +59,7 @@ def accuracy_table(group: SettingGroup) -> str:
     xs = group.x_values
     x = _x_name(group)
     lines = [
-        f"Top-1 (%) on {group.n_eval} test images, mean ± sample std {_seeds_note(group)}; "
+        f"Top-1 (%) on {group.n_eval} {group.eval_role} images, mean ± sample std {_seeds_note(group)}; "
         f"{x} = {'training images per class' if x == 'K' else 'training images'}.",
         "",
         "| method | " + " | ".join(f"{x}={v}" for v in xs) + " |",

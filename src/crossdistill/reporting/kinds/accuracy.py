@@ -46,7 +46,7 @@ class AccuracyReport(ReportKind):
     def render(self, rows: Sequence[RunRow], out: Path) -> Rendered:
         groups = aggregate(rows)
         r = Rendered(["Each cell is the mean ± sample standard deviation over few-shot draws (seeds); "
-                      "n_eval is the number of test images.", ""], {"settings": []})
+                      "n_eval is the number of evaluation images (test images, or a validation split where the section says so).", ""], {"settings": []})
         used: set[str] = set()
         for g in groups:
             name = slug(g.label)
