@@ -231,3 +231,11 @@ def test_runs_scored_on_a_held_out_part_of_the_training_file_are_called_validati
     assert (val.eval_role, test.eval_role) == ("validation", "test")
     assert "500 validation images" in accuracy_table(val) and "500 test images" in accuracy_table(test)
     assert val.label != test.label and val.label.endswith("validation split")
+
+
+def test_an_unset_damping_is_labelled_auto_not_none():
+    """'nocross (damping=None)' beside 'nocross (damping=0.1)' read as no damping at all; unset is
+    the 0.1/K default."""
+    labels = method_labels([{**BASE, "objective": "nocross", "damping": None},
+                            {**BASE, "objective": "nocross", "damping": 0.1}])
+    assert sorted(labels.values()) == ["nocross (damping=0.1)", "nocross (damping=auto)"]

@@ -174,6 +174,14 @@ class SettingGroup:
         return self.cells.get((method, x))
 
 
+def _setting_text(field: str, v: Any) -> str:
+    """A setting's value in a method label; an unset damping is the 'auto' default (0.1/K), not
+    'None', which read as no damping at all."""
+    if field == "damping" and v is None:
+        return "auto"
+    return _fmt_value(v)
+
+
 def _fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
@@ -249,7 +257,7 @@ def method_labels(configs: Iterable[Mapping[str, Any]]) -> dict[Any, str]:
         fields = sorted({f for k in ks for f in keys[k]
                          if f not in ("model", "method") and len({_freeze(keys[j].get(f)) for j in ks}) > 1})
         for k in ks:
-            extra = ", ".join(f"{f}={_fmt_value(keys[k].get(f))}" for f in fields)
+            extra = ", ".join(f"{f}={_setting_text(f, keys[k].get(f))}" for f in fields)
             labels[k] = f"{lab} ({extra})"
     return labels
 
