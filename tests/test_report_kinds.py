@@ -137,6 +137,22 @@ def test_budget_kind_shows_views_and_recovery_as_their_own_variant_with_the_fine
     assert len(summary["settings"]) == 2
 
 
+def test_budget_kind_keeps_a_later_run_of_the_same_cell_with_other_epochs_as_its_own_table(tmp_path):
+    """A recovery rerun with 400 epochs where 300 had run took the 300-epoch rows' place in the
+    table (the variant leaves the epochs out); both are shown, the later one named by its epochs.
+    A rerun differing only in latency still replaces the earlier row."""
+    db_path = tmp_path / "e.sqlite"
+    with SweepDB(db_path) as db:
+        for seed in (0, 1):
+            add(db, 80.0, shots=5, seed=seed)
+            add(db, 85.0, shots=5, seed=seed, budget="global", finetune_epochs=300, finetune_mode="hints")
+            add(db, 87.0, shots=5, seed=seed, budget="global", finetune_epochs=400, finetune_mode="hints")
+            add(db, 81.0, shots=5, seed=seed, latency=True)
+    md = (render_report(db_path, tmp_path / "out", kind="budget") and (tmp_path / "out" / "report.md").read_text())
+    assert "| 5 | 0,1 | 81.00 ± 0.00 | 85.00 ± 0.00 |" in md
+    assert "[finetune.epochs=400]" in md and "| 5 | 0,1 | 81.00 ± 0.00 | 87.00 ± 0.00 |" in md
+
+
 def test_kind_declared_by_the_sweep_file_is_used_and_checked(tmp_path, capsys):
     cfg = write_sweep(tmp_path / "s.yaml", tmp_path / "train.npz", tmp_path / "test.npz",
                       grid={"seed": [0]}, runs=[{"objective": "nocross"}])
@@ -153,6 +169,14 @@ def test_kind_declared_by_the_sweep_file_is_used_and_checked(tmp_path, capsys):
     assert "kind paired" in capsys.readouterr().out
     assert f"Made by `crossdistill sweep {cfg} --db {db_path}`" in (tmp_path / "r" / "report.md").read_text()
     assert main(["report", str(db_path), "--out", str(tmp_path / "r2"), "--kind", "accuracy"]) == 0
+    # The recorded command line, --set values included, and the report's own --kind: the line
+    # dropped both, so it could not re-make what it described.
+    with SweepDB(db_path) as db:
+        db.record_invocation(spec, ["sweep", str(cfg), "--db", str(db_path), "--set", "shots=5"])
+    assert main(["report", str(db_path), "--out", str(tmp_path / "r4"), "--kind", "accuracy"]) == 0
+    made = (tmp_path / "r4" / "report.md").read_text()
+    assert f"`crossdistill sweep {cfg} --db {db_path} --set shots=5`" in made
+    assert f"rendered by `crossdistill report {db_path} --kind=accuracy`" in made
     cfg.write_text(text.replace("name: paired", "name: pared"))
     with pytest.raises(CrossDistillError, match="report: unknown report kind 'pared'"):
         load_sweep(cfg)

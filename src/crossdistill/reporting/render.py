@@ -3,6 +3,8 @@ results database. The kind (kinds/) is the one asked for, else the one the sweep
 wrote the database declares (`report:`), else `accuracy`."""
 from __future__ import annotations
 
+import json
+import shlex
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -38,23 +40,36 @@ def declared_kind(db_path: str | Path) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def how_made(db_path: str | Path) -> str:
-    """The commands that re-make this database and report, from its invocations: the sweep files
-    run into it and the files imported into it (their rows name their lines in `source`)."""
+def how_made(db_path: str | Path, report_args: Sequence[str] = ()) -> str:
+    """The commands that re-make this database and report, from its invocations: each distinct
+    sweep command line run into it, as recorded (its --set values included), the files imported
+    into it (their rows name their lines in `source`), and the report command with `report_args`
+    (the --kind and --set it was given)."""
     try:
         conn = sqlite3.connect(f"file:{Path(db_path)}?mode=ro", uri=True, timeout=60)
         try:
-            rows = conn.execute("SELECT sweep, source FROM invocations ORDER BY id").fetchall()
+            rows = conn.execute("SELECT sweep, source, argv FROM invocations ORDER BY id").fetchall()
         finally:
             conn.close()
     except sqlite3.DatabaseError:
         return ""
-    sweeps = list(dict.fromkeys(src for name, src in rows if src and not str(name).startswith("import:")))
-    imports = list(dict.fromkeys(src for name, src in rows if src and str(name).startswith("import:")))
-    parts = [f"Made by `crossdistill sweep {' / '.join(sweeps)} --db {db_path}`" if sweeps else "",
+    sweeps = list(dict.fromkeys(_command(argv) or f"crossdistill sweep {src} --db {db_path}"
+                                for name, src, argv in rows if src and not str(name).startswith("import:")))
+    imports = list(dict.fromkeys(src for name, src, _ in rows if src and str(name).startswith("import:")))
+    parts = ["Made by " + ", then ".join(f"`{c}`" for c in sweeps) if sweeps else "",
              ("imported from " if sweeps else "Imported from ") + ", ".join(f"`{i}`" for i in imports) if imports else ""]
     text = "; ".join(p for p in parts if p)
-    return f"{text}; rendered by `crossdistill report {db_path}`." if text else ""
+    report = " ".join(shlex.quote(a) for a in ["crossdistill", "report", str(db_path), *report_args])
+    return f"{text}; rendered by `{report}`." if text else ""
+
+
+def _command(argv: str | None) -> str | None:
+    """A recorded argv (JSON) as the shell command that reruns it; None when none was recorded."""
+    try:
+        args = json.loads(argv) if argv else None
+    except ValueError:
+        return None
+    return " ".join(shlex.quote(str(a)) for a in ["crossdistill", *args]) if args else None
 
 
 def kind_spec(value: Any) -> tuple[str, dict[str, Any]]:
@@ -83,8 +98,10 @@ def render_report(db_path: str | Path, out: str | Path, *, force: bool = False, 
     rows = load_runs(db_path)
     if not rows:
         raise CrossDistillError(f"{db_path}: no runs recorded yet")
+    explicit_kind, declared_params = kind is not None, {}
     if kind is None:
         kind, declared = declared_kind(db_path) or (DEFAULT_KIND, {})
+        declared_params = {k: v for k, v in declared.items() if k not in (params or {})}
         params = {**declared, **dict(params or {})}
     report = REPORT_KINDS.build(kind, params)
     check_output_dir(out, force)
@@ -97,7 +114,9 @@ def render_report(db_path: str | Path, out: str | Path, *, force: bool = False, 
         md += rendered.markdown
         if failed:
             md += ["## Failed runs", "", failed_table(failed), ""]
-        md += [line for line in (how_made(db_path), code_line(rows)) if line] + [""]
+        given = ([f"--kind={kind}"] if explicit_kind else []) + [f"--set={k}={v}" for k, v in (params or {}).items()
+                                                                if k not in declared_params]
+        md += [line for line in (how_made(db_path, given), code_line(rows)) if line] + [""]
         summary: dict[str, Any] = {"db": str(db_path), "kind": report.name, "params": report.settings(),
                                    "runs": len(rows), "failed": len(failed), **rendered.summary,
                                    "plots": rendered.plots}

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Sequence
 from matplotlib.figure import Figure
 
 from crossdistill.reporting.kinds.base import Rendered, ReportKind, slug
-from crossdistill.reporting.results import RunRow
+from crossdistill.reporting.results import IGNORED_FIELDS, RunRow
 
 
 def _target(config: dict[str, Any]) -> str:
@@ -39,6 +39,13 @@ def _variant(config: dict[str, Any]) -> str:
         label += (f" + recovery ({config.get('finetune.mode', 'kd')}, "
                   f"{config.get('finetune.schedule', 'constant')} lr {config.get('finetune.lr', 1e-4):g})")
     return label
+
+
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The settings in which two runs of one cell differ, as `key=value` of `a`; those that do not
+    change a result (IGNORED_FIELDS) left out."""
+    keys = sorted(k for k in set(a) | set(b) if k not in IGNORED_FIELDS and a.get(k) != b.get(k))
+    return ", ".join(f"{k}={a.get(k)}" for k in keys)
 
 
 def _mean_sd(values: Sequence[float]) -> str:
@@ -102,8 +109,16 @@ class BudgetReport(ReportKind):
             if row.status != "ok" or c.get("method") != "channels" or row.student_top1 is None:
                 continue
             key = (c.get("model"), c.get("eval_data"), _target(c), c.get("objective"), c.get("solver"))
-            side = _variant(c)
-            cells.setdefault(key, {}).setdefault(side, {})[(c["shots"], c["seed"])] = row
+            side, slot = _variant(c), (c["shots"], c["seed"])
+            while slot in cells.get(key, {}).get(side, {}):
+                # The variant's label leaves out the epochs (they differ by K): a later run of
+                # the same cell with other settings (400 epochs where 300 ran) is a table of its
+                # own, named by what differs, not a silent replacement of the first.
+                diff = _differing(c, cells[key][side][slot].config)
+                if not diff:
+                    break  # the same run again (latency, device, batch size aside): the later row
+                side = f"{side} [{diff}]"
+            cells.setdefault(key, {}).setdefault(side, {})[slot] = row
         for key in sorted(cells, key=str):
             model, eval_data, target, objective, solver = key
             uni = cells[key].get("uniform", {})
