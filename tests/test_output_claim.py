@@ -165,7 +165,7 @@ def test_out_is_refused_while_another_run_holds_it(tmp_path, capsys):
 def test_force_replaces_only_a_finished_result(tmp_path):
     out = tmp_path / "r"
     with atomic_output_dir(out) as tmp:
-        (tmp / "a").write_text("first")
+        (tmp / "report.json").write_text("first")
     with pytest.raises(CrossDistillError, match=EXISTS):
         with atomic_output_dir(out):
             pass
@@ -220,3 +220,30 @@ def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path):
     proc.wait(timeout=120)
     assert proc.returncode == 143 and not out.exists()
     assert _hidden(out.parent) == []
+
+
+def test_force_replaces_only_result_folders(tmp_path, monkeypatch):
+    """`--out . --force` (or an empty $OUT) removed the working folder with everything in it;
+    --force now replaces an empty folder or a result (it holds report.json), nothing else."""
+    def write(out: Path, force: bool) -> None:
+        with atomic_output_dir(out, force) as tmp:
+            (tmp / "report.json").write_text("{}")
+
+    work = tmp_path / "project"
+    (work / "data").mkdir(parents=True)
+    (work / "notes.txt").write_text("precious")
+    monkeypatch.chdir(work)
+    for out in (Path("."), Path("data/..")):
+        with pytest.raises(CrossDistillError, match="is the current folder: --force would remove it"):
+            write(out, True)
+    with pytest.raises(CrossDistillError, match="is a folder above the current one"):
+        write(Path(".."), True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CrossDistillError, match=r"is not a crossdistill result \(it holds data, notes.txt and no report.json\)"):
+        write(work, True)
+    monkeypatch.chdir(work)
+    assert (work / "notes.txt").read_text() == "precious" and (work / "data").is_dir()
+    (work / "empty").mkdir()
+    write(Path("empty"), True)  # an empty folder may be filled
+    write(Path("empty"), True)  # and a result replaced
+    assert sorted(p.name for p in (work / "empty").iterdir()) == ["report.json"]

@@ -171,6 +171,8 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     with output_lock(out, force) as target:
         if target.exists() and not target.is_dir():
             raise CrossDistillError(f"output {out} exists and is not a directory")
+        if target.exists():
+            check_replaceable(target, out)
         clean_stale(target)
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
@@ -192,6 +194,33 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
                                         "nothing was written") from exc
             raise
         _commit(tmp, target, out, force)
+
+
+# Every folder a command writes holds this file: what --force may replace is recognised by it.
+RESULT_MARK = "report.json"
+
+
+def check_replaceable(target: Path, out: Path) -> None:
+    """Refuse to replace (with --force) a folder that is not a result of ours: --force removes the
+    whole folder, and `--out .` or a mistyped path would take the user's files with it. An empty
+    folder or one holding RESULT_MARK may go; the current folder, its parents and the home folder
+    never."""
+    here = Path.cwd().resolve()
+    resolved = target.resolve()
+    where = ("the current folder" if resolved == here else "a folder above the current one"
+             if resolved in here.parents else "the home folder" if resolved == Path.home().resolve() else None)
+    if where:
+        raise CrossDistillError(f"output {out} is {where}: --force would remove it with everything in it; give a "
+                                "new folder for the results")
+    try:
+        entries = [p.name for p in target.iterdir()]
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
+    if entries and RESULT_MARK not in entries:
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise CrossDistillError(f"output {out} exists and is not a crossdistill result (it holds {shown} and no "
+                                f"{RESULT_MARK}): --force replaces only result folders; give a new folder, or remove "
+                                "this one yourself")
 
 
 def _commit(tmp: Path, target: Path, out: Path, force: bool) -> None:
