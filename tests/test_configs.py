@@ -174,3 +174,26 @@ def test_a_keep_beside_a_size_target_is_refused_not_dropped(target):
     with pytest.raises(CrossDistillError, match=rf"give either keep \(0.6\) or {target} \(0.5\)"):
         CompressConfig(model="resnet20", keep=0.6, **{target: 0.5}).validate()
     CompressConfig(model="resnet20", **{target: 0.5}).validate()
+
+
+def test_a_config_with_a_key_twice_or_not_text_is_refused(tmp_path):
+    """YAML keeps the last of two equal keys without a word (`keep: 0.5` ... `keep: 0.25` ran
+    0.25); a binary file gave a UnicodeDecodeError traceback."""
+    from crossdistill.config import load_yaml
+    from crossdistill.errors import CrossDistillError
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("keep: 0.5\nshots: 1\nkeep: 0.25\n")
+    with pytest.raises(CrossDistillError, match=r"key 'keep' is given twice \(line 3"):
+        load_yaml(twice)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("base: {keep: 0.5, keep: 0.3}\n")
+    with pytest.raises(CrossDistillError, match="given twice"):
+        load_yaml(nested)
+    binary = tmp_path / "b.yaml"
+    binary.write_bytes(b"\x00\xff\xfe")
+    with pytest.raises(CrossDistillError, match="is not a text file"):
+        load_yaml(binary)
+    fine = tmp_path / "fine.yaml"
+    fine.write_text("runs: [{objective: soft}, {objective: soft}]\nbase: {keep: 0.5}\n")
+    assert load_yaml(fine)["base"] == {"keep": 0.5}

@@ -204,3 +204,16 @@ def test_the_command_line_does_not_load_matplotlib_before_a_report_needs_it():
             "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out
+
+
+def test_a_failing_results_database_is_an_error_message_not_a_traceback(monkeypatch, capsys):
+    """Disk full under a sweep raised sqlite3.OperationalError through the command."""
+    import sqlite3
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr("crossdistill.sweep.run_sweep", full)
+    code = main(["sweep", "configs/smoke.yaml", "--db", "/tmp/never-written.sqlite"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the results database failed: disk I/O error" in err and "Traceback" not in err

@@ -392,3 +392,43 @@ def test_the_rows_solver_column_names_what_ran():
     assert cols(method="lowrank") == ("soft", "svd")
     assert cols(baseline="l1") == (None, "baseline l1")
     assert cols(solver="paper") == ("soft", "paper")
+
+
+def test_a_sweep_leaves_another_programs_database_and_read_only_files_alone(tmp_path, data, capsys):
+    """--db pointed at another program's SQLite file got our tables and columns added (and WAL
+    switched on) before failing; a read-only database gave a traceback; a folder a vague error."""
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0]}, runs=[{"objective": "nocross"}])
+    other = tmp_path / "app.sqlite"
+    conn = sqlite3.connect(str(other))
+    conn.execute("CREATE TABLE users (id INTEGER, name TEXT)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    assert main(["sweep", str(cfg), "--db", str(other)]) == 2
+    assert "an SQLite database of another program (tables users)" in capsys.readouterr().err
+    assert other.read_bytes() == before and not (tmp_path / "app.sqlite-wal").exists()
+    assert main(["sweep", str(cfg), "--db", str(tmp_path)]) == 2
+    assert "is a folder; --db takes a file" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes into read-only files
+        db = tmp_path / "r.sqlite"
+        assert main(["sweep", str(cfg), "--db", str(db)]) == 0
+        db.chmod(0o444)
+        assert main(["sweep", str(cfg), "--db", str(db), "--retry-failed"]) == 2
+        assert "is read-only" in capsys.readouterr().err
+
+
+def test_a_second_sweep_on_a_database_in_use_stops_at_once(tmp_path, data):
+    """Two sweeps on one database each ran every config (the second one's rows then dropped as
+    already recorded): the second is refused while the first holds the database."""
+    from crossdistill.outputs import output_lock
+
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0]}, runs=[{"objective": "nocross"}])
+    db = tmp_path / "r.sqlite"
+    with output_lock(db, force=True, option="--db"):  # as a running sweep holds it
+        with pytest.raises(CrossDistillError, match=r"being written by another crossdistill run.*another --db"):
+            run_sweep(load_sweep(cfg), db)
+    assert rows(db) == []
+    run_sweep(load_sweep(cfg), db)
+    assert len(rows(db)) == 1

@@ -62,7 +62,7 @@ def _lock_path(target: Path) -> Path:
     return target.parent / f".{target.name}.lock"
 
 
-def _acquire(lock: Path, out: Path) -> int:
+def _acquire(lock: Path, out: Path, option: str = "--out") -> int:
     """An fd holding an exclusive flock on `lock` (created if absent)."""
     while True:
         try:
@@ -83,7 +83,7 @@ def _acquire(lock: Path, out: Path) -> int:
             os.close(fd)
             who = f" (pid {holder})" if holder.isdigit() else ""
             raise CrossDistillError(f"{out} is being written by another crossdistill run{who}; "
-                                    "wait for it to finish or choose another --out") from None
+                                    f"wait for it to finish or choose another {option}") from None
         # The holder before us unlinks the file when it is done: if that happened between our
         # open and our lock, we hold a lock nobody else can see; start again on the new file.
         try:
@@ -101,7 +101,7 @@ def _acquire(lock: Path, out: Path) -> int:
 
 
 @contextmanager
-def output_lock(out: str | Path, force: bool = False) -> Iterator[Path]:
+def output_lock(out: str | Path, force: bool = False, option: str = "--out") -> Iterator[Path]:
     """Claim `out` (a file or a folder) for this process until the block ends.
 
     Raises CrossDistillError before any work when another run holds the claim, when `out`
@@ -113,7 +113,7 @@ def output_lock(out: str | Path, force: bool = False) -> Iterator[Path]:
     except OSError as exc:
         raise _unwritable(out, exc) from None
     lock = _lock_path(target)
-    fd = _acquire(lock, out)
+    fd = _acquire(lock, out, option)
     try:
         if (target.exists() or target.is_symlink()) and not force:
             raise CrossDistillError(f"output {out} already exists; pass --force to replace it")

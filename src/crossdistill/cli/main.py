@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import difflib
 import importlib
+import sqlite3
 import sys
 import warnings
 from typing import Any, Iterator, Sequence
@@ -90,6 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except CrossDistillError as exc:
         print(f"crossdistill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        # A sweep's results database failed under it (disk full, a file changed by another
+        # program): every finished run is committed, so the message and a rerun are all it needs.
+        print(f"crossdistill {args.command}: error: the results database failed: {exc} (every finished run is "
+              "recorded; free the disk or fix the file, then run the same command to resume)", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader of our output left (`crossdistill models | head`): not an error of ours. Point

@@ -185,16 +185,38 @@ def logit_mode(baseline: str | None, finetune: Mapping[str, Any]) -> Mapping[str
     return {**finetune, "mode": "kd"}
 
 
+def _unique_keys_loader() -> type:
+    """yaml's SafeLoader refusing a key given twice in one mapping: YAML takes the last silently,
+    so `keep: 0.5` and, further down, `keep: 0.25` ran 0.25 without a word."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeys
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CrossDistillError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CrossDistillError(f"config {path} is not a text file (UTF-8): byte {exc.start} cannot be read; give the "
+                                "YAML file") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_keys_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

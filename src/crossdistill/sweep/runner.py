@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from crossdistill.config import CompressConfig
 from crossdistill.errors import CrossDistillError
+from crossdistill.outputs import output_lock
 from crossdistill.sweep.cache import RunContext
 from crossdistill.sweep.describe import describe_config, flat_settings
 from crossdistill.sweep.expand import SweepSpec
@@ -171,7 +172,9 @@ def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = Fals
     """
     log = log if log is not None else sys.stderr
     start = time.perf_counter()
-    with SweepDB(db_path) as db:
+    # One sweep per database: a second one on it would run every missing config again, its
+    # results then dropped as already recorded. Readers (report, --dry-run) take no claim.
+    with output_lock(db_path, force=True, option="--db"), SweepDB(db_path) as db:
         db.record_invocation(spec, argv)
         state = resume_state(db)
         if state.warning():

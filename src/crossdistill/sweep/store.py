@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,6 +111,7 @@ class SweepDB:
                 self._check_version(self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone())
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_writable_ours()
             # autocommit mode: every transaction below is explicit, so none stays open by accident
             self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -127,6 +129,33 @@ class SweepDB:
                 self._migrate()
         except sqlite3.DatabaseError as exc:
             raise CrossDistillError(f"{self.path}: not a usable SQLite results database: {exc}") from None
+
+    def _check_writable_ours(self) -> None:
+        """Before anything is written: the file must be writable (with its folder: SQLite keeps
+        its journal beside it) and, when it holds tables, be a results database. Opening another
+        program's SQLite file added our tables and columns to it and switched its journal mode."""
+        if self.path.is_dir():
+            raise CrossDistillError(f"{self.path} is a folder; --db takes a file (e.g. {self.path / 'results.sqlite'})")
+        if not self.path.exists():
+            return
+        for where in (self.path, self.path.parent):
+            if not os.access(where, os.W_OK):
+                raise CrossDistillError(f"{where} is read-only: a sweep writes its rows into {self.path} (and SQLite its "
+                                        "journal beside it); --dry-run and `crossdistill report` read it as it is")
+        if self.path.stat().st_size == 0:
+            return
+        try:
+            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
+            try:
+                tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            finally:
+                probe.close()
+        except sqlite3.DatabaseError as exc:
+            raise CrossDistillError(f"{self.path}: not a usable SQLite results database: {exc}") from None
+        if tables and not {"meta", "runs"} <= tables:
+            shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+            raise CrossDistillError(f"{self.path} is an SQLite database of another program (tables {shown}), not a "
+                                    "crossdistill results database; it was left as it is: give another --db")
 
     def _check_version(self, row: tuple[Any, ...] | None) -> None:
         if row is not None and int(row[0]) != SCHEMA_VERSION:
