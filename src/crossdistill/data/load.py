@@ -44,6 +44,19 @@ def _is_idx_dir(folder: Path) -> bool:
     )
 
 
+def names_no_data(spec: str | Path) -> bool:
+    """Whether `spec` names nothing `load_image_data` could read: no such file or folder (a
+    `PATH[a:b]` slice by its PATH) and no data-set name. Checked before long work that would
+    only fail on it at the end."""
+    text = str(spec)
+    if Path(text).expanduser().exists():
+        return False
+    sliced = split_slice(text)
+    if sliced is not None:
+        return names_no_data(sliced[0])
+    return text.strip().lower() not in (*CIFAR10_NAMES, *FASHION_MNIST_NAMES)
+
+
 def load_image_data(
     spec: str | Path, split: str = "train", *, root: str | Path | None = None
 ) -> ImageArrays:

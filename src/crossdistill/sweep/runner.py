@@ -110,6 +110,26 @@ def summary_columns(cfg: CompressConfig) -> dict[str, Any]:
     }
 
 
+def check_paths(configs: Sequence[CompressConfig]) -> None:
+    """Refuse, before the first run, configs naming data, weights or a model file that is not
+    there: each run would otherwise compress in full and fail only when it reaches the file
+    (a missing test set at the evaluation), once per config."""
+    from crossdistill.data.load import names_no_data
+
+    missing: dict[str, int] = {}
+    for cfg in configs:
+        named = [cfg.data, cfg.eval_data, cfg.weights]
+        model_file = str(cfg.model).rpartition(":")[0] if ":" in str(cfg.model) else ""
+        gone = [d for d in named[:2] if d and names_no_data(d)]
+        gone += [f for f in (cfg.weights, model_file) if f and not Path(f).expanduser().exists()]
+        for path in gone:
+            missing[str(path)] = missing.get(str(path), 0) + 1
+    if missing:
+        listed = "; ".join(f"{p} ({n} run{'s' if n != 1 else ''})" for p, n in missing.items())
+        raise CrossDistillError(f"the sweep names files that are not there: {listed}; nothing was run (fix the "
+                                "paths, e.g. with --set data=PATH)")
+
+
 def solvers_run(cfg: CompressConfig) -> str:
     """The solver each stage of cfg's method runs, '+'-joined (channels+quant: 'closed-form+gptq')."""
     from crossdistill.compression import METHODS
@@ -175,7 +195,6 @@ def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = Fals
     # One sweep per database: a second one on it would run every missing config again, its
     # results then dropped as already recorded. Readers (report, --dry-run) take no claim.
     with output_lock(db_path, force=True, option="--db"), SweepDB(db_path) as db:
-        db.record_invocation(spec, argv)
         state = resume_state(db)
         if state.warning():
             print(state.warning(), file=log, flush=True)
@@ -183,6 +202,9 @@ def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = Fals
             (i, cfg, h) for i, (cfg, h) in enumerate(zip(spec.configs, spec.hashes))
             if h not in state.status or (retry_failed and state.status[h] == "failed")
         ]
+        if getattr(backend, "address", None) is None:  # a cluster's workers may see other files
+            check_paths([cfg for _, cfg, _ in todo])  # before anything is recorded or run
+        db.record_invocation(spec, argv)
         n = len(spec.configs)
         skipped = n - len(todo)
         n_failed_before = sum(1 for h in spec.hashes if state.status.get(h) == "failed")
