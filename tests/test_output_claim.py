@@ -44,11 +44,16 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _start(argv: list[str], tmp_path: Path, slow_write: float = 0.0) -> subprocess.Popen:
+def _start(argv: list[str], tmp_path: Path, slow_write: float = 0.0, default_signals: bool = False
+           ) -> subprocess.Popen:
     cmd = ([sys.executable, "-c", SLOW_WRITE.replace("DELAY", repr(slow_write))] if slow_write
            else [sys.executable, "-m", "crossdistill.cli.main"])
+    # A child inherits ignored signals (pytest under nohup ignores SIGHUP), which the command
+    # rightly leaves ignored; default_signals gives it a terminal's defaults.
+    reset = (lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGHUP, signal.SIGTERM)]) \
+        if default_signals else None
     return subprocess.Popen([*cmd, *map(str, argv)], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=reset)
 
 
 def _compress(tmp_path: Path, out: Path, n_test: int = 1000) -> list[str]:
@@ -209,16 +214,17 @@ def test_a_failed_write_names_the_users_out_not_the_temporary_folder(tmp_path, m
 
 
 @pytest.mark.slow
-def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path):
-    # SIGTERM (a scheduler's stop) used to leave the claim (.x.lock) and the temporary folder
-    # for the next run to clean; it now leaves like Ctrl-C: exit 143, nothing left.
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path, sig, code):
+    # SIGTERM (a scheduler's stop) and SIGHUP (a closed terminal) used to leave the claim
+    # (.x.lock) and the temporary folder for the next run to clean; they now leave like Ctrl-C.
     out = tmp_path / "runs" / "x"
     argv = _compress(tmp_path, out)
-    proc = _start(argv, tmp_path)
+    proc = _start(argv, tmp_path, default_signals=True)
     _wait_for_claim(proc, out)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     proc.wait(timeout=120)
-    assert proc.returncode == 143 and not out.exists()
+    assert proc.returncode == code and not out.exists()
     assert _hidden(out.parent) == []
 
 

@@ -72,14 +72,18 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 
 
 def _exit_on_sigterm() -> None:
-    """SIGTERM (a scheduler's or `kill`'s stop) leaves through the normal exit path, as Ctrl-C
+    """SIGTERM (a scheduler's or `kill`'s stop) and SIGHUP leave through the normal exit path, as Ctrl-C
     does, so that a run's claim on --out and its temporary folder are removed, not left for the
     next run to clean."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if threading.current_thread() is not threading.main_thread():
+        return
+    # SIGHUP too: a closed terminal or a dropped ssh session.
+    for sig, code in ((signal.SIGTERM, 143), (getattr(signal, "SIGHUP", None), 129)):
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, lambda *_, code=code: sys.exit(code))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
