@@ -404,3 +404,19 @@ def test_pixels_as_stored_are_refused_with_the_conversion_they_need():
         crossdistill.compress(model, nhwc.permute(0, 3, 1, 2), labels=y, shots=1, show_progress=False)
     with pytest.raises(CrossDistillError, match=r"look N×H×W×C \(channels last.*x\.permute\(0, 3, 1, 2\)"):
         crossdistill.compress(model, nhwc.float() / 255, labels=y, shots=1, show_progress=False)
+
+
+def test_damping_zero_on_singular_moments_names_the_layer_and_the_way_out():
+    """--damping 0 passed validation and crashed in linalg.inv with a traceback."""
+    import crossdistill
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    with torch.no_grad():
+        model[0].bias[8:] = -100.0  # half the channels always 0 after the ReLU: conv 2's moments are singular
+    x, y = torch.randn(40, 3, 8, 8), torch.arange(40) % 10
+    with pytest.raises(CrossDistillError, match=r"layer 2: its input moments are singular with damping 0 .*positive damping"):
+        crossdistill.compress(model, x, labels=y, shots=2, keep=0.5, damping=0.0, show_progress=False)
+    crossdistill.compress(model, x, labels=y, shots=2, keep=0.5, show_progress=False)  # the default damps

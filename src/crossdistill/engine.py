@@ -248,7 +248,15 @@ def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor
 
         def solve() -> tuple[Any, Any]:
             # One quadratic problem per conv group (a single one for every other layer): layer_solve.py.
-            out = solve_layer(moments, weight_matrix(t_layer), task, objective, solver, student, damping)
+            try:
+                out = solve_layer(moments, weight_matrix(t_layer), task, objective, solver, student, damping)
+            except torch.linalg.LinAlgError as exc:
+                # Fewer independent input columns than the layer has (few images, or damping 0):
+                # the second moments are singular and the ridge is what makes the problem solvable.
+                raise CrossDistillError(
+                    f"layer {task.name}: its input moments are singular with damping {damping:g} "
+                    f"({str(exc).splitlines()[0][:120]}); give a positive damping (the default, 0.1/K, is "
+                    "auto: leave --damping out) or more images") from None
             if distributed_active():
                 out.weight = out.weight.cpu()  # broadcast to processes on other GPUs: as a CPU tensor
             return out, (dict(plan.kept) if plan is not None else None)
