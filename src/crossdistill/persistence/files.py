@@ -9,17 +9,19 @@ from typing import Callable
 import torch
 
 from crossdistill.errors import CrossDistillError
-from crossdistill.persistence.spec import META_KEY, SavedModelInfo, parse_info
+from crossdistill.persistence.spec import CHECKSUM_FIELD, META_KEY, SavedModelInfo, parse_info
 
 __all__ = [
     "DIR_CANDIDATES",
     "atomic_write",
+    "check_checksum",
     "is_crossdistill_file",
     "read_header",
     "read_info",
     "read_tensors",
     "resolve_model_path",
     "temp_sibling",
+    "tensors_checksum",
 ]
 
 # What `load(DIR)` looks for: a compress/baseline run directory writes student.safetensors.
@@ -88,16 +90,46 @@ def read_header(path: Path) -> dict[str, str]:
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file, by name."""
+    """Every tensor of a safetensors file, by name; checked against the checksum saved with them."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except _STOP:
         raise
     except BaseException as exc:
         raise _unreadable(path, exc) from None
+    check_checksum(path, tensors, meta)
+    return tensors
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors in name order: each one's name, dtype, shape and bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_checksum(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Refuse tensors that differ from the checksum saved with them (files saved before the
+    checksum existed have none and load as they are)."""
+    import json
+
+    try:
+        doc = json.loads(meta[META_KEY]) if META_KEY in meta else {}
+    except ValueError:
+        return  # an unreadable document is reported by whoever parses it
+    saved = doc.get(CHECKSUM_FIELD) if isinstance(doc, dict) else None
+    if saved is not None and saved != tensors_checksum(tensors):
+        raise CrossDistillError(f"{path}: its weights do not match the checksum saved with them: the file was changed or "
+                                "damaged after it was written (a copy, a disk); save or copy it again")
 
 
 def is_crossdistill_file(path: str | Path) -> bool:

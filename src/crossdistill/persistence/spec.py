@@ -17,12 +17,18 @@ from crossdistill.persistence import codecs
 from crossdistill.persistence.codecs import DocumentError, check_registry
 from crossdistill.persistence.codecs.base import is_int, str_dict
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "META_KEY", "SavedModelInfo", "parse_info"]
+__all__ = ["CHECKSUM_FIELD", "FORMAT", "FORMAT_VERSION", "META_KEY", "SavedModelInfo", "parse_info"]
 
 FORMAT = "crossdistill-model"
 FORMAT_VERSION = 1
 # The safetensors metadata key of the document (its only metadata entry: see the package docs).
 META_KEY = "crossdistill"
+# The document's field holding the sha256 of the tensors (names, dtypes, shapes, bytes): a file
+# changed or damaged after saving would otherwise load and run, only with other numbers
+# (safetensors checks the layout, not the values). In the one document rather than a second
+# metadata entry: safetensors writes metadata entries in no fixed order, and a file's bytes must not
+# depend on chance.
+CHECKSUM_FIELD = "sha256"
 
 # The document's own keys. `to_json` writes the codecs' entries between std and omitted: where
 # format version 1 wrote lowrank, quant and masks, so that files stay byte-identical.

@@ -12,8 +12,8 @@ from crossdistill._version import __version__
 from crossdistill.errors import CrossDistillError
 from crossdistill.models.user import absolute_factory, info_of
 from crossdistill.persistence import codecs
-from crossdistill.persistence.files import atomic_write
-from crossdistill.persistence.spec import META_KEY, SavedModelInfo
+from crossdistill.persistence.files import atomic_write, tensors_checksum
+from crossdistill.persistence.spec import CHECKSUM_FIELD, META_KEY, SavedModelInfo
 
 __all__ = ["build_document", "save"]
 
@@ -110,7 +110,7 @@ def save(model: nn.Module, path: str | Path) -> Path:
     if path.is_dir():
         raise CrossDistillError(f"{path} is a directory; give a file path ending in .safetensors")
     tensors, doc = build_document(model)
-    meta = {META_KEY: json.dumps(doc.to_json())}
+    meta = {META_KEY: json.dumps({**doc.to_json(), CHECKSUM_FIELD: tensors_checksum(tensors)})}
     try:
         # Serialised in memory and written by Python: safetensors' own save_file creates the file
         # private (0600) whatever the umask, and a saved model is meant to be shared.
