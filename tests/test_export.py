@@ -315,3 +315,23 @@ def test_an_onnx_graph_that_holds_its_batch_size_is_named_as_such(tmp_path):
                                                  r"verification inputs"):
         export_model(FixedBatch().eval(), tmp_path / "m.onnx", "onnx", torch.randn(8, 3, 8, 8))
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_killed_exports_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """An export killed before its rename left `.student.onnx.<pid>-<hex>.tmp` (half a model)
+    that no later export removed; a live writer's file is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    from crossdistill.persistence.files import atomic_write
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    out = tmp_path / "student.onnx"
+    stale = tmp_path / f".student.onnx.{dead}-0123456789ab.tmp"
+    live = tmp_path / f".student.onnx.{os.getppid()}-0123456789ab.tmp"
+    for p in (stale, live):
+        p.write_bytes(b"half")
+    atomic_write(out, lambda tmp: open(tmp, "wb").write(b"whole"))
+    assert out.read_bytes() == b"whole" and not stale.exists() and live.exists()

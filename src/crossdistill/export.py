@@ -12,6 +12,8 @@ low-rank one has its two factor layers, and quantized or sparse weights appear a
 """
 from __future__ import annotations
 
+import errno
+
 import contextlib
 import json
 import os
@@ -31,7 +33,7 @@ from crossdistill.checks import model_copy
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_inputs import example
 from crossdistill.model_outputs import flat
-from crossdistill.persistence.files import temp_sibling
+from crossdistill.persistence.files import remove_dead_siblings, temp_sibling
 
 __all__ = ["FORMATS", "DeployInfo", "ExportResult", "deploy_info", "export", "export_model", "default_output",
            "verification_inputs", "max_abs_diff"]
@@ -421,6 +423,7 @@ def export_model(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CrossDistillError(f"cannot write {out}: {exc.strerror or exc}") from None
+    remove_dead_siblings(out)  # what exports killed before their rename left
     tmp = str(temp_sibling(out))
     try:
         with torch.no_grad():
@@ -463,6 +466,9 @@ def export_model(
             )
         size = os.path.getsize(tmp)
         os.replace(tmp, out)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CrossDistillError(f"cannot write {out}: {exc.strerror or exc}; nothing was written") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -476,6 +482,8 @@ def _onnx_outputs(model: nn.Module, example: torch.Tensor, tmp: str, opset: int,
     try:
         _export_onnx(_explicit_padding(model), example, tmp, opset, free, out_axes)
     except Exception as exc:  # noqa: BLE001 - the exporter's own errors, often with its whole graph appended
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise  # the disk's fault, not the model's: reported as a write error
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CrossDistillError(f"the ONNX exporter cannot export this model ({type(exc).__name__}: {first}); "
                                 "nothing was written; --format torchscript may take it") from None

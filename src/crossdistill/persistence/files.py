@@ -34,10 +34,29 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
 
 
+def remove_dead_siblings(path: Path) -> None:
+    """Remove the temporary files of writers of `path` that died before their rename (SIGKILL):
+    their pid, in the name (temp_sibling), no longer runs."""
+    import re
+
+    from crossdistill.outputs import _pid_alive
+
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[0-9a-f]{{12}}\.tmp$")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        m = pattern.match(p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+
+
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Run `write(tmp)` on a name beside `path`, then rename it into place."""
     # A reader (or a crash) never sees half a weights file: write beside, then rename.
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_siblings(path)
     tmp = str(temp_sibling(path))
     try:
         write(tmp)
