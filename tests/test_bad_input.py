@@ -420,3 +420,14 @@ def test_damping_zero_on_singular_moments_names_the_layer_and_the_way_out():
     with pytest.raises(CrossDistillError, match=r"layer 2: its input moments are singular with damping 0 .*positive damping"):
         crossdistill.compress(model, x, labels=y, shots=2, keep=0.5, damping=0.0, show_progress=False)
     crossdistill.compress(model, x, labels=y, shots=2, keep=0.5, show_progress=False)  # the default damps
+
+
+def test_an_npz_saved_channels_first_is_told_to_transpose():
+    import numpy as np
+
+    from crossdistill.checks import check_input_shape
+    from crossdistill.data import ImageArrays
+
+    data = ImageArrays(np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4, np.int64), 10)
+    with pytest.raises(CrossDistillError, match=r"channels first \(N×C×H×W\).*x\.transpose\(0, 2, 3, 1\)"):
+        check_input_shape(data, (3, 32, 32), "resnet20", "x.npz")

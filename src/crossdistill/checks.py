@@ -27,7 +27,11 @@ def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, 
         images = len(size) == 3 and not data.is_signal
         expected = f"{(size[1], size[2], size[0])}" if images else f"inputs of shape {size}"
         hint = ""
-        if images and data.input_shape[1:] == size[1:]:
+        if images and data.image_shape == size:
+            # (3, 32, 32) stored where (32, 32, 3) belongs: the arrays were saved channels first.
+            hint = (": the .npz holds the images channels first (N×C×H×W); images are stored N×H×W×C, uint8: "
+                    "save x.transpose(0, 2, 3, 1)")
+        elif images and data.input_shape[1:] == size[1:]:
             # Only the channels differ: no --input-size fixes that, converting the images does.
             hint = (f": convert the images to {size[0]} channel{'s' * (size[0] != 1)} (grayscale to RGB: PIL's "
                     "Image.open(f).convert('RGB'))")
