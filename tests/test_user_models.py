@@ -562,3 +562,22 @@ def test_a_forward_that_stores_its_tensors_on_the_model_is_compressed_and_left_a
     assert {tuple(e["producers"]) for e in report["channel_groups"]["pruned"]} == {("c1",), ("c2",)}
     assert model.feat is feat and model.calls == calls
     assert student(x[:3]).shape == (3, 10)
+
+
+def test_a_channels_last_student_loads_channels_last_and_computes_the_same(factory, tmp_path):
+    """A channels_last student (its teacher was kept so) loaded contiguous: its outputs differed by
+    up to 1e-6 from the saved model's, against the bit-for-bit promise."""
+    from crossdistill.device import is_channels_last
+    from crossdistill.models.user import build_user_model
+
+    model = build_user_model(factory).eval().to(memory_format=torch.channels_last)
+    x, y = images()
+    student, _ = crossdistill.compress(model, x, labels=y, shots=2, keep=0.5, show_progress=False)
+    assert is_channels_last(student)
+    loaded = crossdistill.load(crossdistill.save(student, tmp_path / "s.safetensors"))
+    assert is_channels_last(loaded)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), student(x))
+    plain = crossdistill.load(crossdistill.save(loaded.to(memory_format=torch.contiguous_format),
+                                                tmp_path / "p.safetensors"))
+    assert not is_channels_last(plain)

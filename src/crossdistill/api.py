@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from crossdistill.checks import check_copyable
+from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_inputs import check_token_ids, dtype_name
 from crossdistill.models.registry import ModelInfo, list_models, model_info
@@ -356,8 +357,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
                                                     kind=info.kind)
         teacher_measures = _measure(model, info, test, t_scores)
     student = result.student
-    if any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-           for p in model.parameters()):
+    if is_channels_last(model):
         # The solves write plain row-major weights; a model kept in channels_last (for its speed
         # on the CPU or with cuDNN) gets its layout back.
         student = student.to(memory_format=torch.channels_last)

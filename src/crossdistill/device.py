@@ -68,3 +68,10 @@ def on_device(device: torch.device, *models: nn.Module) -> Iterator[None]:
     finally:
         for m, home in zip(models, homes):
             m.to(home)
+
+
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's 4-d weights are kept in channels_last memory format (for its speed on
+    the CPU or with cuDNN): a layout its copies, students and saved files keep."""
+    return any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+               for p in model.parameters())

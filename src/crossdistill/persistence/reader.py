@@ -150,6 +150,8 @@ def rebuild(path: Path, document: str, model: str | None = None, factory: str | 
     stray = sorted(set(extras) - known)
     if stray:
         raise CrossDistillError(f"{source}: unexpected tensors {_listing(stray)}")
+    if info.memory_format == "channels_last":
+        net = net.to(memory_format=torch.channels_last)
     net.crossdistill_saved_info = info  # type: ignore[assignment]
     if info.class_names is not None:
         net.crossdistill_class_names = list(info.class_names)

@@ -33,7 +33,8 @@ CHECKSUM_FIELD = "sha256"
 # The document's own keys. `to_json` writes the codecs' entries between std and omitted: where
 # format version 1 wrote lowrank, quant and masks, so that files stay byte-identical.
 _HEAD_KEYS = ("format", "format_version", "crossdistill_version", "torch_version", "model", "spec",
-              "input_size", "num_classes", "mean", "std", "class_names", "output", "kind", "input_dtype")
+              "input_size", "num_classes", "mean", "std", "class_names", "output", "kind", "input_dtype",
+              "memory_format")
 _TAIL_KEYS = ("omitted",)
 # Names no codec may take.
 DOCUMENT_KEYS = frozenset(_HEAD_KEYS + _TAIL_KEYS)
@@ -64,6 +65,9 @@ class SavedModelInfo:
     output: str | None = None
     kind: str = "classes"
     input_dtype: str = "float32"  # "int64": token ids
+    # "channels_last" for a model kept in that layout (written only then): loading restores it, so
+    # the loaded model computes exactly what the saved one did (the layout changes float sums).
+    memory_format: str = "contiguous"
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     omitted: list[str] = field(default_factory=list)
 
@@ -95,6 +99,8 @@ class SavedModelInfo:
             doc["kind"] = self.kind
         if self.input_dtype != "float32":
             doc["input_dtype"] = self.input_dtype
+        if self.memory_format != "contiguous":
+            doc["memory_format"] = self.memory_format
         for codec in codecs.CODECS:
             entry = self.artifacts.get(codec.name) or {}
             if entry or codec.always_written:
@@ -171,6 +177,9 @@ def parse_info(text: str | bytes, source: str = "model document") -> SavedModelI
     dtype = doc.get("input_dtype", "float32")
     _expect(dtype in ("float32", "int64"), source, "'input_dtype' must be 'float32' or 'int64' (token ids)")
     info.input_dtype = dtype
+    layout = doc.get("memory_format", "contiguous")
+    _expect(layout in ("contiguous", "channels_last"), source, "'memory_format' must be 'contiguous' or 'channels_last'")
+    info.memory_format = layout
 
     for codec in codecs.CODECS:
         try:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from crossdistill._version import __version__
+from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError
 from crossdistill.models.user import absolute_factory, info_of
 from crossdistill.persistence import codecs
@@ -67,7 +68,7 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
         model=name, spec=spec, crossdistill_version=__version__, torch_version=torch.__version__,
         input_size=tuple(info.input_size), num_classes=n_classes, mean=tuple(info.mean), std=tuple(info.std),
         class_names=_class_names(model, n_classes or 0), output=info.output, kind=info.kind,
-        input_dtype=info.input_dtype,
+        input_dtype=info.input_dtype, memory_format="channels_last" if is_channels_last(model) else "contiguous",
     )
     for codec in codecs.CODECS:
         try:
