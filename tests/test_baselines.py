@@ -330,3 +330,21 @@ def test_a_baseline_run_folder_reruns_that_baseline(tiny_data, tmp_path, capsys)
     assert again["baseline"] == "l1" and again["student"]["top1"] == first["student"]["top1"]
     assert main(["baseline", "fskd", *tiny_data, "--baseline", "cp", "--out", str(tmp_path / "two")]) == 2
     assert "given a second baseline, cp" in capsys.readouterr().err and not (tmp_path / "two").exists()
+
+
+def test_a_baseline_run_is_quiet_about_the_objective_it_replaces(tiny_data, tmp_path, capsys):
+    """Every baseline run warned 'objective.alpha=0.0 is not a setting of the selected objective
+    nocross: ignored' (twice) for the default objective's settings nobody gave; an objective
+    setting given by hand is refused like --objective, and --help leaves out what it refuses."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the run
+        assert main(["baseline", "l1", *tiny_data, "--out", str(tmp_path / "l1")]) == 0
+    assert "not a setting" not in capsys.readouterr().err
+    assert main(["baseline", "l1", *tiny_data, "--mu", "0.5", "--out", str(tmp_path / "mu")]) == 2
+    assert "fixes --mu itself" in capsys.readouterr().err
+    from crossdistill.cli.main import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["baseline"].format_help()
+    assert "--selection {" not in text and "--mu MU" not in text and "--finetune-epochs" in text

@@ -19,8 +19,14 @@ def require_channels(cfg: CompressConfig, baseline: str) -> None:
 
 
 def with_settings(cfg: CompressConfig, **changes: Any) -> CompressConfig:
-    """A copy of `cfg` with the baseline's fixed choices (objective, solver, selection...)."""
-    return cfg.updated(**changes)
+    """A copy of `cfg` with the baseline's fixed choices (objective, solver, selection...). The
+    settings of the objective and solver it replaces go with them: kept, they were named in a
+    warning on every baseline run ("objective.beta=0.3 is not a setting of ... nocross")."""
+    base = cfg.to_dict()
+    for section in ("objective", "solver"):
+        if isinstance(changes.get(section), str):
+            base[section] = {"name": changes[section], "params": {}}
+    return CompressConfig.from_layers([base, changes])
 
 
 def layerwise(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, objective: str, solver: str,

@@ -8,7 +8,7 @@ import argparse
 
 from crossdistill.baselines import BASELINES, get_baseline
 from crossdistill.baselines.settings import FitnetSettings
-from crossdistill.cli.compress_cmd import add_config_options, add_run_options, check_fixed, run_config
+from crossdistill.cli.compress_cmd import FIXED, add_config_options, add_run_options, check_fixed, run_config
 from crossdistill.errors import CrossDistillError
 from crossdistill.outputs import atomic_output_dir
 
@@ -30,7 +30,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         else:
             g.add_argument(q.flag, dest=q.name, choices=q.choices(), help=f"{q.help} (default {q.default})")
     add_run_options(p)
+    _hide_fixed_choices(p)
     p.set_defaults(func=run)
+
+
+def _hide_fixed_choices(p: argparse.ArgumentParser) -> None:
+    """Keep out of --help the options a baseline refuses (it fixes them itself: check_fixed);
+    they stay parsed, so that giving one is refused by name rather than as unknown."""
+    from crossdistill.config.sections import plugin_classes
+    from crossdistill.params import declared_params
+
+    fixed = set(FIXED) | {q.name for _, cls in plugin_classes("objective") for q in declared_params(cls)}
+    fixed.add("baseline")  # the positional NAME is the baseline
+    for action in p._actions:
+        if action.dest in fixed and action.option_strings:
+            action.help = argparse.SUPPRESS
 
 
 def run(args: argparse.Namespace) -> int:

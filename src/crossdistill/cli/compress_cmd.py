@@ -69,7 +69,12 @@ FIXED = ("objective", "solver", "selection")
 
 def check_fixed(args: argparse.Namespace, name: str) -> None:
     """Refuse flags whose choice the baseline makes itself (they would be ignored)."""
-    given = [f"--{k}" for k in FIXED if getattr(args, k, None) is not None]
+    from crossdistill.config.sections import plugin_classes
+    from crossdistill.params import declared_params
+
+    # The objective's settings too (--mu, --alpha, --beta): a baseline's objective is its own.
+    settings = sorted({p.name for _, cls in plugin_classes("objective") for p in declared_params(cls)})
+    given = [f"--{k}" for k in (*FIXED, *settings) if getattr(args, k, None) is not None]
     if given:
         raise CrossDistillError(
             f"baseline {name} fixes {', '.join(given)} itself; to combine its selection or solver with "
