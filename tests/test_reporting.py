@@ -239,3 +239,14 @@ def test_an_unset_damping_is_labelled_auto_not_none():
     labels = method_labels([{**BASE, "objective": "nocross", "damping": None},
                             {**BASE, "objective": "nocross", "damping": 0.1}])
     assert sorted(labels.values()) == ["nocross (damping=0.1)", "nocross (damping=auto)"]
+
+
+def test_one_seed_shows_no_spread_and_a_run_folder_is_named_as_such(db_path, tmp_path):
+    g = aggregate(load_runs(db_path))[0]
+    # K=5 of prune-only ran one seed: 'std 0.00' read as a measured spread of zero.
+    assert "| prune-only(selection=obs) | 5 | 40.00 | – | 1 |" in detail_table(g)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text("{}")
+    with pytest.raises(Exception, match="is a run folder: its numbers are in"):
+        load_runs(run)

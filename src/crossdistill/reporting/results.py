@@ -63,6 +63,10 @@ _OPTIONAL_COLUMNS = ("git_commit", "crossdistill_version", "source")
 def load_runs(db_path: str | Path) -> list[RunRow]:
     """Every run row of a sweep database, oldest first, opened read-only."""
     path = Path(db_path)
+    if path.is_dir() and (path / "report.json").is_file():
+        raise CrossDistillError(f"{path} is a run folder: its numbers are in {path / 'summary.txt'} and "
+                                f"{path / 'report.json'}; `crossdistill report` renders a sweep's results database "
+                                "(`crossdistill sweep CONFIG --db FILE.sqlite`)")
     if not path.is_file():
         raise CrossDistillError(f"results database not found: {path}")
     try:

@@ -85,7 +85,7 @@ def detail_table(group: SettingGroup) -> str:
             sec = "–" if c.compress_seconds is None else f"{c.compress_seconds:.1f}"
             run = "–" if c.run_seconds is None else f"{c.run_seconds:.1f}"
             lines.append(
-                f"| {m} | {v} | {c.mean:.2f} | {c.std:.2f} | {c.n_seeds} | {c.n_eval if c.n_eval is not None else '–'} "
+                f"| {m} | {v} | {c.mean:.2f} | {f'{c.std:.2f}' if c.n_seeds > 1 else '–'} | {c.n_seeds} | {c.n_eval if c.n_eval is not None else '–'} "
                 f"| {_mega(c.flops)} | {_mega(c.params)} | {sec} | {run} |"
             )
     return "\n".join(lines)

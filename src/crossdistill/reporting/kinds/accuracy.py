@@ -57,7 +57,11 @@ class AccuracyReport(ReportKind):
             save_png(accuracy_vs_shots(g), out / png)
             r.markdown += [setting_header(g), "", accuracy_table(g), "", f"![accuracy vs K]({png})", "",
                            "<details><summary>per method and K: seeds, n_eval, size, seconds</summary>", "",
-                           detail_table(g), "", "</details>", ""]
+                           detail_table(g), "",
+                           "std: sample standard deviation over the seeds (– for one seed); compress (s): mean "
+                           "seconds of the compression alone (no data loading or evaluation); run (s): mean wall "
+                           "seconds of the whole run (the first run of a sweep also loads the data and evaluates "
+                           "the teacher).", "", "</details>", ""]
             r.summary["settings"].append(group_summary(g))
             r.plots.append(png)
         for fam in teacher_families(groups):
