@@ -28,6 +28,30 @@ def _make_room_above(ax, y: float) -> None:
         ax.set_ylim(lo, top + 0.06 * (top - lo))
 
 
+# Above this many entries a legend inside the axes hides the data: it goes to the right of them.
+_LEGEND_INSIDE = 8
+
+
+def _legend(fig: Figure, ax: Any, handles: list) -> None:
+    """The legend inside the axes for a few lines; beside them, the figure widened to hold it,
+    for many (a sweep of 36 methods covered its own plot). Beyond ten lines the colours repeat,
+    so lines are told apart by marker and dash as well."""
+    if len(handles) <= _LEGEND_INSIDE:
+        ax.legend(handles=handles, fontsize=8, loc="best")
+        fig.tight_layout()
+        return
+    for i, h in enumerate(handles):
+        line = h.lines[0] if hasattr(h, "lines") else h
+        if i >= 10 and hasattr(line, "set_linestyle"):
+            line.set_linestyle(("--", ":", "-.")[(i // 10 - 1) % 3])
+    columns = 1 if len(handles) <= 24 else 2
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + 3.6 * columns, max(height, 0.19 * len(handles) / columns + 1.2))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=columns,
+              borderaxespad=0.0)
+    fig.tight_layout()
+
+
 def accuracy_vs_shots(group: SettingGroup) -> Figure:
     """Top-1 against K: one line per method with error bars over seeds, the teacher dashed."""
     fig = Figure(figsize=(7.5, 5.0), dpi=110)
@@ -54,8 +78,7 @@ def accuracy_vs_shots(group: SettingGroup) -> Figure:
     ax.set_title(f"{group.model}, {group.compression}: top-1 on {group.n_eval} {group.eval_role} images\n"
                  f"({group.eval_name}; {_seeds_text([group])})", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="best")
-    fig.tight_layout()
+    _legend(fig, ax, handles)
     return fig
 
 
@@ -98,8 +121,7 @@ def accuracy_vs_flops(groups: Sequence[SettingGroup], x: int | None = None) -> F
     ax.set_title(f"{g0.model}: top-1 on {g0.n_eval} {g0.eval_role} images vs FLOPs at {x_name}={x}\n"
                  f"({levels}; {_seeds_text(groups)})", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="best")
-    fig.tight_layout()
+    _legend(fig, ax, handles)
     return fig
 
 
