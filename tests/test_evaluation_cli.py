@@ -62,3 +62,25 @@ def test_evaluate_shared_resnet20(capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "91.5 % on 1000 images" in out and "269,722" in out and "81.10 M" in out
+
+
+def test_evaluate_gives_a_quantized_models_size_not_its_zero_codes(tmp_path, capsys):
+    """A quantized model's zero codes were printed as '(N non-zero)', read as sparsity; its stored
+    size, the figure quantization is for, was missing."""
+    import crossdistill
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
+    y = np.arange(40) % 10
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    teacher = create_model("fashion_cnn").eval()
+    images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    student, report = crossdistill.compress(teacher, images, labels=torch.from_numpy(y), shots=2, method="quant",
+                                            bits=2, name="fashion_cnn", show_progress=False)
+    path = crossdistill.save(student, tmp_path / "q.safetensors")
+    assert main(["evaluate", "--weights", str(path), "--eval-data", str(tmp_path / "d.npz"), "--no-latency",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "non-zero" not in out
+    assert f"{report['model_size']['total'] / 1024:,.1f} KiB stored for inference" in out

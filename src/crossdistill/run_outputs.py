@@ -18,12 +18,20 @@ from crossdistill._version import __version__
 from crossdistill.run_types import CompressionResult
 
 def versions() -> dict[str, str]:
-    return {
+    """The versions a result was made with; with the checkout's commit when the library runs from
+    a git checkout (a version number alone does not say which code that was)."""
+    from crossdistill.sweep.provenance import git_commit
+
+    out = {
         "crossdistill": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+    commit = git_commit()
+    if commit:
+        out["git_commit"] = commit
+    return out
 
 
 def format_summary(report: dict[str, Any]) -> str:

@@ -73,10 +73,15 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [
         ("model", f"{result['model']}  ({result['weights']})"),
         ("top-1", f"{_accuracy_text(result['top1'], result['n_eval'])} on {result['n_eval']} images ({result['eval_data']})"),
+        # A quantized weight's zero codes are no sparsity: its stored size is the figure.
         ("params", f"{result['params']:,}" + (
-            f"  ({result['nonzero_params']:,} non-zero)" if result["nonzero_params"] != result["params"] else "")),
+            f"  ({result['nonzero_params']:,} non-zero)" if result["nonzero_params"] != result["params"]
+            and "model_size" not in result else "")),
         ("FLOPs", f"{result['flops'] / 1e6:,.2f} M per image {tuple(result['input_size'])} (2 per multiply-add)"),
     ]
+    if "model_size" in result:
+        rows.insert(3, ("size", f"{result['model_size']['total'] / 1024:,.1f} KiB stored for inference (packed codes, "
+                                "scales, the rest float32)"))
     for lat in result["latency"]:
         rows.append((
             "latency",
@@ -149,5 +154,9 @@ def run(args: argparse.Namespace) -> int:
                           label=None if args.quiet else "model")
     result = {"model": name, "weights": str(args.weights), "eval_data": str(args.eval_data),
               "spec": spec, **result}
+    if getattr(model, "crossdistill_quant", None):
+        from crossdistill.compression.quantization import model_size_bytes
+
+        result["model_size"] = model_size_bytes(model)  # bytes; the figure quantization is for
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
