@@ -451,3 +451,13 @@ def test_a_sweep_naming_files_that_are_not_there_runs_nothing(tmp_path, data, ca
     from crossdistill.sweep.runner import check_paths
 
     check_paths(load_sweep(cfg).configs)  # a slice of a file, a data-set name: there
+
+
+def test_the_sweep_log_names_the_solver_that_runs():
+    """The log and --dry-run said 'quant(...) soft closed-form' for a GPTQ run."""
+    from crossdistill.sweep.describe import short_description
+
+    quant = short_description(CompressConfig(model="resnet20", shots=1, method="quant").validate())
+    both = short_description(CompressConfig(model="resnet20", shots=1, method="channels+quant").validate())
+    assert " gptq " in quant and "closed-form" not in quant
+    assert "closed-form(selection=obs)+gptq" in both

@@ -91,6 +91,19 @@ def plugin_class(flat: Mapping[str, Any], section: str) -> type | None:
         return None
 
 
+def _solvers_text(d: Mapping[str, Any]) -> str:
+    """The solver of each stage of the run's method: the config's solver name means each method's
+    own default where that method has no solver of the name (quant: gptq)."""
+    text = plugin_describe(d, "solver")
+    try:
+        from crossdistill.sweep.runner import solvers_run
+
+        ran = solvers_run(CompressConfig.from_dict(dict(d), strict=False)).split("+")
+    except Exception:  # a partial or stored config the current declarations refuse: the name alone
+        return text
+    return "+".join(text if r == d.get("solver") else r for r in ran)
+
+
 def short_description(values: Mapping[str, Any] | CompressConfig) -> str:
     """`describe_config` for a config or a partial dict of config values (missing keys: defaults)."""
     try:
@@ -100,7 +113,9 @@ def short_description(values: Mapping[str, Any] | CompressConfig) -> str:
     parts = [str(d.get("model", "resnet56"))]
     # A baseline fixes its own objective and solver: naming the config's would mislead.
     for section in ("method",) if d.get("baseline") else ("method", "objective", "solver"):
-        if section in d:
+        if section == "solver" and section in d:
+            parts.append(_solvers_text(d))
+        elif section in d:
             parts.append(plugin_describe(d, section))
         elif section == "method" and "prune" in d:
             parts.append(str(d["prune"]))
