@@ -125,3 +125,23 @@ def test_flops_and_parameters_exclude_each_other():
 
     with pytest.raises(CrossDistillError, match="either flops or parameters"):
         ChannelPruning(flops=0.5, parameters=0.5)
+
+
+def test_a_flops_target_with_a_global_budget_traces_the_model_once(monkeypatch):
+    """The FLOPs bisection, the global budget and the final plan each traced the model and
+    re-checked every group's slimming (a tenth of a global-budget run): one trace serves all three,
+    and the student is the same."""
+    import crossdistill
+    import crossdistill.compression.graph_plan as graph_plan
+    from torch import nn
+
+    calls = []
+    real = graph_plan._traced
+    monkeypatch.setattr(graph_plan, "_traced", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                          nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    x, y = torch.randn(60, 3, 8, 8), torch.arange(60) % 10
+    student, _ = crossdistill.compress(model, x, labels=y, shots=3, flops=0.5, budget="global", show_progress=False)
+    assert len(calls) == 1

@@ -103,13 +103,15 @@ class ChannelPruning(CompressionMethod):
             raise CrossDistillError("channel pruning traces the model: call prepare(example_images) before plan()")
         named = _paper_counts(model) if self.keep == "paper" else None
         target = self._target
+        memo: dict[Any, Any] = {}  # one trace for every plan below: the model does not change meanwhile
         keep = self.keep if target is None else ratio_for_flops(model, self._example, target[1],
                                                                 self.prune_classifier, measure=target[0],
-                                                                warn=self.budget == "uniform")
+                                                                warn=self.budget == "uniform", memo=memo)
         counts = keep_counts(keep, model, named)
         if self.budget == "global":
-            counts = self._global_counts(model, counts)
-        self._plan = plan_graph_channels(model, self._example, counts, prune_classifier=self.prune_classifier)
+            counts = self._global_counts(model, counts, memo)
+        self._plan = plan_graph_channels(model, self._example, counts, prune_classifier=self.prune_classifier,
+                                         memo=memo)
         if not self._plan.groups:
             raise nothing_to_prune(model, self._plan)
         tasks = plan_tasks(self._plan, model)
@@ -128,13 +130,16 @@ class ChannelPruning(CompressionMethod):
                                        **({} if self._example.is_floating_point() else {"input_dtype": "int64"})}
         return model
 
-    def _global_counts(self, model: nn.Module, uniform: Callable[[ChannelGroup], int | None]
-                       ) -> Callable[[ChannelGroup], int | None]:
+    def _global_counts(self, model: nn.Module, uniform: Callable[[ChannelGroup], int | None],
+                       memo: dict[Any, Any] | None = None) -> Callable[[ChannelGroup], int | None]:
         """Units kept per group under a global budget at the FLOPs of the uniform plan (compression/budget.py)."""
         assert self._images is not None and self._example is not None
         start = time.perf_counter()
-        full = plan_graph_channels(model, self._example, lambda g: g.width, prune_classifier=self.prune_classifier)
-        fm = _cost_model(model, self._example, full.groups, "params" if self.parameters is not None else "flops")
+        memo = {} if memo is None else memo
+        full = plan_graph_channels(model, self._example, lambda g: g.width, prune_classifier=self.prune_classifier,
+                                   memo=memo)
+        fm = _cost_model(model, self._example, full.groups, "params" if self.parameters is not None else "flops",
+                         memo)
         removed_uniform = {}
         for gid, g in full.groups.items():
             count = uniform(g)
@@ -173,8 +178,15 @@ class ChannelPruning(CompressionMethod):
         return label
 
 
-def _cost_model(model: nn.Module, example: torch.Tensor, groups: Any, measure: str) -> FlopModel:
-    return FlopModel.params_of(model, groups) if measure == "params" else FlopModel.of(model, example, groups)
+def _cost_model(model: nn.Module, example: torch.Tensor, groups: Any, measure: str,
+                memo: dict[Any, Any] | None = None) -> FlopModel:
+    key = ("cost", measure, frozenset(groups))
+    if memo is not None and key in memo:
+        return memo[key]
+    fm = FlopModel.params_of(model, groups) if measure == "params" else FlopModel.of(model, example, groups)
+    if memo is not None:
+        memo[key] = fm
+    return fm
 
 
 def nothing_to_prune(model: nn.Module, plan: Any) -> CrossDistillError:
@@ -195,16 +207,17 @@ STEEP_KEEP = 0.25
 
 
 def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune_classifier: bool,
-                    steps: int = 20, measure: str = "flops", warn: bool = False) -> float:
+                    steps: int = 20, measure: str = "flops", warn: bool = False,
+                    memo: dict[Any, Any] | None = None) -> float:
     """The largest uniform keep ratio whose slimmed model has at most `share` of the FLOPs (or,
     with measure 'params', of the parameters), counted without slimming (compression/flops.py);
     bisection on the ratio. `warn`: say so when that ratio is steep (below STEEP_KEEP)."""
     from crossdistill.compression.channels import keep_count
 
-    plan = plan_graph_channels(model, example, lambda g: g.width, prune_classifier=prune_classifier)
+    plan = plan_graph_channels(model, example, lambda g: g.width, prune_classifier=prune_classifier, memo=memo)
     if not plan.groups:
         raise nothing_to_prune(model, plan)  # why, rather than "keeping one unit leaves 1.000"
-    fm = _cost_model(model, example, plan.groups, measure)
+    fm = _cost_model(model, example, plan.groups, measure, memo)
 
     def cost_at(ratio: float) -> float:
         return fm.flops({gid: g.width - keep_count(g.width, ratio) for gid, g in plan.groups.items()})

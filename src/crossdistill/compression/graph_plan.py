@@ -291,12 +291,20 @@ def _maybe_read_by(g: ChannelGroup, model: nn.Module, never: Mapping[str, tuple[
 
 
 def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[[ChannelGroup], int | None], *,
-                        prune_classifier: bool = False) -> GraphChannelPlan:
-    """Groups of `model` and how many units each keeps (`keep(group)`; None leaves it whole)."""
-    order, traced = _traced(model, example)
+                        prune_classifier: bool = False, memo: dict[Any, Any] | None = None) -> GraphChannelPlan:
+    """Groups of `model` and how many units each keeps (`keep(group)`; None leaves it whole).
+    `memo`: a dict shared by the plans of one model in one state (a FLOPs target or a global
+    budget plans it two or three times), which keeps the trace and the slimming checks, the
+    slow part, from being made again."""
+    memo = {} if memo is None else memo
+    if "trace" not in memo:
+        memo["trace"] = _traced(model, example)
+    order, traced = memo["trace"]
     position = {n: i for i, n in enumerate(order)}
     classifier = order[-1] if order else None
-    never = _never_run(model, example, order)
+    if "never" not in memo:
+        memo["never"] = _never_run(model, example, order)
+    never = memo["never"]
     groups: dict[int, ChannelGroup] = {}
     counts: dict[int, int] = {}
     left: list[dict[str, Any]] = []
@@ -324,7 +332,10 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
                          "readers": [c.name for c in g.consumers], "reason": reason})
             continue
         groups[g.id], counts[g.id] = g, int(count)  # type: ignore[arg-type]
-    for gid, why in _unverified(model, example, groups).items():
+    key = ("unverified", frozenset(groups))
+    if key not in memo:
+        memo[key] = _unverified(model, example, groups)
+    for gid, why in memo[key].items():
         g = groups.pop(gid)
         counts.pop(gid)
         left.append({"group": g.id, "width": g.width, "producers": [p.name for p in g.producers],
