@@ -306,3 +306,20 @@ def test_read_fashion_mnist_mismatch_and_missing(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.full(3, 10, np.uint8)))
     with pytest.raises(CrossDistillError, match="label 10 is outside"):
         read_fashion_mnist(tmp_path, "test")
+
+
+def test_whole_number_labels_saved_as_floats_are_read_as_the_api_takes_them(tmp_path):
+    """The API took labels 0.0, 1.0, ... and the file reader refused them ('labels must be
+    integers'); fractions are still refused."""
+    import numpy as np
+
+    from crossdistill.data.readers_npz import read_npz
+    from crossdistill.errors import CrossDistillError
+
+    x = np.zeros((4, 8, 8, 3), np.uint8)
+    np.savez(tmp_path / "f.npz", x=x, y=np.array([0.0, 1.0, 2.0, 1.0], np.float32))
+    data = read_npz(tmp_path / "f.npz")
+    assert data.y.dtype == np.int64 and data.y.tolist() == [0, 1, 2, 1] and data.num_classes == 3
+    np.savez(tmp_path / "g.npz", x=x, y=np.array([0.0, 1.5, 2.0, 1.0], np.float32))
+    with pytest.raises(CrossDistillError, match="labels must be integers"):
+        read_npz(tmp_path / "g.npz")

@@ -51,6 +51,10 @@ def read_npz(path: str | Path, *, num_classes: int | None = None) -> ImageArrays
         x = x[..., None]
     if y.ndim != 1:
         raise CrossDistillError(f"{path}: 'y' must be 1-D, got shape {tuple(y.shape)}")
+    if np.issubdtype(y.dtype, np.floating) and y.size and bool(np.isfinite(y).all()) and bool((y == np.round(y)).all()):
+        # Whole-number labels saved as floats (a pandas column, a one-hot argmax kept in float):
+        # the Python API takes them as they are, and so does the file. Fractions stay refused.
+        y = y.astype(np.int64)
     if num_classes is None:
         num_classes = stored_k
     if num_classes is None and names is not None:
