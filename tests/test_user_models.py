@@ -581,3 +581,30 @@ def test_a_channels_last_student_loads_channels_last_and_computes_the_same(facto
     plain = crossdistill.load(crossdistill.save(loaded.to(memory_format=torch.contiguous_format),
                                                 tmp_path / "p.safetensors"))
     assert not is_channels_last(plain)
+
+
+def test_the_api_honours_or_refuses_every_run_setting_it_accepts():
+    """sampler='first', baseline=, threads= and latency= were accepted by crossdistill.compress and
+    silently ignored (the report's config still claimed them); weights= and input_size= did nothing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x, y = torch.randn(30, 3, 8, 8), torch.arange(30) % 3
+    _, first = crossdistill.compress(model, x, labels=y, shots=2, sampler="first", show_progress=False)
+    assert first["fewshot_indices"] == [0, 1, 2, 3, 4, 5] and first["sampler"] == "first"
+    _, default = crossdistill.compress(model, x, labels=y, shots=2, show_progress=False)
+    assert default["fewshot_indices"] != first["fewshot_indices"]
+    l1, report = crossdistill.compress(model, x, labels=y, shots=2, baseline="l1", show_progress=False)
+    assert report["baseline"] == "l1" and report["solver"].startswith("prune-only")
+    kept = report["layers"][0]["kept"]  # L1 keeps the teacher's weights on the kept channels
+    torch.testing.assert_close(l1[2].weight, model[2].weight[:, kept])
+    before = torch.get_num_threads()
+    _, timed = crossdistill.compress(model, x, labels=y, shots=2, threads=1, latency=True, eval_data=(x, y),
+                                     show_progress=False)
+    assert torch.get_num_threads() == before and timed["threads"] == 1
+    assert [t["batch_size"] for t in timed["student"]["latency"]] == [1, 128]
+    assert {t["threads"] for t in timed["teacher"]["latency"]} == {1}
+    for key in ("weights", "input_size"):
+        with pytest.raises(CrossDistillError, match=f"{key}= is a setting of the command line"):
+            crossdistill.compress(model, x, labels=y, shots=2, show_progress=False,
+                                  **{key: "w.pt" if key == "weights" else [3, 8, 8]})

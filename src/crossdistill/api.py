@@ -15,6 +15,7 @@ own, else none). Every other keyword is a config setting (`method`, `objective`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +28,7 @@ from torch import nn
 from crossdistill.checks import check_copyable
 from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError
+from crossdistill.evaluation_timing import torch_threads
 from crossdistill.model_inputs import check_token_ids, dtype_name
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 from crossdistill.models.user import check_registered_outputs, infer_info
@@ -151,8 +153,16 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
     return x.float(), (None if y is None else y.long()), None
 
 
+# Settings of the command line whose job the API's own arguments do (a CompressConfig takes
+# them, so compress(**settings) would accept them and then do nothing with them).
+_NOT_SETTINGS = {
+    "weights": "the model comes with its weights: load them first (model.load_state_dict(torch.load(...)))",
+    "input_size": "the inputs' size is that of the data given",
+}
+
+
 def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, n_samples: int | None,
-          seed: int, num_classes: int | None) -> np.ndarray:
+          seed: int, num_classes: int | None, sampler: str = "random") -> np.ndarray:
     """The few-shot indices; `num_classes` None: the labels are not the model's classes (its
     predictions are per position or values), any class numbers ≥ 0 group the draw."""
     from crossdistill.data import sample_few_shot
@@ -168,12 +178,14 @@ def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, 
     if shots is not None:
         if labels is None:
             raise CrossDistillError("shots (K per class) needs labels: pass labels=..., or n_samples")
-        return sample_few_shot(labels.numpy(), shots=shots, seed=seed, num_classes=num_classes)
+        return sample_few_shot(labels.numpy(), shots=shots, seed=seed, num_classes=num_classes, mode=sampler)
     if n_samples is not None:
         if labels is not None:
-            return sample_few_shot(labels.numpy(), n=n_samples, seed=seed, num_classes=num_classes)
+            return sample_few_shot(labels.numpy(), n=n_samples, seed=seed, num_classes=num_classes, mode=sampler)
         if n_samples > n:
             raise CrossDistillError(f"n_samples={n_samples} but only {n} images were given")
+        if sampler == "first":
+            return np.arange(n_samples, dtype=np.int64)
         return np.sort(np.random.default_rng(seed).choice(n, n_samples, replace=False)).astype(np.int64)
     return np.arange(n, dtype=np.int64)
 
@@ -222,15 +234,16 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
 
 
 def _measure(model: nn.Module, info: ModelInfo, test: tuple[torch.Tensor, torch.Tensor | None] | None,
-             scores: dict[str, float] | None) -> dict[str, Any]:
-    """Size and FLOPs, with the `scores` on `test` (evaluation_agreement.compare's) when it was given."""
-    from crossdistill.evaluation import count_flops, count_nonzero_params, count_params
+             scores: dict[str, float] | None, latency: bool = False) -> dict[str, Any]:
+    """Size and FLOPs, with the `scores` on `test` (evaluation_agreement.compare's) when it was
+    given, and the CPU latency at the report's batch sizes with `latency`."""
+    from crossdistill.evaluation import REPORT_LATENCY_BATCHES, size_and_speed
 
-    out: dict[str, Any] = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
-                           "flops": count_flops(model, info.input_size, info.input_dtype)}
+    out: dict[str, Any] = {**(scores or {})} if test is not None else {}
     if test is not None:
-        out.update(scores or {})
         out["n_eval"] = int(test[0].shape[0])
+    out.update(size_and_speed(model, info.input_size, REPORT_LATENCY_BATCHES if latency else (),
+                              input_dtype=info.input_dtype))
     return out
 
 
@@ -309,6 +322,9 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
         check_token_ids(model, images, "training")
     if found_labels is not None and found_labels.shape[0] != images.shape[0]:
         raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
+    for key, why in _NOT_SETTINGS.items():
+        if key in settings:
+            raise CrossDistillError(f"{key}= is a setting of the command line; here {why}")
     if isinstance(settings.get("output_key"), int) and not isinstance(settings["output_key"], bool):
         settings["output_key"] = str(settings["output_key"])  # an index, as on the command line
     output_key, output_kind = settings.get("output_key"), settings.get("output_kind", "auto")
@@ -326,7 +342,8 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
         # needs one label per image (or none: n_samples).
         raise CrossDistillError(f"training labels of shape {tuple(found_labels.shape)}: the few-shot draw takes one "
                                 "label per sample (its class), or none with n_samples=N")
-    idx = _draw(images, found_labels, shots, n_samples, seed, info.num_classes if classes else None)
+    idx = _draw(images, found_labels, shots, n_samples, seed, info.num_classes if classes else None,
+                settings.get("sampler", "random"))
     class_counts = None
     if found_labels is not None:
         from crossdistill.data.fewshot import check_class_coverage
@@ -341,10 +358,16 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
     draw = {"shots": shots} if shots is not None else {"n_samples": int(len(idx))}
     cfg = CompressConfig(model=name, seed=seed, **draw, **settings).validate()
     test = _eval_data(eval_data, model, info, images, mean, std, class_names)
+    if cfg.baseline is not None:
+        from crossdistill.baselines import get_baseline
+
+        compress_fn = get_baseline(cfg.baseline, show_progress=show_progress)
+    else:
+        compress_fn = functools.partial(run_compress, show_progress=show_progress)
     start = time.perf_counter()
     # The teacher runs in eval mode throughout; the caller's model gets its own flags back.
-    with eval_mode(model):
-        result = run_compress(model, few, cfg, show_progress=show_progress)
+    with eval_mode(model), torch_threads(cfg.threads):
+        result = compress_fn(model, few, cfg)
         compress_seconds = time.perf_counter() - start  # as the command line's: evaluation not included
         t_scores = s_scores = agreement = None
         if test is not None:
@@ -355,7 +378,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
             batches = ((tx[s], None if ty is None else ty[s]) for s in batch_slices(len(tx), 256))
             t_scores, s_scores, agreement = compare(model, result.student, batches, output=info.output,
                                                     kind=info.kind)
-        teacher_measures = _measure(model, info, test, t_scores)
+        teacher_measures = _measure(model, info, test, t_scores, cfg.latency)
     student = result.student
     if is_channels_last(model):
         # The solves write plain row-major weights; a model kept in channels_last (for its speed
@@ -370,17 +393,29 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
         student.crossdistill_class_names = list(class_names)  # evaluate numbers test data by them
     if registered is None and factory:
         student.crossdistill_factory = factory
+    with torch_threads(cfg.threads):
+        student_measures = _measure(student, info, test, s_scores, cfg.latency)
+    from crossdistill.pipeline import resolved_damping
+    from crossdistill.run_outputs import versions
+
     report: dict[str, Any] = {
         "model": name, "method": result.method, "objective": result.objective, "solver": result.solver,
-        "shots": shots, **draw, "seed": seed, "n_samples": int(len(idx)), "fewshot_indices": idx.tolist(),
+        **({"baseline": cfg.baseline} if cfg.baseline else {}),
+        "shots": shots, **draw, "seed": seed, "sampler": cfg.sampler, "n_samples": int(len(idx)),
+        "calibration_images": int(len(idx)) * (1 + cfg.views),
+        "damping": resolved_damping(cfg, few), "damping_setting": "auto" if cfg.damping is None else "fixed",
+        "fewshot_indices": idx.tolist(),
         **({"fewshot_class_counts": class_counts} if class_counts is not None else {}),
-        "compress_seconds": compress_seconds,
+        "compress_seconds": compress_seconds, "solve_seconds": sum(r.solve_seconds for r in result.records),
+        "threads": cfg.threads or torch.get_num_threads(),
         "layers": [{"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
-                    **r.info} for r in result.records],
+                    "seconds": r.seconds, "solve_seconds": r.solve_seconds, **r.info} for r in result.records],
         **result.summary, "config": cfg.to_dict(),
-        "teacher": teacher_measures, "student": _measure(student, info, test, s_scores),
+        "teacher": teacher_measures, "student": student_measures,
         **({"agreement": {**agreement, "n_eval": int(test[0].shape[0])}} if agreement is not None else {}),
+        **({"n_eval": int(test[0].shape[0])} if test is not None else {}),
         "predictions": {"output": info.output, "kind": info.kind},
+        "versions": versions(),
     }
     if result.finetune is not None:
         report["finetune"] = result.finetune
