@@ -91,13 +91,20 @@ def plugin_class(flat: Mapping[str, Any], section: str) -> type | None:
         return None
 
 
+def solvers_run(cfg: CompressConfig) -> str:
+    """The solver each stage of cfg's method runs, '+'-joined (channels+quant: 'closed-form+gptq')."""
+    from crossdistill.compression import METHODS
+    from crossdistill.compression.composite import stage_solver_name
+
+    method = METHODS.build(cfg.method.name, cfg.method.params)
+    return "+".join(stage_solver_name(stage, override, cfg.solver.name) for stage, override in method.stages())
+
+
 def _solvers_text(d: Mapping[str, Any]) -> str:
     """The solver of each stage of the run's method: the config's solver name means each method's
     own default where that method has no solver of the name (quant: gptq)."""
     text = plugin_describe(d, "solver")
     try:
-        from crossdistill.sweep.runner import solvers_run
-
         ran = solvers_run(CompressConfig.from_dict(dict(d), strict=False)).split("+")
     except Exception:  # a partial or stored config the current declarations refuse: the name alone
         return text

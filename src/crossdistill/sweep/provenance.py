@@ -16,7 +16,7 @@ _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # sha1 or sha256 object nam
 
 def library_version() -> str:
     """`crossdistill.__version__`."""
-    from crossdistill import __version__
+    from crossdistill._version import __version__
 
     return __version__
 

@@ -14,7 +14,7 @@ from crossdistill.config import CompressConfig
 from crossdistill.errors import CrossDistillError
 from crossdistill.outputs import output_lock
 from crossdistill.sweep.cache import RunContext
-from crossdistill.sweep.describe import describe_config, flat_settings
+from crossdistill.sweep.describe import describe_config, flat_settings, solvers_run
 from crossdistill.sweep.expand import SweepSpec
 from crossdistill.sweep.hashing import canonical_json
 from crossdistill.sweep.provenance import git_commit, library_version
@@ -128,15 +128,6 @@ def check_paths(configs: Sequence[CompressConfig]) -> None:
         listed = "; ".join(f"{p} ({n} run{'s' if n != 1 else ''})" for p, n in missing.items())
         raise CrossDistillError(f"the sweep names files that are not there: {listed}; nothing was run (fix the "
                                 "paths, e.g. with --set data=PATH)")
-
-
-def solvers_run(cfg: CompressConfig) -> str:
-    """The solver each stage of cfg's method runs, '+'-joined (channels+quant: 'closed-form+gptq')."""
-    from crossdistill.compression import METHODS
-    from crossdistill.compression.composite import stage_solver_name
-
-    method = METHODS.build(cfg.method.name, cfg.method.params)
-    return "+".join(stage_solver_name(stage, override, cfg.solver.name) for stage, override in method.stages())
 
 
 def fmt_duration(seconds: float) -> str:
