@@ -608,3 +608,16 @@ def test_the_api_honours_or_refuses_every_run_setting_it_accepts():
         with pytest.raises(CrossDistillError, match=f"{key}= is a setting of the command line"):
             crossdistill.compress(model, x, labels=y, shots=2, show_progress=False,
                                   **{key: "w.pt" if key == "weights" else [3, 8, 8]})
+
+
+def test_mixed_without_mu_names_the_mu_a_model_of_ones_own_gets():
+    """objective='mixed' on a model the registry does not know ran μ 0.9 and reported 'mixed' with
+    mu None in its config: the μ it used was nowhere."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x, y = torch.randn(30, 3, 8, 8), torch.arange(30) % 3
+    a, report = crossdistill.compress(model, x, labels=y, shots=2, objective="mixed", show_progress=False)
+    b, _ = crossdistill.compress(model, x, labels=y, shots=2, objective="mixed", mu=0.9, show_progress=False)
+    assert report["objective"] == "mixed(mu=0.9)"
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

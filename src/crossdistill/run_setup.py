@@ -52,11 +52,14 @@ def info_of(cfg: CompressConfig, teacher: nn.Module, data: ImageArrays) -> Model
 
 def model_defaults(model: str) -> dict[str, Any]:
     """Plug-in settings whose default depends on the model (the paper's μ: 0.9 ResNet, 0.6 VGG);
-    they fill a setting left at None. A model the registry does not know has none."""
+    they fill a setting left at None. A model the registry does not know gets the fallback (μ 0.9),
+    filled in here so that the run's description and report name the μ it used."""
+    from crossdistill.models.user import USER_DEFAULT_MU
+
     try:
         info = model_info(model)
     except CrossDistillError:
-        return {}
+        return {"mu": USER_DEFAULT_MU}
     return {"mu": info.default_mu}
 
 
