@@ -21,7 +21,8 @@ class Mixed(Objective):
     name = "mixed"
     # None defers to the model's paper default (ModelInfo.default_mu): 0.9 ResNet, 0.6 VGG.
     mu: float | None = param(None, "weight of correction L^c against imitation L^i "
-                             X, low=0, high=1)
+                             "(default: the model's, 0.9 ResNet / 0.6 VGG / 0.9 for a model of your own)",
+                             low=0, high=1)
 
     def build(self, m: Moments, w_teacher: torch.Tensor) -> QuadraticProblem:
         mu = DEFAULT_MU if self.mu is None else self.mu
