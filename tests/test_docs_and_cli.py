@@ -217,3 +217,20 @@ def test_a_failing_results_database_is_an_error_message_not_a_traceback(monkeypa
     code = main(["sweep", "configs/smoke.yaml", "--db", "/tmp/never-written.sqlite"])
     err = capsys.readouterr().err
     assert code == 2 and "the results database failed: disk I/O error" in err and "Traceback" not in err
+
+
+def test_the_settings_are_listed_from_python():
+    """From Python there was no way to learn which settings compress takes (dir(crossdistill) did
+    not even show compress): crossdistill.settings() lists them from the declarations."""
+    import crossdistill
+
+    assert {"compress", "load", "save", "settings", "StackedInputs"} <= set(dir(crossdistill))
+    s = crossdistill.settings()
+    assert s["keep"]["default"] == 0.5 and s["keep"]["for"] == "method channels"
+    assert s["bits"]["range"] == "[2, 8]" and s["finetune_epochs"]["for"] == "fine-tune"
+    assert "sparsity" in s["method"]["range"] and "gptq" in s["solver"]["range"]
+    assert "weights" not in s and "shots" not in s  # compress's own arguments, or the command line's
+    import inspect
+
+    doc = inspect.getdoc(crossdistill.compress)
+    assert "crossdistill.settings()" in doc and "docs/report.md" in doc

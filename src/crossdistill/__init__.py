@@ -2,7 +2,7 @@
 from crossdistill._version import __version__
 from crossdistill.errors import CrossDistillError
 
-__all__ = ["CrossDistillError", "StackedInputs", "__version__", "compress", "export_model", "load", "save"]
+__all__ = ["CrossDistillError", "StackedInputs", "__version__", "compress", "export_model", "load", "save", "settings"]
 
 
 import importlib
@@ -22,6 +22,10 @@ def __getattr__(name: str):
         from crossdistill.model_inputs import StackedInputs
 
         return StackedInputs
+    if name == "settings":
+        from crossdistill.config.catalog import settings
+
+        return settings
     if name == "export_model":
         from crossdistill.export import export_model
 
@@ -32,3 +36,8 @@ def __getattr__(name: str):
         # `crossdistill.export.export_model(...)` after a bare `import crossdistill`.
         return importlib.import_module(f"crossdistill.{name}")
     raise AttributeError(f"module 'crossdistill' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names too: tab completion and dir() should show what the package offers.
+    return sorted(set(globals()) | set(__all__))

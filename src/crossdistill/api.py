@@ -270,13 +270,33 @@ def unwrapped(model: nn.Module) -> tuple[nn.Module, str | None]:
     return model, factory or getattr(model, "crossdistill_factory", None)
 
 
-def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tensor | None = None,
+def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
              eval_data: Any = None, shots: int | None = None, n_samples: int | None = None, seed: int = 0,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None, name: str | None = None,
              show_progress: bool = True, **settings: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """Compress a copy of `model` (left unchanged) by layer-wise cross distillation on `data`;
-    returns the student and a report (settings, per-layer losses, what was pruned or left whole
-    and why, and, with `eval_data`, teacher and student top-1 on it)."""
+    """Compress a copy of `model` (left unchanged) by layer-wise cross distillation on a few
+    samples of `data`; returns `(student, report)`.
+
+    data: the training inputs, normalised as the model expects: an N×C×H×W float tensor (N×C×L
+        signals, N×L int64 token ids, a stack for `StackedInputs`) or numpy array, a Dataset or
+        DataLoader of (input, label), or a path (.npz, a folder of class folders, 'cifar10').
+    labels: one class per sample (tensor, numpy array or list), unless `data` carries them.
+    shots / n_samples: K per class, or N in all (default: every sample given); seed: the draw's.
+    eval_data: (inputs, labels), inputs alone (scored by agreement with the teacher), or a path:
+        both models are scored on it, and their agreement reported.
+    mean / std: the normalisation of pixels read from files (tensors are used as they are).
+    name: the model's name in the report (a registered name takes that model's settings).
+    **settings: `method` ('channels', the default; 'sparsity', 'quant', 'lowrank',
+        'channels+quant', 'lowrank+quant') and its settings (keep=0.5, flops=, parameters=,
+        budget='global'; sparsity=0.9; bits=4; rank_ratio=0.5), `objective` ('soft'; 'nocross',
+        'mixed' with mu=, ...), `solver`, damping, views, finetune_epochs and the other
+        finetune_* settings, sampler, baseline, threads, latency, output_key / output_kind,
+        device. `crossdistill.settings()` lists every one with its default, range and help
+        (`crossdistill compress --help` prints the same).
+
+    The student is in eval mode; a model the registry does not know is saved with
+    `crossdistill.save` once `student.crossdistill_factory = "file.py:function"` says how to
+    rebuild it. The report's fields are described in docs/report.md."""
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_copyable(unwrapped(model)[0])
