@@ -168,3 +168,18 @@ def test_stacked_float_inputs_get_no_random_views_but_are_solved():
     # The sum a(image) + b(depth) is one channel group: both stems keep the same half.
     assert student.model.a.out_channels == student.model.b.out_channels == student.model.mix.in_channels == 8
     assert report["agreement"]["output_error"] < pruned_only["agreement"]["output_error"]
+
+
+def test_the_command_line_refuses_a_stacked_model_with_the_way_out(tmp_path, capsys):
+    """`compress --model file.py:make` for a StackedInputs model told the user to give
+    --input-size, then that the images had the wrong shape: the CLI reads one input per sample."""
+    import numpy as np
+
+    from crossdistill.cli.main import main
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((20, 8, 8, 3), np.uint8), y=np.arange(20) % 2)
+    code = main(["compress", "--model", f"{__file__}:make", "--data", str(tmp_path / "d.npz"), "--shots", "1",
+                 "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "takes several inputs (crossdistill.StackedInputs)" in err and "--input-size" not in err
+    assert not (tmp_path / "out").exists()

@@ -297,3 +297,21 @@ def test_a_steep_uniform_keep_forced_by_a_flops_target_is_named():
                                          r"group's units \(1 group; the rest of the model is left whole\)"):
         _, report = crossdistill.compress(teacher, ids, labels=labels, shots=4, flops=0.6, show_progress=False)
     assert report["student"]["flops"] <= 0.6 * report["teacher"]["flops"]
+
+
+def test_the_command_line_refuses_a_token_id_model_with_the_way_out(tmp_path, capsys):
+    """`crossdistill evaluate` on a token-id student asked for pixel --mean/--std, then counted the
+    sequence length as channels; it now says the ids are the Python API's."""
+    import numpy as np
+
+    from crossdistill.cli.main import main
+
+    teacher = _trained(TextCNN())
+    train, labels = _sentences(80, 1)
+    student, _ = crossdistill.compress(teacher, train, labels=labels, shots=4, keep=0.5, show_progress=False)
+    student.crossdistill_factory = f"{__file__}:TextCNN"
+    path = crossdistill.save(student, tmp_path / "text.safetensors")
+    np.savez(tmp_path / "ids.npz", x=train.numpy(), y=labels.numpy())
+    assert main(["evaluate", "--weights", str(path), "--eval-data", str(tmp_path / "ids.npz"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "takes token ids, which the command line does not read" in err and "--mean" not in err

@@ -94,3 +94,21 @@ class StackedInputs(nn.Module):
             raise CrossDistillError(f"StackedInputs: {len(parts)} stacked inputs for {len(self.names)} names "
                                     f"{list(self.names)}")
         return self.model(**dict(zip(self.names, parts)))
+
+
+def check_file_inputs(model: nn.Module, input_dtype: str, source: str) -> None:
+    """Refuse, naming the way, a model whose inputs no data file can hold: several stacked inputs
+    (StackedInputs) or token ids. The command line reads images or signals from files; asked
+    anyway, it went round in circles about pixel normalisation and channel counts."""
+    from crossdistill.errors import CrossDistillError
+
+    if isinstance(model, StackedInputs):
+        raise CrossDistillError(f"{source} takes several inputs (crossdistill.StackedInputs): the command line reads one "
+                                "input per sample from a file; use the Python API (crossdistill.compress(model, "
+                                "StackedInputs.stack(...)), crossdistill.load, crossdistill.evaluation_agreement.scores, "
+                                "crossdistill.export_model)")
+    if input_dtype != FLOAT:
+        raise CrossDistillError(f"{source} takes token ids, which the command line does not read from files: use the "
+                                "Python API (crossdistill.compress(model, ids, labels=...), crossdistill.load, "
+                                "crossdistill.evaluation_agreement.scores, crossdistill.export_model(model, path, "
+                                "'onnx', ids))")

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from crossdistill.data.align import align_classes, check_named_classes
     from crossdistill.evaluation import evaluate_for
     from crossdistill.models import load_model, load_weights
+    from crossdistill.model_inputs import check_file_inputs
     from crossdistill.models.user import build_user_model, infer_info, info_of, is_factory_spec
     from crossdistill.persistence.files import is_crossdistill_file, resolve_model_path
 
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if own:
         # The user's trained teacher: its factory, its state dict, the input size of the data.
         model = build_user_model(args.model)
+        check_file_inputs(model, "float32", args.model)
         load_weights(model, weights)
         data = load_image_data(args.eval_data, "test")
         info = infer_info(model.eval(), args.model, data.input_shape, mean=args.mean, std=args.std,
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = load_model(weights, args.model)
         info = info_of(model)  # a registered model's, or what a user's model's file recorded
+        check_file_inputs(model, info.input_dtype, str(weights))
         info = _with_normalisation(info, args.mean, args.std)
         # Numbered by the classes the model was compressed with, when its file names them.
         data = align_classes(load_image_data(args.eval_data, "test"), getattr(model, "crossdistill_class_names", None))
