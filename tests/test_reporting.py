@@ -250,3 +250,15 @@ def test_one_seed_shows_no_spread_and_a_run_folder_is_named_as_such(db_path, tmp
     (run / "report.json").write_text("{}")
     with pytest.raises(Exception, match="is a run folder: its numbers are in"):
         load_runs(run)
+
+
+def test_the_run_summary_names_the_fine_tune():
+    """A 22-second fine-tune inside a 33-second run showed nowhere in summary.txt."""
+    from crossdistill.run_outputs import format_summary
+
+    base = {"model": "m", "method": "channels(keep=0.5)", "objective": "soft", "solver": "closed-form",
+            "n_samples": 50, "shots": 5, "seed": 0, "sampler": "random", "compress_seconds": 33.4}
+    text = format_summary({**base, "finetune": {"steps": 100, "seconds": 22.5, "bn": "frozen",
+                                                "before": {"kd": 0.115}, "after": {"kd": 0.031}}})
+    assert "fine-tune: 100 steps in 22.5 s, BatchNorm frozen; few-shot KD loss 0.115 -> 0.031" in text
+    assert "fine-tune" not in format_summary(base)

@@ -44,6 +44,14 @@ def format_summary(report: dict[str, Any]) -> str:
         f"few-shot: {report['n_samples']} images ({k}seed {report['seed']}, {report['sampler']}); "
         f"compression took {report['compress_seconds']:.1f} s",
     ]
+    ft = report.get("finetune")
+    if ft and ft.get("steps") is not None:
+        # Often most of the run's seconds: named, with what it did to the few-shot KD loss.
+        kd = (f"; few-shot KD loss {ft['before']['kd']:.3g} -> {ft['after']['kd']:.3g}"
+              if isinstance(ft.get("before"), dict) and isinstance(ft.get("after"), dict)
+              and "kd" in ft["before"] and "kd" in ft["after"] else "")
+        lines.append(f"fine-tune: {ft['steps']} steps in {ft.get('seconds', 0.0):.1f} s, BatchNorm "
+                     f"{ft.get('bn', '?')}{kd}")
     if "teacher" in report:
         t, s = report["teacher"], report["student"]
         lines.append(f"{'':14}{'teacher':>14}{'student':>14}")
