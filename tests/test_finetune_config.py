@@ -108,3 +108,21 @@ def test_a_logit_loss_setting_is_refused_where_the_logit_loss_is_off(setting):
         FinetuneConfig(**setting)
     FinetuneConfig(mode="kd", **setting)
     FinetuneConfig(logit_weight=0.5, **setting)  # hints plus the logit loss: the setting counts
+
+
+def test_fine_tune_settings_without_epochs_are_named_and_the_hints_message_reads():
+    """finetune_mixup=0.4 with finetune_epochs 0 did nothing without a word; the refusal of a
+    logit setting in hints mode read 'fine-tune finetune: temperature 2 act on ...'."""
+    import warnings
+
+    from crossdistill.config import CompressConfig
+    from crossdistill.errors import CrossDistillError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CompressConfig(model="resnet20", shots=1, finetune_mixup=0.4).validate()
+        CompressConfig(model="resnet20", shots=1, finetune_bn="recalibrate").validate()  # acts without epochs
+    said = [str(w.message) for w in caught]
+    assert said == ["finetune_mixup given but finetune_epochs is 0: no fine-tune runs, so it changes nothing"]
+    with pytest.raises(CrossDistillError, match=r"^finetune_temperature 2: it acts on the logit loss"):
+        CompressConfig(model="resnet20", shots=1, finetune_epochs=1, finetune_temperature=2.0).validate()
