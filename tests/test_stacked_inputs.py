@@ -107,6 +107,14 @@ def test_a_stacked_student_saves_loads_and_exports(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), student(x))
     assert export_model(loaded, tmp_path / "text.onnx", "onnx", x[:8]).max_abs_diff <= 1e-4
+    # The graph's one input is the stack: the file says what is stacked where.
+    import json
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "text.onnx")).metadata_props}
+    assert json.loads(meta["crossdistill.stacked_inputs"]) == {"dim": 1, "names": list(loaded.names) if loaded.names else None,
+                                                  "count": 2}
 
 
 def test_inputs_given_apart_are_refused_with_the_way_to_stack_them():

@@ -122,6 +122,12 @@ def _metadata(model: nn.Module) -> dict[str, str]:
     })
     if hasattr(model, "spec"):
         meta["spec"] = json.dumps(model.spec())  # type: ignore[operator]
+    from crossdistill.model_inputs import StackedInputs
+
+    if isinstance(model, StackedInputs):
+        # The graph has one input, the stack: a deployer must know what goes where in it.
+        meta["stacked_inputs"] = json.dumps({"dim": 1, "names": list(model.names) if model.names else None,
+                                             "count": int(info.input_size[0])})
     return meta
 
 
