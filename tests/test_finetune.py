@@ -252,3 +252,27 @@ def test_recalibrating_bn_never_feeds_a_batch_of_one():
     h = model[0](x)
     torch.testing.assert_close(model[1].running_mean, h.mean(0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model[1].running_var, h.var(0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_fine_tune_that_makes_the_student_follow_its_teacher_less_is_named():
+    """A harmful fine-tune (finetune_bn 'train' on a few images took a student's few-shot KD loss
+    40x up) passed without a word."""
+    import warnings
+
+    import crossdistill
+    from torch import nn
+
+    from crossdistill.finetune.loop import FinetuneWarning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    x, y = torch.randn(60, 3, 8, 8), torch.arange(60) % 10
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, report = crossdistill.compress(model, x, labels=y, shots=3, keep=0.5, finetune_epochs=60,
+                                          finetune_lr=0.5, show_progress=False)
+    ft = report["finetune"]
+    assert ft["after"]["kd"] > 1.25 * ft["before"]["kd"]
+    assert any(issubclass(w.category, FinetuneWarning) and "raised the few-shot KD loss" in str(w.message)
+               for w in caught)

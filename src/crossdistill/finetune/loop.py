@@ -28,6 +28,10 @@ OnStep = Callable[[int, nn.Module], None]
 FEW_STEPS = 50
 
 
+# A fine-tune that leaves the few-shot KD loss above this many times its value before it is named.
+WORSE = 1.25
+
+
 class FinetuneWarning(UserWarning):
     """A fine-tune that will run, but not as its settings suggest (the CLI prints it on one line)."""
 
@@ -124,6 +128,14 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
     run = _Training.start(student, teacher, images, settings, masks, bn_mode, distill, info)
     info["steps"] = run.train(images, labels, teacher_outs, on_step)
     info["after"] = losses()
+    before, after = info["before"].get("kd"), info["after"].get("kd")
+    if before is not None and after is not None and after > WORSE * before and after - before > 1e-4:
+        # The student now follows the teacher less on the very images it trained on: the
+        # steps did harm (BatchNorm in training mode on a few images, a learning rate too high).
+        warnings.warn(f"the fine-tune raised the few-shot KD loss from {before:.3g} to {after:.3g} (BatchNorm "
+                      f"{info.get('bn', settings.bn)}, lr {settings.lr:g}): the student follows its teacher less "
+                      "than before it; compare it with finetune_epochs 0, a lower finetune_lr or finetune_bn "
+                      "'frozen'", FinetuneWarning, stacklevel=3)
     return info
 
 
