@@ -1,4 +1,5 @@
-"""The one exception type the project raises for problems a user can fix."""
+"""The one exception type the project raises for problems a user can fix, and the warning for a
+setting given where it does not apply."""
 
 
 class CrossDistillError(Exception):
@@ -6,3 +7,7 @@ class CrossDistillError(Exception):
 
     The CLI prints its message (no traceback) and exits with status 2.
     """
+
+
+class ConfigWarning(UserWarning):
+    """A setting that was given but does not apply to the selected plug-in."""

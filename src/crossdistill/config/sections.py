@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import ConfigWarning, CrossDistillError
 from crossdistill.params import Param, Plugin, declared_params, param
 
 SECTIONS = ("method", "objective", "solver")
@@ -13,10 +13,6 @@ DEFAULT_NAMES = {"method": "channels", "objective": "soft", "solver": "closed-fo
 # Older configs' names for a key.
 ALIASES = {"prune": "method"}
 FINETUNE_PREFIX = "finetune_"
-
-
-class ConfigWarning(UserWarning):
-    """A setting that was given but does not apply to the selected plug-in."""
 
 
 # The names of crossdistill.baselines.BASELINES, spelled out because importing that package here

@@ -126,7 +126,7 @@ class FinetuneConfig(Plugin):
             if unused:
                 import warnings
 
-                from crossdistill.config.sections import ConfigWarning
+                from crossdistill.errors import ConfigWarning
 
                 warnings.warn(f"{', '.join(unused)} given but finetune_epochs is 0: no fine-tune runs, so "
                               f"{'they change' if len(unused) > 1 else 'it changes'} nothing", ConfigWarning,
