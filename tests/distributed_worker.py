@@ -4,6 +4,7 @@
 
 MODE cli ARGS...       crossdistill's command line in this process
 MODE fail RANK ARGS... the same, with layer capture failing on rank RANK at the second layer
+MODE missing RANK ARGS... the same, with rank RANK given a weights file that is not there
 MODE api FACTORY OUT   crossdistill.compress from Python inside an initialised process group;
                        each rank saves its student's state to OUT/rank<r>.pt
 """
@@ -37,6 +38,11 @@ def main(argv: list[str]) -> int:
                     return _original(self, xt, xs)
 
                 cls.add = add
+        return cli(rest)
+    if mode == "missing":
+        bad_rank, rest = int(rest[0]), rest[1:]
+        if int(__import__("os").environ["RANK"]) == bad_rank:
+            rest = [*rest, "--weights", "/nonexistent/teacher.pt"]  # a file not mounted on one node
         return cli(rest)
     if mode == "api":
         import crossdistill

@@ -98,6 +98,19 @@ def test_a_failing_rank_stops_every_rank_and_nothing_is_written(setup, tmp_path,
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never")], list(tmp_path.iterdir())
 
 
+def test_a_rank_failing_before_the_others_meet_it_stops_every_rank_at_once(setup, tmp_path):
+    """Rank 1 failed loading its weights while rank 0 compared the teachers: rank 0 read rank 1's
+    failure as a different teacher, the two ranks then waited at different meeting points, and the
+    run hung for the group's 30-minute timeout without a word."""
+    factory, train, test = setup
+    out = tmp_path / "never"
+    done = torchrun(tmp_path, "missing", "1", *compress_args(factory, train, test, out), timeout=180)
+    assert done.returncode != 0
+    assert "error (rank 1): weights file not found: /nonexistent/teacher.pt" in done.stderr, done.stderr[-2000:]
+    assert "error (rank 0): the run failed on another process (rank 1: CrossDistillError" in done.stderr
+    assert not out.exists()
+
+
 def test_python_api_inside_a_process_group(setup, tmp_path):
     factory, _, _ = setup
     done = torchrun(tmp_path, "api", factory, str(tmp_path))

@@ -110,12 +110,20 @@ def agree(error: BaseException | None = None) -> None:
         if error is not None:
             raise error
         return
-    mine = None if error is None else f"{type(error).__name__}: {error}"
+    mine = ("ok", None) if error is None else ("error", f"{type(error).__name__}: {error}")
     everyone: list[Any] = [None] * world_size()
     dist.all_gather_object(everyone, mine)
-    failed = [(r, m) for r, m in enumerate(everyone) if m is not None]
+    _stop_if_failed(error, everyone)
+
+
+def _stop_if_failed(own: BaseException | None, everyone: list[Any]) -> None:
+    """Stop when any rank's message is a failure. A rank that failed meets the others with
+    `agree` wherever they are: at another gathering point (check_same) its message is its
+    failure, not a value, and must be read as such (read as a different teacher, the two ranks
+    left for different meeting points and waited there for each other until the group's timeout)."""
+    failed = [(r, m[1]) for r, m in enumerate(everyone) if isinstance(m, tuple) and len(m) == 2 and m[0] == "error"]
     if failed:
-        _stop(error, "; ".join(f"rank {r}: {m}" for r, m in failed))
+        _stop(own, "; ".join(f"rank {r}: {m}" for r, m in failed))
 
 
 def _stop(own: BaseException | None, peers: str) -> NoReturn:
@@ -196,7 +204,8 @@ def check_same(what: str, value: Any) -> None:
     if not active():
         return
     everyone: list[Any] = [None] * world_size()
-    dist.all_gather_object(everyone, value)
+    dist.all_gather_object(everyone, ("value", value))
+    _stop_if_failed(None, everyone)
     differ = [r for r, v in enumerate(everyone) if v != everyone[0]]
     if differ:
         raise CrossDistillError(f"the processes hold different {what} (rank 0 vs rank {differ[0]}); every rank must "

@@ -137,7 +137,10 @@ def _run_distributed(args: argparse.Namespace, cfg: Any) -> int:
                 write_run(tmp, result, report)
     except Exception as exc:
         if not distributed.told(exc):
-            distributed.agree(exc)  # meets the other ranks at their next synchronisation point
+            try:
+                distributed.agree(exc)  # meets the other ranks at their next synchronisation point
+            except Exception:  # noqa: BLE001 - agree raises this very failure, now told to every rank
+                pass
         # Say why before leaving: torchrun stops the others as soon as one process exits.
         if isinstance(exc, CrossDistillError):
             print(f"crossdistill compress: error (rank {distributed.rank()}): {exc}", file=sys.stderr, flush=True)
