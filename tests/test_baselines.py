@@ -348,3 +348,15 @@ def test_a_baseline_run_is_quiet_about_the_objective_it_replaces(tiny_data, tmp_
 
     text = build_parser()._subparsers._group_actions[0].choices["baseline"].format_help()
     assert "--selection {" not in text and "--mu MU" not in text and "--finetune-epochs" in text
+
+
+def test_a_baseline_under_torchrun_is_refused(tiny_data, tmp_path, capsys, monkeypatch):
+    """Each torchrun rank ran the whole baseline, then one failed on --out 'being written by
+    another crossdistill run' (its sibling)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["baseline", "l1", *tiny_data, "--out", str(tmp_path / "a")]) == 2
+    assert main(["compress", *tiny_data, "--baseline", "l1", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("baselines run in one process") == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -63,6 +63,10 @@ def run_config(args: argparse.Namespace) -> CompressConfig:
     return cfg.updated(**changes) if changes else cfg
 
 
+# Each rank of torchrun ran the whole baseline and then raced its siblings for --out.
+BASELINE_IN_ONE_PROCESS = ("baselines run in one process (their statistics are not summed over processes): run "
+                           "`crossdistill baseline NAME` without torchrun")
+
 # Choices a baseline fixes itself; giving them beside one would silently be ignored otherwise.
 FIXED = ("objective", "solver", "selection")
 
@@ -88,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
 
     cfg = run_config(args)
+    if cfg.baseline is not None and distributed.launched_by_torchrun():
+        raise CrossDistillError(BASELINE_IN_ONE_PROCESS)
     initialised = distributed.init_from_env(cfg.device)
     if distributed.active():
         try:
