@@ -135,3 +135,32 @@ def test_one_forward_per_batch_gives_each_readers_inputs_and_problem():
     net.forward = lambda x: net["used"](x)
     with pytest.raises(CrossDistillError, match=r"\['spare'\] were not reached"):
         list(inputs_per_batch(net, ["used", "spare"], [torch.randn(1, 3, 8, 8)]))
+
+
+def test_disk_capture_cleans_up_after_killed_runs_and_says_when_the_disk_is_full(tmp_path, monkeypatch):
+    """A run killed outright left its capture folder (251 MiB) that no later run removed; a full
+    capture disk surfaced as torch's 'unexpected pos 704 vs 598' traceback."""
+    import os
+    import subprocess
+    import sys
+
+    import crossdistill.capture as capture
+    from crossdistill.engine import CAPTURE_PREFIX, remove_dead_captures
+    from crossdistill.errors import CrossDistillError
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    stale = tmp_path / f"{CAPTURE_PREFIX}{dead}-abc"
+    live = tmp_path / f"{CAPTURE_PREFIX}{os.getppid()}-abc"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "front-0-0.pt").write_bytes(b"x")
+    remove_dead_captures(str(tmp_path))
+    assert not stale.exists() and live.exists()
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(capture.torch, "save", full)
+    with pytest.raises(CrossDistillError, match=r"cannot write the capture's temporary files in .*is that disk full"):
+        capture._save_front(torch.zeros(2), str(tmp_path / "f.pt"))

@@ -285,8 +285,8 @@ class ActivationStore:
         try:
             for i, x in enumerate(self):
                 path = os.path.join(self.directory, f"front-{tag}-{i}.pt")
-                torch.save(fn(x).contiguous().cpu(), path)
                 files.append(path)
+                _save_front(fn(x).contiguous().cpu(), path)
         except BaseException:
             self._remove(files)
             raise
@@ -404,3 +404,14 @@ def _inputs_through(
             yield box[name]
     finally:
         found.close()  # its hooks come off with it
+
+
+def _save_front(x: torch.Tensor, path: str) -> None:
+    """torch.save of one cached batch; a write that fails (a full disk surfaces from torch as
+    "unexpected pos 704 vs 598") is said in the user's terms."""
+    try:
+        torch.save(x, path)
+    except (OSError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CrossDistillError(f"cannot write the capture's temporary files in {os.path.dirname(path)} ({first}): "
+                                "is that disk full? free space there, or give --capture-dir on another disk") from None

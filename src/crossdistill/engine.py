@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -187,12 +188,37 @@ def distill_layers(
     """
     if capture not in CAPTURE_MODES:
         raise ValueError(f"capture must be one of {', '.join(CAPTURE_MODES)}, not {capture!r}")
-    spill = (tempfile.TemporaryDirectory(prefix="crossdistill-capture-", dir=spill_dir) if capture == "disk"
-             else contextlib.nullcontext(None))
+    if capture == "disk":
+        remove_dead_captures(spill_dir)
+    # The pid in the name: a run killed outright leaves its folder, which the next run removes.
+    spill = (tempfile.TemporaryDirectory(prefix=f"{CAPTURE_PREFIX}{os.getpid()}-", dir=spill_dir)
+             if capture == "disk" else contextlib.nullcontext(None))
     where = torch.device(device) if device is not None else module_device(student)
     with spill as folder, on_device(where, teacher, student):
         return _distill_layers(teacher, student, images.to(where), tasks, objective, solver, damping, batch_size,
                                progress, incremental, capture, folder)
+
+
+CAPTURE_PREFIX = "crossdistill-capture-"
+
+
+def remove_dead_captures(spill_dir: str | None) -> None:
+    """Remove the capture folders of runs that died without cleaning up (SIGKILL): their pid, in
+    the folder's name, no longer runs. (A folder of another user's live run is left alone.)"""
+    import re
+    import shutil
+
+    from crossdistill.outputs import pid_alive
+
+    folder = spill_dir or tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        m = re.match(rf"^{CAPTURE_PREFIX}(\d+)-", entry.name)
+        if m and entry.is_dir() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor, tasks: Iterable[LayerTask],

@@ -127,7 +127,7 @@ def output_lock(out: str | Path, force: bool = False, option: str = "--out") -> 
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False  # a folder named with our pid before we made any: its process is gone
     try:
@@ -151,7 +151,7 @@ def clean_stale(target: Path) -> list[Path]:
         return done
     for p in entries:
         m = pattern.match(p.name)
-        if not m or _pid_alive(int(m.group(2))):
+        if not m or pid_alive(int(m.group(2))):
             continue
         if m.group(1) == "old" and not target.exists():
             os.replace(p, target)

@@ -39,7 +39,7 @@ def remove_dead_siblings(path: Path) -> None:
     their pid, in the name (temp_sibling), no longer runs."""
     import re
 
-    from crossdistill.outputs import _pid_alive
+    from crossdistill.outputs import pid_alive
 
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[0-9a-f]{{12}}\.tmp$")
     try:
@@ -48,7 +48,7 @@ def remove_dead_siblings(path: Path) -> None:
         return
     for p in entries:
         m = pattern.match(p.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
 
 
