@@ -76,3 +76,23 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_a_run(sweep, tmp_pa
     assert main(["sweep", str(sweep), "--db", str(db), "--backend", "ray", "--workers", "2"]) == 0
     after = rows(db)
     assert len(after) == 12 and all(after[h] == v for h, v in before.items())
+
+
+def test_a_cluster_address_that_does_not_answer_is_one_message(sweep, tmp_path, capsys, monkeypatch):
+    """`--address` of no cluster gave Ray's 17-frame traceback after its retries."""
+    import crossdistill.sweep.ray_backend as ray_backend
+
+    class Unreachable:
+        @staticmethod
+        def is_initialized() -> bool:
+            return False
+
+        @staticmethod
+        def init(**kwargs):
+            raise ConnectionError("Failed to get cluster ID from GCS server: 10.255.255.1:6379")
+
+    monkeypatch.setattr(ray_backend, "ray_module", lambda: Unreachable)
+    code = main(["sweep", str(sweep), "--db", str(tmp_path / "r.sqlite"), "--backend", "ray",
+                 "--address", "10.255.255.1:6379"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the Ray cluster at 10.255.255.1:6379" in err and "Traceback" not in err

@@ -75,7 +75,15 @@ class RayBackend:
                 # Ray's notice about a future change of its GPU-visibility default: not ours to act on.
                 warnings.simplefilter("ignore", FutureWarning)
                 if self.address:
-                    ray.init(address=self.address, log_to_driver=False)
+                    try:
+                        ray.init(address=self.address, log_to_driver=False)
+                    except (ConnectionError, RuntimeError, ValueError) as exc:
+                        # Ray's own is a long traceback after its retries; the runs are still to do.
+                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        raise CrossDistillError(f"cannot reach the Ray cluster at {self.address} ({first[:200]}): "
+                                                "is it running (`ray status` on its head), and is the address its "
+                                                "GCS address (host:6379)? No run was started; the runs recorded so "
+                                                "far stay in the database") from None
                 else:
                     ray.init(num_cpus=self.workers * self.task_threads, num_gpus=None if self.task_gpus else 0,
                              include_dashboard=False, log_to_driver=False)
