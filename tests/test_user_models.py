@@ -621,3 +621,18 @@ def test_mixed_without_mu_names_the_mu_a_model_of_ones_own_gets():
     b, _ = crossdistill.compress(model, x, labels=y, shots=2, objective="mixed", mu=0.9, show_progress=False)
     assert report["objective"] == "mixed(mu=0.9)"
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_shuffling_loaders_warning_points_at_the_callers_line():
+    """The warning named api.py:302 instead of the line that called compress."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3)).eval()
+    loader = DataLoader(TensorDataset(torch.randn(12, 3, 8, 8), torch.arange(12) % 3), batch_size=4, shuffle=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        crossdistill.compress(model, loader, method="quant", bits=8, show_progress=False)
+    shuffled = [w for w in caught if "the DataLoader shuffles" in str(w.message)]
+    assert shuffled and shuffled[0].filename == __file__

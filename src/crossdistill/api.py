@@ -27,7 +27,7 @@ from torch import nn
 
 from crossdistill.checks import check_copyable
 from crossdistill.device import is_channels_last
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.evaluation_timing import torch_threads
 from crossdistill.model_inputs import check_token_ids, dtype_name
 from crossdistill.models.registry import ModelInfo, list_models, model_info
@@ -56,12 +56,13 @@ def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torc
                 isinstance(data.sampler, torch.utils.data.RandomSampler):
             # Each pass is another order: the draw (and fewshot_indices) cannot be repeated.
             warnings.warn("the DataLoader shuffles: every call draws other samples whatever the seed, and the "
-                          "report's fewshot_indices refer to this call's order; pass shuffle=False", stacklevel=3)
+                          "report's fewshot_indices refer to this call's order; pass shuffle=False",
+                          stacklevel=outside_stacklevel())
         if isinstance(data, torch.utils.data.DataLoader) and data.drop_last and data.batch_size:
             left = len(data.dataset) % data.batch_size if hasattr(data.dataset, "__len__") else 0
             if left:  # with a few images per class, each one counts
                 warnings.warn(f"the DataLoader drops its last {left} {role} samples (drop_last=True); pass "
-                              "drop_last=False to use them all", stacklevel=3)
+                              "drop_last=False to use them all", stacklevel=outside_stacklevel())
         items = data if isinstance(data, torch.utils.data.DataLoader) else _dataset_items(data)
         for item in items:
             if isinstance(item, dict):

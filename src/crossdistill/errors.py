@@ -11,3 +11,16 @@ class CrossDistillError(Exception):
 
 class ConfigWarning(UserWarning):
     """A setting that was given but does not apply to the selected plug-in."""
+
+
+def outside_stacklevel() -> int:
+    """The `stacklevel` that makes a warning point at the first caller outside crossdistill (the
+    user's line), however deep in the package it is raised."""
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
