@@ -253,3 +253,13 @@ def test_force_replaces_only_result_folders(tmp_path, monkeypatch):
     write(Path("empty"), True)  # an empty folder may be filled
     write(Path("empty"), True)  # and a result replaced
     assert sorted(p.name for p in (work / "empty").iterdir()) == ["report.json"]
+
+
+def test_a_writers_own_message_names_out_not_the_temporary_folder(tmp_path):
+    """A full disk under save said 'cannot write .../.out.tmp-21535-r_297w8q/student.safetensors'."""
+    out = tmp_path / "runs" / "x"
+    with pytest.raises(CrossDistillError) as caught:
+        with atomic_output_dir(out) as tmp:
+            raise CrossDistillError(f"cannot write {tmp / 'student.safetensors'}: File too large")
+    assert str(caught.value) == f"cannot write {out / 'student.safetensors'}: File too large; nothing was written"
+    assert not out.exists()

@@ -186,6 +186,10 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
             yield tmp
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, CrossDistillError) and str(tmp) in str(exc):
+                # A writer's own message (a full disk under save) names our temporary folder: the
+                # user knows --out.
+                raise CrossDistillError(f"{str(exc).replace(str(tmp), str(out))}; nothing was written") from None
             name = str(getattr(exc, "filename", None) or "")
             if isinstance(exc, OSError) and name.startswith(str(tmp)):
                 # Disk full, quota: name the user's --out, not our temporary folder inside it.
