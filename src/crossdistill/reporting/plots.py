@@ -2,6 +2,7 @@
 global figure state are involved (safe in threads, servers and tests)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -118,8 +119,10 @@ def accuracy_vs_flops(groups: Sequence[SettingGroup], x: int | None = None) -> F
     ax.set_xlabel("MFLOPs per image (2 per multiply-accumulate)")
     ax.set_ylabel("top-1 accuracy (%)")
     levels = ", ".join(g.compression for g in groups)
-    ax.set_title(f"{g0.model}: top-1 on {g0.n_eval} {g0.eval_role} images vs FLOPs at {x_name}={x}\n"
-                 f"({levels}; {_seeds_text(groups)})", fontsize=10)
+    # Many settings make a long list: wrapped, or the title runs off the figure's edge.
+    detail = textwrap.fill(f"({levels}; {_seeds_text(groups)})", width=80)
+    ax.set_title(f"{g0.model}: top-1 on {g0.n_eval} {g0.eval_role} images vs FLOPs at {x_name}={x}\n{detail}",
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
     _legend(fig, ax, handles)
     return fig
