@@ -636,3 +636,15 @@ def test_a_shuffling_loaders_warning_points_at_the_callers_line():
         crossdistill.compress(model, loader, method="quant", bits=8, show_progress=False)
     shuffled = [w for w in caught if "the DataLoader shuffles" in str(w.message)]
     assert shuffled and shuffled[0].filename == __file__
+
+
+def test_eval_data_given_as_inputs_and_none_is_unlabelled():
+    """eval_data=(x, None) raised numpy's TypeError from inside the label conversion."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3)).eval()
+    x, y = torch.randn(30, 3, 8, 8), torch.arange(30) % 3
+    _, pair = crossdistill.compress(model, x, labels=y, shots=2, method="quant", eval_data=(x, None),
+                                    show_progress=False)
+    _, alone = crossdistill.compress(model, x, labels=y, shots=2, method="quant", eval_data=x, show_progress=False)
+    assert "top1" not in pair["student"] and pair["agreement"] == alone["agreement"]

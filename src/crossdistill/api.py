@@ -40,7 +40,7 @@ def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torc
     if isinstance(data, torch.Tensor):
         return data, None
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (torch.Tensor, np.ndarray)):
-        return torch.as_tensor(data[0]), _label_tensor(data[1])
+        return torch.as_tensor(data[0]), (None if data[1] is None else _label_tensor(data[1]))  # (x, None): unlabelled
     # A dict of tensors is a model's several inputs, not samples (a list of tensors stays a list
     # of samples, one per item: the two cannot be told apart there).
     if isinstance(data, dict) and data and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in data.values()):
