@@ -56,8 +56,9 @@ class RunSettings(Plugin):
     views: int = param(0, "random views of each few-shot image added to the images the layer-wise solve "
                        "fits on (the solve matches the teacher's hidden states, so a view needs no label; "
                        "0 = the few-shot images alone)", low=0)
-    views_policy: str = param("affine", "the views of --views: crop-flip (pad-4 crop, flip) or affine (zoom, "
-                              "rotation, shift, flip, contrast; docs/finetune.md)", choices=("crop-flip", "affine"))
+    views_policy: str = param("crop-flip", "the views of --views: crop-flip (pad-4 crop, flip; the default, which "
+                              "gained on a validation split where affine did not: docs/results/recovery.md) or affine "
+                              "(zoom, rotation, shift, flip, contrast; docs/finetune.md)", choices=("crop-flip", "affine"))
     views_mixup: float = param(0.0, "with --views: blend each view with another, weight ~ Beta(A, A) "
                                "(0 = off)", low=0)
     input_size: tuple[int, ...] | None = param(None, "a model the registry does not know: its input size C H W "
