@@ -84,3 +84,14 @@ def test_evaluate_gives_a_quantized_models_size_not_its_zero_codes(tmp_path, cap
     out = capsys.readouterr().out
     assert "non-zero" not in out
     assert f"{report['model_size']['total'] / 1024:,.1f} KiB stored for inference" in out
+
+
+def test_evaluate_takes_latency_as_the_default_it_is():
+    """`evaluate --latency` (as compress takes it) was read as an abbreviation of
+    --latency-batch-sizes: 'expected one argument'."""
+    from crossdistill.cli.main import build_parser
+
+    parse = build_parser().parse_args
+    base = ["evaluate", "--weights", "w", "--eval-data", "d"]
+    assert parse(base).no_latency is False and parse([*base, "--latency"]).no_latency is False
+    assert parse([*base, "--no-latency"]).no_latency is True

@@ -262,3 +262,11 @@ def test_the_run_summary_names_the_fine_tune():
                                                 "before": {"kd": 0.115}, "after": {"kd": 0.031}}})
     assert "fine-tune: 100 steps in 22.5 s, BatchNorm frozen; few-shot KD loss 0.115 -> 0.031" in text
     assert "fine-tune" not in format_summary(base)
+    # hints mode trains on the hint loss: named, beside the KD check; views are counted in the draw line
+    hints = format_summary({**base, "calibration_images": 150, "config": {"views": 2},
+                            "finetune": {"mode": "hints", "steps": 20, "seconds": 7.9, "bn": "frozen",
+                                         "hint_first": 0.165, "hint_last": 0.154,
+                                         "before": {"kd": 1.9}, "after": {"kd": 1.58}}})
+    assert "fine-tune (hints): 20 steps in 7.9 s, BatchNorm frozen; hint loss 0.165 -> 0.154; few-shot KD " \
+           "loss 1.9 -> 1.58" in hints
+    assert "few-shot: 50 images (K=5, seed 0, random; 150 in the solve with 2 views each)" in hints

@@ -37,11 +37,13 @@ def versions() -> dict[str, str]:
 def format_summary(report: dict[str, Any]) -> str:
     """A before ⇒ after table a person can read."""
     k = f"K={report['shots']}, " if report.get("shots") is not None else ""  # none with --n-samples
+    n_views = (report.get("config") or {}).get("views") or 0
+    views = f"; {report.get('calibration_images')} in the solve with {n_views} views each" if n_views else ""
     what = (f"baseline {report['baseline']}  {report['method']}" if report.get("baseline")
             else f"{report['method']}  {report['objective']}  {report['solver']}")
     lines = [
         f"{report['model']}  {what}",
-        f"few-shot: {report['n_samples']} images ({k}seed {report['seed']}, {report['sampler']}); "
+        f"few-shot: {report['n_samples']} images ({k}seed {report['seed']}, {report['sampler']}{views}); "
         f"compression took {report['compress_seconds']:.1f} s",
     ]
     ft = report.get("finetune")
@@ -50,8 +52,12 @@ def format_summary(report: dict[str, Any]) -> str:
         kd = (f"; few-shot KD loss {ft['before']['kd']:.3g} -> {ft['after']['kd']:.3g}"
               if isinstance(ft.get("before"), dict) and isinstance(ft.get("after"), dict)
               and "kd" in ft["before"] and "kd" in ft["after"] else "")
-        lines.append(f"fine-tune: {ft['steps']} steps in {ft.get('seconds', 0.0):.1f} s, BatchNorm "
-                     f"{ft.get('bn', '?')}{kd}")
+        # In hints mode the loss trained on is the hints': first and last step, beside the KD check.
+        hints = (f"; hint loss {ft['hint_first']:.3g} -> {ft['hint_last']:.3g}"
+                 if ft.get("hint_first") is not None and ft.get("hint_last") is not None else "")
+        mode = f" ({ft['mode']})" if ft.get("mode") else ""
+        lines.append(f"fine-tune{mode}: {ft['steps']} steps in {ft.get('seconds', 0.0):.1f} s, BatchNorm "
+                     f"{ft.get('bn', '?')}{hints}{kd}")
     if "teacher" in report:
         t, s = report["teacher"], report["student"]
         lines.append(f"{'':14}{'teacher':>14}{'student':>14}")
@@ -65,8 +71,9 @@ def format_summary(report: dict[str, Any]) -> str:
         if size:
             # The teacher's column is its parameters in float32 (its BatchNorm statistics are
             # not in the report; they are a fraction of a percent of a conv net).
+            stored = "packed codes, scales, the rest float32" if size.get("codes") else "float32"
             lines.append(f"{'size (KiB)':14}{t['params'] * 4 / 1024:>14,.1f}{size['total'] / 1024:>14,.1f}   "
-                         "student stored for inference: packed codes, scales, the rest float32")
+                         f"student stored for inference: {stored}")
         lines.append(f"{'MFLOPs':14}{t['flops'] / 1e6:>14.2f}{s['flops'] / 1e6:>14.2f}")
         agree = report.get("agreement")
         if agree and agree.get("top1_agreement") is not None:
@@ -74,7 +81,8 @@ def format_summary(report: dict[str, Any]) -> str:
                          f"(output error {agree['output_error']:.3g})")
         for lt, ls in zip(t.get("latency", []), s.get("latency", [])):
             label = f"ms (batch {lt['batch_size']})"
-            lines.append(f"{label:14}{lt['median_ms']:>14.2f}{ls['median_ms']:>14.2f}   {lt['threads']} threads")
+            lines.append(f"{label:14}{lt['median_ms']:>14.2f}{ls['median_ms']:>14.2f}   {lt['threads']} "
+                         f"thread{'s' * (lt['threads'] != 1)}")
     return "\n".join(lines)
 
 

@@ -70,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
         result, report = run_pipeline(cfg, show_progress=not args.quiet,
                                       compress_fn=get_baseline(args.name, show_progress=not args.quiet))
         write_run(tmp, result, report)
-    print(f"baseline {args.name}")
     print(format_summary(report))
     print(f"written to {args.out}")
     return 0

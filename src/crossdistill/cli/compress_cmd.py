@@ -110,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
     with atomic_output_dir(args.out, args.force) as tmp:
         result, report = run_pipeline(cfg, show_progress=not args.quiet, compress_fn=baseline)
         write_run(tmp, result, report)
-    if baseline is not None:
-        print(f"baseline {cfg.baseline}")
     print(format_summary(report))
     print(f"written to {args.out}")
     return 0

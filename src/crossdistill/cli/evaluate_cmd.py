@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "or named tuple): which holds the logits, a key, field name or index (default: 'logits', "
                         "else the first); files crossdistill saved record theirs")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="images per forward pass (default 256)")
+    # Timed by default here (compress times only with --latency); --latency is accepted as the
+    # default it is, rather than read by argparse as an abbreviation of --latency-batch-sizes.
+    p.add_argument("--latency", dest="no_latency", action="store_false", default=False,
+                   help="time the CPU latency (the default for evaluate)")
     p.add_argument("--no-latency", dest="no_latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--latency-batch-sizes", dest="latency_batch_sizes", type=_batch_sizes, default=(1,),
                    help="comma-separated batch sizes to time (default 1)")

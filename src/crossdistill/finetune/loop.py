@@ -103,7 +103,9 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
         # A crop or shift of the stack would treat its inputs as channels of one image; what a
         # fitting view of each input is, only the model's owner knows.
         settings = replace(settings, augment=False)
-    info: dict[str, Any] = {"settings": asdict(settings), "before": losses(), "steps": 0}
+    mode = "hints" if settings.hint_weight > 0 and settings.logit_weight == 0 else \
+        "hints+kd" if settings.hint_weight > 0 else "kd"
+    info: dict[str, Any] = {"settings": asdict(settings), "mode": mode, "before": losses(), "steps": 0}
     if settings.augment and not images.is_floating_point():
         info["augment"] = "off: token ids have no random views"
     if stacked_views:
@@ -122,7 +124,7 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
         # which leaves the weights where the closed form put them.
         warnings.warn(f"the fine-tune takes {steps} step{'s' * (steps != 1)} ({images.shape[0]} images, batch "
                       f"{settings.batch_size}, {settings.epochs} epochs): too few to change much; the measured "
-                      "runs took 60-300 (docs/finetune.md: 300 epochs at K=1, 60 at K=5)", FinetuneWarning,
+                      "runs took 60-300 steps (docs/finetune.md: 300 epochs at K=1, 60 at K=5)", FinetuneWarning,
                       stacklevel=3)
     bn_mode = _settle_bn(student, teacher_outs, images, settings, distill, info)
     run = _Training.start(student, teacher, images, settings, masks, bn_mode, distill, info)
