@@ -461,3 +461,14 @@ def test_the_sweep_log_names_the_solver_that_runs():
     both = short_description(CompressConfig(model="resnet20", shots=1, method="channels+quant").validate())
     assert " gptq " in quant and "closed-form" not in quant
     assert "closed-form(selection=obs)+gptq" in both
+
+
+def test_a_dry_run_says_when_the_runs_to_do_name_files_that_are_not_there(tmp_path, data, capsys):
+    """--dry-run listed every run as ready to go though their relative paths did not exist from
+    where it ran; the real sweep would have refused."""
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0]}, base={"weights": "mine.pt"},
+                      runs=[{"objective": "nocross"}])
+    assert main(["sweep", str(cfg), "--db", str(tmp_path / "r.sqlite"), "--dry-run"]) == 0
+    assert "not runnable from here: the sweep names files that are not there: mine.pt (1 run)" in \
+        capsys.readouterr().out

@@ -116,6 +116,13 @@ def dry_run(spec: "SweepSpec", db_path: Path, *, retry_failed: bool = False) -> 
              if rehashed else ""))
     if state.warning():
         print(state.warning())
+    from crossdistill.errors import CrossDistillError
+    from crossdistill.sweep.runner import check_paths
+
+    try:
+        check_paths(todo)  # what the real run would refuse before its first run
+    except CrossDistillError as exc:
+        print(f"not runnable from here: {exc}")
     other = state.unmatched(spec.hashes)
     if other:
         print(f"{len(other)} recorded runs are not runs of this sweep")
