@@ -270,3 +270,13 @@ def test_the_run_summary_names_the_fine_tune():
     assert "fine-tune (hints): 20 steps in 7.9 s, BatchNorm frozen; hint loss 0.165 -> 0.154; few-shot KD " \
            "loss 1.9 -> 1.58" in hints
     assert "few-shot: 50 images (K=5, seed 0, random; 150 in the solve with 2 views each)" in hints
+
+
+def test_views_settings_without_views_do_not_split_a_method():
+    """Rows stored before views existed resolve the views policy to today's default, rows stored
+    after hold the old one: with no views taken both are one method, not two labels."""
+    a = {**BASE, "objective": "nocross"}
+    b = {**a, "views": 0, "views_policy": "affine", "views_mixup": 0.0}
+    assert len(set(method_labels([a, b]).values())) == 1
+    c = {**a, "views": 4, "views_policy": "affine"}
+    assert len(set(method_labels([a, c]).values())) == 2

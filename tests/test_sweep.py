@@ -472,3 +472,12 @@ def test_a_dry_run_says_when_the_runs_to_do_name_files_that_are_not_there(tmp_pa
     assert main(["sweep", str(cfg), "--db", str(tmp_path / "r.sqlite"), "--dry-run"]) == 0
     assert "not runnable from here: the sweep names files that are not there: mine.pt (1 run)" in \
         capsys.readouterr().out
+
+
+def test_the_path_check_imports_a_module_factory_rather_than_looking_for_a_file():
+    """`package.module:function` was taken for a file named `package.module` and refused."""
+    from crossdistill.sweep.runner import check_paths
+
+    check_paths([CompressConfig(model="torch.nn:Identity", shots=1).validate()])
+    with pytest.raises(CrossDistillError, match="no_such_dir/net.py"):
+        check_paths([CompressConfig(model="no_such_dir/net.py:make", shots=1).validate()])

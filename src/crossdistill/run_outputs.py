@@ -105,10 +105,11 @@ def portable_config(config: dict[str, Any]) -> dict[str, Any]:
         base = sliced[0] if sliced else value  # `train.npz[49000:]`: the file is the path
         if Path(base).exists():
             out[key] = str(Path(base).resolve()) + value[len(base):]
-    model = out.get("model")
-    if isinstance(model, str) and ":" in model and Path(model.rpartition(":")[0]).is_file():
-        from crossdistill.models.user import absolute_factory
+    from crossdistill.models.user import absolute_factory, factory_file
 
+    model = out.get("model")
+    path = factory_file(model) if isinstance(model, str) else None
+    if path is not None and path.is_file():
         out["model"] = absolute_factory(model)
     return out
 

@@ -18,6 +18,7 @@ valid ones; one that belongs to a plug-in other than the selected one is dropped
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,7 +31,6 @@ from crossdistill.config.sections import (
     RUN_KEYS,
     SECTIONS,
     Choice,
-    ConfigWarning,
     RunSettings,
     all_params,
     finetune_active,
@@ -39,7 +39,7 @@ from crossdistill.config.sections import (
     run_identity,
     solver_class,
 )
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import ConfigWarning, CrossDistillError, outside_stacklevel
 
 __all__ = [
     "ALIASES", "DEFAULT_NAMES", "FINETUNE_PREFIX", "RUN_KEYS", "SECTIONS", "Choice", "CompressConfig", "ConfigWarning",
@@ -160,6 +160,13 @@ def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressCo
     ft_cls = finetune_class()
     ft = layers.finetune if strict else known_only(ft_cls, layers.finetune)
     finetune = ft_cls(**known(ft_cls, logit_mode(run.baseline, ft), "finetune"))
+    unused = finetune.unused_without_epochs() if strict else []
+    if unused:
+        # Said where the user's settings are read, not in FinetuneConfig.check: the loop rebuilds
+        # a config from resolved settings (batch size, logit weight filled in) on every run.
+        warnings.warn(f"{', '.join(unused)} given but finetune_epochs is 0: no fine-tune runs, so "
+                      f"{'they change' if len(unused) > 1 else 'it changes'} nothing", ConfigWarning,
+                      stacklevel=outside_stacklevel())
     if strict and layers.extra:
         from crossdistill.baselines.settings import FitnetSettings
 

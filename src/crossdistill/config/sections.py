@@ -183,17 +183,23 @@ def finetune_active(finetune: Mapping[str, Any]) -> bool:
     return (finetune.get("epochs") or 0) > 0 or finetune.get("bn") == "recalibrate"
 
 
+def without_idle_views(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` without the views settings when no views are taken: they change nothing then. They
+    were added after results were stored, so leaving them out keeps those runs' hashes as written
+    and their report labels as they were (whatever the views defaults become)."""
+    out = dict(values)
+    if not out.get("views"):
+        for key in ("views", "views_policy", "views_mixup"):
+            out.pop(key, None)
+    return out
+
+
 def run_identity(values: Mapping[str, Any]) -> dict[str, Any]:
     """What identifies a run (for sweep hashes): the resolved config without settings that have no
     effect, so that changing the default of an inactive fine-tune setting does not make every
     stored run without a fine-tune look new."""
-    out = dict(values)
+    out = without_idle_views(values)
     out.pop("capture_dir", None)  # where temporary files go: never a different run
-    if not out.get("views"):
-        # Added after results were stored: without views they change nothing, and leaving them out
-        # keeps the hashes of every earlier run as they were written.
-        for key in ("views", "views_policy", "views_mixup"):
-            out.pop(key, None)
     ft = out.get("finetune")
     if isinstance(ft, Mapping) and not finetune_active(ft):
         out["finetune"] = {}

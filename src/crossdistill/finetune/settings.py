@@ -118,19 +118,14 @@ class FinetuneConfig(Plugin):
                 raise CrossDistillError(f"{' and '.join(idle)}: {'they act' if len(idle) > 1 else 'it acts'} on the "
                                         "logit loss, which mode 'hints' leaves off (logit_weight 0): set "
                                         "finetune_logit_weight > 0 to add it to the hints, or finetune_mode 'kd'")
-        if self.epochs == 0:
-            # A config file's fine-tune turned off by epochs 0 keeps its settings: said, not refused.
-            # (bn 'recalibrate' acts without epochs: the statistics are re-estimated all the same.)
-            unused = [f"finetune_{p.name}" for p in self.params()
-                      if p.name not in ("epochs", "bn") and getattr(self, p.name) != p.default]
-            if unused:
-                import warnings
 
-                from crossdistill.errors import ConfigWarning
-
-                warnings.warn(f"{', '.join(unused)} given but finetune_epochs is 0: no fine-tune runs, so "
-                              f"{'they change' if len(unused) > 1 else 'it changes'} nothing", ConfigWarning,
-                              stacklevel=2)
+    def unused_without_epochs(self) -> list[str]:
+        """The settings given (not at their defaults) that do nothing because epochs is 0 (bn
+        'recalibrate' acts without epochs: the statistics are re-estimated all the same)."""
+        if self.epochs != 0:
+            return []
+        return [f"finetune_{p.name}" for p in self.params()
+                if p.name not in ("epochs", "bn") and getattr(self, p.name) != p.default]
 
     def resolved_logit_weight(self) -> float:
         return default_logit_weight(self.mode) if self.logit_weight is None else float(self.logit_weight)

@@ -30,14 +30,21 @@ def is_factory_spec(name: str) -> bool:
     return ":" in name and name not in list_models()
 
 
+def factory_file(spec: str) -> Path | None:
+    """The file a `path/to/file.py:function` factory names; None for `package.module:function`
+    (imported by name) or anything that is not a factory spec."""
+    target = spec.rpartition(":")[0] if ":" in spec else ""
+    return Path(target).expanduser() if target and (target.endswith(".py") or "/" in target) else None
+
+
 def load_factory(spec: str) -> Callable[[], nn.Module]:
     """The function named by `spec`; the file is imported as a module of its own (its imports of
     neighbouring files work because its folder goes first on sys.path while it loads)."""
     target, _, fn_name = spec.rpartition(":")
     if not target or not fn_name.isidentifier():
         raise CrossDistillError(f"model {spec!r}: give a factory as path/to/file.py:function or module:function")
-    if target.endswith(".py") or "/" in target:
-        path = Path(target).expanduser()
+    path = factory_file(spec)
+    if path is not None:
         if not path.is_file():
             raise CrossDistillError(f"model {spec!r}: no such file {path}")
         module_name = "crossdistill_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
@@ -85,10 +92,8 @@ def _imported_from(path: Path) -> Any:
 
 def absolute_factory(spec: str) -> str:
     """`spec` with its file's path made absolute (a `package.module:function` spec as it is)."""
-    target, _, fn_name = spec.rpartition(":")
-    if target and (target.endswith(".py") or "/" in target):
-        return f"{Path(target).expanduser().resolve()}:{fn_name}"
-    return spec
+    path = factory_file(spec)
+    return f"{path.resolve()}:{spec.rpartition(':')[2]}" if path is not None else spec
 
 
 def build_user_model(spec: str) -> nn.Module:

@@ -193,12 +193,19 @@ def _fmt_value(v: Any) -> str:
 
 
 def _default_mu(model: str) -> float | None:
+    """The μ a run of `model` used when its config left it unset (run_setup.model_defaults); None
+    for a registered name this installation does not know (whoever wrote the database had it)."""
+    from crossdistill.models.user import is_factory_spec
+    from crossdistill.run_setup import model_defaults
+
     try:
         from crossdistill.models import model_info
 
-        return model_info(model).default_mu
-    except Exception:  # a model registered only by whoever wrote the database
-        return None
+        model_info(model)
+    except Exception:  # noqa: BLE001 - unknown here: only a model of one's own has a known fallback
+        if not is_factory_spec(model):
+            return None
+    return model_defaults(model).get("mu")
 
 
 def base_method_label(config: Mapping[str, Any]) -> str:
@@ -231,8 +238,10 @@ def _non_default(config: Mapping[str, Any], section: str) -> bool:
 
 
 def _method_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    from crossdistill.config.sections import without_idle_views
+
     skip = set(X_FIELDS) | set(AVERAGED_FIELDS) | set(IGNORED_FIELDS)
-    return {k: v for k, v in config.items() if k not in skip and not is_setting_field(k)}
+    return {k: v for k, v in without_idle_views(config).items() if k not in skip and not is_setting_field(k)}
 
 
 def _setting_fields(config: Mapping[str, Any]) -> dict[str, Any]:

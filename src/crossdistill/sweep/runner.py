@@ -115,12 +115,12 @@ def check_paths(configs: Sequence[CompressConfig]) -> None:
     there: each run would otherwise compress in full and fail only when it reaches the file
     (a missing test set at the evaluation), once per config."""
     from crossdistill.data.load import names_no_data
+    from crossdistill.models.user import factory_file
 
     missing: dict[str, int] = {}
     for cfg in configs:
-        named = [cfg.data, cfg.eval_data, cfg.weights]
-        model_file = str(cfg.model).rpartition(":")[0] if ":" in str(cfg.model) else ""
-        gone = [d for d in named[:2] if d and names_no_data(d)]
+        model_file = factory_file(str(cfg.model))  # a `package.module:function` is imported, not a file
+        gone = [d for d in (cfg.data, cfg.eval_data) if d and names_no_data(d)]
         gone += [f for f in (cfg.weights, model_file) if f and not Path(f).expanduser().exists()]
         for path in gone:
             missing[str(path)] = missing.get(str(path), 0) + 1
