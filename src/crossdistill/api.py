@@ -154,14 +154,6 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
     return x.float(), (None if y is None else y.long()), None
 
 
-# Settings of the command line whose job the API's own arguments do (a CompressConfig takes
-# them, so compress(**settings) would accept them and then do nothing with them).
-_NOT_SETTINGS = {
-    "weights": "the model comes with its weights: load them first (model.load_state_dict(torch.load(...)))",
-    "input_size": "the inputs' size is that of the data given",
-}
-
-
 def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, n_samples: int | None,
           seed: int, num_classes: int | None, sampler: str = "random") -> np.ndarray:
     """The few-shot indices; `num_classes` None: the labels are not the model's classes (its
@@ -343,7 +335,9 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
         check_token_ids(model, images, "training")
     if found_labels is not None and found_labels.shape[0] != images.shape[0]:
         raise CrossDistillError(f"{images.shape[0]} images but {found_labels.shape[0]} labels")
-    for key, why in _NOT_SETTINGS.items():
+    from crossdistill.config.catalog import NOT_API_SETTINGS
+
+    for key, why in NOT_API_SETTINGS.items():
         if key in settings:
             raise CrossDistillError(f"{key}= is a setting of the command line; here {why}")
     if isinstance(settings.get("output_key"), int) and not isinstance(settings["output_key"], bool):
@@ -422,7 +416,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
     report: dict[str, Any] = {
         "model": name, "method": result.method, "objective": result.objective, "solver": result.solver,
         **({"baseline": cfg.baseline} if cfg.baseline else {}),
-        "shots": shots, **draw, "seed": seed, "sampler": cfg.sampler, "n_samples": int(len(idx)),
+        "shots": shots, "seed": seed, "sampler": cfg.sampler, "n_samples": int(len(idx)),
         "calibration_images": int(len(idx)) * (1 + cfg.views),
         "damping": resolved_damping(cfg, few), "damping_setting": "auto" if cfg.damping is None else "fixed",
         "fewshot_indices": idx.tolist(),

@@ -15,7 +15,7 @@ from crossdistill.attention_projections import find_layer, later_projections
 from crossdistill.capture_pass import count_calls, inputs_until, merge_calls, on_input
 from crossdistill.capture_points import capture_mode, indirect_layers
 from crossdistill.capture_replay import ModuleReplay
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, first_line
 
 # A Conv1d is solved as the Conv2d it equals on maps of height 1 (`patches`).
 CONVS = (nn.Conv1d, nn.Conv2d)
@@ -412,6 +412,6 @@ def _save_front(x: torch.Tensor, path: str) -> None:
     try:
         torch.save(x, path)
     except (OSError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CrossDistillError(f"cannot write the capture's temporary files in {os.path.dirname(path)} ({first}): "
+        raise CrossDistillError(f"cannot write the capture's temporary files in {os.path.dirname(path)} "
+                                f"({first_line(exc)}): "
                                 "is that disk full? free space there, or give --capture-dir on another disk") from None

@@ -27,7 +27,7 @@ from crossdistill.capture import (
 from crossdistill import conv_gram
 from crossdistill.device import module_device, on_device
 from crossdistill.distributed import active as distributed_active, is_main, on_main, shard, sum_, sum_number, together
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, first_line
 from crossdistill.layer_solve import solve_layer
 from crossdistill.model_outputs import batch_slices
 from crossdistill.moments import CHUNK_IMAGES, MomentAccumulator
@@ -205,20 +205,13 @@ CAPTURE_PREFIX = "crossdistill-capture-"
 def remove_dead_captures(spill_dir: str | None) -> None:
     """Remove the capture folders of runs that died without cleaning up (SIGKILL): their pid, in
     the folder's name, no longer runs. (A folder of another user's live run is left alone.)"""
-    import re
     import shutil
 
-    from crossdistill.outputs import pid_alive
+    from crossdistill.outputs import dead_writers
 
-    folder = spill_dir or tempfile.gettempdir()
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        m = re.match(rf"^{CAPTURE_PREFIX}(\d+)-", entry.name)
-        if m and entry.is_dir() and not pid_alive(int(m.group(1))):
-            shutil.rmtree(entry.path, ignore_errors=True)
+    for p, _ in dead_writers(spill_dir or tempfile.gettempdir(), rf"^{CAPTURE_PREFIX}(\d+)-"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor, tasks: Iterable[LayerTask],
@@ -281,7 +274,7 @@ def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor
                 # the second moments are singular and the ridge is what makes the problem solvable.
                 raise CrossDistillError(
                     f"layer {task.name}: its input moments are singular with damping {damping:g} "
-                    f"({str(exc).splitlines()[0][:120]}); give a positive damping (the default, 0.1/K, is "
+                    f"({first_line(exc)[:120]}); give a positive damping (the default, 0.1/K, is "
                     "auto: leave --damping out) or more images") from None
             if distributed_active():
                 out.weight = out.weight.cpu()  # broadcast to processes on other GPUs: as a CPU tensor

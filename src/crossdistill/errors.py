@@ -24,3 +24,10 @@ def outside_stacklevel() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only (torch appends whole graphs and stacks), or its
+    type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -50,8 +50,9 @@ class Scores:
         self.correct = self.total = 0
         self.confusion: torch.Tensor | None = None
 
-    def add(self, scored: torch.Tensor, yb: torch.Tensor) -> None:
-        pred = predicted(scored, self.kind)
+    def add(self, scored: torch.Tensor, yb: torch.Tensor, pred: torch.Tensor | None = None) -> None:
+        """`pred`: predicted(scored, kind), when the caller has it already."""
+        pred = predicted(scored, self.kind) if pred is None else pred
         yb = yb.to(pred.device)
         if self.kind in ("dense", "sequence"):
             keep = scored_positions(yb)
@@ -85,15 +86,17 @@ class Agreement:
         self.err = self.ref = 0.0
         self.same = self.total = 0
 
-    def add(self, t_out: Any, s_out: Any, batch: int) -> None:
+    def add(self, t_out: Any, s_out: Any, batch: int,
+            preds: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """`preds`: both models' predicted classes, when the caller has them already."""
         for t, s in zip(flat(t_out), flat(s_out)):
             if not (per_sample(t, batch) and per_sample(s, batch)) or not t.is_floating_point():
                 continue  # a scalar (an auxiliary loss), or integers (an argmax): not a model's values
             self.err += float((s.to(t.device, torch.float64) - t.double()).pow(2).sum())
             self.ref += float(t.double().pow(2).sum())
         if self.kind != "values":
-            tp = predicted(predictions(t_out, self.output), self.kind)
-            sp = predicted(predictions(s_out, self.output), self.kind)
+            tp, sp = preds if preds is not None else (predicted(predictions(t_out, self.output), self.kind),
+                                                      predicted(predictions(s_out, self.output), self.kind))
             self.same += int((tp == sp.to(tp.device)).sum())
             self.total += tp.numel()
 
@@ -126,11 +129,15 @@ def compare(teacher: nn.Module, student: nn.Module, batches: Iterable[tuple[torc
     with eval_mode(teacher), eval_mode(student), torch.no_grad():
         for xb, yb in batches:
             t_out, s_out = teacher(xb.to(t_device)), student(xb.to(s_device))
+            preds = None
+            if kind != "values":  # one argmax per model and batch, for the scores and the agreement
+                t_pred, s_pred = (predicted(predictions(o, output), kind) for o in (t_out, s_out))
+                preds = (t_pred, s_pred)
             if yb is not None:
                 labelled = True
-                t_scores.add(predictions(t_out, output), yb)
-                s_scores.add(predictions(s_out, output), yb)
-            agree.add(t_out, s_out, len(xb))
+                t_scores.add(predictions(t_out, output), yb, preds[0] if preds else None)
+                s_scores.add(predictions(s_out, output), yb, preds[1] if preds else None)
+            agree.add(t_out, s_out, len(xb), preds)
             if progress is not None:
                 progress.update(len(xb))
     if not labelled:

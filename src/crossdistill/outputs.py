@@ -139,21 +139,29 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def dead_writers(folder: str | Path, pattern: str) -> list[tuple[Path, "re.Match[str]"]]:
+    """The entries of `folder` whose name matches `pattern` (its first group: the pid of the
+    process that made it) and whose process no longer runs: what a run killed outright left."""
+    compiled = re.compile(pattern)
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    found = []
+    for p in entries:
+        m = compiled.match(p.name)
+        if m and not pid_alive(int(m.group(1))):
+            found.append((p, m))
+    return found
+
+
 def clean_stale(target: Path) -> list[Path]:
     """Remove the temporary folders of dead runs beside `target` (called with the claim held).
     A `.old` folder of a run killed between its two renames is its previous result: put back
     when `target` is missing, else removed. Returns what was removed or restored."""
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(\d+)(?:-|$)")
     done = []
-    try:
-        entries = list(target.parent.iterdir())
-    except OSError:
-        return done
-    for p in entries:
-        m = pattern.match(p.name)
-        if not m or pid_alive(int(m.group(2))):
-            continue
-        if m.group(1) == "old" and not target.exists():
+    for p, _ in dead_writers(target.parent, rf"^\.{re.escape(target.name)}\.(?:tmp|old)-(\d+)(?:-|$)"):
+        if p.name.startswith(f".{target.name}.old-") and not target.exists():
             os.replace(p, target)
         else:
             shutil.rmtree(p, ignore_errors=True)

@@ -30,10 +30,9 @@ class TeacherWarning(UserWarning):
 def load_teacher(cfg: CompressConfig) -> nn.Module:
     """The registered model, or the user's (`path/to/file.py:factory`), with cfg.weights loaded."""
     model = build_user_model(cfg.model) if is_factory_spec(cfg.model) else create_model(cfg.model)
-    from crossdistill.model_inputs import StackedInputs, check_file_inputs
+    from crossdistill.model_inputs import check_file_inputs
 
-    if isinstance(model, StackedInputs):
-        check_file_inputs(model, "float32", cfg.model)
+    check_file_inputs(model, "float32", cfg.model)  # files hold images or signals: one float input
     if cfg.weights:
         load_weights(model, cfg.weights)
     elif is_factory_spec(cfg.model):

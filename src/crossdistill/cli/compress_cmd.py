@@ -119,7 +119,6 @@ def _run_distributed(args: argparse.Namespace, cfg: Any) -> int:
     """One process of `torchrun ... crossdistill compress`: rank 0 claims and writes --out, every
     rank captures its shard (crossdistill.distributed); any rank's failure stops all of them
     before anything is written, each saying why."""
-    import signal
     import sys
     import traceback
     from contextlib import ExitStack
@@ -127,9 +126,8 @@ def _run_distributed(args: argparse.Namespace, cfg: Any) -> int:
     from crossdistill import distributed
     from crossdistill.pipeline import format_summary, run as run_pipeline, write_run
 
-    # torchrun stops the other workers with SIGTERM when one dies: leave through the normal exit
-    # path, so that rank 0's temporary output folder is removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # torchrun stops the other workers with SIGTERM when one dies: cli.main's handler leaves
+    # through the normal exit path, so that rank 0's temporary output folder is removed.
     main = distributed.is_main()
     try:
         with ExitStack() as stack:

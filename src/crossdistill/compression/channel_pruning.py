@@ -131,11 +131,10 @@ class ChannelPruning(CompressionMethod):
         return model
 
     def _global_counts(self, model: nn.Module, uniform: Callable[[ChannelGroup], int | None],
-                       memo: dict[Any, Any] | None = None) -> Callable[[ChannelGroup], int | None]:
+                       memo: dict[Any, Any]) -> Callable[[ChannelGroup], int | None]:
         """Units kept per group under a global budget at the FLOPs of the uniform plan (compression/budget.py)."""
         assert self._images is not None and self._example is not None
         start = time.perf_counter()
-        memo = {} if memo is None else memo
         full = plan_graph_channels(model, self._example, lambda g: g.width, prune_classifier=self.prune_classifier,
                                    memo=memo)
         fm = _cost_model(model, self._example, full.groups, "params" if self.parameters is not None else "flops",

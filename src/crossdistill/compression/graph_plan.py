@@ -20,7 +20,7 @@ from crossdistill.capture import SOLVABLE, forward_calls, forward_order, get_mod
 from crossdistill.checks import model_copy
 from crossdistill.compression.graph_channels import ChannelGroup, channel_groups, slim_groups
 from crossdistill.compression.coverage import CompressionWarning
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.problem import QuadraticProblem
 from crossdistill.solvers.base import LayerTask
 from crossdistill.solvers.unit_selection import Reader, select_units_norm, select_units_obs
@@ -268,7 +268,7 @@ def _never_run(model: nn.Module, example: torch.Tensor, order: list[str]) -> dic
         warnings.warn(f"layers the forward did not run on the traced input, in eval or training mode: {', '.join(never)} "
                       "(a branch on the data?); channel groups of their widths are left whole, but check the "
                       "student on inputs that take them: channel pruning follows the layers that ran",
-                      CompressionWarning, stacklevel=3)
+                      CompressionWarning, stacklevel=outside_stacklevel())
     return never
 
 

@@ -21,7 +21,7 @@ from crossdistill.capture import SOLVABLE, conv_groups, get_module
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.coverage import CompressionWarning, Coverage, survey
 from crossdistill.engine import LayerRecord
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.params import param
 from crossdistill.solvers import LayerTask
 from crossdistill.solvers.sparse_masks import PATTERNS, prune_count
@@ -147,7 +147,8 @@ class WeightSparsity(CompressionMethod):
             warnings.warn(f"sparsity {self.sparsity:g} was not reached in {len(short)} layer"
                           f"{'s' * (len(short) != 1)} ({shown}; {rep['pruned_layers']:.3f} over the pruned layers): "
                           "every row keeps at least one weight and counts are whole weights, so short rows (a "
-                          "depthwise 3x3 filter has 9) cannot reach it", CompressionWarning, stacklevel=2)
+                          "depthwise 3x3 filter has 9) cannot reach it", CompressionWarning,
+                          stacklevel=outside_stacklevel())
         if self._coverage is not None:
             rep["layers"] = self._coverage.report()
         return {"sparsity": {"target": self.sparsity, "pattern": self.pattern, **rep}}

@@ -8,9 +8,14 @@ from typing import Any
 from crossdistill.config.sections import DEFAULT_NAMES, FINETUNE_PREFIX, RunSettings, finetune_class, plugin_classes
 from crossdistill.params import Param, declared_params
 
-# Run settings that crossdistill.compress takes as its own arguments, or that belong to the
-# command line alone (api._NOT_SETTINGS): not keyword settings there.
-_ARGUMENTS = ("model", "data", "eval_data", "shots", "n_samples", "seed", "mean", "std", "weights", "input_size")
+# Run settings of the command line whose job crossdistill.compress's own arguments do: refused
+# there as keyword settings (a CompressConfig takes them, so they would be accepted, then unused).
+NOT_API_SETTINGS = {
+    "weights": "the model comes with its weights: load them first (model.load_state_dict(torch.load(...)))",
+    "input_size": "the inputs' size is that of the data given",
+}
+# ... and compress's own arguments: neither is a keyword setting there.
+_ARGUMENTS = ("model", "data", "eval_data", "shots", "n_samples", "seed", "mean", "std", *NOT_API_SETTINGS)
 
 
 def _entry(p: Param, owner: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from crossdistill.device import on_device, resolve_device
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.finetune.batchnorm import choose_bn, recalibrate_bn
 from crossdistill.finetune.ema import WeightAverage
 from crossdistill.finetune.losses import Distillation
@@ -137,7 +137,7 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
         warnings.warn(f"the fine-tune raised the few-shot KD loss from {before:.3g} to {after:.3g} (BatchNorm "
                       f"{info.get('bn', settings.bn)}, lr {settings.lr:g}): the student follows its teacher less "
                       "than before it; compare it with finetune_epochs 0, a lower finetune_lr or finetune_bn "
-                      "'frozen'", FinetuneWarning, stacklevel=3)
+                      "'frozen'", FinetuneWarning, stacklevel=outside_stacklevel())
     return info
 
 

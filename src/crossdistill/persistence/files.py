@@ -39,17 +39,10 @@ def remove_dead_siblings(path: Path) -> None:
     their pid, in the name (temp_sibling), no longer runs."""
     import re
 
-    from crossdistill.outputs import pid_alive
+    from crossdistill.outputs import dead_writers
 
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[0-9a-f]{{12}}\.tmp$")
-    try:
-        entries = list(path.parent.iterdir())
-    except OSError:
-        return
-    for p in entries:
-        m = pattern.match(p.name)
-        if m and not pid_alive(int(m.group(1))):
-            p.unlink(missing_ok=True)
+    for p, _ in dead_writers(path.parent, rf"^\.{re.escape(path.name)}\.(\d+)-[0-9a-f]{{12}}\.tmp$"):
+        p.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:

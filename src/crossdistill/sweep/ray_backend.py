@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from crossdistill.config import CompressConfig
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, first_line
 
 RAY_VERSION = "2.52.1"  # pinned in pyproject.toml's `ray` extra
 
@@ -79,8 +79,8 @@ class RayBackend:
                         ray.init(address=self.address, log_to_driver=False)
                     except (ConnectionError, RuntimeError, ValueError) as exc:
                         # Ray's own is a long traceback after its retries; the runs are still to do.
-                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                        raise CrossDistillError(f"cannot reach the Ray cluster at {self.address} ({first[:200]}): "
+                        raise CrossDistillError(f"cannot reach the Ray cluster at {self.address} "
+                                                f"({first_line(exc)[:200]}): "
                                                 "is it running (`ray status` on its head), and is the address its "
                                                 "GCS address (host:6379)? No run was started; the runs recorded so "
                                                 "far stay in the database") from None
