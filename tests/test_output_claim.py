@@ -220,7 +220,9 @@ def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path, sig, code):
     # (.x.lock) and the temporary folder for the next run to clean; they now leave like Ctrl-C.
     out = tmp_path / "runs" / "x"
     argv = _compress(tmp_path, out)
-    proc = _start(argv, tmp_path, default_signals=True)
+    # The write phase held open: the signal lands in the run, not after it (a quick run could
+    # end between its claim and the signal).
+    proc = _start(argv, tmp_path, slow_write=60, default_signals=True)
     _wait_for_claim(proc, out)
     proc.send_signal(sig)
     proc.wait(timeout=120)
