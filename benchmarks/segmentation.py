@@ -5,6 +5,7 @@ crossdistill.compress. Prints a table; no pass/fail.
 
     python benchmarks/segmentation.py                          # the figures of docs/results/any_model.md
     python benchmarks/segmentation.py --train-limit 600 --test 200 --epochs 1 --width 4 --seeds 0
+    python benchmarks/segmentation.py --up transposed          # ConvTranspose2d up-convolutions
 
 The teacher is trained once (seed 0, Adam with a one-cycle schedule, batch 128, per-pixel
 cross-entropy, the whole train split unless --train-limit) and kept in the crossdistill cache
@@ -27,8 +28,8 @@ from fewshot_bench import ROWS, cached_teacher, compressed, example, mean_spread
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's pixel mean and std
 
 
-def unet(width: int) -> torch.nn.Module:
-    return example("unet", "unet", 1, 11, width)
+def unet(width: int, up: str) -> torch.nn.Module:
+    return example("unet", "unet", 1, 11, width, up)
 
 
 def inputs_and_maps(x, y, threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +43,8 @@ def inputs_and_maps(x, y, threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, width=16, epochs=3, unit="images")
     p.add_argument("--threshold", type=int, default=25, help="pixels above it (0-255) are the garment")
+    p.add_argument("--up", choices=("nearest", "transposed"), default="nearest",
+                   help="the U-Net's up-sampling: nearest copies, or 2x2 ConvTranspose2d up-convolutions")
     args = p.parse_args(argv)
     return with_threads(args.threads, lambda: _run(args))
 
@@ -56,12 +59,13 @@ def _run(args: argparse.Namespace) -> int:
     x, maps = inputs_and_maps(train_data.x[:n_train], train_data.y[:n_train], args.threshold)
     y = torch.as_tensor(train_data.y[:n_train]).long()
     xt, mt = inputs_and_maps(test_data.x[: args.test], test_data.y[: args.test], args.threshold)
-    path = args.teacher or cache_dir() / "teachers" / (f"unet_w{args.width}_fmnist_seg_t{args.threshold}_{n_train}"
+    up = "" if args.up == "nearest" else f"_{args.up}"
+    path = args.teacher or cache_dir() / "teachers" / (f"unet{up}_w{args.width}_fmnist_seg_t{args.threshold}_{n_train}"
                                                         f"_e{args.epochs}.pt")
-    teacher = cached_teacher(unet(args.width), path, x, maps, args.epochs)
+    teacher = cached_teacher(unet(args.width, args.up), path, x, maps, args.epochs)
     params = sum(q.numel() for q in teacher.parameters())
     t = scores(teacher, xt, mt, kind="dense")
-    print(f"U-Net width {args.width} ({params:,} parameters) trained {args.epochs} epochs on {n_train} Fashion-MNIST "
+    print(f"U-Net width {args.width}, {args.up} up-sampling ({params:,} parameters) trained {args.epochs} epochs on {n_train} Fashion-MNIST "
           f"train images to label each pixel background or garment class (11 classes, threshold {args.threshold}); "
           f"teacher pixel top-1 {t['top1']:.2f} %, mean IoU {t['miou']:.2f} % on {len(xt)} test images; "
           f"seeds {args.seeds}, mean ± sample std; {args.threads} threads")

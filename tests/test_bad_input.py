@@ -263,8 +263,8 @@ class _WithUnsupportedLayer(torch.nn.Module):
         from tiny import Pair
 
         self._pair = Pair("features.0", "features.1", "features.3")
-        layer = (torch.nn.ConvTranspose2d(8, 8, 3, padding=1) if kind == "transpose"
-                 else torch.nn.Conv2d(8, 8, 3, padding=1, groups=8))
+        assert kind == "depthwise"
+        layer = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
                                             torch.nn.ReLU(), layer)
         self.fc = torch.nn.Linear(8, 10)
@@ -327,18 +327,6 @@ def test_n_samples_replaces_the_default_k(d, tmp_path, capsys):
     assert main(["compress", "--model", "fashion_cnn", "--data", str(d / "train.npz"), "--n-samples", "1000",
                  "--out", str(tmp_path / "o2")]) == 2
     assert "n=1000 is larger than the data set (40 images)" in capsys.readouterr().err
-
-
-def test_a_transposed_conv_reader_leaves_its_group_whole_with_the_reason():
-    """A group read by a layer that cannot be re-solved (a ConvTranspose2d) is left whole: pruning
-    its input by the producers' norms alone, with no re-solve, wrecked the output without a word."""
-    from crossdistill.config import CompressConfig
-    from crossdistill.pipeline import FewShot, compress
-
-    few = FewShot(torch.randn(8, 1, 28, 28), torch.arange(8) % 4, np.arange(8))
-    model = _WithUnsupportedLayer("transpose").eval()
-    with pytest.raises(CrossDistillError, match="read by ConvTranspose2d features.3: only Conv1d, Conv2d and Linear readers"):
-        compress(model, few, CompressConfig(model="fashion_cnn", shots=2), show_progress=False)
 
 
 def test_a_layer_whose_weight_is_computed_names_the_undo_of_its_own_form():

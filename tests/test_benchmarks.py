@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -141,16 +143,17 @@ def test_conv1d_signals_prints_a_row_per_method_with_a_score_per_k(capsys, tmp_p
     assert list((tmp_path / "cache" / "teachers").glob("signal_net_w4_*.pt"))
 
 
-def test_segmentation_prints_pixel_top1_and_miou_per_k(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("up", ["nearest", "transposed"])
+def test_segmentation_prints_pixel_top1_and_miou_per_k(capsys, tmp_path, monkeypatch, up):
     from sweep_helpers import write_fashion_idx
 
     monkeypatch.setenv("CROSSDISTILL_CACHE", str(tmp_path / "cache"))  # the toy teacher goes there
     data = write_fashion_idx(tmp_path / "fmnist", n_train=200, n_test=40)
     args = ["--data", str(data), "--epochs", "1", "--width", "4", "--seeds", "0", "1", "--shots", "1",
-            "--threads", "1", "--rows", "channels keep 0.5 (closed form)", "quant 3 bits"]
+            "--threads", "1", "--rows", "channels keep 0.5 (closed form)", "quant 3 bits", "--up", up]
     assert load("segmentation").main(args) == 0
     out = capsys.readouterr().out
-    assert "mean IoU" in out and "on 40 test images" in out
+    assert "mean IoU" in out and "on 40 test images" in out and f"{up} up-sampling" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "method" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["channels keep 0.5 (closed form)", "quant 3 bits"]
     for r in rows:
@@ -158,7 +161,7 @@ def test_segmentation_prints_pixel_top1_and_miou_per_k(capsys, tmp_path, monkeyp
         top, miou = (float(c.split("±")[0]) for c in cells[:2])
         assert len(cells) == 4 and 0 <= top <= 100 and 0 <= miou <= 100
         assert int(cells[2].replace(",", "")) > 0
-    assert list((tmp_path / "cache" / "teachers").glob("unet_w4_*.pt"))
+    assert list((tmp_path / "cache" / "teachers").glob("unet_w4_*.pt" if up == "nearest" else "unet_transposed_w4_*.pt"))
 
 
 def test_toy_wrappers_prints_a_row_per_model_and_seed(capsys):

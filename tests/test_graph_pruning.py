@@ -182,15 +182,16 @@ class Transposed(torch.nn.Module):
         return self.fc(torch.relu(self.up(torch.relu(self.c2(torch.relu(self.c1(x)))))).amax((2, 3)))
 
 
-def test_a_group_read_by_a_layer_the_solvers_cannot_take_is_left_whole():
-    # Such a reader cannot be re-solved on the kept channels: pruning its input by the producers'
-    # norms alone (as for a depthwise reader) wrecked the output without a word.
+def test_a_group_read_by_a_transposed_conv_is_pruned_and_the_reader_re_solved():
+    # It was left whole (the solvers took no transposed conv); pruning its input by the producers'
+    # norms alone, with no re-solve, had wrecked the output without a word.
     torch.manual_seed(0)
     cfg = CompressConfig(model="user-mixed", n_samples=12, keep=0.5)
     result = compress(Transposed().eval(), fewshot_for(torch.zeros(1, 3, 8, 8)), cfg, show_progress=False)
-    left = {g["producers"][0]: g["reason"] for g in result.summary["channel_groups"]["left_whole"]}
-    assert left["c2"] == "read by ConvTranspose2d up: only Conv1d, Conv2d and Linear readers can be re-solved"
-    assert result.student.c2.in_channels == 4 and result.student.up.in_channels == 8
+    left = {g["producers"][0] for g in result.summary["channel_groups"]["left_whole"]}
+    assert left == {"up", "fc"}  # the classifier's input and the output
+    assert result.student.c2.out_channels == 4 and result.student.up.in_channels == 4
+    assert "up" in {r.name for r in result.records}
 
 
 def test_thinet_on_a_shared_group_is_refused_by_name():

@@ -17,9 +17,12 @@ from crossdistill.capture_points import capture_mode, indirect_layers
 from crossdistill.capture_replay import ModuleReplay
 from crossdistill.errors import CrossDistillError, first_line
 
-# A Conv1d is solved as the Conv2d it equals on maps of height 1 (`patches`).
-CONVS = (nn.Conv1d, nn.Conv2d)
-SOLVABLE = (*CONVS, nn.Linear)
+# A Conv1d is solved as the Conv2d it equals on maps of height 1, a Conv3d on its own
+# unfolded patches (`patches`).
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# A transposed conv is the conv of its flipped kernel over its zero-stuffed input: also `Y = W X`.
+TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+SOLVABLE = (*CONVS, *TRANSPOSED, nn.Linear)
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -35,8 +38,8 @@ def unsupported_reason(module: nn.Module) -> str | None:
     """Why the solvers cannot handle `module` (None when they can): only convs and linears have
     the `Y = W X` form they rely on (a grouped conv is one such problem per group)."""
     if not isinstance(module, SOLVABLE):
-        return f"a {type(module).__name__}; only Conv1d, Conv2d and Linear layers can be compressed"
-    if isinstance(module, CONVS) and module.padding_mode != "zeros":
+        return f"a {type(module).__name__}; only convs (1-3 d, transposed too) and Linear layers can be compressed"
+    if isinstance(module, (*CONVS, *TRANSPOSED)) and module.padding_mode != "zeros":
         return f"padding_mode={module.padding_mode!r}; only 'zeros' is supported"
     return own_weight_reason(module)
 
@@ -58,9 +61,9 @@ def own_weight_reason(module: nn.Module) -> str | None:
                 "torch.nn.utils.prune.remove(layer, 'weight')")
     if hasattr(module, "weight_orig"):
         return "its weight is computed by spectral norm; remove it first: torch.nn.utils.remove_spectral_norm(layer)"
-    base: type[nn.Module] = next((c for c in CONVS if isinstance(module, c)), nn.Linear)
+    base: type[nn.Module] = next((c for c in (*CONVS, *TRANSPOSED) if isinstance(module, c)), nn.Linear)
     custom = type(module).forward is not base.forward
-    if base is not nn.Linear:
+    if base in CONVS:
         custom |= type(module)._conv_forward is not base._conv_forward  # type: ignore[attr-defined]
     if custom:
         return f"a {type(module).__name__} with a forward of its own (its output need not be W·x)"
@@ -98,16 +101,16 @@ def check_solvable(module: nn.Module, name: str, *, channel_pruning: bool = Fals
                                 "channel pruning of grouped convs is not supported")
 
 
-def conv_class(module: nn.Module) -> type[nn.Conv1d] | type[nn.Conv2d]:
-    """nn.Conv1d or nn.Conv2d, whichever `module` is (for new layers of its kind; a subclass's
-    own forward is refused before any is made: own_weight_reason)."""
-    return nn.Conv1d if isinstance(module, nn.Conv1d) else nn.Conv2d
+def conv_class(module: nn.Module) -> type[nn.Conv1d] | type[nn.Conv2d] | type[nn.Conv3d]:
+    """nn.Conv1d, nn.Conv2d or nn.Conv3d, whichever `module` is (for new layers of its kind; a
+    subclass's own forward is refused before any is made: own_weight_reason)."""
+    return next(c for c in CONVS if isinstance(module, c))
 
 
 def conv_groups(module: nn.Module) -> int:
     """Independent row blocks of the layer: output rows of conv group g see only group g's input
     channels, so each group is its own quadratic problem (1 for a linear or an ungrouped conv)."""
-    return module.groups if isinstance(module, CONVS) else 1
+    return module.groups if isinstance(module, (*CONVS, *TRANSPOSED)) else 1
 
 
 def forward_calls(model: nn.Module, example: torch.Tensor, input_readers: list[str] | None = None,
@@ -124,7 +127,7 @@ def forward_calls(model: nn.Module, example: torch.Tensor, input_readers: list[s
                         readers, input_shapes)
     if input_readers is not None and readers is not None:
         modules = dict(model.named_modules())
-        input_readers.extend(n for n in readers if isinstance(modules.get(n), CONVS))
+        input_readers.extend(n for n in readers if isinstance(modules.get(n), (*CONVS, *TRANSPOSED)))
     return calls
 
 
@@ -179,7 +182,12 @@ def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     is what F.unfold returns, so the moments' per-image products need no transposing copy."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]).T.unsqueeze(0)
+    if isinstance(module, TRANSPOSED):
+        return _patches_transposed(module, x)
     assert isinstance(module, CONVS)
+    if isinstance(module, nn.Conv3d):
+        return _windows(F.pad(x, _pad_arg(spatial_padding(module))), module.kernel_size, module.dilation,
+                        module.stride).flatten(1, 4).flatten(2)
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
     kernel, dilation, stride = (_as_2d(getattr(module, k)) for k in ("kernel_size", "dilation", "stride"))
@@ -196,23 +204,62 @@ def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _windows(x: torch.Tensor, kernel: Sequence[int], dilation: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
+    """(N, C, *kernel, *out): the kernel taps of every output position of a padded N×C×… input,
+    any number of spatial dims (F.unfold is 2-d only)."""
+    n = len(kernel)
+    for dim, (k, d, st) in enumerate(zip(kernel, dilation, stride)):
+        # The window spans (k-1)·d+1 positions of which every d-th is a kernel tap.
+        x = x.unfold(2 + dim, (k - 1) * d + 1, st)[..., ::d]
+    # unfold appends each window dim last: (N, C, *out, *kernel) → (N, C, *kernel, *out).
+    return x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
+
+
+def _pad_arg(pads: Sequence[tuple[int, int]]) -> list[int]:
+    """F.pad's argument for (before, after) per spatial dim: the last dim first."""
+    return [p for lo_hi in reversed(pads) for p in lo_hi]
+
+
+def _patches_transposed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`patches` of a transposed conv, columns in (c, k…) order of its own, unflipped kernel
+    (weight_matrix): the windows of the conv it equals, over the input with stride−1 zeros
+    between samples and d·(k−1)−p zeros around (output_padding more after), kernel reversed."""
+    n = len(module.kernel_size)
+    size = [(s_ - 1) * st + 1 for s_, st in zip(x.shape[2:], module.stride)]
+    stuffed = x.new_zeros(*x.shape[:2], *size)
+    stuffed[(slice(None), slice(None), *(slice(None, None, st) for st in module.stride))] = x
+    pads = [(d * (k - 1) - p, d * (k - 1) - p + op) for k, d, p, op in
+            zip(module.kernel_size, module.dilation, module.padding, module.output_padding)]
+    # A padding beyond d·(k−1) crops instead (F.pad takes negative amounts).
+    win = _windows(F.pad(stuffed, _pad_arg(pads)), module.kernel_size, module.dilation, (1,) * n)
+    win = win.flip(list(range(2, 2 + n)))
+    return win.flatten(1, 1 + n).flatten(2)
+
+
 def _as_2d(size: tuple[int, ...], height: int = 1) -> tuple[int, int]:
     """A Conv1d's kernel, stride or dilation (height 1) or padding (height 0) as its height-1
     Conv2d's."""
     return (height, size[0]) if len(size) == 1 else (size[0], size[1])
 
 
-def zero_padding(module: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((top, bottom), (left, right)): the zeros the conv pads its input with, also for
-    padding='valid' and 'same' (where torch puts the odd one at the bottom/right); a Conv1d's
-    as its height-1 Conv2d's (no rows padded)."""
+def spatial_padding(module: nn.Module) -> list[tuple[int, int]]:
+    """(before, after) zeros the conv pads each spatial dim of its input with, in its order
+    (depth, height, width), also for padding='valid' and 'same' (where torch puts the odd one
+    after)."""
+    dims = len(module.kernel_size)
     if module.padding == "valid":
-        return (0, 0), (0, 0)
+        return [(0, 0)] * dims
     if module.padding == "same":
-        total = [d * (k - 1) for k, d in zip(_as_2d(module.kernel_size), _as_2d(module.dilation))]
-        return (total[0] // 2, total[0] - total[0] // 2), (total[1] // 2, total[1] - total[1] // 2)
-    ph, pw = _as_2d(module.padding, height=0)  # type: ignore[arg-type]
-    return (ph, ph), (pw, pw)
+        totals = [d * (k - 1) for k, d in zip(module.kernel_size, module.dilation)]
+        return [(t // 2, t - t // 2) for t in totals]
+    return [(p, p) for p in module.padding]
+
+
+def zero_padding(module: nn.Module) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, bottom), (left, right)) of a Conv1d or Conv2d (spatial_padding); a Conv1d's as
+    its height-1 Conv2d's (no rows padded)."""
+    pads = spatial_padding(module)
+    return ((0, 0), pads[0]) if len(pads) == 1 else (pads[0], pads[1])
 
 
 def unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -224,8 +271,24 @@ def unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The layer's weight as the (out, in*kh*kw) matrix W of `Y = W X`."""
-    return module.weight.detach().reshape(module.weight.shape[0], -1)
+    """The layer's weight as the (out, in·k…) matrix W of `Y = W X` (per conv group: a grouped
+    conv's rows see in/groups channels). A transposed conv keeps its weight as (in, out/groups,
+    k…): its matrix is that transposed within each group."""
+    w = module.weight.detach()
+    if isinstance(module, TRANSPOSED):
+        g = module.groups
+        return w.reshape(g, w.shape[0] // g, w.shape[1], -1).transpose(1, 2).reshape(g * w.shape[1], -1)
+    return w.reshape(w.shape[0], -1)
+
+
+def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
+    """Write the (out, in·k…) matrix of `weight_matrix` into the layer's weight."""
+    w = module.weight
+    if isinstance(module, TRANSPOSED):
+        g = module.groups
+        matrix = matrix.reshape(g, w.shape[1], w.shape[0] // g, -1).transpose(1, 2)
+    with torch.no_grad():
+        w.copy_(matrix.reshape(w.shape).to(w.dtype))
 
 
 def dense_weight_matrix(module: nn.Module) -> torch.Tensor:
@@ -238,9 +301,22 @@ def dense_weight_matrix(module: nn.Module) -> torch.Tensor:
     return torch.block_diag(*w.chunk(groups, 0))
 
 
+def out_channel_rows(module: nn.Module) -> torch.Tensor:
+    """(out channels, …): each output channel's weights, for norm-based channel scores."""
+    return weight_matrix(module)
+
+
+def in_channel_rows(module: nn.Module) -> torch.Tensor:
+    """(in channels, …): each input channel's weights (an ungrouped layer's)."""
+    w = module.weight.detach()
+    if isinstance(module, TRANSPOSED):
+        return w.reshape(w.shape[0], -1)
+    return w.transpose(0, 1).reshape(w.shape[1], -1)
+
+
 def group_size(module: nn.Module) -> int:
     """Columns of the weight matrix that belong to one input channel."""
-    if isinstance(module, CONVS):
+    if isinstance(module, (*CONVS, *TRANSPOSED)):
         return math.prod(module.kernel_size)
     return 1
 

@@ -22,6 +22,7 @@ from crossdistill.capture import (
     get_module,
     group_size,
     unfold,
+    set_weight_matrix,
     weight_matrix,
 )
 from crossdistill import conv_gram
@@ -286,8 +287,7 @@ def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor
             plan.kept.clear()
             plan.kept.update(kept)
         solve_seconds = solved.solve_seconds
-        with torch.no_grad():
-            s_layer.weight.copy_(solved.weight.reshape(s_layer.weight.shape).to(s_layer.weight.dtype))
+        set_weight_matrix(s_layer, solved.weight)
         records.append(
             LayerRecord(
                 name=task.name,

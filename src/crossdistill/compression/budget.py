@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossdistill.capture import all_layer_inputs, get_module, group_size, layer_inputs
+from crossdistill.capture import TRANSPOSED, all_layer_inputs, get_module, group_size, layer_inputs
 from crossdistill.compression.flops import FlopModel
 from crossdistill.distributed import shard, sum_number, together
 from crossdistill.device import module_device, on_device
@@ -36,6 +36,14 @@ def least_kept(width: int, min_keep: float) -> int:
     return max(1, min(width, math.ceil(min_keep * width)))
 
 
+def weight_only(layer: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The conv's output with weight `w` and no bias, in its own geometry."""
+    if isinstance(layer, TRANSPOSED):
+        conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[x.dim() - 3]
+        return conv_t(x, w, None, layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation)
+    return layer._conv_forward(x, w, None)
+
+
 def output_energy(layer: nn.Module, inputs: Iterable[torch.Tensor]) -> float:
     """Mean squared norm of the layer's weight-only output per position (the scale of its loss)."""
     total, count = 0.0, 0
@@ -46,7 +54,7 @@ def output_energy(layer: nn.Module, inputs: Iterable[torch.Tensor]) -> float:
             y = x.reshape(-1, x.shape[-1]) @ w.T
             rows = y.shape[0]
         else:
-            y = layer._conv_forward(x, w, None)  # a Conv1d's or a Conv2d's own geometry
+            y = weight_only(layer, x, w)
             rows = y.numel() // y.shape[1]
         total += float(y.double().pow(2).sum())
         count += rows

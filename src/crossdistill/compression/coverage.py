@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from crossdistill.attention_projections import PROJECTIONS, projection_names
-from crossdistill.capture import CONVS, tied_weights, unsupported_reason
+from crossdistill.capture import CONVS, TRANSPOSED, tied_weights, unsupported_reason
 
 PLANNED, SKIPPED = "planned", "skipped"
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
@@ -29,7 +29,7 @@ class CompressionWarning(UserWarning):
 
 def layer_kind(module: nn.Module) -> str:
     """A short description for the report: 'Conv2d 3x3 depthwise', 'Conv1d 5', 'Linear'."""
-    if isinstance(module, CONVS):
+    if isinstance(module, (*CONVS, *TRANSPOSED)):
         kind = f"{type(module).__name__} {'x'.join(map(str, module.kernel_size))}"
         if module.groups > 1:
             kind += " depthwise" if module.groups == module.in_channels else f" groups={module.groups}"
@@ -84,13 +84,13 @@ def bare_weights(model: nn.Module) -> list[tuple[str, str]]:
         if isinstance(owner, (nn.Embedding, nn.EmbeddingBag)):
             reason = "an Embedding table: a lookup, not a W·x layer"
         elif isinstance(owner, nn.RNNBase):
-            reason = (f"a recurrent layer's gate weights ({type(owner).__name__}): the solvers take Conv1d, Conv2d "
+            reason = (f"a recurrent layer's gate weights ({type(owner).__name__}): the solvers take convs "
                       "and Linear layers")
         else:
             where = f"of {type(owner).__name__}" if owner_name else "of the model itself"
             reason = (f"a bare parameter {where}, which its forward uses itself (a class token, a position "
-                      "embedding, or a weight in F.conv2d(x, self.weight)); only the weights of nn.Conv1d, nn.Conv2d "
-                      "and nn.Linear layers are compressed")
+                      "embedding, or a weight in F.conv2d(x, self.weight)); only the weights of torch's "
+                      "conv and nn.Linear layers are compressed")
         out.append((name, reason))
     return out
 
@@ -119,7 +119,7 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         reason = unsupported_reason(mod)
         if reason is not None:
             cov.skip(name, f"unsupported: {reason}", warn=True)
-        elif isinstance(mod, CONVS):
+        elif isinstance(mod, (*CONVS, *TRANSPOSED)):
             convs.append(name)
         else:
             linears.append(name)
@@ -132,7 +132,7 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         linears = sorted((n for n in linears if n in rank), key=rank.__getitem__)
     if not first and convs:
         # Every conv that reads the raw input is a first conv (parallel stem branches). Where the
-        # forward was traced and no conv reads the input (an embedding, a Linear or a Conv3d does),
+        # forward was traced and no conv reads the input (an embedding or a Linear does),
         # there is none: the first Conv2d deep inside is not a stem.
         stems = [n for n in input_readers if n in convs] if input_readers is not None else convs[:1]
         for n in stems:

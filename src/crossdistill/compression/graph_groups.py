@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch_pruning import ops as tp_ops
 
-from crossdistill.capture import CONVS, SOLVABLE, own_weight_reason
+from crossdistill.capture import SOLVABLE, own_weight_reason
 from crossdistill.compression.graph_ops import DUMMY, Graph
 from crossdistill.compression.graph_ties import NORMS, _is_out, _same_channel, _structure, _TPGroup, _tp_groups, _Union
 from crossdistill.compression.graph_trace import trace
@@ -88,9 +88,9 @@ def _role(graph: Graph, dep: Any, reasons: list[str]) -> str | None:
         if mod.transposed and mod.groups > 1:
             reasons.append(f"grouped transposed conv {name}")
         role = "out" if _is_out(dg, dep) else "in"
-        if role == "in" and not isinstance(mod, CONVS):
-            # Its input channels would change without a re-solve (the solvers take Conv1d, Conv2d and Linear).
-            reasons.append(f"read by {type(mod).__name__} {name}: only Conv1d, Conv2d and Linear readers can be re-solved")
+        if role == "in" and not isinstance(mod, SOLVABLE):
+            # Its input channels would change without a re-solve.
+            reasons.append(f"read by {type(mod).__name__} {name}: only convs and Linear readers can be re-solved")
         elif role == "in" and getattr(mod, "padding_mode", "zeros") != "zeros":
             # A reader is re-solved on the kept channels, and the solvers unfold with zeros only.
             reasons.append(f"read by conv {name} with padding_mode={mod.padding_mode!r}")

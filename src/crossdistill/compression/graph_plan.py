@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from crossdistill.capture import SOLVABLE, forward_calls, forward_order, get_module, group_size
+from crossdistill.capture import (SOLVABLE, forward_calls, forward_order, get_module, group_size, in_channel_rows,
+                                  out_channel_rows)
 from crossdistill.checks import model_copy
 from crossdistill.compression.graph_channels import ChannelGroup, channel_groups, slim_groups
 from crossdistill.compression.coverage import CompressionWarning
@@ -171,8 +172,7 @@ def _select_l1(g: ChannelGroup, student: nn.Module, keep: int) -> list[int]:
     """Li et al. 2017 on a group: the units whose producers' filters have the largest L1 norm."""
     scores = torch.zeros(g.width, dtype=torch.float64, device="cpu")  # a few numbers per unit
     for p in g.producers:
-        w = get_module(student, p.name).weight.detach().to("cpu", torch.float64)
-        per_out = w.abs().reshape(w.shape[0], -1).sum(1)
+        per_out = out_channel_rows(get_module(student, p.name)).to("cpu", torch.float64).abs().sum(1)
         for u, chans in enumerate(p.channels):
             scores[u] += per_out[list(chans)].sum()
     return torch.sort(torch.topk(scores, keep).indices).values.tolist()
@@ -191,11 +191,10 @@ def group_magnitude(g: ChannelGroup, model: nn.Module, keep: int) -> list[int]:
             w = getattr(mod, "weight", None)
             if w is None:
                 continue
-            w = w.detach().to(torch.float64)
             if role == "out" or role == "norm":
-                per_ch = w.reshape(w.shape[0], -1).pow(2).sum(1)
+                per_ch = out_channel_rows(mod).to(torch.float64).pow(2).sum(1)
             elif w.dim() > 1 and (getattr(mod, "groups", 1) == 1):
-                per_ch = w.transpose(0, 1).reshape(w.shape[1], -1).pow(2).sum(1)
+                per_ch = in_channel_rows(mod).to(torch.float64).pow(2).sum(1)
             else:
                 continue  # a depthwise reader is already counted as a producer
             per_layer.append(torch.stack([per_ch[list(unit)].sum() for unit in lc.channels]))

@@ -40,7 +40,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import CONVS, SOLVABLE, conv_class, conv_groups, get_module, group_size
+from crossdistill.capture import (CONVS, SOLVABLE, TRANSPOSED, conv_class, conv_groups, get_module, group_size,
+                                  set_weight_matrix, weight_matrix)
 from crossdistill.capture_points import parent_reads_weight
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.channels import _replace
@@ -94,6 +95,14 @@ def empty_factorisation(layer: nn.Module, rank: int) -> LowRankLayer:
         first = conv(layer.in_channels, g * rank, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                      groups=g, bias=False, **where)
         second = conv(g * rank, layer.out_channels, 1, groups=g, bias=has_bias, **where)
+    elif isinstance(layer, TRANSPOSED):
+        # The transposed conv to `rank` channels per group, then a pointwise conv: a pointwise map
+        # commutes with the stuffing and flipping that make a transposed conv a conv.
+        g = layer.groups
+        kind = next(c for c in TRANSPOSED if isinstance(layer, c))
+        first = kind(layer.in_channels, g * rank, layer.kernel_size, layer.stride, layer.padding,
+                     layer.output_padding, groups=g, bias=False, dilation=layer.dilation, **where)
+        second = CONVS[TRANSPOSED.index(kind)](g * rank, layer.out_channels, 1, groups=g, bias=has_bias, **where)
     elif isinstance(layer, nn.Linear):
         first = nn.Linear(layer.in_features, rank, bias=False, **where)
         second = nn.Linear(rank, layer.out_features, bias=has_bias, **where)
@@ -106,7 +115,7 @@ def factorise(layer: nn.Module, rank: int) -> LowRankLayer:
     """Exact split of a layer whose weight has rank ≤ `rank` per conv group (else its best
     rank-`rank` part): group g's rows W_g = U_g V_g, with V_g the first factor's filters of
     group g and U_g the second factor's rows of group g."""
-    W = layer.weight.detach().to(torch.float64).reshape(layer.weight.shape[0], -1)
+    W = weight_matrix(layer).to(torch.float64)
     Us, Vs = [], []
     for W_g in W.chunk(conv_groups(layer), 0):
         P, s, Qt = torch.linalg.svd(W_g, full_matrices=False)
@@ -116,8 +125,8 @@ def factorise(layer: nn.Module, rank: int) -> LowRankLayer:
     U, V = torch.cat(Us, 0), torch.cat(Vs, 0)
     new = empty_factorisation(layer, rank)
     dtype = layer.weight.dtype
+    set_weight_matrix(new[0], V)
     with torch.no_grad():
-        new[0].weight.copy_(V.reshape(new[0].weight.shape).to(dtype))
         new[1].weight.copy_(U.reshape(new[1].weight.shape).to(dtype))
         if layer.bias is not None:
             new[1].bias.copy_(layer.bias.detach())
@@ -181,7 +190,8 @@ class LowRank(CompressionMethod):
                 continue
             layer = get_module(model, name)
             groups = conv_groups(layer)
-            out, d = layer.weight.shape[0] // groups, layer.weight[0].numel()  # one group's weight
+            rows, d = weight_matrix(layer).shape
+            out = rows // groups  # one group's weight is out x d
             r = rank_for(out, d, self.rank_ratio, self.flops_ratio)
             if r * (out + d) >= out * d:  # the factors would cost as much as the dense layer
                 per = " per group" if groups > 1 else ""
@@ -243,7 +253,8 @@ def restore_lowrank(model: nn.Module, metadata: Mapping[str, Mapping[str, Any]])
         if not isinstance(layer, SOLVABLE):
             raise CrossDistillError(f"low-rank layer {name!r}: the model has a {type(layer).__name__} there")
         r = int(m["rank"])
-        if not 1 <= r <= min(layer.weight.shape[0] // conv_groups(layer), layer.weight[0].numel()):
+        rows, d = weight_matrix(layer).shape
+        if not 1 <= r <= min(rows // conv_groups(layer), d):
             raise CrossDistillError(f"low-rank layer {name!r}: rank {r} does not fit its shape")
         _replace(model, name, empty_factorisation(layer, r))
     setattr(model, LOWRANK_ATTR, {n: dict(v) for n, v in metadata.items()})

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import get_module, group_size
+from crossdistill.capture import TRANSPOSED, get_module, group_size
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.coverage import Coverage, survey
 from crossdistill.engine import LayerRecord
@@ -65,6 +65,11 @@ def quant_coverage(model: nn.Module, first: bool, last: bool, order: Sequence[st
     (by the settings) or unsupported (`order`: see survey)."""
     cov = survey(model, "quant", first=first, last=last, first_setting="quant_first", last_setting="quant_last",
                  order=order, input_readers=input_readers)
+    for name in cov.planned:
+        if isinstance(get_module(model, name), TRANSPOSED):
+            # Its output channels run along dim 1 of its weight; the stored codes keep one grid per row of dim 0.
+            cov.skip(name, "a transposed conv: its per-output-channel grid does not fit the stored codes "
+                           "(left in float32)", warn=True)
     if not cov.entries:
         raise CrossDistillError(f"{type(model).__name__} has no conv or linear layers to compress")
     return cov
