@@ -229,13 +229,20 @@ def test_load_refuses_inconsistent_files(tmp_path, saved, case, edit_doc, edit_t
 
 
 def test_load_refuses_bad_quantization_codes(tmp_path, teacher, fewshot):
-    quant = crossdistill.save(_compressed(teacher, fewshot, "quant", bits=2), tmp_path / "q.safetensors")
+    quant = crossdistill.save(_compressed(teacher, fewshot, "quant", bits=2, quant_scheme="symmetric"),
+                              tmp_path / "q.safetensors")
+    key = "__crossdistill__.quant.conv2.qcodes"
 
     def widen(t):
-        t["__crossdistill__.quant.conv2.qcodes"].view(-1)[0] = 200  # outside [0, 3] for 2 bits
+        t[key][0] = 0xFF  # four 2-bit values 3: code 3 - 1 = 2, outside [-1, 1] for 2-bit symmetric
+
+    def cut(t):
+        t[key] = t[key][:-1]
 
     with pytest.raises(CrossDistillError, match="conv2.*codes outside"):
         crossdistill.load(_rewrite(quant, tmp_path / "bad.safetensors", tensors=widen))
+    with pytest.raises(CrossDistillError, match=r"conv2.*packed codes must be \d+ bytes"):
+        crossdistill.load(_rewrite(quant, tmp_path / "short.safetensors", tensors=cut))
 
 
 def test_load_refuses_wrong_model_and_bad_paths(tmp_path, saved):

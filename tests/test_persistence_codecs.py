@@ -16,7 +16,7 @@ from torch import nn
 import crossdistill
 from crossdistill.errors import CrossDistillError
 from crossdistill.models import create_model, load_checkpoint, load_model
-from crossdistill.persistence import codecs, parse_info, read_info
+from crossdistill.persistence import bitpack, codecs, parse_info, read_info
 from crossdistill.persistence.codecs import ArtifactCodec, Encoded, check_registry
 from crossdistill.persistence.spec import DOCUMENT_KEYS
 
@@ -71,13 +71,23 @@ def test_version_1_files_resave_identically(tmp_path, name):
     # Version 1 files were written before the tensors' checksum; resaved, they get one, last.
     assert list(new_doc)[-1] == "sha256" and "sha256" not in old_doc
     new_doc.pop("sha256")
-    # The versions are those of the writer; everything else, key order included, is the model's.
+    # The versions are those of the writer; everything else, key order included, is the model's,
+    # but for quantization codes, which were stored a byte each and are bit-packed now.
     assert list(new_doc) == list(old_doc)
-    assert {k: v for k, v in new_doc.items() if k not in VERSION_KEYS} == {
-        k: v for k, v in old_doc.items() if k not in VERSION_KEYS}
+    quant = old_doc.get("quant", {})
+    assert new_doc.get("quant", {}) == {layer: {**m, "packed": True} for layer, m in quant.items()}
+    assert {k: v for k, v in new_doc.items() if k not in VERSION_KEYS + ("quant",)} == {
+        k: v for k, v in old_doc.items() if k not in VERSION_KEYS + ("quant",)}
     old_t, new_t = st_torch.load_file(str(old)), st_torch.load_file(str(new))
     assert list(new_t) == list(old_t)
-    assert all(torch.equal(new_t[k], old_t[k]) and new_t[k].dtype == old_t[k].dtype for k in old_t)
+    codes = {f"__crossdistill__.quant.{layer}.qcodes": m for layer, m in quant.items()}
+    for key in old_t:
+        if key in codes:  # a 3-bit asymmetric code per weight, 3 bits each now
+            assert new_t[key].numel() == bitpack.packed_length(old_t[key].numel(), codes[key]["bits"])
+            unpacked = bitpack.unpack(new_t[key], codes[key]["bits"], 0, tuple(old_t[key].shape), old_t[key].dtype)
+            assert torch.equal(unpacked, old_t[key])
+        else:
+            assert torch.equal(new_t[key], old_t[key]) and new_t[key].dtype == old_t[key].dtype
     again = crossdistill.save(crossdistill.load(new), tmp_path / "again.safetensors")
     assert again.read_bytes() == new.read_bytes()  # and the same bytes each time
 

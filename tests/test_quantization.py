@@ -268,3 +268,34 @@ def test_a_fine_tune_leaves_quantized_weights_on_their_grid_and_reports_the_save
     with torch.no_grad():
         again = few_shot_losses(student, teacher(few), few, y[report["fewshot_indices"]], 4.0, 64)
     assert again["kd"] == pytest.approx(report["finetune"]["after"]["kd"], rel=1e-5)
+
+
+def test_a_quant_solver_named_for_a_composite_runs_its_stage_and_the_channel_stage_its_default():
+    """`channels+quant --solver rtn` was refused ("does not run method channels+quant") while
+    `lowrank+quant --solver rtn` ran: --solver names a solver of any stage, the others keep
+    their defaults. A method whose only stage lacks the solver still refuses it."""
+    import crossdistill
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                  torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    x = torch.randn(20, 3, 8, 8)
+    _, report = crossdistill.compress(teacher, x, n_samples=20, method="channels+quant", keep=0.5, solver="rtn",
+                                      show_progress=False)
+    assert report["solver"].startswith("closed-form(") and " then rtn(" in report["solver"]
+    with pytest.raises(CrossDistillError, match="solver 'rtn' does not run method channels"):
+        crossdistill.compress(teacher, x, n_samples=20, keep=0.5, solver="rtn", show_progress=False)
+
+
+def test_a_fine_tune_with_nothing_to_train_names_the_trainable_setting():
+    import crossdistill
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8),
+                                  torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                  torch.nn.Linear(8, 4, bias=False)).eval()
+    x, y = torch.randn(20, 3, 8, 8), torch.arange(20) % 4
+    with pytest.raises(CrossDistillError, match="finetune_trainable 'pruned'.*finetune_trainable 'all'"):
+        crossdistill.compress(teacher, x, labels=y, method="quant", bits=4, finetune_epochs=1,
+                              finetune_trainable="pruned", show_progress=False)

@@ -197,6 +197,9 @@ def test_the_run_summary_names_a_baseline_and_a_quantized_size_not_zero_codes():
     text = format_summary(quant)
     assert "nonzero" not in text
     assert "size (KiB)" in text and text.split("size (KiB)")[1].split()[:2] == ["3.9", "1.0"]
+    # The teacher counted as the student is (BatchNorm statistics too) where the report has it.
+    counted = format_summary({**quant, "teacher": {**t, "size_bytes": 5120}})
+    assert counted.split("size (KiB)")[1].split()[:2] == ["5.0", "1.0"]
     sparse = format_summary({**quant, "method": "sparsity(sparsity=0.5)", "model_size": None})
     assert "nonzero" in sparse and "size (KiB)" not in sparse
     assert format_summary({**base, "method": "channels(keep=0.5)", "baseline": "l1"}).startswith(

@@ -218,14 +218,18 @@ def _arrays(data: Any) -> tuple[Any, Any]:
 def size_and_speed(model: nn.Module, input_size: Sequence[int], latency_batch_sizes: Sequence[int], *,
                    threads: int | None = None, label: str | None = None, input_dtype: str = "float32"
                    ) -> dict[str, Any]:
-    """The report numbers that need no data: params, nonzero_params, flops (per input, 2 per MAC),
+    """The report numbers that need no data: params, nonzero_params, size_bytes (stored for
+    inference: compression.quantization.model_size_bytes), flops (per input, 2 per MAC),
     input_size, and latency at each of `latency_batch_sizes` (none timed for an empty one)."""
+    from crossdistill.compression.quantization import model_size_bytes
+
     latency = [measure_latency(model, input_size, b, threads, input_dtype=input_dtype,
                                progress=None if label is None else f"timing {label} (batch {b})").as_dict()
                for b in latency_batch_sizes]
     return {
         "params": count_params(model),
         "nonzero_params": count_nonzero_params(model),
+        "size_bytes": model_size_bytes(model)["total"],
         "flops": count_flops(model, input_size, input_dtype),
         "input_size": [int(s) for s in input_size],
         "latency": latency,

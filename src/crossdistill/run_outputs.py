@@ -69,10 +69,11 @@ def format_summary(report: dict[str, Any]) -> str:
             lines.append(f"{'nonzero':14}{t['nonzero_params']:>14,}{s['nonzero_params']:>14,}")
         size = report.get("model_size")
         if size:
-            # The teacher's column is its parameters in float32 (its BatchNorm statistics are
-            # not in the report; they are a fraction of a percent of a conv net).
+            # Both columns count parameters and BatchNorm statistics alike (a report written
+            # before size_bytes had the teacher's parameters alone).
             stored = "packed codes, scales, the rest float32" if size.get("codes") else "float32"
-            lines.append(f"{'size (KiB)':14}{t['params'] * 4 / 1024:>14,.1f}{size['total'] / 1024:>14,.1f}   "
+            teacher_bytes = t.get("size_bytes", t["params"] * 4)
+            lines.append(f"{'size (KiB)':14}{teacher_bytes / 1024:>14,.1f}{size['total'] / 1024:>14,.1f}   "
                          f"student stored for inference: {stored}")
         lines.append(f"{'MFLOPs':14}{t['flops'] / 1e6:>14.2f}{s['flops'] / 1e6:>14.2f}")
         agree = report.get("agreement")

@@ -30,11 +30,14 @@ from crossdistill.solvers import LayerTask
 class ChannelPruning(CompressionMethod):
     name = "channels"
     solver_family = "channels"
+    # What a composite's channel stage runs when --solver names another stage's solver (channels+quant --solver rtn).
+    default_solver = "closed-form"
 
     keep: float | str = param(0.5, "ratio of each channel group kept (the input channels of the layers that "
                               "read it), or 'paper' (the paper code's ResNet-56 preset)",
                               low=0, low_open=True, high=1, words=("paper",))
-    refit: bool = param(False, "also re-solve the layers after the pruned ones", show=False)
+    refit: bool = param(False, "also re-solve every ungrouped conv after the first that is not pruned (Linear "
+                        "and grouped layers keep the teacher's weights)", show=False)
     prune_classifier: bool = param(False, "also prune the channels that the classifier reads", show=False)
     flops: float | None = param(None, "instead of keep: the share of the teacher's FLOPs to keep, with one keep "
                                 "ratio for every group, found by bisection", low=0, low_open=True, high=1)

@@ -156,9 +156,14 @@ def _settle_bn(student: nn.Module, teacher_outs: list[torch.Tensor], images: tor
 def _optimizer(params: list[nn.Parameter], settings: FinetuneSettings, total_steps: int
                ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     if not params:
+        if settings.trainable == "pruned":
+            raise CrossDistillError("the fine-tune has no parameter to train: quantized weights stay on their grid, "
+                                    "and the layers the compression changed (finetune_trainable 'pruned') have no "
+                                    "bias besides them; train every parameter (finetune_trainable 'all') or leave "
+                                    "finetune_epochs at 0")
         raise CrossDistillError("the fine-tune has no parameter to train (quantized weights stay on their grid, "
                                 "and this model has no bias or norm besides them, or none is trainable): "
-                                "leave --finetune-epochs at 0")
+                                "leave finetune_epochs at 0")
     if settings.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=settings.lr)
     else:

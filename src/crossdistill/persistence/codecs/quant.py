@@ -2,8 +2,12 @@
 
 The codes are the model: the float weight of a quantized layer is not stored (it is listed in
 the document's `omitted`) and is recomputed from the codes on load, bit for bit. Tensors per
-layer: `{layer}.qcodes` (int8/uint8, the weight's shape), `{layer}.qscale` (float32, one per
-output channel), `{layer}.qzero` (the codes' dtype, one per output channel).
+layer: `{layer}.qcodes`, `{layer}.qscale` (float32, one per output channel), `{layer}.qzero`
+(int8 symmetric / uint8 asymmetric, one per output channel). The codes are bit-packed
+(`packed: true` in the layer's entry; persistence/bitpack.py): a 1-d uint8 tensor of
+⌈n·bits/8⌉ bytes holding each code minus the scheme's lowest code, in the weight's row-major
+order. Files written before 2026-12-01 hold them unpacked (int8/uint8, the weight's shape)
+and still load.
 
 An attention's q/k/v projection (attention_projections.py) has no `{layer}.weight`: its entry
 names the parameter that holds it (`param`) and how many projections share that parameter
@@ -19,6 +23,7 @@ from torch import nn
 
 from crossdistill.attention_projections import PackedProjection
 from crossdistill.errors import CrossDistillError
+from crossdistill.persistence import bitpack
 from crossdistill.persistence.codecs.base import DocumentError, Encoded, LayerRecordCodec, is_int, str_dict, submodule
 
 # The names `quant_tensors` gives its flat tensors.
@@ -35,7 +40,7 @@ class QuantCodec(LayerRecordCodec):
     record = "the quantization record"
 
     def encode_layers(self, model: nn.Module, layers: list[tuple[str, Any, torch.Tensor]]) -> Encoded:
-        from crossdistill.compression.quantization import dequantized_weight, quant_metadata, quant_tensors
+        from crossdistill.compression.quantization import code_range, dequantized_weight, quant_metadata, quant_tensors
 
         for layer, entry, weight in layers:
             # The codes replace the float weight in the file, so they must be exactly the model.
@@ -47,7 +52,10 @@ class QuantCodec(LayerRecordCodec):
                 )
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in quant_tensors(model).items()}
         metadata: dict[str, dict[str, Any]] = quant_metadata(model)
-        for layer in metadata:
+        for layer, m in metadata.items():
+            key = f"{layer}.qcodes"
+            tensors[key] = bitpack.pack(tensors[key], m["bits"], code_range(m["bits"], m["scheme"])[0])
+            m["packed"] = True
             mod = submodule(model, layer, self.record)
             if isinstance(mod, PackedProjection):
                 metadata[layer].update(param=mod.storage_key(layer), parts=mod.parts)
@@ -69,13 +77,15 @@ class QuantCodec(LayerRecordCodec):
                 raise DocumentError(f"quant entry of {layer!r} needs integer bits and a scheme")
             if ("param" in m or "parts" in m) and not (isinstance(m.get("param"), str) and m.get("parts") in (1, 3)):
                 raise DocumentError(f"quant entry of {layer!r}: 'param' must name a parameter and 'parts' be 1 or 3")
+            if not isinstance(m.get("packed", False), bool):
+                raise DocumentError(f"quant entry of {layer!r}: 'packed' must be true or false")
         return {k: dict(v) for k, v in metadata.items()}
 
     def tensor_keys(self, metadata: Mapping[str, Any]) -> set[str]:
         return {f"{layer}.{s}" for layer in metadata for s in SUFFIXES}
 
     def decode(self, model: nn.Module, metadata: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
-        from crossdistill.compression.quantization import attach_quant
+        from crossdistill.compression.quantization import attach_quant, check_bits, check_scheme, code_dtype, code_range
 
         flat: dict[str, torch.Tensor] = {}
         for layer in metadata:
@@ -93,6 +103,14 @@ class QuantCodec(LayerRecordCodec):
                 # Else an omitted parameter could be rebuilt only in part, the rest left at zero.
                 raise CrossDistillError(f"quantized layer {layer!r}: its record does not match the model's attention parameters")
             codes = flat[f"{layer}.qcodes"]
+            if metadata[layer].get("packed"):
+                bits, scheme = check_bits(metadata[layer]["bits"]), check_scheme(metadata[layer]["scheme"])
+                try:
+                    codes = bitpack.unpack(codes, bits, code_range(bits, scheme)[0], tuple(layer_mod.weight.shape),
+                                           code_dtype(scheme))
+                except CrossDistillError as exc:
+                    raise CrossDistillError(f"quantized layer {layer!r}: {exc}") from None
+                flat[f"{layer}.qcodes"] = codes
             if tuple(codes.shape) != tuple(layer_mod.weight.shape):
                 raise CrossDistillError(
                     f"codes of quantized layer {layer!r} have shape {tuple(codes.shape)}, "
