@@ -516,3 +516,17 @@ def test_a_branch_the_traced_input_did_not_take_keeps_its_channels():
     assert {tuple(e["producers"]) for e in report["channel_groups"]["pruned"]} >= {("c0",), ("c3",)}
     for i in range(60, 120):  # about half of these take the arm the trace did not
         student(x[i:i + 1])
+
+
+def test_a_grouped_conv_that_reduces_channels_is_named_as_such_not_as_a_multiplier():
+    """Conv2d(32, 16, groups=16) has two inputs a group: Torch-Pruning reads groups == out_channels as
+    depthwise, and the group was left whole as 'depthwise conv ... has a channel multiplier'."""
+    import crossdistill
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 16, 3, padding=1, groups=16), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
+    with pytest.raises(CrossDistillError, match=r"grouped conv 2 reduces 32 channels to 16 \(16 groups of 2 inputs each\)"):
+        crossdistill.compress(model, torch.randn(8, 3, 8, 8), n_samples=8, keep=0.5, show_progress=False)

@@ -82,7 +82,12 @@ def _role(graph: Graph, dep: Any, reasons: list[str]) -> str | None:
         reasons.append(f"unsupported layer: {type(mod).__name__} {name}")
     elif isinstance(mod, tp_ops.TORCH_CONV):
         if tp_ops.module2type(mod) == tp_ops.OPTYPE.DEPTHWISE_CONV:
-            if mod.in_channels != mod.out_channels:
+            # Torch-Pruning takes every conv with groups == out_channels for depthwise (channel i
+            # in, channel i out); one whose groups see several inputs each is not.
+            if mod.in_channels > mod.out_channels:
+                reasons.append(f"grouped conv {name} reduces {mod.in_channels} channels to {mod.out_channels} "
+                               f"({mod.groups} groups of {mod.in_channels // mod.groups} inputs each)")
+            elif mod.in_channels != mod.out_channels:
                 reasons.append(f"depthwise conv {name} has a channel multiplier")
             return "dw"
         if mod.transposed and mod.groups > 1:
