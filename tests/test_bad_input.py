@@ -419,3 +419,14 @@ def test_an_npz_saved_channels_first_is_told_to_transpose():
     data = ImageArrays(np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4, np.int64), 10)
     with pytest.raises(CrossDistillError, match=r"channels first \(N×C×H×W\).*x\.transpose\(0, 2, 3, 1\)"):
         check_input_shape(data, (3, 32, 32), "resnet20", "x.npz")
+
+
+@pytest.mark.parametrize("key, keyword", [("progress", "show_progress"), ("shot", "shots"), ("label", "labels")])
+def test_a_setting_named_like_a_keyword_of_compress_points_to_the_keyword(key, keyword):
+    """compress(progress=False) answered 'unknown config key' with sixty config keys, none of them
+    the keyword show_progress it meant."""
+    import crossdistill
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).eval()
+    with pytest.raises(CrossDistillError, match=rf"unknown setting {key}=; did you mean its keyword {keyword}=\?"):
+        crossdistill.compress(model, torch.randn(6, 3, 8, 8), show_progress=False, **{key: 1})

@@ -263,6 +263,23 @@ def unwrapped(model: nn.Module) -> tuple[nn.Module, str | None]:
     return model, factory or getattr(model, "crossdistill_factory", None)
 
 
+# compress's own keywords besides the settings: a setting named like one (progress=False) is a
+# mistyped keyword, told as such rather than as an unknown config key among sixty.
+_KEYWORDS = ("labels", "eval_data", "shots", "n_samples", "seed", "mean", "std", "name", "show_progress")
+
+
+def _check_keywords(settings: dict[str, Any]) -> None:
+    import difflib
+
+    from crossdistill.config.catalog import settings as known_settings
+
+    known = {k.split("@")[0] for k in known_settings()}
+    for key in settings:
+        near = difflib.get_close_matches(key, _KEYWORDS, n=1, cutoff=0.6)
+        if key not in known and "." not in key and near:
+            raise CrossDistillError(f"compress() got an unknown setting {key}=; did you mean its keyword {near[0]}=?")
+
+
 def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
              eval_data: Any = None, shots: int | None = None, n_samples: int | None = None, seed: int = 0,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None, name: str | None = None,
@@ -340,6 +357,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
     for key, why in NOT_API_SETTINGS.items():
         if key in settings:
             raise CrossDistillError(f"{key}= is a setting of the command line; here {why}")
+    _check_keywords(settings)
     if isinstance(settings.get("output_key"), int) and not isinstance(settings["output_key"], bool):
         settings["output_key"] = str(settings["output_key"])  # an index, as on the command line
     output_key, output_kind = settings.get("output_key"), settings.get("output_kind", "auto")
