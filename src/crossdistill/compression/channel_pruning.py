@@ -11,9 +11,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import get_module
 from crossdistill.compression.base import CompressionMethod
-from crossdistill.compression.channels import PAPER_RESNET56_WHOLE_BLOCKS, channel_pairs, refit_tasks
+from crossdistill.compression.channels import paper_counts, refit_tasks
 from crossdistill.compression.budget import allocate, removal_costs
 from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.flops import FlopModel
@@ -104,7 +103,7 @@ class ChannelPruning(CompressionMethod):
     def plan(self, model: nn.Module) -> list[LayerTask]:
         if self._example is None:
             raise CrossDistillError("channel pruning traces the model: call prepare(example_images) before plan()")
-        named = _paper_counts(model) if self.keep == "paper" else None
+        named = paper_counts(model) if self.keep == "paper" else None
         target = self._target
         memo: dict[Any, Any] = {}  # one trace for every plan below: the model does not change meanwhile
         keep = self.keep if target is None else ratio_for_flops(model, self._example, target[1],
@@ -240,17 +239,3 @@ def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune
                       f"units ({len(plan.groups)} group{'s' if len(plan.groups) > 1 else ''}; the rest of the model is left whole): a milder target "
                       "may serve better", CompressionWarning, stacklevel=3)
     return max(lo, 1e-9)
-
-
-def _paper_counts(model: nn.Module) -> dict[str, int]:
-    """The official code's ResNet-56 setting: int(0.5·c)+1 input channels of conv2 in every
-    block, except four blocks that stay whole (≈ −40 % FLOPs), by reader name."""
-    name = getattr(model, "crossdistill_name", "")
-    if name != "resnet56":
-        raise CrossDistillError(f"the 'paper' channel preset is defined for resnet56 only, not "
-                                f"{name or type(model).__name__}: give a keep ratio (--keep 0.5) or a --flops target")
-    counts = {}
-    for i, pair in enumerate(channel_pairs(model)):
-        width = get_module(model, pair.consumer).in_channels
-        counts[pair.consumer] = width if i in PAPER_RESNET56_WHOLE_BLOCKS else int(0.5 * width) + 1
-    return counts
