@@ -285,3 +285,94 @@ def test_l1_scores_a_transposed_producer_by_its_output_channels():
     (group,) = [g for g in channel_groups(model, torch.randn(1, 8, 4, 4)) if g.width == 4]
     assert _select_l1(group, model, 2) == [1, 3]
     assert group_magnitude(group, model, 2) == [1, 3]
+
+
+def test_large_patches_are_taken_a_few_images_at_a_time_with_the_same_moments(monkeypatch):
+    """A Conv3d's or a transposed conv's patches of one image can take tens of MB: 16 images a
+    chunk took 5.5 GB for one ConvTranspose3d layer. Fewer images a chunk, the same sums."""
+    from crossdistill import moments
+
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose3d(4, 6, 3, stride=2, padding=1).double()
+    x_t = torch.randn(16, 4, 3, 4, 5, dtype=torch.float64)
+    x_s = x_t + 0.3 * torch.randn_like(x_t)
+    one = patches(layer, x_t[:1]).numel() * 4
+    whole = moments.MomentAccumulator(layer)
+    whole.add(x_t, x_s)
+    monkeypatch.setattr(moments, "PATCH_BYTES", 3 * one)  # room for 3 images: chunks of 2
+    assert moments.images_per_chunk(layer, x_t, 16) == 2
+    assert moments.images_per_chunk(nn.Conv2d(4, 6, 3), torch.randn(16, 4, 8, 8), 16) == 16  # 2-d: as before
+    split = moments.MomentAccumulator(layer)
+    split.add(x_t, x_s)
+    for a, b in zip(whole.finish_groups(), split.finish_groups()):
+        for name in ("tt", "ss", "ts"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6)
+
+
+class _UpWithOutputSize(nn.Module):
+    """A transposed conv called with output_size= to match its skip connection (odd sizes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e, self.down = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.up, self.d = nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1), nn.Conv2d(16, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.e(x))
+        b = torch.relu(self.down(a))
+        return self.d(torch.cat([self.up(b, output_size=a.shape[2:]), a], 1))
+
+
+def test_a_factorised_transposed_conv_takes_output_size():
+    """Low rank swapped the layer for two factors that refused output_size=: the student failed
+    on its first forward, after the whole solve."""
+    torch.manual_seed(0)
+    teacher, x = _UpWithOutputSize().eval(), torch.randn(16, 1, 15, 15)
+    student, report = crossdistill.compress(teacher, x, n_samples=16, method="lowrank", rank_ratio=0.5,
+                                            eval_data=x, show_progress=False)
+    assert {e["name"]: e["status"] for e in report["lowrank"]["layers"]}["up"] == "factorised"
+    assert student(x).shape == teacher(x).shape and report["agreement"]["output_error"] < 0.1
+
+
+def test_the_output_head_of_a_decoder_is_the_layer_its_forward_runs_last():
+    """A generator projects its latent with a Linear first, then up-samples: sparsity kept the
+    Linear dense as 'the classifier' and sparsified the real output layer."""
+
+    class Generator(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 16 * 4 * 4)
+            self.up1, self.up2 = nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.ConvTranspose2d(8, 1, 4, 2, 1)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.fc(z)).reshape(-1, 16, 4, 4)
+            return torch.tanh(self.up2(torch.relu(self.up1(h))))
+
+    torch.manual_seed(0)
+    _, report = crossdistill.compress(Generator().eval(), torch.randn(32, 8), n_samples=32, method="sparsity",
+                                      sparsity=0.5, show_progress=False)
+    rows = {e["name"]: e for e in report["sparsity"]["layers"]}
+    assert rows["up2"]["reason"] == "the last layer, the output head (prune_last=False)"
+    assert rows["fc"]["status"] == "pruned"
+
+
+def test_a_volume_net_exports_with_free_depth_height_and_width(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from crossdistill.export import export_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.ConvTranspose3d(4, 1, 2, stride=2)).eval()
+    result = export_model(net, tmp_path / "v.onnx", "onnx", torch.randn(2, 1, 6, 6, 6))
+    assert result.free_axes == ("depth", "height", "width")
+
+
+def test_the_command_line_points_volumes_to_the_python_api(tmp_path, capsys):
+    import numpy as np
+
+    from crossdistill.cli.main import main
+
+    np.savez(tmp_path / "vol.npz", x=np.zeros((4, 1, 4, 4, 4), np.float32), y=np.arange(4) % 2)
+    assert main(["compress", "--model", "fashion_cnn", "--data", str(tmp_path / "vol.npz"), "--n-samples", "2",
+                 "--quiet", "--out", str(tmp_path / "run")]) != 0
+    assert "volumes and video clips (N, C, D, H, W) are read by the Python API only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -530,3 +530,24 @@ def test_a_grouped_conv_that_reduces_channels_is_named_as_such_not_as_a_multipli
                                 torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
     with pytest.raises(CrossDistillError, match=r"grouped conv 2 reduces 32 channels to 16 \(16 groups of 2 inputs each\)"):
         crossdistill.compress(model, torch.randn(8, 3, 8, 8), n_samples=8, keep=0.5, show_progress=False)
+
+
+def test_a_group_scaled_by_a_registered_buffer_names_the_buffer():
+    """`x * self.scale` with a (1, C, 1, 1) buffer: the trace follows parameters, not buffers, so the
+    slimmed model fails on it; the group was left whole as 'a channel map the trace got wrong'."""
+    import crossdistill
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.register_buffer("scale", torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1))
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)) * self.scale)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    with pytest.raises(CrossDistillError) as err:  # nothing else to prune: c2's output feeds the classifier
+        crossdistill.compress(Scaled().eval(), torch.randn(8, 3, 8, 8), n_samples=8, keep=0.5, show_progress=False)
+    assert "the forward uses buffer scale (1, 8, 1, 1) itself, which slimming does not cut" in str(err.value)

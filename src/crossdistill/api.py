@@ -428,28 +428,13 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
         student.crossdistill_factory = factory
     with torch_threads(cfg.threads):
         student_measures = _measure(student, info, test, s_scores, cfg.latency)
-    from crossdistill.pipeline import resolved_damping
-    from crossdistill.run_outputs import versions
+    from crossdistill.pipeline import run_report
 
-    report: dict[str, Any] = {
-        "model": name, "method": result.method, "objective": result.objective, "solver": result.solver,
-        **({"baseline": cfg.baseline} if cfg.baseline else {}),
-        "shots": shots, "seed": seed, "sampler": cfg.sampler, "n_samples": int(len(idx)),
-        "calibration_images": int(len(idx)) * (1 + cfg.views),
-        "damping": resolved_damping(cfg, few), "damping_setting": "auto" if cfg.damping is None else "fixed",
-        "fewshot_indices": idx.tolist(),
-        **({"fewshot_class_counts": class_counts} if class_counts is not None else {}),
-        "compress_seconds": compress_seconds, "solve_seconds": sum(r.solve_seconds for r in result.records),
-        "threads": cfg.threads or torch.get_num_threads(),
-        "layers": [{"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
-                    "seconds": r.seconds, "solve_seconds": r.solve_seconds, **r.info} for r in result.records],
-        **result.summary, "config": cfg.to_dict(),
+    report = run_report(cfg, result, few, info, shots=shots, seconds=compress_seconds,
+                        threads=cfg.threads or torch.get_num_threads(), class_counts=class_counts)
+    report.update({
         "teacher": teacher_measures, "student": student_measures,
         **({"agreement": {**agreement, "n_eval": int(test[0].shape[0])}} if agreement is not None else {}),
         **({"n_eval": int(test[0].shape[0])} if test is not None else {}),
-        "predictions": {"output": info.output, "kind": info.kind},
-        "versions": versions(),
-    }
-    if result.finetune is not None:
-        report["finetune"] = result.finetune
+    })
     return student, report

@@ -207,12 +207,13 @@ def output_names(out: Any) -> list[str]:
     return walk(out, "")
 
 
-_AXIS_NAMES = {3: ("length",), 4: ("height", "width")}
+_AXIS_NAMES = {3: ("length",), 4: ("height", "width"), 5: ("depth", "height", "width")}
 
 
 def size_axes(inputs: torch.Tensor) -> tuple[str, ...]:
     """The input's size axes after batch and channels: a signal's length, an image's height and
-    width, a sequence of token ids' length (N×L, no channel axis)."""
+    width, a volume's or a clip's depth, height and width, a sequence of token ids' length (N×L, no
+    channel axis)."""
     if not inputs.is_floating_point():
         return ("length",) if inputs.dim() == 2 else ()
     return _AXIS_NAMES.get(inputs.dim(), ())

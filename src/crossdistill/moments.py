@@ -11,13 +11,29 @@ import torch
 from torch import nn
 
 from crossdistill import conv_gram, distributed
-from crossdistill.capture import conv_groups, patches
+from crossdistill.capture import TRANSPOSED, conv_groups, patches
 
 # float64 for the sums and the solves: with few samples the moments are nearly singular.
 DTYPE = torch.float64
 # Images per float32 product: one huge unfold of a whole batch is slow and memory-hungry; the
 # processes of a distributed run shard on multiples of it (crossdistill.distributed.shard).
 CHUNK_IMAGES = 16
+# Bytes of one chunk's unfolded patches (each side) past which a chunk takes fewer images: one
+# image of a Conv3d, or of a transposed conv over its zero-stuffed input, unfolds to tens of MB.
+PATCH_BYTES = 1 << 28
+
+
+def images_per_chunk(module: nn.Module, x: torch.Tensor, most: int) -> int:
+    """`most`, halved while a chunk's patches would pass PATCH_BYTES (a power of two, so that the
+    shards of a distributed run, multiples of CHUNK_IMAGES, stay whole chunks). Conv2d, Conv1d
+    and Linear layers unfold to little per image and keep `most` without the measuring unfold."""
+    if not isinstance(module, (nn.Conv3d, *TRANSPOSED)) or x.shape[0] == 0:
+        return most
+    per_image = patches(module, x[:1].float()).numel() * 4
+    chunk = most
+    while chunk > 1 and chunk * per_image > PATCH_BYTES:
+        chunk //= 2
+    return chunk
 
 
 @dataclass
@@ -58,9 +74,10 @@ class MomentAccumulator:
         if x_teacher.dim() == 4 and conv_gram.applies(self.module, *x_teacher.shape[2:]):
             self._add_shifted(x_teacher, x_student)
             return
-        for start in range(0, x_teacher.shape[0], self.chunk):
-            pt = patches(self.module, x_teacher[start : start + self.chunk].float())
-            ps = patches(self.module, x_student[start : start + self.chunk].float())
+        chunk = images_per_chunk(self.module, x_teacher, self.chunk)
+        for start in range(0, x_teacher.shape[0], chunk):
+            pt = patches(self.module, x_teacher[start : start + chunk].float())
+            ps = patches(self.module, x_student[start : start + chunk].float())
             if self._tt is None:
                 d = pt.shape[-2] // self.groups
                 shape = (d, d) if self.groups == 1 else (self.groups, d, d)

@@ -292,6 +292,44 @@ def _with_run_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def run_report(cfg: CompressConfig, result: CompressionResult, fewshot: FewShot, info: ModelInfo, *,
+               shots: int | None, seconds: float, threads: int, class_counts: list[int] | None) -> dict[str, Any]:
+    """The report's account of one compression (what ran, on which images, layer by layer, with
+    which settings), the same from the command line (`run`) and the Python API, which add their
+    evaluation and machine figures. `seconds`: the compression alone, evaluation not included."""
+    report: dict[str, Any] = {
+        "model": cfg.model,
+        "method": result.method,
+        "objective": result.objective,
+        "solver": result.solver,
+        **({"baseline": cfg.baseline} if cfg.baseline is not None else {}),
+        "shots": shots,
+        "n_samples": int(len(fewshot.indices)),
+        "calibration_images": int(len(fewshot.indices)) * (1 + cfg.views),  # what the solve fitted on
+        "seed": cfg.seed,
+        "sampler": cfg.sampler,
+        "damping": resolved_damping(cfg, fewshot),
+        "damping_setting": "auto" if cfg.damping is None else "fixed",
+        "compress_seconds": seconds,
+        "solve_seconds": sum(r.solve_seconds for r in result.records),
+        "fewshot_indices": fewshot.indices.tolist(),
+        **({"fewshot_class_counts": class_counts} if class_counts is not None else {}),
+        "predictions": {"output": info.output, "kind": info.kind},
+        "threads": threads,
+        "layers": [
+            {"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
+             "seconds": r.seconds, "solve_seconds": r.solve_seconds, **r.info}
+            for r in result.records
+        ],
+        **result.summary,
+        "config": cfg.to_dict(),
+        "versions": versions(),
+    }
+    if result.finetune is not None:
+        report["finetune"] = result.finetune
+    return report
+
+
 @_with_run_threads
 def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays | None = None,
         test: ImageArrays | None = None, compress_fn: CompressFn | None = None,
@@ -338,43 +376,16 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     device = resolve_device(cfg.device)  # where the layer-wise work and any fine-tune ran
     if not distributed.is_main():
         return result, {}  # with several processes only rank 0 evaluates and reports
-    report: dict[str, Any] = {
-        "model": cfg.model,
-        "method": result.method,
-        "objective": result.objective,
-        "solver": result.solver,
-        "shots": cfg.shots,
-        "n_samples": int(len(fewshot.indices)),
-        "calibration_images": int(len(fewshot.indices)) * (1 + cfg.views),  # what the solve fitted on
-        "seed": cfg.seed,
-        "sampler": cfg.sampler,
-        "damping": resolved_damping(cfg, fewshot),
-        "damping_setting": "auto" if cfg.damping is None else "fixed",
-        "compress_seconds": result.seconds,
-        "solve_seconds": sum(r.solve_seconds for r in result.records),
-        "fewshot_indices": fewshot.indices.tolist(),
-        "fewshot_class_counts": np.bincount(fewshot.labels.numpy(), minlength=info.num_classes).tolist(),
-        "predictions": {"output": info.output, "kind": info.kind},
-        # Beside the timings: seconds and latencies mean little without the machine's load.
-        "threads": torch.get_num_threads(),
+    report = run_report(cfg, result, fewshot, info, shots=cfg.shots, seconds=result.seconds,
+                        threads=torch.get_num_threads(),
+                        class_counts=np.bincount(fewshot.labels.numpy(), minlength=info.num_classes).tolist())
+    report.update({
         "processes": distributed.world_size(),
         "peak_memory_mib": peak_mib,
         "device": str(device),
         "gpu_peak_memory_mib": gpu_peak_memory_mib(device),
-        "load_average": load_average(),
-        "layers": [
-            {"name": r.name, "loss_teacher_weight": r.loss_teacher_weight, "loss_after": r.loss_after,
-             "seconds": r.seconds, "solve_seconds": r.solve_seconds, **{k: v for k, v in r.info.items()}}
-            for r in result.records
-        ],
-        **result.summary,
-        "config": cfg.to_dict(),
-        "versions": versions(),
-    }
-    if result.finetune is not None:
-        report["finetune"] = result.finetune
-    if cfg.baseline is not None:
-        report["baseline"] = cfg.baseline  # as `crossdistill baseline` writes it
+        "load_average": load_average(),  # seconds and latencies mean little without the machine's load
+    })
     if test is None and cfg.eval_data:
         test = align_classes(load_image_data(cfg.eval_data, "test"), train.class_names)
     if test is not None:

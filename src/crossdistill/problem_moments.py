@@ -21,7 +21,7 @@ from torch.nn.grad import conv2d_weight
 
 from crossdistill import conv_gram, distributed
 from crossdistill.capture import conv_groups, patches
-from crossdistill.moments import CHUNK_IMAGES, DTYPE, check_pair
+from crossdistill.moments import CHUNK_IMAGES, DTYPE, check_pair, images_per_chunk
 from crossdistill.problem import QuadraticProblem
 
 # (weight, alpha, beta) of one soft term; an objective is their weighted sum.
@@ -72,9 +72,10 @@ class ProblemAccumulator:
         # one shared Gram T, and B = W^t T, c = tr(W^t T W^tᵀ) from it, keep it so (a rounding
         # residue there would be the whole loss, and a negative one).
         same = torch.equal(x_teacher, x_student)
-        for start in range(0, x_teacher.shape[0], self.chunk):
-            xt = x_teacher[start : start + self.chunk].float()
-            xs = x_student[start : start + self.chunk].float()
+        chunk = images_per_chunk(self.module, x_teacher, self.chunk)
+        for start in range(0, x_teacher.shape[0], chunk):
+            xt = x_teacher[start : start + chunk].float()
+            xs = x_student[start : start + chunk].float()
             if same:
                 self._add_same(xt, shifted)
             elif shifted:

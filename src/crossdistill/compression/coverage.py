@@ -99,11 +99,11 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
            order: Sequence[str] | None = None, input_readers: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear of `model` (and every attention's q/k/v projection) in module order,
     planned unless unsupported, unless it is a first conv (one that reads the model's input; kept
-    unless `first`) or the last layer (the classifier, or in a model without Linear layers the conv
-    its forward runs last; kept unless `last`). First and last are by `order`, the order a
-    forward pass runs the layers, when given (a classifier defined before other linears, or an
-    auxiliary head defined after it, is still found); else by module order, which is the
-    forward order of the registered models."""
+    unless `first`) or the last layer (the layer its forward runs last, a classifier or an output
+    conv; kept unless `last`). First and last are by `order`, the order a forward pass runs the
+    layers, when given (a classifier defined before other linears, or an auxiliary head defined
+    after it, is still found); else by module order (the last Linear), which is the forward order
+    of the registered models."""
     cov = Coverage(method)
     convs: list[str] = []
     linears: list[str] = []
@@ -138,12 +138,15 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         for n in stems:
             cov.skip(n, f"the first conv ({first_setting}=False)" if n == stems[0] else
                      f"a first conv: it reads the model's input too ({first_setting}=False)")
-    if not last and linears:
+    if not last and order is not None and (convs or linears):
+        # The layer the forward runs last is the output layer: the classifier, or the conv head of
+        # a segmentation net, a decoder, a generator (whose Linear, if any, runs first: a
+        # projection of the latent, not a classifier), or of a net with Linear layers inside (SE).
+        final = max(convs + linears, key=rank.__getitem__)
+        cov.skip(final, f"the last linear, the classifier ({last_setting}=False)" if final in linears
+                 else f"the last layer, the output head ({last_setting}=False)")
+    elif not last and linears:
         cov.skip(linears[-1], f"the last linear, the classifier ({last_setting}=False)")
-    elif not last and convs and order is not None:
-        # No Linear at all (a segmentation or detection net, a decoder, a super-resolution net):
-        # the conv the forward runs last is its output layer, as the classifier is a classifier's.
-        cov.skip(convs[-1], f"the last layer, the output head ({last_setting}=False)")
     # After first/last: a tied output layer is still the model's last linear, not the one before it.
     for name, reason in tied_weights(model.named_modules()).items():
         if name in cov.entries:

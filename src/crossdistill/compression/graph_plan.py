@@ -243,6 +243,18 @@ def _unverified(model: nn.Module, example: torch.Tensor, groups: Mapping[int, Ch
     return {gid: why for gid in groups if (why := failure([gid])) is not None}
 
 
+_SLIMMED_KINDS = (*SOLVABLE, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm,
+                  nn.LayerNorm, nn.PReLU)
+
+
+def _loose_buffers(model: nn.Module, width: int) -> list[str]:
+    """Buffers with an axis of `width` that no layer slimming cuts holds (`x * self.scale` with a
+    registered (1, C, 1, 1) scale): the trace follows parameters, not buffers, so such a tensor
+    keeps its width when the channels it multiplies lose theirs."""
+    return [f"buffer {name} {tuple(t.shape)}" for name, t in model.named_buffers()
+            if width in t.shape and not isinstance(model.get_submodule(name.rpartition(".")[0]), _SLIMMED_KINDS)]
+
+
 def _never_run(model: nn.Module, example: torch.Tensor, order: list[str]) -> dict[str, tuple[int, int]]:
     """Convs and linears that the forward ran neither in the trace (eval mode) nor in training
     mode, with the widths each reads and writes: a branch on the data (`if x.mean() > t`) that these images
@@ -337,10 +349,12 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
     for gid, why in memo[key].items():
         g = groups.pop(gid)
         counts.pop(gid)
+        held = _loose_buffers(model, g.width)
+        cause = (f"the forward uses {', '.join(held)} itself, which slimming does not cut" if held
+                 else "a channel map the trace got wrong")
         left.append({"group": g.id, "width": g.width, "producers": [p.name for p in g.producers],
                      "readers": [c.name for c in g.consumers],
-                     "reason": f"slimming it does not reproduce the masked model ({why}): a channel map "
-                               "the trace got wrong"})
+                     "reason": f"slimming it does not reproduce the masked model ({why}): {cause}"})
     left.sort(key=lambda e: e["group"])
     traced_producers = {p.name for g in traced for p in g.producers}
     modules = dict(model.named_modules())

@@ -1,7 +1,9 @@
 """Low-rank factorisation as a compression method (`--prune lowrank`).
 
 A k×k conv (out × in) becomes a k×k conv with r output channels (same stride, padding and
-dilation) followed by a 1×1 conv r → out that carries the original bias; a Linear becomes
+dilation) followed by a 1×1 conv r → out that carries the original bias (a transposed conv: a
+transposed conv to r channels, then the 1×1 conv; a call's `output_size=` goes to the first
+factor); a Linear becomes
 Linear(in → r, no bias) then Linear(r → out). A conv of G groups is G independent layers
 (solved group by group, crossdistill/layer_solve.py): each group gets rank r, and the factors
 are a k×k conv in → G·r and a 1×1 conv G·r → out, both of G groups (a depthwise conv has rank
@@ -61,6 +63,13 @@ class LowRankLayer(nn.Sequential):
 
     def __init__(self, first: nn.Module, second: nn.Module) -> None:
         super().__init__(first, second)
+
+    def forward(self, x: torch.Tensor, output_size: Any = None) -> torch.Tensor:
+        # A transposed conv may be called with output_size= (`up(x, output_size=skip.shape)`):
+        # its first factor has the same stride and padding, so the size goes to it.
+        if output_size is not None:
+            return self[1](self[0](x, output_size=output_size))
+        return self[1](self[0](x))
 
     @property
     def rank(self) -> int:

@@ -48,7 +48,10 @@ class ImageArrays:
                 f"got {x.dtype} of shape {tuple(x.shape)}"
                 + ("; token ids are read by the Python API only (crossdistill.compress(model, ids, labels=...), "
                    "crossdistill.export_model(model, path, 'onnx', ids))"
-                   if x.ndim == 2 and np.issubdtype(x.dtype, np.integer) else "")
+                   if x.ndim == 2 and np.issubdtype(x.dtype, np.integer) else
+                   "; volumes and video clips (N, C, D, H, W) are read by the Python API only "
+                   "(crossdistill.compress(model, clips, labels=...), as tensors normalised as the model expects)"
+                   if x.ndim == 5 else "")
             )
         if x.dtype != np.uint8 and x.ndim == 4:
             detail = ""
