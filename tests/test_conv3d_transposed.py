@@ -223,7 +223,7 @@ def test_a_conv3d_net_on_depth_one_is_compressed_exactly_as_its_conv2d_twin():
 def test_every_method_reaches_conv3d_and_transposed_layers(factories, method, settings, layer, status):
     name = "unet" if layer.startswith("up") else "video"
     teacher, _, shape = factories[name]
-    with pytest.warns(UserWarning) if status == "skipped" else _nothing():
+    with pytest.warns(UserWarning, match="transposed conv") if status == "skipped" else _nothing():
         student, report = crossdistill.compress(teacher, _inputs(shape, 0), n_samples=24, method=method,
                                                 show_progress=False, **settings)
     row = {e["name"]: e for e in report[method]["layers"]}[layer]
@@ -376,3 +376,21 @@ def test_the_command_line_points_volumes_to_the_python_api(tmp_path, capsys):
                  "--quiet", "--out", str(tmp_path / "run")]) != 0
     assert "volumes and video clips (N, C, D, H, W) are read by the Python API only" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("settings", [{"keep": 0.5}, {"method": "sparsity", "sparsity": 0.5},
+                                      {"method": "lowrank", "rank_ratio": 0.5}])
+def test_the_fine_tune_trains_and_hints_the_transposed_layers_it_changed(factories, settings):
+    """compressed_layers knew no transposed conv: a decoder's changed up-convolutions were neither
+    trained under finetune_trainable 'pruned' nor hinted (a net of transposed convs alone had
+    'no layer that differs from its teacher's')."""
+    from crossdistill.compressed_layers import compressed_layers
+
+    teacher, _, shape = factories["unet"]
+    x = _inputs(shape, 0)
+    student, report = crossdistill.compress(teacher, x, labels=torch.arange(24) % 4, n_samples=24,
+                                            finetune_epochs=1, finetune_trainable="pruned", show_progress=False,
+                                            **settings)
+    changed = compressed_layers(student, teacher)
+    assert {"up1", "up2"} <= set(changed)
+    assert report["finetune"]["steps"] > 0

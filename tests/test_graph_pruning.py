@@ -551,3 +551,33 @@ def test_a_group_scaled_by_a_registered_buffer_names_the_buffer():
     with pytest.raises(CrossDistillError) as err:  # nothing else to prune: c2's output feeds the classifier
         crossdistill.compress(Scaled().eval(), torch.randn(8, 3, 8, 8), n_samples=8, keep=0.5, show_progress=False)
     assert "the forward uses buffer scale (1, 8, 1, 1) itself, which slimming does not cut" in str(err.value)
+
+
+class _OwnConv(torch.nn.modules.conv._ConvNd):
+    """A conv of its own kind on torch's conv base class: not one the solvers know."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, (3, 3), (1, 1), (1, 1), (1, 1), False, (0, 0), 1, True, "zeros")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, self.weight, self.bias, padding=1)
+
+
+def test_a_group_read_by_a_conv_the_solvers_do_not_know_is_left_whole():
+    # Such a reader cannot be re-solved on the kept channels: pruning its input by the producers'
+    # norms alone (as for a depthwise reader) wrecked the output without a word.
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.own, self.fc = _OwnConv(8, 8), torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.own(torch.relu(self.c2(torch.relu(self.c1(x)))))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    cfg = CompressConfig(model="user-mixed", n_samples=12, keep=0.5)
+    result = compress(Net().eval(), fewshot_for(torch.zeros(1, 3, 8, 8)), cfg, show_progress=False)
+    left = {g["producers"][0]: g["reason"] for g in result.summary["channel_groups"]["left_whole"]}
+    assert left["c2"] == "read by _OwnConv own: only convs and Linear readers can be re-solved"
+    assert result.student.c2.in_channels == 4 and result.student.own.in_channels == 8

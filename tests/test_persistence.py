@@ -305,3 +305,29 @@ def test_a_file_damaged_after_saving_is_refused(tmp_path):
         with pytest.raises(CrossDistillError, match="do not match the checksum saved with them"):
             read(bad)
     torch.testing.assert_close(crossdistill.load(path).state_dict(), model.state_dict())
+
+
+@pytest.mark.parametrize("scheme", ["symmetric", "asymmetric"])
+def test_a_file_of_unpacked_codes_still_loads(tmp_path, teacher, fewshot, scheme):
+    """Format version 1 stored a byte a code (int8 symmetric, uint8 asymmetric, the weight's shape)."""
+    from crossdistill.compression.quantization import code_range
+    from crossdistill.persistence import bitpack
+
+    student = _compressed(teacher, fewshot, "quant", bits=3, quant_scheme=scheme)
+    packed = crossdistill.save(student, tmp_path / "q.safetensors")
+    quant = read_info(packed).quant
+    low = code_range(3, scheme)[0]
+
+    def unpack(t):
+        for layer in quant:
+            key = f"__crossdistill__.quant.{layer}.qcodes"
+            shape = tuple(student.get_submodule(layer).weight.shape)
+            t[key] = bitpack.unpack(t[key], 3, low, shape, torch.int8 if scheme == "symmetric" else torch.uint8)
+
+    def as_version_1(d):
+        d["format_version"] = 1
+        for m in d["quant"].values():
+            m.pop("packed")
+
+    old = crossdistill.load(_rewrite(packed, tmp_path / "v1.safetensors", doc=as_version_1, tensors=unpack))
+    assert torch.equal(_logits(old), _logits(student))

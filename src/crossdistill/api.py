@@ -275,8 +275,11 @@ def _check_keywords(settings: dict[str, Any]) -> None:
 
     known = {k.split("@")[0] for k in known_settings()}
     for key in settings:
-        near = difflib.get_close_matches(key, _KEYWORDS, n=1, cutoff=0.6)
-        if key not in known and "." not in key and near:
+        if key in known or "." in key:
+            continue
+        # Only where a keyword is the nearest name: a mistyped setting (samplr=) is the config's to name.
+        near = difflib.get_close_matches(key, [*_KEYWORDS, *sorted(known)], n=1, cutoff=0.6)
+        if near and near[0] in _KEYWORDS:
             raise CrossDistillError(f"compress() got an unknown setting {key}=; did you mean its keyword {near[0]}=?")
 
 

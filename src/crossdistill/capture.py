@@ -22,7 +22,8 @@ from crossdistill.errors import CrossDistillError, first_line
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # A transposed conv is the conv of its flipped kernel over its zero-stuffed input: also `Y = W X`.
 TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-SOLVABLE = (*CONVS, *TRANSPOSED, nn.Linear)
+ALL_CONVS = (*CONVS, *TRANSPOSED)
+SOLVABLE = (*ALL_CONVS, nn.Linear)
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -39,7 +40,7 @@ def unsupported_reason(module: nn.Module) -> str | None:
     the `Y = W X` form they rely on (a grouped conv is one such problem per group)."""
     if not isinstance(module, SOLVABLE):
         return f"a {type(module).__name__}; only convs (1-3 d, transposed too) and Linear layers can be compressed"
-    if isinstance(module, (*CONVS, *TRANSPOSED)) and module.padding_mode != "zeros":
+    if isinstance(module, ALL_CONVS) and module.padding_mode != "zeros":
         return f"padding_mode={module.padding_mode!r}; only 'zeros' is supported"
     return own_weight_reason(module)
 
@@ -61,7 +62,7 @@ def own_weight_reason(module: nn.Module) -> str | None:
                 "torch.nn.utils.prune.remove(layer, 'weight')")
     if hasattr(module, "weight_orig"):
         return "its weight is computed by spectral norm; remove it first: torch.nn.utils.remove_spectral_norm(layer)"
-    base: type[nn.Module] = next((c for c in (*CONVS, *TRANSPOSED) if isinstance(module, c)), nn.Linear)
+    base: type[nn.Module] = next((c for c in ALL_CONVS if isinstance(module, c)), nn.Linear)
     custom = type(module).forward is not base.forward
     if base in CONVS:
         custom |= type(module)._conv_forward is not base._conv_forward  # type: ignore[attr-defined]
@@ -110,7 +111,7 @@ def conv_class(module: nn.Module) -> type[nn.Conv1d] | type[nn.Conv2d] | type[nn
 def conv_groups(module: nn.Module) -> int:
     """Independent row blocks of the layer: output rows of conv group g see only group g's input
     channels, so each group is its own quadratic problem (1 for a linear or an ungrouped conv)."""
-    return module.groups if isinstance(module, (*CONVS, *TRANSPOSED)) else 1
+    return module.groups if isinstance(module, ALL_CONVS) else 1
 
 
 def forward_calls(model: nn.Module, example: torch.Tensor, input_readers: list[str] | None = None,
@@ -127,7 +128,7 @@ def forward_calls(model: nn.Module, example: torch.Tensor, input_readers: list[s
                         readers, input_shapes)
     if input_readers is not None and readers is not None:
         modules = dict(model.named_modules())
-        input_readers.extend(n for n in readers if isinstance(modules.get(n), (*CONVS, *TRANSPOSED)))
+        input_readers.extend(n for n in readers if isinstance(modules.get(n), ALL_CONVS))
     return calls
 
 
@@ -186,7 +187,7 @@ def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _patches_transposed(module, x)
     assert isinstance(module, CONVS)
     if isinstance(module, nn.Conv3d):
-        return _windows(F.pad(x, _pad_arg(spatial_padding(module))), module.kernel_size, module.dilation,
+        return _windows(F.pad(x, pad_arg(spatial_padding(module))), module.kernel_size, module.dilation,
                         module.stride).flatten(1, 4).flatten(2)
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
@@ -215,7 +216,7 @@ def _windows(x: torch.Tensor, kernel: Sequence[int], dilation: Sequence[int], st
     return x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
 
 
-def _pad_arg(pads: Sequence[tuple[int, int]]) -> list[int]:
+def pad_arg(pads: Sequence[tuple[int, int]]) -> list[int]:
     """F.pad's argument for (before, after) per spatial dim: the last dim first."""
     return [p for lo_hi in reversed(pads) for p in lo_hi]
 
@@ -231,7 +232,7 @@ def _patches_transposed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     pads = [(d * (k - 1) - p, d * (k - 1) - p + op) for k, d, p, op in
             zip(module.kernel_size, module.dilation, module.padding, module.output_padding)]
     # A padding beyond d·(k−1) crops instead (F.pad takes negative amounts).
-    win = _windows(F.pad(stuffed, _pad_arg(pads)), module.kernel_size, module.dilation, (1,) * n)
+    win = _windows(F.pad(stuffed, pad_arg(pads)), module.kernel_size, module.dilation, (1,) * n)
     win = win.flip(list(range(2, 2 + n)))
     return win.flatten(1, 1 + n).flatten(2)
 
@@ -308,6 +309,7 @@ def out_channel_rows(module: nn.Module) -> torch.Tensor:
 
 def in_channel_rows(module: nn.Module) -> torch.Tensor:
     """(in channels, …): each input channel's weights (an ungrouped layer's)."""
+    assert conv_groups(module) == 1, "a grouped conv's input channels see only their group's filters"
     w = module.weight.detach()
     if isinstance(module, TRANSPOSED):
         return w.reshape(w.shape[0], -1)
@@ -316,7 +318,7 @@ def in_channel_rows(module: nn.Module) -> torch.Tensor:
 
 def group_size(module: nn.Module) -> int:
     """Columns of the weight matrix that belong to one input channel."""
-    if isinstance(module, (*CONVS, *TRANSPOSED)):
+    if isinstance(module, ALL_CONVS):
         return math.prod(module.kernel_size)
     return 1
 

@@ -13,17 +13,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crossdistill.capture import SOLVABLE
 from crossdistill.errors import CrossDistillError
 
-_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def _inputs(layer: nn.Module) -> int | None:
+    return getattr(layer, "in_channels", getattr(layer, "in_features", None))
+
+
+def _layer_changed(student: nn.Module, teacher: nn.Module) -> bool:
+    if type(student) is not type(teacher):
+        return True  # replaced: low-rank factors
+    # By the input count, not the weight's second axis: a transposed conv keeps (in, out, k…).
+    if _inputs(student) is not None and _inputs(teacher) is not None and _inputs(student) < _inputs(teacher):
+        return True  # reads fewer channels: a reader of a pruned group, re-solved
+    if student.weight.shape != teacher.weight.shape:
+        return False  # only its output channels were dropped: its kept filters are the teacher's
+    return not torch.equal(student.weight.detach(), teacher.weight.detach().to(student.weight.device))
 
 
 def _weight_changed(student_w: torch.Tensor | None, teacher_w: torch.Tensor | None) -> bool:
     if student_w is None or teacher_w is None:
         return False
     if student_w.dim() > 1 and student_w.shape[1] < teacher_w.shape[1]:
-        return True  # reads fewer channels: a reader of a pruned group, re-solved
+        return True  # reads fewer channels (a packed attention projection's columns)
     if student_w.shape != teacher_w.shape:
         return False  # only its output channels were dropped: its kept filters are the teacher's
     return not torch.equal(student_w.detach(), teacher_w.detach().to(student_w.device))
@@ -39,8 +54,8 @@ def compressed_layers(student: nn.Module, teacher: nn.Module) -> list[str]:
         s = mine.get(name)
         if s is None or not name:
             continue
-        if isinstance(t, _LAYERS):
-            if type(s) is not type(t) or _weight_changed(s.weight, t.weight):
+        if isinstance(t, SOLVABLE):
+            if _layer_changed(s, t):
                 names.append(name)
         elif isinstance(t, nn.MultiheadAttention) and isinstance(s, nn.MultiheadAttention):
             if any(_weight_changed(getattr(s, w), getattr(t, w)) for w in _ATTENTION_WEIGHTS):

@@ -224,7 +224,7 @@ def _distill_layers(teacher: nn.Module, student: nn.Module, images: torch.Tensor
     # With several processes (crossdistill.distributed) each captures its shard of the images.
     batches = batches_of(shard(images, align=CHUNK_IMAGES), batch_size)
     tasks = list(tasks)
-    # Before ordering: an unsupported layer (say a ConvTranspose2d) is not hooked by the capture,
+    # Before ordering: an unsupported layer (say a reflect-padded conv) is not hooked by the capture,
     # so ordering would misreport it as "never reached" instead of naming its type.
     for task in tasks:
         check_solvable(get_module(student, task.name), task.name, channel_pruning=task.keep is not None)

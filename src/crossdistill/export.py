@@ -308,7 +308,7 @@ def _explicit_padding(model: nn.Module) -> nn.Module:
     """The model with every conv's padding='same'/'valid' written as numbers where that is the
     same padding on both sides: exported as plain pads, not ONNX's auto_pad, which onnxruntime
     refuses together with dilation. A copy, only when there is such a conv."""
-    from crossdistill.capture import CONVS, spatial_padding
+    from crossdistill.capture import CONVS, pad_arg, spatial_padding
 
     convs = [n for n, m in model.named_modules() if isinstance(m, CONVS) and isinstance(m.padding, str)]
     if not convs:
@@ -320,12 +320,11 @@ def _explicit_padding(model: nn.Module) -> nn.Module:
         if all(lo == hi for lo, hi in pads):
             conv.padding = tuple(lo for lo, _ in pads)
         else:
-            # Uneven ('same' with an even effective kernel): an explicit pad before the conv
-            # (F.pad lists the last dim first).
+            # Uneven ('same' with an even effective kernel): an explicit pad before the conv.
             conv.padding = (0,) * len(pads)
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child,
-                    _PaddedConv(conv, tuple(p for lo_hi in reversed(pads) for p in lo_hi)))
+                    _PaddedConv(conv, tuple(pad_arg(pads))))
     return model
 
 

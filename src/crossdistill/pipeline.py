@@ -17,7 +17,7 @@ from crossdistill.compression import METHODS
 from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.quantization import dequantize_into, quantized_parameters
 from crossdistill.calibration import calibration_images
-from crossdistill.capture import CONVS, SOLVABLE, TRANSPOSED, forward_calls
+from crossdistill.capture import ALL_CONVS, SOLVABLE, forward_calls
 from crossdistill.checks import check_copyable, check_data_fits_model, model_copy
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
@@ -139,7 +139,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         if unreached:
             stage.leave_out(unreached, "never reached by the forward pass in eval mode: no input to solve it on")
             tasks = [t for t in tasks if t.name in calls]
-        convs = {n for n, m in student.named_modules() if isinstance(m, (*CONVS, *TRANSPOSED))}
+        convs = {n for n, m in student.named_modules() if isinstance(m, ALL_CONVS)}
         uneven = [t.name for t in tasks if t.name in convs and len(shapes.get(t.name, ())) > 1]
         if uneven:
             # A head shared across feature levels: its calls' patches differ in number per

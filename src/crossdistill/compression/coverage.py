@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from crossdistill.attention_projections import PROJECTIONS, projection_names
-from crossdistill.capture import CONVS, TRANSPOSED, tied_weights, unsupported_reason
+from crossdistill.capture import ALL_CONVS, tied_weights, unsupported_reason
 
 PLANNED, SKIPPED = "planned", "skipped"
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
@@ -29,7 +29,7 @@ class CompressionWarning(UserWarning):
 
 def layer_kind(module: nn.Module) -> str:
     """A short description for the report: 'Conv2d 3x3 depthwise', 'Conv1d 5', 'Linear'."""
-    if isinstance(module, (*CONVS, *TRANSPOSED)):
+    if isinstance(module, ALL_CONVS):
         kind = f"{type(module).__name__} {'x'.join(map(str, module.kernel_size))}"
         if module.groups > 1:
             kind += " depthwise" if module.groups == module.in_channels else f" groups={module.groups}"
@@ -119,7 +119,7 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         reason = unsupported_reason(mod)
         if reason is not None:
             cov.skip(name, f"unsupported: {reason}", warn=True)
-        elif isinstance(mod, (*CONVS, *TRANSPOSED)):
+        elif isinstance(mod, ALL_CONVS):
             convs.append(name)
         else:
             linears.append(name)

@@ -248,9 +248,9 @@ _SLIMMED_KINDS = (*SOLVABLE, nn.modules.batchnorm._BatchNorm, nn.modules.instanc
 
 
 def _loose_buffers(model: nn.Module, width: int) -> list[str]:
-    """Buffers with an axis of `width` that no layer slimming cuts holds (`x * self.scale` with a
-    registered (1, C, 1, 1) scale): the trace follows parameters, not buffers, so such a tensor
-    keeps its width when the channels it multiplies lose theirs."""
+    """Buffers with an axis of `width` held by a module that slimming does not cut (`x * self.scale`
+    with a registered (1, C, 1, 1) scale): the trace follows parameters, not buffers, so such a
+    tensor keeps its width when the channels it multiplies lose theirs."""
     return [f"buffer {name} {tuple(t.shape)}" for name, t in model.named_buffers()
             if width in t.shape and not isinstance(model.get_submodule(name.rpartition(".")[0]), _SLIMMED_KINDS)]
 

@@ -64,7 +64,7 @@ class LowRankLayer(nn.Sequential):
     def __init__(self, first: nn.Module, second: nn.Module) -> None:
         super().__init__(first, second)
 
-    def forward(self, x: torch.Tensor, output_size: Any = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
         # A transposed conv may be called with output_size= (`up(x, output_size=skip.shape)`):
         # its first factor has the same stride and padding, so the size goes to it.
         if output_size is not None:

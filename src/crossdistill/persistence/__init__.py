@@ -17,7 +17,8 @@ metadata `crossdistill` (JSON)
     format, format_version, crossdistill_version, torch_version, model (registry name), spec,
     input_size (C, H, W), num_classes, mean, std (the normalisation the model expects), one
     entry per codec, by codec name (lowrank {layer: {rank, kind}}, quant {layer: {bits,
-    scheme}}, masks {layer: encoding}), omitted [state-dict keys rebuilt from artifacts].
+    scheme, packed}}: bit-packed codes, format version 2, masks {layer: encoding}), omitted
+    [state-dict keys rebuilt from artifacts].
 It is the header's only metadata entry: safetensors stores metadata in a hash map of random
 order, and with a single entry the same model always gives the same bytes.
 

@@ -20,7 +20,11 @@ from crossdistill.persistence.codecs.base import is_int, str_dict
 __all__ = ["CHECKSUM_FIELD", "FORMAT", "FORMAT_VERSION", "META_KEY", "SavedModelInfo", "parse_info"]
 
 FORMAT = "crossdistill-model"
-FORMAT_VERSION = 1
+# The newest format this code reads and writes. 2: quantization codes bit-packed (a file of
+# version 1 holds a byte a code). A file is written as 2 only when it holds packed codes, so that
+# every other file stays what it was and older readers refuse a packed one by its version.
+FORMAT_VERSION = 2
+PACKED_CODES_VERSION = 2
 # The safetensors metadata key of the document (its only metadata entry: see the package docs).
 META_KEY = "crossdistill"
 # The document's field holding the sha256 of the tensors (names, dtypes, shapes, bytes): a file

@@ -6,8 +6,8 @@ layer: `{layer}.qcodes`, `{layer}.qscale` (float32, one per output channel), `{l
 (int8 symmetric / uint8 asymmetric, one per output channel). The codes are bit-packed
 (`packed: true` in the layer's entry; persistence/bitpack.py): a 1-d uint8 tensor of
 ⌈n·bits/8⌉ bytes holding each code minus the scheme's lowest code, in the weight's row-major
-order. Files written before 2026-12-01 hold them unpacked (int8/uint8, the weight's shape)
-and still load.
+order; such a file is of format version 2 (spec.py). An entry without `packed` (format
+version 1) holds them unpacked (int8/uint8, the weight's shape) and still loads.
 
 An attention's q/k/v projection (attention_projections.py) has no `{layer}.weight`: its entry
 names the parameter that holds it (`param`) and how many projections share that parameter
