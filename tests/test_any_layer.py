@@ -684,3 +684,36 @@ def test_the_output_conv_of_a_dense_model_is_kept_like_a_classifier_and_only_ste
     # c2 was called "the first conv" (the first Conv2d anywhere) and kept dense.
     assert video_rows["c2"]["status"] != "skipped"
     assert video_rows["c3d"]["reason"] == "the first conv (prune_first=False)"
+
+
+@pytest.mark.parametrize("prelude", ["normalise", "in-place", "reshape"])
+def test_a_stem_after_the_forwards_own_normalisation_is_still_the_first_conv(prelude):
+    """The first conv was the one reading the input tensor itself: a forward that normalised its
+    input first (`(x - mean) / std`), or reshaped a latent, had its stem sparsified. A forward
+    that changes its input in place (which autograd refuses to follow) is read the plain way."""
+    import warnings
+
+    import crossdistill
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if prelude == "normalise":
+                x = (x - 0.5) / 0.25
+            elif prelude == "in-place":
+                x.mul_(1.0)
+            else:
+                x = x.reshape(-1, 3, 8, 8)
+            return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 3 * 64) if prelude == "reshape" else torch.randn(16, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, report = crossdistill.compress(Net().eval(), x, n_samples=16, method="sparsity", sparsity=0.5,
+                                          show_progress=False)
+    rows = {r["name"]: r for r in report["sparsity"]["layers"]}
+    assert rows["c1"]["reason"] == "the first conv (prune_first=False)" and rows["c2"]["status"] == "pruned"

@@ -1,13 +1,14 @@
 """One forward pass run until named layers are reached, keeping what each received."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from crossdistill.attention_projections import find_layer
-from crossdistill.capture_points import capture_mode, capture_point
+from crossdistill.capture_points import capture_mode, capture_point, fastpath_off
 from crossdistill.errors import CrossDistillError
 
 
@@ -129,25 +130,82 @@ def count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Modul
                 input_shapes: dict[str, set[tuple[int, ...]]] | None = None) -> dict[str, int]:
     """One forward pass of `model` on `example`: how many times each watched (module, name)
     returned, by name, in the order they first returned (absent: never ran). `input_readers`,
-    when given, receives the names whose input was `example` itself, and `input_shapes` each
-    name's input shapes (without the batch), in the same pass."""
+    when given, receives the names whose input comes from `example` through no watched layer
+    (the input itself, or normalised, sliced, padded in the forward: `_reads_input`), and
+    `input_shapes` each name's input shapes (without the batch), in the same pass."""
+    traced = input_readers is not None and isinstance(example, torch.Tensor) and example.is_floating_point()
+    if traced:
+        # Float inputs are followed through autograd (token ids cannot be: for them, the ids
+        # themselves). A forward that autograd refuses (an in-place op on its input) is run
+        # again the plain way.
+        try:
+            readers: list[str] = []
+            shapes: dict[str, set[tuple[int, ...]]] = {}
+            calls = _count_calls(model, example.detach().clone().requires_grad_(True), watched, readers, shapes,
+                                 traced=True)
+        except Exception:  # noqa: BLE001 - the plain pass below raises whatever is the model's own fault
+            pass
+        else:
+            input_readers.extend(readers)  # type: ignore[union-attr]
+            if input_shapes is not None:
+                input_shapes.update(shapes)
+            return calls
+    return _count_calls(model, example, watched, input_readers, input_shapes, traced=False)
+
+
+def _count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Module, str]],
+                 input_readers: list[str] | None, input_shapes: dict[str, set[tuple[int, ...]]] | None,
+                 traced: bool) -> dict[str, int]:
     calls: dict[str, int] = {}
+    layer_outputs: set[Any] = set()
 
     def count(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, args: Any, _o: Any) -> None:
+        def hook(_m: nn.Module, args: Any, out: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
             if input_shapes is not None and args and isinstance(args[0], torch.Tensor):
                 input_shapes.setdefault(name, set()).add(tuple(args[0].shape[1:]))
-            if input_readers is not None and args and args[0] is example and name not in input_readers:
+            if input_readers is not None and args and name not in input_readers and (
+                    args[0] is example or (traced and _reads_input(args[0], example, layer_outputs))):
                 input_readers.append(name)
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                    layer_outputs.add(t.grad_fn)
         return hook
 
     handles = [module.register_forward_hook(count(name)) for module, name in watched]
     try:
-        with capture_mode():
+        with (_traced_mode() if traced else capture_mode()):
             model(example)
     finally:
         for h in handles:
             h.remove()
     return calls
+
+
+@contextlib.contextmanager
+def _traced_mode() -> Iterator[None]:
+    """capture_mode, but with autograd on: `_reads_input` follows the graph it records."""
+    with fastpath_off(), torch.enable_grad():
+        yield
+
+
+def _reads_input(x: Any, example: torch.Tensor, layer_outputs: set[Any]) -> bool:
+    """Whether `x` is computed from the model's input without passing through a watched layer:
+    back through its autograd graph, stopping at the layers' outputs. A stem conv after the
+    forward's own normalisation (`(x - mean) / std`) or a slice of stacked inputs reads the input."""
+    if x is example:
+        return True
+    if not isinstance(x, torch.Tensor) or x.grad_fn is None:
+        return False
+    seen: set[Any] = set()
+    todo = [x.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen or fn in layer_outputs:
+            continue
+        seen.add(fn)
+        if getattr(fn, "variable", None) is example:  # the input's AccumulateGrad
+            return True
+        todo.extend(f for f, _ in fn.next_functions)
+    return False
 
