@@ -1,5 +1,5 @@
-"""Unstructured weight sparsity: every conv and linear but the first conv and the classifier
-pruned to the same ratio of zeros (the paper prunes every conv but the first). The pruned model
+"""Unstructured weight sparsity: every conv and linear but the first conv and the last layer (the
+classifier, or an output conv) pruned to the same ratio of zeros (the paper prunes every conv but the first). The pruned model
 keeps its dense shapes; the masks are recorded so that a later fine-tune keeps the zeros at zero.
 
 A grouped (or depthwise) conv is solved group by group (crossdistill/layer_solve.py). Under the
@@ -94,11 +94,11 @@ class WeightSparsity(CompressionMethod):
     solver_family = "sparsity"
 
     sparsity: float = param(0.9, "fraction of zero weights in every conv and linear but the first conv and "
-                            "the classifier", low=0, high=1, high_open=True)
+                            "the last layer (the classifier, or the output conv)", low=0, high=1, high_open=True)
     sparsity_pattern: str = param("layer", "the ratio per layer, or per output row", choices=PATTERNS)
     prune_first: bool = param(False, "prune the first conv too (the paper leaves it dense)")
-    prune_last: bool = param(False, "prune the last layer too (the classifier, or the output conv of a model "
-                             "without Linear layers)", show=False)
+    prune_last: bool = param(False, "prune the last layer too (the one the forward runs last: the classifier, "
+                             "or an output conv)", show=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
