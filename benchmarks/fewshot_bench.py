@@ -29,6 +29,9 @@ ROWS = {
 # Rows run only when named with --rows (the committed tables' default rows stay as they are).
 EXTRA_ROWS = {
     "channels parameters 0.5, global budget": {"parameters": 0.5, "budget": "global"},
+    "channels parameters 0.5, global budget, relative cost": {"parameters": 0.5, "budget": "global",
+                                                              "budget_cost": "relative"},
+    "channels FLOPs 0.5, global budget, relative cost": {"flops": 0.5, "budget": "global", "budget_cost": "relative"},
 }
 ROWS.update(EXTRA_ROWS)
 
