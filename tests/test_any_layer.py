@@ -717,3 +717,32 @@ def test_a_stem_after_the_forwards_own_normalisation_is_still_the_first_conv(pre
                                           show_progress=False)
     rows = {r["name"]: r for r in report["sparsity"]["layers"]}
     assert rows["c1"]["reason"] == "the first conv (prune_first=False)" and rows["c2"]["status"] == "pruned"
+
+
+@pytest.mark.parametrize("key, kept", [(None, "fc"), ("aux", "aux")])
+def test_the_last_layer_kept_dense_is_the_one_making_the_scored_output(key, kept):
+    """A model returning {'logits': fc(f), 'aux': aux(f)} runs its auxiliary head last: sparsity
+    kept that head dense as 'the classifier' and pruned the real one."""
+    import warnings
+
+    import crossdistill
+
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.fc, self.aux = nn.Linear(8, 4), nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            f = torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3))
+            return {"logits": self.fc(f), "aux": self.aux(f)}
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, report = crossdistill.compress(TwoHeads().eval(), torch.randn(16, 3, 8, 8), n_samples=16,
+                                          method="sparsity", sparsity=0.5, output_key=key, show_progress=False)
+    rows = {r["name"]: r for r in report["sparsity"]["layers"]}
+    other = "aux" if kept == "fc" else "fc"
+    assert rows[kept]["reason"] == "the last linear, the classifier (prune_last=False)"
+    assert rows[other]["status"] == "pruned"

@@ -115,17 +115,19 @@ def conv_groups(module: nn.Module) -> int:
 
 
 def forward_calls(model: nn.Module, example: torch.Tensor, input_readers: list[str] | None = None,
-                  input_shapes: dict[str, set[tuple[int, ...]]] | None = None) -> dict[str, int]:
+                  input_shapes: dict[str, set[tuple[int, ...]]] | None = None,
+                  output_layers: list[str] | None = None, output: str | None = None) -> dict[str, int]:
     """How many times one forward pass runs each conv and linear, in the order it first runs them
     (a layer that its parent applies without calling it, e.g. an attention's out_proj, when the
     parent runs). A layer the pass never runs is absent. `input_readers`, when given, receives
-    the convs that read the model's input itself (the stems of parallel branches; none when the
-    forward transforms the input first), and `input_shapes` each layer's input shapes, from the
+    the convs that read the model's input through no other layer (the stems of parallel
+    branches, also after the forward's own normalisation), `input_shapes` each layer's input shapes, and
+    `output_layers` the layers that produce the predictions (`output`: the output key), from the
     same pass."""
     watched = [(mod, name) for name, mod in model.named_modules() if isinstance(mod, SOLVABLE)]
     readers: list[str] | None = [] if input_readers is not None else None
     calls = count_calls(model, example, watched + [(parent, name) for parent, name in indirect_layers(model)],
-                        readers, input_shapes)
+                        readers, input_shapes, output_layers, output)
     if input_readers is not None and readers is not None:
         modules = dict(model.named_modules())
         input_readers.extend(n for n in readers if isinstance(modules.get(n), ALL_CONVS))

@@ -127,12 +127,15 @@ def inputs_and_outputs(model: nn.Module, names: list[str], fn: Callable[[Any], A
 
 def count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Module, str]],
                 input_readers: list[str] | None = None,
-                input_shapes: dict[str, set[tuple[int, ...]]] | None = None) -> dict[str, int]:
+                input_shapes: dict[str, set[tuple[int, ...]]] | None = None,
+                output_layers: list[str] | None = None, output: str | None = None) -> dict[str, int]:
     """One forward pass of `model` on `example`: how many times each watched (module, name)
     returned, by name, in the order they first returned (absent: never ran). `input_readers`,
     when given, receives the names whose input comes from `example` through no watched layer
     (the input itself, or normalised, sliced, padded in the forward: `_reads_input`), and
-    `input_shapes` each name's input shapes (without the batch), in the same pass."""
+    `input_shapes` each name's input shapes (without the batch), and `output_layers` the names
+    whose output reaches the predictions (`output`: model_outputs.predictions) through no other
+    watched layer, in the same pass (float inputs only: they are found through autograd)."""
     traced = input_readers is not None and isinstance(example, torch.Tensor) and example.is_floating_point()
     if traced:
         # Float inputs are followed through autograd (token ids cannot be: for them, the ids
@@ -141,23 +144,26 @@ def count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Modul
         try:
             readers: list[str] = []
             shapes: dict[str, set[tuple[int, ...]]] = {}
+            heads: list[str] = []
             calls = _count_calls(model, example.detach().clone().requires_grad_(True), watched, readers, shapes,
-                                 traced=True)
+                                 traced=True, heads=heads, output=output)
         except Exception:  # noqa: BLE001 - the plain pass below raises whatever is the model's own fault
             pass
         else:
             input_readers.extend(readers)  # type: ignore[union-attr]
             if input_shapes is not None:
                 input_shapes.update(shapes)
+            if output_layers is not None:
+                output_layers.extend(heads)
             return calls
     return _count_calls(model, example, watched, input_readers, input_shapes, traced=False)
 
 
 def _count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Module, str]],
                  input_readers: list[str] | None, input_shapes: dict[str, set[tuple[int, ...]]] | None,
-                 traced: bool) -> dict[str, int]:
+                 traced: bool, heads: list[str] | None = None, output: str | None = None) -> dict[str, int]:
     calls: dict[str, int] = {}
-    layer_outputs: set[Any] = set()
+    layer_outputs: dict[Any, str] = {}  # grad_fn of a watched layer's output -> its name
 
     def count(name: str) -> Callable[..., None]:
         def hook(_m: nn.Module, args: Any, out: Any) -> None:
@@ -169,17 +175,40 @@ def _count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Modu
                 input_readers.append(name)
             for t in out if isinstance(out, (tuple, list)) else (out,):
                 if isinstance(t, torch.Tensor) and t.grad_fn is not None:
-                    layer_outputs.add(t.grad_fn)
+                    layer_outputs[t.grad_fn] = name
         return hook
 
     handles = [module.register_forward_hook(count(name)) for module, name in watched]
     try:
         with (_traced_mode() if traced else capture_mode()):
-            model(example)
+            out = model(example)
+            if heads is not None:
+                from crossdistill.model_outputs import predictions
+
+                heads.extend(_last_layers(predictions(out, output), layer_outputs))
     finally:
         for h in handles:
             h.remove()
     return calls
+
+
+def _last_layers(pred: torch.Tensor, layer_outputs: Mapping[Any, str]) -> list[str]:
+    """The watched layers whose outputs `pred` is computed from through no other watched layer:
+    back through its autograd graph, stopping at the first layer output on each path."""
+    found: list[str] = []
+    seen: set[Any] = set()
+    todo = [pred.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in layer_outputs:
+            if layer_outputs[fn] not in found:
+                found.append(layer_outputs[fn])
+            continue
+        todo.extend(f for f, _ in fn.next_functions)
+    return found
 
 
 @contextlib.contextmanager
@@ -201,7 +230,7 @@ def _reads_input(x: Any, example: torch.Tensor, layer_outputs: set[Any]) -> bool
     todo = [x.grad_fn]
     while todo:
         fn = todo.pop()
-        if fn is None or fn in seen or fn in layer_outputs:
+        if fn is None or fn in seen or fn in layer_outputs:  # a dict: membership by grad_fn
             continue
         seen.add(fn)
         if getattr(fn, "variable", None) is example:  # the input's AccumulateGrad

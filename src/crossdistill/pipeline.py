@@ -131,9 +131,10 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         solver_names.append(solver.describe())
         readers: list[str] = []
         shapes: dict[str, set[tuple[int, ...]]] = {}
-        calls = forward_calls(student, images[:1], readers, shapes)
+        heads: list[str] = []
+        calls = forward_calls(student, images[:1], readers, shapes, heads, cfg.output_key)
         ran |= set(calls)
-        stage.layer_order, stage.input_readers = list(calls), readers
+        stage.layer_order, stage.input_readers, stage.output_layers = list(calls), readers, heads
         tasks = stage.plan(student)
         unreached = [t.name for t in tasks if t.name not in calls]
         if unreached:

@@ -33,6 +33,10 @@ class CompressionMethod(Plugin, ABC):
     # The convs that read the model's input itself (set with layer_order): "the first conv" of
     # each parallel branch of a stem; when empty, the first conv in layer_order.
     input_readers: ClassVar[list[str] | None] = None
+    # The layers whose outputs make the predictions (the output the run scores; set with
+    # layer_order, empty where they could not be followed): "the last layer" is the last of
+    # them, not an auxiliary head the forward runs after the classifier.
+    output_layers: ClassVar[list[str] | None] = None
 
     def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all",
                 device: torch.device | str = "cpu") -> None:

@@ -96,11 +96,12 @@ def bare_weights(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_setting: str, last_setting: str,
-           order: Sequence[str] | None = None, input_readers: Sequence[str] | None = None) -> Coverage:
+           order: Sequence[str] | None = None, input_readers: Sequence[str] | None = None,
+           output_layers: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear of `model` (and every attention's q/k/v projection) in module order,
     planned unless unsupported, unless it is a first conv (one that reads the model's input; kept
-    unless `first`) or the last layer (the layer its forward runs last, a classifier or an output
-    conv; kept unless `last`). First and last are by `order`, the order a forward pass runs the
+    unless `first`) or the last layer (of `output_layers`, those making the predictions, else of
+    all, the one its forward runs last: a classifier or an output conv; kept unless `last`). First and last are by `order`, the order a forward pass runs the
     layers, when given (a classifier defined before other linears, or an auxiliary head defined
     after it, is still found); else by module order (the last Linear), which is the forward order
     of the registered models."""
@@ -142,7 +143,8 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         # The layer the forward runs last is the output layer: the classifier, or the conv head of
         # a segmentation net, a decoder, a generator (whose Linear, if any, runs first: a
         # projection of the latent, not a classifier), or of a net with Linear layers inside (SE).
-        final = max(convs + linears, key=rank.__getitem__)
+        heads = [n for n in output_layers or () if n in convs or n in linears]
+        final = max(heads or convs + linears, key=rank.__getitem__)
         cov.skip(final, f"the last linear, the classifier ({last_setting}=False)" if final in linears
                  else f"the last layer, the output head ({last_setting}=False)")
     elif not last and linears:

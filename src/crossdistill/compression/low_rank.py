@@ -188,7 +188,7 @@ class LowRank(CompressionMethod):
     def plan(self, model: nn.Module) -> list[LayerTask]:
         cov = survey(model, "lowrank", first=self.lowrank_first, last=self.lowrank_last,
                      first_setting="lowrank_first", last_setting="lowrank_last", order=self.layer_order,
-                     input_readers=self.input_readers)
+                     input_readers=self.input_readers, output_layers=self.output_layers)
         self._coverage = cov
         tasks = []
         too_costly = 0

@@ -60,11 +60,11 @@ _CODES, _SCALE, _ZERO = "qcodes", "qscale", "qzero"
 
 
 def quant_coverage(model: nn.Module, first: bool, last: bool, order: Sequence[str] | None = None,
-                   input_readers: Sequence[str] | None = None) -> Coverage:
+                   input_readers: Sequence[str] | None = None, output_layers: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear with its status: quantized unless the first conv / the last linear
     (by the settings) or unsupported (`order`: see survey)."""
     cov = survey(model, "quant", first=first, last=last, first_setting="quant_first", last_setting="quant_last",
-                 order=order, input_readers=input_readers)
+                 order=order, input_readers=input_readers, output_layers=output_layers)
     for name in cov.planned:
         if isinstance(get_module(model, name), TRANSPOSED):
             # Its output channels run along dim 1 of its weight; the stored codes keep one grid per row of dim 0.
@@ -99,7 +99,7 @@ class Quantization(CompressionMethod):
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         self._coverage = quant_coverage(model, self.quant_first, self.quant_last, self.layer_order,
-                                        self.input_readers)
+                                        self.input_readers, self.output_layers)
         self._coverage.warn()
         return [
             LayerTask(name=n, group=group_size(get_module(model, n)), params={"bits": self.bits, "scheme": self.scheme})

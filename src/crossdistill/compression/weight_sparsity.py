@@ -32,11 +32,13 @@ MASKS_ATTR = "crossdistill_masks"
 
 
 def sparsity_coverage(model: nn.Module, prune_first: bool = False, prune_last: bool = False,
-                      order: Sequence[str] | None = None, input_readers: Sequence[str] | None = None) -> Coverage:
+                      order: Sequence[str] | None = None, input_readers: Sequence[str] | None = None,
+                      output_layers: Sequence[str] | None = None) -> Coverage:
     """Every conv and linear with its status: pruned unless the first conv (the paper leaves it
     dense: few weights, raw pixels), the classifier, or unsupported (`order`: see survey)."""
     return survey(model, "sparsity", first=prune_first, last=prune_last,
-                  first_setting="prune_first", last_setting="prune_last", order=order, input_readers=input_readers)
+                  first_setting="prune_first", last_setting="prune_last", order=order, input_readers=input_readers,
+                  output_layers=output_layers)
 
 
 def prunable_layers(model: nn.Module, prune_first: bool = False, prune_last: bool = False) -> list[str]:
@@ -111,7 +113,7 @@ class WeightSparsity(CompressionMethod):
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         self._coverage = sparsity_coverage(model, self.prune_first, self.prune_last, self.layer_order,
-                                           self.input_readers)
+                                           self.input_readers, self.output_layers)
         self._coverage.warn()
         self._names = self._coverage.planned
         if not self._names:
