@@ -746,3 +746,65 @@ def test_the_last_layer_kept_dense_is_the_one_making_the_scored_output(key, kept
     other = "aux" if kept == "fc" else "fc"
     assert rows[kept]["reason"] == "the last linear, the classifier (prune_last=False)"
     assert rows[other]["status"] == "pruned"
+
+
+def test_a_conv_after_a_residual_from_the_input_is_not_a_first_conv():
+    """`y = x + c1(x); y = y + c2(y)`: every conv had a layer-free path back to the input and was
+    kept dense as 'a first conv', so sparsity found nothing to prune. Only a conv whose input is
+    the input alone, through no layer on any path, is a stem."""
+    import warnings
+
+    import crossdistill
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2, self.c3 = (nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = x + self.c1(x)
+            y = y + self.c2(torch.relu(y))
+            y = y + self.c3(torch.relu(y))
+            return self.fc(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, report = crossdistill.compress(Residual().eval(), torch.randn(16, 4, 8, 8), n_samples=16,
+                                          method="sparsity", sparsity=0.5, show_progress=False)
+    rows = {r["name"]: r for r in report["sparsity"]["layers"]}
+    assert rows["c1"]["reason"] == "the first conv (prune_first=False)"
+    assert rows["c2"]["status"] == rows["c3"]["status"] == "pruned"
+
+
+def test_a_forward_checkpointed_out_of_the_graph_keeps_its_classifier_dense():
+    """Layers run inside a reentrant checkpoint leave no graph to follow: the walk from the
+    predictions passed them and named the stem 'the last layer'. The output layers are not used
+    then, and the last layer is the one run last."""
+    import warnings
+
+    from torch.utils.checkpoint import checkpoint
+
+    import crossdistill
+
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = torch.relu(self.c1(x))
+            if torch.is_grad_enabled():
+                f = checkpoint(lambda t: torch.relu(self.c2(t)), f, use_reentrant=True)
+                return checkpoint(lambda t: self.fc(t.mean((2, 3))), f, use_reentrant=True)
+            return self.fc(torch.relu(self.c2(f)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, report = crossdistill.compress(Checkpointed().eval(), torch.randn(16, 3, 8, 8), n_samples=16,
+                                          method="sparsity", sparsity=0.5, show_progress=False)
+    rows = {r["name"]: r for r in report["sparsity"]["layers"]}
+    assert rows["fc"]["reason"] == "the last linear, the classifier (prune_last=False)"
+    assert rows["c1"]["reason"] == "the first conv (prune_first=False)"

@@ -153,7 +153,7 @@ def count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Modul
             input_readers.extend(readers)  # type: ignore[union-attr]
             if input_shapes is not None:
                 input_shapes.update(shapes)
-            if output_layers is not None:
+            if output_layers is not None and heads != [_UNTRACED]:
                 output_layers.extend(heads)
             return calls
     return _count_calls(model, example, watched, input_readers, input_shapes, traced=False)
@@ -164,6 +164,7 @@ def _count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Modu
                  traced: bool, heads: list[str] | None = None, output: str | None = None) -> dict[str, int]:
     calls: dict[str, int] = {}
     layer_outputs: dict[Any, str] = {}  # grad_fn of a watched layer's output -> its name
+    untraced: list[str] = []  # layers whose output has no graph (run under no_grad, a checkpoint)
 
     def count(name: str) -> Callable[..., None]:
         def hook(_m: nn.Module, args: Any, out: Any) -> None:
@@ -173,9 +174,12 @@ def _count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Modu
             if input_readers is not None and args and name not in input_readers and (
                     args[0] is example or (traced and _reads_input(args[0], example, layer_outputs))):
                 input_readers.append(name)
-            for t in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(t, torch.Tensor) and t.grad_fn is not None:
-                    layer_outputs[t.grad_fn] = name
+            # A tuple's first entry: an attention's output (its second, the weights, come from q and k).
+            t = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                layer_outputs[t.grad_fn] = name
+            elif traced:
+                untraced.append(name)
         return hook
 
     handles = [module.register_forward_hook(count(name)) for module, name in watched]
@@ -185,7 +189,8 @@ def _count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Modu
             if heads is not None:
                 from crossdistill.model_outputs import predictions
 
-                heads.extend(_last_layers(predictions(out, output), layer_outputs))
+                # A layer the graph does not see would be walked past, to a layer before it.
+                heads.extend([_UNTRACED] if untraced else _last_layers(predictions(out, output), layer_outputs))
     finally:
         for h in handles:
             h.remove()
@@ -211,30 +216,45 @@ def _last_layers(pred: torch.Tensor, layer_outputs: Mapping[Any, str]) -> list[s
     return found
 
 
+_UNTRACED = "<untraced>"  # the output layers could not be followed
+
+
 @contextlib.contextmanager
 def _traced_mode() -> Iterator[None]:
-    """capture_mode, but with autograd on: `_reads_input` follows the graph it records."""
-    with fastpath_off(), torch.enable_grad():
+    """capture_mode, but with autograd on: `_reads_input` follows the graph it records. Only the
+    graph's structure is read, so no activation is kept for a backward (a volume net's pass kept
+    five times the memory of the plain one)."""
+    with fastpath_off(), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_drop, _drop):
         yield
 
 
-def _reads_input(x: Any, example: torch.Tensor, layer_outputs: set[Any]) -> bool:
-    """Whether `x` is computed from the model's input without passing through a watched layer:
-    back through its autograd graph, stopping at the layers' outputs. A stem conv after the
-    forward's own normalisation (`(x - mean) / std`) or a slice of stacked inputs reads the input."""
+def _drop(_: Any) -> None:
+    return None
+
+
+def _reads_input(x: Any, example: torch.Tensor, layer_outputs: Mapping[Any, str]) -> bool:
+    """Whether `x` is computed from the model's input alone, through no watched layer: back
+    through its autograd graph, the input reached and no layer's output on any path. A stem conv
+    after the forward's own normalisation (`(x - mean) / std`) or a slice of stacked inputs reads
+    the input; a conv after a residual from the input (`x + c1(x)`) or a concatenation of the
+    input with features does not."""
     if x is example:
         return True
     if not isinstance(x, torch.Tensor) or x.grad_fn is None:
         return False
     seen: set[Any] = set()
     todo = [x.grad_fn]
+    reached = False
     while todo:
         fn = todo.pop()
-        if fn is None or fn in seen or fn in layer_outputs:  # a dict: membership by grad_fn
+        if fn is None or fn in seen:
             continue
+        if fn in layer_outputs:
+            return False
         seen.add(fn)
         if getattr(fn, "variable", None) is example:  # the input's AccumulateGrad
-            return True
+            reached = True
+            continue
         todo.extend(f for f, _ in fn.next_functions)
-    return False
+    return reached
 

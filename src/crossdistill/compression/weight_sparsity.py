@@ -99,8 +99,8 @@ class WeightSparsity(CompressionMethod):
                             "the last layer (the classifier, or the output conv)", low=0, high=1, high_open=True)
     sparsity_pattern: str = param("layer", "the ratio per layer, or per output row", choices=PATTERNS)
     prune_first: bool = param(False, "prune the first conv too (the paper leaves it dense)")
-    prune_last: bool = param(False, "prune the last layer too (the one the forward runs last: the classifier, "
-                             "or an output conv)", show=False)
+    prune_last: bool = param(False, "prune the last layer too (of the layers making the predictions, the one "
+                             "the forward runs last: the classifier, or an output conv)", show=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
