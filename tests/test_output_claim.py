@@ -265,3 +265,18 @@ def test_a_writers_own_message_names_out_not_the_temporary_folder(tmp_path):
             raise CrossDistillError(f"cannot write {tmp / 'student.safetensors'}: File too large")
     assert str(caught.value) == f"cannot write {out / 'student.safetensors'}: File too large; nothing was written"
     assert not out.exists()
+
+
+def test_a_stop_whose_exception_was_lost_still_commits_nothing(tmp_path, monkeypatch):
+    """A signal that reached another thread is handled at the main thread's next check, which can
+    be inside a C extension that drops the SystemExit: the run then wrote its result and exited 0
+    (one time in four in the signal test above). The stop is remembered; the commit refuses."""
+    from crossdistill import stop_request
+
+    monkeypatch.setattr(stop_request, "_requested", [])
+    out = tmp_path / "runs" / "x"
+    with pytest.raises(SystemExit) as stopped:
+        with atomic_output_dir(out, False) as tmp:
+            (tmp / "report.json").write_text("{}")
+            stop_request.request(143)  # the handler ran; its exception never arrived
+    assert stopped.value.code == 143 and not out.exists() and _hidden(out.parent) == []

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from crossdistill import stop_request
 from crossdistill.errors import CrossDistillError
 
 try:  # POSIX; elsewhere runs are not locked against each other (the checks below still apply)
@@ -192,6 +193,7 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
         os.chmod(tmp, 0o777 & ~umask)
         try:
             yield tmp
+            stop_request.check()  # a stop whose exception was lost on the way: nothing is committed
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, CrossDistillError) and str(tmp) in str(exc):

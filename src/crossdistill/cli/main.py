@@ -81,9 +81,15 @@ def _exit_on_sigterm() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     # SIGHUP too: a closed terminal or a dropped ssh session.
+    from crossdistill import stop_request
+
+    def stop(code: int) -> None:
+        stop_request.request(code)  # kept, should the exception below be lost (stop_request.py)
+        sys.exit(code)
+
     for sig, code in ((signal.SIGTERM, 143), (getattr(signal, "SIGHUP", None), 129)):
         if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
-            signal.signal(sig, lambda *_, code=code: sys.exit(code))
+            signal.signal(sig, lambda *_, code=code: stop(code))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _exit_on_sigterm()
     try:
         with _one_line_warnings():
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+        from crossdistill import stop_request
+
+        return stop_request.requested() or status
     except CrossDistillError as exc:
         print(f"crossdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 
+from crossdistill import stop_request
 from crossdistill.config import CompressConfig
 from crossdistill.errors import CrossDistillError
 from crossdistill.outputs import output_lock
@@ -232,6 +233,7 @@ def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = Fals
         if backend is None:
             ctx = RunContext(db)
             for j, (i, cfg, h) in enumerate(todo):
+                stop_request.check()  # a stop whose exception was lost in the last run: none more
                 eta = ""
                 if durations:
                     eta = f"  ETA {fmt_duration(sum(durations) / len(durations) * (len(todo) - j))}"
