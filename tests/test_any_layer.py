@@ -686,14 +686,22 @@ def test_the_output_conv_of_a_dense_model_is_kept_like_a_classifier_and_only_ste
     assert video_rows["c3d"]["reason"] == "the first conv (prune_first=False)"
 
 
+def _sparsity_rows(model: nn.Module, x: torch.Tensor, **settings: object) -> dict[str, dict]:
+    """The sparsity report's layer rows, by name, of `model` compressed at 0.5 from all of `x`."""
+    import crossdistill
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, report = crossdistill.compress(model, x, n_samples=len(x), method="sparsity", sparsity=0.5,
+                                          show_progress=False, **settings)
+    return {r["name"]: r for r in report["sparsity"]["layers"]}
+
+
 @pytest.mark.parametrize("prelude", ["normalise", "in-place", "reshape"])
 def test_a_stem_after_the_forwards_own_normalisation_is_still_the_first_conv(prelude):
     """The first conv was the one reading the input tensor itself: a forward that normalised its
     input first (`(x - mean) / std`), or reshaped a latent, had its stem sparsified. A forward
     that changes its input in place (which autograd refuses to follow) is read the plain way."""
-    import warnings
-
-    import crossdistill
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -711,11 +719,7 @@ def test_a_stem_after_the_forwards_own_normalisation_is_still_the_first_conv(pre
 
     torch.manual_seed(0)
     x = torch.randn(16, 3 * 64) if prelude == "reshape" else torch.randn(16, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, report = crossdistill.compress(Net().eval(), x, n_samples=16, method="sparsity", sparsity=0.5,
-                                          show_progress=False)
-    rows = {r["name"]: r for r in report["sparsity"]["layers"]}
+    rows = _sparsity_rows(Net().eval(), x)
     assert rows["c1"]["reason"] == "the first conv (prune_first=False)" and rows["c2"]["status"] == "pruned"
 
 
@@ -723,10 +727,6 @@ def test_a_stem_after_the_forwards_own_normalisation_is_still_the_first_conv(pre
 def test_the_last_layer_kept_dense_is_the_one_making_the_scored_output(key, kept):
     """A model returning {'logits': fc(f), 'aux': aux(f)} runs its auxiliary head last: sparsity
     kept that head dense as 'the classifier' and pruned the real one."""
-    import warnings
-
-    import crossdistill
-
     class TwoHeads(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -738,11 +738,7 @@ def test_the_last_layer_kept_dense_is_the_one_making_the_scored_output(key, kept
             return {"logits": self.fc(f), "aux": self.aux(f)}
 
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, report = crossdistill.compress(TwoHeads().eval(), torch.randn(16, 3, 8, 8), n_samples=16,
-                                          method="sparsity", sparsity=0.5, output_key=key, show_progress=False)
-    rows = {r["name"]: r for r in report["sparsity"]["layers"]}
+    rows = _sparsity_rows(TwoHeads().eval(), torch.randn(16, 3, 8, 8), output_key=key)
     other = "aux" if kept == "fc" else "fc"
     assert rows[kept]["reason"] == "the last linear, the classifier (prune_last=False)"
     assert rows[other]["status"] == "pruned"
@@ -752,10 +748,6 @@ def test_a_conv_after_a_residual_from_the_input_is_not_a_first_conv():
     """`y = x + c1(x); y = y + c2(y)`: every conv had a layer-free path back to the input and was
     kept dense as 'a first conv', so sparsity found nothing to prune. Only a conv whose input is
     the input alone, through no layer on any path, is a stem."""
-    import warnings
-
-    import crossdistill
-
     class Residual(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -769,11 +761,7 @@ def test_a_conv_after_a_residual_from_the_input_is_not_a_first_conv():
             return self.fc(y.mean((2, 3)))
 
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, report = crossdistill.compress(Residual().eval(), torch.randn(16, 4, 8, 8), n_samples=16,
-                                          method="sparsity", sparsity=0.5, show_progress=False)
-    rows = {r["name"]: r for r in report["sparsity"]["layers"]}
+    rows = _sparsity_rows(Residual().eval(), torch.randn(16, 4, 8, 8))
     assert rows["c1"]["reason"] == "the first conv (prune_first=False)"
     assert rows["c2"]["status"] == rows["c3"]["status"] == "pruned"
 
@@ -782,11 +770,7 @@ def test_a_forward_checkpointed_out_of_the_graph_keeps_its_classifier_dense():
     """Layers run inside a reentrant checkpoint leave no graph to follow: the walk from the
     predictions passed them and named the stem 'the last layer'. The output layers are not used
     then, and the last layer is the one run last."""
-    import warnings
-
     from torch.utils.checkpoint import checkpoint
-
-    import crossdistill
 
     class Checkpointed(nn.Module):
         def __init__(self) -> None:
@@ -801,10 +785,6 @@ def test_a_forward_checkpointed_out_of_the_graph_keeps_its_classifier_dense():
             return self.fc(torch.relu(self.c2(f)).mean((2, 3)))
 
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, report = crossdistill.compress(Checkpointed().eval(), torch.randn(16, 3, 8, 8), n_samples=16,
-                                          method="sparsity", sparsity=0.5, show_progress=False)
-    rows = {r["name"]: r for r in report["sparsity"]["layers"]}
+    rows = _sparsity_rows(Checkpointed().eval(), torch.randn(16, 3, 8, 8))
     assert rows["fc"]["reason"] == "the last linear, the classifier (prune_last=False)"
     assert rows["c1"]["reason"] == "the first conv (prune_first=False)"

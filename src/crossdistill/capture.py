@@ -274,8 +274,8 @@ def unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The layer's weight as the (out, in·k…) matrix W of `Y = W X` (per conv group: a grouped
-    conv's rows see in/groups channels). A transposed conv keeps its weight as (in, out/groups,
+    """The layer's weight as the (out, in·k…) matrix W of `Y = W X`, a row per output channel
+    (per conv group: a grouped conv's rows see in/groups channels; a norm's, its scale). A transposed conv keeps its weight as (in, out/groups,
     k…): its matrix is that transposed within each group."""
     w = module.weight.detach()
     if isinstance(module, TRANSPOSED):
@@ -302,11 +302,6 @@ def dense_weight_matrix(module: nn.Module) -> torch.Tensor:
     if groups == 1:
         return w
     return torch.block_diag(*w.chunk(groups, 0))
-
-
-def out_channel_rows(module: nn.Module) -> torch.Tensor:
-    """(out channels, …): each output channel's weights, for norm-based channel scores."""
-    return weight_matrix(module)
 
 
 def in_channel_rows(module: nn.Module) -> torch.Tensor:

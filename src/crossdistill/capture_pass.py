@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -125,7 +125,7 @@ def inputs_and_outputs(model: nn.Module, names: list[str], fn: Callable[[Any], A
     return box, outputs
 
 
-def count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Module, str]],
+def count_calls(model: nn.Module, example: Any, watched: Sequence[tuple[nn.Module, str]],
                 input_readers: list[str] | None = None,
                 input_shapes: dict[str, set[tuple[int, ...]]] | None = None,
                 output_layers: list[str] | None = None, output: str | None = None) -> dict[str, int]:
@@ -153,13 +153,13 @@ def count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Modul
             input_readers.extend(readers)  # type: ignore[union-attr]
             if input_shapes is not None:
                 input_shapes.update(shapes)
-            if output_layers is not None and heads != [_UNTRACED]:
+            if output_layers is not None:
                 output_layers.extend(heads)
             return calls
     return _count_calls(model, example, watched, input_readers, input_shapes, traced=False)
 
 
-def _count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Module, str]],
+def _count_calls(model: nn.Module, example: Any, watched: Sequence[tuple[nn.Module, str]],
                  input_readers: list[str] | None, input_shapes: dict[str, set[tuple[int, ...]]] | None,
                  traced: bool, heads: list[str] | None = None, output: str | None = None) -> dict[str, int]:
     calls: dict[str, int] = {}
@@ -189,8 +189,10 @@ def _count_calls(model: nn.Module, example: Any, watched: Iterable[tuple[nn.Modu
             if heads is not None:
                 from crossdistill.model_outputs import predictions
 
-                # A layer the graph does not see would be walked past, to a layer before it.
-                heads.extend([_UNTRACED] if untraced else _last_layers(predictions(out, output), layer_outputs))
+                # A layer the graph does not see would be walked past, to a layer before it: then
+                # none is named (the caller's rule for no output layers applies).
+                if not untraced:
+                    heads.extend(_last_layers(predictions(out, output), layer_outputs))
     finally:
         for h in handles:
             h.remove()
@@ -214,9 +216,6 @@ def _last_layers(pred: torch.Tensor, layer_outputs: Mapping[Any, str]) -> list[s
             continue
         todo.extend(f for f, _ in fn.next_functions)
     return found
-
-
-_UNTRACED = "<untraced>"  # the output layers could not be followed
 
 
 @contextlib.contextmanager

@@ -61,6 +61,7 @@ class MomentAccumulator:
     def __init__(self, module: nn.Module, chunk_images: int = CHUNK_IMAGES) -> None:
         self.module = module
         self.chunk = chunk_images
+        self._sized = False
         self.groups = conv_groups(module)
         self._tt: torch.Tensor | None = None
         self._ss: torch.Tensor | None = None
@@ -74,7 +75,9 @@ class MomentAccumulator:
         if x_teacher.dim() == 4 and conv_gram.applies(self.module, *x_teacher.shape[2:]):
             self._add_shifted(x_teacher, x_student)
             return
-        chunk = images_per_chunk(self.module, x_teacher, self.chunk)
+        if not self._sized:  # once: a layer's batches differ in their count only
+            self.chunk, self._sized = images_per_chunk(self.module, x_teacher, self.chunk), x_teacher.shape[0] > 0
+        chunk = self.chunk
         for start in range(0, x_teacher.shape[0], chunk):
             pt = patches(self.module, x_teacher[start : start + chunk].float())
             ps = patches(self.module, x_student[start : start + chunk].float())

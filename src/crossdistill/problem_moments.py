@@ -47,6 +47,7 @@ class ProblemAccumulator:
             raise ValueError("an objective of no terms")
         self.module = module
         self.chunk = chunk_images
+        self._sized = False
         self.groups = conv_groups(module)
         self.terms = [(float(w), float(a), float(b)) for w, a, b in terms]
         self.w32 = w_teacher.detach().float()  # (out, D): the products run in float32, as the moments'
@@ -72,7 +73,9 @@ class ProblemAccumulator:
         # one shared Gram T, and B = W^t T, c = tr(W^t T W^tᵀ) from it, keep it so (a rounding
         # residue there would be the whole loss, and a negative one).
         same = torch.equal(x_teacher, x_student)
-        chunk = images_per_chunk(self.module, x_teacher, self.chunk)
+        if not self._sized:  # once: a layer's batches differ in their count only
+            self.chunk, self._sized = images_per_chunk(self.module, x_teacher, self.chunk), x_teacher.shape[0] > 0
+        chunk = self.chunk
         for start in range(0, x_teacher.shape[0], chunk):
             xt = x_teacher[start : start + chunk].float()
             xs = x_student[start : start + chunk].float()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from crossdistill.capture import (SOLVABLE, forward_calls, forward_order, get_module, group_size, in_channel_rows,
-                                  out_channel_rows)
+                                  weight_matrix)
 from crossdistill.checks import model_copy
 from crossdistill.compression.graph_channels import ChannelGroup, channel_groups, slim_groups
 from crossdistill.compression.coverage import CompressionWarning
@@ -172,7 +172,7 @@ def _select_l1(g: ChannelGroup, student: nn.Module, keep: int) -> list[int]:
     """Li et al. 2017 on a group: the units whose producers' filters have the largest L1 norm."""
     scores = torch.zeros(g.width, dtype=torch.float64, device="cpu")  # a few numbers per unit
     for p in g.producers:
-        per_out = out_channel_rows(get_module(student, p.name)).to("cpu", torch.float64).abs().sum(1)
+        per_out = weight_matrix(get_module(student, p.name)).to("cpu", torch.float64).abs().sum(1)
         for u, chans in enumerate(p.channels):
             scores[u] += per_out[list(chans)].sum()
     return torch.sort(torch.topk(scores, keep).indices).values.tolist()
@@ -192,7 +192,7 @@ def group_magnitude(g: ChannelGroup, model: nn.Module, keep: int) -> list[int]:
             if w is None:
                 continue
             if role == "out" or role == "norm":
-                per_ch = out_channel_rows(mod).to(torch.float64).pow(2).sum(1)
+                per_ch = weight_matrix(mod).to(torch.float64).pow(2).sum(1)
             elif w.dim() > 1 and (getattr(mod, "groups", 1) == 1):
                 per_ch = in_channel_rows(mod).to(torch.float64).pow(2).sum(1)
             else:

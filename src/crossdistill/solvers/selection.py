@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from crossdistill.capture import out_channel_rows
+from crossdistill.capture import weight_matrix
 from crossdistill.errors import CrossDistillError
 from crossdistill.params import param
 from crossdistill.problem import QuadraticProblem
@@ -31,7 +31,7 @@ def select_l1(problem: QuadraticProblem, task: LayerTask, student: nn.Module) ->
     """Li et al. 2017: keep the producer's filters with the largest L1 norm."""
     if task.producer is None:
         return select_weight_norm(problem, task, student)
-    scores = out_channel_rows(student.get_submodule(task.producer)).abs().sum(1)
+    scores = weight_matrix(student.get_submodule(task.producer)).abs().sum(1)
     return _top(scores, task.keep)
 
 
@@ -58,7 +58,7 @@ def select_tp_magnitude(problem: QuadraticProblem, task: LayerTask, student: nn.
     layers = [reader / 1.0]
     for name in (task.producer, task.bn):
         if name is not None:
-            layers.append(out_channel_rows(student.get_submodule(name)).to(reader.dtype).pow(2).sum(1))
+            layers.append(weight_matrix(student.get_submodule(name)).to(reader.dtype).pow(2).sum(1))
     return _top(torch.stack(layers).mean(0), task.keep)
 
 
