@@ -18,9 +18,9 @@ from torch import nn
 
 class ViT(nn.Module):
     def __init__(self, num_classes: int = 10, image: int = 32, patch: int = 4, dim: int = 192, depth: int = 6,
-                 heads: int = 3, mlp: int = 4) -> None:
+                 heads: int = 3, mlp: int = 4, channels: int = 3) -> None:
         super().__init__()
-        self.patch = nn.Conv2d(3, dim, patch, stride=patch)
+        self.patch = nn.Conv2d(channels, dim, patch, stride=patch)
         self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2, dim) * 0.02)
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(dim, heads, mlp * dim, dropout=0.0, activation="gelu", batch_first=True,

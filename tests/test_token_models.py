@@ -290,13 +290,22 @@ def test_an_attention_model_whose_onnx_graph_fixes_the_length_says_so(tmp_path, 
 
 
 def test_a_steep_uniform_keep_forced_by_a_flops_target_is_named():
-    # Only the MLP hidden units of the encoder can be pruned: 60 % of the FLOPs leaves them a quarter.
+    # With the attention's heads whole, only the MLP hidden units of the encoder can be pruned:
+    # 60 % of the FLOPs leaves them a quarter.
     teacher = TextEncoder().eval()
     ids, labels = _sentences(60, 1)
     with pytest.warns(UserWarning, match=r"reaching 0.6 of the FLOPs keeps only 2\d\.\d% of every prunable channel "
                                          r"group's units \(1 group; the rest of the model is left whole\)"):
+        _, report = crossdistill.compress(teacher, ids, labels=labels, shots=4, flops=0.6, prune_heads=False,
+                                          show_progress=False)
+    assert report["student"]["flops"] <= 0.6 * report["teacher"]["flops"]
+    # Its heads share the cut (2 groups), so the same target keeps more of each.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
         _, report = crossdistill.compress(teacher, ids, labels=labels, shots=4, flops=0.6, show_progress=False)
     assert report["student"]["flops"] <= 0.6 * report["teacher"]["flops"]
+    pruned = {g.get("heads_of", "mlp"): (g["width"], g["kept"]) for g in report["channel_groups"]["pruned"]}
+    assert set(pruned) == {"attn", "mlp"} and pruned["attn"][0] == 4 and pruned["mlp"][0] == 48
 
 
 def test_the_command_line_refuses_a_token_id_model_with_the_way_out(tmp_path, capsys):

@@ -38,6 +38,9 @@ class ChannelPruning(CompressionMethod):
     refit: bool = param(False, "also re-solve every ungrouped conv after the first that is not pruned (Linear "
                         "and grouped layers keep the teacher's weights)", show=False)
     prune_classifier: bool = param(False, "also prune the channels that the classifier reads", show=False)
+    prune_heads: bool = param(True, "also prune the heads of every nn.MultiheadAttention, a head at a time (its "
+                              "q/k/v rows and out_proj columns), keeping the same share as of channels",
+                              show=False)
     flops: float | None = param(None, "instead of keep: the share of the teacher's FLOPs to keep, with one keep "
                                 "ratio for every group, found by bisection", low=0, low_open=True, high=1)
     parameters: float | None = param(None, "instead of keep: the share of the teacher's parameters to keep (as "
@@ -108,12 +111,13 @@ class ChannelPruning(CompressionMethod):
         memo: dict[Any, Any] = {}  # one trace for every plan below: the model does not change meanwhile
         keep = self.keep if target is None else ratio_for_flops(model, self._example, target[1],
                                                                 self.prune_classifier, measure=target[0],
+                                                                prune_heads=self.prune_heads,
                                                                 warn=self.budget == "uniform", memo=memo)
         counts = keep_counts(keep, model, named)
         if self.budget == "global":
             counts = self._global_counts(model, counts, memo)
         self._plan = plan_graph_channels(model, self._example, counts, prune_classifier=self.prune_classifier,
-                                         memo=memo)
+                                         prune_heads=self.prune_heads, memo=memo)
         if not self._plan.groups:
             raise nothing_to_prune(model, self._plan)
         tasks = plan_tasks(self._plan, model)
@@ -138,7 +142,7 @@ class ChannelPruning(CompressionMethod):
         assert self._images is not None and self._example is not None
         start = time.perf_counter()
         full = plan_graph_channels(model, self._example, lambda g: g.width, prune_classifier=self.prune_classifier,
-                                   memo=memo)
+                                   prune_heads=self.prune_heads, memo=memo)
         fm = _cost_model(model, self._example, full.groups, "params" if self.parameters is not None else "flops",
                          memo)
         removed_uniform = {}
@@ -209,13 +213,14 @@ STEEP_KEEP = 0.25
 
 def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune_classifier: bool,
                     steps: int = 20, measure: str = "flops", warn: bool = False,
-                    memo: dict[Any, Any] | None = None) -> float:
+                    memo: dict[Any, Any] | None = None, prune_heads: bool = True) -> float:
     """The largest uniform keep ratio whose slimmed model has at most `share` of the FLOPs (or,
     with measure 'params', of the parameters), counted without slimming (compression/flops.py);
     bisection on the ratio. `warn`: say so when that ratio is steep (below STEEP_KEEP)."""
     from crossdistill.compression.channels import keep_count
 
-    plan = plan_graph_channels(model, example, lambda g: g.width, prune_classifier=prune_classifier, memo=memo)
+    plan = plan_graph_channels(model, example, lambda g: g.width, prune_classifier=prune_classifier, memo=memo,
+                               prune_heads=prune_heads)
     if not plan.groups:
         raise nothing_to_prune(model, plan)  # why, rather than "keeping one unit leaves 1.000"
     fm = _cost_model(model, example, plan.groups, measure, memo)

@@ -72,6 +72,12 @@ class FlopModel:
                  for gid, g in groups.items()}
         writes = {gid: [(lc.name, sum(len(u) for u in lc.channels) / g.width) for lc in g.producers]
                   for gid, g in groups.items()}
+        for gid, g in groups.items():
+            if g.attention in leaves:
+                # Its projections, scores and out_proj all run inside the attention (none is
+                # called as a module): its own FLOPs go with the heads it keeps.
+                width_out[g.attention] = g.width
+                writes[gid].append((g.attention, 1.0))
         return cls(leaves, width_in, width_out, depthwise, reads, writes, {gid: g.width for gid, g in groups.items()})
 
     @classmethod
@@ -107,11 +113,18 @@ class FlopModel:
                 base[name], width_in[name], width_out[name] = float(sum(p.numel() for p in own)), 1, c
                 flat.add(name)
                 counted.update(id(p) for p in own)
+        heads = {g.attention: g.width for g in groups.values() if g.attention}
+        for name, width in heads.items():
+            # Its q/k/v projections (packed or not, with their biases) lose a head's rows per head.
+            own = [p for p in get_module(model, name).parameters(recurse=False) if id(p) not in counted]
+            base[name], width_in[name], width_out[name] = float(sum(p.numel() for p in own)), 1, width
+            flat.add(name)
+            counted.update(id(p) for p in own)
         rest = float(sum(p.numel() for p in model.parameters() if id(p) not in counted))
         base["#rest"], width_in["#rest"], width_out["#rest"] = rest, 1, 1
         flat.add("#rest")
         writes = {gid: [(lc.name, sum(len(u) for u in lc.channels) / g.width) for lc in (*g.producers, *g.norms)]
-                  for gid, g in groups.items()}
+                  + ([(g.attention, 1.0)] if g.attention else []) for gid, g in groups.items()}
         # A producer's bias has its output channels.
         for gid, g in groups.items():
             writes[gid] += [(f"{lc.name}#bias", sum(len(u) for u in lc.channels) / g.width)

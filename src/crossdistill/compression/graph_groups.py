@@ -8,13 +8,14 @@ slimming that removes its channels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch_pruning import ops as tp_ops
 
 from crossdistill.capture import SOLVABLE, own_weight_reason
+from crossdistill.compression.attention_heads import head_pruning_reason
 from crossdistill.compression.graph_ops import DUMMY, Graph
 from crossdistill.compression.graph_ties import NORMS, _is_out, _same_channel, _structure, _TPGroup, _tp_groups, _Union
 from crossdistill.compression.graph_trace import trace
@@ -38,7 +39,8 @@ class ChannelGroup:
     is both a producer and a consumer (its inputs and outputs go together). `exact` is False
     when a LayerNorm normalises over the channels: dropping some then changes the others'
     statistics, so the slimmed model is not the masked one (a GroupNorm's units are its whole
-    groups, which keeps it exact)."""
+    groups, which keeps it exact). A group of an attention's heads (`attention` names it) has
+    units of `head_dim` channels: rows of its q/k/v projections, columns of its out_proj."""
 
     id: int
     width: int                               # group channels (units) that can be kept or dropped
@@ -49,6 +51,7 @@ class ChannelGroup:
     prunable: bool
     reason: str                              # why not, when not prunable
     exact: bool                              # dropping == zeroing the consumers' columns (no LayerNorm)
+    attention: str = ""                      # the nn.MultiheadAttention whose heads the units are
 
 
 @dataclass
@@ -77,7 +80,8 @@ def _role(graph: Graph, dep: Any, reasons: list[str]) -> str | None:
     if name in graph.tied:
         reasons.append(f"layer {name}: {graph.tied[name]}")
     if isinstance(mod, tp_ops.TORCH_MHA):
-        reasons.append(f"attention projection (MultiheadAttention packed in_proj): {name}")
+        # Its embed_dim: the width of its query input and its output (its heads are a group of their own).
+        reasons.append(f"read and written by attention {name} (MultiheadAttention's embed_dim)")
     elif isinstance(mod, (tp_ops.TORCH_LSTM, tp_ops.TORCH_EMBED)):
         reasons.append(f"unsupported layer: {type(mod).__name__} {name}")
     elif isinstance(mod, tp_ops.TORCH_CONV):
@@ -140,6 +144,9 @@ def _plan(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]
         plan.unit_of.update({e: index[u] for e, u in unit_of.items() if e[0] in gs})
         plan.members.append(gs)
         plan.groups.append(_group(graph, gid, gs, tpgs, plan.unit_of, len(units), bad, set(ignored)))
+    for group in head_groups(model, graph.calls, len(plan.groups), set(ignored)):
+        plan.members.append([])  # no Torch-Pruning group: attention_heads slims it
+        plan.groups.append(group)
     return plan
 
 
@@ -177,6 +184,35 @@ def _group(graph: Graph, gid: int, gs: list[int], tpgs: list[_TPGroup], unit_of:
         depthwise=tuple(lc.name for lc in producers if ("dw", lc.name) in layers),
         prunable=not reasons, reason="; ".join(reasons), exact=exact,
     )
+
+
+def head_groups(model: nn.Module, calls: Mapping[nn.Module, int], first_id: int,
+                ignored: set[str]) -> list[ChannelGroup]:
+    """One group per `nn.MultiheadAttention` of `model` (ids from `first_id`): its heads as units
+    of `head_dim` channels, written by its q/k/v projections and read by its out_proj. `calls`:
+    how many times the traced forward ran each module."""
+    groups = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.MultiheadAttention):
+            continue
+        h, d = mod.num_heads, mod.head_dim
+        reasons = [r for r in (head_pruning_reason(mod),) if r]
+        runs = calls.get(mod, 0)
+        if runs == 0:
+            reasons.append(f"attention {name} did not run in the traced forward")
+        elif runs > 1:
+            reasons.append(f"attention {name} runs more than once (shared weights)")
+        layers = [f"{name}.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        reasons += [f"touches ignored layer {n}" for n in layers if n in ignored]
+        if name in ignored:
+            reasons.append(f"touches ignored layer {name}")
+        units = tuple(tuple(range(i * d, (i + 1) * d)) for i in range(h))
+        groups.append(ChannelGroup(
+            id=first_id + len(groups), width=h,
+            producers=tuple(LayerChannels(n, units) for n in layers[:3]),
+            consumers=(LayerChannels(layers[3], units),), norms=(), depthwise=(),
+            prunable=not reasons, reason="; ".join(reasons), exact=True, attention=name))
+    return groups
 
 
 def channel_groups(model: nn.Module, example_inputs: torch.Tensor, *, ignored: Sequence[str] = ()) -> list[ChannelGroup]:

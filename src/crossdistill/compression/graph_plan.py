@@ -143,6 +143,7 @@ class GraphChannelPlan:
     def summary(self) -> dict[str, Any]:
         pruned = [{"group": gid, "width": self.groups[gid].width, "kept": len(self.kept.get(gid, [])),
                    **_unit_size(self.groups[gid]),
+                   **({"heads_of": self.groups[gid].attention} if self.groups[gid].attention else {}),
                    "readers": self.readers[gid], "producers": [p.name for p in self.groups[gid].producers],
                    **({} if self.readers[gid] else {"note": "no dense reader to re-solve: producers' L1 chose"})}
                   for gid in sorted(self.groups)]
@@ -302,8 +303,10 @@ def _maybe_read_by(g: ChannelGroup, model: nn.Module, never: Mapping[str, tuple[
 
 
 def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[[ChannelGroup], int | None], *,
-                        prune_classifier: bool = False, memo: dict[Any, Any] | None = None) -> GraphChannelPlan:
-    """Groups of `model` and how many units each keeps (`keep(group)`; None leaves it whole).
+                        prune_classifier: bool = False, memo: dict[Any, Any] | None = None,
+                        prune_heads: bool = True) -> GraphChannelPlan:
+    """Groups of `model` and how many units each keeps (`keep(group)`; None leaves it whole;
+    an attention's heads too unless `prune_heads` is off).
     `memo`: a dict shared by the plans of one model in one state (a FLOPs target or a global
     budget plans it two or three times), which keeps the trace and the slimming checks, the
     slow part, from being made again."""
@@ -331,6 +334,8 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
             # a concatenation whose parts straddle the groups of a grouped conv.
             reason = (f"its units reach {', '.join(uneven)} as unequal channel sets (a concatenation "
                       "that straddles the groups of a grouped conv)")
+        if not reason and g.attention and not prune_heads:
+            reason = "attention heads (prune_heads is off)"
         if not reason and classifier in {c.name for c in g.consumers} and not prune_classifier:
             reason = f"feeds the classifier {classifier} (prune_classifier is off)"
         if not reason:

@@ -1,0 +1,245 @@
+"""Attention heads as channel groups (compression/attention_heads.py): a HeadPrunedAttention with
+every head is the nn.MultiheadAttention it replaces, one with fewer heads is the attention with
+those heads' out_proj columns zeroed, and channel pruning finds, prunes, saves and counts heads."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import crossdistill
+from crossdistill.compression.attention_heads import HeadPrunedAttention, slim_heads
+from crossdistill.compression.coverage import CompressionWarning
+from crossdistill.compression.flops import FlopModel
+from crossdistill.compression.graph_channels import channel_groups, mask_groups, slim_groups
+from crossdistill.compression.graph_plan import plan_graph_channels
+from crossdistill.errors import CrossDistillError
+from crossdistill.flop_counter import counting_flops
+
+E, H, L, S, N = 24, 4, 5, 7, 3
+
+
+def attention(batch_first: bool = True, **kw) -> nn.MultiheadAttention:
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(E, H, batch_first=batch_first, **kw).eval()
+    with torch.no_grad():
+        for p in mha.parameters():
+            p.normal_(0, 0.3)  # biases too: torch starts them at zero, which would hide a lost bias
+    return mha
+
+
+def inputs(batch_first: bool, kdim: int = E, vdim: int = E, batched: bool = True):
+    gen = torch.Generator().manual_seed(1)
+    shape = (lambda n, t, d: (n, t, d) if batch_first else (t, n, d)) if batched else (lambda n, t, d: (t, d))
+    return (torch.randn(shape(N, L, E), generator=gen), torch.randn(shape(N, S, kdim), generator=gen),
+            torch.randn(shape(N, S, vdim), generator=gen))
+
+
+def masks(kind: str, batched: bool = True):
+    gen = torch.Generator().manual_seed(2)
+    n = N if batched else 1
+    if kind == "none":
+        return {}
+    if kind == "bool2d":
+        m = torch.rand(L, S, generator=gen) > 0.7
+        m[:, 0] = False  # every query sees a key: no all-masked row (NaN in torch too)
+        return {"attn_mask": m}
+    if kind == "float2d":
+        return {"attn_mask": torch.randn(L, S, generator=gen)}
+    if kind == "per_head":
+        # One mask per (sample, head): slicing the wrong heads' masks changes the output.
+        m = torch.rand(n * H, L, S, generator=gen) > 0.5
+        m[..., 0] = False
+        return {"attn_mask": m if batched else m}
+    if kind == "padding":
+        kpm = torch.zeros(n, S, dtype=torch.bool)
+        kpm[:, -2:] = True
+        return {"key_padding_mask": kpm if batched else kpm[0]}
+    if kind == "float_padding":
+        return {"key_padding_mask": torch.randn(n, S, generator=gen) if batched else torch.randn(S, generator=gen)}
+    raise AssertionError(kind)
+
+
+CASES = [
+    # (batch_first, kdim/vdim, bias, mask kind, need_weights, average, batched)
+    (True, None, True, "none", False, True, True),
+    (False, None, True, "bool2d", True, True, True),
+    (True, None, False, "float2d", True, False, True),
+    (True, (10, 12), True, "per_head", False, True, True),
+    (False, (10, 12), True, "padding", True, True, True),
+    (True, None, True, "float_padding", False, True, True),
+    (True, None, True, "per_head", True, False, False),
+    (True, None, True, "padding", False, True, False),
+]
+
+
+def zeroed(mha: nn.MultiheadAttention, kept: list[int]) -> nn.MultiheadAttention:
+    """The attention with the dropped heads' out_proj columns zeroed: what mask_groups makes."""
+    out = attention(mha.batch_first, kdim=mha.kdim, vdim=mha.vdim, bias=mha.out_proj.bias is not None)
+    out.load_state_dict(mha.state_dict())
+    d = mha.head_dim
+    with torch.no_grad():
+        for h in range(mha.num_heads):
+            if h not in kept:
+                out.out_proj.weight[:, h * d:(h + 1) * d] = 0
+    return out
+
+
+@pytest.mark.parametrize("batch_first,dims,bias,mask,need_weights,average,batched", CASES)
+@pytest.mark.parametrize("kept", [[0, 1, 2, 3], [1, 3]])
+def test_pruned_attention_is_the_attention_with_its_dropped_heads_zeroed(batch_first, dims, bias, mask, need_weights,
+                                                                          average, batched, kept):
+    kdim, vdim = dims or (None, None)
+    mha = attention(batch_first, kdim=kdim, vdim=vdim, bias=bias)
+    q, k, v = inputs(batch_first, kdim or E, vdim or E, batched)
+    kw = {**masks(mask, batched), "need_weights": need_weights, "average_attn_weights": average}
+    reference = zeroed(mha, kept)
+    pruned = HeadPrunedAttention.from_attention(mha, kept)
+    assert pruned.num_heads == len(kept) and pruned.q_proj.out_features == len(kept) * E // H
+    with torch.no_grad():
+        want, want_w = reference(q, k, v, **kw)
+        got, got_w = pruned(q, k, v, **kw)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if need_weights and len(kept) == H:
+        torch.testing.assert_close(got_w, want_w, atol=1e-6, rtol=1e-5)
+    elif need_weights and not average:
+        torch.testing.assert_close(got_w, want_w[..., kept, :, :], atol=1e-6, rtol=1e-5)
+    else:
+        assert got_w is None if not need_weights else got_w.shape == want_w.shape
+
+
+def test_pruned_attention_trains_through_its_linears_with_dropout():
+    mha = attention(dropout=0.5).train()
+    pruned = HeadPrunedAttention.from_attention(mha, [0, 2]).train()
+    q, k, v = inputs(True)
+    torch.manual_seed(3)
+    a = pruned(q, k, v, need_weights=False)[0]
+    torch.manual_seed(4)
+    b = pruned(q, k, v, need_weights=False)[0]
+    assert not torch.allclose(a, b)  # dropout on the attention weights is on in training mode
+    a.sum().backward()
+    assert pruned.q_proj.weight.grad is not None and pruned.out_proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        pruned.eval()
+        torch.testing.assert_close(pruned(q, k, v)[0], zeroed(mha.eval(), [0, 2])(q, k, v)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_bad_head_lists_and_unprunable_attentions_are_refused():
+    with pytest.raises(CrossDistillError, match="distinct, within 0..3"):
+        HeadPrunedAttention.from_attention(attention(), [0, 4])
+    with pytest.raises(CrossDistillError, match="distinct"):
+        HeadPrunedAttention.from_attention(attention(), [1, 1])
+    with pytest.raises(CrossDistillError, match="add_bias_kv"):
+        HeadPrunedAttention.from_attention(attention(add_bias_kv=True), [0])
+
+
+class Encoder(nn.Module):
+    """An encoder whose padding mask lets torch.nn.TransformerEncoder run its nested-tensor path."""
+
+    def __init__(self, share: bool = False, **attn) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, E)
+        layer = nn.TransformerEncoderLayer(E, H, 2 * E, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+        self.extra = nn.MultiheadAttention(E, H, batch_first=True, **attn)
+        self.share = share
+        self.head = nn.Linear(E, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        pad[:, -3:] = True
+        h = self.enc(self.embed(x), src_key_padding_mask=pad)
+        # The padded positions are zeros on the nested-tensor path and not on the others, so a
+        # model that reads them (no key_padding_mask here) would differ between the two in torch too.
+        h = h + self.extra(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        if self.share:
+            h = h + self.extra(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        return self.head(h[:, 0])
+
+
+def encoder(**kw) -> Encoder:
+    torch.manual_seed(0)
+    model = Encoder(**kw).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model
+
+
+def test_heads_are_channel_groups_and_slimming_them_is_masking_them():
+    model, x = encoder(), torch.randn(4, 10, 6)
+    heads = {g.attention: g for g in channel_groups(model, x) if g.attention}
+    assert set(heads) == {"enc.layers.0.self_attn", "enc.layers.1.self_attn", "extra"}
+    g = heads["enc.layers.1.self_attn"]
+    assert g.prunable and g.width == H and g.exact
+    assert [p.name for p in g.producers] == [f"enc.layers.1.self_attn.{p}_proj" for p in "qkv"]
+    assert [c.name for c in g.consumers] == ["enc.layers.1.self_attn.out_proj"]
+    assert g.consumers[0].channels[2] == tuple(range(12, 18))  # head 2: columns 2d..3d
+    kept = {heads["enc.layers.0.self_attn"].id: [3], g.id: [0, 2], heads["extra"].id: [1, 2, 3]}
+    groups = channel_groups(model, x)
+    with torch.no_grad():
+        want = mask_groups(model, groups, kept)(x)
+    slim_groups(model, x, kept)  # compares with the masked model itself too
+    assert [type(model.enc.layers[i].self_attn) for i in (0, 1)] == [HeadPrunedAttention] * 2
+    assert model.enc.layers[1].self_attn.kept_heads == [0, 2] and model.extra.num_heads == 3
+    assert model.enc.use_nested_tensor is False  # its layers take dense tensors now
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, atol=1e-5, rtol=1e-5)
+
+
+def test_attentions_whose_heads_cannot_go_say_why():
+    for kw, why in (({"share": True}, "runs more than once"), ({"add_bias_kv": True}, "add_bias_kv")):
+        model, x = encoder(**kw), torch.randn(2, 10, 6)
+        extra = next(g for g in channel_groups(model, x) if g.attention == "extra")
+        assert not extra.prunable and why in extra.reason
+    model, x = encoder(), torch.randn(2, 10, 6)
+    plan = plan_graph_channels(model, x, lambda g: g.width // 2, prune_heads=False)
+    assert not any(g.attention for g in plan.groups.values())
+    assert sum("prune_heads is off" in e["reason"] for e in plan.left_whole) == 3
+
+
+def test_the_flops_and_parameter_models_count_what_slimming_removes():
+    model, x = encoder(), torch.randn(1, 10, 6)
+    groups = {g.id: g for g in channel_groups(model, x) if g.prunable}
+    removed = {gid: (g.width // 2 if g.attention else g.width // 4) for gid, g in groups.items()}
+    kept = {gid: list(range(g.width - removed[gid])) for gid, g in groups.items()}
+    flops, params = FlopModel.of(model, x, groups), FlopModel.params_of(model, groups)
+    predicted = flops.flops(removed), params.flops(removed)
+    slim_groups(model, x, kept)
+    with torch.no_grad(), counting_flops() as counter:
+        model(x)
+    counted = counter.get_total_flops(), sum(p.numel() for p in model.parameters())
+    assert counted[1] == predicted[1]
+    # The attention's out_proj bias add and softmax are not per head: within a percent.
+    assert abs(counted[0] - predicted[0]) <= 0.01 * counted[0]
+
+
+def test_compress_prunes_heads_saves_and_loads_the_student(tmp_path):
+    teacher = encoder()
+    factory = tmp_path / "enc.py"
+    factory.write_text(f"import sys\nsys.path.insert(0, {str(tmp_path.parent)!r})\n"
+                       f"from {__name__} import encoder\n\ndef make():\n    return encoder()\n")
+    teacher.crossdistill_factory = f"{factory}:make"
+    x, y = torch.randn(40, 10, 6), torch.arange(40) % 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompressionWarning)
+        student, report = crossdistill.compress(teacher, x, labels=y, shots=8, keep=0.5, show_progress=False)
+    attn = student.enc.layers[0].self_attn
+    assert isinstance(attn, HeadPrunedAttention) and attn.num_heads == H // 2
+    heads = [g for g in report["channel_groups"]["pruned"] if "heads_of" in g]
+    assert sorted(g["heads_of"] for g in heads) == ["enc.layers.0.self_attn", "enc.layers.1.self_attn", "extra"]
+    assert all(g["kept"] == H // 2 and g["channels_per_unit"] == E // H for g in heads)
+    out_proj = {r["name"]: r for r in report["layers"]}["extra.out_proj"]
+    assert len(out_proj["kept"]) == E // 2  # its columns of the two kept heads, re-solved
+    loaded = crossdistill.load(crossdistill.save(student, tmp_path / "s.safetensors"))
+    assert isinstance(loaded.extra, HeadPrunedAttention) and loaded.extra.kept_heads == student.extra.kept_heads
+    with torch.inference_mode():
+        assert torch.equal(loaded(x[:5]), student(x[:5]))
+
+
+def test_slim_heads_names_a_layer_that_is_no_attention():
+    with pytest.raises(CrossDistillError, match="not an nn.MultiheadAttention"):
+        slim_heads(encoder(), "head", [0])
