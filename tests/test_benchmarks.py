@@ -175,3 +175,24 @@ def test_toy_wrappers_prints_a_row_per_model_and_seed(capsys):
     for row in rows:
         ours, alone = (float(cell.split(" / ")[1]) for cell in row.rstrip(" |").split(" | ")[3:5])
         assert ours < alone
+
+
+def test_vit_fashion_prints_rows_with_and_without_heads(capsys, tmp_path, monkeypatch):
+    from sweep_helpers import write_fashion_idx
+
+    monkeypatch.setenv("CROSSDISTILL_CACHE", str(tmp_path / "cache"))  # the toy teacher goes there
+    data = write_fashion_idx(tmp_path / "fmnist", n_train=200, n_test=40)
+    args = ["--data", str(data), "--epochs", "1", "--width", "16", "--depth", "1", "--heads", "4", "--seeds", "0",
+            "--shots", "1", "--threads", "1", "--rows", "channels keep 0.5 (closed form)",
+            "channels keep 0.5 (closed form), heads whole"]
+    assert load("vit_fashion").main(args) == 0
+    out = capsys.readouterr().out
+    assert "4 heads" in out and "on 40 test images" in out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+            for line in out.splitlines() if line.startswith("| ") and "method" not in line}
+    assert list(rows) == ["channels keep 0.5 (closed form)", "channels keep 0.5 (closed form), heads whole"]
+    pruned, whole = rows.values()
+    assert 0 <= float(pruned[0].split("±")[0]) <= 100
+    # Pruning heads too leaves fewer parameters and FLOPs at the same keep ratio.
+    assert int(pruned[1].replace(",", "")) < int(whole[1].replace(",", "")) and float(pruned[2]) < float(whole[2])
+    assert list((tmp_path / "cache" / "teachers").glob("vit_w16_d1_h4_*.pt"))
