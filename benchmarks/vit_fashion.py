@@ -30,10 +30,14 @@ from fewshot_bench import ROWS, cached_teacher, compressed, example, mean_spread
 # heads could be pruned, at the same keep ratio or FLOPs target.
 HEADS_WHOLE = {f"{label}, heads whole": {**settings, "prune_heads": False}
                for label, settings in ROWS.items() if "keep" in settings or "flops" in settings}
-VIT_ROWS = {**ROWS, **HEADS_WHOLE}
+# 0.6 of the FLOPs is within reach with the heads whole (0.5 is not: the attentions hold too much).
+AT_60 = {"channels FLOPs 0.6": {"flops": 0.6}, "channels FLOPs 0.6, heads whole": {"flops": 0.6, "prune_heads": False},
+         "channels FLOPs 0.6, global budget": {"flops": 0.6, "budget": "global"},
+         "channels FLOPs 0.6, global budget, heads whole": {"flops": 0.6, "budget": "global", "prune_heads": False}}
+VIT_ROWS = {**ROWS, **HEADS_WHOLE, **AT_60}
 DEFAULT_ROWS = ["channels keep 0.5 (closed form)", "channels keep 0.5 (closed form), heads whole",
-                "channels keep 0.5, prune-only", "channels FLOPs 0.5, global budget",
-                "channels FLOPs 0.5, global budget, heads whole", "sparsity 0.8", "quant 3 bits"]
+                "channels keep 0.5, prune-only", *AT_60, "channels FLOPs 0.5, global budget",
+                "sparsity 0.8", "quant 3 bits"]
 
 
 def vit(width: int, depth: int, heads: int) -> torch.nn.Module:
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from crossdistill.data import load_image_data
+    from crossdistill.errors import CrossDistillError
 
     train_data, test_data = load_image_data(args.data, "train"), load_image_data(args.data, "test")
     n_train = args.train_limit or len(train_data)
@@ -103,6 +108,11 @@ def _run(args: argparse.Namespace) -> int:
     print("|---|" + "---|" * len(args.shots) + "---|---|---|")
     for label in args.rows:
         cells, seconds, size, cost = [], 0.0, 0, 0.0
+        try:
+            compressed(teacher, x, y, 1, args.seeds[0], VIT_ROWS[label])
+        except CrossDistillError as exc:  # a target out of reach is a finding, not a crash
+            print(f"| {label} | {exc} |", flush=True)
+            continue
         for k in args.shots:
             scores = []
             for seed in args.seeds:

@@ -243,3 +243,103 @@ def test_compress_prunes_heads_saves_and_loads_the_student(tmp_path):
 def test_slim_heads_names_a_layer_that_is_no_attention():
     with pytest.raises(CrossDistillError, match="not an nn.MultiheadAttention"):
         slim_heads(encoder(), "head", [0])
+
+
+def test_masks_made_for_the_kept_head_count_and_bad_calls_are_named():
+    pruned = HeadPrunedAttention.from_attention(attention(), [0, 2])
+    q, k, v = inputs(True)
+    per_kept = masks("per_head")["attn_mask"][: N * 2]  # a model's `expand(n * attn.num_heads, ...)`
+    with torch.no_grad():
+        got = pruned(q, k, v, attn_mask=per_kept)[0]
+        # The same masks, placed at the kept heads of an original-sized stack, give the same output.
+        full = torch.zeros(N, H, L, S, dtype=torch.bool)
+        full[:, [0, 2]] = per_kept.reshape(N, 2, L, S)
+        torch.testing.assert_close(got, pruned(q, k, v, attn_mask=full.reshape(N * H, L, S))[0])
+    with pytest.raises(RuntimeError, match=r"should be \(12, 5, 7\) .* or \(6, 5, 7\)"):
+        pruned(q, k, v, attn_mask=torch.zeros(5, L, S, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match=r"2D attn_mask is \(5, 5\), but should be \(5, 7\)"):
+        pruned(q, k, v, attn_mask=torch.zeros(L, L))
+    with pytest.raises(RuntimeError, match="only bool and floating types of attn_mask"):
+        pruned(q, k, v, attn_mask=torch.zeros(L, S, dtype=torch.long))
+    with pytest.raises(RuntimeError, match=r"key_padding_mask has shape \(3, 5\), expected \(3, 7\)"):
+        pruned(q, k, v, key_padding_mask=torch.zeros(N, L, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="does not match value shape"):
+        pruned(q, k, v[:, :3])
+    with pytest.raises(CrossDistillError, match="a Linear is not an nn.MultiheadAttention"):
+        HeadPrunedAttention.from_attention(nn.Linear(4, 4), [0])
+
+
+def test_the_attention_weights_are_returned_after_dropout_as_torch_does():
+    pruned = HeadPrunedAttention.from_attention(attention(dropout=0.5), [1, 3]).train()
+    q, k, v = inputs(True)
+    torch.manual_seed(0)
+    out, weights = pruned(q, k, v, average_attn_weights=False)
+    dropped = weights == 0
+    assert dropped.any() and not torch.allclose(weights.sum(-1), torch.ones(()))
+    # The output is made from exactly these weights.
+    vh = pruned.v_proj(v).view(N, S, 2, pruned.head_dim).transpose(1, 2)
+    torch.testing.assert_close(out, pruned.out_proj((weights @ vh).transpose(1, 2).reshape(N, L, -1)))
+
+
+class Tagged(nn.Module):
+    """An attention beside a layer the forward never runs, a tied out_proj or a forward that reads
+    the attention weights: which of these keep the heads whole."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.inp, self.attn, self.head = nn.Linear(6, E), nn.MultiheadAttention(E, H, batch_first=True), nn.Linear(E, 5)
+        self.unused = nn.Linear(E, 5)  # never run: it might read any E-wide tensor, but not a head
+        if kind == "tied":
+            self.mirror = nn.Linear(E, E)
+            self.mirror.weight = self.attn.out_proj.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        a, w = self.attn(h, h, h, need_weights=self.kind == "weights")
+        h = h + a
+        if self.kind == "tied":
+            h = h + self.mirror(h)
+        out = self.head(h.mean(1))
+        if self.kind == "weights":
+            out = out + w.amax((1, 2)).unsqueeze(1)
+        return out
+
+
+@pytest.mark.parametrize("kind,why", [
+    ("unused", ""),  # a layer that never ran cannot read a head: only out_proj does
+    ("tied", "its weight is tied to mirror.weight"),
+    ("weights", "the forward uses more of attention attn than its output"),
+])
+def test_which_forwards_keep_the_heads_whole(kind, why):
+    torch.manual_seed(0)
+    model, x = Tagged(kind).eval(), torch.randn(2, 7, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompressionWarning)
+        plan = plan_graph_channels(model, x, lambda g: g.width // 2)
+    heads = [g for g in plan.groups.values() if g.attention == "attn"]
+    whole = [e["reason"] for e in plan.left_whole if "attn.q_proj" in e["producers"]]
+    if why:
+        assert not heads and len(whole) == 1 and why in whole[0]
+    else:
+        assert len(heads) == 1 and not whole
+
+
+def test_a_student_pruned_twice_loads_as_it_was_saved(tmp_path):
+    teacher = encoder()
+    factory = tmp_path / "enc.py"
+    factory.write_text(f"import sys\nsys.path.insert(0, {str(tmp_path.parent)!r})\n"
+                       f"from {__name__} import encoder\n\ndef make():\n    return encoder()\n")
+    teacher.crossdistill_factory = f"{factory}:make"
+    x, y = torch.randn(40, 10, 6), torch.arange(40) % 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompressionWarning)
+        once, _ = crossdistill.compress(teacher, x, labels=y, shots=8, keep=0.5, show_progress=False)
+        twice, _ = crossdistill.compress(once, x, labels=y, shots=8, keep=0.5, show_progress=False)
+    assert len(twice.crossdistill_slim["then"]) == 1
+    path = crossdistill.save(twice, tmp_path / "twice.safetensors")
+    loaded = crossdistill.load(path)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in twice.parameters())
+    with torch.inference_mode():
+        assert torch.equal(loaded(x[:5]), twice(x[:5]))
+    assert crossdistill.save(loaded, tmp_path / "again.safetensors").read_bytes() == path.read_bytes()

@@ -64,6 +64,8 @@ class HeadPrunedAttention(nn.Module):
     @classmethod
     def from_attention(cls, attention: nn.MultiheadAttention, kept_heads: Sequence[int]) -> "HeadPrunedAttention":
         """The heads `kept_heads` of `attention`, with its weights (on its device and dtype)."""
+        if not isinstance(attention, nn.MultiheadAttention):
+            raise CrossDistillError(f"a {type(attention).__name__} is not an nn.MultiheadAttention")
         reason = head_pruning_reason(attention)
         if reason:
             raise CrossDistillError(f"cannot prune the heads of this attention: {reason}")
@@ -93,27 +95,35 @@ class HeadPrunedAttention(nn.Module):
         new.train(attention.training)
         return new
 
-    def _mask(self, attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, n: int, dtype: torch.dtype,
-              batched: bool) -> torch.Tensor | None:
+    def _mask(self, attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, n: int, length: int,
+              source: int, dtype: torch.dtype, batched: bool) -> torch.Tensor | None:
         """One additive mask broadcastable to (N, kept heads, L, S), or None."""
-        def additive(m: torch.Tensor) -> torch.Tensor:
-            if m.dtype == torch.bool:
-                return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
-            return m.to(dtype)
-
         mask = None
         if attn_mask is not None:
-            m = additive(attn_mask)
+            m = _additive(attn_mask, dtype, "attn_mask")
             if m.dim() == 2:
+                if tuple(m.shape) != (length, source):
+                    raise RuntimeError(f"The shape of the 2D attn_mask is {tuple(m.shape)}, but should be "
+                                       f"{(length, source)}.")
                 mask = m[None, None]
             elif m.dim() == 3:
-                # One mask per head of the original attention, batch-major: keep the kept heads'.
-                m = m.reshape(n, self.original_heads, *m.shape[-2:])
-                mask = m[:, self.kept_heads]
+                if m.shape[0] == n * self.original_heads and tuple(m.shape[1:]) == (length, source):
+                    # One mask per head of the original attention, batch-major: keep the kept heads'.
+                    mask = m.reshape(n, self.original_heads, length, source)[:, self.kept_heads]
+                elif m.shape[0] == n * self.num_heads and tuple(m.shape[1:]) == (length, source):
+                    # Made for this attention's own head count (`expand(n * attn.num_heads, ...)`).
+                    mask = m.reshape(n, self.num_heads, length, source)
+                else:
+                    raise RuntimeError(
+                        f"The shape of the 3D attn_mask is {tuple(m.shape)}, but should be "
+                        f"{(n * self.original_heads, length, source)} (one mask per head of the original "
+                        f"{self.original_heads}) or {(n * self.num_heads, length, source)} (one per kept head).")
             else:
-                raise RuntimeError(f"attn_mask must be 2-d or 3-d, got {m.dim()}-d")
+                raise RuntimeError(f"attn_mask's dimension {m.dim()} is not supported")
         if key_padding_mask is not None:
-            kpm = additive(key_padding_mask if batched else key_padding_mask.unsqueeze(0))
+            kpm = _additive(key_padding_mask if batched else key_padding_mask.unsqueeze(0), dtype, "key_padding_mask")
+            if tuple(kpm.shape) != (n, source):
+                raise RuntimeError(f"key_padding_mask has shape {tuple(kpm.shape)}, expected {(n, source)}")
             kpm = kpm[:, None, None, :]
             mask = kpm if mask is None else mask + kpm
         return mask
@@ -130,12 +140,18 @@ class HeadPrunedAttention(nn.Module):
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
         elif not self.batch_first:
             query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
+            raise RuntimeError(f"query, key and value must be 2-d (unbatched) or 3-d (batched), got "
+                               f"{query.dim() - (not batched)}-d, {key.dim() - (not batched)}-d and "
+                               f"{value.dim() - (not batched)}-d")
+        if key.shape[:2] != value.shape[:2]:
+            raise RuntimeError(f"key shape {tuple(key.shape)} does not match value shape {tuple(value.shape)}")
         n, length, source = query.shape[0], query.shape[1], key.shape[1]
         h, d = self.num_heads, self.head_dim
         q = self.q_proj(query).view(n, length, h, d).transpose(1, 2)
         k = self.k_proj(key).view(n, source, h, d).transpose(1, 2)
         v = self.v_proj(value).view(n, source, h, d).transpose(1, 2)
-        mask = self._mask(attn_mask, key_padding_mask, n, q.dtype, batched)
+        mask = self._mask(attn_mask, key_padding_mask, n, length, source, q.dtype, batched)
         p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
@@ -143,7 +159,9 @@ class HeadPrunedAttention(nn.Module):
             if mask is not None:
                 scores = scores + mask
             weights = torch.softmax(scores, dim=-1)
-            out = (F.dropout(weights, p) if p > 0 else weights) @ v
+            if p > 0:
+                weights = F.dropout(weights, p)  # torch returns the weights after dropout too
+            out = weights @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         out = self.out_proj(out.transpose(1, 2).reshape(n, length, h * d))
@@ -161,6 +179,15 @@ class HeadPrunedAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads} (heads {self.kept_heads} of "
                 f"{self.original_heads}), head_dim={self.head_dim}, batch_first={self.batch_first}")
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """A boolean mask (True: not attended) as -inf/0, a float one as it is."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    if not mask.is_floating_point():
+        raise RuntimeError(f"only bool and floating types of {what} are supported, got {mask.dtype}")
+    return mask.to(dtype)
 
 
 def head_pruning_reason(attention: nn.MultiheadAttention) -> str:

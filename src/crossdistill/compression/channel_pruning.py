@@ -132,8 +132,16 @@ class ChannelPruning(CompressionMethod):
         if getattr(model, "crossdistill_name", None) is None:
             # The registry rebuilds a registered model from its spec; a user's factory builds the
             # full model, which loading slims again with this record (persistence/codecs/slim.py).
-            model.crossdistill_slim = {"input_size": list(self._example.shape[1:]), "kept": kept,
-                                       **({} if self._example.is_floating_point() else {"input_dtype": "int64"})}
+            size = list(self._example.shape[1:])
+            record = getattr(model, "crossdistill_slim", None)
+            if record:
+                # A student pruned again: its group ids are those of the slimmed model, so loading
+                # replays this stage after the earlier ones, not instead of them.
+                model.crossdistill_slim = {**record, "then": [*record.get("then", []),
+                                                              {"input_size": size, "kept": kept}]}
+            else:
+                model.crossdistill_slim = {"input_size": size, "kept": kept,
+                                           **({} if self._example.is_floating_point() else {"input_dtype": "int64"})}
         return model
 
     def _global_counts(self, model: nn.Module, uniform: Callable[[ChannelGroup], int | None],

@@ -144,7 +144,7 @@ def _plan(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]
         plan.unit_of.update({e: index[u] for e, u in unit_of.items() if e[0] in gs})
         plan.members.append(gs)
         plan.groups.append(_group(graph, gid, gs, tpgs, plan.unit_of, len(units), bad, set(ignored)))
-    for group in head_groups(model, graph.calls, len(plan.groups), set(ignored)):
+    for group in head_groups(model, graph.calls, len(plan.groups), set(ignored), graph.tied):
         plan.members.append([])  # no Torch-Pruning group: attention_heads slims it
         plan.groups.append(group)
     return plan
@@ -187,10 +187,10 @@ def _group(graph: Graph, gid: int, gs: list[int], tpgs: list[_TPGroup], unit_of:
 
 
 def head_groups(model: nn.Module, calls: Mapping[nn.Module, int], first_id: int,
-                ignored: set[str]) -> list[ChannelGroup]:
+                ignored: set[str], tied: Mapping[str, str] | None = None) -> list[ChannelGroup]:
     """One group per `nn.MultiheadAttention` of `model` (ids from `first_id`): its heads as units
     of `head_dim` channels, written by its q/k/v projections and read by its out_proj. `calls`:
-    how many times the traced forward ran each module."""
+    how many times the traced forward ran each module; `tied`: layers whose weight is shared."""
     groups = []
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.MultiheadAttention):
@@ -203,6 +203,7 @@ def head_groups(model: nn.Module, calls: Mapping[nn.Module, int], first_id: int,
         elif runs > 1:
             reasons.append(f"attention {name} runs more than once (shared weights)")
         layers = [f"{name}.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        reasons += [f"layer {n}: {(tied or {})[n]}" for n in layers if n in (tied or {})]
         reasons += [f"touches ignored layer {n}" for n in layers if n in ignored]
         if name in ignored:
             reasons.append(f"touches ignored layer {name}")

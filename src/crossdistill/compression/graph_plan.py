@@ -338,7 +338,7 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
             reason = "attention heads (prune_heads is off)"
         if not reason and classifier in {c.name for c in g.consumers} and not prune_classifier:
             reason = f"feeds the classifier {classifier} (prune_classifier is off)"
-        if not reason:
+        if not reason and not g.attention:  # a head's channels never leave its attention
             reason = _maybe_read_by(g, model, never)
         count = None if reason else keep(g)
         if not reason and count is None:
@@ -356,6 +356,8 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
         counts.pop(gid)
         held = _loose_buffers(model, g.width)
         cause = (f"the forward uses {', '.join(held)} itself, which slimming does not cut" if held
+                 else f"the forward uses more of attention {g.attention} than its output: its attention weights, "
+                      "or a parameter another layer shares" if g.attention
                  else "a channel map the trace got wrong")
         left.append({"group": g.id, "width": g.width, "producers": [p.name for p in g.producers],
                      "readers": [c.name for c in g.consumers],

@@ -16,7 +16,9 @@ ATTR = "crossdistill_slim"
 
 
 class SlimCodec(ArtifactCodec):
-    """`channel_groups: {"input_size": [C, H, W], "kept": {group id: [kept units]}}`."""
+    """`channel_groups: {"input_size": [C, H, W], "kept": {group id: [kept units]}}`, with
+    `"then": [{"input_size", "kept"}, ...]` for a student pruned again (each stage numbered on the
+    model the earlier stages left)."""
 
     name = "channel_groups"
     attr = ATTR
@@ -25,34 +27,57 @@ class SlimCodec(ArtifactCodec):
         record = getattr(model, self.attr, None)
         if not record:
             return None
-        # input_dtype only for token ids, so that files of float models stay as they were.
+        # input_dtype only for token ids and `then` only for a student pruned again, so that
+        # other files stay as they were.
         return {"input_size": list(record["input_size"]),
                 **({"input_dtype": record["input_dtype"]} if record.get("input_dtype", FLOAT) != FLOAT else {}),
-                "kept": {str(g): [int(u) for u in kept] for g, kept in record["kept"].items()}}, {}
+                "kept": _kept_json(record["kept"]),
+                **({"then": [{"input_size": list(st["input_size"]), "kept": _kept_json(st["kept"])}
+                             for st in record["then"]]} if record.get("then") else {})}, {}
 
     def validate(self, metadata: Any) -> dict[str, Any]:
         if metadata in (None, {}):
             return {}  # a model that was not slimmed this way
-        size, kept = (metadata or {}).get("input_size"), (metadata or {}).get("kept")
-        if not (isinstance(size, list) and len(size) >= 1 and all(is_int(v) and v >= 1 for v in size)):
-            raise DocumentError("'channel_groups.input_size' must be a list of positive integers")
-        if not (str_dict(kept) and all(k.isdigit() and isinstance(v, list) and all(is_int(u) for u in v)
-                                       for k, v in kept.items())):
-            raise DocumentError("'channel_groups.kept' must map group ids to lists of kept units")
+        stages = [metadata or {}]
+        then = (metadata or {}).get("then", [])
+        if not isinstance(then, list) or not all(str_dict(st) for st in then):
+            raise DocumentError("'channel_groups.then' must be a list of {input_size, kept} objects")
+        for st in stages + then:
+            _check_stage(st)
         dtype = metadata.get("input_dtype", FLOAT)
         if dtype not in (FLOAT, TOKENS):
             raise DocumentError(f"'channel_groups.input_dtype' must be {FLOAT!r} or {TOKENS!r}")
-        return {"input_size": size, "kept": kept, **({"input_dtype": dtype} if dtype != FLOAT else {})}
+        return {"input_size": metadata["input_size"], "kept": metadata["kept"],
+                **({"input_dtype": dtype} if dtype != FLOAT else {}),
+                **({"then": [{"input_size": st["input_size"], "kept": st["kept"]} for st in then]} if then else {})}
 
     def restructure(self, model: nn.Module, metadata: Mapping[str, Any]) -> None:
         from crossdistill.compression.graph_channels import slim_groups
 
         dtype = metadata.get("input_dtype", FLOAT)
-        slim_groups(model, example(metadata["input_size"], 1, dtype, model=model),
-                    {int(g): v for g, v in metadata["kept"].items()}, check=False)
+        stages = [metadata, *metadata.get("then", [])]
+        for st in stages:  # each stage's group ids are those of the model the stages before left
+            slim_groups(model, example(st["input_size"], 1, dtype, model=model),
+                        {int(g): v for g, v in st["kept"].items()}, check=False)
         setattr(model, self.attr, {"input_size": list(metadata["input_size"]),
                                    "kept": {int(g): list(v) for g, v in metadata["kept"].items()},
-                                   **({"input_dtype": dtype} if dtype != FLOAT else {})})
+                                   **({"input_dtype": dtype} if dtype != FLOAT else {}),
+                                   **({"then": [{"input_size": list(st["input_size"]),
+                                                 "kept": {int(g): list(v) for g, v in st["kept"].items()}}
+                                                for st in stages[1:]]} if len(stages) > 1 else {})})
 
     def decode(self, model: nn.Module, metadata: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
         pass  # `restructure` did the work before the weights were loaded
+
+
+def _kept_json(kept: Mapping[Any, Any]) -> dict[str, list[int]]:
+    return {str(g): [int(u) for u in units] for g, units in kept.items()}
+
+
+def _check_stage(stage: Mapping[str, Any]) -> None:
+    size, kept = stage.get("input_size"), stage.get("kept")
+    if not (isinstance(size, list) and len(size) >= 1 and all(is_int(v) and v >= 1 for v in size)):
+        raise DocumentError("'channel_groups.input_size' must be a list of positive integers")
+    if not (str_dict(kept) and all(k.isdigit() and isinstance(v, list) and all(is_int(u) for u in v)
+                                   for k, v in kept.items())):
+        raise DocumentError("'channel_groups.kept' must map group ids to lists of kept units")
