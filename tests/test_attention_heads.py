@@ -169,6 +169,16 @@ def encoder(**kw) -> Encoder:
     return model
 
 
+def saveable_encoder(tmp_path) -> Encoder:
+    """`encoder()` with a factory file, so that its students can be saved."""
+    teacher = encoder()
+    factory = tmp_path / "enc.py"
+    factory.write_text(f"import sys\nsys.path.insert(0, {str(tmp_path.parent)!r})\n"
+                       f"from {__name__} import encoder\n\ndef make():\n    return encoder()\n")
+    teacher.crossdistill_factory = f"{factory}:make"
+    return teacher
+
+
 def test_heads_are_channel_groups_and_slimming_them_is_masking_them():
     model, x = encoder(), torch.randn(4, 10, 6)
     heads = {g.attention: g for g in channel_groups(model, x) if g.attention}
@@ -218,11 +228,7 @@ def test_the_flops_and_parameter_models_count_what_slimming_removes():
 
 
 def test_compress_prunes_heads_saves_and_loads_the_student(tmp_path):
-    teacher = encoder()
-    factory = tmp_path / "enc.py"
-    factory.write_text(f"import sys\nsys.path.insert(0, {str(tmp_path.parent)!r})\n"
-                       f"from {__name__} import encoder\n\ndef make():\n    return encoder()\n")
-    teacher.crossdistill_factory = f"{factory}:make"
+    teacher = saveable_encoder(tmp_path)
     x, y = torch.randn(40, 10, 6), torch.arange(40) % 5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CompressionWarning)
@@ -326,11 +332,7 @@ def test_which_forwards_keep_the_heads_whole(kind, why):
 
 
 def test_a_student_pruned_twice_loads_as_it_was_saved(tmp_path):
-    teacher = encoder()
-    factory = tmp_path / "enc.py"
-    factory.write_text(f"import sys\nsys.path.insert(0, {str(tmp_path.parent)!r})\n"
-                       f"from {__name__} import encoder\n\ndef make():\n    return encoder()\n")
-    teacher.crossdistill_factory = f"{factory}:make"
+    teacher = saveable_encoder(tmp_path)
     x, y = torch.randn(40, 10, 6), torch.arange(40) % 5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CompressionWarning)
