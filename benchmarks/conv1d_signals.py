@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot_bench import ROWS, cached_teacher, compressed, example, mean_spread, parser, with_threads  # noqa: E402
+from fewshot_bench import (ROWS, cached_teacher, compressed, example, mean_spread, parser, top1,  # noqa: E402
+                           with_threads)
 
 
 def signal_net(width: int) -> torch.nn.Module:
@@ -31,12 +32,6 @@ def as_signals(x) -> torch.Tensor:
     """uint8 N×28×28×1 images -> float N×1×784 signals, normalised by Fashion-MNIST's mean/std."""
     t = torch.from_numpy(x).float().div(255.0).reshape(len(x), 1, -1)
     return (t - 0.2860) / 0.3530
-
-
-def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.inference_mode():
-        hits = sum(int((model(x[i : i + 500]).argmax(1) == y[i : i + 500]).sum()) for i in range(0, len(x), 500))
-    return 100.0 * hits / len(x)
 
 
 def main(argv: list[str] | None = None) -> int:

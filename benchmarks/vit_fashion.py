@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot_bench import ROWS, cached_teacher, compressed, example, mean_spread, parser, with_threads  # noqa: E402
+from fewshot_bench import (ROWS, cached_teacher, compressed, example, mean_spread, parser, top1,  # noqa: E402
+                           with_threads)
 
 # The same settings with every attention's heads left whole: what channel pruning did before
 # heads could be pruned, at the same keep ratio or FLOPs target.
@@ -49,12 +50,6 @@ def as_images(x) -> torch.Tensor:
     """uint8 N×28×28×1 images -> float N×1×28×28, normalised by Fashion-MNIST's mean/std."""
     t = torch.from_numpy(x).float().div(255.0).reshape(len(x), 1, 28, 28)
     return (t - 0.2860) / 0.3530
-
-
-def top1(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.inference_mode():
-        hits = sum(int((model(x[i : i + 500]).argmax(1) == y[i : i + 500]).sum()) for i in range(0, len(x), 500))
-    return 100.0 * hits / len(x)
 
 
 def mflops(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -109,18 +104,17 @@ def _run(args: argparse.Namespace) -> int:
     for label in args.rows:
         cells, seconds, size, cost = [], 0.0, 0, 0.0
         try:
-            compressed(teacher, x, y, 1, args.seeds[0], VIT_ROWS[label])
+            for k in args.shots:
+                scores = []
+                for seed in args.seeds:
+                    student, seconds = compressed(teacher, x, y, k, seed, VIT_ROWS[label])
+                    size = sum(q.numel() for q in student.parameters())
+                    cost = mflops(student, xt)
+                    scores.append(top1(student, xt, yt))
+                cells.append(mean_spread(scores))
         except CrossDistillError as exc:  # a target out of reach is a finding, not a crash
             print(f"| {label} | {exc} |", flush=True)
             continue
-        for k in args.shots:
-            scores = []
-            for seed in args.seeds:
-                student, seconds = compressed(teacher, x, y, k, seed, VIT_ROWS[label])
-                size = sum(q.numel() for q in student.parameters())
-                cost = mflops(student, xt)
-                scores.append(top1(student, xt, yt))
-            cells.append(mean_spread(scores))
         print(f"| {label} | " + " | ".join(cells) + f" | {size:,} | {cost:.2f} | {seconds:.1f} |", flush=True)
     return 0
 
