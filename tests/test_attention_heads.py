@@ -345,3 +345,14 @@ def test_a_student_pruned_twice_loads_as_it_was_saved(tmp_path):
     with torch.inference_mode():
         assert torch.equal(loaded(x[:5]), twice(x[:5]))
     assert crossdistill.save(loaded, tmp_path / "again.safetensors").read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("then", ["x", [{"input_size": [0], "kept": {"1": [0]}}], [{"input_size": [4], "kept": {"a": [0]}}]])
+def test_a_damaged_stage_list_in_a_file_is_named(then):
+    from crossdistill.persistence.codecs.base import DocumentError
+    from crossdistill.persistence.codecs.slim import SlimCodec
+
+    good = {"input_size": [10, 6], "kept": {"0": [1]}}
+    assert SlimCodec().validate({**good, "then": [{"input_size": [10, 6], "kept": {"3": [0, 2]}}]})["then"]
+    with pytest.raises(DocumentError, match="channel_groups"):
+        SlimCodec().validate({**good, "then": then})
