@@ -5,6 +5,7 @@ pass/fail.
 
     python benchmarks/vit_fashion.py                              # the figures of docs/results/any_model.md
     python benchmarks/vit_fashion.py --train-limit 600 --test 200 --epochs 1 --width 32 --seeds 0
+    python benchmarks/vit_fashion.py --attention hand      # the same teacher, attention written by hand
 
 The ViT: 28×28 grayscale images cut into 4×4 patches (49 tokens), --width wide, --depth pre-norm
 blocks of --heads heads, GELU MLP of twice the width, mean pooling, a linear head. The teacher is
@@ -14,6 +15,10 @@ top-1 on the first --test images of the test split (default all 10,000), mean ±
 the seeds (each seed draws other K images per class from the train split), the student's
 parameters and MFLOPs, and the seconds of one compress call (the last K, one process, --threads
 threads).
+
+`--attention hand` compresses the same teacher rebuilt with timm-style attention written by hand
+(examples/vit.py's `Attention`: one qkv Linear reshaped into heads), its weights converted from
+the trained torch-attention ViT; the two compute the same function.
 """
 from __future__ import annotations
 
@@ -41,9 +46,9 @@ DEFAULT_ROWS = ["channels keep 0.5 (closed form)", "channels keep 0.5 (closed fo
                 "sparsity 0.8", "quant 3 bits"]
 
 
-def vit(width: int, depth: int, heads: int) -> torch.nn.Module:
-    # (num_classes, image, patch, dim, depth, heads, mlp, channels)
-    return example("vit", "ViT", 10, 28, 4, width, depth, heads, 2, 1)
+def vit(width: int, depth: int, heads: int, hand: bool = False) -> torch.nn.Module:
+    # (num_classes, image, patch, dim, depth, heads, mlp, channels, hand)
+    return example("vit", "ViT", 10, 28, 4, width, depth, heads, 2, 1, hand)
 
 
 def as_images(x) -> torch.Tensor:
@@ -64,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = parser(__doc__, width=96, epochs=6, unit="images")
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--attention", choices=["torch", "hand"], default="torch",
+                   help="compress the teacher as trained (torch's attention) or rebuilt with attention written by hand")
     p.set_defaults(rows=DEFAULT_ROWS)
     for action in p._actions:
         if action.dest == "rows":
@@ -75,8 +82,13 @@ def teacher_for(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> t
     from crossdistill.paths import cache_dir
 
     name = f"vit_w{args.width}_d{args.depth}_h{args.heads}_fmnist_{len(x)}_e{args.epochs}.pt"
-    return cached_teacher(vit(args.width, args.depth, args.heads), args.teacher or cache_dir() / "teachers" / name,
-                          x, y, args.epochs)
+    trained = cached_teacher(vit(args.width, args.depth, args.heads), args.teacher or cache_dir() / "teachers" / name,
+                             x, y, args.epochs)
+    if args.attention == "torch":
+        return trained
+    hand = vit(args.width, args.depth, args.heads, hand=True)
+    hand.load_state_dict(example("vit", "hand_state", trained.state_dict()))
+    return hand.eval()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
     xt, yt = as_images(test_data.x[: args.test]), torch.as_tensor(test_data.y[: args.test]).long()
     teacher = teacher_for(args, x, y)
     params = sum(q.numel() for q in teacher.parameters())
-    print(f"ViT width {args.width}, depth {args.depth}, {args.heads} heads ({params:,} parameters, "
+    print(f"ViT width {args.width}, depth {args.depth}, {args.heads} heads, {args.attention} attention "
+          f"({params:,} parameters, "
           f"{mflops(teacher, xt):.2f} MFLOPs) on {n_train} Fashion-MNIST train images, {args.epochs} epochs; "
           f"teacher top-1 {top1(teacher, xt, yt):.2f} % on {len(xt)} test images; seeds {args.seeds}, "
           f"mean ± sample std; {args.threads} threads")

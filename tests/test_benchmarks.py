@@ -196,3 +196,10 @@ def test_vit_fashion_prints_rows_with_and_without_heads(capsys, tmp_path, monkey
     # Pruning heads too leaves fewer parameters and FLOPs at the same keep ratio.
     assert int(pruned[1].replace(",", "")) < int(whole[1].replace(",", "")) and float(pruned[2]) < float(whole[2])
     assert list((tmp_path / "cache" / "teachers").glob("vit_w16_d1_h4_*.pt"))
+    # The same teacher with its attention written by hand: its heads are pruned as torch's are.
+    assert load("vit_fashion").main(args + ["--attention", "hand"]) == 0
+    out = capsys.readouterr().out
+    assert "hand attention" in out and "trained in" not in out  # the cached teacher, converted
+    hand = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+            for line in out.splitlines() if line.startswith("| ") and "method" not in line}
+    assert [r[:2] for r in hand.values()] == [r[:2] for r in rows.values()]  # top-1 and parameters

@@ -27,6 +27,7 @@ from torch import nn
 
 from crossdistill.checks import model_copy
 from crossdistill.compression.attention_heads import slim_heads
+from crossdistill.compression.hand_attention import slim_hand_heads
 from crossdistill.compression.graph_groups import (  # noqa: F401 - re-exported: this module's old names
     ChannelGroup, LayerChannels, _group, _Plan, _plan, _role, channel_groups, head_groups,
 )
@@ -127,7 +128,7 @@ def slim_groups(model: nn.Module, example_inputs: torch.Tensor, kept: Mapping[in
     # (graph_ties), so the count follows the channels at the group size it had.
     group_size = {m: m.num_channels // m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)}
     removed: dict[tuple, list[int]] = {}  # (module, handler) -> original indices already gone
-    heads = {plan.groups[gid].attention: sorted(set(range(plan.groups[gid].width)) - units)
+    heads = {plan.groups[gid].attention: (plan.groups[gid].form, sorted(set(range(plan.groups[gid].width)) - units))
              for gid, units in drops.items() if plan.groups[gid].attention}
     for gid, units in drops.items():
         if plan.groups[gid].attention:
@@ -155,8 +156,11 @@ def slim_groups(model: nn.Module, example_inputs: torch.Tensor, kept: Mapping[in
         batch.prune(record_history=False)
     for norm, size in group_size.items():
         norm.num_groups = norm.num_channels // size
-    for attention, kept_heads in heads.items():
-        slim_heads(model, attention, kept_heads)
+    for attention, (form, kept_heads) in heads.items():
+        if form is None:
+            slim_heads(model, attention, kept_heads)
+        else:
+            slim_hand_heads(model, attention, form, kept_heads)
     if ref is not None:
         got = _outputs(model, example_inputs)
         for a, b in zip(got, ref):

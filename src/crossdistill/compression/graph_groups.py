@@ -7,7 +7,7 @@ slimming that removes its channels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -17,6 +17,7 @@ from torch_pruning import ops as tp_ops
 from crossdistill.capture import SOLVABLE, own_weight_reason
 from crossdistill.compression.attention_heads import head_pruning_reason
 from crossdistill.compression.graph_ops import DUMMY, Graph
+from crossdistill.compression.hand_attention import AttentionForm, hand_attentions
 from crossdistill.compression.graph_ties import NORMS, _is_out, _same_channel, _structure, _TPGroup, _tp_groups, _Union
 from crossdistill.compression.graph_trace import trace
 from crossdistill.errors import CrossDistillError
@@ -40,7 +41,8 @@ class ChannelGroup:
     when a LayerNorm normalises over the channels: dropping some then changes the others'
     statistics, so the slimmed model is not the masked one (a GroupNorm's units are its whole
     groups, which keeps it exact). A group of an attention's heads (`attention` names it) has
-    units of `head_dim` channels: rows of its q/k/v projections, columns of its out_proj."""
+    units of `head_dim` channels: rows of its q/k/v projections, columns of its out_proj; `form`
+    says how an attention written by hand computes (None for an nn.MultiheadAttention)."""
 
     id: int
     width: int                               # group channels (units) that can be kept or dropped
@@ -51,7 +53,8 @@ class ChannelGroup:
     prunable: bool
     reason: str                              # why not, when not prunable
     exact: bool                              # dropping == zeroing the consumers' columns (no LayerNorm)
-    attention: str = ""                      # the nn.MultiheadAttention whose heads the units are
+    attention: str = ""                      # the attention whose heads the units are
+    form: AttentionForm | None = None        # a hand-written attention's form (hand_attention)
 
 
 @dataclass
@@ -138,16 +141,68 @@ def _plan(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]
     for g in range(len(tpgs)):
         members.setdefault(comp.find(g), []).append(g)
     plan = _Plan(graph, tpgs, {}, [], [])
-    for gid, gs in enumerate(sorted(members.values())):
+    hand = hand_attentions(model, example_inputs)
+    # The rows of a recognised attention's projections are its heads' (a group of their own below).
+    heads_of = {f"{name}.{p}": name for name, (form, _) in hand.items() if form for p in form.projections}
+    for gs in sorted(members.values()):
+        gid = len(plan.groups)
+        if all(set(_producers(tpgs[g], graph)) <= set(heads_of) and not _readers(tpgs[g], graph) for g in gs) \
+                and any(_producers(tpgs[g], graph) for g in gs):
+            continue
         units = sorted({unit_of[(g, r)] for g in gs for r in range(tpgs[g].width)})
         index = {u: i for i, u in enumerate(units)}
         plan.unit_of.update({e: index[u] for e, u in unit_of.items() if e[0] in gs})
         plan.members.append(gs)
-        plan.groups.append(_group(graph, gid, gs, tpgs, plan.unit_of, len(units), bad, set(ignored)))
+        group = _group(graph, gid, gs, tpgs, plan.unit_of, len(units), bad, set(ignored))
+        unread = [f"the heads of {n} stay whole: {why}" for n, (form, why) in hand.items() if form is None
+                  and group.producers and all(p.name.startswith(n + ".") for p in group.producers)]
+        if unread and not group.prunable:
+            group = replace(group, reason="; ".join([group.reason, *unread]))
+        plan.groups.append(group)
     for group in head_groups(model, graph.calls, len(plan.groups), set(ignored), graph.tied):
         plan.members.append([])  # no Torch-Pruning group: attention_heads slims it
         plan.groups.append(group)
+    for group in hand_head_groups(hand, len(plan.groups), set(ignored), graph.tied):
+        plan.members.append([])  # replaced whole by hand_attention
+        plan.groups.append(group)
     return plan
+
+
+def _producers(tpg: _TPGroup, graph: Graph) -> list[str]:
+    return [graph.names.get(dep.target.module, "?") for dep, _ in tpg.items
+            if not isinstance(dep.target.module, (*DUMMY, nn.Parameter)) and _is_out(graph.dg, dep)]
+
+
+def _readers(tpg: _TPGroup, graph: Graph) -> list[str]:
+    return [graph.names.get(dep.target.module, "?") for dep, _ in tpg.items
+            if not isinstance(dep.target.module, (*DUMMY, nn.Parameter)) and not _is_out(graph.dg, dep)]
+
+
+def hand_head_groups(hand: Mapping[str, tuple[AttentionForm | None, str]], first_id: int, ignored: set[str],
+                     tied: Mapping[str, str] | None = None) -> list[ChannelGroup]:
+    """One group per recognised hand-written attention (`hand_attention.hand_attentions`): its
+    heads as units, written by its q/k/v (or packed qkv) projections and read by its output
+    projection. Modules shaped like one but not recognised have no group: their projections'
+    Torch-Pruning groups stay, with the reshape that stops them as the reason."""
+    groups = []
+    for name, (form, _) in hand.items():
+        if form is None:
+            continue
+        reasons = [] if form.heads >= 2 else ["a single head"]
+        layers = [f"{name}.{p}" for p in (*form.projections, form.proj)]
+        reasons += [f"layer {n}: {(tied or {})[n]}" for n in layers if n in (tied or {})]
+        reasons += [f"touches ignored layer {n}" for n in (name, *layers) if n in ignored]
+        per_head = [form.unit_rows(h) for h in range(form.heads)]
+        d = form.head_dim
+        groups.append(ChannelGroup(
+            id=first_id + len(groups), width=form.heads,
+            producers=tuple(LayerChannels(f"{name}.{p}", tuple(rows[i] for rows in per_head))
+                            for i, p in enumerate(form.projections)),
+            consumers=(LayerChannels(f"{name}.{form.proj}", tuple(tuple(range(h * d, (h + 1) * d))
+                                                                  for h in range(form.heads))),),
+            norms=(), depthwise=(), prunable=not reasons, reason="; ".join(reasons), exact=True,
+            attention=name, form=form))
+    return groups
 
 
 def _group(graph: Graph, gid: int, gs: list[int], tpgs: list[_TPGroup], unit_of: dict, width: int,

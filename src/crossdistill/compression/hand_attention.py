@@ -1,0 +1,295 @@
+"""Attentions written by hand (a `qkv` Linear reshaped into heads, or `q`/`k`/`v` Linears, then
+an output Linear), recognised so that their heads are pruned as an `nn.MultiheadAttention`'s are.
+
+The head count of such an attention lives in its forward's own reshape, which no trace can
+change: slimming one means replacing it. So a module is taken for a standard attention only
+when its outputs say so: every parameter it holds belongs to its projections, it is called
+once with one (batch, tokens, features) tensor, and on that input and on a random one its
+output equals softmax(q·kᵀ·scale)·v through its output projection, for one of a few readings
+(packed rows q|k|v or per head, causal or not, 1/√d or its own `scale`). Anything else (a
+relative position bias, q/k norms, rotary embeddings, masks passed in) fails that test and
+keeps its heads whole, with the reason in the report.
+
+A recognised attention becomes a `HandHeadsAttention` holding the same children under the same
+names, its projections cut to the kept heads: `blocks.0.attn.qkv` stays `blocks.0.attn.qkv`.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossdistill.errors import CrossDistillError
+
+HEAD_ATTRS = ("num_heads", "n_heads", "heads", "nhead", "n_head", "num_attention_heads")
+HEAD_DIM_ATTRS = ("head_dim", "dim_head", "d_head", "attention_head_size")
+RTOL = 1e-4  # float32 attention against its reading; a wrong reading is off by O(1)
+
+
+@dataclass(frozen=True)
+class AttentionForm:
+    """How a hand-written attention computes: `qkv` (one packed Linear, rows in `layout` 'qkv'
+    = (3, heads, d) or 'head' = (heads, 3, d)) or `q`, `k`, `v` (one Linear each), then `out`,
+    the direct child applied to the concatenated heads (the output Linear `proj`, or a
+    Sequential holding it with parameter-free layers such as Dropout). Names are relative to
+    the attention."""
+
+    heads: int
+    head_dim: int
+    proj: str
+    out: str
+    qkv: str = ""
+    layout: str = "qkv"
+    q: str = ""
+    k: str = ""
+    v: str = ""
+    causal: bool = False
+    scale: float | None = None          # None: 1/√head_dim
+    attn_drop: str = ""                 # a Dropout child applied to the attention weights
+    out_drop: str = ""                  # a Dropout child applied after `out`
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        return (self.qkv,) if self.qkv else (self.q, self.k, self.v)
+
+    def rows(self, heads: Sequence[int]) -> list[tuple[int, ...]]:
+        """Per projection, the output rows of `heads` (in the order given)."""
+        d, h = self.head_dim, self.heads
+        if not self.qkv:
+            return [tuple(r for i in heads for r in range(i * d, (i + 1) * d))] * 3
+        if self.layout == "qkv":
+            return [tuple(p * h * d + r for p in range(3) for i in heads for r in range(i * d, (i + 1) * d))]
+        return [tuple(r for i in heads for r in range(i * 3 * d, (i + 1) * 3 * d))]
+
+    def unit_rows(self, head: int) -> list[tuple[int, ...]]:
+        """Per projection, the rows of one head (the producers' share of a unit)."""
+        return self.rows([head])
+
+
+def _attend(mod: nn.Module, form: AttentionForm, x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, _ = x.shape
+    d = form.head_dim
+    if form.qkv:
+        packed = mod.get_submodule(form.qkv)(x)
+        if form.layout == "qkv":
+            q, k, v = packed.reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q, k, v = packed.reshape(b, n, heads, 3, d).permute(3, 0, 2, 1, 4).unbind(0)
+    else:
+        q, k, v = (mod.get_submodule(p)(x).reshape(b, n, heads, d).transpose(1, 2) for p in (form.q, form.k, form.v))
+    drop = mod.get_submodule(form.attn_drop).p if form.attn_drop and mod.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=form.causal,
+                                         scale=form.scale if form.scale is not None else 1.0 / math.sqrt(d))
+    out = mod.get_submodule(form.out)(out.transpose(1, 2).reshape(b, n, heads * d))
+    return mod.get_submodule(form.out_drop)(out) if form.out_drop else out
+
+
+class HandHeadsAttention(nn.Module):
+    """A hand-written attention with some heads removed: the original's children under their
+    own names (projections cut to the kept heads), computing what the original computed on
+    the heads it kept. Called with the (batch, tokens, features) tensor alone."""
+
+    def __init__(self, original: nn.Module, form: AttentionForm, kept_heads: Sequence[int]) -> None:
+        super().__init__()
+        kept = sorted(int(h) for h in kept_heads)
+        if not kept or kept[0] < 0 or kept[-1] >= form.heads or len(set(kept)) != len(kept):
+            raise CrossDistillError(f"kept heads {list(kept_heads)} must be distinct, within 0..{form.heads - 1}")
+        for name, child in original.named_children():
+            self.add_module(name, child)
+        for name, buf in original.named_buffers(recurse=False):  # a causal mask kept as a buffer, say
+            self.register_buffer(name, buf, persistent=name not in original._non_persistent_buffers_set)
+        self.form = AttentionForm(**{**form.__dict__, "heads": len(kept)})
+        self.kept_heads, self.original_heads = kept, form.heads
+        self.num_heads, self.head_dim = len(kept), form.head_dim
+        with torch.no_grad():
+            for name, rows in zip(form.projections, form.rows(kept)):
+                _cut(self, name, torch.tensor(rows, dtype=torch.long), "out")
+            d = form.head_dim
+            _cut(self, form.proj, torch.tensor([r for i in kept for r in range(i * d, (i + 1) * d)]), "in")
+        self.train(original.training)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if any(a is not None for a in (*args, *kwargs.values())):
+            raise CrossDistillError("this head-pruned attention takes its input tensor alone (it was recognised from "
+                                    "calls without masks or other arguments)")
+        if x.dim() != 3:
+            raise CrossDistillError(f"this attention takes (batch, tokens, features) inputs, got shape {tuple(x.shape)}")
+        return _attend(self, self.form, x, self.num_heads)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads} (heads {self.kept_heads} of {self.original_heads}), head_dim={self.head_dim}"
+
+
+def _cut(parent: nn.Module, name: str, idx: torch.Tensor, side: str) -> None:
+    """Replace Linear `name` under `parent` by one keeping rows (`side` 'out') or columns ('in') `idx`."""
+    old = parent.get_submodule(name)
+    w = old.weight
+    idx = idx.to(w.device)
+    if side == "out":
+        new = nn.Linear(old.in_features, len(idx), bias=old.bias is not None, device=w.device, dtype=w.dtype)
+        new.weight.copy_(w[idx])
+        if old.bias is not None:
+            new.bias.copy_(old.bias[idx])
+    else:
+        new = nn.Linear(len(idx), old.out_features, bias=old.bias is not None, device=w.device, dtype=w.dtype)
+        new.weight.copy_(w[:, idx])
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    new.train(old.training)
+    owner, _, leaf = name.rpartition(".")
+    setattr(parent.get_submodule(owner) if owner else parent, leaf, new)
+
+
+def _linears(mod: nn.Module) -> dict[str, nn.Linear]:
+    return {n: m for n, m in mod.named_modules() if n and type(m) is nn.Linear and n.count(".") <= 1}
+
+
+def _shapes(mod: nn.Module) -> list[dict[str, Any]]:
+    """The ways `mod`'s Linear layers could be an attention's projections: an output Linear (a
+    child, or in a child Sequential) reading `inner` features, and one packed Linear writing 3 ×
+    `inner` or three writing `inner` each from the same input."""
+    lin = _linears(mod)
+    if not 2 <= len(lin) <= 4:
+        return []
+    children = dict(mod.named_children())
+    found = []
+    for proj, layer in lin.items():
+        top = proj.split(".")[0]
+        if "." in proj and not isinstance(children[top], nn.Sequential):
+            continue
+        inner, rest = layer.in_features, [n for n in lin if n != proj]
+        if len(rest) == 1 and lin[rest[0]].out_features == 3 * inner:
+            found += [{"proj": proj, "out": top, "qkv": rest[0], "layout": lay} for lay in ("qkv", "head")]
+        if len(rest) == 3 and len({(lin[n].in_features, lin[n].out_features) for n in rest} | {(0, inner)}) == 2:
+            found += [{"proj": proj, "out": top, "q": a, "k": b, "v": c} for a, b, c in itertools.permutations(rest)]
+    return found
+
+
+def _head_counts(mod: nn.Module, inner: int) -> list[int]:
+    """Head counts the module states (an attribute such as `num_heads`, or `head_dim`)."""
+    heads = {int(getattr(mod, a)) for a in HEAD_ATTRS if isinstance(getattr(mod, a, None), int)}
+    heads |= {inner // int(getattr(mod, a)) for a in HEAD_DIM_ATTRS
+              if isinstance(getattr(mod, a, None), int) and getattr(mod, a) > 0 and inner % getattr(mod, a) == 0}
+    return sorted(h for h in heads if 1 <= h <= inner and inner % h == 0)
+
+
+def _readings(mod: nn.Module, width: int) -> Iterator[AttentionForm]:
+    """Every way `mod` could be a standard attention over a `width`-feature input."""
+    lin = _linears(mod)
+    children = dict(mod.named_children())
+    scales = [None] + ([float(mod.scale)] if isinstance(getattr(mod, "scale", None), float) else [])
+    # Dropout is the identity in eval mode, where the readings are tested: these names are what
+    # tells training mode (the fine-tune) where the forward applies it.
+    drops = [n for n, m in children.items() if isinstance(m, nn.Dropout) and "attn" in n.lower()]
+    after = [n for n, m in children.items() if isinstance(m, nn.Dropout)
+             and any(w in n.lower() for w in ("proj", "resid", "out"))]
+    for shape in _shapes(mod):
+        if lin[shape.get("qkv") or shape["q"]].in_features != width:
+            continue
+        inner = lin[shape["proj"]].in_features
+        for h, causal, scale in itertools.product(_head_counts(mod, inner), (False, True), scales):
+            yield AttentionForm(heads=h, head_dim=inner // h, causal=causal, scale=scale,
+                                attn_drop=drops[0] if len(drops) == 1 else "",
+                                out_drop=after[0] if len(after) == 1 else "", **shape)
+
+
+def recognise(mod: nn.Module, x: torch.Tensor, y: Any) -> tuple[AttentionForm | None, str]:
+    """The form of `mod` when it computes a standard attention (its call on `x` gave `y`), or
+    None and why not. `mod` must be in eval mode."""
+    if isinstance(mod, HandHeadsAttention):
+        return mod.form, ""
+    lin = _linears(mod)
+    owned = {id(p) for m in lin.values() for p in m.parameters()}
+    extra = [n for n, p in mod.named_parameters() if id(p) not in owned]
+    if extra:
+        return None, f"it holds parameters besides its projections ({', '.join(extra[:3])})"
+    if not any(_head_counts(mod, lin[s["proj"]].in_features) for s in _shapes(mod)):
+        return None, f"it names no head count (an attribute {HEAD_ATTRS[0]}, {HEAD_ATTRS[1]} or {HEAD_DIM_ATTRS[0]})"
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 3 and isinstance(y, torch.Tensor)
+            and y.dim() == 3 and y.shape[:2] == x.shape[:2]):
+        return None, "it is not called with one (batch, tokens, features) tensor giving one"
+    probe = torch.randn_like(x) * x.std().clamp_min(1e-3) + x.mean()
+    with torch.no_grad():
+        y2 = mod(probe)
+        for form in _readings(mod, x.shape[-1]):
+            try:
+                if all(_close(_attend(mod, form, a, form.heads), b) for a, b in ((x, y), (probe, y2))):
+                    return form, ""
+            except RuntimeError:
+                continue
+    return None, ("its output is not a standard attention's over its projections (q/k norms, a position bias "
+                  "or rotary embedding, another scale?)")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool((a - b).abs().max() <= RTOL * b.abs().max().clamp_min(1e-6))
+
+
+def hand_attentions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[AttentionForm | None, str]]:
+    """Each module of `model` shaped like a hand-written attention (Linear layers holding all its
+    parameters, two to four of them), with its form or why it was not recognised. One eval-mode
+    forward on `example`, only when there is such a module."""
+    found = {n: m for n, m in model.named_modules()
+             if n and not isinstance(m, (nn.Linear, nn.Sequential, nn.ModuleList, nn.MultiheadAttention))
+             and (isinstance(m, HandHeadsAttention) or _shapes(m))}
+    if not found:
+        return {}
+    seen: dict[str, list[tuple[Any, Any]]] = {n: [] for n in found}
+
+    def hook(name: str):
+        def record(_m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            extra = [a for a in (*args[1:], *kwargs.values()) if a is not None]
+            seen[name].append((args[0] if args and not extra else None, out))
+        return record
+
+    handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in found.items()]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes:
+            m.training = mode
+    out: dict[str, tuple[AttentionForm | None, str]] = {}
+    for name in sorted(found, key=lambda n: -n.count(".")):  # innermost first: a wrapper is not the attention
+        if any(o.startswith(name + ".") and f for o, (f, _) in out.items()):
+            continue
+        calls = seen[name]
+        if not calls:
+            out[name] = (None, "did not run in the traced forward")
+        elif len(calls) > 1:
+            out[name] = (None, "runs more than once (shared weights)")
+        elif calls[0][0] is None:
+            out[name] = (None, "called with more than its input tensor (a mask?)")
+        else:
+            mod = found[name]
+            was = mod.training
+            mod.eval()
+            try:
+                out[name] = recognise(mod, calls[0][0], calls[0][1])
+            finally:
+                mod.train(was)
+    return {n: out[n] for n in found if n in out}
+
+
+def slim_hand_heads(model: nn.Module, name: str, form: AttentionForm, kept_heads: Sequence[int]) -> None:
+    """Replace the hand-written attention `name` of `model` by its `HandHeadsAttention`."""
+    old = model.get_submodule(name)
+    if isinstance(old, HandHeadsAttention):
+        # Pruned again: heads are numbered among those it kept.
+        kept = [old.kept_heads[i] for i in kept_heads]
+        base = AttentionForm(**{**old.form.__dict__, "heads": old.num_heads})
+        new = HandHeadsAttention(old, base, sorted(kept_heads))
+        new.kept_heads, new.original_heads = sorted(kept), old.original_heads
+    else:
+        new = HandHeadsAttention(old, form, kept_heads)
+    parent_name, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
