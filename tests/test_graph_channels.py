@@ -493,7 +493,7 @@ def test_linear_after_flatten():
     assert by_producer(groups, "fc1").prunable and by_producer(groups, "fc2").reason == "reaches the model output"
 
 
-def test_transformer_attention_is_not_prunable_but_the_mlp_is():
+def test_transformer_residual_stream_stays_whole_and_the_mlp_is_prunable():
     model, x = build("transformer")
     groups = channel_groups(model, x)
     stream = by_producer(groups, "embed")

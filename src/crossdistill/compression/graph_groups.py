@@ -246,6 +246,11 @@ def head_groups(model: nn.Module, calls: Mapping[nn.Module, int], first_id: int,
     """One group per `nn.MultiheadAttention` of `model` (ids from `first_id`): its heads as units
     of `head_dim` channels, written by its q/k/v projections and read by its out_proj. `calls`:
     how many times the traced forward ran each module; `tied`: layers whose weight is shared."""
+    tied = tied or {}
+    holders: dict[int, list[str]] = {}
+    for owner, m in model.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append(f"{owner}.{pname}" if owner else pname)
     groups = []
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.MultiheadAttention):
@@ -258,7 +263,10 @@ def head_groups(model: nn.Module, calls: Mapping[nn.Module, int], first_id: int,
         elif runs > 1:
             reasons.append(f"attention {name} runs more than once (shared weights)")
         layers = [f"{name}.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
-        reasons += [f"layer {n}: {(tied or {})[n]}" for n in layers if n in (tied or {})]
+        reasons += [f"layer {n}: {tied[n]}" for n in layers if n in tied]
+        # Its packed projections are parameters of its own, which tied_weights does not see.
+        reasons += [f"its {pname} is shared with {', '.join(h for h in holders[id(p)] if h != f'{name}.{pname}')}"
+                    for pname, p in mod.named_parameters(recurse=False) if len(holders[id(p)]) > 1]
         reasons += [f"touches ignored layer {n}" for n in layers if n in ignored]
         if name in ignored:
             reasons.append(f"touches ignored layer {name}")
