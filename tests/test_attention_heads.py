@@ -288,6 +288,18 @@ def test_decoder_self_and_cross_attention_heads_slim_and_are_counted():
     assert abs(counter.get_total_flops() - predicted[0]) <= 0.01 * counter.get_total_flops()
 
 
+def test_a_pruned_attention_pruned_again_is_the_original_with_those_heads_zeroed():
+    mha = attention()
+    again = HeadPrunedAttention.from_attention(mha, [0, 2, 3]).keep([0, 2])
+    assert again.kept_heads == [0, 3] and again.original_heads == H
+    q, k, v = inputs(True)
+    kw = masks("per_head")  # one mask per original head: heads 0 and 3 must take theirs
+    with torch.no_grad():
+        torch.testing.assert_close(again(q, k, v, **kw)[0], zeroed(mha, [0, 3])(q, k, v, **kw)[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(CrossDistillError, match="within 0..2"):
+        HeadPrunedAttention.from_attention(mha, [0, 2, 3]).keep([3])
+
+
 def test_slim_heads_names_a_layer_that_is_no_attention():
     with pytest.raises(CrossDistillError, match="not an nn.MultiheadAttention"):
         slim_heads(encoder(), "head", [0])
@@ -381,6 +393,11 @@ def test_a_student_pruned_twice_loads_as_it_was_saved(tmp_path):
         once, _ = crossdistill.compress(teacher, x, labels=y, shots=8, keep=0.5, show_progress=False)
         twice, _ = crossdistill.compress(once, x, labels=y, shots=8, keep=0.5, show_progress=False)
     assert len(twice.crossdistill_slim["then"]) == 1
+    # Heads pruned again: numbered among the kept ones, recorded among the original ones.
+    for name in ("extra", "enc.layers.0.self_attn"):
+        first, second = once.get_submodule(name), twice.get_submodule(name)
+        assert second.num_heads == 1 and set(second.kept_heads) <= set(first.kept_heads)
+        assert second.original_heads == H
     path = crossdistill.save(twice, tmp_path / "twice.safetensors")
     loaded = crossdistill.load(path)
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in twice.parameters())

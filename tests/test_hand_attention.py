@@ -16,6 +16,8 @@ import crossdistill
 from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.flops import FlopModel
 from crossdistill.compression.graph_channels import channel_groups, mask_groups, slim_groups
+from crossdistill.compression import graph_groups
+from crossdistill.compression.graph_groups import HEAD_ROWS
 from crossdistill.compression.graph_plan import plan_graph_channels
 from crossdistill.compression.hand_attention import HandHeadsAttention, hand_attentions
 from crossdistill.errors import CrossDistillError
@@ -141,9 +143,10 @@ def test_hand_written_attentions_are_recognised_and_slimming_their_heads_is_mask
     assert [p.name for p in g.producers] == [f"attns.1.{n}" for n in names]
     proj = "to_out.0" if attn is Separate else "proj"
     assert [c.name for c in g.consumers] == [f"attns.1.{proj}"] and g.consumers[0].channels[2] == tuple(range(12, 18))
-    # The projections' own Torch-Pruning groups (stopped by the reshape) are replaced by the heads'.
-    assert not any(p.name.startswith("attns.") for grp in channel_groups(model, x) if not grp.attention
-                   for p in grp.producers if p.name.split(".")[-1] in names)
+    # The projections' own Torch-Pruning groups (stopped by the reshape) keep their ids, never pruned.
+    rows = [grp for grp in channel_groups(model, x) if grp.producers[0].name.startswith("attns.1.")
+            and not grp.attention]
+    assert rows and all(not r.prunable and r.reason == HEAD_ROWS + "attns.1" for r in rows)
     kept = {heads["attns.0"].id: [3], g.id: [0, 2]}
     want = mask_groups(model, channel_groups(model, x), kept)
     slim_groups(model, x, kept)  # checks against the masked model itself too
@@ -195,6 +198,20 @@ def test_masks_shared_weights_and_single_heads_leave_heads_whole():
         groups = [g for g in channel_groups(one, tokens()) if g.attention]
     assert groups and all(not g.prunable and g.reason == "a single head" for g in groups)
     assert hand_attentions(nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)), torch.randn(2, 5)) == {}
+
+
+def test_groups_keep_the_ids_they_had_before_hand_written_heads_were_groups(monkeypatch):
+    # A student saved before names its groups by these ids: only new groups may come, at the end.
+    model, x = net(), tokens()
+    now = channel_groups(model, x)
+    monkeypatch.setattr(graph_groups, "hand_attentions", lambda *_: {})
+    before = channel_groups(model, x)
+    assert len(now) == len(before) + 2 and [g.attention for g in now[len(before):]] == ["attns.0", "attns.1"]
+    assert [(g.id, g.producers, g.consumers) for g in now[:len(before)]] == \
+        [(g.id, g.producers, g.consumers) for g in before]
+    assert [g.prunable for g in now[:len(before)]] == [g.prunable for g in before]
+    plan = plan_graph_channels(model, x, lambda g: g.width // 2)
+    assert not any(HEAD_ROWS in e["reason"] for e in plan.left_whole)
 
 
 def test_prune_heads_off_leaves_hand_written_heads_whole():

@@ -72,27 +72,44 @@ class HeadPrunedAttention(nn.Module):
         kept = sorted(int(h) for h in kept_heads)
         if not kept or kept[0] < 0 or kept[-1] >= attention.num_heads or len(set(kept)) != len(kept):
             raise CrossDistillError(f"kept heads {list(kept_heads)} must be distinct, within 0..{attention.num_heads - 1}")
-        d = attention.head_dim
-        weight = attention.out_proj.weight
-        new = cls(attention.embed_dim, kept, d, kdim=attention.kdim, vdim=attention.vdim,
-                  bias=attention.out_proj.bias is not None, dropout=attention.dropout,
-                  batch_first=attention.batch_first, original_heads=attention.num_heads)
-        new.to(device=weight.device, dtype=weight.dtype)
-        rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in kept]).to(weight.device)
         e = attention.embed_dim
+        if attention.in_proj_weight is not None:
+            weights = [attention.in_proj_weight[i * e:(i + 1) * e] for i in range(3)]
+        else:
+            weights = [attention.q_proj_weight, attention.k_proj_weight, attention.v_proj_weight]
+        b = attention.in_proj_bias
+        biases = [None if b is None else b[i * e:(i + 1) * e] for i in range(3)]
+        return cls._copied(attention, kept, kept, attention.num_heads, weights, biases)
+
+    def keep(self, kept_heads: Sequence[int]) -> "HeadPrunedAttention":
+        """The heads `kept_heads` (numbered among this attention's `num_heads`) of this attention:
+        a student pruned again."""
+        kept = sorted(int(h) for h in kept_heads)
+        if not kept or kept[0] < 0 or kept[-1] >= self.num_heads or len(set(kept)) != len(kept):
+            raise CrossDistillError(f"kept heads {list(kept_heads)} must be distinct, within 0..{self.num_heads - 1}")
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        return self._copied(self, kept, [self.kept_heads[h] for h in kept], self.original_heads,
+                            [p.weight for p in projs], [p.bias for p in projs])
+
+    @classmethod
+    def _copied(cls, source: nn.Module, rows_of: list[int], kept: list[int], original: int,
+                weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> "HeadPrunedAttention":
+        """A HeadPrunedAttention of `source`'s heads `rows_of` (its own numbering), which are the
+        original attention's heads `kept`; `weights`/`biases`: its q, k, v projections."""
+        d, out = source.head_dim, source.out_proj
+        new = cls(source.embed_dim, kept, d, kdim=source.kdim, vdim=source.vdim, bias=out.bias is not None,
+                  dropout=source.dropout, batch_first=source.batch_first, original_heads=original)
+        new.to(device=out.weight.device, dtype=out.weight.dtype)
+        rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in rows_of]).to(out.weight.device)
         with torch.no_grad():
-            for i, proj in enumerate((new.q_proj, new.k_proj, new.v_proj)):
-                if attention.in_proj_weight is not None:
-                    w = attention.in_proj_weight[i * e:(i + 1) * e]
-                else:
-                    w = (attention.q_proj_weight, attention.k_proj_weight, attention.v_proj_weight)[i]
+            for proj, w, b in zip((new.q_proj, new.k_proj, new.v_proj), weights, biases):
                 proj.weight.copy_(w[rows])
-                if attention.in_proj_bias is not None:
-                    proj.bias.copy_(attention.in_proj_bias[i * e:(i + 1) * e][rows])
-            new.out_proj.weight.copy_(weight[:, rows])
-            if attention.out_proj.bias is not None:
-                new.out_proj.bias.copy_(attention.out_proj.bias)
-        new.train(attention.training)
+                if b is not None:
+                    proj.bias.copy_(b[rows])
+            new.out_proj.weight.copy_(out.weight[:, rows])
+            if out.bias is not None:
+                new.out_proj.bias.copy_(out.bias)
+        new.train(source.training)
         return new
 
     def _mask(self, attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, n: int, length: int,
@@ -190,7 +207,7 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor
     return mask.to(dtype)
 
 
-def head_pruning_reason(attention: nn.MultiheadAttention) -> str:
+def head_pruning_reason(attention: nn.Module) -> str:
     """Why this attention's heads cannot be pruned ('' when they can)."""
     if attention.num_heads < 2:
         return "a single head"
@@ -202,9 +219,12 @@ def head_pruning_reason(attention: nn.MultiheadAttention) -> str:
 def slim_heads(model: nn.Module, attention: str, kept_heads: Sequence[int]) -> None:
     """Replace the attention named `attention` in `model` by its `HeadPrunedAttention`."""
     old = model.get_submodule(attention)
-    if not isinstance(old, nn.MultiheadAttention):
+    if isinstance(old, HeadPrunedAttention):
+        new = old.keep(kept_heads)
+    elif isinstance(old, nn.MultiheadAttention):
+        new = HeadPrunedAttention.from_attention(old, kept_heads)
+    else:
         raise CrossDistillError(f"{attention!r} is a {type(old).__name__}, not an nn.MultiheadAttention")
-    new = HeadPrunedAttention.from_attention(old, kept_heads)
     parent_name, _, leaf = attention.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, leaf, new)

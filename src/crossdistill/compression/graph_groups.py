@@ -15,7 +15,7 @@ from torch import nn
 from torch_pruning import ops as tp_ops
 
 from crossdistill.capture import SOLVABLE, own_weight_reason
-from crossdistill.compression.attention_heads import head_pruning_reason
+from crossdistill.compression.attention_heads import HeadPrunedAttention, head_pruning_reason
 from crossdistill.compression.graph_ops import DUMMY, Graph
 from crossdistill.compression.hand_attention import AttentionForm, hand_attentions
 from crossdistill.compression.graph_ties import NORMS, _is_out, _same_channel, _structure, _TPGroup, _tp_groups, _Union
@@ -55,6 +55,9 @@ class ChannelGroup:
     exact: bool                              # dropping == zeroing the consumers' columns (no LayerNorm)
     attention: str = ""                      # the attention whose heads the units are
     form: AttentionForm | None = None        # a hand-written attention's form (hand_attention)
+
+
+HEAD_ROWS = "rows of attention heads, pruned as the heads' own group: "
 
 
 @dataclass
@@ -142,13 +145,11 @@ def _plan(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]
         members.setdefault(comp.find(g), []).append(g)
     plan = _Plan(graph, tpgs, {}, [], [])
     hand = hand_attentions(model, example_inputs)
-    # The rows of a recognised attention's projections are its heads' (a group of their own below).
+    # The rows of these projections are an attention's heads (a group of their own, below).
     heads_of = {f"{name}.{p}": name for name, (form, _) in hand.items() if form for p in form.projections}
-    for gs in sorted(members.values()):
-        gid = len(plan.groups)
-        if all(set(_producers(tpgs[g], graph)) <= set(heads_of) and not _readers(tpgs[g], graph) for g in gs) \
-                and any(_producers(tpgs[g], graph) for g in gs):
-            continue
+    heads_of.update({f"{name}.{p}": name for name, m in model.named_modules() if isinstance(m, HeadPrunedAttention)
+                     for p in ("q_proj", "k_proj", "v_proj")})
+    for gid, gs in enumerate(sorted(members.values())):
         units = sorted({unit_of[(g, r)] for g in gs for r in range(tpgs[g].width)})
         index = {u: i for i, u in enumerate(units)}
         plan.unit_of.update({e: index[u] for e, u in unit_of.items() if e[0] in gs})
@@ -158,12 +159,20 @@ def _plan(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]
                   and group.producers and all(p.name.startswith(n + ".") for p in group.producers)]
         if unread and not group.prunable:
             group = replace(group, reason="; ".join([group.reason, *unread]))
+        owners = {heads_of.get(p.name) for p in group.producers}
+        if group.producers and not group.consumers and len(owners) == 1 and None not in owners:
+            # Kept under its id (the ids of a saved student's groups must not move), never pruned.
+            group = replace(group, prunable=False, reason=HEAD_ROWS + owners.pop())
         plan.groups.append(group)
     for group in head_groups(model, graph.calls, len(plan.groups), set(ignored), graph.tied):
         plan.members.append([])  # no Torch-Pruning group: attention_heads slims it
         plan.groups.append(group)
+    # Appended after the kinds of head group older versions knew, so that their ids stay.
     for group in hand_head_groups(hand, len(plan.groups), set(ignored), graph.tied):
         plan.members.append([])  # replaced whole by hand_attention
+        plan.groups.append(group)
+    for group in head_groups(model, graph.calls, len(plan.groups), set(ignored), graph.tied, pruned=True):
+        plan.members.append([])
         plan.groups.append(group)
     return plan
 
@@ -242,10 +251,11 @@ def _group(graph: Graph, gid: int, gs: list[int], tpgs: list[_TPGroup], unit_of:
 
 
 def head_groups(model: nn.Module, calls: Mapping[nn.Module, int], first_id: int,
-                ignored: set[str], tied: Mapping[str, str] | None = None) -> list[ChannelGroup]:
-    """One group per `nn.MultiheadAttention` of `model` (ids from `first_id`): its heads as units
-    of `head_dim` channels, written by its q/k/v projections and read by its out_proj. `calls`:
-    how many times the traced forward ran each module; `tied`: layers whose weight is shared."""
+                ignored: set[str], tied: Mapping[str, str] | None = None, *, pruned: bool = False) -> list[ChannelGroup]:
+    """One group per `nn.MultiheadAttention` of `model` (ids from `first_id`; with `pruned`, per
+    `HeadPrunedAttention`, a student pruned again): its heads as units of `head_dim` channels,
+    written by its q/k/v projections and read by its out_proj. `calls`: how many times the
+    traced forward ran each module; `tied`: layers whose weight is shared."""
     tied = tied or {}
     holders: dict[int, list[str]] = {}
     for owner, m in model.named_modules():
@@ -253,11 +263,14 @@ def head_groups(model: nn.Module, calls: Mapping[nn.Module, int], first_id: int,
             holders.setdefault(id(p), []).append(f"{owner}.{pname}" if owner else pname)
     groups = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.MultiheadAttention):
+        if not isinstance(mod, HeadPrunedAttention if pruned else nn.MultiheadAttention):
             continue
         h, d = mod.num_heads, mod.head_dim
         reasons = [r for r in (head_pruning_reason(mod),) if r]
-        runs = calls.get(mod, 0)
+        # A HeadPrunedAttention's projections are modules the trace saw run.
+        runs = calls.get(mod.out_proj if pruned else mod, 0)
+        if pruned and any(type(getattr(mod, p)) is not nn.Linear for p in ("q_proj", "k_proj", "v_proj", "out_proj")):
+            reasons.append(f"the projections of {name} are no longer plain Linear layers (low rank?)")
         if runs == 0:
             reasons.append(f"attention {name} did not run in the traced forward")
         elif runs > 1:

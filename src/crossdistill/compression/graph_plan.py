@@ -20,6 +20,7 @@ from crossdistill.capture import (SOLVABLE, forward_calls, forward_order, get_mo
                                   weight_matrix)
 from crossdistill.checks import model_copy
 from crossdistill.compression.graph_channels import ChannelGroup, channel_groups, slim_groups
+from crossdistill.compression.graph_groups import HEAD_ROWS
 from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.problem import QuadraticProblem
@@ -323,6 +324,8 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
     counts: dict[int, int] = {}
     left: list[dict[str, Any]] = []
     for g in traced:
+        if not g.prunable and g.reason.startswith(HEAD_ROWS):
+            continue  # the same channels as an attention's head group, listed under that one
         readers = sorted((c.name for c in g.consumers if solvable(get_module(model, c.name))
                           and c.name not in g.depthwise), key=lambda n: position.get(n, 1 << 30))
         reason = g.reason if not g.prunable else ""

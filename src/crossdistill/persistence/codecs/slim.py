@@ -32,8 +32,7 @@ class SlimCodec(ArtifactCodec):
         return {"input_size": list(record["input_size"]),
                 **({"input_dtype": record["input_dtype"]} if record.get("input_dtype", FLOAT) != FLOAT else {}),
                 "kept": _kept_json(record["kept"]),
-                **({"then": [{"input_size": list(st["input_size"]), "kept": _kept_json(st["kept"])}
-                             for st in record["then"]]} if record.get("then") else {})}, {}
+                **({"then": [_stage(st, as_json=True) for st in record["then"]]} if record.get("then") else {})}, {}
 
     def validate(self, metadata: Any) -> dict[str, Any]:
         if metadata in (None, {}):
@@ -49,7 +48,7 @@ class SlimCodec(ArtifactCodec):
             raise DocumentError(f"'channel_groups.input_dtype' must be {FLOAT!r} or {TOKENS!r}")
         return {"input_size": metadata["input_size"], "kept": metadata["kept"],
                 **({"input_dtype": dtype} if dtype != FLOAT else {}),
-                **({"then": [{"input_size": st["input_size"], "kept": st["kept"]} for st in then]} if then else {})}
+                **({"then": [_stage(st, as_json=True) for st in then]} if then else {})}
 
     def restructure(self, model: nn.Module, metadata: Mapping[str, Any]) -> None:
         from crossdistill.compression.graph_channels import slim_groups
@@ -59,12 +58,8 @@ class SlimCodec(ArtifactCodec):
         for st in stages:  # each stage's group ids are those of the model the stages before left
             slim_groups(model, example(st["input_size"], 1, dtype, model=model),
                         {int(g): v for g, v in st["kept"].items()}, check=False)
-        setattr(model, self.attr, {"input_size": list(metadata["input_size"]),
-                                   "kept": {int(g): list(v) for g, v in metadata["kept"].items()},
-                                   **({"input_dtype": dtype} if dtype != FLOAT else {}),
-                                   **({"then": [{"input_size": list(st["input_size"]),
-                                                 "kept": {int(g): list(v) for g, v in st["kept"].items()}}
-                                                for st in stages[1:]]} if len(stages) > 1 else {})})
+        setattr(model, self.attr, {**_stage(metadata), **({"input_dtype": dtype} if dtype != FLOAT else {}),
+                                   **({"then": [_stage(st) for st in stages[1:]]} if len(stages) > 1 else {})})
 
     def decode(self, model: nn.Module, metadata: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
         pass  # `restructure` did the work before the weights were loaded
@@ -72,6 +67,13 @@ class SlimCodec(ArtifactCodec):
 
 def _kept_json(kept: Mapping[Any, Any]) -> dict[str, list[int]]:
     return {str(g): [int(u) for u in units] for g, units in kept.items()}
+
+
+def _stage(stage: Mapping[str, Any], as_json: bool = False) -> dict[str, Any]:
+    """One stage's input size and kept units, group ids as strings (the document) or ints (the model)."""
+    kept = _kept_json(stage["kept"])
+    return {"input_size": [int(v) for v in stage["input_size"]],
+            "kept": kept if as_json else {int(g): units for g, units in kept.items()}}
 
 
 def _check_stage(stage: Mapping[str, Any]) -> None:
