@@ -80,6 +80,47 @@ def test_sparsity_low_rank_and_attention_changes_are_found():
         compressed_layers(t, copy.deepcopy(t))
 
 
+def test_a_producer_that_lost_outputs_is_changed_only_when_a_kept_filter_changed():
+    teacher, student, _ = channel_student()
+    assert student.stem[0].out_channels < teacher.stem[0].out_channels
+    with torch.no_grad():
+        student.stem[0].weight[1, 0, 0, 0] += 1e-3  # as quantizing it after pruning would
+    assert "stem.0" in compressed_layers(student, teacher)
+    # A transposed conv's filters lie along its second axis.
+    up = nn.ConvTranspose2d(4, 6, 3)
+    kept = nn.ConvTranspose2d(4, 3, 3)
+    with torch.no_grad():
+        kept.weight.copy_(up.weight[:, [0, 2, 5]])
+    t, s = nn.ModuleDict({"up": up}), nn.ModuleDict({"up": kept})
+    with pytest.raises(CrossDistillError, match="differs from its teacher"):
+        compressed_layers(s, t)  # the teacher's filters 0, 2, 5: unchanged
+    with torch.no_grad():
+        s.up.weight[0, 1] += 1e-3
+    assert compressed_layers(s, t) == ["up"]
+
+
+def test_heads_pruned_then_quantized_projections_are_changed_layers():
+    torch.manual_seed(0)
+
+    class Enc(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(6, 16)
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.embed(x)
+            return self.head((h + self.attn(h, h, h, need_weights=False)[0]).mean(1))
+
+    teacher, x, y = Enc().eval(), torch.randn(30, 8, 6), torch.arange(30) % 5
+    for method, want in (("channels", {"attn.out_proj"}),
+                         ("channels+quant", {"attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"})):
+        student, _ = crossdistill.compress(teacher, x, labels=y, shots=4, keep=0.5, method=method,
+                                           show_progress=False)
+        assert {n for n in compressed_layers(student, teacher) if n.startswith("attn.")} == want
+
+
 def test_trainable_pruned_and_layer_hints_on_a_user_model():
     teacher, student, _ = channel_student()
     ref = copy.deepcopy(student.state_dict())
