@@ -82,6 +82,40 @@ class MaskBuffer(Packed):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
+class HFSelfAttention(nn.Module):
+    """Hugging Face's ViTSelfAttention: query/key/value Linears, the heads returned as they are
+    (in a 1-tuple), the output projection in a sibling module (HFSelfOutput)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_attention_heads, self.attention_head_size = H, E // H
+        self.query, self.key, self.value = (nn.Linear(E, E) for _ in range(3))
+        self.dropout = nn.Dropout(0.0)
+
+    def forward(self, hidden_states: torch.Tensor, head_mask: torch.Tensor | None = None,
+                output_attentions: bool = False) -> tuple[torch.Tensor, ...]:
+        b, n, _ = hidden_states.shape
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, n, self.num_attention_heads, self.attention_head_size).permute(0, 2, 1, 3)
+
+        q, k, v = heads(self.query(hidden_states)), heads(self.key(hidden_states)), heads(self.value(hidden_states))
+        probs = self.dropout(torch.softmax(q @ k.transpose(-1, -2) / self.attention_head_size ** 0.5, dim=-1))
+        context = (probs @ v).permute(0, 2, 1, 3).contiguous().view(b, n, E)
+        return (context, probs) if output_attentions else (context,)
+
+
+class HFAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = HFSelfAttention()
+        self.output = nn.ModuleDict({"dense": nn.Linear(E, E), "dropout": nn.Dropout(0.0)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        context = self.attention(x, None, False)[0]
+        return self.output["dropout"](self.output["dense"](context))
+
+
 class Biased(Packed):
     """A relative position bias: a parameter of its own, so not a standard attention."""
 
@@ -133,25 +167,29 @@ def tokens(n: int = 4, seed: int = 1) -> torch.Tensor:
 @pytest.mark.parametrize("attn,kw,names", [
     (Packed, {}, ["qkv"]), (Packed, {"per_head": True}, ["qkv"]), (Packed, {"causal": True}, ["qkv"]),
     (Packed, {"scale": 0.1}, ["qkv"]), (Separate, {}, ["to_q", "to_k", "to_v"]), (MaskBuffer, {}, ["qkv"]),
+    (HFAttention, {}, ["attention.query", "attention.key", "attention.value"]),
 ])
 def test_hand_written_attentions_are_recognised_and_slimming_their_heads_is_masking_them(attn, kw, names):
     model, x = net(attn, **kw), tokens()
+    hf = attn is HFAttention
     heads = {g.attention: g for g in channel_groups(model, x) if g.attention}
-    assert set(heads) == {"attns.0", "attns.1"}
-    g = heads["attns.1"]
+    inner = ".attention" if hf else ""
+    assert set(heads) == {f"attns.0{inner}", f"attns.1{inner}"}
+    g = heads[f"attns.1{inner}"]
     assert g.prunable and g.width == H
     assert [p.name for p in g.producers] == [f"attns.1.{n}" for n in names]
-    proj = "to_out.0" if attn is Separate else "proj"
+    proj = {Separate: "to_out.0", HFAttention: "output.dense"}.get(attn, "proj")
     assert [c.name for c in g.consumers] == [f"attns.1.{proj}"] and g.consumers[0].channels[2] == tuple(range(12, 18))
     # The projections' own Torch-Pruning groups (stopped by the reshape) keep their ids, never pruned.
     rows = [grp for grp in channel_groups(model, x) if grp.producers[0].name.startswith("attns.1.")
             and not grp.attention]
-    assert rows and all(not r.prunable and r.reason == HEAD_ROWS + "attns.1" for r in rows)
-    kept = {heads["attns.0"].id: [3], g.id: [0, 2]}
+    assert rows and all(not r.prunable and r.reason == HEAD_ROWS + f"attns.1{inner}" for r in rows)
+    kept = {heads[f"attns.0{inner}"].id: [3], g.id: [0, 2]}
     want = mask_groups(model, channel_groups(model, x), kept)
     slim_groups(model, x, kept)  # checks against the masked model itself too
-    assert all(type(a) is HandHeadsAttention for a in model.attns)
-    assert model.attns[1].kept_heads == [0, 2] and model.attns[0].num_heads == 1
+    attns = [a.attention if hf else a for a in model.attns]
+    assert all(type(a) is HandHeadsAttention for a in attns)
+    assert attns[1].kept_heads == [0, 2] and attns[0].num_heads == 1
     with torch.no_grad():
         for seed in (2, 3):  # inputs the recognition never saw
             torch.testing.assert_close(model(tokens(seed=seed)), want(tokens(seed=seed)), atol=1e-5, rtol=1e-5)
@@ -212,6 +250,40 @@ def test_groups_keep_the_ids_they_had_before_hand_written_heads_were_groups(monk
     assert [g.prunable for g in now[:len(before)]] == [g.prunable for g in before]
     plan = plan_graph_channels(model, x, lambda g: g.width // 2)
     assert not any(HEAD_ROWS in e["reason"] for e in plan.left_whole)
+
+
+def test_heads_without_an_output_projection_need_one_linear_reading_them_alone():
+    class TwoReaders(HFAttention):
+        def __init__(self) -> None:
+            super().__init__()
+            self.other = nn.Linear(E, E)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            context = self.attention(x)[0]
+            return self.output["dense"](context) + self.other(context)
+
+    class AlsoAdded(HFAttention):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            context = self.attention(x)[0]
+            return self.output["dense"](context) + context  # the heads also join the residual stream
+
+    class WantsWeights(HFAttention):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.output["dense"](self.attention(x, None, True)[0])
+
+    found = hand_attentions(net(TwoReaders), tokens())
+    assert found["attns.0.attention"][0] is None and "not to one Linear layer alone" in found["attns.0.attention"][1]
+    assert "a mask?" in hand_attentions(net(WantsWeights), tokens())["attns.0.attention"][1]
+    # One Linear reads the heads, but the residual add reads them too: the slimming check catches it.
+    plan = plan_graph_channels(net(AlsoAdded), tokens(), lambda g: g.width // 2)
+    assert not any(g.attention for g in plan.groups.values())
+    whole = [e for e in plan.left_whole if e["producers"] == ["attns.0.attention.query", "attns.0.attention.key",
+                                                              "attns.0.attention.value"]]
+    assert whole and "does not reproduce the masked model" in whole[0]["reason"]
+
+
+def make_hf_net() -> Net:
+    return net(HFAttention)
 
 
 def test_prune_heads_off_leaves_hand_written_heads_whole():
@@ -279,22 +351,27 @@ def make_net() -> Net:
     return net()
 
 
-def test_a_student_with_hand_written_heads_pruned_saves_loads_and_prunes_again(tmp_path):
+@pytest.mark.parametrize("factory_name", ["make_net", "make_hf_net"])
+def test_a_student_with_hand_written_heads_pruned_saves_loads_and_prunes_again(tmp_path, factory_name):
     factory = tmp_path / "handnet.py"
     factory.write_text(f"import sys\nsys.path.insert(0, {str(tmp_path.parent)!r})\n"
-                       f"from {__name__} import make_net\n")
-    teacher = net()
-    teacher.crossdistill_factory = f"{factory}:make_net"
+                       f"from {__name__} import {factory_name}\n")
+    teacher = globals()[factory_name]()
+    teacher.crossdistill_factory = f"{factory}:{factory_name}"
     x, y = torch.randn(30, T, 5), torch.arange(30) % 3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CompressionWarning)
         once, _ = crossdistill.compress(teacher, x, labels=y, shots=6, keep=0.5, show_progress=False)
         twice, _ = crossdistill.compress(once, x, labels=y, shots=6, keep=0.5, show_progress=False)
-    assert [m.num_heads for m in twice.attns] == [1, 1]
-    assert set(twice.attns[0].kept_heads) <= set(once.attns[0].kept_heads)
+
+    def heads(model: Net) -> list[nn.Module]:
+        return [a.attention if factory_name == "make_hf_net" else a for a in model.attns]
+
+    assert [m.num_heads for m in heads(twice)] == [1, 1]
+    assert set(heads(twice)[0].kept_heads) <= set(heads(once)[0].kept_heads)
     for student in (once, twice):
         loaded = crossdistill.load(crossdistill.save(student, tmp_path / "s.safetensors"))
-        assert [m.kept_heads for m in loaded.attns] == [m.kept_heads for m in student.attns]
+        assert [m.kept_heads for m in heads(loaded)] == [m.kept_heads for m in heads(student)]
         with torch.inference_mode():
             assert torch.equal(loaded(x[:5]), student(x[:5]))
 

@@ -198,7 +198,8 @@ def hand_head_groups(hand: Mapping[str, tuple[AttentionForm | None, str]], first
         if form is None:
             continue
         reasons = [] if form.heads >= 2 else ["a single head"]
-        layers = [f"{name}.{p}" for p in (*form.projections, form.proj)]
+        reader = form.reader or f"{name}.{form.proj}"
+        layers = [*(f"{name}.{p}" for p in form.projections), reader]
         reasons += [f"layer {n}: {(tied or {})[n]}" for n in layers if n in (tied or {})]
         reasons += [f"touches ignored layer {n}" for n in (name, *layers) if n in ignored]
         per_head = [form.unit_rows(h) for h in range(form.heads)]
@@ -207,8 +208,7 @@ def hand_head_groups(hand: Mapping[str, tuple[AttentionForm | None, str]], first
             id=first_id + len(groups), width=form.heads,
             producers=tuple(LayerChannels(f"{name}.{p}", tuple(rows[i] for rows in per_head))
                             for i, p in enumerate(form.projections)),
-            consumers=(LayerChannels(f"{name}.{form.proj}", tuple(tuple(range(h * d, (h + 1) * d))
-                                                                  for h in range(form.heads))),),
+            consumers=(LayerChannels(reader, tuple(tuple(range(h * d, (h + 1) * d)) for h in range(form.heads))),),
             norms=(), depthwise=(), prunable=not reasons, reason="; ".join(reasons), exact=True,
             attention=name, form=form))
     return groups

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -37,7 +37,9 @@ class AttentionForm:
     = (3, heads, d) or 'head' = (heads, 3, d)) or `q`, `k`, `v` (one Linear each), then `out`,
     the direct child applied to the concatenated heads (the output Linear `proj`, or a
     Sequential holding it with parameter-free layers such as Dropout). Names are relative to
-    the attention."""
+    the attention, but for `reader`: when the attention returns the concatenated heads
+    themselves (`proj` empty, Hugging Face's SelfAttention), the model's Linear that reads them
+    (its SelfOutput's `dense`). `returns_tuple`: the output is wrapped in a 1-tuple."""
 
     heads: int
     head_dim: int
@@ -52,6 +54,8 @@ class AttentionForm:
     scale: float | None = None          # None: 1/√head_dim
     attn_drop: str = ""                 # a Dropout child applied to the attention weights
     out_drop: str = ""                  # a Dropout child applied after `out`
+    reader: str = ""                    # the model's Linear reading the heads, when `proj` is empty
+    returns_tuple: bool = False
 
     @property
     def projections(self) -> tuple[str, ...]:
@@ -85,14 +89,18 @@ def _attend(mod: nn.Module, form: AttentionForm, x: torch.Tensor, heads: int) ->
     drop = mod.get_submodule(form.attn_drop).p if form.attn_drop and mod.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=form.causal,
                                          scale=form.scale if form.scale is not None else 1.0 / math.sqrt(d))
-    out = mod.get_submodule(form.out)(out.transpose(1, 2).reshape(b, n, heads * d))
+    out = out.transpose(1, 2).reshape(b, n, heads * d)
+    if not form.proj:
+        return out
+    out = mod.get_submodule(form.out)(out)
     return mod.get_submodule(form.out_drop)(out) if form.out_drop else out
 
 
 class HandHeadsAttention(nn.Module):
     """A hand-written attention with some heads removed: the original's children under their
     own names (projections cut to the kept heads), computing what the original computed on
-    the heads it kept. Called with the (batch, tokens, features) tensor alone."""
+    the heads it kept. Called with the (batch, tokens, features) tensor alone (other arguments
+    None or False, as Hugging Face passes its head mask and output_attentions)."""
 
     def __init__(self, original: nn.Module, form: AttentionForm, kept_heads: Sequence[int]) -> None:
         super().__init__()
@@ -106,27 +114,42 @@ class HandHeadsAttention(nn.Module):
         self.form = AttentionForm(**{**form.__dict__, "heads": len(kept)})
         self.kept_heads, self.original_heads = kept, form.heads
         self.num_heads, self.head_dim = len(kept), form.head_dim
-        with torch.no_grad():
-            for name, rows in zip(form.projections, form.rows(kept)):
-                _cut(self, name, torch.tensor(rows, dtype=torch.long), "out")
-            d = form.head_dim
-            _cut(self, form.proj, torch.tensor([r for i in kept for r in range(i * d, (i + 1) * d)]), "in")
+        for name, rows in zip(form.projections, form.rows(kept)):
+            _cut(self, name, torch.tensor(rows, dtype=torch.long), "out")
+        if form.proj:  # else the model's reader of the heads loses its columns (slim_hand_heads)
+            _cut(self, form.proj, head_columns(form.head_dim, kept), "in")
         self.train(original.training)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if any(a is not None for a in (*args, *kwargs.values())):
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if any(not _absent(a) for a in (*args, *kwargs.values())):
             raise CrossDistillError("this head-pruned attention takes its input tensor alone (it was recognised from "
                                     "calls without masks or other arguments)")
         if x.dim() != 3:
             raise CrossDistillError(f"this attention takes (batch, tokens, features) inputs, got shape {tuple(x.shape)}")
-        return _attend(self, self.form, x, self.num_heads)
+        out = _attend(self, self.form, x, self.num_heads)
+        return (out,) if self.form.returns_tuple else out
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads} (heads {self.kept_heads} of {self.original_heads}), head_dim={self.head_dim}"
 
 
+def head_columns(head_dim: int, heads: Sequence[int]) -> torch.Tensor:
+    """The columns of the concatenated heads that `heads` fill."""
+    return torch.tensor([r for i in heads for r in range(i * head_dim, (i + 1) * head_dim)], dtype=torch.long)
+
+
+def _absent(arg: Any) -> bool:
+    """None, or False: an argument that asks for nothing (no mask, no attention weights)."""
+    return arg is None or arg is False
+
+
 def _cut(parent: nn.Module, name: str, idx: torch.Tensor, side: str) -> None:
     """Replace Linear `name` under `parent` by one keeping rows (`side` 'out') or columns ('in') `idx`."""
+    with torch.no_grad():
+        _cut_weights(parent, name, idx, side)
+
+
+def _cut_weights(parent: nn.Module, name: str, idx: torch.Tensor, side: str) -> None:
     old = parent.get_submodule(name)
     w = old.weight
     idx = idx.to(w.device)
@@ -154,10 +177,15 @@ def _shapes(mod: nn.Module) -> list[dict[str, Any]]:
     child, or in a child Sequential) reading `inner` features, and one packed Linear writing 3 ×
     `inner` or three writing `inner` each from the same input."""
     lin = _linears(mod)
-    if not 2 <= len(lin) <= 4:
+    if not 1 <= len(lin) <= 4:
         return []
     children = dict(mod.named_children())
-    found = []
+    found: list[dict[str, Any]] = []
+    # No output projection: the heads go out as they are, to a Linear of the model (`reader`).
+    if len(lin) == 1 and next(iter(lin.values())).out_features % 3 == 0:
+        found += [{"proj": "", "out": "", "qkv": next(iter(lin)), "layout": lay} for lay in ("qkv", "head")]
+    if len(lin) == 3 and len({(m.in_features, m.out_features) for m in lin.values()}) == 1:
+        found += [{"proj": "", "out": "", "q": a, "k": b, "v": c} for a, b, c in itertools.permutations(lin)]
     for proj, layer in lin.items():
         top = proj.split(".")[0]
         if "." in proj and not isinstance(children[top], nn.Sequential):
@@ -168,6 +196,13 @@ def _shapes(mod: nn.Module) -> list[dict[str, Any]]:
         if len(rest) == 3 and len({(lin[n].in_features, lin[n].out_features) for n in rest} | {(0, inner)}) == 2:
             found += [{"proj": proj, "out": top, "q": a, "k": b, "v": c} for a, b, c in itertools.permutations(rest)]
     return found
+
+
+def _inner(lin: dict[str, nn.Linear], shape: dict[str, Any]) -> int:
+    """The width of the concatenated heads under `shape`."""
+    if shape["proj"]:
+        return lin[shape["proj"]].in_features
+    return lin[shape["qkv"]].out_features // 3 if shape.get("qkv") else lin[shape["q"]].out_features
 
 
 def _head_counts(mod: nn.Module, inner: int) -> list[int]:
@@ -191,16 +226,17 @@ def _readings(mod: nn.Module, width: int) -> Iterator[AttentionForm]:
     for shape in _shapes(mod):
         if lin[shape.get("qkv") or shape["q"]].in_features != width:
             continue
-        inner = lin[shape["proj"]].in_features
+        inner = _inner(lin, shape)
         for h, causal, scale in itertools.product(_head_counts(mod, inner), (False, True), scales):
             yield AttentionForm(heads=h, head_dim=inner // h, causal=causal, scale=scale,
                                 attn_drop=drops[0] if len(drops) == 1 else "",
                                 out_drop=after[0] if len(after) == 1 else "", **shape)
 
 
-def recognise(mod: nn.Module, x: torch.Tensor, y: Any) -> tuple[AttentionForm | None, str]:
+def recognise(mod: nn.Module, x: torch.Tensor, y: Any, reader: str = "") -> tuple[AttentionForm | None, str]:
     """The form of `mod` when it computes a standard attention (its call on `x` gave `y`), or
-    None and why not. `mod` must be in eval mode."""
+    None and why not. `reader`: the model's only Linear reading `y` ('' when there is none),
+    for an attention without an output projection. `mod` must be in eval mode."""
     if isinstance(mod, HandHeadsAttention):
         return mod.form, ""
     lin = _linears(mod)
@@ -208,20 +244,27 @@ def recognise(mod: nn.Module, x: torch.Tensor, y: Any) -> tuple[AttentionForm | 
     extra = [n for n, p in mod.named_parameters() if id(p) not in owned]
     if extra:
         return None, f"it holds parameters besides its projections ({', '.join(extra[:3])})"
-    if not any(_head_counts(mod, lin[s["proj"]].in_features) for s in _shapes(mod)):
+    if not any(_head_counts(mod, _inner(lin, s)) for s in _shapes(mod)):
         return None, f"it names no head count (an attribute {HEAD_ATTRS[0]}, {HEAD_ATTRS[1]} or {HEAD_DIM_ATTRS[0]})"
+    wrapped = isinstance(y, tuple) and len(y) == 1
+    y = y[0] if wrapped else y
     if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 3 and isinstance(y, torch.Tensor)
             and y.dim() == 3 and y.shape[:2] == x.shape[:2]):
         return None, "it is not called with one (batch, tokens, features) tensor giving one"
     probe = torch.randn_like(x) * x.std().clamp_min(1e-3) + x.mean()
     with torch.no_grad():
         y2 = mod(probe)
+        y2 = y2[0] if wrapped and isinstance(y2, tuple) else y2
         for form in _readings(mod, x.shape[-1]):
+            if not form.proj and not reader:
+                continue
             try:
                 if all(_close(_attend(mod, form, a, form.heads), b) for a, b in ((x, y), (probe, y2))):
-                    return form, ""
+                    return replace(form, reader="" if form.proj else reader, returns_tuple=wrapped), ""
             except RuntimeError:
                 continue
+    if not reader and all(not s["proj"] for s in _shapes(mod)):
+        return None, "its heads go out without an output projection, and not to one Linear layer alone"
     return None, ("its output is not a standard attention's over its projections (q/k norms, a position bias "
                   "or rotary embedding, another scale?)")
 
@@ -240,14 +283,17 @@ def hand_attentions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[
     if not found:
         return {}
     seen: dict[str, list[tuple[Any, Any]]] = {n: [] for n in found}
+    read: list[tuple[str, Any]] = []  # (Linear, its input): which layer reads an attention's heads
 
     def hook(name: str):
         def record(_m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            extra = [a for a in (*args[1:], *kwargs.values()) if a is not None]
+            extra = [a for a in (*args[1:], *kwargs.values()) if not _absent(a)]
             seen[name].append((args[0] if args and not extra else None, out))
         return record
 
     handles = [m.register_forward_hook(hook(n), with_kwargs=True) for n, m in found.items()]
+    handles += [m.register_forward_pre_hook(lambda _m, args, n=n: read.append((n, args[0] if args else None)))
+                for n, m in model.named_modules() if type(m) is nn.Linear]
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -271,10 +317,12 @@ def hand_attentions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[
             out[name] = (None, "called with more than its input tensor (a mask?)")
         else:
             mod = found[name]
+            y = calls[0][1][0] if isinstance(calls[0][1], tuple) and calls[0][1] else calls[0][1]
+            readers = [n for n, t in read if t is y and not n.startswith(name + ".")]
             was = mod.training
             mod.eval()
             try:
-                out[name] = recognise(mod, calls[0][0], calls[0][1])
+                out[name] = recognise(mod, calls[0][0], calls[0][1], readers[0] if len(readers) == 1 else "")
             finally:
                 mod.train(was)
     return {n: out[n] for n in found if n in out}
@@ -291,5 +339,7 @@ def slim_hand_heads(model: nn.Module, name: str, form: AttentionForm, kept_heads
         new.kept_heads, new.original_heads = sorted(kept), old.original_heads
     else:
         new = HandHeadsAttention(old, form, kept_heads)
+    if form.reader:  # numbered among the heads the reader reads now
+        _cut(model, form.reader, head_columns(form.head_dim, sorted(int(h) for h in kept_heads)), "in")
     parent_name, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
