@@ -399,3 +399,17 @@ def test_the_fine_tune_trains_a_hand_written_pruned_attention_with_its_dropout()
     assert not torch.allclose(first, attn(x))  # attention dropout applies in training mode
     first.sum().backward()
     assert attn.qkv.weight.grad is not None and attn.proj.weight.grad is not None
+
+
+def test_a_module_with_one_linear_of_three_times_the_width_is_no_attention():
+    class Head(nn.Module):  # a classifier of 30 classes in a module of its own
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(E, 30)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    model = nn.Sequential(nn.Linear(5, E), Head())
+    assert hand_attentions(model, torch.randn(2, T, 5)) == {}
+    assert all("heads of" not in g.reason for g in channel_groups(model, torch.randn(2, T, 5)))

@@ -273,13 +273,20 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool((a - b).abs().max() <= RTOL * b.abs().max().clamp_min(1e-6))
 
 
+def _candidate(mod: nn.Module) -> bool:
+    """Shaped like an attention: projections around an output Linear, or, without one (weaker
+    evidence: one Linear of 3·n outputs, three alike), projections beside a stated head count."""
+    lin = _linears(mod)
+    return any(s["proj"] or _head_counts(mod, _inner(lin, s)) for s in _shapes(mod))
+
+
 def hand_attentions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[AttentionForm | None, str]]:
     """Each module of `model` shaped like a hand-written attention (Linear layers holding all its
     parameters, two to four of them), with its form or why it was not recognised. One eval-mode
     forward on `example`, only when there is such a module."""
     found = {n: m for n, m in model.named_modules()
              if n and not isinstance(m, (nn.Linear, nn.Sequential, nn.ModuleList, nn.MultiheadAttention))
-             and (isinstance(m, HandHeadsAttention) or _shapes(m))}
+             and (isinstance(m, HandHeadsAttention) or _candidate(m))}
     if not found:
         return {}
     seen: dict[str, list[tuple[Any, Any]]] = {n: [] for n in found}
