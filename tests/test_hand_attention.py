@@ -226,7 +226,7 @@ def test_masks_shared_weights_and_single_heads_leave_heads_whole():
             return self.head(h.mean(1))
 
     found = hand_attentions(WithMask(Masked).eval(), tokens())
-    assert found["attns.0"][0] is None and "a mask?" in found["attns.0"][1] and found["attns.1"][0] is not None
+    assert found["attns.0"][0] is None and "a mask, a context?" in found["attns.0"][1] and found["attns.1"][0] is not None
     found = hand_attentions(Twice().eval(), tokens())
     assert found["attns.0"][0] is None and "more than once" in found["attns.0"][1]
     one = net()
@@ -273,7 +273,7 @@ def test_heads_without_an_output_projection_need_one_linear_reading_them_alone()
 
     found = hand_attentions(net(TwoReaders), tokens())
     assert found["attns.0.attention"][0] is None and "not to one Linear layer alone" in found["attns.0.attention"][1]
-    assert "a mask?" in hand_attentions(net(WantsWeights), tokens())["attns.0.attention"][1]
+    assert "a mask, a context?" in hand_attentions(net(WantsWeights), tokens())["attns.0.attention"][1]
     # One Linear reads the heads, but the residual add reads them too: the slimming check catches it.
     plan = plan_graph_channels(net(AlsoAdded), tokens(), lambda g: g.width // 2)
     assert not any(g.attention for g in plan.groups.values())
@@ -413,3 +413,65 @@ def test_a_module_with_one_linear_of_three_times_the_width_is_no_attention():
     model = nn.Sequential(nn.Linear(5, E), Head())
     assert hand_attentions(model, torch.randn(2, T, 5)) == {}
     assert all("heads of" not in g.reason for g in channel_groups(model, torch.randn(2, T, 5)))
+
+
+def test_a_causal_attention_seen_on_one_token_is_told_from_a_plain_one():
+    # With one token, causal and not give the same output: a longer probe tells them apart.
+    model = net(Packed, causal=True)
+    one = torch.randn(3, 1, 5)
+    forms = {n: f for n, (f, _) in hand_attentions(model, one).items()}
+    assert forms["attns.0"].causal and forms["attns.1"].causal
+
+    class OneLength(Packed):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[1] != 1:
+                raise RuntimeError("made for one token")
+            return super().forward(x)
+
+    found = hand_attentions(net(OneLength), one)
+    assert found["attns.0"][0] is None and "one token only" in found["attns.0"][1]
+
+
+@pytest.mark.parametrize("names,weights,after", [
+    (("attn_drop", "proj_drop"), "attn_drop", "proj_drop"),          # timm
+    (("attn_dropout", "resid_dropout"), "attn_dropout", "resid_dropout"),  # nanoGPT
+    (("dropout", None), "dropout", ""),                             # lucidrains, Hugging Face
+    (("drop_a", "drop_b"), "", ""),                                 # names that say nothing
+])
+def test_dropout_roles_come_from_their_names(names, weights, after):
+    class Named(Packed):
+        def __init__(self) -> None:
+            super().__init__()
+            del self.attn_drop, self.proj_drop
+            for n in names:
+                if n:
+                    self.add_module(n, nn.Dropout(0.0))
+            for own in ("attn_drop", "proj_drop"):  # what the forward calls, when not among the names
+                if own not in names:
+                    self.add_module(own, nn.Identity())
+
+    form = hand_attentions(net(Named), tokens())["attns.0"][0]
+    assert (form.attn_drop, form.out_drop) == (weights, after)
+
+
+def test_a_projection_shared_by_two_attentions_keeps_their_heads():
+    model = net()
+    model.attns[1].qkv = model.attns[0].qkv
+    heads = [g for g in channel_groups(model, tokens()) if g.attention]
+    assert heads and all(not g.prunable and "runs more than once" in g.reason for g in heads)
+
+
+def test_an_attention_returning_its_weights_says_so():
+    class WithWeights(Packed):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return super().forward(x), torch.zeros(1)
+
+    class Caller(Net):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.embed(x)
+            for attn in self.attns:
+                h = h + attn(h)[0]
+            return self.head(h.mean(1))
+
+    found = hand_attentions(Caller(WithWeights).eval(), tokens())
+    assert found["attns.0"][0] is None and "returns more than its output" in found["attns.0"][1]

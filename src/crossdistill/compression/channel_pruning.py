@@ -38,8 +38,9 @@ class ChannelPruning(CompressionMethod):
     refit: bool = param(False, "also re-solve every ungrouped conv after the first that is not pruned (Linear "
                         "and grouped layers keep the teacher's weights)", show=False)
     prune_classifier: bool = param(False, "also prune the channels that the classifier reads", show=False)
-    prune_heads: bool = param(True, "also prune the heads of every nn.MultiheadAttention, a head at a time (its "
-                              "q/k/v rows and out_proj columns), keeping the same share as of channels",
+    prune_heads: bool = param(True, "also prune attention heads, a head at a time (an nn.MultiheadAttention's q/k/v "
+                              "rows and out_proj columns, or those of an attention written by hand), keeping the "
+                              "same share as of channels",
                               show=False)
     flops: float | None = param(None, "instead of keep: the share of the teacher's FLOPs to keep, with one keep "
                                 "ratio for every group, found by bisection", low=0, low_open=True, high=1)

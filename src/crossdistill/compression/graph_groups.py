@@ -168,7 +168,7 @@ def _plan(model: nn.Module, example_inputs: torch.Tensor, ignored: Sequence[str]
         plan.members.append([])  # no Torch-Pruning group: attention_heads slims it
         plan.groups.append(group)
     # Appended after the kinds of head group older versions knew, so that their ids stay.
-    for group in hand_head_groups(hand, len(plan.groups), set(ignored), graph.tied):
+    for group in hand_head_groups(model, hand, len(plan.groups), set(ignored), graph.tied, graph.calls):
         plan.members.append([])  # replaced whole by hand_attention
         plan.groups.append(group)
     for group in head_groups(model, graph.calls, len(plan.groups), set(ignored), graph.tied, pruned=True):
@@ -187,8 +187,9 @@ def _readers(tpg: _TPGroup, graph: Graph) -> list[str]:
             if not isinstance(dep.target.module, (*DUMMY, nn.Parameter)) and not _is_out(graph.dg, dep)]
 
 
-def hand_head_groups(hand: Mapping[str, tuple[AttentionForm | None, str]], first_id: int, ignored: set[str],
-                     tied: Mapping[str, str] | None = None) -> list[ChannelGroup]:
+def hand_head_groups(model: nn.Module, hand: Mapping[str, tuple[AttentionForm | None, str]], first_id: int,
+                     ignored: set[str], tied: Mapping[str, str] | None = None,
+                     calls: Mapping[nn.Module, int] | None = None) -> list[ChannelGroup]:
     """One group per recognised hand-written attention (`hand_attention.hand_attentions`): its
     heads as units, written by its q/k/v (or packed qkv) projections and read by its output
     projection. Modules shaped like one but not recognised have no group: their projections'
@@ -201,6 +202,9 @@ def hand_head_groups(hand: Mapping[str, tuple[AttentionForm | None, str]], first
         reader = form.reader or f"{name}.{form.proj}"
         layers = [*(f"{name}.{p}" for p in form.projections), reader]
         reasons += [f"layer {n}: {(tied or {})[n]}" for n in layers if n in (tied or {})]
+        # A projection module held by two attentions runs once for each: its rows are two sets of heads.
+        reasons += [f"layer {n} runs more than once (shared by another attention?)" for n in layers
+                    if (calls or {}).get(model.get_submodule(n), 1) > 1]
         reasons += [f"touches ignored layer {n}" for n in (name, *layers) if n in ignored]
         per_head = [form.unit_rows(h) for h in range(form.heads)]
         d = form.head_dim

@@ -198,6 +198,12 @@ def _shapes(mod: nn.Module) -> list[dict[str, Any]]:
     return found
 
 
+def _after_output(name: str) -> bool:
+    """A Dropout named for the output (timm's proj_drop, nanoGPT's resid_dropout)."""
+    words = name.lower().split("_")
+    return bool({"proj", "resid", "out", "output"} & set(words)) or words[0].startswith("out")
+
+
 def _inner(lin: dict[str, nn.Linear], shape: dict[str, Any]) -> int:
     """The width of the concatenated heads under `shape`."""
     if shape["proj"]:
@@ -218,11 +224,11 @@ def _readings(mod: nn.Module, width: int) -> Iterator[AttentionForm]:
     lin = _linears(mod)
     children = dict(mod.named_children())
     scales = [None] + ([float(mod.scale)] if isinstance(getattr(mod, "scale", None), float) else [])
-    # Dropout is the identity in eval mode, where the readings are tested: these names are what
-    # tells training mode (the fine-tune) where the forward applies it.
-    drops = [n for n, m in children.items() if isinstance(m, nn.Dropout) and "attn" in n.lower()]
-    after = [n for n, m in children.items() if isinstance(m, nn.Dropout)
-             and any(w in n.lower() for w in ("proj", "resid", "out"))]
+    # Dropout is the identity in eval mode, where the readings are tested: names are what tells
+    # training mode (the fine-tune) where the forward applies it.
+    after = [n for n, m in children.items() if isinstance(m, nn.Dropout) and _after_output(n)]
+    drops = [n for n, m in children.items() if isinstance(m, nn.Dropout) and not _after_output(n)
+             and (n.lower() in ("dropout", "drop") or {"attn", "attention"} & set(n.lower().split("_")))]
     for shape in _shapes(mod):
         if lin[shape.get("qkv") or shape["q"]].in_features != width:
             continue
@@ -247,19 +253,32 @@ def recognise(mod: nn.Module, x: torch.Tensor, y: Any, reader: str = "") -> tupl
     if not any(_head_counts(mod, _inner(lin, s)) for s in _shapes(mod)):
         return None, f"it names no head count (an attribute {HEAD_ATTRS[0]}, {HEAD_ATTRS[1]} or {HEAD_DIM_ATTRS[0]})"
     wrapped = isinstance(y, tuple) and len(y) == 1
+    if isinstance(y, (tuple, list)) and len(y) > 1:
+        return None, "it returns more than its output (its attention weights?)"
     y = y[0] if wrapped else y
     if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 3 and isinstance(y, torch.Tensor)
             and y.dim() == 3 and y.shape[:2] == x.shape[:2]):
         return None, "it is not called with one (batch, tokens, features) tensor giving one"
-    probe = torch.randn_like(x) * x.std().clamp_min(1e-3) + x.mean()
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    cases = [(x, y)]
+    # A random input, and one of other length: with a single token, causal and not are one.
+    for length in (x.shape[1], x.shape[1] + 3):
+        probe = torch.randn((x.shape[0], length, x.shape[2]), generator=gen, device=x.device, dtype=x.dtype)
+        probe = probe * x.std().clamp_min(1e-3) + x.mean()
+        with torch.no_grad():
+            try:
+                out = mod(probe)
+            except Exception:  # noqa: BLE001 - a forward made for one length only
+                if x.shape[1] == 1:
+                    return None, "it was seen on one token only and takes no other length: causal or not is unknown"
+                continue
+        cases.append((probe, out[0] if wrapped and isinstance(out, tuple) else out))
     with torch.no_grad():
-        y2 = mod(probe)
-        y2 = y2[0] if wrapped and isinstance(y2, tuple) else y2
         for form in _readings(mod, x.shape[-1]):
             if not form.proj and not reader:
                 continue
             try:
-                if all(_close(_attend(mod, form, a, form.heads), b) for a, b in ((x, y), (probe, y2))):
+                if all(_close(_attend(mod, form, a, form.heads), b) for a, b in cases):
                     return replace(form, reader="" if form.proj else reader, returns_tuple=wrapped), ""
             except RuntimeError:
                 continue
@@ -321,7 +340,7 @@ def hand_attentions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[
         elif len(calls) > 1:
             out[name] = (None, "runs more than once (shared weights)")
         elif calls[0][0] is None:
-            out[name] = (None, "called with more than its input tensor (a mask?)")
+            out[name] = (None, "called with more than its input tensor (a mask, a context?)")
         else:
             mod = found[name]
             y = calls[0][1][0] if isinstance(calls[0][1], tuple) and calls[0][1] else calls[0][1]
