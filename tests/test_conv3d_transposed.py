@@ -215,7 +215,7 @@ def test_a_conv3d_net_on_depth_one_is_compressed_exactly_as_its_conv2d_twin():
 @pytest.mark.parametrize("method, settings, layer, status", [
     ("sparsity", {"sparsity": 0.5}, "up2", "pruned"),
     ("lowrank", {"rank_ratio": 0.5}, "up2", "factorised"),
-    ("quant", {"bits": 4}, "up2", "skipped"),
+    ("quant", {"bits": 4}, "up2", "quantized"),
     ("sparsity", {"sparsity": 0.5}, "3", "pruned"),
     ("quant", {"bits": 4}, "3", "quantized"),
     ("lowrank", {"rank_ratio": 0.5}, "3", "factorised"),
@@ -245,7 +245,7 @@ class _nothing:
 
 
 @pytest.mark.parametrize("name, settings", [("unet", {"keep": 0.5}), ("unet", {"method": "lowrank", "rank_ratio": 0.5}),
-                                            ("video", {"keep": 0.5})])
+                                            ("unet", {"method": "quant", "bits": 4}), ("video", {"keep": 0.5})])
 def test_the_students_save_load_and_export(factories, tmp_path, name, settings):
     pytest.importorskip("onnxruntime")
     teacher, factory, shape = factories[name]

@@ -1,7 +1,7 @@
 """Post-training weight quantization as a compression method (`--prune quant`).
 
-Which layers: every Conv2d (grouped and depthwise ones too, solved group by group) and Linear of
-the model, in module order, including the first conv (`quant_first=False` leaves it in float) and
+Which layers: every conv (1-3 d, transposed, grouped and depthwise ones too, solved group by group)
+and Linear of the model, in module order, including the first conv (`quant_first=False` leaves it in float) and
 the final linear (`quant_last=False`); the report lists every layer with its status
 (`summary()["quant"]["layers"]`, see compression/coverage.py). Biases and BatchNorm stay in float32. Activations are not quantized: this is weight-only quantization,
 the setting in which GPTQ-style solvers are used.
@@ -17,11 +17,14 @@ After `finalize`, the model carries
             "codes": Tensor,             # weight shape; int8 (symmetric) or uint8 (asymmetric)
             "scale": Tensor,             # (out,) float32, > 0
             "zero_point": Tensor,        # (out,) same dtype as codes; all 0 when symmetric
+            "transposed_groups": int,    # only for a transposed conv: its groups
         }, ...}
 
 and every listed layer's float weight equals, bit for bit, `dequantized_weight(entry)` =
 scale[:, None, ...] · (codes − zero_point) computed in float32: the model runs with dequantised
-weights. To store a model, save `quant_tensors(model)` (flat name → tensor, safetensors-ready)
+weights. The grid is one per output channel, a row of `capture.weight_matrix`: a transposed conv
+holds its weight as (in, out/groups, k…), so its codes are read in that matrix layout (output
+channel j of group i is slice [i·in/groups:(i+1)·in/groups, j] of the codes). To store a model, save `quant_tensors(model)` (flat name → tensor, safetensors-ready)
 and `quant_metadata(model)` (JSON); to load, build the float model, load its state dict, then
 `attach_quant(model, tensors, metadata)`, which validates the codes and writes the dequantised
 weights (`dequantize_into`).
@@ -65,11 +68,6 @@ def quant_coverage(model: nn.Module, first: bool, last: bool, order: Sequence[st
     (by the settings) or unsupported (`order`: see survey)."""
     cov = survey(model, "quant", first=first, last=last, first_setting="quant_first", last_setting="quant_last",
                  order=order, input_readers=input_readers, output_layers=output_layers)
-    for name in cov.planned:
-        if isinstance(get_module(model, name), TRANSPOSED):
-            # Its output channels run along dim 1 of its weight; the stored codes keep one grid per row of dim 0.
-            cov.skip(name, "a transposed conv: its per-output-channel grid does not fit the stored codes "
-                           "(left in float32)", warn=True)
     if not cov.entries:
         raise CrossDistillError(f"{type(model).__name__} has no conv or linear layers to compress")
     return cov
@@ -115,7 +113,8 @@ class Quantization(CompressionMethod):
             if "scale" not in rec.info:
                 continue
             layer = get_module(model, rec.name)
-            entries[rec.name] = encode_weight(layer.weight.detach(), grid_from_info(rec.info, layer.weight.device), rec.name)
+            entries[rec.name] = encode_weight(layer.weight.detach(), grid_from_info(rec.info, layer.weight.device), rec.name,
+                                              transposed_groups(layer))
             if self._coverage is not None and rec.name in self._coverage.entries:
                 self._coverage.done(rec.name, "quantized", bits=int(rec.info["bits"]))
         setattr(model, QUANT_ATTR, entries)
@@ -134,32 +133,65 @@ def _quant_solvers() -> list[str]:
     return sorted(SOLVERS["quant"])
 
 
-def encode_weight(weight: torch.Tensor, grid: Grid, name: str = "layer") -> dict[str, Any]:
-    """Integer codes of a weight that the solver has already put on `grid`. Raises if a value is
-    off the grid (a solver bug, or a weight changed after solving)."""
-    w = weight.detach().to(torch.float64).reshape(weight.shape[0], -1)
+def transposed_groups(layer: nn.Module) -> int:
+    """A transposed conv's groups (its weight's output channels run along dim 1); 0 for any other layer."""
+    return int(layer.groups) if isinstance(layer, TRANSPOSED) else 0
+
+
+def _kind(groups: int) -> str:
+    return f"a transposed conv of {groups} group{'s' * (groups > 1)}" if groups else "not a transposed conv"
+
+
+def _rows(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """A tensor of the weight's shape as (output channels, …), as `capture.weight_matrix` reads it."""
+    if not groups:
+        return t.reshape(t.shape[0], -1)
+    return t.reshape(groups, t.shape[0] // groups, t.shape[1], -1).transpose(1, 2).reshape(groups * t.shape[1], -1)
+
+
+def _unrows(m: torch.Tensor, shape: Sequence[int], groups: int) -> torch.Tensor:
+    """The inverse of `_rows`."""
+    if not groups:
+        return m.reshape(shape)
+    return m.reshape(groups, shape[1], shape[0] // groups, -1).transpose(1, 2).reshape(shape)
+
+
+def output_channels(codes_shape: Sequence[int], groups: int) -> int:
+    """How many scales a layer's grid has: one per output channel."""
+    return groups * codes_shape[1] if groups else codes_shape[0]
+
+
+def encode_weight(weight: torch.Tensor, grid: Grid, name: str = "layer", transposed_groups: int = 0) -> dict[str, Any]:
+    """Integer codes of a weight that the solver has already put on `grid` (one row per output
+    channel; `transposed_groups`: see `transposed_groups`). Raises if a value is off the grid (a
+    solver bug, or a weight changed after solving)."""
+    w = _rows(weight.detach().to(torch.float64), transposed_groups)
     codes = grid.codes(w)
     off = (grid.dequantize(codes) - w).abs().max() if w.numel() else torch.tensor(0.0, device=w.device)
     tol = 1e-5 * float(grid.scale.max())
     if float(off) > tol:
         raise CrossDistillError(f"layer {name!r}: weights are not on the quantization grid (off by {float(off):.3g})")
     dtype = code_dtype(grid.scheme)
-    return {
+    entry = {
         "bits": grid.bits,
         "scheme": grid.scheme,
-        "codes": codes.reshape(weight.shape).to(dtype),
+        "codes": _unrows(codes, weight.shape, transposed_groups).to(dtype),
         "scale": grid.scale.to(torch.float32),
         "zero_point": grid.zero_point.to(dtype),
     }
+    if transposed_groups:
+        entry["transposed_groups"] = int(transposed_groups)
+    return entry
 
 
 def dequantized_weight(entry: Mapping[str, Any]) -> torch.Tensor:
     """scale · (code − zero_point) in float32, per output channel."""
     codes = entry["codes"]
-    shape = (-1,) + (1,) * (codes.dim() - 1)
-    scale = entry["scale"].to(torch.float32).reshape(shape)
-    zp = entry["zero_point"].to(torch.float32).reshape(shape)
-    return scale * (codes.to(torch.float32) - zp)
+    groups = int(entry.get("transposed_groups", 0))
+    rows = _rows(codes.to(torch.float32), groups)
+    scale = entry["scale"].to(torch.float32).reshape(-1, 1)
+    zp = entry["zero_point"].to(torch.float32).reshape(-1, 1)
+    return _unrows(scale * (rows - zp), codes.shape, groups)
 
 
 def dequantize_into(model: nn.Module) -> nn.Module:
@@ -167,6 +199,10 @@ def dequantize_into(model: nn.Module) -> nn.Module:
     layers' float weights (in place; returns the model)."""
     for name, entry in (getattr(model, QUANT_ATTR, None) or {}).items():
         layer = get_module(model, name)
+        if int(entry.get("transposed_groups", 0)) != transposed_groups(layer):
+            # Else the scales would be applied along the wrong axis of the weight.
+            raise CrossDistillError(f"layer {name!r}: its quantization record is for {_kind(int(entry.get('transposed_groups', 0)))}, "
+                                    f"the layer is {_kind(transposed_groups(layer))}")
         w = dequantized_weight(entry)
         if tuple(w.shape) != tuple(layer.weight.shape):
             raise CrossDistillError(
@@ -201,9 +237,13 @@ def quant_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def quant_metadata(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """JSON-serialisable {layer: {"bits", "scheme"}}; empty for a float model."""
-    return {n: {"bits": int(e["bits"]), "scheme": str(e["scheme"])}
-            for n, e in (getattr(model, QUANT_ATTR, None) or {}).items()}
+    """JSON-serialisable {layer: {"bits", "scheme"[, "transposed_groups"]}}; empty for a float model."""
+    out: dict[str, dict[str, Any]] = {}
+    for n, e in (getattr(model, QUANT_ATTR, None) or {}).items():
+        out[n] = {"bits": int(e["bits"]), "scheme": str(e["scheme"])}
+        if e.get("transposed_groups"):
+            out[n]["transposed_groups"] = int(e["transposed_groups"])
+    return out
 
 
 def attach_quant(model: nn.Module, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Mapping[str, Any]]) -> nn.Module:
@@ -220,7 +260,12 @@ def attach_quant(model: nn.Module, tensors: Mapping[str, torch.Tensor], metadata
             raise CrossDistillError(f"quantized layer {name!r}: codes must be {code_dtype(scheme)}")
         if codes.numel() and (int(codes.min()) < qmin or int(codes.max()) > qmax):
             raise CrossDistillError(f"quantized layer {name!r}: codes outside [{qmin}, {qmax}] for {bits}-bit {scheme}")
-        if scale.dim() != 1 or scale.shape[0] != codes.shape[0] or zp.shape != scale.shape:
+        groups = meta.get("transposed_groups", 0)
+        if "transposed_groups" in meta and (not isinstance(groups, int) or isinstance(groups, bool) or groups < 1
+                                            or codes.dim() < 3 or codes.shape[0] % groups):
+            raise CrossDistillError(f"quantized layer {name!r}: 'transposed_groups' must be the groups of a transposed conv")
+        if (codes.dim() == 0 or scale.dim() != 1 or scale.shape[0] != output_channels(codes.shape, groups)
+                or zp.shape != scale.shape):
             raise CrossDistillError(f"quantized layer {name!r}: need one scale and zero point per output channel")
         if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
             raise CrossDistillError(f"quantized layer {name!r}: scales must be finite and positive")
@@ -229,6 +274,8 @@ def attach_quant(model: nn.Module, tensors: Mapping[str, torch.Tensor], metadata
         if zp.numel() and (int(zp.min()) < qmin or int(zp.max()) > qmax):
             raise CrossDistillError(f"quantized layer {name!r}: zero points outside [{qmin}, {qmax}]")
         entries[name] = {"bits": bits, "scheme": scheme, "codes": codes, "scale": scale.to(torch.float32), "zero_point": zp}
+        if groups:
+            entries[name]["transposed_groups"] = groups
     setattr(model, QUANT_ATTR, entries)
     return dequantize_into(model)
 

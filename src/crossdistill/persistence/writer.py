@@ -14,7 +14,13 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.models.user import absolute_factory, info_of
 from crossdistill.persistence import codecs
 from crossdistill.persistence.files import atomic_write, tensors_checksum
-from crossdistill.persistence.spec import CHECKSUM_FIELD, META_KEY, PACKED_CODES_VERSION, SavedModelInfo
+from crossdistill.persistence.spec import (
+    CHECKSUM_FIELD,
+    META_KEY,
+    PACKED_CODES_VERSION,
+    TRANSPOSED_CODES_VERSION,
+    SavedModelInfo,
+)
 
 __all__ = ["build_document", "save"]
 
@@ -85,8 +91,11 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
             tensors.pop(key, None)
             doc.omitted.append(key)
         tensors.update({codec.prefix + k: v for k, v in extra.items()})
-    packed = any(m.get("packed") for m in doc.artifacts.get("quant", {}).values())
-    doc.format_version = PACKED_CODES_VERSION if packed else 1
+    quant = doc.artifacts.get("quant", {}).values()
+    if any(m.get("transposed_groups") for m in quant):
+        doc.format_version = TRANSPOSED_CODES_VERSION
+    else:
+        doc.format_version = PACKED_CODES_VERSION if any(m.get("packed") for m in quant) else 1
     return tensors, doc
 
 

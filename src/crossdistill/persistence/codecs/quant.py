@@ -7,7 +7,9 @@ layer: `{layer}.qcodes`, `{layer}.qscale` (float32, one per output channel), `{l
 (`packed: true` in the layer's entry; persistence/bitpack.py): a 1-d uint8 tensor of
 ⌈n·bits/8⌉ bytes holding each code minus the scheme's lowest code, in the weight's row-major
 order; such a file is of format version 2 (spec.py). An entry without `packed` (format
-version 1) holds them unpacked (int8/uint8, the weight's shape) and still loads.
+version 1) holds them unpacked (int8/uint8, the weight's shape) and still loads. A transposed
+conv's entry has `transposed_groups` (its groups): its output channels, and so its scales, run
+along dim 1 of its codes (format version 3).
 
 An attention's q/k/v projection (attention_projections.py) has no `{layer}.weight`: its entry
 names the parameter that holds it (`param`) and how many projections share that parameter
@@ -79,6 +81,8 @@ class QuantCodec(LayerRecordCodec):
                 raise DocumentError(f"quant entry of {layer!r}: 'param' must name a parameter and 'parts' be 1 or 3")
             if not isinstance(m.get("packed", False), bool):
                 raise DocumentError(f"quant entry of {layer!r}: 'packed' must be true or false")
+            if "transposed_groups" in m and not (is_int(m["transposed_groups"]) and m["transposed_groups"] >= 1):
+                raise DocumentError(f"quant entry of {layer!r}: 'transposed_groups' must be a positive integer")
         return {k: dict(v) for k, v in metadata.items()}
 
     def tensor_keys(self, metadata: Mapping[str, Any]) -> set[str]:
