@@ -84,7 +84,8 @@ def _shape(fn: Any, k: int = 0) -> Shape | None:
 def _axis(ndim: int, axis3d: int | None) -> int | None:
     """The channel axis by layout: N C *spatial for 4-d and up, features last below 3-d. A 3-d
     tensor's is `axis3d`: 2 for (batch, tokens, features), 1 for a Conv1d's (batch, channels,
-    length), None where the model has both (graph_trace.trace decides from the layers that read one)."""
+    length), None where unknown (graph_trace.trace decides from the layers that read one, or, in a
+    model with both layouts or where no layer reads one, from the layers each 3-d tensor comes from)."""
     if ndim >= 4:
         return 1
     if ndim == 3:
@@ -155,7 +156,8 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
     a = _axis(len(out), axis3d)
     why = _WHY.get(base)
     if why is None and axis3d is None and 3 in {len(out), *(len(s) for _, s in ins)}:
-        why = "a 3-d tensor in a model whose layers read both (N, C, L) and (N, L, C): its channel axis is not guessed"
+        why = ("a 3-d tensor whose channel axis is not guessed: the layers it comes from are of both layouts, (N, C, L) "
+               "and (N, L, C), or none is reached without crossing a transpose")
     unsupported = _OpMaps(f"feeds an unsupported op: {name}" + (f" ({why})" if why else ""))
 
     if base in POINTWISE:
@@ -208,6 +210,11 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
         if lead_in == lead_out and out[aout] == s[ain] * trail and trail > 1:
             # A flatten: channel c becomes features c*trail ... (c+1)*trail-1.
             return _OpMaps(in_fwd={0: _spread(trail)}, in_bwd={0: _gather(trail)})
+        if len(s) >= 4 and len(out) == 3 and tuple(s[:2]) == tuple(out[:2]) and aout != 1:
+            # x.flatten(2) keeps the channels at dim 1, but a 3-d tensor's channel axis is one per model.
+            return _OpMaps(f"feeds an unsupported op: {name} (flattens the dims after the channels, {s} -> {out}: "
+                           "in this model the channels of a 3-d tensor are taken as its last axis, as a "
+                           "transformer's features, so they cannot be followed into it)")
         return _OpMaps(f"feeds an unsupported op: {name} (reshapes the channel dimension {s} -> {out})")
     if base == "Slice":
         s = ins[0][1]

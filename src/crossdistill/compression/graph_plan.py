@@ -343,6 +343,9 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
             reason = f"feeds the classifier {classifier} (prune_classifier is off)"
         if not reason and not g.attention:  # a head's channels never leave its attention
             reason = _maybe_read_by(g, model, never)
+        if not reason:
+            # Found by an earlier plan of this model (a global budget's keep has no count for it).
+            reason = memo.setdefault("unslimmable", {}).get(g.id, "")
         count = None if reason else keep(g)
         if not reason and count is None:
             reason = "the keep preset leaves it whole"
@@ -361,10 +364,12 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
         cause = (f"the forward uses {', '.join(held)} itself, which slimming does not cut" if held
                  else f"the forward uses more of attention {g.attention} than its output: its attention weights, "
                       "or a parameter another layer shares" if g.attention
-                 else "a channel map the trace got wrong")
+                 else "the forward fixes a size of these channels that a slimmed tensor does not have (torch.split("
+                      "x, 16, 1) or torch.split(x, [16, 16, 16], 1), a view to a given channel count; torch.chunk(x, "
+                      "3, 1) and sizes read from x.shape follow it), or a channel map the trace got wrong")
+        memo["unslimmable"][g.id] = f"slimming it does not reproduce the masked model ({why}): {cause}"
         left.append({"group": g.id, "width": g.width, "producers": [p.name for p in g.producers],
-                     "readers": [c.name for c in g.consumers],
-                     "reason": f"slimming it does not reproduce the masked model ({why}): {cause}"})
+                     "readers": [c.name for c in g.consumers], "reason": memo["unslimmable"][g.id]})
     left.sort(key=lambda e: e["group"])
     traced_producers = {p.name for g in traced for p in g.producers}
     modules = dict(model.named_modules())

@@ -148,9 +148,10 @@ def trace(model: nn.Module, example: torch.Tensor) -> Graph:
     if any(isinstance(m, nn.Embedding) for m in model.modules()):
         layouts.add(2)  # its output is (batch, tokens, features)
     # A 3-d tensor's channel axis is known when every layer reading one agrees: 1 for Conv1d
-    # models (N, C, L), 2 for token models (N, L, C); in a model with both, each op's comes from
-    # the layers its tensors come from (_local_axis_3d), and is a barrier where that is unclear.
-    _install_maps(graph, axis3d=layouts.pop() if len(layouts) == 1 else None if layouts else 2)
+    # models (N, C, L), 2 for token models (N, L, C); in a model with both, or where no layer
+    # reads one (a conv net's x.flatten(2), channels still at dim 1), each op's comes from the
+    # layers its tensors come from (_local_axis_3d), and is a barrier where that is unclear.
+    _install_maps(graph, axis3d=layouts.pop() if len(layouts) == 1 else None)
     return graph
 
 

@@ -1,0 +1,95 @@
+"""Channels followed through x.flatten(2) in a conv net, and the reasons for a split whose sizes
+the forward fixes. Before: a 3-d tensor's channels were taken as its last axis in any model
+without a 3-d layer, so `x.flatten(2)` (channels still at dim 1) stopped the group ("reshapes the
+channel dimension"); a global budget gave a group that cannot be slimmed the reason "the keep
+preset leaves it whole"."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import crossdistill
+
+
+class FlatNet(nn.Module):
+    """conv → BN → ReLU → [flatten(2) → minus half the mean over positions → view back] → conv."""
+
+    def __init__(self, flat: bool = True):
+        super().__init__()
+        self.flat = flat
+        self.c0, self.b0 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.c1, self.b1 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        z = F.relu(self.b0(self.c0(x)))
+        n, c, h, w = z.shape
+        if self.flat:
+            t = z.flatten(2)  # (n, c, h·w)
+            z = (t - 0.5 * t.mean(-1, keepdim=True)).view(n, c, h, w)
+        else:
+            z = z - 0.5 * z.mean((2, 3), keepdim=True)
+        z = F.relu(self.b1(self.c1(z)))
+        return self.fc(z.view(z.shape[0], z.shape[1], -1).mean(2))  # a pooling written as a view
+
+
+def _twins() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    a = FlatNet(True)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in a.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(16, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(16, generator=gen) + 0.5)
+    b = FlatNet(False)
+    b.load_state_dict(a.state_dict())
+    return a.eval(), b.eval()
+
+
+def test_channels_are_followed_through_flatten_2_as_through_the_same_net_without_it():
+    flat, other = _twins()
+    x = torch.randn(30, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(flat(x), other(x))
+    s1, r1 = crossdistill.compress(flat, x, n_samples=30, keep=0.5, show_progress=False)
+    s2, r2 = crossdistill.compress(other, x, n_samples=30, keep=0.5, show_progress=False)
+    pruned = {tuple(g["producers"]): g["kept"] for g in r1["channel_groups"]["pruned"]}
+    assert pruned == {("c0",): 8}
+    assert pruned == {tuple(g["producers"]): g["kept"] for g in r2["channel_groups"]["pruned"]}
+    assert s1.c1.in_channels == 8
+    held_out = torch.randn(30, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(s1(held_out), s2(held_out), rtol=1e-4, atol=1e-5)
+
+
+class SplitNet(nn.Module):
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.c0, self.b0 = nn.Conv2d(3, 24, 3, padding=1), nn.BatchNorm2d(24)
+        self.c1, self.c2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        z = F.relu(self.b0(self.c0(x)))
+        p, q, r = torch.split(z, [8, 8, 8], 1) if self.mode == "sizes" else torch.split(z, 8, 1)
+        u = torch.cat([F.relu(self.c1(p)), self.c2(torch.cat([q, r], 1))], 1)
+        return self.fc(u.mean((2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["sizes", "int"])
+def test_a_split_at_fixed_sizes_is_left_whole_with_the_same_reason_under_either_budget(mode):
+    torch.manual_seed(0)
+    model = SplitNet(mode).eval()
+    x = torch.randn(30, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    reasons = {}
+    for budget in ("uniform", "global"):
+        _, report = crossdistill.compress(model, x, n_samples=30, flops=0.8, budget=budget,
+                                          prune_classifier=True, show_progress=False)
+        whole = {tuple(g["producers"]): g["reason"] for g in report["channel_groups"]["left_whole"]}
+        reasons[budget] = whole[("c0",)]
+    assert reasons["uniform"] == reasons["global"]
+    assert "torch.split" in reasons["global"] and "keep preset" not in reasons["global"]
