@@ -294,6 +294,27 @@ def test_flops_target_is_met_and_tight(key, share):
         assert flops_at(min(1.0, ratio + step + 1e-6)) > share * full
 
 
+def test_a_flops_target_that_coarse_units_undershoot_is_named():
+    """Two groups of 4 units: 0.5 of the FLOPs lands far below (keeping one more unit of each
+    overshoots); the user is told what the plan reaches, and a target that is met closely is quiet."""
+    import warnings
+
+    from crossdistill.compression.channel_pruning import ratio_for_flops
+
+    torch.manual_seed(0)
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(4, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"nearest plan at or under 0.5 of the FLOPs reaches 0\.(3|4[0-4])"):
+        ratio_for_flops(model, x, 0.5, False)
+    wide, _ = build("resnet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ratio_for_flops(wide, x.new_zeros(1, 3, 32, 32), 0.5, False)
+
+
 def test_a_flops_budget_that_allows_everything_prunes_nothing():
     teacher, student, few, _ = run("resnet", flops=1.0, solver="prune-only")
     assert params(student) == params(teacher)

@@ -218,6 +218,8 @@ def nothing_to_prune(model: nn.Module, plan: Any) -> CrossDistillError:
 
 # A uniform keep ratio below this, forced by a FLOPs or parameter target, is worth a warning.
 STEEP_KEEP = 0.25
+# A plan this far under its FLOPs or parameter target (a share of the teacher's) is worth one too.
+UNDERSHOOT = 0.05
 
 
 def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune_classifier: bool,
@@ -245,6 +247,16 @@ def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune
     for _ in range(steps):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost_at(mid) <= share * fm.total else (lo, mid)
+    reached = cost_at(lo) / fm.total
+    if share - reached > UNDERSHOOT:
+        # Coarse units (few groups, few units each) leave no plan near the target from below;
+        # a global budget plans at this same cost.
+        what = "parameters" if measure == "params" else "FLOPs"
+        widest = max(g.width for g in plan.groups.values())
+        warnings.warn(f"the nearest plan at or under {share:g} of the {what} reaches {reached:.3f}: the "
+                      f"{len(plan.groups)} prunable group{'s' if len(plan.groups) > 1 else ''} have coarse units "
+                      f"(the widest has {widest}): the next uniform keep ratio up exceeds the target",
+                      CompressionWarning, stacklevel=3)
     if warn and lo < STEEP_KEEP:
         # Most of the model cannot be pruned (a transformer's attention and residual stream), so
         # the few groups that can carry the whole target.
