@@ -93,3 +93,39 @@ def test_a_split_at_fixed_sizes_is_left_whole_with_the_same_reason_under_either_
         reasons[budget] = whole[("c0",)]
     assert reasons["uniform"] == reasons["global"]
     assert "torch.split" in reasons["global"] and "keep preset" not in reasons["global"]
+
+
+class SpatialSoftmaxNet(nn.Module):
+    """A spatial softmax (over positions, per channel) between two convs."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.c0, self.b0 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.c1 = nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        z = self.b0(self.c0(x))
+        n, c, h, w = z.shape
+        z = z.flatten(2).softmax(self.dim).view(n, c, h, w) * (h * w if self.dim == -1 else c)
+        return self.fc(self.c1(z).mean((2, 3)))
+
+
+@pytest.mark.parametrize("dim, pruned", [(-1, True), (1, False)])
+def test_a_softmax_over_positions_keeps_channels_one_over_channels_does_not(dim, pruned):
+    torch.manual_seed(0)
+    model = SpatialSoftmaxNet(dim).eval()
+    x = torch.randn(30, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    if not pruned:
+        with pytest.raises(crossdistill.CrossDistillError, match=r"SoftmaxBackward0 \(mixes channels\)"):
+            crossdistill.compress(model, x, n_samples=30, keep=0.5, show_progress=False)
+        return
+    student, report = crossdistill.compress(model, x, n_samples=30, keep=0.5, show_progress=False)
+    assert [g["producers"] for g in report["channel_groups"]["pruned"]] == [["c0"]]
+    assert student.c1.in_channels == 8
+    pruned_only, _ = crossdistill.compress(model, x, n_samples=30, keep=0.5, solver="prune-only", show_progress=False)
+    held_out = torch.randn(30, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        t = model(held_out)
+        assert (student(held_out) - t).norm() < (pruned_only(held_out) - t).norm()

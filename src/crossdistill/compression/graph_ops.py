@@ -128,6 +128,7 @@ _WHY = {
     "Transpose": "moves the channel dimension",
     "Mm": "a matrix product over channels", "Bmm": "a matrix product over channels",
     "Softmax": "mixes channels", "LogSoftmax": "mixes channels",
+    "Stack": "stacks tensors along a new dimension, which moves the channels' position",
     "AsStrided": "a strided view",
 }
 
@@ -160,6 +161,9 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
                "and (N, L, C), or none is reached without crossing a transpose")
     unsupported = _OpMaps(f"feeds an unsupported op: {name}" + (f" ({why})" if why else ""))
 
+    if base in ("Softmax", "LogSoftmax") and len(ins) == 1 and ins[0][1] == out and a is not None:
+        # Over another dim than the channels (a spatial softmax), each channel's values stay its own.
+        return _OpMaps() if _dim(fn._saved_dim, len(out)) != a else unsupported
     if base in POINTWISE:
         for _, s in ins:
             if s == out or not s:
