@@ -129,3 +129,52 @@ def test_a_softmax_over_positions_keeps_channels_one_over_channels_does_not(dim,
     with torch.no_grad():
         t = model(held_out)
         assert (student(held_out) - t).norm() < (pruned_only(held_out) - t).norm()
+
+
+class SubPixel(nn.Module):
+    """ESPCN-like: PixelUnshuffle in, a PixelShuffle(2) inside a residual branch (mid's 32 channels
+    become 8 at twice the size), PixelShuffle(2) out."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(12, 32, 5, padding=2), nn.Conv2d(32, 16, 3, padding=1)
+        self.mid, self.c5 = nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1, stride=2)
+        self.c3, self.c4 = nn.Conv2d(16, 12, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.tanh(self.c2(torch.tanh(self.c1(F.pixel_unshuffle(x, 2)))))
+        h = h + self.c5(F.relu(F.pixel_shuffle(self.mid(h), 2)))
+        return self.c4(F.pixel_shuffle(self.c3(h), 2))
+
+
+def make_subpixel() -> nn.Module:
+    torch.manual_seed(0)
+    return SubPixel().eval()
+
+
+def test_channels_are_followed_through_pixel_shuffle_and_unshuffle(tmp_path):
+    """A unit after PixelShuffle(r) is r² channels of the conv before it: mid keeps whole units."""
+    model = make_subpixel()
+    x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    student, report = crossdistill.compress(model, x[:30], n_samples=30, keep=0.5, show_progress=False)
+    pruned = {tuple(g["producers"]): (g["width"], g["kept"]) for g in report["channel_groups"]["pruned"]}
+    assert pruned[("mid",)] == (8, 4)
+    assert student.mid.out_channels == 16 and student.c5.in_channels == 4
+    only, _ = crossdistill.compress(model, x[:30], n_samples=30, keep=0.5, solver="prune-only", show_progress=False)
+    with torch.no_grad():
+        t = model(x[30:])
+        assert (student(x[30:]) - t).norm() < (only(x[30:]) - t).norm()
+    student.crossdistill_factory = f"{__file__}:make_subpixel"
+    path = crossdistill.save(student, tmp_path / "s.safetensors")
+    with torch.no_grad():
+        assert torch.equal(crossdistill.load(path)(x[30:]), student(x[30:]))
+
+
+def test_a_forward_failing_after_the_first_conv_ran_on_what_it_takes_gets_no_hint_about_its_input():
+    class Broken(SubPixel):
+        def forward(self, x):
+            return F.pixel_shuffle(self.c1(F.pixel_unshuffle(x, 2)), 3)  # 32 channels do not split in 9
+
+    with pytest.raises(crossdistill.CrossDistillError, match="pixel_shuffle") as err:
+        crossdistill.compress(Broken().eval(), torch.randn(8, 3, 16, 16), n_samples=8, show_progress=False)
+    assert "first conv takes" not in str(err.value)

@@ -123,6 +123,10 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
         # The layer statistics and solves need float32 layers (they accumulate in float64).
         raise CrossDistillError(f"model {name}: its parameters are {', '.join(low)}; compress a float32 copy "
                                 "(model.float()) and cast the student back afterwards")
+    first = _first_conv(model)
+    fed: list[int] = []  # the channel counts the first conv was given: a failure after it is not theirs
+    hook = first.register_forward_pre_hook(lambda m, a: fed.append(a[0].shape[1] if a and a[0].dim() > 1 else -1)) \
+        if first is not None else None
     try:
         # Each submodule's own train/eval flag comes back: a caller may keep parts in eval mode.
         # Two samples: a batch dimension of 1 cannot be told from a squeezed one.
@@ -130,12 +134,13 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
             out = model(sample[:2] if sample is not None and len(sample) >= 2
                         else example(size, 2, input_dtype, model=model))
     except Exception as exc:
+        if first is not None and fed and all(k == first.in_channels for k in fed):
+            first = None  # it ran on what it takes (a pixel_unshuffle before it): no hint about its input
         if isinstance(exc, TypeError) and "required positional argument" in str(exc):
             # A forward(ids, mask): the one tensor it was given is not all it takes.
             hint = ("; its forward takes several inputs: stack them into one tensor and wrap the model, "
                     "crossdistill.StackedInputs(model) (docs/any_model.md, 'Models with several inputs')")
-        elif input_dtype == FLOAT and (first := _first_conv(model)) is not None \
-                and len(first.kernel_size) + 1 != len(size):
+        elif input_dtype == FLOAT and first is not None and len(first.kernel_size) + 1 != len(size):
             # (3, 16, 16) given for one image reads as 3 samples of (16, 16).
             hint = (f"; its first conv takes samples of {len(first.kernel_size) + 1} dimensions, these are {size}: "
                     "give a batch (N, C, H, W) for images, one image x as x.unsqueeze(0)")
@@ -157,6 +162,9 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
         raise CrossDistillError(
             f"model {name}: a forward pass on an input of size {size} failed: {type(exc).__name__}: {exc}{hint}"
         ) from None
+    finally:
+        if hook is not None:
+            hook.remove()
     try:
         pred = predictions(out, output)
     except CrossDistillError as exc:
