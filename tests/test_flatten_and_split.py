@@ -178,3 +178,89 @@ def test_a_forward_failing_after_the_first_conv_ran_on_what_it_takes_gets_no_hin
     with pytest.raises(crossdistill.CrossDistillError, match="pixel_shuffle") as err:
         crossdistill.compress(Broken().eval(), torch.randn(8, 3, 16, 16), n_samples=8, show_progress=False)
     assert "first conv takes" not in str(err.value)
+
+
+class Detector(nn.Module):
+    """Three levels, each head's output viewed to (n, 6, -1) and concatenated along positions (as
+    YOLO's Detect): the rules of 2 follow the views and merge the heads' groups, which renumbers
+    the groups after them."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.d2, self.d3 = nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.a = nn.ModuleList(nn.Conv2d(16, 12, 3, padding=1) for _ in range(3))
+        self.b = nn.ModuleList(nn.Conv2d(12, 6, 1) for _ in range(3))
+
+    def forward(self, x):
+        f1 = F.relu(self.stem(x))
+        f2 = F.relu(self.d2(f1))
+        f3 = F.relu(self.d3(f2))
+        outs = [b(F.relu(a(f))).view(x.shape[0], 6, -1) for a, b, f in zip(self.a, self.b, (f1, f2, f3))]
+        return torch.cat(outs, 2).mean(2)
+
+
+def make_detector() -> nn.Module:
+    torch.manual_seed(0)
+    return Detector().eval()
+
+
+def _doc(path):
+    import json
+
+    from safetensors import safe_open
+
+    from crossdistill.persistence import spec
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()[spec.META_KEY])
+
+
+def test_a_student_saved_under_the_rules_of_before_loads_under_them(tmp_path):
+    from crossdistill.compression.graph_groups import channel_groups
+    from crossdistill.compression.graph_rules import trace_rules
+
+    x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with trace_rules(1):
+        old_ids = [[p.name for p in g.producers] for g in channel_groups(make_detector(), x[:1])]
+        student, _ = crossdistill.compress(make_detector(), x[:30], n_samples=30, keep=0.5, prune_classifier=True,
+                                           show_progress=False)
+    new_ids = [[p.name for p in g.producers] for g in channel_groups(make_detector(), x[:1])]
+    assert old_ids != new_ids  # the same ids name other groups now
+    del student.crossdistill_slim["trace"]  # as a file written before the rules had versions
+    student.crossdistill_factory = f"{__file__}:make_detector"
+    path = crossdistill.save(student, tmp_path / "old.safetensors")
+    assert "trace" not in _doc(path)["channel_groups"] and _doc(path)["format_version"] == 1
+    with torch.no_grad():
+        assert torch.equal(crossdistill.load(path)(x[30:]), student(x[30:]))
+
+    # Pruned again now: the new stage is traced under the current rules and says so.
+    again, _ = crossdistill.compress(crossdistill.load(path), x[:30], n_samples=30, keep=0.5, prune_classifier=True,
+                                     show_progress=False)
+    again.crossdistill_factory = student.crossdistill_factory
+    path2 = crossdistill.save(again, tmp_path / "again.safetensors")
+    doc = _doc(path2)
+    assert "trace" not in doc["channel_groups"] and doc["channel_groups"]["then"][0]["trace"] == 2
+    assert doc["format_version"] == 3
+    with torch.no_grad():
+        assert torch.equal(crossdistill.load(path2)(x[30:]), again(x[30:]))
+
+
+def test_a_record_of_unknown_rules_is_refused(tmp_path, monkeypatch):
+    from crossdistill.compression import graph_rules
+    from crossdistill.persistence.codecs import DocumentError
+    from crossdistill.persistence.codecs.slim import SlimCodec
+
+    x = torch.randn(30, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    student, _ = crossdistill.compress(make_detector(), x, n_samples=30, keep=0.5, show_progress=False)
+    assert student.crossdistill_slim["trace"] == graph_rules.TRACE_RULES
+    meta = SlimCodec().encode(student)[0]
+    for bad in (0, True, "2", graph_rules.TRACE_RULES + 1):
+        with pytest.raises(DocumentError, match="trace"):
+            SlimCodec().validate(dict(meta, trace=bad))
+    student.crossdistill_factory = f"{__file__}:make_detector"
+    path = crossdistill.save(student, tmp_path / "s.safetensors")
+    assert _doc(path)["format_version"] == 3
+    monkeypatch.setattr("crossdistill.persistence.spec.FORMAT_VERSION", 2)
+    with pytest.raises(crossdistill.CrossDistillError, match="format version 3.*upgrade"):
+        crossdistill.load(path)

@@ -122,3 +122,26 @@ def test_the_document_checks_transposed_groups():
     for bad in (0, "2", 1.5, False):
         with pytest.raises(DocumentError, match="transposed_groups"):
             codec.validate({"a": {"bits": 4, "scheme": "symmetric", "transposed_groups": bad}})
+
+
+def square_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 8, 2, stride=2), nn.ReLU(),
+                         nn.Conv2d(8, 4, 1)).eval()
+
+
+def test_a_square_transposed_convs_record_of_another_kind_is_refused_on_load_and_on_save(tmp_path):
+    """In == out channels: one scale per row of either axis has the right count, so only the
+    record's kind tells a grid along dim 0 from one along dim 1."""
+    x = torch.randn(24, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    student, _ = crossdistill.compress(square_net(), x, n_samples=24, method="quant", bits=4, show_progress=False)
+    tensors, meta = quant_tensors(student), quant_metadata(student)
+    plain = dict(meta, **{"2": {k: v for k, v in meta["2"].items() if k != "transposed_groups"}})
+    with pytest.raises(CrossDistillError, match="'2'.*made for a layer other than a transposed conv"):
+        attach_quant(square_net(), tensors, plain)
+    entry = getattr(student, QUANT_ATTR)["2"]
+    del entry["transposed_groups"]  # a record built without the layer's kind
+    student.crossdistill_factory = f"{__file__}:square_net"
+    with pytest.raises(CrossDistillError, match="made for a layer other than a transposed conv"):
+        crossdistill.save(student, tmp_path / "q.safetensors")
+    assert not (tmp_path / "q.safetensors").exists()

@@ -18,6 +18,7 @@ from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.flops import FlopModel
 from crossdistill.distributed import on_main
 from crossdistill.compression.graph_channels import ChannelGroup, slim_groups
+from crossdistill.compression.graph_rules import TRACE_RULES
 from crossdistill.compression.graph_plan import GraphChannelPlan, keep_counts, plan_graph_channels, plan_tasks
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
@@ -139,9 +140,9 @@ class ChannelPruning(CompressionMethod):
                 # A student pruned again: its group ids are those of the slimmed model, so loading
                 # replays this stage after the earlier ones, not instead of them.
                 model.crossdistill_slim = {**record, "then": [*record.get("then", []),
-                                                              {"input_size": size, "kept": kept}]}
+                                                              {"input_size": size, "kept": kept, "trace": TRACE_RULES}]}
             else:
-                model.crossdistill_slim = {"input_size": size, "kept": kept,
+                model.crossdistill_slim = {"input_size": size, "kept": kept, "trace": TRACE_RULES,
                                            **({} if self._example.is_floating_point() else {"input_dtype": "int64"})}
         return model
 
@@ -252,10 +253,10 @@ def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune
         # Coarse units (few groups, few units each) leave no plan near the target from below;
         # a global budget plans at this same cost.
         what = "parameters" if measure == "params" else "FLOPs"
-        widest = max(g.width for g in plan.groups.values())
+        narrowest = min(g.width for g in plan.groups.values())
         warnings.warn(f"the nearest plan at or under {share:g} of the {what} reaches {reached:.3f}: the "
                       f"{len(plan.groups)} prunable group{'s' if len(plan.groups) > 1 else ''} have coarse units "
-                      f"(the widest has {widest}): the next uniform keep ratio up exceeds the target",
+                      f"(the narrowest has {narrowest}): the next uniform keep ratio up exceeds the target",
                       CompressionWarning, stacklevel=3)
     if warn and lo < STEEP_KEEP:
         # Most of the model cannot be pruned (a transformer's attention and residual stream), so

@@ -19,6 +19,7 @@ from torch import nn
 from torch_pruning import ops as tp_ops
 
 from crossdistill.compression.graph_maps import IdxMap, Shape, _gather, _offset, _spread, _window
+from crossdistill.compression.graph_rules import current_rules
 from crossdistill.model_outputs import flat
 
 # Ops that act on each channel alone (checked against shapes below), by autograd node name.
@@ -129,6 +130,7 @@ _WHY = {
     "Mm": "a matrix product over channels", "Bmm": "a matrix product over channels",
     "Softmax": "mixes channels", "LogSoftmax": "mixes channels",
     "Stack": "stacks tensors along a new dimension, which moves the channels' position",
+    "Expand": "expands a tensor to a new shape (.expand, or a broadcast inside a matmul)",
     "AsStrided": "a strided view",
 }
 
@@ -161,10 +163,11 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
                "and (N, L, C), or none is reached without crossing a transpose")
     unsupported = _OpMaps(f"feeds an unsupported op: {name}" + (f" ({why})" if why else ""))
 
-    if base in ("Softmax", "LogSoftmax") and len(ins) == 1 and ins[0][1] == out and a is not None:
+    followed = current_rules() >= 2  # graph_rules: records traced before these rules stop here
+    if followed and base in ("Softmax", "LogSoftmax") and len(ins) == 1 and ins[0][1] == out and a is not None:
         # Over another dim than the channels (a spatial softmax), each channel's values stay its own.
         return _OpMaps() if _dim(fn._saved_dim, len(out)) != a else unsupported
-    if base in ("PixelShuffle", "PixelUnshuffle") and len(ins) == 1 and len(out) >= 4:
+    if followed and base in ("PixelShuffle", "PixelUnshuffle") and len(ins) == 1 and len(out) >= 4:
         # PixelShuffle(r): channels c·r² … c·r²+r²−1 become channel c's r×r sub-pixels (Unshuffle: back).
         r2 = int(fn._saved_upscale_factor if base == "PixelShuffle" else fn._saved_downscale_factor) ** 2
         if base == "PixelShuffle":

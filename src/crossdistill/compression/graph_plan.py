@@ -357,6 +357,8 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
     key = ("unverified", frozenset(groups))
     if key not in memo:
         memo[key] = _unverified(model, example, groups)
+        # A later plan of this model leaves these out beforehand (unslimmable): the rest passed.
+        memo[("unverified", frozenset(groups) - set(memo[key]))] = {}
     for gid, why in memo[key].items():
         g = groups.pop(gid)
         counts.pop(gid)

@@ -36,6 +36,7 @@ from crossdistill.compression.graph_ops import (  # noqa: F401 - re-exported: th
     DUMMY, POINTWISE, REDUCE, RESHAPE, SPATIAL, Graph, _axis, _base, _classify, _is_free, _OpMaps, _shape,
     _shuffle, tensors,
 )
+from crossdistill.compression.graph_rules import current_rules
 from crossdistill.capture import tied_weights
 from crossdistill.errors import CrossDistillError
 
@@ -151,7 +152,8 @@ def trace(model: nn.Module, example: torch.Tensor) -> Graph:
     # models (N, C, L), 2 for token models (N, L, C); in a model with both, or where no layer
     # reads one (a conv net's x.flatten(2), channels still at dim 1), each op's comes from the
     # layers its tensors come from (_local_axis_3d), and is a barrier where that is unclear.
-    _install_maps(graph, axis3d=layouts.pop() if len(layouts) == 1 else None)
+    legacy = not layouts and current_rules() < 2  # graph_rules: records traced before this rule
+    _install_maps(graph, axis3d=layouts.pop() if len(layouts) == 1 else 2 if legacy else None)
     return graph
 
 

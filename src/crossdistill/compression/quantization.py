@@ -139,7 +139,15 @@ def transposed_groups(layer: nn.Module) -> int:
 
 
 def _kind(groups: int) -> str:
-    return f"a transposed conv of {groups} group{'s' * (groups > 1)}" if groups else "not a transposed conv"
+    return f"a transposed conv of {groups} group{'s' * (groups > 1)}" if groups else "a layer other than a transposed conv"
+
+
+def check_layer_kind(name: str, entry: Mapping[str, Any], layer: nn.Module) -> None:
+    """Refuse a record made for another kind of layer: its scales would run along the wrong axis."""
+    made_for = int(entry.get("transposed_groups", 0))
+    if made_for != transposed_groups(layer):
+        raise CrossDistillError(f"layer {name!r}: its quantization record was made for {_kind(made_for)}, "
+                                f"the layer is {_kind(transposed_groups(layer))}")
 
 
 def _rows(t: torch.Tensor, groups: int) -> torch.Tensor:
@@ -199,10 +207,7 @@ def dequantize_into(model: nn.Module) -> nn.Module:
     layers' float weights (in place; returns the model)."""
     for name, entry in (getattr(model, QUANT_ATTR, None) or {}).items():
         layer = get_module(model, name)
-        if int(entry.get("transposed_groups", 0)) != transposed_groups(layer):
-            # Else the scales would be applied along the wrong axis of the weight.
-            raise CrossDistillError(f"layer {name!r}: its quantization record is for {_kind(int(entry.get('transposed_groups', 0)))}, "
-                                    f"the layer is {_kind(transposed_groups(layer))}")
+        check_layer_kind(name, entry, layer)
         w = dequantized_weight(entry)
         if tuple(w.shape) != tuple(layer.weight.shape):
             raise CrossDistillError(

@@ -6,8 +6,8 @@ Nothing in the file is ever executed: the architecture comes from the model regi
 JSON only picks constructor arguments (`model.spec()`) and describes the compression artifacts
 (factorised, quantized or masked layers), each kind through its registered codec (`codecs/`).
 
-File layout (format version 1)
-------------------------------
+File layout (format versions 1-3: spec.py says what each added)
+----------------------------------------------------------------
 tensors
     the state dict of the model, except the keys a codec replaces (the float weights of
     quantized layers: their integer codes are the model, the float weight is recomputed from
@@ -17,8 +17,9 @@ metadata `crossdistill` (JSON)
     format, format_version, crossdistill_version, torch_version, model (registry name), spec,
     input_size (C, H, W), num_classes, mean, std (the normalisation the model expects), one
     entry per codec, by codec name (lowrank {layer: {rank, kind}}, quant {layer: {bits,
-    scheme, packed}}: bit-packed codes, format version 2, masks {layer: encoding}), omitted
-    [state-dict keys rebuilt from artifacts].
+    scheme, packed[, transposed_groups]}}: bit-packed codes, format version 2, a transposed
+    conv's 3, masks {layer: encoding}, channel_groups {input_size, kept[, trace][, then]}: rules
+    version 2 of the trace, format version 3), omitted [state-dict keys rebuilt from artifacts].
 It is the header's only metadata entry: safetensors stores metadata in a hash map of random
 order, and with a single entry the same model always gives the same bytes.
 

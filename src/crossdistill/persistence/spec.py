@@ -22,12 +22,15 @@ __all__ = ["CHECKSUM_FIELD", "FORMAT", "FORMAT_VERSION", "META_KEY", "SavedModel
 FORMAT = "crossdistill-model"
 # The newest format this code reads and writes. 2: quantization codes bit-packed (a file of
 # version 1 holds a byte a code). 3: a quantized transposed conv, whose scales run along dim 1 of
-# its codes (`transposed_groups` in its entry): a reader of version 2 would apply them along dim 0.
-# A file is written at the lowest version that holds it, so that every other file stays what it
-# was and older readers refuse a newer one by its version.
+# its codes (`transposed_groups` in its entry): a reader of version 2 would apply them along dim 0;
+# or channel groups traced with rules 2 (`trace` in channel_groups, compression/graph_rules.py),
+# which a reader of version 2 would number by the rules of 1. A file is written at the lowest
+# version that holds it, so that every other file stays what it was and older readers refuse a
+# newer one by its version.
 FORMAT_VERSION = 3
 PACKED_CODES_VERSION = 2
 TRANSPOSED_CODES_VERSION = 3
+TRACED_GROUPS_VERSION = 3
 # The safetensors metadata key of the document (its only metadata entry: see the package docs).
 META_KEY = "crossdistill"
 # The document's field holding the sha256 of the tensors (names, dtypes, shapes, bytes): a file

@@ -18,6 +18,7 @@ from crossdistill.persistence.spec import (
     CHECKSUM_FIELD,
     META_KEY,
     PACKED_CODES_VERSION,
+    TRACED_GROUPS_VERSION,
     TRANSPOSED_CODES_VERSION,
     SavedModelInfo,
 )
@@ -92,8 +93,11 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
             doc.omitted.append(key)
         tensors.update({codec.prefix + k: v for k, v in extra.items()})
     quant = doc.artifacts.get("quant", {}).values()
+    slim = doc.artifacts.get("channel_groups") or {}
     if any(m.get("transposed_groups") for m in quant):
         doc.format_version = TRANSPOSED_CODES_VERSION
+    elif any(st.get("trace", 1) > 1 for st in ([slim, *slim.get("then", [])] if slim else [])):
+        doc.format_version = TRACED_GROUPS_VERSION
     else:
         doc.format_version = PACKED_CODES_VERSION if any(m.get("packed") for m in quant) else 1
     return tensors, doc

@@ -42,9 +42,16 @@ class QuantCodec(LayerRecordCodec):
     record = "the quantization record"
 
     def encode_layers(self, model: nn.Module, layers: list[tuple[str, Any, torch.Tensor]]) -> Encoded:
-        from crossdistill.compression.quantization import code_range, dequantized_weight, quant_metadata, quant_tensors
+        from crossdistill.compression.quantization import (
+            check_layer_kind,
+            code_range,
+            dequantized_weight,
+            quant_metadata,
+            quant_tensors,
+        )
 
         for layer, entry, weight in layers:
+            check_layer_kind(layer, entry, submodule(model, layer, self.record))
             # The codes replace the float weight in the file, so they must be exactly the model.
             if not torch.equal(dequantized_weight(entry).to(weight.dtype), weight):
                 raise CrossDistillError(

@@ -1,7 +1,11 @@
 """Channel groups removed from a model the registry does not know (`compression/graph_plan.py`):
 the registry rebuilds a slimmed registered model from its spec, but a user's factory builds the
 full model, so the file records which units of which channel group were kept and the loader
-slims the freshly built model the same way before the weights load. No tensors."""
+slims the freshly built model the same way before the weights load. No tensors.
+
+Each stage records the version of the rules its groups were traced with (`trace`,
+compression/graph_rules.py; a stage without it was traced with version 1) and is replayed under
+them: a rule that follows channels further can renumber the groups."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -9,6 +13,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from crossdistill.compression.graph_rules import LEGACY_RULES, TRACE_RULES, trace_rules
 from crossdistill.model_inputs import FLOAT, TOKENS, example
 from crossdistill.persistence.codecs.base import ArtifactCodec, DocumentError, Encoded, is_int, str_dict
 
@@ -31,7 +36,7 @@ class SlimCodec(ArtifactCodec):
         # other files stay as they were.
         return {"input_size": list(record["input_size"]),
                 **({"input_dtype": record["input_dtype"]} if record.get("input_dtype", FLOAT) != FLOAT else {}),
-                "kept": _kept_json(record["kept"]),
+                "kept": _kept_json(record["kept"]), **_trace(record),
                 **({"then": [_stage(st, as_json=True) for st in record["then"]]} if record.get("then") else {})}, {}
 
     def validate(self, metadata: Any) -> dict[str, Any]:
@@ -46,7 +51,7 @@ class SlimCodec(ArtifactCodec):
         dtype = metadata.get("input_dtype", FLOAT)
         if dtype not in (FLOAT, TOKENS):
             raise DocumentError(f"'channel_groups.input_dtype' must be {FLOAT!r} or {TOKENS!r}")
-        return {"input_size": metadata["input_size"], "kept": metadata["kept"],
+        return {"input_size": metadata["input_size"], "kept": metadata["kept"], **_trace(metadata),
                 **({"input_dtype": dtype} if dtype != FLOAT else {}),
                 **({"then": [_stage(st, as_json=True) for st in then]} if then else {})}
 
@@ -56,8 +61,9 @@ class SlimCodec(ArtifactCodec):
         dtype = metadata.get("input_dtype", FLOAT)
         stages = [metadata, *metadata.get("then", [])]
         for st in stages:  # each stage's group ids are those of the model the stages before left
-            slim_groups(model, example(st["input_size"], 1, dtype, model=model),
-                        {int(g): v for g, v in st["kept"].items()}, check=False)
+            with trace_rules(st.get("trace", LEGACY_RULES)):
+                slim_groups(model, example(st["input_size"], 1, dtype, model=model),
+                            {int(g): v for g, v in st["kept"].items()}, check=False)
         setattr(model, self.attr, {**_stage(metadata), **({"input_dtype": dtype} if dtype != FLOAT else {}),
                                    **({"then": [_stage(st) for st in stages[1:]]} if len(stages) > 1 else {})})
 
@@ -73,7 +79,13 @@ def _stage(stage: Mapping[str, Any], as_json: bool = False) -> dict[str, Any]:
     """One stage's input size and kept units, group ids as strings (the document) or ints (the model)."""
     kept = _kept_json(stage["kept"])
     return {"input_size": [int(v) for v in stage["input_size"]],
-            "kept": kept if as_json else {int(g): units for g, units in kept.items()}}
+            "kept": kept if as_json else {int(g): units for g, units in kept.items()}, **_trace(stage)}
+
+
+def _trace(stage: Mapping[str, Any]) -> dict[str, int]:
+    """The stage's `trace` entry, absent for version 1 so that files of before stay as they were."""
+    version = stage.get("trace", LEGACY_RULES)
+    return {} if version == LEGACY_RULES else {"trace": int(version)}
 
 
 def _check_stage(stage: Mapping[str, Any]) -> None:
@@ -83,3 +95,9 @@ def _check_stage(stage: Mapping[str, Any]) -> None:
     if not (str_dict(kept) and all(k.isdigit() and isinstance(v, list) and all(is_int(u) for u in v)
                                    for k, v in kept.items())):
         raise DocumentError("'channel_groups.kept' must map group ids to lists of kept units")
+    trace = stage.get("trace", LEGACY_RULES)
+    if not (is_int(trace) and trace >= LEGACY_RULES):
+        raise DocumentError("'channel_groups.trace' must be a positive integer")
+    if trace > TRACE_RULES:
+        raise DocumentError(f"'channel_groups' was traced with rules version {trace}; this crossdistill knows up to "
+                            f"{TRACE_RULES}: upgrade it")
