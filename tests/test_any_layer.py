@@ -686,6 +686,27 @@ def test_the_output_conv_of_a_dense_model_is_kept_like_a_classifier_and_only_ste
     assert video_rows["c3d"]["reason"] == "the first conv (prune_first=False)"
 
 
+def test_an_unsupported_output_layer_is_not_replaced_by_the_one_before_it_as_the_last():
+    """A generator whose output conv is reflect-padded (unsupported): the transposed conv before
+    it was kept dense as 'the last layer, the output head'; a reflect-padded stem likewise."""
+    class Gen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")
+            self.c1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+            self.up = nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1)
+            self.out = nn.Conv2d(8, 3, 3, padding=1, padding_mode="reflect")
+
+        def forward(self, x):
+            h = torch.relu(self.c1(torch.relu(self.stem(x))))
+            return torch.tanh(self.out(torch.relu(self.up(h))))
+
+    torch.manual_seed(0)
+    rows = _sparsity_rows(Gen().eval(), torch.randn(8, 3, 8, 8))
+    assert rows["up"]["status"] == "pruned" and rows["c1"]["status"] == "pruned"
+    assert rows["out"]["reason"].startswith("unsupported") and rows["stem"]["reason"].startswith("unsupported")
+
+
 def _sparsity_rows(model: nn.Module, x: torch.Tensor, **settings: object) -> dict[str, dict]:
     """The sparsity report's layer rows, by name, of `model` compressed at 0.5 from all of `x`."""
     import crossdistill

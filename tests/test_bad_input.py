@@ -73,6 +73,11 @@ def d(tmp_path_factory) -> Path:
     (d / "bad.yaml").write_text("keep: [0.5,\n")
     (d / "sweep_bad_value.yaml").write_text("base: {model: fashion_cnn, keep: 2}\ngrid: {seed: [0]}\n")
     (d / "not_a_db.sqlite").write_bytes(b"this is not sqlite" * 20)
+    (d / "factories.py").write_text(
+        "from crossdistill.models import create_model\n"
+        "def make_args(width):\n    return create_model('fashion_cnn')\n"
+        "def make_boom():\n    raise ValueError('boom in the factory')\n")
+    torch.jit.script(teacher).save(str(d / "scripted.pt"))
     return d
 
 
@@ -142,7 +147,16 @@ CASES = [
     ("evaluate: inf weights", ["evaluate", "--model", "fashion_cnn", "--weights", "{d}/inf.th", "--eval-data",
                                "{d}/train.npz"], "non-finite values (NaN/inf) in conv2.weight"),
     # K larger than a class has
-    ("compress: K too large", _swap(COMPRESS, "--shots", "5"), "shots=5 per class is more than class 0 has: 4 images"),
+    ("compress: K too large", _swap(COMPRESS, "--shots", "5"), "shots=5 per class is more than class 0 has (4 samples): give shots 4 or fewer"),
+    ("compress: factory with arguments", _swap(COMPRESS, "--model", "{d}/factories.py:make_args"),
+     "the factory is called with no arguments, and make_args() missing 1 required positional argument"),
+    ("compress: factory raising", _swap(COMPRESS, "--model", "{d}/factories.py:make_boom"),
+     "the factory failed: ValueError: boom in the factory"),
+    ("compress: TorchScript weights", _c("--weights", "{d}/scripted.pt"), "a TorchScript file (torch.jit.save), not a "
+                                                                          "checkpoint of weights"),
+    ("compress: keep and flops", _c("--keep", "0.5", "--flops", "0.3"), "give one of --keep, --flops, --parameters"),
+    ("compress: out is a file", _swap(COMPRESS, "--out", "{d}/train.npz"),
+     "exists and is not a directory (--force replaces folders only)"),
     ("compress: K zero", _swap(COMPRESS, "--shots", "0"), "shots must be >= 1"),
     # keep / sparsity / rank ratios outside their ranges
     ("compress: keep 0", _c("--keep", "0"), "keep must lie in (0, 1] or 'paper', got 0.0"),
@@ -229,6 +243,40 @@ def test_unreadable_files_are_reported(d, tmp_path, monkeypatch, capsys):
     assert main(["compress", "--model", "fashion_cnn", "--data", str(d / "train.npz"), "--weights", str(weights),
                  "--shots", "2", "--out", out]) == 2
     assert "locked.th: not a readable PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_leaves_no_folder_it_made_for_its_output(d, tmp_path, capsys):
+    argv = [a.replace("{d}", str(d)) for a in _swap(_swap(COMPRESS, "--model", "{d}/factories.py:make_boom"),
+                                                    "--out", str(tmp_path / "runs" / "new" / "a"))]
+    (tmp_path / "kept").mkdir()
+    assert main(argv) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+
+
+def test_a_config_file_yields_to_the_flags_that_replace_its_settings(d, tmp_path):
+    """A run's config.yaml records flops beside keep and the solver of its method: --keep, or
+    another --method, replaces them instead of clashing with them."""
+    from crossdistill.cli.config_options import yield_to_flags
+
+    saved = {"model": "fashion_cnn", "method": {"name": "channels", "params": {"keep": 0.5, "flops": 0.5}},
+             "solver": {"name": "closed-form", "params": {"selection": "obs"}},
+             "objective": {"name": "soft", "params": {"alpha": 0.0, "beta": 0.3}}}
+    out = yield_to_flags(saved, {"keep": 0.7})
+    assert out["method"]["params"] == {"keep": 0.5} and out["solver"] == saved["solver"]
+    out = yield_to_flags(saved, {"method": "sparsity"})
+    assert out["method"] == {"name": "channels"} and "solver" not in out and out["objective"] == saved["objective"]
+    out = yield_to_flags(saved, {"objective": "mixed"})
+    assert out["objective"] == {"name": "soft"} and out["method"] == saved["method"]
+    assert yield_to_flags(saved, {"method": "channels", "solver": "closed-form"}) == saved
+    with pytest.raises(CrossDistillError, match="give one of --keep, --flops, --parameters, not --keep and --flops"):
+        yield_to_flags(saved, {"keep": 0.7, "flops": 0.3})
+    # Through the command line: a run's own config, rerun with another keep and another method.
+    base = ["compress", "--model", "fashion_cnn", "--data", f"{d}/train.npz", "--shots", "2", "--flops", "0.6",
+            "--quiet", "--out", str(tmp_path / "a")]
+    assert main(base) == 0
+    for extra, name in ((["--keep", "0.7"], "b"), (["--method", "sparsity", "--sparsity", "0.5"], "c")):
+        assert main(["compress", "--config", str(tmp_path / "a" / "config.yaml"), *extra, "--quiet",
+                     "--out", str(tmp_path / name)]) == 0, extra
 
 
 def test_failure_while_writing_leaves_no_output(d, tmp_path, monkeypatch, capsys):

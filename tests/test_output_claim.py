@@ -71,7 +71,8 @@ def _wait_for_claim(proc: subprocess.Popen, out: Path) -> None:
 
 
 def _hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    # A folder the run made for its output is removed with it when no output came.
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) if folder.exists() else []
 
 
 @pytest.mark.slow
@@ -210,7 +211,7 @@ def test_a_failed_write_names_the_users_out_not_the_temporary_folder(tmp_path, m
     err = capsys.readouterr().err.strip()
     assert err == ("crossdistill compress: error: cannot write runs/x: No space left on device (writing report.json); "
                    "nothing was written")
-    assert list((tmp_path / "runs").iterdir()) == []
+    assert not (tmp_path / "runs").exists()  # made for the output that never came, and removed
 
 
 @pytest.mark.slow

@@ -235,8 +235,13 @@ def test_labels_are_checked_against_the_models_classes():
     with pytest.raises(CrossDistillError, match=r"eval_data samples have shape \(5,\) torch.float32, the training data's \(4,\)"):
         crossdistill.compress(model, x, labels=torch.arange(30) % 3, shots=2, eval_data=(torch.randn(9, 5), torch.arange(9) % 3),
                               method="quant", bits=8, show_progress=False)
-    with pytest.raises(CrossDistillError, match="fractional values such as 0.5"):
+    with pytest.raises(CrossDistillError, match="fractional values such as 0.5.*predicts values.*inputs alone"):
         crossdistill.compress(model, x, labels=torch.arange(30) % 3 + 0.5, shots=2, method="quant", bits=8, show_progress=False)
+    # One label map per output of a two-output model: not one array (a numpy ValueError before).
+    maps = (torch.zeros(30, 3).numpy(), torch.zeros(30, 2, 2).numpy())
+    with pytest.raises(CrossDistillError, match="labels must be one array.*score one output.*inputs given alone"):
+        crossdistill.compress(model, x, labels=torch.arange(30) % 3, shots=2, eval_data=(x, maps),
+                              method="quant", bits=8, show_progress=False)
 
 
 def test_data_forms_that_cannot_be_read_as_pairs_are_named_and_numpy_pairs_work():

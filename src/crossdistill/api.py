@@ -90,12 +90,20 @@ def _label_tensor(labels: Any) -> torch.Tensor:
     """Integer class labels as a long tensor: 1-d (one per sample), or, for a model whose predictions
     are per position (segmentation), a map per sample as given (N×H×W); fractional values are
     refused, not truncated."""
-    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    try:
+        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        # A tuple of label maps for a model of several outputs, say: not one array.
+        raise CrossDistillError(f"labels must be one array: a class per sample, or a class map per sample for a model "
+                                f"that predicts per position ({type(labels).__name__} given: {exc}); labels score one "
+                                "output (output_key), and inputs given alone compare every output with the "
+                                "teacher's") from None
     if y.dim() < 2 or y[0].numel() == 1:
         y = y.reshape(-1)
     if y.is_floating_point() and not bool((y == y.round()).all()):
         raise CrossDistillError(f"labels must be class numbers 0, 1, 2, ..., got fractional values such as "
-                                f"{float(y[y != y.round()][0]):g}")
+                                f"{float(y[y != y.round()][0]):g}; a model that predicts values (depth, a regression) "
+                                "is scored against its teacher: give its inputs alone")
     if y.dtype == torch.bool:
         y = y.long()  # a binary model's labels: False/True are 0/1
     if y.is_complex():

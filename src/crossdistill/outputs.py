@@ -33,10 +33,10 @@ except ImportError:  # pragma: no cover
 def check_output_dir(out: str | Path, force: bool) -> Path:
     """Fail if `out` exists and may not be replaced (a check without a claim; see output_lock)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CrossDistillError(f"output {out} exists and is not a directory (--force replaces folders only)")
     if out.exists() and not force:
         raise CrossDistillError(f"output {out} already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise CrossDistillError(f"output {out} exists and is not a directory")
     return out
 
 
@@ -109,6 +109,7 @@ def output_lock(out: str | Path, force: bool = False, option: str = "--out") -> 
     exists and `force` is not given, or when its folder cannot be written (naming `out`)."""
     out = Path(out)
     target = Path(os.path.abspath(out))  # `runs/x/`, `./runs/x` and `/abs/runs/x` share one lock
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # deepest first
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -126,6 +127,12 @@ def output_lock(out: str | Path, force: bool = False, option: str = "--out") -> 
         except OSError:
             pass
         os.close(fd)
+        if not (target.exists() or target.is_symlink()):
+            for p in made:  # the folders made for an output that never came: left as they were
+                try:
+                    p.rmdir()
+                except OSError:
+                    break  # not empty (another run's, or files put there meanwhile)
 
 
 def pid_alive(pid: int) -> bool:
@@ -177,6 +184,9 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     and the temporary folder exist before it starts, so a clash or an unwritable `out` costs
     nothing; on an exception the temporary folder is removed and `out` is left as it was."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        # Before the claim, whose own refusal would suggest --force, which replaces folders only.
+        raise CrossDistillError(f"output {out} exists and is not a directory (--force replaces folders only)")
     with output_lock(out, force) as target:
         if target.exists() and not target.is_dir():
             raise CrossDistillError(f"output {out} exists and is not a directory")

@@ -5,10 +5,11 @@ itself, with the plug-in's own help, range and default; nothing is listed by han
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from crossdistill.config import (
     FINETUNE_PREFIX,
@@ -23,6 +24,7 @@ from crossdistill.config import (
     registry,
     resolve,
 )
+from crossdistill.errors import CrossDistillError
 from crossdistill.params import Param, declared_params, format_value
 
 _DESTS = "_config_dests"
@@ -130,13 +132,48 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# Ways to size channel pruning; a flag giving one replaces the config file's others.
+_SIZES = ("keep", "flops", "parameters")
+
+
+def _plugin_name(section: Any) -> Any:
+    return section.get("name") if isinstance(section, dict) else section
+
+
+def yield_to_flags(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The config file's values, less those a flag given replaces: the other sizes of channel
+    pruning (a run's config.yaml records flops beside keep), and the settings of a method, solver
+    or objective that a flag swaps for another (a channel solver's `selection` under --method
+    sparsity), with the solver the old method ran. Flags override the file, as documented."""
+    sizes = [k for k in _SIZES if given.get(k) is not None]
+    if len(sizes) > 1:
+        raise CrossDistillError(f"give one of --keep, --flops, --parameters, not {' and '.join('--' + k for k in sizes)}")
+    out = copy.deepcopy(dict(defaults))
+    method = out.get("method")
+    params = method.get("params") if isinstance(method, dict) and isinstance(method.get("params"), dict) else {}
+    for holder in (out, params):
+        for k in _SIZES:
+            if sizes and k != sizes[0]:
+                holder.pop(k, None)
+    for s in ("method", "solver", "objective"):
+        old = _plugin_name(out.get(s))
+        if given.get(s) is not None and old is not None and old != given[s]:
+            if isinstance(out.get(s), dict):
+                out[s] = {k: v for k, v in out[s].items() if k != "params"}
+            if s == "method":
+                out.pop("solver", None)  # chosen for the method replaced
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> CompressConfig:
     from crossdistill.sweep import expand_vars  # ${CROSSDISTILL_DATA} works in every config file
 
     defaults = expand_vars(load_yaml(args.config)) if getattr(args, "config", None) else {}
+    given = given_options(args)
+    defaults = yield_to_flags(defaults, given)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
-        cfg = resolve(defaults, given_options(args))
+        cfg = resolve(defaults, given)
     for w in caught:  # one readable line each, not Python's file:line warning format
         if issubclass(w.category, ConfigWarning):
             print(f"crossdistill: warning: {w.message}", file=sys.stderr)

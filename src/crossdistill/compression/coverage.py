@@ -108,6 +108,7 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
     cov = Coverage(method)
     convs: list[str] = []
     linears: list[str] = []
+    layers: list[str] = []  # supported or not: which one runs first or last is a fact of the model
     for name, mod in model.named_modules():
         if isinstance(mod, nn.MultiheadAttention):
             # Never the classifier: not entered in `linears`.
@@ -117,6 +118,7 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         if not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
             continue
         cov.add(name, layer_kind(mod))
+        layers.append(name)
         reason = unsupported_reason(mod)
         if reason is not None:
             cov.skip(name, f"unsupported: {reason}", warn=True)
@@ -131,11 +133,14 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         rank = {n: i for i, n in enumerate(order)}
         convs = sorted((n for n in convs if n in rank), key=rank.__getitem__)
         linears = sorted((n for n in linears if n in rank), key=rank.__getitem__)
+        layers = sorted((n for n in layers if n in rank), key=rank.__getitem__)
     if not first and convs:
         # Every conv that reads the raw input is a first conv (parallel stem branches). Where the
         # forward was traced and no conv reads the input (an embedding or a Linear does),
         # there is none: the first Conv2d deep inside is not a stem.
-        stems = [n for n in input_readers if n in convs] if input_readers is not None else convs[:1]
+        all_convs = [n for n in layers if isinstance(model.get_submodule(n), ALL_CONVS)]
+        stems = [n for n in input_readers if n in convs] if input_readers is not None else \
+            [n for n in all_convs[:1] if n in convs]  # an unsupported first conv is skipped already
         for n in stems:
             cov.skip(n, f"the first conv ({first_setting}=False)" if n == stems[0] else
                      f"a first conv: it reads the model's input too ({first_setting}=False)")
@@ -143,10 +148,11 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         # The layer the forward runs last is the output layer: the classifier, or the conv head of
         # a segmentation net, a decoder, a generator (whose Linear, if any, runs first: a
         # projection of the latent, not a classifier), or of a net with Linear layers inside (SE).
-        heads = [n for n in output_layers or () if n in convs or n in linears]
-        final = max(heads or convs + linears, key=rank.__getitem__)
-        cov.skip(final, f"the last linear, the classifier ({last_setting}=False)" if final in linears
-                 else f"the last layer, the output head ({last_setting}=False)")
+        heads = [n for n in output_layers or () if n in layers]
+        final = max(heads or layers, key=rank.__getitem__)
+        if final in convs or final in linears:  # an unsupported one is skipped already, not the one before it
+            cov.skip(final, f"the last linear, the classifier ({last_setting}=False)" if final in linears
+                     else f"the last layer, the output head ({last_setting}=False)")
     elif not last and linears:
         cov.skip(linears[-1], f"the last linear, the classifier ({last_setting}=False)")
     # After first/last: a tied output layer is still the model's last linear, not the one before it.

@@ -104,8 +104,10 @@ def sample_few_shot(
         label = f"class {smallest}"
         if class_names is not None and smallest < len(class_names):
             label += f" ({class_names[smallest]})"
+        n = int(counts[smallest])
         raise CrossDistillError(
-            f"shots={k} per class is more than {label} has: {int(counts[smallest])} images"
+            f"shots={k} per class is more than {label} has ({n} sample{'s' * (n != 1)}): give shots {n} or fewer, "
+            "or n_samples (--n-samples) to draw that many samples whatever their classes"
         )
     # A stable sort groups indices by class while keeping data-set order inside each class.
     order = np.argsort(y, kind="stable")

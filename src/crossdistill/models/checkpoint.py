@@ -68,7 +68,23 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip holding the model's code (`<name>/code/`) beside its data."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in zf.namelist())
+    except Exception:  # noqa: BLE001 - damaged beyond the zip reader: torch.load below names it
+        return False
+
+
 def _read_pickle(path: Path) -> Any:
+    if _is_torchscript(path):
+        raise CrossDistillError(
+            f"{path}: a TorchScript file (torch.jit.save), not a checkpoint of weights: give the weights of your "
+            "nn.Module, torch.save(model.state_dict(), 'trained.pt') (a scripted model's own weights: "
+            "torch.jit.load(f).state_dict(), if its parameter names are your module's)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -97,7 +97,20 @@ def absolute_factory(spec: str) -> str:
 
 
 def build_user_model(spec: str) -> nn.Module:
-    model = load_factory(spec)()
+    fn = load_factory(spec)
+    try:
+        model = fn()
+    except TypeError as exc:
+        if "required" not in str(exc) or "argument" not in str(exc):
+            raise CrossDistillError(f"model {spec!r}: the factory failed: TypeError: {exc}") from exc
+        # It is called with no arguments, at compress and again at every load.
+        name = spec.rpartition(":")[2]
+        raise CrossDistillError(
+            f"model {spec!r}: the factory is called with no arguments, and {exc}: add a function that "
+            f"fixes them in the same file (def make(): return {name}(...)), or make = functools.partial({name}, ...), "
+            "and name that one") from None
+    except Exception as exc:
+        raise CrossDistillError(f"model {spec!r}: the factory failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
     model.crossdistill_factory = spec
