@@ -32,6 +32,8 @@ def d(tmp_path_factory) -> Path:
     np.savez(d / "train.npz", x=gray(40), y=np.arange(40) % 10)  # 4 images per class
     np.savez(d / "rgb.npz", x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), y=np.arange(40) % 10)
     np.savez(d / "float.npz", x=rng.random((40, 28, 28, 1)).astype(np.float32), y=np.arange(40) % 10)
+    np.savez(d / "float255.npz", x=(rng.random((40, 28, 28, 1)) * 255).astype(np.float32), y=np.arange(40) % 10)
+    np.savez(d / "chw.npz", x=gray(40).transpose(0, 3, 1, 2), y=np.arange(40) % 10)
     xf = (rng.random((40, 28, 28, 1)) * 255).astype(np.float32)
     xf[3, 4, 5, 0] = np.nan
     np.savez(d / "nan.npz", x=xf, y=np.arange(40) % 10)
@@ -157,6 +159,10 @@ CASES = [
     ("compress: keep and flops", _c("--keep", "0.5", "--flops", "0.3"), "give one of --keep, --flops, --parameters"),
     ("compress: out is a file", _swap(COMPRESS, "--out", "{d}/train.npz"),
      "exists and is not a directory (--force replaces folders only)"),
+    ("compress: channels-first images", _swap(COMPRESS, "--data", "{d}/chw.npz"),
+     "x looks channels-first, (40, 1, 28, 28) (N, C, H, W); image arrays are N×H×W×C: save x.transpose(0, 2, 3, 1)"),
+    ("compress: float pixels 0..255", _swap(COMPRESS, "--data", "{d}/float255.npz"),
+     "convert explicitly: x.round().astype(np.uint8)"),
     ("compress: K zero", _swap(COMPRESS, "--shots", "0"), "shots must be >= 1"),
     # keep / sparsity / rank ratios outside their ranges
     ("compress: keep 0", _c("--keep", "0"), "keep must lie in (0, 1] or 'paper', got 0.0"),
@@ -461,9 +467,13 @@ def test_an_npz_saved_channels_first_is_told_to_transpose():
     from crossdistill.checks import check_input_shape
     from crossdistill.data import ImageArrays
 
-    data = ImageArrays(np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4, np.int64), 10)
-    with pytest.raises(CrossDistillError, match=r"channels first \(N×C×H×W\).*x\.transpose\(0, 2, 3, 1\)"):
-        check_input_shape(data, (3, 32, 32), "resnet20", "x.npz")
+    # Refused as it is read, whatever the model (one of your own takes its input size from the data).
+    with pytest.raises(CrossDistillError, match=r"channels-first, \(4, 3, 32, 32\).*x\.transpose\(0, 2, 3, 1\)"):
+        ImageArrays(np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4, np.int64), 10)
+    # A layout the reader cannot tell (C = W = 3) is still named against the model's input size.
+    data = ImageArrays(np.zeros((4, 3, 5, 3), np.uint8), np.zeros(4, np.int64), 10)
+    with pytest.raises(CrossDistillError, match=r"x\.transpose\(0, 2, 3, 1\)"):
+        check_input_shape(data, (3, 5, 3), "m", "x.npz")
 
 
 @pytest.mark.parametrize("key, keyword", [("progress", "show_progress"), ("shot", "shots"), ("label", "labels")])

@@ -61,14 +61,24 @@ class ImageArrays:
                 finite = bool(np.isfinite(x).all()) if x.size else True
                 if not finite:
                     detail = " (it also contains NaN or infinite values)"
+                elif x.size and float(x.min()) >= 0 and float(x.max()) <= 1:
+                    detail = (f" with values in [{float(x.min()):g}, {float(x.max()):g}]; convert explicitly: "
+                              "(x * 255).round().astype(np.uint8)")
+                elif x.size and float(x.min()) >= 0 and float(x.max()) <= 255:
+                    detail = (f" with values in [{float(x.min()):g}, {float(x.max()):g}]; convert explicitly: "
+                              "x.round().astype(np.uint8)")
                 elif x.size:
-                    detail = (
-                        f" with values in [{float(x.min()):g}, {float(x.max()):g}]; convert "
-                        "explicitly, e.g. (x * 255).round().astype(np.uint8) for data in [0, 1]"
-                    )
+                    detail = (f" with values in [{float(x.min()):g}, {float(x.max()):g}], not pixels: images "
+                              "normalised already are given to the Python API as tensors (crossdistill.compress)")
             raise CrossDistillError(
                 f"image data{where}: x must have dtype uint8 (pixels 0..255), got {x.dtype}{detail}"
             )
+        if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+            # Channels first (N, C, H, W), as torch holds images: read as N×H×W×C it would give
+            # H = C and C = W, and a model error far from the cause.
+            raise CrossDistillError(
+                f"image data{where}: x looks channels-first, {tuple(x.shape)} (N, C, H, W); image arrays are "
+                "N×H×W×C: save x.transpose(0, 2, 3, 1)")
         if min(x.shape[1:]) < 1:
             raise CrossDistillError(
                 f"image data{where}: image size H, W, C must be positive, got {tuple(x.shape)}"
