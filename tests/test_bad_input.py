@@ -57,6 +57,7 @@ def d(tmp_path_factory) -> Path:
     torch.save(sd, d / "inf.th")
     torch.save(create_model("fashion_cnn", channels=[8, 16, 32]).state_dict(), d / "slim.th")
     torch.save(create_model("resnet20").state_dict(), d / "resnet20.th")
+    torch.save({f"model.{k}": v for k, v in teacher.state_dict().items()}, d / "prefixed.th")
 
     cifar = d / "cifar-10-batches-py"
     cifar.mkdir()
@@ -127,6 +128,7 @@ CASES = [
     ("compress: slimmer checkpoint", _c("--weights", "{d}/slim.th"),
      "does not fit model fashion_cnn: shape mismatch: conv1.weight: expected (16, 1, 3, 3), got (8, 1, 3, 3)"),
     ("compress: other architecture", _c("--weights", "{d}/resnet20.th"), "does not fit model fashion_cnn"),
+    ("compress: keys of a wrapper", _c("--weights", "{d}/prefixed.th"), "the file's keys carry the prefix 'model.'"),
     ("evaluate: other architecture", ["evaluate", "--model", "fashion_cnn", "--weights", "{d}/resnet20.th",
                                       "--eval-data", "{d}/train.npz"], "resnet20.th"),
     # images of the wrong shape or dtype

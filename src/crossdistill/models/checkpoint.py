@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -209,6 +209,21 @@ def _listing(keys: list[str]) -> str:
     return ", ".join(keys[:_MAX_LISTED]) + more
 
 
+def _prefix_hint(missing: Sequence[str], unexpected: Sequence[str]) -> str:
+    """How to fix keys that differ only by a leading name (a training wrapper's `model.`)."""
+    if not missing or len(missing) != len(unexpected):
+        return ""
+    for extra, short in ((unexpected, set(missing)), (missing, set(unexpected))):
+        heads = {k.partition(".")[0] for k in extra}
+        if len(heads) == 1 and "." in extra[0] and {k.partition(".")[2] for k in extra} == short:
+            prefix = f"{heads.pop()}."
+            if extra is unexpected:
+                return (f"; the file's keys carry the prefix {prefix!r}: save {{k.removeprefix({prefix!r}): v for k, v "
+                        "in state_dict.items()}, or the weights of the inner module")
+            return f"; the model's keys carry the prefix {prefix!r} that the file's lack: load them into model.{prefix[:-1]}"
+    return ""
+
+
 def load_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor]) -> nn.Module:
     """Load weights into `model` after checking keys, shapes and finiteness; returns `model`.
 
@@ -238,7 +253,8 @@ def load_weights(model: nn.Module, source: str | Path | Mapping[str, torch.Tenso
         problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
     if problems:
         name = getattr(model, "crossdistill_name", type(model).__name__)
-        raise CrossDistillError(f"{label} does not fit model {name}: " + "; ".join(problems))
+        raise CrossDistillError(f"{label} does not fit model {name}: " + "; ".join(problems) + _prefix_hint(missing,
+                                                                                                          unexpected))
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CrossDistillError(f"{label}: non-finite values (NaN/inf) in {_listing(bad)}")
