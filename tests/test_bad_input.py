@@ -487,3 +487,15 @@ def test_a_setting_named_like_a_keyword_of_compress_points_to_the_keyword(key, k
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).eval()
     with pytest.raises(CrossDistillError, match=rf"unknown setting {key}=; did you mean its keyword {keyword}=\?"):
         crossdistill.compress(model, torch.randn(6, 3, 8, 8), show_progress=False, **{key: 1})
+
+
+def test_ctrl_c_while_the_command_line_is_being_built_is_one_line(monkeypatch, capsys):
+    """Building the parser imports every plug-in (seconds): a Ctrl-C then printed a traceback."""
+    import crossdistill.cli.main as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["models"]) == 130
+    assert capsys.readouterr().err.strip() == "crossdistill: interrupted"

@@ -93,7 +93,12 @@ def _exit_on_sigterm() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        # Building the parser imports every plug-in: seconds in which Ctrl-C is likely too.
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("\ncrossdistill: interrupted", file=sys.stderr)
+        return 130
     args = _parse(parser, argv)
     _exit_on_sigterm()
     try:
