@@ -139,7 +139,7 @@ def test_load_model_infers_spec_from_plain_state_dict(tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in m.state_dict().items()}}, tmp_path / "s.th")
     back = load_model(tmp_path / "s.th", "resnet20")
     assert back.spec() == m.spec()
-    with pytest.raises(CrossDistillError, match="pass the model name"):
+    with pytest.raises(CrossDistillError, match="does not record its model; name it with --model: a registry name .* or path/to/file.py:function"):
         load_model(tmp_path / "s.th")
     with pytest.raises(CrossDistillError, match="resnet56"):
         load_model(tmp_path / "s.th", "resnet56")

@@ -160,7 +160,7 @@ def test_legacy_and_plain_files_still_load(tmp_path, teacher):
     torch.save(teacher.state_dict(), tmp_path / "t.th")
     back = crossdistill.load(tmp_path / "t.th", model="fashion_cnn")
     assert torch.equal(_logits(back), _logits(teacher))
-    with pytest.raises(CrossDistillError, match="pass the model name"):
+    with pytest.raises(CrossDistillError, match="does not record its model; name it with --model: a registry name .* or path/to/file.py:function"):
         crossdistill.load(tmp_path / "t.th")
 
 

@@ -307,7 +307,8 @@ def load_model(path: str | Path, name: str | None = None) -> nn.Module:
     ckpt = load_checkpoint(path)
     model_name = name or ckpt.model_name
     if model_name is None:
-        raise CrossDistillError(f"{path}: the file does not record its model; pass the model name (--model)")
+        raise CrossDistillError(f"{path}: the file does not record its model; name it with --model: a registry name "
+                                "(crossdistill models) or path/to/file.py:function for a model of your own")
     try:
         spec = ckpt.spec if (ckpt.spec and ckpt.model_name == model_name) else spec_from_state_dict(model_name, ckpt.state_dict)
         model = create_model(model_name, **spec)
