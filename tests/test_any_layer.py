@@ -707,6 +707,24 @@ def test_an_unsupported_output_layer_is_not_replaced_by_the_one_before_it_as_the
     assert rows["out"]["reason"].startswith("unsupported") and rows["stem"]["reason"].startswith("unsupported")
 
 
+def test_a_supported_output_head_stays_dense_beside_an_unsupported_one_run_after_it():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0, self.c1 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+            self.seg = nn.Conv2d(16, 5, 1)
+            self.depth = nn.Conv2d(16, 1, 3, padding=1, padding_mode="reflect")
+
+        def forward(self, x):
+            h = torch.relu(self.c1(torch.relu(self.c0(x))))
+            return torch.cat([self.seg(h), self.depth(h)], 1)
+
+    torch.manual_seed(0)
+    rows = _sparsity_rows(TwoHeads().eval(), torch.randn(8, 3, 8, 8))
+    assert rows["seg"]["reason"] == "the last layer, the output head (prune_last=False)"
+    assert rows["c1"]["status"] == "pruned"
+
+
 def _sparsity_rows(model: nn.Module, x: torch.Tensor, **settings: object) -> dict[str, dict]:
     """The sparsity report's layer rows, by name, of `model` compressed at 0.5 from all of `x`."""
     import crossdistill

@@ -153,9 +153,9 @@ CASES = [
     # K larger than a class has
     ("compress: K too large", _swap(COMPRESS, "--shots", "5"), "shots=5 per class is more than class 0 has (4 samples): give shots 4 or fewer"),
     ("compress: factory with arguments", _swap(COMPRESS, "--model", "{d}/factories.py:make_args"),
-     "the factory is called with no arguments, and make_args() missing 1 required positional argument"),
+     "the factory is called with no arguments, and it takes some (missing a required argument: 'width')"),
     ("compress: factory raising", _swap(COMPRESS, "--model", "{d}/factories.py:make_boom"),
-     "the factory failed: ValueError: boom in the factory"),
+     "the factory failed at {d}/factories.py:5: ValueError: boom in the factory"),
     ("compress: TorchScript weights", _c("--weights", "{d}/scripted.pt"), "a TorchScript file (torch.jit.save), not a "
                                                                           "checkpoint of weights"),
     ("compress: keep and flops", _c("--keep", "0.5", "--flops", "0.3"), "give one of --keep, --flops, --parameters"),
@@ -261,30 +261,33 @@ def test_a_run_that_fails_leaves_no_folder_it_made_for_its_output(d, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
 
 
-def test_a_config_file_yields_to_the_flags_that_replace_its_settings(d, tmp_path):
-    """A run's config.yaml records flops beside keep and the solver of its method: --keep, or
-    another --method, replaces them instead of clashing with them."""
+def test_a_config_file_yields_to_the_flags_that_replace_its_settings(d, tmp_path, capsys):
+    """A run's config.yaml records flops beside keep: --keep replaces it, in every form a file
+    may hold it; a clash with a setting of the file names the file."""
     from crossdistill.cli.config_options import yield_to_flags
 
     saved = {"model": "fashion_cnn", "method": {"name": "channels", "params": {"keep": 0.5, "flops": 0.5}},
-             "solver": {"name": "closed-form", "params": {"selection": "obs"}},
-             "objective": {"name": "soft", "params": {"alpha": 0.0, "beta": 0.3}}}
+             "solver": {"name": "closed-form", "params": {"selection": "obs"}}}
     out = yield_to_flags(saved, {"keep": 0.7})
     assert out["method"]["params"] == {"keep": 0.5} and out["solver"] == saved["solver"]
-    out = yield_to_flags(saved, {"method": "sparsity"})
-    assert out["method"] == {"name": "channels"} and "solver" not in out and out["objective"] == saved["objective"]
-    out = yield_to_flags(saved, {"objective": "mixed"})
-    assert out["objective"] == {"name": "soft"} and out["method"] == saved["method"]
-    assert yield_to_flags(saved, {"method": "channels", "solver": "closed-form"}) == saved
+    assert yield_to_flags(saved, {"method": "sparsity"}) == saved  # other settings: resolve's own rules
+    for form in ({"flops": 0.5}, {"method.flops": 0.5}, {"prune": {"name": "channels", "extra": {"flops": 0.5}}},
+                 {"extra": {"flops": 0.5}}):
+        assert "0.5" not in str({k: v for k, v in yield_to_flags(form, {"keep": 0.7}).items() if k != "prune"}) \
+            and "flops" not in str(yield_to_flags(form, {"keep": 0.7}))
     with pytest.raises(CrossDistillError, match="give one of --keep, --flops, --parameters, not --keep and --flops"):
         yield_to_flags(saved, {"keep": 0.7, "flops": 0.3})
-    # Through the command line: a run's own config, rerun with another keep and another method.
+    # Through the command line: a run's own config, rerun with another keep; another method's
+    # clash with the file's solver settings names the file.
     base = ["compress", "--model", "fashion_cnn", "--data", f"{d}/train.npz", "--shots", "2", "--flops", "0.6",
             "--quiet", "--out", str(tmp_path / "a")]
     assert main(base) == 0
-    for extra, name in ((["--keep", "0.7"], "b"), (["--method", "sparsity", "--sparsity", "0.5"], "c")):
-        assert main(["compress", "--config", str(tmp_path / "a" / "config.yaml"), *extra, "--quiet",
-                     "--out", str(tmp_path / name)]) == 0, extra
+    config = tmp_path / "a" / "config.yaml"
+    assert main(["compress", "--config", str(config), "--keep", "0.7", "--quiet", "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    assert main(["compress", "--config", str(config), "--method", "sparsity", "--sparsity", "0.5", "--quiet",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert f"with the settings of {config}: flags replace only settings of the same name" in capsys.readouterr().err
 
 
 def test_failure_while_writing_leaves_no_output(d, tmp_path, monkeypatch, capsys):

@@ -136,32 +136,29 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
 _SIZES = ("keep", "flops", "parameters")
 
 
-def _plugin_name(section: Any) -> Any:
-    return section.get("name") if isinstance(section, dict) else section
-
-
 def yield_to_flags(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
-    """The config file's values, less those a flag given replaces: the other sizes of channel
-    pruning (a run's config.yaml records flops beside keep), and the settings of a method, solver
-    or objective that a flag swaps for another (a channel solver's `selection` under --method
-    sparsity), with the solver the old method ran. Flags override the file, as documented."""
+    """The config file's values, less the sizes of channel pruning that a flag giving another one
+    replaces (a run's config.yaml records flops beside keep: --keep reruns it at a keep ratio), in
+    any of the file's forms: flat, dotted (`method.flops`) or in the method's section (`method:`,
+    or `prune:` as older files wrote, with their `params:` or `extra:`)."""
     sizes = [k for k in _SIZES if given.get(k) is not None]
     if len(sizes) > 1:
         raise CrossDistillError(f"give one of --keep, --flops, --parameters, not {' and '.join('--' + k for k in sizes)}")
     out = copy.deepcopy(dict(defaults))
-    method = out.get("method")
-    params = method.get("params") if isinstance(method, dict) and isinstance(method.get("params"), dict) else {}
-    for holder in (out, params):
-        for k in _SIZES:
-            if sizes and k != sizes[0]:
-                holder.pop(k, None)
-    for s in ("method", "solver", "objective"):
-        old = _plugin_name(out.get(s))
-        if given.get(s) is not None and old is not None and old != given[s]:
-            if isinstance(out.get(s), dict):
-                out[s] = {k: v for k, v in out[s].items() if k != "params"}
-            if s == "method":
-                out.pop("solver", None)  # chosen for the method replaced
+    if not sizes:
+        return out
+    others = [k for k in _SIZES if k != sizes[0]]
+    holders = [out]
+    for section in ("method", "prune"):
+        sec = out.get(section)
+        if isinstance(sec, dict):
+            holders += [sec] + [sec[k] for k in ("params", "extra") if isinstance(sec.get(k), dict)]
+    if isinstance(out.get("extra"), dict):
+        holders.append(out["extra"])
+    for holder in holders:
+        for k in others:
+            for key in (k, f"method.{k}", f"prune.{k}", f"method.params.{k}"):
+                holder.pop(key, None)
     return out
 
 
@@ -173,7 +170,14 @@ def config_from_args(args: argparse.Namespace) -> CompressConfig:
     defaults = yield_to_flags(defaults, given)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
-        cfg = resolve(defaults, given)
+        try:
+            cfg = resolve(defaults, given)
+        except CrossDistillError as exc:
+            if not defaults or not given:
+                raise
+            # A flag beside a file: the clash may be with a setting the user never typed here.
+            raise CrossDistillError(f"{exc} (with the settings of {args.config}: flags replace only settings of "
+                                    "the same name; remove the one at odds from the file)") from None
     for w in caught:  # one readable line each, not Python's file:line warning format
         if issubclass(w.category, ConfigWarning):
             print(f"crossdistill: warning: {w.message}", file=sys.stderr)

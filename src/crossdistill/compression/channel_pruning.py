@@ -18,7 +18,7 @@ from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.flops import FlopModel
 from crossdistill.distributed import on_main
 from crossdistill.compression.graph_channels import ChannelGroup, slim_groups
-from crossdistill.compression.graph_rules import TRACE_RULES
+from crossdistill.compression.graph_rules import LEGACY_RULES, current_rules, trace_rules
 from crossdistill.compression.graph_plan import GraphChannelPlan, keep_counts, plan_graph_channels, plan_tasks
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError
@@ -130,8 +130,10 @@ class ChannelPruning(CompressionMethod):
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
         assert self._plan is not None and self._example is not None
         kept = dict(self._plan.kept)
+        user_model = getattr(model, "crossdistill_name", None) is None
+        rules = _oldest_rules(model, self._example, self._plan, kept) if user_model else current_rules()
         model = slim_groups(model, self._example, kept)
-        if getattr(model, "crossdistill_name", None) is None:
+        if user_model:
             # The registry rebuilds a registered model from its spec; a user's factory builds the
             # full model, which loading slims again with this record (persistence/codecs/slim.py).
             size = list(self._example.shape[1:])
@@ -140,9 +142,9 @@ class ChannelPruning(CompressionMethod):
                 # A student pruned again: its group ids are those of the slimmed model, so loading
                 # replays this stage after the earlier ones, not instead of them.
                 model.crossdistill_slim = {**record, "then": [*record.get("then", []),
-                                                              {"input_size": size, "kept": kept, "trace": TRACE_RULES}]}
+                                                              {"input_size": size, "kept": kept, "trace": rules}]}
             else:
-                model.crossdistill_slim = {"input_size": size, "kept": kept, "trace": TRACE_RULES,
+                model.crossdistill_slim = {"input_size": size, "kept": kept, "trace": rules,
                                            **({} if self._example.is_floating_point() else {"input_dtype": "int64"})}
         return model
 
@@ -191,6 +193,24 @@ class ChannelPruning(CompressionMethod):
             # The keep ratio is found from flops/params, so the given keep would only mislead.
             label = label.replace(f"keep={self.keep:g},", "").replace(f"keep={self.keep:g})", ")")
         return label
+
+
+def _oldest_rules(model: nn.Module, example: torch.Tensor, plan: GraphChannelPlan, kept: Any) -> int:
+    """The oldest rules (graph_rules) that trace the kept groups as the plan did: the record names
+    them, so that the file keeps the lowest format version that holds it (a model whose groups
+    the newer rules do not change stays readable by readers of before)."""
+    from crossdistill.compression.graph_channels import channel_groups
+
+    now = current_rules()
+    if now == LEGACY_RULES:
+        return now
+    try:
+        with trace_rules(LEGACY_RULES):
+            before = {g.id: g for g in channel_groups(model, example)}
+    except Exception:  # noqa: BLE001 - a trace that fails under the old rules: the new ones it is
+        return now
+    same = all(gid in before and before[gid] == plan.groups.get(gid) for gid in kept)
+    return LEGACY_RULES if same else now
 
 
 def _cost_model(model: nn.Module, example: torch.Tensor, groups: Any, measure: str,

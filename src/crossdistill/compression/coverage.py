@@ -148,9 +148,11 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
         # The layer the forward runs last is the output layer: the classifier, or the conv head of
         # a segmentation net, a decoder, a generator (whose Linear, if any, runs first: a
         # projection of the latent, not a classifier), or of a net with Linear layers inside (SE).
-        heads = [n for n in output_layers or () if n in layers]
+        heads = [n for n in output_layers or () if n in convs or n in linears]
+        # Without heads named: the layer run last, and where it is unsupported (skipped already)
+        # none, rather than the one before it.
         final = max(heads or layers, key=rank.__getitem__)
-        if final in convs or final in linears:  # an unsupported one is skipped already, not the one before it
+        if final in convs or final in linears:
             cov.skip(final, f"the last linear, the classifier ({last_setting}=False)" if final in linears
                      else f"the last layer, the output head ({last_setting}=False)")
     elif not last and linears:

@@ -167,8 +167,9 @@ def _classify(graph: Graph, node: Any, axis3d: int | None) -> _OpMaps:
     if followed and base in ("Softmax", "LogSoftmax") and len(ins) == 1 and ins[0][1] == out and a is not None:
         # Over another dim than the channels (a spatial softmax), each channel's values stay its own.
         return _OpMaps() if _dim(fn._saved_dim, len(out)) != a else unsupported
-    if followed and base in ("PixelShuffle", "PixelUnshuffle") and len(ins) == 1 and len(out) >= 4:
+    if followed and base in ("PixelShuffle", "PixelUnshuffle") and len(ins) == 1 and len(out) == 4 == len(ins[0][1]):
         # PixelShuffle(r): channels c·r² … c·r²+r²−1 become channel c's r×r sub-pixels (Unshuffle: back).
+        # On N×C×H×W only: on more dims the op works on dim -3, not the channels.
         r2 = int(fn._saved_upscale_factor if base == "PixelShuffle" else fn._saved_downscale_factor) ** 2
         if base == "PixelShuffle":
             return _OpMaps(in_fwd={0: _gather(r2)}, in_bwd={0: _spread(r2)})

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -99,18 +101,22 @@ def absolute_factory(spec: str) -> str:
 def build_user_model(spec: str) -> nn.Module:
     fn = load_factory(spec)
     try:
-        model = fn()
+        inspect.signature(fn).bind()
     except TypeError as exc:
-        if "required" not in str(exc) or "argument" not in str(exc):
-            raise CrossDistillError(f"model {spec!r}: the factory failed: TypeError: {exc}") from exc
         # It is called with no arguments, at compress and again at every load.
         name = spec.rpartition(":")[2]
         raise CrossDistillError(
-            f"model {spec!r}: the factory is called with no arguments, and {exc}: add a function that "
-            f"fixes them in the same file (def make(): return {name}(...)), or make = functools.partial({name}, ...), "
-            "and name that one") from None
+            f"model {spec!r}: the factory is called with no arguments, and it takes some ({exc}): add a function "
+            f"that fixes them in the same file (def make(): return {name}(...)), or make = functools.partial({name}, "
+            "...), and name that one") from None
+    except ValueError:
+        pass  # no signature to read (a builtin): the call says
+    try:
+        model = fn()
     except Exception as exc:
-        raise CrossDistillError(f"model {spec!r}: the factory failed: {type(exc).__name__}: {exc}") from exc
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise CrossDistillError(f"model {spec!r}: the factory failed at {where.filename}:{where.lineno}: "
+                                f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
     model.crossdistill_factory = spec
@@ -147,7 +153,8 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
             out = model(sample[:2] if sample is not None and len(sample) >= 2
                         else example(size, 2, input_dtype, model=model))
     except Exception as exc:
-        if first is not None and fed and all(k == first.in_channels for k in fed):
+        first_ok = first is not None and bool(fed) and all(k == first.in_channels for k in fed)
+        if first_ok:
             first = None  # it ran on what it takes (a pixel_unshuffle before it): no hint about its input
         if isinstance(exc, TypeError) and "required positional argument" in str(exc):
             # A forward(ids, mask): the one tensor it was given is not all it takes.
@@ -168,7 +175,7 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
                     f"(--input-size {k} {' '.join(map(str, size[1:]))} where the images have them; otherwise convert "
                     "the images" + (", grayscale to RGB with PIL's Image.open(f).convert('RGB'))" if (k, c) == (3, 1)
                                     else ")"))
-        elif input_dtype == FLOAT:
+        elif input_dtype == FLOAT and not first_ok:
             hint = "; give the input size the model expects (--input-size C H W, or C L for signals)"
         else:
             hint = ""
