@@ -481,3 +481,12 @@ def test_the_path_check_imports_a_module_factory_rather_than_looking_for_a_file(
     check_paths([CompressConfig(model="torch.nn:Identity", shots=1).validate()])
     with pytest.raises(CrossDistillError, match="no_such_dir/net.py"):
         check_paths([CompressConfig(model="no_such_dir/net.py:make", shots=1).validate()])
+
+
+def test_a_run_without_shots_or_n_samples_is_named_by_the_default_draw():
+    """A sweep row of a file without `shots` was named `N=None`; the run drew K=5 per class."""
+    from crossdistill.config.sections import RunSettings
+    from crossdistill.sweep.describe import short_description
+
+    assert f"K={RunSettings().shots} seed=0" in short_description({"model": "m", "seed": 0})
+    assert short_description({"model": "m", "n_samples": 40}).endswith("N=40 seed=0")

@@ -133,6 +133,10 @@ def short_description(values: Mapping[str, Any] | CompressConfig) -> str:
     if d.get("views"):
         mixed = f",mixup={d['views_mixup']:g}" if d.get("views_mixup") else ""
         parts.append(f"views={d['views']}({d.get('views_policy', 'affine')}{mixed})")
+    if d.get("shots") is None and d.get("n_samples") is None:
+        from crossdistill.config.sections import RunSettings
+
+        d = {**d, "shots": RunSettings().shots}  # neither given (a partial dict): the default draw
     parts.append(f"K={d['shots']}" if d.get("shots") is not None else f"N={d.get('n_samples')}")
     parts.append(f"seed={d.get('seed', 0)}")
     if d.get("finetune.epochs"):
