@@ -488,5 +488,7 @@ def test_a_run_without_shots_or_n_samples_is_named_by_the_default_draw():
     from crossdistill.config.sections import RunSettings
     from crossdistill.sweep.describe import short_description
 
-    assert f"K={RunSettings().shots} seed=0" in short_description({"model": "m", "seed": 0})
-    assert short_description({"model": "m", "n_samples": 40}).endswith("N=40 seed=0")
+    # A run the declarations refuse (named in its error message) is described from its raw values.
+    refused = {"model": "m", "keep": 0.3, "flops": 0.5, "seed": 0}
+    assert f"K={RunSettings().shots} seed=0" in short_description(refused)
+    assert short_description({**refused, "n_samples": 40}).endswith("N=40 seed=0")
