@@ -273,25 +273,40 @@ def unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
+def transposed_groups(module: nn.Module) -> int:
+    """A transposed conv's groups (its weight's output channels run along dim 1); 0 for any other layer."""
+    return int(module.groups) if isinstance(module, TRANSPOSED) else 0
+
+
+def rows_of(w: torch.Tensor, transposed: int = 0) -> torch.Tensor:
+    """A tensor of a weight's shape as (out, in·k…), a row per output channel; `transposed`: the
+    groups of a transposed conv, whose weight is (in, out/groups, k…), so each group is transposed."""
+    if not transposed:
+        return w.reshape(w.shape[0], -1)
+    g = transposed
+    return w.reshape(g, w.shape[0] // g, w.shape[1], -1).transpose(1, 2).reshape(g * w.shape[1], -1)
+
+
+def unrows(matrix: torch.Tensor, shape: Sequence[int], transposed: int = 0) -> torch.Tensor:
+    """The inverse of `rows_of`: the matrix back in the weight's `shape`."""
+    if not transposed:
+        return matrix.reshape(shape)
+    g = transposed
+    return matrix.reshape(g, shape[1], shape[0] // g, -1).transpose(1, 2).reshape(shape)
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The layer's weight as the (out, in·k…) matrix W of `Y = W X`, a row per output channel
     (per conv group: a grouped conv's rows see in/groups channels; a norm's, its scale). A transposed conv keeps its weight as (in, out/groups,
     k…): its matrix is that transposed within each group."""
-    w = module.weight.detach()
-    if isinstance(module, TRANSPOSED):
-        g = module.groups
-        return w.reshape(g, w.shape[0] // g, w.shape[1], -1).transpose(1, 2).reshape(g * w.shape[1], -1)
-    return w.reshape(w.shape[0], -1)
+    return rows_of(module.weight.detach(), transposed_groups(module))
 
 
 def set_weight_matrix(module: nn.Module, matrix: torch.Tensor) -> None:
     """Write the (out, in·k…) matrix of `weight_matrix` into the layer's weight."""
     w = module.weight
-    if isinstance(module, TRANSPOSED):
-        g = module.groups
-        matrix = matrix.reshape(g, w.shape[1], w.shape[0] // g, -1).transpose(1, 2)
     with torch.no_grad():
-        w.copy_(matrix.reshape(w.shape).to(w.dtype))
+        w.copy_(unrows(matrix, w.shape, transposed_groups(module)).to(w.dtype))
 
 
 def dense_weight_matrix(module: nn.Module) -> torch.Tensor:

@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from crossdistill.capture import TRANSPOSED, get_module, group_size
+from crossdistill.capture import get_module, group_size, rows_of, transposed_groups, unrows
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.coverage import Coverage, survey
 from crossdistill.engine import LayerRecord
@@ -133,11 +133,6 @@ def _quant_solvers() -> list[str]:
     return sorted(SOLVERS["quant"])
 
 
-def transposed_groups(layer: nn.Module) -> int:
-    """A transposed conv's groups (its weight's output channels run along dim 1); 0 for any other layer."""
-    return int(layer.groups) if isinstance(layer, TRANSPOSED) else 0
-
-
 def _kind(groups: int) -> str:
     return f"a transposed conv of {groups} group{'s' * (groups > 1)}" if groups else "a layer other than a transposed conv"
 
@@ -150,20 +145,6 @@ def check_layer_kind(name: str, entry: Mapping[str, Any], layer: nn.Module) -> N
                                 f"the layer is {_kind(transposed_groups(layer))}")
 
 
-def _rows(t: torch.Tensor, groups: int) -> torch.Tensor:
-    """A tensor of the weight's shape as (output channels, …), as `capture.weight_matrix` reads it."""
-    if not groups:
-        return t.reshape(t.shape[0], -1)
-    return t.reshape(groups, t.shape[0] // groups, t.shape[1], -1).transpose(1, 2).reshape(groups * t.shape[1], -1)
-
-
-def _unrows(m: torch.Tensor, shape: Sequence[int], groups: int) -> torch.Tensor:
-    """The inverse of `_rows`."""
-    if not groups:
-        return m.reshape(shape)
-    return m.reshape(groups, shape[1], shape[0] // groups, -1).transpose(1, 2).reshape(shape)
-
-
 def output_channels(codes_shape: Sequence[int], groups: int) -> int:
     """How many scales a layer's grid has: one per output channel."""
     return groups * codes_shape[1] if groups else codes_shape[0]
@@ -173,7 +154,7 @@ def encode_weight(weight: torch.Tensor, grid: Grid, name: str = "layer", transpo
     """Integer codes of a weight that the solver has already put on `grid` (one row per output
     channel; `transposed_groups`: see `transposed_groups`). Raises if a value is off the grid (a
     solver bug, or a weight changed after solving)."""
-    w = _rows(weight.detach().to(torch.float64), transposed_groups)
+    w = rows_of(weight.detach().to(torch.float64), transposed_groups)
     codes = grid.codes(w)
     off = (grid.dequantize(codes) - w).abs().max() if w.numel() else torch.tensor(0.0, device=w.device)
     tol = 1e-5 * float(grid.scale.max())
@@ -183,7 +164,7 @@ def encode_weight(weight: torch.Tensor, grid: Grid, name: str = "layer", transpo
     entry = {
         "bits": grid.bits,
         "scheme": grid.scheme,
-        "codes": _unrows(codes, weight.shape, transposed_groups).to(dtype),
+        "codes": unrows(codes, weight.shape, transposed_groups).to(dtype),
         "scale": grid.scale.to(torch.float32),
         "zero_point": grid.zero_point.to(dtype),
     }
@@ -196,10 +177,10 @@ def dequantized_weight(entry: Mapping[str, Any]) -> torch.Tensor:
     """scale · (code − zero_point) in float32, per output channel."""
     codes = entry["codes"]
     groups = int(entry.get("transposed_groups", 0))
-    rows = _rows(codes.to(torch.float32), groups)
+    rows = rows_of(codes.to(torch.float32), groups)
     scale = entry["scale"].to(torch.float32).reshape(-1, 1)
     zp = entry["zero_point"].to(torch.float32).reshape(-1, 1)
-    return _unrows(scale * (rows - zp), codes.shape, groups)
+    return unrows(scale * (rows - zp), codes.shape, groups)
 
 
 def dequantize_into(model: nn.Module) -> nn.Module:
