@@ -108,7 +108,7 @@ def test_a_missing_class_in_separate_npz_files_is_mapped_by_name(tmp_path):
 def test_sizes_must_agree_unless_a_size_is_given(tmp_path):
     write_folder(tmp_path / "m", {"a": 1}, size=(30, 20))
     write_folder(tmp_path / "m", {"b": 1}, size=(20, 40), seed=1)
-    with pytest.raises(CrossDistillError, match=r"differ in size .*a/img0.png 30x20.*crossdistill pack .* --size SIZE"):
+    with pytest.raises(CrossDistillError, match=r"differ in size .*a/img0.png 30x20.*crossdistill pack .* --size H W"):
         load_image_data(tmp_path / "m")
     data = read_image_folder(tmp_path / "m", size=16)
     assert data.x.shape == (2, 16, 16, 3)
@@ -351,3 +351,94 @@ def test_evaluate_refuses_a_test_folder_missing_a_class_for_a_model_without_clas
     assert "2 classes (b, c) for a model that predicts 3" in capsys.readouterr().err
     (tmp_path / "te" / "a").mkdir()
     assert main([*run, "--eval-data", str(tmp_path / "te")]) == 0
+
+
+def test_size_height_width_scales_to_cover_and_crops_the_centre(tmp_path, capsys):
+    # A model of 48x64 inputs (as --input-size C H W gives them) needs images of that shape, not squares.
+    img = np.zeros((40, 120, 3), dtype=np.uint8)
+    img[:, 56:64] = 255  # a band in the middle column; cover 12x24 -> scaled by 0.3 to 12x36, crop cols 6-30
+    (tmp_path / "w" / "a").mkdir(parents=True)
+    Image.fromarray(img).save(tmp_path / "w" / "a" / "wide.png")
+    x = read_image_folder(tmp_path / "w", size=(12, 24)).x[0]
+    assert x.shape == (12, 24, 3) and x[:, 11:13].min() > 200 and x[:, 0].max() < 60 and x[:, -1].max() < 60
+    tall = np.zeros((90, 30, 3), dtype=np.uint8)
+    (tmp_path / "t" / "a").mkdir(parents=True)
+    Image.fromarray(tall).save(tmp_path / "t" / "a" / "tall.png")
+    assert read_image_folder(tmp_path / "t", size=(12, 24)).x.shape == (1, 12, 24, 3)  # width decides the scale
+    out = tmp_path / "hw.npz"
+    assert main(["pack", str(tmp_path / "w"), "--out", str(out), "--size", "12", "24"]) == 0
+    assert "(12x24, 3 channels)" in capsys.readouterr().out
+    assert main(["pack", str(tmp_path / "w"), "--out", str(tmp_path / "x.npz"), "--size", "1", "2", "3"]) == 2
+    assert "--size takes one side or a height and a width" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+    with pytest.raises(CrossDistillError, match="image size must be"):
+        read_image_folder(tmp_path / "w", size=(0, 5))
+
+
+def test_a_folder_read_as_rgb_because_of_a_few_colour_files_names_them(tmp_path, capsys):
+    # One RGB file among gray ones makes the whole folder RGB; a 1-channel model was then told
+    # to convert "grayscale to RGB", the wrong way round, and nothing said which file did it.
+    import textwrap
+
+    write_folder(tmp_path / "g", {"a": 3, "b": 3}, size=(8, 8), mode="L")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8), "RGB").save(tmp_path / "g" / "b" / "stray.png")
+    data = read_image_folder(tmp_path / "g")
+    assert data.x.shape[-1] == 3 and "1 of the folder's 7 images is not grayscale (b/stray.png (RGB))" in data.note
+    write_folder(tmp_path / "allgray", {"a": 2}, size=(8, 8), mode="L")
+    assert read_image_folder(tmp_path / "allgray").note == ""  # all gray: nothing to say
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def make():
+            return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, 2))
+    """))
+    run = ["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "g"), "--shots", "2",
+           "--quiet", "--input-size", "1", "8", "8", "--out", str(tmp_path / "r")]
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert "convert the images to 1 channel (RGB to grayscale: PIL's Image.open(f).convert('L'))" in err
+    assert "b/stray.png (RGB)" in err and "grayscale to RGB" not in err
+
+
+def test_swapped_height_and_width_are_named(tmp_path, capsys):
+    import textwrap
+
+    write_folder(tmp_path / "r", {"a": 3, "b": 3}, size=(12, 8))  # 8 high, 12 wide
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def make():
+            return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, 2))
+    """))
+    run = ["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "r"), "--shots", "2",
+           "--quiet", "--out", str(tmp_path / "o")]
+    assert main([*run, "--input-size", "3", "12", "8"]) == 2
+    assert "height and width swapped? the images are 8 high and 12 wide (--input-size C H W: 3 8 12)" in \
+        capsys.readouterr().err
+    assert main([*run, "--input-size", "8", "12"]) == 2  # two numbers read as a signal's C L
+    assert "--input-size 8 12: images take C H W (these are 3 8 12)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_test_class_the_model_has_no_output_for_is_named(tmp_path, capsys):
+    import textwrap
+
+    write_folder(tmp_path / "six", {"a": 1, "b": 1, "zigzag": 1}, size=(8, 8))
+    (tmp_path / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def make():
+            return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, 2))
+    """))
+    import torch
+
+    from crossdistill.models.user import build_user_model
+
+    torch.save(build_user_model(f"{tmp_path / 'net.py'}:make").state_dict(), tmp_path / "w.pt")
+    assert main(["evaluate", "--model", f"{tmp_path / 'net.py'}:make", "--weights", str(tmp_path / "w.pt"),
+                 "--eval-data", str(tmp_path / "six"), "--mean", "0", "0", "0", "--std", "1", "1", "1",
+                 "--quiet"]) == 2
+    assert "label 2 (class zigzag) is out of range" in capsys.readouterr().err

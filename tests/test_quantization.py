@@ -299,3 +299,31 @@ def test_a_fine_tune_with_nothing_to_train_names_the_trainable_setting():
     with pytest.raises(CrossDistillError, match="finetune_trainable 'pruned'.*finetune_trainable 'all'"):
         crossdistill.compress(teacher, x, labels=y, method="quant", bits=4, finetune_epochs=1,
                               finetune_trainable="pruned", show_progress=False)
+
+
+def test_channels_then_quant_takes_every_setting_of_channel_pruning():
+    # `method="channels+quant", flops=0.5` was refused as "a setting of method channels" while
+    # keep=0.5 worked: the composite declared keep alone.
+    from crossdistill.compression.channel_pruning import ChannelPruning
+    from crossdistill.params import declared_params
+
+    own = {p.name for p in declared_params(create_method("channels+quant").__class__)}
+    assert {p.name for p in declared_params(ChannelPruning)} <= own
+    method = create_method("channels+quant", flops=0.5, budget="global", bits=4)
+    first = method.stages()[0][0]
+    assert isinstance(first, ChannelPruning) and first.flops == 0.5 and first.budget == "global"
+    with pytest.raises(CrossDistillError, match="give either keep"):
+        create_method("channels+quant", keep=0.3, flops=0.5).stages()[0][0].check()
+
+    import crossdistill
+    from torch import nn
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(16, 4)).eval()
+    x, y = torch.randn(20, 3, 8, 8), torch.arange(20) % 4
+    student, report = crossdistill.compress(teacher, x, labels=y, method="channels+quant", flops=0.5,
+                                            show_progress=False)
+    assert report["student"]["flops"] <= 0.55 * report["teacher"]["flops"]
+    assert student.crossdistill_quant  # the second stage ran on the slimmed model

@@ -117,7 +117,8 @@ def test_a_relative_factory_loads_from_any_folder_and_a_moved_one_is_named_again
     folder = Path(factory.split(":")[0]).parent
     monkeypatch.chdir(folder)
     out = tmp_path / "run"
-    assert main(["compress", "--model", "mynet.py:make", "--data", str(train), "--shots", "2", "--quiet",
+    relative = Path("..") / train.relative_to(tmp_path)  # typed from the factory's folder, like the factory
+    assert main(["compress", "--model", "mynet.py:make", "--data", str(relative), "--shots", "2", "--quiet",
                  "--out", str(out)]) == 0
     monkeypatch.chdir(tmp_path)
     x = torch.randn(3, 1, 28, 28)
@@ -128,7 +129,10 @@ def test_a_relative_factory_loads_from_any_folder_and_a_moved_one_is_named_again
     argv = ["evaluate", "--weights", str(out), "--eval-data", str(test), "--no-latency", "--json", "--quiet"]
     assert main(argv) != 0 and "no such file" in capsys.readouterr().err
     assert main(argv + ["--model", f"{moved}:make"]) == 0
-    assert json.loads(capsys.readouterr().out)["params"] == sum(p.numel() for p in student.parameters())
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["params"] == sum(p.numel() for p in student.parameters())
+    assert shown["model"] == f"{moved}:make"  # the factory it ran, not the one the file names, now gone
+    assert json.loads((out / "fewshot_indices.json").read_text())["data"] == str(train.resolve())
     with torch.no_grad():
         assert torch.equal(crossdistill.load(out, model=f"{moved}:make")(x), student(x))
 
@@ -653,3 +657,95 @@ def test_eval_data_given_as_inputs_and_none_is_unlabelled():
                                     show_progress=False)
     _, alone = crossdistill.compress(model, x, labels=y, shots=2, method="quant", eval_data=x, show_progress=False)
     assert "top1" not in pair["student"] and pair["agreement"] == alone["agreement"]
+
+
+def test_image_files_without_mean_and_std_are_named_once_per_entry_point(factory, data, tmp_path, capsys):
+    # A model of one's own fed pixels in [0, 1] scores near chance when it was trained on
+    # normalised inputs; nothing said why (the teacher's 37 % looked like the model's own).
+    train, test = data
+    run = ["compress", "--model", factory, "--data", str(train), "--shots", "1", "--quiet"]
+    assert main([*run, "--out", str(tmp_path / "a")]) == 0
+    assert "warning: no --mean/--std given: " in capsys.readouterr().err
+    assert main([*run, "--mean", "0.3", "--std", "0.35", "--out", str(tmp_path / "b")]) == 0
+    assert "--mean/--std" not in capsys.readouterr().err
+    weights = tmp_path / "w.pt"
+    from crossdistill.models.user import build_user_model
+
+    torch.save(build_user_model(factory).state_dict(), weights)
+    assert main(["evaluate", "--model", factory, "--weights", str(weights), "--eval-data", str(test), "--quiet"]) == 0
+    assert "warning: no --mean/--std given" in capsys.readouterr().err
+    model = build_user_model(factory).eval()
+    with pytest.warns(crossdistill.checks.NormalisationWarning, match="no mean/std given"):
+        crossdistill.compress(model, train, shots=1, show_progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", crossdistill.checks.NormalisationWarning)
+        x, y = images()
+        crossdistill.compress(model, x, labels=y, shots=1, show_progress=False)  # tensors: used as given
+        crossdistill.compress(model, train, shots=1, mean=[0.3], std=[0.35], show_progress=False)
+
+
+def test_weights_that_do_not_fit_the_default_model_say_it_is_the_default(factory, data, tmp_path, capsys):
+    from crossdistill.models.user import build_user_model
+
+    weights = tmp_path / "mine.pt"
+    torch.save(build_user_model(factory).state_dict(), weights)
+    run = ["compress", "--weights", str(weights), "--data", str(data[0]), "--shots", "1", "--quiet"]
+    assert main([*run, "--out", str(tmp_path / "a")]) == 2
+    assert "(--model defaults to resnet56: name your model with --model path/to/file.py:function" in \
+        capsys.readouterr().err
+    assert main([*run, "--model", "resnet20", "--out", str(tmp_path / "b")]) == 2
+    assert "defaults to" not in capsys.readouterr().err  # another registered model named: its own mismatch
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_factory_named_without_its_function_or_as_a_module_gets_the_file_form(factory, data, tmp_path,
+                                                                              monkeypatch, capsys):
+    folder = Path(factory.rpartition(":")[0]).parent
+    monkeypatch.chdir(folder)
+    run = ["compress", "--data", str(data[0]), "--shots", "1", "--quiet", "--out", str(tmp_path / "o")]
+    assert main([*run, "--model", "mynet.py"]) == 2
+    assert "a model of your own is named with the function that builds it, mynet.py:function" in \
+        capsys.readouterr().err
+    assert main([*run, "--model", "mynet:make"]) == 2  # the command does not import from the current folder
+    assert "a file of your own is named by its path: --model mynet.py:make" in capsys.readouterr().err
+
+
+def test_a_bug_in_the_forward_is_chained_and_gets_no_input_size_advice():
+    class Typo(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.preprocess(x)  # the user's own bug, before the first conv runs
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    x, y = images(20)
+    with pytest.raises(CrossDistillError, match="AttributeError") as info:
+        crossdistill.compress(Typo(), x, labels=y, shots=1, show_progress=False)
+    assert "--input-size" not in str(info.value)
+    assert isinstance(info.value.__cause__, AttributeError)  # the user's frame stays in the traceback
+
+
+def test_a_model_that_fails_on_batches_itself_is_not_blamed_on_the_compression():
+    class SmallBatches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(1, 8, 3, padding=1)
+            self.b = nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 4:
+                raise RuntimeError("this model takes at most 4 images at a time")
+            return self.fc(self.b(torch.relu(self.a(x))).mean((2, 3)))
+
+    from crossdistill.pipeline import _check_runs_batched
+
+    teacher = SmallBatches().eval()
+    with pytest.raises(CrossDistillError, match="the teacher as well as the compressed model") as info:
+        _check_runs_batched(teacher, SmallBatches().eval(), torch.randn(2, 1, 8, 8), batch_size=16)
+    assert isinstance(info.value.__cause__, RuntimeError)

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossdistill.checks import check_copyable
+from crossdistill.checks import check_copyable, warn_unnormalised
 from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.evaluation_timing import torch_threads
 from crossdistill.model_inputs import check_token_ids, dtype_name
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 from crossdistill.models.user import check_registered_outputs, infer_info
-from crossdistill.train_flags import buffers_kept, eval_mode
+from crossdistill.train_flags import buffers_kept, eval_mode, global_state_kept
 
 
 def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -322,7 +322,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | np.ndarray 
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_copyable(unwrapped(model)[0])
     # Every forward below runs the caller's model: a buffer its forward updates gets its value back.
-    with buffers_kept(model):
+    with buffers_kept(model), global_state_kept():
         return _compress(model, data, labels=labels, eval_data=eval_data, shots=shots, n_samples=n_samples,
                          seed=seed, mean=mean, std=std, name=name, show_progress=show_progress, **settings)
 
@@ -354,6 +354,8 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise CrossDistillError(f"seed must be an integer >= 0, got {seed!r}")  # checked before the draw uses it
     images, found_labels, class_names = _images(data, "training", mean, std)
+    if isinstance(data, (str, Path)) and images.dim() == 4:  # image files (signals are used as stored)
+        warn_unnormalised(name, mean, std, "mean/std")
     if labels is not None:
         if found_labels is not None:
             raise CrossDistillError("labels given twice, in the data (its (input, label) pairs) and as labels=: "
@@ -380,7 +382,8 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
     if classes:
         from crossdistill.data.align import check_named_classes
 
-        check_named_classes(class_names, info.num_classes, str(data))
+        # Names only come from files; a tensor is not formatted (for a large one that costs time).
+        check_named_classes(class_names, info.num_classes, str(data) if isinstance(data, (str, Path)) else "training data")
     if found_labels is not None and found_labels.dim() > 1:
         # Per-position labels (a segmentation map) score a dense model on eval_data; the draw
         # needs one label per image (or none: n_samples).

@@ -8,15 +8,31 @@ entry point checks them up front with one message that names the file.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 from torch import nn
 
 from crossdistill.data.arrays import ImageArrays
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.models.registry import ModelInfo
 
-__all__ = ["check_copyable", "check_data_fits_model", "model_copy"]
+__all__ = ["NormalisationWarning", "check_copyable", "check_data_fits_model", "model_copy", "warn_unnormalised"]
+
+
+class NormalisationWarning(UserWarning):
+    """Image files fed to a model of one's own without a mean and std (the CLI prints one line)."""
+
+
+def warn_unnormalised(model: str, mean: Sequence[float] | None, std: Sequence[float] | None,
+                      how: str = "--mean/--std") -> None:
+    """Say that pixels read from files reach `model` only scaled to [0, 1]: its accuracy (and the
+    student's) is then that of a model fed inputs it was not trained on, with nothing else to
+    tell the user why. `how`: the settings' names where the call comes from."""
+    if mean is None and std is None:
+        warnings.warn(f"no {how} given: {model} gets the images' pixels scaled to [0, 1], not normalised; give "
+                      f"the {how} it was trained with, unless its forward normalises them itself",
+                      NormalisationWarning, stacklevel=outside_stacklevel())
 
 
 def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, where: str) -> None:
@@ -33,8 +49,15 @@ def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, 
                     "save x.transpose(0, 2, 3, 1)")
         elif images and data.input_shape[1:] == size[1:]:
             # Only the channels differ: no --input-size fixes that, converting the images does.
-            hint = (f": convert the images to {size[0]} channel{'s' * (size[0] != 1)} (grayscale to RGB: PIL's "
-                    "Image.open(f).convert('RGB'))")
+            how = {(3, 1): " (grayscale to RGB: PIL's Image.open(f).convert('RGB'))",
+                   (1, 3): " (RGB to grayscale: PIL's Image.open(f).convert('L'))"}.get((size[0], data.input_shape[0]), "")
+            hint = f": convert the images to {size[0]} channel{'s' * (size[0] != 1)}{how}"
+            if data.note:
+                hint += f"; {data.note}"
+        elif images and data.input_shape == (size[0], size[2], size[1]):
+            # --input-size takes C H W; (1, 64, 48) given for 48×64 images.
+            hint = (f": height and width swapped? the images are {data.input_shape[1]} high and {data.input_shape[2]} "
+                    f"wide (--input-size C H W: {' '.join(map(str, data.input_shape))})")
         raise CrossDistillError(f"{where}: {data.describe_shape()} but {model} expects {expected}{hint}")
 
 
@@ -62,8 +85,12 @@ def check_data_fits_model(data: ImageArrays, model: str | ModelInfo, *, num_clas
     k = int(num_classes if num_classes is not None else info.num_classes)
     top = int(data.y.max()) if len(data.y) else -1
     if top >= k:
+        names = data.class_names or []
+        # A folder's classes are its sorted subfolders: name the ones the model has no output for.
+        extra = [names[i] for i in sorted({int(v) for v in data.y if v >= k}) if i < len(names)]
+        which = f" (class{'es' * (len(extra) > 1)} {', '.join(extra)})" if extra else ""
         raise CrossDistillError(
-            f"{where}: label {top} is out of range for {model}, which has {k} classes (labels 0..{k - 1})"
+            f"{where}: label {top}{which} is out of range for {model}, which has {k} classes (labels 0..{k - 1})"
         )
 
 

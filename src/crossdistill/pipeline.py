@@ -35,7 +35,7 @@ from crossdistill.models.registry import ModelInfo
 # Split off by job (run_setup: what a run is built from; run_outputs: what it writes). Their
 # names stay importable from here, where `run` and the CLI look them up: replacing one here (as
 # tests do with write_run) still takes effect.
-from crossdistill.train_flags import eval_mode
+from crossdistill.train_flags import eval_mode, global_state_kept
 from crossdistill.run_types import CompressionResult, FewShot  # noqa: F401 - re-exported
 from crossdistill.run_outputs import format_summary, versions, write_run  # noqa: F401 - re-exported
 from crossdistill.run_setup import (  # noqa: F401 - re-exported
@@ -64,35 +64,46 @@ def draw_few_shot(cfg: CompressConfig, data: ImageArrays, info: ModelInfo | None
     )
 
 
-def _step_progress(total: int) -> Callable[[int, nn.Module], None]:
+class _StepProgress:
     """A progress bar over the fine-tune's steps (minutes of work, where the layers take seconds)."""
-    from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="fine-tune", unit="step", file=sys.stderr, leave=False)
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
 
-    def on_step(step: int, model: nn.Module) -> None:
-        bar.update(step - bar.n)
-        if step >= total:
-            bar.close()
+        self.total = total
+        self.bar = tqdm(total=total, desc="fine-tune", unit="step", file=sys.stderr, leave=False)
 
-    return on_step
+    def __call__(self, step: int, model: nn.Module) -> None:
+        self.bar.update(step - self.bar.n)
+        if step >= self.total:
+            self.bar.close()
+
+    def close(self) -> None:
+        # Also after an interrupt: a bar left open in an interactive session draws the next one
+        # a line lower, under the stale one.
+        self.bar.close()
 
 
-def _tqdm_progress(desc: str):
-    from tqdm import tqdm
+class _LayerProgress:
+    """A progress bar over the layers of one stage, opened when the first layer reports."""
 
-    bar: dict[str, Any] = {}
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: Any = None
 
-    def progress(i: int, total: int, name: str) -> None:
-        if "bar" not in bar:
-            bar["bar"] = tqdm(total=total, desc=desc, unit="layer", file=sys.stderr, leave=False)
-        b = bar["bar"]
-        b.n = i
-        b.set_postfix_str(name, refresh=True)
+    def __call__(self, i: int, total: int, name: str) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit="layer", file=sys.stderr, leave=False)
+        self.bar.n = i
+        self.bar.set_postfix_str(name, refresh=True)
         if i >= total:
-            b.close()
+            self.bar.close()
 
-    return progress
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def resolved_damping(cfg: CompressConfig, fewshot: FewShot) -> float:
@@ -148,12 +159,16 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
             stage.leave_out(uneven, "runs on inputs of different sizes in one forward pass (a head shared "
                                     "across feature levels): its calls are not solved as one")
             tasks = [t for t in tasks if t.name not in uneven]
-        progress = _tqdm_progress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
-        stage_records = distill_layers(
-            stage_teacher, student, images, tasks, objective, solver,
-            damping=damping, batch_size=cfg.batch_size, progress=progress, capture=cfg.capture,
-            spill_dir=cfg.capture_dir, device=device,
-        )
+        progress = _LayerProgress(f"{objective.describe()} / {solver.describe()}") if show_progress else None
+        try:
+            stage_records = distill_layers(
+                stage_teacher, student, images, tasks, objective, solver,
+                damping=damping, batch_size=cfg.batch_size, progress=progress, capture=cfg.capture,
+                spill_dir=cfg.capture_dir, device=device,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
         student = stage.finalize(student, stage_records)
         if len(stages) > 1:
             for r in stage_records:
@@ -164,7 +179,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     _keep_frozen(teacher, student)
     if any(stage.solver_family == "channels" for stage, _ in stages):
         # Only slimming follows the traced graph; the other methods keep every activation's shape.
-        _check_runs_batched(student, images, cfg.batch_size)
+        _check_runs_batched(teacher, student, images, cfg.batch_size)
     eval_only = _training_only_layers_broken(teacher, student, images[:2], ran)
     finetuned = None
     if finetune_active(cfg.finetune):
@@ -175,7 +190,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
 
         settings = run_settings(FinetuneConfig(**cfg.finetune), seed=cfg.seed, device=cfg.device,
                                 batch_size=cfg.batch_size)
-        on_step = _step_progress(settings.epochs * -(-len(fewshot.images) // settings.batch_size)) \
+        on_step = _StepProgress(settings.epochs * -(-len(fewshot.images) // settings.batch_size)) \
             if show_progress and settings.epochs > 0 else None
         # Quantized weights stay on their grid (their integer codes are the model): the fine-tune
         # adapts the other parameters, so what it reports is the model that is saved.
@@ -186,6 +201,8 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
             finetuned = finetune(student, teacher, fewshot.images, fewshot.labels if fewshot.labelled else None,
                                  settings, on_step=on_step, output=cfg.output_key, kind=cfg.output_kind)
         finally:
+            if on_step is not None:
+                on_step.close()
             for p, flag in frozen:
                 p.requires_grad_(flag)
         if frozen:
@@ -215,7 +232,7 @@ def _keep_frozen(teacher: nn.Module, student: nn.Module) -> None:
 CHECK_BATCH = 8
 
 
-def _check_runs_batched(student: nn.Module, images: torch.Tensor, batch_size: int) -> None:
+def _check_runs_batched(teacher: nn.Module, student: nn.Module, images: torch.Tensor, batch_size: int) -> None:
     """Run the student once on a batch as large as the capture's (at least CHECK_BATCH, the few
     images repeated): a forward that branches on the batch size runs layers the trace on 1-2
     samples never saw, and a student slimmed from that trace would fail on real batches."""
@@ -226,11 +243,25 @@ def _check_runs_batched(student: nn.Module, images: torch.Tensor, batch_size: in
             student(batch)
     except Exception as exc:  # noqa: BLE001 - any failure here is the one explained below
         first = str(exc).splitlines()[0] if str(exc) else ""
+        if _fails_itself(teacher, batch):
+            # Not the compression's doing: the model's own forward breaks on this batch.
+            raise CrossDistillError(f"the model fails on a batch of {n} ({type(exc).__name__}: {first[:200]}), "
+                                    "the teacher as well as the compressed model: its forward cannot take "
+                                    "batches of that size") from exc
         raise CrossDistillError(
             f"the compressed model fails on a batch of {n} ({type(exc).__name__}: {first[:200]}): its forward takes "
             "another path at this batch size than on the 1-2 samples its layers were traced with (a branch on "
             "x.shape[0]?), so its channel groups were found on the wrong graph; remove that branch, or use "
-            "sparsity, quantization or low rank, which keep every shape") from None
+            "sparsity, quantization or low rank, which keep every shape") from exc
+
+
+def _fails_itself(model: nn.Module, batch: torch.Tensor) -> bool:
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(batch)
+    except Exception:  # noqa: BLE001 - any failure: the message above says which
+        return True
+    return False
 
 
 def _training_only_layers_broken(teacher: nn.Module, student: nn.Module, example: torch.Tensor,
@@ -238,7 +269,9 @@ def _training_only_layers_broken(teacher: nn.Module, student: nn.Module, example
     """When layers that run only in training mode (an auxiliary head: the trace, in eval mode,
     never saw them) read channels the student no longer has: why its training-mode forward
     fails, after a warning. None when there are no such layers or the student still runs."""
-    never = [n for n, m in student.named_modules() if isinstance(m, SOLVABLE) and n not in ran]
+    # The teacher's layers: low rank renames the student's (`c1` -> `c1.0`, `c1.1`), which the
+    # trace of an earlier stage never saw, although they run.
+    never = [n for n, m in teacher.named_modules() if isinstance(m, SOLVABLE) and n not in ran]
     if not never:
         return None
 
@@ -345,6 +378,16 @@ def run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays |
     which the caller passes (`crossdistill.baselines.get_baseline(cfg.baseline)`: the baselines
     import this module, so it cannot look them up itself); without one it is refused rather than
     silently run as cross distillation."""
+    # The caller's global random state and grad mode come back (train_flags.global_state_kept).
+    with global_state_kept():
+        return _run(cfg, show_progress=show_progress, train=train, test=test, compress_fn=compress_fn,
+                    teacher=teacher, teacher_metrics=teacher_metrics)
+
+
+def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays | None = None,
+         test: ImageArrays | None = None, compress_fn: CompressFn | None = None,
+         teacher: nn.Module | None = None,
+         teacher_metrics: dict[str, Any] | None = None) -> tuple[CompressionResult, dict[str, Any]]:
     cfg.validate()
     if cfg.baseline is not None and compress_fn is None:
         raise CrossDistillError(f"the config names baseline {cfg.baseline!r}: run it with `crossdistill baseline "

@@ -123,7 +123,8 @@ def write_run(out: Path, result: CompressionResult, report: dict[str, Any]) -> N
 
     save_model(result.student, out / "student.safetensors")
     write_json(out / "report.json", report)
+    config = portable_config(report["config"])  # paths absolute: the files are read from anywhere
     write_json(out / "fewshot_indices.json", {"indices": report["fewshot_indices"], "seed": report["seed"],
-                                              "shots": report["shots"], "data": report["config"]["data"]})
-    (out / "config.yaml").write_text(yaml.safe_dump(portable_config(report["config"]), sort_keys=False))
+                                              "shots": report["shots"], "data": config["data"]})
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (out / "summary.txt").write_text(format_summary(report) + "\n")

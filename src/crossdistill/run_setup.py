@@ -11,9 +11,10 @@ from typing import Any
 
 from torch import nn
 
+from crossdistill.checks import warn_unnormalised
 from crossdistill.compression import CompressionMethod
 from crossdistill.compression.composite import stage_solver_name
-from crossdistill.config import CompressConfig
+from crossdistill.config import CompressConfig, RunSettings
 from crossdistill.data import ImageArrays
 from crossdistill.errors import CrossDistillError
 from crossdistill.models import create_model, load_weights, model_info
@@ -34,7 +35,14 @@ def load_teacher(cfg: CompressConfig) -> nn.Module:
 
     check_file_inputs(model, "float32", cfg.model)  # files hold images or signals: one float input
     if cfg.weights:
-        load_weights(model, cfg.weights)
+        try:
+            load_weights(model, cfg.weights)
+        except CrossDistillError as exc:
+            if cfg.model != RunSettings.model:
+                raise
+            # Often no --model at all: the weights of one's own model read as the default's.
+            raise CrossDistillError(f"{exc} (--model defaults to {cfg.model}: name your model with --model "
+                                    "path/to/file.py:function or a registered name)") from None
     elif is_factory_spec(cfg.model):
         # A run on untrained weights looks like any other run; say so unless the factory loads its own.
         warnings.warn(f"no --weights: the teacher is what {cfg.model} returns, untrained unless it loads "
@@ -48,6 +56,12 @@ def info_of(cfg: CompressConfig, teacher: nn.Module, data: ImageArrays) -> Model
     if not is_factory_spec(cfg.model) and cfg.model in list_models():
         check_registered_outputs(cfg.model, cfg.output_key, cfg.output_kind)
         return model_info(cfg.model)
+    if cfg.input_size is not None and not data.is_signal and len(cfg.input_size) != 3:
+        # Two numbers read as (C, L) of a signal: the forward would fail with advice about batches.
+        raise CrossDistillError(f"--input-size {' '.join(map(str, cfg.input_size))}: images take C H W (these are "
+                                f"{' '.join(map(str, data.input_shape))})")
+    if not data.is_signal:
+        warn_unnormalised(cfg.model, cfg.mean, cfg.std)
     size = cfg.input_size or data.input_shape
     return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std, output=cfg.output_key,
                       kind=cfg.output_kind)

@@ -1,4 +1,5 @@
-"""Eval mode for the length of a block, each submodule's own train/eval flag given back after."""
+"""What a block that runs the caller's model leaves as it found: each submodule's train/eval flag,
+the model's buffers and attributes, torch's global random state and grad mode."""
 from __future__ import annotations
 
 import contextlib
@@ -20,26 +21,73 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def global_state_kept() -> Iterator[None]:
+    """torch's global random state and grad mode as they were after the block: the caller's own
+    seeding goes on where it was (new layers' default init, Dropout in a training-mode check and
+    random timing inputs draw from it), and an interrupt that lands inside a `no_grad` block
+    does not leave gradients off for the rest of the session."""
+    import torch
+
+    grad = torch.is_grad_enabled()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        torch.set_grad_enabled(grad)
+
+
+@contextlib.contextmanager
 def buffers_kept(model: nn.Module) -> Iterator[None]:
     """The model's buffers and plain attributes as they were, after a block that runs its forward many times: a
     forward that updates a buffer of its own (a call counter, a running statistic outside
     BatchNorm) would otherwise leave the caller's model changed by compressing it."""
     import torch
 
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    # Each module's own buffer objects with their values: a forward may update one in place
+    # (`self.n += 1`), assign a new tensor to it (`self.n = self.n + 1`, or one of another size)
+    # or register a new one; the caller's model gets back the very tensors it had.
+    buffers = [(m, dict(m._buffers), {k: b.detach().clone() for k, b in m._buffers.items() if b is not None})
+               for m in model.modules()]
     # Plain attributes too: a forward that stores what it computed (`self.feat = x`, a counter)
-    # would leave the caller's model holding one of the run's tensors, with its autograd graph.
+    # would leave the caller's model holding one of the run's tensors, with its autograd graph;
+    # a list, dict or set it fills in place (`self.history.append(...)`) is given its items back.
     attributes = [(m, {k: v for k, v in vars(m).items() if not k.startswith("_")}) for m in model.modules()]
+    contents = {id(v): _shallow_copy(v) for _, attrs in attributes for v in attrs.values()
+                if isinstance(v, (list, dict, set))}
     try:
         yield
     finally:
         with torch.no_grad():
-            for b, value in saved:
-                if b.shape == value.shape:
-                    b.copy_(value)
+            for m, objects, values in buffers:
+                for key in [k for k in m._buffers if k not in objects]:
+                    del m._buffers[key]
+                for key, obj in objects.items():
+                    m._buffers[key] = obj
+                    if obj is None:
+                        continue
+                    if obj.shape == values[key].shape:
+                        obj.copy_(values[key])
+                    else:  # resized in place
+                        obj.set_(values[key])
         for m, before in attributes:
             for key in [k for k in vars(m) if not k.startswith("_") and k not in before]:
                 delattr(m, key)
             for key, value in before.items():
                 if vars(m).get(key, value) is not value:
                     object.__setattr__(m, key, value)
+                if id(value) in contents:
+                    _refill(value, contents[id(value)])
+
+
+def _shallow_copy(value: list | dict | set) -> list | dict | set:
+    return value.copy()
+
+
+def _refill(container: list | dict | set, items: list | dict | set) -> None:
+    # No comparison first: items may be tensors, whose == is elementwise.
+    if isinstance(container, list):
+        container[:] = items  # type: ignore[index]
+    else:
+        container.clear()
+        container.update(items)  # type: ignore[arg-type]

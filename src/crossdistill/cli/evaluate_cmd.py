@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from crossdistill.checks import check_data_fits_model
     from crossdistill.data import load_image_data
     from crossdistill.data.align import align_classes, check_named_classes
+    from crossdistill.checks import warn_unnormalised
     from crossdistill.evaluation import evaluate_for
     from crossdistill.models import load_model, load_weights
     from crossdistill.model_inputs import check_file_inputs
@@ -139,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         check_file_inputs(model, "float32", args.model)
         load_weights(model, weights)
         data = load_image_data(args.eval_data, "test")
+        if not data.is_signal:
+            warn_unnormalised(args.model, args.mean, args.std)
         info = infer_info(model.eval(), args.model, data.input_shape, mean=args.mean, std=args.std,
                           output=args.output_key)
     else:
@@ -148,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         info = _with_normalisation(info, args.mean, args.std)
         # Numbered by the classes the model was compressed with, when its file names them.
         data = align_classes(load_image_data(args.eval_data, "test"), getattr(model, "crossdistill_class_names", None))
-    name = info.name
+    # The factory given now, where the file's recorded one has moved.
+    name = args.model if args.model is not None and is_factory_spec(args.model) else info.name
     spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}
     if info.kind in ("classes", "binary"):
         # A model with no class names of its own numbers a folder's classes by sorted name: one

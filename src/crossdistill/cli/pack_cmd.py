@@ -17,11 +17,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "one .npz with x (uint8 N×H×W×C), y, class_names and num_classes: the exact pixels a run reads, "
         "kept in one file. Classes are the subfolder names in sorted order (with train/ and test/, both "
         "take train/'s). A folder whose images already share one size can also be given to --data "
-        "directly; --size makes them one size: shorter side scaled to SIZE (bicubic), centre crop SIZE×SIZE.",
+        "directly; --size makes them one size: --size S scales the shorter side to S (bicubic) and crops the "
+        "centre S×S, --size H W scales each image just enough to cover H×W and crops the centre H×W.",
     )
     p.add_argument("folder", type=Path, help="folder of class subfolders (or with train/ and test/ inside)")
     p.add_argument("--out", type=Path, required=True, help="the .npz to write")
-    p.add_argument("--size", type=int, help="square side the images are scaled and centre-cropped to")
+    p.add_argument("--size", type=int, nargs="+", metavar="S | H W",
+                   help="the size the images are scaled and centre-cropped to: one side for squares, or height "
+                   "and width (your model's input size, as --input-size C H W gives them)")
     p.add_argument("--split", choices=["train", "test"], default="train",
                    help="with train/ and test/ inside FOLDER: which one (default train)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -42,8 +45,13 @@ def run(args: argparse.Namespace) -> int:
     if args.split == "test" and not has_splits(args.folder):
         raise CrossDistillError(f"--split test: {args.folder} has no train/ and test/ folders; give the test "
                                 "folder itself (its classes are then its own subfolders, or train/'s beside it)")
+    size = None
+    if args.size is not None:
+        if len(args.size) > 2:
+            raise CrossDistillError(f"--size takes one side or a height and a width, got {len(args.size)} numbers")
+        size = args.size[0] if len(args.size) == 1 else (args.size[0], args.size[1])
     with output_lock(args.out, args.force) as out:
-        data = read_image_folder(args.folder, args.split, size=args.size)
+        data = read_image_folder(args.folder, args.split, size=size)
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a bare name

@@ -126,10 +126,20 @@ class ThenQuant(StagedMethod):
 @dataclass
 class ChannelsThenQuant(ThenQuant):
     name = "channels+quant"
+    # Every setting of channel pruning, so that a FLOPs or parameter target and a global budget
+    # work here as they do for `channels`.
     keep: float | str = stage_setting(ChannelPruning, "keep")
+    refit: bool = stage_setting(ChannelPruning, "refit")
+    prune_classifier: bool = stage_setting(ChannelPruning, "prune_classifier")
+    prune_heads: bool = stage_setting(ChannelPruning, "prune_heads")
+    flops: float | None = stage_setting(ChannelPruning, "flops")
+    parameters: float | None = stage_setting(ChannelPruning, "parameters")
+    budget: str = stage_setting(ChannelPruning, "budget")
+    min_keep: float = stage_setting(ChannelPruning, "min_keep")
+    budget_cost: str = stage_setting(ChannelPruning, "budget_cost")
 
     def first_stage(self) -> CompressionMethod:
-        return ChannelPruning(keep=self.keep)
+        return ChannelPruning(**_settings(self, ChannelPruning))
 
 
 @dataclass

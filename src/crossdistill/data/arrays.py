@@ -23,6 +23,9 @@ class ImageArrays:
     num_classes: int
     class_names: list[str] | None = None
     source: str = field(default="")
+    # What a reader did that an error about these images should mention (a mostly gray folder
+    # read as RGB because of a few colour files).
+    note: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         self.validate()

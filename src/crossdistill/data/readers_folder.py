@@ -8,10 +8,11 @@ given). Classes are the subfolder names in sorted order (an empty subfolder is s
 its index stays where the model expects it); the images of a class are every image file below
 its folder, nested folders included. Images are decoded with Pillow, turned upright by their
 EXIF orientation, 16-bit ones scaled to 8 bits: RGB, or one channel when every image of the
-folder (both splits) is grayscale; an alpha channel is dropped. They must all have one size,
-unless a `size` is given: then each is scaled so that its shorter side is `size` and
-centre-cropped to size × size (`crossdistill pack` writes the result as an .npz, so that the
-exact pixels of a run can be kept and reused).
+folder (both splits) is grayscale (the data says which images made it RGB); an alpha channel
+is dropped. They must all have one size, unless a `size` is given: then each is scaled so that
+it just covers size × size (its shorter side to `size` for a square; `size` is (height, width)
+for another shape) and centre-cropped (`crossdistill pack` writes the result as an .npz, so
+that the exact pixels of a run can be kept and reused).
 """
 from __future__ import annotations
 
@@ -109,11 +110,22 @@ def _reading(path: Path) -> Iterator[None]:
         raise CrossDistillError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
-def _is_gray(path: Path) -> bool:
+def _mode(path: Path) -> str:
     from PIL import Image
 
     with _reading(path), Image.open(path) as im:  # the header only: nothing decoded
-        return im.mode in _GRAY_MODES
+        return im.mode
+
+
+def _colour_note(colour: list[tuple[Path, str]], n: int, whole: Path) -> str:
+    """Why a folder of mostly gray images was read as RGB: one stray colour file does that."""
+    if not colour or len(colour) == n:
+        return ""
+    shown = ", ".join(f"{f.relative_to(whole)} ({mode})" for f, mode in colour[:3])
+    more = ", ..." if len(colour) > 3 else ""
+    verb = "is" if len(colour) == 1 else "are"
+    return (f"{len(colour)} of the folder's {n} images {verb} not grayscale ({shown}{more}), so all of them were "
+            "read as RGB")
 
 
 def _open(path: Path, gray: bool):  # -> PIL.Image.Image, mode L or RGB
@@ -131,33 +143,43 @@ def _open(path: Path, gray: bool):  # -> PIL.Image.Image, mode L or RGB
     return im.convert("L" if gray else "RGB")
 
 
-def _resize_crop(im, size: int):  # PIL image in, PIL image out
+def _resize_crop(im, height: int, width: int):  # PIL image in, PIL image out
     from PIL import Image
 
     w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    scale = max(height / h, width / w)  # the smallest scaling that covers height × width
+    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
     im = im.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return im.crop((left, top, left + size, top + size))
+    left, top = (nw - width) // 2, (nh - height) // 2
+    return im.crop((left, top, left + width, top + height))
 
 
-def read_image_folder(path: str | Path, split: str = "train", *, size: int | None = None) -> ImageArrays:
-    """The images of `split` as uint8 N×H×W×C with their class labels (see the module's doc)."""
+def _height_width(size: int | tuple[int, int]) -> tuple[int, int]:
+    hw = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise CrossDistillError(f"image size must be one side or (height, width), each >= 1, got {size}")
+    return hw  # type: ignore[return-value]
+
+
+def read_image_folder(path: str | Path, split: str = "train", *,
+                      size: int | tuple[int, int] | None = None) -> ImageArrays:
+    """The images of `split` as uint8 N×H×W×C with their class labels (see the module's doc);
+    `size`: one side (square) or (height, width) to scale and centre-crop every image to."""
     path = Path(path)
-    if size is not None and size < 1:
-        raise CrossDistillError(f"image size must be >= 1, got {size}")
+    hw = _height_width(size) if size is not None else None
     root, classes, whole = _split_root(path, split)
     files = list(_files(root, classes))
     if not files:
         raise CrossDistillError(f"{root}: no images in its class subfolders")
     # One channel count for both splits: a gray test set of an RGB training set stays RGB.
-    gray = all(_is_gray(f) for f in _images_in(whole))
+    everything = _images_in(whole)
+    colour = [(f, mode) for f, mode in ((f, _mode(f)) for f in everything) if mode not in _GRAY_MODES]
+    gray = not colour
     arrays = []
     for f, _ in files:
         im = _open(f, gray)
-        if size is not None:
-            im = _resize_crop(im, size)
+        if hw is not None:
+            im = _resize_crop(im, *hw)
         arrays.append(np.asarray(im, dtype=np.uint8))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
@@ -168,10 +190,11 @@ def read_image_folder(path: str | Path, split: str = "train", *, size: int | Non
         option = " --split test" if split == "test" and has_splits(path) else ""
         raise CrossDistillError(
             f"{root}: the images differ in size (width x height: {examples}); give them one size first, e.g. "
-            f"`crossdistill pack {path}{option} --size SIZE --out {split}.npz` (SIZE: your model's input side; "
-            "shorter side scaled to it, centre crop), and use the .npz")
+            f"`crossdistill pack {path}{option} --size H W --out {split}.npz` (your model's input height and "
+            "width, or one side for a square; scaled to cover it, centre crop), and use the .npz")
     x = np.stack(arrays)
     if x.ndim == 3:
         x = x[..., None]
     y = np.asarray([label for _, label in files], dtype=np.int64)
-    return ImageArrays(x=x, y=y, num_classes=len(classes), class_names=classes, source=str(root))
+    return ImageArrays(x=x, y=y, num_classes=len(classes), class_names=classes, source=str(root),
+                       note=_colour_note(colour, len(everything), whole))

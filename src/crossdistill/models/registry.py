@@ -106,7 +106,10 @@ def _lookup(name: str) -> tuple[Callable[..., nn.Module], ModelInfo]:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise CrossDistillError(f"unknown model {name!r}; known models: {known}") from None
+        # `mymodel.py` alone: a file without the function that builds the model.
+        hint = (f"; a model of your own is named with the function that builds it, {name}:function"
+                if name.endswith(".py") else "")
+        raise CrossDistillError(f"unknown model {name!r}; known models: {known}{hint}") from None
 
 
 def list_models() -> list[str]:

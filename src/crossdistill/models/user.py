@@ -73,7 +73,11 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise CrossDistillError(f"model {spec!r}: cannot import module {target!r}: {exc}") from None
+            # The crossdistill command does not put the current folder on the import path.
+            beside = Path(*target.split(".")).with_suffix(".py")
+            hint = (f"; a file of your own is named by its path: --model {beside}:{fn_name}" if beside.is_file()
+                    else "")
+            raise CrossDistillError(f"model {spec!r}: cannot import module {target!r}: {exc}{hint}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise CrossDistillError(f"model {spec!r}: {target} has no function {fn_name!r}")
@@ -175,13 +179,14 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
                     f"(--input-size {k} {' '.join(map(str, size[1:]))} where the images have them; otherwise convert "
                     "the images" + (", grayscale to RGB with PIL's Image.open(f).convert('RGB'))" if (k, c) == (3, 1)
                                     else ")"))
-        elif input_dtype == FLOAT and not first_ok:
+        elif input_dtype == FLOAT and not first_ok and isinstance(exc, RuntimeError):
+            # torch's shape errors; an AttributeError or NameError is a bug of the forward's own.
             hint = "; give the input size the model expects (--input-size C H W, or C L for signals)"
         else:
             hint = ""
         raise CrossDistillError(
             f"model {name}: a forward pass on an input of size {size} failed: {type(exc).__name__}: {exc}{hint}"
-        ) from None
+        ) from exc
     finally:
         if hook is not None:
             hook.remove()
