@@ -283,3 +283,23 @@ def test_views_settings_without_views_do_not_split_a_method():
     assert len(set(method_labels([a, b]).values())) == 1
     c = {**a, "views": 4, "views_policy": "affine"}
     assert len(set(method_labels([a, c]).values())) == 2
+
+
+def test_data_with_splits_of_its_own_given_for_both_is_scored_on_its_test_split(tmp_path):
+    # `data: fashion-mnist, eval_data: fashion-mnist` (configs/smoke.yaml) was called a
+    # validation split of 10000 images: the name reads the test split as evaluation data.
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / "photos" / split / "a").mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "photos" / split / "a" / "x.png")
+    path = tmp_path / "splits.sqlite"
+    with SweepDB(path) as db:
+        add(db, 70.0, objective="soft", shots=1, seed=0, data="fashion-mnist", eval_data="fashion-mnist")
+        add(db, 71.0, objective="soft", shots=1, seed=1, data="fashion-mnist", eval_data="fashion-mnist[:500]")
+        photos = str(tmp_path / "photos")
+        add(db, 72.0, objective="soft", shots=1, seed=2, data=photos, eval_data=photos)
+        add(db, 73.0, objective="soft", shots=1, seed=3, data="train.npz", eval_data="train.npz[100:]")
+    roles = sorted(g.eval_role for g in aggregate(load_runs(path)))
+    assert roles.count("test") == 3 and roles.count("validation") == 1

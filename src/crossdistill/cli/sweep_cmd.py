@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retry-failed", action="store_true", help="run again the configs whose recorded run failed")
     p.add_argument("--latency", action="store_true", help="also time CPU latency of teacher and students (off by default)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done, and why recorded runs do not match; "
-                   "run nothing and write nothing")
+                   "run nothing and change nothing in the database")
     r = p.add_argument_group("where the runs execute (the database is written by this process alone)")
     r.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local: one run after another in this process (default); ray: each run a Ray task "

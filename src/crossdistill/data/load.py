@@ -7,7 +7,7 @@ from crossdistill.errors import CrossDistillError
 
 from .arrays import ImageArrays
 from .download import CIFAR10_DIRNAME, ensure_cifar10, ensure_fashion_mnist
-from .readers_folder import is_image_folder, read_image_folder
+from .readers_folder import has_splits, is_image_folder, read_image_folder
 from .slices import split_slice, take
 from .readers import (
     CIFAR10_TEST_BATCHES,
@@ -55,6 +55,19 @@ def names_no_data(spec: str | Path) -> bool:
     if sliced is not None:
         return names_no_data(sliced[0])
     return text.strip().lower() not in (*CIFAR10_NAMES, *FASHION_MNIST_NAMES)
+
+
+def holds_splits(spec: str | Path) -> bool:
+    """Whether `spec` (no slice) has a training and a test split of its own: a data-set name, a
+    CIFAR-10 or Fashion-MNIST folder, an image folder with train/ and test/. Given as evaluation
+    data, it is read at its test split; an .npz or a folder of one split is read whole."""
+    text = str(spec)
+    path = Path(text).expanduser()
+    if not path.exists():
+        return text.strip().lower() in (*CIFAR10_NAMES, *FASHION_MNIST_NAMES)
+    if not path.is_dir():
+        return False
+    return _is_cifar_dir(path) or _is_cifar_dir(path / CIFAR10_DIRNAME) or _is_idx_dir(path) or has_splits(path)
 
 
 def load_image_data(

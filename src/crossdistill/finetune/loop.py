@@ -134,10 +134,13 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
     if before is not None and after is not None and after > WORSE * before and after - before > 1e-4:
         # The student now follows the teacher less on the very images it trained on: the
         # steps did harm (BatchNorm in training mode on a few images, a learning rate too high).
+        bn = info.get("bn", settings.bn)
+        # BatchNorm kept frozen already: the other two ways out are left.
+        ways = "finetune_epochs 0 or a lower finetune_lr" if bn == "frozen" else \
+            "finetune_epochs 0, a lower finetune_lr or finetune_bn 'frozen'"
         warnings.warn(f"the fine-tune raised the few-shot KD loss from {before:.3g} to {after:.3g} (BatchNorm "
-                      f"{info.get('bn', settings.bn)}, lr {settings.lr:g}): the student follows its teacher less "
-                      "than before it; compare it with finetune_epochs 0, a lower finetune_lr or finetune_bn "
-                      "'frozen'", FinetuneWarning, stacklevel=outside_stacklevel())
+                      f"{bn}, lr {settings.lr:g}): the student follows its teacher less than before it; compare "
+                      f"it with {ways}", FinetuneWarning, stacklevel=outside_stacklevel())
     return info
 
 

@@ -21,7 +21,8 @@ class Mixed(Objective):
     name = "mixed"
     # None defers to the model's paper default (ModelInfo.default_mu): 0.9 ResNet, 0.6 VGG.
     mu: float | None = param(None, "weight of correction L^c against imitation L^i "
-                             "(default: the model's, 0.9 ResNet / 0.6 VGG / 0.9 for a model of your own)",
+                             "(default: the model's, 0.9 ResNet / 0.6 VGG and fashion_cnn / 0.9 for a model of "
+                             "your own; `crossdistill models` lists it)",
                              low=0, high=1)
 
     def build(self, m: Moments, w_teacher: torch.Tensor) -> QuadraticProblem:

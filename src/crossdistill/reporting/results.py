@@ -165,14 +165,16 @@ class SettingGroup:
     def eval_role(self) -> str:
         """'validation' when the evaluation images are a held-out part of the training file
         (`train.npz[49000:]`, as the defaults were chosen on), else 'test': a teacher's 100 % on
-        its own training images must not read as a test score."""
+        its own training images must not read as a test score. Data with splits of its own
+        (`fashion-mnist` for both) is scored on its test split."""
+        from crossdistill.data.load import holds_splits
         from crossdistill.data.slices import split_slice
 
         ev, data = self.config.get("eval_data"), self.config.get("data")
         if not ev or not data:
             return "test"
         base = lambda spec: (split_slice(str(spec)) or (str(spec), None))[0]  # noqa: E731
-        return "validation" if base(ev) == base(data) else "test"
+        return "validation" if base(ev) == base(data) and not holds_splits(base(ev)) else "test"
 
     def cell(self, method: str, x: int) -> Cell | None:
         return self.cells.get((method, x))
