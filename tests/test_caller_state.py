@@ -128,3 +128,21 @@ def test_progress_bars_are_closed_when_the_work_is_interrupted(monkeypatch):
     # hold the bar, so only closing it makes it go.
     assert interrupt.tb is not None
     assert not [b for b in list(tqdm._instances) if "layer" in str(b.unit)]
+
+
+def test_hooks_of_the_callers_own_are_named_before_they_run_hundreds_of_times():
+    import warnings
+
+    from crossdistill.checks import HookWarning
+
+    model = Net().eval()
+    seen: list[int] = []
+    handle = model.c2.register_forward_hook(lambda m, i, o: seen.append(1))
+    x, y = data()
+    with pytest.warns(HookWarning, match=r"hooks are registered on 1 module of the model \(c2\)"):
+        crossdistill.compress(model, x, labels=y, shots=2, flops=0.5, show_progress=False)
+    assert len(seen) > 10  # why it is worth a word: they ran on the compression's every pass
+    handle.remove()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HookWarning)
+        crossdistill.compress(model, x, labels=y, shots=2, flops=0.5, show_progress=False)

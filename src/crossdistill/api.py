@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossdistill.checks import check_copyable, warn_unnormalised
+from crossdistill.checks import check_copyable, warn_hooks, warn_unnormalised
 from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.evaluation_timing import torch_threads
@@ -321,6 +321,7 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | np.ndarray 
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_copyable(unwrapped(model)[0])
+    warn_hooks(unwrapped(model)[0])
     # Every forward below runs the caller's model: a buffer its forward updates gets its value back.
     with buffers_kept(model), global_state_kept():
         return _compress(model, data, labels=labels, eval_data=eval_data, shots=shots, n_samples=n_samples,

@@ -17,7 +17,8 @@ from crossdistill.data.arrays import ImageArrays
 from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.models.registry import ModelInfo
 
-__all__ = ["NormalisationWarning", "check_copyable", "check_data_fits_model", "model_copy", "warn_unnormalised"]
+__all__ = ["HookWarning", "NormalisationWarning", "check_copyable", "check_data_fits_model", "model_copy",
+           "warn_hooks", "warn_unnormalised"]
 
 
 class NormalisationWarning(UserWarning):
@@ -110,6 +111,26 @@ def model_copy(model: nn.Module) -> nn.Module:
                 if isinstance(t, torch.Tensor) and not t.is_leaf:
                     memo[id(t)] = t.detach().clone()
     return copy.deepcopy(model, memo)
+
+
+class HookWarning(UserWarning):
+    """Hooks of the caller's own on the model to compress."""
+
+
+def warn_hooks(model: nn.Module) -> None:
+    """Name the caller's hooks on `model`: the student is a deep copy, so they come with it, run on
+    every forward of the compression (teacher and student: hundreds of calls; a hook that stores
+    what it sees keeps all of it) and stay on the student (except on layers that low rank replaces)."""
+    hooked = sorted({name or type(model).__name__ for name, m in model.named_modules()
+                     for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
+                                   getattr(m, "_backward_pre_hooks", {}))
+                     if hooks})
+    if hooked:
+        shown = ", ".join(hooked[:4]) + (", ..." if len(hooked) > 4 else "")
+        warnings.warn(f"hooks are registered on {len(hooked)} module{'s' * (len(hooked) > 1)} of the model ({shown}): "
+                      "they run on every forward pass of the compression and are copied into the student; remove "
+                      "them first (handle.remove()) unless they are part of what the model computes",
+                      HookWarning, stacklevel=outside_stacklevel())
 
 
 def check_copyable(model: nn.Module) -> None:
