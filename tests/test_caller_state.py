@@ -146,3 +146,22 @@ def test_hooks_of_the_callers_own_are_named_before_they_run_hundreds_of_times():
     with warnings.catch_warnings():
         warnings.simplefilter("error", HookWarning)
         crossdistill.compress(model, x, labels=y, shots=2, flops=0.5, show_progress=False)
+
+
+def test_compress_inside_no_grad_or_inference_mode_fine_tunes_as_outside():
+    # The fine-tune's backward failed under the caller's torch.no_grad() ("element 0 of tensors
+    # does not require grad"), and the channel trace under torch.inference_mode() was blamed on
+    # the model ("cannot trace Net").
+    x, y = data()
+    model = Net().eval()
+    settings = dict(labels=y, shots=2, flops=0.5, finetune_epochs=2, show_progress=False)
+    reference, _ = crossdistill.compress(model, x, **settings)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            student, _ = crossdistill.compress(model, x, **settings)
+        assert torch.equal(student(x[:4]), reference(x[:4])), context
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    with torch.inference_mode():
+        made_inside = Net().eval()
+    with pytest.raises(crossdistill.CrossDistillError, match="made under torch.inference_mode"):
+        crossdistill.compress(made_inside, x, **settings)

@@ -264,7 +264,7 @@ def test_data_forms_that_cannot_be_read_as_pairs_are_named_and_numpy_pairs_work(
 
     with pytest.raises(CrossDistillError, match=r"yields dicts \(keys \['image', 'label'\]\); give \(image, label\) pairs"):
         crossdistill.compress(model, Dicts(), shots=2, method="quant", bits=8, show_progress=False)
-    with pytest.warns(UserWarning, match="the DataLoader shuffles"):
+    with pytest.warns(UserWarning, match="the DataLoader.s RandomSampler orders the samples"):
         crossdistill.compress(model, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True), shots=2,
                               method="quant", bits=8, show_progress=False)
 
@@ -643,7 +643,7 @@ def test_a_shuffling_loaders_warning_points_at_the_callers_line():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         crossdistill.compress(model, loader, method="quant", bits=8, show_progress=False)
-    shuffled = [w for w in caught if "the DataLoader shuffles" in str(w.message)]
+    shuffled = [w for w in caught if "RandomSampler orders the samples" in str(w.message)]
     assert shuffled and shuffled[0].filename == __file__
 
 
@@ -749,3 +749,49 @@ def test_a_model_that_fails_on_batches_itself_is_not_blamed_on_the_compression()
     with pytest.raises(CrossDistillError, match="the teacher as well as the compressed model") as info:
         _check_runs_batched(teacher, SmallBatches().eval(), torch.randn(2, 1, 8, 8), batch_size=16)
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_data_as_real_pipelines_hold_it_is_read_or_refused_with_the_way_out():
+    from torch.utils.data import Dataset, SubsetRandomSampler
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 10)).eval()
+    x, y = images(40)
+    run = dict(shots=2, method="quant", bits=8, show_progress=False)
+    reference, _ = crossdistill.compress(model, x, labels=y, **run)
+    # batch_size=None turns batching off: the loader yields samples, which were joined as batches.
+    unbatched, _ = crossdistill.compress(model, DataLoader(TensorDataset(x, y), batch_size=None), **run)
+    assert torch.equal(unbatched(x[:4]), reference(x[:4]))
+    with pytest.raises(CrossDistillError, match="meta device"):
+        crossdistill.compress(model, x.to("meta"), labels=y, **run)
+
+    class OneHot(Dataset):
+        def __len__(self) -> int:
+            return len(x)
+
+        def __getitem__(self, i: int):
+            return x[i], torch.nn.functional.one_hot(y[i], 10)
+
+    with pytest.raises(CrossDistillError, match=r"one-hot vectors of 10 values: give each sample's class number"):
+        crossdistill.compress(model, OneHot(), **run)
+    with pytest.raises(CrossDistillError, match=r"one-hot rows: give y.argmax\(1\)"):
+        crossdistill.compress(model, x, labels=torch.nn.functional.one_hot(y, 10), **run)
+    with pytest.raises(CrossDistillError, match="not names"):
+        crossdistill.compress(model, x, labels=[f"class{int(v)}" for v in y], **run)
+    with pytest.raises(CrossDistillError, match="these look like batches"):
+        crossdistill.compress(model, [(x[:8], y[:8]), (x[8:24], y[8:24]), (x[24:], y[24:])], **run)
+
+    class Hugging(Dataset):
+        def __len__(self) -> int:
+            return len(x)
+
+        def __getitem__(self, i: int):
+            return {"pixel_values": x[i], "labels": y[i]}
+
+    with pytest.raises(CrossDistillError, match=r"\(d\['pixel_values'\], d\['labels'\]\)"):
+        crossdistill.compress(model, Hugging(), **run)
+    with pytest.raises(CrossDistillError, match=r"channels last, give them N×C×H×W, x.permute\(0, 3, 1, 2\)"):
+        crossdistill.compress(model, x, labels=y, eval_data=(x.permute(0, 2, 3, 1), y), **run)
+    sampled = DataLoader(TensorDataset(x, y), batch_size=8, sampler=SubsetRandomSampler(range(40)))
+    with pytest.warns(UserWarning, match="SubsetRandomSampler orders the samples"):
+        crossdistill.compress(model, sampled, **run)

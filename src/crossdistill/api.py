@@ -53,11 +53,13 @@ def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torc
     if isinstance(data, torch.utils.data.DataLoader) or is_dataset or isinstance(data, Iterable):
         xs, ys = [], []
         if role == "training" and isinstance(data, torch.utils.data.DataLoader) and \
-                isinstance(data.sampler, torch.utils.data.RandomSampler):
-            # Each pass is another order: the draw (and fewshot_indices) cannot be repeated.
-            warnings.warn("the DataLoader shuffles: every call draws other samples whatever the seed, and the "
-                          "report's fewshot_indices refer to this call's order; pass shuffle=False",
-                          stacklevel=outside_stacklevel())
+                not isinstance(data.sampler, torch.utils.data.SequentialSampler):
+            # A shuffling or sampling loader: its order is its own, so the draw (and
+            # fewshot_indices) is not fixed by `seed` and the indices are not the dataset's.
+            warnings.warn(f"the DataLoader's {type(data.sampler).__name__} orders the samples: the draw then depends on "
+                          "its random state (torch's global one, or its generator), not on seed alone, and the "
+                          "report's fewshot_indices refer to that order, not the dataset's; pass shuffle=False "
+                          "and no sampler", stacklevel=outside_stacklevel())
         if isinstance(data, torch.utils.data.DataLoader) and data.drop_last and data.batch_size:
             left = len(data.dataset) % data.batch_size if hasattr(data.dataset, "__len__") else 0
             if left:  # with a few images per class, each one counts
@@ -66,22 +68,34 @@ def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torc
         items = data if isinstance(data, torch.utils.data.DataLoader) else _dataset_items(data)
         for item in items:
             if isinstance(item, dict):
-                raise CrossDistillError(f"the data yields dicts (keys {sorted(item)}); give (image, label) pairs, "
-                                        "e.g. a Dataset whose __getitem__ returns (d['image'], d['label'])")
+                keys = sorted(item)
+                image = next((k for k in keys if k in ("pixel_values", "image", "images", "img", "input", "x")), "image")
+                label = next((k for k in keys if k in ("labels", "label", "target", "targets", "y")), "label")
+                raise CrossDistillError(f"the data yields dicts (keys {keys}); give (image, label) pairs, "
+                                        f"e.g. a Dataset whose __getitem__ returns (d[{image!r}], d[{label!r}])")
             x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
             x = torch.as_tensor(x)
-            batched = isinstance(data, torch.utils.data.DataLoader)
+            # A DataLoader yields batches, unless batch_size=None turned batching off: then samples.
+            batched = isinstance(data, torch.utils.data.DataLoader) and data.batch_sampler is not None
             xs.append(x if batched else x.unsqueeze(0))
             if y is not None:
                 yt = _label_tensor(y)
+                if not batched and yt.dim() == 1 and yt.numel() > 1 and _one_hot(yt.unsqueeze(0)):
+                    raise CrossDistillError(f"the data's labels are one-hot vectors of {yt.numel()} values: give "
+                                            "each sample's class number instead (y.argmax())")
                 ys.append(yt.unsqueeze(0) if not batched and yt.dim() > 1 else yt)
         if not xs:
             raise CrossDistillError("the data yielded no images")
         shapes = sorted({tuple(x.shape[1:]) for x in xs})
         if len(shapes) > 1:
+            # Samples of 4 dimensions, first ones differing: a list of batches read as samples.
+            batches = not isinstance(data, torch.utils.data.DataLoader) and all(len(s) == 4 for s in shapes) and \
+                len({s[1:] for s in shapes}) == 1
+            how = ("these look like batches: give samples (a Dataset), a DataLoader, or the batches joined "
+                   "with torch.cat" if batches else
+                   "give samples of one shape (pad or cut sequences to one length, resize images)")
             raise CrossDistillError(f"the data's samples have different shapes ({', '.join(map(str, shapes[:3]))}"
-                                    f"{', ...' if len(shapes) > 3 else ''}): give samples of one shape (pad or cut "
-                                    "sequences to one length, resize images)")
+                                    f"{', ...' if len(shapes) > 3 else ''}): {how}")
         return torch.cat(xs), (torch.cat(ys) if len(ys) == len(xs) else None)
     raise CrossDistillError(f"data must be a tensor of images, a Dataset, a DataLoader or a path, got {type(data).__name__}")
 
@@ -90,6 +104,10 @@ def _label_tensor(labels: Any) -> torch.Tensor:
     """Integer class labels as a long tensor: 1-d (one per sample), or, for a model whose predictions
     are per position (segmentation), a map per sample as given (N×H×W); fractional values are
     refused, not truncated."""
+    if not isinstance(labels, torch.Tensor) and _names(labels):
+        raise CrossDistillError(f"labels must be class numbers 0, 1, 2, ..., not names ({labels!r:.60}): map "
+                                "them to numbers first, e.g. [classes.index(name) for name in names], in the "
+                                "order of the model's outputs")
     try:
         y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     except (ValueError, TypeError, RuntimeError) as exc:
@@ -109,6 +127,22 @@ def _label_tensor(labels: Any) -> torch.Tensor:
     if y.is_complex():
         raise CrossDistillError(f"labels must be class numbers 0, 1, 2, ..., got dtype {y.dtype}")
     return y.long()
+
+
+def _one_hot(y: torch.Tensor) -> bool:
+    """Whether 2-d labels are one-hot rows (one 1 per row, the rest 0)."""
+    return y.dim() == 2 and y.shape[1] > 1 and bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all())
+
+
+def _names(labels: Any) -> bool:
+    """Whether labels are class names (strings), not numbers."""
+    if isinstance(labels, (str, bytes)):
+        return True
+    try:
+        arr = np.asarray(labels)
+    except (ValueError, TypeError, RuntimeError):
+        return False  # ragged: label maps of several shapes, refused below with their own message
+    return arr.dtype.kind in "US" or (arr.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in arr.ravel()))
 
 
 def _dataset_items(data: Any) -> Iterable[Any]:
@@ -136,6 +170,11 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
     if isinstance(data, (str, Path)):
         return _from_path(data, role, mean, std, classes)
     x, y = _tensors_from(data, role)
+    if x.is_meta or (y is not None and y.is_meta):
+        raise CrossDistillError(f"the {role} data is on the meta device, which holds shapes but no values: give "
+                                "the tensors themselves")
+    if x.is_inference():
+        x = x.clone()  # made under torch.inference_mode(): a copy outside it can go through the fine-tune's autograd
     if x.dim() >= 2 and not x.is_floating_point() and x.dtype not in (torch.uint8, torch.bool) \
             and not x.is_complex():
         # Token ids (a text model's input): the model's embedding turns them into the float
@@ -202,9 +241,11 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
     if len(tx) == 0:
         raise CrossDistillError("eval_data holds no samples: give some, or leave eval_data out")
     if tuple(tx.shape[1:]) != tuple(images.shape[1:]) or tx.is_floating_point() != images.is_floating_point():
+        last = images.dim() == 4 and tuple(tx.shape[1:]) == tuple(images.shape[2:]) + (images.shape[1],)
+        hint = (": they are channels last, give them N×C×H×W, x.permute(0, 3, 1, 2)" if last else
+                "" if images.is_floating_point() else " (pad or cut the token ids to one length)")
         raise CrossDistillError(f"eval_data samples have shape {tuple(tx.shape[1:])} {tx.dtype}, the training "
-                                f"data's {tuple(images.shape[1:])} {images.dtype}" +
-                                ("" if images.is_floating_point() else " (pad or cut the token ids to one length)"))
+                                f"data's {tuple(images.shape[1:])} {images.dtype}{hint}")
     if not tx.is_floating_point():
         check_token_ids(model, tx, "eval")
     if ty is None:
@@ -219,8 +260,9 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
         raise CrossDistillError(f"eval_data has labels, but the model's predictions are {info.kind} (no classes): "
                                 "give the inputs alone; the report compares the student's outputs with the teacher's")
     if tuple(ty.shape[1:]) != want:
+        hint = "; these are one-hot rows: give y.argmax(1)" if _one_hot(ty) and not want else ""
         raise CrossDistillError(f"eval_data labels have shape {tuple(ty.shape[1:])} per sample; the model's "
-                                f"{info.kind} predictions take {want or 'one label'} per sample")
+                                f"{info.kind} predictions take {want or 'one label'} per sample{hint}")
     per_position = info.kind in ("dense", "sequence")
     scored = ty[scored_positions(ty)] if per_position else ty  # 255 or negative: not scored
     if per_position and not scored.numel():
@@ -388,8 +430,9 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
     if found_labels is not None and found_labels.dim() > 1:
         # Per-position labels (a segmentation map) score a dense model on eval_data; the draw
         # needs one label per image (or none: n_samples).
+        hint = "; these are one-hot rows: give y.argmax(1)" if _one_hot(found_labels) else ""
         raise CrossDistillError(f"training labels of shape {tuple(found_labels.shape)}: the few-shot draw takes one "
-                                "label per sample (its class), or none with n_samples=N")
+                                f"label per sample (its class), or none with n_samples=N{hint}")
     idx = _draw(images, found_labels, shots, n_samples, seed, info.num_classes if classes else None,
                 settings.get("sampler", "random"))
     class_counts = None

@@ -147,6 +147,14 @@ def check_copyable(model: nn.Module) -> None:
         raise CrossDistillError(f"{type(model).__name__} is a TorchScript module (torch.jit.script / torch.jit.trace): "
                                 "compress the nn.Module it was made from, then script the student")
 
+    made = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_inference()]
+    if made:
+        # Inference tensors cannot take part in autograd (the channel trace, the fine-tune),
+        # and stay so in every copy.
+        raise CrossDistillError(f"the model's tensors were made under torch.inference_mode() ({', '.join(made[:3])}"
+                                f"{', ...' if len(made) > 3 else ''}): build or load the model outside it (calling "
+                                "compress inside it is fine)")
+
     forms = {WeightNorm: "weight_norm", SpectralNorm: "spectral_norm"}
     old = {name: forms[type(h)] for name, m in model.named_modules() for h in m._forward_pre_hooks.values()
            if type(h) in forms}

@@ -25,13 +25,15 @@ def global_state_kept() -> Iterator[None]:
     """torch's global random state and grad mode as they were after the block: the caller's own
     seeding goes on where it was (new layers' default init, Dropout in a training-mode check and
     random timing inputs draw from it), and an interrupt that lands inside a `no_grad` block
-    does not leave gradients off for the rest of the session."""
+    does not leave gradients off for the rest of the session. Inside, gradients are on and
+    inference mode off, whatever the caller's context: the fine-tune trains, and the channel
+    trace and copies of the model need ordinary tensors."""
     import torch
 
     grad = torch.is_grad_enabled()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
             yield
     finally:
         torch.set_grad_enabled(grad)
