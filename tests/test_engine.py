@@ -145,3 +145,22 @@ def test_unpruned_layer_moves_only_under_objectives_that_absorb_upstream_error(o
     assert changed == moves
     if moves:
         assert recs[0].loss_after < 0.5 * recs[0].loss_teacher_weight
+
+
+def test_a_declared_channel_pair_read_by_a_linear_is_refused_by_name():
+    from torch import nn
+
+    from crossdistill.errors import CrossDistillError
+    from crossdistill.models.registry import ChannelPair
+
+    class Declared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 2)
+
+        def channel_pairs(self) -> list[ChannelPair]:
+            return [ChannelPair(producer="conv", bn=None, consumer="fc")]
+
+    with pytest.raises(CrossDistillError, match="its consumer fc is a Linear; declared channel pairs are read by convs"):
+        plan_channels(Declared(), 0.5)

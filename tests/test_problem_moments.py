@@ -103,3 +103,16 @@ def test_finishing_twice_or_empty_is_refused():
     acc.finish_groups()
     with pytest.raises(ValueError, match="already finished"):
         acc.finish_groups()
+
+
+def test_a_gram_stored_under_several_keys_is_not_one_shared_tensor():
+    # One Gram goes under each β and "same"; a float64 value was stored as it came, so the keys
+    # shared one tensor and every later chunk was added to it once per key.
+    store: dict = {}
+    gram = torch.eye(3, dtype=torch.float64)
+    for key in (0.3, "same"):
+        ProblemAccumulator._accumulate(None, store, key, gram)  # type: ignore[arg-type]
+    ProblemAccumulator._accumulate(None, store, "same", gram)  # type: ignore[arg-type]
+    assert torch.equal(store[0.3], torch.eye(3, dtype=torch.float64))
+    assert torch.equal(store["same"], 2 * torch.eye(3, dtype=torch.float64))
+    assert torch.equal(gram, torch.eye(3, dtype=torch.float64))  # the caller's tensor is left alone

@@ -87,7 +87,9 @@ class ProblemAccumulator:
                 self._add_unfolded(xt, xs)
 
     def _accumulate(self, store: dict, key: object, value: torch.Tensor) -> None:
-        value = value.to(DTYPE)
+        # A copy even when `value` is float64 already: one Gram is stored under several keys
+        # (each β and "same"), which must not share one tensor that later chunks add to.
+        value = value.to(DTYPE, copy=True)
         if key in store:
             store[key] += value
         else:

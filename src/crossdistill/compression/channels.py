@@ -30,12 +30,21 @@ def channel_pairs(model: nn.Module) -> list:
     return list(model.channel_pairs())
 
 
+def _in_channels(model: nn.Module, consumer: str) -> int:
+    layer = get_module(model, consumer)
+    if not hasattr(layer, "in_channels"):
+        # Hand-declared pairs slice conv inputs; a Linear reader is the graph route's to handle.
+        raise CrossDistillError(f"channel pair of {type(model).__name__}: its consumer {consumer} is a "
+                                f"{type(layer).__name__}; declared channel pairs are read by convs only")
+    return int(layer.in_channels)
+
+
 def plan_channels(model: nn.Module, keep: float | str | Sequence[int]) -> list[LayerTask]:
     """One task per consumer layer. `keep` is a ratio, the preset 'paper' (ResNet-56), or one
     kept-channel count per pair."""
     pairs = channel_pairs(model)
     counts: list[int]
-    widths = [get_module(model, p.consumer).in_channels for p in pairs]
+    widths = [_in_channels(model, p.consumer) for p in pairs]
     if isinstance(keep, str):
         if keep != "paper":
             raise CrossDistillError(f"unknown channel preset {keep!r}; use a ratio or 'paper'")
@@ -79,7 +88,7 @@ def paper_counts(model: nn.Module) -> dict[str, int]:
                                 f"{name or type(model).__name__}: give a keep ratio (--keep 0.5) or a --flops target")
     counts = {}
     for i, pair in enumerate(channel_pairs(model)):
-        width = get_module(model, pair.consumer).in_channels
+        width = _in_channels(model, pair.consumer)
         counts[pair.consumer] = width if i in PAPER_RESNET56_WHOLE_BLOCKS else int(0.5 * width) + 1
     return counts
 
