@@ -165,3 +165,28 @@ def test_compress_inside_no_grad_or_inference_mode_fine_tunes_as_outside():
         made_inside = Net().eval()
     with pytest.raises(crossdistill.CrossDistillError, match="made under torch.inference_mode"):
         crossdistill.compress(made_inside, x, **settings)
+
+
+def test_warnings_point_at_the_callers_line():
+    # They named lines inside the library (pipeline.py, coverage.py, fewshot.py), which tells a
+    # user of the Python API nothing about which of their calls it was.
+    import warnings
+
+    class Padded(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c2 = nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect")  # left uncompressed
+            self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.c3(self.c2(torch.relu(self.b1(self.c1(x))))).mean((2, 3)))
+
+    x, y = data()
+    y = y % 3  # a class of the four never present
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        crossdistill.compress(Padded().eval(), x, labels=y, shots=2, method="sparsity", sparsity=0.5,
+                              show_progress=False)
+    ours = [w for w in caught if type(w.message).__module__.startswith("crossdistill")]
+    assert {type(w.message).__name__ for w in ours} >= {"CompressionWarning", "ClassCoverageWarning"}
+    assert all(w.filename == __file__ for w in ours), [(type(w.message).__name__, w.filename) for w in ours]

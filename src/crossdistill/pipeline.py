@@ -26,7 +26,7 @@ from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_
 from crossdistill.data.align import align_classes, check_named_classes
 from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.evaluation import evaluate_for, evaluate_pair_for, load_average, torch_threads
 from crossdistill.evaluation_timing import gpu_peak_memory_mib, peak_memory_mib
 from crossdistill.models import model_info
@@ -291,7 +291,7 @@ def _training_only_layers_broken(teacher: nn.Module, student: nn.Module, example
         return None
     reason = (f"layers that run only in training mode ({', '.join(never)}) read channels that were pruned ({why})")
     warnings.warn(f"the student runs in eval mode only: {reason}; drop them (e.g. set them to nn.Identity() or "
-                  "None) before training it further", CompressionWarning, stacklevel=3)
+                  "None) before training it further", CompressionWarning, stacklevel=outside_stacklevel())
     return reason
 
 

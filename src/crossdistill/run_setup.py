@@ -16,7 +16,7 @@ from crossdistill.compression import CompressionMethod
 from crossdistill.compression.composite import stage_solver_name
 from crossdistill.config import CompressConfig, RunSettings
 from crossdistill.data import ImageArrays
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.models import create_model, load_weights, model_info
 from crossdistill.models.registry import ModelInfo, list_models
 from crossdistill.models.user import build_user_model, check_registered_outputs, infer_info, is_factory_spec
@@ -46,7 +46,7 @@ def load_teacher(cfg: CompressConfig) -> nn.Module:
     elif is_factory_spec(cfg.model):
         # A run on untrained weights looks like any other run; say so unless the factory loads its own.
         warnings.warn(f"no --weights: the teacher is what {cfg.model} returns, untrained unless it loads "
-                      "weights itself", TeacherWarning, stacklevel=2)
+                      "weights itself", TeacherWarning, stacklevel=outside_stacklevel())
     return model.eval()
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from crossdistill.compression.coverage import CompressionWarning, Coverage
 from crossdistill.engine import LayerRecord
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.params import Plugin
 from crossdistill.solvers import LayerTask
 
@@ -56,7 +56,7 @@ class CompressionMethod(Plugin, ABC):
             raise CrossDistillError(f"layers {list(names)}: {reason}")
         for name in names:
             coverage.skip(name, reason)
-        warnings.warn(f"{self.name}: left uncompressed, {reason}: " + ", ".join(names), CompressionWarning, stacklevel=2)
+        warnings.warn(f"{self.name}: left uncompressed, {reason}: " + ", ".join(names), CompressionWarning, stacklevel=outside_stacklevel())
 
     def finalize(self, model: nn.Module, records: Sequence[LayerRecord]) -> nn.Module:
         return model

@@ -21,7 +21,7 @@ from crossdistill.compression.graph_channels import ChannelGroup, slim_groups
 from crossdistill.compression.graph_rules import LEGACY_RULES, current_rules, trace_rules
 from crossdistill.compression.graph_plan import GraphChannelPlan, keep_counts, plan_graph_channels, plan_tasks
 from crossdistill.engine import LayerRecord
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.params import param
 from crossdistill.solvers import LayerTask
 
@@ -277,12 +277,12 @@ def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune
         warnings.warn(f"the nearest plan at or under {share:g} of the {what} reaches {reached:.3f}: the "
                       f"{len(plan.groups)} prunable group{'s' if len(plan.groups) > 1 else ''} have coarse units "
                       f"(the narrowest has {narrowest}): the next uniform keep ratio up exceeds the target",
-                      CompressionWarning, stacklevel=3)
+                      CompressionWarning, stacklevel=outside_stacklevel())
     if warn and lo < STEEP_KEEP:
         # Most of the model cannot be pruned (a transformer's attention and residual stream), so
         # the few groups that can carry the whole target.
         what = "parameters" if measure == "params" else "FLOPs"
         warnings.warn(f"reaching {share:g} of the {what} keeps only {lo:.1%} of every prunable channel group's "
                       f"units ({len(plan.groups)} group{'s' if len(plan.groups) > 1 else ''}; the rest of the model is left whole): a milder target "
-                      "may serve better", CompressionWarning, stacklevel=3)
+                      "may serve better", CompressionWarning, stacklevel=outside_stacklevel())
     return max(lo, 1e-9)

@@ -18,6 +18,7 @@ from torch import nn
 
 from crossdistill.attention_projections import PROJECTIONS, projection_names
 from crossdistill.capture import ALL_CONVS, tied_weights, unsupported_reason
+from crossdistill.errors import outside_stacklevel
 
 PLANNED, SKIPPED = "planned", "skipped"
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
@@ -64,7 +65,7 @@ class Coverage:
         """One warning that names every layer left out for a reason no setting controls."""
         left = [f"{n} ({e['reason']})" for n, e in self.entries.items() if e.get("warned")]
         if left:
-            warnings.warn(f"{self.method}: left uncompressed: " + "; ".join(left), CompressionWarning, stacklevel=3)
+            warnings.warn(f"{self.method}: left uncompressed: " + "; ".join(left), CompressionWarning, stacklevel=outside_stacklevel())
 
     def report(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in e.items() if k != "warned"} for e in self.entries.values()]

@@ -17,7 +17,7 @@ from crossdistill.config.sections import (
     finetune_class,
     owners,
 )
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.params import check_known, declared_params
 
 
@@ -102,7 +102,7 @@ def pick_section(layers: Layers, section: str, selected: Mapping[str, type | Non
     for key, (index, value) in layers.nested[section].items():
         if cls is not None and key not in declared and index < chosen_at:
             warnings.warn(f"{section}.{key}={value} is not a setting of the selected {section} {name}: ignored",
-                          ConfigWarning, stacklevel=4)
+                          ConfigWarning, stacklevel=outside_stacklevel())
             continue
         chosen[key] = (index, value)
     for key, (index, value) in layers.flat.items():
@@ -133,7 +133,7 @@ def route_flat(layers: Layers, selected: Mapping[str, type | None], strict: bool
                 chosen_at = max(layers.names.get(sec, (-1, ""))[0] for sec in sections)
                 if index >= chosen_at:
                     raise CrossDistillError(message)
-                warnings.warn(f"{message}: ignored", ConfigWarning, stacklevel=4)
+                warnings.warn(f"{message}: ignored", ConfigWarning, stacklevel=outside_stacklevel())
         else:  # a typo, or a setting since removed: either way not the run it claims to be
             known = sorted(set(RUN_KEYS) | {f"{FINETUNE_PREFIX}{p.name}" for p in declared_params(finetune_class())}
                            | {p.name for cls in selected.values() if cls is not None for p in declared_params(cls)})

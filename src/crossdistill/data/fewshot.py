@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.outputs import json_default
 
 MODES = ("random", "first")
@@ -44,7 +44,7 @@ def check_class_coverage(labels: Sequence[int] | np.ndarray, num_classes: int, w
         listed = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
         warnings.warn(f"{where}: the images cover {present} of the model's {num_classes} classes "
                       f"(images per class {shown}; none of class {listed}); the student learns nothing about "
-                      "the others", ClassCoverageWarning, stacklevel=2)
+                      "the others", ClassCoverageWarning, stacklevel=outside_stacklevel())
     return [int(n) for n in counts]
 
 

@@ -125,7 +125,7 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
         warnings.warn(f"the fine-tune takes {steps} step{'s' * (steps != 1)} ({images.shape[0]} images, batch "
                       f"{settings.batch_size}, {settings.epochs} epochs): too few to change much; the measured "
                       "runs took 60-300 steps (docs/finetune.md: 300 epochs at K=1, 60 at K=5)", FinetuneWarning,
-                      stacklevel=3)
+                      stacklevel=outside_stacklevel())
     bn_mode = _settle_bn(student, teacher_outs, images, settings, distill, info)
     run = _Training.start(student, teacher, images, settings, masks, bn_mode, distill, info)
     info["steps"] = run.train(images, labels, teacher_outs, on_step)
