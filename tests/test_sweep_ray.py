@@ -32,8 +32,11 @@ def sweep(tmp_path):
     return write_sweep(tmp_path / "grid.yaml", train, test, grid={"shots": [1, 2], "seed": [0, 1, 2]})
 
 
-def test_ray_backend_records_the_rows_of_the_sequential_loop(sweep, tmp_path, capsys):
+def test_ray_backend_records_the_rows_of_the_sequential_loop(sweep, tmp_path, capsys, monkeypatch):
     assert main(["sweep", str(sweep), "--db", str(tmp_path / "seq.sqlite")]) == 0
+    # Without --address the sweep starts a Ray of its own, also where the environment names a
+    # cluster (it crashed in ray.init: "num_cpus and num_gpus must not be provided").
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6391")
     assert main(["sweep", str(sweep), "--db", str(tmp_path / "ray.sqlite"), "--backend", "ray", "--workers", "2"]) == 0
     assert "on a local Ray of 2 workers" in capsys.readouterr().err
     seq, par = rows(tmp_path / "seq.sqlite"), rows(tmp_path / "ray.sqlite")

@@ -85,7 +85,9 @@ class RayBackend:
                                                 "GCS address (host:6379)? No run was started; the runs recorded so "
                                                 "far stay in the database") from None
                 else:
-                    ray.init(num_cpus=self.workers * self.task_threads, num_gpus=None if self.task_gpus else 0,
+                    # "local": a Ray of its own, also where RAY_ADDRESS or a stale address file names another.
+                    ray.init(address="local", num_cpus=self.workers * self.task_threads,
+                             num_gpus=None if self.task_gpus else 0,
                              include_dashboard=False, log_to_driver=False)
         task = ray.remote(_run_task).options(num_cpus=self.task_threads, num_gpus=self.task_gpus, max_retries=0)
         pending = {task.remote(cfg.to_dict(), cfg.threads or self.task_threads): (i, cfg, h) for i, cfg, h in todo}
