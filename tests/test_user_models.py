@@ -795,3 +795,29 @@ def test_data_as_real_pipelines_hold_it_is_read_or_refused_with_the_way_out():
     sampled = DataLoader(TensorDataset(x, y), batch_size=8, sampler=SubsetRandomSampler(range(40)))
     with pytest.warns(UserWarning, match="SubsetRandomSampler orders the samples"):
         crossdistill.compress(model, sampled, **run)
+
+
+def test_two_factory_files_with_same_named_siblings_each_get_their_own(tmp_path):
+    # v2/net.py's `from helper import WIDTH` found v1's helper in sys.modules: a sweep over both
+    # models built v2 at v1's width (its weights then "did not fit").
+    from crossdistill.models.user import build_user_model
+
+    for version, width in (("v1", 4), ("v2", 6)):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "helper.py").write_text(f"WIDTH = {width}\n")
+        (tmp_path / version / "net.py").write_text(textwrap.dedent("""
+            from torch import nn
+            from helper import WIDTH
+
+            def make():
+                return nn.Sequential(nn.Conv2d(1, WIDTH, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(WIDTH, 10))
+        """))
+    sys.modules["helper"] = type(sys)("helper")  # another folder's `helper`, imported earlier
+    sys.modules["helper"].WIDTH = 99
+    try:
+        widths = [build_user_model(f"{tmp_path / v / 'net.py'}:make")[0].out_channels for v in ("v1", "v2", "v1")]
+        assert widths == [4, 6, 4]
+        assert sys.modules["helper"].WIDTH == 99  # the caller's module of that name is given back
+    finally:
+        sys.modules.pop("helper", None)

@@ -60,7 +60,16 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
             if loader_spec is None or loader_spec.loader is None:
                 raise CrossDistillError(f"model {spec!r}: cannot import {path}")
             module = importlib.util.module_from_spec(loader_spec)
-            sys.path.insert(0, str(path.parent.resolve()))
+            folder = path.parent.resolve()
+            # The files beside it are its own: a module of the same name that another factory's
+            # folder (or anything else) put in sys.modules must not stand in for them, and
+            # those it imports are not left there for the next factory file to find.
+            shadowed = {name: m for name, m in sys.modules.items()
+                        if _beside(folder, name) and not _inside(m, folder)}
+            for name in shadowed:
+                del sys.modules[name]
+            before = set(sys.modules)
+            sys.path.insert(0, str(folder))
             try:
                 sys.modules[module_name] = module
                 loader_spec.loader.exec_module(module)
@@ -68,7 +77,11 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
                 sys.modules.pop(module_name, None)
                 raise CrossDistillError(f"model {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
             finally:
-                sys.path.remove(str(path.parent.resolve()))
+                sys.path.remove(str(folder))
+                for name in [n for n in sys.modules if n not in before and n != module_name
+                             and _inside(sys.modules[n], folder)]:
+                    del sys.modules[name]
+                sys.modules.update(shadowed)
     else:
         try:
             module = importlib.import_module(target)
@@ -82,6 +95,20 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     if not callable(fn):
         raise CrossDistillError(f"model {spec!r}: {target} has no function {fn_name!r}")
     return fn
+
+
+def _beside(folder: Path, name: str) -> bool:
+    """Whether `name` (or the package it is in) is a module file or package in `folder`."""
+    top = name.partition(".")[0]
+    return (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file()
+
+
+def _inside(module: Any, folder: Path) -> bool:
+    file = getattr(module, "__file__", None)
+    try:
+        return bool(file) and Path(file).resolve().is_relative_to(folder)
+    except (OSError, ValueError):
+        return False
 
 
 def _imported_from(path: Path) -> Any:
