@@ -10,6 +10,8 @@ those and nothing else (none twice). Ray is an optional extra: `pip install 'cro
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -49,6 +51,13 @@ def _run_task(config: dict[str, Any], threads: int) -> dict[str, Any]:
     return {**run_one(cfg, _CONTEXT), "host": os.uname().nodename}
 
 
+def _signal_handlers() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    sigs = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    return {sig: signal.getsignal(sig) for sig in sigs if signal.getsignal(sig) is not None}
+
+
 @dataclass
 class RayBackend:
     address: str | None = None
@@ -71,6 +80,7 @@ class RayBackend:
         ray = ray_module()
         started_here = not ray.is_initialized()
         if started_here:
+            kept = _signal_handlers()
             with warnings.catch_warnings():
                 # Ray's notice about a future change of its GPU-visibility default: not ours to act on.
                 warnings.simplefilter("ignore", FutureWarning)
@@ -89,6 +99,10 @@ class RayBackend:
                     ray.init(address="local", num_cpus=self.workers * self.task_threads,
                              num_gpus=None if self.task_gpus else 0,
                              include_dashboard=False, log_to_driver=False)
+            # Ray installs its own SIGTERM handler, which aborts the driver (exit 134, a C++ stack);
+            # ours leaves through the normal exit path, which stops the tasks and the local Ray.
+            for sig, handler in kept.items():
+                signal.signal(sig, handler)
         task = ray.remote(_run_task).options(num_cpus=self.task_threads, num_gpus=self.task_gpus, max_retries=0)
         pending = {task.remote(cfg.to_dict(), cfg.threads or self.task_threads): (i, cfg, h) for i, cfg, h in todo}
         try:
