@@ -51,8 +51,9 @@ class RunSettings(Plugin):
                          "held), or disk (as stream, the cached fronts in files under --capture-dir, inputs "
                          "read batch by batch: memory for one batch, for calibration sets of thousands of "
                          "images)", choices=("all", "stream", "disk"))
-    capture_dir: str | None = param(None, "where --capture disk writes its temporary files (default: the "
-                                    "system's temporary folder); removed when the compression ends")
+    capture_dir: str | None = param(None, "an existing folder where --capture disk writes its temporary "
+                                    "files (default: the system's temporary folder); they are removed when the "
+                                    "compression ends")
     views: int = param(0, "random views of each few-shot image added to the images the layer-wise solve "
                        "fits on (the solve matches the teacher's hidden states, so a view needs no label; "
                        "0 = the few-shot images alone)", low=0)
