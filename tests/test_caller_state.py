@@ -44,8 +44,9 @@ def data(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_state_a_forward_reassigns_or_fills_in_place_comes_back():
-    # The buffers were copied back into the tensors they had been: one the forward replaced kept
-    # the replacement (calls 1 -> 6), one of another size was skipped, a list kept its new items.
+    # Before, the buffers were copied back into the tensors they had been: one the forward replaced
+    # kept the replacement (calls went 1 -> 6), one of another size was skipped, a list kept its new
+    # items. Now each is the very tensor (or list content) it was.
     model = Stateful().eval()
     model(torch.randn(2, 3, 8, 8))
     calls, last, history = model.calls, model.last_batch, list(model.history)
@@ -108,6 +109,16 @@ def test_low_rank_students_are_not_run_in_training_mode_for_layers_they_renamed(
     ran = {n for n, m in teacher.named_modules() if isinstance(m, SOLVABLE)}
     assert _training_only_layers_broken(teacher, student, x[:2], ran) is None
     assert runs == []
+    # Through compress, with the layers its own trace found: no model is run in training mode.
+    import warnings
+
+    trained: list[bool] = []
+    watched = Net().eval()
+    watched.register_forward_hook(lambda m, i, o: trained.append(m.training))  # copies carry it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        crossdistill.compress(watched, x, labels=y, shots=2, method="lowrank", rank_ratio=0.5, show_progress=False)
+    assert trained and not any(trained)
 
 
 def test_progress_bars_are_closed_when_the_work_is_interrupted(monkeypatch):

@@ -108,7 +108,7 @@ def test_a_missing_class_in_separate_npz_files_is_mapped_by_name(tmp_path):
 def test_sizes_must_agree_unless_a_size_is_given(tmp_path):
     write_folder(tmp_path / "m", {"a": 1}, size=(30, 20))
     write_folder(tmp_path / "m", {"b": 1}, size=(20, 40), seed=1)
-    with pytest.raises(CrossDistillError, match=r"differ in size .*a/img0.png 30x20.*crossdistill pack .* --size H W"):
+    with pytest.raises(CrossDistillError, match=r"differ in size .*a/img0.png 30x20.*crossdistill pack .* --size HxW"):
         load_image_data(tmp_path / "m")
     data = read_image_folder(tmp_path / "m", size=16)
     assert data.x.shape == (2, 16, 16, 3)
@@ -366,10 +366,12 @@ def test_size_height_width_scales_to_cover_and_crops_the_centre(tmp_path, capsys
     Image.fromarray(tall).save(tmp_path / "t" / "a" / "tall.png")
     assert read_image_folder(tmp_path / "t", size=(12, 24)).x.shape == (1, 12, 24, 3)  # width decides the scale
     out = tmp_path / "hw.npz"
-    assert main(["pack", str(tmp_path / "w"), "--out", str(out), "--size", "12", "24"]) == 0
+    # One token, so that the option may come before the folder (several numbers swallowed it).
+    assert main(["pack", "--size", "12x24", str(tmp_path / "w"), "--out", str(out)]) == 0
     assert "(12x24, 3 channels)" in capsys.readouterr().out
-    assert main(["pack", str(tmp_path / "w"), "--out", str(tmp_path / "x.npz"), "--size", "1", "2", "3"]) == 2
-    assert "--size takes one side or a height and a width" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pack", str(tmp_path / "w"), "--out", str(tmp_path / "x.npz"), "--size", "1x2x3"])
+    assert "give one side (224) or height x width (48x64)" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
     with pytest.raises(CrossDistillError, match="image size must be"):
         read_image_folder(tmp_path / "w", size=(0, 5))

@@ -772,8 +772,18 @@ def test_data_as_real_pipelines_hold_it_is_read_or_refused_with_the_way_out():
         def __getitem__(self, i: int):
             return x[i], torch.nn.functional.one_hot(y[i], 10)
 
-    with pytest.raises(CrossDistillError, match=r"one-hot vectors of 10 values: give each sample's class number"):
+    with pytest.raises(CrossDistillError, match=r"one-hot rows: give y.argmax\(1\)"):
         crossdistill.compress(model, OneHot(), **run)
+
+    class PreBatched(Dataset):  # a dataset that makes its own batches, read with batch_size=None
+        def __len__(self) -> int:
+            return 5
+
+        def __getitem__(self, i: int):
+            return x[8 * i:8 * i + 8], y[8 * i:8 * i + 8]
+
+    prebatched, _ = crossdistill.compress(model, DataLoader(PreBatched(), batch_size=None), **run)
+    assert torch.equal(prebatched(x[:4]), reference(x[:4]))
     with pytest.raises(CrossDistillError, match=r"one-hot rows: give y.argmax\(1\)"):
         crossdistill.compress(model, x, labels=torch.nn.functional.one_hot(y, 10), **run)
     with pytest.raises(CrossDistillError, match="not names"):
@@ -821,3 +831,30 @@ def test_two_factory_files_with_same_named_siblings_each_get_their_own(tmp_path)
         assert sys.modules["helper"].WIDTH == 99  # the caller's module of that name is given back
     finally:
         sys.modules.pop("helper", None)
+    # What it imports otherwise stays imported, as any import does: a package installed below its
+    # folder (a project's .venv) is not imported twice, and a sibling imported inside the
+    # function that builds the model is found.
+    (tmp_path / "v3" / ".venv" / "site" / "vendored").mkdir(parents=True)
+    (tmp_path / "v3" / ".venv" / "site" / "vendored" / "__init__.py").write_text("WIDTH = 5\n")
+    (tmp_path / "v3" / "parts").mkdir()
+    (tmp_path / "v3" / "parts" / "__init__.py").write_text("")
+    (tmp_path / "v3" / "parts" / "head.py").write_text("CLASSES = 10\n")
+    (tmp_path / "v3" / "net.py").write_text(textwrap.dedent("""
+        import sys
+        sys.path.append(__file__.rpartition("/")[0] + "/.venv/site")
+        import parts
+        from torch import nn
+        from vendored import WIDTH
+
+        def make():
+            from parts.head import CLASSES
+            return nn.Sequential(nn.Conv2d(1, WIDTH, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(WIDTH, CLASSES))
+    """))
+    try:
+        assert build_user_model(f"{tmp_path / 'v3' / 'net.py'}:make")[0].out_channels == 5
+        assert "vendored" in sys.modules
+    finally:
+        for name in ("vendored", "parts", "parts.head"):
+            sys.modules.pop(name, None)
+        sys.path[:] = [p for p in sys.path if not p.endswith(".venv/site")]

@@ -53,7 +53,8 @@ def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torc
     if isinstance(data, torch.utils.data.DataLoader) or is_dataset or isinstance(data, Iterable):
         xs, ys = [], []
         if role == "training" and isinstance(data, torch.utils.data.DataLoader) and \
-                not isinstance(data.sampler, torch.utils.data.SequentialSampler):
+                not isinstance(data.sampler, torch.utils.data.SequentialSampler) and \
+                not isinstance(data.dataset, torch.utils.data.IterableDataset):  # its order is its own
             # A shuffling or sampling loader: its order is its own, so the draw (and
             # fewshot_indices) is not fixed by `seed` and the indices are not the dataset's.
             warnings.warn(f"the DataLoader's {type(data.sampler).__name__} orders the samples: the draw then depends on "
@@ -75,15 +76,16 @@ def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torc
                                         f"e.g. a Dataset whose __getitem__ returns (d[{image!r}], d[{label!r}])")
             x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
             x = torch.as_tensor(x)
-            # A DataLoader yields batches, unless batch_size=None turned batching off: then samples.
-            batched = isinstance(data, torch.utils.data.DataLoader) and data.batch_sampler is not None
+            yt = None if y is None else _label_tensor(y)
+            batched = isinstance(data, torch.utils.data.DataLoader) and (
+                data.batch_sampler is not None or
+                # batch_size=None turns the loader's batching off: it yields what the dataset does,
+                # samples or, from a dataset that makes its own, batches (one label per row).
+                (y is not None and np.ndim(y) == 1 and x.dim() >= 2 and len(y) == x.shape[0]))
             xs.append(x if batched else x.unsqueeze(0))
-            if y is not None:
-                yt = _label_tensor(y)
-                if not batched and yt.dim() == 1 and yt.numel() > 1 and _one_hot(yt.unsqueeze(0)):
-                    raise CrossDistillError(f"the data's labels are one-hot vectors of {yt.numel()} values: give "
-                                            "each sample's class number instead (y.argmax())")
-                ys.append(yt.unsqueeze(0) if not batched and yt.dim() > 1 else yt)
+            if yt is not None:
+                # One sample's labels: a class (a scalar), or a vector or map (per-position labels).
+                ys.append(yt.unsqueeze(0) if not batched and yt.numel() > 1 else yt)
         if not xs:
             raise CrossDistillError("the data yielded no images")
         shapes = sorted({tuple(x.shape[1:]) for x in xs})

@@ -9,6 +9,15 @@ import numpy as np
 from crossdistill.errors import CrossDistillError
 
 
+def _size(text: str) -> int | tuple[int, int]:
+    # One token (`224`, `48x64`): an option of several numbers would swallow the folder after it.
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one side (224) or height x width (48x64)")
+    sides = [int(p) for p in parts]
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pack",
@@ -18,13 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "kept in one file. Classes are the subfolder names in sorted order (with train/ and test/, both "
         "take train/'s). A folder whose images already share one size can also be given to --data "
         "directly; --size makes them one size: --size S scales the shorter side to S (bicubic) and crops the "
-        "centre S×S, --size H W scales each image just enough to cover H×W and crops the centre H×W.",
+        "centre S×S, --size HxW (e.g. 48x64) scales each image just enough to cover H×W and crops the centre.",
     )
     p.add_argument("folder", type=Path, help="folder of class subfolders (or with train/ and test/ inside)")
     p.add_argument("--out", type=Path, required=True, help="the .npz to write")
-    p.add_argument("--size", type=int, nargs="+", metavar="S | H W",
-                   help="the size the images are scaled and centre-cropped to: one side for squares, or height "
-                   "and width (your model's input size, as --input-size C H W gives them)")
+    p.add_argument("--size", type=_size, metavar="S | HxW",
+                   help="the size the images are scaled and centre-cropped to: one side for squares, or height x "
+                   "width, e.g. 48x64 (your model's input size, as --input-size C H W gives them)")
     p.add_argument("--split", choices=["train", "test"], default="train",
                    help="with train/ and test/ inside FOLDER: which one (default train)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -45,13 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.split == "test" and not has_splits(args.folder):
         raise CrossDistillError(f"--split test: {args.folder} has no train/ and test/ folders; give the test "
                                 "folder itself (its classes are then its own subfolders, or train/'s beside it)")
-    size = None
-    if args.size is not None:
-        if len(args.size) > 2:
-            raise CrossDistillError(f"--size takes one side or a height and a width, got {len(args.size)} numbers")
-        size = args.size[0] if len(args.size) == 1 else (args.size[0], args.size[1])
     with output_lock(args.out, args.force) as out:
-        data = read_image_folder(args.folder, args.split, size=size)
+        data = read_image_folder(args.folder, args.split, size=args.size)
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a bare name

@@ -190,8 +190,8 @@ def read_image_folder(path: str | Path, split: str = "train", *,
         option = " --split test" if split == "test" and has_splits(path) else ""
         raise CrossDistillError(
             f"{root}: the images differ in size (width x height: {examples}); give them one size first, e.g. "
-            f"`crossdistill pack {path}{option} --size H W --out {split}.npz` (your model's input height and "
-            "width, or one side for a square; scaled to cover it, centre crop), and use the .npz")
+            f"`crossdistill pack {path}{option} --size HxW --out {split}.npz` (your model's input height x "
+            "width, e.g. 48x64, or one side for a square; scaled to cover it, centre crop), and use the .npz")
     x = np.stack(arrays)
     if x.ndim == 3:
         x = x[..., None]

@@ -62,13 +62,13 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
             module = importlib.util.module_from_spec(loader_spec)
             folder = path.parent.resolve()
             # The files beside it are its own: a module of the same name that another factory's
-            # folder (or anything else) put in sys.modules must not stand in for them, and
-            # those it imports are not left there for the next factory file to find.
+            # folder (or anything else) put in sys.modules must not stand in for them while it
+            # loads; the caller's module of that name is given back after. (Its other imports
+            # stay, as any import does: a sibling imported later inside its function finds them.)
             shadowed = {name: m for name, m in sys.modules.items()
                         if _beside(folder, name) and not _inside(m, folder)}
             for name in shadowed:
                 del sys.modules[name]
-            before = set(sys.modules)
             sys.path.insert(0, str(folder))
             try:
                 sys.modules[module_name] = module
@@ -78,9 +78,6 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
                 raise CrossDistillError(f"model {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
             finally:
                 sys.path.remove(str(folder))
-                for name in [n for n in sys.modules if n not in before and n != module_name
-                             and _inside(sys.modules[n], folder)]:
-                    del sys.modules[name]
                 sys.modules.update(shadowed)
     else:
         try:
