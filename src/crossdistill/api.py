@@ -106,12 +106,13 @@ def _label_tensor(labels: Any) -> torch.Tensor:
     """Integer class labels as a long tensor: 1-d (one per sample), or, for a model whose predictions
     are per position (segmentation), a map per sample as given (N×H×W); fractional values are
     refused, not truncated."""
-    if not isinstance(labels, torch.Tensor) and _names(labels):
-        raise CrossDistillError(f"labels must be class numbers 0, 1, 2, ..., not names ({labels!r:.60}): map "
-                                "them to numbers first, e.g. [classes.index(name) for name in names], in the "
-                                "order of the model's outputs")
     try:
-        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+        arr = labels if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        if isinstance(arr, np.ndarray) and _names(arr):
+            raise CrossDistillError(f"labels must be class numbers 0, 1, 2, ..., not names ({labels!r:.60}): map "
+                                    "them to numbers first, e.g. [classes.index(name) for name in names], in the "
+                                    "order of the model's outputs")
+        y = torch.as_tensor(arr)
     except (ValueError, TypeError, RuntimeError) as exc:
         # A tuple of label maps for a model of several outputs, say: not one array.
         raise CrossDistillError(f"labels must be one array: a class per sample, or a class map per sample for a model "
@@ -136,14 +137,8 @@ def _one_hot(y: torch.Tensor) -> bool:
     return y.dim() == 2 and y.shape[1] > 1 and bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all())
 
 
-def _names(labels: Any) -> bool:
+def _names(arr: np.ndarray) -> bool:
     """Whether labels are class names (strings), not numbers."""
-    if isinstance(labels, (str, bytes)):
-        return True
-    try:
-        arr = np.asarray(labels)
-    except (ValueError, TypeError, RuntimeError):
-        return False  # ragged: label maps of several shapes, refused below with their own message
     return arr.dtype.kind in "US" or (arr.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in arr.ravel()))
 
 

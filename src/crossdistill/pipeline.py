@@ -243,7 +243,9 @@ def _check_runs_batched(teacher: nn.Module, student: nn.Module, images: torch.Te
             student(batch)
     except Exception as exc:  # noqa: BLE001 - any failure here is the one explained below
         first = str(exc).splitlines()[0] if str(exc) else ""
-        if _fails_itself(teacher, batch):
+        with eval_mode(teacher):
+            teacher_fails = _forward_error(teacher, batch) is not None
+        if teacher_fails:
             # Not the compression's doing: the model's own forward breaks on this batch.
             raise CrossDistillError(f"the model fails on a batch of {n} ({type(exc).__name__}: {first[:200]}), "
                                     "the teacher as well as the compressed model: its forward cannot take "
@@ -255,13 +257,14 @@ def _check_runs_batched(teacher: nn.Module, student: nn.Module, images: torch.Te
             "sparsity, quantization or low rank, which keep every shape") from exc
 
 
-def _fails_itself(model: nn.Module, batch: torch.Tensor) -> bool:
+def _forward_error(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Why `model` (in the mode it is in) fails on `x`, in one line; None when it runs."""
     try:
-        with torch.no_grad(), eval_mode(model):
-            model(batch)
-    except Exception:  # noqa: BLE001 - any failure: the message above says which
-        return True
-    return False
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:  # noqa: BLE001 - whatever breaks the forward
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
 
 
 def _training_only_layers_broken(teacher: nn.Module, student: nn.Module, example: torch.Tensor,
@@ -276,13 +279,7 @@ def _training_only_layers_broken(teacher: nn.Module, student: nn.Module, example
         return None
 
     def fails(model: nn.Module) -> str | None:
-        trial = model_copy(model).train()
-        try:
-            with torch.no_grad():
-                trial(example)
-        except Exception as exc:  # noqa: BLE001 - whatever breaks the forward
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        return None
+        return _forward_error(model_copy(model).train(), example)
 
     if fails(teacher) is not None:
         return None  # the model itself does not run so: nothing the compression changed

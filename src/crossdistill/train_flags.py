@@ -30,13 +30,10 @@ def global_state_kept() -> Iterator[None]:
     trace and copies of the model need ordinary tensors."""
     import torch
 
-    grad = torch.is_grad_enabled()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        torch.set_grad_enabled(grad)
+    # enable_grad gives back, on any exit, the grad mode it found: the caller's.
+    with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 @contextlib.contextmanager
@@ -55,8 +52,7 @@ def buffers_kept(model: nn.Module) -> Iterator[None]:
     # would leave the caller's model holding one of the run's tensors, with its autograd graph;
     # a list, dict or set it fills in place (`self.history.append(...)`) is given its items back.
     attributes = [(m, {k: v for k, v in vars(m).items() if not k.startswith("_")}) for m in model.modules()]
-    contents = {id(v): _shallow_copy(v) for _, attrs in attributes for v in attrs.values()
-                if isinstance(v, (list, dict, set))}
+    contents = {id(v): v.copy() for _, attrs in attributes for v in attrs.values() if isinstance(v, (list, dict, set))}
     try:
         yield
     finally:
@@ -80,10 +76,6 @@ def buffers_kept(model: nn.Module) -> Iterator[None]:
                     object.__setattr__(m, key, value)
                 if id(value) in contents:
                     _refill(value, contents[id(value)])
-
-
-def _shallow_copy(value: list | dict | set) -> list | dict | set:
-    return value.copy()
 
 
 def _refill(container: list | dict | set, items: list | dict | set) -> None:

@@ -100,24 +100,23 @@ def _beside(folder: Path, name: str) -> bool:
     return (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file()
 
 
-def _inside(module: Any, folder: Path) -> bool:
+def _file_of(module: Any) -> Path | None:
+    """A module's file, resolved; None for one without (built in, made in memory) or unreadable."""
     file = getattr(module, "__file__", None)
     try:
-        return bool(file) and Path(file).resolve().is_relative_to(folder)
+        return Path(file).resolve() if file else None
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def _inside(module: Any, folder: Path) -> bool:
+    file = _file_of(module)
+    return file is not None and file.is_relative_to(folder)
 
 
 def _imported_from(path: Path) -> Any:
     """A module already in sys.modules whose file is `path`, or None."""
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        try:
-            if file and Path(file).resolve() == path:
-                return module
-        except (OSError, ValueError):
-            continue
-    return None
+    return next((m for m in list(sys.modules.values()) if _file_of(m) == path), None)
 
 
 def absolute_factory(spec: str) -> str:
