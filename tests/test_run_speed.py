@@ -58,7 +58,7 @@ def test_threads_must_be_positive(data, tmp_path, capsys):
 def test_progress_on_stderr_for_loading_evaluation_and_timing(data, tmp_path, capsys, monkeypatch):
     import time
 
-    import crossdistill.evaluation as evaluation
+    import crossdistill.progress as progress
     import crossdistill.pipeline as pipeline
 
     real = pipeline.load_image_data
@@ -68,7 +68,7 @@ def test_progress_on_stderr_for_loading_evaluation_and_timing(data, tmp_path, ca
         return real(*args, **kwargs)
 
     # Bars appear once a phase has run PROGRESS_DELAY seconds (these tiny phases are quicker): now at once.
-    monkeypatch.setattr(evaluation, "PROGRESS_DELAY", 0)
+    monkeypatch.setattr(progress, "PROGRESS_DELAY", 0)
     monkeypatch.setattr(pipeline, "load_image_data", slow_load)
     assert main(_compress(data, tmp_path / "a", "--latency", "--threads", "1")) == 0
     err = capsys.readouterr().err

@@ -1,14 +1,13 @@
 """Accuracy, size, FLOPs and latency of a model: the numbers every compression result reports.
 
 Split by job: evaluation_counts counts parameters and FLOPs, evaluation_timing holds the
-latency record and the thread/load helpers; this module keeps what draws progress bars
-(accuracy, latency timing) next to `PROGRESS_DELAY`, which callers set here, and the
-`evaluate_*` entry points. Every name stays importable from here.
+latency record and the thread/load helpers, progress draws the bars; this module keeps the
+measurements (accuracy, latency timing) and the `evaluate_*` entry points. Every name stays
+importable from here.
 """
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ from crossdistill.evaluation_timing import LatencyResult, load_average, torch_th
 from crossdistill.model_inputs import example
 from crossdistill.model_outputs import batch_slices, predicted, predictions
 from crossdistill.models import ModelInfo, model_info
+from crossdistill.progress import progress_bar
 
 __all__ = [
     "LatencyResult",
@@ -46,18 +46,6 @@ __all__ = [
 # The batch sizes every compression report times: one image (interactive use) and a full
 # batch (throughput); teacher and student alike, so their rows compare.
 REPORT_LATENCY_BATCHES = (1, 128)
-
-# Seconds a phase runs before its bar appears: quick phases (and quick failures) print nothing.
-PROGRESS_DELAY = 0.5
-
-
-def progress_bar(desc: str | None, total: int, unit: str = "it", **kwargs: Any) -> Any:
-    """A tqdm bar on stderr, or a silent stand-in when `desc` is None (quiet runs)."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=desc is None,
-                dynamic_ncols=True, delay=PROGRESS_DELAY, **kwargs)
-
 
 def _check_images(x: Any, y: Any, mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)

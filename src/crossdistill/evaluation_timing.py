@@ -1,8 +1,7 @@
 """What a latency measurement records, and the machine conditions it depends on: the CPU
 thread count and the load.
 
-`measure_latency` itself stays in evaluation: it draws a progress bar whose delay is
-evaluation's `PROGRESS_DELAY`, a module setting callers change there.
+`measure_latency` itself stays in evaluation, beside the other measurements.
 """
 from __future__ import annotations
 

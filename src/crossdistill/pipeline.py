@@ -29,6 +29,7 @@ from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - Laye
 from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.evaluation import evaluate_for, evaluate_pair_for, load_average, torch_threads
 from crossdistill.evaluation_timing import gpu_peak_memory_mib, peak_memory_mib
+from crossdistill.progress import progress_bar
 from crossdistill.models import model_info
 from crossdistill.models.checkpoint import tensors_sha256
 from crossdistill.models.registry import ModelInfo
@@ -68,10 +69,8 @@ class _StepProgress:
     """A progress bar over the fine-tune's steps (minutes of work, where the layers take seconds)."""
 
     def __init__(self, total: int) -> None:
-        from tqdm import tqdm
-
         self.total = total
-        self.bar = tqdm(total=total, desc="fine-tune", unit="step", file=sys.stderr, leave=False)
+        self.bar = progress_bar("fine-tune", total, "step")
 
     def __call__(self, step: int, model: nn.Module) -> None:
         self.bar.update(step - self.bar.n)
@@ -92,12 +91,12 @@ class _LayerProgress:
         self.bar: Any = None
 
     def __call__(self, i: int, total: int, name: str) -> None:
-        from tqdm import tqdm
-
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit="layer", file=sys.stderr, leave=False)
-        self.bar.n = i
-        self.bar.set_postfix_str(name, refresh=True)
+            self.bar = progress_bar(self.desc, total, "layer")
+        # Drawn when the bar's interval has passed, not at every layer: in a log (progress.py)
+        # that is a line every few seconds instead of one per layer.
+        self.bar.set_postfix_str(name, refresh=False)
+        self.bar.update(i - self.bar.n)
         if i >= total:
             self.bar.close()
 
@@ -300,9 +299,9 @@ def load_with_progress(spec: str, split: str, show: bool) -> ImageArrays:
     """load_image_data, saying so on stderr when it takes a while (a large set takes seconds)."""
     import threading
 
-    from crossdistill import evaluation
+    from crossdistill import progress
 
-    note = threading.Timer(evaluation.PROGRESS_DELAY, lambda: print(f"loading {split} data {spec} ...",
+    note = threading.Timer(progress.PROGRESS_DELAY, lambda: print(f"loading {split} data {spec} ...",
                                                                      file=sys.stderr, flush=True))
     note.daemon = True
     if show:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -63,9 +62,8 @@ def fingerprint(data: ImageArrays) -> str:
 
 def train_teacher(train: ImageArrays, recipe: TeacherRecipe, *, show_progress: bool = True) -> nn.Module:
     """Train `recipe.model` from scratch on `train`; deterministic for a given recipe and data."""
-    from tqdm import tqdm
-
     from crossdistill.models import create_model, model_info
+    from crossdistill.progress import progress_bar
 
     recipe.validate()
     info = model_info(recipe.model)
@@ -82,8 +80,9 @@ def train_teacher(train: ImageArrays, recipe: TeacherRecipe, *, show_progress: b
              if total >= 8 else None)
     gen = torch.Generator().manual_seed(recipe.seed)
     model.train()
-    bar = tqdm(total=total, desc=f"training {recipe.model} teacher", unit="batch",
-               file=sys.stderr, disable=not show_progress, dynamic_ncols=True)
+    # Left on the screen when done: its last line holds the final epoch's loss and accuracy.
+    bar = progress_bar(f"training {recipe.model} teacher" if show_progress else None, total, "batch",
+                       delay=0, leave=True)
     try:
         for epoch in range(recipe.epochs):
             perm = torch.randperm(len(y), generator=gen)
