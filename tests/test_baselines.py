@@ -358,5 +358,5 @@ def test_a_baseline_under_torchrun_is_refused(tiny_data, tmp_path, capsys, monke
     assert main(["baseline", "l1", *tiny_data, "--out", str(tmp_path / "a")]) == 2
     assert main(["compress", *tiny_data, "--baseline", "l1", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert err.count("baselines run in one process") == 2
+    assert err.count("(rank 0) baselines run in one process") == 2
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -8,7 +8,7 @@ import argparse
 
 from crossdistill.baselines import BASELINES, get_baseline
 from crossdistill.baselines.settings import FitnetSettings
-from crossdistill.cli.compress_cmd import BASELINE_IN_ONE_PROCESS, FIXED, add_config_options, add_run_options, check_fixed, run_config
+from crossdistill.cli.compress_cmd import baseline_in_one_process, FIXED, add_config_options, add_run_options, check_fixed, run_config
 from crossdistill.errors import CrossDistillError
 from crossdistill.outputs import atomic_output_dir
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from crossdistill import distributed
 
     if distributed.launched_by_torchrun():
-        raise CrossDistillError(BASELINE_IN_ONE_PROCESS)
+        raise baseline_in_one_process()
     check_fixed(args, args.name)
     cfg = run_config(args)
     if cfg.baseline not in (None, args.name):

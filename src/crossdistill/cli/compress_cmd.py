@@ -63,9 +63,13 @@ def run_config(args: argparse.Namespace) -> CompressConfig:
     return cfg.updated(**changes) if changes else cfg
 
 
-# Each rank of torchrun ran the whole baseline and then raced its siblings for --out.
-BASELINE_IN_ONE_PROCESS = ("baselines run in one process (their statistics are not summed over processes): run "
-                           "`crossdistill baseline NAME` without torchrun")
+def baseline_in_one_process() -> CrossDistillError:
+    """The refusal of a baseline under torchrun (each rank ran the whole baseline, then raced its
+    siblings for --out); every rank says it, so each names itself as under torchrun's other errors."""
+    import os
+
+    return CrossDistillError(f"(rank {os.environ.get('RANK', '?')}) baselines run in one process (their statistics "
+                             "are not summed over processes): run `crossdistill baseline NAME` without torchrun")
 
 # Choices a baseline fixes itself; giving them beside one would silently be ignored otherwise.
 FIXED = ("objective", "solver", "selection")
@@ -93,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = run_config(args)
     if cfg.baseline is not None and distributed.launched_by_torchrun():
-        raise CrossDistillError(BASELINE_IN_ONE_PROCESS)
+        raise baseline_in_one_process()
     initialised = distributed.init_from_env(cfg.device)
     if distributed.active():
         try:
