@@ -463,6 +463,42 @@ def test_frozen_parameters_stay_frozen_in_a_slimmed_student():
     assert student[0].bias.requires_grad and student[3].weight.requires_grad
 
 
+def _frozen_test_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+
+
+@pytest.mark.parametrize("frozen", ["all", "backbone"])
+def test_a_frozen_model_is_pruned_as_the_same_model_unfrozen(frozen):
+    # Autograd recorded nothing from frozen layers: model.requires_grad_(False) was refused as
+    # "not traced ... torch.no_grad() or .detach()", a frozen backbone silently left whole.
+    torch.manual_seed(0)
+    teacher = _frozen_test_net()
+    x = torch.randn(20, 3, 8, 8)
+    plain, _ = crossdistill.compress(teacher, x, n_samples=10, keep=0.5, show_progress=False)
+    for p in (teacher.parameters() if frozen == "all" else teacher[:6].parameters()):
+        p.requires_grad_(False)
+    grads = [p.requires_grad for p in teacher.parameters()]
+    student, report = crossdistill.compress(teacher, x, n_samples=10, keep=0.5, show_progress=False)
+    assert [student[i].out_channels for i in (0, 3, 6)] == [plain[i].out_channels for i in (0, 3, 6)] == [4, 4, 8]
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), plain.state_dict().values()))
+    assert [p.requires_grad for p in teacher.parameters()] == grads  # the caller's flags as they were
+
+
+def test_a_frozen_layer_stays_frozen_when_low_rank_replaces_it():
+    # Its factors (c.0.weight, c.1.weight) had requires_grad=True, and the fine-tune trained them.
+    torch.manual_seed(0)
+    teacher = _frozen_test_net()
+    teacher[3].requires_grad_(False)
+    x, y = torch.randn(30, 3, 8, 8), torch.arange(30) % 3
+    student, _ = crossdistill.compress(teacher, x, labels=y, shots=5, method="lowrank", rank_ratio=0.5,
+                                       finetune_epochs=2, finetune_lr=0.1, show_progress=False)
+    factors = dict(student[3].named_parameters())
+    assert set(factors) >= {"0.weight", "1.weight"} and not any(p.requires_grad for p in factors.values())
+    assert student[6][0].weight.requires_grad  # the layers left trainable still are
+
+
 def test_the_api_refuses_what_it_would_otherwise_drop_and_gives_the_model_back_as_it_was():
     torch.manual_seed(0)
     x, y = torch.randn(24, 3, 8, 8), torch.arange(24) % 3

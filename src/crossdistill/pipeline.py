@@ -220,10 +220,15 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
 
 def _keep_frozen(teacher: nn.Module, student: nn.Module) -> None:
     """Parameters the user froze stay frozen: slimming replaces a layer's parameters by new ones,
+    and low rank replaces the layer (`c.weight` becomes the factors `c.0.weight`, `c.1.weight`),
     which would otherwise train in a later fine-tune or training run."""
     frozen = {name for name, p in teacher.named_parameters() if not p.requires_grad}
+    kept = {name for name, _ in student.named_parameters()}
+    # A frozen parameter the student no longer has by name: its layer was replaced, and all of
+    # the replacement stays frozen.
+    replaced = tuple(name.rpartition(".")[0] + "." for name in frozen if name not in kept and "." in name)
     for name, p in student.named_parameters():
-        if name in frozen:
+        if name in frozen or name.startswith(replaced):
             p.requires_grad_(False)
 
 

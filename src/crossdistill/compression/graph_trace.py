@@ -131,9 +131,14 @@ def trace(model: nn.Module, example: torch.Tensor) -> Graph:
     # autograd record as_strided views, which no index map can follow: the trace runs in the
     # default layout, the model's own tensors put back afterwards.
     strided = [(t, t.data) for t in [*model.parameters(), *model.buffers()] if not _row_major(t)]
+    # Autograd records nothing from a frozen parameter (requires_grad=False: a frozen backbone,
+    # or a whole model frozen before compressing): its layers would be missing from the graph.
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
     try:
         for t, data in strided:
             t.data = data.clone(memory_format=torch.contiguous_format)
+        for p in frozen:
+            p.requires_grad_(True)
         # Torch-Pruning traces through autograd; it also switches the model to eval mode.
         with torch.inference_mode(False), torch.enable_grad():
             dg = _DependencyGraph().build_dependency(model, example.clone(memory_format=torch.contiguous_format),
@@ -145,6 +150,8 @@ def trace(model: nn.Module, example: torch.Tensor) -> Graph:
             m.training = mode
         for t, data in strided:
             t.data = data
+        for p in frozen:
+            p.requires_grad_(False)
     graph = Graph(dg, names, order, calls, owner, outputs, tied=tied_weights(model.named_modules()))
     if any(isinstance(m, nn.Embedding) for m in model.modules()):
         layouts.add(2)  # its output is (batch, tokens, features)
