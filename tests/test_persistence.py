@@ -331,3 +331,72 @@ def test_a_file_of_unpacked_codes_still_loads(tmp_path, teacher, fewshot, scheme
 
     old = crossdistill.load(_rewrite(packed, tmp_path / "v1.safetensors", doc=as_version_1, tensors=unpack))
     assert torch.equal(_logits(old), _logits(student))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("prune,kw", [("channels", {"keep": 0.5}), ("quant", {"bits": 4}), ("lowrank", {}),
+                                      ("sparsity", {"sparsity": 0.6, "solver": "magnitude"})])
+def test_a_student_cast_after_compressing_loads_in_its_dtype(tmp_path, teacher, fewshot, prune, kw, dtype):
+    # compress refuses a half model and says to cast the student back afterwards; save took the
+    # cast student and load refused the file ("dtype mismatch").
+    student = _compressed(teacher, fewshot, prune, **kw).to(dtype)
+    path = crossdistill.save(student, tmp_path / "m.safetensors")
+    back = crossdistill.load(path)
+    assert {p.dtype for p in back.parameters()} == {dtype}
+    with torch.no_grad():
+        assert torch.equal(back.eval()(X.to(dtype)), student.eval()(X.to(dtype)))
+    assert read_info(path).dtype == str(dtype).removeprefix("torch.") and read_info(path).format_version == 4
+    # Evaluation feeds float32 images: they are given to the model in its own dtype.
+    from crossdistill.evaluation import accuracy
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+    assert 0 <= accuracy(back, images, np.arange(8) % 10, (0.5,), (0.25,)) <= 100
+
+
+def test_a_float32_student_is_saved_as_before(tmp_path, teacher, fewshot):
+    path = crossdistill.save(_compressed(teacher, fewshot, "channels", keep=0.5), tmp_path / "m.safetensors")
+    doc = json.loads(st_torch.safe_open(str(path), "pt").metadata()["crossdistill"])
+    assert "dtype" not in doc and "buffers" not in doc and doc["format_version"] < 4  # older readers still read it
+
+
+class Normalised(torch.nn.Module):
+    """Mean and std as non-persistent buffers, set from the data after the model is built."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.ones(1, 1, 1), persistent=False)
+        self.c1 = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+
+def test_non_persistent_buffers_come_back_as_saved(tmp_path, fewshot):
+    # They are not in the state dict: the loaded model got the constructor's zeros and ones and
+    # scored 28 % where the saved student scored 98 %.
+    torch.manual_seed(0)
+    model = Normalised().eval()
+    model.mean.fill_(3.0)
+    model.std.fill_(2.0)
+    images = fewshot.images * 2 + 3
+    student, _ = crossdistill.compress(model, images, labels=fewshot.labels, shots=2, method="sparsity",
+                                       sparsity=0.5, show_progress=False)
+    student.crossdistill_factory = f"{__file__}:Normalised"
+    path = crossdistill.save(student, tmp_path / "m.safetensors")
+    back = crossdistill.load(path)
+    assert float(back.mean) == 3.0 and float(back.std) == 2.0
+    assert "mean" not in back.state_dict()  # still non-persistent
+    with torch.no_grad():
+        assert torch.equal(back(images), student(images))
+    assert read_info(path).format_version == 4
+
+
+def test_saving_a_model_with_hooks_says_they_are_not_saved(tmp_path, teacher):
+    model = create_model("fashion_cnn").eval()
+    model.conv1.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    with pytest.warns(UserWarning, match=r"hooks registered on 1 module of the model \(conv1\) are not saved"):
+        crossdistill.save(model, tmp_path / "m.safetensors")

@@ -117,17 +117,25 @@ class HookWarning(UserWarning):
     """Hooks of the caller's own on the model to compress."""
 
 
-def warn_hooks(model: nn.Module) -> None:
-    """Name the caller's hooks on `model`: the student is a deep copy, so they come with it, run on
-    every forward of the compression (teacher and student: hundreds of calls; a hook that stores
-    what it sees keeps all of it) and stay on the student (except on layers that low rank replaces)."""
+def hooked_modules(model: nn.Module) -> str:
+    """'' or how many modules of `model` hold hooks and which ("2 modules of the model (c1, fc)")."""
     hooked = sorted({name or type(model).__name__ for name, m in model.named_modules()
                      for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
                                    getattr(m, "_backward_pre_hooks", {}))
                      if hooks})
+    if not hooked:
+        return ""
+    shown = ", ".join(hooked[:4]) + (", ..." if len(hooked) > 4 else "")
+    return f"{len(hooked)} module{'s' * (len(hooked) > 1)} of the model ({shown})"
+
+
+def warn_hooks(model: nn.Module) -> None:
+    """Name the caller's hooks on `model`: the student is a deep copy, so they come with it, run on
+    every forward of the compression (teacher and student: hundreds of calls; a hook that stores
+    what it sees keeps all of it) and stay on the student (except on layers that low rank replaces)."""
+    hooked = hooked_modules(model)
     if hooked:
-        shown = ", ".join(hooked[:4]) + (", ..." if len(hooked) > 4 else "")
-        warnings.warn(f"hooks are registered on {len(hooked)} module{'s' * (len(hooked) > 1)} of the model ({shown}): "
+        warnings.warn(f"hooks are registered on {hooked}: "
                       "they run on every forward pass of the compression and are copied into the student; remove "
                       "them first (handle.remove()) unless they are part of what the model computes",
                       HookWarning, stacklevel=outside_stacklevel())

@@ -21,7 +21,7 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.evaluation_counts import count_flops, count_nonzero_params, count_params
 from crossdistill.train_flags import eval_mode
 from crossdistill.evaluation_timing import LatencyResult, load_average, torch_threads
-from crossdistill.model_inputs import example
+from crossdistill.model_inputs import example, for_model
 from crossdistill.model_outputs import batch_slices, predicted, predictions
 from crossdistill.models import ModelInfo, model_info
 from crossdistill.progress import progress_bar
@@ -101,7 +101,7 @@ def accuracy(
     with eval_mode(model), torch.inference_mode(), progress_bar(progress, len(x), "img") as bar:
         for s in batch_slices(len(x), batch_size):
             # Normalise chunk by chunk: a float copy of a whole split would cost 4x its uint8 size.
-            xb = to_tensor(x[s], mean, std).to(device)
+            xb = for_model(model, to_tensor(x[s], mean, std).to(device))
             pred = predicted(predictions(model(xb), output), kind).cpu().numpy()
             correct += int((pred == y[s]).sum())
             bar.update(len(xb))

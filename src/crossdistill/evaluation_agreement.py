@@ -15,6 +15,7 @@ from torch import nn
 
 from crossdistill.device import module_device
 from crossdistill.errors import CrossDistillError
+from crossdistill.model_inputs import for_model
 from crossdistill.model_outputs import IGNORE, batch_slices, flat, per_sample, predicted, predictions, scored_positions
 from crossdistill.train_flags import eval_mode
 
@@ -38,7 +39,7 @@ def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, output: str | 
     counts = Scores(kind)
     with eval_mode(model), torch.no_grad():
         for xb, yb in zip(_chunks(x, batch_size), _chunks(y, batch_size)):
-            counts.add(predictions(model(xb), output), yb)
+            counts.add(predictions(model(for_model(model, xb)), output), yb)
     return counts.result()
 
 
@@ -113,7 +114,7 @@ def agreement(teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Te
     counts = Agreement(output, kind)
     with eval_mode(teacher), eval_mode(student), torch.no_grad():
         for xb in batches:
-            counts.add(teacher(xb), student(xb), len(xb))
+            counts.add(teacher(for_model(teacher, xb)), student(for_model(student, xb)), len(xb))
     return counts.result()
 
 
@@ -128,7 +129,8 @@ def compare(teacher: nn.Module, student: nn.Module, batches: Iterable[tuple[torc
     t_device, s_device = module_device(teacher), module_device(student)
     with eval_mode(teacher), eval_mode(student), torch.no_grad():
         for xb, yb in batches:
-            t_out, s_out = teacher(xb.to(t_device)), student(xb.to(s_device))
+            t_out = teacher(for_model(teacher, xb.to(t_device)))
+            s_out = student(for_model(student, xb.to(s_device)))
             preds = None
             if kind != "values":  # one argmax per model and batch, for the scores and the agreement
                 t_pred, s_pred = (predicted(predictions(o, output), kind) for o in (t_out, s_out))

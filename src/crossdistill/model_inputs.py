@@ -20,6 +20,15 @@ def dtype_name(x: torch.Tensor) -> str:
     return FLOAT if x.is_floating_point() else TOKENS
 
 
+def for_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` in the floating dtype of `model`'s parameters when that is one dtype other than float32
+    (a student cast with .half() and saved so, fed float32 images by evaluate or export)."""
+    if not x.is_floating_point():
+        return x
+    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return x.to(kinds.pop()) if len(kinds) == 1 and torch.float32 not in kinds else x
+
+
 def vocabulary(model: nn.Module | None) -> int:
     """The ids every embedding of `model` accepts: below the smallest table (2 without one)."""
     sizes = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)] if model is not None else []
@@ -39,9 +48,8 @@ def example(input_size: Sequence[int], n: int = 1, dtype: str = FLOAT, *, model:
             ids = torch.arange(math.prod(shape)) % max(vocab - 1, 1) + min(1, vocab - 1)
             return ids.reshape(shape).to(device or "cpu")
         return torch.randint(0, vocab, shape, generator=generator).to(device or "cpu")
-    if not random:
-        return torch.zeros(shape, device=device)
-    return torch.randn(shape, generator=generator).to(device or "cpu")
+    x = torch.zeros(shape, device=device) if not random else torch.randn(shape, generator=generator).to(device or "cpu")
+    return for_model(model, x) if model is not None else x
 
 
 def check_token_ids(model: nn.Module, ids: torch.Tensor, role: str) -> None:

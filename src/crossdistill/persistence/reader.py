@@ -20,7 +20,7 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.persistence import codecs
 from crossdistill.persistence.codecs import EXTRA_PREFIX, ArtifactCodec
 from crossdistill.persistence.files import read_header, read_tensors, resolve_model_path
-from crossdistill.persistence.spec import META_KEY, SavedModelInfo, parse_info
+from crossdistill.persistence.spec import META_KEY, SAVED_DTYPES, SavedModelInfo, parse_info
 
 __all__ = ["load_saved", "rebuild"]
 
@@ -38,6 +38,13 @@ def _used(info: SavedModelInfo) -> list[tuple[ArtifactCodec, dict[str, Any]]]:
 
 
 def _build(info: SavedModelInfo, source: str, device: str = "meta") -> nn.Module:
+    model = _build_structure(info, source, device)
+    # A model saved in another floating dtype (a student cast with .half()) is cast before it is
+    # checked against the file and filled: the codecs then write into tensors of that dtype.
+    return model.to(SAVED_DTYPES[info.dtype]) if info.dtype in SAVED_DTYPES else model
+
+
+def _build_structure(info: SavedModelInfo, source: str, device: str) -> nn.Module:
     from crossdistill.models.registry import create_model, model_info
 
     if "factory" in info.spec:

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_outputs import KINDS
 from crossdistill.persistence import codecs
@@ -27,10 +29,17 @@ FORMAT = "crossdistill-model"
 # which a reader of version 2 would number by the rules of 1. A file is written at the lowest
 # version that holds it, so that every other file stays what it was and older readers refuse a
 # newer one by its version.
-FORMAT_VERSION = 3
+# Version 4: a model's non-persistent buffers (the `buffers` entry), which a reader of version 3
+# would leave at the constructor's values, or floating parameters of another dtype than float32
+# (`dtype`), which it would refuse as not fitting.
+FORMAT_VERSION = 4
 PACKED_CODES_VERSION = 2
 TRANSPOSED_CODES_VERSION = 3
 TRACED_GROUPS_VERSION = 3
+BUFFERS_VERSION = 4
+DTYPE_VERSION = 4
+# The floating dtypes a model may be saved in beside float32 (a student cast after compressing).
+SAVED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 # The safetensors metadata key of the document (its only metadata entry: see the package docs).
 META_KEY = "crossdistill"
 # The document's field holding the sha256 of the tensors (names, dtypes, shapes, bytes): a file
@@ -44,7 +53,7 @@ CHECKSUM_FIELD = "sha256"
 # format version 1 wrote lowrank, quant and masks, so that files stay byte-identical.
 _HEAD_KEYS = ("format", "format_version", "crossdistill_version", "torch_version", "model", "spec",
               "input_size", "num_classes", "mean", "std", "class_names", "output", "kind", "input_dtype",
-              "memory_format")
+              "memory_format", "dtype")
 _TAIL_KEYS = ("omitted",)
 # Names no codec may take.
 DOCUMENT_KEYS = frozenset(_HEAD_KEYS + _TAIL_KEYS)
@@ -78,6 +87,9 @@ class SavedModelInfo:
     # "channels_last" for a model kept in that layout (written only then): loading restores it, so
     # the loaded model computes exactly what the saved one did (the layout changes float sums).
     memory_format: str = "contiguous"
+    # The model's floating dtype when not float32 (one of SAVED_DTYPES; written only then): loading
+    # casts the rebuilt model to it before filling it.
+    dtype: str = "float32"
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     omitted: list[str] = field(default_factory=list)
 
@@ -111,6 +123,8 @@ class SavedModelInfo:
             doc["input_dtype"] = self.input_dtype
         if self.memory_format != "contiguous":
             doc["memory_format"] = self.memory_format
+        if self.dtype != "float32":
+            doc["dtype"] = self.dtype
         for codec in codecs.CODECS:
             entry = self.artifacts.get(codec.name) or {}
             if entry or codec.always_written:
@@ -190,6 +204,10 @@ def parse_info(text: str | bytes, source: str = "model document") -> SavedModelI
     layout = doc.get("memory_format", "contiguous")
     _expect(layout in ("contiguous", "channels_last"), source, "'memory_format' must be 'contiguous' or 'channels_last'")
     info.memory_format = layout
+    dtype = doc.get("dtype", "float32")
+    _expect(dtype == "float32" or dtype in SAVED_DTYPES, source,
+            f"'dtype' must be float32 or one of {', '.join(SAVED_DTYPES)}")
+    info.dtype = dtype
 
     for codec in codecs.CODECS:
         try:

@@ -15,6 +15,7 @@ such a codec should come with a FORMAT_VERSION bump (`spec.py`).
 from __future__ import annotations
 
 from crossdistill.persistence.codecs.base import EXTRA_PREFIX, ArtifactCodec, DocumentError, Encoded
+from crossdistill.persistence.codecs.buffers import BufferCodec
 from crossdistill.persistence.codecs.lowrank import LowRankCodec
 from crossdistill.persistence.codecs.masks import MaskCodec
 from crossdistill.persistence.codecs.quant import QuantCodec
@@ -25,6 +26,7 @@ CODECS: tuple[ArtifactCodec, ...] = (
     LowRankCodec(),
     QuantCodec(),
     MaskCodec(),
+    BufferCodec(),  # values the state dict leaves out, put back last
 )
 
 
