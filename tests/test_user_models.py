@@ -894,3 +894,13 @@ def test_two_factory_files_with_same_named_siblings_each_get_their_own(tmp_path)
         for name in ("vendored", "parts", "parts.head"):
             sys.modules.pop(name, None)
         sys.path[:] = [p for p in sys.path if not p.endswith(".venv/site")]
+
+
+def test_a_submodule_wrapped_by_torch_compile_is_named():
+    # It failed as "feeds an unsupported op: NativeBatchNormBackward0" for channels; sparsity
+    # returned a student with `_orig_mod.` in its keys, which its factory's model does not fit.
+    torch.manual_seed(0)
+    model = _frozen_test_net()
+    model[3] = torch.compile(model[3])
+    with pytest.raises(CrossDistillError, match=r"3 is wrapped by torch.compile: compress the modules it wraps \(3 = 3._orig_mod\)"):
+        crossdistill.compress(model, torch.randn(20, 3, 8, 8), n_samples=10, method="sparsity", show_progress=False)

@@ -155,6 +155,15 @@ def check_copyable(model: nn.Module) -> None:
         raise CrossDistillError(f"{type(model).__name__} is a TorchScript module (torch.jit.script / torch.jit.trace): "
                                 "compress the nn.Module it was made from, then script the student")
 
+    compiled = [name for name, m in model.named_modules() if name and isinstance(getattr(m, "_orig_mod", None), nn.Module)]
+    if compiled:
+        # Its layers sit under `_orig_mod.`: the graph trace stops at the compiled region, and the
+        # student's keys would not fit the model its factory builds. The outermost wrapper is
+        # taken off by crossdistill.compress; one inside cannot be without changing the model.
+        raise CrossDistillError(f"{', '.join(compiled[:3])} {'is' if len(compiled) == 1 else 'are'} wrapped by "
+                                f"torch.compile: compress the modules it wraps ({compiled[0]} = {compiled[0]}._orig_mod), "
+                                "then compile the student's")
+
     made = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_inference()]
     if made:
         # Inference tensors cannot take part in autograd (the channel trace, the fine-tune),
