@@ -3,6 +3,8 @@ position (segmentation), plain values (a depth map, a regression): compressed, s
 saved and exported."""
 from __future__ import annotations
 
+import collections
+import dataclasses
 import warnings
 
 import pytest
@@ -594,3 +596,66 @@ def test_scores_refuse_labels_beyond_the_classes_and_maps_with_nothing_to_score(
     with torch.no_grad():
         t, s = teacher(images)["logits"], other(images)["logits"]
     assert res["output_error"] == pytest.approx(float((s - t).pow(2).sum() / t.pow(2).sum()), rel=1e-6)
+
+
+@dataclasses.dataclass
+class Outputs:
+    """A plain dataclass output, as many research codebases return."""
+
+    logits: torch.Tensor
+    features: torch.Tensor | None = None
+
+
+class DataclassOut(DictOut):
+    def forward(self, x: torch.Tensor) -> Outputs:
+        h = self.trunk(x).mean((2, 3))
+        return Outputs(logits=self.fc(h), features=h)
+
+
+TrunkOut = collections.namedtuple("TrunkOut", "maps pooled")
+
+
+class NamedTupleInside(DictOut):
+    """A block that returns a named tuple to its parent."""
+
+    class Block(nn.Module):
+        def __init__(self, trunk: nn.Module) -> None:
+            super().__init__()
+            self.trunk = trunk
+
+        def forward(self, x: torch.Tensor) -> TrunkOut:
+            maps = self.trunk(x)
+            return TrunkOut(maps, maps.mean((2, 3)))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = self.Block(self.trunk)
+        del self.trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(x).pooled)
+
+
+@pytest.mark.parametrize("method", ["sparsity", "quant", "lowrank", "channels"])
+def test_a_block_returning_a_named_tuple_is_compressed(images, method):
+    # Capture copied module outputs with type(value)(generator): a named tuple raised
+    # "TypeError: TrunkOut.__new__() missing 1 required positional argument".
+    teacher = _warm(NamedTupleInside(), images)
+    student, _ = crossdistill.compress(teacher, images, n_samples=24, method=method, show_progress=False)
+    assert student(images[:2]).shape == (2, 10)
+
+
+def test_a_dataclass_output_is_read_by_its_fields(images, tmp_path):
+    # It was refused: "must return a tensor, or a tuple, list or dict of tensors".
+    teacher = _warm(DataclassOut(), images)
+    assert [t.shape[1] for t in flat(teacher(images[:2]))] == [10, 32]
+    assert predictions(teacher(images[:2])) is not None and position(teacher(images[:2])) == 0
+    student, report = crossdistill.compress(teacher, images, n_samples=24, keep=0.5, eval_data=images,
+                                            show_progress=False)
+    assert isinstance(student(images[:2]), Outputs) and report["agreement"]["output_error"] < 1
+    student.crossdistill_factory = f"{__file__}:DataclassOut"
+    loaded = crossdistill.load(crossdistill.save(student, tmp_path / "d.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(flat(student(images[:4])), flat(loaded(images[:4]))))
+    from crossdistill.export import output_names
+
+    assert output_names(teacher(images[:2])) == ["logits", "features"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from crossdistill.attention_projections import find_layer
 from crossdistill.capture_points import capture_mode, capture_point, fastpath_off
 from crossdistill.errors import CrossDistillError
+from crossdistill.model_outputs import dataclass_fields, is_dataclass_instance
 
 
 class StopForward(Exception):
@@ -83,13 +85,22 @@ def merge_calls(model: nn.Module, name: str, received: list[torch.Tensor]) -> to
     return torch.cat(received)
 
 
+def _in_init(value: Any, name: str) -> bool:
+    return next(f for f in dataclasses.fields(value) if f.name == name).init
+
+
 def copy_tensors(value: Any, keep: torch.Tensor | None = None) -> Any:
     """`value` with every tensor in it (through tuples, lists and dicts) copied, but `keep`
     itself, which is passed through as it is."""
     if isinstance(value, torch.Tensor):
         return value if value is keep else value.detach().clone()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple takes its fields one by one
+        return type(value)(*(copy_tensors(v, keep) for v in value))
     if isinstance(value, (tuple, list)):
         return type(value)(copy_tensors(v, keep) for v in value)
+    if is_dataclass_instance(value):
+        return dataclasses.replace(value, **{k: copy_tensors(v, keep) for k, v in dataclass_fields(value).items()
+                                             if _in_init(value, k)})
     if isinstance(value, dict):
         return {k: copy_tensors(v, keep) for k, v in value.items()}
     return value

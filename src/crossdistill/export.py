@@ -32,7 +32,7 @@ from torch import nn
 from crossdistill.checks import model_copy
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_inputs import example
-from crossdistill.model_outputs import flat
+from crossdistill.model_outputs import dataclass_fields, flat, is_dataclass_instance
 from crossdistill.persistence.files import remove_dead_siblings, temp_sibling
 
 __all__ = ["FORMATS", "DeployInfo", "ExportResult", "deploy_info", "export", "export_model", "default_output",
@@ -200,8 +200,9 @@ def output_names(out: Any) -> list[str]:
             return [path]
         if isinstance(x, (list, tuple)):
             return [n for i, v in enumerate(x) for n in walk(v, f"{path}.{i}" if path else f"output{i}")]
-        if isinstance(x, Mapping):
-            return [n for k, v in x.items() for n in walk(v, f"{path}.{k}" if path else str(k))]
+        if isinstance(x, Mapping) or is_dataclass_instance(x):
+            items = x.items() if isinstance(x, Mapping) else dataclass_fields(x).items()
+            return [n for k, v in items for n in walk(v, f"{path}.{k}" if path else str(k))]
         return []
 
     return walk(out, "")

@@ -21,6 +21,7 @@ itself, a dict's 'logits' entry, else the first entry. Their shape gives the kin
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Iterator
 
@@ -50,6 +51,8 @@ def _walk(x: Any) -> Iterator[torch.Tensor]:
         yield x
     elif _is_named_tuple(x):
         yield from _walk(x._asdict())
+    elif is_dataclass_instance(x):
+        yield from _walk(dataclass_fields(x))
     elif isinstance(x, (list, tuple)):
         for v in x:
             yield from _walk(v)
@@ -62,6 +65,17 @@ def _is_named_tuple(x: Any) -> bool:
     return isinstance(x, tuple) and hasattr(x, "_fields") and hasattr(x, "_asdict")
 
 
+def is_dataclass_instance(x: Any) -> bool:
+    """An output of a @dataclass (not the class itself): read by its fields, like a dict."""
+    return dataclasses.is_dataclass(x) and not isinstance(x, type)
+
+
+def dataclass_fields(x: Any) -> dict[str, Any]:
+    """A dataclass instance's fields by name, in their declared order (not copied: asdict would
+    deep-copy every tensor)."""
+    return {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}
+
+
 def describe(out: Any) -> str:
     """`out` in a few words, for messages: 'a tuple of 2 ((1, 10), (1, 64))'."""
     if isinstance(out, torch.Tensor):
@@ -72,6 +86,9 @@ def describe(out: Any) -> str:
     if isinstance(out, Mapping):
         parts = ", ".join(f"{k!r}: {_shape(v)}" for k, v in out.items())
         return f"a {type(out).__name__} {{{parts}}}"
+    if is_dataclass_instance(out):
+        parts = ", ".join(f"{k}: {_shape(v)}" for k, v in dataclass_fields(out).items())
+        return f"a dataclass {type(out).__name__}({parts})"
     if isinstance(out, (list, tuple)):
         return f"a {type(out).__name__} of {len(out)} ({', '.join(_shape(v) for v in out)})"
     return f"a {type(out).__name__}"
@@ -104,6 +121,8 @@ def _target(out: Any, output: str | None) -> Any:
     shown = describe(out)
     if _is_named_tuple(out) and (output is None or not str(output).lstrip("-").isdigit()):
         out = out._asdict()  # its fields by name, 'logits' first as for a dict
+    elif is_dataclass_instance(out):
+        out = dataclass_fields(out)
     if isinstance(out, Mapping):
         if output is None:
             key = "logits" if "logits" in out else next(iter(out), None)
@@ -122,11 +141,11 @@ def _target(out: Any, output: str | None) -> Any:
                                         f"0 ... {len(out) - 1}")
             found = out[int(output)]
     else:
-        raise CrossDistillError(f"the model returns {describe(out)}; it must return a tensor, or a tuple, list "
-                                "or dict of tensors")
+        raise CrossDistillError(f"the model returns {describe(out)}; it must return a tensor, or a tuple, list, "
+                                "dict or dataclass of tensors")
     if isinstance(found, torch.Tensor):
         return found
-    if isinstance(found, (list, tuple, Mapping)):
+    if isinstance(found, (list, tuple, Mapping)) or is_dataclass_instance(found):
         return _target(found, None)  # nested: its own default entry
     raise CrossDistillError(f"output_key {output!r}: that output of the model is {describe(found)}, not a tensor")
 
