@@ -445,12 +445,30 @@ def test_a_sweep_naming_files_that_are_not_there_runs_nothing(tmp_path, data, ca
     db = tmp_path / "r.sqlite"
     assert main(["sweep", str(cfg), "--db", str(db)]) == 2
     assert f"names files that are not there: {missing} (2 runs); nothing was run" in capsys.readouterr().err
-    assert rows(db) == []
+    assert rows(db) == [] and not db.exists()  # no empty database, whose report would read as a started sweep
     cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0]},
                       base={"eval_data": f"{test}[:10]", "data": "cifar10"}, runs=[{"objective": "nocross"}])
     from crossdistill.sweep.runner import check_paths
 
     check_paths(load_sweep(cfg).configs)  # a slice of a file, a data-set name: there
+
+
+def test_an_unknown_model_or_no_training_data_is_refused_before_the_first_run(tmp_path, data, capsys):
+    """Each run started and failed on its own, leaving a failed row per run (12 for a typo in the
+    model's name), rows that stayed in the report after the typo was fixed."""
+    train, test = data
+    db = tmp_path / "r.sqlite"
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0, 1]}, base={"model": "fashion_cn"},
+                      runs=[{"objective": "nocross"}])
+    assert main(["sweep", str(cfg), "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'fashion_cn'" in err and "(2 runs); nothing was run" in err
+    assert not db.exists()
+    cfg = write_sweep(tmp_path / "s.yaml", train, test, grid={"seed": [0]}, base={"data": None},
+                      runs=[{"objective": "nocross"}])
+    assert main(["sweep", str(cfg), "--db", str(db)]) == 2
+    assert "1 run has no training data (data:); nothing was run" in capsys.readouterr().err
+    assert not db.exists()
 
 
 def test_the_sweep_log_names_the_solver_that_runs():
@@ -478,9 +496,9 @@ def test_the_path_check_imports_a_module_factory_rather_than_looking_for_a_file(
     """`package.module:function` was taken for a file named `package.module` and refused."""
     from crossdistill.sweep.runner import check_paths
 
-    check_paths([CompressConfig(model="torch.nn:Identity", shots=1).validate()])
+    check_paths([CompressConfig(model="torch.nn:Identity", data="cifar10", shots=1).validate()])
     with pytest.raises(CrossDistillError, match="no_such_dir/net.py"):
-        check_paths([CompressConfig(model="no_such_dir/net.py:make", shots=1).validate()])
+        check_paths([CompressConfig(model="no_such_dir/net.py:make", data="cifar10", shots=1).validate()])
 
 
 def test_a_run_without_shots_or_n_samples_is_named_by_the_default_draw():

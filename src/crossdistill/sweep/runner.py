@@ -6,6 +6,7 @@ import socket
 import sys
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
@@ -113,10 +114,24 @@ def summary_columns(cfg: CompressConfig) -> dict[str, Any]:
 
 def check_paths(configs: Sequence[CompressConfig]) -> None:
     """Refuse, before the first run, configs naming data, weights or a model file that is not
-    there: each run would otherwise compress in full and fail only when it reaches the file
-    (a missing test set at the evaluation), once per config."""
+    there, a model the registry does not know, or no training data at all: each run would
+    otherwise fail on its own (a missing test set only at the evaluation, after compressing in
+    full), once per config, and leave a failed row for each."""
     from crossdistill.data.load import names_no_data
-    from crossdistill.models.user import factory_file
+    from crossdistill.models.registry import model_info
+    from crossdistill.models.user import factory_file, is_factory_spec
+
+    registered = Counter(str(cfg.model) for cfg in configs if not is_factory_spec(str(cfg.model)))
+    for name, n in registered.items():
+        try:
+            model_info(name)
+        except CrossDistillError as exc:
+            raise CrossDistillError(f"{exc} ({n} run{'s' if n != 1 else ''}); nothing was run (fix the model, e.g. "
+                                    "with --set model=NAME)") from None
+    no_data = sum(1 for cfg in configs if cfg.data is None)
+    if no_data:
+        raise CrossDistillError(f"{no_data} run{'s have' if no_data != 1 else ' has'} no training data (data:); "
+                                "nothing was run (give it in the file or with --set data=PATH)")
 
     missing: dict[str, int] = {}
     for cfg in configs:
@@ -184,6 +199,11 @@ def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = Fals
     """
     log = log if log is not None else sys.stderr
     start = time.perf_counter()
+    local = getattr(backend, "address", None) is None  # a cluster's workers may see other files
+    if local and not Path(db_path).exists():
+        # Every run is to do: checked before the database is made, so a refused sweep leaves no
+        # empty database behind (whose report would read as a sweep that started).
+        check_paths(spec.configs)
     # One sweep per database: a second one on it would run every missing config again, its
     # results then dropped as already recorded. Readers (report, --dry-run) take no claim.
     with output_lock(db_path, force=True, option="--db"), SweepDB(db_path) as db:
@@ -194,7 +214,7 @@ def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = Fals
             (i, cfg, h) for i, (cfg, h) in enumerate(zip(spec.configs, spec.hashes))
             if h not in state.status or (retry_failed and state.status[h] == "failed")
         ]
-        if getattr(backend, "address", None) is None:  # a cluster's workers may see other files
+        if local:
             check_paths([cfg for _, cfg, _ in todo])  # before anything is recorded or run
         db.record_invocation(spec, argv)
         n = len(spec.configs)
