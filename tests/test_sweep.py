@@ -471,6 +471,16 @@ def test_an_unknown_model_or_no_training_data_is_refused_before_the_first_run(tm
     assert not db.exists()
 
 
+def test_a_refused_run_is_named_with_its_own_settings():
+    """The error named 'prune-only(selection=obs)' for a run that set selection l1 (a bare
+    setting was read only once the config validated)."""
+    from crossdistill.sweep.describe import short_description
+
+    refused = {"model": "resnet20", "prune": "channels", "keep": 1.5, "objective": "mixed", "mu": 0.6, "solver": "prune-only",
+               "selection": "l1", "shots": 1, "seed": 0}
+    assert short_description(refused) == "resnet20 channels mixed(mu=0.6) prune-only(selection=l1) K=1 seed=0"
+
+
 def test_the_sweep_log_names_the_solver_that_runs():
     """The log and --dry-run said 'quant(...) soft closed-form' for a GPTQ run."""
     from crossdistill.sweep.describe import short_description

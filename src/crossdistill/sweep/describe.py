@@ -116,7 +116,7 @@ def short_description(values: Mapping[str, Any] | CompressConfig) -> str:
     try:
         d = flat_settings(values)
     except Exception:  # only decorates an error message, which must not fail itself
-        d = {k: v for k, v in dict(values).items() if not isinstance(v, Mapping)}
+        d = _raw_flat(values)
     parts = [str(d.get("model", "resnet56"))]
     # A baseline fixes its own objective and solver: naming the config's would mislead.
     for section in ("method",) if d.get("baseline") else ("method", "objective", "solver"):
@@ -142,6 +142,20 @@ def short_description(values: Mapping[str, Any] | CompressConfig) -> str:
     if d.get("finetune.epochs"):
         parts.append(f"finetune={d['finetune.epochs']}ep")
     return " ".join(parts)
+
+
+def _raw_flat(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of a run that does not validate, keyed as flat_settings keys them: a plug-in's
+    setting given bare (`selection: l1`) under its section (`solver.selection`), so that the
+    error naming the run shows what the run sets, not the default."""
+    from crossdistill.config.layers import declared_anywhere
+
+    d = {k: v for k, v in dict(values).items() if not isinstance(v, Mapping)}
+    for key, value in list(d.items()):
+        if "." not in key:
+            for owner in declared_anywhere(key):
+                d.setdefault(f"{owner.split(' ', 1)[0]}.{key}", value)
+    return d
 
 
 def describe_config(cfg: CompressConfig) -> str:
