@@ -118,7 +118,30 @@ def test_accuracy_vs_k_plot_has_one_errorbar_line_per_method(db_path):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["prune-only(selection=obs)", "mixed(mu=0.6)", "teacher (91.00 %)"]
     assert "K (training images per class)" == ax.get_xlabel() and "%" in ax.get_ylabel()
-    assert "fashion_cnn" in ax.get_title() and "500 test images" in ax.get_title() and "3 seed" not in ax.get_title()
+    assert "fashion_cnn" in ax.get_title() and "500 test images" in ax.get_title() and "over 3 seeds" not in ax.get_title()
+
+
+def test_one_seed_points_are_hollow_when_the_others_are_means(db_path):
+    """A one-seed point (prune-only at K=5) was drawn like the means of three, and the title
+    only said 'over seeds'."""
+    from matplotlib.colors import to_rgba
+
+    g = aggregate(load_runs(db_path))[0]
+    (ax,) = accuracy_vs_shots(g).axes
+    assert "mean ± std over 1 to 3 seeds; hollow markers: one seed" in ax.get_title()
+    hollow = [ln for ln in ax.lines if ln.get_linestyle() == "None" and to_rgba(ln.get_markerfacecolor()) == (1, 1, 1, 1)]
+    assert [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in hollow] == [([5], [40.0])]
+
+
+def test_a_legend_of_more_than_four_entries_goes_beside_the_axes(db_path):
+    """Seven methods and the teacher inside the axes covered the prune-only line."""
+    with SweepDB(db_path) as db:
+        for mu in (0.1, 0.2, 0.3):
+            add(db, 60.0 + 10 * mu, objective="mixed", mu=mu, shots=1, seed=0)
+    g = aggregate(load_runs(db_path))[0]
+    (ax,) = accuracy_vs_shots(g).axes
+    assert len(ax.get_legend().get_texts()) == 6
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1  # right of the axes
 
 
 def test_accuracy_vs_flops_joins_compression_levels(db_path):

@@ -339,3 +339,65 @@ def test_a_run_whose_report_holds_non_json_values_is_stored(tmp_path, data, monk
     conn.close()
     assert status == "ok" and top1 == 55.5
     assert json.loads(report)["loss"] == 0.5 and json.loads(report)["weights"] == "/w.th"
+
+
+def test_the_report_of_an_unfinished_sweep_says_what_is_missing(tmp_path, data):
+    """A report of an interrupted sweep read as the whole plan: nothing said K=2 was still to run."""
+    from crossdistill.reporting.render import render_report
+
+    spec = load_sweep(write_sweep(tmp_path / "s.yaml", *data))
+    db = tmp_path / "r.sqlite"
+    calls: list = []
+
+    def interrupted(cfg, ctx):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(cfg)
+        return {"student_top1": 50.0, "n_eval": 20}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, db, run_fn=interrupted)
+    text = (tmp_path / "a" / "report.md")
+    render_report(db, tmp_path / "a")
+    assert (f"**Unfinished:** sweep `{spec.name}` planned {len(spec.configs)} runs; {len(spec.configs) - 3} of them are "
+            "not recorded") in text.read_text()
+    # The same runs planned by a second sweep are held, whichever sweep recorded them.
+    other = load_sweep(write_sweep(tmp_path / "other.yaml", *data, grid={"shots": [1], "seed": [0]},
+                                   runs=[{"objective": "nocross", "solver": "prune-only"}]))
+    assert other.hashes[0] in spec.hashes[:3]
+    run_sweep(other, db, run_fn=must_not_run)
+    render_report(db, tmp_path / "b")
+    assert "`other` planned" not in (tmp_path / "b" / "report.md").read_text()
+    run_sweep(spec, db, run_fn=stub())
+    render_report(db, tmp_path / "c")
+    assert "Unfinished" not in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_the_report_says_how_many_runs_have_no_evaluation(tmp_path, data):
+    """Runs without eval_data vanished from the report: '6 runs recorded: 6 ok', then nothing."""
+    from crossdistill.reporting.render import render_report
+
+    spec = load_sweep(write_sweep(tmp_path / "s.yaml", *data, grid={"shots": [1], "seed": [0, 1]}))
+    db = tmp_path / "r.sqlite"
+    run_sweep(spec, db, run_fn=lambda cfg, ctx: {})
+    summary = render_report(db, tmp_path / "a")
+    assert "4 ok runs have no top-1 (run without eval_data) and are in no table or plot." in \
+        (tmp_path / "a" / "report.md").read_text()
+    assert summary["unscored"] == 4
+
+
+def test_sections_evaluated_on_two_test_sets_have_headings_of_their_own(tmp_path, data):
+    """Two sections were both '## fashion_cnn · channels(keep=0.5)', told apart by their body only."""
+    from crossdistill.reporting.render import render_report
+
+    train, test = data
+    spec = load_sweep(write_sweep(tmp_path / "s.yaml", train, test,
+                                  grid={"shots": [1], "seed": [0], "eval_data": [str(test), f"{test}[:10]"]}))
+    db = tmp_path / "r.sqlite"
+    run_sweep(spec, db, run_fn=lambda cfg, ctx: {"student_top1": 50.0, "n_eval": 20, "student_flops": 10,
+                                                  "teacher_top1": 60.0, "teacher_flops": 20})
+    render_report(db, tmp_path / "a")
+    headings = [ln for ln in (tmp_path / "a" / "report.md").read_text().splitlines() if ln.startswith("## ")]
+    assert len(headings) == len(set(headings)) == 4, headings
+    assert f"## fashion_cnn · channels(keep=0.5) · eval_data {test.name}[:10]" in headings
+    assert f"## fashion_cnn · eval_data {test.name}: accuracy vs FLOPs" in headings

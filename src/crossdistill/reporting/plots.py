@@ -13,12 +13,23 @@ from crossdistill.reporting.results import SettingGroup
 _MARKERS = "osD^v<>phX*"
 
 
-def _seeds_text(groups: Sequence[SettingGroup]) -> str:
+def _seeds_text(groups: Sequence[SettingGroup], hollow: bool = False) -> str:
     counts = {c.n_seeds for g in groups for c in g.cells.values()}
     if len(counts) == 1:
         n = counts.pop()
         return f"mean ± std over {n} seed{'s' if n != 1 else ''}"
-    return "mean ± std over seeds"
+    single = "; hollow markers: one seed" if hollow and 1 in counts else ""
+    return f"mean ± std over {min(counts)} to {max(counts)} seeds{single}"
+
+
+def _mark_single_seeds(ax: Any, handle: Any, pts: Sequence[tuple[float, float, float, int]], marker: str) -> None:
+    """Points that are one seed's result (no spread to show) drawn hollow over the line's own,
+    so that they do not read as means like the others."""
+    single = [(x, y) for x, y, _, n in pts if n == 1]
+    if single:
+        colour = handle.lines[0].get_color()
+        ax.plot([p[0] for p in single], [p[1] for p in single], linestyle="none", marker=marker, markersize=5,
+                markerfacecolor="white", markeredgecolor=colour, zorder=3)
 
 
 def _make_room_above(ax, y: float) -> None:
@@ -29,8 +40,9 @@ def _make_room_above(ax, y: float) -> None:
         ax.set_ylim(lo, top + 0.06 * (top - lo))
 
 
-# Above this many entries a legend inside the axes hides the data: it goes to the right of them.
-_LEGEND_INSIDE = 8
+# Above this many entries a legend inside the axes hides the data (seven methods and the teacher
+# covered the prune-only line): it goes to the right of them.
+_LEGEND_INSIDE = 4
 
 
 def _legend(fig: Figure, ax: Any, handles: list) -> None:
@@ -59,13 +71,17 @@ def accuracy_vs_shots(group: SettingGroup) -> Figure:
     ax = fig.add_subplot()
     xs = group.x_values
     handles: list = []  # methods first, then the teacher, in the legend
+    mixed = len({c.n_seeds for c in group.cells.values()}) > 1
     for i, m in enumerate(group.methods):
         cells = [group.cell(m, x) for x in xs]
-        pts = [(x, c.mean, c.std) for x, c in zip(xs, cells) if c is not None]
+        pts = [(x, c.mean, c.std, c.n_seeds) for x, c in zip(xs, cells) if c is not None]
         if not pts:
             continue
+        marker = _MARKERS[i % len(_MARKERS)]
         handles.append(ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], label=m,
-                                   marker=_MARKERS[i % len(_MARKERS)], markersize=5, capsize=3, linewidth=1.5))
+                                   marker=marker, markersize=5, capsize=3, linewidth=1.5))
+        if mixed:  # when every point is one seed, the title says so
+            _mark_single_seeds(ax, handles[-1], pts, marker)
     if group.teacher_top1 is not None:
         handles.append(ax.axhline(group.teacher_top1, color="0.3", linestyle="--", linewidth=1,
                                   label=f"teacher ({group.teacher_top1:.2f} %)"))
@@ -77,7 +93,7 @@ def accuracy_vs_shots(group: SettingGroup) -> Figure:
         ax.set_xlabel("N (training images)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{group.model}, {group.compression}: top-1 on {group.n_eval} {group.eval_role} images\n"
-                 f"({group.eval_name}; {_seeds_text([group])})", fontsize=10)
+                 f"({group.eval_name}; {_seeds_text([group], hollow=True)})", fontsize=10)
     ax.grid(True, alpha=0.3)
     _legend(fig, ax, handles)
     return fig

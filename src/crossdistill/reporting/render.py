@@ -63,6 +63,37 @@ def how_made(db_path: str | Path, report_args: Sequence[str] = ()) -> str:
     return f"{text}; rendered by `{report}`." if text else ""
 
 
+def unfinished_sweeps(db_path: str | Path) -> list[str]:
+    """A line for each sweep whose latest invocation planned runs the database does not hold (an
+    interrupted sweep, or one still running): a reader of the report must not take the runs it
+    shows for the whole plan. A run counts as held as a resumed sweep counts it (any row whose
+    config resolves to the planned hash, whichever sweep recorded it). Databases from before
+    the plan was recorded say nothing."""
+    from crossdistill.sweep.resume import resume_state
+    from crossdistill.sweep.store import SweepDB, table_columns
+
+    with SweepDB(db_path, readonly=True) as db:
+        if "planned" not in table_columns(db.conn, "invocations"):
+            return []
+        latest: dict[str, tuple[str, str]] = {}
+        for name, source, planned in db.conn.execute(
+                "SELECT sweep, source, planned FROM invocations WHERE planned IS NOT NULL ORDER BY id"):
+            latest[str(name)] = (str(source), planned)
+        held = resume_state(db).status
+    lines = []
+    for name, (source, planned) in latest.items():
+        try:
+            hashes = json.loads(planned)
+        except ValueError:
+            continue
+        missing = [h for h in hashes if h not in held]
+        if missing:
+            lines.append(f"**Unfinished:** sweep `{name}` planned {len(hashes)} runs; {len(missing)} of them are not "
+                         f"recorded (interrupted, or still running): `crossdistill sweep {source} --db {db_path}` "
+                         "runs them, with `--dry-run` lists them.")
+    return lines
+
+
 def _command(argv: str | None) -> str | None:
     """A recorded argv (JSON) as the shell command that reruns it; None when none was recorded."""
     try:
@@ -106,9 +137,15 @@ def render_report(db_path: str | Path, out: str | Path, *, force: bool = False, 
     report = REPORT_KINDS.build(kind, params)
     check_output_dir(out, force)
     failed = failed_runs(rows)
+    # Runs without eval_data have no top-1: no table or plot shows them, which must be said.
+    unscored = sum(1 for r in rows if r.status == "ok" and r.student_top1 is None)
     md = [f"# Results of {Path(db_path).name}", "",
           f"{len(rows)} runs recorded: {len(rows) - len(failed)} ok, {len(failed)} failed. "
           f"Report kind `{report.describe()}`.", ""]
+    md += [line + "\n" for line in unfinished_sweeps(db_path)]
+    if unscored:
+        md += [f"{unscored} ok run{'s have' if unscored != 1 else ' has'} no top-1 (run without eval_data) and "
+               f"{'are' if unscored != 1 else 'is'} in no table or plot.", ""]
     with atomic_output_dir(out, force) as tmp:
         rendered = report.render(rows, tmp)
         md += rendered.markdown
@@ -118,7 +155,8 @@ def render_report(db_path: str | Path, out: str | Path, *, force: bool = False, 
                                                                 if k not in declared_params]
         md += [line for line in (how_made(db_path, given), code_line(rows)) if line] + [""]
         summary: dict[str, Any] = {"db": str(db_path), "kind": report.name, "params": report.settings(),
-                                   "runs": len(rows), "failed": len(failed), **rendered.summary,
+                                   "runs": len(rows), "failed": len(failed), "unscored": unscored,
+                                   **rendered.summary,
                                    "plots": rendered.plots}
         (tmp / "report.md").write_text("\n".join(md))
         write_json(tmp / "report.json", summary)

@@ -8,7 +8,7 @@ import sqlite3
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from crossdistill.errors import CrossDistillError
 from crossdistill.sweep.describe import flat_settings, plugin_class, plugin_describe
@@ -287,6 +287,32 @@ def label_configs(configs: Sequence[Mapping[str, Any]]) -> list[str]:
 def _mean_or_none(values: Sequence[float | None]) -> float | None:
     vals = [float(v) for v in values if v is not None]
     return statistics.fmean(vals) if vals else None
+
+
+def distinct_labels(groups: Sequence[SettingGroup]) -> dict[int, str]:
+    """{id(group): heading}: each group's label, and where two groups share one (the same
+    compression evaluated on two test sets, or of two teachers' weights) the run settings that
+    tell them apart, so that no two sections of a report carry the same heading."""
+    return headings_apart(groups, lambda g: g.label)
+
+
+def headings_apart(groups: Sequence[SettingGroup], label: Callable[[SettingGroup], str]) -> dict[int, str]:
+    """{id(group): label(group)}, with the run settings that differ appended where labels meet."""
+    by_label: dict[str, list[SettingGroup]] = {}
+    for g in groups:
+        by_label.setdefault(label(g), []).append(g)
+    out: dict[int, str] = {}
+    for text, same in by_label.items():
+        differing = [k for k in RUN_SETTING_FIELDS if len({str(g.config.get(k)) for g in same}) > 1]
+        for g in same:
+            extra = ", ".join(f"{k} {_shown(k, g.config.get(k))}" for k in differing)
+            out[id(g)] = f"{text} · {extra}" if extra else text
+    return out
+
+
+def _shown(key: str, value: Any) -> str:
+    # Paths by their file name (and slice): the full path is in the report's commands.
+    return Path(str(value)).name if key in ("weights", "data", "eval_data") and value else str(value)
 
 
 def aggregate(rows: Iterable[RunRow]) -> list[SettingGroup]:

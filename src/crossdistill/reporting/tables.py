@@ -36,8 +36,9 @@ def _pct(part: float | None, whole: float | None) -> str:
     return f" ({100.0 * part / whole:.1f} % of the teacher)"
 
 
-def setting_header(group: SettingGroup) -> str:
-    lines = [f"## {group.label}", ""]
+def setting_header(group: SettingGroup, label: str | None = None) -> str:
+    """The section heading (`label`: results.distinct_labels, when sections could share one)."""
+    lines = [f"## {label or group.label}", ""]
     if group.teacher_top1 is not None:
         lines.append(
             f"Teacher: **{group.teacher_top1:.2f} %** top-1 on {group.n_eval} {group.eval_role} images ({group.eval_name}); "

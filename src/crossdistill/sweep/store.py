@@ -80,6 +80,9 @@ _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("runs", "git_commit", "TEXT"),  # short hash of the checkout that ran it (null: not a checkout)
     ("runs", "crossdistill_version", "TEXT"),
     ("runs", "source", "TEXT"),  # where an imported row came from (sweep/importer.py); null: run by a sweep
+    # JSON list of the config hashes a sweep set out to run: the report says which are missing
+    # (an interrupted sweep), where n_runs alone cannot tell runs shared with other sweeps apart.
+    ("invocations", "planned", "TEXT"),
 )
 
 
@@ -242,16 +245,18 @@ class SweepDB:
             )
 
     def record_invocation(self, spec: "SweepSpec", argv: Sequence[str]) -> None:
-        self.record_command(spec.name, spec.source, spec.source_text, argv, len(spec.configs))
+        self.record_command(spec.name, spec.source, spec.source_text, argv, len(spec.configs), spec.hashes)
 
     def record_command(self, name: str, source: str, source_text: str | None, argv: Sequence[str],
-                       n_runs: int) -> None:
-        """One row of `invocations`: a sweep, or an import of recorded results."""
+                       n_runs: int, planned: Sequence[str] | None = None) -> None:
+        """One row of `invocations`: a sweep (with the hashes of the runs it `planned`), or an
+        import of recorded results."""
         from crossdistill.pipeline import versions
 
         with self.transaction() as conn:
             conn.execute(
-                "INSERT INTO invocations (started_at, sweep, source, source_text, argv, n_runs, versions) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (now(), name, source, source_text, json.dumps(list(argv)), n_runs, json.dumps(versions())),
+                "INSERT INTO invocations (started_at, sweep, source, source_text, argv, n_runs, versions, planned) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (now(), name, source, source_text, json.dumps(list(argv)), n_runs, json.dumps(versions()),
+                 json.dumps(list(planned)) if planned is not None else None),
             )

@@ -8,7 +8,14 @@ from typing import Any, ClassVar, Sequence
 
 from crossdistill.reporting.kinds.base import Rendered, ReportKind, slug
 from crossdistill.reporting.plots import accuracy_vs_flops, accuracy_vs_shots, save_png
-from crossdistill.reporting.results import RUN_SETTING_FIELDS, RunRow, SettingGroup, aggregate
+from crossdistill.reporting.results import (
+    RUN_SETTING_FIELDS,
+    RunRow,
+    SettingGroup,
+    aggregate,
+    distinct_labels,
+    headings_apart,
+)
 from crossdistill.reporting.tables import accuracy_table, detail_table, setting_header
 
 
@@ -45,6 +52,7 @@ class AccuracyReport(ReportKind):
 
     def render(self, rows: Sequence[RunRow], out: Path) -> Rendered:
         groups = aggregate(rows)
+        headings = distinct_labels(groups)
         r = Rendered(["Each cell is the mean ± sample standard deviation over few-shot draws (seeds); "
                       "n_eval is the number of evaluation images (test images, or a validation split where the section says so).", ""], {"settings": []})
         used: set[str] = set()
@@ -55,7 +63,7 @@ class AccuracyReport(ReportKind):
             used.add(name)
             png = f"accuracy_vs_{'k' if g.x_field == 'shots' else 'n'}_{name}.png"
             save_png(accuracy_vs_shots(g), out / png)
-            r.markdown += [setting_header(g), "", accuracy_table(g), "", f"![accuracy vs K]({png})", "",
+            r.markdown += [setting_header(g, headings[id(g)]), "", accuracy_table(g), "", f"![accuracy vs K]({png})", "",
                            "<details><summary>per method and K: seeds, n_eval, size, seconds</summary>", "",
                            detail_table(g), "",
                            "std: sample standard deviation over the seeds (– for one seed); compress (s): mean "
@@ -64,7 +72,9 @@ class AccuracyReport(ReportKind):
                            "the teacher).", "", "</details>", ""]
             r.summary["settings"].append(group_summary(g))
             r.plots.append(png)
-        for fam in teacher_families(groups):
+        families = teacher_families(groups)
+        family_headings = headings_apart([fam[0] for fam in families], lambda g: g.model)
+        for fam in families:
             if not any(c.flops is not None for g in fam for c in g.cells.values()):
                 continue
             name = slug(f"{fam[0].model}-{Path(str(fam[0].config.get('weights'))).stem}")
@@ -72,6 +82,7 @@ class AccuracyReport(ReportKind):
                 name += "-x"
             png = f"accuracy_vs_flops_{name}.png"
             save_png(accuracy_vs_flops(fam), out / png)
-            r.markdown += [f"## {fam[0].model}: accuracy vs FLOPs", "", f"![accuracy vs FLOPs]({png})", ""]
+            r.markdown += [f"## {family_headings[id(fam[0])]}: accuracy vs FLOPs", "", f"![accuracy vs FLOPs]({png})",
+                           ""]
             r.plots.append(png)
         return r

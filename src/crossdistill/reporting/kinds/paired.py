@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Sequence
 
 from crossdistill.params import param
 from crossdistill.reporting.kinds.base import Rendered, ReportKind, matches, parse_match
-from crossdistill.reporting.results import RunRow, SettingGroup, aggregate
+from crossdistill.reporting.results import RunRow, SettingGroup, aggregate, distinct_labels
 from crossdistill.reporting.tables import accuracy_table, setting_header
 
 
@@ -50,8 +50,10 @@ class PairedReport(ReportKind):
         r = Rendered(["Each cell is the mean ± sample standard deviation over few-shot draws (seeds). Paired "
                       "differences: per draw (same K and seed) method − reference, in points, mean over draws "
                       "(draws where the method was ahead / draws).", ""], {"settings": []})
-        for g in aggregate(rows):
-            r.markdown += [setting_header(g), "", accuracy_table(g), ""]
+        groups = aggregate(rows)
+        headings = distinct_labels(groups)
+        for g in groups:
+            r.markdown += [setting_header(g, headings[id(g)]), "", accuracy_table(g), ""]
             refs = reference_method(g, wanted)
             entry: dict[str, Any] = {"setting": g.label, "eval_data": g.config.get("eval_data"), "reference": refs}
             if len(refs) != 1:
