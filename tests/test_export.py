@@ -124,6 +124,22 @@ def test_a_mismatching_export_is_refused_and_nothing_is_written(tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_half_precision_model_exports_with_its_own_tolerance(tmp_path, capsys):
+    """A float16 student (saved so since persistence keeps its dtype) was refused: a faithful ONNX
+    export of float16 arithmetic differs by ~2e-3 of the largest logit, float32's 1e-4 is too tight."""
+    pytest.importorskip("onnxruntime")
+    from crossdistill.export import default_tolerance
+
+    torch.manual_seed(0)
+    model = create_model("fashion_cnn").eval()
+    assert default_tolerance(model) == 1e-4
+    path = crossdistill.save(model.half(), tmp_path / "half.safetensors")
+    assert main(["export", str(path), "--format", "onnx"]) == 0
+    out = capsys.readouterr().out
+    assert "(tolerance 0.01)" in out and (tmp_path / "half.onnx").exists()
+    assert default_tolerance(model.to(torch.bfloat16)) == 5e-2
+
+
 class _Scaled(torch.nn.Module):
     def __init__(self, inner: torch.nn.Module, factor: float) -> None:
         super().__init__()

@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="verify on real test images: .npz, a folder of class subfolders of images, "
                         "cifar-10-batches-py folder, Fashion-MNIST folder or a data-set name")
     p.add_argument("--n-verify", dest="n_verify", type=int, default=64, help="images used to verify (default 64)")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--tolerance", type=float, default=None,
                    help="largest allowed |logit difference|, times the largest |logit| when that is above 1 "
-                        "(default 1e-4)")
+                        "(default 1e-4; 1e-2 for a model saved in float16, 5e-2 in bfloat16)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--model", help="model name, only for weight files that do not record it; or, for a model of "
                    "your own whose factory file has moved, path/to/file.py:function to rebuild it")
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n_verify < 1:
         raise CrossDistillError(f"--n-verify must be >= 1, got {args.n_verify}")
-    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+    if args.tolerance is not None and (not math.isfinite(args.tolerance) or args.tolerance < 0):
         raise CrossDistillError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     if args.opset < 9:
         raise CrossDistillError(f"--opset must be >= 9, got {args.opset}")
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                      tolerance=args.tolerance, force=args.force, model_name=args.model, opset=args.opset)
     print(f"exported {args.source} to {res.path} ({res.format}, {res.bytes:,} bytes)")
     print(f"verified on {res.inputs}: max |logit difference| vs PyTorch = {res.max_abs_diff:.3g} "
-          f"(tolerance {args.tolerance:g})")
+          f"(tolerance {res.tolerance:g})")
     if res.format == "onnx":
         free = ", ".join(("batch", *res.free_axes))
         print(f"free input axes: {free}" + (" (verified at a second size too)" if res.free_axes else
