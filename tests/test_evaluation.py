@@ -144,3 +144,24 @@ def test_teacher_and_student_are_each_run_once_over_the_test_set():
     assert agree["n_eval"] == 37 and agree["top1_agreement"] == pytest.approx(expected["top1_agreement"])
     assert agree["output_error"] == pytest.approx(expected["output_error"], rel=1e-5)
     assert 0 < agree["output_error"]
+
+
+def test_the_evaluation_batch_changes_no_prediction():
+    """The default evaluation batch went 256 -> 64 for speed (activations that fit the caches):
+    the scores must be those of any other batch size."""
+    from crossdistill.evaluation import accuracy
+    from crossdistill.evaluation_agreement import EVAL_BATCH, compare
+    from crossdistill.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    x = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(300) % 10
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    assert EVAL_BATCH == 64
+    assert accuracy(model, x, y, mean, std) == accuracy(model, x, y, mean, std, batch_size=256)
+    images = torch.randn(300, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    student = create_model("resnet20").eval()
+    runs = [compare(model, student, ((images[i:i + b], torch.as_tensor(y[i:i + b])) for i in range(0, 300, b)))
+            for b in (EVAL_BATCH, 256)]
+    assert runs[0][:2] == runs[1][:2] and runs[0][2]["top1_agreement"] == runs[1][2]["top1_agreement"]

@@ -42,3 +42,24 @@ def test_a_frozen_transformer_layer_counts_its_linears():
     expected = attention_flops(7, 16) + 2 * 2 * 7 * 16 * 40  # + linear1 and linear2
     assert count_flops(model, (7, 16)) == expected
     assert torch.backends.mha.get_fastpath_enabled()  # the switch is put back
+
+
+def test_counting_flops_does_not_import_dynamo_and_counts_as_torch_does():
+    """torch's counter imported torch._dynamo on its first op (3-4 s of a CPU run); the count
+    without that guard must be torch's own."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from torch.utils.flop_counter import FlopCounterMode\n"
+            "from crossdistill.models import create_model\n"
+            "from crossdistill.evaluation_counts import count_flops\n"
+            "m = create_model('resnet20').eval()\n"
+            "ours = count_flops(m, (3, 32, 32))\n"
+            "print('torch._dynamo' in sys.modules)\n"
+            "with FlopCounterMode(display=False) as c, torch.no_grad():\n"
+            "    m(torch.zeros(1, 3, 32, 32))\n"
+            "print(ours == c.get_total_flops(), ours)\n"
+            "print(count_flops(m, (3, 32, 32)) == ours)\n")  # with dynamo imported now: torch's own mode
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:2] == ["False", "True"] and int(out[2]) > 0 and out[3] == "True"

@@ -129,6 +129,24 @@ def test_lazy_blocks_do_not_change_the_sweep():
     assert torch.allclose(a, b, atol=1e-9)
 
 
+@pytest.mark.parametrize("scheme", ["symmetric", "asymmetric"])
+def test_one_sweep_of_stacked_grids_equals_a_sweep_per_grid(scheme):
+    """The GPTQ solver sweeps its candidate grids' rows stacked (one loop, one factor of H):
+    each grid's rows must come out exactly as from a sweep of their own, column quantizer and all."""
+    from crossdistill.solvers.quant_grid import Grid
+
+    p = random_problem(2, coupling=0.5).damped(1e-2)
+    target = p.solve()
+    grids = [fit_grid(target, 3, scheme, clip=c) for c in ("minmax", "mse")]
+    stacked = Grid(torch.cat([g.scale for g in grids]), torch.cat([g.zero_point for g in grids]), 3, scheme)
+    together = gptq_sweep(target.repeat(2, 1), p.H, stacked).chunk(2)
+    for g, q in zip(grids, together):
+        assert torch.equal(q, gptq_sweep(target, p.H, g))
+        assert torch.equal(g.quantize(q), q)  # on its grid
+    column = grids[1].column_quantizer(target.dtype)
+    assert all(torch.equal(column(target[:, j]), grids[1].quantize(target)[:, j]) for j in range(target.shape[1]))
+
+
 def test_gptq_with_diagonal_metric_is_round_to_nearest():
     g = torch.Generator().manual_seed(0)
     W = torch.randn(5, 12, generator=g, dtype=torch.float64)

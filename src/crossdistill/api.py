@@ -459,11 +459,11 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
         compress_seconds = time.perf_counter() - start  # as the command line's: evaluation not included
         t_scores = s_scores = agreement = None
         if test is not None:
-            from crossdistill.evaluation_agreement import compare
+            from crossdistill.evaluation_agreement import EVAL_BATCH, compare
             from crossdistill.model_outputs import batch_slices
 
             tx, ty = test
-            batches = ((tx[s], None if ty is None else ty[s]) for s in batch_slices(len(tx), 256))
+            batches = ((tx[s], None if ty is None else ty[s]) for s in batch_slices(len(tx), EVAL_BATCH))
             t_scores, s_scores, agreement = compare(model, result.student, batches, output=info.output,
                                                     kind=info.kind)
         teacher_measures = _measure(model, info, test, t_scores, cfg.latency)

@@ -18,6 +18,7 @@ from torch import nn
 from crossdistill.data.transforms import to_tensor
 from crossdistill.device import module_device
 from crossdistill.errors import CrossDistillError
+from crossdistill.evaluation_agreement import EVAL_BATCH
 from crossdistill.evaluation_counts import count_flops, count_nonzero_params, count_params
 from crossdistill.train_flags import eval_mode
 from crossdistill.evaluation_timing import LatencyResult, load_average, torch_threads
@@ -46,6 +47,7 @@ __all__ = [
 # The batch sizes every compression report times: one image (interactive use) and a full
 # batch (throughput); teacher and student alike, so their rows compare.
 REPORT_LATENCY_BATCHES = (1, 128)
+
 
 def _check_images(x: Any, y: Any, mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
@@ -83,7 +85,7 @@ def accuracy(
     y: np.ndarray,
     mean: Sequence[float],
     std: Sequence[float],
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH,
     progress: str | None = None,
     output: str | None = None,
     kind: str = "classes",
@@ -172,7 +174,7 @@ def evaluate_model(
     latency_batch_sizes: Sequence[int] = (1,),
     threads: int | None = None,
     measure_speed: bool = True,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH,
     label: str | None = None,
     output: str | None = None,
     kind: str = "classes",
@@ -232,7 +234,7 @@ def evaluate_for(
     latency: bool,
     latency_batch_sizes: Sequence[int] = REPORT_LATENCY_BATCHES,
     threads: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH,
     label: str | None = None,
 ) -> dict[str, Any]:
     """`evaluate_model` fed as the model expects: normalisation and input size from `info` (a
@@ -266,7 +268,7 @@ def evaluate_pair_for(
     *,
     latency: bool,
     latency_batch_sizes: Sequence[int] = REPORT_LATENCY_BATCHES,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH,
     label: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """`evaluate_for` of a teacher and of its student, and their agreement (evaluation_agreement),

@@ -46,6 +46,7 @@ def gptq_sweep(
     U = inverse_cholesky_upper(H[perm][:, perm], first_jitter=1e-10, growth=10.0, tries=12, grow_ridge=True,
                                symmetrize=True, context="GPTQ")
     Q = torch.empty_like(W)
+    quantize = grid.column_quantizer(W.dtype)
     for i1 in range(0, d, block_size):
         i2 = min(i1 + block_size, d)
         Wb = W[:, i1:i2].clone()
@@ -53,7 +54,7 @@ def gptq_sweep(
         Ub = U[i1:i2, i1:i2]
         for j in range(i2 - i1):
             w = Wb[:, j]
-            q = grid.quantize(w)
+            q = quantize(w)
             Q[:, i1 + j] = q
             e = (w - q) / Ub[j, j]
             Wb[:, j + 1 :] -= e[:, None] * Ub[j, j + 1 :][None, :]
@@ -87,8 +88,13 @@ class GPTQ(LayerSolver):
     def solve(self, problem: QuadraticProblem, task: LayerTask, student: nn.Module) -> LayerOutcome:
         target = problem.solve()
         grids = layer_grids(problem, target, task, self.grid_from, self.clip)
-        candidates = [(g, gptq_sweep(target, problem.H, g, block_size=self.block_size, act_order=self.act_order))
-                      for g in grids]
+        # One sweep over the rows of every grid stacked: the rows are independent and share H's
+        # factor, so each grid's rows come out as from a sweep of their own, at one loop's cost.
+        stacked = Grid(torch.cat([g.scale for g in grids]), torch.cat([g.zero_point for g in grids]),
+                       grids[0].bits, grids[0].scheme)
+        swept = gptq_sweep(target.repeat(len(grids), 1), problem.H, stacked, block_size=self.block_size,
+                           act_order=self.act_order)
+        candidates = list(zip(grids, swept.chunk(len(grids))))
         if self.guard:
             candidates += [(g, g.quantize(target)) for g in grids]
         grid, Q, pick = best_rows(problem, candidates)

@@ -14,6 +14,7 @@ that is stored, and `scale · (code − zp)` evaluated in float32 reproduces the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -77,6 +78,19 @@ class Grid:
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         """Round to nearest grid point, row by row (the same grid for every column)."""
         return self.dequantize(self.codes(w)).to(w.dtype)
+
+    def column_quantizer(self, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`quantize` for one column (out,) of `dtype` at a time, the same arithmetic with the
+        grid's per-row numbers and code range converted once: GPTQ's sweep calls it per column."""
+        s, z = self.scale.to(dtype), self.zero_point.to(dtype)
+        s64, z64 = self.scale.to(torch.float64), self.zero_point.to(torch.float64)
+        qmin, qmax = self.qmin, self.qmax
+
+        def quantize(w: torch.Tensor) -> torch.Tensor:
+            c = torch.clamp(torch.round(w / s) + z, qmin, qmax).to(torch.float64)
+            return (s64 * (c - z64)).to(dtype)
+
+        return quantize
 
 
 def _candidate(w: torch.Tensor, shrink: float, bits: int, scheme: str) -> tuple[torch.Tensor, torch.Tensor]:
