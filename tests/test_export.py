@@ -124,7 +124,7 @@ def test_a_mismatching_export_is_refused_and_nothing_is_written(tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_half_precision_model_exports_with_its_own_tolerance(tmp_path, capsys):
+def test_a_half_precision_model_exports_with_its_own_tolerance(tmp_path, data, capsys):
     """A float16 student (saved so since persistence keeps its dtype) was refused: a faithful ONNX
     export of float16 arithmetic differs by ~2e-3 of the largest logit, float32's 1e-4 is too tight."""
     pytest.importorskip("onnxruntime")
@@ -137,6 +137,9 @@ def test_a_half_precision_model_exports_with_its_own_tolerance(tmp_path, capsys)
     assert main(["export", str(path), "--format", "onnx"]) == 0
     out = capsys.readouterr().out
     assert "(tolerance 0.01)" in out and (tmp_path / "half.onnx").exists()
+    # On real images too (they were fed as float32: a raw "Input type ... HalfTensor" traceback).
+    assert main(["export", str(path), "--format", "torchscript", "--eval-data", str(data / "test.npz")]) == 0
+    assert "the first 40 test images" in capsys.readouterr().out
     assert default_tolerance(model.to(torch.bfloat16)) == 5e-2
 
 

@@ -659,3 +659,44 @@ def test_a_dataclass_output_is_read_by_its_fields(images, tmp_path):
     from crossdistill.export import output_names
 
     assert output_names(teacher(images[:2])) == ["logits", "features"]
+
+
+@dataclasses.dataclass(init=False, eq=False)
+class _HFOutput(collections.OrderedDict):
+    """As Hugging Face's ModelOutput: a dict and a dataclass whose None fields are no entries."""
+
+    loss: torch.Tensor | None = None
+    predicted_depth: torch.Tensor | None = None
+
+    def __init__(self, loss=None, predicted_depth=None):
+        super().__init__()
+        self.loss, self.predicted_depth = loss, predicted_depth
+        if predicted_depth is not None:
+            self["predicted_depth"] = predicted_depth
+
+
+def test_a_mapping_that_is_also_a_dataclass_is_read_as_the_mapping():
+    # The dataclass branch took Hugging Face outputs before the dict one: loss=None was "the
+    # predictions" of a DepthEstimatorOutput.
+    from crossdistill.model_outputs import is_dataclass_instance
+
+    depth = torch.ones(2, 1, 4, 4)
+    out = _HFOutput(predicted_depth=depth)
+    assert dataclasses.is_dataclass(out) and not is_dataclass_instance(out)
+    assert predictions(out) is depth and flat(out) == [depth]
+
+
+def test_copying_a_dataclass_output_keeps_every_field():
+    # dataclasses.replace re-ran __init__: a field declared init=False came back as its default.
+    from crossdistill.capture_pass import copy_tensors
+
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+        feats: torch.Tensor | None = dataclasses.field(default=None, init=False)
+
+    out = Out(torch.zeros(2, 3))
+    out.feats = torch.ones(2, 5)
+    copied = copy_tensors(out)
+    assert torch.equal(copied.feats, out.feats) and copied.feats is not out.feats
+    assert torch.equal(copied.logits, out.logits) and copied.logits is not out.logits

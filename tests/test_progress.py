@@ -79,3 +79,21 @@ def test_compress_writes_a_readable_log(data, tmp_path, capsys, monkeypatch):
     assert "\r" not in err
     assert any(line.startswith("fine-tune:") and "100%" in line for line in err.splitlines())
     assert any("layer" in line and "100%" in line for line in err.splitlines())
+
+
+def test_a_notebook_keeps_its_live_bar(monkeypatch):
+    # ipykernel's stream says it is no terminal, but a notebook draws carriage returns in place.
+    class OutStream(io.StringIO):
+        def isatty(self) -> bool:
+            return False
+
+    OutStream.__module__ = "ipykernel.iostream"
+    text = _run_bar(monkeypatch, OutStream(), steps=3)
+    assert "\r" in text
+
+
+def test_a_log_bar_is_not_redrawn_by_the_monitor_thread(monkeypatch):
+    # tqdm's monitor redraws a bar idle for maxinterval (10 s) < LOG_INTERVAL: a line twice.
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    with progress_bar("phase", 10, delay=0) as bar:
+        assert bar.maxinterval == float("inf") and bar.mininterval == progress.LOG_INTERVAL

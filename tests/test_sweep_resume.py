@@ -381,7 +381,7 @@ def test_the_report_says_how_many_runs_have_no_evaluation(tmp_path, data):
     db = tmp_path / "r.sqlite"
     run_sweep(spec, db, run_fn=lambda cfg, ctx: {})
     summary = render_report(db, tmp_path / "a")
-    assert "4 ok runs have no top-1 (run without eval_data) and are in no table or plot." in \
+    assert "4 ok runs have no top-1 (run without eval_data, or imported without one) and are in no table or plot." in \
         (tmp_path / "a" / "report.md").read_text()
     assert summary["unscored"] == 4
 
@@ -401,3 +401,15 @@ def test_sections_evaluated_on_two_test_sets_have_headings_of_their_own(tmp_path
     assert len(headings) == len(set(headings)) == 4, headings
     assert f"## fashion_cnn · channels(keep=0.5) · eval_data {test.name}[:10]" in headings
     assert f"## fashion_cnn · eval_data {test.name}: accuracy vs FLOPs" in headings
+
+
+def test_headings_name_paths_in_full_where_their_file_names_meet():
+    """runs/a/best.pt and runs/b/best.pt both made '... · weights best.pt'."""
+    from crossdistill.reporting.results import SettingGroup, distinct_labels
+
+    groups = [SettingGroup(key=(w,), config={"model": "resnet20", "method": "channels", "method.keep": 0.5,
+                                             "weights": w, "eval_data": "test.npz"}, x_field="shots")
+              for w in ("runs/a/best.pt", "runs/b/best.pt", "other/last.pt")]
+    headings = list(distinct_labels(groups).values())
+    assert len(set(headings)) == 3
+    assert headings[0].endswith("weights runs/a/best.pt") and headings[2].endswith("weights last.pt")

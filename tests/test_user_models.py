@@ -497,6 +497,13 @@ def test_a_frozen_layer_stays_frozen_when_low_rank_replaces_it():
     factors = dict(student[3].named_parameters())
     assert set(factors) >= {"0.weight", "1.weight"} and not any(p.requires_grad for p in factors.values())
     assert student[6][0].weight.requires_grad  # the layers left trainable still are
+    # A frozen weight beside a trainable bias (BitFit): the factors' weights frozen, the bias not.
+    teacher = _frozen_test_net()
+    teacher[3].weight.requires_grad_(False)
+    student, _ = crossdistill.compress(teacher, x, labels=y, shots=5, method="lowrank", rank_ratio=0.5,
+                                       show_progress=False)
+    assert {n: p.requires_grad for n, p in student[3].named_parameters()} == \
+        {"0.weight": False, "1.weight": False, "1.bias": True}
 
 
 def test_the_api_refuses_what_it_would_otherwise_drop_and_gives_the_model_back_as_it_was():

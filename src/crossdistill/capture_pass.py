@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import copy
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -85,10 +85,6 @@ def merge_calls(model: nn.Module, name: str, received: list[torch.Tensor]) -> to
     return torch.cat(received)
 
 
-def _in_init(value: Any, name: str) -> bool:
-    return next(f for f in dataclasses.fields(value) if f.name == name).init
-
-
 def copy_tensors(value: Any, keep: torch.Tensor | None = None) -> Any:
     """`value` with every tensor in it (through tuples, lists and dicts) copied, but `keep`
     itself, which is passed through as it is."""
@@ -99,8 +95,12 @@ def copy_tensors(value: Any, keep: torch.Tensor | None = None) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(copy_tensors(v, keep) for v in value)
     if is_dataclass_instance(value):
-        return dataclasses.replace(value, **{k: copy_tensors(v, keep) for k, v in dataclass_fields(value).items()
-                                             if _in_init(value, k)})
+        # Field by field on a shallow copy: dataclasses.replace would re-run __init__ and
+        # __post_init__ and reset fields declared init=False.
+        copied = copy.copy(value)
+        for k, v in dataclass_fields(value).items():
+            object.__setattr__(copied, k, copy_tensors(v, keep))
+        return copied
     if isinstance(value, dict):
         return {k: copy_tensors(v, keep) for k, v in value.items()}
     return value

@@ -31,7 +31,7 @@ from torch import nn
 
 from crossdistill.checks import model_copy
 from crossdistill.errors import CrossDistillError
-from crossdistill.model_inputs import example
+from crossdistill.model_inputs import example, for_model, parameter_dtype
 from crossdistill.model_outputs import dataclass_fields, flat, is_dataclass_instance
 from crossdistill.persistence.files import remove_dead_siblings, temp_sibling
 
@@ -66,8 +66,7 @@ class ExportResult:
 
 def default_tolerance(model: nn.Module) -> float:
     """DEFAULT_TOLERANCE, or a half-precision model's own (DTYPE_TOLERANCES)."""
-    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    return DTYPE_TOLERANCES.get(kinds.pop(), DEFAULT_TOLERANCE) if len(kinds) == 1 else DEFAULT_TOLERANCE
+    return DTYPE_TOLERANCES.get(parameter_dtype(model), DEFAULT_TOLERANCE)
 
 
 def check_format(fmt: str) -> str:
@@ -166,7 +165,7 @@ def verification_inputs(
                                 "export from Python with your own normalised inputs (crossdistill.export_model)")
     k = min(n, len(data))
     kind = "signals" if data.is_signal else "images"
-    return to_tensor(data.x[:k], info.mean, info.std), f"the first {k} test {kind} of {eval_data}"
+    return for_model(model, to_tensor(data.x[:k], info.mean, info.std)), f"the first {k} test {kind} of {eval_data}"
 
 
 def _as_list(x: Any) -> list[torch.Tensor]:

@@ -20,13 +20,17 @@ def dtype_name(x: torch.Tensor) -> str:
     return FLOAT if x.is_floating_point() else TOKENS
 
 
+def parameter_dtype(model: nn.Module) -> torch.dtype | None:
+    """The one floating dtype of `model`'s parameters; None for none or several."""
+    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def for_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`x` in the floating dtype of `model`'s parameters when that is one dtype other than float32
     (a student cast with .half() and saved so, fed float32 images by evaluate or export)."""
-    if not x.is_floating_point():
-        return x
-    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    return x.to(kinds.pop()) if len(kinds) == 1 and torch.float32 not in kinds else x
+    dtype = parameter_dtype(model) if x.is_floating_point() else None
+    return x.to(dtype) if dtype is not None and dtype != torch.float32 else x
 
 
 def vocabulary(model: nn.Module | None) -> int:

@@ -66,8 +66,10 @@ def _is_named_tuple(x: Any) -> bool:
 
 
 def is_dataclass_instance(x: Any) -> bool:
-    """An output of a @dataclass (not the class itself): read by its fields, like a dict."""
-    return dataclasses.is_dataclass(x) and not isinstance(x, type)
+    """An output of a @dataclass (not the class itself): read by its fields, like a dict. Not a
+    mapping that is also a dataclass (Hugging Face's ModelOutput): that is read as the dict it is,
+    whose unset (None) fields are not entries."""
+    return dataclasses.is_dataclass(x) and not isinstance(x, (type, Mapping))
 
 
 def dataclass_fields(x: Any) -> dict[str, Any]:

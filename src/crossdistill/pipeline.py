@@ -222,13 +222,23 @@ def _keep_frozen(teacher: nn.Module, student: nn.Module) -> None:
     """Parameters the user froze stay frozen: slimming replaces a layer's parameters by new ones,
     and low rank replaces the layer (`c.weight` becomes the factors `c.0.weight`, `c.1.weight`),
     which would otherwise train in a later fine-tune or training run."""
-    frozen = {name for name, p in teacher.named_parameters() if not p.requires_grad}
+    teacher_params = dict(teacher.named_parameters())
+    frozen = {name for name, p in teacher_params.items() if not p.requires_grad}
     kept = {name for name, _ in student.named_parameters()}
-    # A frozen parameter the student no longer has by name: its layer was replaced, and all of
-    # the replacement stays frozen.
-    replaced = tuple(name.rpartition(".")[0] + "." for name in frozen if name not in kept and "." in name)
+    # A frozen parameter the student no longer has by name belongs to a replaced layer: what
+    # stands in for it under the same prefix stays frozen, by the parameter's own name (a frozen
+    # weight freezes both factors' weights, not the bias the user left trainable), or all of the
+    # replacement when the user froze all of the layer.
+    gone: dict[str, set[str]] = {}
+    for name in frozen - kept:
+        prefix, _, attr = name.rpartition(".")
+        gone.setdefault(prefix + ".", set()).add(attr)
+    whole = {prefix for prefix in gone
+             if all(n in frozen for n in teacher_params if n.startswith(prefix))}
     for name, p in student.named_parameters():
-        if name in frozen or name.startswith(replaced):
+        stand_in = next((prefix for prefix in gone if prefix != "." and name.startswith(prefix)), None)
+        if name in frozen or (stand_in is not None and (stand_in in whole
+                                                        or name.rpartition(".")[2] in gone[stand_in])):
             p.requires_grad_(False)
 
 

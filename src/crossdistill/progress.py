@@ -45,6 +45,10 @@ class LogLines:
 
 
 def _is_terminal(stream: Any) -> bool:
+    # A Jupyter kernel's stream says it is no terminal, yet the notebook draws carriage returns
+    # in place like one: its bars stay live.
+    if type(stream).__module__.startswith("ipykernel"):
+        return True
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # a closed or stand-in stream
@@ -65,7 +69,9 @@ def progress_bar(desc: str | None, total: int, unit: str = "it", *, delay: float
     options: dict[str, Any] = dict(leave=not terminal, dynamic_ncols=terminal,
                                    delay=PROGRESS_DELAY if delay is None else delay)
     if not terminal:
-        options.update(mininterval=LOG_INTERVAL, ncols=100)
+        # maxinterval: tqdm's monitor thread redraws a bar that has not drawn for that long (10 s
+        # by default, under LOG_INTERVAL), which wrote the same line twice.
+        options.update(mininterval=LOG_INTERVAL, maxinterval=float("inf"), ncols=100)
     options.update(kwargs)
     return tqdm(total=total, desc=desc, unit=unit, file=stream if terminal else LogLines(stream),
                 disable=desc is None, **options)

@@ -11,6 +11,7 @@ from torch import nn
 from crossdistill._version import __version__
 from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError
+from crossdistill.model_inputs import parameter_dtype
 from crossdistill.models.user import absolute_factory, info_of
 from crossdistill.persistence import codecs
 from crossdistill.persistence.files import atomic_write, tensors_checksum
@@ -111,10 +112,10 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
 
 def _saved_dtype(model: nn.Module) -> str:
     """The one floating dtype of the model's parameters when it is not float32 (a student cast
-    with .half() after compressing); float32 otherwise, mixed dtypes included (as built)."""
-    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    with .half() after compressing); float32 otherwise. Parameters of mixed dtypes load only if
+    the model's constructor makes them so: loading checks every tensor's dtype against it."""
     names = {v: k for k, v in SAVED_DTYPES.items()}
-    return names[kinds.pop()] if len(kinds) == 1 and next(iter(kinds)) in names else "float32"
+    return names.get(parameter_dtype(model), "float32")  # type: ignore[arg-type]
 
 
 def _warn_unsaved_hooks(model: nn.Module, doc: SavedModelInfo) -> None:

@@ -144,8 +144,8 @@ def render_report(db_path: str | Path, out: str | Path, *, force: bool = False, 
           f"Report kind `{report.describe()}`.", ""]
     md += [line + "\n" for line in unfinished_sweeps(db_path)]
     if unscored:
-        md += [f"{unscored} ok run{'s have' if unscored != 1 else ' has'} no top-1 (run without eval_data) and "
-               f"{'are' if unscored != 1 else 'is'} in no table or plot.", ""]
+        md += [f"{unscored} ok run{'s have' if unscored != 1 else ' has'} no top-1 (run without eval_data, or "
+               f"imported without one) and {'are' if unscored != 1 else 'is'} in no table or plot.", ""]
     with atomic_output_dir(out, force) as tmp:
         rendered = report.render(rows, tmp)
         md += rendered.markdown

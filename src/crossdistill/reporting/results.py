@@ -305,14 +305,18 @@ def headings_apart(groups: Sequence[SettingGroup], label: Callable[[SettingGroup
     for text, same in by_label.items():
         differing = [k for k in RUN_SETTING_FIELDS if len({str(g.config.get(k)) for g in same}) > 1]
         for g in same:
-            extra = ", ".join(f"{k} {_shown(k, g.config.get(k))}" for k in differing)
+            extra = ", ".join(f"{k} {_shown(k, g.config.get(k), [o.config.get(k) for o in same])}" for k in differing)
             out[id(g)] = f"{text} · {extra}" if extra else text
     return out
 
 
-def _shown(key: str, value: Any) -> str:
-    # Paths by their file name (and slice): the full path is in the report's commands.
-    return Path(str(value)).name if key in ("weights", "data", "eval_data") and value else str(value)
+def _shown(key: str, value: Any, values: Sequence[Any]) -> str:
+    # Paths by their file name (and slice), which the report's commands give in full; in full
+    # where two of them share a name (runs/a/best.pt, runs/b/best.pt).
+    if key not in ("weights", "data", "eval_data") or not value:
+        return str(value)
+    names = {Path(str(v)).name for v in values if str(v) != str(value)}
+    return str(value) if Path(str(value)).name in names else Path(str(value)).name
 
 
 def aggregate(rows: Iterable[RunRow]) -> list[SettingGroup]:
