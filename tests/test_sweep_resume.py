@@ -413,3 +413,6 @@ def test_headings_name_paths_in_full_where_their_file_names_meet():
     headings = list(distinct_labels(groups).values())
     assert len(set(headings)) == 3
     assert headings[0].endswith("weights runs/a/best.pt") and headings[2].endswith("weights last.pt")
+    by_n = SettingGroup(key=("n",), config=groups[0].config, x_field="n_samples")
+    assert list(distinct_labels([groups[0], by_n]).values()) == [
+        "resnet20 · channels(keep=0.5) · by K", "resnet20 · channels(keep=0.5) · by N"]

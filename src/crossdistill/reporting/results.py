@@ -304,8 +304,10 @@ def headings_apart(groups: Sequence[SettingGroup], label: Callable[[SettingGroup
     out: dict[int, str] = {}
     for text, same in by_label.items():
         differing = [k for k in RUN_SETTING_FIELDS if len({str(g.config.get(k)) for g in same}) > 1]
+        by_x = len({g.x_field for g in same}) > 1  # the same runs drawn by K and by N
         for g in same:
-            extra = ", ".join(f"{k} {_shown(k, g.config.get(k), [o.config.get(k) for o in same])}" for k in differing)
+            extra = ", ".join([f"{k} {_shown(k, g.config.get(k), [o.config.get(k) for o in same])}" for k in differing]
+                              + ([f"by {'K' if g.x_field == 'shots' else 'N'}"] if by_x else []))
             out[id(g)] = f"{text} · {extra}" if extra else text
     return out
 
