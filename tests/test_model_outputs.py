@@ -700,3 +700,17 @@ def test_copying_a_dataclass_output_keeps_every_field():
     copied = copy_tensors(out)
     assert torch.equal(copied.feats, out.feats) and copied.feats is not out.feats
     assert torch.equal(copied.logits, out.logits) and copied.logits is not out.logits
+
+
+def test_a_dataclass_output_exports_to_onnx_field_by_field(images, tmp_path):
+    # The exporter refused the dataclass ("Only tuples, lists and Variables"); wrapped to a tuple it
+    # ran the wrapper's BatchNorms in training mode (the wrapper is built in training mode).
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from crossdistill.export import export_model
+
+    model = _warm(DataclassOut(), images)
+    res = export_model(model, tmp_path / "d.onnx", "onnx", images[:8])
+    assert [o.name for o in onnx.load(str(res.path)).graph.output] == ["logits", "features"]
+    assert res.max_abs_diff <= 1e-4

@@ -174,8 +174,9 @@ def _as_list(x: Any) -> list[torch.Tensor]:
         return [torch.from_numpy(x)]
     if isinstance(x, (list, tuple)):
         return [t for v in x for t in _as_list(v)]
-    if isinstance(x, Mapping):
-        return [t for v in x.values() for t in _as_list(v)]
+    if isinstance(x, Mapping) or is_dataclass_instance(x):
+        values = x.values() if isinstance(x, Mapping) else dataclass_fields(x).values()
+        return [t for v in values for t in _as_list(v)]
     return [torch.as_tensor(x)]
 
 
@@ -293,16 +294,21 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, tmp: str, opset: int, 
     import onnx
 
     with torch.no_grad():
-        names = output_names(model(example))
+        out = model(example)
+    names = output_names(out)
     out_axes = out_axes or {n: {0: "batch"} for n in names}
     first = 2 if example.is_floating_point() else 1  # token ids (N×L) have no channel axis
+    # The exporter takes tensors, tuples, lists and dicts: a dataclass's fields go out as the
+    # graph's outputs in their order, each named by its field. The wrapper takes the model's
+    # mode: built in training mode, it made the exporter write the BatchNorms as training ones.
+    exported = _FlatOutputs(model).train(model.training) if is_dataclass_instance(out) else model
 
     with warnings.catch_warnings(), _exporter_log_silenced():
         # The TorchScript-based exporter (dynamo=False) works offline and needs no onnxscript;
         # torch announces its deprecation on every call, which is noise for our users.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), tmp, dynamo=False, opset_version=opset,
+            exported, (example,), tmp, dynamo=False, opset_version=opset,
             input_names=["input"], output_names=names,
             dynamic_axes={"input": {0: "batch", **{first + i: n for i, n in enumerate(free)}}, **out_axes},
             do_constant_folding=True,
