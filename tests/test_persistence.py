@@ -221,6 +221,13 @@ def saved(tmp_path, teacher):
     ("wrong dtype", None, lambda t: t.update({"fc.bias": t["fc.bias"].double()}), "dtype mismatch.*fc.bias"),
     ("bad mask encoding", lambda d: d.update(masks={"conv2": "zip"}), None, "masks"),
     ("mask of missing layer", lambda d: d.update(masks={"conv9": "nonzero"}), None, "conv9"),
+    ("unknown dtype", lambda d: d.update(dtype="int8"), None, "'dtype' must be float32 or one of"),
+    ("bad buffers entry", lambda d: d.update(buffers={"conv1.mean": "zip"}), None, "'buffers' must map"),
+    # A file naming a buffer the model does not hold non-persistently: refused, not attached.
+    ("buffer of no module", lambda d: d.update(buffers={"conv9.mean": "tensor"}),
+     lambda t: t.update({"__crossdistill__.buffer.conv9.mean": torch.zeros(1)}), "not a non-persistent buffer"),
+    ("persistent buffer as one", lambda d: d.update(buffers={"bn1.running_mean": "tensor"}),
+     lambda t: t.update({"__crossdistill__.buffer.bn1.running_mean": torch.zeros(1)}), "not a non-persistent buffer"),
 ])
 def test_load_refuses_inconsistent_files(tmp_path, saved, case, edit_doc, edit_tensors, message):
     path = _rewrite(saved, tmp_path / "bad.safetensors", doc=edit_doc, tensors=edit_tensors)
@@ -393,6 +400,9 @@ def test_non_persistent_buffers_come_back_as_saved(tmp_path, fewshot):
     with torch.no_grad():
         assert torch.equal(back(images), student(images))
     assert read_info(path).format_version == 4
+    bad = _rewrite(path, tmp_path / "bad.safetensors", tensors=lambda t: t.pop("__crossdistill__.buffer.std"))
+    with pytest.raises(CrossDistillError, match="non-persistent buffer 'std' lacks its tensor"):
+        crossdistill.load(bad)
 
 
 def test_saving_a_model_with_hooks_says_they_are_not_saved(tmp_path, teacher):
