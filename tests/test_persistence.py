@@ -410,3 +410,21 @@ def test_saving_a_model_with_hooks_says_they_are_not_saved(tmp_path, teacher):
     model.conv1.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
     with pytest.warns(UserWarning, match=r"hooks registered on 1 module of the model \(conv1\) are not saved"):
         crossdistill.save(model, tmp_path / "m.safetensors")
+
+
+def test_a_half_model_with_float32_batchnorms_loads_as_saved(tmp_path, teacher, fewshot):
+    """`.half()` with the BatchNorms kept in float32 (a usual deployment) saved a file load refused."""
+    student = _compressed(teacher, fewshot, "channels", keep=0.5).half()
+    for bn in (student.bn1, student.bn2, student.bn3):
+        bn.float()
+    path = crossdistill.save(student, tmp_path / "m.safetensors")
+    back = crossdistill.load(path)
+    assert {k: v.dtype for k, v in back.state_dict().items()} == {k: v.dtype for k, v in student.state_dict().items()}
+    info = read_info(path)
+    assert info.format_version == 4 and info.dtypes and set(info.dtypes.values()) <= {"float16", "float32"}
+    from crossdistill.evaluation import accuracy
+    from crossdistill.export import default_tolerance
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+    assert 0 <= accuracy(back, images, np.arange(8) % 10, (0.5,), (0.25,)) <= 100  # fed float16 at its first conv
+    assert default_tolerance(back) == 1e-2

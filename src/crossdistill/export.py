@@ -31,7 +31,7 @@ from torch import nn
 
 from crossdistill.checks import model_copy
 from crossdistill.errors import CrossDistillError
-from crossdistill.model_inputs import example, for_model, parameter_dtype
+from crossdistill.model_inputs import example, for_model, parameter_dtypes
 from crossdistill.model_outputs import dataclass_fields, flat, is_dataclass_instance
 from crossdistill.persistence.files import remove_dead_siblings, temp_sibling
 
@@ -66,7 +66,8 @@ class ExportResult:
 
 def default_tolerance(model: nn.Module) -> float:
     """DEFAULT_TOLERANCE, or a half-precision model's own (DTYPE_TOLERANCES)."""
-    return DTYPE_TOLERANCES.get(parameter_dtype(model), DEFAULT_TOLERANCE)
+    # The coarsest dtype among the parameters sets how far rounding can move the logits.
+    return max((DTYPE_TOLERANCES.get(d, DEFAULT_TOLERANCE) for d in parameter_dtypes(model)), default=DEFAULT_TOLERANCE)
 
 
 def check_format(fmt: str) -> str:

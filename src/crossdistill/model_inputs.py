@@ -20,17 +20,18 @@ def dtype_name(x: torch.Tensor) -> str:
     return FLOAT if x.is_floating_point() else TOKENS
 
 
-def parameter_dtype(model: nn.Module) -> torch.dtype | None:
-    """The one floating dtype of `model`'s parameters; None for none or several."""
-    kinds = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    return kinds.pop() if len(kinds) == 1 else None
+def parameter_dtypes(model: nn.Module) -> set[torch.dtype]:
+    """The floating dtypes of `model`'s parameters."""
+    return {p.dtype for p in model.parameters() if p.is_floating_point()}
 
 
 def for_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`x` in the floating dtype of `model`'s parameters when that is one dtype other than float32
-    (a student cast with .half() and saved so, fed float32 images by evaluate or export)."""
-    dtype = parameter_dtype(model) if x.is_floating_point() else None
-    return x.to(dtype) if dtype is not None and dtype != torch.float32 else x
+    """`x` in the floating dtype of `model`'s first parameter, the one its first layer reads it
+    with, when that is not float32 (a student cast with .half() and saved so, its BatchNorms
+    perhaps kept in float32, fed float32 images by evaluate or export)."""
+    first = next((p.dtype for p in model.parameters() if p.is_floating_point()), None) \
+        if x.is_floating_point() else None
+    return x.to(first) if first is not None and first != torch.float32 else x
 
 
 def vocabulary(model: nn.Module | None) -> int:

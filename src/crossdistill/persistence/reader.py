@@ -41,7 +41,22 @@ def _build(info: SavedModelInfo, source: str, device: str = "meta") -> nn.Module
     model = _build_structure(info, source, device)
     # A model saved in another floating dtype (a student cast with .half()) is cast before it is
     # checked against the file and filled: the codecs then write into tensors of that dtype.
-    return model.to(SAVED_DTYPES[info.dtype]) if info.dtype in SAVED_DTYPES else model
+    if info.dtype in SAVED_DTYPES:
+        model = model.to(SAVED_DTYPES[info.dtype])
+    for key, name in info.dtypes.items():  # the tensors kept in another dtype (BatchNorm in float32)
+        prefix, _, attr = key.rpartition(".")
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            module = None
+        dtype = SAVED_DTYPES.get(name, torch.float32)
+        if module is not None and isinstance(module._parameters.get(attr), torch.Tensor):
+            module._parameters[attr].data = module._parameters[attr].data.to(dtype)
+        elif module is not None and isinstance(module._buffers.get(attr), torch.Tensor):
+            module._buffers[attr] = module._buffers[attr].to(dtype)
+        else:
+            raise CrossDistillError(f"{source}: 'dtypes' names {key!r}, which the model does not have")
+    return model
 
 
 def _build_structure(info: SavedModelInfo, source: str, device: str) -> nn.Module:

@@ -53,7 +53,7 @@ CHECKSUM_FIELD = "sha256"
 # format version 1 wrote lowrank, quant and masks, so that files stay byte-identical.
 _HEAD_KEYS = ("format", "format_version", "crossdistill_version", "torch_version", "model", "spec",
               "input_size", "num_classes", "mean", "std", "class_names", "output", "kind", "input_dtype",
-              "memory_format", "dtype")
+              "memory_format", "dtype", "dtypes")
 _TAIL_KEYS = ("omitted",)
 # Names no codec may take.
 DOCUMENT_KEYS = frozenset(_HEAD_KEYS + _TAIL_KEYS)
@@ -90,6 +90,9 @@ class SavedModelInfo:
     # The model's floating dtype when not float32 (one of SAVED_DTYPES; written only then): loading
     # casts the rebuilt model to it before filling it.
     dtype: str = "float32"
+    # Tensors of a floating dtype other than `dtype` ({state key: dtype name}; written only when
+    # some are): a model cast to float16 with its BatchNorms kept in float32.
+    dtypes: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     omitted: list[str] = field(default_factory=list)
 
@@ -125,6 +128,8 @@ class SavedModelInfo:
             doc["memory_format"] = self.memory_format
         if self.dtype != "float32":
             doc["dtype"] = self.dtype
+        if self.dtypes:
+            doc["dtypes"] = dict(self.dtypes)
         for codec in codecs.CODECS:
             entry = self.artifacts.get(codec.name) or {}
             if entry or codec.always_written:
@@ -208,6 +213,10 @@ def parse_info(text: str | bytes, source: str = "model document") -> SavedModelI
     _expect(dtype == "float32" or dtype in SAVED_DTYPES, source,
             f"'dtype' must be float32 or one of {', '.join(SAVED_DTYPES)}")
     info.dtype = dtype
+    dtypes = doc.get("dtypes") or {}
+    _expect(str_dict(dtypes) and all(v == "float32" or v in SAVED_DTYPES for v in dtypes.values()), source,
+            f"'dtypes' must map tensor names to float32 or one of {', '.join(SAVED_DTYPES)}")
+    info.dtypes = dict(dtypes)
 
     for codec in codecs.CODECS:
         try:

@@ -11,7 +11,6 @@ from torch import nn
 from crossdistill._version import __version__
 from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError
-from crossdistill.model_inputs import parameter_dtype
 from crossdistill.models.user import absolute_factory, info_of
 from crossdistill.persistence import codecs
 from crossdistill.persistence.files import atomic_write, tensors_checksum
@@ -82,6 +81,10 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
         input_dtype=info.input_dtype, memory_format="channels_last" if is_channels_last(model) else "contiguous",
         dtype=_saved_dtype(model),
     )
+    base = SAVED_DTYPES.get(doc.dtype, torch.float32)
+    names = {v: k for k, v in SAVED_DTYPES.items()}
+    doc.dtypes = {k: names.get(v.dtype, "float32") for k, v in state.items()
+                  if v.is_floating_point() and v.dtype != base and v.dtype in (*names, torch.float32)}
     for codec in codecs.CODECS:
         try:
             encoded = codec.encode(model)
@@ -99,7 +102,7 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
         tensors.update({codec.prefix + k: v for k, v in extra.items()})
     quant = doc.artifacts.get("quant", {}).values()
     slim = doc.artifacts.get("channel_groups") or {}
-    if doc.artifacts.get("buffers") or doc.dtype != "float32":
+    if doc.artifacts.get("buffers") or doc.dtype != "float32" or doc.dtypes:
         doc.format_version = max(BUFFERS_VERSION, DTYPE_VERSION)
     elif any(m.get("transposed_groups") for m in quant):
         doc.format_version = TRANSPOSED_CODES_VERSION
@@ -111,11 +114,14 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
 
 
 def _saved_dtype(model: nn.Module) -> str:
-    """The one floating dtype of the model's parameters when it is not float32 (a student cast
-    with .half() after compressing); float32 otherwise. Parameters of mixed dtypes load only if
-    the model's constructor makes them so: loading checks every tensor's dtype against it."""
+    """The floating dtype of most of the model's parameters when it is not float32 (a student cast
+    with .half() after compressing); float32 otherwise. Tensors of another dtype are listed in
+    the document's `dtypes`."""
+    from collections import Counter
+
     names = {v: k for k, v in SAVED_DTYPES.items()}
-    return names.get(parameter_dtype(model), "float32")  # type: ignore[arg-type]
+    counts = Counter(p.dtype for p in model.parameters() if p.is_floating_point())
+    return names.get(counts.most_common(1)[0][0], "float32") if counts else "float32"
 
 
 def _warn_unsaved_hooks(model: nn.Module, doc: SavedModelInfo) -> None:
