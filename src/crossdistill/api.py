@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossdistill.checks import check_copyable, warn_hooks, warn_unnormalised
+from crossdistill.checks import check_copyable, compiled_inner, warn_hooks, warn_unnormalised
 from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.evaluation_timing import torch_threads
@@ -303,8 +303,8 @@ def unwrapped(model: nn.Module) -> tuple[nn.Module, str | None]:
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
+        elif compiled_inner(model) is not None:
+            model = compiled_inner(model)
         else:
             break
     return model, factory or getattr(model, "crossdistill_factory", None)

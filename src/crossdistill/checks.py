@@ -141,6 +141,13 @@ def warn_hooks(model: nn.Module) -> None:
                       HookWarning, stacklevel=outside_stacklevel())
 
 
+def compiled_inner(model: nn.Module) -> nn.Module | None:
+    """The module torch.compile wrapped, for its OptimizedModule (recognised by its `_orig_mod`,
+    without importing torch._dynamo); None for any other module."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else None
+
+
 def check_copyable(model: nn.Module) -> None:
     """Refuse a TorchScript module, and, naming the layers, a model that cannot be copied into a student: torch's older
     `torch.nn.utils.weight_norm` and `spectral_norm` leave a computed weight (once the model has
@@ -155,7 +162,7 @@ def check_copyable(model: nn.Module) -> None:
         raise CrossDistillError(f"{type(model).__name__} is a TorchScript module (torch.jit.script / torch.jit.trace): "
                                 "compress the nn.Module it was made from, then script the student")
 
-    compiled = [name for name, m in model.named_modules() if name and isinstance(getattr(m, "_orig_mod", None), nn.Module)]
+    compiled = [name for name, m in model.named_modules() if name and compiled_inner(m) is not None]
     if compiled:
         # Its layers sit under `_orig_mod.`: the graph trace stops at the compiled region, and the
         # student's keys would not fit the model its factory builds. The outermost wrapper is

@@ -170,15 +170,13 @@ def verification_inputs(
 
 
 def _as_list(x: Any) -> list[torch.Tensor]:
-    """A model's outputs as flat tensors, whether PyTorch's (any structure) or onnxruntime's (arrays)."""
+    """A model's outputs as flat tensors: onnxruntime's (a list of arrays) as they come, PyTorch's
+    (any structure) in model_outputs.flat order, the order of the exported graph's outputs."""
     if isinstance(x, np.ndarray):
         return [torch.from_numpy(x)]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _as_list(v)]
-    if isinstance(x, Mapping) or is_dataclass_instance(x):
-        values = x.values() if isinstance(x, Mapping) else dataclass_fields(x).values()
-        return [t for v in values for t in _as_list(v)]
-    return [torch.as_tensor(x)]
+    if isinstance(x, list) and x and all(isinstance(v, np.ndarray) for v in x):
+        return [torch.from_numpy(v) for v in x]
+    return flat(x)
 
 
 def max_abs_diff(a: Any, b: Any) -> float:

@@ -232,13 +232,12 @@ def _keep_frozen(teacher: nn.Module, student: nn.Module) -> None:
     gone: dict[str, set[str]] = {}
     for name in frozen - kept:
         prefix, _, attr = name.rpartition(".")
-        gone.setdefault(prefix + ".", set()).add(attr)
-    whole = {prefix for prefix in gone
-             if all(n in frozen for n in teacher_params if n.startswith(prefix))}
+        if prefix:  # a top-level parameter has no layer that could have been replaced
+            gone.setdefault(prefix + ".", set()).add(attr)
+    whole = {prefix for prefix in gone if all(n in frozen for n in teacher_params if n.startswith(prefix))}
     for name, p in student.named_parameters():
-        stand_in = next((prefix for prefix in gone if prefix != "." and name.startswith(prefix)), None)
-        if name in frozen or (stand_in is not None and (stand_in in whole
-                                                        or name.rpartition(".")[2] in gone[stand_in])):
+        stand_in = next((prefix for prefix in gone if name.startswith(prefix)), None)
+        if name in frozen or stand_in in whole or (stand_in and name.rpartition(".")[2] in gone[stand_in]):
             p.requires_grad_(False)
 
 

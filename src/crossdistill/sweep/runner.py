@@ -200,7 +200,8 @@ def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = Fals
     log = log if log is not None else sys.stderr
     start = time.perf_counter()
     local = getattr(backend, "address", None) is None  # a cluster's workers may see other files
-    if local and not Path(db_path).exists():
+    checked = local and not Path(db_path).exists()
+    if checked:
         # Every run is to do: checked before the database is made, so a refused sweep leaves no
         # empty database behind (whose report would read as a sweep that started).
         check_paths(spec.configs)
@@ -214,7 +215,7 @@ def run_sweep(spec: SweepSpec, db_path: str | Path, *, retry_failed: bool = Fals
             (i, cfg, h) for i, (cfg, h) in enumerate(zip(spec.configs, spec.hashes))
             if h not in state.status or (retry_failed and state.status[h] == "failed")
         ]
-        if local:
+        if local and not checked:
             check_paths([cfg for _, cfg, _ in todo])  # before anything is recorded or run
         db.record_invocation(spec, argv)
         n = len(spec.configs)
