@@ -222,6 +222,9 @@ def saved(tmp_path, teacher):
     ("bad mask encoding", lambda d: d.update(masks={"conv2": "zip"}), None, "masks"),
     ("mask of missing layer", lambda d: d.update(masks={"conv9": "nonzero"}), None, "conv9"),
     ("unknown dtype", lambda d: d.update(dtype="int8"), None, "'dtype' must be float32 or one of"),
+    ("dtypes of no tensor", lambda d: d.update(dtypes={"conv9.weight": "float16"}), None,
+     "'dtypes' names 'conv9.weight', which the model does not have"),
+    ("dtypes of no dtype", lambda d: d.update(dtypes={"conv1.weight": "int4"}), None, "'dtypes' must map"),
     ("bad buffers entry", lambda d: d.update(buffers={"conv1.mean": "zip"}), None, "'buffers' must map"),
     # A file naming a buffer the model does not hold non-persistently: refused, not attached.
     ("buffer of no module", lambda d: d.update(buffers={"conv9.mean": "tensor"}),
