@@ -382,7 +382,7 @@ def test_n_samples_replaces_the_default_k(d, tmp_path, capsys):
     assert len(crossdistill.load(out).spec()["channels"]) == 3
     assert main(["compress", "--model", "fashion_cnn", "--data", str(d / "train.npz"), "--n-samples", "1000",
                  "--out", str(tmp_path / "o2")]) == 2
-    assert "n=1000 is larger than the data set (40 images)" in capsys.readouterr().err
+    assert "n_samples=1000 is larger than the data set (40 images)" in capsys.readouterr().err
 
 
 def test_a_layer_whose_weight_is_computed_names_the_undo_of_its_own_form():

@@ -1,14 +1,20 @@
 """crossdistill: few-shot compression of pretrained networks by cross distillation."""
+import typing as _typing
+
 from crossdistill._version import __version__
 from crossdistill.errors import CrossDistillError
 
 __all__ = ["CrossDistillError", "StackedInputs", "__version__", "compress", "export_model", "load", "save", "settings"]
 
+if _typing.TYPE_CHECKING:  # what type checkers and IDEs see of the lazy names below
+    from crossdistill.api import compress
+    from crossdistill.config.catalog import settings
+    from crossdistill.export import export_model
+    from crossdistill.model_inputs import StackedInputs
+    from crossdistill.persistence import load, save
 
-import importlib
 
-
-def __getattr__(name: str):
+def __getattr__(name: str) -> _typing.Any:
     # Lazy: `import crossdistill` stays light (no torch import) until a model is saved or loaded.
     if name in ("load", "save"):
         from crossdistill import persistence
@@ -30,6 +36,7 @@ def __getattr__(name: str):
         from crossdistill.export import export_model
 
         return export_model
+    import importlib
     import importlib.util
 
     if not name.startswith("_") and importlib.util.find_spec(f"crossdistill.{name}") is not None:

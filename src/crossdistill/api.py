@@ -74,6 +74,8 @@ def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torc
                 label = next((k for k in keys if k in ("labels", "label", "target", "targets", "y")), "label")
                 raise CrossDistillError(f"the data yields dicts (keys {keys}); give (image, label) pairs, "
                                         f"e.g. a Dataset whose __getitem__ returns (d[{image!r}], d[{label!r}])")
+            if isinstance(item, (tuple, list)) and len(item) == 1:
+                item = item[0]  # TensorDataset(x): inputs alone, unlabelled
             x, y = (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
             x = torch.as_tensor(x)
             yt = None if y is None else _label_tensor(y)
@@ -99,7 +101,8 @@ def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torc
             raise CrossDistillError(f"the data's samples have different shapes ({', '.join(map(str, shapes[:3]))}"
                                     f"{', ...' if len(shapes) > 3 else ''}): {how}")
         return torch.cat(xs), (torch.cat(ys) if len(ys) == len(xs) else None)
-    raise CrossDistillError(f"data must be a tensor of images, a Dataset, a DataLoader or a path, got {type(data).__name__}")
+    raise CrossDistillError(f"{'eval_data' if role == 'test' else 'data'} must be a tensor of images, a Dataset, a "
+                            f"DataLoader or a path, got {type(data).__name__}")
 
 
 def _label_tensor(labels: Any) -> torch.Tensor:
@@ -330,7 +333,8 @@ def _check_keywords(settings: dict[str, Any]) -> None:
             raise CrossDistillError(f"compress() got an unknown setting {key}=; did you mean its keyword {near[0]}=?")
 
 
-def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+def compress(model: nn.Module, data: Any, *,
+             labels: Sequence[int] | Sequence[np.integer] | np.ndarray | torch.Tensor | None = None,
              eval_data: Any = None, shots: int | None = None, n_samples: int | None = None, seed: int = 0,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None, name: str | None = None,
              show_progress: bool = True, **settings: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -355,8 +359,8 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | np.ndarray 
         (`crossdistill compress --help` prints the same).
 
     The student is in eval mode; a model the registry does not know is saved with
-    `crossdistill.save` once `student.crossdistill_factory = "file.py:function"` says how to
-    rebuild it. The report's fields are described in docs/report.md."""
+    `crossdistill.save(student, path, factory="file.py:function")`, the function that rebuilds
+    it. The report's fields are described in docs/report.md."""
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_copyable(unwrapped(model)[0])
@@ -367,7 +371,8 @@ def compress(model: nn.Module, data: Any, *, labels: Sequence[int] | np.ndarray 
                          seed=seed, mean=mean, std=std, name=name, show_progress=show_progress, **settings)
 
 
-def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tensor | None, eval_data: Any,
+def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[np.integer] | np.ndarray | torch.Tensor | None,
+              eval_data: Any,
               shots: int | None, n_samples: int | None, seed: int, mean: Sequence[float] | None,
               std: Sequence[float] | None, name: str | None, show_progress: bool,
               **settings: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -393,6 +398,12 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
         raise CrossDistillError(f"give shots (K={shots} per class) or n_samples (N={n_samples} in all), not both")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise CrossDistillError(f"seed must be an integer >= 0, got {seed!r}")  # checked before the draw uses it
+    from crossdistill.data.fewshot import check_count
+
+    # Checked before the draw too (without labels it is numpy's), and numpy's integers made plain ones.
+    seed = int(seed)
+    shots = None if shots is None else check_count(shots, "shots")
+    n_samples = None if n_samples is None else check_count(n_samples, "n_samples")
     images, found_labels, class_names = _images(data, "training", mean, std)
     if isinstance(data, (str, Path)) and images.dim() == 4:  # image files (signals are used as stored)
         warn_unnormalised(name, mean, std, "mean/std")
@@ -411,6 +422,13 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | torch.Tens
         if key in settings:
             raise CrossDistillError(f"{key}= is a setting of the command line; here {why}")
     _check_keywords(settings)
+    if not isinstance(show_progress, bool):
+        raise CrossDistillError(f"show_progress must be True or False, got {show_progress!r}")
+    if isinstance(settings.get("device"), torch.device):
+        settings["device"] = str(settings["device"])
+    sizes = [k for k in ("keep", "flops", "parameters") if settings.get(k) is not None]
+    if len(sizes) > 1:  # keep=0.5 beside flops= is given, though the config cannot tell it from its default
+        raise CrossDistillError(f"give one of keep=, flops=, parameters=, not {' and '.join(k + '=' for k in sizes)}")
     if isinstance(settings.get("output_key"), int) and not isinstance(settings["output_key"], bool):
         settings["output_key"] = str(settings["output_key"])  # an index, as on the command line
     output_key, output_kind = settings.get("output_key"), settings.get("output_kind", "auto")

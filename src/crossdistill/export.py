@@ -34,6 +34,7 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.model_inputs import example, for_model, parameter_dtypes
 from crossdistill.model_outputs import dataclass_fields, flat, is_dataclass_instance
 from crossdistill.persistence.files import remove_dead_siblings, temp_sibling
+from crossdistill.train_flags import eval_mode
 
 __all__ = ["FORMATS", "DeployInfo", "ExportResult", "deploy_info", "export", "export_model", "default_output",
            "verification_inputs", "max_abs_diff"]
@@ -71,9 +72,11 @@ def default_tolerance(model: nn.Module) -> float:
 
 
 def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
+    """`fmt` as FORMATS names it (case aside: 'ONNX' is 'onnx')."""
+    name = fmt.lower() if isinstance(fmt, str) else fmt
+    if name not in FORMATS:
         raise CrossDistillError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return fmt
+    return name
 
 
 def default_output(source: str | Path, fmt: str) -> Path:
@@ -428,8 +431,22 @@ def export_model(
     logits differ from PyTorch's by more than `allowed_difference(tolerance, largest |logit|)`
     (`tolerance` None: `default_tolerance(model)`).
     """
-    check_format(fmt)
+    if not isinstance(model, nn.Module):
+        raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    fmt = check_format(fmt)
     out = Path(out)
+    other = next((f for f, suffix in SUFFIXES.items() if f != fmt and out.suffix.lower() == suffix), None)
+    if other is not None:  # a .onnx file holding TorchScript would fail wherever it is opened
+        raise CrossDistillError(f"output {out} has the suffix of the {other} format, but the format is {fmt}: "
+                                f"name it {out.with_suffix(SUFFIXES[fmt]).name}, or export as {other}")
+    if not isinstance(inputs, torch.Tensor):
+        try:
+            inputs = torch.as_tensor(np.asarray(inputs))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise CrossDistillError(f"verification inputs must be a tensor (or an array), got "
+                                    f"{type(inputs).__name__}: {exc}") from None
+    if inputs.is_floating_point():
+        inputs = for_model(model, inputs.float())  # float64 or float16 images: in the model's own dtype
     tolerance = default_tolerance(model) if tolerance is None else tolerance
     if not (tolerance >= 0):  # also refuses NaN
         raise CrossDistillError(f"tolerance must be >= 0, got {tolerance}")
@@ -440,7 +457,13 @@ def export_model(
     tokens = inputs.dtype in (torch.int64, torch.int32)
     if inputs.dim() < 2 or not (inputs.is_floating_point() or tokens) or not bool(torch.isfinite(inputs).all()):
         raise CrossDistillError("verification inputs must be a finite float batch (NCHW for images), or token ids")
-    model = model.eval()
+    # The caller's model gets its own train/eval flags back.
+    with eval_mode(model):
+        return _export_checked(model, out, fmt, inputs, tolerance, opset, inputs_label)
+
+
+def _export_checked(model: nn.Module, out: Path, fmt: str, inputs: torch.Tensor, tolerance: float, opset: int,
+                    inputs_label: str) -> ExportResult:
     example = inputs[:_TRACE_BATCH].clone()
     if len(example) < _TRACE_BATCH:
         example = example.repeat(_TRACE_BATCH, *[1] * (inputs.dim() - 1))
@@ -451,8 +474,13 @@ def export_model(
     remove_dead_siblings(out)  # what exports killed before their rename left
     tmp = str(temp_sibling(out))
     try:
-        with torch.no_grad():
-            expected = model(inputs)
+        try:
+            with torch.no_grad():
+                expected = model(inputs)
+        except Exception as exc:  # noqa: BLE001 - the model's own error: it cannot take these inputs
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CrossDistillError(f"the model does not run on the verification inputs ({tuple(inputs.shape)} "
+                                    f"{inputs.dtype}: {type(exc).__name__}: {first}); nothing was written") from None
         free: tuple[str, ...] = ()
         out_axes: dict[str, dict[int, str]] | None = None
         note = ""
@@ -550,7 +578,7 @@ def export(
     """Load a saved model (file or `crossdistill compress` run directory) and export it verified."""
     from crossdistill.persistence import load
 
-    check_format(fmt)
+    fmt = check_format(fmt)
     out = Path(out) if out is not None else default_output(source, fmt)
     if out.exists() and not force:  # fail before the work
         raise CrossDistillError(f"output {out} already exists; pass --force (force=True) to replace it")

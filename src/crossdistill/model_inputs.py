@@ -53,7 +53,9 @@ def example(input_size: Sequence[int], n: int = 1, dtype: str = FLOAT, *, model:
             ids = torch.arange(math.prod(shape)) % max(vocab - 1, 1) + min(1, vocab - 1)
             return ids.reshape(shape).to(device or "cpu")
         return torch.randint(0, vocab, shape, generator=generator).to(device or "cpu")
-    x = torch.zeros(shape, device=device) if not random else torch.randn(shape, generator=generator).to(device or "cpu")
+    # float32 whatever torch's default dtype (a caller's set_default_dtype(float64) is not the model's).
+    x = torch.zeros(shape, device=device, dtype=torch.float32) if not random else \
+        torch.randn(shape, generator=generator, dtype=torch.float32).to(device or "cpu")
     return for_model(model, x) if model is not None else x
 
 
@@ -78,6 +80,11 @@ class StackedInputs(nn.Module):
 
     def __init__(self, model: nn.Module, names: Sequence[str] | None = None) -> None:
         super().__init__()
+        if isinstance(names, str):  # tuple("ab") would call the model with a= and b=
+            from crossdistill.errors import CrossDistillError
+
+            raise CrossDistillError(f"names must be a sequence of the forward's argument names, e.g. "
+                                    f"('input_ids', 'attention_mask'), got the string {names!r}")
         self.model = model
         self.names = tuple(names) if names is not None else None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -131,6 +132,10 @@ class Param:
             want += " or " + " or ".join(repr(w) for w in self.spec.words)
         if isinstance(value, bool):
             raise CrossDistillError(f"{where} must be {want}, got {value!r}")
+        if isinstance(value, numbers.Integral) and not isinstance(value, int):
+            value = int(value)  # numpy's integers (np.int64 from an array) are numbers all the same
+        elif isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
+            value = float(value)
         if isinstance(value, str):
             try:
                 value = int(value) if "float" not in self.types else float(value)

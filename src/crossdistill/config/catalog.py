@@ -26,8 +26,9 @@ def settings() -> dict[str, dict[str, Any]]:
     """Setting name → its default, range (or choices), help text and the plug-in it belongs to
     (`for`: 'run', 'fine-tune', 'method channels', 'objective mixed', 'solver gptq (quant)', ...).
     A name several plug-ins declare (a solver's `selection`) appears once per owner, as
-    `name@owner`. The keys are what `crossdistill.compress(model, data, **settings)` takes;
-    the command line takes the same as `--name-with-dashes`."""
+    `name@owner`. The names (before any `@owner`) are what `crossdistill.compress(model, data,
+    **settings)` takes, each applying to the plug-in chosen; the command line takes the same as
+    `--name-with-dashes`."""
     out: dict[str, dict[str, Any]] = {}
 
     def add(name: str, entry: dict[str, Any]) -> None:

@@ -48,7 +48,7 @@ def check_class_coverage(labels: Sequence[int] | np.ndarray, num_classes: int, w
     return [int(n) for n in counts]
 
 
-def _check_count(value: Any, name: str) -> int:
+def check_count(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise CrossDistillError(f"{name} must be an integer, got {value!r}")
     if value < 1:
@@ -86,14 +86,14 @@ def sample_few_shot(
     rng = np.random.default_rng(seed)
 
     if n is not None:
-        n = _check_count(n, "n_samples (--n-samples)")
+        n = check_count(n, "n_samples (--n-samples)")
         if n > len(y):
-            raise CrossDistillError(f"n={n} is larger than the data set ({len(y)} images)")
+            raise CrossDistillError(f"n_samples={n} is larger than the data set ({len(y)} images)")
         if mode == "first":
             return np.arange(n, dtype=np.int64)
         return np.sort(rng.choice(len(y), size=n, replace=False)).astype(np.int64)
 
-    k = _check_count(shots, "shots (--shots)")
+    k = check_count(shots, "shots (--shots)")
     k_classes = int(y.max()) + 1 if num_classes is None else int(num_classes)
     if int(y.max()) >= k_classes:
         raise CrossDistillError(f"label {int(y.max())} is outside [0, {k_classes})")

@@ -61,6 +61,8 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
 
 def resolve_model_path(path: str | Path) -> Path:
     """The weights file of `path`: the file itself, or the model file inside a run directory."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CrossDistillError(f"a model's path must be a str or a Path, got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         for cand in DIR_CANDIDATES:

@@ -44,12 +44,15 @@ def _known(model: nn.Module) -> bool:
     return True
 
 
-def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedModelInfo]:
-    """Tensors and JSON info that describe `model` completely (what `save` writes)."""
+def build_document(model: nn.Module, factory: str | None = None) -> tuple[dict[str, torch.Tensor], SavedModelInfo]:
+    """Tensors and JSON info that describe `model` completely (what `save` writes); `factory`
+    (else `model.crossdistill_factory`) rebuilds a user's model."""
     from crossdistill.models.registry import model_info
 
     name = getattr(model, "crossdistill_name", None)
-    factory = getattr(model, "crossdistill_factory", None)
+    if factory is not None and not (isinstance(factory, str) and ":" in factory):
+        raise CrossDistillError(f"factory must be 'path/to/file.py:function' (or 'module:function'), got {factory!r}")
+    factory = factory or getattr(model, "crossdistill_factory", None)
     if isinstance(name, str) and hasattr(model, "spec"):
         spec = model.spec()  # type: ignore[operator]
         info = model_info(name)
@@ -61,8 +64,8 @@ def build_document(model: nn.Module) -> tuple[dict[str, torch.Tensor], SavedMode
     else:
         raise CrossDistillError(
             f"cannot save a {type(model).__name__}: give a registered model (crossdistill.models.create_model), "
-            "or one compressed from a factory (`--model path/to/file.py:function`, or set "
-            "model.crossdistill_factory = 'path/to/file.py:function' before crossdistill.compress)"
+            "or say how to rebuild it: save(model, path, factory='path/to/file.py:function') (or "
+            "`--model path/to/file.py:function` on the command line)"
         )
     try:
         spec = json.loads(json.dumps(spec))  # what load will see: tuples become lists
@@ -150,11 +153,13 @@ def _class_names(model: nn.Module, num_classes: int) -> list[str] | None:
     return None
 
 
-def save(model: nn.Module, path: str | Path) -> Path:
+def save(model: nn.Module, path: str | Path, *, factory: str | None = None) -> Path:
     """Write `model` (slimmed, sparse, quantized and/or low-rank) to one `.safetensors` file.
 
     No pickle is involved; `load(path)` rebuilds a model whose outputs equal this one's bit for
-    bit. The file appears atomically. Returns the path.
+    bit. The file appears atomically. Returns the path. A model the registry does not know is
+    rebuilt on load by calling `factory` ('path/to/file.py:function' or 'module:function', which
+    returns the uncompressed model), given here or set earlier as `model.crossdistill_factory`.
     """
     from safetensors.torch import save as to_bytes
 
@@ -163,7 +168,7 @@ def save(model: nn.Module, path: str | Path) -> Path:
         raise CrossDistillError(f"{path}: a saved model is a .safetensors file; give a path ending in .safetensors")
     if path.is_dir():
         raise CrossDistillError(f"{path} is a directory; give a file path ending in .safetensors")
-    tensors, doc = build_document(model)
+    tensors, doc = build_document(model, factory)
     _warn_unsaved_hooks(model, doc)
     meta = {META_KEY: json.dumps({**doc.to_json(), CHECKSUM_FIELD: tensors_checksum(tensors)})}
     try:
