@@ -115,3 +115,23 @@ def test_cache_key_changes_with_the_architecture(monkeypatch):
     real = models.create_model
     monkeypatch.setattr(models, "create_model", lambda name, **kw: real(name, channels=[8, 16, 32], **kw))
     assert TINY.key(fp) != before
+
+
+def test_the_teacher_trains_on_one_thread_whatever_the_run_uses(tmp_path, monkeypatch):
+    # Summed over more threads, training rounds differently: the teacher, and every figure after
+    # it, would follow the machine's load at the first run.
+    import crossdistill.demo.cache as cache_module
+
+    seen = []
+    real = cache_module.train_teacher
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "train_teacher", spy)
+    summary = run_demo(DemoOptions(out=tmp_path / "d", recipe=TINY, latency=False, show_progress=False, threads=2),
+                       train=fashion_like(200, 0), test=fashion_like(50, 1))
+    assert seen == [1]
+    assert summary["teacher"]["threads"] == 1 and summary["timings"]["threads"] == 2
+    assert summary["teacher"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--latency", action="store_true", help="also time CPU latency of teacher and student (off by "
                    "default: it means little on a busy machine)")
     g.add_argument("--no-latency", dest="no_latency", action="store_true", help=argparse.SUPPRESS)  # old default
-    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, lowered to the idle cores when the machine is busy)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, lowered to the idle cores when the machine "
+                   "is busy); the teacher always trains on one, so that it is the same teacher on every run")
     g.add_argument("--train-subset", type=int, help="use only the first N training images (quick checks)")
     g.add_argument("--test-subset", type=int, help="evaluate on the first N test images only (quick checks)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -30,14 +30,18 @@ def figures(summary: Mapping[str, Any]) -> dict[str, Any]:
         "cross_distilled": head(summary["cross_distilled"]),
         "n_eval": summary["n_eval"],
         "recipe": summary["recipe"],
+        # The recipe gives a teacher per machine (training's rounding follows the CPU's vector
+        # kernels and thread count); the figures follow from the teacher it gave.
+        "teacher_weights": {k: summary["teacher"].get(k) for k in ("sha256", "threads", "cpu_capability")},
         "settings": {k: rep.get(k) for k in SETTINGS},
         "versions": rep.get("versions", {}),
     }
 
 
 def same_run(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two figure sets come from demo runs with the same settings and test set."""
-    return all(a.get(k) == b.get(k) for k in ("n_eval", "recipe", "settings"))
+    """Whether two figure sets come from demo runs with the same settings, test set and teacher."""
+    teachers = [(f.get("teacher_weights") or {}).get("sha256") for f in (a, b)]
+    return all(a.get(k) == b.get(k) for k in ("n_eval", "recipe", "settings")) and teachers[0] == teachers[1]
 
 
 def readme_text(fig: Mapping[str, Any]) -> str:

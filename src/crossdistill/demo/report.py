@@ -10,6 +10,7 @@ import numpy as np
 
 from crossdistill.demo.cache import TeacherEntry
 from crossdistill.demo.options import DEMO_KIND, DemoOptions
+from crossdistill.persistence.files import tensors_checksum
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -23,8 +24,11 @@ def build_summary(opts: DemoOptions, entry: TeacherEntry, teacher_metrics: dict[
 
     return {
         "kind": DEMO_KIND,
+        # The teacher's own checksum: the figures below follow from it (its training differs in
+        # rounding from one CPU to another), so two demo runs compare only with the same teacher.
         "teacher": {**headline(teacher_metrics), "weights": str(entry.weights_path), "cached": entry.cached,
-                    **{k: entry.meta.get(k) for k in ("train_seconds", "n_train")}},
+                    "sha256": tensors_checksum(entry.model.state_dict()),
+                    **{k: entry.meta.get(k) for k in ("train_seconds", "n_train", "threads", "cpu_capability")}},
         "prune_only": headline(base_report["student"]),
         "cross_distilled": headline(report["student"]),
         "n_eval": report["n_eval"],
