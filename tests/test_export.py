@@ -354,3 +354,25 @@ def test_a_killed_exports_temporary_file_is_removed_by_the_next_write(tmp_path):
         p.write_bytes(b"half")
     atomic_write(out, lambda tmp: open(tmp, "wb").write(b"whole"))
     assert out.read_bytes() == b"whole" and not stale.exists() and live.exists()
+
+
+def test_a_full_disk_under_a_torchscript_export_is_an_error_not_an_abort(tmp_path, monkeypatch):
+    # torch.jit.save's own file writer threw from a C++ destructor when the disk filled: the
+    # process aborted (SIGABRT) and left its temporary file. The bytes are now written by Python.
+    import errno
+    from pathlib import Path
+
+    import crossdistill
+
+    real = Path.write_bytes
+
+    def full(self, data):
+        if ".tmp" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    with pytest.raises(CrossDistillError, match="cannot write .*No space left on device; nothing was written"):
+        crossdistill.export_model(model, tmp_path / "m.torchscript.pt", "torchscript", torch.randn(2, 3, 8, 8))
+    assert list(tmp_path.iterdir()) == []

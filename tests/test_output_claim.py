@@ -226,9 +226,11 @@ def test_a_run_stopped_by_sigterm_leaves_nothing_behind(tmp_path, sig, code):
     proc = _start(argv, tmp_path, slow_write=60, default_signals=True)
     _wait_for_claim(proc, out)
     proc.send_signal(sig)
-    proc.wait(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == code and not out.exists()
     assert _hidden(out.parent) == []
+    # A scheduler's log says why the job ended (it used to end without a word).
+    assert err.strip().splitlines()[-1] == f"crossdistill compress: stopped by {sig.name}"
 
 
 def test_force_replaces_only_result_folders(tmp_path, monkeypatch):
@@ -281,3 +283,33 @@ def test_a_stop_whose_exception_was_lost_still_commits_nothing(tmp_path, monkeyp
             (tmp / "report.json").write_text("{}")
             stop_request.request(143)  # the handler ran; its exception never arrived
     assert stopped.value.code == 143 and not out.exists() and _hidden(out.parent) == []
+
+
+def test_a_full_disk_met_by_a_write_that_names_no_file_is_an_error_line(tmp_path, monkeypatch, capsys):
+    # json's write or a plot's PNG chunk raise ENOSPC without a file name: that was a traceback.
+    import crossdistill.pipeline as pipeline
+
+    def full_disk(folder, result, report):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_run", full_disk)
+    train, _ = write_npz_pair(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert main(["compress", "--model", "fashion_cnn", "--data", str(train), "--shots", "2", "--quiet",
+                 "--out", "runs/x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "crossdistill compress: error: cannot write runs/x: No space left on device; nothing was written"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_symlink_and_its_target_are_one_claim(tmp_path):
+    # Two sweeps, one naming the database through a link, both ran and the second's results were dropped.
+    real = tmp_path / "dbreal" / "c.sqlite"
+    real.parent.mkdir()
+    real.touch()
+    link = tmp_path / "c-link.sqlite"
+    link.symlink_to(real)
+    with output_lock(real, force=True, option="--db"):
+        with pytest.raises(CrossDistillError, match=BUSY):
+            with output_lock(link, force=True, option="--db"):
+                pass

@@ -177,3 +177,9 @@ def test_save_takes_the_factory_as_an_argument(tmp_path):
 def test_load_refuses_a_path_that_is_no_path():
     with pytest.raises(CrossDistillError, match="must be a str or a Path, got int"):
         crossdistill.load(3)
+
+
+def test_save_under_a_file_names_that_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CrossDistillError, match="afile is a file, not a folder"):
+        crossdistill.save(_net(), tmp_path / "afile" / "s.safetensors")

@@ -326,3 +326,43 @@ def test_data_with_splits_of_its_own_given_for_both_is_scored_on_its_test_split(
         add(db, 73.0, objective="soft", shots=1, seed=3, data="train.npz", eval_data="train.npz[100:]")
     roles = sorted(g.eval_role for g in aggregate(load_runs(path)))
     assert roles.count("test") == 3 and roles.count("validation") == 1
+
+
+def test_reading_a_database_leaves_its_bytes_and_no_side_files(db_path, tmp_path):
+    # SQLite's read-only mode left -wal and -shm files beside a database it read (a committed
+    # one showed up as changed files in git); reading writes nothing now.
+    before = db_path.read_bytes()
+    assert main(["report", str(db_path), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["sweep", "--db", str(db_path), "--dry-run", *_any_sweep(tmp_path)]) == 0
+    assert sorted(p.name for p in db_path.parent.glob("hand.sqlite*")) == ["hand.sqlite"]
+    assert db_path.read_bytes() == before
+
+
+def _any_sweep(tmp_path) -> list[str]:
+    cfg = tmp_path / "sw.yaml"
+    cfg.write_text("base: {model: fashion_cnn, data: x.npz, shots: 1}\ngrid: {seed: [0]}\n")
+    return [str(cfg)]
+
+
+def test_a_database_on_a_disk_that_takes_no_writes_is_read(db_path, tmp_path, monkeypatch):
+    # Read-only mode needs to make the -shm file beside a WAL database, which a read-only disk
+    # refuses ("unable to open database file"); nothing can write there, so it is read immutable.
+    import os
+    import sqlite3
+
+    from crossdistill.reporting import load_runs
+
+    expected = len(load_runs(db_path))
+    real_connect = sqlite3.connect
+    opened = []
+
+    def read_only_disk(database, *args, **kwargs):
+        opened.append(database)
+        if "mode=ro" in database or "mode=rw" in database:
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK)
+    monkeypatch.setattr(sqlite3, "connect", read_only_disk)
+    assert len(load_runs(db_path)) == expected
+    assert any("immutable=1" in u for u in opened)

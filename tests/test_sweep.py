@@ -520,3 +520,46 @@ def test_a_run_without_shots_or_n_samples_is_named_by_the_default_draw():
     refused = {"model": "m", "keep": 0.3, "flops": 0.5, "seed": 0}
     assert f"K={RunSettings().shots} seed=0" in short_description(refused)
     assert short_description({**refused, "n_samples": 40}).endswith("N=40 seed=0")
+
+
+def test_a_sweep_stopped_by_sigterm_says_so_and_how_to_resume(tmp_path, data, monkeypatch, capsys):
+    # SIGTERM (a scheduler's stop) ended a sweep with exit 143 and not a word in its log.
+    from crossdistill import stop_request
+    import crossdistill.sweep as sweep_package
+
+    def stopped(*args, **kwargs):
+        stop_request.request(143)  # what the command's SIGTERM handler does, then raises
+        raise SystemExit(143)
+
+    monkeypatch.setattr(sweep_package, "run_sweep", stopped)
+    monkeypatch.setattr(stop_request, "_requested", [])
+    train, test = data
+    cfg = write_sweep(tmp_path / "s.yaml", train, test)
+    assert main(["sweep", str(cfg), "--db", str(tmp_path / "r.sqlite")]) == 143
+    err = capsys.readouterr().err
+    assert "crossdistill sweep: stopped by a signal: 0 of 12 runs recorded in" in err
+    assert "run the same command to resume" in err
+
+
+def test_an_installed_package_looks_for_shared_data_beside_the_working_folder(tmp_path, monkeypatch):
+    # From site-packages, "beside the checkout" was <venv>/lib/shared/data.
+    import crossdistill.paths as paths
+
+    monkeypatch.delenv(paths.DATA_ENV, raising=False)
+    monkeypatch.setattr(paths, "__file__", str(tmp_path / "venv/lib/python3.11/site-packages/crossdistill/paths.py"))
+    work = tmp_path / "work" / "project"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert paths.shared_data_dir() == tmp_path / "work" / "shared" / "data"
+
+
+def test_missing_shared_data_names_the_variable_to_set(tmp_path, monkeypatch, capsys):
+    from crossdistill.paths import DATA_ENV
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("base: {model: fashion_cnn, data: '${CROSSDISTILL_DATA}/nowhere-25/train.npz', shots: 1}\n"
+                   "grid: {seed: [0]}\n")
+    assert main(["sweep", str(cfg), "--db", str(tmp_path / "r.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere-25/train.npz (1 run)" in err and f"is where ${DATA_ENV} points when unset: set it" in err

@@ -289,6 +289,8 @@ SHIPPED = {
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_committed_database_has_nothing_left_to_run(tmp_path, name):
     """The committed results still count as done under today's config (on a copy)."""
+    if not COMMITTED.is_dir():
+        pytest.skip(f"no {COMMITTED}: the source distribution leaves the results databases out (git has them)")
     db = tmp_path / f"{SHIPPED[name]}.sqlite"
     shutil.copy(COMMITTED / f"{SHIPPED[name]}.sqlite", db)
     spec = load_sweep(REPO / "configs" / f"{name}.yaml", env=COMMITTED_DATA)

@@ -13,6 +13,7 @@ low-rank one has its two factor layers, and quantized or sparse weights appear a
 from __future__ import annotations
 
 import errno
+import io
 
 import contextlib
 import json
@@ -402,7 +403,11 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, tmp: str) -> st
                                         "nothing was written; --format onnx may take it") from None
             note = f"outputs flattened to a tuple in this order: {', '.join(names)}"
             meta["outputs"] = json.dumps(names)
-        torch.jit.save(traced, tmp, _extra_files={"crossdistill.json": json.dumps(meta)})
+        # Into memory, then written by Python: torch's own file writer aborts the whole process
+        # (a C++ exception in a destructor) when the disk fills, where this raises OSError.
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={"crossdistill.json": json.dumps(meta)})
+    Path(tmp).write_bytes(buffer.getvalue())
     return note
 
 

@@ -114,7 +114,9 @@ def output_lock(out: str | Path, force: bool = False, option: str = "--out") -> 
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _unwritable(out, exc) from None
-    lock = _lock_path(target)
+    # The lock sits beside what a symlink points to: a database named through a link and by its
+    # own path is one database, claimed once.
+    lock = _lock_path(Path(os.path.realpath(target)))
     fd = _acquire(lock, out, option)
     try:
         if (target.exists() or target.is_symlink()) and not force:
@@ -211,6 +213,9 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
                 # user knows --out.
                 raise CrossDistillError(f"{str(exc).replace(str(tmp), str(out))}; nothing was written") from None
             name = str(getattr(exc, "filename", None) or "")
+            if isinstance(exc, OSError) and not name and exc.errno in DISK_ERRNOS:
+                # A full disk met by a write or close (json, a plot's PNG), which name no file.
+                raise CrossDistillError(f"cannot write {out}: {exc.strerror or exc}; nothing was written") from exc
             if isinstance(exc, OSError) and name.startswith(str(tmp)):
                 # Disk full, quota: name the user's --out, not our temporary folder inside it.
                 inside = Path(name).relative_to(tmp)
@@ -218,6 +223,10 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
                                         "nothing was written") from exc
             raise
         _commit(tmp, target, out, force)
+
+
+# The errors of a disk that cannot take more, whatever file met them.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 # Every folder a command writes holds this file: what --force may replace is recognised by it.
@@ -267,8 +276,13 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON through a temporary file so a reader never sees half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind
+        raise
 
 
 def json_default(obj: Any) -> Any:

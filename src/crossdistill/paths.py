@@ -9,11 +9,14 @@ CACHE_ENV = "CROSSDISTILL_CACHE"
 
 
 def shared_data_dir() -> Path:
-    """The shared data folder: $CROSSDISTILL_DATA, else ../shared/data next to the checkout."""
+    """The shared data folder: $CROSSDISTILL_DATA, else ../shared/data next to the checkout (an
+    installed package, which has no checkout, looks beside the current folder)."""
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env).expanduser()
     repo_root = Path(__file__).resolve().parents[2]
+    if not (repo_root / "pyproject.toml").is_file():  # in site-packages: its parents mean nothing
+        repo_root = Path.cwd()
     return repo_root.parent / "shared" / "data"
 
 

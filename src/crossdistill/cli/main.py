@@ -134,6 +134,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # when a run completes, so an interrupted one leaves nothing there.
         print(f"\ncrossdistill {args.command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit:
+        from crossdistill import stop_request
+
+        code = stop_request.requested()
+        if code is None:
+            raise
+        # A scheduler's log should say why the job ended (SIGTERM 143, SIGHUP 129).
+        name = {143: "SIGTERM", 129: "SIGHUP"}.get(code, "a signal")
+        print(f"\ncrossdistill {args.command}: stopped by {name}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "is resumed by running the same command again. Failed runs are recorded and skipped on "
         "resume unless --retry-failed is given. ${CROSSDISTILL_DATA} in the file defaults to the shared data folder.",
     )
-    p.add_argument("config", type=Path, nargs="?", help="sweep YAML file (see configs/)")
+    p.add_argument("config", type=Path, nargs="?", help="sweep YAML file (docs/sweeps.md; the source repository's configs/ holds examples)")
     p.add_argument("--db", type=Path, help="SQLite results file (default: the YAML's name with .sqlite, in the current folder)")
     p.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every run (repeatable), e.g. --set eval_data=test.npz")
@@ -76,10 +76,15 @@ def run(args: argparse.Namespace) -> int:
         raise CrossDistillError("--address is for --backend ray")
     try:
         summary = run_sweep(spec, db_path, retry_failed=args.retry_failed, argv=sys.argv[1:], backend=backend)
-    except KeyboardInterrupt:
-        print(f"\ncrossdistill sweep: interrupted: {_recorded(spec, db_path)} of {len(spec.configs)} runs recorded in "
+    except (KeyboardInterrupt, SystemExit) as exc:
+        from crossdistill import stop_request
+
+        if isinstance(exc, SystemExit) and stop_request.requested() is None:
+            raise  # an exit of its own, not a stop asked for by a signal
+        how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by a signal"
+        print(f"\ncrossdistill sweep: {how}: {_recorded(spec, db_path)} of {len(spec.configs)} runs recorded in "
               f"{db_path}; run the same command to resume", file=sys.stderr)
-        return 130
+        return 130 if isinstance(exc, KeyboardInterrupt) else int(stop_request.requested() or 143)
     return 1 if summary.failed else 0
 
 

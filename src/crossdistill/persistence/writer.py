@@ -168,6 +168,9 @@ def save(model: nn.Module, path: str | Path, *, factory: str | None = None) -> P
         raise CrossDistillError(f"{path}: a saved model is a .safetensors file; give a path ending in .safetensors")
     if path.is_dir():
         raise CrossDistillError(f"{path} is a directory; give a file path ending in .safetensors")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # mkdir would only say "File exists"
+        raise CrossDistillError(f"cannot write {path}: {blocking} is a file, not a folder")
     tensors, doc = build_document(model, factory)
     _warn_unsaved_hooks(model, doc)
     meta = {META_KEY: json.dumps({**doc.to_json(), CHECKSUM_FIELD: tensors_checksum(tensors)})}

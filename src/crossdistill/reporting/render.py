@@ -15,6 +15,7 @@ from crossdistill.outputs import atomic_output_dir, check_output_dir, write_json
 from crossdistill.reporting.kinds import DEFAULT_KIND, REPORT_KINDS
 from crossdistill.reporting.results import RunRow, failed_runs, load_runs
 from crossdistill.reporting.tables import failed_table
+from crossdistill.sweep.store import connect_readonly
 
 
 def declared_kind(db_path: str | Path) -> tuple[str, dict[str, Any]] | None:
@@ -23,7 +24,7 @@ def declared_kind(db_path: str | Path) -> tuple[str, dict[str, Any]] | None:
     import yaml
 
     try:
-        conn = sqlite3.connect(f"file:{Path(db_path)}?mode=ro", uri=True, timeout=60)
+        conn = connect_readonly(db_path)
         try:
             texts = [t for (t,) in conn.execute("SELECT source_text FROM invocations ORDER BY id DESC")]
         finally:
@@ -46,7 +47,7 @@ def how_made(db_path: str | Path, report_args: Sequence[str] = ()) -> str:
     into it (their rows name their lines in `source`), and the report command with `report_args`
     (the --kind and --set it was given)."""
     try:
-        conn = sqlite3.connect(f"file:{Path(db_path)}?mode=ro", uri=True, timeout=60)
+        conn = connect_readonly(db_path)
         try:
             rows = conn.execute("SELECT sweep, source, argv FROM invocations ORDER BY id").fetchall()
         finally:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from crossdistill.errors import CrossDistillError
 from crossdistill.sweep.describe import flat_settings, plugin_class, plugin_describe
+from crossdistill.sweep.store import connect_readonly
 
 # Rows are read through `flat_settings` (dotted keys: `method`, `method.keep`, `objective.mu`,
 # `finetune.epochs`, ...), so what a plug-in declares is grouped and labelled by itself.
@@ -70,7 +71,7 @@ def load_runs(db_path: str | Path) -> list[RunRow]:
     if not path.is_file():
         raise CrossDistillError(f"results database not found: {path}")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+        conn = connect_readonly(path)
         try:
             present = {r[1] for r in conn.execute("PRAGMA table_info(runs)").fetchall()}
             columns = _COLUMNS + tuple(c for c in _OPTIONAL_COLUMNS if c in present)

@@ -96,6 +96,28 @@ def table_columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()]
 
 
+def connect_readonly(path: str | Path, timeout: float = 60) -> sqlite3.Connection:
+    """A connection that reads an existing database and writes nothing to it, and leaves no
+    side files. Where the database and its folder are writable it opens read-write with
+    query_only: SQLite's read-only mode cannot remove the -wal and -shm files that reading a
+    WAL database makes, and they stayed beside it. Where they are not (a read-only disk or
+    folder), read-only mode, and where that cannot make its -shm either, `immutable`: nothing
+    can write there, so nothing changes the file while it is read."""
+    path = Path(path)
+    if not path.is_file():
+        raise sqlite3.OperationalError(f"no such database file: {path}")
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout, isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the open happens at the first read
+        return conn
+    except sqlite3.OperationalError:
+        return sqlite3.connect(f"file:{path}?immutable=1", uri=True, timeout=timeout, isolation_level=None)
+
+
 class SweepDB:
     """The results database. One writer at a time; WAL so that readers (reports) never block it.
 
@@ -110,7 +132,7 @@ class SweepDB:
             if readonly:
                 if not self.path.is_file():
                     raise CrossDistillError(f"results database not found: {self.path}")
-                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60, isolation_level=None)
+                self.conn = connect_readonly(self.path)
                 self._check_version(self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone())
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +170,7 @@ class SweepDB:
         if self.path.stat().st_size == 0:
             return
         try:
-            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=60)
+            probe = connect_readonly(self.path)
             try:
                 tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             finally:
