@@ -195,6 +195,10 @@ def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(2)
     kernel, dilation, stride = (_as_2d(getattr(module, k)) for k in ("kernel_size", "dilation", "stride"))
     (top, bottom), (left, right) = zero_padding(module)
+    if kernel == (1, 1) and stride == (1, 1) and (top, bottom, left, right) == (0, 0, 0, 0):
+        # A pointwise conv's columns are its input's pixels: F.unfold's copy of them (bit for bit
+        # the same values) cost 12 % of ResNet-50's moments.
+        return x.flatten(2)
     if (top, left) != (bottom, right):
         # F.unfold pads both sides alike: an uneven 'same' padding is applied beforehand.
         x, top, left = F.pad(x, (left, right, top, bottom)), 0, 0
