@@ -283,6 +283,7 @@ SHIPPED = {
     "baselines_resnet56": "baselines",
     "accuracy_push_test": "accuracy_push",
     "quant_lowrank_resnet20": "quantization",
+    "quant_2bit_recheck": "quant_2bit_recheck",
 }
 
 
