@@ -183,3 +183,11 @@ def test_save_under_a_file_names_that_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(CrossDistillError, match="afile is a file, not a folder"):
         crossdistill.save(_net(), tmp_path / "afile" / "s.safetensors")
+
+
+def test_a_report_names_the_cpu_kernels_it_was_made_with():
+    # Results that amplify rounding (a trained teacher, 2-bit GPTQ) differ between AVX-512, AVX2
+    # and plain kernels; without this a stored row could not say which it came from.
+    x, y = _data()
+    _, report = crossdistill.compress(_net(), x, labels=y, shots=2, **QUICK)
+    assert report["versions"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()

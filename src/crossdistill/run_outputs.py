@@ -27,6 +27,9 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        # The CPU's vector kernels torch chose (AVX512, AVX2, DEFAULT): results that amplify
+        # rounding (a trained teacher, 2-bit GPTQ) differ with them.
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
     }
     commit = git_commit()
     if commit:
