@@ -146,6 +146,8 @@ def test_export_model_refuses_what_it_cannot_export_by_name(tmp_path):
         crossdistill.export_model("m", tmp_path / "a.onnx", "onnx", x)
     with pytest.raises(CrossDistillError, match="suffix of the onnx format.*name it b.torchscript.pt"):
         crossdistill.export_model(model, tmp_path / "b.onnx", "torchscript", x)
+    with pytest.raises(CrossDistillError, match="suffix of the torchscript format.*name it b.onnx"):
+        crossdistill.export_model(model, tmp_path / "b.torchscript.pt", "onnx", x)
     with pytest.raises(CrossDistillError, match=r"does not run on the verification inputs \(\(2, 5, 8, 8\)"):
         crossdistill.export_model(model, tmp_path / "c.torchscript.pt", "torchscript", torch.randn(2, 5, 8, 8))
     assert list(tmp_path.iterdir()) == []
@@ -191,3 +193,15 @@ def test_a_report_names_the_cpu_kernels_it_was_made_with():
     x, y = _data()
     _, report = crossdistill.compress(_net(), x, labels=y, shots=2, **QUICK)
     assert report["versions"]["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_a_float32_numpy_setting_is_its_decimal_value():
+    from crossdistill.config import CompressConfig
+
+    assert CompressConfig(model="m", shots=1, keep=np.float32(0.3)).validate().method.params["keep"] == 0.3
+
+
+def test_show_progress_takes_what_python_reads_as_a_bool():
+    x, y = _data()
+    for flag in (0, np.bool_(False)):
+        crossdistill.compress(_net(), x, labels=y, shots=2, show_progress=flag, finetune_epochs=0, latency=False)

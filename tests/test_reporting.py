@@ -344,15 +344,48 @@ def _any_sweep(tmp_path) -> list[str]:
     return [str(cfg)]
 
 
-def test_a_database_on_a_disk_that_takes_no_writes_is_read(db_path, tmp_path, monkeypatch):
+def _crashed_writer(tmp_path):
+    """A WAL database whose writer died with rows in its -wal: the main file lacks them."""
+    import shutil
+    import sqlite3
+
+    live = tmp_path / "live"
+    live.mkdir()
+    conn = sqlite3.connect(str(live / "w.sqlite"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(50)])
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    shutil.copy(live / "w.sqlite", dead / "w.sqlite")  # copied while open: as a killed writer leaves them
+    shutil.copy(live / "w.sqlite-wal", dead / "w.sqlite-wal")
+    conn.close()
+    return dead / "w.sqlite"
+
+
+def test_a_crashed_writers_rows_are_read_and_the_file_keeps_its_bytes(tmp_path):
+    # Read-write (query_only) would checkpoint the -wal into the file on closing: a reader must not.
+    from crossdistill.sweep.store import connect_readonly
+
+    db = _crashed_writer(tmp_path)
+    before = db.read_bytes()
+    conn = connect_readonly(db)
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (50,)
+    conn.close()
+    assert db.read_bytes() == before and (tmp_path / "dead" / "w.sqlite-wal").stat().st_size > 0
+
+
+def test_a_database_on_a_disk_that_takes_no_writes(tmp_path, monkeypatch):
     # Read-only mode needs to make the -shm file beside a WAL database, which a read-only disk
-    # refuses ("unable to open database file"); nothing can write there, so it is read immutable.
+    # refuses ("unable to open database file"): the main file alone is read (immutable) when it
+    # holds every row, and refused, with the way out, when a -wal holds rows it lacks.
     import os
     import sqlite3
 
-    from crossdistill.reporting import load_runs
+    from crossdistill.sweep.store import connect_readonly
 
-    expected = len(load_runs(db_path))
     real_connect = sqlite3.connect
     opened = []
 
@@ -362,7 +395,23 @@ def test_a_database_on_a_disk_that_takes_no_writes_is_read(db_path, tmp_path, mo
             raise sqlite3.OperationalError("unable to open database file")
         return real_connect(database, *args, **kwargs)
 
+    whole = tmp_path / "whole.sqlite"
+    real_connect(str(whole)).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2);")
+    pending = _crashed_writer(tmp_path)
     monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK)
     monkeypatch.setattr(sqlite3, "connect", read_only_disk)
-    assert len(load_runs(db_path)) == expected
+    assert connect_readonly(whole).execute("SELECT count(*) FROM t").fetchone() == (2,)
     assert any("immutable=1" in u for u in opened)
+    with pytest.raises(sqlite3.OperationalError, match="holds rows not yet in the database.*copy the database"):
+        connect_readonly(pending)
+
+
+def test_a_database_named_through_a_symlink_is_read_beside_its_target(db_path, tmp_path):
+    from crossdistill.reporting import load_runs
+
+    link = tmp_path / "elsewhere" / "link.sqlite"
+    link.parent.mkdir()
+    link.symlink_to(db_path)
+    assert len(load_runs(link)) == len(load_runs(db_path))
+    assert sorted(p.name for p in link.parent.iterdir()) == ["link.sqlite"]
+    assert sorted(p.name for p in db_path.parent.glob("hand.sqlite*")) == ["hand.sqlite"]

@@ -440,10 +440,10 @@ def export_model(
         raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     fmt = check_format(fmt)
     out = Path(out)
-    other = next((f for f, suffix in SUFFIXES.items() if f != fmt and out.suffix.lower() == suffix), None)
+    other = next((f for f, suffix in SUFFIXES.items() if f != fmt and out.name.lower().endswith(suffix)), None)
     if other is not None:  # a .onnx file holding TorchScript would fail wherever it is opened
         raise CrossDistillError(f"output {out} has the suffix of the {other} format, but the format is {fmt}: "
-                                f"name it {out.with_suffix(SUFFIXES[fmt]).name}, or export as {other}")
+                                f"name it {out.name[:-len(SUFFIXES[other])] + SUFFIXES[fmt]}, or export as {other}")
     if not isinstance(inputs, torch.Tensor):
         try:
             inputs = torch.as_tensor(np.asarray(inputs))
@@ -451,7 +451,9 @@ def export_model(
             raise CrossDistillError(f"verification inputs must be a tensor (or an array), got "
                                     f"{type(inputs).__name__}: {exc}") from None
     if inputs.is_floating_point():
-        inputs = for_model(model, inputs.float())  # float64 or float16 images: in the model's own dtype
+        # Images of another float dtype than the model's first layer (float64 from numpy): in its own.
+        first = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        inputs = inputs.to(first)
     tolerance = default_tolerance(model) if tolerance is None else tolerance
     if not (tolerance >= 0):  # also refuses NaN
         raise CrossDistillError(f"tolerance must be >= 0, got {tolerance}")

@@ -116,7 +116,8 @@ def output_lock(out: str | Path, force: bool = False, option: str = "--out") -> 
         raise _unwritable(out, exc) from None
     # The lock sits beside what a symlink points to: a database named through a link and by its
     # own path is one database, claimed once.
-    lock = _lock_path(Path(os.path.realpath(target)))
+    real = Path(os.path.realpath(target))
+    lock = _lock_path(real if real.exists() else target)
     fd = _acquire(lock, out, option)
     try:
         if (target.exists() or target.is_symlink()) and not force:
@@ -215,7 +216,8 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
             name = str(getattr(exc, "filename", None) or "")
             if isinstance(exc, OSError) and not name and exc.errno in DISK_ERRNOS:
                 # A full disk met by a write or close (json, a plot's PNG), which name no file.
-                raise CrossDistillError(f"cannot write {out}: {exc.strerror or exc}; nothing was written") from exc
+                raise CrossDistillError(f"a write failed while making {out}: {exc.strerror or exc}; nothing was "
+                                        "written there") from exc
             if isinstance(exc, OSError) and name.startswith(str(tmp)):
                 # Disk full, quota: name the user's --out, not our temporary folder inside it.
                 inside = Path(name).relative_to(tmp)

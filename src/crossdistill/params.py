@@ -135,7 +135,9 @@ class Param:
         if isinstance(value, numbers.Integral) and not isinstance(value, int):
             value = int(value)  # numpy's integers (np.int64 from an array) are numbers all the same
         elif isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
-            value = float(value)
+            # By its shortest decimal: np.float32(0.3) is 0.3, not 0.30000001192092896 (which
+            # would describe and hash as another setting).
+            value = float(str(value))
         if isinstance(value, str):
             try:
                 value = int(value) if "float" not in self.types else float(value)

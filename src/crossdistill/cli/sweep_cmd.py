@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,8 +83,12 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(exc, SystemExit) and stop_request.requested() is None:
             raise  # an exit of its own, not a stop asked for by a signal
         how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by a signal"
-        print(f"\ncrossdistill sweep: {how}: {_recorded(spec, db_path)} of {len(spec.configs)} runs recorded in "
-              f"{db_path}; run the same command to resume", file=sys.stderr)
+        try:
+            recorded = f"{_recorded(spec, db_path)} of {len(spec.configs)}"
+        except (CrossDistillError, sqlite3.Error):  # the count is a courtesy: the stop's status stands
+            recorded = "some"
+        print(f"\ncrossdistill sweep: {how}: {recorded} runs recorded in {db_path}; run the same command to "
+              "resume", file=sys.stderr)
         return 130 if isinstance(exc, KeyboardInterrupt) else int(stop_request.requested() or 143)
     return 1 if summary.failed else 0
 

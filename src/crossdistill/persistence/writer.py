@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,6 +53,9 @@ def build_document(model: nn.Module, factory: str | None = None) -> tuple[dict[s
     name = getattr(model, "crossdistill_name", None)
     if factory is not None and not (isinstance(factory, str) and ":" in factory):
         raise CrossDistillError(f"factory must be 'path/to/file.py:function' (or 'module:function'), got {factory!r}")
+    if factory is not None and isinstance(name, str) and hasattr(model, "spec"):
+        warnings.warn(f"factory={factory!r} is not used: {name} is a registered model, rebuilt from the registry",
+                      stacklevel=3)
     factory = factory or getattr(model, "crossdistill_factory", None)
     if isinstance(name, str) and hasattr(model, "spec"):
         spec = model.spec()  # type: ignore[operator]

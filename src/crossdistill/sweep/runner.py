@@ -146,10 +146,10 @@ def check_paths(configs: Sequence[CompressConfig]) -> None:
         from crossdistill.paths import DATA_ENV, shared_data_dir
 
         listed = "; ".join(f"{p} ({n} run{'s' if n != 1 else ''})" for p, n in missing.items())
-        shared = str(shared_data_dir())
+        shared = shared_data_dir()
         # ${CROSSDISTILL_DATA} fell back to its default place: the variable is what to set.
         hint = (f"; {shared} is where ${DATA_ENV} points when unset: set it to your data folder"
-                if not os.environ.get(DATA_ENV) and any(p.startswith(shared) for p in missing) else "")
+                if not os.environ.get(DATA_ENV) and any(Path(p).is_relative_to(shared) for p in missing) else "")
         raise CrossDistillError(f"the sweep names files that are not there: {listed}; nothing was run (fix the "
                                 f"paths, e.g. with --set data=PATH){hint}")
 

@@ -97,16 +97,19 @@ def table_columns(conn: sqlite3.Connection, table: str) -> list[str]:
 
 
 def connect_readonly(path: str | Path, timeout: float = 60) -> sqlite3.Connection:
-    """A connection that reads an existing database and writes nothing to it, and leaves no
-    side files. Where the database and its folder are writable it opens read-write with
-    query_only: SQLite's read-only mode cannot remove the -wal and -shm files that reading a
-    WAL database makes, and they stayed beside it. Where they are not (a read-only disk or
-    folder), read-only mode, and where that cannot make its -shm either, `immutable`: nothing
-    can write there, so nothing changes the file while it is read."""
-    path = Path(path)
+    """A connection that reads an existing database without changing its data, and leaves no
+    side files of its own. SQLite's read-only mode cannot remove the -wal and -shm files that
+    reading a WAL database makes, and they stayed beside it; so a database with no -wal beside
+    it (no writer at work, none crashed with rows left in the WAL) in a writable place is opened
+    read-write with query_only, which on closing removes what it made and leaves the bytes as
+    they were. Otherwise read-only mode; where even that cannot open (a read-only disk or folder
+    without the -shm), `immutable`, but only when no -wal or journal holds rows that the main
+    file lacks."""
+    path = Path(os.path.realpath(path))  # SQLite's side files sit beside the file a link names
     if not path.is_file():
         raise sqlite3.OperationalError(f"no such database file: {path}")
-    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+    side = {suffix: Path(f"{path}{suffix}") for suffix in ("-wal", "-journal")}
+    if not side["-wal"].exists() and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
         conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
         conn.execute("PRAGMA query_only = ON")
         return conn
@@ -114,7 +117,16 @@ def connect_readonly(path: str | Path, timeout: float = 60) -> sqlite3.Connectio
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout, isolation_level=None)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the open happens at the first read
         return conn
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as exc:
+        pending = [f for f in side.values() if f.exists() and f.stat().st_size > 0]
+        if "unable to open" not in str(exc) or pending:
+            if pending:
+                raise sqlite3.OperationalError(
+                    f"{exc}: {', '.join(str(f) for f in pending)} holds rows not yet in the database, and this "
+                    "place is read-only: copy the database with that file somewhere writable and read the copy"
+                ) from None
+            raise
+        # The main file is all there is, and nothing can change it while nobody can write here.
         return sqlite3.connect(f"file:{path}?immutable=1", uri=True, timeout=timeout, isolation_level=None)
 
 
