@@ -60,6 +60,12 @@ def test_type_checkers_see_every_lazy_name_as_the_object_it_is():
     for name, module in imported.items():
         assert getattr(importlib.import_module(module), name) is getattr(crossdistill, name), name
     assert "importlib" not in dir(crossdistill)
+    # A module-level __getattr__ visible to them makes every attribute valid (crossdistill.compresss
+    # passed): it is defined only outside type checking.
+    assert not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
+    hidden = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test).startswith("not ")
+              and "TYPE_CHECKING" in ast.unparse(n.test)]
+    assert any(isinstance(f, ast.FunctionDef) and f.name == "__getattr__" for n in hidden for f in n.body)
 
 
 def test_numpy_scalars_are_numbers_like_any_other():
