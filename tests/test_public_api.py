@@ -211,3 +211,79 @@ def test_show_progress_takes_what_python_reads_as_a_bool():
     x, y = _data()
     for flag in (0, np.bool_(False)):
         crossdistill.compress(_net(), x, labels=y, shots=2, show_progress=flag, finetune_epochs=0, latency=False)
+
+
+def _fashion(seed: int = 0):
+    from crossdistill.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("fashion_cnn").eval()
+    g = torch.Generator().manual_seed(seed)
+    return model, torch.randn(30, 1, 28, 28, generator=g), torch.arange(30) % 10
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> None:
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+
+
+def test_a_sparse_student_trained_in_ones_own_loop_is_named_at_save(tmp_path):
+    # Plain SGD filled the pruned weights in and save said nothing: the file was dense, its masks stale.
+    from crossdistill.compression.weight_sparsity import apply_masks, get_masks
+
+    model, x, y = _fashion()
+    student, _ = crossdistill.compress(model, x, labels=y, shots=2, method="sparsity", sparsity=0.7, **QUICK)
+    _train(student, x, y)
+    with pytest.warns(UserWarning, match="non-zero where the sparsity masks prune them"):
+        crossdistill.save(student, tmp_path / "trained.safetensors")
+    assert apply_masks(student) > 0
+    assert all(bool((student.get_submodule(n).weight[~m] == 0).all()) for n, m in get_masks(student).items())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        crossdistill.save(student, tmp_path / "sparse.safetensors")
+    with torch.no_grad():
+        assert torch.equal(crossdistill.load(tmp_path / "sparse.safetensors")(x), student(x))
+
+
+def test_a_quantized_student_compressed_again_saves_and_says_what_it_is(tmp_path):
+    # Its quantization record stayed on the new student, whose weights were then off the grid:
+    # save refused it as "changed after quantization".
+    model, x, y = _fashion()
+    q, _ = crossdistill.compress(model, x, labels=y, shots=2, method="quant", bits=4, **QUICK)
+    with pytest.warns(UserWarning, match="the model is quantized .* sparsity student is not quantized"):
+        s, _ = crossdistill.compress(q, x, labels=y, shots=2, method="sparsity", sparsity=0.5, **QUICK)
+    assert not getattr(s, "crossdistill_quant", None) and q.crossdistill_quant
+    crossdistill.save(s, tmp_path / "s.safetensors")
+    with torch.no_grad():
+        assert torch.equal(crossdistill.load(tmp_path / "s.safetensors")(x), s(x))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # quantized again: nothing to say
+        q2, _ = crossdistill.compress(q, x, labels=y, shots=2, method="quant", bits=4, **QUICK)
+    crossdistill.save(q2, tmp_path / "q2.safetensors")
+
+
+@pytest.mark.parametrize("wrap", [torch.nn.DataParallel, torch.compile])
+def test_a_wrapped_student_saves_as_the_model_inside(tmp_path, wrap):
+    # torch.compile's keys (_orig_mod.) made a file load refused; DataParallel was refused as a class.
+    model, x, y = _fashion()
+    student, _ = crossdistill.compress(model, x, labels=y, shots=2, **QUICK)
+    crossdistill.save(wrap(student), tmp_path / "w.safetensors")
+    with torch.no_grad():
+        assert torch.equal(crossdistill.load(tmp_path / "w.safetensors")(x), student(x))
+
+
+def test_a_trained_quantized_student_is_told_how_to_keep_its_training(tmp_path):
+    model, x, y = _fashion()
+    q, _ = crossdistill.compress(model, x, labels=y, shots=2, method="quant", bits=4, **QUICK)
+    _train(q, x, y)
+    with pytest.raises(CrossDistillError, match="del model.crossdistill_quant.*quantize it again"):
+        crossdistill.save(q, tmp_path / "q.safetensors")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossdistill.checks import check_copyable, compiled_inner, warn_hooks, warn_unnormalised
+from crossdistill.checks import check_copyable, inner_module, warn_hooks, warn_unnormalised
 from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.evaluation_timing import torch_threads
@@ -303,13 +303,7 @@ def unwrapped(model: nn.Module) -> tuple[nn.Module, str | None]:
     and the `crossdistill_factory` set on the outermost one that has it (handed to the student;
     the caller's modules are not written to)."""
     factory = getattr(model, "crossdistill_factory", None)
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif compiled_inner(model) is not None:
-            model = compiled_inner(model)
-        else:
-            break
+    model = inner_module(model)
     return model, factory or getattr(model, "crossdistill_factory", None)
 
 

@@ -148,6 +148,18 @@ def compiled_inner(model: nn.Module) -> nn.Module | None:
     return inner if isinstance(inner, nn.Module) else None
 
 
+def inner_module(model: nn.Module) -> nn.Module:
+    """The module inside DataParallel, DistributedDataParallel and torch.compile's wrapper (any
+    nesting of them): the user's model, with its own layer names and state-dict keys."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif compiled_inner(model) is not None:
+            model = compiled_inner(model)
+        else:
+            return model
+
+
 def check_copyable(model: nn.Module) -> None:
     """Refuse a TorchScript module, and, naming the layers, a model that cannot be copied into a student: torch's older
     `torch.nn.utils.weight_norm` and `spectral_norm` leave a computed weight (once the model has

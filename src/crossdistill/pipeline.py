@@ -125,6 +125,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     damping = resolved_damping(cfg, fewshot)
     check_copyable(teacher)
     student = model_copy(teacher).eval()
+    _drop_earlier_records(student, cfg.method.name)
     # A method runs as one or more stages (compression/composite.py): each stage's teacher is the
     # previous stage's finished student, because slimming changes the layers' shapes.
     # The solve may fit on views of the few-shot images too; the fine-tune draws its own views.
@@ -216,6 +217,23 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         finetune=finetuned,
         summary=method.summary(student),
     )
+
+
+def _drop_earlier_records(student: nn.Module, method: str) -> None:
+    """A teacher that is itself a quantized or sparse student: its records describe weights this
+    run rewrites (kept, a quantized layer saved off its grid was refused as "changed after
+    quantization"); the student carries this run's records only."""
+    from crossdistill.compression.quantization import QUANT_ATTR
+    from crossdistill.compression.weight_sparsity import MASKS_ATTR
+
+    for attr, what, remade in ((QUANT_ATTR, "quantized", "quant"), (MASKS_ATTR, "sparse", "sparsity")):
+        if getattr(student, attr, None):
+            delattr(student, attr)
+            if remade in method.split("+"):
+                continue  # quantized again (or sparsified again): this run's records replace them
+            warnings.warn(f"the model is {what} (a crossdistill student): it is compressed from its weights as "
+                          f"floats, and this run's {method} student is not {what}",
+                          stacklevel=outside_stacklevel())
 
 
 def _keep_frozen(teacher: nn.Module, student: nn.Module) -> None:

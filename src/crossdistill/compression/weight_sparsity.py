@@ -63,6 +63,19 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return dict(getattr(model, MASKS_ATTR, {}) or {})
 
 
+def apply_masks(model: nn.Module) -> int:
+    """Zero the weights that `model`'s sparsity masks prune (what a training loop of one's own
+    undoes: plain SGD fills them in); returns how many were non-zero."""
+    filled = 0
+    with torch.no_grad():
+        for name, mask in get_masks(model).items():
+            weight = model.get_submodule(name).weight
+            mask = mask.to(device=weight.device, dtype=torch.bool)
+            filled += int((~mask & (weight != 0)).sum())
+            weight.mul_(mask.to(weight.dtype))
+    return filled
+
+
 def sparsity_report(model: nn.Module, names: Sequence[str]) -> dict[str, Any]:
     """Fractions of exact zeros, measured on the weights as they are now."""
     layers = {}

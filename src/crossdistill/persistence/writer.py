@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from crossdistill._version import __version__
+from crossdistill.checks import inner_module
 from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError
 from crossdistill.models.user import absolute_factory, info_of
@@ -175,6 +176,8 @@ def save(model: nn.Module, path: str | Path, *, factory: str | None = None) -> P
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:  # mkdir would only say "File exists"
         raise CrossDistillError(f"cannot write {path}: {blocking} is a file, not a folder")
+    # A wrapper's keys carry its prefix (_orig_mod., module.): the file would not load into the model.
+    model = inner_module(model)
     tensors, doc = build_document(model, factory)
     _warn_unsaved_hooks(model, doc)
     meta = {META_KEY: json.dumps({**doc.to_json(), CHECKSUM_FIELD: tensors_checksum(tensors)})}

@@ -6,12 +6,13 @@ to be 0) is stored as a bool tensor `{layer}` and the entry says `"tensor"`.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from crossdistill.errors import CrossDistillError
+from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.persistence.codecs.base import DocumentError, Encoded, LayerRecordCodec, str_dict, submodule
 
 ENCODINGS = ("nonzero", "tensor")
@@ -30,17 +31,29 @@ class MaskCodec(LayerRecordCodec):
     def encode_layers(self, model: nn.Module, layers: list[tuple[str, Any, torch.Tensor]]) -> Encoded:
         meta: dict[str, Any] = {}
         tensors: dict[str, torch.Tensor] = {}
+        filled: dict[str, int] = {}
         for layer, mask, weight in layers:
             mask = torch.as_tensor(mask).detach().cpu().to(torch.bool)
             if mask.shape != weight.shape:
                 raise CrossDistillError(
                     f"mask of {layer!r} has shape {tuple(mask.shape)}, its weight {tuple(weight.shape)}"
                 )
+            n = int((~mask & (weight.detach().cpu() != 0)).sum())
+            if n:
+                filled[layer] = n
             if torch.equal(mask, weight != 0):
                 meta[layer] = "nonzero"
             else:
                 meta[layer] = "tensor"
                 tensors[layer] = mask.contiguous()
+        if filled:
+            # A training loop of the user's own (crossdistill's fine-tune keeps them at zero).
+            shown = ", ".join(f"{layer} ({n})" for layer, n in list(filled.items())[:4])
+            warnings.warn(f"{sum(filled.values())} weights are non-zero where the sparsity masks prune them "
+                          f"({shown}{', ...' if len(filled) > 4 else ''}; trained after compressing?): saved as "
+                          "they are, so the model is no longer as sparse as its masks say; to make it so, "
+                          "crossdistill.compression.weight_sparsity.apply_masks(model) before saving (and after "
+                          "each step of a training loop)", stacklevel=outside_stacklevel())
         return meta, tensors
 
     def validate(self, metadata: Any) -> dict[str, Any]:

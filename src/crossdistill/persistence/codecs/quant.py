@@ -55,9 +55,11 @@ class QuantCodec(LayerRecordCodec):
             # The codes replace the float weight in the file, so they must be exactly the model.
             if not torch.equal(dequantized_weight(entry).to(weight.dtype), weight):
                 raise CrossDistillError(
-                    f"the weight of quantized layer {layer!r} is off its integer grid "
-                    "(changed after quantization?); call crossdistill.compression.quantization.dequantize_into(model) "
-                    "to put it back on the grid, or drop model.crossdistill_quant"
+                    f"the weight of quantized layer {layer!r} is off its integer grid (changed after quantization, "
+                    "e.g. trained?): to keep the change as a float model, del model.crossdistill_quant; to keep "
+                    "the model quantized, quantize it again (crossdistill.compress(model, data, method='quant')); "
+                    "crossdistill.compression.quantization.dequantize_into(model) puts back the weights it was "
+                    "quantized to, undoing the change"
                 )
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in quant_tensors(model).items()}
         metadata: dict[str, dict[str, Any]] = quant_metadata(model)
