@@ -177,7 +177,10 @@ def save(model: nn.Module, path: str | Path, *, factory: str | None = None) -> P
     if blocking is not None:  # mkdir would only say "File exists"
         raise CrossDistillError(f"cannot write {path}: {blocking} is a file, not a folder")
     # A wrapper's keys carry its prefix (_orig_mod., module.): the file would not load into the model.
-    model = inner_module(model)
+    inner = inner_module(model)
+    if factory is None and inner is not model and not hasattr(inner, "crossdistill_factory"):
+        factory = getattr(model, "crossdistill_factory", None)  # set on the wrapper
+    model = inner
     tensors, doc = build_document(model, factory)
     _warn_unsaved_hooks(model, doc)
     meta = {META_KEY: json.dumps({**doc.to_json(), CHECKSUM_FIELD: tensors_checksum(tensors)})}
