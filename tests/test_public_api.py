@@ -287,3 +287,36 @@ def test_a_trained_quantized_student_is_told_how_to_keep_its_training(tmp_path):
     _train(q, x, y)
     with pytest.raises(CrossDistillError, match="del model.crossdistill_quant.*quantize it again"):
         crossdistill.save(q, tmp_path / "q.safetensors")
+
+
+def test_apply_masks_reaches_attention_projections_and_wrapped_models():
+    # q/k/v of an nn.MultiheadAttention are stand-ins, not submodules (get_submodule failed there,
+    # half the layers already zeroed); a DataParallel-wrapped model was silently left as it was.
+    from crossdistill.compression.weight_sparsity import apply_masks, get_masks
+
+    class Att(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Linear(6, 16)
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.emb(x)
+            return self.fc(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 5, 6), torch.arange(24) % 4
+    student, _ = crossdistill.compress(Att().eval(), x, labels=y, shots=3, method="sparsity", sparsity=0.6, **QUICK)
+    masks = get_masks(student)
+    assert any(".q_proj" in n or "proj" in n for n in masks)
+    _train(student, x.reshape(24, 5, 6), y)
+    assert apply_masks(torch.nn.DataParallel(student)) > 0
+    from crossdistill.capture import get_module
+
+    for name, mask in masks.items():
+        assert bool((get_module(student, name).weight[~mask] == 0).all()), name
+    student.fc = nn.Linear(16, 3)  # a layer changed after it was made sparse
+    student.crossdistill_masks["fc"] = torch.ones(4, 16, dtype=torch.bool)
+    with pytest.raises(CrossDistillError, match="sparsity mask of 'fc' has shape"):
+        apply_masks(student)

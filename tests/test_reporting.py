@@ -395,6 +395,16 @@ def test_a_database_on_a_disk_that_takes_no_writes(tmp_path, monkeypatch):
             raise sqlite3.OperationalError("unable to open database file")
         return real_connect(database, *args, **kwargs)
 
+    # What a WAL database in a folder that takes no new files raises (SQLITE_READONLY_DIRECTORY),
+    # not "unable to open": the fallback went unused and the database was refused.
+    def read_only_folder(database, *args, **kwargs):
+        opened.append(database)
+        if "mode=ro" in database or "mode=rw" in database:
+            exc = sqlite3.OperationalError("attempt to write a readonly database")
+            exc.sqlite_errorcode = 1544
+            raise exc
+        return real_connect(database, *args, **kwargs)
+
     whole = tmp_path / "whole.sqlite"
     real_connect(str(whole)).executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2);")
     pending = _crashed_writer(tmp_path)
@@ -404,6 +414,8 @@ def test_a_database_on_a_disk_that_takes_no_writes(tmp_path, monkeypatch):
     assert any("immutable=1" in u for u in opened)
     with pytest.raises(sqlite3.OperationalError, match="holds rows not yet in the database.*copy the database"):
         connect_readonly(pending)
+    monkeypatch.setattr(sqlite3, "connect", read_only_folder)
+    assert connect_readonly(whole).execute("SELECT count(*) FROM t").fetchone() == (2,)
 
 
 def test_a_database_named_through_a_symlink_is_read_beside_its_target(db_path, tmp_path):

@@ -416,7 +416,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
         if key in settings:
             raise CrossDistillError(f"{key}= is a setting of the command line; here {why}")
     _check_keywords(settings)
-    if not isinstance(show_progress, (bool, np.bool_)) and show_progress not in (0, 1):
+    if not (isinstance(show_progress, (bool, np.bool_)) or (type(show_progress) is int and show_progress in (0, 1))):
         raise CrossDistillError(f"show_progress must be True or False, got {show_progress!r}")
     show_progress = bool(show_progress)
     if isinstance(settings.get("device"), torch.device):

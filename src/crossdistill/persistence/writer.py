@@ -178,7 +178,8 @@ def save(model: nn.Module, path: str | Path, *, factory: str | None = None) -> P
         raise CrossDistillError(f"cannot write {path}: {blocking} is a file, not a folder")
     # A wrapper's keys carry its prefix (_orig_mod., module.): the file would not load into the model.
     inner = inner_module(model)
-    if factory is None and inner is not model and not hasattr(inner, "crossdistill_factory"):
+    if factory is None and inner is not model and not hasattr(inner, "crossdistill_factory") \
+            and getattr(inner, "crossdistill_name", None) is None:
         factory = getattr(model, "crossdistill_factory", None)  # set on the wrapper
     model = inner
     tensors, doc = build_document(model, factory)

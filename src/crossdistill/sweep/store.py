@@ -96,6 +96,11 @@ def table_columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()]
 
 
+# sqlite3's extended result codes for "cannot open / cannot create the -shm here".
+_NO_SHM = {getattr(sqlite3, name, code) for name, code in
+           (("SQLITE_CANTOPEN", 14), ("SQLITE_READONLY_DIRECTORY", 1544), ("SQLITE_READONLY_CANTINIT", 1288))}
+
+
 def connect_readonly(path: str | Path, timeout: float = 60) -> sqlite3.Connection:
     """A connection that reads an existing database without changing its data, and leaves no
     side files of its own. SQLite's read-only mode cannot remove the -wal and -shm files that
@@ -119,7 +124,10 @@ def connect_readonly(path: str | Path, timeout: float = 60) -> sqlite3.Connectio
         return conn
     except sqlite3.OperationalError as exc:
         pending = [f for f in side.values() if f.exists() and f.stat().st_size > 0]
-        if "unable to open" not in str(exc) or pending:
+        # Could not make its -shm in this place: SQLITE_CANTOPEN, or SQLITE_READONLY_DIRECTORY /
+        # _CANTINIT (a WAL database in a folder that takes no new files).
+        cannot_make_shm = getattr(exc, "sqlite_errorcode", None) in _NO_SHM or "unable to open" in str(exc)
+        if not cannot_make_shm or pending:
             if pending:
                 raise sqlite3.OperationalError(
                     f"{exc}: {', '.join(str(f) for f in pending)} holds rows not yet in the database, and this "
