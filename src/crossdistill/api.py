@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossdistill.checks import check_copyable, inner_module, warn_hooks, warn_unnormalised
+from crossdistill.checks import check_copyable, unwrapped, warn_hooks, warn_unnormalised
 from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.evaluation_timing import torch_threads
@@ -295,16 +295,6 @@ def _class_name(model: nn.Module) -> str:
     from crossdistill.model_inputs import StackedInputs
 
     return type(model.model if isinstance(model, StackedInputs) else model).__name__
-
-
-def unwrapped(model: nn.Module) -> tuple[nn.Module, str | None]:
-    """The module inside DataParallel, DistributedDataParallel or torch.compile's wrapper (the
-    student is a plain module whose layer names and saved keys are those of the user's model),
-    and the `crossdistill_factory` set on the outermost one that has it (handed to the student;
-    the caller's modules are not written to)."""
-    factory = getattr(model, "crossdistill_factory", None)
-    model = inner_module(model)
-    return model, factory or getattr(model, "crossdistill_factory", None)
 
 
 # compress's own keywords besides the settings: a setting named like one (progress=False) is a

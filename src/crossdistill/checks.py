@@ -148,16 +148,25 @@ def compiled_inner(model: nn.Module) -> nn.Module | None:
     return inner if isinstance(inner, nn.Module) else None
 
 
-def inner_module(model: nn.Module) -> nn.Module:
+def unwrapped(model: nn.Module) -> tuple[nn.Module, str | None]:
     """The module inside DataParallel, DistributedDataParallel and torch.compile's wrapper (any
-    nesting of them): the user's model, with its own layer names and state-dict keys."""
+    nesting of them): the user's model, with its own layer names and state-dict keys; and the
+    `crossdistill_factory` set on the outermost of them that has one (the caller's modules are
+    not written to)."""
+    factory = getattr(model, "crossdistill_factory", None)
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         elif compiled_inner(model) is not None:
             model = compiled_inner(model)
         else:
-            return model
+            return model, factory
+        factory = factory or getattr(model, "crossdistill_factory", None)
+
+
+def inner_module(model: nn.Module) -> nn.Module:
+    """The user's module inside any wrappers (`unwrapped`)."""
+    return unwrapped(model)[0]
 
 
 def check_copyable(model: nn.Module) -> None:

@@ -12,10 +12,8 @@ low-rank one has its two factor layers, and quantized or sparse weights appear a
 """
 from __future__ import annotations
 
-import errno
-import io
-
 import contextlib
+import io
 import json
 import os
 import sys
@@ -34,6 +32,7 @@ from crossdistill.checks import model_copy
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_inputs import example, for_model, parameter_dtypes
 from crossdistill.model_outputs import dataclass_fields, flat, is_dataclass_instance
+from crossdistill.outputs import DISK_ERRNOS
 from crossdistill.persistence.files import remove_dead_siblings, temp_sibling
 from crossdistill.train_flags import eval_mode
 
@@ -450,10 +449,7 @@ def export_model(
         except (TypeError, ValueError, RuntimeError) as exc:
             raise CrossDistillError(f"verification inputs must be a tensor (or an array), got "
                                     f"{type(inputs).__name__}: {exc}") from None
-    if inputs.is_floating_point():
-        # Images of another float dtype than the model's first layer (float64 from numpy): in its own.
-        first = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        inputs = inputs.to(first)
+    inputs = for_model(model, inputs)  # float64 from numpy: in the model's own dtype
     tolerance = default_tolerance(model) if tolerance is None else tolerance
     if not (tolerance >= 0):  # also refuses NaN
         raise CrossDistillError(f"tolerance must be >= 0, got {tolerance}")
@@ -542,7 +538,7 @@ def _onnx_outputs(model: nn.Module, example: torch.Tensor, tmp: str, opset: int,
     try:
         _export_onnx(_explicit_padding(model), example, tmp, opset, free, out_axes)
     except Exception as exc:  # noqa: BLE001 - the exporter's own errors, often with its whole graph appended
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
             raise  # the disk's fault, not the model's: reported as a write error
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CrossDistillError(f"the ONNX exporter cannot export this model ({type(exc).__name__}: {first}); "

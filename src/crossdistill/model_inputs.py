@@ -26,12 +26,13 @@ def parameter_dtypes(model: nn.Module) -> set[torch.dtype]:
 
 
 def for_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`x` in the floating dtype of `model`'s first parameter, the one its first layer reads it
-    with, when that is not float32 (a student cast with .half() and saved so, its BatchNorms
-    perhaps kept in float32, fed float32 images by evaluate or export)."""
+    """Float inputs `x` in the floating dtype of `model`'s first parameter, the one its first layer
+    reads them with (a student cast with .half() and saved so, its BatchNorms perhaps kept in
+    float32, fed float32 images by evaluate or export; float64 arrays from numpy fed to a float32
+    model); token ids and a model without float parameters take `x` as it is."""
     first = next((p.dtype for p in model.parameters() if p.is_floating_point()), None) \
         if x.is_floating_point() else None
-    return x.to(first) if first is not None and first != torch.float32 else x
+    return x.to(first) if first is not None else x
 
 
 def vocabulary(model: nn.Module | None) -> int:

@@ -101,6 +101,10 @@ def _acquire(lock: Path, out: Path, option: str = "--out") -> int:
         os.close(fd)
 
 
+# The errors of a disk that cannot take more, whatever file met them.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 @contextmanager
 def output_lock(out: str | Path, force: bool = False, option: str = "--out") -> Iterator[Path]:
     """Claim `out` (a file or a folder) for this process until the block ends.
@@ -225,10 +229,6 @@ def atomic_output_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
                                         "nothing was written") from exc
             raise
         _commit(tmp, target, out, force)
-
-
-# The errors of a disk that cannot take more, whatever file met them.
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 # Every folder a command writes holds this file: what --force may replace is recognised by it.

@@ -66,23 +66,19 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 def apply_masks(model: nn.Module) -> int:
     """Zero the weights that `model`'s sparsity masks prune (what a training loop of one's own
     undoes: plain SGD fills them in); returns how many were non-zero."""
-    from crossdistill.capture import get_module
     from crossdistill.checks import inner_module
+    from crossdistill.finetune.weights import Masks
 
+    # Bound as the fine-tune binds them (an attention's q/k/v rows included); every mask is
+    # checked against its layer first, so a refusal leaves the model as it was.
     model = inner_module(model)  # a DataParallel/DDP/compiled model in a training loop
-    pairs = []
-    for name, mask in get_masks(model).items():
-        # get_module: also the q/k/v stand-ins of an nn.MultiheadAttention (their weight is a view).
-        weight = get_module(model, name).weight
-        if tuple(mask.shape) != tuple(weight.shape):
-            raise CrossDistillError(f"the sparsity mask of {name!r} has shape {tuple(mask.shape)}, its weight "
-                                    f"{tuple(weight.shape)} (the layer changed after it was made sparse)")
-        pairs.append((weight, mask.to(device=weight.device, dtype=torch.bool)))
+    bound = Masks(model, get_masks(model))
     filled = 0
-    with torch.no_grad():  # every mask checked first: a refusal leaves the model as it was
-        for weight, mask in pairs:
-            filled += int((~mask & (weight != 0)).sum())
-            weight.masked_fill_(~mask, 0)  # not mul_: inf or NaN times 0 is not 0
+    with torch.no_grad():
+        for weight, mask in bound.pairs:
+            pruned = mask == 0
+            filled += int((pruned & (weight != 0)).sum())
+            weight.masked_fill_(pruned, 0)  # not mul_: inf or NaN times 0 is not 0
     return filled
 
 

@@ -37,7 +37,8 @@ class Masks:
             param, rows = layer.storage() if isinstance(layer, PackedProjection) else (layer.weight, slice(None))
             w = param[rows]
             if w.shape != mask.shape:
-                raise CrossDistillError(f"mask of {name!r} has shape {tuple(mask.shape)}, weight {tuple(w.shape)}")
+                raise CrossDistillError(f"the sparsity mask of {name!r} has shape {tuple(mask.shape)}, its weight "
+                                        f"{tuple(w.shape)} (the layer changed after it was made sparse)")
             if id(param) not in full:
                 full[id(param)] = (param, torch.ones_like(param, dtype=torch.bool))
             full[id(param)][1][rows] = mask.to(device=param.device)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from crossdistill._version import __version__
-from crossdistill.checks import inner_module
+from crossdistill.checks import unwrapped
 from crossdistill.device import is_channels_last
 from crossdistill.errors import CrossDistillError
 from crossdistill.models.user import absolute_factory, info_of
@@ -177,10 +177,9 @@ def save(model: nn.Module, path: str | Path, *, factory: str | None = None) -> P
     if blocking is not None:  # mkdir would only say "File exists"
         raise CrossDistillError(f"cannot write {path}: {blocking} is a file, not a folder")
     # A wrapper's keys carry its prefix (_orig_mod., module.): the file would not load into the model.
-    inner = inner_module(model)
-    if factory is None and inner is not model and not hasattr(inner, "crossdistill_factory") \
-            and getattr(inner, "crossdistill_name", None) is None:
-        factory = getattr(model, "crossdistill_factory", None)  # set on the wrapper
+    inner, found = unwrapped(model)
+    if factory is None and inner is not model and getattr(inner, "crossdistill_name", None) is None:
+        factory = found  # perhaps set on a wrapper
     model = inner
     tensors, doc = build_document(model, factory)
     _warn_unsaved_hooks(model, doc)

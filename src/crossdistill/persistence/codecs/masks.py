@@ -38,10 +38,11 @@ class MaskCodec(LayerRecordCodec):
                 raise CrossDistillError(
                     f"mask of {layer!r} has shape {tuple(mask.shape)}, its weight {tuple(weight.shape)}"
                 )
-            n = int((~mask & (weight.detach().cpu() != 0)).sum())
+            nonzero = weight.detach().cpu() != 0
+            n = int((~mask & nonzero).sum())
             if n:
                 filled[layer] = n
-            if torch.equal(mask, weight != 0):
+            if torch.equal(mask, nonzero):
                 meta[layer] = "nonzero"
             else:
                 meta[layer] = "tensor"
