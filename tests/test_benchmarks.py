@@ -203,3 +203,10 @@ def test_vit_fashion_prints_rows_with_and_without_heads(capsys, tmp_path, monkey
     hand = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
             for line in out.splitlines() if line.startswith("| ") and "method" not in line}
     assert [r[:2] for r in hand.values()] == [r[:2] for r in rows.values()]  # top-1 and parameters
+
+
+def test_pointwise_moments_prints_a_row_per_shape(capsys):
+    assert load("pointwise_moments").main(["--images", "2", "--scale", "8"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line
+            and "seconds" not in line]
+    assert len(rows) == 7 and all(float(r.strip("|").split("|")[-1]) >= 0 for r in rows)
