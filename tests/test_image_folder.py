@@ -271,7 +271,7 @@ def test_a_training_folder_missing_a_class_is_refused(tmp_path, capsys):
     with pytest.raises(CrossDistillError, match=message):
         crossdistill.compress(model, tmp_path / "tr", shots=2, show_progress=False)
     (tmp_path / "tr" / "a").mkdir()  # the way out the message names: the class is there, empty
-    with pytest.warns(UserWarning, match=r"cover 2 of the model's 3 classes \(.*; none of class 0\)"):
+    with pytest.warns(UserWarning, match=r"cover 2 of the model's 3 classes \(.*; none of class 0 \(a\)\)"):
         _, report = crossdistill.compress(model, tmp_path / "tr", shots=2, method="quant", bits=8,
                                           show_progress=False)
     assert report["fewshot_class_counts"] == [0, 2, 2]
@@ -401,6 +401,10 @@ def test_a_folder_read_as_rgb_because_of_a_few_colour_files_names_them(tmp_path,
     err = capsys.readouterr().err
     assert "convert the images to 1 channel (RGB to grayscale: PIL's Image.open(f).convert('L'))" in err
     assert "b/stray.png (RGB)" in err and "grayscale to RGB" not in err
+    # Without --input-size the channels come from the images, and the model's forward fails.
+    assert main(run[:run.index("--input-size")] + ["--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "a forward pass on an input of size (3, 8, 8) failed" in err and "b/stray.png (RGB)" in err
 
 
 def test_swapped_height_and_width_are_named(tmp_path, capsys):
@@ -443,4 +447,151 @@ def test_a_test_class_the_model_has_no_output_for_is_named(tmp_path, capsys):
     assert main(["evaluate", "--model", f"{tmp_path / 'net.py'}:make", "--weights", str(tmp_path / "w.pt"),
                  "--eval-data", str(tmp_path / "six"), "--mean", "0", "0", "0", "--std", "1", "1", "1",
                  "--quiet"]) == 2
-    assert "label 2 (class zigzag) is out of range" in capsys.readouterr().err
+    assert "the model has no output for 'zigzag'" in capsys.readouterr().err
+
+
+NET3 = """
+import torch
+from torch import nn
+
+def make():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3))
+"""
+
+
+def test_an_extra_folder_without_images_is_refused_by_name_not_read_as_class_0(tmp_path, capsys):
+    """`Unsorted/` sorts before the classes: read as class 0 it shifted every label by one, and
+    the run went on with only a coverage warning."""
+    (tmp_path / "net.py").write_text(NET3)
+    write_folder(tmp_path / "d", {"a": 2, "b": 2, "c": 0}, size=(8, 8))
+    (tmp_path / "d" / "Unsorted").mkdir()
+    out = tmp_path / "run"
+    assert main(["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "d"),
+                 "--shots", "1", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "4 classes (Unsorted, a, b, c) for a model that predicts 3" in err
+    assert "without images: 'Unsorted', 'c'" in err and not out.exists()
+    import torch
+
+    import crossdistill
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 3)).eval()
+    with pytest.raises(CrossDistillError, match="without images: 'Unsorted', 'c'"):
+        crossdistill.compress(model, tmp_path / "d", shots=1, show_progress=False)
+    # macOS's zip leftovers are never a class.
+    (tmp_path / "d" / "Unsorted").rmdir()
+    (tmp_path / "d" / "__MACOSX" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "d" / "__MACOSX" / "a" / "x.png")
+    assert load_image_data(tmp_path / "d").class_names == ["a", "b", "c"]
+
+
+def test_numbered_class_folders_warn_when_text_order_is_not_number_order(tmp_path):
+    write_folder(tmp_path / "n", {str(i): 1 for i in range(1, 11)}, size=(4, 4))
+    with pytest.warns(UserWarning, match=r"folder '10' is class 1.*names that sort as numbers \(01, 02"):
+        data = load_image_data(tmp_path / "n")
+    assert data.class_names[:3] == ["1", "10", "2"]  # torchvision's order, kept
+    write_folder(tmp_path / "p", {f"{i:02d}": 1 for i in range(1, 11)}, size=(4, 4))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image_data(tmp_path / "p")
+
+
+def test_linked_and_unlistable_folders(tmp_path, monkeypatch):
+    write_folder(tmp_path / "d", {"a": 1, "b": 1}, size=(4, 4))
+    write_folder(tmp_path / "extra", {"more": 2}, size=(4, 4))
+    (tmp_path / "d" / "a" / "more").symlink_to(tmp_path / "extra" / "more", target_is_directory=True)
+    (tmp_path / "d" / "b" / "loop").symlink_to(tmp_path / "d", target_is_directory=True)  # must not recurse for ever
+    assert load_image_data(tmp_path / "d").class_counts().tolist() == [3, 1]
+
+    import os
+
+    listing = os.scandir
+
+    def refuse_b(path="."):
+        if Path(path) == tmp_path / "d" / "b":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_b)  # root can list any folder, so the refusal is simulated
+    with pytest.raises(CrossDistillError, match=r"d/b: cannot list the folder \(Permission denied\)"):
+        load_image_data(tmp_path / "d")
+
+
+def test_only_the_class_folders_of_the_splits_are_read(tmp_path):
+    """A stray file beside the classes or in an unused val/ neither fails the read nor turns a
+    gray folder RGB; a class called `train` beside others is a class."""
+    write_folder(tmp_path / "g", {"a": 1, "b": 1}, size=(4, 4), mode="L")
+    Image.new("RGB", (9, 9), (200, 10, 10)).save(tmp_path / "g" / "preview.jpg")
+    (tmp_path / "g" / "broken.png").write_text("not an image")
+    assert load_image_data(tmp_path / "g").x.shape == (2, 4, 4, 1)
+    write_folder(tmp_path / "s" / "train", {"a": 1}, size=(4, 4))
+    write_folder(tmp_path / "s" / "test", {"a": 1}, size=(4, 4))
+    (tmp_path / "s" / "val" / "a").mkdir(parents=True)
+    (tmp_path / "s" / "val" / "a" / "bad.png").write_text("not an image")
+    assert load_image_data(tmp_path / "s", "test").y.tolist() == [0]
+    write_folder(tmp_path / "v", {"bus": 1, "tram": 1}, size=(4, 4))
+    write_folder(tmp_path / "v" / "train", {"2023": 1}, size=(4, 4))
+    assert load_image_data(tmp_path / "v").class_names == ["bus", "train", "tram"]
+
+
+def test_class_names_from_macos_match_linux_ones(tmp_path):
+    import unicodedata
+
+    nfd, nfc = unicodedata.normalize("NFD", "avión"), unicodedata.normalize("NFC", "avión")
+    assert nfd != nfc
+    write_folder(tmp_path / "mac", {nfd: 1, "b": 1}, size=(4, 4))
+    write_folder(tmp_path / "linux", {nfc: 1, "b": 1}, size=(4, 4))
+    from crossdistill.data.align import align_classes
+
+    train, test = load_image_data(tmp_path / "mac"), load_image_data(tmp_path / "linux")
+    assert train.class_names == [nfc, "b"] and align_classes(test, train.class_names).y.tolist() == [0, 1]
+
+
+def test_image_like_files_not_read_are_named_and_float_pixels_refused(tmp_path):
+    write_folder(tmp_path / "d", {"a": 1, "b": 1}, size=(4, 4))
+    (tmp_path / "d" / "a" / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    Image.new("RGB", (4, 4)).save(tmp_path / "d" / "b" / "noext", "PNG")
+    (tmp_path / "d" / "b" / "README").write_text("a note, not an image")
+    with pytest.warns(UserWarning, match=r"2 files that look like images were not read \('a/photo.heic', 'b/noext'\)"):
+        load_image_data(tmp_path / "d")
+    Image.fromarray(np.full((4, 4), 0.5, np.float32), "F").save(tmp_path / "d" / "a" / "f.tif")
+    with pytest.raises(CrossDistillError, match=r"f.tif: 32-bit float pixels \(mode F\)"):
+        load_image_data(tmp_path / "d")
+
+
+def test_the_report_names_the_classes_and_the_files_drawn(tmp_path, capsys):
+    import json
+
+    import crossdistill
+    from crossdistill.data import load_indices
+
+    (tmp_path / "net.py").write_text(NET3)
+    write_folder(tmp_path / "d", {"a": 3, "b": 3, "c": 1}, size=(8, 8))
+    out = tmp_path / "run"
+    assert main(["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "d"),
+                 "--shots", "1", "--method", "quant", "--bits", "8", "--quiet", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    data = load_image_data(tmp_path / "d")
+    drawn = [data.files[i] for i in report["fewshot_indices"]]
+    assert report["class_names"] == ["a", "b", "c"] and report["fewshot_files"] == drawn
+    assert [f.split("/")[0] for f in drawn] == ["a", "b", "c"] and drawn[2] == "c/img0.png"
+    indices, meta = load_indices(out / "fewshot_indices.json")
+    assert indices.tolist() == report["fewshot_indices"] and meta["files"] == drawn and meta["seed"] == 0
+    with pytest.raises(CrossDistillError, match=r"more than class 2 \(c\) has \(1 sample\)"):
+        crossdistill.compress(_net3(), tmp_path / "d", shots=2,
+                              show_progress=False)
+    _, api_report = crossdistill.compress(_net3(), tmp_path / "d", shots=1, method="quant", bits=8,
+                                          show_progress=False)
+    assert api_report["fewshot_files"] == drawn and api_report["class_names"] == ["a", "b", "c"]
+
+
+def _net3():
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3)).eval()

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import crossdistill
 from crossdistill.cli.main import main
 from crossdistill.errors import CrossDistillError
+from crossdistill.data import load_indices
 from sweep_helpers import write_npz_pair
 
 FACTORY = textwrap.dedent("""
@@ -132,7 +133,7 @@ def test_a_relative_factory_loads_from_any_folder_and_a_moved_one_is_named_again
     shown = json.loads(capsys.readouterr().out)
     assert shown["params"] == sum(p.numel() for p in student.parameters())
     assert shown["model"] == f"{moved}:make"  # the factory it ran, not the one the file names, now gone
-    assert json.loads((out / "fewshot_indices.json").read_text())["data"] == str(train.resolve())
+    assert load_indices(out / "fewshot_indices.json")[1]["data"] == str(train.resolve())
     with torch.no_grad():
         assert torch.equal(crossdistill.load(out, model=f"{moved}:make")(x), student(x))
 

@@ -152,7 +152,7 @@ def _dataset_items(data: Any) -> Iterable[Any]:
 
 
 def _from_path(path: str | Path, role: str, mean: Sequence[float] | None, std: Sequence[float] | None,
-               classes: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+               classes: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor, list[str] | None, list[str] | None]:
     from crossdistill.data import load_image_data, to_tensor
     from crossdistill.data.align import align_classes
 
@@ -160,13 +160,14 @@ def _from_path(path: str | Path, role: str, mean: Sequence[float] | None, std: S
     arrays = align_classes(load_image_data(str(path), "test" if role == "test" else "train"), classes)
     c = arrays.input_shape[0]
     return (to_tensor(arrays.x, mean or (0.0,) * c, std or (1.0,) * c),
-            torch.as_tensor(arrays.y, dtype=torch.long), arrays.class_names)
+            torch.as_tensor(arrays.y, dtype=torch.long), arrays.class_names, arrays.files)
 
 
 def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[float] | None,
-            classes: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
-    """Images, labels (None when there are none) and class names (files that name them; test
-    labels are renumbered to the training data's `classes`)."""
+            classes: Sequence[str] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None, list[str] | None]:
+    """Images, labels (None when there are none), class names (files that name them; test
+    labels are renumbered to the training data's `classes`) and each image's file (a folder's)."""
     if isinstance(data, (str, Path)):
         return _from_path(data, role, mean, std, classes)
     x, y = _tensors_from(data, role)
@@ -182,7 +183,7 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
         if len(x) and int(x.min()) < 0:
             raise CrossDistillError(f"{role} data holds integers {tuple(x.shape)} {x.dtype} (token ids?) with "
                                     f"negative values ({int(x.min())})")
-        return x.long(), (None if y is None else y.long()), None
+        return x.long(), (None if y is None else y.long()), None, None
     if x.dim() < 2 or not x.is_floating_point():
         if x.dtype == torch.uint8 and x.dim() == 4:
             # Pixels as stored: the tensors given here are fed as they are, so they must already be
@@ -198,11 +199,12 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
                                 f"int64 token ids (N×L); {how}")
     if not bool(torch.isfinite(x).all()):
         raise CrossDistillError(f"{role} images hold NaN or infinite values")
-    return x.float(), (None if y is None else y.long()), None
+    return x.float(), (None if y is None else y.long()), None, None
 
 
 def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, n_samples: int | None,
-          seed: int, num_classes: int | None, sampler: str = "random") -> np.ndarray:
+          seed: int, num_classes: int | None, sampler: str = "random",
+          class_names: Sequence[str] | None = None) -> np.ndarray:
     """The few-shot indices; `num_classes` None: the labels are not the model's classes (its
     predictions are per position or values), any class numbers ≥ 0 group the draw."""
     from crossdistill.data import sample_few_shot
@@ -218,7 +220,8 @@ def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, 
     if shots is not None:
         if labels is None:
             raise CrossDistillError("shots (K per class) needs labels: pass labels=..., or n_samples")
-        return sample_few_shot(labels.numpy(), shots=shots, seed=seed, num_classes=num_classes, mode=sampler)
+        return sample_few_shot(labels.numpy(), shots=shots, seed=seed, num_classes=num_classes, mode=sampler,
+                               class_names=class_names)
     if n_samples is not None:
         if labels is not None:
             return sample_few_shot(labels.numpy(), n=n_samples, seed=seed, num_classes=num_classes, mode=sampler)
@@ -237,7 +240,7 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
     checked against the model's predictions."""
     if eval_data is None:
         return None
-    tx, ty, _ = _images(eval_data, "test", mean, std, class_names)
+    tx, ty, _, _ = _images(eval_data, "test", mean, std, class_names)
     if len(tx) == 0:
         raise CrossDistillError("eval_data holds no samples: give some, or leave eval_data out")
     if tuple(tx.shape[1:]) != tuple(images.shape[1:]) or tx.is_floating_point() != images.is_floating_point():
@@ -388,7 +391,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
     seed = int(seed)
     shots = None if shots is None else check_count(shots, "shots")
     n_samples = None if n_samples is None else check_count(n_samples, "n_samples")
-    images, found_labels, class_names = _images(data, "training", mean, std)
+    images, found_labels, class_names, files = _images(data, "training", mean, std)
     if isinstance(data, (str, Path)) and images.dim() == 4:  # image files (signals are used as stored)
         warn_unnormalised(name, mean, std, "mean/std")
     if labels is not None:
@@ -426,7 +429,8 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
         from crossdistill.data.align import check_named_classes
 
         # Names only come from files; a tensor is not formatted (for a large one that costs time).
-        check_named_classes(class_names, info.num_classes, str(data) if isinstance(data, (str, Path)) else "training data")
+        check_named_classes(class_names, info.num_classes, str(data) if isinstance(data, (str, Path)) else "training data",
+                            None if found_labels is None else found_labels.numpy())
     if found_labels is not None and found_labels.dim() > 1:
         # Per-position labels (a segmentation map) score a dense model on eval_data; the draw
         # needs one label per image (or none: n_samples).
@@ -434,13 +438,13 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
         raise CrossDistillError(f"training labels of shape {tuple(found_labels.shape)}: the few-shot draw takes one "
                                 f"label per sample (its class), or none with n_samples=N{hint}")
     idx = _draw(images, found_labels, shots, n_samples, seed, info.num_classes if classes else None,
-                settings.get("sampler", "random"))
+                settings.get("sampler", "random"), class_names)
     class_counts = None
     if found_labels is not None:
         from crossdistill.data.fewshot import check_class_coverage
 
         if classes:
-            check_class_coverage(found_labels.numpy(), info.num_classes, "training data")
+            check_class_coverage(found_labels.numpy(), info.num_classes, "training data", class_names)
         class_counts = np.bincount(found_labels[idx].numpy(),
                                    minlength=info.num_classes if classes else 0).tolist()
     few = FewShot(images=images[idx], labels=(found_labels[idx] if found_labels is not None
@@ -489,7 +493,8 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
     from crossdistill.pipeline import run_report
 
     report = run_report(cfg, result, few, info, shots=shots, seconds=compress_seconds,
-                        threads=cfg.threads or torch.get_num_threads(), class_counts=class_counts)
+                        threads=cfg.threads or torch.get_num_threads(), class_counts=class_counts,
+                        class_names=class_names, files=files)
     report.update({
         "teacher": teacher_measures, "student": student_measures,
         **({"agreement": {**agreement, "n_eval": int(test[0].shape[0])}} if agreement is not None else {}),

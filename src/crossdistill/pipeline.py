@@ -6,7 +6,7 @@ import functools
 import sys
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,12 +51,15 @@ from crossdistill.run_setup import (  # noqa: F401 - re-exported
 
 def draw_few_shot(cfg: CompressConfig, data: ImageArrays, info: ModelInfo | None = None) -> FewShot:
     info = info or model_info(cfg.model)
+    named = info.kind in ("classes", "binary")  # otherwise the labels are not the model's classes
+    if named:  # first: an extra folder's shifted labels are out of range, and the range error would blame the last
+        check_named_classes(data.class_names, info.num_classes, data.source or "training data", data.y)
     check_data_fits_model(data, info, role="training data")  # labels within the model's classes
-    if info.kind in ("classes", "binary"):  # otherwise the labels are not the model's classes
-        check_named_classes(data.class_names, info.num_classes, data.source or "training data")
-        check_class_coverage(data.y, info.num_classes, data.source or "training data")
+    if named:
+        check_class_coverage(data.y, info.num_classes, data.source or "training data", data.class_names)
     idx = sample_few_shot(
-        data.y, shots=cfg.shots, n=cfg.n_samples, seed=cfg.seed, mode=cfg.sampler, num_classes=data.num_classes
+        data.y, shots=cfg.shots, n=cfg.n_samples, seed=cfg.seed, mode=cfg.sampler, num_classes=data.num_classes,
+        class_names=data.class_names,
     )
     return FewShot(
         images=to_tensor(data.x[idx], info.mean, info.std),
@@ -355,10 +358,13 @@ def _with_run_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def run_report(cfg: CompressConfig, result: CompressionResult, fewshot: FewShot, info: ModelInfo, *,
-               shots: int | None, seconds: float, threads: int, class_counts: list[int] | None) -> dict[str, Any]:
+               shots: int | None, seconds: float, threads: int, class_counts: list[int] | None,
+               class_names: Sequence[str] | None = None, files: Sequence[str] | None = None) -> dict[str, Any]:
     """The report's account of one compression (what ran, on which images, layer by layer, with
     which settings), the same from the command line (`run`) and the Python API, which add their
-    evaluation and machine figures. `seconds`: the compression alone, evaluation not included."""
+    evaluation and machine figures. `seconds`: the compression alone, evaluation not included.
+    `class_names`, `files`: the training data's classes (label i is class_names[i]) and each of
+    its images' file, when it was read from a folder (the drawn ones are named)."""
     report: dict[str, Any] = {
         "model": cfg.model,
         "method": result.method,
@@ -376,6 +382,8 @@ def run_report(cfg: CompressConfig, result: CompressionResult, fewshot: FewShot,
         "solve_seconds": sum(r.solve_seconds for r in result.records),
         "fewshot_indices": fewshot.indices.tolist(),
         **({"fewshot_class_counts": class_counts} if class_counts is not None else {}),
+        **({"class_names": list(class_names)} if class_names is not None else {}),
+        **({"fewshot_files": [files[int(i)] for i in fewshot.indices]} if files is not None else {}),
         "predictions": {"output": info.output, "kind": info.kind},
         "threads": threads,
         "layers": [
@@ -450,7 +458,8 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
         return result, {}  # with several processes only rank 0 evaluates and reports
     report = run_report(cfg, result, fewshot, info, shots=cfg.shots, seconds=result.seconds,
                         threads=torch.get_num_threads(),
-                        class_counts=np.bincount(fewshot.labels.numpy(), minlength=info.num_classes).tolist())
+                        class_counts=np.bincount(fewshot.labels.numpy(), minlength=info.num_classes).tolist(),
+                        class_names=train.class_names, files=train.files)
     report.update({
         "processes": distributed.world_size(),
         "peak_memory_mib": peak_mib,

@@ -120,6 +120,7 @@ def portable_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def write_run(out: Path, result: CompressionResult, report: dict[str, Any]) -> None:
     """Fill a (temporary) run directory: student weights + spec, report, indices, config."""
+    from crossdistill.data.fewshot import save_indices
     from crossdistill.models import save_model
     from crossdistill.outputs import write_json
     import yaml
@@ -127,7 +128,9 @@ def write_run(out: Path, result: CompressionResult, report: dict[str, Any]) -> N
     save_model(result.student, out / "student.safetensors")
     write_json(out / "report.json", report)
     config = portable_config(report["config"])  # paths absolute: the files are read from anywhere
-    write_json(out / "fewshot_indices.json", {"indices": report["fewshot_indices"], "seed": report["seed"],
-                                              "shots": report["shots"], "data": config["data"]})
+    # In save_indices's format, so that crossdistill.data.load_indices reads a run's draw back.
+    save_indices(out / "fewshot_indices.json", report["fewshot_indices"], {
+        "seed": report["seed"], "shots": report["shots"], "data": config["data"],
+        **({"files": report["fewshot_files"]} if "fewshot_files" in report else {})})
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (out / "summary.txt").write_text(format_summary(report) + "\n")

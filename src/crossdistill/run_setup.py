@@ -63,8 +63,14 @@ def info_of(cfg: CompressConfig, teacher: nn.Module, data: ImageArrays) -> Model
     if not data.is_signal:
         warn_unnormalised(cfg.model, cfg.mean, cfg.std)
     size = cfg.input_size or data.input_shape
-    return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std, output=cfg.output_key,
-                      kind=cfg.output_kind)
+    try:
+        return infer_info(teacher, cfg.model, size, mean=cfg.mean, std=cfg.std, output=cfg.output_key,
+                          kind=cfg.output_kind)
+    except CrossDistillError as exc:
+        if not data.note or cfg.input_size is not None:
+            raise
+        # The channel count came from the images: say why a mostly gray folder gave three.
+        raise CrossDistillError(f"{exc}; {data.note}") from exc.__cause__
 
 
 def model_defaults(model: str) -> dict[str, Any]:

@@ -28,14 +28,32 @@ def align_classes(test: ImageArrays, names: Sequence[str] | None) -> ImageArrays
     return dataclasses.replace(test, y=mapping[test.y], num_classes=len(names), class_names=list(names))
 
 
-def check_named_classes(names: Sequence[str] | None, num_classes: int, source: str = "training data") -> None:
-    """Refuse training data that names fewer classes than the model predicts: its classes are
-    numbered in sorted-name order (a folder's subfolders), so one missing name shifts every label
-    after it, and every score and the few-shot draw would be silently wrong."""
-    if names is None or len(names) >= num_classes:
+def check_named_classes(names: Sequence[str] | None, num_classes: int, source: str = "training data",
+                        labels: np.ndarray | None = None) -> None:
+    """Refuse training data that names another number of classes than the model predicts: its
+    classes are numbered in sorted-name order (a folder's subfolders), so one missing name shifts
+    every label after it, and one extra (an `Unsorted` folder, a copy's leftovers) every label
+    before it, and every score and the few-shot draw would be silently wrong. `labels` name the
+    classes without images, the likely extra ones."""
+    if names is None or len(names) == num_classes:
         return
-    shown = ", ".join(list(names)[:4]) + (", ..." if len(names) > 4 else "")
+    names = list(names)
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    if len(names) < num_classes:
+        raise CrossDistillError(
+            f"{source}: {len(names)} classes ({shown}) for a model that predicts {num_classes}: "
+            "classes are numbered by their sorted names, so a missing one shifts every label after it; give every "
+            "class in the model's order (an empty folder for a class without images)")
+    empty = ""
+    if labels is not None:
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
+        unused = [repr(n) for n, c in zip(names, counts) if c == 0]
+        if unused:
+            empty = f"; without images: {', '.join(unused[:6])}{', ...' if len(unused) > 6 else ''}"
+    if not empty:
+        beyond = [repr(n) for n in names[num_classes:]]
+        empty = f"; the model has no output for {', '.join(beyond[:6])}{', ...' if len(beyond) > 6 else ''}"
     raise CrossDistillError(
-        f"{source}: {len(names)} classes ({shown}) for a model that predicts {num_classes}: "
-        "classes are numbered by their sorted names, so a missing one shifts every label after it; give every "
-        "class in the model's order (an empty folder for a class without images)")
+        f"{source}: {len(names)} classes ({shown}) for a model that predicts {num_classes}: classes are numbered by "
+        f"their sorted names, so an extra one shifts the labels of every class after it{empty}; remove the folders "
+        "that are not the model's classes")

@@ -26,6 +26,8 @@ class ImageArrays:
     # What a reader did that an error about these images should mention (a mostly gray folder
     # read as RGB because of a few colour files).
     note: str = field(default="", compare=False)
+    # Each sample's file, relative to `source` (an image folder's): which images a draw took.
+    files: list[str] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -129,6 +131,8 @@ class ImageArrays:
                     f"image data{where}: {len(names)} class names for {self.num_classes} classes"
                 )
             self.class_names = [str(n) for n in names]
+        if self.files is not None and len(self.files) != len(x):
+            raise CrossDistillError(f"image data{where}: {len(self.files)} file names for {len(x)} images")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -182,4 +186,5 @@ class ImageArrays:
             num_classes=self.num_classes,
             class_names=None if self.class_names is None else list(self.class_names),
             source=self.source,
+            files=None if self.files is None else [self.files[int(i)] for i in idx],
         )

@@ -33,18 +33,27 @@ class ClassCoverageWarning(UserWarning):
     """The training data lacks some of the model's classes: the student sees none of them."""
 
 
-def check_class_coverage(labels: Sequence[int] | np.ndarray, num_classes: int, where: str = "data") -> list[int]:
+def _class_label(c: int, class_names: Sequence[str] | None) -> str:
+    return f"{c} ({class_names[c]})" if class_names is not None and c < len(class_names) else str(c)
+
+
+def check_class_coverage(labels: Sequence[int] | np.ndarray, num_classes: int, where: str = "data",
+                         class_names: Sequence[str] | None = None) -> list[int]:
     """Images per class (length `num_classes`); warns when some class has none, since a
     student distilled without a class's images is fitted to the other classes only."""
     counts = np.bincount(_labels_array(labels), minlength=num_classes)[:num_classes]
     present = int((counts > 0).sum())
     if present < num_classes:
-        shown = ", ".join(f"{c}: {int(n)}" for c, n in enumerate(counts) if n) or "none"
         missing = [c for c, n in enumerate(counts) if not n]
-        listed = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        listed = ", ".join(_class_label(c, class_names) for c in missing[:8]) + (", ..." if len(missing) > 8 else "")
+        if present <= 12:  # a short histogram says what is there; a long one buries the missing classes
+            shown = "images per class " + (", ".join(f"{_class_label(c, class_names)}: {int(n)}"
+                                                      for c, n in enumerate(counts) if n) or "none") + "; "
+        else:
+            shown = f"{int(counts[counts > 0].min())} to {int(counts.max())} images a class; "
         warnings.warn(f"{where}: the images cover {present} of the model's {num_classes} classes "
-                      f"(images per class {shown}; none of class {listed}); the student learns nothing about "
-                      "the others", ClassCoverageWarning, stacklevel=outside_stacklevel())
+                      f"({shown}none of class{'es' * (len(missing) > 1)} {listed}); the student learns nothing "
+                      "about the others", ClassCoverageWarning, stacklevel=outside_stacklevel())
     return [int(n) for n in counts]
 
 
@@ -101,9 +110,7 @@ def sample_few_shot(
     present = np.flatnonzero(counts)
     smallest = int(present[np.argmin(counts[present])])
     if counts[smallest] < k:
-        label = f"class {smallest}"
-        if class_names is not None and smallest < len(class_names):
-            label += f" ({class_names[smallest]})"
+        label = f"class {_class_label(smallest, class_names)}"
         n = int(counts[smallest])
         raise CrossDistillError(
             f"shots={k} per class is more than {label} has ({n} sample{'s' * (n != 1)}): give shots {n} or fewer, "
