@@ -595,3 +595,20 @@ def _net3():
 
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(4, 3)).eval()
+
+
+def test_pixels_that_would_not_fit_in_memory_are_refused_before_decoding_them_all(tmp_path, monkeypatch):
+    from crossdistill.data import readers_folder
+
+    write_folder(tmp_path / "big", {"a": 3, "b": 3}, size=(40, 30))
+    opened = []
+    real_open = readers_folder._open
+    monkeypatch.setattr(readers_folder, "_open", lambda f, gray: opened.append(f) or real_open(f, gray))
+    monkeypatch.setattr(readers_folder, "_available_bytes", lambda: 6 * 40 * 30 * 3)  # all of it just does not fit
+    with pytest.raises(CrossDistillError, match=r"6 images of 40x30 take 0.0 MiB as pixels, more than .*crossdistill "
+                                                r"pack .*big --size HxW"):
+        read_image_folder(tmp_path / "big")
+    assert len(opened) == 1
+    assert read_image_folder(tmp_path / "big", size=8).x.shape == (6, 8, 8, 3)  # 6 x 8 x 8 x 3 fits
+    monkeypatch.setattr(readers_folder, "_available_bytes", lambda: None)  # no /proc: nothing to check against
+    assert read_image_folder(tmp_path / "big").x.shape == (6, 30, 40, 3)

@@ -280,6 +280,40 @@ def _height_width(size: int | tuple[int, int]) -> tuple[int, int]:
     return hw  # type: ignore[return-value]
 
 
+def _pack_command(path: Path, split: str) -> str:
+    option = " --split test" if split == "test" and has_splits(path) else ""
+    return f"`crossdistill pack {path}{option} --size HxW --out {split}.npz`"
+
+
+def _available_bytes() -> int | None:
+    """Memory the kernel says a new allocation can have (Linux's MemAvailable), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_fits_memory(root: Path, path: Path, split: str, need: int, shape: tuple[int, ...], n: int,
+                       scaled: bool) -> None:
+    """Refuse, before decoding them all, pixels that would not fit in memory: a folder of a
+    thousand 12-megapixel photos is 36 GB as pixels, and the process would be killed unannounced."""
+    free = _available_bytes()
+    if free is None or need <= 0.8 * free:
+        return
+    how = ("use fewer images (a folder of a part of them)" if scaled else
+           f"give them the model's input size first, e.g. {_pack_command(path, split)}, which scales each image as it "
+           "reads it, and use the .npz")
+    def size(b: int) -> str:
+        return f"{b / 2**30:.1f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
+
+    raise CrossDistillError(f"{root}: {n} images of {shape[1]}x{shape[0]} take {size(need)} as pixels, more "
+                            f"than the {size(free)} of memory free: {how}")
+
+
 def read_image_folder(path: str | Path, split: str = "train", *,
                       size: int | tuple[int, int] | None = None) -> ImageArrays:
     """The images of `split` as uint8 N×H×W×C with their class labels (see the module's doc);
@@ -298,24 +332,29 @@ def read_image_folder(path: str | Path, split: str = "train", *,
     whole = Path(os.path.commonpath(scope)) if len(scope) > 1 else scope[0]
     colour = [(f, mode) for f, mode in ((f, _mode(f)) for f in everything) if mode not in _GRAY_MODES]
     gray = not colour
-    arrays = []
-    for f, _ in files:
+    x: np.ndarray | None = None
+    by_shape: dict[tuple[int, ...], Path] = {}
+    for i, (f, _) in enumerate(files):
         im = _open(f, gray)
         if hw is not None:
             im = _resize_crop(im, *hw)
-        arrays.append(np.asarray(im, dtype=np.uint8))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        by_shape: dict[tuple[int, ...], Path] = {}
-        for (f, _), a in zip(files, arrays):
-            by_shape.setdefault(a.shape, f)
+        a = np.asarray(im, dtype=np.uint8)
+        by_shape.setdefault(a.shape, f)
+        if len(by_shape) > 1:  # the rest is decoded only to name up to three sizes
+            if len(by_shape) == 3:
+                break
+            continue
+        if x is None:
+            # One array filled in place: a list of images then np.stack would hold every pixel twice.
+            _check_fits_memory(root, path, split, len(files) * a.nbytes, a.shape, len(files), hw is not None)
+            x = np.empty((len(files),) + a.shape, np.uint8)
+        x[i] = a
+    if len(by_shape) > 1 or x is None:
         examples = "; ".join(f"{f.relative_to(root)} {s[1]}x{s[0]}" for s, f in list(by_shape.items())[:3])
-        option = " --split test" if split == "test" and has_splits(path) else ""
         raise CrossDistillError(
             f"{root}: the images differ in size (width x height: {examples}); give them one size first, e.g. "
-            f"`crossdistill pack {path}{option} --size HxW --out {split}.npz` (your model's input height x "
+            f"{_pack_command(path, split)} (your model's input height x "
             "width, e.g. 48x64, or one side for a square; scaled to cover it, centre crop), and use the .npz")
-    x = np.stack(arrays)
     if x.ndim == 3:
         x = x[..., None]
     y = np.asarray([label for _, label in files], dtype=np.int64)
