@@ -129,6 +129,13 @@ def test_unreadable_image_is_named(tmp_path):
     (tmp_path / "u" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(CrossDistillError, match=r"broken.jpg: not a readable image"):
         load_image_data(tmp_path / "u")
+    # Every broken file in one message: a folder of a web scrape must not need a run per file.
+    Image.new("RGB", (12, 10)).save(tmp_path / "whole.jpg")
+    (tmp_path / "u" / "a" / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:300])  # header intact
+    (tmp_path / "u" / "a" / "empty.png").write_bytes(b"")
+    with pytest.raises(CrossDistillError, match=r"3 files are not readable images: .*a/broken.jpg: not a readable image.*"
+                                                r"a/cut.jpg: not a readable image.*a/empty.png: not a readable image"):
+        load_image_data(tmp_path / "u")
 
 
 def test_pack_writes_an_npz_that_reads_as_the_folder(tmp_path, capsys):

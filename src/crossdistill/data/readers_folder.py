@@ -330,12 +330,28 @@ def read_image_folder(path: str | Path, split: str = "train", *,
     # One channel count for both splits: a gray test set of an RGB training set stays RGB.
     everything = [f for top in scope for sub in _subfolders(top) for f in _images_in(sub)]
     whole = Path(os.path.commonpath(scope)) if len(scope) > 1 else scope[0]
-    colour = [(f, mode) for f, mode in ((f, _mode(f)) for f in everything) if mode not in _GRAY_MODES]
+    unreadable: list[str] = []  # every broken file in one message, not one run each
+    colour = []
+    for f in everything:
+        try:
+            mode = _mode(f)
+        except CrossDistillError as exc:
+            unreadable.append(str(exc))
+            continue
+        if mode not in _GRAY_MODES:
+            colour.append((f, mode))
     gray = not colour
     x: np.ndarray | None = None
     by_shape: dict[tuple[int, ...], Path] = {}
     for i, (f, _) in enumerate(files):
-        im = _open(f, gray)
+        try:
+            im = _open(f, gray)
+        except CrossDistillError as exc:
+            if str(exc) not in unreadable:
+                unreadable.append(str(exc))
+            continue
+        if unreadable:
+            continue  # only looking for more broken files now
         if hw is not None:
             im = _resize_crop(im, *hw)
         a = np.asarray(im, dtype=np.uint8)
@@ -349,6 +365,12 @@ def read_image_folder(path: str | Path, split: str = "train", *,
             _check_fits_memory(root, path, split, len(files) * a.nbytes, a.shape, len(files), hw is not None)
             x = np.empty((len(files),) + a.shape, np.uint8)
         x[i] = a
+    if unreadable:
+        more = f" (and {len(unreadable) - 5} more)" if len(unreadable) > 5 else ""
+        if len(unreadable) == 1:
+            raise CrossDistillError(unreadable[0])
+        raise CrossDistillError(f"{len(unreadable)} files are not readable images{more}: " + "; ".join(unreadable[:5])
+                                + "; remove or replace them")
     if len(by_shape) > 1 or x is None:
         examples = "; ".join(f"{f.relative_to(root)} {s[1]}x{s[0]}" for s, f in list(by_shape.items())[:3])
         raise CrossDistillError(
