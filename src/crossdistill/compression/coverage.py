@@ -63,9 +63,14 @@ class Coverage:
 
     def warn(self) -> None:
         """One warning that names every layer left out for a reason no setting controls."""
-        left = [f"{n} ({e['reason']})" for n, e in self.entries.items() if e.get("warned")]
-        if left:
-            warnings.warn(f"{self.method}: left uncompressed: " + "; ".join(left), CompressionWarning, stacklevel=outside_stacklevel())
+        by_reason: dict[str, list[str]] = {}  # a reason said once for all its layers: a ViT repeats one per block
+        for n, e in self.entries.items():
+            if e.get("warned"):
+                by_reason.setdefault(e["reason"], []).append(n)
+        if by_reason:
+            left = [f"{', '.join(names)} ({reason})" for reason, names in by_reason.items()]
+            warnings.warn(f"{self.method}: left uncompressed: " + "; ".join(left), CompressionWarning,
+                          stacklevel=outside_stacklevel())
 
     def report(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in e.items() if k != "warned"} for e in self.entries.values()]
