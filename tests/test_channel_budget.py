@@ -145,3 +145,50 @@ def test_a_flops_target_with_a_global_budget_traces_the_model_once(monkeypatch):
     x, y = torch.randn(60, 3, 8, 8), torch.arange(60) % 10
     student, _ = crossdistill.compress(model, x, labels=y, shots=3, flops=0.5, budget="global", show_progress=False)
     assert len(calls) == 1
+
+
+class _CoarseNet(nn.Module):
+    """Two groups of 2 and 3 units: one keep ratio for both jumps past most FLOPs targets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2)
+        self.c2, self.b2 = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.c3, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(self.c3(x).mean((2, 3)))
+
+
+def test_a_global_budget_plans_at_the_asked_share_where_the_uniform_plan_falls_far_short():
+    """The uniform plan at flops 0.5 reaches 0.334 here (coarse units); the global plan used to
+    aim at that too, leaving a sixth of the teacher's FLOPs unspent with no word of it."""
+    import numpy as np
+
+    from crossdistill.errors import CrossDistillError
+    from crossdistill.run_types import FewShot
+
+    torch.manual_seed(0)
+    teacher = _CoarseNet().eval()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    few = FewShot(x, torch.arange(16) % 4, np.arange(16))
+    total = measured_flops(teacher, x[:1])
+
+    def run(budget: str):
+        cfg = CompressConfig(model="coarse", n_samples=16, damping=0.01, flops=0.5, budget=budget,
+                             solver="prune-only").validate()
+        return compress(teacher, few, cfg, show_progress=False)
+
+    with pytest.warns(UserWarning, match="the nearest plan at or under 0.5 of the FLOPs reaches 0.334"):
+        uniform = measured_flops(run("uniform").student, x[:1]) / total
+    result = run("global")
+    budget = result.summary["channel_budget"]
+    reached = measured_flops(result.student, x[:1]) / total
+    assert budget["target_from"] == "asked" and budget["target_flops"] == pytest.approx(0.5 * total)
+    assert uniform == pytest.approx(0.334, abs=1e-3) and uniform + 0.05 < reached <= 0.5
+    with pytest.raises(CrossDistillError, match=r"cannot reach 0.3 of the FLOPs: keeping one unit of every group "
+                                                r"leaves 0.334 \(2 groups can be pruned.*give a milder target"):
+        cfg = CompressConfig(model="coarse", n_samples=16, damping=0.01, flops=0.3, budget="global").validate()
+        compress(teacher, few, cfg, show_progress=False)

@@ -205,10 +205,11 @@ def allocate(costs: Mapping[int, torch.Tensor], flops: FlopModel, target: float,
             if best is None or float(slopes[j]) < best[0]:
                 best = (float(slopes[j]), gid, j + 1)
         if best is None:
-            # The target is the uniform plan's cost, which differs a little from an asked --flops.
+            # The target is the uniform plan's cost (or the asked share), not the floor of one
+            # unit a group that the uniform plan's refusal names: min_keep stops the groups here.
             raise CrossDistillError(f"the global budget cannot lose enough channels to reach {target / flops.total:.3f} "
-                                    f"of the FLOPs, what the uniform plan reaches (it got to {now / flops.total:.3f}); "
-                                    "lower min_keep or raise the target")
+                                    f"of the FLOPs (it got to {now / flops.total:.3f} with every group at its min_keep "
+                                    "floor or emptied); lower min_keep or raise the target")
         _, gid, j = best
         removed[gid] += j
         now = flops.flops(removed)

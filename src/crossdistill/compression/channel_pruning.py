@@ -150,7 +150,8 @@ class ChannelPruning(CompressionMethod):
 
     def _global_counts(self, model: nn.Module, uniform: Callable[[ChannelGroup], int | None],
                        memo: dict[Any, Any]) -> Callable[[ChannelGroup], int | None]:
-        """Units kept per group under a global budget at the FLOPs of the uniform plan (compression/budget.py)."""
+        """Units kept per group under a global budget at the FLOPs of the uniform plan (compression/budget.py),
+        or at the asked share where the uniform plan falls short of it by more than UNDERSHOOT."""
         assert self._images is not None and self._example is not None
         start = time.perf_counter()
         full = plan_graph_channels(model, self._example, lambda g: g.width, prune_classifier=self.prune_classifier,
@@ -161,8 +162,12 @@ class ChannelPruning(CompressionMethod):
         for gid, g in full.groups.items():
             count = uniform(g)
             removed_uniform[gid] = 0 if count is None else g.width - count
-        # The uniform plan's FLOPs, also under `flops` (which uniform meets from below): equal FLOPs.
-        target = fm.flops(removed_uniform)
+        # The uniform plan's FLOPs, also under `flops` (which uniform meets from below): the two plans
+        # compare at equal FLOPs. Coarse units (a 3-head attention tied to its MLP by one ratio)
+        # can leave the uniform plan far under the asked share, which a global plan need not be.
+        uniform_cost = fm.flops(removed_uniform)
+        asked = None if self._target is None else self._target[1] * fm.total
+        target = asked if asked is not None and asked - uniform_cost > UNDERSHOOT * fm.total else uniform_cost
         costs = removal_costs(model, full, self._images, self._damping, min_keep=self.min_keep,
                               cost=self.budget_cost, stream=self._capture != "all", lazy=self._capture == "disk",
                               device=self._device)
@@ -172,7 +177,8 @@ class ChannelPruning(CompressionMethod):
         removed = on_main(lambda: allocate(costs, fm, target, fixed))
         measure = "params" if self.parameters is not None else "flops"
         self._budget = {"budget": "global", "measure": measure, f"teacher_{measure}": fm.total,
-                        f"target_{measure}": target, f"planned_{measure}": fm.flops(removed),
+                        f"target_{measure}": target, "target_from": "uniform" if target == uniform_cost else "asked",
+                        f"planned_{measure}": fm.flops(removed),
                         f"uniform_{measure}": fm.flops(removed_uniform),
                         "seconds": time.perf_counter() - start,
                         "uniform_kept": {gid: full.groups[gid].width - r for gid, r in removed_uniform.items()}}
@@ -262,14 +268,18 @@ def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune
 
     if cost_at(1e-9) > share * fm.total:
         what = "parameters" if measure == "params" else "FLOPs"
+        whole = f", {len(plan.left_whole)} left whole (their reasons: report.json's channel_groups)" \
+            if plan.left_whole else ""
         raise CrossDistillError(f"channel pruning cannot reach {share:g} of the {what}: keeping one unit of every "
-                                f"group leaves {cost_at(1e-9) / fm.total:.3f}")
+                                f"group leaves {cost_at(1e-9) / fm.total:.3f} ({len(plan.groups)} group"
+                                f"{'s' * (len(plan.groups) != 1)} can be pruned{whole}); give a milder target, or use "
+                                "method sparsity, quant or lowrank, which reach every conv and Linear")
     lo, hi = 0.0, 1.0
     for _ in range(steps):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost_at(mid) <= share * fm.total else (lo, mid)
     reached = cost_at(lo) / fm.total
-    if share - reached > UNDERSHOOT:
+    if warn and share - reached > UNDERSHOOT:  # a global budget plans at the share itself then
         # Coarse units (few groups, few units each) leave no plan near the target from below;
         # a global budget plans at this same cost.
         what = "parameters" if measure == "params" else "FLOPs"
