@@ -308,11 +308,12 @@ def test_a_flops_target_that_coarse_units_undershoot_is_named():
                           nn.Conv2d(4, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
     x = torch.randn(1, 3, 8, 8)
     with pytest.warns(UserWarning, match=r"nearest plan at or under 0.5 of the FLOPs reaches 0\.(3|4[0-4])"):
-        ratio_for_flops(model, x, 0.5, False)
+        ratio_for_flops(model, x, 0.5, False, warn=True)  # as the uniform budget asks for it
     wide, _ = build("resnet")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ratio_for_flops(wide, x.new_zeros(1, 3, 32, 32), 0.5, False)
+        ratio_for_flops(wide, x.new_zeros(1, 3, 32, 32), 0.5, False, warn=True)
+        ratio_for_flops(model, x, 0.5, False)  # a global budget plans at the share itself: nothing to say
 
 
 def test_a_flops_budget_that_allows_everything_prunes_nothing():
