@@ -242,10 +242,16 @@ def test_compress_prunes_heads_saves_and_loads_the_student(tmp_path):
     assert all(g["kept"] == H // 2 and g["channels_per_unit"] == E // H for g in heads)
     out_proj = {r["name"]: r for r in report["layers"]}["extra.out_proj"]
     assert len(out_proj["kept"]) == E // 2  # its columns of the two kept heads, re-solved
-    loaded = crossdistill.load(crossdistill.save(student, tmp_path / "s.safetensors"))
+    path = crossdistill.save(student, tmp_path / "s.safetensors")
+    loaded = crossdistill.load(path)
     assert isinstance(loaded.extra, HeadPrunedAttention) and loaded.extra.kept_heads == student.extra.kept_heads
     with torch.inference_mode():
         assert torch.equal(loaded(x[:5]), student(x[:5]))
+    # Readers of format 2 and before do not know head groups: they must refuse the file by its
+    # version, not fail on "no channel group N" as if it were damaged.
+    from crossdistill.persistence import read_info
+
+    assert read_info(path).format_version == 3
 
 
 def test_an_attention_sharing_its_packed_projections_keeps_its_heads():

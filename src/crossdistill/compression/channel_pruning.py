@@ -210,6 +210,10 @@ def _oldest_rules(model: nn.Module, example: torch.Tensor, plan: GraphChannelPla
     now = current_rules()
     if now == LEGACY_RULES:
         return now
+    if any(plan.groups[gid].attention for gid in kept if gid in plan.groups):
+        # Head groups came after format 2's readers, which refused them as "no channel group N";
+        # the current rules' record puts the file at format 3, which they refuse by its version.
+        return now
     try:
         with trace_rules(LEGACY_RULES):
             before = {g.id: g for g in channel_groups(model, example)}

@@ -26,7 +26,8 @@ FORMAT = "crossdistill-model"
 # version 1 holds a byte a code). 3: a quantized transposed conv, whose scales run along dim 1 of
 # its codes (`transposed_groups` in its entry): a reader of version 2 would apply them along dim 0;
 # or channel groups traced with rules 2 (`trace` in channel_groups, compression/graph_rules.py),
-# which a reader of version 2 would number by the rules of 1. A file is written at the lowest
+# which a reader of version 2 would number by the rules of 1 (a stage that pruned attention heads
+# records rules 2 for that reason: readers before head pruning refused its groups as unknown). A file is written at the lowest
 # version that holds it, so that every other file stays what it was and older readers refuse a
 # newer one by its version.
 # Version 4: a model's non-persistent buffers (the `buffers` entry), which a reader of version 3
