@@ -308,6 +308,24 @@ def test_views_settings_without_views_do_not_split_a_method():
     assert len(set(method_labels([a, c]).values())) == 2
 
 
+def test_fine_tune_settings_without_a_fine_tune_do_not_split_a_method(tmp_path):
+    """The sweep counts runs that differ only in an idle fine-tune setting as one run; the report
+    showed them as two methods averaged over different seeds (a sweep file that pinned
+    finetune_lr, or rows of an older version that stored the then-default mode kd)."""
+    a = {**BASE, "objective": "nocross"}
+    assert len(set(method_labels([a, {**a, "finetune_lr": 0.001}, {**a, "finetune_mode": "kd"}]).values())) == 1
+    tuned = {**a, "finetune_epochs": 2}
+    assert len(set(method_labels([tuned, {**tuned, "finetune_lr": 0.001}]).values())) == 2
+    path = tmp_path / "idle.sqlite"
+    with SweepDB(path) as db:
+        add(db, 60.0, objective="nocross", shots=1, seed=0, finetune_lr=0.001)
+        for seed, v in enumerate([62.0, 64.0]):
+            add(db, v, objective="nocross", shots=1, seed=seed)
+    (group,) = aggregate(load_runs(path))
+    # One hash: seed 0 was recorded once, with the pinned setting, and counts for the method.
+    assert group.methods == ["nocross"] and group.cells[("nocross", 1)].top1 == [60.0, 64.0]
+
+
 def test_data_with_splits_of_its_own_given_for_both_is_scored_on_its_test_split(tmp_path):
     # `data: fashion-mnist, eval_data: fashion-mnist` (configs/smoke.yaml) was called a
     # validation split of 10000 images: the name reads the test split as evaluation data.

@@ -241,10 +241,13 @@ def _non_default(config: Mapping[str, Any], section: str) -> bool:
 
 
 def _method_fields(config: Mapping[str, Any]) -> dict[str, Any]:
-    from crossdistill.config.sections import without_idle_views
+    """The fields that tell methods apart: the run's identity (settings without effect, such as
+    a fine-tune's when none ran, left out, as the sweep leaves them out of its hash), less the
+    run settings, the x axis and what is averaged or ignored."""
+    from crossdistill.sweep.describe import flat_identity
 
     skip = set(X_FIELDS) | set(AVERAGED_FIELDS) | set(IGNORED_FIELDS)
-    return {k: v for k, v in without_idle_views(config).items() if k not in skip and not is_setting_field(k)}
+    return {k: v for k, v in flat_identity(config).items() if k not in skip and not is_setting_field(k)}
 
 
 def _setting_fields(config: Mapping[str, Any]) -> dict[str, Any]:

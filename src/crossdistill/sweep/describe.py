@@ -41,7 +41,19 @@ def flat_settings(config: Mapping[str, Any] | CompressConfig) -> dict[str, Any]:
     run settings as they are, each plug-in section as `objective` (its name) and
     `objective.mu` (its settings), the fine-tune as `finetune.epochs`, ... Older flat configs are
     resolved first. Never used for hashing (that is `hashing.config_hash`)."""
-    d = resolved(config).to_dict()
+    return _flatten(resolved(config).to_dict())
+
+
+def flat_identity(config: Mapping[str, Any] | CompressConfig) -> dict[str, Any]:
+    """`flat_settings` of what identifies the run (`hashing.config_identity`): without the
+    settings that had no effect (a fine-tune's learning rate when no fine-tune ran), so that the
+    runs a sweep counts as one are shown as one method too."""
+    from crossdistill.sweep.hashing import config_identity
+
+    return _flatten(config_identity(resolved(config).to_dict()))
+
+
+def _flatten(d: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         if isinstance(value, Mapping) and "name" in value:
