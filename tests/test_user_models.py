@@ -912,3 +912,32 @@ def test_a_submodule_wrapped_by_torch_compile_is_named():
     model[3] = torch.compile(model[3])
     with pytest.raises(CrossDistillError, match=r"3 is wrapped by torch.compile: compress the modules it wraps \(3 = 3._orig_mod\)"):
         crossdistill.compress(model, torch.randn(20, 3, 8, 8), n_samples=10, method="sparsity", show_progress=False)
+
+
+def test_the_report_identifies_teacher_and_few_shot_images_by_content(factory, data, tmp_path):
+    """The config names the weights by path: a file changed in place gave another student under
+    the same config and report, and nothing told the two runs apart."""
+    import json
+
+    from crossdistill.models.user import build_user_model
+    from crossdistill.persistence.files import tensors_checksum
+
+    train, _ = data
+    teacher = build_user_model(factory)
+    torch.save(teacher.state_dict(), tmp_path / "w.pt")
+
+    def run(out: str) -> dict:
+        assert main(["compress", "--model", factory, "--weights", str(tmp_path / "w.pt"), "--data", str(train),
+                     "--shots", "2", "--method", "quant", "--bits", "8", "--quiet", "--out", str(tmp_path / out)]) == 0
+        return json.loads((tmp_path / out / "report.json").read_text())["checksums"]
+
+    first = run("a")
+    assert first["teacher"] == tensors_checksum(teacher.state_dict())
+    with torch.no_grad():
+        next(teacher.parameters()).view(-1)[0] += 1e-3
+    torch.save(teacher.state_dict(), tmp_path / "w.pt")
+    second = run("b")
+    assert second["teacher"] != first["teacher"] and second["fewshot"] == first["fewshot"]
+    x, y = images()
+    _, api = crossdistill.compress(teacher.eval(), x, labels=y, shots=2, method="quant", bits=8, show_progress=False)
+    assert api["checksums"]["teacher"] == second["teacher"]

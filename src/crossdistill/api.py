@@ -494,7 +494,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
 
     report = run_report(cfg, result, few, info, shots=shots, seconds=compress_seconds,
                         threads=cfg.threads or torch.get_num_threads(), class_counts=class_counts,
-                        class_names=class_names, files=files)
+                        class_names=class_names, files=files, teacher=model)
     report.update({
         "teacher": teacher_measures, "student": student_measures,
         **({"agreement": {**agreement, "n_eval": int(test[0].shape[0])}} if agreement is not None else {}),

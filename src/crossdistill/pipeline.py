@@ -32,6 +32,7 @@ from crossdistill.evaluation_timing import gpu_peak_memory_mib, peak_memory_mib
 from crossdistill.progress import progress_bar
 from crossdistill.models import model_info
 from crossdistill.models.checkpoint import tensors_sha256
+from crossdistill.persistence.files import tensors_checksum
 from crossdistill.models.registry import ModelInfo
 # Split off by job (run_setup: what a run is built from; run_outputs: what it writes). Their
 # names stay importable from here, where `run` and the CLI look them up: replacing one here (as
@@ -359,12 +360,14 @@ def _with_run_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_report(cfg: CompressConfig, result: CompressionResult, fewshot: FewShot, info: ModelInfo, *,
                shots: int | None, seconds: float, threads: int, class_counts: list[int] | None,
-               class_names: Sequence[str] | None = None, files: Sequence[str] | None = None) -> dict[str, Any]:
+               class_names: Sequence[str] | None = None, files: Sequence[str] | None = None,
+               teacher: nn.Module | None = None) -> dict[str, Any]:
     """The report's account of one compression (what ran, on which images, layer by layer, with
     which settings), the same from the command line (`run`) and the Python API, which add their
     evaluation and machine figures. `seconds`: the compression alone, evaluation not included.
     `class_names`, `files`: the training data's classes (label i is class_names[i]) and each of
-    its images' file, when it was read from a folder (the drawn ones are named)."""
+    its images' file, when it was read from a folder (the drawn ones are named). `teacher`: the
+    compressed model, whose weights' checksum the report records beside the few-shot images'."""
     report: dict[str, Any] = {
         "model": cfg.model,
         "method": result.method,
@@ -384,6 +387,10 @@ def run_report(cfg: CompressConfig, result: CompressionResult, fewshot: FewShot,
         **({"fewshot_class_counts": class_counts} if class_counts is not None else {}),
         **({"class_names": list(class_names)} if class_names is not None else {}),
         **({"fewshot_files": [files[int(i)] for i in fewshot.indices]} if files is not None else {}),
+        # By content, where the config names files by path: a teacher or data file replaced in
+        # place gives another run under the same config.
+        "checksums": {**({"teacher": tensors_checksum(teacher.state_dict())} if teacher is not None else {}),
+                      "fewshot": tensors_checksum({"images": fewshot.images, "labels": fewshot.labels})},
         "predictions": {"output": info.output, "kind": info.kind},
         "threads": threads,
         "layers": [
@@ -459,7 +466,7 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
     report = run_report(cfg, result, fewshot, info, shots=cfg.shots, seconds=result.seconds,
                         threads=torch.get_num_threads(),
                         class_counts=np.bincount(fewshot.labels.numpy(), minlength=info.num_classes).tolist(),
-                        class_names=train.class_names, files=train.files)
+                        class_names=train.class_names, files=train.files, teacher=teacher)
     report.update({
         "processes": distributed.world_size(),
         "peak_memory_mib": peak_mib,
