@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from crossdistill.compression import create_method
 from crossdistill.compression.composite import stage_solver_name
@@ -345,3 +346,23 @@ def test_channels_then_quant_takes_every_setting_of_channel_pruning():
                                             show_progress=False)
     assert report["student"]["flops"] <= 0.55 * report["teacher"]["flops"]
     assert student.crossdistill_quant  # the second stage ran on the slimmed model
+
+
+@pytest.mark.parametrize("solver", ["gptq", "rtn"])
+def test_an_8_bit_row_far_from_its_zero_point_is_on_the_grid(solver):
+    """An all-positive row (an identity's) puts codes 255 steps from the zero point, where the
+    float32 weight is off the float64 grid point by 1.5e-5 of a step: the on-grid check refused
+    the solver's own result."""
+    import crossdistill
+    from crossdistill.compression.quantization import dequantize_into
+
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(36, 4)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(4).reshape(4, 4, 1, 1))
+        model[0].bias.zero_()
+    x = torch.rand(24, 4, 3, 3)
+    student, _ = crossdistill.compress(model, x, labels=torch.arange(24) % 4, shots=2, method="quant", bits=8,
+                                       quant_scheme="asymmetric", solver=solver, show_progress=False)
+    kept = student[0].weight.detach().clone()
+    dequantize_into(student)
+    assert torch.equal(student[0].weight, kept) and torch.allclose(kept.reshape(4, 4), torch.eye(4), atol=1e-6)

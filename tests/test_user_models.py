@@ -941,3 +941,34 @@ def test_the_report_identifies_teacher_and_few_shot_images_by_content(factory, d
     x, y = images()
     _, api = crossdistill.compress(teacher.eval(), x, labels=y, shots=2, method="quant", bits=8, show_progress=False)
     assert api["checksums"]["teacher"] == second["teacher"]
+
+
+def test_a_teacher_that_scores_no_better_than_guessing_is_pointed_out(factory, data, tmp_path, capsys):
+    """Labels numbered otherwise than the model's classes make every figure of the run measure
+    nothing; the teacher's own score is what shows it, so it is said in words."""
+    import warnings
+
+    from crossdistill.checks import ChanceTeacherWarning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(10, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 10)).eval()
+    with torch.no_grad():
+        for layer in (model[0], model[3]):
+            layer.weight.copy_(torch.eye(10).reshape(layer.weight.shape))
+            layer.bias.zero_()
+    y = torch.arange(200) % 10
+    x = torch.randn(200, 10, 4, 4) * 0.1 + nn.functional.one_hot(y, 10).float()[:, :, None, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChanceTeacherWarning)
+        _, report = crossdistill.compress(model, x, labels=y, shots=2, method="quant", bits=8, eval_data=(x, y),
+                                          show_progress=False)
+    assert report["teacher"]["top1"] == 100.0
+    shuffled = (y + 3) % 10  # the same images, their classes numbered another way
+    with pytest.warns(ChanceTeacherWarning, match=r"scores 0.0 % top-1 on the 200 evaluation images, no better than "
+                                                  r"guessing among 10 classes \(10.0 %\)"):
+        crossdistill.compress(model, x, labels=shuffled, shots=2, method="quant", bits=8, eval_data=(x, shuffled),
+                              show_progress=False)
+    train, test = data  # random labels for the factory's untrained model: the command line says it too
+    assert main(["compress", "--model", factory, "--data", str(train), "--eval-data", str(test), "--shots", "2",
+                 "--method", "quant", "--bits", "8", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    assert "no better than guessing among 10 classes" in capsys.readouterr().err

@@ -156,10 +156,14 @@ def encode_weight(weight: torch.Tensor, grid: Grid, name: str = "layer", transpo
     solver bug, or a weight changed after solving)."""
     w = rows_of(weight.detach().to(torch.float64), transposed_groups)
     codes = grid.codes(w)
-    off = (grid.dequantize(codes) - w).abs().max() if w.numel() else torch.tensor(0.0, device=w.device)
-    tol = 1e-5 * float(grid.scale.max())
-    if float(off) > tol:
-        raise CrossDistillError(f"layer {name!r}: weights are not on the quantization grid (off by {float(off):.3g})")
+    off = (grid.dequantize(codes) - w).abs()
+    # A grid point stored in float32 is off by up to half its ulp (2^-24 of it): at 8 bits a code
+    # 255 steps from the zero point is that far off by 255 × 2^-24 ≈ 1.5e-5 of a step, which a
+    # tolerance of 1e-5 step alone refused (an all-positive row, e.g. an identity's).
+    tol = 1e-5 * float(grid.scale.max()) + 2.0**-23 * w.abs()
+    if w.numel() and bool((off > tol).any()):
+        worst = float(off.flatten()[int((off - tol).argmax())])
+        raise CrossDistillError(f"layer {name!r}: weights are not on the quantization grid (off by {worst:.3g})")
     dtype = code_dtype(grid.scheme)
     entry = {
         "bits": grid.bits,
