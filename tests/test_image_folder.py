@@ -619,3 +619,61 @@ def test_pixels_that_would_not_fit_in_memory_are_refused_before_decoding_them_al
     assert read_image_folder(tmp_path / "big", size=8).x.shape == (6, 8, 8, 3)  # 6 x 8 x 8 x 3 fits
     monkeypatch.setattr(readers_folder, "_available_bytes", lambda: None)  # no /proc: nothing to check against
     assert read_image_folder(tmp_path / "big").x.shape == (6, 30, 40, 3)
+
+
+def test_classes_give_the_models_order_to_a_folder_sorted_otherwise(tmp_path, capsys):
+    """Folders 1 ... 10 sort as 1, 10, 2, ...; a model trained with label i for folder i + 1 is
+    scored against the wrong classes unless its order can be given."""
+    import json
+
+    import torch
+
+    import crossdistill
+
+    names = [str(i) for i in range(1, 11)]
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(names):  # class i: a bright patch in channel i % 3, row i
+        (tmp_path / "n" / name).mkdir(parents=True)
+        for k in range(3):
+            pixels = rng.integers(0, 40, (10, 10, 3), dtype=np.uint8)
+            pixels[label, :, label % 3] = 255
+            Image.fromarray(pixels).save(tmp_path / "n" / name / f"{k}.png")
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class RowNet(nn.Module):  # class i: the mean of row i of channel i % 3, scaled\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 3, 1)\n"
+        "    def forward(self, x):\n"
+        "        h = self.conv(x)\n"
+        "        return torch.stack([h[:, i % 3, i].mean(1) for i in range(10)], 1) * 10\n\n"
+        "def make():\n"
+        "    net = RowNet()\n"
+        "    with torch.no_grad():\n"
+        "        net.conv.weight.copy_(torch.eye(3).reshape(3, 3, 1, 1)); net.conv.bias.zero_()\n"
+        "    return net\n")
+    (tmp_path / "order.txt").write_text("\n".join(names) + "\n")
+    common = ["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "n"), "--eval-data",
+              str(tmp_path / "n"), "--shots", "2", "--method", "quant", "--bits", "8", "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "as_sorted")]) == 0
+    err = capsys.readouterr().err
+    assert "folder '10' is class 1" in err and "no better than guessing" in err
+    assert main(common + ["--classes", str(tmp_path / "order.txt"), "--out", str(tmp_path / "ordered")]) == 0
+    err = capsys.readouterr().err
+    assert "folder '10' is class 1" not in err and "guessing" not in err
+    report = json.loads((tmp_path / "ordered" / "report.json").read_text())
+    assert report["teacher"]["top1"] == 100.0 and report["class_names"] == names
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "ordered" / "config.yaml").read_text())["classes"] == names  # the names kept
+    from crossdistill.models.user import build_user_model
+
+    model = build_user_model(f"{tmp_path / 'net.py'}:make").eval()
+    _, api = crossdistill.compress(model, tmp_path / "n", shots=2, classes=names, method="quant", bits=8,
+                                   eval_data=tmp_path / "n", show_progress=False)
+    assert api["teacher"]["top1"] == 100.0
+    with pytest.raises(CrossDistillError, match=r"classes \['9'\] are not in the class list \(9 names"):
+        crossdistill.compress(model, tmp_path / "n", shots=2, classes=names[:-2] + ["10"], show_progress=False)
+    with pytest.raises(CrossDistillError, match="classes are given by name, but the data names none"):
+        crossdistill.compress(model, torch.rand(20, 3, 10, 10), labels=torch.arange(20) % 10, shots=2,
+                              classes=names, show_progress=False)

@@ -391,7 +391,18 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
     seed = int(seed)
     shots = None if shots is None else check_count(shots, "shots")
     n_samples = None if n_samples is None else check_count(n_samples, "n_samples")
-    images, found_labels, class_names, files = _images(data, "training", mean, std)
+    with warnings.catch_warnings():
+        if settings.get("classes") is not None:  # the order is given: numbered folder names need no word
+            from crossdistill.data.readers_folder import ClassOrderWarning
+
+            warnings.simplefilter("ignore", ClassOrderWarning)
+        images, found_labels, class_names, files = _images(data, "training", mean, std)
+    if settings.get("classes") is not None:
+        from crossdistill.data.align import renumbering
+
+        class_names, mapping = renumbering(class_names, settings["classes"], str(data) if isinstance(
+            data, (str, Path)) else "training data")
+        found_labels = None if found_labels is None else torch.as_tensor(mapping)[found_labels]
     if isinstance(data, (str, Path)) and images.dim() == 4:  # image files (signals are used as stored)
         warn_unnormalised(name, mean, std, "mean/std")
     if labels is not None:

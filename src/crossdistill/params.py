@@ -122,7 +122,8 @@ class Param:
         if isinstance(value, str):
             value = value.replace(",", " ").split()
         if not isinstance(value, (list, tuple)) or not value:
-            raise CrossDistillError(f"{owner + ': ' if owner else ''}{self.name} must be a list of numbers, got {value!r}")
+            what = "names" if self.spec.item is str else "numbers"
+            raise CrossDistillError(f"{owner + ': ' if owner else ''}{self.name} must be a list of {what}, got {value!r}")
         item = Param(self.name, (getattr(self.spec.item, "__name__", "float"),), None, self.spec)
         return [item.check(v, owner) for v in value]
 

@@ -23,7 +23,8 @@ from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
 from crossdistill.device import resolve_device
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
-from crossdistill.data.align import align_classes, check_named_classes
+from crossdistill.data.align import align_classes, check_named_classes, order_classes
+from crossdistill.data.readers_folder import ClassOrderWarning
 from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
 from crossdistill.errors import CrossDistillError, outside_stacklevel
@@ -443,12 +444,17 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
     if cfg.data is None and train is None:
         raise CrossDistillError("no training data given (--data)")
     teacher = teacher if teacher is not None else load_teacher(cfg)
-    train = train if train is not None else load_with_progress(cfg.data, "train", show_progress)
+    with warnings.catch_warnings():
+        if cfg.classes:  # the order is given: a folder's numbered names need no word about theirs
+            warnings.simplefilter("ignore", ClassOrderWarning)
+        train = train if train is not None else load_with_progress(cfg.data, "train", show_progress)
+        if cfg.classes:
+            train = order_classes(train, cfg.classes)
+        if test is None and cfg.eval_data:
+            # Loaded and checked before compressing: a bad test file must not cost a whole run.
+            test = load_with_progress(cfg.eval_data, "test", show_progress)
     info = info_of(cfg, teacher, train)
     fewshot = draw_few_shot(cfg, train, info)
-    if test is None and cfg.eval_data:
-        # Loaded and checked before compressing: a bad test file must not cost a whole run.
-        test = load_with_progress(cfg.eval_data, "test", show_progress)
     if test is not None:
         test = align_classes(test, train.class_names)
         check_data_fits_model(test, info, role="test data", scored=True, instead="compress without --eval-data")

@@ -31,8 +31,8 @@ _DESTS = "_config_dests"
 # Which run settings go in which help group (any other goes to "run"); `latency` is a switch of
 # the commands that evaluate (`--latency`), not a valued flag.
 RUN_GROUPS = {
-    "model and data": ("model", "weights", "data", "eval_data", "input_size", "mean", "std", "output_key",
-                       "output_kind"),
+    "model and data": ("model", "weights", "data", "eval_data", "classes", "input_size", "mean", "std",
+                       "output_key", "output_kind"),
     "few-shot draw": ("shots", "n_samples", "seed", "sampler"),
     "run": ("damping", "batch_size", "device"),
 }

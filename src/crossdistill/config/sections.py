@@ -68,6 +68,10 @@ class RunSettings(Plugin):
                                            "from pixels scaled to [0, 1] (from signals as stored) (default 0)", item=float)
     std: tuple[float, ...] | None = param(None, "a model the registry does not know: per-channel std dividing "
                                           "them (default 1)", low=0, low_open=True, item=float)
+    classes: tuple[str, ...] | None = param(None, "the model's classes in the order of its outputs, by the names "
+                                            "the data gives them (a folder's subfolders, an .npz's class_names): "
+                                            "label i is the i-th name; one name that is a file: a name a line "
+                                            "(default: the data's own order, a folder's sorted names)", item=str)
     output_key: str | None = param(None, "a model that returns several outputs (a tuple, list, dict or named "
                                    "tuple, e.g. logits beside features): which one holds the predictions, as a "
                                    "key, a field name or an index (default: the 'logits' entry, else the first)")

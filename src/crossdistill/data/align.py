@@ -28,6 +28,50 @@ def align_classes(test: ImageArrays, names: Sequence[str] | None) -> ImageArrays
     return dataclasses.replace(test, y=mapping[test.y], num_classes=len(names), class_names=list(names))
 
 
+def class_list(classes: Sequence[str]) -> list[str]:
+    """`classes` as given (`--classes a b c`), or read from a file when it is one name that names
+    a file: one class a line, blank lines left out (a thousand ImageNet ids are not typed)."""
+    from pathlib import Path
+
+    if isinstance(classes, str):  # a file, or names as a flag takes them: "cat,dog" / "cat dog"
+        classes = [classes] if Path(classes).is_file() else classes.replace(",", " ").split()
+    names = [str(c) for c in classes]
+    if len(names) == 1 and Path(names[0]).is_file():
+        try:
+            text = Path(names[0]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CrossDistillError(f"{names[0]}: cannot read the class list ({exc})") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        if not names:
+            raise CrossDistillError(f"{classes[0]}: the class list is empty")
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        raise CrossDistillError(f"classes: {doubled} given twice; each class once, in the model's order")
+    return names
+
+
+def renumbering(data_names: Sequence[str] | None, classes: Sequence[str], where: str) -> tuple[list[str], np.ndarray]:
+    """The class list `classes` (`--classes`) and, for each of the data's own labels, its label
+    in that list: the model's order where it is not the data's (a folder's sorted names against a
+    model trained on another order)."""
+    names = class_list(classes)
+    if data_names is None:
+        raise CrossDistillError(f"{where}: classes are given by name, but the data names none (give a folder of "
+                                "class subfolders, or an .npz with class_names)")
+    unknown = [n for n in data_names if n not in names]
+    if unknown:
+        raise CrossDistillError(f"{where}: classes {unknown} are not in the class list ({len(names)} names: "
+                                f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''})")
+    index = {name: i for i, name in enumerate(names)}
+    return names, np.asarray([index[name] for name in data_names], dtype=np.int64)
+
+
+def order_classes(data: ImageArrays, classes: Sequence[str]) -> ImageArrays:
+    """`data` with its labels numbered by the class list `classes` (`renumbering`)."""
+    names, mapping = renumbering(data.class_names, classes, data.source or "training data")
+    return dataclasses.replace(data, y=mapping[data.y], num_classes=len(names), class_names=names)
+
+
 def check_named_classes(names: Sequence[str] | None, num_classes: int, source: str = "training data",
                         labels: np.ndarray | None = None) -> None:
     """Refuse training data that names another number of classes than the model predicts: its

@@ -67,7 +67,8 @@ def _warn_numeric_order(root: Path, classes: list[str]) -> None:
     warnings.warn(f"{root}: the class folders are numbers, and classes are numbered in the order of their names as "
                   f"text ({', '.join(classes[:4])}, ...: folder {classes[1]!r} is class 1), as torchvision's "
                   "ImageFolder numbers them; if the model's class i is folder i instead, give the folders names "
-                  f"that sort as numbers ({by_number[0].zfill(width)}, {by_number[1].zfill(width)}, ...)",
+                  f"that sort as numbers ({by_number[0].zfill(width)}, {by_number[1].zfill(width)}, ...), or the "
+                  "order with --classes (classes=)",
                   ClassOrderWarning, stacklevel=outside_stacklevel())
 
 

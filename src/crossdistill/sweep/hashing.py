@@ -47,7 +47,7 @@ def json_sha256(obj: Any) -> str:
 # behaviour from before it existed. At that default they are left out of the hash, so the hash of
 # every run made before they existed stays what it was (stored config_hash columns match as
 # written, not only after re-hashing).
-_ADDED_AT_DEFAULT: dict[str, Any] = {"baseline": None, "output_key": None, "output_kind": "auto"}
+_ADDED_AT_DEFAULT: dict[str, Any] = {"baseline": None, "output_key": None, "output_kind": "auto", "classes": None}
 
 
 def config_hash(config: Mapping[str, Any] | Any) -> str:
