@@ -672,6 +672,15 @@ def test_classes_give_the_models_order_to_a_folder_sorted_otherwise(tmp_path, ca
     _, api = crossdistill.compress(model, tmp_path / "n", shots=2, classes=names, method="quant", bits=8,
                                    eval_data=tmp_path / "n", show_progress=False)
     assert api["teacher"]["top1"] == 100.0
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    evaluate = ["evaluate", "--model", f"{tmp_path / 'net.py'}:make", "--weights", str(tmp_path / "w.pt"),
+                "--eval-data", str(tmp_path / "n"), "--no-latency", "--json", "--quiet"]
+    capsys.readouterr()
+    assert main(evaluate) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["top1"] == 10.0 and "the model scores 10.0 % top-1" in captured.err
+    assert main(evaluate + ["--classes", str(tmp_path / "order.txt")]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == 100.0
     with pytest.raises(CrossDistillError, match=r"classes \['9'\] are not in the class list \(9 names"):
         crossdistill.compress(model, tmp_path / "n", shots=2, classes=names[:-2] + ["10"], show_progress=False)
     with pytest.raises(CrossDistillError, match="classes are given by name, but the data names none"):

@@ -948,7 +948,7 @@ def test_a_teacher_that_scores_no_better_than_guessing_is_pointed_out(factory, d
     nothing; the teacher's own score is what shows it, so it is said in words."""
     import warnings
 
-    from crossdistill.checks import ChanceTeacherWarning
+    from crossdistill.checks import ChanceScoreWarning
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(10, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 10)).eval()
@@ -959,12 +959,12 @@ def test_a_teacher_that_scores_no_better_than_guessing_is_pointed_out(factory, d
     y = torch.arange(200) % 10
     x = torch.randn(200, 10, 4, 4) * 0.1 + nn.functional.one_hot(y, 10).float()[:, :, None, None]
     with warnings.catch_warnings():
-        warnings.simplefilter("error", ChanceTeacherWarning)
+        warnings.simplefilter("error", ChanceScoreWarning)
         _, report = crossdistill.compress(model, x, labels=y, shots=2, method="quant", bits=8, eval_data=(x, y),
                                           show_progress=False)
     assert report["teacher"]["top1"] == 100.0
     shuffled = (y + 3) % 10  # the same images, their classes numbered another way
-    with pytest.warns(ChanceTeacherWarning, match=r"scores 0.0 % top-1 on the 200 evaluation images, no better than "
+    with pytest.warns(ChanceScoreWarning, match=r"scores 0.0 % top-1 on the 200 evaluation images, no better than "
                                                   r"guessing among 10 classes \(10.0 %\)"):
         crossdistill.compress(model, x, labels=shuffled, shots=2, method="quant", bits=8, eval_data=(x, shuffled),
                               show_progress=False)

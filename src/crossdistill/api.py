@@ -485,9 +485,9 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
             t_scores, s_scores, agreement = compare(model, result.student, batches, output=info.output,
                                                     kind=info.kind)
         teacher_measures = _measure(model, info, test, t_scores, cfg.latency)
-    from crossdistill.checks import warn_teacher_at_chance
+    from crossdistill.checks import warn_at_chance
 
-    warn_teacher_at_chance(teacher_measures, info.kind, info.num_classes)
+    warn_at_chance(teacher_measures, info.kind, info.num_classes)
     student = result.student
     if is_channels_last(model):
         # The solves write plain row-major weights; a model kept in channels_last (for its speed

@@ -36,11 +36,11 @@ def warn_unnormalised(model: str, mean: Sequence[float] | None, std: Sequence[fl
                       NormalisationWarning, stacklevel=outside_stacklevel())
 
 
-class ChanceTeacherWarning(UserWarning):
-    """The teacher scores no better than guessing on the evaluation data."""
+class ChanceScoreWarning(UserWarning):
+    """A model (the teacher) scores no better than guessing on the evaluation data."""
 
 
-def warn_teacher_at_chance(scores: dict[str, Any] | None, kind: str, num_classes: int) -> None:
+def warn_at_chance(scores: dict[str, Any] | None, kind: str, num_classes: int, who: str = "the teacher itself") -> None:
     """Say when the teacher's own top-1 cannot be told from guessing: labels numbered otherwise
     than the model's classes (folders sorted by name against a model trained on another order)
     or inputs normalised otherwise than in its training give that, and every figure of the run
@@ -54,11 +54,11 @@ def warn_teacher_at_chance(scores: dict[str, Any] | None, kind: str, num_classes
     # Three standard deviations of a guesser's score on n images above its mean.
     if float(top1) / 100.0 > chance + 3.0 * (chance * (1.0 - chance) / n) ** 0.5:
         return
-    warnings.warn(f"the teacher itself scores {float(top1):.1f} % top-1 on the {n} evaluation images, no better than "
+    warnings.warn(f"{who} scores {float(top1):.1f} % top-1 on the {n} evaluation images, no better than "
                   f"guessing among {num_classes} classes ({100 * chance:.1f} %): check that the labels number the "
                   "classes as the model does (a folder's classes are numbered by their sorted names, an .npz's y is "
                   "taken as stored) and that mean/std are those it was trained with",
-                  ChanceTeacherWarning, stacklevel=outside_stacklevel())
+                  ChanceScoreWarning, stacklevel=outside_stacklevel())
 
 
 def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, where: str) -> None:

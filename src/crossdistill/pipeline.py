@@ -18,7 +18,7 @@ from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.quantization import dequantize_into, quantized_parameters
 from crossdistill.calibration import calibration_images
 from crossdistill.capture import ALL_CONVS, SOLVABLE, forward_calls
-from crossdistill.checks import check_copyable, check_data_fits_model, model_copy, warn_teacher_at_chance
+from crossdistill.checks import check_copyable, check_data_fits_model, model_copy, warn_at_chance
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
 from crossdistill.device import resolve_device
@@ -491,5 +491,5 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
             report["student"] = evaluate_for(result.student, test, info, latency=cfg.latency,
                                              label="student" if show_progress else None)
         report["n_eval"] = report["student"]["n_eval"]
-        warn_teacher_at_chance(report["teacher"], info.kind, info.num_classes)
+        warn_at_chance(report["teacher"], info.kind, info.num_classes)
     return result, report

@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test data: .npz (uint8 images, or float signals N×C×L), a folder of class subfolders "
                         "of images, cifar-10-batches-py folder, "
                         "Fashion-MNIST folder, or 'cifar10'/'fashion-mnist'")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="the model's classes in the order of its outputs, by the names the test data gives them "
+                        "(a folder's subfolders, an .npz's class_names), or one file of them, a name a line "
+                        "(default: the order the model's file records, else the data's own: a folder's sorted names)")
     p.add_argument("--mean", type=float, nargs="+", default=None,
                    help="your own model from a plain state dict, or a student compressed from tensors through the "
                         "Python API (its file cannot know): per-channel mean subtracted from pixels scaled to "
@@ -116,8 +120,8 @@ def _with_normalisation(info: Any, mean: Sequence[float] | None, std: Sequence[f
 def run(args: argparse.Namespace) -> int:
     from crossdistill.checks import check_data_fits_model
     from crossdistill.data import load_image_data
-    from crossdistill.data.align import align_classes, check_named_classes
-    from crossdistill.checks import warn_unnormalised
+    from crossdistill.data.align import align_classes, check_named_classes, order_classes
+    from crossdistill.checks import warn_at_chance, warn_unnormalised
     from crossdistill.evaluation import evaluate_for
     from crossdistill.models import load_model, load_weights
     from crossdistill.model_inputs import check_file_inputs
@@ -140,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         check_file_inputs(model, "float32", args.model)
         load_weights(model, weights)
         data = load_image_data(args.eval_data, "test")
+        if args.classes:
+            data = order_classes(data, args.classes)
         if not data.is_signal:
             warn_unnormalised(args.model, args.mean, args.std)
         info = infer_info(model.eval(), args.model, data.input_shape, mean=args.mean, std=args.std,
@@ -150,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
         check_file_inputs(model, info.input_dtype, str(weights))
         info = _with_normalisation(info, args.mean, args.std)
         # Numbered by the classes the model was compressed with, when its file names them.
-        data = align_classes(load_image_data(args.eval_data, "test"), getattr(model, "crossdistill_class_names", None))
+        data = load_image_data(args.eval_data, "test")
+        data = order_classes(data, args.classes) if args.classes else align_classes(
+            data, getattr(model, "crossdistill_class_names", None))
     # The factory given now, where the file's recorded one has moved.
     name = args.model if args.model is not None and is_factory_spec(args.model) else info.name
     spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}
@@ -163,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,
                           threads=args.threads, batch_size=args.batch_size,
                           label=None if args.quiet else "model")
+    warn_at_chance(result, info.kind, int(spec.get("num_classes", info.num_classes)), who="the model")
     result = {"model": name, "weights": str(args.weights), "eval_data": str(args.eval_data),
               "spec": spec, **result}
     if getattr(model, "crossdistill_quant", None):
