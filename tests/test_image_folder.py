@@ -454,7 +454,10 @@ def test_a_test_class_the_model_has_no_output_for_is_named(tmp_path, capsys):
     assert main(["evaluate", "--model", f"{tmp_path / 'net.py'}:make", "--weights", str(tmp_path / "w.pt"),
                  "--eval-data", str(tmp_path / "six"), "--mean", "0", "0", "0", "--std", "1", "1", "1",
                  "--quiet"]) == 2
-    assert "the model has no output for 'zigzag'" in capsys.readouterr().err
+    # Every folder holds images: which is not the model's cannot be told, so none is blamed.
+    err = capsys.readouterr().err
+    assert "images per class: a 1, b 1, zigzag 1; remove the 1 folder that is not the model's classes" in err
+    assert "no output for" not in err
 
 
 NET3 = """
@@ -546,17 +549,22 @@ def test_only_the_class_folders_of_the_splits_are_read(tmp_path):
     assert load_image_data(tmp_path / "v").class_names == ["bus", "train", "tram"]
 
 
-def test_class_names_from_macos_match_linux_ones(tmp_path):
+def test_class_names_from_macos_match_linux_ones_in_the_order_stored(tmp_path):
+    """A folder copied from macOS stores 'été' decomposed (e + accent), which sorts before
+    'fleur', where the one code point of Linux's 'é' sorts after: torchvision numbers the folder as
+    stored, and so must the reader, while a Linux test folder's 'été' is still the same class."""
     import unicodedata
 
-    nfd, nfc = unicodedata.normalize("NFD", "avión"), unicodedata.normalize("NFC", "avión")
-    assert nfd != nfc
-    write_folder(tmp_path / "mac", {nfd: 1, "b": 1}, size=(4, 4))
-    write_folder(tmp_path / "linux", {nfc: 1, "b": 1}, size=(4, 4))
+    nfd, nfc = unicodedata.normalize("NFD", "été"), unicodedata.normalize("NFC", "été")
+    assert nfd != nfc and sorted([nfd, "fleur"]) != sorted([nfc, "fleur"])
+    write_folder(tmp_path / "mac", {nfd: 1, "fleur": 2}, size=(4, 4))
+    write_folder(tmp_path / "linux", {nfc: 1, "fleur": 1}, size=(4, 4))
     from crossdistill.data.align import align_classes
 
     train, test = load_image_data(tmp_path / "mac"), load_image_data(tmp_path / "linux")
-    assert train.class_names == [nfc, "b"] and align_classes(test, train.class_names).y.tolist() == [0, 1]
+    assert train.class_names == [nfd, "fleur"] and train.y.tolist() == [0, 1, 1]  # été first, as stored
+    assert test.class_names == ["fleur", nfc]  # the Linux folder's own order is the other one
+    assert align_classes(test, train.class_names).y.tolist() == [1, 0]  # its été is class 0 all the same
 
 
 def test_image_like_files_not_read_are_named_and_float_pixels_refused(tmp_path):
@@ -605,19 +613,19 @@ def _net3():
 
 
 def test_pixels_that_would_not_fit_in_memory_are_refused_before_decoding_them_all(tmp_path, monkeypatch):
-    from crossdistill.data import readers_folder
+    from crossdistill.data import folder_pixels
 
     write_folder(tmp_path / "big", {"a": 3, "b": 3}, size=(40, 30))
     opened = []
-    real_open = readers_folder._open
-    monkeypatch.setattr(readers_folder, "_open", lambda f, gray: opened.append(f) or real_open(f, gray))
-    monkeypatch.setattr(readers_folder, "_available_bytes", lambda: 6 * 40 * 30 * 3)  # all of it just does not fit
-    with pytest.raises(CrossDistillError, match=r"6 images of 40x30 take 0.0 MiB as pixels, more than .*crossdistill "
+    real_open = folder_pixels.open_image
+    monkeypatch.setattr(folder_pixels, "open_image", lambda f, gray: opened.append(f) or real_open(f, gray))
+    monkeypatch.setattr(folder_pixels, "available_bytes", lambda: 6 * 40 * 30 * 3)  # all of it just does not fit
+    with pytest.raises(CrossDistillError, match=r"the pixels of 6 images of 40x30 take 0.0 MiB, more than .*crossdistill "
                                                 r"pack .*big --size HxW"):
         read_image_folder(tmp_path / "big")
     assert len(opened) == 1
     assert read_image_folder(tmp_path / "big", size=8).x.shape == (6, 8, 8, 3)  # 6 x 8 x 8 x 3 fits
-    monkeypatch.setattr(readers_folder, "_available_bytes", lambda: None)  # no /proc: nothing to check against
+    monkeypatch.setattr(folder_pixels, "available_bytes", lambda: None)  # no /proc: nothing to check against
     assert read_image_folder(tmp_path / "big").x.shape == (6, 30, 40, 3)
 
 
@@ -686,3 +694,43 @@ def test_classes_give_the_models_order_to_a_folder_sorted_otherwise(tmp_path, ca
     with pytest.raises(CrossDistillError, match="classes are given by name, but the data names none"):
         crossdistill.compress(model, torch.rand(20, 3, 10, 10), labels=torch.arange(20) % 10, shots=2,
                               classes=names, show_progress=False)
+
+
+def test_a_folder_beside_train_and_test_is_named_not_read_as_a_class(tmp_path):
+    """`photos/{train,test,Unsorted}` was read as three classes Unsorted, test and train."""
+    write_folder(tmp_path / "p" / "train", {"cat": 1, "dog": 1}, size=(4, 4))
+    write_folder(tmp_path / "p" / "test", {"cat": 1, "dog": 1}, size=(4, 4), seed=1)
+    write_folder(tmp_path / "p" / "Unsorted", {"misc": 2}, size=(4, 4), seed=2)
+    (tmp_path / "p" / "notes").mkdir()
+    with pytest.warns(UserWarning, match=r"Unsorted/ beside train/ and test/ is not read"):
+        data = load_image_data(tmp_path / "p")
+    assert data.class_names == ["cat", "dog"] and data.y.tolist() == [0, 1]
+    write_folder(tmp_path / "q" / "train", {"cat": 1, "dog": 1}, size=(4, 4))  # train/ alone, an empty folder beside
+    (tmp_path / "q" / "Unsorted").mkdir()
+    assert load_image_data(tmp_path / "q").class_names == ["cat", "dog"]
+
+
+def test_links_that_would_give_an_image_two_classes_or_walk_the_disk(tmp_path):
+    write_folder(tmp_path / "d", {"a": 1, "b": 1}, size=(4, 4))
+    (tmp_path / "d" / "a" / "root").symlink_to("/", target_is_directory=True)  # cut: an ancestor of every folder
+    assert load_image_data(tmp_path / "d").class_counts().tolist() == [1, 1]
+    (tmp_path / "d" / "a" / "root").unlink()
+    (tmp_path / "d" / "a" / "to_b").symlink_to(tmp_path / "d" / "b", target_is_directory=True)
+    (tmp_path / "d" / "b" / "to_a").symlink_to(tmp_path / "d" / "a", target_is_directory=True)  # a cycle a -> b -> a
+    with pytest.raises(CrossDistillError, match=r"also an image of class 'a' \(through a link\)"):
+        load_image_data(tmp_path / "d")
+
+
+def test_two_sizes_stop_the_decoding_and_unicode_digits_are_names(tmp_path, monkeypatch):
+    from crossdistill.data import folder_pixels
+
+    write_folder(tmp_path / "m", {"a": 1}, size=(6, 4))
+    write_folder(tmp_path / "m", {"b": 5}, size=(4, 6), seed=1)
+    opened = []
+    real_open = folder_pixels.open_image
+    monkeypatch.setattr(folder_pixels, "open_image", lambda f, gray: opened.append(f) or real_open(f, gray))
+    with pytest.raises(CrossDistillError, match=r"differ in size \(width x height: a/img0.png 6x4; b/img0.png 4x6\)"):
+        load_image_data(tmp_path / "m")
+    assert len(opened) == 2  # not every photo of a folder of portraits and landscapes
+    write_folder(tmp_path / "u", {"²": 1, "1": 1}, size=(4, 4))  # str.isdigit, but no int
+    assert load_image_data(tmp_path / "u").class_names == ["1", "²"]

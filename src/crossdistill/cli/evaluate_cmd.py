@@ -165,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if info.kind in ("classes", "binary"):
         # A model with no class names of its own numbers a folder's classes by sorted name: one
         # missing folder would shift every label after it.
-        check_named_classes(data.class_names, int(spec.get("num_classes", info.num_classes)), str(args.eval_data))
+        check_named_classes(data.class_names, int(spec.get("num_classes", info.num_classes)), str(args.eval_data),
+                            data.y)
     check_data_fits_model(data, info, num_classes=spec.get("num_classes", info.num_classes), role=str(args.eval_data),
                           scored=True, instead="crossdistill evaluate scores classifiers only")
     result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,

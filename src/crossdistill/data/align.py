@@ -10,21 +10,23 @@ import numpy as np
 from crossdistill.errors import CrossDistillError
 
 from .arrays import ImageArrays
+from .folder_files import nfc
 
 
 def align_classes(test: ImageArrays, names: Sequence[str] | None) -> ImageArrays:
     """`test` with its labels renumbered to the training data's classes `names`, by name. Two
     folders or .npz files read separately each number their own classes: a test set that lacks
     one of them would otherwise have every later label shifted by one, and be scored against the
-    wrong classes. Without names on both sides the labels are taken as they are."""
+    wrong classes. Without names on both sides the labels are taken as they are. Names are
+    compared in Unicode NFC (a folder copied from macOS stores them decomposed)."""
     if names is None or test.class_names is None or list(names) == list(test.class_names):
         return test
-    index = {name: i for i, name in enumerate(names)}
-    extra = sorted(set(test.class_names) - set(index))
+    index = {nfc(name): i for i, name in enumerate(names)}
+    extra = sorted(name for name in test.class_names if nfc(name) not in index)
     if extra:
         raise CrossDistillError(f"{test.source or 'test data'}: classes {extra} that the training data does not "
                                 f"have (its classes: {list(names)})")
-    mapping = np.asarray([index[name] for name in test.class_names], dtype=np.int64)
+    mapping = np.asarray([index[nfc(name)] for name in test.class_names], dtype=np.int64)
     return dataclasses.replace(test, y=mapping[test.y], num_classes=len(names), class_names=list(names))
 
 
@@ -58,12 +60,12 @@ def renumbering(data_names: Sequence[str] | None, classes: Sequence[str], where:
     if data_names is None:
         raise CrossDistillError(f"{where}: classes are given by name, but the data names none (give a folder of "
                                 "class subfolders, or an .npz with class_names)")
-    unknown = [n for n in data_names if n not in names]
+    index = {nfc(name): i for i, name in enumerate(names)}
+    unknown = [n for n in data_names if nfc(n) not in index]
     if unknown:
         raise CrossDistillError(f"{where}: classes {unknown} are not in the class list ({len(names)} names: "
                                 f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''})")
-    index = {name: i for i, name in enumerate(names)}
-    return names, np.asarray([index[name] for name in data_names], dtype=np.int64)
+    return names, np.asarray([index[nfc(name)] for name in data_names], dtype=np.int64)
 
 
 def order_classes(data: ImageArrays, classes: Sequence[str]) -> ImageArrays:
@@ -88,16 +90,19 @@ def check_named_classes(names: Sequence[str] | None, num_classes: int, source: s
             f"{source}: {len(names)} classes ({shown}) for a model that predicts {num_classes}: "
             "classes are numbered by their sorted names, so a missing one shifts every label after it; give every "
             "class in the model's order (an empty folder for a class without images)")
-    empty = ""
-    if labels is not None:
-        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
-        unused = [repr(n) for n, c in zip(names, counts) if c == 0]
-        if unused:
-            empty = f"; without images: {', '.join(unused[:6])}{', ...' if len(unused) > 6 else ''}"
-    if not empty:
-        beyond = [repr(n) for n in names[num_classes:]]
-        empty = f"; the model has no output for {', '.join(beyond[:6])}{', ...' if len(beyond) > 6 else ''}"
+    extra = len(names) - num_classes
+    # Folders without images are the likely extra ones; where every folder holds images, which
+    # are not the model's cannot be told, and naming the last would blame a real class.
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names)) if labels is not None else None
+    unused = [repr(n) for n, c in zip(names, counts) if c == 0] if counts is not None else []
+    if unused:
+        which = f"; without images: {', '.join(unused[:6])}{', ...' if len(unused) > 6 else ''}"
+    elif counts is not None and len(names) <= 12:
+        which = "; images per class: " + ", ".join(f"{n} {int(c)}" for n, c in zip(names, counts))
+    else:
+        which = ""
     raise CrossDistillError(
         f"{source}: {len(names)} classes ({shown}) for a model that predicts {num_classes}: classes are numbered by "
-        f"their sorted names, so an extra one shifts the labels of every class after it{empty}; remove the folders "
-        "that are not the model's classes")
+        f"their sorted names, so an extra one shifts the labels of every class after it{which}; remove the "
+        f"{extra} folder{'s' * (extra > 1)} that {'are' if extra > 1 else 'is'} not the model's classes, or give "
+        "the model's classes with --classes (classes=)")
