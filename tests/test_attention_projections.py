@@ -144,7 +144,7 @@ def test_projections_are_solved_as_the_same_linear_layers(cross, method, setting
 
 def test_low_rank_leaves_the_projections_and_says_why():
     model = Block().eval()
-    with pytest.warns(CompressionWarning, match=r"attn\.q_proj \(not factorised: its weight is rows"):
+    with pytest.warns(CompressionWarning, match=r"attn\.q_proj, attn\.k_proj, attn\.v_proj \(not factorised: its weight is rows"):
         cfg = CompressConfig(model="block", method="lowrank", shots=8).validate()
         compress(model, FewShot(tokens(), torch.arange(32) % 4, np.arange(32)), cfg, show_progress=False)
 
