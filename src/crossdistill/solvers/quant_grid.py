@@ -36,14 +36,11 @@ def check_scheme(scheme: str) -> str:
     return check_setting("quant_scheme", scheme, choices=SCHEMES)
 
 
-def code_range(bits: int, scheme: str) -> tuple[int, int]:
-    return _code_range(check_bits(bits), check_scheme(scheme))
-
-
 @functools.lru_cache(maxsize=None)
-def _code_range(bits: int, scheme: str) -> tuple[int, int]:
-    # Unchecked: a grid's fit calls it per candidate and row group (a depthwise conv's hundreds
-    # of one-row solves), where validating the settings each time cost a third of the fit.
+def code_range(bits: int, scheme: str) -> tuple[int, int]:
+    # Cached (a refusal is not): a grid's fit asks per candidate and row group (a depthwise conv's
+    # hundreds of one-row solves), where checking the settings each time cost a third of the fit.
+    bits, scheme = check_bits(bits), check_scheme(scheme)
     if scheme == "symmetric":
         half = 2 ** (bits - 1) - 1
         return -half, half
@@ -64,11 +61,11 @@ class Grid:
 
     @property
     def qmin(self) -> int:
-        return _code_range(self.bits, self.scheme)[0]
+        return code_range(self.bits, self.scheme)[0]
 
     @property
     def qmax(self) -> int:
-        return _code_range(self.bits, self.scheme)[1]
+        return code_range(self.bits, self.scheme)[1]
 
     def _per_row(self, t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return t.to(w.dtype).reshape(-1, *([1] * (w.dim() - 1)))
@@ -101,7 +98,7 @@ class Grid:
 
 
 def _candidate(w: torch.Tensor, shrink: float, bits: int, scheme: str) -> tuple[torch.Tensor, torch.Tensor]:
-    qmin, qmax = _code_range(bits, scheme)
+    qmin, qmax = code_range(bits, scheme)
     if scheme == "symmetric":
         amax = w.abs().amax(1) * shrink
         scale = amax / qmax
@@ -162,7 +159,7 @@ def grid_info(grid: Grid) -> dict[str, object]:
 
 
 def grid_from_info(info: dict[str, object], device: torch.device | str = "cpu") -> Grid:
-    code_range(int(info["bits"]), str(info["scheme"]))  # type: ignore[arg-type]  # checked: a Grid's paths do not
+    code_range(int(info["bits"]), str(info["scheme"]))  # type: ignore[arg-type]  # refused here, before a Grid is made
     return Grid(
         scale=torch.tensor(info["scale"], dtype=torch.float32, device=device).double(),
         zero_point=torch.tensor(info["zero_point"], dtype=torch.float64, device=device),
