@@ -192,3 +192,22 @@ def test_a_global_budget_plans_at_the_asked_share_where_the_uniform_plan_falls_f
                                                 r"leaves 0.334 \(2 groups can be pruned.*give a milder target"):
         cfg = CompressConfig(model="coarse", n_samples=16, damping=0.01, flops=0.3, budget="global").validate()
         compress(teacher, few, cfg, show_progress=False)
+
+
+def test_a_global_budget_keeps_the_uniform_plans_cost_where_that_plan_comes_near_the_share():
+    """The equal-FLOPs comparison (docs/results/channel_budget.md) needs the global plan at the
+    uniform plan's cost wherever that is within 0.05 of the share asked for."""
+    import numpy as np
+
+    from crossdistill.run_types import FewShot
+
+    torch.manual_seed(0)
+    teacher = _CoarseNet().eval()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    cfg = CompressConfig(model="coarse", n_samples=16, damping=0.01, flops=0.6, budget="global",
+                         solver="prune-only").validate()
+    budget = compress(teacher, FewShot(x, torch.arange(16) % 4, np.arange(16)), cfg,
+                      show_progress=False).summary["channel_budget"]
+    total = budget["teacher_flops"]
+    assert 0.6 - 0.05 < budget["uniform_flops"] / total <= 0.6  # 0.584 here
+    assert budget["target_from"] == "uniform" and budget["target_flops"] == budget["uniform_flops"]

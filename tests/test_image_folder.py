@@ -734,3 +734,9 @@ def test_two_sizes_stop_the_decoding_and_unicode_digits_are_names(tmp_path, monk
     assert len(opened) == 2  # not every photo of a folder of portraits and landscapes
     write_folder(tmp_path / "u", {"²": 1, "1": 1}, size=(4, 4))  # str.isdigit, but no int
     assert load_image_data(tmp_path / "u").class_names == ["1", "²"]
+
+
+def test_a_sliced_folder_keeps_its_files(tmp_path):
+    write_folder(tmp_path / "d", {"a": 2, "b": 2}, size=(4, 4))
+    part = load_image_data(f"{tmp_path / 'd'}[1:3]")
+    assert part.files == ["a/img1.png", "b/img0.png"] and part.y.tolist() == [0, 1]

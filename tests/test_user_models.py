@@ -938,6 +938,10 @@ def test_the_report_identifies_teacher_and_few_shot_images_by_content(factory, d
     torch.save(teacher.state_dict(), tmp_path / "w.pt")
     second = run("b")
     assert second["teacher"] != first["teacher"] and second["fewshot"] == first["fewshot"]
+    assert main(["compress", "--model", factory, "--weights", str(tmp_path / "w.pt"), "--data", str(train), "--seed",
+                 "1", "--shots", "2", "--method", "quant", "--bits", "8", "--quiet", "--out", str(tmp_path / "c")]) == 0
+    third = json.loads((tmp_path / "c" / "report.json").read_text())["checksums"]
+    assert third["fewshot"] != second["fewshot"] and third["teacher"] == second["teacher"]  # another draw
     x, y = images()
     _, api = crossdistill.compress(teacher.eval(), x, labels=y, shots=2, method="quant", bits=8, show_progress=False)
     assert api["checksums"]["teacher"] == second["teacher"]

@@ -180,12 +180,13 @@ def _removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tenso
 
 
 def allocate(costs: Mapping[int, torch.Tensor], flops: FlopModel, target: float,
-             fixed_removed: Mapping[int, int] | None = None) -> dict[int, int]:
+             fixed_removed: Mapping[int, int] | None = None, measure: str = "flops") -> dict[int, int]:
     """Units removed per group: repeatedly the step (one or more units of one group) whose cost
     rises least per FLOP saved, until the FLOPs are at most `target`. Looking several units ahead
     lets a group whose next unit is dear but whose following ones are cheap still be chosen;
     the last step removes no more units than the target needs. Groups in `fixed_removed` keep
-    their count."""
+    their count. `measure`: what `flops` counts ('flops', or 'params' for a parameter target),
+    for the refusal's words."""
     removed: dict[int, int] = {gid: 0 for gid in costs}
     removed.update(fixed_removed or {})
     now = flops.flops(removed)
@@ -207,8 +208,9 @@ def allocate(costs: Mapping[int, torch.Tensor], flops: FlopModel, target: float,
         if best is None:
             # The target is the uniform plan's cost (or the asked share), not the floor of one
             # unit a group that the uniform plan's refusal names: min_keep stops the groups here.
+            what = "parameters" if measure == "params" else "FLOPs"
             raise CrossDistillError(f"the global budget cannot lose enough channels to reach {target / flops.total:.3f} "
-                                    f"of the FLOPs (it got to {now / flops.total:.3f} with every group at its min_keep "
+                                    f"of the {what} (it got to {now / flops.total:.3f} with every group at its min_keep "
                                     "floor or emptied); lower min_keep or raise the target")
         _, gid, j = best
         removed[gid] += j

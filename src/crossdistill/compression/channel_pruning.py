@@ -43,15 +43,16 @@ class ChannelPruning(CompressionMethod):
                               "rows and out_proj columns, or those of an attention written by hand), keeping the "
                               "same share as of channels",
                               show=False)
-    flops: float | None = param(None, "instead of keep: the share of the teacher's FLOPs to keep, with one keep "
-                                "ratio for every group, found by bisection", low=0, low_open=True, high=1)
+    flops: float | None = param(None, "instead of keep: the share of the teacher's FLOPs to keep (uniform budget: "
+                                "one keep ratio for every group, found by bisection)", low=0, low_open=True, high=1)
     parameters: float | None = param(None, "instead of keep: the share of the teacher's parameters to keep (as "
                                  "flops; a global budget then weighs removal costs per parameter saved)",
                                  low=0, low_open=True, high=1)
 
     budget: str = param("uniform", "how the channels to remove are shared among the groups: uniform (the same "
-                        "keep ratio everywhere) or global (the same FLOPs as uniform, or as flops, spent where "
-                        "the closed form's removal cost per FLOP is lowest)", choices=("uniform", "global"))
+                        "keep ratio everywhere) or global (the uniform plan's FLOPs, or the flops/parameters share "
+                        "itself where the uniform plan falls more than 0.05 short of it, spent where the closed "
+                        "form's removal cost per FLOP is lowest)", choices=("uniform", "global"))
     # min_keep 0.25 and cost 'norm' were chosen on a validation split (configs/channel_budget_val.yaml,
     # docs/results/channel_budget.md): 'norm' gained 3-10 points over uniform at K=1 where
     # 'absolute' lost points on ResNet-20 and 'relative' lost them on ResNet-56.
@@ -156,8 +157,8 @@ class ChannelPruning(CompressionMethod):
         start = time.perf_counter()
         full = plan_graph_channels(model, self._example, lambda g: g.width, prune_classifier=self.prune_classifier,
                                    prune_heads=self.prune_heads, memo=memo)
-        fm = _cost_model(model, self._example, full.groups, "params" if self.parameters is not None else "flops",
-                         memo)
+        fm_measure = "params" if self.parameters is not None else "flops"
+        fm = _cost_model(model, self._example, full.groups, fm_measure, memo)
         removed_uniform = {}
         for gid, g in full.groups.items():
             count = uniform(g)
@@ -174,8 +175,8 @@ class ChannelPruning(CompressionMethod):
         # Groups without a dense reader have no cost curve: they keep the uniform count.
         fixed = {gid: removed_uniform[gid] for gid in full.groups if gid not in costs}
         # Decided once (rank 0 of several processes, crossdistill.distributed) for every process.
-        removed = on_main(lambda: allocate(costs, fm, target, fixed))
-        measure = "params" if self.parameters is not None else "flops"
+        removed = on_main(lambda: allocate(costs, fm, target, fixed, measure=fm_measure))
+        measure = fm_measure
         self._budget = {"budget": "global", "measure": measure, f"teacher_{measure}": fm.total,
                         f"target_{measure}": target, "target_from": "uniform" if target == uniform_cost else "asked",
                         f"planned_{measure}": fm.flops(removed),
@@ -283,9 +284,9 @@ def ratio_for_flops(model: nn.Module, example: torch.Tensor, share: float, prune
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost_at(mid) <= share * fm.total else (lo, mid)
     reached = cost_at(lo) / fm.total
-    if warn and share - reached > UNDERSHOOT:  # a global budget plans at the share itself then
-        # Coarse units (few groups, few units each) leave no plan near the target from below;
-        # a global budget plans at this same cost.
+    if warn and share - reached > UNDERSHOOT:
+        # Coarse units (few groups, few units each) leave no plan near the target from below (a
+        # global budget, which does not warn, plans at the share itself then).
         what = "parameters" if measure == "params" else "FLOPs"
         narrowest = min(g.width for g in plan.groups.values())
         warnings.warn(f"the nearest plan at or under {share:g} of the {what} reaches {reached:.3f}: the "

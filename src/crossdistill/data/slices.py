@@ -33,4 +33,5 @@ def take(data: ImageArrays, part: slice, spec: str) -> ImageArrays:
     if idx.size == 0:
         raise CrossDistillError(f"{spec}: the slice selects none of the {len(data.y)} images")
     return ImageArrays(x=data.x[idx], y=data.y[idx], num_classes=data.num_classes,
-                       class_names=data.class_names, source=spec)
+                       class_names=data.class_names, source=spec,
+                       files=None if data.files is None else [data.files[int(i)] for i in idx])
