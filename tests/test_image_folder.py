@@ -740,3 +740,17 @@ def test_a_sliced_folder_keeps_its_files(tmp_path):
     write_folder(tmp_path / "d", {"a": 2, "b": 2}, size=(4, 4))
     part = load_image_data(f"{tmp_path / 'd'}[1:3]")
     assert part.files == ["a/img1.png", "b/img0.png"] and part.y.tolist() == [0, 1]
+
+
+def test_a_whole_set_that_would_not_fit_as_float32_is_refused(monkeypatch):
+    from crossdistill.data import folder_pixels
+    from crossdistill.data.transforms import to_tensor
+
+    x = np.zeros((350, 256, 256, 3), np.uint8)  # 275 MB as float32, past the size that is checked
+    monkeypatch.setattr(folder_pixels, "available_bytes", lambda: 2**28)
+    with pytest.raises(CrossDistillError, match=r"350 images of 256x256 as float32 take 262.5 MiB, more than the "
+                                                r"256.0 MiB of memory free: give fewer images"):
+        to_tensor(x, (0.5,), (0.25,))
+    monkeypatch.setattr(folder_pixels, "available_bytes", lambda: 2**32)
+    t = to_tensor(x[:2], (0.5,), (0.25,))
+    assert t.shape == (2, 3, 256, 256) and t.is_contiguous() and float(t[0, 0, 0, 0]) == -2.0
