@@ -160,8 +160,10 @@ def read_image_folder(path: str | Path, split: str = "train", *,
     warn_skipped(root, skipped)
     if not files:
         raise CrossDistillError(f"{root}: no images in its class subfolders")
-    # One channel count for both splits: a gray test set of an RGB training set stays RGB.
-    everything = [f for top in scope for sub in subfolders(top) for f in images_in(sub)]
+    # One channel count for both splits: a gray test set of an RGB training set stays RGB. The
+    # split's own files are listed already; only the other split's are walked for this.
+    everything = [f for f, _ in files] + [f for top in scope if top.resolve() != root.resolve()
+                                          for sub in subfolders(top) for f in images_in(sub)]
     unreadable: list[str] = []
     colour = modes(everything, unreadable)
 
