@@ -37,7 +37,7 @@ def pruned_student(seed=1, sparsity=0.6):
 
 def bn_stats(model):
     return {n: (b.running_mean.clone(), b.running_var.clone(), b.num_batches_tracked.clone())
-            for n, b in model.named_modules() if isinstance(b, torch.nn.BatchNorm2d)}
+            for n, b in model.named_modules() if isinstance(b, torch.nn.BatchNorm2d) and b.running_mean is not None}
 
 
 @pytest.mark.parametrize("bn", ["frozen", "recalibrate", "train"])
@@ -280,3 +280,17 @@ def test_a_fine_tune_that_makes_the_student_follow_its_teacher_less_is_named():
     # The way out it names is not the setting the run already had (it said "or finetune_bn 'frozen'"
     # to a run with BatchNorm frozen).
     assert f"finetune_bn '{ft['bn']}'" not in said[0], (ft["bn"], said[0])
+
+
+@pytest.mark.parametrize("bn", ["auto", "recalibrate", "frozen", "train"])
+def test_a_batchnorm_without_running_statistics_is_fine_tuned_as_it_is(bn):
+    """BatchNorm2d(track_running_stats=False) has no statistics to freeze or re-estimate (its
+    running_mean is None): 'auto' and 'recalibrate' failed on it with an AttributeError."""
+    teacher, student, _ = pruned_student()
+    for model in (teacher, student):
+        model.bn1 = torch.nn.BatchNorm2d(model.bn1.num_features, track_running_stats=False)
+    before = bn_stats(student)
+    finetune(student, teacher, images(), labels(), FinetuneSettings(epochs=3, lr=1e-2, bn=bn))
+    assert student.bn1.running_mean is None and not student.training
+    if bn == "frozen":
+        assert all(torch.equal(a, b) for name in before for a, b in zip(before[name], bn_stats(student)[name]))

@@ -14,7 +14,10 @@ AUTO_RECALIBRATE_GAIN = 0.25
 
 
 def bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """The BatchNorms that keep running statistics: one built with track_running_stats=False
+    normalises with its batch's statistics in eval mode too, and has none to re-estimate."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.running_mean is not None and m.running_var is not None]
 
 
 @torch.no_grad()
