@@ -976,3 +976,16 @@ def test_a_teacher_that_scores_no_better_than_guessing_is_pointed_out(factory, d
     assert main(["compress", "--model", factory, "--data", str(train), "--eval-data", str(test), "--shots", "2",
                  "--method", "quant", "--bits", "8", "--quiet", "--out", str(tmp_path / "run")]) == 0
     assert "no better than guessing among 10 classes" in capsys.readouterr().err
+
+
+def test_a_model_that_normalises_by_its_batch_is_pointed_out_and_the_eval_batch_recorded():
+    from crossdistill.checks import BatchStatisticsWarning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8, track_running_stats=False), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    x, y = torch.randn(40, 3, 8, 8), torch.arange(40) % 4
+    with pytest.warns(BatchStatisticsWarning, match=r"1 BatchNorm of the model \(1\) keeps no running"):
+        _, report = crossdistill.compress(model, x, labels=y, shots=2, method="quant", bits=8, eval_data=(x, y),
+                                          show_progress=False)
+    assert report["eval_batch"] == 64

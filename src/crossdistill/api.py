@@ -512,6 +512,6 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
     report.update({
         "teacher": teacher_measures, "student": student_measures,
         **({"agreement": {**agreement, "n_eval": int(test[0].shape[0])}} if agreement is not None else {}),
-        **({"n_eval": int(test[0].shape[0])} if test is not None else {}),
+        **({"n_eval": int(test[0].shape[0]), "eval_batch": EVAL_BATCH} if test is not None else {}),
     })
     return student, report

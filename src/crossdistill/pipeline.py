@@ -18,7 +18,13 @@ from crossdistill.compression.coverage import CompressionWarning
 from crossdistill.compression.quantization import dequantize_into, quantized_parameters
 from crossdistill.calibration import calibration_images
 from crossdistill.capture import ALL_CONVS, SOLVABLE, forward_calls
-from crossdistill.checks import check_copyable, check_data_fits_model, model_copy, warn_at_chance
+from crossdistill.checks import (
+    check_copyable,
+    check_data_fits_model,
+    model_copy,
+    warn_at_chance,
+    warn_batch_statistics,
+)
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
 from crossdistill.device import resolve_device
@@ -29,6 +35,7 @@ from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
 from crossdistill.errors import CrossDistillError, outside_stacklevel
 from crossdistill.evaluation import evaluate_for, evaluate_pair_for, load_average, torch_threads
+from crossdistill.evaluation_agreement import EVAL_BATCH
 from crossdistill.evaluation_timing import gpu_peak_memory_mib, peak_memory_mib
 from crossdistill.progress import progress_bar
 from crossdistill.models import model_info
@@ -125,6 +132,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     if distributed.active():
         distributed.check_same("teachers", tensors_sha256(sorted(teacher.state_dict().items())))
         distributed.check_same("few-shot images", tensors_sha256([("images", fewshot.images)]))
+    warn_batch_statistics(teacher, cfg.batch_size)
     objective = build_objective(cfg)
     method = METHODS.build(cfg.method.name, cfg.method.params)
     damping = resolved_damping(cfg, fewshot)
@@ -491,5 +499,6 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
             report["student"] = evaluate_for(result.student, test, info, latency=cfg.latency,
                                              label="student" if show_progress else None)
         report["n_eval"] = report["student"]["n_eval"]
+        report["eval_batch"] = EVAL_BATCH  # what a model normalising by its batch was scored in
         warn_at_chance(report["teacher"], info.kind, info.num_classes)
     return result, report
