@@ -603,3 +603,29 @@ def test_a_group_read_by_a_conv_the_solvers_do_not_know_is_left_whole():
     left = {g["producers"][0]: g["reason"] for g in result.summary["channel_groups"]["left_whole"]}
     assert left["c2"] == "read by _OwnConv own: only convs and Linear readers can be re-solved"
     assert result.student.c2.in_channels == 4 and result.student.own.in_channels == 8
+
+
+def test_a_frozen_batchnorm_of_buffers_is_named_with_the_way_out():
+    """detectron2's FrozenBatchNorm2d (statistics as buffers, its own forward) ties its channels;
+    the refusal says how to make them prunable."""
+    from torch import nn
+
+    import crossdistill
+    from crossdistill.errors import CrossDistillError
+
+    class FrozenBN(nn.Module):
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            for k in ("weight", "bias", "running_mean", "running_var"):
+                self.register_buffer(k, torch.ones(n) if k in ("weight", "running_var") else torch.zeros(n))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            scale = self.weight * (self.running_var + 1e-5).rsqrt()
+            return x * scale.reshape(1, -1, 1, 1) + (self.bias - self.running_mean * scale).reshape(1, -1, 1, 1)
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), FrozenBN(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    with pytest.raises(CrossDistillError, match=r"buffer 1.running_mean \(16,\).*replace it with an nn.BatchNorm2d "
+                                                r"holding the same statistics"):
+        crossdistill.compress(model, torch.randn(20, 3, 8, 8), labels=torch.arange(20) % 4, shots=2, flops=0.5,
+                              show_progress=False)
