@@ -282,15 +282,12 @@ def test_a_fine_tune_that_makes_the_student_follow_its_teacher_less_is_named():
     assert f"finetune_bn '{ft['bn']}'" not in said[0], (ft["bn"], said[0])
 
 
-@pytest.mark.parametrize("bn", ["auto", "recalibrate", "frozen", "train"])
+@pytest.mark.parametrize("bn", ["auto", "recalibrate"])
 def test_a_batchnorm_without_running_statistics_is_fine_tuned_as_it_is(bn):
     """BatchNorm2d(track_running_stats=False) has no statistics to freeze or re-estimate (its
     running_mean is None): 'auto' and 'recalibrate' failed on it with an AttributeError."""
     teacher, student, _ = pruned_student()
     for model in (teacher, student):
         model.bn1 = torch.nn.BatchNorm2d(model.bn1.num_features, track_running_stats=False)
-    before = bn_stats(student)
     finetune(student, teacher, images(), labels(), FinetuneSettings(epochs=3, lr=1e-2, bn=bn))
     assert student.bn1.running_mean is None and not student.training
-    if bn == "frozen":
-        assert all(torch.equal(a, b) for name in before for a, b in zip(before[name], bn_stats(student)[name]))

@@ -544,8 +544,7 @@ def test_only_the_class_folders_of_the_splits_are_read(tmp_path):
     (tmp_path / "s" / "val" / "a").mkdir(parents=True)
     (tmp_path / "s" / "val" / "a" / "bad.png").write_text("not an image")
     assert load_image_data(tmp_path / "s", "test").y.tolist() == [0]
-    write_folder(tmp_path / "v", {"bus": 1, "tram": 1}, size=(4, 4))
-    write_folder(tmp_path / "v" / "train", {"2023": 1}, size=(4, 4))
+    write_folder(tmp_path / "v", {"bus": 1, "train": 1, "tram": 1}, size=(4, 4))  # a class train, images its own
     assert load_image_data(tmp_path / "v").class_names == ["bus", "train", "tram"]
 
 
@@ -629,15 +628,9 @@ def test_pixels_that_would_not_fit_in_memory_are_refused_before_decoding_them_al
     assert read_image_folder(tmp_path / "big").x.shape == (6, 30, 40, 3)
 
 
-def test_classes_give_the_models_order_to_a_folder_sorted_otherwise(tmp_path, capsys):
-    """Folders 1 ... 10 sort as 1, 10, 2, ...; a model trained with label i for folder i + 1 is
-    scored against the wrong classes unless its order can be given."""
-    import json
-
-    import torch
-
-    import crossdistill
-
+def _numbered_folder_and_row_net(tmp_path: Path) -> list[str]:
+    """Folders 1 ... 10 under tmp_path/n (class i: a bright row i in channel i % 3) and a model
+    file tmp_path/net.py whose output i reads that row: right on every image in the order 1 ... 10."""
     names = [str(i) for i in range(1, 11)]
     rng = np.random.default_rng(0)
     for label, name in enumerate(names):  # class i: a bright patch in channel i % 3, row i
@@ -660,6 +653,19 @@ def test_classes_give_the_models_order_to_a_folder_sorted_otherwise(tmp_path, ca
         "    with torch.no_grad():\n"
         "        net.conv.weight.copy_(torch.eye(3).reshape(3, 3, 1, 1)); net.conv.bias.zero_()\n"
         "    return net\n")
+    return names
+
+
+def test_classes_give_the_models_order_to_a_folder_sorted_otherwise(tmp_path, capsys):
+    """Folders 1 ... 10 sort as 1, 10, 2, ...; a model trained with label i for folder i + 1 is
+    scored against the wrong classes unless its order can be given."""
+    import json
+
+    import torch
+
+    import crossdistill
+
+    names = _numbered_folder_and_row_net(tmp_path)
     (tmp_path / "order.txt").write_text("\n".join(names) + "\n")
     common = ["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "n"), "--eval-data",
               str(tmp_path / "n"), "--shots", "2", "--method", "quant", "--bits", "8", "--quiet"]
@@ -705,9 +711,10 @@ def test_a_folder_beside_train_and_test_is_named_not_read_as_a_class(tmp_path):
     with pytest.warns(UserWarning, match=r"Unsorted/ beside train/ and test/ is not read"):
         data = load_image_data(tmp_path / "p")
     assert data.class_names == ["cat", "dog"] and data.y.tolist() == [0, 1]
-    write_folder(tmp_path / "q" / "train", {"cat": 1, "dog": 1}, size=(4, 4))  # train/ alone, an empty folder beside
-    (tmp_path / "q" / "Unsorted").mkdir()
-    assert load_image_data(tmp_path / "q").class_names == ["cat", "dog"]
+    write_folder(tmp_path / "q" / "train", {"cat": 1, "dog": 1}, size=(4, 4))  # train/ alone, loose images beside
+    write_folder(tmp_path / "q", {"Unsorted": 2}, size=(4, 4), seed=3)
+    with pytest.warns(UserWarning, match=r"Unsorted/ beside train/ and test/ is not read"):
+        assert load_image_data(tmp_path / "q").class_names == ["cat", "dog"]
 
 
 def test_links_that_would_give_an_image_two_classes_or_walk_the_disk(tmp_path):
@@ -715,9 +722,21 @@ def test_links_that_would_give_an_image_two_classes_or_walk_the_disk(tmp_path):
     (tmp_path / "d" / "a" / "root").symlink_to("/", target_is_directory=True)  # cut: an ancestor of every folder
     assert load_image_data(tmp_path / "d").class_counts().tolist() == [1, 1]
     (tmp_path / "d" / "a" / "root").unlink()
-    (tmp_path / "d" / "a" / "to_b").symlink_to(tmp_path / "d" / "b", target_is_directory=True)
-    (tmp_path / "d" / "b" / "to_a").symlink_to(tmp_path / "d" / "a", target_is_directory=True)  # a cycle a -> b -> a
-    with pytest.raises(CrossDistillError, match=r"also an image of class 'a' \(through a link\)"):
+    # A loop inside one class: each real folder walked once.
+    (tmp_path / "d" / "a" / "p").mkdir()
+    (tmp_path / "d" / "a" / "q").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "d" / "a" / "q" / "x.png")
+    (tmp_path / "d" / "a" / "p" / "to_q").symlink_to(tmp_path / "d" / "a" / "q", target_is_directory=True)
+    (tmp_path / "d" / "a" / "q" / "to_p").symlink_to(tmp_path / "d" / "a" / "p", target_is_directory=True)
+    assert load_image_data(tmp_path / "d").class_counts().tolist() == [2, 1]
+    # Files stored once and linked from two classes (git-annex, DVC): read, one image each.
+    (tmp_path / "store").mkdir()
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(tmp_path / "store" / "blob.png")
+    (tmp_path / "d" / "a" / "same.png").symlink_to(tmp_path / "store" / "blob.png")
+    (tmp_path / "d" / "b" / "same.png").symlink_to(tmp_path / "store" / "blob.png")
+    assert load_image_data(tmp_path / "d").class_counts().tolist() == [3, 2]
+    (tmp_path / "d" / "b" / "to_a").symlink_to(tmp_path / "d" / "a", target_is_directory=True)  # a class in a class
+    with pytest.raises(CrossDistillError, match=r"b/to_a: also a folder of class 'a' \(through a link\)"):
         load_image_data(tmp_path / "d")
 
 
@@ -754,3 +773,67 @@ def test_a_whole_set_that_would_not_fit_as_float32_is_refused(monkeypatch):
     monkeypatch.setattr(folder_pixels, "available_bytes", lambda: 2**32)
     t = to_tensor(x[:2], (0.5,), (0.25,))
     assert t.shape == (2, 3, 256, 256) and t.is_contiguous() and float(t[0, 0, 0, 0]) == -2.0
+
+
+def test_classes_reach_the_sweeps_teacher_score_and_evaluate_keeps_a_students_order(tmp_path, capsys):
+    """A sweep scored its teacher on the test folder as sorted, whatever `classes` said (the
+    database kept 10 % beside a student at 100 %); evaluate let --classes override the order a
+    saved student records."""
+    import json
+    import warnings
+
+    import yaml
+
+    from crossdistill.data.readers_folder import ClassOrderWarning
+    from crossdistill.reporting.results import load_runs
+
+    names = _numbered_folder_and_row_net(tmp_path)
+    (tmp_path / "order.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "ordered", "base": {"model": f"{tmp_path / 'net.py'}:make", "data": str(tmp_path / "n"),
+                                    "eval_data": str(tmp_path / "n"), "classes": str(tmp_path / "order.txt"),
+                                    "method": "quant", "bits": 8, "shots": 2}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClassOrderWarning)  # the order is given: nothing to say about the names'
+        assert main(["sweep", str(tmp_path / "sweep.yaml"), "--db", str(tmp_path / "s.sqlite")]) == 0
+    (row,) = load_runs(tmp_path / "s.sqlite")
+    assert row.teacher_top1 == 100.0 and row.student_top1 == 100.0
+    assert main(["compress", "--model", f"{tmp_path / 'net.py'}:make", "--data", str(tmp_path / "n"), "--classes",
+                 str(tmp_path / "order.txt"), "--shots", "2", "--method", "quant", "--bits", "8", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    evaluate = ["evaluate", "--weights", str(tmp_path / "run"), "--eval-data", str(tmp_path / "n"), "--no-latency",
+                "--json", "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClassOrderWarning)  # the file records the order
+        assert main(evaluate) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == 100.0
+    assert main(evaluate + ["--classes", *reversed(names)]) == 2
+    assert "--classes differs from the classes" in capsys.readouterr().err
+    assert main(evaluate + ["--classes", str(tmp_path / "order.txt")]) == 0  # the same order: fine
+
+
+def test_a_class_list_of_another_length_is_named_as_the_list():
+    from crossdistill.data.align import check_named_classes, class_list
+    from crossdistill.config import CompressConfig
+
+    with pytest.raises(CrossDistillError, match=r"the class list \(--classes, classes=\) names 3 classes for a model "
+                                                r"that predicts 2"):
+        check_named_classes(["a", "b", "c"], 2, "folder", np.array([0, 1]), listed=True)
+    # Names may hold spaces: split at commas only; a file's path is kept whole.
+    assert CompressConfig(classes="chat noir, chien").classes == ["chat noir", "chien"]
+    assert class_list("chat noir,chien") == ["chat noir", "chien"]
+    import unicodedata
+
+    with pytest.raises(CrossDistillError, match="given twice"):
+        class_list([unicodedata.normalize("NFD", "été"), unicodedata.normalize("NFC", "été")])
+
+
+def test_a_class_list_file_whose_path_holds_a_space_is_read_as_a_file(tmp_path):
+    from crossdistill.config import CompressConfig
+    from crossdistill.data.align import class_list
+
+    path = tmp_path / "my classes.txt"
+    path.write_text("b\na\n")
+    cfg = CompressConfig(classes=str(path))
+    assert cfg.classes == [str(path)] and class_list(cfg.classes) == ["b", "a"]

@@ -419,3 +419,16 @@ def test_headings_name_paths_in_full_where_their_file_names_meet():
     by_n = SettingGroup(key=("n",), config=groups[0].config, x_field="n_samples")
     assert list(distinct_labels([groups[0], by_n]).values()) == [
         "resnet20 · channels(keep=0.5) · by K", "resnet20 · channels(keep=0.5) · by N"]
+
+
+def test_a_runs_hash_stays_as_stored_when_settings_are_added_at_their_defaults():
+    """Stored rows match their config_hash column as written only if a setting added later
+    (output_key, classes, ...) leaves the hash alone at its default; this is the hash the code of
+    2026-12-02 before `classes` existed (b74a9c2) gave the same config."""
+    from crossdistill.config import CompressConfig
+    from crossdistill.sweep.hashing import config_hash
+
+    cfg = CompressConfig.from_dict({"model": "resnet20", "data": "train.npz", "eval_data": "test.npz", "shots": 5,
+                                    "objective": "mixed", "mu": 0.6})
+    assert config_hash(cfg) == "ed9e2bbb6563fb8f2dddc36cc2b98cdebbac6846a9f93283c902e5823e0c9729"
+    assert config_hash(CompressConfig.from_dict({**cfg.to_dict(), "classes": ["a", "b"]})) != config_hash(cfg)

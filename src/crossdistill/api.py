@@ -240,7 +240,10 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
     checked against the model's predictions."""
     if eval_data is None:
         return None
-    tx, ty, _, _ = _images(eval_data, "test", mean, std, class_names)
+    from crossdistill.data.readers_folder import order_given
+
+    with order_given(class_names is not None):  # numbered by the training data's names, however sorted
+        tx, ty, _, _ = _images(eval_data, "test", mean, std, class_names)
     if len(tx) == 0:
         raise CrossDistillError("eval_data holds no samples: give some, or leave eval_data out")
     if tuple(tx.shape[1:]) != tuple(images.shape[1:]) or tx.is_floating_point() != images.is_floating_point():
@@ -391,11 +394,9 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
     seed = int(seed)
     shots = None if shots is None else check_count(shots, "shots")
     n_samples = None if n_samples is None else check_count(n_samples, "n_samples")
-    with warnings.catch_warnings():
-        if settings.get("classes") is not None:  # the order is given: numbered folder names need no word
-            from crossdistill.data.readers_folder import ClassOrderWarning
+    from crossdistill.data.readers_folder import order_given
 
-            warnings.simplefilter("ignore", ClassOrderWarning)
+    with order_given(settings.get("classes") is not None):
         images, found_labels, class_names, files = _images(data, "training", mean, std)
     if settings.get("classes") is not None:
         from crossdistill.data.align import renumbering
@@ -441,7 +442,8 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
 
         # Names only come from files; a tensor is not formatted (for a large one that costs time).
         check_named_classes(class_names, info.num_classes, str(data) if isinstance(data, (str, Path)) else "training data",
-                            None if found_labels is None else found_labels.numpy())
+                            None if found_labels is None else found_labels.numpy(),
+                            listed=settings.get("classes") is not None)
     if found_labels is not None and found_labels.dim() > 1:
         # Per-position labels (a segmentation map) score a dense model on eval_data; the draw
         # needs one label per image (or none: n_samples).

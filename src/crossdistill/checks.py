@@ -40,24 +40,21 @@ class BatchStatisticsWarning(UserWarning):
     """The model normalises with each batch's statistics in eval mode: its outputs depend on the batch."""
 
 
-def warn_batch_statistics(model: nn.Module, capture_batch: int) -> None:
+def warn_batch_statistics(model: nn.Module, depends: str) -> None:
     """Say when BatchNorms without running statistics (track_running_stats=False) make the
     model's output for one image depend on the images beside it in eval mode: the hidden states
-    the solve fits and every score then depend on batch sizes, which nothing else would show."""
+    the solve fits and every score then depend on batch sizes, which nothing else would show.
+    `depends`: what depends on which batch size in the caller's work."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
     names = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.running_mean is None]
     if not names:
         return
-    from crossdistill.evaluation_agreement import EVAL_BATCH
-
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     one = len(names) == 1
     warnings.warn(f"{len(names)} BatchNorm{'' if one else 's'} of the model ({shown}) keep{'s' if one else ''} no "
                   f"running statistics (track_running_stats=False) and normalise{'s' if one else ''} each batch by "
-                  "its own in eval mode too: the model's "
-                  f"outputs depend on the batch, the solve's on its capture batches ({capture_batch} images, "
-                  f"batch_size) and the scores on the evaluation's ({EVAL_BATCH}, the report's eval_batch)",
+                  f"its own in eval mode too: the model's outputs depend on the batch, {depends}",
                   BatchStatisticsWarning, stacklevel=outside_stacklevel())
 
 

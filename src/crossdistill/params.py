@@ -119,7 +119,12 @@ class Param:
     def _tuple(self, value: Any, owner: str) -> list:
         """A list setting from a list (YAML), a tuple, or '3,32,32' / '3 32 32' (a flag); kept as
         a list, which is what a config written out and read back (YAML, JSON) holds."""
-        if isinstance(value, str):
+        if isinstance(value, str) and self.spec.item is str:
+            # Names: a file of them kept whole, else split at commas only (a class may be "chat noir").
+            from pathlib import Path
+
+            value = [value] if Path(value).is_file() else [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, str):
             value = value.replace(",", " ").split()
         if not isinstance(value, (list, tuple)) or not value:
             what = "names" if self.spec.item is str else "numbers"

@@ -30,7 +30,7 @@ from crossdistill.defaults import resolve_damping
 from crossdistill.device import resolve_device
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
 from crossdistill.data.align import align_classes, check_named_classes, order_classes
-from crossdistill.data.readers_folder import ClassOrderWarning
+from crossdistill.data.readers_folder import order_given
 from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
 from crossdistill.errors import CrossDistillError, outside_stacklevel
@@ -62,7 +62,8 @@ def draw_few_shot(cfg: CompressConfig, data: ImageArrays, info: ModelInfo | None
     info = info or model_info(cfg.model)
     named = info.kind in ("classes", "binary")  # otherwise the labels are not the model's classes
     if named:  # first: an extra folder's shifted labels are out of range, and the range error would blame the last
-        check_named_classes(data.class_names, info.num_classes, data.source or "training data", data.y)
+        check_named_classes(data.class_names, info.num_classes, data.source or "training data", data.y,
+                            listed=bool(cfg.classes))
     check_data_fits_model(data, info, role="training data")  # labels within the model's classes
     if named:
         check_class_coverage(data.y, info.num_classes, data.source or "training data", data.class_names)
@@ -132,7 +133,8 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     if distributed.active():
         distributed.check_same("teachers", tensors_sha256(sorted(teacher.state_dict().items())))
         distributed.check_same("few-shot images", tensors_sha256([("images", fewshot.images)]))
-    warn_batch_statistics(teacher, cfg.batch_size)
+    warn_batch_statistics(teacher, f"the solve's on its capture batches ({cfg.batch_size} images, batch_size) and "
+                                   f"the scores on the evaluation's ({EVAL_BATCH}, the report's eval_batch)")
     objective = build_objective(cfg)
     method = METHODS.build(cfg.method.name, cfg.method.params)
     damping = resolved_damping(cfg, fewshot)
@@ -452,9 +454,7 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
     if cfg.data is None and train is None:
         raise CrossDistillError("no training data given (--data)")
     teacher = teacher if teacher is not None else load_teacher(cfg)
-    with warnings.catch_warnings():
-        if cfg.classes:  # the order is given: a folder's numbered names need no word about theirs
-            warnings.simplefilter("ignore", ClassOrderWarning)
+    with order_given(bool(cfg.classes)):
         train = train if train is not None else load_with_progress(cfg.data, "train", show_progress)
         if cfg.classes:
             train = order_classes(train, cfg.classes)
@@ -489,7 +489,8 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
         "load_average": load_average(),  # seconds and latencies mean little without the machine's load
     })
     if test is None and cfg.eval_data:
-        test = align_classes(load_image_data(cfg.eval_data, "test"), train.class_names)
+        with order_given(train.class_names is not None):
+            test = align_classes(load_image_data(cfg.eval_data, "test"), train.class_names)
     if test is not None:
         if teacher_metrics is None:
             report["teacher"], report["student"], report["agreement"] = evaluate_pair_for(

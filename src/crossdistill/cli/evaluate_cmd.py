@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", nargs="+", default=None,
                    help="the model's classes in the order of its outputs, by the names the test data gives them "
                         "(a folder's subfolders, an .npz's class_names), or one file of them, a name a line "
-                        "(default: the order the model's file records, else the data's own: a folder's sorted names)")
+                        "(default: the order the model's file records, else the data's own: a folder's sorted names; "
+                        "a list that differs from the file's recorded order is refused)")
     p.add_argument("--mean", type=float, nargs="+", default=None,
                    help="your own model from a plain state dict, or a student compressed from tensors through the "
                         "Python API (its file cannot know): per-channel mean subtracted from pixels scaled to "
@@ -120,8 +121,10 @@ def _with_normalisation(info: Any, mean: Sequence[float] | None, std: Sequence[f
 def run(args: argparse.Namespace) -> int:
     from crossdistill.checks import check_data_fits_model
     from crossdistill.data import load_image_data
-    from crossdistill.data.align import align_classes, check_named_classes, order_classes
-    from crossdistill.checks import warn_at_chance, warn_unnormalised
+    from crossdistill.data.align import align_classes, check_named_classes, class_list, order_classes
+    from crossdistill.data.folder_files import nfc
+    from crossdistill.data.readers_folder import order_given
+    from crossdistill.checks import warn_at_chance, warn_batch_statistics, warn_unnormalised
     from crossdistill.evaluation import evaluate_for
     from crossdistill.models import load_model, load_weights
     from crossdistill.model_inputs import check_file_inputs
@@ -143,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         model = build_user_model(args.model)
         check_file_inputs(model, "float32", args.model)
         load_weights(model, weights)
-        data = load_image_data(args.eval_data, "test")
+        with order_given(bool(args.classes)):
+            data = load_image_data(args.eval_data, "test")
         if args.classes:
             data = order_classes(data, args.classes)
         if not data.is_signal:
@@ -156,9 +160,16 @@ def run(args: argparse.Namespace) -> int:
         check_file_inputs(model, info.input_dtype, str(weights))
         info = _with_normalisation(info, args.mean, args.std)
         # Numbered by the classes the model was compressed with, when its file names them.
-        data = load_image_data(args.eval_data, "test")
-        data = order_classes(data, args.classes) if args.classes else align_classes(
-            data, getattr(model, "crossdistill_class_names", None))
+        recorded = getattr(model, "crossdistill_class_names", None)
+        if args.classes and recorded is not None and [nfc(n) for n in class_list(args.classes)] != \
+                [nfc(n) for n in recorded]:
+            # The file says which output is which class; another order can only score wrongly.
+            raise CrossDistillError(f"--classes differs from the classes {weights} records in the order of its outputs "
+                                    f"({', '.join(recorded[:6])}{', ...' if len(recorded) > 6 else ''}): leave "
+                                    "--classes out, the file's order numbers the test data")
+        with order_given(bool(args.classes) or recorded is not None):
+            data = load_image_data(args.eval_data, "test")
+        data = order_classes(data, args.classes) if args.classes else align_classes(data, recorded)
     # The factory given now, where the file's recorded one has moved.
     name = args.model if args.model is not None and is_factory_spec(args.model) else info.name
     spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}
@@ -166,15 +177,16 @@ def run(args: argparse.Namespace) -> int:
         # A model with no class names of its own numbers a folder's classes by sorted name: one
         # missing folder would shift every label after it.
         check_named_classes(data.class_names, int(spec.get("num_classes", info.num_classes)), str(args.eval_data),
-                            data.y)
+                            data.y, listed=bool(args.classes))
     check_data_fits_model(data, info, num_classes=spec.get("num_classes", info.num_classes), role=str(args.eval_data),
                           scored=True, instead="crossdistill evaluate scores classifiers only")
     result = evaluate_for(model, data, info, latency=not args.no_latency, latency_batch_sizes=args.latency_batch_sizes,
                           threads=args.threads, batch_size=args.batch_size,
                           label=None if args.quiet else "model")
     warn_at_chance(result, info.kind, int(spec.get("num_classes", info.num_classes)), who="the model")
+    warn_batch_statistics(model, f"its scores on --batch-size ({args.batch_size})")
     result = {"model": name, "weights": str(args.weights), "eval_data": str(args.eval_data),
-              "spec": spec, **result}
+              "spec": spec, **result, "eval_batch": args.batch_size}
     if getattr(model, "crossdistill_quant", None):
         from crossdistill.compression.quantization import model_size_bytes
 

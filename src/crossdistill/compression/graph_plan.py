@@ -365,7 +365,7 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
         held = _loose_buffers(model, g.width)
         frozen_bn = any(".running_mean " in b for b in held)  # "buffer n1.running_mean (32,)"
         cause = (f"the forward uses {', '.join(held)} itself, which slimming does not cut"
-                 + ("; a frozen BatchNorm of its own (detectron2's FrozenBatchNorm2d): replace it with an "
+                 + ("; a frozen BatchNorm of buffers (a FrozenBatchNorm2d: torchvision.ops, detectron2): replace it with an "
                     "nn.BatchNorm2d holding the same statistics in eval mode, or fold it into the conv before it"
                     if frozen_bn else "") if held
                  else f"the forward uses more of attention {g.attention} than its output: its attention weights, "

@@ -35,8 +35,8 @@ def class_list(classes: Sequence[str]) -> list[str]:
     a file: one class a line, blank lines left out (a thousand ImageNet ids are not typed)."""
     from pathlib import Path
 
-    if isinstance(classes, str):  # a file, or names as a flag takes them: "cat,dog" / "cat dog"
-        classes = [classes] if Path(classes).is_file() else classes.replace(",", " ").split()
+    if isinstance(classes, str):  # a file, or names separated by commas (a name may hold spaces)
+        classes = [classes] if Path(classes).is_file() else [c.strip() for c in classes.split(",") if c.strip()]
     names = [str(c) for c in classes]
     if len(names) == 1 and Path(names[0]).is_file():
         try:
@@ -46,7 +46,8 @@ def class_list(classes: Sequence[str]) -> list[str]:
         names = [line.strip() for line in text.splitlines() if line.strip()]
         if not names:
             raise CrossDistillError(f"{classes[0]}: the class list is empty")
-    doubled = sorted({n for n in names if names.count(n) > 1})
+    folded = [nfc(n) for n in names]
+    doubled = sorted({n for n, key in zip(names, folded) if folded.count(key) > 1})
     if doubled:
         raise CrossDistillError(f"classes: {doubled} given twice; each class once, in the model's order")
     return names
@@ -75,7 +76,7 @@ def order_classes(data: ImageArrays, classes: Sequence[str]) -> ImageArrays:
 
 
 def check_named_classes(names: Sequence[str] | None, num_classes: int, source: str = "training data",
-                        labels: np.ndarray | None = None) -> None:
+                        labels: np.ndarray | None = None, listed: bool = False) -> None:
     """Refuse training data that names another number of classes than the model predicts: its
     classes are numbered in sorted-name order (a folder's subfolders), so one missing name shifts
     every label after it, and one extra (an `Unsorted` folder, a copy's leftovers) every label
@@ -84,6 +85,9 @@ def check_named_classes(names: Sequence[str] | None, num_classes: int, source: s
     if names is None or len(names) == num_classes:
         return
     names = list(names)
+    if listed:  # the names are the class list given (--classes), not the data's folders
+        raise CrossDistillError(f"the class list (--classes, classes=) names {len(names)} classes for a model that "
+                                f"predicts {num_classes}: give its classes in the order of its outputs, one each")
     shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
     if len(names) < num_classes:
         raise CrossDistillError(

@@ -13,7 +13,7 @@ import os
 import unicodedata
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from crossdistill.errors import CrossDistillError, outside_stacklevel
 
@@ -76,9 +76,11 @@ def _looks_like_image(path: Path) -> bool:
     return head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
-def walk_images(folder: Path, skipped: list[Path] | None = None) -> Iterator[Path]:
+def walk_images(folder: Path, skipped: list[Path] | None = None,
+                claim: Callable[[str, str], None] | None = None) -> Iterator[Path]:
     """Image files below `folder` (hidden files and folders left out; linked folders followed,
-    each real folder once), as the walk finds them; image-like files not read go to `skipped`."""
+    each real folder once), as the walk finds them; image-like files not read go to `skipped`;
+    `claim(real folder, folder as walked)` is told of each folder walked."""
     seen: set[str] = set()
     start = os.path.realpath(folder)
     for top, dirs, files in os.walk(folder, onerror=_raise_unlistable, followlinks=True):
@@ -88,6 +90,8 @@ def walk_images(folder: Path, skipped: list[Path] | None = None) -> Iterator[Pat
             dirs[:] = []
             continue
         seen.add(real)
+        if claim is not None:
+            claim(real, top)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
@@ -101,8 +105,9 @@ def walk_images(folder: Path, skipped: list[Path] | None = None) -> Iterator[Pat
                 skipped.append(path)
 
 
-def images_in(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
-    return sorted(walk_images(folder, skipped))
+def images_in(folder: Path, skipped: list[Path] | None = None,
+              claim: Callable[[str, str], None] | None = None) -> list[Path]:
+    return sorted(walk_images(folder, skipped, claim))
 
 
 def holds_images(folder: Path) -> bool:

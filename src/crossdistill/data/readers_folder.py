@@ -17,9 +17,11 @@ run can be kept and reused).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -67,6 +69,16 @@ def _warn_numeric_order(root: Path, classes: list[str]) -> None:
                   ClassOrderWarning, stacklevel=outside_stacklevel())
 
 
+@contextlib.contextmanager
+def order_given(given: bool) -> Iterator[None]:
+    """Reading while the class order is known otherwise (`--classes`, or the names a saved model
+    records): a folder's numbered names need no word about their text order then."""
+    with warnings.catch_warnings():
+        if given:
+            warnings.simplefilter("ignore", ClassOrderWarning)
+        yield
+
+
 def is_image_folder(path: Path) -> bool:
     """A folder of class subfolders holding images, or one with train/ (and test/) such folders."""
     if not path.is_dir():
@@ -79,15 +91,13 @@ def _beside_splits(path: Path) -> list[Path]:
 
 
 def has_splits(path: Path) -> bool:
-    """`path` holds train/ (and test/) folders of class subfolders rather than classes."""
-    roots = [s for s in SPLIT_FOLDERS if (path / s).is_dir() and is_class_root(path / s)]
-    if len(roots) == len(SPLIT_FOLDERS):
-        return True  # a flat folder whose classes `train` and `test` both hold only sub-folders: not seen
-    if not roots:
-        return False
-    # train/ (or test/) alone: classes beside it hold their images themselves (bus/, tram/ beside
-    # a class `train` of dated sub-folders); an extra folder beside a split does not (Unsorted/).
-    return not any(images_directly_in(sub) for sub in _beside_splits(path))
+    """`path` holds train/ (and test/) folders of class subfolders rather than classes: a
+    train/ or test/ with no image of its own whose subfolders hold images, whatever lies beside
+    it (an `Unsorted/` of loose images read as a class would shift every label without a word;
+    a class called `train` that keeps its images only in sub-folders is read as a split instead,
+    and refused for its class count)."""
+    return any((path / s).is_dir() and not images_directly_in(path / s) and is_class_root(path / s)
+               for s in SPLIT_FOLDERS)
 
 
 def _classes_from_train(root: Path, train: Path) -> list[str]:
@@ -126,19 +136,21 @@ def _split_root(path: Path, split: str) -> tuple[Path, list[str], list[Path]]:
 
 
 def _files(root: Path, classes: list[str], skipped: list[Path]) -> list[tuple[Path, int]]:
-    """Each image below a class folder of `root` with its class's label; a file that two classes
-    reach (a folder linked into another class) is refused, since it would carry both labels."""
+    """Each image below a class folder of `root` with its class's label. A folder that two
+    classes reach (one linked into another class) is refused, since its images would carry both
+    labels; files linked one by one may share their target (git-annex, DVC and the Hugging Face
+    cache store byte-identical images as links to one file)."""
     folders = class_folders(root)
     out: list[tuple[Path, int]] = []
     owner: dict[str, int] = {}
     for label, name in enumerate(classes):
-        folder = folders.get(nfc(name))
-        for f in images_in(folder, skipped) if folder is not None else []:
-            real = os.path.realpath(f)
+        def claim(real: str, walked: str, label: int = label) -> None:
             if owner.setdefault(real, label) != label:
-                raise CrossDistillError(f"{f}: also an image of class {classes[owner[real]]!r} (through a link): "
+                raise CrossDistillError(f"{walked}: also a folder of class {classes[owner[real]]!r} (through a link): "
                                         "an image has one class")
-            out.append((f, label))
+
+        folder = folders.get(nfc(name))
+        out += [(f, label) for f in (images_in(folder, skipped, claim) if folder is not None else [])]
     return out
 
 

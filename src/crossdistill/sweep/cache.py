@@ -29,13 +29,26 @@ class RunContext:
         self._teacher_keys: dict[tuple[str, str | None], str] = {}
         self._data_keys: dict[tuple[str, str], str] = {}
 
-    def data(self, spec: str, split: str) -> Any:
+    def data(self, spec: str, split: str, order_given: bool = False) -> Any:
         from crossdistill.data import load_image_data
+        from crossdistill.data.readers_folder import order_given as quiet_order
 
         key = (spec, split)
         if key not in self._data:
-            self._data[key] = load_image_data(spec, split)
+            with quiet_order(order_given):
+                self._data[key] = load_image_data(spec, split)
         return self._data[key]
+
+    def scored_test(self, cfg: CompressConfig) -> Any:
+        """The test data of `cfg` numbered as its run numbers it (pipeline.run): by the class
+        list `classes`, else by the training data's names."""
+        from crossdistill.data.align import align_classes, order_classes
+
+        names = None
+        if cfg.data:
+            train = self.data(cfg.data, "train", bool(cfg.classes))
+            names = order_classes(train, cfg.classes).class_names if cfg.classes else train.class_names
+        return align_classes(self.data(cfg.eval_data, "test", names is not None), names)
 
     def teacher(self, cfg: CompressConfig) -> Any:
         import torch
@@ -83,12 +96,18 @@ class RunContext:
         if not cfg.eval_data:
             return None
         teacher = self.teacher(cfg)
+        test = self.scored_test(cfg)
         key_src = {
             "model": cfg.model,
             "teacher": self._teacher_keys[(cfg.model, cfg.weights)],
             "eval_data": self._data_key(cfg.eval_data, "test"),
             "latency": bool(cfg.latency),
         }
+        raw = self.data(cfg.eval_data, "test")
+        if test.y is not raw.y and not (test.y == raw.y).all():
+            # Labels renumbered (by --classes, or by the training data's names): another score.
+            # Left out otherwise, so that evaluations stored before stay found under their key.
+            key_src["labels"] = hashlib.sha256(test.y.astype("int64").tobytes()).hexdigest()
         if cfg.latency:
             # Timed at the run's thread count, as its student is: a teacher timed at 2 threads
             # beside students at 1 made a 39x "speed-up". (Without latency the digest is the one
@@ -100,9 +119,9 @@ class RunContext:
             return cached
         start = time.perf_counter()
         # The registry's info, or a user model's (input size, mean, std from the config and the data).
-        info = info_of(cfg, teacher, self.data(cfg.data, "train")) if cfg.data else model_info(cfg.model)
-        metrics = evaluate_for(teacher, self.data(cfg.eval_data, "test"), info, latency=cfg.latency,
-                               threads=cfg.threads)
+        info = info_of(cfg, teacher, self.data(cfg.data, "train", bool(cfg.classes))) if cfg.data \
+            else model_info(cfg.model)
+        metrics = evaluate_for(teacher, test, info, latency=cfg.latency, threads=cfg.threads)
         if self.db is not None:
             self.db.store_teacher_metrics(key, cfg.model, cfg.weights, cfg.eval_data, metrics,
                                           time.perf_counter() - start)

@@ -64,8 +64,8 @@ def execute_run(cfg: CompressConfig, ctx: RunContext) -> dict[str, Any]:
 
     if cfg.data is None:
         raise CrossDistillError("no training data given (data:)")
-    train = ctx.data(cfg.data, "train")
-    test = ctx.data(cfg.eval_data, "test") if cfg.eval_data else None
+    train = ctx.data(cfg.data, "train", bool(cfg.classes))
+    test = ctx.data(cfg.eval_data, "test", True) if cfg.eval_data else None  # numbered by the run's names
     teacher = ctx.teacher(cfg)
     teacher_metrics = ctx.teacher_metrics(cfg)
     compress_fn = None
