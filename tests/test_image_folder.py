@@ -836,4 +836,32 @@ def test_a_class_list_file_whose_path_holds_a_space_is_read_as_a_file(tmp_path):
     path = tmp_path / "my classes.txt"
     path.write_text("b\na\n")
     cfg = CompressConfig(classes=str(path))
-    assert cfg.classes == [str(path)] and class_list(cfg.classes) == ["b", "a"]
+    assert cfg.classes == ["b", "a"] == class_list([str(path)])  # the names: they identify the run, not the path
+
+
+def test_a_class_list_is_its_names_in_sweeps_reports_and_packs(tmp_path, capsys):
+    """A sweep hashed `classes: FILE` by the path (an edited list counted as done); a report put
+    runs with and without a class list under one teacher score; pack could not take the order."""
+    import pathlib
+
+    from crossdistill.config import CompressConfig
+    from crossdistill.data.align import align_classes
+    from crossdistill.reporting.results import RUN_SETTING_FIELDS
+    from crossdistill.sweep.hashing import config_hash
+
+    (tmp_path / "c.txt").write_text("b\na\n")
+    first = config_hash(CompressConfig(classes=str(tmp_path / "c.txt")))
+    assert CompressConfig(classes=pathlib.Path(tmp_path / "c.txt")).classes == ["b", "a"]
+    (tmp_path / "c.txt").write_text("a\nb\n")
+    assert config_hash(CompressConfig(classes=str(tmp_path / "c.txt"))) != first
+    assert config_hash(CompressConfig(classes=["b", "a"])) == first
+    assert "classes" in RUN_SETTING_FIELDS  # another numbering of the test data: another teacher score
+    write_folder(tmp_path / "d", {"a": 1, "b": 2}, size=(4, 4))
+    assert main(["pack", str(tmp_path / "d"), "--classes", "b", "a", "--out", str(tmp_path / "d.npz")]) == 0
+    packed = load_image_data(tmp_path / "d.npz")
+    assert packed.class_names == ["b", "a"] and packed.y.tolist() == [1, 0, 0]
+    np.savez(tmp_path / "cifar_part.npz", x=np.zeros((2, 4, 4, 3), np.uint8), y=np.array([0, 9]))
+    with pytest.raises(CrossDistillError, match=r"that the model's file \(s.safetensors\) does not have .*read with "
+                                                r"CIFAR-10's names"):
+        align_classes(load_image_data(tmp_path / "cifar_part.npz"), [str(i) for i in range(10)],
+                      known_as="the model's file (s.safetensors)")

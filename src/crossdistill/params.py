@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -119,6 +120,8 @@ class Param:
     def _tuple(self, value: Any, owner: str) -> list:
         """A list setting from a list (YAML), a tuple, or '3,32,32' / '3 32 32' (a flag); kept as
         a list, which is what a config written out and read back (YAML, JSON) holds."""
+        if self.spec.item is str and isinstance(value, os.PathLike):
+            value = os.fspath(value)  # a class list file given as a Path
         if isinstance(value, str) and self.spec.item is str:
             # Names: a file of them kept whole, else split at commas only (a class may be "chat noir").
             from pathlib import Path

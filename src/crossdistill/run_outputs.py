@@ -109,11 +109,6 @@ def portable_config(config: dict[str, Any]) -> dict[str, Any]:
         base = sliced[0] if sliced else value  # `train.npz[49000:]`: the file is the path
         if Path(base).exists():
             out[key] = str(Path(base).resolve()) + value[len(base):]
-    classes = out.get("classes")
-    if isinstance(classes, list) and len(classes) == 1 and Path(str(classes[0])).is_file():
-        from crossdistill.data.align import class_list
-
-        out["classes"] = class_list(classes)  # the names themselves: the list file may change or stay behind
     from crossdistill.models.user import absolute_factory, factory_file
 
     model = out.get("model")

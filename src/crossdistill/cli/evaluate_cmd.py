@@ -166,10 +166,12 @@ def run(args: argparse.Namespace) -> int:
             # The file says which output is which class; another order can only score wrongly.
             raise CrossDistillError(f"--classes differs from the classes {weights} records in the order of its outputs "
                                     f"({', '.join(recorded[:6])}{', ...' if len(recorded) > 6 else ''}): leave "
-                                    "--classes out, the file's order numbers the test data")
+                                    "--classes out, the file's order numbers the test data (a student compressed in "
+                                    "another order than its teacher's is compressed again, with --classes)")
         with order_given(bool(args.classes) or recorded is not None):
             data = load_image_data(args.eval_data, "test")
-        data = order_classes(data, args.classes) if args.classes else align_classes(data, recorded)
+        data = order_classes(data, args.classes) if args.classes else align_classes(
+            data, recorded, known_as=f"the model's file ({weights})")
     # The factory given now, where the file's recorded one has moved.
     name = args.model if args.model is not None and is_factory_spec(args.model) else info.name
     spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}

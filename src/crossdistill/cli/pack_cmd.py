@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Read FOLDER/<class>/*.png|jpg|... (or FOLDER/train/<class>/... with --split) and write "
         "one .npz with x (uint8 N×H×W×C), y, class_names and num_classes: the exact pixels a run reads, "
         "kept in one file. Classes are the subfolder names in sorted order (with train/ and test/, both "
-        "take train/'s). A folder whose images already share one size can also be given to --data "
+        "take train/'s), or the order --classes gives. A folder whose images already share one size can also be given to --data "
         "directly; --size makes them one size: --size S scales the shorter side to S (bicubic) and crops the "
         "centre S×S, --size HxW (e.g. 48x64) scales each image just enough to cover H×W and crops the centre.",
     )
@@ -36,12 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "width, e.g. 48x64 (your model's input size, as --input-size C H W gives them)")
     p.add_argument("--split", choices=["train", "test"], default="train",
                    help="with train/ and test/ inside FOLDER: which one (default train)")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="the classes in the order the labels should number them, by their folder names, or one file "
+                        "of them, a name a line (default: the folders' sorted names)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from crossdistill.data.readers_folder import has_splits, read_image_folder
+    from crossdistill.data.align import order_classes
+    from crossdistill.data.readers_folder import has_splits, order_given, read_image_folder
     from crossdistill.outputs import output_lock
     from crossdistill.persistence.files import atomic_write
 
@@ -55,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         raise CrossDistillError(f"--split test: {args.folder} has no train/ and test/ folders; give the test "
                                 "folder itself (its classes are then its own subfolders, or train/'s beside it)")
     with output_lock(args.out, args.force) as out:
-        data = read_image_folder(args.folder, args.split, size=args.size)
+        with order_given(bool(args.classes)):
+            data = read_image_folder(args.folder, args.split, size=args.size)
+        if args.classes:
+            data = order_classes(data, args.classes)
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a bare name

@@ -10,22 +10,28 @@ import numpy as np
 from crossdistill.errors import CrossDistillError
 
 from .arrays import ImageArrays
+from .readers_common import CIFAR10_CLASSES
 from .folder_files import nfc
 
 
-def align_classes(test: ImageArrays, names: Sequence[str] | None) -> ImageArrays:
+def align_classes(test: ImageArrays, names: Sequence[str] | None, known_as: str = "the training data") -> ImageArrays:
     """`test` with its labels renumbered to the training data's classes `names`, by name. Two
     folders or .npz files read separately each number their own classes: a test set that lacks
     one of them would otherwise have every later label shifted by one, and be scored against the
     wrong classes. Without names on both sides the labels are taken as they are. Names are
-    compared in Unicode NFC (a folder copied from macOS stores them decomposed)."""
+    compared in Unicode NFC (a folder copied from macOS stores them decomposed). `known_as`: whose
+    names `names` are, for the refusal."""
     if names is None or test.class_names is None or list(names) == list(test.class_names):
         return test
     index = {nfc(name): i for i, name in enumerate(names)}
     extra = sorted(name for name in test.class_names if nfc(name) not in index)
     if extra:
-        raise CrossDistillError(f"{test.source or 'test data'}: classes {extra} that the training data does not "
-                                f"have (its classes: {list(names)})")
+        hint = ""
+        if sorted(test.class_names) == sorted(CIFAR10_CLASSES) and str(test.source).endswith(".npz"):
+            hint = ("; an .npz of 10 classes named cifar* without class_names is read with CIFAR-10's names: save "
+                    "class_names in it to name its classes otherwise")
+        raise CrossDistillError(f"{test.source or 'test data'}: classes {extra} that {known_as} does not "
+                                f"have (its classes: {list(names)}){hint}")
     mapping = np.asarray([index[nfc(name)] for name in test.class_names], dtype=np.int64)
     return dataclasses.replace(test, y=mapping[test.y], num_classes=len(names), class_names=list(names))
 
@@ -33,8 +39,11 @@ def align_classes(test: ImageArrays, names: Sequence[str] | None) -> ImageArrays
 def class_list(classes: Sequence[str]) -> list[str]:
     """`classes` as given (`--classes a b c`), or read from a file when it is one name that names
     a file: one class a line, blank lines left out (a thousand ImageNet ids are not typed)."""
+    import os
     from pathlib import Path
 
+    if isinstance(classes, os.PathLike):
+        classes = [os.fspath(classes)]
     if isinstance(classes, str):  # a file, or names separated by commas (a name may hold spaces)
         classes = [classes] if Path(classes).is_file() else [c.strip() for c in classes.split(",") if c.strip()]
     names = [str(c) for c in classes]

@@ -18,7 +18,7 @@ from crossdistill.sweep.store import connect_readonly
 # `finetune.epochs`, ...), so what a plug-in declares is grouped and labelled by itself.
 # What defines "the same compressed network" (one table, one plot): the teacher, the data and
 # the compression method with all its settings (`method.*`).
-RUN_SETTING_FIELDS = ("model", "weights", "data", "eval_data", "method")
+RUN_SETTING_FIELDS = ("model", "weights", "data", "eval_data", "classes", "method")
 # The x axis of accuracy-vs-samples.
 X_FIELDS = ("shots", "n_samples")
 # Averaged over (seed) or not affecting the result (latency timing, capture batch size, device).
@@ -319,6 +319,8 @@ def headings_apart(groups: Sequence[SettingGroup], label: Callable[[SettingGroup
 def _shown(key: str, value: Any, values: Sequence[Any]) -> str:
     # Paths by their file name (and slice), which the report's commands give in full; in full
     # where two of them share a name (runs/a/best.pt, runs/b/best.pt).
+    if key == "classes" and isinstance(value, list):
+        return ", ".join(map(str, value[:3])) + (f", ... ({len(value)} names)" if len(value) > 3 else "")
     if key not in ("weights", "data", "eval_data") or not value:
         return str(value)
     names = {Path(str(v)).name for v in values if str(v) != str(value)}
