@@ -21,6 +21,7 @@ from crossdistill.reporting import (
     method_labels,
     render_report,
 )
+from crossdistill.reporting.results import distinct_labels
 from crossdistill.sweep import SweepDB, config_hash
 from crossdistill.sweep.runner import row_for
 
@@ -445,3 +446,17 @@ def test_a_database_named_through_a_symlink_is_read_beside_its_target(db_path, t
     assert len(load_runs(link)) == len(load_runs(db_path))
     assert sorted(p.name for p in link.parent.iterdir()) == ["link.sqlite"]
     assert sorted(p.name for p in db_path.parent.glob("hand.sqlite*")) == ["hand.sqlite"]
+
+
+def test_runs_that_number_the_classes_otherwise_are_reported_apart(tmp_path):
+    """Another class list numbers the test data otherwise, so the teacher scores otherwise: one
+    heading over both put one teacher's score above the other's student."""
+    path = tmp_path / "classes.sqlite"
+    with SweepDB(path) as db:
+        add(db, 60.0, objective="nocross", shots=1, seed=0)
+        add(db, 61.0, objective="nocross", shots=1, seed=0, classes=[str(i) for i in range(10)])
+    groups = aggregate(load_runs(path))
+    assert len(groups) == 2
+    headings = sorted(distinct_labels(groups).values())
+    assert any("classes (the data's order)" in h for h in headings)
+    assert any("classes 0, 1, 2, ... (10 names)" in h for h in headings)

@@ -26,6 +26,17 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
+def names_a_file(value: object) -> bool:
+    """`value` is a path to an existing file (a long comma-joined list of names is not: the
+    system refuses it as a file name, which is no error here)."""
+    from pathlib import Path
+
+    try:
+        return isinstance(value, (str, os.PathLike)) and Path(value).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class Spec:
     """What a declaration says besides its type and default."""
@@ -118,15 +129,14 @@ class Param:
         return value
 
     def _tuple(self, value: Any, owner: str) -> list:
-        """A list setting from a list (YAML), a tuple, or '3,32,32' / '3 32 32' (a flag); kept as
+        """A list setting from a list (YAML), a tuple, or '3,32,32' / '3 32 32' (a flag; names split
+        at commas only, and one that names a file is kept whole); kept as
         a list, which is what a config written out and read back (YAML, JSON) holds."""
         if self.spec.item is str and isinstance(value, os.PathLike):
             value = os.fspath(value)  # a class list file given as a Path
         if isinstance(value, str) and self.spec.item is str:
             # Names: a file of them kept whole, else split at commas only (a class may be "chat noir").
-            from pathlib import Path
-
-            value = [value] if Path(value).is_file() else [v.strip() for v in value.split(",") if v.strip()]
+            value = [value] if names_a_file(value) else [v.strip() for v in value.split(",") if v.strip()]
         elif isinstance(value, str):
             value = value.replace(",", " ").split()
         if not isinstance(value, (list, tuple)) or not value:

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
                           threads=args.threads, batch_size=args.batch_size,
                           label=None if args.quiet else "model")
     warn_at_chance(result, info.kind, int(spec.get("num_classes", info.num_classes)), who="the model")
-    warn_batch_statistics(model, f"its scores on --batch-size ({args.batch_size})")
+    warn_batch_statistics(model, f"its scores on --batch-size ({args.batch_size}; compress scores in batches of 64)")
     result = {"model": name, "weights": str(args.weights), "eval_data": str(args.eval_data),
               "spec": spec, **result, "eval_batch": args.batch_size}
     if getattr(model, "crossdistill_quant", None):

@@ -18,6 +18,7 @@ valid ones; one that belongs to a plug-in other than the selected one is dropped
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -114,6 +115,20 @@ class CompressConfig:
         return _resolve(layers, strict=strict)
 
 
+def _class_list_read(run: RunSettings) -> RunSettings:
+    """A one-item class list is a file of names: read here, where a config is written (the
+    command line, a YAML file, a sweep's expansion, the Python API), so that the names identify
+    the run (its hash, the config.yaml a run folder keeps) and an edited file names another run.
+    A config read back from a database (strict=False) keeps what it stored."""
+    from crossdistill.data.align import class_list
+    from crossdistill.params import names_a_file
+
+    if not names_a_file(run.classes[0]):
+        raise CrossDistillError(f"classes: {run.classes[0]!r} is one name and no file from here: give the class list "
+                                "file's path as it is from this directory, or the classes' names")
+    return dataclasses.replace(run, classes=class_list(run.classes))
+
+
 def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressConfig:
     layers = Layers()
     for i, v in enumerate(values):
@@ -127,6 +142,8 @@ def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressCo
     method_cls = get_class(registry("method"), "compression method", names["method"])
     objective_cls = get_class(registry("objective"), "objective", names["objective"])
     run = RunSettings(**known(RunSettings, layers.run, "config"))
+    if strict and run.classes is not None and len(run.classes) == 1:
+        run = _class_list_read(run)
     # The method must exist before the solver can be looked up among its stages' solvers.
     method_params = pick_section(layers, "method", {"method": method_cls}, strict)
     if not strict:

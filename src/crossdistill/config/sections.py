@@ -3,7 +3,6 @@ and where each section's plug-ins are registered."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from crossdistill.errors import ConfigWarning, CrossDistillError
@@ -99,12 +98,6 @@ class RunSettings(Plugin):
         from crossdistill.device import check_device_name
 
         check_device_name(self.device)
-        if self.classes is not None and len(self.classes) == 1 and Path(self.classes[0]).is_file():
-            from crossdistill.data.align import class_list
-
-            # The names themselves, not the file's path: they identify the run (a sweep's hash, the
-            # config a run folder keeps), and a list file edited later names another run.
-            object.__setattr__(self, "classes", class_list(self.classes))
 
 
 RUN_KEYS = tuple(p.name for p in declared_params(RunSettings))

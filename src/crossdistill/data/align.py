@@ -3,11 +3,14 @@ whose named classes cannot be the model's."""
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
 
 from crossdistill.errors import CrossDistillError
+from crossdistill.params import names_a_file
 
 from .arrays import ImageArrays
 from .readers_common import CIFAR10_CLASSES
@@ -27,7 +30,8 @@ def align_classes(test: ImageArrays, names: Sequence[str] | None, known_as: str 
     extra = sorted(name for name in test.class_names if nfc(name) not in index)
     if extra:
         hint = ""
-        if sorted(test.class_names) == sorted(CIFAR10_CLASSES) and str(test.source).endswith(".npz"):
+        source = str(test.source).lower().replace("-", "")
+        if sorted(test.class_names) == sorted(CIFAR10_CLASSES) and ".npz" in source and "cifar" in source:
             hint = ("; an .npz of 10 classes named cifar* without class_names is read with CIFAR-10's names: save "
                     "class_names in it to name its classes otherwise")
         raise CrossDistillError(f"{test.source or 'test data'}: classes {extra} that {known_as} does not "
@@ -39,15 +43,14 @@ def align_classes(test: ImageArrays, names: Sequence[str] | None, known_as: str 
 def class_list(classes: Sequence[str]) -> list[str]:
     """`classes` as given (`--classes a b c`), or read from a file when it is one name that names
     a file: one class a line, blank lines left out (a thousand ImageNet ids are not typed)."""
-    import os
     from pathlib import Path
 
     if isinstance(classes, os.PathLike):
         classes = [os.fspath(classes)]
     if isinstance(classes, str):  # a file, or names separated by commas (a name may hold spaces)
-        classes = [classes] if Path(classes).is_file() else [c.strip() for c in classes.split(",") if c.strip()]
+        classes = [classes] if names_a_file(classes) else [c.strip() for c in classes.split(",") if c.strip()]
     names = [str(c) for c in classes]
-    if len(names) == 1 and Path(names[0]).is_file():
+    if len(names) == 1 and names_a_file(names[0]):
         try:
             text = Path(names[0]).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -55,8 +58,8 @@ def class_list(classes: Sequence[str]) -> list[str]:
         names = [line.strip() for line in text.splitlines() if line.strip()]
         if not names:
             raise CrossDistillError(f"{classes[0]}: the class list is empty")
-    folded = [nfc(n) for n in names]
-    doubled = sorted({n for n, key in zip(names, folded) if folded.count(key) > 1})
+    folded = Counter(nfc(n) for n in names)
+    doubled = sorted({n for n in names if folded[nfc(n)] > 1})
     if doubled:
         raise CrossDistillError(f"classes: {doubled} given twice; each class once, in the model's order")
     return names

@@ -319,7 +319,9 @@ def headings_apart(groups: Sequence[SettingGroup], label: Callable[[SettingGroup
 def _shown(key: str, value: Any, values: Sequence[Any]) -> str:
     # Paths by their file name (and slice), which the report's commands give in full; in full
     # where two of them share a name (runs/a/best.pt, runs/b/best.pt).
-    if key == "classes" and isinstance(value, list):
+    if key == "classes":
+        if not isinstance(value, list):
+            return "(the data's order)"
         return ", ".join(map(str, value[:3])) + (f", ... ({len(value)} names)" if len(value) > 3 else "")
     if key not in ("weights", "data", "eval_data") or not value:
         return str(value)

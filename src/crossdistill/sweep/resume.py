@@ -80,6 +80,11 @@ def _fmt(v: Any) -> str:
         return repr(v)
 
 
+def _short(text: str, limit: int = 120) -> str:
+    """A long value shown by its ends (a thousand class names would fill the screen)."""
+    return text if len(text) <= limit else f"{text[:limit // 2]} ... {text[-limit // 4:]} ({len(text)} characters)"
+
+
 def _leaves(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested settings as dotted keys, the form `--set` takes: a `{name, params}` section gives
     `objective` (its name) and `objective.mu`; any other mapping `finetune.bn`."""
@@ -128,7 +133,7 @@ def explain_unmatched(todo: Sequence[Mapping[str, Any]], state: ResumeState, has
         nearest = min(candidates, key=lambda c: len(differing(c)))
         for k in differing(nearest):
             diffs[(k, nearest.get(k, "absent"), want.get(k, "absent"))] += 1
-    lines = [f"{k}: recorded {old}, now {new} ({n} of {len(explained)} runs)"
+    lines = [f"{k}: recorded {_short(old)}, now {_short(new)} ({n} of {len(explained)} runs)"
              for (k, old, new), n in diffs.most_common(limit)]
     if len(diffs) > limit:
         lines.append(f"... and {len(diffs) - limit} more differences")

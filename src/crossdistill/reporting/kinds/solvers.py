@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Sequence
 
 from crossdistill.params import param
 from crossdistill.reporting.kinds.base import Rendered, ReportKind, matches, parse_match
-from crossdistill.reporting.results import RunRow, aggregate, label_configs, mean_std
+from crossdistill.reporting.results import RunRow, aggregate, distinct_labels, label_configs, mean_std
 
 
 def layer_loss(row: RunRow) -> float | None:
@@ -47,12 +47,14 @@ class SolverReport(ReportKind):
               "compression without evaluation; *solver s*: the solver alone; both means over the draws. "
               f"Speed-ups: the reference (`{self.reference}`) ÷ the row.", ""]
         summary: list[dict[str, Any]] = []
-        for g in aggregate(rows):
+        groups = aggregate(rows)
+        headings = distinct_labels(groups)  # runs that differ only by their test data or class list apart
+        for g in groups:
             runs = [r for c in g.cells.values() for r in c.runs]
             # one label per method whatever the draw: the sampler is set alike before labelling
             labels = label_configs([{**r.config, "sampler": "random"} for r in runs])
             methods = list(dict.fromkeys(labels))
-            md += [f"## {g.label}", "", "| K | method | top-1 (%), first K | top-1 (%), random | Σ layer losses, "
+            md += [f"## {headings[id(g)]}", "", "| K | method | top-1 (%), first K | top-1 (%), random | Σ layer losses, "
                    "first K | total s | solver s | speed-up total | speed-up solver |",
                    "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
             for x in g.x_values:
@@ -79,6 +81,6 @@ class SolverReport(ReportKind):
                     speed = [f"{ref[k] / s[k]:.0f}×" if ref and ref[k] and s[k] else "–" for k in ("total", "solve")]
                     md.append(f"| {x} | {m} | {_num(s['first'], 1)} | {rand} | {_num(s['loss'], 4)} | "
                               f"{_num(s['total'], 1)} | {_num(s['solve'], 2)} | {speed[0]} | {speed[1]} |")
-                    summary.append({"setting": g.label, g.x_field: x, "method": m, **s})
+                    summary.append({"setting": headings[id(g)], g.x_field: x, "method": m, **s})
             md.append("")
         return Rendered(md, {"solvers": summary})
