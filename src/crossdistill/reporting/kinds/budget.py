@@ -3,6 +3,7 @@ with the paired difference draw by draw, the FLOPs each reached, seconds per sta
 the per-group plan (kept share of each group under either budget)."""
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,10 @@ class BudgetReport(ReportKind):
             c = row.config
             if row.status != "ok" or c.get("method") != "channels" or row.student_top1 is None:
                 continue
-            key = (c.get("model"), c.get("eval_data"), _target(c), c.get("objective"), c.get("solver"))
+            # Runs of other weights, training data or class numbering are not pairs: last in the key,
+            # so that the tables keep their order.
+            key = (c.get("model"), c.get("eval_data"), _target(c), c.get("objective"), c.get("solver"),
+                   json.dumps([c.get("weights"), c.get("data"), c.get("classes")], default=str))
             side, slot = _variant(c), (c["shots"], c["seed"])
             while slot in cells.get(key, {}).get(side, {}):
                 # The variant's label leaves out the epochs (they differ by K): a later run of
@@ -120,7 +124,6 @@ class BudgetReport(ReportKind):
                 side = f"{side} [{diff}]"
             cells.setdefault(key, {}).setdefault(side, {})[slot] = row
         for key in sorted(cells, key=str):
-            model, eval_data, target, objective, solver = key
             uni = cells[key].get("uniform", {})
             for variant in sorted(v for v in cells[key] if v != "uniform"):
                 if uni:
@@ -130,7 +133,7 @@ class BudgetReport(ReportKind):
         return r
 
     def _table(self, r: Rendered, out: Path, key: tuple, uni: dict, glo: dict, variant: str) -> None:
-        model, eval_data, target, objective, solver = key
+        model, eval_data, target, objective, solver, _ = key
         any_row = next(iter(uni.values()))
         r.markdown += [f"### {model}, channels {target}, {objective} / {solver}: uniform vs {variant}",
                        "", f"{any_row.n_eval} images of `{Path(str(eval_data)).name}`; teacher "
