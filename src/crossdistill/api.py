@@ -154,10 +154,9 @@ def _dataset_items(data: Any) -> Iterable[Any]:
 def _from_path(path: str | Path, role: str, mean: Sequence[float] | None, std: Sequence[float] | None,
                classes: Sequence[str] | None) -> tuple[torch.Tensor, torch.Tensor, list[str] | None, list[str] | None]:
     from crossdistill.data import load_image_data, to_tensor
-    from crossdistill.data.align import align_classes
 
     # A folder or a data-set name holds both splits: the training images come from its train split.
-    arrays = align_classes(load_image_data(str(path), "test" if role == "test" else "train"), classes)
+    arrays = load_image_data(str(path), "test" if role == "test" else "train", align_to=classes)
     c = arrays.input_shape[0]
     return (to_tensor(arrays.x, mean or (0.0,) * c, std or (1.0,) * c),
             torch.as_tensor(arrays.y, dtype=torch.long), arrays.class_names, arrays.files)
@@ -240,10 +239,7 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
     checked against the model's predictions."""
     if eval_data is None:
         return None
-    from crossdistill.data.readers_folder import order_given
-
-    with order_given(class_names is not None):  # numbered by the training data's names, however sorted
-        tx, ty, _, _ = _images(eval_data, "test", mean, std, class_names)
+    tx, ty, _, _ = _images(eval_data, "test", mean, std, class_names)
     if len(tx) == 0:
         raise CrossDistillError("eval_data holds no samples: give some, or leave eval_data out")
     if tuple(tx.shape[1:]) != tuple(images.shape[1:]) or tx.is_floating_point() != images.is_floating_point():

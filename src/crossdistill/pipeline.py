@@ -30,7 +30,6 @@ from crossdistill.defaults import resolve_damping
 from crossdistill.device import resolve_device
 from crossdistill.data import ImageArrays, load_image_data, sample_few_shot, to_tensor
 from crossdistill.data.align import align_classes, check_named_classes, order_classes
-from crossdistill.data.readers_folder import order_given
 from crossdistill.data.fewshot import check_class_coverage
 from crossdistill.engine import LayerRecord, distill_layers  # noqa: F401 - LayerRecord re-exported
 from crossdistill.errors import CrossDistillError, outside_stacklevel
@@ -342,8 +341,9 @@ CompressFn = Callable[[nn.Module, FewShot, CompressConfig], CompressionResult]
 
 
 # Stays with `run`: it calls load_image_data through this module, where tests replace it.
-def load_with_progress(spec: str, split: str, show: bool) -> ImageArrays:
-    """load_image_data, saying so on stderr when it takes a while (a large set takes seconds)."""
+def load_with_progress(spec: str, split: str, show: bool, **order: Any) -> ImageArrays:
+    """load_image_data, saying so on stderr when it takes a while (a large set takes seconds);
+    `order`: its classes/align_to."""
     import threading
 
     from crossdistill import progress
@@ -354,7 +354,7 @@ def load_with_progress(spec: str, split: str, show: bool) -> ImageArrays:
     if show:
         note.start()
     try:
-        return load_image_data(spec, split)
+        return load_image_data(spec, split, **order)
     finally:
         note.cancel()
 
@@ -454,13 +454,13 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
     if cfg.data is None and train is None:
         raise CrossDistillError("no training data given (--data)")
     teacher = teacher if teacher is not None else load_teacher(cfg)
-    with order_given(bool(cfg.classes)):
-        train = train if train is not None else load_with_progress(cfg.data, "train", show_progress)
-        if cfg.classes:
-            train = order_classes(train, cfg.classes)
-        if test is None and cfg.eval_data:
-            # Loaded and checked before compressing: a bad test file must not cost a whole run.
-            test = load_with_progress(cfg.eval_data, "test", show_progress)
+    if train is None:
+        train = load_with_progress(cfg.data, "train", show_progress, classes=cfg.classes)
+    elif cfg.classes:  # data a sweep loaded once for all its runs
+        train = order_classes(train, cfg.classes)
+    if test is None and cfg.eval_data:
+        # Loaded and checked before compressing: a bad test file must not cost a whole run.
+        test = load_with_progress(cfg.eval_data, "test", show_progress, align_to=train.class_names)
     info = info_of(cfg, teacher, train)
     fewshot = draw_few_shot(cfg, train, info)
     if test is not None:
@@ -488,9 +488,6 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
         "gpu_peak_memory_mib": gpu_peak_memory_mib(device),
         "load_average": load_average(),  # seconds and latencies mean little without the machine's load
     })
-    if test is None and cfg.eval_data:
-        with order_given(train.class_names is not None):
-            test = align_classes(load_image_data(cfg.eval_data, "test"), train.class_names)
     if test is not None:
         if teacher_metrics is None:
             report["teacher"], report["student"], report["agreement"] = evaluate_pair_for(

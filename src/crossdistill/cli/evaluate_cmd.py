@@ -121,9 +121,8 @@ def _with_normalisation(info: Any, mean: Sequence[float] | None, std: Sequence[f
 def run(args: argparse.Namespace) -> int:
     from crossdistill.checks import check_data_fits_model
     from crossdistill.data import load_image_data
-    from crossdistill.data.align import align_classes, check_named_classes, class_list, order_classes
+    from crossdistill.data.align import check_named_classes, class_list
     from crossdistill.data.folder_files import nfc
-    from crossdistill.data.readers_folder import order_given
     from crossdistill.checks import warn_at_chance, warn_batch_statistics, warn_unnormalised
     from crossdistill.evaluation import evaluate_for
     from crossdistill.models import load_model, load_weights
@@ -146,10 +145,7 @@ def run(args: argparse.Namespace) -> int:
         model = build_user_model(args.model)
         check_file_inputs(model, "float32", args.model)
         load_weights(model, weights)
-        with order_given(bool(args.classes)):
-            data = load_image_data(args.eval_data, "test")
-        if args.classes:
-            data = order_classes(data, args.classes)
+        data = load_image_data(args.eval_data, "test", classes=args.classes)
         if not data.is_signal:
             warn_unnormalised(args.model, args.mean, args.std)
         info = infer_info(model.eval(), args.model, data.input_shape, mean=args.mean, std=args.std,
@@ -168,10 +164,8 @@ def run(args: argparse.Namespace) -> int:
                                     f"({', '.join(recorded[:6])}{', ...' if len(recorded) > 6 else ''}): leave "
                                     "--classes out, the file's order numbers the test data (a student compressed in "
                                     "another order than its teacher's is compressed again, with --classes)")
-        with order_given(bool(args.classes) or recorded is not None):
-            data = load_image_data(args.eval_data, "test")
-        data = order_classes(data, args.classes) if args.classes else align_classes(
-            data, recorded, known_as=f"the model's file ({weights})")
+        data = load_image_data(args.eval_data, "test", classes=args.classes, align_to=recorded,
+                               known_as=f"the model's file ({weights})")
     # The factory given now, where the file's recorded one has moved.
     name = args.model if args.model is not None and is_factory_spec(args.model) else info.name
     spec = model.spec() if callable(getattr(model, "spec", None)) else {"factory": name}

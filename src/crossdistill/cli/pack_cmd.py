@@ -61,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
     with output_lock(args.out, args.force) as out:
         with order_given(bool(args.classes)):
             data = read_image_folder(args.folder, args.split, size=args.size)
-        if args.classes:
-            data = order_classes(data, args.classes)
+        data = order_classes(data, args.classes) if args.classes else data
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a bare name

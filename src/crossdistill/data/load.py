@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from crossdistill.errors import CrossDistillError
 
 from .arrays import ImageArrays
 from .download import CIFAR10_DIRNAME, ensure_cifar10, ensure_fashion_mnist
-from .readers_folder import has_splits, is_image_folder, read_image_folder
+from .align import align_classes, order_classes
+from .readers_folder import has_splits, is_image_folder, order_given, read_image_folder
 from .slices import split_slice, take
 from .readers import (
     CIFAR10_TEST_BATCHES,
@@ -71,21 +73,35 @@ def holds_splits(spec: str | Path) -> bool:
 
 
 def load_image_data(
-    spec: str | Path, split: str = "train", *, root: str | Path | None = None
+    spec: str | Path, split: str = "train", *, root: str | Path | None = None,
+    classes: Sequence[str] | None = None, align_to: Sequence[str] | None = None,
+    known_as: str = "the training data",
 ) -> ImageArrays:
     """Load a data set from a file, a folder or a data-set name.
 
     split selects train/test for folders and names; an .npz file holds a single split, so split
     is not used for it. root is where named data sets are cached (default: the user cache).
     `SPEC[start:stop]` is that part of SPEC, e.g. `train.npz[49000:]` (data/slices.py).
+    `classes`: the labels numbered by this class list (`--classes`); else `align_to`: by these
+    names, another data set's or a saved model's (data/align.py; `known_as` says whose, for its
+    refusal). With either, a folder's
+    numbered names need no warning about their text order.
     """
+    with order_given(classes is not None or align_to is not None):
+        data = _load(spec, split, root)
+    if classes is not None:
+        return order_classes(data, classes)
+    return align_classes(data, align_to, known_as)
+
+
+def _load(spec: str | Path, split: str, root: str | Path | None) -> ImageArrays:
     check_split(split)
     text = str(spec)
     key = text.strip().lower()
     path = Path(text).expanduser()
     sliced = None if path.exists() else split_slice(text)  # a real file whose name ends in [..] wins
     if sliced is not None:
-        return take(load_image_data(sliced[0], split, root=root), sliced[1], text)
+        return take(_load(sliced[0], split, root), sliced[1], text)
     # A real path wins over a name, so a local folder called "cifar10" is read, not downloaded.
     if not path.exists():
         if key in CIFAR10_NAMES:
