@@ -39,10 +39,10 @@ class CompressionMethod(Plugin, ABC):
     output_layers: ClassVar[list[str] | None] = None
 
     def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all",
-                device: torch.device | str = "cpu") -> None:
+                device: torch.device | str = "cpu", *, output: str | None = None, output_kind: str = "auto") -> None:
         """Called with the few-shot images before `plan` (methods that trace the model keep one; a
         global channel budget measures its costs on all, with the run's damping, capture and
-        device)."""
+        device, and its 'output' cost reads the predictions the run's output/output_kind name)."""
 
     @abstractmethod
     def plan(self, model: nn.Module) -> list[LayerTask]: ...

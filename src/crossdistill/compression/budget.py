@@ -6,7 +6,8 @@ group under its readers' teacher-side problems (solvers/unit_selection.removal_p
 rise of the readers' loss as units go. By default ('norm') each reader's output channels are
 weighted by the gain γ/√(var+ε) of the BatchNorm that follows it, so the loss is measured as
 the next layers see it (a reader without such a norm is taken as it is); 'absolute' uses the
-raw loss, 'relative' that loss over the reader's output energy. Units are then taken, group by
+raw loss, 'relative' that loss over the reader's output energy; 'output' the loss of the
+model's outputs along the same removal path (compression/budget_output.py). Units are then taken, group by
 group, where the curve rises least per FLOP saved, until the target is met. The sequential
 cross-distillation solve then runs with these counts; which units go is still decided there,
 on the student's inputs.
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossdistill.capture import TRANSPOSED, all_layer_inputs, get_module, group_size, layer_inputs
+from crossdistill.compression.budget_output import OutputCost
 from crossdistill.compression.flops import FlopModel
 from crossdistill.distributed import shard, sum_number, together
 from crossdistill.device import module_device, on_device
@@ -135,17 +137,22 @@ class _Reread:
 
 def removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor, damping: float, *,
                   min_keep: float, cost: str = "norm", stream: bool = False, lazy: bool = False,
-                  batch_size: int = 64, device: torch.device | str | None = None) -> dict[int, torch.Tensor]:
+                  batch_size: int = 64, device: torch.device | str | None = None, output: str | None = None,
+                  output_kind: str = "auto") -> dict[int, torch.Tensor]:
     """Per group with a dense reader: C[k], the summed loss of its readers after its k cheapest
-    units are removed (greedy OBS on the teacher's inputs), k = 0 … width − least kept.
+    units are removed (greedy OBS on the teacher's inputs), k = 0 … width − least kept; with
+    cost 'output', the loss of the model's outputs along the same path (budget_output.py; `output`,
+    `output_kind`: which output holds the predictions and their kind, as the run's settings).
     `device`: where the forwards and the OBS paths run (the model goes there for the call)."""
     where = torch.device(device) if device is not None else module_device(model)
     with on_device(where, model):
-        return _removal_costs(model, plan, images.to(where), damping, min_keep, cost, stream, lazy, batch_size)
+        return _removal_costs(model, plan, images.to(where), damping, min_keep, cost, stream, lazy, batch_size,
+                              output, output_kind)
 
 
 def _removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tensor, damping: float, min_keep: float,
-                   cost: str, stream: bool, lazy: bool, batch_size: int) -> dict[int, torch.Tensor]:
+                   cost: str, stream: bool, lazy: bool, batch_size: int, output: str | None = None,
+                   output_kind: str = "auto") -> dict[int, torch.Tensor]:
     names = sorted({r for gid, rs in plan.readers.items() if gid not in plan.kept for r in rs})
     batches = batches_of(shard(images, align=CHUNK_IMAGES), batch_size)
     # stream: each group's readers captured when the group is costed, then dropped (one
@@ -153,7 +160,9 @@ def _removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tenso
     # lazy (capture='disk'): read batch by batch each time, never held.
     inputs = _Inputs(model, batches, [] if stream or lazy else names, lazy=lazy)
     energy = {n: output_energy(get_module(model, n), inputs[n]) if cost == "relative" else 1.0 for n in names}
-    gains = norm_scales(model, images[:1], names) if cost == "norm" else {}
+    # 'output' walks the removal path of 'norm' and measures the outputs along it.
+    gains = norm_scales(model, images[:1], names) if cost in ("norm", "output") else {}
+    outputs = OutputCost(model, batches, damping, output, output_kind) if cost == "output" else None
     costs: dict[int, torch.Tensor] = {}
     for gid, readers in plan.readers.items():
         if gid in plan.kept:
@@ -174,8 +183,12 @@ def _removal_costs(model: nn.Module, plan: GraphChannelPlan, images: torch.Tenso
                 p = _rows_scaled(p, gains[name])
             rs.append(Reader(p, [[pos[c] for c in u] for u in units[name]]))
         width = plan.groups[gid].width
-        _, steps = removal_path(rs, width - least_kept(width, min_keep))
-        costs[gid] = torch.cumsum(torch.tensor([0.0] + steps, dtype=torch.float64, device="cpu"), 0)
+        n_remove = width - least_kept(width, min_keep)
+        order, steps = removal_path(rs, n_remove)
+        if outputs is not None:
+            costs[gid] = outputs.curve(cols, units, order, n_remove)
+        else:
+            costs[gid] = torch.cumsum(torch.tensor([0.0] + steps, dtype=torch.float64, device="cpu"), 0)
     return costs
 
 

@@ -58,10 +58,12 @@ class ChannelPruning(CompressionMethod):
     # 'absolute' lost points on ResNet-20 and 'relative' lost them on ResNet-56.
     min_keep: float = param(0.25, "global budget: the least share of a group's units that it keeps",
                             low=0, low_open=True, high=1)
-    budget_cost: str = param("norm", "global budget: a reader's removal cost as its loss with each output "
+    budget_cost: str = param("norm", "global budget: a group's removal cost as its readers' loss with each output "
                              "channel weighted by the gain of the BatchNorm after it (norm), the raw loss "
-                             "(absolute), or the loss over the reader's output energy (relative)",
-                             choices=("norm", "absolute", "relative"), show=False)
+                             "(absolute), the loss over the reader's output energy (relative), or the "
+                             "distillation loss of the model's outputs with the readers re-solved, fitted on "
+                             "half the images and scored on the other half (output: a few forwards per group)",
+                             choices=("norm", "absolute", "relative", "output"), show=False)
 
     def inactive(self) -> set[str]:
         return {"min_keep", "budget_cost"} if self.budget == "uniform" else set()
@@ -92,6 +94,7 @@ class ChannelPruning(CompressionMethod):
         self._damping = 0.0
         self._capture = "all"
         self._device: torch.device | str = "cpu"
+        self._output: tuple[str | None, str] = (None, "auto")
         self._plan: GraphChannelPlan | None = None
         self._budget: dict[str, Any] = {}
 
@@ -100,11 +103,12 @@ class ChannelPruning(CompressionMethod):
         return None if self._images is None else self._images[:1]
 
     def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all",
-                device: torch.device | str = "cpu") -> None:
+                device: torch.device | str = "cpu", *, output: str | None = None, output_kind: str = "auto") -> None:
         self._images = example
         self._damping = damping
         self._capture = capture
         self._device = device
+        self._output = (output, output_kind)
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         if self._example is None:
@@ -171,7 +175,7 @@ class ChannelPruning(CompressionMethod):
         target = asked if asked is not None and asked - uniform_cost > UNDERSHOOT * fm.total else uniform_cost
         costs = removal_costs(model, full, self._images, self._damping, min_keep=self.min_keep,
                               cost=self.budget_cost, stream=self._capture != "all", lazy=self._capture == "disk",
-                              device=self._device)
+                              device=self._device, output=self._output[0], output_kind=self._output[1])
         # Groups without a dense reader have no cost curve: they keep the uniform count.
         fixed = {gid: removed_uniform[gid] for gid in full.groups if gid not in costs}
         # Decided once (rank 0 of several processes, crossdistill.distributed) for every process.
@@ -196,6 +200,8 @@ class ChannelPruning(CompressionMethod):
         label = super().describe()
         if self.budget == "uniform":  # the default, as every label before global budgets
             label = label.replace(",budget=uniform", "")
+        elif self.budget_cost != "norm":  # hidden at its default only: two costs are two plans
+            label = label[:-1] + f",budget_cost={self.budget_cost})"
         if self._target is not None:
             # The keep ratio is found from flops/params, so the given keep would only mislead.
             label = label.replace(f"keep={self.keep:g},", "").replace(f"keep={self.keep:g})", ")")

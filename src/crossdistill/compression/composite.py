@@ -73,9 +73,9 @@ class StagedMethod(CompressionMethod):
         return list(self._stages)
 
     def prepare(self, example: torch.Tensor, damping: float = 0.0, capture: str = "all",
-                device: torch.device | str = "cpu") -> None:
+                device: torch.device | str = "cpu", *, output: str | None = None, output_kind: str = "auto") -> None:
         for stage, _ in self._stages:
-            stage.prepare(example, damping, capture, device)
+            stage.prepare(example, damping, capture, device, output=output, output_kind=output_kind)
 
     def plan(self, model: nn.Module) -> list[LayerTask]:
         raise CrossDistillError(f"{self.describe()} runs in stages: call plan() on each of stages()")
