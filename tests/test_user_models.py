@@ -989,3 +989,46 @@ def test_a_model_that_normalises_by_its_batch_is_pointed_out_and_the_eval_batch_
         _, report = crossdistill.compress(model, x, labels=y, shots=2, method="quant", bits=8, eval_data=(x, y),
                                           show_progress=False)
     assert report["eval_batch"] == 64
+
+
+def test_a_regressor_read_as_a_binary_classifier_is_pointed_out():
+    """One output is read as a binary logit: a regressor whose values are all positive, scored
+    against labels of 0, is 'right' nowhere, and the warning names the setting for regressors."""
+    from crossdistill.checks import ChanceScoreWarning
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                          nn.Linear(8, 1), nn.Softplus()).eval()
+    x, y = torch.randn(60, 2, 16), torch.zeros(60, dtype=torch.long)
+    with pytest.warns(ChanceScoreWarning, match=r"scores 0.0 % top-1 on the 60 evaluation images, no better than "
+                                                  r"guessing among 2 classes .*read as one binary logit.*"
+                                                  r"output_kind 'values'"):
+        crossdistill.compress(model, x, n_samples=20, method="quant", bits=8, eval_data=(x, y), show_progress=False)
+
+
+def test_each_output_has_its_own_error_and_one_lost_beside_large_logits_is_pointed_out():
+    """A small regression head beside large class logits weighs nothing in the pooled error."""
+    import warnings
+
+    from crossdistill.checks import FarFromTeacherWarning, warn_far_from_teacher
+    from crossdistill.evaluation_agreement import Agreement
+
+    logits, head = torch.randn(8, 10) * 30, torch.randn(8, 2)
+    counts = Agreement(None, "classes")
+    counts.add({"logits": logits, "reg": head}, {"logits": logits * 1.01, "reg": torch.zeros(8, 2)}, 8)
+    result = counts.result()
+    assert result["output_errors"]["0"] == pytest.approx(1e-4)
+    assert result["output_errors"]["1"] == pytest.approx(1.0)
+    assert result["output_error"] < 0.01
+    with pytest.warns(FarFromTeacherWarning, match=r"no closer to the teacher's than zeros would be on the 8 "
+                                                    r"evaluation samples \(relative output error output 1: 1\b"):
+        warn_far_from_teacher(result, 8)
+    single = Agreement(None, "classes")
+    single.add(logits, logits * 0.5, 8)
+    assert "output_errors" not in single.result()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FarFromTeacherWarning)
+        warn_far_from_teacher(single.result(), 8)  # 0.25: an approximation, nothing said
+    single.add(logits, -logits, 8)  # now (0.25 + 4) / 2
+    with pytest.warns(FarFromTeacherWarning, match=r"error 2.12"):
+        warn_far_from_teacher(single.result())

@@ -483,9 +483,10 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
             t_scores, s_scores, agreement = compare(model, result.student, batches, output=info.output,
                                                     kind=info.kind)
         teacher_measures = _measure(model, info, test, t_scores, cfg.latency)
-    from crossdistill.checks import warn_at_chance
+    from crossdistill.checks import warn_at_chance, warn_far_from_teacher
 
     warn_at_chance(teacher_measures, info.kind, info.num_classes)
+    warn_far_from_teacher(agreement, len(test[0]) if test is not None else None)
     student = result.student
     if is_channels_last(model):
         # The solves write plain row-major weights; a model kept in channels_last (for its speed

@@ -64,10 +64,11 @@ class ChanceScoreWarning(UserWarning):
 
 def warn_at_chance(scores: dict[str, Any] | None, kind: str, num_classes: int, who: str = "the teacher itself") -> None:
     """Say when the teacher's own top-1 cannot be told from guessing: labels numbered otherwise
-    than the model's classes (folders sorted by name against a model trained on another order)
-    or inputs normalised otherwise than in its training give that, and every figure of the run
-    then measures nothing, which nothing else would point out."""
-    if not scores or kind != "classes" or num_classes < 3:
+    than the model's classes (folders sorted by name against a model trained on another order),
+    inputs normalised otherwise than in its training, or a model that is no classifier (a
+    regressor's one output read as a binary logit) give that, and every figure of the run then
+    measures nothing, which nothing else would point out."""
+    if not scores or kind not in ("classes", "binary") or num_classes < 2:
         return
     top1, n = scores.get("top1"), scores.get("n_eval")
     if top1 is None or not n or n < 30:
@@ -79,8 +80,34 @@ def warn_at_chance(scores: dict[str, Any] | None, kind: str, num_classes: int, w
     warnings.warn(f"{who} scores {float(top1):.1f} % top-1 on the {n} evaluation images, no better than "
                   f"guessing among {num_classes} classes ({100 * chance:.1f} %): check that the labels number the "
                   "classes as the model does (a folder's classes are numbered by their sorted names, an .npz's y is "
-                  "taken as stored) and that mean/std are those it was trained with",
+                  "taken as stored) and that mean/std are those it was trained with; a model that is no classifier "
+                  f"(its outputs were read as {'one binary logit' if kind == 'binary' else 'class logits'}) takes "
+                  "output_kind 'values' (--output-kind values)",
                   ChanceScoreWarning, stacklevel=outside_stacklevel())
+
+
+class FarFromTeacherWarning(UserWarning):
+    """The student's outputs are no closer to the teacher's than outputs of zeros would be."""
+
+
+def warn_far_from_teacher(agreement: dict[str, Any] | None, n_eval: int | None = None) -> None:
+    """Say when the student has lost what the teacher computes: a relative output error of 1 is
+    what a model answering zeros scores, so at or above it the student is no approximation of
+    the teacher, whatever its top-1 (a few-class task's accuracy can hide it) says. Each output
+    of several is looked at on its own: a small head beside large logits weighs nothing in the
+    pooled figure."""
+    if not agreement:
+        return
+    errors = agreement.get("output_errors") or {"": agreement.get("output_error")}
+    far = {k: float(v) for k, v in errors.items() if v is not None and float(v) >= 1.0}
+    if not far:
+        return
+    which = ", ".join(f"output {k}: {v:.3g}" if k else f"{v:.3g}" for k, v in far.items())
+    on = f" on the {n_eval} evaluation samples" if n_eval else ""
+    warnings.warn(f"the student's outputs are no closer to the teacher's than zeros would be{on} (relative output "
+                  f"error {which}; 1 is what outputs of zeros score): keep more (a higher keep, flops or "
+                  "parameters share, fewer bits or a higher rank) or fine-tune",
+                  FarFromTeacherWarning, stacklevel=outside_stacklevel())
 
 
 def check_input_shape(data: ImageArrays, input_size: Sequence[int], model: str, where: str) -> None:

@@ -92,15 +92,23 @@ class Agreement:
         self.output, self.kind = output, kind
         self.err = self.ref = 0.0
         self.same = self.total = 0
+        # Per output as well: a small head beside large logits weighs nothing in the pooled sum
+        # (a regression head's error of 0.47 showed as 0.016 overall).
+        self.errs: dict[int, list[float]] = {}
 
     def add(self, t_out: Any, s_out: Any, batch: int,
             preds: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """`preds`: both models' predicted classes, when the caller has them already."""
-        for t, s in zip(flat(t_out), flat(s_out)):
+        for i, (t, s) in enumerate(zip(flat(t_out), flat(s_out))):
             if not (per_sample(t, batch) and per_sample(s, batch)) or not t.is_floating_point():
                 continue  # a scalar (an auxiliary loss), or integers (an argmax): not a model's values
-            self.err += float((s.to(t.device, torch.float64) - t.double()).pow(2).sum())
-            self.ref += float(t.double().pow(2).sum())
+            err = float((s.to(t.device, torch.float64) - t.double()).pow(2).sum())
+            ref = float(t.double().pow(2).sum())
+            self.err += err
+            self.ref += ref
+            sums = self.errs.setdefault(i, [0.0, 0.0])
+            sums[0] += err
+            sums[1] += ref
         if self.kind != "values":
             tp, sp = preds if preds is not None else (predicted(predictions(t_out, self.output), self.kind),
                                                       predicted(predictions(s_out, self.output), self.kind))
@@ -108,15 +116,23 @@ class Agreement:
             self.total += tp.numel()
 
     def result(self) -> dict[str, Any]:
-        return {"output_error": self.err / self.ref if self.ref > 0 else float(self.err > 0),
-                "top1_agreement": 100.0 * self.same / self.total if self.total else None}
+        out: dict[str, Any] = {"output_error": _relative(self.err, self.ref),
+                               "top1_agreement": 100.0 * self.same / self.total if self.total else None}
+        if len(self.errs) > 1:  # several outputs: each its own, by its place in model_outputs.flat
+            out["output_errors"] = {str(i): _relative(e, r) for i, (e, r) in sorted(self.errs.items())}
+        return out
+
+
+def _relative(err: float, ref: float) -> float:
+    return err / ref if ref > 0 else float(err > 0)
 
 
 def agreement(teacher: nn.Module, student: nn.Module, batches: Iterable[torch.Tensor], *,
               output: str | None = None, kind: str = "classes") -> dict[str, Any]:
     """`output_error`: Σ‖student − teacher‖² / Σ‖teacher‖² over every float output tensor and input
-    (0 for a copy, ≈ 1 or more for an unrelated model); `top1_agreement` (percent of inputs, or
-    positions, with the same predicted class; None for 'values')."""
+    (0 for a copy, 1 for outputs of zeros, ≈ 1 or more for an unrelated model); with several
+    outputs, `output_errors` the same per output (keyed by its place among them); `top1_agreement`
+    (percent of inputs, or positions, with the same predicted class; None for 'values')."""
     counts = Agreement(output, kind)
     with eval_mode(teacher), eval_mode(student), torch.no_grad():
         for xb in batches:

@@ -24,6 +24,7 @@ from crossdistill.checks import (
     model_copy,
     warn_at_chance,
     warn_batch_statistics,
+    warn_far_from_teacher,
 )
 from crossdistill.config import CompressConfig, finetune_active
 from crossdistill.defaults import resolve_damping
@@ -147,7 +148,7 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     # The layer-wise work (forwards, moments, solves) runs where the fine-tune does; slimming and
     # everything after it stay on the CPU.
     device = distributed.rank_device(resolve_device(cfg.device))
-    method.prepare(images, damping, cfg.capture, device)
+    method.prepare(images, damping, cfg.capture, device, output=cfg.output_key, output_kind=cfg.output_kind)
     stages = method.stages()
     stage_teacher, records, solver_names = teacher, [], []
     ran: set[str] = set()
@@ -499,4 +500,5 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
         report["n_eval"] = report["student"]["n_eval"]
         report["eval_batch"] = EVAL_BATCH  # what a model normalising by its batch was scored in
         warn_at_chance(report["teacher"], info.kind, info.num_classes)
+        warn_far_from_teacher(report.get("agreement"), report["n_eval"])
     return result, report
