@@ -291,3 +291,27 @@ def test_a_batchnorm_without_running_statistics_is_fine_tuned_as_it_is(bn):
         model.bn1 = torch.nn.BatchNorm2d(model.bn1.num_features, track_running_stats=False)
     finetune(student, teacher, images(), labels(), FinetuneSettings(epochs=3, lr=1e-2, bn=bn))
     assert student.bn1.running_mean is None and not student.training
+
+
+def test_features_are_not_cut_and_get_no_views_and_the_refusal_comes_before_the_solves(monkeypatch):
+    """CutMix on (N, F) rows took the batch axis for an image's height (half the samples swapped,
+    every one given the same λ); the views return features as they are, so none are recorded."""
+    import crossdistill
+    import crossdistill.pipeline as pipeline
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x, y = torch.randn(60, 6), torch.arange(60) % 3
+    _, report = crossdistill.compress(model, x, labels=y, shots=4, method="quant", bits=8, finetune_epochs=1, finetune_mixup=0.2,
+                                      show_progress=False)
+    assert report["finetune"]["augment"].startswith("off: inputs of shape (6,) have no random views")
+    assert report["finetune"]["settings"]["augment"] is False
+
+    def no_solves(*args, **kwargs):
+        raise AssertionError("the layers were solved before the refusal")
+
+    monkeypatch.setattr(pipeline, "distill_layers", no_solves)
+    with pytest.raises(CrossDistillError, match=r"inputs of shape \(6,\) \(features\) have neither: set finetune_cutmix"):
+        crossdistill.compress(model, x, labels=y, shots=4, method="quant", bits=8, finetune_epochs=1, finetune_cutmix=1.0,
+                              show_progress=False)

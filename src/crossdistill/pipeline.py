@@ -130,6 +130,12 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     if distributed.active() and finetune_active(cfg.finetune):
         raise CrossDistillError("the fine-tune runs in one process: run it without torchrun (or set "
                                 "finetune epochs to 0 for the distributed compression)")
+    if finetune_active(cfg.finetune):
+        from crossdistill.finetune import FinetuneConfig, run_settings
+        from crossdistill.finetune.loop import check_inputs
+
+        check_inputs(run_settings(FinetuneConfig(**cfg.finetune), seed=cfg.seed, device=cfg.device,
+                                  batch_size=cfg.batch_size), fewshot.images)
     if distributed.active():
         distributed.check_same("teachers", tensors_sha256(sorted(teacher.state_dict().items())))
         distributed.check_same("few-shot images", tensors_sha256([("images", fewshot.images)]))

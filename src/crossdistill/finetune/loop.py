@@ -73,6 +73,19 @@ def finetune(
     return info
 
 
+def check_inputs(settings: FinetuneSettings, images: torch.Tensor) -> None:
+    """Refuse blends the inputs cannot take (called before the compression too, so that a run
+    does not fail only after its solves)."""
+    if not images.is_floating_point() and (settings.mixup > 0 or settings.cutmix > 0):
+        raise CrossDistillError("mixup and CutMix blend inputs; token ids cannot be blended: set "
+                                "finetune_mixup and finetune_cutmix to 0")
+    if images.dim() < 3 and settings.cutmix > 0:
+        # mix() would take the batch axis for an image's height: some samples swapped, others not.
+        raise CrossDistillError(f"CutMix pastes a box of an image or a stretch of a signal; inputs of shape "
+                                f"{tuple(images.shape[1:])} (features) have neither: set finetune_cutmix to 0 "
+                                "(finetune_mixup blends any input)")
+
+
 def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor | None,
               settings: FinetuneSettings, masks: Mapping[str, torch.Tensor] | None,
               on_step: OnStep | None, output: str | None, kind: str) -> dict[str, Any]:
@@ -87,9 +100,7 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
                                 f"are {distill.kind}: set its kd_weight to 1")
     if labels is None and settings.kd_weight < 1.0:
         raise CrossDistillError("the fine-tune's cross-entropy term needs labels; set its kd_weight to 1")
-    if not images.is_floating_point() and (settings.mixup > 0 or settings.cutmix > 0):
-        raise CrossDistillError("mixup and CutMix blend inputs; token ids cannot be blended: set "
-                                "finetune_mixup and finetune_cutmix to 0")
+    check_inputs(settings, images)
     if not distill.has_classes:
         labels = None  # the few-shot labels (one per image) are not classes of these predictions
     teacher_outs = batched(teacher, images, settings.batch_size)
@@ -103,11 +114,19 @@ def _finetune(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labe
         # A crop or shift of the stack would treat its inputs as channels of one image; what a
         # fitting view of each input is, only the model's owner knows.
         settings = replace(settings, augment=False)
+    # The views (augment.py) shift signals (N, C, L) and crop images (N, C, H, W); features or
+    # clips they return as they are, and the report must not say views were drawn.
+    shapeless_views = settings.augment and images.is_floating_point() and images.dim() not in (3, 4)
+    if shapeless_views:
+        settings = replace(settings, augment=False)
     mode = "hints" if settings.hint_weight > 0 and settings.logit_weight == 0 else \
         "hints+kd" if settings.hint_weight > 0 else "kd"
     info: dict[str, Any] = {"settings": asdict(settings), "mode": mode, "before": losses(), "steps": 0}
     if settings.augment and not images.is_floating_point():
         info["augment"] = "off: token ids have no random views"
+    if shapeless_views:
+        info["augment"] = (f"off: inputs of shape {tuple(images.shape[1:])} have no random views (they are drawn "
+                           "for images N×C×H×W and signals N×C×L)")
     if stacked_views:
         info["augment"] = "off: stacked inputs (StackedInputs) have no random views"
     if settings.epochs == 0:
