@@ -324,3 +324,12 @@ def test_the_command_line_refuses_a_token_id_model_with_the_way_out(tmp_path, ca
     assert main(["evaluate", "--weights", str(path), "--eval-data", str(tmp_path / "ids.npz"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "takes token ids, which the command line does not read" in err and "--mean" not in err
+
+
+def test_float_ids_are_told_to_be_integers_not_given_image_advice():
+    teacher = _trained(TextCNN())
+    train, labels = _sentences(40, 1)
+    with pytest.raises(CrossDistillError, match=r"its embedding takes token ids: give them as integers") as err:
+        crossdistill.compress(teacher, train.float(), labels=labels, shots=4, method="quant", bits=8,
+                              show_progress=False)
+    assert "(N, C, H, W)" not in str(err.value)

@@ -1032,3 +1032,17 @@ def test_each_output_has_its_own_error_and_one_lost_beside_large_logits_is_point
     single.add(logits, -logits, 8)  # now (0.25 + 4) / 2
     with pytest.warns(FarFromTeacherWarning, match=r"error 2.12"):
         warn_far_from_teacher(single.result())
+
+
+def test_shape_advice_follows_the_first_convs_dimensions_and_feature_rows_are_sent_to_the_api():
+    import numpy as np
+
+    from crossdistill.data.arrays import ImageArrays
+    from crossdistill.models.user import infer_info
+
+    signal_net = nn.Sequential(nn.Conv1d(2, 4, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(CrossDistillError, match=r"give a batch \(N, C, L\), one signal x as x.unsqueeze\(0\); on the "
+                                                r"command line uint8 arrays are images"):
+        infer_info(signal_net, "net", (1, 2, 16))
+    with pytest.raises(CrossDistillError, match=r"rows of features \(N, F\) are read by the Python API only"):
+        ImageArrays(x=np.zeros((10, 6), np.float32), y=np.zeros(10, np.int64), num_classes=2)

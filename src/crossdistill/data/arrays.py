@@ -54,6 +54,9 @@ class ImageArrays:
                 + ("; token ids are read by the Python API only (crossdistill.compress(model, ids, labels=...), "
                    "crossdistill.export_model(model, path, 'onnx', ids))"
                    if x.ndim == 2 and np.issubdtype(x.dtype, np.integer) else
+                   "; rows of features (N, F) are read by the Python API only (crossdistill.compress(model, "
+                   "features, labels=...), as a float tensor scaled as the model expects)"
+                   if x.ndim == 2 and np.issubdtype(x.dtype, np.floating) else
                    "; volumes and video clips (N, C, D, H, W) are read by the Python API only "
                    "(crossdistill.compress(model, clips, labels=...), as tensors normalised as the model expects)"
                    if x.ndim == 5 else "")

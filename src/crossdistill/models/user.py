@@ -187,10 +187,18 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
             # A forward(ids, mask): the one tensor it was given is not all it takes.
             hint = ("; its forward takes several inputs: stack them into one tensor and wrap the model, "
                     "crossdistill.StackedInputs(model) (docs/any_model.md, 'Models with several inputs')")
+        elif input_dtype == FLOAT and any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules()) \
+                and not fed:
+            # Float ids fail in the embedding, before any conv: the conv's shape advice would mislead.
+            hint = "; its embedding takes token ids: give them as integers (ids.long()), not floats"
         elif input_dtype == FLOAT and first is not None and len(first.kernel_size) + 1 != len(size):
             # (3, 16, 16) given for one image reads as 3 samples of (16, 16).
-            hint = (f"; its first conv takes samples of {len(first.kernel_size) + 1} dimensions, these are {size}: "
-                    "give a batch (N, C, H, W) for images, one image x as x.unsqueeze(0)")
+            d = len(first.kernel_size)
+            batch, what = {1: ("(N, C, L)", "signal"), 3: ("(N, C, D, H, W)", "clip")}.get(d, ("(N, C, H, W)", "image"))
+            hint = (f"; its first conv takes samples of {d + 1} dimensions, these are {size}: "
+                    f"give a batch {batch}, one {what} x as x.unsqueeze(0)"
+                    + ("; on the command line uint8 arrays are images (N, H, W[, C]) and signals are float32 "
+                       "(N, C, L)" if d == 1 and len(size) == 3 else ""))
         elif input_dtype == FLOAT and first is not None and len(size) == 3 and size[-1] == first.in_channels \
                 and first.in_channels != c:
             hint = (f"; its first conv takes {first.in_channels} channels, and the inputs look N×H×W×C (channels "
