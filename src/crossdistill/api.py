@@ -32,7 +32,7 @@ from crossdistill.evaluation_timing import torch_threads
 from crossdistill.model_inputs import check_token_ids, dtype_name
 from crossdistill.models.registry import ModelInfo, list_models, model_info
 from crossdistill.models.user import check_registered_outputs, infer_info
-from crossdistill.train_flags import buffers_kept, eval_mode, global_state_kept
+from crossdistill.train_flags import buffers_kept, eval_mode, global_state_kept, uncompiled
 
 
 def _tensors_from(data: Any, role: str = "training") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -348,11 +348,14 @@ def compress(model: nn.Module, data: Any, *,
     `crossdistill.save(student, path, factory="file.py:function")`, the function that rebuilds
     it. The report's fields are described in docs/report.md."""
     if not isinstance(model, nn.Module):
-        raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        exported = type(model).__name__ == "ExportedProgram"  # torch.export's: a graph, not the module
+        raise CrossDistillError(f"model must be a torch.nn.Module, got {type(model).__name__}"
+                                + (": compress the nn.Module it was exported from, then torch.export the student"
+                                   if exported else ""))
     check_copyable(unwrapped(model)[0])
     warn_hooks(unwrapped(model)[0])
     # Every forward below runs the caller's model: a buffer its forward updates gets its value back.
-    with buffers_kept(model), global_state_kept():
+    with buffers_kept(model), global_state_kept(), uncompiled(model):
         return _compress(model, data, labels=labels, eval_data=eval_data, shots=shots, n_samples=n_samples,
                          seed=seed, mean=mean, std=std, name=name, show_progress=show_progress, **settings)
 

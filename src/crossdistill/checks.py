@@ -243,6 +243,17 @@ def inner_module(model: nn.Module) -> nn.Module:
     return unwrapped(model)[0]
 
 
+def check_float_parameters(model: nn.Module, name: str) -> None:
+    """Refuse parameters that are not float32: the layer statistics and solves need float32 layers
+    (they accumulate in float64), and a half-precision forward fails deep inside the capture."""
+    import torch
+
+    low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
+    if low:
+        raise CrossDistillError(f"model {name}: its parameters are {', '.join(low)}; compress a float32 copy "
+                                "(model.float()) and cast the student back afterwards")
+
+
 def check_copyable(model: nn.Module) -> None:
     """Refuse a TorchScript module, and, naming the layers, a model that cannot be copied into a student: torch's older
     `torch.nn.utils.weight_norm` and `spectral_norm` leave a computed weight (once the model has
@@ -251,6 +262,13 @@ def check_copyable(model: nn.Module) -> None:
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
+    if isinstance(model, torch.fx.GraphModule) and ("eval" in vars(model) or "train" in vars(model)):
+        # torch.export's ExportedProgram.module() replaces train()/eval() with ones that raise:
+        # every forward of a compression runs the teacher in eval mode.
+        raise CrossDistillError("this GraphModule comes from torch.export (ExportedProgram.module()), whose train() and "
+                                "eval() torch refuses: compress the nn.Module it was exported from, then export the "
+                                "student")
+    check_float_parameters(model, type(model).__name__)
     if isinstance(model, torch.jit.ScriptModule):
         # Its forward is compiled code: hooks, the graph trace and the layer solves cannot reach
         # its layers (quantization would return it unchanged, the others find nothing to prune).

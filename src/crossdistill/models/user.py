@@ -146,6 +146,14 @@ def build_user_model(spec: str) -> nn.Module:
                                 f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise CrossDistillError(f"model {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
+    from crossdistill.checks import unwrapped
+
+    # DataParallel or torch.compile around the model: its weights and the student's keys are the
+    # inner module's (as crossdistill.compress unwraps), and an in-place compile() is dropped.
+    model = unwrapped(model)[0]
+    for m in model.modules():
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
     model.crossdistill_factory = spec
     return model
 
@@ -164,11 +172,9 @@ def infer_info(model: nn.Module, name: str, input_size: Sequence[int], *, mean: 
     instead of made-up ones (token ids of real sentences, not padding)."""
     size = tuple(int(v) for v in input_size)  # (C, H, W) for images; any shape for other inputs
     c = size[0]
-    low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
-    if low:
-        # The layer statistics and solves need float32 layers (they accumulate in float64).
-        raise CrossDistillError(f"model {name}: its parameters are {', '.join(low)}; compress a float32 copy "
-                                "(model.float()) and cast the student back afterwards")
+    from crossdistill.checks import check_float_parameters
+
+    check_float_parameters(model, name)
     first = _first_conv(model)
     fed: list[int] = []  # the channel counts the first conv was given: a failure after it is not theirs
     hook = first.register_forward_pre_hook(lambda m, a: fed.append(a[0].shape[1] if a and a[0].dim() > 1 else -1)) \
