@@ -1104,3 +1104,32 @@ def test_half_precision_registered_models_and_torch_export_programs_are_refused_
         crossdistill.compress(program, x, labels=y, shots=2, show_progress=False)
     with pytest.raises(CrossDistillError, match=r"comes from torch.export \(ExportedProgram.module\(\)\)"):
         crossdistill.compress(program.module(), x, labels=y, shots=2, show_progress=False)
+
+
+def test_a_factory_that_cannot_rebuild_the_model_is_refused_at_save_and_nothing_is_written(tmp_path):
+    """A factory building another model than the student's failed only at load, long after."""
+    from crossdistill.models.user import build_user_model
+
+    path = tmp_path / "nets.py"
+    path.write_text(FACTORY + textwrap.dedent("""
+        def make_half():
+            return make().half()
+
+        def make_wider():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(1, 9, 3, padding=1), nn.Flatten(), nn.Linear(9 * 28 * 28, 10))
+    """))
+    x, y = images()
+    model, _ = crossdistill.compress(build_user_model(f"{path}:make").eval(), x, labels=y, shots=2, keep=0.5,
+                                     show_progress=False)
+    out = tmp_path / "student.safetensors"
+    out.write_bytes(b"an earlier file")
+    for bad in ("make_half", "make_wider"):
+        with pytest.raises(CrossDistillError, match=rf"student.safetensors not written: the factory '.*:{bad}' cannot "
+                                                    r"rebuild this model from it \(.*student.safetensors"):
+            crossdistill.save(model, out, factory=f"{path}:{bad}")
+        assert out.read_bytes() == b"an earlier file"
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    crossdistill.save(model, out, factory=f"{path}:make")
+    with torch.no_grad():
+        assert torch.equal(crossdistill.load(out).eval()(x), model.eval()(x))

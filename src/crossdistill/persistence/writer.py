@@ -188,7 +188,27 @@ def save(model: nn.Module, path: str | Path, *, factory: str | None = None) -> P
         # Serialised in memory and written by Python: safetensors' own save_file creates the file
         # private (0600) whatever the umask, and a saved model is meant to be shared.
         data = to_bytes(tensors, metadata=meta)
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+        atomic_write(path, lambda tmp: _write_checked(Path(tmp), path, data, meta[META_KEY], doc))
     except OSError as exc:
         raise CrossDistillError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+def _write_checked(tmp: Path, path: Path, data: bytes, document: str, doc: SavedModelInfo) -> None:
+    """Write the file, and for a model that a user's factory rebuilds, rebuild it from the file
+    before it takes its name: a factory that builds another model (a plain one for a
+    parametrized student, float16 layers for a float32 one) failed only at load, when the
+    student's run was long gone."""
+    tmp.write_bytes(data)
+    factory = doc.spec.get("factory")
+    if not factory:
+        return
+    from crossdistill.persistence.reader import rebuild
+
+    try:
+        rebuild(tmp, document)
+    except CrossDistillError as exc:
+        raise CrossDistillError(f"{path} not written: the factory {factory!r} cannot rebuild this model from it "
+                                f"({str(exc).replace(str(tmp), str(path))}); give the factory that builds the model "
+                                "it was compressed from (crossdistill.save(student, path, factory='file.py:function'))"
+                                ) from None
