@@ -1133,3 +1133,21 @@ def test_a_factory_that_cannot_rebuild_the_model_is_refused_at_save_and_nothing_
     crossdistill.save(model, out, factory=f"{path}:make")
     with torch.no_grad():
         assert torch.equal(crossdistill.load(out).eval()(x), model.eval()(x))
+
+
+def test_without_evaluation_data_the_report_still_gives_both_models_sizes(factory, data, tmp_path, capsys):
+    import json
+
+    from crossdistill.models.user import build_user_model
+
+    train, _ = data
+    weights = tmp_path / "teacher.pt"
+    torch.save(build_user_model(factory).state_dict(), weights)
+    out = tmp_path / "run"
+    assert main(["compress", "--model", factory, "--weights", str(weights), "--data", str(train), "--shots", "2",
+                 "--flops", "0.5", "--mean", "0.3", "--std", "0.25", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    t, s = report["teacher"], report["student"]
+    assert s["params"] < t["params"] and s["flops"] <= 0.5 * t["flops"] and "top1" not in s
+    printed = capsys.readouterr().out
+    assert f"{t['params']:,}" in printed and f"{s['params']:,}" in printed and "top-1" not in printed

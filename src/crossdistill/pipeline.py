@@ -507,4 +507,12 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
         report["eval_batch"] = EVAL_BATCH  # what a model normalising by its batch was scored in
         warn_at_chance(report["teacher"], info.kind, info.num_classes)
         warn_far_from_teacher(report.get("agreement"), report["n_eval"])
+    else:
+        # Sizes need no data: without --eval-data (the only way for a model whose predictions are
+        # no classes) the report still says what the compression bought.
+        from crossdistill.evaluation import REPORT_LATENCY_BATCHES, size_and_speed
+
+        for who, model in (("teacher", teacher), ("student", result.student)):
+            report[who] = size_and_speed(model, info.input_size, REPORT_LATENCY_BATCHES if cfg.latency else (),
+                                         input_dtype=info.input_dtype)
     return result, report

@@ -64,7 +64,8 @@ def format_summary(report: dict[str, Any]) -> str:
     if "teacher" in report:
         t, s = report["teacher"], report["student"]
         lines.append(f"{'':14}{'teacher':>14}{'student':>14}")
-        lines.append(f"{'top-1 (%)':14}{t['top1']:>14.2f}{s['top1']:>14.2f}   on {report['n_eval']} test images")
+        if "top1" in t and "top1" in s:  # no scores without evaluation data: sizes only
+            lines.append(f"{'top-1 (%)':14}{t['top1']:>14.2f}{s['top1']:>14.2f}   on {report['n_eval']} test images")
         lines.append(f"{'params':14}{t['params']:>14,}{s['params']:>14,}")
         if s.get("nonzero_params", s["params"]) < s["params"] and "sparsity" in str(report["method"]):
             # Unstructured sparsity keeps dense shapes. (A quantized weight's zero codes are not
