@@ -284,6 +284,11 @@ SHIPPED = {
     "accuracy_push_test": "accuracy_push",
     "quant_lowrank_resnet20": "quantization",
     "quant_2bit_recheck": "quant_2bit_recheck",
+    "channel_budget": "channel_budget",
+    "channel_budget_val": "channel_budget",
+    "channel_budget_shufflenet_val": "channel_budget",
+    "channel_budget_output_val": "channel_budget",
+    "channel_budget_output": "channel_budget",
 }
 
 
