@@ -135,3 +135,23 @@ def test_the_teacher_trains_on_one_thread_whatever_the_run_uses(tmp_path, monkey
     assert seen == [1]
     assert summary["teacher"]["threads"] == 1 and summary["timings"]["threads"] == 2
     assert summary["teacher"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_data_that_is_not_fashion_mnist_is_refused_before_the_teacher_trains(tmp_path, capsys, monkeypatch):
+    """CIFAR-10 given to the demo trained the Fashion-MNIST teacher, then failed in a traceback."""
+    import numpy as np
+
+    from crossdistill.data import ImageArrays
+    from crossdistill.errors import CrossDistillError
+
+    assert main(["demo", "--data", "cifar10", "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    assert "the demo takes 'fashion-mnist' or a folder of Fashion-MNIST IDX files" in capsys.readouterr().err
+    assert main(["demo", "--train-subset", "0", "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert "--train-subset must be >= 1, got 0" in capsys.readouterr().err
+    colour = ImageArrays(x=np.zeros((20, 32, 32, 3), np.uint8), y=np.arange(20) % 10, num_classes=10)
+    import crossdistill.demo.run as demo_run
+
+    monkeypatch.setattr(demo_run, "get_teacher", lambda *a, **k: pytest.fail("the teacher trained"))
+    with pytest.raises(CrossDistillError, match=r"28x28 gray images, 10 classes\), these are \(32, 32, 3\)"):
+        run_demo(DemoOptions(out=tmp_path / "c", show_progress=False), train=colour, test=colour, log=None)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

@@ -119,8 +119,13 @@ def test_data_of_one_class_warns_and_the_report_counts_classes(tmp_path, capsys)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "one.npz", x=rng.integers(0, 256, (20, 28, 28, 1), dtype=np.uint8), y=np.zeros(20, int))
     out = tmp_path / "r"
-    assert main(["compress", "--model", "fashion_cnn", "--data", str(tmp_path / "one.npz"), "--shots", "2",
-                 "--quiet", "--out", str(out)]) == 0
+    import torch
+
+    from crossdistill.models import create_model
+
+    torch.save(create_model("fashion_cnn").state_dict(), tmp_path / "w.pt")
+    assert main(["compress", "--model", "fashion_cnn", "--weights", str(tmp_path / "w.pt"), "--data",
+                 str(tmp_path / "one.npz"), "--shots", "2", "--quiet", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "crossdistill: warning: " in err and "cover 1 of the model's 10 classes" in err
     assert len(err.strip().splitlines()) == 1  # one line, not Python's warning format

@@ -206,8 +206,8 @@ def test_a_failed_write_names_the_users_out_not_the_temporary_folder(tmp_path, m
     monkeypatch.setattr(pipeline, "write_run", full_disk)
     train, _ = write_npz_pair(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    assert main(["compress", "--model", "fashion_cnn", "--data", str(train), "--shots", "2", "--quiet",
-                 "--out", "runs/x"]) == 2
+    assert main(["compress", "--model", "fashion_cnn", "--weights", _weights(tmp_path), "--data", str(train),
+                 "--shots", "2", "--quiet", "--out", "runs/x"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("crossdistill compress: error: cannot write runs/x: No space left on device (writing report.json); "
                    "nothing was written")
@@ -295,8 +295,8 @@ def test_a_full_disk_met_by_a_write_that_names_no_file_is_an_error_line(tmp_path
     monkeypatch.setattr(pipeline, "write_run", full_disk)
     train, _ = write_npz_pair(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    assert main(["compress", "--model", "fashion_cnn", "--data", str(train), "--shots", "2", "--quiet",
-                 "--out", "runs/x"]) == 2
+    assert main(["compress", "--model", "fashion_cnn", "--weights", _weights(tmp_path), "--data", str(train),
+                 "--shots", "2", "--quiet", "--out", "runs/x"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("crossdistill compress: error: a write failed while making runs/x: No space left on device; "
                    "nothing was written there")
@@ -323,3 +323,14 @@ def test_a_dangling_symlink_out_is_claimed_beside_the_link(tmp_path):
     with output_lock(link, force=True) as target:
         assert target == link
         assert (tmp_path / ".out.lock").exists()
+
+
+def _weights(folder) -> str:
+    """A state dict for the registered fashion_cnn (one without weights is warned about)."""
+    import torch
+
+    from crossdistill.models import create_model
+
+    path = folder / "fashion_cnn.pt"
+    torch.save(create_model("fashion_cnn").state_dict(), path)
+    return str(path)

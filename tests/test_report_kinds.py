@@ -74,8 +74,14 @@ def test_paired_kind_gives_per_draw_differences_against_the_reference(tmp_path):
     assert "| soft(alpha=0,beta=0.3) | +0.83 (2/3) | – |" in md  # +1.0, -0.5, +2.0
     assert md.count("## fashion_cnn") == 2
     assert summary["settings"][0]["paired"]["soft(alpha=0,beta=0.3)"]["1"] == [1.0, -0.5, 2.0]
-    render_report(db_path, tmp_path / "none", kind="paired", params={"reference": "objective=mixed"})
-    assert "0 methods match the reference" in (tmp_path / "none" / "report.md").read_text()
+    # A setting without the reference (the val.npz runs are all nocross) says so in its table...
+    render_report(db_path, tmp_path / "some", kind="paired", params={"reference": "objective=soft"})
+    assert "0 methods match the reference" in (tmp_path / "some" / "report.md").read_text()
+    # ... a reference a letter away from what the runs have is a typo: refused, nothing written.
+    with pytest.raises(CrossDistillError, match=r"reference objective=nocros: no run has it \(did you mean "
+                                                r"objective=nocross\? the runs have objective nocross, soft\)"):
+        render_report(db_path, tmp_path / "none", kind="paired", params={"reference": "objective=nocros"})
+    assert not (tmp_path / "none").exists()
     with pytest.raises(CrossDistillError, match="KEY=VALUE"):
         render_report(db_path, tmp_path / "bad", kind="paired", params={"reference": "nocross"})
 

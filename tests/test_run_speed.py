@@ -20,9 +20,16 @@ def data(tmp_path):
 
 
 def _compress(data, out, *extra):
+    import torch
+
+    from crossdistill.models import create_model
+
     train, test = data
-    return ["compress", "--model", "fashion_cnn", "--data", str(train), "--eval-data", str(test), "--shots", "2",
-            "--out", str(out), *extra]
+    weights = out.parent / "fashion_cnn.pt"  # a registered model without weights is warned about
+    if not weights.exists():
+        torch.save(create_model("fashion_cnn").state_dict(), weights)
+    return ["compress", "--model", "fashion_cnn", "--weights", str(weights), "--data", str(train), "--eval-data",
+            str(test), "--shots", "2", "--out", str(out), *extra]
 
 
 def test_latency_is_off_unless_asked(data, tmp_path, capsys):

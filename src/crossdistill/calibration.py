@@ -30,6 +30,11 @@ def calibration_images(images: torch.Tensor, views: int, policy: str = "affine",
         raise CrossDistillError(f"unknown views policy {policy!r}; choose from {sorted(VIEWS)}")
     if images.dim() != 4:
         raise CrossDistillError(f"views need images (N, C, H, W); got shape {tuple(images.shape)}")
+    from crossdistill.data.folder_pixels import check_fits_memory
+
+    # The views are made at once (one tensor): a million of them filled the memory before any error.
+    check_fits_memory(images.element_size() * images.numel() * (views + 1),
+                      f"{len(images)} images with {views} views each", "ask for fewer views")
     gen = torch.Generator().manual_seed(seed * 1_000_003 + _VIEW_STREAM)
     rng = np.random.default_rng([seed, _VIEW_STREAM])
     out = [images]

@@ -54,6 +54,7 @@ from crossdistill.run_setup import (  # noqa: F401 - re-exported
     build_solver,
     info_of,
     load_teacher,
+    warn_untrained,
     model_defaults,
 )
 
@@ -460,6 +461,7 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
                                 f"{cfg.baseline or 'this compression'} does not use them: set views to 0")
     if cfg.data is None and train is None:
         raise CrossDistillError("no training data given (--data)")
+    untrained = teacher is None  # a teacher handed in (a sweep's, the demo's) is the caller's own
     teacher = teacher if teacher is not None else load_teacher(cfg)
     if train is None:
         train = load_with_progress(cfg.data, "train", show_progress, classes=cfg.classes)
@@ -473,6 +475,8 @@ def _run(cfg: CompressConfig, *, show_progress: bool = True, train: ImageArrays 
     if test is not None:
         test = align_classes(test, train.class_names)
         check_data_fits_model(test, info, role="test data", scored=True, instead="compress without --eval-data")
+    if untrained:
+        warn_untrained(cfg)
     if compress_fn is None:
         result = compress(teacher, fewshot, cfg, show_progress=show_progress)
     else:

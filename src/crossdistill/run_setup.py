@@ -50,12 +50,29 @@ def load_teacher(cfg: CompressConfig) -> nn.Module:
     return model.eval()
 
 
+def warn_untrained(cfg: CompressConfig) -> None:
+    """A registered model run without --weights is a random network: said once the run's inputs
+    are known to be good (before, it would stand beside every refusal of bad data)."""
+    if not cfg.weights and not is_factory_spec(cfg.model):
+        warnings.warn(f"no --weights: the teacher is {cfg.model} with random weights (the registry builds the "
+                      "network, not its training): give the trained weights with --weights",
+                      TeacherWarning, stacklevel=outside_stacklevel())
+
+
 def info_of(cfg: CompressConfig, teacher: nn.Module, data: ImageArrays) -> ModelInfo:
     """The registry's info, or, for a user's model, one from the config (input size, mean,
     std) and the data (the input size when not given), checked by one forward pass."""
     if not is_factory_spec(cfg.model) and cfg.model in list_models():
         check_registered_outputs(cfg.model, cfg.output_key, cfg.output_kind)
-        return model_info(cfg.model)
+        info = model_info(cfg.model)
+        given = [f"--{k.replace('_', '-')}" for k in ("mean", "std", "input_size") if getattr(cfg, k) is not None]
+        if given:
+            # They were recorded in the run's config and used nowhere: the registry's settings win.
+            raise CrossDistillError(f"{'/'.join(given)}: {cfg.model} is a registered model, with its own input size "
+                                    f"{tuple(info.input_size)} and normalisation (mean {list(info.mean)}, std "
+                                    f"{list(info.std)}); leave {'them' if len(given) > 1 else 'it'} out (they are "
+                                    "for a model of your own, --model path/to/file.py:function)")
+        return info
     if cfg.input_size is not None and not data.is_signal and len(cfg.input_size) != 3:
         # Two numbers read as (C, L) of a signal: the forward would fail with advice about batches.
         raise CrossDistillError(f"--input-size {' '.join(map(str, cfg.input_size))}: images take C H W (these are "

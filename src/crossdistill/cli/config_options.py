@@ -54,8 +54,12 @@ def _bits(p: Param) -> str:
     return "; ".join(parts)
 
 
-def _help(p: Param, owners: list[str] | None = None) -> str:
+def _help(p: Param, owners: list[str] | None = None, defaults: Mapping[str, Any] | None = None) -> str:
     extra = _bits(p)
+    if defaults and len({format_value(d) for d in defaults.values()}) > 1:
+        # One flag, several plug-ins that disagree on its default (clip: gptq auto, rtn mse).
+        extra = extra.replace(f"default {format_value(p.default)}",
+                              "default " + ", ".join(f"{format_value(d)} for {o}" for o, d in defaults.items()))
     where = f"{', '.join(owners)}: " if owners else ""
     return f"{where}{p.help}" + (f" [{extra}]" if extra else "")
 
@@ -111,7 +115,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
             clash = seen[name] > 1 or name in taken
             flag = f"--{s}-{name.replace('_', '-')}" if clash else q.flag
             dest = f"{s}.{name}" if clash else name
-            _add(g, flag, dest, q, _help(q, [o for o, _ in owners]), dests)
+            _add(g, flag, dest, q, _help(q, [o for o, _ in owners], {o: op.default for o, op in owners}), dests)
     g = p.add_argument_group("few-shot fine-tune after distillation (off unless --finetune-epochs > 0)")
     for q in declared_params(finetune_class()):
         _add(g, "--" + (FINETUNE_PREFIX + q.name).replace("_", "-"), f"finetune.{q.name}", q, _help(q), dests)

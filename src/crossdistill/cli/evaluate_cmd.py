@@ -101,13 +101,17 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _with_normalisation(info: Any, mean: Sequence[float] | None, std: Sequence[float] | None) -> Any:
+def _with_normalisation(info: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
+                        registered: bool = False) -> Any:
     """A saved model's normalisation: its own, or for a student compressed from tensors (whose file
-    cannot know how they were normalised) the --mean/--std given now."""
+    cannot know how they were normalised) the --mean/--std given now. `registered`: the model is
+    the registry's, read from plain weights (the registry, not the file, knows its normalisation)."""
     if info.mean and info.std:
         if mean is not None or std is not None:
-            raise CrossDistillError("--mean/--std: this file records the normalisation its model expects "
-                                    f"(mean {list(info.mean)}, std {list(info.std)}); leave them out")
+            whose = f"{info.name} is a registered model, normalised as the registry says" if registered else \
+                "this file records the normalisation its model expects"
+            raise CrossDistillError(f"--mean/--std: {whose} (mean {list(info.mean)}, std {list(info.std)}); "
+                                    "leave them out")
         return info
     if mean is None or std is None:
         raise CrossDistillError("this student was compressed from tensors, so its file does not know how pixels "
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(weights, args.model)
         info = info_of(model)  # a registered model's, or what a user's model's file recorded
         check_file_inputs(model, info.input_dtype, str(weights))
-        info = _with_normalisation(info, args.mean, args.std)
+        info = _with_normalisation(info, args.mean, args.std, registered=not is_crossdistill_file(weights))
         # Numbered by the classes the model was compressed with, when its file names them.
         recorded = getattr(model, "crossdistill_class_names", None)
         if args.classes and recorded is not None and [nfc(n) for n in class_list(args.classes)] != \

@@ -63,11 +63,25 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     """Arguments; an unknown option is refused by its command's parser (its usage, not the top
     level's) with the nearest option it has."""
     args, extra = parser.parse_known_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    for flag, value in zip(given, given[1:] + [None]):
+        # `--out ""` (an unset shell variable) became the current folder: "output . already exists".
+        if flag.startswith("--") and (value == "" or flag.endswith("=")):
+            commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+            commands[args.command].error(f"{flag.rstrip('=')} was given an empty value")
     if extra:
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        sub = commands[args.command]
         options = [o for action in sub._actions for o in action.option_strings]
-        near = difflib.get_close_matches(extra[0].split("=")[0], options, n=1)
-        sub.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {near[0]}?)" if near else ""))
+        flag = extra[0].split("=")[0]
+        # An option of another command (compress --fitnet-epochs: baseline's) is named as such,
+        # not matched to the nearest spelling here (--finetune-epochs).
+        owners = [name for name, p in commands.items() if name != args.command
+                  and any(flag in action.option_strings for action in p._actions)]
+        near = difflib.get_close_matches(flag, options, n=1)
+        hint = f" ({flag} is an option of crossdistill {' and '.join(owners)})" if owners and flag.startswith("--") \
+            else f" (did you mean {near[0]}?)" if near else ""
+        sub.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
 
 

@@ -159,10 +159,20 @@ def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressCo
         stages = method.stages()
         choices = sorted({n for stage, _ in stages for n in SOLVERS.get(stage.solver_family, {})})
         runs = ", ".join(dict.fromkeys(stage_solver_name(stage, override, None) for stage, override in stages))
+        named = [(stage, override) for stage, override in stages if override and names["solver"] in
+                 SOLVERS.get(stage.solver_family, {})]
+        if named:  # quant_solver rtn beside solver gptq: the stage's own setting wins, and they disagree
+            raise CrossDistillError(f"solver {names['solver']!r} and the stage setting quant_solver {named[0][1]!r} "
+                                    f"disagree (the quantization stage runs {named[0][1]}): give one of them")
         raise CrossDistillError(f"solver {names['solver']!r} does not run method {names['method']}; choose from "
                                 f"{choices} (or leave it out: {runs})")
     selected = {"method": method_cls, "objective": objective_cls, "solver": solver_cls}
-    route_flat(layers, selected, strict)
+    from crossdistill.compression.composite import stage_solver_name
+
+    # What runs where no solver was named (quant's gptq): a setting of it must name it first.
+    defaults = [] if solver_cls is not None else \
+        list(dict.fromkeys(stage_solver_name(stage, override, None) for stage, override in method.stages()))
+    route_flat(layers, selected, strict, defaults)
     params = {s: pick_section(layers, s, selected, strict) for s in SECTIONS}
     if not strict:
         params = {s: known_only(selected[s], p) for s, p in params.items()}
@@ -184,6 +194,21 @@ def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressCo
         warnings.warn(f"{', '.join(unused)} given but finetune_epochs is 0: no fine-tune runs, so "
                       f"{'they change' if len(unused) > 1 else 'it changes'} nothing", ConfigWarning,
                       stacklevel=outside_stacklevel())
+    if strict:
+        # Set by the user and read by nothing with the rest of the settings: a run that ignores a
+        # setting misreports itself (min_keep with a uniform budget, a views policy without views).
+        idle = sorted(set(method_params) & method.inactive())
+        idle_views = sorted(k for k in ("views_policy", "views_mixup") if k in layers.run) if not run.views else []
+        if idle:
+            why = " (settings of a global budget; budget is uniform)" if getattr(method, "budget", "") == "uniform" else ""
+            warnings.warn(f"{', '.join(idle)} given but method {method.describe()} does not read "
+                          f"{'them' if len(idle) > 1 else 'it'}{why}: {'they change' if len(idle) > 1 else 'it changes'} "
+                          "nothing",
+                          ConfigWarning, stacklevel=outside_stacklevel())
+        if idle_views:
+            warnings.warn(f"{', '.join(idle_views)} given but views is 0: no views are made, so "
+                          f"{'they change' if len(idle_views) > 1 else 'it changes'} nothing", ConfigWarning,
+                          stacklevel=outside_stacklevel())
     if strict and layers.extra:
         from crossdistill.baselines.settings import FitnetSettings
 
@@ -245,7 +270,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
-        raise CrossDistillError(f"config {path} is not valid YAML: {problem}{where}") from None
+        line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
+        # {a: ${VAR}/x} reads as a nested mapping: the expansion happens after YAML has parsed.
+        hint = '; quote a value that holds ${...} inside { } or [ ] ("${VAR}/...")' if "${" in line else ""
+        raise CrossDistillError(f"config {path} is not valid YAML: {problem}{where}{hint}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from crossdistill.config.sections import (
     ALIASES,
@@ -112,7 +112,10 @@ def pick_section(layers: Layers, section: str, selected: Mapping[str, type | Non
     return {k: v for k, (_, v) in chosen.items()}
 
 
-def route_flat(layers: Layers, selected: Mapping[str, type | None], strict: bool) -> None:
+def route_flat(layers: Layers, selected: Mapping[str, type | None], strict: bool,
+               default_solvers: Sequence[str] = ()) -> None:
+    """Send each flat setting to the selected plug-in that declares it; refuse one that belongs to
+    another (`default_solvers`: what the method's stages run where no solver was named)."""
     for key, (index, value) in layers.flat.items():
         found = owners(key, selected)
         if len(found) > 1:
@@ -127,6 +130,10 @@ def route_flat(layers: Layers, selected: Mapping[str, type | None], strict: bool
             if strict and value is not None:
                 chosen = ", ".join(f"{s} {cls.name}" for s, cls in selected.items() if cls is not None)
                 message = f"{key}={value} is a setting of {', '.join(elsewhere)}, not of the selected {chosen}"
+                runs = [n for n in default_solvers if any(e.startswith(f"solver {n} ") for e in elsewhere)]
+                if runs:  # the method runs that solver by default, unnamed: its settings need the name
+                    message += (f"; method {selected['method'].name} runs solver {runs[0]} by default: name it "
+                                f"(--solver {runs[0]}, solver: {runs[0]}) to give its settings")
                 # Given with (or after) the choice of plug-in, it is a mistake; given in an earlier
                 # layer (a config file) that a later one overrode by switching plug-in, it is stale.
                 sections = {e.split(" ", 1)[0] for e in elsewhere}

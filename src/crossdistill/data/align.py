@@ -50,6 +50,10 @@ def class_list(classes: Sequence[str]) -> list[str]:
     if isinstance(classes, str):  # a file, or names separated by commas (a name may hold spaces)
         classes = [classes] if names_a_file(classes) else [c.strip() for c in classes.split(",") if c.strip()]
     names = [str(c) for c in classes]
+    if len(names) == 1 and Path(names[0]).is_dir():
+        # One class named like a folder that exists here: meant as the data, or a list, not a class.
+        raise CrossDistillError(f"classes: {names[0]} is a folder; give a file of class names (one a line) or the "
+                                "names themselves")
     if len(names) == 1 and names_a_file(names[0]):
         try:
             text = Path(names[0]).read_text(encoding="utf-8")

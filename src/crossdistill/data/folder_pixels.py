@@ -131,6 +131,10 @@ def decode_all(files: Sequence[Path], gray: bool, hw: tuple[int, int] | None, fi
     `fits(bytes, shape)` is asked before it is made. Once a file is broken the rest are only
     opened to find the other broken ones; a second size stops the decoding."""
     out = Decoded(unreadable=unreadable)
+    if hw is not None:
+        # The size asked for is known before any file: 100000x100000 was resized (30 GB for the
+        # first image alone) before the check below could run, and the process was killed.
+        fits(len(files) * hw[0] * hw[1] * (1 if gray else 3), (hw[0], hw[1], 1 if gray else 3))
     for i, f in enumerate(files):
         try:
             im = open_image(f, gray)

@@ -180,7 +180,7 @@ def read_image_folder(path: str | Path, split: str = "train", *,
     colour = modes(everything, unreadable)
 
     def fits(need: int, shape: tuple[int, ...]) -> None:
-        how = ("use fewer images (a folder of a part of them)" if hw is not None else
+        how = ("give a smaller size (--size), or fewer images (a folder of a part of them)" if hw is not None else
                f"give them the model's input size first, e.g. {_pack_command(path, split)}, which scales each image "
                "as it reads it, and use the .npz")
         check_fits_memory(need, f"{root}: the pixels of {len(files)} images of {shape[1]}x{shape[0]}", how)

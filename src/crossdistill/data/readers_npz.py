@@ -46,6 +46,12 @@ def read_npz(path: str | Path, *, num_classes: int | None = None) -> ImageArrays
     except CrossDistillError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error...
+        if "pickled" in str(exc):
+            # numpy's way of saying "not an archive it knows" (a text file) or an object array:
+            # its advice (allow_pickle) is neither safe nor reachable from here.
+            raise CrossDistillError(f"{path}: cannot read .npz: not an archive of arrays (numpy read it as pickled "
+                                    "objects, which are not loaded); write it with np.savez(path, x=images, "
+                                    "y=labels)") from None
         raise CrossDistillError(f"{path}: cannot read .npz ({type(exc).__name__}: {exc})") from exc
     if x.ndim == 3 and x.dtype == np.uint8:
         x = x[..., None]

@@ -5,6 +5,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import torch
@@ -68,6 +69,10 @@ def run_demo(opts: DemoOptions, *, train: ImageArrays | None = None, test: Image
     opts.recipe.validate()
     if opts.threads is not None and opts.threads < 1:
         raise CrossDistillError(f"threads must be >= 1, got {opts.threads}")
+    for flag, n in (("--train-subset", opts.train_subset), ("--test-subset", opts.test_subset)):
+        if n is not None and n < 1:  # before the data loads, and naming which
+            raise CrossDistillError(f"{flag} must be >= 1, got {n}")
+
     threads = opts.threads if opts.threads is not None else default_threads()
     # --out is claimed before the work: a second demo on it, or an unwritable place, fails now.
     with atomic_output_dir(opts.out, opts.force) as folder:
@@ -93,8 +98,18 @@ def _run(opts: DemoOptions, train: ImageArrays | None, test: ImageArrays | None,
 
     t0 = time.perf_counter()
     show = opts.show_progress
+    if train is None and opts.data != "fashion-mnist" and (Path(opts.data).is_file() or not Path(opts.data).exists()
+                                                            and "/" not in opts.data):
+        # 'cifar10' would be downloaded, a file read, and the teacher trained, before the shapes clash
+        # (a path that does not exist is left to the reader's "no such file or folder").
+        raise CrossDistillError(f"--data {opts.data}: the demo takes 'fashion-mnist' or a folder of Fashion-MNIST "
+                                "IDX files (compress other data with crossdistill compress)")
     train = subset(train if train is not None else load_with_progress(opts.data, "train", show), opts.train_subset)
     test = subset(test if test is not None else load_with_progress(opts.data, "test", show), opts.test_subset)
+    if train.image_shape != (28, 28, 1) or train.num_classes != 10:
+        raise CrossDistillError(f"--data {opts.data}: the demo's teacher is Fashion-MNIST's (28x28 gray images, 10 "
+                                f"classes), these are {train.image_shape} (H, W, C) in {train.num_classes} classes "
+                                "(compress other data with crossdistill compress)")
     load_seconds = time.perf_counter() - t0
     print(f"data: {len(train.y)} training and {len(test.y)} test images ({train.source or opts.data}); "
           f"{threads} CPU thread{'s' if threads != 1 else ''}", file=log, flush=True)

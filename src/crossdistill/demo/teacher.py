@@ -35,8 +35,10 @@ class TeacherRecipe:
     seed: int = 0
 
     def validate(self) -> "TeacherRecipe":
-        if self.epochs < 1 or self.batch_size < 1:
-            raise CrossDistillError("teacher training needs epochs >= 1 and batch size >= 1")
+        if self.epochs < 1:
+            raise CrossDistillError(f"--epochs: the teacher trains for 1 epoch or more, got {self.epochs}")
+        if self.batch_size < 1:
+            raise CrossDistillError(f"teacher training needs a batch size >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise CrossDistillError(f"learning rate must be positive, got {self.lr}")
         return self

@@ -107,8 +107,14 @@ class FinetuneConfig(Plugin):
 
     def check(self) -> None:
         if self.resolved_logit_weight() == 0 and (self.mode != "hints" or self.hint_weight == 0):
-            raise CrossDistillError(f"{self.kind} {self.name}: logit_weight 0 leaves no loss unless mode is "
-                                    "'hints' with hint_weight > 0")
+            # Name what the user set: in mode 'hints' the logit weight is 0 by default, so a hint
+            # weight of 0 is the setting that leaves nothing to train on.
+            if self.mode == "hints":
+                raise CrossDistillError("the fine-tune: hint_weight 0 in mode 'hints' (whose logit_weight is "
+                                        f"{'0 by default' if self.logit_weight is None else '0'}) leaves no loss: "
+                                        "give hint_weight > 0, logit_weight > 0, or mode 'kd'")
+            raise CrossDistillError(f"the fine-tune: logit_weight 0 in mode '{self.mode}' leaves no loss: give "
+                                    "logit_weight > 0, or mode 'hints' with hint_weight > 0")
         if self.resolved_logit_weight() == 0:
             # These two shape only the logit loss: set beside the hints-only default they would
             # change nothing, and a run that ignores a setting misreports itself.

@@ -166,6 +166,9 @@ def _clean(raw: Mapping[str, Any], path: Path | str) -> dict[str, torch.Tensor]:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a `.th/.pt/.pth` (weights_only) or `.safetensors` file into a Checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise CrossDistillError(f"weights {path} is a folder; give the weights file (a .th/.pt/.pth state dict or a "
+                                ".safetensors file)")
     if not path.is_file():
         raise CrossDistillError(f"weights file not found: {path}")
     if path.suffix == SAFETENSORS_SUFFIX:

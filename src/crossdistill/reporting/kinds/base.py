@@ -50,6 +50,31 @@ def parse_match(text: str) -> dict[str, str]:
     return out
 
 
+def check_matched(configs: Sequence[Mapping[str, Any]], wanted: Mapping[str, str], what: str) -> None:
+    """Refuse a KEY=VALUE reference that no run has and that is one letter or so from what the
+    runs have (objective=nocros): a report whose every table says "no paired differences" reads
+    as a finding, not a typo. A value far from every one is left to the tables' note (a sweep
+    file may name a reference whose runs are still to come)."""
+    import difflib
+
+    from crossdistill.params import format_value
+
+    if not configs or any(matches(c, wanted) for c in configs):
+        return
+    keys = sorted({k for c in configs for k in c})
+    for key, value in wanted.items():
+        if key not in keys:
+            near = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+            if near:
+                raise CrossDistillError(f"{what} {key}={value}: no run sets {key} (did you mean {near[0]}?)")
+            continue
+        found = sorted({format_value(c[key]) for c in configs if key in c})
+        near = difflib.get_close_matches(value, found, n=1, cutoff=0.75)
+        if value not in found and near:
+            raise CrossDistillError(f"{what} {key}={value}: no run has it (did you mean {key}={near[0]}? the runs "
+                                    f"have {key} {', '.join(found)})")
+
+
 def matches(config: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
     """Whether a row's flat settings have every wanted value (compared as text: 0.9 == '0.9')."""
     from crossdistill.params import format_value

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from crossdistill.params import param
-from crossdistill.reporting.kinds.base import Rendered, ReportKind, matches, parse_match
+from crossdistill.reporting.kinds.base import Rendered, ReportKind, check_matched, matches, parse_match
 from crossdistill.reporting.results import RunRow, SettingGroup, aggregate, distinct_labels
 from crossdistill.reporting.tables import accuracy_table, setting_header
 
@@ -47,6 +47,7 @@ class PairedReport(ReportKind):
 
     def render(self, rows: Sequence[RunRow], out: Path) -> Rendered:
         wanted = parse_match(self.reference)
+        check_matched([row.config for row in rows], wanted, "reference")
         r = Rendered(["Each cell is the mean ± sample standard deviation over few-shot draws (seeds). Paired "
                       "differences: per draw (same K and seed) method − reference, in points, mean over draws "
                       "(draws where the method was ahead / draws).", ""], {"settings": []})

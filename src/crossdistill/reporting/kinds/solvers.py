@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from crossdistill.params import param
-from crossdistill.reporting.kinds.base import Rendered, ReportKind, matches, parse_match
+from crossdistill.reporting.kinds.base import Rendered, ReportKind, check_matched, matches, parse_match
 from crossdistill.reporting.results import RunRow, aggregate, distinct_labels, label_configs, mean_std
 
 
@@ -41,6 +41,7 @@ class SolverReport(ReportKind):
 
     def render(self, rows: Sequence[RunRow], out: Path) -> Rendered:
         wanted = parse_match(self.reference)
+        check_matched([row.config for row in rows], wanted, "reference")
         md = ["*first K*: the first K images of each class (the paper code's draw); *random*: random draws, "
               "mean ± sample std [draws]. Σ layer losses: the sum over the compressed layers of each layer's "
               "loss at the solution, on the first-K draw (lower = a closer fit of the few images). *total s*: "
