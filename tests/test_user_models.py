@@ -1151,3 +1151,21 @@ def test_without_evaluation_data_the_report_still_gives_both_models_sizes(factor
     assert s["params"] < t["params"] and s["flops"] <= 0.5 * t["flops"] and "top1" not in s
     printed = capsys.readouterr().out
     assert f"{t['params']:,}" in printed and f"{s['params']:,}" in printed and "top-1" not in printed
+
+
+def test_labels_a_classifier_cannot_have_point_to_output_kind_values():
+    """A count regressor (one output, read as a binary logit) given its counts as labels was told
+    the model 'has 2 outputs'; multi-hot rows were refused without a word on multi-label models."""
+    torch.manual_seed(0)
+    counter = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(1)).eval()
+    x = torch.randn(30, 1, 8, 8)
+    counter(x[:2])
+    with pytest.raises(CrossDistillError, match=r"label 9 is not a class of the model, which has one output, read as a "
+                                                r"binary classifier's logit .*output_kind 'values' and n_samples"):
+        crossdistill.compress(counter, x, labels=torch.arange(30) % 10, shots=2, show_progress=False)
+    tagger = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(5)).eval()
+    tagger(x[:2])
+    multi_hot = (torch.rand(30, 5) > 0.5).long()
+    with pytest.raises(CrossDistillError, match=r"several labels per sample \(multi-label\) .*output_kind 'values'"):
+        crossdistill.compress(tagger, x, n_samples=10, method="quant", bits=8, eval_data=(x, multi_hot),
+                              show_progress=False)

@@ -203,7 +203,7 @@ def _images(data: Any, role: str, mean: Sequence[float] | None, std: Sequence[fl
 
 def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, n_samples: int | None,
           seed: int, num_classes: int | None, sampler: str = "random",
-          class_names: Sequence[str] | None = None) -> np.ndarray:
+          class_names: Sequence[str] | None = None, kind: str = "classes") -> np.ndarray:
     """The few-shot indices; `num_classes` None: the labels are not the model's classes (its
     predictions are per position or values), any class numbers ≥ 0 group the draw."""
     from crossdistill.data import sample_few_shot
@@ -214,8 +214,13 @@ def _draw(images: torch.Tensor, labels: torch.Tensor | None, shots: int | None, 
     if num_classes is None and labels is not None and len(labels):
         num_classes = int(labels.max()) + 1
     if labels is not None and len(labels) and int(labels.max()) >= num_classes:
-        raise CrossDistillError(f"label {int(labels.max())} is not a class of the model, which has {num_classes} "
-                                f"outputs (labels are class numbers 0 ... {num_classes - 1})")
+        # A one-output model is read as a binary logit, two classes: a count or a regression
+        # target beyond 1 more likely means the model is no classifier.
+        what = "one output, read as a binary classifier's logit (labels 0 and 1)" if kind == "binary" else \
+            f"{num_classes} outputs (labels are class numbers 0 ... {num_classes - 1})"
+        raise CrossDistillError(f"label {int(labels.max())} is not a class of the model, which has {what}; a model "
+                                "that is no classifier takes output_kind 'values' and n_samples (a draw of that many "
+                                "samples, whatever their targets)")
     if shots is not None:
         if labels is None:
             raise CrossDistillError("shots (K per class) needs labels: pass labels=..., or n_samples")
@@ -263,6 +268,9 @@ def _eval_data(eval_data: Any, model: nn.Module, info: ModelInfo, images: torch.
                                 "give the inputs alone; the report compares the student's outputs with the teacher's")
     if tuple(ty.shape[1:]) != want:
         hint = "; these are one-hot rows: give y.argmax(1)" if _one_hot(ty) and not want else ""
+        several = len(ty.shape) == 2 and not want and not hint  # multi-hot rows: several labels a sample
+        hint = hint or ("; a model with several labels per sample (multi-label) is scored against the teacher "
+                        "only: give the inputs alone, with output_kind 'values'" if several else "")
         raise CrossDistillError(f"eval_data labels have shape {tuple(ty.shape[1:])} per sample; the model's "
                                 f"{info.kind} predictions take {want or 'one label'} per sample{hint}")
     per_position = info.kind in ("dense", "sequence")
@@ -450,7 +458,7 @@ def _compress(model: nn.Module, data: Any, *, labels: Sequence[int] | Sequence[n
         raise CrossDistillError(f"training labels of shape {tuple(found_labels.shape)}: the few-shot draw takes one "
                                 f"label per sample (its class), or none with n_samples=N{hint}")
     idx = _draw(images, found_labels, shots, n_samples, seed, info.num_classes if classes else None,
-                settings.get("sampler", "random"), class_names)
+                settings.get("sampler", "random"), class_names, info.kind)
     class_counts = None
     if found_labels is not None:
         from crossdistill.data.fewshot import check_class_coverage
