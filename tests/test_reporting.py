@@ -460,3 +460,16 @@ def test_runs_that_number_the_classes_otherwise_are_reported_apart(tmp_path):
     headings = sorted(distinct_labels(groups).values())
     assert any("classes (the data's order)" in h for h in headings)
     assert any("classes 0, 1, 2, ... (10 names)" in h for h in headings)
+
+
+def test_the_summary_counts_samples_not_images_for_inputs_that_are_no_images():
+    from crossdistill.run_outputs import format_summary
+
+    base = {"model": "m", "method": "channels", "objective": "soft", "solver": "closed-form", "seed": 0,
+            "sampler": "random", "compress_seconds": 1.0, "n_samples": 20, "shots": 2, "n_eval": 30,
+            "agreement": {"top1_agreement": 90.0, "output_error": 0.1}}
+    sizes = {"params": 10, "flops": 2e6, "top1": 50.0}
+    signal = format_summary({**base, "teacher": {**sizes, "input_size": [2, 64]}, "student": sizes})
+    assert "few-shot: 20 samples (K=2" in signal and "on 30 test samples" in signal and "% of test samples" in signal
+    image = format_summary({**base, "teacher": {**sizes, "input_size": [3, 32, 32]}, "student": sizes})
+    assert "few-shot: 20 images (K=2" in image and "on 30 test images" in image

@@ -42,11 +42,14 @@ def format_summary(report: dict[str, Any]) -> str:
     k = f"K={report['shots']}, " if report.get("shots") is not None else ""  # none with --n-samples
     n_views = (report.get("config") or {}).get("views") or 0
     views = f"; {report.get('calibration_images')} in the solve with {n_views} views each" if n_views else ""
+    size = (report.get("teacher") or {}).get("input_size")
+    # Signals, features or token ids are no images: the lines below count samples then.
+    noun = "images" if size is None or len(size) == 3 else "samples"
     what = (f"baseline {report['baseline']}  {report['method']}" if report.get("baseline")
             else f"{report['method']}  {report['objective']}  {report['solver']}")
     lines = [
         f"{report['model']}  {what}",
-        f"few-shot: {report['n_samples']} images ({k}seed {report['seed']}, {report['sampler']}{views}); "
+        f"few-shot: {report['n_samples']} {noun} ({k}seed {report['seed']}, {report['sampler']}{views}); "
         f"compression took {report['compress_seconds']:.1f} s",
     ]
     ft = report.get("finetune")
@@ -65,7 +68,7 @@ def format_summary(report: dict[str, Any]) -> str:
         t, s = report["teacher"], report["student"]
         lines.append(f"{'':14}{'teacher':>14}{'student':>14}")
         if "top1" in t and "top1" in s:  # no scores without evaluation data: sizes only
-            lines.append(f"{'top-1 (%)':14}{t['top1']:>14.2f}{s['top1']:>14.2f}   on {report['n_eval']} test images")
+            lines.append(f"{'top-1 (%)':14}{t['top1']:>14.2f}{s['top1']:>14.2f}   on {report['n_eval']} test {noun}")
         lines.append(f"{'params':14}{t['params']:>14,}{s['params']:>14,}")
         if s.get("nonzero_params", s["params"]) < s["params"] and "sparsity" in str(report["method"]):
             # Unstructured sparsity keeps dense shapes. (A quantized weight's zero codes are not
@@ -82,7 +85,7 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"{'MFLOPs':14}{t['flops'] / 1e6:>14.2f}{s['flops'] / 1e6:>14.2f}")
         agree = report.get("agreement")
         if agree and agree.get("top1_agreement") is not None:
-            lines.append(f"{'agreement':14}{agree['top1_agreement']:>28.2f}   % of test images with the teacher's class "
+            lines.append(f"{'agreement':14}{agree['top1_agreement']:>28.2f}   % of test {noun} with the teacher's class "
                          f"(output error {agree['output_error']:.3g})")
         for lt, ls in zip(t.get("latency", []), s.get("latency", [])):
             label = f"ms (batch {lt['batch_size']})"
