@@ -146,3 +146,41 @@ def test_a_run_with_the_output_cost_meets_the_uniform_plans_flops_and_names_its_
     assert budget["planned_flops"] <= budget["target_flops"] == pytest.approx(budget["uniform_flops"])
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert "budget_cost=output" in ChannelPruning(budget="global", budget_cost="output").describe()
+
+
+class _Squeezing(nn.Module):
+    """A head that squeezes its output: one sample gives no batch axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3))
+        return self.head(y).squeeze()
+
+
+@pytest.mark.parametrize("sizes", [(64, 3), (5, 1), (1, 1, 1, 1)])
+def test_halves_are_taken_over_all_images_so_no_half_batch_is_a_lone_or_empty_sample(sizes):
+    """Halving each batch gave a 3-image batch a half of one image (a squeezing model loses its
+    batch axis) and a 1-image batch an empty half."""
+    torch.manual_seed(0)
+    model = _Squeezing().eval()
+    batches = [torch.randn(n, 3, 6, 6) for n in sizes]
+    cost = OutputCost(model, batches, damping=0.01)
+    assert sum(b.shape[0] for _, score in cost.halves for b in score) == sum(sizes)
+    assert all(b.shape[0] >= 2 for fit, score in cost.halves for b in [*fit, *score])
+    cols = {"conv2": list(range(8 * 9))}
+    units = {"conv2": [list(range(c * 9, c * 9 + 9)) for c in range(8)]}
+    curve = cost.curve(cols, units, list(range(8)), 4)
+    assert curve.shape == (5,) and bool(torch.isfinite(curve).all())
+
+
+def test_a_reader_that_saw_no_rows_gives_a_zero_problem_not_a_crash():
+    from crossdistill.engine import TeacherSideGram
+
+    layer = nn.Conv2d(4, 3, 1)
+    problem = TeacherSideGram(layer, [0, 2]).problem(0.0)
+    assert problem.H.shape == (2, 2) and float(problem.H.abs().sum()) == 0.0

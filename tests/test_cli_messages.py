@@ -150,3 +150,39 @@ def test_settings_that_the_rest_of_the_config_leaves_unread_are_pointed_out():
         warnings.simplefilter("error", ConfigWarning)
         CompressConfig(min_keep=0.3, budget="global").validate()
         CompressConfig(views=2, views_policy="affine").validate()
+
+
+def test_a_full_config_at_its_defaults_is_not_told_its_settings_are_idle():
+    """to_dict() writes every setting (a run folder's config.yaml, cfg.updated(), the Ray backend)."""
+    from crossdistill.config import ConfigWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        cfg = CompressConfig(model="resnet20").validate()
+        cfg.updated(threads=2)
+        CompressConfig.from_dict(cfg.to_dict())
+
+
+def test_a_numeric_reference_still_to_come_is_no_typo():
+    from crossdistill.reporting.kinds.base import check_matched
+
+    check_matched([{"keep": 0.25}, {"keep": 0.75}], {"keep": "0.5"}, "reference")
+    with pytest.raises(CrossDistillError, match="did you mean objective=nocross"):
+        check_matched([{"objective": "nocross"}, {"objective": "soft"}], {"objective": "nocros"}, "reference")
+
+
+def test_the_demo_takes_fashion_mnist_by_any_of_its_names(tmp_path, monkeypatch):
+    import crossdistill.demo.run as demo_run
+    import crossdistill.pipeline as pipeline
+    from crossdistill.demo import DemoOptions, run_demo
+    from sweep_helpers import fashion_like
+
+    monkeypatch.setattr(pipeline, "load_with_progress", lambda *a, **k: fashion_like(20, 0))
+
+    def reached(*args, **kwargs):
+        raise RuntimeError("past the data check")
+
+    monkeypatch.setattr(demo_run, "get_teacher", reached)
+    for name in ("fashion_mnist", "FashionMNIST", "fashion-mnist[:100]"):
+        with pytest.raises(RuntimeError, match="past the data check"):
+            run_demo(DemoOptions(data=name, out=tmp_path / "d", show_progress=False))

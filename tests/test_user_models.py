@@ -1169,3 +1169,18 @@ def test_labels_a_classifier_cannot_have_point_to_output_kind_values():
     with pytest.raises(CrossDistillError, match=r"several labels per sample \(multi-label\) .*output_kind 'values'"):
         crossdistill.compress(tagger, x, n_samples=10, method="quant", bits=8, eval_data=(x, multi_hot),
                               show_progress=False)
+
+
+def test_saving_with_a_factory_leaves_the_callers_random_state_as_it_was(tmp_path):
+    from crossdistill.models.user import build_user_model
+
+    path = tmp_path / "nets.py"
+    path.write_text(FACTORY.replace("torch.manual_seed(0)\n", ""))
+    x, y = images()
+    student, _ = crossdistill.compress(build_user_model(f"{path}:make").eval(), x, labels=y, shots=2, method="quant",
+                                       bits=8, show_progress=False)
+    torch.manual_seed(123)
+    crossdistill.save(student, tmp_path / "s.safetensors", factory=f"{path}:make")
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(3))

@@ -104,6 +104,9 @@ class TeacherSideGram:
             self.count += rows
 
     def problem(self, damping: float) -> QuadraticProblem:
+        if self.C is None:  # no rows here (an empty shard or half): zeros, still summed with the others'
+            d = len(self.columns)
+            self.C = torch.zeros(d, d, dtype=torch.float64, device=self.layer.weight.device)
         # Summed over the processes' shards (crossdistill.distributed; the identity in one process).
         sum_(self.C)
         count = sum_number(self.count)

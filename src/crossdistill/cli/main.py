@@ -66,7 +66,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     given = list(sys.argv[1:] if argv is None else argv)
     for flag, value in zip(given, given[1:] + [None]):
         # `--out ""` (an unset shell variable) became the current folder: "output . already exists".
-        if flag.startswith("--") and (value == "" or flag.endswith("=")):
+        if flag.startswith("--") and (value == "" and "=" not in flag or flag.endswith("=") and flag.count("=") == 1):
             commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
             commands[args.command].error(f"{flag.rstrip('=')} was given an empty value")
     if extra:

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from crossdistill.capture import conv_groups, dense_weight_matrix, get_module, set_weight_matrix
-from crossdistill.distributed import sum_number
+from crossdistill.distributed import sum_number, together
 from crossdistill.engine import teacher_side_problems
 from crossdistill.errors import CrossDistillError
 from crossdistill.finetune.losses import Distillation
-from crossdistill.model_outputs import flat
+from crossdistill.model_outputs import batch_slices, flat
 from crossdistill.problem import QuadraticProblem
 
 # Points of the removal path where the outputs are measured (the curve is linear between them):
@@ -34,9 +34,20 @@ LEAST_IMAGES = 4  # two per half
 
 
 def _halves(batches: Sequence[torch.Tensor]) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
-    """(fit, score) batches: even images fit and odd ones score, then the other way round."""
-    even = [b[0::2] for b in batches]
-    odd = [b[1::2] for b in batches]
+    """(fit, score) batches: even images fit and odd ones score, then the other way round. The
+    halves are taken over all of this process's images and batched again (batch_slices): halving
+    each batch left a batch of 2 or 3 with a half of one image (a model that squeezes its output
+    returns no batch axis for it) and a shard of one image with an empty half."""
+    images = [b for b in batches if b.shape[0]]
+    if not images:
+        return [([], []), ([], [])]
+    size = max(b.shape[0] for b in images)
+    everything = torch.cat(images)
+
+    def batched(x: torch.Tensor) -> list[torch.Tensor]:
+        return [x[s] for s in batch_slices(x.shape[0], size)] if x.shape[0] else []
+
+    even, odd = batched(everything[0::2]), batched(everything[1::2])
     return [(even, odd), (odd, even)]
 
 
@@ -71,10 +82,14 @@ class OutputCost:
                                     f"half of them and scores on the other half), got {int(sum_number(images))}; "
                                     "use budget_cost 'norm'")
         self.model, self.damping = model, damping
+        self.distill: Distillation | None = None
         self.halves = _halves(batches)
-        with torch.no_grad():
-            probe = batches[0][:2] if batches[0].shape[0] > 1 else torch.cat([batches[0], batches[0]])
-            self.distill = Distillation.of(model, probe, output, 1.0, kind)
+        # A process whose shard is empty or one image still joins every sum the others make.
+        with together(), torch.no_grad():
+            probe = next((b for b in batches if b.shape[0]), None)
+            if probe is not None:
+                probe = probe[:2] if probe.shape[0] > 1 else torch.cat([probe, probe])
+                self.distill = Distillation.of(model, probe, output, 1.0, kind)
             self.reference = [[flat(model(b)) for b in score] for _, score in self.halves]
 
     def curve(self, cols: Mapping[str, Sequence[int]], units: Mapping[str, Sequence[Sequence[int]]],
@@ -115,6 +130,7 @@ class OutputCost:
                 for batch, ref in zip(score, reference):
                     if batch.shape[0] == 0:
                         continue
+                    assert self.distill is not None  # set from the first batch there is
                     outs = flat(self.model(batch))
                     total += float(self.distill.kd(outs, ref)) * batch.shape[0]
                     count += batch.shape[0]

@@ -41,6 +41,7 @@ from crossdistill.config.sections import (
     solver_class,
 )
 from crossdistill.errors import ConfigWarning, CrossDistillError, outside_stacklevel
+from crossdistill.params import declared_params
 
 __all__ = [
     "ALIASES", "DEFAULT_NAMES", "FINETUNE_PREFIX", "RUN_KEYS", "SECTIONS", "Choice", "CompressConfig", "ConfigWarning",
@@ -197,8 +198,14 @@ def _resolve(values: Sequence[Mapping[str, Any]], *, strict: bool) -> CompressCo
     if strict:
         # Set by the user and read by nothing with the rest of the settings: a run that ignores a
         # setting misreports itself (min_keep with a uniform budget, a views policy without views).
-        idle = sorted(set(method_params) & method.inactive())
-        idle_views = sorted(k for k in ("views_policy", "views_mixup") if k in layers.run) if not run.views else []
+        # Only values other than the default: a full config (to_dict(), a run folder's config.yaml,
+        # cfg.updated()) writes every setting, and its defaults were set by nobody.
+        method_defaults = {p.name: p.default for p in declared_params(method_cls)}
+        idle = sorted(k for k in set(method_params) & method.inactive()
+                      if method_params[k] != method_defaults.get(k))
+        run_defaults = {p.name: p.default for p in declared_params(RunSettings)}
+        idle_views = sorted(k for k in ("views_policy", "views_mixup") if k in layers.run
+                            and getattr(run, k) != run_defaults.get(k)) if not run.views else []
         if idle:
             why = " (settings of a global budget; budget is uniform)" if getattr(method, "budget", "") == "uniform" else ""
             warnings.warn(f"{', '.join(idle)} given but method {method.describe()} does not read "

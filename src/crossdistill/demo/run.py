@@ -98,8 +98,12 @@ def _run(opts: DemoOptions, train: ImageArrays | None, test: ImageArrays | None,
 
     t0 = time.perf_counter()
     show = opts.show_progress
-    if train is None and opts.data != "fashion-mnist" and (Path(opts.data).is_file() or not Path(opts.data).exists()
-                                                            and "/" not in opts.data):
+    from crossdistill.data.load import FASHION_MNIST_NAMES
+    from crossdistill.data.slices import split_slice
+
+    name = (split_slice(str(opts.data)) or (str(opts.data), None))[0]
+    if train is None and name.strip().lower() not in FASHION_MNIST_NAMES and (
+            Path(name).is_file() or not Path(name).exists() and "/" not in name):
         # 'cifar10' would be downloaded, a file read, and the teacher trained, before the shapes clash
         # (a path that does not exist is left to the reader's "no such file or folder").
         raise CrossDistillError(f"--data {opts.data}: the demo takes 'fashion-mnist' or a folder of Fashion-MNIST "

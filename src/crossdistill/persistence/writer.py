@@ -206,7 +206,10 @@ def _write_checked(tmp: Path, path: Path, data: bytes, document: str, doc: Saved
     from crossdistill.persistence.reader import rebuild
 
     try:
-        rebuild(tmp, document)
+        # The factory's layers initialise from the global generator: the caller's seeding goes on
+        # where it was, as after load() (reader.py).
+        with torch.random.fork_rng(devices=[]):
+            rebuild(tmp, document)
     except CrossDistillError as exc:
         raise CrossDistillError(f"{path} not written: the factory {factory!r} cannot rebuild this model from it "
                                 f"({str(exc).replace(str(tmp), str(path))}); give the factory that builds the model "

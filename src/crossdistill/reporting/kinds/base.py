@@ -69,6 +69,11 @@ def check_matched(configs: Sequence[Mapping[str, Any]], wanted: Mapping[str, str
                 raise CrossDistillError(f"{what} {key}={value}: no run sets {key} (did you mean {near[0]}?)")
             continue
         found = sorted({format_value(c[key]) for c in configs if key in c})
+        try:
+            float(value)
+            continue  # 0.5 against 0.25 is another setting (runs still to come), not a typo
+        except ValueError:
+            pass
         near = difflib.get_close_matches(value, found, n=1, cutoff=0.75)
         if value not in found and near:
             raise CrossDistillError(f"{what} {key}={value}: no run has it (did you mean {key}={near[0]}? the runs "
