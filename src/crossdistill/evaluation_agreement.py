@@ -90,10 +90,9 @@ class Agreement:
 
     def __init__(self, output: str | None, kind: str) -> None:
         self.output, self.kind = output, kind
-        self.err = self.ref = 0.0
         self.same = self.total = 0
-        # Per output as well: a small head beside large logits weighs nothing in the pooled sum
-        # (a regression head's error of 0.47 showed as 0.016 overall).
+        # Per output (the pooled figure is their sum): a small head beside large logits weighs
+        # nothing in the pooled one (a regression head's error of 0.47 showed as 0.016 overall).
         self.errs: dict[int, list[float]] = {}
 
     def add(self, t_out: Any, s_out: Any, batch: int,
@@ -102,13 +101,9 @@ class Agreement:
         for i, (t, s) in enumerate(zip(flat(t_out), flat(s_out))):
             if not (per_sample(t, batch) and per_sample(s, batch)) or not t.is_floating_point():
                 continue  # a scalar (an auxiliary loss), or integers (an argmax): not a model's values
-            err = float((s.to(t.device, torch.float64) - t.double()).pow(2).sum())
-            ref = float(t.double().pow(2).sum())
-            self.err += err
-            self.ref += ref
             sums = self.errs.setdefault(i, [0.0, 0.0])
-            sums[0] += err
-            sums[1] += ref
+            sums[0] += float((s.to(t.device, torch.float64) - t.double()).pow(2).sum())
+            sums[1] += float(t.double().pow(2).sum())
         if self.kind != "values":
             tp, sp = preds if preds is not None else (predicted(predictions(t_out, self.output), self.kind),
                                                       predicted(predictions(s_out, self.output), self.kind))
@@ -116,7 +111,8 @@ class Agreement:
             self.total += tp.numel()
 
     def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"output_error": _relative(self.err, self.ref),
+        err, ref = (sum(v[j] for v in self.errs.values()) for j in (0, 1))
+        out: dict[str, Any] = {"output_error": _relative(err, ref),
                                "top1_agreement": 100.0 * self.same / self.total if self.total else None}
         if len(self.errs) > 1:  # several outputs: each its own, by its place in model_outputs.flat
             out["output_errors"] = {str(i): _relative(e, r) for i, (e, r) in sorted(self.errs.items())}

@@ -131,12 +131,15 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
     if distributed.active() and finetune_active(cfg.finetune):
         raise CrossDistillError("the fine-tune runs in one process: run it without torchrun (or set "
                                 "finetune epochs to 0 for the distributed compression)")
+    ft_settings = None
     if finetune_active(cfg.finetune):
         from crossdistill.finetune import FinetuneConfig, run_settings
         from crossdistill.finetune.loop import check_inputs
 
-        check_inputs(run_settings(FinetuneConfig(**cfg.finetune), seed=cfg.seed, device=cfg.device,
-                                  batch_size=cfg.batch_size), fewshot.images)
+        # Made (and checked against the inputs) before the solves: a refusal must not cost them.
+        ft_settings = run_settings(FinetuneConfig(**cfg.finetune), seed=cfg.seed, device=cfg.device,
+                                   batch_size=cfg.batch_size)
+        check_inputs(ft_settings, fewshot.images)
     if distributed.active():
         distributed.check_same("teachers", tensors_sha256(sorted(teacher.state_dict().items())))
         distributed.check_same("few-shot images", tensors_sha256([("images", fewshot.images)]))
@@ -204,14 +207,13 @@ def compress(teacher: nn.Module, fewshot: FewShot, cfg: CompressConfig, *, show_
         _check_runs_batched(teacher, student, images, cfg.batch_size)
     eval_only = _training_only_layers_broken(teacher, student, images[:2], ran)
     finetuned = None
-    if finetune_active(cfg.finetune):
+    if ft_settings is not None:
         if eval_only and cfg.finetune.get("bn") == "train":
             raise CrossDistillError(f"the fine-tune with bn 'train' runs the student in training mode, where {eval_only}; "
                                     "use another bn setting, or drop those layers before compressing")
-        from crossdistill.finetune import FinetuneConfig, finetune, run_settings
+        from crossdistill.finetune import finetune
 
-        settings = run_settings(FinetuneConfig(**cfg.finetune), seed=cfg.seed, device=cfg.device,
-                                batch_size=cfg.batch_size)
+        settings = ft_settings
         on_step = _StepProgress(settings.epochs * -(-len(fewshot.images) // settings.batch_size)) \
             if show_progress and settings.epochs > 0 else None
         # Quantized weights stay on their grid (their integer codes are the model): the fine-tune

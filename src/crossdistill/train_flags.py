@@ -87,15 +87,21 @@ def _refill(container: list | dict | set, items: list | dict | set) -> None:
         container.update(items)  # type: ignore[arg-type]
 
 
+def drop_compiled_forwards(model: nn.Module) -> list[tuple[nn.Module, object]]:
+    """Set every module's in-place compiled forward (`module.compile()`) aside; returns them."""
+    saved = [(m, m._compiled_call_impl) for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    for m, _ in saved:
+        m._compiled_call_impl = None
+    return saved
+
+
 @contextlib.contextmanager
 def uncompiled(model: nn.Module) -> Iterator[None]:
     """The model's forwards eager inside the block: `module.compile()` (in place, unlike
     torch.compile(module), which crossdistill unwraps) recompiles at every forward that a new hook
     changes, a hundred times slower than the compression itself (121 s against 6 s on a ResNet-20);
     and a student copied inside the block is plain. Each module's compiled forward comes back."""
-    saved = [(m, m._compiled_call_impl) for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
-    for m, _ in saved:
-        m._compiled_call_impl = None
+    saved = drop_compiled_forwards(model)
     try:
         yield
     finally:

@@ -63,14 +63,13 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     """Arguments; an unknown option is refused by its command's parser (its usage, not the top
     level's) with the nearest option it has."""
     args, extra = parser.parse_known_args(argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     given = list(sys.argv[1:] if argv is None else argv)
     for flag, value in zip(given, given[1:] + [None]):
         # `--out ""` (an unset shell variable) became the current folder: "output . already exists".
         if flag.startswith("--") and (value == "" and "=" not in flag or flag.endswith("=") and flag.count("=") == 1):
-            commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
             commands[args.command].error(f"{flag.rstrip('=')} was given an empty value")
     if extra:
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
         sub = commands[args.command]
         options = [o for action in sub._actions for o in action.option_strings]
         flag = extra[0].split("=")[0]

@@ -150,10 +150,10 @@ def build_user_model(spec: str) -> nn.Module:
 
     # DataParallel or torch.compile around the model: its weights and the student's keys are the
     # inner module's (as crossdistill.compress unwraps), and an in-place compile() is dropped.
+    from crossdistill.train_flags import drop_compiled_forwards
+
     model = unwrapped(model)[0]
-    for m in model.modules():
-        if getattr(m, "_compiled_call_impl", None) is not None:
-            m._compiled_call_impl = None
+    drop_compiled_forwards(model)
     model.crossdistill_factory = spec
     return model
 
