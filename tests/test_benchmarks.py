@@ -210,3 +210,22 @@ def test_pointwise_moments_prints_a_row_per_shape(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line
             and "seconds" not in line]
     assert len(rows) == 7 and all(float(r.strip("|").split("|")[-1]) >= 0 for r in rows)
+
+
+def test_recurrent_fashion_prints_solved_and_data_free_rows(capsys, tmp_path, monkeypatch):
+    from sweep_helpers import write_fashion_idx
+
+    monkeypatch.setenv("CROSSDISTILL_CACHE", str(tmp_path / "cache"))
+    data = write_fashion_idx(tmp_path / "fmnist", n_train=200, n_test=40)
+    args = ["--data", str(data), "--epochs", "1", "--width", "16", "--layers", "1", "--seeds", "0", "--shots", "1",
+            "--threads", "1", "--kind", "gru", "--rows", "sparsity 0.8", "quant 3 bits, round to nearest"]
+    assert load("recurrent_fashion").main(args) == 0
+    out = capsys.readouterr().out
+    assert "GRU row reader" in out and "on 40 test images" in out
+    teacher = int(out.split(" parameters)")[0].rsplit("(", 1)[1].replace(",", ""))
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+            for line in out.splitlines() if line.startswith("| ") and "method" not in line}
+    assert list(rows) == ["sparsity 0.8", "quant 3 bits, round to nearest"]
+    sparse = int(rows["sparsity 0.8"][1].replace(",", ""))
+    assert sparse < 0.5 * teacher  # the GRU's gate weights were made sparse too, not only the two Linears
+    assert list((tmp_path / "cache" / "teachers").glob("row_gru_w16_l1_*.pt"))

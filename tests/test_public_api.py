@@ -320,3 +320,15 @@ def test_apply_masks_reaches_attention_projections_and_wrapped_models():
     student.crossdistill_masks["fc"] = torch.ones(4, 16, dtype=torch.bool)
     with pytest.raises(CrossDistillError, match="sparsity mask of 'fc' has shape"):
         apply_masks(student)
+
+
+@pytest.mark.parametrize("module", ["crossdistill.compressed_layers", "crossdistill.hints",
+                                    "crossdistill.compression.budget_output", "crossdistill.layer_lookup"])
+def test_a_module_imports_first_in_a_fresh_interpreter(module):
+    """Imported before anything else of the package (a user's `from crossdistill.hints import ...`),
+    a module must not meet its own half-initialised import through a cycle."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]

@@ -7,8 +7,7 @@ Each is still a map `Y = W X` on one of the attention's inputs (query, key, valu
 one quadratic problem like any Linear. `PackedProjection` presents it as one: a Linear whose
 `weight` and `bias` are views of the attention's own parameters, so that what a solver writes
 into it lands in the attention. Layers are named `<attention>.q_proj`, `.k_proj`, `.v_proj`.
-The proxy is made on demand (capture.get_module) and is not a child of the model: the module
-tree, state dict and saved files stay those of the original model.
+The proxy is a `WeightView` (weight_views.py): made on demand, never a child of the model.
 """
 from __future__ import annotations
 
@@ -17,21 +16,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from crossdistill.weight_views import WeightView
+
 PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 _INPUTS = ("query", "key", "value")
 
 
-class PackedProjection(nn.Linear):
-    """Projection `index` (0 q, 1 k, 2 v) of `attention`, as a Linear (see the module docstring).
-    nn.Linear's own __init__ is not run: it would create parameters of its own."""
+class PackedProjection(WeightView):
+    """Projection `index` (0 q, 1 k, 2 v) of `attention`, as a Linear (see the module docstring)."""
 
     def __init__(self, attention: nn.MultiheadAttention, index: int) -> None:
-        nn.Module.__init__(self)
-        # Not registered as a submodule: the proxy must not become part of any module tree.
-        object.__setattr__(self, "attention", attention)
+        super().__init__(attention, (attention.embed_dim, attention.kdim, attention.vdim)[index], attention.embed_dim)
         self.index = index
-        self.out_features = attention.embed_dim
-        self.in_features = (attention.embed_dim, attention.kdim, attention.vdim)[index]
+
+    @property
+    def attention(self) -> nn.MultiheadAttention:
+        return self.owner  # type: ignore[return-value]
 
     @property
     def packed(self) -> bool:
@@ -73,6 +73,13 @@ class PackedProjection(nn.Linear):
         """This projection's input in a call `attention(query, key, value, ...)`."""
         return args[self.index] if len(args) > self.index else kwargs[_INPUTS[self.index]]
 
+    def kind(self) -> str:
+        where = "in_proj_weight rows" if self.packed else "own weight"
+        return f"Linear (MultiheadAttention {PROJECTIONS[self.index][0]}, {where})"
+
+    def why_not_replaceable(self) -> str:
+        return "its weight is rows of the attention's own parameter (in_proj_weight), not a module of its own"
+
     def extra_repr(self) -> str:
         return f"{PROJECTIONS[self.index]} of a MultiheadAttention, in_features={self.in_features}, " \
                f"out_features={self.out_features}"
@@ -95,15 +102,6 @@ def packed_projection(model: nn.Module, name: str) -> PackedProjection | None:
     if not isinstance(parent, nn.MultiheadAttention):
         return None
     return PackedProjection(parent, PROJECTIONS.index(leaf))
-
-
-def find_layer(model: nn.Module, name: str) -> nn.Module | None:
-    """The submodule `name`, else the attention projection of that name (None if neither): how
-    every part of the library looks a layer up by name."""
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return packed_projection(model, name)
 
 
 def later_projections(model: nn.Module, name: str) -> list[str]:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from crossdistill.attention_projections import find_layer, later_projections
+from crossdistill.attention_projections import later_projections
+from crossdistill.layer_lookup import find_layer
 from crossdistill.capture_pass import count_calls, inputs_until, merge_calls, on_input
 from crossdistill.capture_points import capture_mode, indirect_layers
 from crossdistill.capture_replay import ModuleReplay

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from crossdistill.attention_projections import find_layer
+from crossdistill.layer_lookup import find_layer
 from crossdistill.capture_points import capture_mode, capture_point, fastpath_off
 from crossdistill.errors import CrossDistillError
 from crossdistill.model_outputs import dataclass_fields, is_dataclass_instance

@@ -9,6 +9,8 @@ Two torch modules read a child's weight themselves instead of calling the child:
   `out_proj` swapped for an exact identity (`attention_values`). Its q/k/v projections are bare
   parameters presented as Linear layers (attention_projections.py); their inputs are the
   attention's query, key and value arguments.
+- `nn.RNN`, `nn.LSTM` and `nn.GRU` apply their gate weights inside one fused kernel; each map is
+  presented as a Linear (recurrent_weights.py), whose input is rebuilt from the module's call.
 - `nn.TransformerEncoderLayer` (and `nn.TransformerEncoder`) pass `linear1/linear2.weight` and
   the attention's weights to a fused kernel on their fast path. The capture disables that fast
   path (`capture_mode`) so that the children are called as modules; in normal use the fused
@@ -24,7 +26,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from crossdistill.attention_projections import packed_projection, projection_names
+from crossdistill.attention_projections import projection_names
+from crossdistill.layer_lookup import find_layer
+from crossdistill.recurrent_weights import layer_names, recurrent_modules, supported_reason
+from crossdistill.weight_views import WeightView
 
 Reader = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], torch.Tensor]
 
@@ -82,24 +87,28 @@ def capture_point(model: nn.Module, name: str) -> CapturePoint:
     parent, leaf = _parent(model, name)
     if isinstance(parent, nn.MultiheadAttention) and leaf == "out_proj":
         return CapturePoint(parent, attention_values)
-    projection = packed_projection(model, name)
-    if projection is not None:
-        return CapturePoint(projection.attention, lambda _m, args, kwargs: projection.read_input(args, kwargs))
+    layer = find_layer(model, name)
+    if isinstance(layer, WeightView):
+        view = layer
+        return CapturePoint(view.owner, lambda _m, args, kwargs: view.read_input(args, kwargs))
     return CapturePoint(model.get_submodule(name), _first_arg)
 
 
 def indirect_layers(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """(parent module, layer name) of the layers applied by a parent instead of being called, in
-    the order the parent applies them (q, k, v, then out_proj)."""
-    return [(m, layer) for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
-            for layer in projection_names(n) + [f"{n}.out_proj" if n else "out_proj"]]
+    the order the parent applies them (q, k, v, then out_proj; a recurrent module's maps layer by layer)."""
+    attention = [(m, layer) for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+                 for layer in projection_names(n) + [f"{n}.out_proj" if n else "out_proj"]]
+    return attention + [(m, layer) for n, m in recurrent_modules(model) if supported_reason(m) is None
+                        for layer, *_ in layer_names(n, m)]
 
 
 def parent_reads_weight(model: nn.Module, name: str) -> str | None:
     """Why layer `name` must keep a `weight` of its own shape (None when it need not): its
     parent reads the weight directly, so replacing the module (e.g. by low-rank factors) breaks it."""
-    if packed_projection(model, name) is not None:
-        return "its weight is rows of the attention's own parameter (in_proj_weight), not a module of its own"
+    layer = find_layer(model, name)
+    if isinstance(layer, WeightView):
+        return layer.why_not_replaceable()
     parent, leaf = _parent(model, name)
     for kind, children in WEIGHT_READERS.items():
         if isinstance(parent, kind) and leaf in children:

@@ -8,7 +8,7 @@ readers of a pruned channel group), when it was replaced (low-rank factors) or w
 differs at the same shape (sparsity, quantization, a re-solve). A layer that only lost output
 channels is changed when some filter it kept is not one of the teacher's (quantized or sparsified
 after pruning), not when its kept filters were left as they were; an attention whose packed q/k/v
-were compressed is changed as a whole module, and the q/k/v projections of an attention whose
+were compressed, and an RNN, LSTM or GRU whose gate weights were, is changed as a whole module, and the q/k/v projections of an attention whose
 heads were pruned (`HeadPrunedAttention`) are compared with the teacher's rows as layers of their
 own."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossdistill.attention_projections import find_layer
+from crossdistill.layer_lookup import find_layer
 from crossdistill.capture import SOLVABLE
 from crossdistill.compression.attention_heads import HeadPrunedAttention
 from crossdistill.errors import CrossDistillError
@@ -73,6 +73,9 @@ def compressed_layers(student: nn.Module, teacher: nn.Module) -> list[str]:
                 names.append(name)
         elif isinstance(t, nn.MultiheadAttention) and isinstance(s, nn.MultiheadAttention):
             if any(_weight_changed(getattr(s, w), getattr(t, w)) for w in _ATTENTION_WEIGHTS):
+                names.append(name)
+        elif isinstance(t, nn.RNNBase) and isinstance(s, nn.RNNBase):
+            if any(_weight_changed(getattr(s, w), getattr(t, w, None)) for w in s._flat_weights_names):
                 names.append(name)
         elif isinstance(t, nn.MultiheadAttention) and isinstance(s, HeadPrunedAttention):
             # Its projections are Linear layers now; the teacher's are rows of its packed weights.

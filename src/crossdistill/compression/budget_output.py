@@ -14,7 +14,7 @@ almost free, and the plan emptied them.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,9 +23,11 @@ from crossdistill.capture import conv_groups, dense_weight_matrix, get_module, s
 from crossdistill.distributed import sum_number, together
 from crossdistill.engine import teacher_side_problems
 from crossdistill.errors import CrossDistillError
-from crossdistill.finetune.losses import Distillation
 from crossdistill.model_outputs import batch_slices, flat
 from crossdistill.problem import QuadraticProblem
+
+if TYPE_CHECKING:
+    from crossdistill.finetune.losses import Distillation
 
 # Points of the removal path where the outputs are measured (the curve is linear between them):
 # each costs a forward of the images, so the measure is a few forwards per group.
@@ -89,6 +91,9 @@ class OutputCost:
             probe = next((b for b in batches if b.shape[0]), None)
             if probe is not None:
                 probe = probe[:2] if probe.shape[0] > 1 else torch.cat([probe, probe])
+                # Imported here: the finetune package's import reaches back into compression.
+                from crossdistill.finetune.losses import Distillation
+
                 self.distill = Distillation.of(model, probe, output, 1.0, kind)
             self.reference = [[flat(model(b)) for b in score] for _, score in self.halves]
 

@@ -2,7 +2,8 @@
 
 Every conv and linear of the model gets one entry in the method's report (`summary()` →
 report.json `<method>.layers`), and so does each q/k/v projection of an `nn.MultiheadAttention`
-(`<attention>.q_proj`, ...: attention_projections.py) and every other weight matrix (a parameter
+(`<attention>.q_proj`, ...: attention_projections.py), each gate map of an RNN, LSTM or GRU
+(`<rnn>.ih_l0`, `<rnn>.hh_l0`, ...: recurrent_weights.py) and every other weight matrix (a parameter
 of two or more dimensions outside those layers, listed as skipped): nothing is left out silently.
 Layers left out by a setting (the first conv, the classifier) or for having nothing to gain are
 only listed; layers left out for a reason no setting controls (an unsupported type, a parent
@@ -16,7 +17,8 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from crossdistill.attention_projections import PROJECTIONS, projection_names
+from crossdistill.attention_projections import packed_layers
+from crossdistill.recurrent_weights import RecurrentWeight, layer_names, supported_reason
 from crossdistill.capture import ALL_CONVS, tied_weights, unsupported_reason
 from crossdistill.errors import outside_stacklevel
 
@@ -90,8 +92,12 @@ def bare_weights(model: nn.Module) -> list[tuple[str, str]]:
         if isinstance(owner, (nn.Embedding, nn.EmbeddingBag)):
             reason = "an Embedding table: a lookup, not a W·x layer"
         elif isinstance(owner, nn.RNNBase):
-            reason = (f"a recurrent layer's gate weights ({type(owner).__name__}): the solvers take convs "
-                      "and Linear layers")
+            leaf = name.rpartition(".")[2]
+            if supported_reason(owner) is None and leaf.startswith(("weight_ih_", "weight_hh_")):
+                continue  # a layer of its own (`<rnn>.ih_l0`, ...): recurrent_weights.py
+            reason = (f"an LSTM's projection (proj_size): it reads the cell's output before projection, which the "
+                      "fused kernel does not return" if leaf.startswith("weight_hr_")
+                      else f"a recurrent layer's weights: {supported_reason(owner)}")
         else:
             where = f"of {type(owner).__name__}" if owner_name else "of the model itself"
             reason = (f"a bare parameter {where}, which its forward uses itself (a class token, a position "
@@ -116,11 +122,13 @@ def survey(model: nn.Module, method: str, *, first: bool, last: bool, first_sett
     linears: list[str] = []
     layers: list[str] = []  # supported or not: which one runs first or last is a fact of the model
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.MultiheadAttention):
+        if isinstance(mod, (nn.MultiheadAttention, nn.RNNBase)):
             # Never the classifier: not entered in `linears`.
-            where = "in_proj_weight rows" if mod.in_proj_weight is not None else "own weight"
-            for proj, layer in zip(PROJECTIONS, projection_names(name)):
-                cov.add(layer, f"Linear (MultiheadAttention {proj[0]}, {where})")
+            views = packed_layers(mod) if isinstance(mod, nn.MultiheadAttention) else \
+                [] if supported_reason(mod) is not None else \
+                [(layer, RecurrentWeight(mod, part, k, d)) for layer, part, k, d in layer_names("", mod)]
+            for leaf, view in views:
+                cov.add(f"{name}.{leaf}" if name else leaf, view.kind())
         if not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
             continue
         cov.add(name, layer_kind(mod))

@@ -382,6 +382,8 @@ def plan_graph_channels(model: nn.Module, example: torch.Tensor, keep: Callable[
     for name in order:
         if name in traced_producers or isinstance(modules.get(name.rpartition(".")[0]), nn.MultiheadAttention):
             continue  # an attention's projections belong to its own (whole) group
+        if isinstance(modules.get(name.rpartition(".")[0]), nn.RNNBase):
+            continue  # a recurrent module's maps: its channels are not pruned (graph_groups)
         layer = get_module(model, name)
         # Run, yet in no traced group: the trace follows autograd back from the output, so a layer
         # whose output has no history there (detached, or under torch.no_grad()) is not reached.

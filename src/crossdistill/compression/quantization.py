@@ -206,12 +206,12 @@ def dequantize_into(model: nn.Module) -> nn.Module:
 def quantized_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters that hold quantized weights (an attention's packed q/k/v once), which a
     fine-tune must leave alone: their integer codes are the model."""
-    from crossdistill.attention_projections import PackedProjection
+    from crossdistill.weight_views import WeightView
 
     out: dict[int, nn.Parameter] = {}
     for name in getattr(model, QUANT_ATTR, None) or {}:
         layer = get_module(model, name)
-        param = layer.storage()[0] if isinstance(layer, PackedProjection) else layer.weight
+        param = layer.storage()[0] if isinstance(layer, WeightView) else layer.weight
         out[id(param)] = param
     return list(out.values())
 

@@ -16,12 +16,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from crossdistill.attention_projections import packed_layers
 from crossdistill.capture import SOLVABLE, conv_groups, get_module
 from crossdistill.compression.base import CompressionMethod
 from crossdistill.compression.coverage import CompressionWarning, Coverage, survey
 from crossdistill.engine import LayerRecord
 from crossdistill.errors import CrossDistillError, outside_stacklevel
+from crossdistill.layer_lookup import view_layers
 from crossdistill.params import param
 from crossdistill.solvers import LayerTask
 from crossdistill.solvers.sparse_masks import PATTERNS, prune_count
@@ -93,7 +93,7 @@ def sparsity_report(model: nn.Module, names: Sequence[str]) -> dict[str, Any]:
         zeros += z
         total += w.numel()
     all_zeros = all_total = 0
-    for m in [m for m in model.modules() if isinstance(m, SOLVABLE)] + [p for _, p in packed_layers(model)]:
+    for m in [m for m in model.modules() if isinstance(m, SOLVABLE)] + [p for _, p in view_layers(model)]:
         all_zeros += int((m.weight.detach() == 0).sum())
         all_total += m.weight.numel()
     return {

@@ -7,10 +7,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from crossdistill.attention_projections import PackedProjection
 from crossdistill.capture import get_module
 from crossdistill.compressed_layers import compressed_layers
 from crossdistill.errors import CrossDistillError
+from crossdistill.weight_views import WeightView
 
 
 def trainable_params(student: nn.Module, which: str, teacher: nn.Module) -> list[nn.Parameter]:
@@ -34,7 +34,7 @@ class Masks:
         full: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         for name, mask in masks.items():
             layer = get_module(model, name)
-            param, rows = layer.storage() if isinstance(layer, PackedProjection) else (layer.weight, slice(None))
+            param, rows = layer.storage() if isinstance(layer, WeightView) else (layer.weight, slice(None))
             w = param[rows]
             if w.shape != mask.shape:
                 raise CrossDistillError(f"the sparsity mask of {name!r} has shape {tuple(mask.shape)}, its weight "

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from crossdistill.attention_projections import find_layer
+from crossdistill.layer_lookup import find_layer
 from crossdistill.errors import CrossDistillError
 
 __all__ = ["EXTRA_PREFIX", "ArtifactCodec", "DocumentError", "Encoded", "is_int", "str_dict", "submodule"]

@@ -11,9 +11,9 @@ version 1) holds them unpacked (int8/uint8, the weight's shape) and still loads.
 conv's entry has `transposed_groups` (its groups): its output channels, and so its scales, run
 along dim 1 of its codes (format version 3).
 
-An attention's q/k/v projection (attention_projections.py) has no `{layer}.weight`: its entry
-names the parameter that holds it (`param`) and how many projections share that parameter
-(`parts`: 3 in a packed in_proj_weight). The parameter is omitted only when every one of its
+An attention's q/k/v projection (attention_projections.py) and a recurrent module's gate map
+(recurrent_weights.py) have no `{layer}.weight`: the entry names the parameter that holds it
+(`param`) and how many layers share that parameter (`parts`: 3 in a packed in_proj_weight, else 1). The parameter is omitted only when every one of its
 parts is quantized; otherwise it is stored as floats and the codes overwrite their rows.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from crossdistill.attention_projections import PackedProjection
 from crossdistill.errors import CrossDistillError
 from crossdistill.persistence import bitpack
 from crossdistill.persistence.codecs.base import DocumentError, Encoded, LayerRecordCodec, is_int, str_dict, submodule
+from crossdistill.weight_views import WeightView
 
 # The names `quant_tensors` gives its flat tensors.
 SUFFIXES = ("qcodes", "qscale", "qzero")
@@ -68,7 +68,7 @@ class QuantCodec(LayerRecordCodec):
             tensors[key] = bitpack.pack(tensors[key], m["bits"], code_range(m["bits"], m["scheme"])[0])
             m["packed"] = True
             mod = submodule(model, layer, self.record)
-            if isinstance(mod, PackedProjection):
+            if isinstance(mod, WeightView):
                 metadata[layer].update(param=mod.storage_key(layer), parts=mod.parts)
         return metadata, tensors
 
@@ -110,11 +110,11 @@ class QuantCodec(LayerRecordCodec):
             layer_mod = submodule(model, layer, "the quantization record")
             if not isinstance(getattr(layer_mod, "weight", None), torch.Tensor):
                 raise CrossDistillError(f"quantized layer {layer!r} has no weight")
-            packed = isinstance(layer_mod, PackedProjection)
+            packed = isinstance(layer_mod, WeightView)
             if packed != ("param" in metadata[layer]) or (
                     packed and (metadata[layer]["param"], metadata[layer]["parts"]) != (layer_mod.storage_key(layer), layer_mod.parts)):
                 # Else an omitted parameter could be rebuilt only in part, the rest left at zero.
-                raise CrossDistillError(f"quantized layer {layer!r}: its record does not match the model's attention parameters")
+                raise CrossDistillError(f"quantized layer {layer!r}: its record does not match the parameter of the model that holds it")
             codes = flat[f"{layer}.qcodes"]
             if metadata[layer].get("packed"):
                 bits, scheme = check_bits(metadata[layer]["bits"]), check_scheme(metadata[layer]["scheme"])
