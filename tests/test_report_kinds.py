@@ -45,10 +45,30 @@ def test_latency_kind_gives_medians_and_speedups(tmp_path):
     summary = render_report(db_path, tmp_path / "out", kind="latency")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| batch 1 (ms) | speed-up | batch 128 (ms) | speed-up |" in md
-    assert "| teacher |  | 2.0 | 1,000 | 10.00 ± 0.10 | 1.00× | 400.00 ± 2.00 | 1.00× |" in md
-    assert "| 1.0 | 500 | 5.00 ± 0.10 | 2.00× | 200.00 ± 2.00 | 2.00× |" in md
+    # The teacher's one timing (copied into each run) with its forwards' spread; the student's
+    # median over three runs with the fastest and slowest.
+    assert "| default | teacher |  | 2.0 | 1,000 | 10.00 ± 0.10 | 1.00× | 400.00 ± 2.00 | 1.00× |" in md
+    assert "| 1.0 | 500 | 5.00 (4.00–9.00) | 2.00× | 200.00 (200.00–200.00) | 2.00× |" in md
     student = [e for e in summary["latency"] if e["method"]]
     assert student[0]["runs"] == 3 and student[0]["latency"][1]["median_ms"] == 5.0
+    assert student[0]["latency"][1]["slowest_run_ms"] == 9.0
+
+
+def test_latency_kind_compares_each_thread_count_with_its_own_teacher(tmp_path):
+    db_path = tmp_path / "threads.sqlite"
+    with SweepDB(db_path) as db:
+        for threads, teacher_ms, student_ms in [(1, 1000.0, 500.0), (2, 150.0, 100.0)]:
+            for seed in range(2):
+                add(db, 50.0, {"teacher": {"latency": latency(teacher_ms, 4 * teacher_ms)},
+                               "student": {"latency": latency(student_ms, 4 * student_ms)}},
+                    objective="nocross", shots=1, seed=seed, threads=threads, latency=True)
+    summary = render_report(db_path, tmp_path / "out", kind="latency")
+    speedups = {(e["threads"], bool(e["method"])): e for e in summary["latency"]}
+    assert set(speedups) == {(1, False), (1, True), (2, False), (2, True)}
+    assert speedups[(1, False)]["latency"][1]["median_ms"] == 1000.0  # not pooled with the 2-thread timing
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| 1 | teacher |" in md and "| 2 | teacher |" in md
+    assert "| 500.00 (500.00–500.00) | 2.00× |" in md and "| 100.00 (100.00–100.00) | 1.50× |" in md
 
 
 def test_latency_kind_without_timings_says_so(tmp_path):
