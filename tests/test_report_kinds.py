@@ -206,3 +206,29 @@ def test_kind_declared_by_the_sweep_file_is_used_and_checked(tmp_path, capsys):
     cfg.write_text(text.replace("name: paired", "name: pared"))
     with pytest.raises(CrossDistillError, match="report: unknown report kind 'pared'"):
         load_sweep(cfg)
+
+
+def test_sparsity_and_quant_sections_give_nonzero_weights_and_stored_size(tmp_path):
+    """Their students keep the teacher's shapes and FLOPs: the section says what they did save,
+    and the FLOPs plot leaves them out instead of stacking their levels on the teacher's FLOPs."""
+    db_path = tmp_path / "q.sqlite"
+    with SweepDB(db_path) as db:
+        for values, nonzero, stored, flops in [({"method": "quant", "bits": 4}, 1000, 600, 2_000_000),
+                                               ({"method": "quant", "bits": 2}, 1000, 350, 2_000_000),
+                                               ({"keep": 0.5}, 500, 2000, 1_000_000)]:
+            base = {k: v for k, v in BASE.items() if k != "keep"}
+            cfg = CompressConfig.from_dict({**base, **values, "shots": 1, "seed": 0})
+            report = {"teacher": {"size_bytes": 4000}, "student": {"nonzero_params": nonzero, "size_bytes": stored}}
+            db.record_run({**row_for(cfg, config_hash(cfg), "hand"), "status": "ok", "student_top1": 80.0,
+                           "teacher_top1": 90.0, "n_eval": 100, "student_params": 1000 if flops == 2_000_000 else 500,
+                           "student_flops": flops, "teacher_params": 1000, "teacher_flops": 2_000_000,
+                           "compress_seconds": 1.0, "run_seconds": 2.0, "report": json.dumps(report)})
+    render_report(db_path, tmp_path / "out", kind="accuracy")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Student: 0.00 M params (100.0 % of the teacher), stored in 1 KiB (15.0 % of the teacher)" in md
+    assert "stored in 0 KiB (8.8 % of the teacher)" in md
+    plots = sorted(p.name for p in (tmp_path / "out").glob("accuracy_vs_flops_*.png"))
+    assert len(plots) == 1 and md.count(": accuracy vs FLOPs") == 1  # the channel pruning's only
+    summary = json.loads((tmp_path / "out" / "report.json").read_text())
+    cells = [c for s in summary["settings"] for c in s["cells"]]
+    assert sorted(c["size_bytes"] for c in cells) == [350, 600, 2000]

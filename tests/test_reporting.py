@@ -91,7 +91,7 @@ def test_markdown_tables(db_path):
     assert "| mixed(mu=0.6) | 52.00 ± 2.83 | 82.00 ± 2.00 |" in table
     assert "500 test images" in table
     detail = detail_table(g)
-    assert "| prune-only(selection=obs) | 1 | 20.00 | 10.00 | 3 | 500 | 1.50 | 0.00 | 2.0 | 3.0 |" in detail
+    assert "| prune-only(selection=obs) | 1 | 20.00 | 10.00 | 3 | 500 | 1.50 | 0.00 | – | – | 2.0 | 3.0 |" in detail
 
 
 def test_method_labels_never_merge_different_methods():
@@ -473,3 +473,27 @@ def test_the_summary_counts_samples_not_images_for_inputs_that_are_no_images():
     assert "few-shot: 20 samples (K=2" in signal and "on 30 test samples" in signal and "% of test samples" in signal
     image = format_summary({**base, "teacher": {**sizes, "input_size": [3, 32, 32]}, "student": sizes})
     assert "few-shot: 20 images (K=2" in image and "on 30 test images" in image
+
+
+def test_plots_name_a_method_left_out_keep_a_readable_scale_and_short_titles(db_path, tmp_path):
+    with SweepDB(db_path) as db:
+        add(db, 60.0, objective="imitation", shots=1, seed=0)  # never run at K=5, the FLOPs plot's K
+    groups = aggregate(load_runs(db_path))
+    title = accuracy_vs_flops(groups).axes[0].get_title()
+    assert "not run at K=5: imitation" in title.replace("\n", " ")
+    fig = accuracy_vs_shots(next(g for g in groups if g.config.get("method.keep") == 0.75))
+    lo, hi = fig.axes[0].get_ylim()
+    assert hi - lo >= 5.0  # one point (70 %) does not fill the axis with a fraction of a point
+    # A factory model's path: its file and function in the title, every line within the figure.
+    group = groups[0]
+    group.config = {**group.config, "model": "/very/" + "long_folder/" * 20 + "my_models.py:make_net"}
+    title = accuracy_vs_shots(group).axes[0].get_title()
+    assert title.startswith("my_models.py:make_net, ") and max(map(len, title.splitlines())) <= 80
+
+
+def test_plot_names_stay_short_and_distinct_for_long_model_names():
+    from crossdistill.reporting.kinds.base import slug
+
+    a, b = slug("x" * 300 + ":make_a"), slug("x" * 300 + ":make_b")
+    assert len(a) <= 80 and len(b) <= 80 and a != b
+    assert slug("resnet20 · channels(keep=0.5)") == "resnet20-channels-keep-0.5"  # short ones as before

@@ -11,6 +11,20 @@ from matplotlib.figure import Figure
 from crossdistill.reporting.results import SettingGroup
 
 _MARKERS = "osD^v<>phX*"
+_TITLE_WIDTH = 80  # characters of a 10-point title line that fit a 7.5-inch figure
+
+
+def _title(first: str, second: str) -> str:
+    """Both lines wrapped to the figure's width: a centred title longer than the figure runs
+    off both edges (a long model path lost its start)."""
+    return "\n".join(textwrap.fill(part, width=_TITLE_WIDTH) for part in (first, second))
+
+
+def _model_name(model: str) -> str:
+    """A user model's 'path/to/file.py:function' as 'file.py:function' (the report's tables give
+    the whole path); a registered name as it is."""
+    path, sep, func = model.rpartition(":")
+    return f"{Path(path).name}{sep}{func}" if sep and ("/" in path or "\\" in path) else model
 
 
 def _seeds_text(groups: Sequence[SettingGroup], hollow: bool = False) -> str:
@@ -30,6 +44,15 @@ def _mark_single_seeds(ax: Any, handle: Any, pts: Sequence[tuple[float, float, f
         colour = handle.lines[0].get_color()
         ax.plot([p[0] for p in single], [p[1] for p in single], linestyle="none", marker=marker, markersize=5,
                 markerfacecolor="white", markeredgecolor=colour, zorder=3)
+
+
+def _min_span(ax: Any, span: float = 5.0) -> None:
+    """At least `span` points of accuracy on the y axis: autoscaled around one point or close
+    ones, 91.0-91.5 filled the plot and a 0.5-point gap read as a large one."""
+    lo, hi = ax.get_ylim()
+    if hi - lo < span:
+        mid = (lo + hi) / 2
+        ax.set_ylim(mid - span / 2, mid + span / 2)
 
 
 def _make_room_above(ax, y: float) -> None:
@@ -86,14 +109,16 @@ def accuracy_vs_shots(group: SettingGroup) -> Figure:
         handles.append(ax.axhline(group.teacher_top1, color="0.3", linestyle="--", linewidth=1,
                                   label=f"teacher ({group.teacher_top1:.2f} %)"))
         _make_room_above(ax, group.teacher_top1)
+    _min_span(ax)
     ax.set_xticks(xs)
     if group.x_field == "shots":
         ax.set_xlabel("K (training images per class)")
     else:
         ax.set_xlabel("N (training images)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{group.model}, {group.compression}: top-1 on {group.n_eval} {group.eval_role} images\n"
-                 f"({group.eval_name}; {_seeds_text([group], hollow=True)})", fontsize=10)
+    ax.set_title(_title(f"{_model_name(group.model)}, {group.compression}: top-1 on {group.n_eval} "
+                        f"{group.eval_role} images", f"({group.eval_name}; {_seeds_text([group], hollow=True)})"),
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
     _legend(fig, ax, handles)
     return fig
@@ -116,14 +141,16 @@ def accuracy_vs_flops(groups: Sequence[SettingGroup], x: int | None = None) -> F
     fig = Figure(figsize=(7.5, 5.0), dpi=110)
     ax = fig.add_subplot()
     handles: list = []
+    missing: list[str] = []
     for i, (m, family) in enumerate(lines):
         pts = sorted(
             (c.flops / 1e6, c.mean, c.std) for g in groups if families[id(g)] == family
             for c in [g.cell(m, x)] if c is not None and c.flops is not None
         )
-        if not pts:
-            continue
         extra = ", ".join(f"{k.removeprefix('method.')}={v}" for k, v in family if k in differing)
+        if not pts:
+            missing.append(f"{m} ({extra})" if extra else m)
+            continue
         handles.append(ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
                                    label=f"{m} ({extra})" if extra else m,
                                    marker=_MARKERS[i % len(_MARKERS)], markersize=5, capsize=3, linewidth=1.5))
@@ -131,14 +158,15 @@ def accuracy_vs_flops(groups: Sequence[SettingGroup], x: int | None = None) -> F
     if g0.teacher_top1 is not None and g0.teacher_flops is not None:
         handles += ax.plot([g0.teacher_flops / 1e6], [g0.teacher_top1], marker="*", markersize=14, color="0.2",
                 linestyle="none", label=f"teacher ({g0.teacher_top1:.2f} %)")
+    _min_span(ax)
     x_name = "K" if g0.x_field == "shots" else "N"
+    # A method not run at this K is named, not silently left out.
+    absent = f"; not run at {x_name}={x}: {', '.join(dict.fromkeys(missing))}" if missing else ""
     ax.set_xlabel("MFLOPs per image (2 per multiply-accumulate)")
     ax.set_ylabel("top-1 accuracy (%)")
     levels = ", ".join(g.compression for g in groups)
-    # Many settings make a long list: wrapped, or the title runs off the figure's edge.
-    detail = textwrap.fill(f"({levels}; {_seeds_text(groups)})", width=80)
-    ax.set_title(f"{g0.model}: top-1 on {g0.n_eval} {g0.eval_role} images vs FLOPs at {x_name}={x}\n{detail}",
-                 fontsize=10)
+    ax.set_title(_title(f"{_model_name(g0.model)}: top-1 on {g0.n_eval} {g0.eval_role} images vs FLOPs at "
+                        f"{x_name}={x}", f"({levels}; {_seeds_text(groups)}{absent})"), fontsize=10)
     ax.grid(True, alpha=0.3)
     _legend(fig, ax, handles)
     return fig

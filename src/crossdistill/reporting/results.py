@@ -125,6 +125,23 @@ class Cell:
     def n_seeds(self) -> int:
         return len(self.top1)
 
+    @property
+    def nonzero_params(self) -> float | None:
+        """Mean over the runs of the student's nonzero parameters (what sparsity removes; the
+        params count keeps its dense shapes)."""
+        return _report_mean(self.runs, "student", "nonzero_params")
+
+    @property
+    def size_bytes(self) -> float | None:
+        """Mean over the runs of the student's stored size (what quantization shrinks)."""
+        return _report_mean(self.runs, "student", "size_bytes")
+
+
+def _report_mean(runs: Sequence[RunRow], who: str, key: str) -> float | None:
+    values = [((r.report or {}).get(who) or {}).get(key) for r in runs]
+    found = [float(v) for v in values if isinstance(v, (int, float))]
+    return sum(found) / len(found) if found else None
+
 
 @dataclass
 class SettingGroup:
@@ -143,6 +160,10 @@ class SettingGroup:
     @property
     def model(self) -> str:
         return str(self.config.get("model"))
+
+    @property
+    def teacher_size_bytes(self) -> float | None:
+        return _report_mean([r for c in self.cells.values() for r in c.runs[:1]], "teacher", "size_bytes")
 
     @property
     def x_values(self) -> list[int]:

@@ -48,11 +48,23 @@ def setting_header(group: SettingGroup, label: str | None = None) -> str:
     if cells and cells[0].flops is not None:
         params = cells[0].params
         flops = cells[0].flops
+        # Sparsity and quantization keep the dense shapes: what they buy is in the nonzero
+        # weights and the stored size, which the params and FLOPs alone would hide.
+        nonzero, stored = cells[0].nonzero_params, cells[0].size_bytes
+        extra = ""
+        if nonzero is not None and params and nonzero < 0.999 * params:
+            extra += f", {_mega(nonzero)} M nonzero{_pct(nonzero, group.teacher_params)}"
+        if stored is not None and group.teacher_size_bytes:
+            extra += f", stored in {_kib(stored)} KiB{_pct(stored, group.teacher_size_bytes)}"
         lines.append(
-            f"Student: {_mega(params)} M params{_pct(params, group.teacher_params)}, "
+            f"Student: {_mega(params)} M params{_pct(params, group.teacher_params)}{extra}, "
             f"{_mega(flops)} MFLOPs{_pct(flops, group.teacher_flops)}."
         )
     return "\n".join(lines)
+
+
+def _kib(v: float | None) -> str:
+    return "–" if v is None else f"{v / 1024:,.0f}"
 
 
 def accuracy_table(group: SettingGroup) -> str:
@@ -75,8 +87,9 @@ def detail_table(group: SettingGroup) -> str:
     """One row per method and K, with everything needed to judge the numbers."""
     x = _x_name(group)
     lines = [
-        f"| method | {x} | top-1 mean (%) | std | seeds | n_eval | MFLOPs | params (M) | compress (s) | run (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| method | {x} | top-1 mean (%) | std | seeds | n_eval | MFLOPs | params (M) | nonzero (M) | stored (KiB) "
+        "| compress (s) | run (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in group.methods:
         for v in group.x_values:
@@ -87,7 +100,7 @@ def detail_table(group: SettingGroup) -> str:
             run = "–" if c.run_seconds is None else f"{c.run_seconds:.1f}"
             lines.append(
                 f"| {m} | {v} | {c.mean:.2f} | {f'{c.std:.2f}' if c.n_seeds > 1 else '–'} | {c.n_seeds} | {c.n_eval if c.n_eval is not None else '–'} "
-                f"| {_mega(c.flops)} | {_mega(c.params)} | {sec} | {run} |"
+                f"| {_mega(c.flops)} | {_mega(c.params)} | {_mega(c.nonzero_params)} | {_kib(c.size_bytes)} | {sec} | {run} |"
             )
     return "\n".join(lines)
 

@@ -33,9 +33,20 @@ class ReportKind(Plugin):
         raise NotImplementedError
 
 
+# Plot names are `accuracy_vs_flops_<slug>.png` and the like: a slug of a user model's long path
+# made names past the file system's 255 bytes ("File name too long", nothing written).
+_SLUG_MAX = 80
+
+
 def slug(text: str) -> str:
-    """A file-name-safe form of a label."""
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "setting"
+    """A file-name-safe form of a label, at most _SLUG_MAX characters (a longer one keeps its
+    start and a hash of the whole, so two long labels still get two names)."""
+    import hashlib
+
+    out = re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "setting"
+    if len(out) > _SLUG_MAX:
+        out = f"{out[:_SLUG_MAX - 9].rstrip('-')}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return out
 
 
 def parse_match(text: str) -> dict[str, str]:
