@@ -32,9 +32,12 @@ RNN_ROWS = {label: settings for label, settings in ROWS.items() if settings.get(
 RNN_ROWS.update({"sparsity 0.5": {"method": "sparsity", "sparsity": 0.5},
                  "sparsity 0.5, magnitude": {"method": "sparsity", "sparsity": 0.5, "solver": "magnitude"},
                  "quant 4 bits": {"method": "quant", "bits": 4},
-                 "quant 4 bits, round to nearest": {"method": "quant", "bits": 4, "solver": "rtn"}})
+                 "quant 4 bits, round to nearest": {"method": "quant", "bits": 4, "solver": "rtn"},
+                 "quant 2 bits": {"method": "quant", "bits": 2},
+                 "quant 2 bits, round to nearest": {"method": "quant", "bits": 2, "solver": "rtn"}})
 DEFAULT_ROWS = ["sparsity 0.5", "sparsity 0.5, magnitude", "sparsity 0.8", "sparsity 0.8, magnitude",
-                "quant 4 bits", "quant 4 bits, round to nearest", "quant 3 bits", "quant 3 bits, round to nearest"]
+                "quant 4 bits", "quant 4 bits, round to nearest", "quant 3 bits", "quant 3 bits, round to nearest",
+                "quant 2 bits", "quant 2 bits, round to nearest"]
 
 
 def build_parser() -> argparse.ArgumentParser:
