@@ -121,6 +121,9 @@ def test_solvers_kind_separates_draws_and_divides_by_the_reference(tmp_path):
     assert "| 1 | soft(alpha=0,beta=0.3) [paper(iters=3000,lr=0.001)] | 86.0 | – |" in md
     assert {e["method"] for e in summary["solvers"]} == {"soft(alpha=0,beta=0.3)",
                                                         "soft(alpha=0,beta=0.3) [paper(iters=3000,lr=0.001)]"}
+    # The test set and the teacher are named, as in every kind.
+    assert "Teacher: **90.00 %** top-1 on 100 test images (test.npz)" in md
+    assert {(e["n_eval"], e["eval_data"]) for e in summary["solvers"]} == {(100, "test.npz")}
 
 
 def test_budget_kind_pairs_global_with_uniform_at_each_target_and_plots_the_plan(tmp_path):
@@ -232,3 +235,14 @@ def test_sparsity_and_quant_sections_give_nonzero_weights_and_stored_size(tmp_pa
     summary = json.loads((tmp_path / "out" / "report.json").read_text())
     cells = [c for s in summary["settings"] for c in s["cells"]]
     assert sorted(c["size_bytes"] for c in cells) == [350, 600, 2000]
+
+
+def test_one_draw_shows_no_spread_in_the_budget_table_or_the_json(tmp_path):
+    db_path = tmp_path / "one.sqlite"
+    with SweepDB(db_path) as db:
+        add(db, 80.0, shots=1, seed=0)
+        add(db, 83.0, {"channel_budget": {"seconds": 0.5}}, shots=1, seed=0, budget="global")
+    render_report(db_path, tmp_path / "b", kind="budget")
+    assert "| 1 | 0 | 80.00 | 83.00 |" in (tmp_path / "b" / "report.md").read_text()
+    summary = render_report(db_path, tmp_path / "a", kind="accuracy")
+    assert {c["std"] for s in summary["settings"] for c in s["cells"]} == {None}

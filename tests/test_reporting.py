@@ -497,3 +497,25 @@ def test_plot_names_stay_short_and_distinct_for_long_model_names():
     a, b = slug("x" * 300 + ":make_a"), slug("x" * 300 + ":make_b")
     assert len(a) <= 80 and len(b) <= 80 and a != b
     assert slug("resnet20 · channels(keep=0.5)") == "resnet20-channels-keep-0.5"  # short ones as before
+
+
+def test_a_setting_that_differs_between_methods_is_on_every_label():
+    """Damping differed, yet only the two labels that met showed it: 'imitation' read as run at
+    the 0.05 of the others."""
+    labels = method_labels([{**BASE, "objective": "soft", "damping": 0.05},
+                            {**BASE, "objective": "mixed", "mu": 0.75, "damping": 0.05},
+                            {**BASE, "objective": "imitation"}])
+    assert sorted(labels.values()) == ["imitation (damping=auto)", "mixed(mu=0.75) (damping=0.05)",
+                                       "soft(alpha=0,beta=0.3) (damping=0.05)"]
+
+
+def test_a_failed_run_names_the_run_setting_that_sets_it_apart(tmp_path):
+    path = tmp_path / "f.sqlite"
+    with SweepDB(path) as db:
+        add(db, 50.0, objective="nocross", shots=1, seed=0, weights="good.th")
+        add(db, None, status="failed", objective="nocross", shots=1, seed=0, weights="broken.th")
+    summary = render_report(path, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "K=1 seed=0 (weights=broken.th) | boom |" in md
+    assert summary["failures"] == [{"id": 2, "config": summary["failures"][0]["config"], "error": "boom"}]
+    assert "weights=broken.th" in summary["failures"][0]["config"] and summary["unfinished"] == []

@@ -91,8 +91,11 @@ def get_teacher(train: ImageArrays, opts: DemoOptions, log: TextIO) -> TeacherEn
     if found is not None:
         model, meta = found
         path = _cache_paths(recipe, recipe.key(fp))[0]
+        # The stored top-1 is of the test images of the run that trained it, which need not be
+        # this run's (--test-subset): said with its image count.
+        scored = f" on {meta['n_test']} test images when trained" if meta.get("n_test") else " when trained"
         print(f"teacher: cached {path} (trained in {meta.get('train_seconds', float('nan')):.0f} s, "
-              f"{meta.get('test_top1', float('nan')):.2f} % test top-1)", file=log, flush=True)
+              f"{meta.get('test_top1', float('nan')):.2f} % test top-1{scored})", file=log, flush=True)
         return TeacherEntry(model, meta, True, path, time.perf_counter() - start)
     print(f"teacher: training {recipe.model} for {recipe.epochs} epochs on {len(train.y)} images "
           f"(once; cached in {teacher_cache_dir()})", file=log, flush=True)

@@ -89,12 +89,14 @@ def demo_figure(summary: dict[str, Any]) -> "Figure":
     xs = np.arange(len(layers))
     before = [base_layers.get(r["name"], {}).get("loss_after", float("nan")) for r in layers]
     after = [r["loss_after"] for r in layers]
-    ax2.bar(xs - 0.2, before, width=0.4, label="prune-only (teacher's kept weights)", color="tab:orange")
-    ax2.bar(xs + 0.2, after, width=0.4, label="cross-distilled (solved)", color="tab:blue")
+    # Markers, not bars: on a log axis a bar's length is set by where the axis happens to start.
+    ax2.plot(xs, before, "o", label="prune-only (teacher's kept weights)", color="tab:orange")
+    ax2.plot(xs, after, "s", label="cross-distilled (solved)", color="tab:blue")
+    ax2.grid(True, axis="y", alpha=0.3)
     ax2.set_xticks(xs, [r["name"] for r in layers])
     ax2.set_yscale("log")
     finite = [v for v in before + after if v == v and v > 0]
-    if finite:  # headroom on the log axis, so the legend sits above the bars
+    if finite:  # headroom on the log axis, so the legend sits above the markers
         ax2.set_ylim(top=max(finite) * 8)
     ax2.set_xlabel("pruned layer")
     ax2.set_ylabel(f"layer loss ({rep['objective']}), log scale")

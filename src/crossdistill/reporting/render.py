@@ -14,7 +14,7 @@ from crossdistill.errors import CrossDistillError
 from crossdistill.outputs import atomic_output_dir, check_output_dir, write_json
 from crossdistill.reporting.kinds import DEFAULT_KIND, REPORT_KINDS
 from crossdistill.reporting.results import RunRow, failed_runs, load_runs
-from crossdistill.reporting.tables import failed_table
+from crossdistill.reporting.tables import failed_runs_described, failed_table
 from crossdistill.sweep.store import connect_readonly
 
 
@@ -143,7 +143,8 @@ def render_report(db_path: str | Path, out: str | Path, *, force: bool = False, 
     md = [f"# Results of {Path(db_path).name}", "",
           f"{len(rows)} runs recorded: {len(rows) - len(failed)} ok, {len(failed)} failed. "
           f"Report kind `{report.describe()}`.", ""]
-    md += [line + "\n" for line in unfinished_sweeps(db_path)]
+    unfinished = unfinished_sweeps(db_path)
+    md += [line + "\n" for line in unfinished]
     if unscored:
         md += [f"{unscored} ok run{'s have' if unscored != 1 else ' has'} no top-1 (run without eval_data, or "
                f"imported without one) and {'are' if unscored != 1 else 'is'} in no table or plot.", ""]
@@ -151,12 +152,13 @@ def render_report(db_path: str | Path, out: str | Path, *, force: bool = False, 
         rendered = report.render(rows, tmp)
         md += rendered.markdown
         if failed:
-            md += ["## Failed runs", "", failed_table(failed), ""]
+            md += ["## Failed runs", "", failed_table(failed, rows), ""]
         given = ([f"--kind={kind}"] if explicit_kind else []) + [f"--set={k}={v}" for k, v in (params or {}).items()
                                                                 if k not in declared_params]
         md += [line for line in (how_made(db_path, given), code_line(rows)) if line] + [""]
         summary: dict[str, Any] = {"db": str(db_path), "kind": report.name, "params": report.settings(),
                                    "runs": len(rows), "failed": len(failed), "unscored": unscored,
+                                   "failures": failed_runs_described(failed, rows), "unfinished": unfinished,
                                    **rendered.summary,
                                    "plots": rendered.plots}
         (tmp / "report.md").write_text("\n".join(md))

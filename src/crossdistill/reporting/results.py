@@ -281,25 +281,38 @@ def _freeze(v: Any) -> Any:
 
 def method_labels(configs: Iterable[Mapping[str, Any]]) -> dict[Any, str]:
     """Label each distinct method of one setting; runs that would share a label but differ in
-    some other field get that field appended, so distinct methods are never averaged together."""
+    some other field get that field appended, so distinct methods are never averaged together.
+    A field the base label does not show (damping, sampler, views, a fine-tune's settings) that
+    differs between the methods is appended to every label: shown on only some, the others
+    (at the default) read as run under the same setting."""
     keys: dict[Any, dict[str, Any]] = {}
     for c in configs:
         c = flat_settings(c)  # any form (flat, dotted, sectioned) reads the same
         m = _method_fields(c)
         keys.setdefault(_freeze(m), {**m, "model": c.get("model"), "method": c.get("method")})
     labels = {k: base_method_label(m) for k, m in keys.items()}
+
+    def varying(ks: list[Any]) -> set[str]:
+        return {f for k in ks for f in keys[k]
+                if f not in ("model", "method") and len({_freeze(keys[j].get(f)) for j in ks}) > 1}
+
+    unshown = {f for f in varying(list(keys)) if not f.startswith(_LABELLED)}
     by_label: dict[str, list[Any]] = {}
     for k, lab in labels.items():
         by_label.setdefault(lab, []).append(k)
     for lab, ks in by_label.items():
-        if len(ks) < 2:
+        fields = sorted(unshown | (varying(ks) if len(ks) > 1 else set()))
+        if not fields:
             continue
-        fields = sorted({f for k in ks for f in keys[k]
-                         if f not in ("model", "method") and len({_freeze(keys[j].get(f)) for j in ks}) > 1})
         for k in ks:
             extra = ", ".join(f"{f}={_setting_text(f, keys[k].get(f))}" for f in fields)
             labels[k] = f"{lab} ({extra})"
     return labels
+
+
+# Fields the base label shows (base_method_label): the objective, solver and baseline with their
+# settings, and the fine-tune's epochs.
+_LABELLED = ("objective", "solver", "baseline", "finetune.epochs")
 
 
 def label_configs(configs: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -1,7 +1,8 @@
 """Markdown tables of aggregated sweep results."""
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from crossdistill.reporting.results import Cell, RunRow, SettingGroup
 
@@ -105,12 +106,26 @@ def detail_table(group: SettingGroup) -> str:
     return "\n".join(lines)
 
 
-def failed_table(rows: Sequence[RunRow]) -> str:
-    lines = ["| # | config | error |", "|---:|---|---|"]
+def failed_runs_described(failed: Sequence[RunRow], rows: Sequence[RunRow]) -> list[dict[str, Any]]:
+    """Each failed run: id, what it ran (the sweep log's description, plus the run settings that
+    vary between `rows`: a failed run with a broken weights file read as its successful twin)
+    and its error."""
+    from crossdistill.reporting.results import RUN_SETTING_FIELDS
     from crossdistill.sweep.describe import short_description  # one describer for logs and reports
 
-    for r in rows:
-        desc = short_description(r.config)
-        err = (r.error or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {r.id} | {desc} | {err[:300]} |")
+    varying = [k for k in RUN_SETTING_FIELDS if k not in ("model", "method")
+               and len({str(r.config.get(k)) for r in rows}) > 1]
+    out = []
+    for r in failed:
+        settings = ", ".join(f"{k}={Path(str(r.config.get(k))).name}" for k in varying)
+        desc = short_description(r.config) + (f" ({settings})" if settings else "")
+        out.append({"id": r.id, "config": desc, "error": r.error or ""})
+    return out
+
+
+def failed_table(failed: Sequence[RunRow], rows: Sequence[RunRow]) -> str:
+    lines = ["| # | config | error |", "|---:|---|---|"]
+    for f in failed_runs_described(failed, rows):
+        err = f["error"].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {f['id']} | {f['config']} | {err[:300]} |")
     return "\n".join(lines)

@@ -36,7 +36,8 @@ def group_summary(g: SettingGroup) -> dict[str, Any]:
         "teacher": {"top1": g.teacher_top1, "params": g.teacher_params, "flops": g.teacher_flops},
         "n_eval": g.n_eval,
         "cells": [
-            {"method": c.method, g.x_field: c.x, "mean": c.mean, "std": c.std, "n_seeds": c.n_seeds,
+            {"method": c.method, g.x_field: c.x, "mean": c.mean,
+             "std": c.std if c.n_seeds > 1 else None, "n_seeds": c.n_seeds,
              "seeds": c.seeds, "top1": c.top1, "n_eval": c.n_eval, "flops": c.flops, "params": c.params,
              "nonzero_params": c.nonzero_params, "size_bytes": c.size_bytes,
              "compress_seconds": c.compress_seconds, "run_seconds": c.run_seconds}

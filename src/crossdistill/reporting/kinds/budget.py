@@ -52,8 +52,9 @@ def _differing(a: dict[str, Any], b: dict[str, Any]) -> str:
 def _mean_sd(values: Sequence[float]) -> str:
     if not values:
         return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
+    if len(values) == 1:  # one draw has no spread to show: "± 0.00" would claim one
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def _seconds(row: RunRow) -> dict[str, float]:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Sequence
 from crossdistill.params import param
 from crossdistill.reporting.kinds.base import Rendered, ReportKind, check_matched, matches, parse_match
 from crossdistill.reporting.results import RunRow, aggregate, distinct_labels, label_configs, mean_std
+from crossdistill.reporting.tables import setting_header
 
 
 def layer_loss(row: RunRow) -> float | None:
@@ -55,7 +56,8 @@ class SolverReport(ReportKind):
             # one label per method whatever the draw: the sampler is set alike before labelling
             labels = label_configs([{**r.config, "sampler": "random"} for r in runs])
             methods = list(dict.fromkeys(labels))
-            md += [f"## {headings[id(g)]}", "", "| K | method | top-1 (%), first K | top-1 (%), random | Σ layer losses, "
+            # The heading with the teacher's top-1 and the test set's size and file, as every kind's.
+            md += [setting_header(g, headings[id(g)]), "", "| K | method | top-1 (%), first K | top-1 (%), random | Σ layer losses, "
                    "first K | total s | solver s | speed-up total | speed-up solver |",
                    "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
             for x in g.x_values:
@@ -82,6 +84,7 @@ class SolverReport(ReportKind):
                     speed = [f"{ref[k] / s[k]:.0f}×" if ref and ref[k] and s[k] else "–" for k in ("total", "solve")]
                     md.append(f"| {x} | {m} | {_num(s['first'], 1)} | {rand} | {_num(s['loss'], 4)} | "
                               f"{_num(s['total'], 1)} | {_num(s['solve'], 2)} | {speed[0]} | {speed[1]} |")
-                    summary.append({"setting": headings[id(g)], g.x_field: x, "method": m, **s})
+                    summary.append({"setting": headings[id(g)], g.x_field: x, "method": m, "n_eval": g.n_eval,
+                                    "eval_data": g.eval_name, "teacher_top1": g.teacher_top1, **s})
             md.append("")
         return Rendered(md, {"solvers": summary})
