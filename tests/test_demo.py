@@ -52,6 +52,11 @@ def test_demo_trains_once_then_uses_the_cache(tmp_path, capsys):
     s = second["cross_distilled"]
     assert s["params"] < first["teacher"]["params"] and s["flops"] < first["teacher"]["flops"]
     assert second["prune_only"]["flops"] == s["flops"]  # the baseline has the same size
+    # The per-layer losses on a log axis are markers: a bar's length would depend on the axis' start.
+    from crossdistill.demo import demo_figure
+
+    losses = demo_figure(second).axes[1]
+    assert not losses.patches and [line.get_marker() for line in losses.lines] == ["o", "s"]
 
 
 def test_cache_key_follows_recipe_and_data(tmp_path):
